@@ -1,0 +1,45 @@
+# `make demo` and `make test` bootstrap .venv themselves on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint typecheck pytest install lock bench clean dashboard
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,mcp]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tooltrail demo $(DEMO_ARGS)
+
+dashboard: $(STAMP)
+	$(BIN)/tooltrail dashboard
+
+test: lint pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	./scripts/typecheck-tree
+	$(BIN)/mypy
+
+typecheck: lint
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/exporter.py
+	$(BIN)/python bench/queries.py
+
+# Re-pin every dependency (run after changing pyproject.toml's dependency list).
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^tooltrail' > requirements.lock
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache tooltrail-data

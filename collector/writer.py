@@ -1,0 +1,199 @@
+"""Atomic, concurrent-safe Parquet landing of normalized rows.
+
+Layout: ``<data>/spans/date=YYYY-MM-DD/<writer-id>-<seq>.parquet``. Each file is written
+under a temporary name that no reader globs (``.<name>.tmp``), fsynced, then hard-linked to
+its final name (``link`` refuses to clobber, unlike ``rename``) and the temp unlinked, and
+the directory fsynced. A reader therefore sees a whole file or none; a process killed
+mid-write leaves only an invisible temp file, which ``sweep_temp_files`` removes later.
+
+The writer id is unique per process (host, pid, random suffix) and renewed after ``fork``,
+so many processes can land into one directory without coordination.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tooltrail.config import SPANS_DIR
+from tooltrail.schema import COLUMNS, SPAN_SCHEMA, Row
+
+_log = logging.getLogger(__name__)
+
+TEMP_SUFFIX: Final = ".tmp"
+_EPOCH_DAY_NS: Final = 86_400 * 1_000_000_000
+# Bloom filter on session_id: "one session's actions" reads skip row groups without it.
+_BLOOM: Final = {"session_id": {"ndv": 100_000, "fpp": 0.01}}
+_SORTING: Final = ("session_id", "start_time")
+
+
+def new_writer_id() -> str:
+    host = socket.gethostname().split(".")[0] or "host"
+    safe_host = "".join(c if c.isalnum() else "_" for c in host)[:32]
+    return f"{safe_host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def rows_to_table(rows: Sequence[Row]) -> pa.Table:
+    """Columnar conversion of normalized rows into the landed schema."""
+    arrays: list[pa.Array] = []
+    for field in SPAN_SCHEMA:
+        values = [r.get(field.name) for r in rows]
+        if pa.types.is_timestamp(field.type):
+            arrays.append(_timestamps(values, field.type))
+        else:
+            arrays.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=SPAN_SCHEMA)
+
+
+def _timestamps(values: list[Any], ts_type: pa.DataType) -> pa.Array:
+    # Rows carry int nanoseconds (from the SDK / OTLP) or datetimes (from tests, ingest);
+    # microseconds are what DuckDB and polars handle natively.
+    conv: list[int | None] = []
+    for v in values:
+        if v is None:
+            conv.append(None)
+        elif isinstance(v, int):
+            conv.append(v // 1000)
+        elif isinstance(v, dt.datetime):
+            if v.tzinfo is None:
+                v = v.replace(tzinfo=dt.UTC)
+            conv.append(int(v.timestamp() * 1_000_000))
+        else:
+            raise TypeError(
+                f"timestamp column holds {type(v).__name__}, expected int ns or datetime"
+            )
+    return pa.array(conv, type=pa.int64()).cast(ts_type)
+
+
+def partition_date(row: Row) -> str:
+    start = row.get("start_time")
+    if isinstance(start, int):
+        return dt.datetime.fromtimestamp(start // 1_000_000_000, tz=dt.UTC).strftime("%Y-%m-%d")
+    if isinstance(start, dt.datetime):
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=dt.UTC)
+        return start.astimezone(dt.UTC).strftime("%Y-%m-%d")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+
+
+def write_table_atomic(table: pa.Table, final_path: Path) -> Path:
+    """Write ``table`` to ``final_path`` so that no reader ever sees a partial file."""
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final_path.with_name(f".{final_path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        table = table.sort_by([(c, "ascending") for c in _SORTING])
+        with open(tmp, "wb") as fh:
+            pq.write_table(
+                table,
+                fh,
+                compression="zstd",
+                bloom_filter_options=_BLOOM,
+                sorting_columns=[
+                    pq.SortingColumn(SPAN_SCHEMA.get_field_index(c)) for c in _SORTING
+                ],
+                write_page_index=True,
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, final_path)  # fails instead of clobbering an existing file
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(final_path.parent)
+    return final_path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ParquetSpanWriter:
+    """Lands batches of rows as immutable Parquet files under ``<data>/spans``."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], writer_id: str | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self._explicit_id = writer_id
+        self.writer_id = writer_id or new_writer_id()
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+        if writer_id is None and hasattr(os, "register_at_fork"):
+            # A forked child must not reuse the parent's id and sequence.
+            os.register_at_fork(after_in_child=self._renew_id)
+
+    def _renew_id(self) -> None:
+        self.writer_id = new_writer_id()
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+
+    @property
+    def spans_dir(self) -> Path:
+        return self.data_dir / SPANS_DIR
+
+    def write(self, rows: Sequence[Row]) -> list[Path]:
+        """Land ``rows`` (one file per date partition); returns the files written."""
+        if not rows:
+            return []
+        by_date: dict[str, list[Row]] = {}
+        for row in rows:
+            by_date.setdefault(partition_date(row), []).append(row)
+        written: list[Path] = []
+        for day, day_rows in sorted(by_date.items()):
+            table = rows_to_table(day_rows)
+            written.append(self.write_table(table, day))
+        return written
+
+    def write_table(self, table: pa.Table, day: str) -> Path:
+        with self._lock:
+            seq = next(self._seq)
+            name = f"{self.writer_id}-{seq:06d}.parquet"
+        path = self.spans_dir / f"date={day}" / name
+        return write_table_atomic(table, path)
+
+
+def sweep_temp_files(data_dir: str | os.PathLike[str], older_than_s: float = 3600.0) -> int:
+    """Remove temp files left by killed writers (never visible to readers); returns count."""
+    root = Path(data_dir) / SPANS_DIR
+    if not root.exists():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for tmp in root.glob(f"date=*/.*{TEMP_SUFFIX}"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
+def iter_span_files(data_dir: str | os.PathLike[str]) -> Iterable[Path]:
+    root = Path(data_dir) / SPANS_DIR
+    if not root.exists():
+        return []
+    return sorted(root.glob("date=*/*.parquet"))
+
+
+__all__ = [
+    "COLUMNS",
+    "ParquetSpanWriter",
+    "iter_span_files",
+    "rows_to_table",
+    "sweep_temp_files",
+    "write_table_atomic",
+]

@@ -1,0 +1,92 @@
+"""Span attribute names: the contract between instrumentation and the normalizer (SPEC §2).
+
+Standard OpenTelemetry GenAI / MCP semantic-convention names come first, then the names
+other instrumentations use (OpenInference, OpenLLMetry) that the normalizer also reads,
+then tooltrail's own ``tooltrail.*`` names. Every module uses these constants; no attribute
+name is spelled out anywhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- OTel GenAI semantic conventions -------------------------------------------------
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
+GEN_AI_TOOL_CALL_ID: Final = "gen_ai.tool.call.id"
+GEN_AI_TOOL_CALL_ARGUMENTS: Final = "gen_ai.tool.call.arguments"
+GEN_AI_TOOL_CALL_RESULT: Final = "gen_ai.tool.call.result"
+GEN_AI_CONVERSATION_ID: Final = "gen_ai.conversation.id"
+GEN_AI_AGENT_NAME: Final = "gen_ai.agent.name"
+GEN_AI_AGENT_ID: Final = "gen_ai.agent.id"
+GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
+GEN_AI_REQUEST_MODEL: Final = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
+
+# gen_ai.operation.name values
+OP_EXECUTE_TOOL: Final = "execute_tool"
+OP_INVOKE_AGENT: Final = "invoke_agent"
+OP_CREATE_AGENT: Final = "create_agent"
+LLM_OPERATIONS: Final = frozenset({"chat", "text_completion", "generate_content", "embeddings"})
+
+# --- MCP / JSON-RPC semantic conventions ----------------------------------------------
+MCP_METHOD_NAME: Final = "mcp.method.name"
+MCP_SESSION_ID: Final = "mcp.session.id"
+MCP_METHOD_TOOLS_CALL: Final = "tools/call"
+# Not (yet) in semconv: the name the MCP server announced in its initialize result.
+MCP_SERVER_NAME: Final = "mcp.server.name"
+JSONRPC_REQUEST_ID: Final = "jsonrpc.request.id"
+
+# --- general ---------------------------------------------------------------------------
+SESSION_ID: Final = "session.id"
+ERROR_TYPE: Final = "error.type"
+SERVICE_NAME: Final = "service.name"  # resource attribute
+ERROR_TYPE_TOOL_ERROR: Final = "tool_error"
+
+# --- OpenInference ---------------------------------------------------------------------
+OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
+OI_TOOL_NAME: Final = "tool.name"
+OI_INPUT_VALUE: Final = "input.value"
+OI_OUTPUT_VALUE: Final = "output.value"
+OI_TOOL_PARAMETERS: Final = "tool.parameters"
+OI_LLM_MODEL_NAME: Final = "llm.model_name"
+OI_LLM_TOKEN_PROMPT: Final = "llm.token_count.prompt"
+OI_LLM_TOKEN_COMPLETION: Final = "llm.token_count.completion"
+OI_USER_ID: Final = "user.id"
+
+# --- OpenLLMetry (Traceloop) -----------------------------------------------------------
+TRACELOOP_SPAN_KIND: Final = "traceloop.span.kind"
+TRACELOOP_ENTITY_NAME: Final = "traceloop.entity.name"
+TRACELOOP_ENTITY_INPUT: Final = "traceloop.entity.input"
+TRACELOOP_ENTITY_OUTPUT: Final = "traceloop.entity.output"
+TRACELOOP_SESSION_ID: Final = "traceloop.association.properties.session_id"
+TRACELOOP_WORKFLOW_NAME: Final = "traceloop.workflow.name"
+LLM_USAGE_PROMPT_TOKENS: Final = "llm.usage.prompt_tokens"
+LLM_USAGE_COMPLETION_TOKENS: Final = "llm.usage.completion_tokens"
+GEN_AI_USAGE_PROMPT_TOKENS: Final = "gen_ai.usage.prompt_tokens"
+GEN_AI_USAGE_COMPLETION_TOKENS: Final = "gen_ai.usage.completion_tokens"
+
+# --- tooltrail's own -------------------------------------------------------------------
+TT_SESSION_ID: Final = "tooltrail.session.id"
+TT_PARENT_SESSION_ID: Final = "tooltrail.parent_session.id"
+TT_DECISION: Final = "tooltrail.decision"
+TT_POLICY_RULE: Final = "tooltrail.policy.rule"
+TT_POLICY_MATCHED: Final = "tooltrail.policy.matched"
+TT_POLICY_VERSION: Final = "tooltrail.policy.version"
+TT_POLICY_REASON: Final = "tooltrail.policy.reason"
+TT_ENFORCED: Final = "tooltrail.enforced"
+TT_BLAST_RADIUS: Final = "tooltrail.blast_radius"
+TT_TARGET_REPO: Final = "tooltrail.target.repo"
+TT_TARGET_BRANCH: Final = "tooltrail.target.branch"
+TT_TARGET_PATH: Final = "tooltrail.target.path"
+TT_ARGUMENTS_REWRITTEN: Final = "tooltrail.arguments.rewritten"
+TT_ACTION_SUMMARY: Final = "tooltrail.action.summary"
+TT_SEQUENCE: Final = "tooltrail.sequence"
+TT_APPROVAL_ID: Final = "tooltrail.approval.id"
+TT_APPROVAL_STATUS: Final = "tooltrail.approval.status"
+TT_APPROVAL_DECIDED_BY: Final = "tooltrail.approval.decided_by"
+TT_APPROVAL_WAIT_MS: Final = "tooltrail.approval.wait_ms"
+TT_TRIGGER: Final = "tooltrail.trigger"
+
+TRIGGERS: Final = ("manual", "api", "schedule", "event", "agent")
