@@ -12,7 +12,9 @@ so many processes can land into one directory without coordination.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import itertools
 import logging
 import os
@@ -20,7 +22,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,6 +35,7 @@ from tooltrail.schema import COLUMNS, SPAN_SCHEMA, Row
 _log = logging.getLogger(__name__)
 
 TEMP_SUFFIX: Final = ".tmp"
+LOCK_FILE: Final = ".lock"
 _EPOCH_DAY_NS: Final = 86_400 * 1_000_000_000
 # Bloom filter on session_id: "one session's actions" reads skip row groups without it.
 _BLOOM: Final = {"session_id": {"ndv": 100_000, "fpp": 0.01}}
@@ -114,6 +117,20 @@ def write_table_atomic(table: pa.Table, final_path: Path) -> Path:
     return final_path
 
 
+@contextlib.contextmanager
+def spans_lock(spans_root: Path, exclusive: bool) -> Iterator[None]:
+    """Writers hold the lock shared while landing a file; compaction holds it exclusively
+    only while it swaps a partition, so a writer never links into a directory that is
+    being swapped out (and writers never wait on each other)."""
+    spans_root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(spans_root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -162,7 +179,8 @@ class ParquetSpanWriter:
             seq = next(self._seq)
             name = f"{self.writer_id}-{seq:06d}.parquet"
         path = self.spans_dir / f"date={day}" / name
-        return write_table_atomic(table, path)
+        with spans_lock(self.spans_dir, exclusive=False):
+            return write_table_atomic(table, path)
 
 
 def sweep_temp_files(data_dir: str | os.PathLike[str], older_than_s: float = 3600.0) -> int:

@@ -1,14 +1,274 @@
 """The ``tooltrail`` command line: one click group; each command parses, calls one library
-function, prints."""
+function, prints.
+
+Heavy libraries (duckdb, polars, pyarrow) are imported inside the commands so that
+``tooltrail --help`` stays fast. Domain errors become ``click.ClickException`` with exit
+code 2 (bad usage or bad input); exit 1 means the command ran and found a problem.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
 import click
 
-from tooltrail import __version__
+from tooltrail import __version__, config
+from tooltrail.errors import TooltrailError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SESSION_COLUMNS = (
+    "session_id",
+    "agent_name",
+    "status",
+    "action_count",
+    "allows",
+    "denies",
+    "rewrites",
+    "approvals",
+    "max_blast_radius",
+    "repos",
+    "last_action_at",
+)
+ACTION_COLUMNS = (
+    "sequence",
+    "start_time",
+    "tool_name",
+    "action_summary",
+    "decision",
+    "policy_rule",
+    "blast_radius",
+    "duration_ms",
+    "status_code",
+)
+
+
+class CliError(click.ClickException):
+    """Bad usage or bad input: exit code 2."""
+
+    exit_code = 2
+
+
+@contextlib.contextmanager
+def domain_errors() -> Iterator[None]:
+    """Turn the project's own errors into a clean message and exit code 2."""
+    try:
+        yield
+    except TooltrailError as e:
+        raise CliError(str(e)) from e
+
+
+def data_option(fn: F) -> F:
+    return click.option(
+        "--data",
+        "data",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        envvar=config.ENV_DATA,
+        show_envvar=True,
+        help="Data directory (default ./tooltrail-data).",
+    )(fn)
+
+
+def format_option(fn: F) -> F:
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "json", "csv"]),
+        default="table",
+        show_default=True,
+        help="Output format.",
+    )(fn)
+
+
+def _data(data: Path | None) -> Path:
+    return config.data_dir(data)
+
+
+def _echo_df(df: Any, fmt: str, columns: tuple[str, ...] | None = None) -> None:
+    from tooltrail.output import render
+
+    click.echo(render(df, fmt, columns))
 
 
 @click.group()
 @click.version_option(__version__, prog_name="tooltrail")
 def cli() -> None:
-    """tooltrail: audit trail and policy gate for AI-agent tool calls."""
+    """tooltrail: audit trail and policy gate for AI-agent tool calls.
+
+    Every command takes --data DIR (or $TOOLTRAIL_DATA); listing commands take
+    --format table|json|csv.
+
+    Example:
+
+        tooltrail demo && tooltrail sessions --limit 10
+    """
+
+
+@cli.command()
+@data_option
+@format_option
+@click.option("--agent", help="Only sessions of this agent name.")
+@click.option(
+    "--status",
+    type=click.Choice(["active", "completed", "failed", "waiting_approval", "paused", "canceled"]),
+    help="Only sessions in this status.",
+)
+@click.option("--since", help="Only sessions active within this window, e.g. 2h, 30m, 7d.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+def sessions(
+    data: Path | None,
+    fmt: str,
+    agent: str | None,
+    status: str | None,
+    since: str | None,
+    limit: int,
+) -> None:
+    """List sessions, most recent activity first.
+
+    Example:
+
+        tooltrail sessions --agent release-bot --since 2h --format json
+    """
+    from tooltrail import analytics
+
+    with domain_errors():
+        df = analytics.sessions(_data(data), agent=agent, status=status, since=since, limit=limit)
+    _echo_df(df, fmt, SESSION_COLUMNS)
+
+
+@cli.command()
+@data_option
+@format_option
+@click.argument("session_id")
+def show(data: Path | None, fmt: str, session_id: str) -> None:
+    """Show one session: its header, then every action in sequence order.
+
+    Example:
+
+        tooltrail show 3f2a9c6e-0b7d-4c41-9d0e-5d2b7f1c8a10
+    """
+    from tooltrail import analytics
+    from tooltrail.output import records, render, render_mapping
+
+    with domain_errors():
+        header = analytics.session(_data(data), session_id)
+        if header is None:
+            raise CliError(f"no session {session_id!r} in {_data(data)}")
+        actions = analytics.session_actions(_data(data), session_id)
+    if fmt == "json":
+        doc = {"session": records(header)[0], "actions": records(actions)}
+        click.echo(json.dumps(doc, indent=2, default=str))
+    elif fmt == "csv":
+        click.echo(render(actions, "csv"))
+    else:
+        click.echo(render_mapping(records(header)[0]))
+        click.echo()
+        click.echo(render(actions, "table", ACTION_COLUMNS))
+
+
+@cli.command()
+@data_option
+@format_option
+@click.argument("sql")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N rows.")
+def query(data: Path | None, fmt: str, sql: str, limit: int | None) -> None:
+    """Run read-only SQL over the views (spans, actions, sessions, approvals).
+
+    Write statements are refused.
+
+    Example:
+
+        tooltrail query "SELECT tool_name, count(*) FROM actions GROUP BY 1 ORDER BY 2 DESC"
+    """
+    from tooltrail import analytics
+
+    with domain_errors():
+        df = analytics.run_query(_data(data), sql, limit=limit)
+    _echo_df(df, fmt)
+
+
+@cli.command()
+@data_option
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--policy",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar=config.ENV_POLICY,
+    help="Decide undecided tool spans with this policy (after the fact).",
+)
+def ingest(data: Path | None, files: tuple[Path, ...], policy: Path | None) -> None:
+    """Land OTLP/JSON files (the OpenTelemetry Collector file exporter format).
+
+    Every file is validated first: a malformed line is reported with its file and line
+    number and nothing is landed.
+
+    Example:
+
+        tooltrail ingest traces.jsonl --data ./tooltrail-data
+    """
+    from tooltrail.collector.exporter import policy_row_hook
+    from tooltrail.collector.otlp import ingest_files
+
+    root = _data(data)
+    with domain_errors():
+        report = ingest_files(list(files), root, row_hook=policy_row_hook(policy))
+        _refresh_duckdb_file(root)
+    click.echo(f"landed {report.rows} spans from {len(files)} file(s) into {root}")
+
+
+@cli.command()
+@data_option
+def compact(data: Path | None) -> None:
+    """Merge small Parquet files into files sorted by session, atomically.
+
+    Safe while agents keep exporting: readers see the old files or the new, never both.
+
+    Example:
+
+        tooltrail compact --data ./tooltrail-data
+    """
+    from tooltrail.collector.compact import compact as run_compact
+
+    root = _data(data)
+
+    def progress(name: str) -> None:
+        click.echo(f"compacted {name}", err=True)
+
+    with domain_errors():
+        report = run_compact(root, progress=progress)
+        _refresh_duckdb_file(root)
+    click.echo(
+        f"{report.partitions} partition(s) rewritten, {report.rows} rows, "
+        f"files {report.files_before} -> {report.files_after}"
+    )
+    if report.skipped:
+        for line in report.skipped:
+            click.echo(f"skipped {line}", err=True)
+        sys.exit(1)
+
+
+def _refresh_duckdb_file(root: Path) -> None:
+    from tooltrail import analytics
+
+    if root.exists():
+        analytics.build_duckdb_file(root)
+
+
+@functools.cache
+def _register_subcommands() -> None:
+    from tooltrail.policy.cli import policy_cli
+
+    cli.add_command(policy_cli)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    cli()

@@ -1,0 +1,98 @@
+"""Exporter cost vs span creation cost, measured in one run.
+
+    python bench/exporter.py [--spans N] [--batch 512]
+
+Creation: N tool spans (the instrumentation's attribute set) with the bare SDK, no
+processor. Export: the same N spans, already ended, landed by TooltrailSpanExporter in
+BatchSpanProcessor-sized batches (normalize + redact + Arrow + zstd Parquet + fsync +
+atomic link). Target from issue 2: export cost <= 0.5x creation cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import best_of, timed, tool_attributes
+
+from tooltrail.collector.exporter import TooltrailSpanExporter
+from tooltrail.collector.writer import rows_to_table
+
+
+class _Keep(SpanProcessor):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
+
+
+def create_spans(n: int, provider: TracerProvider) -> None:
+    tracer = provider.get_tracer("bench")
+    attrs = [tool_attributes(i) for i in range(n)]
+    for a in attrs:
+        with tracer.start_as_current_span("tools/call git_commit", attributes=a):
+            pass
+
+
+def batches(spans: Sequence[ReadableSpan], size: int) -> list[Sequence[ReadableSpan]]:
+    return [spans[i : i + size] for i in range(0, len(spans), size)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--spans", type=int, default=50_000)
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    n = args.spans
+
+    bare = TracerProvider()
+    create_s = best_of(args.repeats, lambda: timed(lambda: create_spans(n, bare)))
+
+    keep = _Keep()
+    recording = TracerProvider()
+    recording.add_span_processor(keep)
+    create_spans(n, recording)
+    parts = batches(keep.spans, args.batch)
+
+    tmp = Path(tempfile.mkdtemp(prefix="tooltrail-bench-"))
+    try:
+        exporter = TooltrailSpanExporter(data_dir=tmp / "data", policy=None)
+
+        def export_all() -> None:
+            for part in parts:
+                exporter.export(part)
+
+        export_s = best_of(args.repeats, lambda: timed(export_all))
+        rows_per_batch = [exporter.to_rows(p) for p in parts]
+        normalize_s = best_of(
+            args.repeats, lambda: timed(lambda: [exporter.to_rows(p) for p in parts])
+        )
+        arrow_s = best_of(
+            args.repeats, lambda: timed(lambda: [rows_to_table(r) for r in rows_per_batch])
+        )
+        exporter.shutdown()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    per = 1e6 / n
+    print(f"spans={n} batch={args.batch} (best of {args.repeats})")
+    print(f"create (bare SDK, no processor): {create_s * per:8.2f} us/span")
+    print(f"export (tooltrail, end to end):  {export_s * per:8.2f} us/span")
+    print(f"  normalize+redact:              {normalize_s * per:8.2f} us/span")
+    print(f"  rows -> Arrow:                 {arrow_s * per:8.2f} us/span")
+    rest = export_s - normalize_s - arrow_s
+    print(f"  Parquet write+fsync+link:      {rest * per:8.2f} us/span")
+    print(f"ratio export/create = {export_s / create_s:.2f}  (target <= 0.5)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Compaction: merge a partition's small files into few files sorted by session and time.
+
+Readers must see either the old files or the new ones, never both (duplicates) or neither
+(a gap). Files in one directory cannot be replaced as a set, so a partition is rebuilt in a
+hidden sibling directory and the two directories are swapped with one
+``renameat2(RENAME_EXCHANGE)`` (Linux). Writers that landed a file while the merge ran are
+carried over: the swap happens under the exclusive spans lock, which writers take shared
+while they land a file, so the set of files in the partition is frozen during the swap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import fcntl
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tooltrail.collector.writer import (
+    TEMP_SUFFIX,
+    new_writer_id,
+    spans_lock,
+    sweep_temp_files,
+    write_table_atomic,
+)
+from tooltrail.config import SPANS_DIR
+from tooltrail.errors import StoreError
+from tooltrail.schema import SPAN_SCHEMA
+
+_log = logging.getLogger(__name__)
+
+_AT_FDCWD: Final = -100
+_RENAME_EXCHANGE: Final = 2
+# A partition with a single file larger than this is already compact.
+DEFAULT_SMALL_FILE_BYTES: Final = 64 * 1024 * 1024
+ROWS_PER_FILE: Final = 5_000_000
+
+
+@dataclass
+class CompactReport:
+    partitions: int = 0
+    files_before: int = 0
+    files_after: int = 0
+    rows: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Atomically swap two paths (both must exist)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        raise StoreError("atomic compaction needs renameat2 (Linux, glibc >= 2.28)")
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise StoreError(f"cannot swap {a} and {b}: {os.strerror(err)}")
+
+
+def _needs_compaction(files: list[Path], small: int) -> bool:
+    if len(files) > 1:
+        return True
+    return len(files) == 1 and files[0].stat().st_size < small and not _is_compacted(files[0])
+
+
+def _is_compacted(path: Path) -> bool:
+    return path.name.startswith("compact-")
+
+
+def compact_partition(part: Path, small_file_bytes: int = DEFAULT_SMALL_FILE_BYTES) -> int:
+    """Compact one ``date=`` directory; returns the number of rows rewritten (0 if skipped)."""
+    sources = sorted(part.glob("*.parquet"))
+    if not _needs_compaction(sources, small_file_bytes):
+        return 0
+    table = pq.read_table(sources, schema=SPAN_SCHEMA, partitioning=None)
+    table = table.sort_by([("session_id", "ascending"), ("start_time", "ascending")])
+    staging = part.with_name(f".{part.name}.compact-{secrets.token_hex(4)}")
+    staging.mkdir()
+    try:
+        writer_id = new_writer_id()
+        for i, offset in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_FILE)):
+            chunk = table.slice(offset, ROWS_PER_FILE)
+            write_table_atomic(chunk, staging / f"compact-{writer_id}-{i:04d}.parquet")
+        with spans_lock(part.parent, exclusive=True):
+            source_names = {p.name for p in sources}
+            for late in part.glob("*.parquet"):  # landed while we merged: carry over
+                if late.name not in source_names:
+                    os.link(late, staging / late.name)
+            _exchange(part, staging)
+        # `staging` now holds the old files; no reader can reach it by glob any more.
+        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        # Before the swap, staging holds only unpublished new files.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return table.num_rows
+
+
+def compact(
+    data_dir: str | os.PathLike[str],
+    *,
+    small_file_bytes: int = DEFAULT_SMALL_FILE_BYTES,
+    progress: Callable[[str], None] | None = None,
+) -> CompactReport:
+    """Merge small files in every partition of ``data_dir``; safe beside live writers."""
+    root = Path(data_dir) / SPANS_DIR
+    report = CompactReport()
+    if not root.exists():
+        return report
+    with _single_compactor(root):
+        sweep_temp_files(data_dir)
+        _remove_stale_staging(root)
+        _compact_all(root, small_file_bytes, progress, report)
+    return report
+
+
+@contextlib.contextmanager
+def _single_compactor(root: Path) -> Iterator[None]:
+    fd = os.open(root / ".compact.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise StoreError(f"another compaction is running on {root}") from e
+        yield
+    finally:
+        os.close(fd)
+
+
+def _compact_all(
+    root: Path,
+    small_file_bytes: int,
+    progress: Callable[[str], None] | None,
+    report: CompactReport,
+) -> None:
+    for part in sorted(p for p in root.glob("date=*") if p.is_dir()):
+        before = list(part.glob("*.parquet"))
+        report.files_before += len(before)
+        try:
+            rows = compact_partition(part, small_file_bytes)
+        except (OSError, pa.ArrowException) as e:
+            _log.error("compaction of %s failed: %s", part, e)
+            report.skipped.append(f"{part.name}: {e}")
+            rows = 0
+        if rows:
+            report.partitions += 1
+            report.rows += rows
+        report.files_after += len(list(part.glob("*.parquet")))
+        if progress is not None:
+            progress(part.name)
+
+
+def _remove_stale_staging(root: Path) -> None:
+    # A compaction killed before its swap leaves a hidden staging dir: readers never see it.
+    for stale in root.glob(".date=*.compact-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(f".date=*{TEMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)

@@ -1,0 +1,106 @@
+"""The Parquet writer: atomic files, partitions, unique names, no clobbering."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tooltrail.collector.writer import (
+    ParquetSpanWriter,
+    iter_span_files,
+    rows_to_table,
+    sweep_temp_files,
+    write_table_atomic,
+)
+from tooltrail.schema import COLUMNS, SPAN_SCHEMA, Row, empty_row
+
+
+def _row(session: str = "s1", day: int = 21, **fields: object) -> Row:
+    row = empty_row()
+    start = dt.datetime(2026, 11, day, 12, 0, tzinfo=dt.UTC)
+    row.update(
+        trace_id=uuid.uuid4().hex,
+        span_id=uuid.uuid4().hex[:16],
+        name="execute_tool git_status",
+        span_type="tool",
+        start_time=int(start.timestamp() * 1e9),
+        end_time=int(start.timestamp() * 1e9) + 5_000_000,
+        duration_ms=5.0,
+        session_id=session,
+        tool_name="git_status",
+        policy_matched=["a", "b"],
+        redactions=0,
+    )
+    row.update(fields)
+    return row
+
+
+def test_rows_land_in_date_partitions_with_schema(tmp_path: Path) -> None:
+    writer = ParquetSpanWriter(tmp_path)
+    rows = [_row(day=20), _row(day=21), _row(day=21, session="s2")]
+    written = writer.write(rows)
+    assert sorted(p.parent.name for p in written) == ["date=2026-11-20", "date=2026-11-21"]
+    table = pq.read_table(written[1], partitioning=None)
+    assert table.schema.names == list(COLUMNS)
+    assert table.schema.equals(SPAN_SCHEMA, check_metadata=False)
+    assert table.num_rows == 2
+    # Sorted by session then time inside a file, so row-group statistics prune well.
+    assert table.column("session_id").to_pylist() == ["s1", "s2"]
+    meta = pq.ParquetFile(written[1]).metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_timestamps_from_ns_and_datetime_agree(tmp_path: Path) -> None:
+    start = dt.datetime(2026, 11, 21, 8, 30, 1, 123456, tzinfo=dt.UTC)
+    ns = _row(start_time=int(start.timestamp() * 1_000_000) * 1000)
+    as_dt = _row(start_time=start)
+    table = rows_to_table([ns, as_dt])
+    assert table.column("start_time").to_pylist() == [start, start]
+
+
+def test_session_id_bloom_filter_written(tmp_path: Path) -> None:
+    (path,) = ParquetSpanWriter(tmp_path).write([_row()])
+    col = (
+        pq.ParquetFile(path).metadata.row_group(0).column(SPAN_SCHEMA.get_field_index("session_id"))
+    )
+    # pyarrow exposes the bloom filter's location through the column chunk metadata.
+    assert col.to_dict().get("bloom_filter_offset") not in (None, -1, 0)
+
+
+def test_file_names_unique_per_writer_and_sequence(tmp_path: Path) -> None:
+    a, b = ParquetSpanWriter(tmp_path), ParquetSpanWriter(tmp_path)
+    paths = [w.write([_row()])[0] for w in (a, b, a, b)]
+    assert len({p.name for p in paths}) == 4
+    assert len(list(iter_span_files(tmp_path))) == 4
+
+
+def test_atomic_write_never_clobbers(tmp_path: Path) -> None:
+    table = rows_to_table([_row()])
+    target = tmp_path / "date=2026-11-21" / "w-000001.parquet"
+    write_table_atomic(table, target)
+    with pytest.raises(FileExistsError):
+        write_table_atomic(rows_to_table([_row(), _row()]), target)
+    assert pq.read_table(target, partitioning=None).num_rows == 1
+    assert not list(target.parent.glob(".*"))  # the failed attempt left no temp file
+
+
+def test_bad_row_raises_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        ParquetSpanWriter(tmp_path).write([_row(start_time="yesterday")])
+    assert list(iter_span_files(tmp_path)) == []
+
+
+def test_sweep_removes_only_old_temp_files(tmp_path: Path) -> None:
+    part = tmp_path / "spans" / "date=2026-11-21"
+    part.mkdir(parents=True)
+    old, fresh = part / ".a.parquet.1.tmp", part / ".b.parquet.2.tmp"
+    old.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    os.utime(old, (0, 0))
+    assert sweep_temp_files(tmp_path, older_than_s=60) == 1
+    assert not old.exists() and fresh.exists()

@@ -1,0 +1,84 @@
+"""Rendering of result frames for the command line: table, json or csv.
+
+Imported lazily by the CLI only (it needs polars, which the agent side never loads).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import polars as pl
+
+FORMATS: Final = ("table", "json", "csv")
+_MAX_CELL: Final = 48
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dt.date | dt.timedelta):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def records(df: pl.DataFrame) -> list[dict[str, Any]]:
+    return [{k: _jsonable(v) for k, v in row.items()} for row in df.iter_rows(named=True)]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, list | tuple):
+        return ",".join(_cell(v) for v in value)
+    text = str(value).replace("\n", " ")
+    return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def render(df: pl.DataFrame, fmt: str, columns: Sequence[str] | None = None) -> str:
+    """Render ``df`` as ``table`` (selected ``columns``), ``json`` or ``csv`` (all columns)."""
+    if fmt == "json":
+        return json.dumps(records(df), indent=2, default=str)
+    if fmt == "csv":
+        import polars as pl
+
+        flat = df.with_columns(
+            [
+                pl.col(name).cast(pl.List(pl.String)).list.join(";")
+                for name, dtype in df.schema.items()
+                if isinstance(dtype, pl.List)
+            ]
+        )
+        return flat.write_csv().rstrip("\n")
+    cols = [c for c in (columns or df.columns) if c in df.columns]
+    if df.height == 0:
+        return "(no rows)"
+    return table(df.select(cols).to_dicts(), cols)
+
+
+def render_mapping(values: Mapping[str, Any]) -> str:
+    """A key: value block (for headers such as a session's aggregates)."""
+    width = max((len(k) for k in values), default=0)
+    return "\n".join(f"{k.ljust(width)}  {_cell(v)}" for k, v in values.items())
