@@ -103,7 +103,7 @@ def compact_partition(part: Path, small_file_bytes: int = DEFAULT_SMALL_FILE_BYT
         # Before the swap, staging holds only unpublished new files.
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return table.num_rows
+    return int(table.num_rows)
 
 
 def compact(

@@ -1,0 +1,497 @@
+"""The control plane on the embedded default: ``<data>/control.sqlite`` (stdlib sqlite3, WAL).
+
+Shared by agent processes (they file approval requests and wait on them, and check their
+session's state before each call), the CLI and the dashboard (they decide, pause, resume
+and cancel). SQLite in WAL mode gives concurrent readers with one writer at a time; every
+write is one short ``BEGIN IMMEDIATE`` transaction, and a decision is a conditional
+``UPDATE ... WHERE status = 'pending'`` so a request is decided exactly once.
+
+Waiting polls the database on a short interval (sleeping, not spinning): a decision made
+by another process is seen within one interval, at a cost of one indexed read each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from tooltrail import config
+from tooltrail.errors import BadInputError, StoreError
+
+PENDING: Final = "pending"
+APPROVED: Final = "approved"
+DENIED: Final = "denied"
+EXPIRED: Final = "expired"
+OUTCOMES: Final = (APPROVED, DENIED, EXPIRED)
+
+RUNNING: Final = "running"
+PAUSED: Final = "paused"
+CANCELED: Final = "canceled"
+
+DEFAULT_POLL_S: Final = 0.05
+DEFAULT_TIMEOUT_S: Final = 600.0
+
+SessionAction = Literal["pause", "resume", "cancel"]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS approvals (
+    approval_id     TEXT PRIMARY KEY,
+    session_id      TEXT,
+    trace_id        TEXT,
+    span_id         TEXT,
+    agent_name      TEXT,
+    tool_name       TEXT NOT NULL,
+    mcp_server      TEXT,
+    arguments       TEXT NOT NULL,
+    arguments_hash  TEXT NOT NULL,
+    policy_rule     TEXT,
+    reason          TEXT,
+    blast_radius    TEXT,
+    approvers       TEXT NOT NULL,
+    on_timeout      TEXT NOT NULL DEFAULT 'DENY',
+    requested_at    REAL NOT NULL,
+    expires_at      REAL NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'pending'
+                    CHECK (status IN ('pending', 'approved', 'denied', 'expired')),
+    decided_by      TEXT,
+    decided_at      REAL,
+    decision_reason TEXT,
+    agent_host      TEXT,
+    agent_pid       INTEGER
+);
+CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, requested_at);
+CREATE INDEX IF NOT EXISTS approvals_session ON approvals (session_id);
+CREATE TABLE IF NOT EXISTS session_controls (
+    session_id  TEXT PRIMARY KEY,
+    state       TEXT NOT NULL CHECK (state IN ('running', 'paused', 'canceled')),
+    changed_by  TEXT NOT NULL,
+    changed_at  REAL NOT NULL,
+    reason      TEXT
+);
+CREATE TABLE IF NOT EXISTS control_events (
+    event_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id  TEXT NOT NULL,
+    action      TEXT NOT NULL CHECK (action IN ('pause', 'resume', 'cancel')),
+    actor       TEXT NOT NULL,
+    at          REAL NOT NULL,
+    reason      TEXT
+);
+CREATE INDEX IF NOT EXISTS control_events_session ON control_events (session_id, at);
+"""
+
+
+class UnknownIdError(BadInputError):
+    """No approval request or session with that id."""
+
+
+class AlreadyDecidedError(BadInputError):
+    """The approval request was decided before; a decision is never overwritten."""
+
+
+class NotAnApproverError(BadInputError):
+    """The person deciding is not in the rule's ``approvers`` list."""
+
+
+class InvalidTransitionError(BadInputError):
+    """A session-control change that is not allowed (e.g. resuming a canceled session)."""
+
+
+def arguments_hash(arguments: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``arguments`` (sorted keys, no whitespace)."""
+    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    """What an agent files when the policy says REQUIRE_APPROVAL."""
+
+    tool_name: str
+    arguments: Mapping[str, Any]  # already redacted: this is what the approver sees
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    on_timeout: str = "DENY"
+    approvers: Sequence[str] = ("*",)
+    session_id: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    agent_name: str | None = None
+    mcp_server: str | None = None
+    policy_rule: str | None = None
+    reason: str | None = None
+    blast_radius: str | None = None
+    approval_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRecord:
+    approval_id: str
+    session_id: str | None
+    trace_id: str | None
+    span_id: str | None
+    agent_name: str | None
+    tool_name: str
+    mcp_server: str | None
+    arguments: str
+    arguments_hash: str
+    policy_rule: str | None
+    reason: str | None
+    blast_radius: str | None
+    approvers: tuple[str, ...]
+    on_timeout: str
+    requested_at: float
+    expires_at: float
+    status: str
+    decided_by: str | None
+    decided_at: float | None
+    decision_reason: str | None
+    agent_host: str | None
+    agent_pid: int | None
+
+    @property
+    def decided(self) -> bool:
+        return self.status != PENDING
+
+    @property
+    def wait_ms(self) -> float | None:
+        if self.decided_at is None:
+            return None
+        return (self.decided_at - self.requested_at) * 1000.0
+
+    def arguments_intact(self) -> bool:
+        """The stored arguments still hash to the hash taken when the request was filed."""
+        try:
+            shown = json.loads(self.arguments)
+        except ValueError:
+            return False
+        return isinstance(shown, dict) and arguments_hash(shown) == self.arguments_hash
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["approvers"] = list(self.approvers)
+        d["wait_ms"] = self.wait_ms
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class SessionControl:
+    session_id: str
+    state: str
+    changed_by: str | None
+    changed_at: float | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlEvent:
+    session_id: str
+    action: str
+    actor: str
+    at: float
+    reason: str | None
+
+
+_RECORD_FIELDS: Final = tuple(f.name for f in dataclasses.fields(ApprovalRecord))
+
+
+def _record(row: sqlite3.Row) -> ApprovalRecord:
+    values = dict(row)
+    values["approvers"] = tuple(json.loads(values["approvers"]))
+    return ApprovalRecord(**{k: values[k] for k in _RECORD_FIELDS})
+
+
+def _approver_allowed(approvers: Sequence[str], who: str) -> bool:
+    return "*" in approvers or who in approvers
+
+
+class ControlStore:
+    """Approvals and session controls in ``<data>/control.sqlite``.
+
+    One instance per thread is the simple rule (sqlite3 connections are not shared across
+    threads here); instances are cheap. Every method is a short transaction.
+    """
+
+    def __init__(
+        self, data_dir: str | os.PathLike[str] | None = None, *, busy_timeout_s: float = 30.0
+    ):
+        root = config.data_dir(data_dir)
+        self.path: Path = root / config.CONTROL_FILE
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            self._con = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            self._con.row_factory = sqlite3.Row
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute("PRAGMA synchronous=NORMAL")
+            self._con.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open the control store {self.path}: {e}") from e
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> ControlStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._con.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StoreError(f"control store {self.path} is unavailable: {e}") from e
+        try:
+            yield self._con
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        else:
+            self._con.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return list(self._con.execute(sql, params))
+        except sqlite3.Error as e:
+            raise StoreError(f"control store {self.path}: {e}") from e
+
+    # -- approvals ---------------------------------------------------------------------
+
+    def file_request(self, req: ApprovalRequest, *, now: float | None = None) -> ApprovalRecord:
+        """File a pending request; returns the stored record."""
+        now = time.time() if now is None else now
+        approval_id = req.approval_id or f"apr-{uuid.uuid4().hex[:12]}"
+        shown = dict(req.arguments)
+        with self._tx() as con:
+            con.execute(
+                "INSERT INTO approvals (approval_id, session_id, trace_id, span_id, agent_name,"
+                " tool_name, mcp_server, arguments, arguments_hash, policy_rule, reason,"
+                " blast_radius, approvers, on_timeout, requested_at, expires_at, agent_host,"
+                " agent_pid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    approval_id,
+                    req.session_id,
+                    req.trace_id,
+                    req.span_id,
+                    req.agent_name,
+                    req.tool_name,
+                    req.mcp_server,
+                    json.dumps(shown, sort_keys=True, default=str),
+                    arguments_hash(shown),
+                    req.policy_rule,
+                    req.reason,
+                    req.blast_radius,
+                    json.dumps(list(req.approvers)),
+                    req.on_timeout,
+                    now,
+                    now + req.timeout_s,
+                    socket.gethostname(),
+                    os.getpid(),
+                ),
+            )
+        return self.get(approval_id)
+
+    def get(self, approval_id: str) -> ApprovalRecord:
+        rows = self._query("SELECT * FROM approvals WHERE approval_id = ?", (approval_id,))
+        if not rows:
+            raise UnknownIdError(f"no approval request {approval_id!r} in {self.path}")
+        return _record(rows[0])
+
+    def decide(
+        self,
+        approval_id: str,
+        outcome: Literal["approved", "denied"],
+        by: str,
+        reason: str | None = None,
+        *,
+        now: float | None = None,
+    ) -> ApprovalRecord:
+        """Approve or deny a pending request, once. Refusals raise and change nothing."""
+        if outcome not in (APPROVED, DENIED):
+            raise BadInputError(f"outcome must be approved or denied, not {outcome!r}")
+        if not by or not by.strip():
+            raise BadInputError("a decision needs the name of who decides (--by)")
+        self.expire_due(now=now)
+        now = time.time() if now is None else now
+        with self._tx() as con:
+            rows = list(
+                con.execute("SELECT * FROM approvals WHERE approval_id = ?", (approval_id,))
+            )
+            if not rows:
+                raise UnknownIdError(f"no approval request {approval_id!r} in {self.path}")
+            current = _record(rows[0])
+            if current.decided:
+                raise AlreadyDecidedError(
+                    f"approval {approval_id} was already {current.status}"
+                    + (f" by {current.decided_by}" if current.decided_by else "")
+                    + "; a decision is never overwritten"
+                )
+            if not _approver_allowed(current.approvers, by):
+                raise NotAnApproverError(
+                    f"{by!r} may not decide approval {approval_id} "
+                    f"(rule {current.policy_rule}: approvers {', '.join(current.approvers)})"
+                )
+            con.execute(
+                "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?,"
+                " decision_reason = ? WHERE approval_id = ? AND status = 'pending'",
+                (outcome, by, now, reason, approval_id),
+            )
+        return self.get(approval_id)
+
+    def expire_due(self, *, now: float | None = None) -> int:
+        """Mark every pending request past its deadline expired; returns how many.
+
+        Called by whoever looks (agents while waiting, the CLI, the dashboard), so a
+        request whose agent died still expires and nothing stays pending forever.
+        """
+        now = time.time() if now is None else now
+        with self._tx() as con:
+            cur = con.execute(
+                "UPDATE approvals SET status = 'expired', decided_at = expires_at,"
+                " decided_by = NULL WHERE status = 'pending' AND expires_at <= ?",
+                (now,),
+            )
+            return cur.rowcount
+
+    def list_approvals(
+        self, status: str = PENDING, *, session_id: str | None = None, limit: int | None = None
+    ) -> list[ApprovalRecord]:
+        self.expire_due()
+        clauses: list[str] = []
+        params: list[Any] = []
+        if status != "all":
+            clauses.append("status = ?")
+            params.append(status)
+        if session_id is not None:
+            clauses.append("session_id = ?")
+            params.append(session_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM approvals {where} ORDER BY requested_at"  # noqa: S608 - fixed clauses
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_record(r) for r in self._query(sql, params)]
+
+    def _poll(self, approval_id: str) -> ApprovalRecord:
+        record = self.get(approval_id)
+        if not record.decided and record.expires_at <= time.time():
+            self.expire_due()
+            record = self.get(approval_id)
+        return record
+
+    def wait(self, approval_id: str, *, poll_s: float = DEFAULT_POLL_S) -> ApprovalRecord:
+        """Block (sleeping) until the request is decided or expired."""
+        while True:
+            record = self._poll(approval_id)
+            if record.decided:
+                return record
+            time.sleep(min(poll_s, max(record.expires_at - time.time(), 0.0) + 0.001))
+
+    async def await_decision(
+        self, approval_id: str, *, poll_s: float = DEFAULT_POLL_S
+    ) -> ApprovalRecord:
+        """Like :meth:`wait` without blocking the event loop."""
+        while True:
+            record = self._poll(approval_id)
+            if record.decided:
+                return record
+            await asyncio.sleep(min(poll_s, max(record.expires_at - time.time(), 0.0) + 0.001))
+
+    # -- session control ---------------------------------------------------------------
+
+    def session_control(self, session_id: str) -> SessionControl:
+        rows = self._query("SELECT * FROM session_controls WHERE session_id = ?", (session_id,))
+        if not rows:
+            return SessionControl(session_id, RUNNING, None, None, None)
+        r = rows[0]
+        return SessionControl(
+            r["session_id"], r["state"], r["changed_by"], r["changed_at"], r["reason"]
+        )
+
+    def session_state(self, session_id: str) -> str:
+        return self.session_control(session_id).state
+
+    def set_session_state(
+        self, session_id: str, action: SessionAction, by: str, reason: str | None = None
+    ) -> SessionControl:
+        """pause / resume / cancel a session; each change is recorded with who and when."""
+        if not by or not by.strip():
+            raise BadInputError("a session-control change needs who makes it (--by)")
+        target = {"pause": PAUSED, "resume": RUNNING, "cancel": CANCELED}.get(action)
+        if target is None:
+            raise BadInputError(f"unknown session action {action!r}")
+        now = time.time()
+        with self._tx() as con:
+            rows = list(
+                con.execute(
+                    "SELECT state FROM session_controls WHERE session_id = ?", (session_id,)
+                )
+            )
+            current = rows[0]["state"] if rows else RUNNING
+            if current == CANCELED:
+                raise InvalidTransitionError(
+                    f"session {session_id} is canceled; it cannot be {action}d"
+                )
+            if action == "resume" and current != PAUSED:
+                raise InvalidTransitionError(f"session {session_id} is not paused")
+            if action == "pause" and current == PAUSED:
+                raise InvalidTransitionError(f"session {session_id} is already paused")
+            con.execute(
+                "INSERT INTO session_controls (session_id, state, changed_by, changed_at, reason)"
+                " VALUES (?,?,?,?,?) ON CONFLICT (session_id) DO UPDATE SET state = excluded.state,"
+                " changed_by = excluded.changed_by, changed_at = excluded.changed_at,"
+                " reason = excluded.reason",
+                (session_id, target, by, now, reason),
+            )
+            con.execute(
+                "INSERT INTO control_events (session_id, action, actor, at, reason)"
+                " VALUES (?,?,?,?,?)",
+                (session_id, action, by, now, reason),
+            )
+        return self.session_control(session_id)
+
+    def control_history(self, session_id: str | None = None) -> list[ControlEvent]:
+        if session_id is None:
+            rows = self._query("SELECT * FROM control_events ORDER BY at, event_id")
+        else:
+            rows = self._query(
+                "SELECT * FROM control_events WHERE session_id = ? ORDER BY at, event_id",
+                (session_id,),
+            )
+        return [
+            ControlEvent(r["session_id"], r["action"], r["actor"], r["at"], r["reason"])
+            for r in rows
+        ]
+
+    def session_states(self) -> list[SessionControl]:
+        rows = self._query("SELECT * FROM session_controls")
+        return [
+            SessionControl(
+                r["session_id"], r["state"], r["changed_by"], r["changed_at"], r["reason"]
+            )
+            for r in rows
+        ]
+
+    def wait_while_paused(self, session_id: str, *, poll_s: float = DEFAULT_POLL_S) -> str:
+        """Block until the session is not paused; returns ``running`` or ``canceled``."""
+        while (state := self.session_state(session_id)) == PAUSED:
+            time.sleep(poll_s)
+        return state
+
+    async def await_while_paused(self, session_id: str, *, poll_s: float = DEFAULT_POLL_S) -> str:
+        while (state := self.session_state(session_id)) == PAUSED:
+            await asyncio.sleep(poll_s)
+        return state
