@@ -9,7 +9,6 @@ code 2 (bad usage or bad input); exit 1 means the command ran and found a proble
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -263,11 +262,137 @@ def _refresh_duckdb_file(root: Path) -> None:
         analytics.build_duckdb_file(root)
 
 
-@functools.cache
-def _register_subcommands() -> None:
-    from tooltrail.policy.cli import policy_cli
+APPROVAL_COLUMNS = (
+    "approval_id",
+    "status",
+    "session_id",
+    "agent_name",
+    "tool_name",
+    "policy_rule",
+    "blast_radius",
+    "requested_at",
+    "decided_by",
+    "wait_ms",
+)
 
-    cli.add_command(policy_cli)
+
+def _store(data: Path | None) -> Any:
+    from tooltrail.control import ControlStore
+
+    return ControlStore(_data(data))
+
+
+@cli.command()
+@data_option
+@format_option
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "approved", "denied", "expired", "all"]),
+    default="pending",
+    show_default=True,
+)
+def approvals(data: Path | None, fmt: str, status: str) -> None:
+    """List approval requests (pending by default; expired ones are marked first).
+
+    Example:
+
+        tooltrail approvals --status all --format json
+    """
+    import polars as pl
+
+    from tooltrail.control import ApprovalRecord
+
+    with domain_errors(), _store(data) as store:
+        records: list[ApprovalRecord] = store.list_approvals(status)
+    rows = [r.to_dict() for r in records]
+    for row in rows:
+        for key in ("requested_at", "expires_at", "decided_at"):
+            row[key] = _epoch(row[key])
+    df = pl.DataFrame(rows) if rows else pl.DataFrame(schema=list(APPROVAL_COLUMNS))
+    _echo_df(df, fmt, APPROVAL_COLUMNS)
+
+
+def _epoch(value: float | None) -> Any:
+    import datetime as dt
+
+    return None if value is None else dt.datetime.fromtimestamp(value, tz=dt.UTC)
+
+
+def _decide(data: Path | None, approval_id: str, outcome: str, by: str, reason: str | None) -> None:
+    with domain_errors(), _store(data) as store:
+        record = store.decide(approval_id, outcome, by=by, reason=reason)
+    click.echo(f"{record.approval_id} {record.status} by {record.decided_by}")
+
+
+_by_option = click.option("--by", "by", required=True, help="Who decides (recorded).")
+_reason_option = click.option("--reason", help="Why (recorded, shown to the agent).")
+
+
+@cli.command()
+@data_option
+@click.argument("approval_id")
+@_by_option
+@_reason_option
+def approve(data: Path | None, approval_id: str, by: str, reason: str | None) -> None:
+    """Approve a held tool call: the agent's call proceeds with the arguments shown.
+
+    Example:
+
+        tooltrail approve apr-1a2b3c4d5e6f --by alice --reason "release window"
+    """
+    _decide(data, approval_id, "approved", by, reason)
+
+
+@cli.command()
+@data_option
+@click.argument("approval_id")
+@_by_option
+@_reason_option
+def deny(data: Path | None, approval_id: str, by: str, reason: str | None) -> None:
+    """Deny a held tool call: the agent gets a structured denial naming who and why.
+
+    Example:
+
+        tooltrail deny apr-1a2b3c4d5e6f --by alice --reason "not during the freeze"
+    """
+    _decide(data, approval_id, "denied", by, reason)
+
+
+def _session_command(action: str, summary: str, example: str) -> click.Command:
+    @data_option
+    @click.argument("session_id")
+    @_by_option
+    @_reason_option
+    def command(data: Path | None, session_id: str, by: str, reason: str | None) -> None:
+        with domain_errors(), _store(data) as store:
+            control = store.set_session_state(session_id, action, by=by, reason=reason)
+        click.echo(f"session {control.session_id} {control.state} by {control.changed_by}")
+
+    command.__doc__ = f"{summary}\n\n    Example:\n\n        {example}\n"
+    return click.command(name=action)(command)
+
+
+cli.add_command(
+    _session_command(
+        "pause",
+        "Pause a session: no new tool call starts until resume; calls in flight finish.",
+        "tooltrail pause 3f2a9c6e --by ops",
+    )
+)
+cli.add_command(
+    _session_command(
+        "resume",
+        "Resume a paused session: its held calls go on.",
+        "tooltrail resume 3f2a9c6e --by ops",
+    )
+)
+cli.add_command(
+    _session_command(
+        "cancel",
+        "Cancel a session: every later tool call is denied (session canceled); final.",
+        "tooltrail cancel 3f2a9c6e --by ops --reason runaway",
+    )
+)
 
 
 def main() -> None:  # pragma: no cover - console entry
