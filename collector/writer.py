@@ -40,6 +40,8 @@ _EPOCH_DAY_NS: Final = 86_400 * 1_000_000_000
 # Bloom filter on session_id: "one session's actions" reads skip row groups without it.
 _BLOOM: Final = {"session_id": {"ndv": 100_000, "fpp": 0.01}}
 _SORTING: Final = ("session_id", "start_time")
+# Row groups small enough that a one-session lookup reads one group of a compacted file.
+ROW_GROUP_ROWS: Final = 131_072
 
 
 def new_writer_id() -> str:
@@ -107,6 +109,7 @@ def write_table_atomic(table: pa.Table, final_path: Path) -> Path:
                     pq.SortingColumn(SPAN_SCHEMA.get_field_index(c)) for c in _SORTING
                 ],
                 write_page_index=True,
+                row_group_size=ROW_GROUP_ROWS,
             )
             fh.flush()
             os.fsync(fh.fileno())

@@ -242,8 +242,12 @@ def compact(data: Path | None) -> None:
     def progress(name: str) -> None:
         click.echo(f"compacted {name}", err=True)
 
+    from tooltrail import analytics
+
     with domain_errors():
         report = run_compact(root, progress=progress)
+        if root.exists():
+            analytics.build_session_index(root)
         _refresh_duckdb_file(root)
     click.echo(
         f"{report.partitions} partition(s) rewritten, {report.rows} rows, "

@@ -43,6 +43,9 @@ SESSION_ID: Final = "session.id"
 ERROR_TYPE: Final = "error.type"
 SERVICE_NAME: Final = "service.name"  # resource attribute
 ERROR_TYPE_TOOL_ERROR: Final = "tool_error"
+# Exception events (OTel exceptions semconv): their type names the error when no error.type.
+EXCEPTION_EVENT: Final = "exception"
+EXCEPTION_TYPE: Final = "exception.type"
 
 # --- OpenInference ---------------------------------------------------------------------
 OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
@@ -88,5 +91,8 @@ TT_APPROVAL_STATUS: Final = "tooltrail.approval.status"
 TT_APPROVAL_DECIDED_BY: Final = "tooltrail.approval.decided_by"
 TT_APPROVAL_WAIT_MS: Final = "tooltrail.approval.wait_ms"
 TT_TRIGGER: Final = "tooltrail.trigger"
+# MCP ToolAnnotations of the called tool as a JSON object string (readOnlyHint,
+# destructiveHint, ...), so decisions that depend on them can be replayed from landed data.
+TT_TOOL_ANNOTATIONS: Final = "tooltrail.tool.annotations"
 
 TRIGGERS: Final = ("manual", "api", "schedule", "event", "agent")

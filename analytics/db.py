@@ -1,0 +1,304 @@
+"""DuckDB connections with the SPEC §3 views over a data directory, and ``tooltrail.duckdb``.
+
+Views (documented column by column in docs/DATA.md):
+
+- ``spans``: ``read_parquet(<data>/spans/date=*/*.parquet)`` with hive partitioning and
+  union_by_name; a typed zero-row table while no file exists (DuckDB errors on a glob
+  that matches nothing);
+- ``actions``: tool-call spans;
+- ``sessions``: per-session totals (from the session index plus newer files when a valid
+  index exists, else from all spans) joined with the live control store;
+- ``approvals``: REQUIRE_APPROVAL actions joined with the control store's requests;
+- ``control_approvals`` / ``control_sessions``: the control store's rows (see control.py).
+
+A connection from :func:`connect` is in memory; its views follow the files on disk:
+every query function calls :func:`refresh`, which re-plans the views when files were
+landed or compacted (or the index rebuilt) since, and reloads the control store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import secrets
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import duckdb
+import pyarrow as pa
+
+from tooltrail import config
+from tooltrail.analytics.control import (
+    CONTROL_APPROVALS_SCHEMA,
+    CONTROL_SESSIONS_SCHEMA,
+    ControlLoader,
+    conform,
+    default_control_loader,
+)
+from tooltrail.analytics.engine import (
+    base_connection,
+    data_root,
+    raise_query_error,
+    span_files,
+    spans_glob,
+)
+from tooltrail.analytics.index import SessionIndex, read_index
+from tooltrail.analytics.sqlfiles import Fragment, ident, literal, literal_list, load, render
+from tooltrail.errors import QueryError
+from tooltrail.schema import SPAN_SCHEMA
+
+_log = logging.getLogger(__name__)
+
+IDLE_WINDOW: Final = dt.timedelta(minutes=5)
+# Temp files of a build killed midway are hidden; older ones are swept by the next build.
+_STALE_TEMP_S: Final = 3600.0
+
+# `spans` has the landed columns plus the hive partition column.
+SPANS_VIEW_SCHEMA: Final = SPAN_SCHEMA.append(pa.field("date", pa.date32()))
+
+SESSIONS_COLUMNS: Final = (
+    "session_id",
+    "agent_name",
+    "status",
+    "action_count",
+    "started_at",
+    "last_action_at",
+    "last_activity_at",
+    "repos",
+    "allows",
+    "denies",
+    "rewrites",
+    "approvals",
+    "undecided",
+    "total_actions",
+    "max_blast_radius",
+    "low",
+    "medium",
+    "high",
+    "critical",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "parent_session_id",
+    "trigger",
+    "pending_approvals",
+    "span_count",
+    "control_state",
+    "control_changed_by",
+    "control_changed_at",
+)
+APPROVALS_COLUMNS: Final = (
+    "approval_id",
+    "session_id",
+    "agent_name",
+    "tool_name",
+    "outcome",
+    "requested_at",
+    "expires_at",
+    "decided_at",
+    "decided_by",
+    "reason",
+    "wait_ms",
+    "policy_rule",
+    "policy_reason",
+    "blast_radius",
+    "enforced",
+    "target_repo",
+    "target_branch",
+    "action_summary",
+    "arguments",
+    "trace_id",
+    "span_id",
+    "landed",
+)
+
+
+@dataclass
+class _State:
+    """What :func:`refresh` needs to keep a connection's views current."""
+
+    root: Path
+    control: ControlLoader
+    plan: object = field(default=None)  # the files / index the views were planned for
+
+
+# Per connection opened by connect(); weak, so a dropped connection leaves nothing behind.
+_STATES: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, _State] = weakref.WeakKeyDictionary()
+
+
+def connect(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    read_only: bool = True,
+    idle_window: dt.timedelta = IDLE_WINDOW,
+    control: ControlLoader | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the views over ``data_dir``.
+
+    ``read_only`` (the default) locks the connection down after the views exist: no file
+    outside the data directory can be read or written, no extension installed or loaded,
+    no setting changed back. Refusing write *statements* is :func:`run_query`'s job.
+    ``idle_window``: how long after its last activity a session still counts as active.
+    ``control``: where approvals / session controls come from (default: control.sqlite).
+    """
+    if idle_window <= dt.timedelta(0):
+        raise QueryError(f"idle_window must be positive, got {idle_window}")
+    root = data_root(data_dir)
+    con = base_connection()
+    try:
+        con.execute(load("idle_window"), {"idle_window": idle_window})
+        _create_empty_spans(con)
+        _STATES[con] = _State(root, control or default_control_loader)
+        refresh(con)
+        if read_only:
+            # A trailing separator: allow the directory's contents, not its name as a prefix.
+            con.execute(render("harden", allowed=literal_list([f"{root}{os.sep}"])))
+    except duckdb.Error as e:
+        con.close()
+        raise_query_error(e, f"opening the views over {root}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def refresh(con: duckdb.DuckDBPyConnection) -> None:
+    """Bring the views of a :func:`connect` connection up to date with the files on disk
+    and the control store. A connection opened otherwise (e.g. on ``tooltrail.duckdb``)
+    has fixed views and is left alone."""
+    state = _STATES.get(con)
+    if state is None:
+        return
+    files = span_files(state.root)
+    index = read_index(state.root) if files else None
+    delta = index.delta(state.root, files) if index is not None else None
+    usable = index if delta is not None else None
+    plan = (tuple(files), usable.stamp if usable is not None else None)
+    try:
+        _load_control(con, state)
+        if plan != state.plan:
+            _define_views(con, state.root, files, usable, delta or [])
+            state.plan = plan
+    except duckdb.Error as e:
+        raise_query_error(e, f"refreshing the views over {state.root}")
+
+
+def build_duckdb_file(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``<data>/tooltrail.duckdb``: the same views, with absolute paths, for analysts.
+
+    Open it read-only from anywhere: ``duckdb.connect(path, read_only=True)``. Its views
+    read the span files live (new files show up), but compute sessions from all spans (no
+    index) and hold no control-store rows (the live store is joined by :func:`connect`
+    only). Built on an empty directory, its ``spans`` view stays empty until rebuilt.
+    The file is written under a temporary name and renamed over the old one.
+    """
+    root = data_root(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / config.DUCKDB_FILE
+    _sweep_stale_temps(root, target.name)
+    tmp = root / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        con = base_connection(str(tmp))
+        try:
+            _create_empty_spans(con)
+            _copy_arrow(con, "control_approvals", CONTROL_APPROVALS_SCHEMA.empty_table())
+            _copy_arrow(con, "control_sessions", CONTROL_SESSIONS_SCHEMA.empty_table())
+            _define_views(con, root, span_files(root), None, [])
+            con.execute("CHECKPOINT")
+        except duckdb.Error as e:
+            raise_query_error(e, f"building {target}")
+        finally:
+            con.close()
+        _fsync(tmp)
+        tmp.replace(target)
+        _fsync(root)
+    finally:
+        tmp.unlink(missing_ok=True)
+        Path(f"{tmp}.wal").unlink(missing_ok=True)
+    return target
+
+
+def _define_views(
+    con: duckdb.DuckDBPyConnection,
+    root: Path,
+    files: list[tuple[Path, int]],
+    index: SessionIndex | None,
+    delta: list[Path],
+) -> None:
+    if files:
+        con.execute(render("spans_view", spans_glob=literal(spans_glob(root))))
+    else:
+        con.execute(load("spans_view_empty"))
+    con.execute(load("actions_view"))
+    con.execute(render("session_totals_view", body=_totals_body(con, index, delta)))
+    con.execute(load("sessions_view"))
+    con.execute(load("approvals_view"))
+
+
+def _totals_body(
+    con: duckdb.DuckDBPyConnection, index: SessionIndex | None, delta: list[Path]
+) -> Fragment:
+    if index is None:
+        return render("session_partials", input=ident("spans"))
+    index_file = literal(str(index.path))
+    if not delta:
+        return render("session_index_scan", index_file=index_file)
+    con.execute(render("delta_spans_view", files=literal_list(str(p) for p in delta)))
+    return render(
+        "session_merge",
+        index_file=index_file,
+        delta=render("session_partials", input=ident("_delta_spans")),
+    )
+
+
+def _load_control(con: duckdb.DuckDBPyConnection, state: _State) -> None:
+    tables = state.control(state.root)
+    # Registered Arrow tables: replaced on every refresh, so the views see the live store.
+    con.register("control_approvals", conform(tables.approvals, CONTROL_APPROVALS_SCHEMA))
+    con.register("control_sessions", conform(tables.sessions, CONTROL_SESSIONS_SCHEMA))
+
+
+def _create_empty_spans(con: duckdb.DuckDBPyConnection) -> None:
+    _copy_arrow(con, "_empty_spans", SPANS_VIEW_SCHEMA.empty_table())
+
+
+def _copy_arrow(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    source = f"{name}_arrow"
+    con.register(source, table)
+    try:
+        con.execute(render("copy_table", name=ident(name), source=ident(source)))
+    finally:
+        con.unregister(source)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sweep_stale_temps(root: Path, name: str) -> None:
+    cutoff = time.time() - _STALE_TEMP_S
+    for stale in root.glob(f".{name}.*.tmp*"):
+        try:
+            if stale.stat().st_mtime < cutoff:
+                stale.unlink()
+        except FileNotFoundError:
+            continue
+
+
+__all__ = [
+    "APPROVALS_COLUMNS",
+    "IDLE_WINDOW",
+    "SESSIONS_COLUMNS",
+    "SPANS_VIEW_SCHEMA",
+    "build_duckdb_file",
+    "connect",
+    "refresh",
+]

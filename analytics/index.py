@@ -1,0 +1,148 @@
+"""The session index: per-session totals written at compaction time, so listing sessions
+does not aggregate every span on every request.
+
+``<data>/session_index.parquet`` holds one row per session with the mergeable totals of
+``sql/session_partials.sql`` over a known set of span files, and records that set (path
+relative to the data directory, and size) in its Parquet metadata. A connection uses it
+only while every covered file still exists unchanged; spans in files landed since are
+aggregated on the fly and merged in (``sql/session_merge.sql``). When a covered file is
+gone (a compaction replaced it and the index was not rebuilt yet) the index is ignored and
+sessions are computed from all spans: slower, never wrong.
+
+``tooltrail compact`` calls :func:`build_session_index` after it has swapped partitions.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tooltrail.analytics.engine import base_connection, data_root, raise_query_error, span_files
+from tooltrail.analytics.sqlfiles import ident, literal_list, load, render
+
+_log = logging.getLogger(__name__)
+
+SESSION_INDEX_FILE: Final = "session_index.parquet"
+_META_KEY: Final = b"tooltrail.session_index"
+_FORMAT: Final = 1
+
+
+def _sql_version() -> str:
+    # An index written by different SQL may have other columns or meanings: ignore it.
+    text = f"{_FORMAT}\n{load('macros')}\n{load('session_partials')}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionIndex:
+    """A readable session index and the span files it covers (relative path -> size)."""
+
+    path: Path
+    stamp: tuple[int, int, int]  # inode, mtime_ns, size: identifies this build of the file
+    files: Mapping[str, int]
+
+    def delta(self, root: Path, current: list[tuple[Path, int]]) -> list[Path] | None:
+        """Files not covered yet, or None if a covered file is gone or changed."""
+        present = {_relative(root, p): size for p, size in current}
+        for name, size in self.files.items():
+            if present.get(name) != size:
+                return None
+        return [p for p, _ in current if _relative(root, p) not in self.files]
+
+
+def _relative(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def read_index(root: Path) -> SessionIndex | None:
+    """The index of ``root`` if present and written by this version; None otherwise."""
+    path = root / SESSION_INDEX_FILE
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return _read_index(path, (st.st_ino, st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=32)
+def _read_index(path: Path, stamp: tuple[int, int, int]) -> SessionIndex | None:
+    # Cached per build of the file (stamp), so a refresh only stats it.
+    try:
+        meta = pq.read_metadata(path).metadata or {}
+        doc = json.loads(meta[_META_KEY])
+        if doc.get("version") != _sql_version():
+            _log.info("ignoring %s: written by another version", path)
+            return None
+        files = {str(name): int(size) for name, size in doc["files"]}
+    except (OSError, KeyError, ValueError, TypeError, pa.ArrowException) as e:
+        _log.warning("ignoring unreadable session index %s: %s", path, e)
+        return None
+    return SessionIndex(path, stamp, files)
+
+
+def build_session_index(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """Write ``<data>/session_index.parquet`` over the span files present now.
+
+    Returns its path, or None when there is no span file (any old index is removed).
+    Replaces the file atomically: a reader sees the old index or the new one.
+    """
+    root = data_root(data_dir)
+    target = root / SESSION_INDEX_FILE
+    files = span_files(root)
+    if not files:
+        target.unlink(missing_ok=True)
+        return None
+    table = _session_totals(files)
+    doc = {
+        "version": _sql_version(),
+        "files": [[_relative(root, p), size] for p, size in files],
+    }
+    metadata = dict(table.schema.metadata or {})
+    metadata[_META_KEY] = json.dumps(doc).encode()
+    _write_atomic(table.replace_schema_metadata(metadata), target)
+    return target
+
+
+def _session_totals(files: list[tuple[Path, int]]) -> pa.Table:
+    con = base_connection()
+    try:
+        con.execute(render("delta_spans_view", files=literal_list(str(p) for p, _ in files)))
+        body = render("session_partials", input=ident("_delta_spans"))
+        table = con.sql(body).to_arrow_table()
+    except duckdb.Error as e:
+        raise_query_error(e, "building the session index")
+    finally:
+        con.close()
+    return table
+
+
+def _write_atomic(table: pa.Table, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["SESSION_INDEX_FILE", "SessionIndex", "build_session_index", "read_index"]

@@ -1,0 +1,294 @@
+"""Query functions returning polars DataFrames: what the CLI and the dashboard call.
+
+Each function takes a *source*: a connection from :func:`~tooltrail.analytics.connect`
+(reused; its views are refreshed first), any DuckDB connection that has the views (e.g.
+one opened on ``tooltrail.duckdb``), or a data directory (a read-only connection is opened
+and closed around the call; None means ``$TOOLTRAIL_DATA`` / ./tooltrail-data).
+Filters are bound as query parameters; bad arguments and DuckDB failures raise
+:class:`~tooltrail.errors.QueryError`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Final, TypeAlias
+
+import duckdb
+import polars as pl
+
+from tooltrail.analytics.db import connect, refresh
+from tooltrail.analytics.engine import raise_query_error
+from tooltrail.analytics.guard import check_read_only
+from tooltrail.analytics.sqlfiles import load, render
+from tooltrail.errors import QueryError
+from tooltrail.schema import BLAST_RADII, DECISIONS
+
+Source: TypeAlias = duckdb.DuckDBPyConnection | str | os.PathLike[str] | None
+Since: TypeAlias = dt.timedelta | dt.datetime | str | None
+
+SESSION_STATUSES: Final = (
+    "active",
+    "waiting_approval",
+    "paused",
+    "canceled",
+    "failed",
+    "completed",
+)
+BLAST_RADIUS_GROUPS: Final = ("agent", "tool", "repo", "day")
+APPROVAL_GROUPS: Final = ("rule", "agent", "approver", "tool")
+APPROVAL_STATUSES: Final = ("all", "pending", "approved", "denied", "expired", "not_requested")
+
+_DURATION: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
+_UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(since: Since, *, now: dt.datetime | None = None) -> dt.datetime | None:
+    """The UTC instant a ``since`` filter means.
+
+    A ``timedelta`` or a string like ``30m``, ``2h``, ``7d``, ``1w``, ``90s`` counts back
+    from now; an aware ``datetime`` is taken as is (a naive one is read as UTC).
+    """
+    if since is None:
+        return None
+    if isinstance(since, dt.datetime):
+        return since if since.tzinfo is not None else since.replace(tzinfo=dt.UTC)
+    if isinstance(since, str):
+        match = _DURATION.fullmatch(since)
+        if match is None:
+            raise QueryError(
+                f"since={since!r}: expected a number and a unit s/m/h/d/w, e.g. 30m, 2h, 7d"
+            )
+        since = dt.timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    if since < dt.timedelta(0):
+        raise QueryError(f"since must not be negative, got {since}")
+    return (now or dt.datetime.now(dt.UTC)) - since
+
+
+@contextmanager
+def borrow(source: Source) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection for ``source``: the given one (refreshed), or a new read-only one."""
+    if isinstance(source, duckdb.DuckDBPyConnection):
+        refresh(source)
+        yield source
+        return
+    con = connect(source)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _frame(
+    con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any], what: str
+) -> pl.DataFrame:
+    try:
+        frame: pl.DataFrame = con.sql(sql, params=dict(params)).pl()
+    except duckdb.Error as e:
+        raise_query_error(e, what)
+    return frame
+
+
+def _choice(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
+    if value is not None and value not in allowed:
+        raise QueryError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def _count(name: str, value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or value < 0):
+        raise QueryError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _session_filters(
+    *,
+    agent: str | None,
+    status: str | None,
+    since: Since,
+    search: str | None,
+    repo: str | None,
+    decision: str | None,
+    blast_radius: str | None,
+) -> dict[str, Any]:
+    return {
+        "agent": agent,
+        "status": _choice("status", status, SESSION_STATUSES),
+        "since": parse_since(since),
+        "search": search or None,
+        "repo": repo,
+        "decision": _choice("decision", decision, DECISIONS),
+        "blast_radius": _choice("blast_radius", blast_radius, BLAST_RADII),
+    }
+
+
+def sessions(
+    source: Source = None,
+    *,
+    agent: str | None = None,
+    status: str | None = None,
+    since: Since = None,
+    limit: int | None = None,
+    offset: int = 0,
+    search: str | None = None,
+    repo: str | None = None,
+    decision: str | None = None,
+    blast_radius: str | None = None,
+) -> pl.DataFrame:
+    """Sessions (the ``sessions`` view's columns), most recent activity first.
+
+    Filters: exact ``agent`` name; ``status`` (one of SESSION_STATUSES); ``since``
+    (last activity at or after); ``search`` (case-insensitive substring of the session
+    id); ``repo`` (touched this repo); ``decision`` / ``blast_radius`` (has at least one
+    action with it). ``limit`` / ``offset`` page through the result.
+    """
+    params = _session_filters(
+        agent=agent,
+        status=status,
+        since=since,
+        search=search,
+        repo=repo,
+        decision=decision,
+        blast_radius=blast_radius,
+    )
+    params["limit"] = _count("limit", limit)
+    params["offset"] = _count("offset", offset) or 0
+    sql = render("sessions_list", filtered=render("sessions_filtered"))
+    with borrow(source) as con:
+        return _frame(con, sql, params, "listing sessions")
+
+
+def count_sessions(
+    source: Source = None,
+    *,
+    agent: str | None = None,
+    status: str | None = None,
+    since: Since = None,
+    search: str | None = None,
+    repo: str | None = None,
+    decision: str | None = None,
+    blast_radius: str | None = None,
+) -> int:
+    """How many sessions :func:`sessions` would list without ``limit`` (for paging)."""
+    params = _session_filters(
+        agent=agent,
+        status=status,
+        since=since,
+        search=search,
+        repo=repo,
+        decision=decision,
+        blast_radius=blast_radius,
+    )
+    sql = render("sessions_count", filtered=render("sessions_filtered"))
+    with borrow(source) as con:
+        frame = _frame(con, sql, params, "counting sessions")
+    return int(frame.item())
+
+
+def session(source: Source, session_id: str) -> pl.DataFrame | None:
+    """The header of one session (one ``sessions`` row), or None if it is unknown."""
+    with borrow(source) as con:
+        frame = _frame(
+            con, load("session_header"), {"session_id": session_id}, f"reading session {session_id}"
+        )
+    return frame if frame.height else None
+
+
+def session_actions(source: Source, session_id: str) -> pl.DataFrame:
+    """One session's actions (``actions`` columns) by sequence, unnumbered ones last."""
+    with borrow(source) as con:
+        return _frame(
+            con,
+            load("session_actions"),
+            {"session_id": session_id},
+            f"reading the actions of session {session_id}",
+        )
+
+
+def blast_radius_stats(
+    source: Source = None, by: str = "agent", *, since: Since = None
+) -> pl.DataFrame:
+    """Actions per blast-radius class grouped ``by`` agent, tool, repo or day.
+
+    Columns: ``<by>`` (the group; ``day`` is a UTC ``YYYY-MM-DD``), actions, low, medium,
+    high, critical, unrated, max_blast_radius. Days in order; other groups busiest first.
+    """
+    _choice("by", by, BLAST_RADIUS_GROUPS)
+    params = {"by": by, "since": parse_since(since)}
+    with borrow(source) as con:
+        frame = _frame(con, load("blast_radius_stats"), params, f"blast radius by {by}")
+    return frame.rename({"key": by})
+
+
+def approval_history(
+    source: Source = None,
+    status: str = "all",
+    *,
+    since: Since = None,
+    session_id: str | None = None,
+    limit: int | None = None,
+) -> pl.DataFrame:
+    """Approval requests (``approvals`` columns), newest first.
+
+    ``status``: ``all`` or one outcome (pending, approved, denied, expired,
+    not_requested); ``since``: requested at or after; ``session_id``: one session's.
+    """
+    _choice("status", status, APPROVAL_STATUSES)
+    params = {
+        "outcome": None if status == "all" else status,
+        "since": parse_since(since),
+        "session_id": session_id,
+        "limit": _count("limit", limit),
+    }
+    with borrow(source) as con:
+        return _frame(con, load("approval_history"), params, "reading approval history")
+
+
+def approval_stats(source: Source = None, by: str = "rule", *, since: Since = None) -> pl.DataFrame:
+    """Requests, outcomes, share expired, median and p95 time to decision (ms) per
+    ``by`` = rule, agent, approver or tool."""
+    _choice("by", by, APPROVAL_GROUPS)
+    params = {"by": by, "since": parse_since(since)}
+    with borrow(source) as con:
+        frame = _frame(con, load("approval_stats"), params, f"approval statistics by {by}")
+    return frame.rename({"key": by})
+
+
+def run_query(source: Source, sql: str, *, limit: int | None = None) -> pl.DataFrame:
+    """Run one read-only query over the views (see guard.py for what is allowed)."""
+    statement = check_read_only(sql)
+    _count("limit", limit)
+    with borrow(source) as con:
+        try:
+            relation = con.sql(statement)
+            if relation is None:  # pragma: no cover - the guard admits only queries
+                raise QueryError("the statement returned no rows")
+            if limit is not None:
+                relation = relation.limit(limit)
+            frame: pl.DataFrame = relation.pl()
+        except duckdb.Error as e:
+            raise_query_error(e, "the query")
+    return frame
+
+
+__all__ = [
+    "APPROVAL_GROUPS",
+    "APPROVAL_STATUSES",
+    "BLAST_RADIUS_GROUPS",
+    "SESSION_STATUSES",
+    "Since",
+    "Source",
+    "approval_history",
+    "approval_stats",
+    "blast_radius_stats",
+    "borrow",
+    "count_sessions",
+    "parse_since",
+    "run_query",
+    "session",
+    "session_actions",
+    "sessions",
+]

@@ -1,0 +1,6 @@
+-- A read-only analytics connection: no file outside the data directory can be read or
+-- written, no extension installed or loaded, and none of this can be switched back
+-- (lock_configuration). `allowed` is the data directory, as a list literal.
+SET allowed_directories = {{allowed}};
+SET enable_external_access = false;
+SET lock_configuration = true;

@@ -1,0 +1,63 @@
+-- Per-session totals over `input` (any relation with the `spans` columns).
+-- Every column is mergeable (session_merge.sql combines rows of the same session), so
+-- totals over "session index + files landed since" equal totals over all files:
+-- counts and token sums add up, first/last values keep the timestamp that orders them,
+-- repos and pending approval ids are lists that concatenate.
+SELECT
+    session_id,
+    min(start_time) AS started_at,
+    max(coalesce(end_time, start_time)) AS last_activity_at,
+    count(*) AS span_count,
+    -- descriptive columns: the first non-null value by start time
+    min(start_time) FILTER (WHERE agent_name IS NOT NULL) AS agent_name_at,
+    arg_min(agent_name, start_time) FILTER (WHERE agent_name IS NOT NULL) AS agent_name,
+    min(start_time) FILTER (WHERE parent_session_id IS NOT NULL) AS parent_session_id_at,
+    arg_min(parent_session_id, start_time) FILTER (WHERE parent_session_id IS NOT NULL)
+        AS parent_session_id,
+    min(start_time) FILTER (WHERE "trigger" IS NOT NULL) AS trigger_at,
+    arg_min("trigger", start_time) FILTER (WHERE "trigger" IS NOT NULL) AS "trigger",
+    -- actions (tool spans) by decision; a null decision is counted by neither
+    count(*) FILTER (WHERE span_type = 'tool') AS total_actions,
+    count(*) FILTER (WHERE span_type = 'tool' AND decision = 'ALLOW') AS allows,
+    count(*) FILTER (WHERE span_type = 'tool' AND decision = 'DENY') AS denies,
+    count(*) FILTER (WHERE span_type = 'tool' AND decision = 'REWRITE') AS rewrites,
+    count(*) FILTER (WHERE span_type = 'tool' AND decision = 'REQUIRE_APPROVAL') AS approvals,
+    -- actions by blast radius
+    count(*) FILTER (WHERE span_type = 'tool' AND blast_radius = 'Low') AS low,
+    count(*) FILTER (WHERE span_type = 'tool' AND blast_radius = 'Medium') AS medium,
+    count(*) FILTER (WHERE span_type = 'tool' AND blast_radius = 'High') AS high,
+    count(*) FILTER (WHERE span_type = 'tool' AND blast_radius = 'Critical') AS critical,
+    count(*) FILTER (WHERE span_type = 'tool' AND status_code = 'ERROR') AS errors,
+    -- did the last action error? (kept with its start time so it can be merged)
+    max(start_time) FILTER (WHERE span_type = 'tool') AS last_action_at,
+    arg_max(coalesce(status_code = 'ERROR', false), start_time) FILTER (WHERE span_type = 'tool')
+        AS last_action_errored,
+    -- a root span (no parent) that errored; tool spans are excluded: an agent without an
+    -- invocation span makes every tool call a root, and only its last one decides
+    coalesce(
+        bool_or(parent_span_id IS NULL AND span_type <> 'tool' AND status_code = 'ERROR'),
+        false
+    ) AS root_errored,
+    -- token usage of the session's LLM spans
+    CAST(coalesce(sum(input_tokens) FILTER (WHERE span_type = 'llm'), 0) AS BIGINT)
+        AS input_tokens,
+    CAST(coalesce(sum(output_tokens) FILTER (WHERE span_type = 'llm'), 0) AS BIGINT)
+        AS output_tokens,
+    coalesce(
+        list(DISTINCT target_repo ORDER BY target_repo)
+            FILTER (WHERE span_type = 'tool' AND target_repo IS NOT NULL),
+        CAST([] AS VARCHAR[])
+    ) AS repos,
+    -- approval ids (null when the span has none) of actions whose own span says pending;
+    -- the `sessions` view lets the live control store overrule these by id
+    coalesce(
+        list(approval_id) FILTER (
+            WHERE span_type = 'tool'
+              AND decision = 'REQUIRE_APPROVAL'
+              AND tooltrail_approval_outcome(approval_status, enforced) = 'pending'
+        ),
+        CAST([] AS VARCHAR[])
+    ) AS pending_refs
+FROM {{input}}
+WHERE session_id IS NOT NULL
+GROUP BY session_id

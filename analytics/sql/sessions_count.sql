@@ -1,0 +1,2 @@
+-- How many sessions match the filters (for paging).
+SELECT count(*) AS sessions FROM ({{filtered}})

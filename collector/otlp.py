@@ -1,0 +1,337 @@
+"""OTLP/JSON ingest: files written by the OpenTelemetry Collector's file exporter.
+
+The file exporter writes one ``ExportTraceServiceRequest`` per line, in the OTLP/JSON
+encoding. That encoding differs from protobuf's canonical JSON mapping in one way that
+matters here: trace and span ids are hex strings, not base64. Each line is therefore read
+as plain JSON, its ids are checked and re-encoded as base64, and the result is parsed by
+``google.protobuf.json_format`` into the real protobuf message (so every field is checked
+against the OTLP schema); :func:`records_from_request` then turns the message into
+:class:`~tooltrail.collector.normalize.SpanRecord` objects. The same function serves
+protobuf bodies (a later HTTP receiver).
+
+Ingest is all or nothing per run: every file is parsed and validated before anything is
+landed, and a bad line raises :class:`~tooltrail.errors.IngestError` naming the file, the
+line and what is wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+
+from tooltrail.collector.normalize import Normalizer, SpanRecord
+from tooltrail.collector.writer import ParquetSpanWriter
+from tooltrail.errors import IngestError, StoreError
+from tooltrail.redact import Redactor
+from tooltrail.schema import Row
+
+TRACE_ID_BYTES: Final = 16
+SPAN_ID_BYTES: Final = 8
+# Rows landed per Parquet file when ingesting (bounds the Arrow table built per write).
+INGEST_BATCH_ROWS: Final = 50_000
+
+# OTLP/JSON field names (lowerCamelCase) whose values are hex ids.
+_RESOURCE_SPANS: Final = "resourceSpans"
+_SCOPE_SPANS: Final = "scopeSpans"
+_SPANS: Final = "spans"
+_LINKS: Final = "links"
+_ID_FIELDS: Final = (("traceId", TRACE_ID_BYTES), ("spanId", SPAN_ID_BYTES))
+_PARENT_SPAN_ID: Final = "parentSpanId"
+# Requests for other signals, named in the error when one is ingested by mistake.
+_OTHER_SIGNALS: Final = ("resourceLogs", "resourceMetrics", "resourceProfiles")
+
+# OTLP enum numbers -> the OTel API names the normalizer lands. UNSPECIFIED kind is read as
+# INTERNAL, as the OTLP spec allows.
+_KINDS: Final = {
+    0: "INTERNAL",
+    1: "INTERNAL",
+    2: "SERVER",
+    3: "CLIENT",
+    4: "PRODUCER",
+    5: "CONSUMER",
+}
+_STATUS: Final = {0: "UNSET", 1: "OK", 2: "ERROR"}
+
+RowHook = Callable[[Row], None]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestReport:
+    """What one ingest run did."""
+
+    files: int
+    spans: int
+    rows: int
+    written: tuple[Path, ...] = ()
+
+
+# --- protobuf message -> records -------------------------------------------------------
+
+
+def _any_value(value: Any) -> Any:
+    """An OTLP ``AnyValue`` as a Python value (None when empty)."""
+    which = value.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "array_value":
+        return tuple(_any_value(v) for v in value.array_value.values)
+    if which == "kvlist_value":
+        return _key_values(value.kvlist_value.values)
+    return getattr(value, which)  # string / bool / int / double / bytes
+
+
+def _key_values(pairs: Iterable[Any]) -> dict[str, Any]:
+    return {kv.key: _any_value(kv.value) for kv in pairs}
+
+
+def _hex_id(raw: bytes, size: int, where: str, *, optional: bool = False) -> str | None:
+    if not raw and optional:
+        return None
+    if len(raw) != size:
+        raise IngestError(f"{where}: expected a {size}-byte id, got {len(raw)} bytes")
+    if not any(raw):
+        raise IngestError(f"{where}: an all-zero id is invalid")
+    return raw.hex()
+
+
+def records_from_request(req: ExportTraceServiceRequest) -> list[SpanRecord]:
+    """Every span of an OTLP trace request, as source-neutral records.
+
+    Raises IngestError (naming the span's path in the request) for invalid ids or a span
+    without a start time.
+    """
+    records: list[SpanRecord] = []
+    for r, resource_spans in enumerate(req.resource_spans):
+        # One mapping per resource, shared by its spans: the normalizer caches its JSON.
+        resource = _key_values(resource_spans.resource.attributes)
+        for s, scope_spans in enumerate(resource_spans.scope_spans):
+            for i, span in enumerate(scope_spans.spans):
+                where = f"{_RESOURCE_SPANS}[{r}].{_SCOPE_SPANS}[{s}].{_SPANS}[{i}]"
+                records.append(_record(span, resource, where))
+    return records
+
+
+def _record(span: Any, resource: Mapping[str, Any], where: str) -> SpanRecord:
+    if span.start_time_unix_nano == 0:
+        raise IngestError(f"{where}: startTimeUnixNano is missing")
+    trace_id = _hex_id(span.trace_id, TRACE_ID_BYTES, f"{where}.traceId")
+    span_id = _hex_id(span.span_id, SPAN_ID_BYTES, f"{where}.spanId")
+    assert trace_id is not None and span_id is not None  # not optional: never None
+    return SpanRecord(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=_hex_id(
+            span.parent_span_id, SPAN_ID_BYTES, f"{where}.parentSpanId", optional=True
+        ),
+        name=span.name,
+        kind=_KINDS.get(span.kind, "INTERNAL"),
+        start_ns=span.start_time_unix_nano,
+        end_ns=span.end_time_unix_nano or None,
+        status_code=_STATUS.get(span.status.code, "UNSET"),
+        status_message=span.status.message or None,
+        attributes=_key_values(span.attributes),
+        resource=resource,
+        events=[(e.name, _key_values(e.attributes)) for e in span.events],
+    )
+
+
+# --- OTLP/JSON -> protobuf message -----------------------------------------------------
+
+
+def _b64_id(value: Any, size: int, where: str, *, optional: bool = False) -> str:
+    """An OTLP/JSON id (hex, as the spec says; base64 also read) as protobuf-JSON base64."""
+    if value is None or value == "":
+        if optional:
+            return ""
+        raise IngestError(f"{where}: missing")
+    if not isinstance(value, str):
+        raise IngestError(f"{where}: expected a hex string, got {type(value).__name__}")
+    if len(value) == 2 * size:
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            raise IngestError(f"{where}: {value!r} is not hex") from None
+    elif len(value) == 4 * ((size + 2) // 3):
+        # Protobuf's own JSON mapping writes base64; hex and base64 lengths never collide.
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise IngestError(f"{where}: {value!r} is neither hex nor base64") from None
+    else:
+        raise IngestError(f"{where}: expected {2 * size} hex digits, got {value!r}")
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _fix_ids(doc: dict[str, Any]) -> None:
+    """Rewrite the hex ids of an OTLP/JSON trace request as base64, in place."""
+    for r, rs in enumerate(_list(doc, _RESOURCE_SPANS, "")):
+        for s, ss in enumerate(_list(rs, _SCOPE_SPANS, f"{_RESOURCE_SPANS}[{r}]")):
+            spans_at = f"{_RESOURCE_SPANS}[{r}].{_SCOPE_SPANS}[{s}]"
+            for i, span in enumerate(_list(ss, _SPANS, spans_at)):
+                where = f"{spans_at}.{_SPANS}[{i}]"
+                _fix_span_ids(span, where)
+                for k, link in enumerate(_list(span, _LINKS, where)):
+                    _fix_span_ids(link, f"{where}.{_LINKS}[{k}]", links=True)
+
+
+def _fix_span_ids(obj: Any, where: str, *, links: bool = False) -> None:
+    if not isinstance(obj, dict):
+        raise IngestError(f"{where}: expected an object, got {type(obj).__name__}")
+    for name, size in _ID_FIELDS:
+        obj[name] = _b64_id(obj.get(name), size, f"{where}.{name}")
+    if not links and _PARENT_SPAN_ID in obj:
+        obj[_PARENT_SPAN_ID] = _b64_id(
+            obj[_PARENT_SPAN_ID], SPAN_ID_BYTES, f"{where}.{_PARENT_SPAN_ID}", optional=True
+        )
+
+
+def _list(obj: Any, name: str, where: str) -> list[Any]:
+    if not isinstance(obj, dict):
+        raise IngestError(f"{where or 'request'}: expected an object, got {type(obj).__name__}")
+    value = obj.get(name, [])
+    if not isinstance(value, list):
+        at = f"{where}.{name}" if where else name
+        raise IngestError(f"{at}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def request_from_json(doc: Any) -> ExportTraceServiceRequest:
+    """An ``ExportTraceServiceRequest`` from one parsed OTLP/JSON document.
+
+    Raises IngestError saying what is wrong (and where in the document).
+    """
+    if not isinstance(doc, dict):
+        raise IngestError(f"expected a JSON object, got {type(doc).__name__}")
+    if _RESOURCE_SPANS not in doc:
+        other = next((k for k in _OTHER_SIGNALS if k in doc), None)
+        if other is not None:
+            raise IngestError(f"holds {other}, not traces (no {_RESOURCE_SPANS})")
+        raise IngestError(f"not an ExportTraceServiceRequest: no {_RESOURCE_SPANS}")
+    _fix_ids(doc)
+    req = ExportTraceServiceRequest()
+    try:
+        # Unknown fields are ignored, as OTLP/JSON receivers must (newer senders).
+        json_format.ParseDict(doc, req, ignore_unknown_fields=True)
+    except json_format.ParseError as e:
+        raise IngestError(f"not a valid ExportTraceServiceRequest: {e}") from e
+    return req
+
+
+def _documents(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) for each non-blank line.
+
+    A file holding one pretty-printed request (not one per line) is read as a single
+    document at line 1.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise IngestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise IngestError(f"{path}: cannot read: {e.strerror or e}") from e
+    first = True
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as e:
+            if first:
+                whole = _whole_document(text)
+                if whole is not None:
+                    yield 1, whole
+                    return
+            raise IngestError(f"{path}:{number}: not valid JSON: {e.msg} (column {e.colno})") from e
+        first = False
+        yield number, doc
+
+
+def _whole_document(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def read_otlp_json(path: str | os.PathLike[str]) -> list[SpanRecord]:
+    """Every span of an OTLP/JSON file (one ExportTraceServiceRequest per line).
+
+    Raises IngestError naming the file, the line and what is wrong.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise IngestError(f"{p}: is a directory, expected an OTLP/JSON file")
+    records: list[SpanRecord] = []
+    for number, doc in _documents(p):
+        try:
+            records.extend(records_from_request(request_from_json(doc)))
+        except IngestError as e:
+            raise IngestError(f"{p}:{number}: {e}") from e
+    return records
+
+
+def ingest_files(
+    paths: Sequence[str | os.PathLike[str]],
+    data_dir: str | os.PathLike[str],
+    normalizer: Normalizer | None = None,
+    row_hook: RowHook | None = None,
+) -> IngestReport:
+    """Land the spans of OTLP/JSON files under ``data_dir``, all or nothing.
+
+    Every file is parsed and validated first; if any is bad, IngestError is raised and
+    nothing is landed. Then every span is normalized (``normalizer``, by default one with
+    the redactor ``$TOOLTRAIL_REDACT`` selects: on unless turned off), ``row_hook`` is
+    applied to each row (it may change the row in place: the policy hook), and the rows
+    are landed through :class:`ParquetSpanWriter`.
+    """
+    parsed = [read_otlp_json(path) for path in paths]
+    norm = normalizer if normalizer is not None else Normalizer(Redactor.from_env())
+    rows: list[Row] = []
+    for records in parsed:
+        for record in records:
+            row = norm.normalize(record)
+            if row_hook is not None:
+                row_hook(row)
+            rows.append(row)
+    spans = len(rows)
+    written = _land(rows, data_dir)
+    return IngestReport(files=len(paths), spans=spans, rows=spans, written=tuple(written))
+
+
+def _land(rows: list[Row], data_dir: str | os.PathLike[str]) -> list[Path]:
+    writer = ParquetSpanWriter(data_dir)
+    written: list[Path] = []
+    landed = 0
+    for start in range(0, len(rows), INGEST_BATCH_ROWS):
+        batch = rows[start : start + INGEST_BATCH_ROWS]
+        try:
+            written.extend(writer.write(batch))
+        except OSError as e:
+            # Each file lands atomically, but earlier batches are already visible: say so.
+            raise StoreError(
+                f"cannot write to {data_dir}: {e.strerror or e}; "
+                f"{landed} of {len(rows)} rows were landed before the failure"
+            ) from e
+        landed += len(batch)
+    return written
+
+
+__all__ = [
+    "INGEST_BATCH_ROWS",
+    "IngestReport",
+    "ingest_files",
+    "read_otlp_json",
+    "records_from_request",
+    "request_from_json",
+]

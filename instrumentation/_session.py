@@ -1,0 +1,232 @@
+"""Sessions: which agent run a tool call belongs to, and its place in that run.
+
+``session(...)`` opens a session for the code inside it; the current one lives in a
+``ContextVar``, so it follows asyncio tasks (each task copies the context it was created
+in) and threads started with a copied context (``contextvars.copy_context().run``,
+``asyncio.to_thread``). The ``sequence`` counter belongs to the session object, not to
+the context, so every task and thread of one session draws from one counter, under a lock.
+
+With no session open, calls belong to the process's implicit session: its id comes from
+``$TOOLTRAIL_SESSION_ID`` (else a fresh id per process) and its agent name from
+``configure(agent_name=...)`` or ``$TOOLTRAIL_AGENT_NAME``. So a zero-code agent run is one
+session.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+import uuid
+from types import TracebackType
+from typing import Final
+
+from tooltrail.config import ENV_AGENT_NAME, ENV_SESSION_ID
+from tooltrail.errors import BadInputError
+from tooltrail.semconv import TRIGGERS
+
+# A sub-agent's session is started by another agent unless the caller says otherwise.
+NESTED_TRIGGER: Final = "agent"
+
+
+class Session:
+    """One agent run. Immutable identity plus a thread-safe action counter."""
+
+    __slots__ = (
+        "_lock",
+        "_next",
+        "agent_id",
+        "agent_name",
+        "parent_session_id",
+        "session_id",
+        "trigger",
+    )
+
+    def __init__(
+        self,
+        session_id: str,
+        agent_name: str | None = None,
+        agent_id: str | None = None,
+        parent_session_id: str | None = None,
+        trigger: str | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.agent_name = agent_name
+        self.agent_id = agent_id
+        self.parent_session_id = parent_session_id
+        self.trigger = trigger
+        self._lock = threading.Lock()
+        self._next = 1
+
+    def next_sequence(self) -> int:
+        """The next action number (1, 2, ...), unique within the session across threads."""
+        with self._lock:
+            n = self._next
+            self._next = n + 1
+        return n
+
+    def __repr__(self) -> str:
+        return (
+            f"Session(session_id={self.session_id!r}, agent_name={self.agent_name!r}, "
+            f"parent_session_id={self.parent_session_id!r}, trigger={self.trigger!r})"
+        )
+
+
+_current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
+    "tooltrail_session", default=None
+)
+_implicit: Session | None = None
+_implicit_lock = threading.Lock()
+_default_agent_name: str | None = None
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+def set_default_agent_name(name: str | None) -> None:
+    """The agent name of sessions that name none (set by ``configure(agent_name=...)``)."""
+    global _default_agent_name, _implicit
+    _default_agent_name = name
+    with _implicit_lock:
+        # The implicit session is rebuilt on next use so it carries the new name.
+        _implicit = None
+
+
+def default_agent_name() -> str | None:
+    return _default_agent_name or os.environ.get(ENV_AGENT_NAME) or None
+
+
+def current_session() -> Session:
+    """The session open in this context, else the process's implicit session."""
+    s = _current.get()
+    if s is not None:
+        return s
+    return _implicit_session()
+
+
+def open_session() -> Session | None:
+    """The session explicitly opened in this context, or None."""
+    return _current.get()
+
+
+def _implicit_session() -> Session:
+    global _implicit
+    s = _implicit
+    if s is not None:
+        return s
+    with _implicit_lock:
+        if _implicit is None:
+            _implicit = Session(
+                session_id=os.environ.get(ENV_SESSION_ID) or new_session_id(),
+                agent_name=default_agent_name(),
+            )
+        return _implicit
+
+
+def _reset_implicit_after_fork() -> None:
+    # A forked child is a different run: fresh counter (and id, unless the env fixes it).
+    global _implicit, _implicit_lock
+    _implicit = None
+    _implicit_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_implicit_after_fork)
+
+
+class session:  # lower-case: used as a context manager, like contextlib's helpers
+    """Open a session for the code inside ``with``; every tool span inside is stamped.
+
+    Args:
+        session_id: the id to use; a fresh one when None.
+        agent_name: the agent's name; default the enclosing session's, else the configured
+            / ``$TOOLTRAIL_AGENT_NAME`` name.
+        parent_session_id: the session that started this one; default the enclosing
+            session (sub-agents), else none.
+        trigger: what started the run: one of manual, api, schedule, event, agent
+            (default ``agent`` inside another session, else none).
+        agent_id: the agent's id (``gen_ai.agent.id``), when it has one.
+
+    Raises:
+        BadInputError: ``trigger`` is not one of the known triggers.
+    """
+
+    __slots__ = ("_tokens", "session")
+
+    def __init__(
+        self,
+        session_id: str | None = None,
+        agent_name: str | None = None,
+        parent_session_id: str | None = None,
+        trigger: str | None = None,
+        agent_id: str | None = None,
+    ) -> None:
+        if trigger is not None and trigger not in TRIGGERS:
+            raise BadInputError(
+                f"session(trigger={trigger!r}): trigger must be one of {', '.join(TRIGGERS)}"
+            )
+        enclosing = _current.get()
+        if enclosing is not None:
+            parent_session_id = parent_session_id or enclosing.session_id
+            agent_name = agent_name or enclosing.agent_name
+            trigger = trigger or NESTED_TRIGGER
+        self.session = Session(
+            session_id=session_id or new_session_id(),
+            agent_name=agent_name or default_agent_name(),
+            agent_id=agent_id,
+            parent_session_id=parent_session_id,
+            trigger=trigger,
+        )
+        self._tokens: list[contextvars.Token[Session | None]] = []
+
+    def __enter__(self) -> Session:
+        self._tokens.append(_current.set(self.session))
+        return self.session
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _current.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> Session:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+class use_session:  # lower-case: a context manager
+    """Continue an existing session in another context, typically a worker thread.
+
+    Plain ``threading.Thread`` and ``ThreadPoolExecutor`` workers do not inherit the
+    caller's context, so pass the ``Session`` along and enter it there; its sequence
+    counter is shared, so numbers stay unique and ordered across threads.
+    """
+
+    __slots__ = ("_session", "_token")
+
+    def __init__(self, s: Session) -> None:
+        self._session = s
+        self._token: contextvars.Token[Session | None] | None = None
+
+    def __enter__(self) -> Session:
+        self._token = _current.set(self._session)
+        return self._session
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None

@@ -1,0 +1,817 @@
+"""The tool span and call-time enforcement, shared by the MCP client and ``@tool`` paths.
+
+A tool call goes through three steps, and only ours are guarded:
+
+1. ``begin``: number the action in its session, ask the policy (when enforcing), start the
+   span with every attribute known up front. ``ask_approval`` / ``aask_approval`` then hand
+   a REQUIRE_APPROVAL call to the broker.
+2. The caller runs the wrapped call itself, exactly once, with the span current.
+3. ``finish_result`` / ``finish_exception`` / ``finish_denied`` stamp the outcome and end
+   the span. They never raise.
+
+If our code fails in step 1 the call goes ahead untraced, except when enforcing: then a
+failure to decide denies the call (rule ``policy-error``). Settings (tracer, policy,
+broker, result capture) live in one immutable ``Settings`` swapped whole by ``install``,
+so a call always sees one consistent set; the policy is loaded once per ``install``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+
+from tooltrail.config import ENV_ENFORCE, ENV_POLICY, env_flag
+from tooltrail.errors import TooltrailError
+from tooltrail.instrumentation._session import Session, current_session
+from tooltrail.instrumentation.broker import (
+    APPROVAL_REQUIRED_REASON,
+    NO_BROKER,
+    ApprovalBroker,
+    ApprovalOutcome,
+    ApprovalRequest,
+    default_broker,
+)
+from tooltrail.instrumentation.version import __version__
+from tooltrail.semconv import (
+    ERROR_TYPE,
+    ERROR_TYPE_TOOL_ERROR,
+    GEN_AI_AGENT_ID,
+    GEN_AI_AGENT_NAME,
+    GEN_AI_CONVERSATION_ID,
+    GEN_AI_OPERATION_NAME,
+    GEN_AI_TOOL_CALL_ARGUMENTS,
+    GEN_AI_TOOL_CALL_RESULT,
+    GEN_AI_TOOL_NAME,
+    OP_EXECUTE_TOOL,
+    SESSION_ID,
+    TT_APPROVAL_DECIDED_BY,
+    TT_APPROVAL_ID,
+    TT_APPROVAL_STATUS,
+    TT_APPROVAL_WAIT_MS,
+    TT_ARGUMENTS_REWRITTEN,
+    TT_BLAST_RADIUS,
+    TT_DECISION,
+    TT_ENFORCED,
+    TT_PARENT_SESSION_ID,
+    TT_POLICY_MATCHED,
+    TT_POLICY_REASON,
+    TT_POLICY_RULE,
+    TT_POLICY_VERSION,
+    TT_SEQUENCE,
+    TT_SESSION_ID,
+    TT_TARGET_BRANCH,
+    TT_TARGET_PATH,
+    TT_TARGET_REPO,
+    TT_TRIGGER,
+)
+
+if TYPE_CHECKING:
+    from tooltrail.policy import ApprovalSettings, Policy
+
+_log = logging.getLogger("tooltrail.instrumentation")
+
+# GenAI tool attributes and mcp.* names are in semconv 1.39.
+SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.39.0"
+ENV_CAPTURE_RESULTS: Final = "TOOLTRAIL_CAPTURE_RESULTS"
+# Arguments are the audit record, so they are kept whole up to a size that cannot swamp
+# the export queue; the result is only a preview.
+MAX_ARGUMENTS_CHARS: Final = 65_536
+RESULT_PREVIEW_CHARS: Final = 1_024
+TRUNCATION_MARK: Final = "…[truncated]"
+ERROR_TYPE_DENIED: Final = "tool_call_denied"
+POLICY_ERROR_RULE: Final = "policy-error"
+DENY: Final = "DENY"
+REWRITE: Final = "REWRITE"
+REQUIRE_APPROVAL: Final = "REQUIRE_APPROVAL"
+_SCOPE_TOOL: Final = "tooltrail.instrumentation.decorator"
+_SCOPE_MCP: Final = "tooltrail.instrumentation.mcp"
+
+
+class ToolCallDenied(PermissionError, TooltrailError):
+    """A tool call tooltrail refused: denied by policy, or held for an approval that
+    was not given. The tool did not run.
+
+    Attributes:
+        tool: the tool's name.
+        rule: the policy rule that decided (``policy-error`` when the policy failed).
+        reason: why, in words an agent can act on.
+        session_id: the session the call belonged to.
+        decision: the policy's decision (``DENY`` or ``REQUIRE_APPROVAL``).
+        approval_status: for held calls, how the approval ended.
+    """
+
+    def __init__(
+        self,
+        tool: str,
+        rule: str,
+        reason: str,
+        session_id: str,
+        decision: str = DENY,
+        approval_status: str | None = None,
+    ) -> None:
+        super().__init__(f"tool call {tool!r} denied by rule {rule!r}: {reason}")
+        self.tool = tool
+        self.rule = rule
+        self.reason = reason
+        self.session_id = session_id
+        self.decision = decision
+        self.approval_status = approval_status
+
+
+class DecisionLike(Protocol):
+    """What the instrumentation reads from a ``tooltrail.policy.Decision``."""
+
+    @property
+    def decision(self) -> str: ...
+    @property
+    def policy_rule(self) -> str: ...
+    @property
+    def policy_matched(self) -> tuple[str, ...]: ...
+    @property
+    def policy_version(self) -> str: ...
+    @property
+    def blast_radius(self) -> str: ...
+    @property
+    def target_repo(self) -> str | None: ...
+    @property
+    def target_branch(self) -> str | None: ...
+    @property
+    def target_path(self) -> str | None: ...
+    @property
+    def arguments(self) -> Mapping[str, Any]: ...
+    @property
+    def arguments_rewritten(self) -> Mapping[str, Any] | None: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def approval(self) -> ApprovalSettings | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _LocalDenial:
+    """The fail-closed decision when even ``tooltrail.policy`` cannot produce one."""
+
+    reason: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    decision: str = DENY
+    policy_rule: str = POLICY_ERROR_RULE
+    policy_matched: tuple[str, ...] = ()
+    policy_version: str = ""
+    blast_radius: str = "Low"
+    target_repo: str | None = None
+    target_branch: str | None = None
+    target_path: str | None = None
+    arguments_rewritten: Mapping[str, Any] | None = None
+    approval: ApprovalSettings | None = None
+
+
+Decide = Callable[
+    [str, Mapping[str, Any], Session, "str | None", "Mapping[str, Any] | None"], DecisionLike
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a tool call needs to know about how tooltrail is set up."""
+
+    tool_tracer: Tracer
+    mcp_tracer: Tracer
+    enforce: bool
+    decide: Decide
+    broker: ApprovalBroker
+    capture_results: bool
+    policy: Policy | None = None
+    policy_version: str | None = None
+    policy_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """A refused call, as the caller is told about it."""
+
+    tool: str
+    decision: str
+    rule: str
+    reason: str
+    session_id: str
+    blast_radius: str
+    approval: ApprovalOutcome | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The structured error an agent receives (MCP: the text of an isError result)."""
+        out: dict[str, Any] = {
+            "error": ERROR_TYPE_DENIED,
+            "message": f"tooltrail refused {self.tool}: {self.reason} (rule {self.rule})",
+            "tool": self.tool,
+            "decision": self.decision,
+            "rule": self.rule,
+            "reason": self.reason,
+            "blast_radius": self.blast_radius,
+            "session_id": self.session_id,
+        }
+        if self.approval is not None:
+            out["approval"] = {
+                "status": self.approval.status,
+                "id": self.approval.approval_id,
+                "decided_by": self.approval.decided_by,
+            }
+        return out
+
+    def to_exception(self) -> ToolCallDenied:
+        return ToolCallDenied(
+            self.tool,
+            self.rule,
+            self.reason,
+            self.session_id,
+            decision=self.decision,
+            approval_status=self.approval.status if self.approval else None,
+        )
+
+
+class Invocation:
+    """One tool call in flight: its span, session, decision and effective arguments."""
+
+    __slots__ = (
+        "approval_request",
+        "arguments",
+        "decision",
+        "denial",
+        "rewritten",
+        "server",
+        "session",
+        "settings",
+        "span",
+        "token",
+        "tool",
+    )
+
+    def __init__(
+        self,
+        settings: Settings,
+        span: Span,
+        tool: str,
+        session: Session,
+        arguments: Mapping[str, Any],
+        decision: DecisionLike | None,
+        server: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.server = server
+        self.span = span
+        self.tool = tool
+        self.session = session
+        self.arguments = arguments
+        self.decision = decision
+        self.rewritten = False
+        self.denial: Denial | None = None
+        self.approval_request: ApprovalRequest | None = None
+        self.token: object | None = None
+
+
+# --- settings ----------------------------------------------------------------------------
+
+_settings: Settings | None = None
+
+
+def settings() -> Settings:
+    """The active settings; built from the environment on first use if nobody installed any."""
+    s = _settings
+    return s if s is not None else install()
+
+
+def install(
+    *,
+    tracer_provider: TracerProvider | None = None,
+    policy: Any = None,
+    enforce: bool | None = None,
+    broker: ApprovalBroker | None = None,
+    capture_results: bool | None = None,
+) -> Settings:
+    """Replace the active settings; arguments left None come from the environment.
+
+    ``policy`` (a path, a mapping or a loaded ``Policy``; default ``$TOOLTRAIL_POLICY``) is
+    loaded here, once, and only when enforcing. A policy that cannot load does not raise:
+    it is logged, and every call is then denied with rule ``policy-error``.
+    """
+    global _settings
+    enforce = env_flag(ENV_ENFORCE) if enforce is None else enforce
+    if capture_results is None:
+        capture_results = env_flag(ENV_CAPTURE_RESULTS)
+    decide, loaded, error = _policy_decider(policy, enforce)
+    new = Settings(
+        tool_tracer=trace.get_tracer(
+            _SCOPE_TOOL, __version__, tracer_provider, schema_url=SCHEMA_URL
+        ),
+        mcp_tracer=trace.get_tracer(
+            _SCOPE_MCP, __version__, tracer_provider, schema_url=SCHEMA_URL
+        ),
+        enforce=enforce,
+        decide=decide,
+        broker=broker if broker is not None else default_broker(),
+        capture_results=capture_results,
+        policy=loaded,
+        policy_version=loaded.version if loaded is not None else None,
+        policy_error=error,
+    )
+    _settings = new
+    return new
+
+
+def is_installed() -> bool:
+    return _settings is not None
+
+
+def reset() -> None:
+    """Forget installed settings; the next call rebuilds them from the environment."""
+    global _settings
+    _settings = None
+
+
+def _policy_decider(policy: Any, enforce: bool) -> tuple[Decide, Policy | None, str | None]:
+    """Load the policy once and close over it: (decide, the policy, load error)."""
+    if not enforce:
+        return _not_enforcing, None, None
+    source = policy if policy is not None else (os.environ.get(ENV_POLICY) or None)
+    if source is None:
+        error = f"enforcement is on but no policy was given (set {ENV_POLICY} or policy=...)"
+        _log.error("tooltrail: %s; every tool call will be denied", error)
+        return _always_deny(error), None, error
+    try:
+        from tooltrail.policy import Policy, ToolCall, load_policy
+
+        loaded: Policy = source if isinstance(source, Policy) else load_policy(source)
+    except Exception as e:  # PolicyError, or anything unexpected: fail closed
+        error = f"policy {source!r} could not be loaded: {e}"
+        _log.error("tooltrail: %s; every tool call will be denied", error)
+        return _always_deny(error), None, error
+
+    def decide(
+        tool: str,
+        arguments: Mapping[str, Any],
+        session: Session,
+        server: str | None,
+        annotations: Mapping[str, Any] | None,
+    ) -> DecisionLike:
+        call = ToolCall(
+            tool=tool,
+            arguments=arguments,
+            agent=session.agent_name,
+            session_id=session.session_id,
+            server=server,
+            annotations=annotations,
+        )
+        try:
+            return loaded.decide(call)
+        except Exception as e:  # the engine promises not to raise; fail closed if it does
+            _log.exception("tooltrail: policy raised deciding %s", tool)
+            return _error_decision(call, f"policy raised {type(e).__name__}: {e}")
+
+    return decide, loaded, None
+
+
+def _not_enforcing(
+    tool: str,
+    arguments: Mapping[str, Any],
+    session: Session,
+    server: str | None,
+    annotations: Mapping[str, Any] | None,
+) -> DecisionLike:
+    raise AssertionError("decide() called while not enforcing")
+
+
+def _always_deny(reason: str) -> Decide:
+    def decide(
+        tool: str,
+        arguments: Mapping[str, Any],
+        session: Session,
+        server: str | None,
+        annotations: Mapping[str, Any] | None,
+    ) -> DecisionLike:
+        try:
+            from tooltrail.policy import ToolCall
+
+            call = ToolCall(
+                tool=tool,
+                arguments=arguments,
+                agent=session.agent_name,
+                session_id=session.session_id,
+                server=server,
+                annotations=annotations,
+            )
+        except Exception:
+            return _LocalDenial(reason, arguments)
+        return _error_decision(call, reason)
+
+    return decide
+
+
+def _error_decision(call: Any, reason: str) -> DecisionLike:
+    try:
+        from tooltrail.policy import policy_error_decision
+
+        decision: DecisionLike = policy_error_decision(call, reason)
+        return decision
+    except Exception:
+        return _LocalDenial(reason, getattr(call, "arguments", {}))
+
+
+# --- step 1: begin ----------------------------------------------------------------------
+
+
+def begin(
+    st: Settings,
+    *,
+    tool: str,
+    arguments: Mapping[str, Any],
+    mcp: bool,
+    server: str | None = None,
+    annotations: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Invocation:
+    """Number the call, decide (when enforcing), and start its span."""
+    sess = current_session()
+    decision: DecisionLike | None = None
+    recorded = arguments
+    if st.enforce:
+        try:
+            decision = st.decide(tool, arguments, sess, server, annotations)
+        except Exception as e:  # our own glue failed: fail closed
+            _log.exception("tooltrail: deciding %s failed", tool)
+            decision = _LocalDenial(f"deciding failed: {type(e).__name__}: {e}", arguments)
+        # The engine redacts secrets its rules name; the span records its copy, never ours.
+        recorded = decision.arguments
+    attrs: dict[str, Any] = {
+        GEN_AI_OPERATION_NAME: OP_EXECUTE_TOOL,
+        GEN_AI_TOOL_NAME: tool,
+        GEN_AI_TOOL_CALL_ARGUMENTS: to_json(recorded, MAX_ARGUMENTS_CHARS),
+        SESSION_ID: sess.session_id,
+        GEN_AI_CONVERSATION_ID: sess.session_id,
+        TT_SESSION_ID: sess.session_id,
+        TT_SEQUENCE: sess.next_sequence(),
+    }
+    if sess.agent_name is not None:
+        attrs[GEN_AI_AGENT_NAME] = sess.agent_name
+    if sess.agent_id is not None:
+        attrs[GEN_AI_AGENT_ID] = sess.agent_id
+    if sess.parent_session_id is not None:
+        attrs[TT_PARENT_SESSION_ID] = sess.parent_session_id
+    if sess.trigger is not None:
+        attrs[TT_TRIGGER] = sess.trigger
+    if extra:
+        attrs.update(extra)
+    if decision is not None:
+        _decision_attributes(decision, attrs)
+    if mcp:
+        span = st.mcp_tracer.start_span(
+            f"tools/call {tool}", kind=SpanKind.CLIENT, attributes=attrs
+        )
+    else:
+        span = st.tool_tracer.start_span(
+            f"execute_tool {tool}", kind=SpanKind.INTERNAL, attributes=attrs
+        )
+    inv = Invocation(st, span, tool, sess, arguments, decision, server)
+    if decision is not None:
+        _apply_decision(inv, decision)
+    return inv
+
+
+def _decision_attributes(d: DecisionLike, attrs: dict[str, Any]) -> None:
+    attrs[TT_DECISION] = d.decision
+    attrs[TT_POLICY_RULE] = d.policy_rule
+    attrs[TT_POLICY_MATCHED] = list(d.policy_matched)
+    attrs[TT_POLICY_VERSION] = d.policy_version
+    attrs[TT_ENFORCED] = True
+    attrs[TT_BLAST_RADIUS] = d.blast_radius
+    if d.target_repo is not None:
+        attrs[TT_TARGET_REPO] = d.target_repo
+    if d.target_branch is not None:
+        attrs[TT_TARGET_BRANCH] = d.target_branch
+    if d.target_path is not None:
+        attrs[TT_TARGET_PATH] = d.target_path
+    if d.reason is not None:
+        attrs[TT_POLICY_REASON] = d.reason
+    if d.decision == REWRITE and d.arguments_rewritten is not None:
+        attrs[TT_ARGUMENTS_REWRITTEN] = to_json(d.arguments_rewritten, MAX_ARGUMENTS_CHARS)
+
+
+def _apply_decision(inv: Invocation, d: DecisionLike) -> None:
+    if d.decision == DENY:
+        inv.denial = _denial(inv, d, d.reason or f"denied by policy rule {d.policy_rule}")
+    elif d.decision == REWRITE:
+        if d.arguments_rewritten is None:  # an engine bug; never run unreviewed arguments
+            inv.denial = _denial(inv, d, "REWRITE decision carried no rewritten arguments")
+        else:
+            inv.arguments = d.arguments_rewritten
+            inv.rewritten = True
+    elif d.decision == REQUIRE_APPROVAL:
+        inv.approval_request = _approval_request(inv, d)
+    elif d.decision != "ALLOW":
+        inv.denial = _denial(inv, d, f"unknown decision {d.decision!r}")
+
+
+def _denial(
+    inv: Invocation, d: DecisionLike, reason: str, approval: ApprovalOutcome | None = None
+) -> Denial:
+    return Denial(
+        tool=inv.tool,
+        decision=d.decision,
+        rule=d.policy_rule,
+        reason=reason,
+        session_id=inv.session.session_id,
+        blast_radius=d.blast_radius,
+        approval=approval,
+    )
+
+
+def _approval_request(inv: Invocation, d: DecisionLike) -> ApprovalRequest:
+    ctx = inv.span.get_span_context()
+    return ApprovalRequest(
+        tool=inv.tool,
+        arguments=inv.arguments,
+        shown_arguments=d.arguments,
+        session_id=inv.session.session_id,
+        agent_name=inv.session.agent_name,
+        server=inv.server,
+        trace_id=format(ctx.trace_id, "032x") if ctx.is_valid else None,
+        span_id=format(ctx.span_id, "016x") if ctx.is_valid else None,
+        rule=d.policy_rule,
+        reason=d.reason,
+        blast_radius=d.blast_radius,
+        approval=d.approval,
+    )
+
+
+def fail_closed(st: Settings, tool: str, error: BaseException) -> Denial:
+    """The denial when our own code failed before the call while enforcing."""
+    _log.error("tooltrail: instrumentation failed before %s; denying it: %r", tool, error)
+    try:
+        session_id = current_session().session_id
+    except Exception:
+        session_id = ""
+    return Denial(
+        tool=tool,
+        decision=DENY,
+        rule=POLICY_ERROR_RULE,
+        reason=f"tooltrail could not decide: {type(error).__name__}: {error}",
+        session_id=session_id,
+        blast_radius="Low",
+    )
+
+
+# --- step 1 as one guarded unit ---------------------------------------------------------
+
+
+def prepare(
+    st: Settings,
+    tool: str,
+    arguments_of: Callable[[], Mapping[str, Any]],
+    *,
+    mcp: bool,
+    server: str | None = None,
+    annotations: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Invocation | Denial | None:
+    """Begin the call and hold it for approval when needed (blocking).
+
+    Returns the ``Invocation`` to run, a ``Denial`` (the call must not run; its span has
+    ended), or None when our own code failed and the call should run untraced.
+    """
+    inv: Invocation | None = None
+    try:
+        inv = begin(
+            st,
+            tool=tool,
+            arguments=arguments_of(),
+            mcp=mcp,
+            server=server,
+            annotations=annotations,
+            extra=extra,
+        )
+        ask_approval(inv)
+    except Exception as e:
+        return _prepare_failed(st, tool, inv, e)
+    except BaseException as e:  # interrupted while held: end the span, let it through
+        if inv is not None:
+            finish_exception(inv, e)
+        raise
+    return _settled(inv)
+
+
+async def aprepare(
+    st: Settings,
+    tool: str,
+    arguments_of: Callable[[], Mapping[str, Any]],
+    *,
+    mcp: bool,
+    server: str | None = None,
+    annotations: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Invocation | Denial | None:
+    """``prepare`` for async callers: an approval wait does not block the event loop."""
+    inv: Invocation | None = None
+    try:
+        inv = begin(
+            st,
+            tool=tool,
+            arguments=arguments_of(),
+            mcp=mcp,
+            server=server,
+            annotations=annotations,
+            extra=extra,
+        )
+        await aask_approval(inv)
+    except Exception as e:
+        return _prepare_failed(st, tool, inv, e)
+    except BaseException as e:  # cancelled while held: end the span, let it through
+        if inv is not None:
+            finish_exception(inv, e)
+        raise
+    return _settled(inv)
+
+
+def _settled(inv: Invocation) -> Invocation | Denial:
+    if inv.denial is not None:
+        finish_denied(inv)
+        return inv.denial
+    return inv
+
+
+def _prepare_failed(
+    st: Settings, tool: str, inv: Invocation | None, error: Exception
+) -> Denial | None:
+    if inv is not None:  # the span started: end it rather than leak it
+        finish_exception(inv, error)
+    if st.enforce:
+        return fail_closed(st, tool, error)
+    _log.exception("tooltrail: instrumentation failed before %s; running it untraced", tool)
+    return None
+
+
+def refuse(inv: Invocation, reason: str) -> Denial:
+    """Refuse a call after ``prepare`` (e.g. a rewrite that cannot be applied)."""
+    d = inv.decision
+    inv.denial = Denial(
+        tool=inv.tool,
+        decision=d.decision if d is not None else DENY,
+        rule=d.policy_rule if d is not None else POLICY_ERROR_RULE,
+        reason=reason,
+        session_id=inv.session.session_id,
+        blast_radius=d.blast_radius if d is not None else "Low",
+    )
+    finish_denied(inv)
+    return inv.denial
+
+
+# --- approvals ----------------------------------------------------------------------------
+
+
+def ask_approval(inv: Invocation) -> None:
+    """Hold a REQUIRE_APPROVAL call at the broker (blocking); no-op for other calls."""
+    req = inv.approval_request
+    if req is None:
+        return
+    started = time.perf_counter()
+    try:
+        outcome = inv.settings.broker.request(req)
+    except Exception as e:  # a broken broker is a refusal, never a pass
+        outcome = _broker_failed(e)
+    _apply_outcome(inv, req, outcome, started)
+
+
+async def aask_approval(inv: Invocation) -> None:
+    """``ask_approval`` for async callers: waits without blocking the event loop."""
+    req = inv.approval_request
+    if req is None:
+        return
+    started = time.perf_counter()
+    try:
+        outcome = await inv.settings.broker.arequest(req)
+    except Exception as e:
+        outcome = _broker_failed(e)
+    _apply_outcome(inv, req, outcome, started)
+
+
+def _broker_failed(e: Exception) -> ApprovalOutcome:
+    _log.exception("tooltrail: approval broker failed")
+    return ApprovalOutcome(status="denied", decided_by="tooltrail:broker-error", reason=repr(e))
+
+
+def _apply_outcome(
+    inv: Invocation, req: ApprovalRequest, outcome: ApprovalOutcome, started: float
+) -> None:
+    wait_ms = outcome.wait_ms or (time.perf_counter() - started) * 1000.0
+    attrs: dict[str, Any] = {TT_APPROVAL_STATUS: outcome.status, TT_APPROVAL_WAIT_MS: wait_ms}
+    if outcome.approval_id is not None:
+        attrs[TT_APPROVAL_ID] = outcome.approval_id
+    if outcome.decided_by is not None:
+        attrs[TT_APPROVAL_DECIDED_BY] = outcome.decided_by
+    inv.span.set_attributes(attrs)
+    if outcome.proceeds(req):
+        inv.arguments = req.arguments
+        return
+    assert inv.decision is not None
+    reason = outcome.reason or APPROVAL_REQUIRED_REASON
+    if outcome.decided_by == NO_BROKER:
+        reason = APPROVAL_REQUIRED_REASON
+    elif outcome.status == "denied" and outcome.decided_by:
+        reason = f"approval denied by {outcome.decided_by}" + (
+            f": {outcome.reason}" if outcome.reason else ""
+        )
+    elif outcome.status == "expired":
+        reason = "approval request expired"
+    inv.denial = _denial(inv, inv.decision, reason, outcome)
+
+
+# --- step 2 helpers: make the span current around the call ----------------------------
+
+
+def enter(inv: Invocation) -> None:
+    """Make the call's span current (so child spans and propagation see it). Never raises."""
+    try:
+        inv.token = otel_context.attach(trace.set_span_in_context(inv.span))
+    except Exception:
+        _log.exception("tooltrail: could not make the span of %s current", inv.tool)
+
+
+def _exit(inv: Invocation) -> None:
+    token = inv.token
+    if token is not None:
+        inv.token = None
+        otel_context.detach(token)  # type: ignore[arg-type]
+
+
+# --- step 3: finish (never raises) ----------------------------------------------------
+
+
+def finish_result(inv: Invocation, preview: Callable[[], str] | None, is_error: bool) -> None:
+    """End the span of a call that returned. ``preview`` renders the result (only called
+    when result capture is on); ``is_error`` marks a tool-reported error."""
+    try:
+        _exit(inv)
+        span = inv.span
+        if preview is not None and inv.settings.capture_results:
+            span.set_attribute(GEN_AI_TOOL_CALL_RESULT, truncate(preview(), RESULT_PREVIEW_CHARS))
+        if is_error:
+            span.set_attribute(ERROR_TYPE, ERROR_TYPE_TOOL_ERROR)
+            span.set_status(Status(StatusCode.ERROR, "tool reported an error"))
+        span.end()
+    except Exception:
+        _log.exception("tooltrail: finishing the span of %s failed", inv.tool)
+
+
+def finish_exception(inv: Invocation, error: BaseException) -> None:
+    """End the span of a call that raised (the caller re-raises ``error``)."""
+    try:
+        _exit(inv)
+        span = inv.span
+        span.record_exception(error)
+        span.set_attribute(ERROR_TYPE, type(error).__qualname__)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        span.end()
+    except Exception:
+        _log.exception("tooltrail: finishing the span of %s failed", inv.tool)
+
+
+def finish_denied(inv: Invocation) -> None:
+    """End the span of a call that tooltrail refused (the tool did not run)."""
+    try:
+        _exit(inv)
+        span = inv.span
+        d = inv.denial
+        span.set_attribute(ERROR_TYPE, ERROR_TYPE_DENIED)
+        description = f"denied: {d.reason} (rule {d.rule})" if d else "denied"
+        span.set_status(Status(StatusCode.ERROR, description))
+        span.end()
+    except Exception:
+        _log.exception("tooltrail: finishing the span of %s failed", inv.tool)
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+
+# Built once: json.dumps with options builds a new encoder on every call.
+_ENCODER: Final = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def to_json(value: Any, limit: int) -> str:
+    """Compact JSON of ``value`` (``str()`` for what JSON cannot hold), truncated to ``limit``."""
+    try:
+        text = _ENCODER.encode(value)
+    except (TypeError, ValueError, RecursionError):  # e.g. a circular structure
+        text = json.dumps(repr(value), ensure_ascii=False)
+    return truncate(text, limit)
+
+
+def truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(TRUNCATION_MARK)] + TRUNCATION_MARK

@@ -1,0 +1,50 @@
+"""The zero-code path: an OpenTelemetry SDK configurator for ``opentelemetry-instrument``.
+
+``opentelemetry-instrument`` only sets up the SDK through a configurator registered under
+the ``opentelemetry_configurator`` entry point (``opentelemetry-distro`` ships the generic
+one). This one is that generic configurator with tooltrail's defaults, applied only where
+the environment says nothing:
+
+* ``OTEL_TRACES_EXPORTER=tooltrail`` (spans land in ``$TOOLTRAIL_DATA``);
+* ``OTEL_METRICS_EXPORTER=none`` and ``OTEL_LOGS_EXPORTER=none`` (tooltrail records spans
+  only; the SDK's default ``otlp`` would need an exporter package and a collector);
+* ``OTEL_BSP_MAX_QUEUE_SIZE=65536``, ``OTEL_BSP_SCHEDULE_DELAY=500`` and
+  ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE=2048``, as ``configure()`` uses;
+* ``OTEL_SERVICE_NAME`` from ``$TOOLTRAIL_AGENT_NAME``.
+
+Every ``OTEL_*`` variable still works (e.g. ``OTEL_TRACES_EXPORTER=tooltrail,otlp``). With
+several configurators installed, pick this one with ``OTEL_PYTHON_CONFIGURATOR=tooltrail``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Final
+
+from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+
+from tooltrail.config import ENV_AGENT_NAME
+
+__all__ = ["ZERO_CODE_DEFAULTS", "TooltrailConfigurator"]
+
+ZERO_CODE_DEFAULTS: Final = {
+    "OTEL_TRACES_EXPORTER": "tooltrail",
+    "OTEL_METRICS_EXPORTER": "none",
+    "OTEL_LOGS_EXPORTER": "none",
+    "OTEL_BSP_MAX_QUEUE_SIZE": "65536",
+    "OTEL_BSP_SCHEDULE_DELAY": "500",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2048",
+}
+
+
+class TooltrailConfigurator(_OTelSDKConfigurator):
+    """``opentelemetry-instrument``'s SDK setup with tooltrail's defaults (see module doc)."""
+
+    def _configure(self, **kwargs: Any) -> None:
+        for name, value in ZERO_CODE_DEFAULTS.items():
+            if not os.environ.get(name):
+                os.environ[name] = value
+        agent = os.environ.get(ENV_AGENT_NAME)
+        if agent and not os.environ.get("OTEL_SERVICE_NAME"):
+            os.environ["OTEL_SERVICE_NAME"] = agent
+        super()._configure(**kwargs)  # type: ignore[no-untyped-call]

@@ -1,0 +1,231 @@
+"""``@tool``: one span (and, when enforcing, one policy decision) per call of a Python function.
+
+For agents whose tools are local functions. The span is ``execute_tool {name}`` (kind
+INTERNAL) with the same attributes as an MCP tool span. Under enforcement a DENY raises
+``ToolCallDenied`` (a ``PermissionError``) before the function runs, a REWRITE calls it
+with the rewritten arguments, and a REQUIRE_APPROVAL waits at the approval broker (the
+default broker refuses, so the call is denied with reason "approval required").
+
+The policy sees the arguments by parameter name, defaults applied, ``self`` / ``cls``
+left out, and ``**kwargs`` spread into the top level.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, ParamSpec, TypeVar, cast, overload
+
+from tooltrail.instrumentation._spans import (
+    RESULT_PREVIEW_CHARS,
+    Denial,
+    Invocation,
+    ToolCallDenied,
+    aprepare,
+    enter,
+    finish_exception,
+    finish_result,
+    prepare,
+    refuse,
+    settings,
+    to_json,
+)
+
+__all__ = ["ToolCallDenied", "tool"]
+
+_log = logging.getLogger("tooltrail.instrumentation")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_RECEIVERS: Final = ("self", "cls")
+_POSITIONAL: Final = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+@overload
+def tool(fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def tool(
+    *, name: str | None = None, annotations: Mapping[str, Any] | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def tool(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    annotations: Mapping[str, Any] | None = None,
+) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+    """Trace (and, when enforcing, gate) every call of a sync or async function.
+
+    Args:
+        name: the tool name in spans and policy rules (default the function's ``__name__``).
+        annotations: MCP-style hints the policy may match, e.g. ``{"readOnlyHint": True}``.
+    """
+
+    def decorate(f: Callable[P, R]) -> Callable[P, R]:
+        return _instrument(f, name or str(getattr(f, "__name__", "tool")), annotations)
+
+    return decorate(fn) if fn is not None else decorate
+
+
+class _Binder:
+    """Maps a call's ``(args, kwargs)`` to ``{parameter: value}``, cheaply.
+
+    The common case (positional-or-keyword parameters, no ``*args``) is a zip plus the
+    defaults, computed once; anything else goes through ``Signature.bind``.
+    """
+
+    __slots__ = ("defaults", "fast", "positional", "signature", "skip_first")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        try:
+            self.signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins and C callables have none
+            self.signature = None
+        params = list(self.signature.parameters.values()) if self.signature else []
+        self.positional = tuple(p.name for p in params if p.kind in _POSITIONAL)
+        self.defaults = {p.name: p.default for p in params if p.default is not p.empty}
+        self.skip_first = bool(self.positional) and self.positional[0] in _RECEIVERS
+        self.fast = self.signature is not None and all(
+            p.kind in _POSITIONAL or p.kind is inspect.Parameter.KEYWORD_ONLY for p in params
+        )
+
+    def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.fast and len(args) <= len(self.positional):
+            out = dict(zip(self.positional, args, strict=False))
+            out.update(kwargs)
+            for k, v in self.defaults.items():
+                out.setdefault(k, v)
+        else:
+            out = self._bound(args, kwargs)
+        if self.skip_first:
+            out.pop(self.positional[0], None)
+        return out
+
+    def _bound(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.signature is None:
+            return {"args": list(args), **kwargs}
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError:  # the call itself will raise the same error; record what came in
+            return {"args": list(args), **kwargs}
+        bound.apply_defaults()
+        out: dict[str, Any] = {}
+        for pname, value in bound.arguments.items():
+            kind = self.signature.parameters[pname].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                out.update(value)
+            elif kind is inspect.Parameter.VAR_POSITIONAL:
+                out[pname] = list(value)
+            else:
+                out[pname] = value
+        return out
+
+    def rebind(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], new: Mapping[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The call's ``(args, kwargs)`` with the values of ``new`` (a REWRITE) swapped in.
+
+        Raises:
+            ValueError: ``new`` names a parameter the function does not take.
+        """
+        if self.signature is None:
+            raise ValueError("the function has no inspectable signature")
+        bound = self.signature.bind(*args, **kwargs)
+        params = self.signature.parameters
+        var_kw = next((p.name for p in params.values() if p.kind is p.VAR_KEYWORD), None)
+        for key, value in new.items():
+            if key in params and params[key].kind not in (
+                inspect.Parameter.VAR_KEYWORD,
+                inspect.Parameter.VAR_POSITIONAL,
+            ):
+                bound.arguments[key] = value
+            elif var_kw is not None:
+                bound.arguments.setdefault(var_kw, {})[key] = value
+            else:
+                raise ValueError(f"the rewrite sets {key!r}, which the function does not take")
+        return bound.args, bound.kwargs
+
+
+def _preview(result: Any) -> Callable[[], str]:
+    return lambda: result if isinstance(result, str) else to_json(result, RESULT_PREVIEW_CHARS)
+
+
+def _call_arguments(
+    binder: _Binder, inv: Invocation, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | Denial:
+    if not inv.rewritten:
+        return args, kwargs
+    try:
+        return binder.rebind(args, kwargs, inv.arguments)
+    except Exception as e:  # never run a call whose rewrite could not be applied
+        return refuse(inv, f"the rewritten arguments could not be applied: {e}")
+
+
+def _instrument(
+    fn: Callable[P, R], name: str, annotations: Mapping[str, Any] | None
+) -> Callable[P, R]:
+    binder = _Binder(fn)
+    if inspect.iscoroutinefunction(fn):
+        return cast(Callable[P, R], _async_wrapper(cast(Any, fn), name, annotations, binder))
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        st = settings()
+        prep = prepare(
+            st, name, lambda: binder.arguments(args, kwargs), mcp=False, annotations=annotations
+        )
+        if prep is None:
+            return fn(*args, **kwargs)
+        if isinstance(prep, Denial):
+            raise prep.to_exception()
+        call = _call_arguments(binder, prep, args, kwargs)
+        if isinstance(call, Denial):
+            raise call.to_exception()
+        enter(prep)
+        try:
+            result = fn(*call[0], **call[1])
+        except BaseException as e:
+            finish_exception(prep, e)
+            raise
+        finish_result(prep, _preview(result), is_error=False)
+        return result
+
+    return wrapper
+
+
+def _async_wrapper(
+    fn: Callable[..., Awaitable[Any]],
+    name: str,
+    annotations: Mapping[str, Any] | None,
+    binder: _Binder,
+) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        st = settings()
+        prep = await aprepare(
+            st, name, lambda: binder.arguments(args, kwargs), mcp=False, annotations=annotations
+        )
+        if prep is None:
+            return await fn(*args, **kwargs)
+        if isinstance(prep, Denial):
+            raise prep.to_exception()
+        call = _call_arguments(binder, prep, args, kwargs)
+        if isinstance(call, Denial):
+            raise call.to_exception()
+        enter(prep)
+        try:
+            result = await fn(*call[0], **call[1])
+        except BaseException as e:
+            finish_exception(prep, e)
+            raise
+        finish_result(prep, _preview(result), is_error=False)
+        return result
+
+    return wrapper

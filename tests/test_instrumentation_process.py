@@ -1,0 +1,224 @@
+"""Whole agent processes: the one-line ``configure()``, the zero-code
+``opentelemetry-instrument`` run, and what the agent side imports. Spans are read back
+from the Parquet files they landed in; effects are checked in a real git repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+AGENTS = Path(__file__).parent / "agents"
+BIN = Path(sys.executable).parent
+HEAVY = ("duckdb", "polars", "streamlit")
+POLICY = """
+version: 1
+rules:
+  - id: no-forbidden
+    when: {tool: git_create_branch, args: {branch_name: "forbidden-*"}}
+    decision: DENY
+    reason: Reserved branch names
+"""
+
+
+def git(repo: Path, *args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.email", "agent@example.com")
+    git(path, "config", "user.name", "Agent")
+    (path / "README.md").write_text("hello\n")
+    git(path, "add", "README.md")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    return path
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOOLTRAIL_", "OTEL_"))}
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def landed(data: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = pq.read_table(data / "spans").to_pylist()
+    return rows
+
+
+def tool_rows(data: Path) -> list[dict[str, Any]]:
+    return sorted(
+        (r for r in landed(data) if r["span_type"] == "tool"), key=lambda r: r["sequence"]
+    )
+
+
+def test_agent_side_import_loads_no_heavy_module() -> None:
+    code = (
+        "import sys, tooltrail.instrumentation\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = run([sys.executable, "-c", code], clean_env())
+    assert out.stdout.strip() == "[]"
+
+
+def test_configure_one_line_lands_enforced_spans(
+    tmp_path: Path, repo: Path, policy_file: Path
+) -> None:
+    data = tmp_path / "data"
+    out = run(
+        [
+            sys.executable,
+            str(AGENTS / "configured_agent.py"),
+            str(data),
+            str(policy_file),
+            str(repo),
+        ],
+        clean_env(),
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["planned"] == "plan for ship it"
+    assert report["git"] == [
+        {"branch": "feature-ok", "is_error": False},
+        {"branch": "forbidden-one", "is_error": True},
+    ]
+    assert report["created_provider"] and report["mcp_instrumented"]
+    assert report["heavy_after_configure"] == report["heavy_at_exit"] == []
+    assert git(repo, "branch", "--list", "feature-ok")
+    assert not git(repo, "branch", "--list", "forbidden-one")
+
+    rows = tool_rows(data)
+    assert [(r["tool_name"], r["sequence"], r["decision"]) for r in rows] == [
+        ("plan", 1, "ALLOW"),
+        ("git_create_branch", 2, "ALLOW"),
+        ("git_create_branch", 3, "DENY"),
+    ]
+    for r in rows:
+        assert r["session_id"] == "configured-session"
+        assert r["agent_name"] == "configured-agent"
+        assert r["service_name"] == "configured-agent"
+        assert r["trigger"] == "manual"
+        assert r["enforced"] is True
+        assert r["policy_version"] == report["policy_version"]
+    assert rows[2]["policy_rule"] == "no-forbidden"
+    assert rows[2]["mcp_server"] == "mcp-git"
+    assert json.loads(rows[2]["arguments"])["branch_name"] == "forbidden-one"
+    # One row per tool call: mcp's own request span is folded into ours.
+    assert not [r for r in landed(data) if r["name"].startswith("MCP send tools/call")]
+
+
+def test_opentelemetry_instrument_zero_code_run_lands_spans(
+    tmp_path: Path, repo: Path, policy_file: Path
+) -> None:
+    configurators = {ep.name: ep.value for ep in entry_points(group="opentelemetry_configurator")}
+    instrumentors = {ep.name: ep.value for ep in entry_points(group="opentelemetry_instrumentor")}
+    assert instrumentors.get("mcp") == "tooltrail.instrumentation.mcp:McpInstrumentor"
+    # Without a configurator, opentelemetry-instrument sets up no SDK and nothing lands.
+    assert configurators.get("tooltrail") == (
+        "tooltrail.instrumentation.autoconfig:TooltrailConfigurator"
+    ), (
+        "pyproject.toml needs [project.entry-points.opentelemetry_configurator] "
+        'tooltrail = "tooltrail.instrumentation.autoconfig:TooltrailConfigurator" '
+        "(then reinstall: pip install --no-deps -e .)"
+    )
+    data = tmp_path / "data"
+    env = clean_env(
+        TOOLTRAIL_DATA=str(data),
+        TOOLTRAIL_POLICY=str(policy_file),
+        TOOLTRAIL_ENFORCE="1",
+        TOOLTRAIL_AGENT_NAME="zero-code-agent",
+        TOOLTRAIL_SESSION_ID="zero-code-session",
+    )
+    out = run(
+        [
+            str(BIN / "opentelemetry-instrument"),
+            sys.executable,
+            str(AGENTS / "git_agent.py"),
+            str(repo),
+            "zc-ok",
+            "forbidden-zc",
+        ],
+        env,
+    )
+    results = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["is_error"] for r in results] == [False, False, True]
+    assert json.loads(results[2]["text"])["rule"] == "no-forbidden"
+    assert git(repo, "branch", "--list", "zc-ok")
+    assert not git(repo, "branch", "--list", "forbidden-zc")
+
+    rows = tool_rows(data)
+    assert [(r["tool_name"], r["decision"]) for r in rows] == [
+        ("git_status", "ALLOW"),
+        ("git_create_branch", "ALLOW"),
+        ("git_create_branch", "DENY"),
+    ]
+    assert [r["sequence"] for r in rows] == [1, 2, 3]
+    assert {r["session_id"] for r in rows} == {"zero-code-session"}
+    assert {r["agent_name"] for r in rows} == {"zero-code-agent"}
+    assert {r["service_name"] for r in rows} == {"zero-code-agent"}
+    assert {r["mcp_server"] for r in rows} == {"mcp-git"}
+    assert all(r["enforced"] is True for r in rows)
+
+
+def test_configure_joins_an_application_provider_once(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    code = textwrap.dedent(
+        f"""
+        import json
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        import tooltrail.instrumentation as tt
+
+        mine = InMemorySpanExporter()
+        app = TracerProvider()
+        app.add_span_processor(SimpleSpanProcessor(mine))
+        trace.set_tracer_provider(app)
+        first = tt.configure(data_dir={str(data)!r})
+        again = tt.configure(data_dir={str(data)!r}, agent_name="second")
+
+        @tt.tool
+        def lookup(key: str) -> str:
+            return key.upper()
+
+        lookup("a")
+        app.force_flush()
+        print(json.dumps({{
+            "same_provider": first.tracer_provider is app and again.tracer_provider is app,
+            "created": first.created_provider,
+            "app_saw": [s.name for s in mine.get_finished_spans()],
+        }}))
+        """
+    )
+    out = run([sys.executable, "-c", code], clean_env())
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"same_provider": True, "created": False, "app_saw": ["execute_tool lookup"]}
+    rows = tool_rows(data)
+    assert [(r["tool_name"], r["agent_name"]) for r in rows] == [("lookup", "second")]
+    # Not enforcing: the exporter had no policy, so nothing was decided at call time.
+    assert rows[0]["enforced"] is not True

@@ -1,0 +1,634 @@
+"""Policy engine behaviour: conditions, targets, combination, blast radius, presets,
+rewrites, redaction and fail-closed evaluation (SPEC §4)."""
+
+from __future__ import annotations
+
+import json
+import string
+import textwrap
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from tooltrail.policy import (
+    REDACTED,
+    STRICTNESS,
+    Decision,
+    Policy,
+    ToolCall,
+    apply_to_row,
+    load_policy,
+    loads_policy,
+    policy_error_decision,
+)
+from tooltrail.schema import BLAST_RADII, DECISIONS, empty_row
+
+
+def pol(text: str) -> Policy:
+    return loads_policy(textwrap.dedent(text))
+
+
+def rule_policy(when: dict[str, Any], decision: str = "DENY", **extra: Any) -> Policy:
+    """A one-rule policy (default ALLOW) whose rule id is `r`."""
+    rule: dict[str, Any] = {"id": "r", "when": when, "decision": decision, **extra}
+    return load_policy({"version": 1, "rules": [rule]})
+
+
+def matches(when: dict[str, Any], call: ToolCall) -> bool:
+    decision = rule_policy(when).decide(call)
+    return decision.policy_matched == ("r",)
+
+
+CALL = ToolCall(
+    tool="git_commit",
+    arguments={
+        "repo_path": "/src/app",
+        "branch_name": "feature/login/v2",
+        "max_count": 150,
+        "count_text": "150",
+        "force": False,
+        "files": ["src/a.py", "deploy/prod.env"],
+        "options": {"author": {"email": "bot@example.com"}},
+        "commits": [{"sha": "abc", "message": "fix"}, {"sha": "def", "message": "wip"}],
+        "dotted.key": "literal",
+        "ratio": 1.0,
+    },
+    agent="coder-1",
+    session_id="s-1",
+    server="git",
+)
+
+
+# --- conditions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [
+        ({"tool": "git_commit"}, True),
+        ({"tool": "git_*"}, True),
+        ({"tool": "GIT_*"}, False),  # globs are case-sensitive
+        ({"tool": ["git_reset", "git_c*"]}, True),  # a list means any of them
+        ({"tools": ["git_reset"]}, False),
+        ({"agent": "coder-*"}, True),
+        ({"agent": ["reviewer", "tester"]}, False),
+        ({"server": "git"}, True),
+        ({"server": "github"}, False),
+        ({"args": {"branch_name": "feature/*"}}, True),  # `*` crosses `/` (fnmatch)
+        ({"args": {"branch_name": "feature"}}, False),  # a plain string is a glob: exact here
+        ({"args": {"branch_name": ["main", "feature/*/v?"]}}, True),
+        ({"args": {"branch_name": {"regex": "login"}}}, True),  # regex searches
+        ({"args": {"branch_name": {"regex": "^login"}}}, False),
+        ({"args": {"max_count": {"gt": 100}}}, True),
+        ({"args": {"max_count": {"gt": 150}}}, False),
+        ({"args": {"max_count": {"gte": 150}}}, True),
+        ({"args": {"max_count": {"lt": 150}}}, False),
+        ({"args": {"max_count": {"lte": 150, "gt": 149}}}, True),  # operators combine (and)
+        ({"args": {"count_text": {"gt": 100}}}, True),  # numeric strings compare as numbers
+        ({"args": {"branch_name": {"gt": 0}}}, False),  # non-numbers never compare
+        ({"args": {"force": {"gt": -1}}}, False),  # booleans are not numbers
+        ({"args": {"max_count": {"in": [100, 150]}}}, True),
+        ({"args": {"max_count": {"in": ["150"]}}}, False),  # JSON equality: "150" != 150
+        ({"args": {"force": {"in": [0]}}}, False),  # JSON equality: false != 0
+        ({"args": {"force": False}}, True),  # a bare non-string means equals
+        ({"args": {"force": {"equals": False}}}, True),
+        ({"args": {"ratio": {"equals": 1}}}, True),  # 1 == 1.0 in JSON
+        ({"args": {"max_count": 150}}, True),
+        ({"args": {"options.author.email": "*@example.com"}}, True),  # dotted paths
+        ({"args": {"options.author.name": {"exists": True}}}, False),
+        ({"args": {"options.author.name": {"exists": False}}}, True),
+        ({"args": {"missing": "*"}}, False),  # absent never matches a glob
+        ({"args": {"files": "*.env"}}, True),  # list values: any element
+        ({"args": {"files": "*.pem"}}, False),
+        ({"args": {"files.0": "src/*"}}, True),  # numeric segment indexes
+        ({"args": {"files.1": "src/*"}}, False),
+        ({"args": {"commits.message": "wip"}}, True),  # fan-out over a list of objects
+        ({"args": {"commits.message": "release"}}, False),
+        ({"args": {"dotted.key": "literal"}}, True),  # a literal dotted key is found first
+        ({"tool": "git_commit", "agent": "coder-*", "args": {"max_count": {"gt": 1000}}}, False),
+    ],
+)
+def test_condition_kinds(when: dict[str, Any], expected: bool) -> None:
+    assert matches(when, CALL) is expected
+
+
+def test_repo_branch_path_conditions_use_extracted_targets() -> None:
+    policy = pol(
+        """
+        version: 1
+        targets:
+          - {tools: ["git_*"], repo: "{repo_path}", branch: "{branch_name}", path: "{files.0}"}
+        rules:
+          - {id: repo, when: {repo: "/src/*"}, decision: DENY}
+          - {id: branch, when: {branch: ["main", "feature/*"]}, decision: DENY}
+          - {id: path, when: {path: "src/*.py"}, decision: DENY}
+          - {id: other-repo, when: {repo: "/srv/*"}, decision: DENY}
+        """
+    )
+    assert policy.decide(CALL).policy_matched == ("repo", "branch", "path")
+    # No targets for a tool outside `targets:` -> target conditions cannot match.
+    other = ToolCall("fetch", dict(CALL.arguments))
+    assert policy.decide(other).policy_matched == ()
+
+
+@pytest.mark.parametrize(
+    ("annotations", "read_only", "destructive"),
+    [
+        (None, None, None),  # unknown: neither condition can match
+        ({}, False, True),  # known, all MCP defaults: not read-only, destructive
+        ({"readOnlyHint": True}, True, False),  # read-only tools default to non-destructive
+        ({"readOnlyHint": False, "destructiveHint": False}, False, False),
+        ({"read_only_hint": True}, True, False),  # snake_case accepted
+        ({"destructiveHint": True}, False, True),
+    ],
+)
+def test_annotation_hints_follow_mcp_defaults(
+    annotations: dict[str, Any] | None, read_only: bool | None, destructive: bool | None
+) -> None:
+    call = ToolCall("t", {}, annotations=annotations)
+    for hint, value in (("readOnlyHint", read_only), ("destructiveHint", destructive)):
+        assert matches({hint: True}, call) is (value is True)
+        assert matches({hint: False}, call) is (value is False)
+
+
+def test_annotation_hints_accept_the_mcp_model() -> None:
+    from mcp.types import ToolAnnotations
+
+    call = ToolCall("t", {}, annotations=ToolAnnotations(read_only_hint=True))  # type: ignore[arg-type]
+    assert matches({"readOnlyHint": True}, call)
+    assert matches({"destructiveHint": False}, call)
+
+
+# --- targets ----------------------------------------------------------------------------
+
+
+def test_targets_fallbacks_first_present_key_wins() -> None:
+    policy = pol(
+        """
+        version: 1
+        targets:
+          - {server: github, repo: "{owner}/{repo}", branch: "{branch|base|ref}", path: "{path}"}
+          - {tools: ["git_*"], repo: "{repo_path}", branch: "{branch_name|target}"}
+          - {tools: ["git_*"], path: "{files.0}", branch: "{fallback}"}
+          - {tools: ["literal"], repo: "{{not-a-placeholder}}", branch: "{none|also_none}"}
+        """
+    )
+
+    def targets(call: ToolCall) -> tuple[str | None, str | None, str | None]:
+        d = policy.decide(call)
+        return d.target_repo, d.target_branch, d.target_path
+
+    gh = ToolCall("push_files", {"owner": "acme", "repo": "api", "base": "main", "ref": "x"})
+    assert targets(ToolCall(gh.tool, gh.arguments, server="github")) == ("acme/api", "main", None)
+    # The server selector: without the server the github entry does not apply.
+    assert targets(gh) == (None, None, None)
+    # "{owner}/{repo}" with a missing part yields no target, never "/api".
+    partial = ToolCall("x", {"repo": "api", "path": "README.md"}, server="github")
+    assert targets(partial) == (None, None, "README.md")
+    # Per field, later entries fill what earlier ones could not.
+    git = ToolCall("git_diff", {"repo_path": "/r", "target": "dev", "files": ["a.py"]})
+    assert targets(git) == ("/r", "dev", "a.py")
+    assert targets(ToolCall("git_diff", {"repo_path": "/r", "fallback": "fb"})) == (
+        "/r",
+        "fb",
+        None,
+    )
+    # Non-scalar values are skipped; numbers and booleans render as JSON text.
+    assert targets(ToolCall("git_x", {"repo_path": ["/a"], "branch_name": 7})) == (None, "7", None)
+    assert targets(ToolCall("literal", {})) == ("{not-a-placeholder}", None, None)
+
+
+# --- combination ------------------------------------------------------------------------
+
+_MATCHING_CALL = ToolCall(
+    "tool_a",
+    {"n": 5, "s": "main"},
+    agent="bot-1",
+    server="git",
+    annotations={"readOnlyHint": False},
+)
+# For each condition kind: a `when` that matches _MATCHING_CALL, and one that does not.
+_KINDS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "tool": ({"tool": "tool_*"}, {"tool": "other_*"}),
+    "agent": ({"agent": "bot-*"}, {"agent": "human-*"}),
+    "server": ({"server": "git"}, {"server": "github"}),
+    "glob": ({"args": {"s": "ma*"}}, {"args": {"s": "dev"}}),
+    "regex": ({"args": {"s": {"regex": "^m"}}}, {"args": {"s": {"regex": "^x"}}}),
+    "in": ({"args": {"n": {"in": [5, 6]}}}, {"args": {"n": {"in": [7]}}}),
+    "numeric": ({"args": {"n": {"gt": 1}}}, {"args": {"n": {"gt": 10}}}),
+    "hint": ({"readOnlyHint": False}, {"readOnlyHint": True}),
+}
+
+_rule_spec = st.tuples(
+    st.sampled_from(DECISIONS),
+    st.sampled_from(sorted(_KINDS)),
+    st.booleans(),
+    st.one_of(st.none(), st.sampled_from(BLAST_RADII)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(specs=st.lists(_rule_spec, max_size=8), default=st.sampled_from(["ALLOW", "DENY"]))
+def test_strictest_matching_rule_wins_file_order_breaks_ties(
+    specs: list[tuple[str, str, bool, str | None]], default: str
+) -> None:
+    rules = []
+    for i, (decision, kind, hit, radius) in enumerate(specs):
+        rule: dict[str, Any] = {
+            "id": f"r{i}",
+            "when": _KINDS[kind][0 if hit else 1],
+            "decision": decision,
+            "reason": f"because {i}",
+        }
+        if decision == "REWRITE":
+            rule["rewrite"] = {"set": {"marker": f"r{i}"}}
+        if radius is not None:
+            rule["blast_radius"] = radius
+        rules.append(rule)
+    policy = load_policy({"version": 1, "default": default, "rules": rules})
+    d = policy.decide(_MATCHING_CALL)
+
+    matched = [(f"r{i}", s) for i, s in enumerate(specs) if s[2]]
+    assert d.policy_matched == tuple(rule_id for rule_id, _ in matched)
+    if not matched:
+        assert (d.decision, d.policy_rule, d.reason) == (default, "pass", d.reason)
+        assert d.blast_radius == "Low"
+        return
+    strictest = max(STRICTNESS[s[0]] for _, s in matched)
+    winner_id, winner = next((i, s) for i, s in matched if STRICTNESS[s[0]] == strictest)
+    assert d.decision == winner[0]
+    assert d.policy_rule == winner_id
+    assert d.reason == f"because {winner_id[1:]}"
+    radii = [BLAST_RADII.index(s[3]) for _, s in matched if s[3] is not None]
+    assert d.blast_radius == BLAST_RADII[max(radii, default=0)]
+    if d.decision == "REWRITE":
+        # Every matched REWRITE rule applies, in file order: the last one's marker stays.
+        last = [i for i, s in matched if s[0] == "REWRITE"][-1]
+        assert d.arguments_rewritten is not None
+        assert d.arguments_rewritten["marker"] == last
+    else:
+        assert d.arguments_rewritten is None
+
+
+def test_blast_radius_is_the_highest_matching_class() -> None:
+    policy = pol(
+        """
+        version: 1
+        targets: [{tools: ["git_*"], branch: "{branch_name}"}]
+        blast_radius:
+          - {tools: ["git_*"], radius: Medium}
+          - {tools: ["git_checkout"], branch: ["main"], radius: High}
+          - {tools: ["git_reset"], radius: Critical}
+          - {destructiveHint: true, radius: High}
+        rules:
+          - {id: raise, when: {tool: git_log}, decision: ALLOW, blast_radius: Critical}
+        """
+    )
+
+    def radius(call: ToolCall) -> str:
+        return policy.decide(call).blast_radius
+
+    assert radius(ToolCall("fetch")) == "Low"
+    assert radius(ToolCall("git_status")) == "Medium"
+    assert radius(ToolCall("git_checkout", {"branch_name": "dev"})) == "Medium"
+    assert radius(ToolCall("git_checkout", {"branch_name": "main"})) == "High"
+    assert radius(ToolCall("git_reset")) == "Critical"
+    assert radius(ToolCall("other", annotations={"destructiveHint": True})) == "High"
+    assert radius(ToolCall("git_log")) == "Critical"  # a matched rule may set it
+
+
+def test_approval_settings_come_from_the_winning_rule_over_policy_defaults() -> None:
+    policy = pol(
+        """
+        version: 1
+        default: REQUIRE_APPROVAL
+        approval: {timeout: 1h, on_timeout: ALLOW, approvers: [ops]}
+        rules:
+          - {id: a, when: {tool: merge}, decision: REQUIRE_APPROVAL, approval: {timeout: 90s}}
+          - {id: b, when: {tool: merge}, decision: REQUIRE_APPROVAL,
+             approval: {timeout: 1h30m, on_timeout: DENY, approvers: [alice, bob]}}
+          - {id: c, when: {tool: push}, decision: ALLOW}
+        """
+    )
+    d = policy.decide(ToolCall("merge"))
+    assert (d.policy_rule, d.policy_matched) == ("a", ("a", "b"))
+    assert d.approval is not None
+    assert (d.approval.timeout_s, d.approval.on_timeout, d.approval.approvers) == (
+        90.0,
+        "ALLOW",
+        ("ops",),
+    )
+    unmatched = policy.decide(ToolCall("fetch"))
+    assert (unmatched.decision, unmatched.policy_rule) == ("REQUIRE_APPROVAL", "pass")
+    assert unmatched.approval is not None and unmatched.approval.timeout_s == 3600.0
+    assert policy.decide(ToolCall("push")).approval is None  # only for REQUIRE_APPROVAL
+
+
+# --- presets ----------------------------------------------------------------------------
+
+
+def test_preset_deny_all_denies_unless_a_rule_allows() -> None:
+    policy = pol(
+        """
+        version: 1
+        preset: deny-all
+        rules:
+          - {id: status-ok, when: {tool: git_status}, decision: ALLOW}
+        """
+    )
+    denied = policy.decide(ToolCall("git_commit"))
+    assert (denied.decision, denied.policy_rule, denied.policy_matched) == (
+        "DENY",
+        "preset:deny-all",
+        (),
+    )
+    assert denied.reason and "deny-all" in denied.reason
+    allowed = policy.decide(ToolCall("git_status"))
+    assert (allowed.decision, allowed.policy_rule) == ("ALLOW", "status-ok")
+
+
+def test_preset_approve_all_allows_unless_a_rule_says_otherwise() -> None:
+    policy = pol(
+        """
+        version: 1
+        preset: approve-all
+        rules: [{id: no-reset, when: {tool: git_reset}, decision: DENY}]
+        """
+    )
+    assert policy.decide(ToolCall("anything")).policy_rule == "preset:approve-all"
+    assert policy.decide(ToolCall("anything")).decision == "ALLOW"
+    assert policy.decide(ToolCall("git_reset")).decision == "DENY"
+
+
+def test_preset_approve_reads() -> None:
+    policy = pol(
+        """
+        version: 1
+        preset: approve-reads
+        reads: ["get_*", "git_log"]
+        approval: {timeout: 5m, approvers: [ops]}
+        rules:
+          - {id: no-secret-reads, when: {tool: get_secret}, decision: DENY}
+          - {id: add-ok, when: {tool: git_add}, decision: ALLOW}
+        """
+    )
+
+    def verdict(call: ToolCall) -> tuple[str, str]:
+        d = policy.decide(call)
+        return d.decision, d.policy_rule
+
+    assert verdict(ToolCall("get_file")) == ("ALLOW", "preset:approve-reads")
+    assert verdict(ToolCall("git_log")) == ("ALLOW", "preset:approve-reads")
+    read_only = ToolCall("git_status", annotations={"readOnlyHint": True})
+    assert verdict(read_only) == ("ALLOW", "preset:approve-reads")
+    assert verdict(ToolCall("git_status")) == ("REQUIRE_APPROVAL", "preset:approve-reads")
+    writer = ToolCall("git_commit", annotations={"readOnlyHint": False})
+    held = policy.decide(writer)
+    assert (held.decision, held.policy_rule) == ("REQUIRE_APPROVAL", "preset:approve-reads")
+    assert held.approval is not None and (held.approval.timeout_s, held.approval.approvers) == (
+        300.0,
+        ("ops",),
+    )
+    assert verdict(ToolCall("get_secret")) == ("DENY", "no-secret-reads")  # rules on top
+    assert verdict(ToolCall("git_add")) == ("ALLOW", "add-ok")
+
+
+# --- rewrites ---------------------------------------------------------------------------
+
+
+def test_rewrite_templates_set_remove_and_keep_the_original() -> None:
+    policy = pol(
+        """
+        version: 1
+        rules:
+          - id: rw
+            when: {tool: git_checkout}
+            decision: REWRITE
+            rewrite:
+              remove: [force, opts.dry_run]
+              set:
+                branch_name: "agent/{session_id}"
+                note: "{agent} via {tool} on {server}: {args.branch_name} {{literal}}"
+                count_copy: "{args.count}"
+                meta.origin: "{args.missing|agent}"
+                fixed: [1, 2]
+        """
+    )
+    original = {"branch_name": "main", "force": True, "count": 3, "opts": {"dry_run": 1, "x": 2}}
+    call = ToolCall("git_checkout", original, agent="bot", session_id="s-9", server="git")
+    d = policy.decide(call)
+    assert d.decision == "REWRITE"
+    assert d.arguments == original  # the original, untouched
+    assert original["force"] is True
+    assert d.arguments_rewritten == {
+        "branch_name": "agent/s-9",
+        "count": 3,
+        "opts": {"x": 2},
+        "note": "bot via git_checkout on git: main {literal}",
+        "count_copy": 3,  # a lone {args.x} keeps the JSON type
+        "meta": {"origin": "bot"},
+        "fixed": [1, 2],
+    }
+
+
+def test_rewrite_that_cannot_be_produced_fails_closed() -> None:
+    policy = pol(
+        """
+        version: 1
+        rules:
+          - {id: rw, when: {tool: t}, decision: REWRITE,
+             rewrite: {set: {branch_name: "agent/{session_id}"}}}
+          - {id: nested, when: {tool: n}, decision: REWRITE, rewrite: {set: {a.b: 1}}}
+        """
+    )
+    d = policy.decide(ToolCall("t", {"branch_name": "main"}))
+    assert (d.decision, d.policy_rule, d.arguments_rewritten) == ("DENY", "rw", None)
+    assert d.reason is not None and "{session_id} has no value" in d.reason
+    blocked = policy.decide(ToolCall("n", {"a": "not an object"}))
+    assert blocked.decision == "DENY" and "a is not an object" in (blocked.reason or "")
+
+
+def test_rewrite_is_not_applied_when_a_stricter_rule_wins() -> None:
+    policy = pol(
+        """
+        version: 1
+        rules:
+          - {id: rw, when: {tool: t}, decision: REWRITE, rewrite: {set: {x: 1}}}
+          - {id: hold, when: {tool: t}, decision: REQUIRE_APPROVAL}
+        """
+    )
+    d = policy.decide(ToolCall("t", {"x": 0}))
+    assert (d.decision, d.policy_rule, d.policy_matched) == (
+        "REQUIRE_APPROVAL",
+        "hold",
+        ("rw", "hold"),
+    )
+    assert d.arguments_rewritten is None
+
+
+# --- redaction --------------------------------------------------------------------------
+
+_REDACTING_POLICY = """
+version: 1
+targets:
+  - {tools: ["*"], repo: "{token}", branch: "{nested.password}", path: "{headers.0.value}"}
+rules:
+  - id: scrub
+    when: {tool: "*"}
+    decision: REWRITE
+    reason: secrets are scrubbed
+    rewrite:
+      redact: [token, nested.password, headers.value, {regex: "sk_[A-Za-z0-9]+"}]
+      set:
+        copy: "{args.token}"
+        note: "copied {args.nested.password} and {args.message}"
+  - id: deny-push
+    when: {tool: push}
+    decision: DENY
+    reason: no pushes
+"""
+
+_secret = st.text(string.ascii_letters + string.digits, min_size=12, max_size=40).map(
+    lambda s: "sk_" + s
+)
+_plain_text = st.text(string.ascii_lowercase + " ", max_size=20)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(secret=_secret, filler=_plain_text, tool=st.sampled_from(["commit", "push"]))
+def test_redaction_never_leaves_the_secret_anywhere_in_the_decision(
+    secret: str, filler: str, tool: str
+) -> None:
+    assume(secret not in filler)
+    policy = loads_policy(_REDACTING_POLICY)
+    args = {
+        "token": secret,
+        "nested": {"password": secret, "user": filler},
+        "headers": [{"name": "auth", "value": secret}],
+        "message": f"{filler} {secret} {filler}",
+        "other": filler,
+    }
+    d = policy.decide(ToolCall(tool, args, agent="bot", session_id="s"))
+    assert d.decision == ("DENY" if tool == "push" else "REWRITE")
+    assert d.redactions == 4
+    everything = repr(d) + json.dumps(d.to_json_dict()) + str(d.target_path)
+    assert secret not in everything
+    assert d.arguments["token"] == REDACTED
+    assert d.arguments["message"] == f"{filler} {REDACTED} {filler}"
+    assert (d.target_repo, d.target_branch, d.target_path) == (REDACTED, REDACTED, REDACTED)
+    if tool == "commit":
+        assert d.arguments_rewritten is not None
+        assert d.arguments_rewritten["copy"] == REDACTED
+        assert d.arguments_rewritten["other"] == filler  # only secrets are touched
+    # The landed row never holds it either.
+    row = empty_row()
+    row.update(span_type="tool", tool_name=tool, arguments=json.dumps(args), session_id="s")
+    apply_to_row(policy, row)
+    assert secret not in json.dumps(row, default=str)
+    assert row["redactions"] == 4
+
+
+def test_redaction_of_a_rule_that_does_not_match_changes_nothing() -> None:
+    policy = loads_policy(_REDACTING_POLICY.replace('tool: "*"}', "tool: other}", 1))
+    args = {"token": "sk_abcdefghijklmnop"}
+    d = policy.decide(ToolCall("commit", args))
+    assert d.arguments is args and d.redactions == 0
+
+
+# --- fail closed, totality --------------------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tool=st.one_of(st.text(max_size=12), st.none(), st.integers()),
+    args=st.one_of(st.dictionaries(st.text(max_size=8), _json, max_size=5), _json),
+    annotations=st.one_of(st.none(), st.dictionaries(st.text(max_size=12), _json, max_size=3)),
+)
+def test_decide_is_total(tool: Any, args: Any, annotations: Any) -> None:
+    policy = load_policy("examples/policy-github.yaml")
+    d = policy.decide(ToolCall(tool, args, agent="a", session_id="s", annotations=annotations))
+    assert isinstance(d, Decision)
+    assert d.decision in DECISIONS
+    assert d.blast_radius in BLAST_RADII
+    assert d.policy_version == policy.version
+    if not isinstance(tool, str) or not (args is None or isinstance(args, dict)):
+        assert (d.decision, d.policy_rule) == ("DENY", "policy-error")
+
+
+def test_policy_error_decision_is_a_low_radius_deny() -> None:
+    d = policy_error_decision(ToolCall("git_reset", {"a": 1}), "policy failed to load")
+    assert (d.decision, d.policy_rule, d.blast_radius, d.policy_matched) == (
+        "DENY",
+        "policy-error",
+        "Low",
+        (),
+    )
+    assert d.reason == "policy failed to load" and d.arguments == {"a": 1}
+    assert d.to_json_dict()["decision"] == "DENY"
+
+
+def test_to_json_dict_is_exactly_the_spec_explain_object() -> None:
+    d = load_policy("examples/policy-git.yaml").decide(
+        ToolCall("git_checkout", {"repo_path": "/r", "branch_name": "main"}, session_id="s")
+    )
+    assert d.to_json_dict() == {
+        "decision": "REWRITE",
+        "policy_rule": "checkout-default-branch",
+        "policy_matched": ["checkout-default-branch"],
+        "blast_radius": "High",
+        "target_repo": "/r",
+        "target_branch": "main",
+        "arguments": {"repo_path": "/r", "branch_name": "main"},
+        "arguments_rewritten": {"repo_path": "/r", "branch_name": "agent/s"},
+        "reason": "Agents work on their own branch",
+    }
+
+
+# --- version ----------------------------------------------------------------------------
+
+
+def test_version_hashes_the_normalized_policy() -> None:
+    base = pol(
+        """
+        version: 1
+        rules:
+          - id: a
+            when: {tool: [x, y], args: {b: main}}
+            decision: DENY
+            tests: [{call: {tool: x}, expect: ALLOW}]
+        """
+    )
+    # Same meaning, different spelling: comments, order, synonyms, flow style, no tests.
+    same = pol(
+        """
+        # a comment
+        rules:
+          - decision: DENY
+            when:
+              args: {b: [main]}
+              tools: [y, x]
+            id: a
+        default: ALLOW
+        version: 1
+        """
+    )
+    changed = pol(
+        """
+        version: 1
+        rules: [{id: a, when: {tool: [x, y], args: {b: main}}, decision: REQUIRE_APPROVAL}]
+        """
+    )
+    assert base.version == same.version
+    assert base.version != changed.version
+    assert len(base.version) == 16 and int(base.version, 16) >= 0
+    assert base.decide(ToolCall("x")).policy_version == base.version

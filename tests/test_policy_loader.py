@@ -1,0 +1,544 @@
+"""Loading policies: every bad input is a PolicyError naming the file, the YAML line and
+the rule id; the JSON Schema ships in the package and rejects unknown keys everywhere."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tooltrail.errors import PolicyError
+from tooltrail.policy import ToolCall, load_policy
+from tooltrail.policy.loader import PolicyValidationError, schema
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    return str(info.value)
+
+
+# Each case: policy text (line 1 = `version: 1` unless the case is about it), the line and
+# rule id the message must name, and words it must contain.
+BAD_INPUT: list[tuple[str, str, int, str | None, tuple[str, ...]]] = [
+    (
+        "malformed-yaml",
+        """
+        version: 1
+        rules:
+          - id: a
+            when: {tool: x
+            decision: DENY
+        """,
+        5,
+        None,
+        ("malformed YAML",),
+    ),
+    (
+        "unknown-rule-key",
+        """
+        version: 1
+        rules:
+          - id: no-reset
+            whn: {tool: git_reset}
+            decision: DENY
+        """,
+        4,
+        "no-reset",
+        ("unknown key 'whn'", "did you mean 'when'"),
+    ),
+    (
+        "unknown-condition-key",
+        """
+        version: 1
+        rules:
+          - id: r1
+            when:
+              tool: x
+              branches: [main]
+            decision: DENY
+        """,
+        6,
+        "r1",
+        ("unknown key 'branches'", "did you mean 'branch'"),
+    ),
+    (
+        "unknown-top-level-key",
+        """
+        version: 1
+        rulez: []
+        """,
+        2,
+        None,
+        ("unknown key 'rulez'", "did you mean 'rules'"),
+    ),
+    (
+        "unknown-decision",
+        """
+        version: 1
+        rules:
+          - id: r1
+            when: {tool: x}
+            decision: BLOCK
+        """,
+        5,
+        "r1",
+        ("'BLOCK' is not one of ALLOW, DENY, REWRITE, REQUIRE_APPROVAL",),
+    ),
+    (
+        "lowercase-decision",
+        """
+        version: 1
+        rules:
+          - id: r1
+            when: {tool: x}
+            decision: deny
+        """,
+        5,
+        "r1",
+        ("did you mean 'DENY'",),
+    ),
+    (
+        "bad-regex",
+        """
+        version: 1
+        rules:
+          - id: r1
+            when: {tool: x}
+            decision: DENY
+          - id: msg-regex
+            when:
+              tool: git_commit
+              args: {message: {regex: "(unclosed"}}
+            decision: DENY
+        """,
+        9,
+        "msg-regex",
+        ("bad regex '(unclosed'",),
+    ),
+    (
+        "bad-redact-regex",
+        """
+        version: 1
+        rules:
+          - id: scrub
+            when: {tool: x}
+            decision: REWRITE
+            rewrite:
+              redact:
+                - token
+                - {regex: "[a-"}
+        """,
+        9,
+        "scrub",
+        ("bad regex '[a-'",),
+    ),
+    (
+        "duplicate-rule-ids",
+        """
+        version: 1
+        rules:
+          - id: same
+            when: {tool: x}
+            decision: DENY
+          - id: same
+            when: {tool: y}
+            decision: ALLOW
+        """,
+        6,
+        "same",
+        ("duplicate rule id 'same'", "first defined at line 3"),
+    ),
+    (
+        "rewrite-without-rewrite",
+        """
+        version: 1
+        rules:
+          - id: rw
+            when: {tool: git_checkout}
+            decision: REWRITE
+        """,
+        3,
+        "rw",
+        ("REWRITE needs a `rewrite:`",),
+    ),
+    (
+        "approval-bad-timeout",
+        """
+        version: 1
+        rules:
+          - id: hold
+            when: {tool: merge}
+            decision: REQUIRE_APPROVAL
+            approval:
+              timeout: 10 minutes
+        """,
+        7,
+        "hold",
+        ("bad approval timeout", "'10 minutes' is not a duration"),
+    ),
+    (
+        "approval-zero-timeout",
+        """
+        version: 1
+        rules:
+          - id: hold
+            when: {tool: merge}
+            decision: REQUIRE_APPROVAL
+            approval: {timeout: 0s}
+        """,
+        6,
+        "hold",
+        ("not a positive duration",),
+    ),
+    (
+        "approval-too-long",
+        """
+        version: 1
+        rules:
+          - id: hold
+            when: {tool: merge}
+            decision: REQUIRE_APPROVAL
+            approval: {timeout: 30d}
+        """,
+        6,
+        "hold",
+        ("longer than the maximum 7d",),
+    ),
+    (
+        "approval-bad-on-timeout",
+        """
+        version: 1
+        rules:
+          - id: hold
+            when: {tool: merge}
+            decision: REQUIRE_APPROVAL
+            approval: {on_timeout: MAYBE}
+        """,
+        6,
+        "hold",
+        ("'MAYBE' is not one of DENY, ALLOW",),
+    ),
+    (
+        "args-not-an-object",
+        """
+        version: 1
+        rules:
+          - id: listy
+            when:
+              tool: x
+              args: [branch_name, main]
+            decision: DENY
+        """,
+        6,
+        "listy",
+        ("must be an object, got a list",),
+    ),
+    (
+        "unknown-arg-operator",
+        """
+        version: 1
+        rules:
+          - id: op
+            when:
+              tool: x
+              args:
+                count: {gtt: 5}
+            decision: DENY
+        """,
+        7,
+        "op",
+        ("unknown key 'gtt'", "did you mean 'gt'"),
+    ),
+    (
+        "duplicate-yaml-key",
+        """
+        version: 1
+        rules:
+          - id: twice
+            when: {tool: x}
+            decision: DENY
+            decision: ALLOW
+        """,
+        6,
+        "twice",
+        ("duplicate key 'decision'", "first at line 5"),
+    ),
+    (
+        "rewrite-on-deny",
+        """
+        version: 1
+        rules:
+          - id: confused
+            when: {tool: x}
+            decision: DENY
+            rewrite: {set: {a: 1}}
+        """,
+        6,
+        "confused",
+        ("`rewrite:` only applies to REWRITE, not to DENY",),
+    ),
+    (
+        "approval-on-allow",
+        """
+        version: 1
+        rules:
+          - id: confused
+            when: {tool: x}
+            decision: ALLOW
+            approval: {timeout: 1m}
+        """,
+        6,
+        "confused",
+        ("`approval:` only applies to REQUIRE_APPROVAL",),
+    ),
+    (
+        "unknown-template-placeholder",
+        """
+        version: 1
+        rules:
+          - id: rw
+            when: {tool: x}
+            decision: REWRITE
+            rewrite:
+              set:
+                branch_name: "agent/{sesion_id}"
+        """,
+        8,
+        "rw",
+        ("unknown placeholder {sesion_id}", "did you mean {session_id}"),
+    ),
+    (
+        "unbalanced-target-template",
+        """
+        version: 1
+        targets:
+          - tools: [x]
+            repo: "{owner/{repo}"
+        """,
+        4,
+        None,
+        ("targets[0].repo", "unbalanced"),
+    ),
+    (
+        "preset-and-default",
+        """
+        version: 1
+        preset: deny-all
+        default: ALLOW
+        """,
+        3,
+        None,
+        ("preset 'deny-all' already sets the default",),
+    ),
+    (
+        "unknown-preset",
+        """
+        version: 1
+        preset: approve-writes
+        """,
+        2,
+        None,
+        ("is not one of deny-all, approve-reads, approve-all",),
+    ),
+    (
+        "wrong-version",
+        """
+        version: 2
+        """,
+        1,
+        None,
+        ("version", "must be 1"),
+    ),
+    (
+        "missing-when",
+        """
+        version: 1
+        rules:
+          - id: lazy
+            decision: DENY
+        """,
+        3,
+        "lazy",
+        ("missing required key 'when'",),
+    ),
+    (
+        "bad-rule-id",
+        """
+        version: 1
+        rules:
+          - id: "has space"
+            when: {tool: x}
+            decision: DENY
+        """,
+        3,
+        None,
+        ("'has space' is not a valid rule id",),
+    ),
+    (
+        "test-expects-unknown-verdict",
+        """
+        version: 1
+        rules:
+          - id: r1
+            when: {tool: x}
+            decision: DENY
+            tests:
+              - call: {tool: x}
+                expect: {decision: DENY, rule: r2}
+        """,
+        8,
+        "r1",
+        ("test expects verdict 'r2'",),
+    ),
+    (
+        "non-string-key",
+        """
+        version: 1
+        rules:
+          - id: r1
+            when: {tool: x, args: {1: main}}
+            decision: DENY
+        """,
+        4,
+        "r1",
+        ("key 1 is not a string",),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "rule_id", "words"),
+    [case[1:] for case in BAD_INPUT],
+    ids=[case[0] for case in BAD_INPUT],
+)
+def test_bad_input_names_file_line_and_rule(
+    tmp_path: Path, text: str, line: int, rule_id: str | None, words: tuple[str, ...]
+) -> None:
+    path = write(tmp_path, text)
+    message = error_of(path)
+    assert f"{path}:{line}: " in message, message
+    if rule_id is not None:
+        assert f"rule {rule_id!r}" in message, message
+    for word in words:
+        assert word in message, message
+
+
+def test_all_problems_are_reported_together_in_line_order(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        version: 1
+        rules:
+          - id: a
+            when: {tool: x, args: {m: {regex: "("}}}
+            decision: DENY
+          - id: b
+            when: {tool: y}
+            decision: REWRITE
+          - id: a
+            when: {tool: z}
+            decision: ALLOW
+        """,
+    )
+    with pytest.raises(PolicyValidationError) as info:
+        load_policy(path)
+    lines = [line for line, _, _ in info.value.problems]
+    assert lines == [4, 6, 9]
+    assert len(str(info.value).splitlines()) == 3
+
+
+def test_empty_missing_and_non_mapping_files(tmp_path: Path) -> None:
+    assert "the policy is empty" in error_of(write(tmp_path, "# nothing\n"))
+    assert "must be a mapping, got a list" in error_of(write(tmp_path, "- a\n- b\n"))
+    missing = tmp_path / "nope.yaml"
+    assert f"{missing}: cannot read the policy file" in error_of(missing)
+
+
+def test_mapping_source_errors_name_the_rule_without_a_line() -> None:
+    with pytest.raises(PolicyError) as info:
+        load_policy({"version": 1, "rules": [{"id": "x", "when": {"tool": 3}, "decision": "DENY"}]})
+    assert "<mapping>: rule 'x' (rules[0].when.tool)" in str(info.value)
+
+
+def test_dates_stay_strings_and_merge_keys_work(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        version: 1
+        base: &base {tool: x}
+        """,
+    )
+    assert "unknown key 'base'" in error_of(path)  # anchors need a known key to live in
+    policy = load_policy(
+        write(
+            tmp_path,
+            """
+            version: 1
+            rules:
+              - id: frozen
+                when: &w {tool: deploy, args: {date: 2024-01-01}}
+                decision: DENY
+              - id: merged
+                when: {<<: *w, tool: other}
+                decision: DENY
+            """,
+        )
+    )
+    assert policy.decide(ToolCall("deploy", {"date": "2024-01-01"})).decision == "DENY"
+    assert policy.decide(ToolCall("other", {"date": "2024-01-01"})).policy_rule == "merged"
+
+
+def test_loaded_from_file_records_the_source(tmp_path: Path) -> None:
+    path = write(tmp_path, "version: 1\n")
+    policy = load_policy(path)
+    assert policy.source == str(path)
+    assert load_policy({"version": 1}).source is None
+    assert policy.version == load_policy({"version": 1}).version
+
+
+def _objects(node: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        if node.get("type") == "object" and "properties" in node:
+            found.append(node)
+        for value in node.values():
+            found.extend(_objects(value))
+    elif isinstance(node, list):
+        for value in node:
+            found.extend(_objects(value))
+    return found
+
+
+def test_schema_ships_in_the_package_and_closes_every_object() -> None:
+    text = resources.files("tooltrail.policy").joinpath("schema.json").read_text("utf-8")
+    shipped = json.loads(text)
+    assert shipped == schema()
+    jsonschema.Draft202012Validator.check_schema(shipped)
+    objects = _objects(shipped)
+    assert len(objects) >= 10
+    assert all(o.get("additionalProperties") is False for o in objects)
+
+
+@pytest.mark.parametrize("name", ["policy-git.yaml", "policy-github.yaml"])
+def test_example_policies_load_and_validate_against_the_schema(name: str) -> None:
+    import yaml
+
+    document = yaml.safe_load((EXAMPLES / name).read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator(schema()).validate(document)
+    policy = load_policy(EXAMPLES / name)
+    assert {r.decision for r in policy.rules} == {"ALLOW", "DENY", "REWRITE", "REQUIRE_APPROVAL"}
+    assert policy.tests  # they carry inline tests (run by test_policy_cli)

@@ -1,0 +1,382 @@
+"""Load a policy: YAML with line numbers -> JSON Schema validation -> compile.
+
+Every error names the file, the YAML line and, inside ``rules:``, the rule id, e.g.
+``policy.yaml:14: rule 'no-reset' (rules[0].when): unknown key 'tol' (did you mean
+'tool'?)``. All problems found are reported together, sorted by line, in one PolicyError.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, cast
+
+import jsonschema
+import yaml
+from jsonschema.exceptions import ValidationError, best_match
+
+from tooltrail.errors import PolicyError
+from tooltrail.policy.compiler import DocPath, Problem, build
+from tooltrail.policy.engine import Policy
+
+SCHEMA_RESOURCE: Final = "schema.json"
+_MAX_REPORTED: Final = 50
+
+
+class PolicyValidationError(PolicyError):
+    """A policy failed to load; ``problems`` holds each one as ``(line, where, message)``."""
+
+    def __init__(self, message: str, problems: Sequence[tuple[int | None, str, str]]) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
+
+
+# --- YAML with line numbers -----------------------------------------------------------
+
+
+class LineDict(dict[Any, Any]):
+    """A YAML mapping that remembers its line and the line of each key (1-based)."""
+
+    line: int | None = None
+    key_lines: dict[Any, int]
+
+
+class LineList(list[Any]):
+    """A YAML sequence that remembers its line and the line of each item (1-based)."""
+
+    line: int | None = None
+    item_lines: list[int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that records lines, reports duplicate and non-string keys (collected in
+    ``key_problems`` so they can be placed in their rule once the document is built) and
+    keeps dates as strings."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.key_problems: list[tuple[int, str]] = []
+
+
+# YAML 1.1 turns `2024-01-01` into a date, which is not JSON; a policy means the text.
+_LineLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+            line = key_node.start_mark.line + 1
+            if key_node.value in seen:
+                loader.key_problems.append(
+                    (
+                        line,
+                        f"duplicate key {key_node.value!r} (first at line {seen[key_node.value]})",
+                    )
+                )
+            seen.setdefault(key_node.value, line)
+    loader.flatten_mapping(node)
+    result = LineDict()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            line = key_node.start_mark.line + 1
+            loader.key_problems.append((line, f"key {key!r} is not a string (quote it)"))
+            continue
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineList:
+    result = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+_LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text into LineDict / LineList; YAML errors raise PolicyValidationError."""
+    loader = _LineLoader(text)
+    try:
+        doc = loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = f"malformed YAML: {e.context + ', ' if e.context else ''}{e.problem or e}"
+        raise PolicyValidationError(
+            f"{_prefix(source, line)}{problem}", [(line, "policy", problem)]
+        ) from e
+    except yaml.YAMLError as e:
+        problem = f"malformed YAML: {e}"
+        raise PolicyValidationError(f"{source}: {problem}", [(None, "policy", problem)]) from e
+    finally:
+        loader.dispose()
+    if loader.key_problems:
+        located = sorted((line, _where_line(doc, line), msg) for line, msg in loader.key_problems)
+        text_lines = [f"{_prefix(source, line)}{where}: {msg}" for line, where, msg in located]
+        raise PolicyValidationError("\n".join(text_lines), located)
+    return doc
+
+
+def _where_line(doc: Any, line: int) -> str:
+    """Which top-level section (and, in ``rules:``, which rule) holds ``line``."""
+    if not isinstance(doc, LineDict):
+        return "policy"
+    above = [(ln, key) for key, ln in doc.key_lines.items() if ln <= line]
+    if not above:
+        return "policy"
+    section: str = max(above)[1]
+    rules = doc.get(section)
+    if section == "rules" and isinstance(rules, LineList) and rules.item_lines:
+        starts = [i for i, ln in enumerate(rules.item_lines) if ln <= line]
+        if starts:
+            rule = rules[starts[-1]]
+            rule_id = rule.get("id") if isinstance(rule, Mapping) else None
+            if isinstance(rule_id, str):
+                return f"rule {rule_id!r} (rules[{starts[-1]}])"
+            return f"rules[{starts[-1]}]"
+    return section
+
+
+# --- locating problems ------------------------------------------------------------------
+
+
+def locate(doc: Any, path: DocPath) -> int | None:
+    """The line of the deepest element of ``path`` the document knows about."""
+    line = getattr(doc, "line", None)
+    node = doc
+    for step in path:
+        if isinstance(node, Mapping) and isinstance(step, str) and step in node:
+            if isinstance(node, LineDict):
+                line = node.key_lines.get(step, line)
+            node = node[step]
+        elif isinstance(node, list) and isinstance(step, int) and step < len(node):
+            if isinstance(node, LineList):
+                line = node.item_lines[step]
+            node = node[step]
+        else:
+            break
+        line = getattr(node, "line", None) if line is None else line
+    return line
+
+
+def _rule_id(doc: Any, path: DocPath) -> str | None:
+    if len(path) >= 2 and path[0] == "rules" and isinstance(path[1], int):
+        try:
+            rule = doc["rules"][path[1]]
+        except (KeyError, IndexError, TypeError):
+            return None
+        rule_id = rule.get("id") if isinstance(rule, Mapping) else None
+        return rule_id if isinstance(rule_id, str) else None
+    return None
+
+
+def _path_text(path: DocPath) -> str:
+    out = ""
+    for step in path:
+        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
+    return out
+
+
+def _where(doc: Any, path: DocPath) -> str:
+    rule_id = _rule_id(doc, path)
+    text = _path_text(path)
+    if rule_id is not None:
+        return f"rule {rule_id!r} ({text})"
+    return text or "policy"
+
+
+def _prefix(source: str, line: int | None) -> str:
+    return f"{source}:{line}: " if line is not None else f"{source}: "
+
+
+# --- JSON Schema ----------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """The policy JSON Schema shipped in the package."""
+    text = resources.files("tooltrail.policy").joinpath(SCHEMA_RESOURCE).read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schema())
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _schema_problems(error: ValidationError) -> list[Problem]:
+    """Readable problems for one jsonschema error (which may stand for several keys)."""
+    path: DocPath = tuple(error.absolute_path)
+    validator = error.validator
+    if validator in ("anyOf", "oneOf") and error.context:
+        return _schema_problems(_relevant(error))
+    if validator == "additionalProperties" and isinstance(error.instance, Mapping):
+        schema_node = error.schema if isinstance(error.schema, Mapping) else {}
+        allowed = sorted(schema_node.get("properties", {}))
+        extras = [k for k in error.instance if k not in allowed]
+        if extras:
+            return [
+                Problem((*path, str(k)), f"unknown key {k!r}{_suggest(str(k), allowed)}")
+                for k in extras
+            ]
+    if validator == "required" and isinstance(error.instance, Mapping):
+        required: list[str] = list(cast(list[str], error.validator_value))
+        missing = [k for k in required if k not in error.instance]
+        return [Problem(path, f"missing required key {k!r}") for k in missing]
+    if validator == "enum":
+        choices = [str(c) for c in cast(list[Any], error.validator_value)]
+        hint = ""
+        if isinstance(error.instance, str):
+            upper = [c for c in choices if c.upper() == error.instance.upper()]
+            hint = f" (did you mean {upper[0]!r}?)" if upper else _suggest(error.instance, choices)
+        return [Problem(path, f"{error.instance!r} is not one of {', '.join(choices)}{hint}")]
+    if validator == "const":
+        return [Problem(path, f"must be {error.validator_value!r}, got {error.instance!r}")]
+    if validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        article = "an" if str(expected)[0] in "aeiou" else "a"
+        return [Problem(path, f"must be {article} {expected}, got {_json_type(error.instance)}")]
+    if validator == "pattern" and path and path[-1] == "id":
+        return [
+            Problem(
+                path,
+                f"{error.instance!r} is not a valid rule id "
+                "(letters, digits, '-', '_', '.'; starting with a letter or digit)",
+            )
+        ]
+    return [Problem(path, error.message)]
+
+
+_SHAPE_VALIDATORS: Final = frozenset({"type", "enum", "const"})
+
+
+def _relevant(error: ValidationError) -> ValidationError:
+    """For an anyOf/oneOf failure, the sub-error from the alternative whose shape fits the
+    value (an object given where a string or an operator object is allowed is judged as
+    an operator object), so the message says what is actually wrong."""
+    branches: dict[Any, list[ValidationError]] = {}
+    for sub in error.context or []:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    fitting = [
+        subs
+        for subs in branches.values()
+        if not any(s.validator in _SHAPE_VALIDATORS and not s.relative_path for s in subs)
+    ]
+    chosen = best_match(fitting[0]) if len(fitting) == 1 else best_match(error.context or [error])
+    return cast(ValidationError, chosen)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _check_keys(value: Any, path: DocPath, out: list[Problem]) -> None:
+    """Non-string keys (possible from a Python mapping) are not JSON."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                out.append(Problem(path, f"key {key!r} is not a string"))
+            else:
+                _check_keys(item, (*path, key), out)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_keys(item, (*path, i), out)
+
+
+def _raise(doc: Any, source: str, problems: Sequence[Problem]) -> None:
+    located = sorted(
+        {(locate(doc, p.path), _where(doc, p.path), p.message) for p in problems},
+        key=lambda t: (t[0] if t[0] is not None else 0, t[1], t[2]),
+    )
+    lines = [f"{_prefix(source, line)}{where}: {msg}" for line, where, msg in located]
+    if len(lines) > _MAX_REPORTED:
+        lines = [*lines[:_MAX_REPORTED], f"... and {len(lines) - _MAX_REPORTED} more problems"]
+    raise PolicyValidationError("\n".join(lines), located)
+
+
+# --- entry points ---------------------------------------------------------------------
+
+
+def compile_document(doc: Any, source: str, file: str | None = None) -> Policy:
+    """Validate and compile a parsed document (from YAML or a Python mapping); ``source``
+    names it in messages, ``file`` is the path it was read from, if any."""
+    if doc is None:
+        raise PolicyValidationError(
+            f"{source}: the policy is empty", [(None, "policy", "the policy is empty")]
+        )
+    if not isinstance(doc, Mapping):
+        got = _json_type(doc)
+        raise PolicyValidationError(
+            f"{_prefix(source, getattr(doc, 'line', None))}the policy must be a mapping, got {got}",
+            [(getattr(doc, "line", None), "policy", f"the policy must be a mapping, got {got}")],
+        )
+    problems: list[Problem] = []
+    _check_keys(doc, (), problems)
+    if not problems:
+        for error in _validator().iter_errors(doc):
+            problems.extend(_schema_problems(error))
+    if problems:
+        _raise(doc, source, problems)
+    compiled, problems = build(doc, lambda path: locate(doc, path))
+    if compiled is None:
+        _raise(doc, source, problems)
+    assert compiled is not None  # _raise never returns
+    return Policy(compiled, source=file)
+
+
+def loads_policy(text: str, source: str = "<string>", file: str | None = None) -> Policy:
+    """Load a policy from YAML text (``source`` names it in error messages)."""
+    return compile_document(parse_yaml(text, source), source, file)
+
+
+def load_policy(source: str | os.PathLike[str] | Mapping[str, Any]) -> Policy:
+    """Load, validate and compile a policy from a YAML file path or a mapping.
+
+    Raises tooltrail.errors.PolicyError naming the file, line and rule id of each problem.
+    """
+    if isinstance(source, Mapping):
+        return compile_document(source, "<mapping>")
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise PolicyValidationError(
+            f"{path}: cannot read the policy file: {reason}", [(None, "policy", reason)]
+        ) from e
+    return loads_policy(text, str(path), str(path))
