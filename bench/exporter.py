@@ -70,6 +70,7 @@ def main() -> None:
         def export_all() -> None:
             for part in parts:
                 exporter.export(part)
+            exporter.force_flush()  # everything landed, as after the queue drains
 
         export_s = best_of(args.repeats, lambda: timed(export_all))
         rows_per_batch = [exporter.to_rows(p) for p in parts]

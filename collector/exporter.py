@@ -4,8 +4,14 @@ A real ``SpanExporter``: use it behind a ``BatchSpanProcessor``, or with no code
 ``OTEL_TRACES_EXPORTER=tooltrail`` (entry point ``opentelemetry_traces_exporter``).
 
 ``export()`` never raises: any failure is logged and reported as ``FAILURE`` so that the
-host application is never broken by its audit trail. Landing is synchronous (each batch
-becomes one immutable Parquet file per date), so ``force_flush()`` has nothing buffered.
+host application is never broken by its audit trail.
+
+Landing is adaptive. A Parquet file costs a fixed few milliseconds however small it is, so
+while the processor hands over *full* batches (its queue is backed up: throughput matters)
+rows are buffered until ``buffer_rows`` are waiting; a batch smaller than ``full_batch``
+means the queue has drained, so everything buffered lands at once (latency matters, and
+the per-file cost does not at that rate). A background timer lands anything older than
+``max_delay_s``; ``force_flush()`` and ``shutdown()`` land everything.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +39,10 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 RowHook = Callable[[Row], None]
+
+DEFAULT_BUFFER_ROWS = 8192
+DEFAULT_FULL_BATCH = 512
+DEFAULT_MAX_DELAY_S = 1.0
 
 
 def policy_row_hook(policy: str | os.PathLike[str] | Policy | None) -> RowHook | None:
@@ -75,6 +86,10 @@ class TooltrailSpanExporter(SpanExporter):
             (default ``$TOOLTRAIL_POLICY``).
         redact: scrub credentials before landing (default on; ``TOOLTRAIL_REDACT=0`` off).
         writer_id: file-name prefix; unique per process by default.
+        buffer_rows: land once this many rows wait (0: land every batch at once).
+        full_batch: a batch this large means more are queued behind it (the SDK's
+            ``max_export_batch_size``, 512 by default).
+        max_delay_s: the longest a row waits in the buffer.
     """
 
     def __init__(
@@ -83,6 +98,10 @@ class TooltrailSpanExporter(SpanExporter):
         policy: str | os.PathLike[str] | Policy | None = None,
         redact: bool | None = None,
         writer_id: str | None = None,
+        *,
+        buffer_rows: int = DEFAULT_BUFFER_ROWS,
+        full_batch: int = DEFAULT_FULL_BATCH,
+        max_delay_s: float = DEFAULT_MAX_DELAY_S,
     ) -> None:
         self.data_dir: Path = config.data_dir(data_dir)
         if redact is None:
@@ -90,8 +109,24 @@ class TooltrailSpanExporter(SpanExporter):
         self._normalizer = Normalizer(Redactor() if redact else None)
         self._writer = ParquetSpanWriter(self.data_dir, writer_id=writer_id)
         self._row_hook = policy_row_hook(policy)
+        self._buffer_rows = buffer_rows
+        self._full_batch = full_batch
+        self._max_delay_s = max_delay_s
+        self._buffer: list[Row] = []
+        self._buffered_since = 0.0
         self._shutdown = False
         self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._timer: threading.Thread | None = None
+        if hasattr(os, "register_at_fork"):
+            # A forked child must not land its parent's buffered rows a second time.
+            os.register_at_fork(after_in_child=self._forget_buffer)
+
+    def _forget_buffer(self) -> None:
+        self._buffer = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._timer = None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
@@ -99,11 +134,48 @@ class TooltrailSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         try:
             rows = self.to_rows(spans)
-            self._writer.write(rows)
+            with self._lock:
+                if not self._buffer:
+                    self._buffered_since = time.monotonic()
+                self._buffer.extend(rows)
+                backed_up = len(spans) >= self._full_batch
+                if backed_up and len(self._buffer) < self._buffer_rows:
+                    self._ensure_timer()
+                    return SpanExportResult.SUCCESS
+                self._land_locked()
         except Exception:
             _log.exception("tooltrail: failed to land %d spans in %s", len(spans), self.data_dir)
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+    def _land_locked(self) -> None:
+        rows, self._buffer = self._buffer, []
+        if rows:
+            self._writer.write(rows)
+
+    def _flush(self) -> bool:
+        try:
+            with self._lock:
+                self._land_locked()
+        except Exception:
+            _log.exception("tooltrail: failed to land buffered spans in %s", self.data_dir)
+            return False
+        return True
+
+    def _ensure_timer(self) -> None:
+        if self._timer is None or not self._timer.is_alive():
+            self._timer = threading.Thread(
+                target=self._timer_loop, name="tooltrail-exporter-flush", daemon=True
+            )
+            self._timer.start()
+
+    def _timer_loop(self) -> None:
+        while not self._shutdown:
+            self._wake.wait(self._max_delay_s / 2)
+            with self._lock:
+                due = self._buffer and time.monotonic() - self._buffered_since >= self._max_delay_s
+            if due:
+                self._flush()
 
     def to_rows(self, spans: Sequence[ReadableSpan]) -> list[Row]:
         """Normalize (and, with a policy, decide) without landing."""
@@ -116,9 +188,13 @@ class TooltrailSpanExporter(SpanExporter):
         return rows
 
     def shutdown(self) -> None:
-        with self._lock:
-            self._shutdown = True
+        if self._shutdown:
+            return
+        self._flush()
+        self._shutdown = True
+        self._wake.set()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        # Every export() lands synchronously: nothing is ever buffered here.
-        return not self._shutdown
+        if self._shutdown:
+            return False
+        return self._flush()

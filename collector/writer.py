@@ -17,6 +17,7 @@ import datetime as dt
 import fcntl
 import itertools
 import logging
+import operator
 import os
 import secrets
 import socket
@@ -37,8 +38,9 @@ _log = logging.getLogger(__name__)
 TEMP_SUFFIX: Final = ".tmp"
 LOCK_FILE: Final = ".lock"
 _EPOCH_DAY_NS: Final = 86_400 * 1_000_000_000
-# Bloom filter on session_id: "one session's actions" reads skip row groups without it.
-_BLOOM: Final = {"session_id": {"ndv": 100_000, "fpp": 0.01}}
+# Bloom filter on session_id: "one session's actions" reads skip files without it. Sized
+# to the file (a file holds at most as many sessions as rows), so small files stay small.
+_BLOOM_FPP: Final = 0.01
 _SORTING: Final = ("session_id", "start_time")
 # Row groups small enough that a one-session lookup reads one group of a compacted file.
 ROW_GROUP_ROWS: Final = 131_072
@@ -50,19 +52,34 @@ def new_writer_id() -> str:
     return f"{safe_host}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+_ROW_VALUES: Final = operator.itemgetter(*COLUMNS)
+
+
 def rows_to_table(rows: Sequence[Row]) -> pa.Table:
-    """Columnar conversion of normalized rows into the landed schema."""
+    """Columnar conversion of normalized rows into the landed schema.
+
+    The hot path of every export: rows are transposed in C (itemgetter + zip) and
+    all-null columns, common for non-tool spans, skip per-value conversion.
+    """
+    n = len(rows)
+    try:
+        columns = list(zip(*map(_ROW_VALUES, rows), strict=True)) if n else []
+    except KeyError:  # a row built by hand may lack keys: fall back to .get
+        columns = [tuple(r.get(c) for r in rows) for c in COLUMNS]
+    if not columns:
+        columns = [() for _ in COLUMNS]
     arrays: list[pa.Array] = []
-    for field in SPAN_SCHEMA:
-        values = [r.get(field.name) for r in rows]
-        if pa.types.is_timestamp(field.type):
+    for field, values in zip(SPAN_SCHEMA, columns, strict=True):
+        if values.count(None) == n:
+            arrays.append(pa.nulls(n, field.type))
+        elif pa.types.is_timestamp(field.type):
             arrays.append(_timestamps(values, field.type))
         else:
             arrays.append(pa.array(values, type=field.type))
     return pa.Table.from_arrays(arrays, schema=SPAN_SCHEMA)
 
 
-def _timestamps(values: list[Any], ts_type: pa.DataType) -> pa.Array:
+def _timestamps(values: Sequence[Any], ts_type: pa.DataType) -> pa.Array:
     # Rows carry int nanoseconds (from the SDK / OTLP) or datetimes (from tests, ingest);
     # microseconds are what DuckDB and polars handle natively.
     conv: list[int | None] = []
@@ -104,7 +121,9 @@ def write_table_atomic(table: pa.Table, final_path: Path) -> Path:
                 table,
                 fh,
                 compression="zstd",
-                bloom_filter_options=_BLOOM,
+                bloom_filter_options={
+                    "session_id": {"ndv": max(table.num_rows, 64), "fpp": _BLOOM_FPP}
+                },
                 sorting_columns=[
                     pq.SortingColumn(SPAN_SCHEMA.get_field_index(c)) for c in _SORTING
                 ],

@@ -252,3 +252,60 @@ def test_sigkill_mid_export_leaves_no_broken_visible_file(tmp_path: Path) -> Non
         [str(tmp_path / "spans" / "date=*" / "*.parquet")],
     ).fetchone() or (0,)
     assert count > 0
+
+
+def _spans(n: int) -> list[object]:
+    tracer = TracerProvider().get_tracer("t")
+    out = []
+    for i in range(n):
+        with tracer.start_as_current_span(
+            f"execute_tool t{i}", attributes={sc.GEN_AI_TOOL_NAME: "t"}
+        ) as span:
+            pass
+        out.append(span)
+    return out
+
+
+def _landed(data: Path) -> int:
+    return sum(pq.read_table(f, partitioning=None).num_rows for f in iter_span_files(data))
+
+
+def test_full_batches_are_buffered_until_the_queue_drains(tmp_path: Path) -> None:
+    exporter = TooltrailSpanExporter(
+        data_dir=tmp_path, policy=None, buffer_rows=100, full_batch=4, max_delay_s=60
+    )
+    assert exporter.export(_spans(4)) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
+    assert exporter.export(_spans(4)) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
+    assert _landed(tmp_path) == 0  # backed up: wait for a bigger file
+    exporter.export(_spans(2))  # type: ignore[arg-type]
+    files = list(iter_span_files(tmp_path))
+    assert len(files) == 1 and _landed(tmp_path) == 10  # drained: one file, everything
+    exporter.shutdown()
+
+
+def test_buffer_threshold_and_force_flush_and_shutdown_land(tmp_path: Path) -> None:
+    exporter = TooltrailSpanExporter(
+        data_dir=tmp_path, policy=None, buffer_rows=8, full_batch=4, max_delay_s=60
+    )
+    for _ in range(2):
+        exporter.export(_spans(4))  # type: ignore[arg-type]
+    assert _landed(tmp_path) == 8  # threshold reached
+    exporter.export(_spans(4))  # type: ignore[arg-type]
+    assert _landed(tmp_path) == 8
+    assert exporter.force_flush() is True
+    assert _landed(tmp_path) == 12
+    exporter.export(_spans(4))  # type: ignore[arg-type]
+    exporter.shutdown()
+    assert _landed(tmp_path) == 16
+
+
+def test_buffered_rows_land_after_max_delay(tmp_path: Path) -> None:
+    exporter = TooltrailSpanExporter(
+        data_dir=tmp_path, policy=None, buffer_rows=1000, full_batch=4, max_delay_s=0.2
+    )
+    exporter.export(_spans(4))  # type: ignore[arg-type]
+    deadline = time.monotonic() + 10
+    while _landed(tmp_path) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _landed(tmp_path) == 4
+    exporter.shutdown()
