@@ -399,5 +399,18 @@ cli.add_command(
 )
 
 
+def _register_groups() -> None:
+    from tooltrail.policy.cli import policy_cli
+
+    cli.add_command(policy_cli)
+
+
+_register_groups()
+
+
 def main() -> None:  # pragma: no cover - console entry
     cli()
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m tooltrail.cli`
+    main()

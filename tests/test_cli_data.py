@@ -1,0 +1,185 @@
+"""sessions / show / query / ingest / compact through CliRunner over real landed data."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from tooltrail import semconv as sc
+from tooltrail.cli import cli
+from tooltrail.collector import TooltrailSpanExporter
+from tooltrail.collector.writer import iter_span_files
+
+FIXTURE = Path(__file__).parent / "fixtures" / "collector_traces.jsonl"
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def landed(tmp_path: Path) -> Path:
+    """Two sessions of tool calls landed through the real SDK and exporter."""
+    data = tmp_path / "data"
+    exporter = TooltrailSpanExporter(data_dir=data, policy=None)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    plan = [
+        ("s-alpha", "release-bot", "git_status", "ALLOW", "Low", "/r/pay"),
+        ("s-alpha", "release-bot", "git_commit", "REQUIRE_APPROVAL", "High", "/r/pay"),
+        ("s-alpha", "release-bot", "git_reset", "DENY", "Critical", "/r/pay"),
+        ("s-beta", "docs-writer", "git_checkout", "REWRITE", "Medium", "/r/web"),
+    ]
+    for seq, (session, agent, tool, decision, radius, repo) in enumerate(plan, start=1):
+        attrs = {
+            sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+            sc.GEN_AI_TOOL_NAME: tool,
+            sc.GEN_AI_TOOL_CALL_ARGUMENTS: json.dumps({"repo_path": repo}),
+            sc.TT_SESSION_ID: session,
+            sc.GEN_AI_AGENT_NAME: agent,
+            sc.TT_SEQUENCE: seq,
+            sc.TT_DECISION: decision,
+            sc.TT_POLICY_RULE: "pass" if decision == "ALLOW" else f"rule-{tool}",
+            sc.TT_ENFORCED: True,
+            sc.TT_BLAST_RADIUS: radius,
+            sc.TT_TARGET_REPO: repo,
+        }
+        with tracer.start_as_current_span(f"execute_tool {tool}", attributes=attrs):
+            pass
+    provider.shutdown()
+    return data
+
+
+def test_sessions_json_and_invariant(landed: Path) -> None:
+    code, out = _run("sessions", "--data", str(landed), "--format", "json")
+    assert code == 0, out
+    rows = {r["session_id"]: r for r in json.loads(out)}
+    assert set(rows) == {"s-alpha", "s-beta"}
+    alpha = rows["s-alpha"]
+    assert (alpha["allows"], alpha["denies"], alpha["approvals"], alpha["rewrites"]) == (1, 1, 1, 0)
+    assert alpha["action_count"] == 3 and alpha["max_blast_radius"] == "Critical"
+    assert alpha["repos"] == ["/r/pay"]
+    for r in rows.values():
+        assert r["allows"] + r["denies"] + r["rewrites"] + r["approvals"] == r["action_count"]
+
+
+def test_sessions_filters_and_formats(landed: Path) -> None:
+    code, out = _run("sessions", "--data", str(landed), "--agent", "docs-writer", "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["session_id"] for r in rows] == ["s-beta"]
+    code, out = _run("sessions", "--data", str(landed))
+    assert code == 0 and "s-alpha" in out and "release-bot" in out and "session_id" in out
+    code, out = _run("sessions", "--data", str(landed), "--since", "banana")
+    assert code == 2 and "banana" in out
+
+
+def test_show_session_in_sequence(landed: Path) -> None:
+    code, out = _run("show", "s-alpha", "--data", str(landed), "--format", "json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["session"]["session_id"] == "s-alpha"
+    assert [a["tool_name"] for a in doc["actions"]] == ["git_status", "git_commit", "git_reset"]
+    code, out = _run("show", "s-alpha", "--data", str(landed))
+    assert code == 0 and "git_reset" in out and "DENY" in out
+    code, out = _run("show", "nope", "--data", str(landed))
+    assert code == 2 and "no session 'nope'" in out
+
+
+def test_query_reads_and_refuses_writes(landed: Path) -> None:
+    code, out = _run(
+        "query",
+        "SELECT decision, count(*) AS n FROM actions GROUP BY 1 ORDER BY 1",
+        "--data",
+        str(landed),
+        "--format",
+        "json",
+    )
+    assert code == 0, out
+    assert {r["decision"]: r["n"] for r in json.loads(out)} == {
+        "ALLOW": 1,
+        "DENY": 1,
+        "REQUIRE_APPROVAL": 1,
+        "REWRITE": 1,
+    }
+    before = sorted(iter_span_files(landed))
+    for sql in ("DELETE FROM spans", "COPY spans TO '/tmp/x.csv'", "CREATE TABLE t AS SELECT 1"):
+        code, out = _run("query", sql, "--data", str(landed))
+        assert code == 2, (sql, out)
+    code, out = _run("query", "SELEC nonsense", "--data", str(landed))
+    assert code == 2 and "Error" in out
+    assert sorted(iter_span_files(landed)) == before
+
+
+def test_empty_data_directory(tmp_path: Path) -> None:
+    code, out = _run("sessions", "--data", str(tmp_path / "none"), "--format", "json")
+    assert (code, json.loads(out)) == (0, [])
+    code, out = _run("sessions", "--data", str(tmp_path / "none"))
+    assert code == 0 and "no rows" in out
+
+
+def test_ingest_good_file_then_bad_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    code, out = _run("ingest", str(FIXTURE), "--data", str(data))
+    assert code == 0, out
+    expected = sum(
+        len(s["spans"])
+        for line in FIXTURE.read_text().splitlines()
+        if line.strip()
+        for rs in json.loads(line)["resourceSpans"]
+        for s in rs["scopeSpans"]
+    )
+    assert f"landed {expected} spans" in out
+    assert (data / "tooltrail.duckdb").exists()
+    files_before = sorted(iter_span_files(data))
+    bad = tmp_path / "bad.jsonl"
+    shutil.copy(FIXTURE, bad)
+    with open(bad, "a") as fh:
+        fh.write('{"resourceSpans": [ this is not json\n')
+    code, out = _run("ingest", str(bad), "--data", str(data))
+    assert code == 2
+    assert "bad.jsonl" in out and f":{len(bad.read_text().splitlines())}" in out
+    assert sorted(iter_span_files(data)) == files_before  # nothing half-landed
+
+
+def test_ingest_applies_policy_after_the_fact(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "version: 1\ndefault: ALLOW\nrules:\n"
+        "  - id: no-push\n    when: {tool: git_push}\n    decision: DENY\n"
+    )
+    code, out = _run("ingest", str(FIXTURE), "--data", str(data), "--policy", str(policy))
+    assert code == 0, out
+    code, out = _run(
+        "query",
+        "SELECT tool_name, decision, policy_rule, enforced FROM actions "
+        "WHERE tool_name = 'git_push'",
+        "--data",
+        str(data),
+        "--format",
+        "json",
+    )
+    rows = json.loads(out)
+    assert rows and all(r["decision"] == "DENY" and r["policy_rule"] == "no-push" for r in rows)
+    assert all(r["enforced"] is False for r in rows)  # decided after the fact
+
+
+def test_compact_command(landed: Path) -> None:
+    assert len(list(iter_span_files(landed))) > 1
+    code, out = _run("compact", "--data", str(landed))
+    assert code == 0, out
+    assert "partition(s) rewritten" in out
+    assert len(list(iter_span_files(landed))) == 1
+    code, out = _run("sessions", "--data", str(landed), "--format", "json")
+    assert {r["session_id"] for r in json.loads(out)} == {"s-alpha", "s-beta"}
