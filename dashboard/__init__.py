@@ -1,1 +1,119 @@
-"""Pages of the Streamlit app (app.py is the router)."""
+"""tooltrail.dashboard: the Streamlit app over a data directory, and how to start it.
+
+``tooltrail dashboard`` calls :func:`run` (or :func:`launch` for a process handle); the
+app itself is ``router.main()``, run by the packaged ``entry.py`` or the repository's
+top-level ``app.py`` (``streamlit run app.py -- --data DIR``). Pages: ``page_*.py``;
+reads and writes: ``data.py``; see docs/DASHBOARD.md.
+
+This module imports neither Streamlit nor DuckDB: the CLI loads it cheaply.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+from tooltrail.errors import BadInputError
+
+ENTRY: Final = Path(__file__).resolve().with_name("entry.py")
+DEFAULT_PORT: Final = 8501
+DEFAULT_HOST: Final = "127.0.0.1"
+STOP_TIMEOUT_S: Final = 10.0
+# Server and look settings passed on the command line, so the packaged app needs no
+# .streamlit/config.toml. The file watcher is off: the app's files live in site-packages.
+SERVER_OPTIONS: Final = {
+    "browser.gatherUsageStats": "false",
+    "server.fileWatcherType": "none",
+    "client.toolbarMode": "minimal",
+    "theme.base": "light",
+    "theme.primaryColor": "#1c7ed6",
+}
+
+
+def command(
+    data_dir: str | os.PathLike[str] | None = None,
+    port: int = DEFAULT_PORT,
+    host: str = DEFAULT_HOST,
+    headless: bool = True,
+    *,
+    policy: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """The ``python -m streamlit run`` command line for the dashboard.
+
+    ``data_dir`` / ``policy`` are passed to the app after ``--`` (absolute, so the
+    server's working directory does not matter); when omitted the app falls back to
+    ``$TOOLTRAIL_DATA`` / ``$TOOLTRAIL_POLICY``.
+    """
+    if isinstance(port, bool) or not 0 < int(port) < 65536:
+        raise BadInputError(f"--port must be between 1 and 65535, got {port!r}")
+    if not host or not host.strip():
+        raise BadInputError("the dashboard needs a host address to listen on")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ENTRY)]
+    options = {
+        "server.port": str(int(port)),
+        "server.address": host,
+        "server.headless": "true" if headless else "false",
+        **SERVER_OPTIONS,
+    }
+    for name, value in options.items():
+        cmd += [f"--{name}", value]
+    script_args: list[str] = []
+    if data_dir is not None:
+        script_args += ["--data", str(Path(data_dir).expanduser().resolve())]
+    if policy is not None:
+        script_args += ["--policy", str(Path(policy).expanduser().resolve())]
+    if script_args:
+        cmd += ["--", *script_args]
+    return cmd
+
+
+def launch(
+    data_dir: str | os.PathLike[str] | None = None,
+    port: int = DEFAULT_PORT,
+    host: str = DEFAULT_HOST,
+    headless: bool = True,
+    *,
+    policy: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    new_session: bool = False,
+    quiet: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start the dashboard server; the caller owns the process (stop it with
+    ``terminate()`` then ``wait()``). ``new_session`` puts it in its own process group
+    (tests kill the group); ``quiet`` discards its output."""
+    sink = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(
+        command(data_dir, port, host, headless, policy=policy),
+        env=dict(env) if env is not None else None,
+        stdout=sink,
+        stderr=sink,
+        start_new_session=new_session,
+    )
+
+
+def run(
+    data_dir: str | os.PathLike[str] | None = None,
+    port: int = DEFAULT_PORT,
+    host: str = DEFAULT_HOST,
+    headless: bool = True,
+    *,
+    policy: str | os.PathLike[str] | None = None,
+) -> int:
+    """Run the dashboard in the foreground until it exits or Ctrl-C; returns its exit code."""
+    proc = launch(data_dir, port, host, headless, policy=policy)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        # The server got the same SIGINT from the terminal; give it time to shut down.
+        try:
+            return proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ENTRY", "command", "launch", "run"]

@@ -2,15 +2,21 @@
 
 A tool call goes through three steps, and only ours are guarded:
 
-1. ``begin``: number the action in its session, ask the policy (when enforcing), start the
+1. Session control first (when a session gate is set up): a paused session's call waits
+   here, before its span starts, until the session is resumed or canceled; a canceled
+   session's call is denied (rule ``session-canceled``, reason "session canceled").
+   ``begin``: number the action in its session, ask the policy (when enforcing), start the
    span with every attribute known up front. ``ask_approval`` / ``aask_approval`` then hand
-   a REQUIRE_APPROVAL call to the broker.
+   a REQUIRE_APPROVAL call to the broker; when it may proceed, its arguments are checked
+   against the request's hash (changed while held: refused) and session control is checked
+   again (the session may have been paused or canceled meanwhile).
 2. The caller runs the wrapped call itself, exactly once, with the span current.
 3. ``finish_result`` / ``finish_exception`` / ``finish_denied`` stamp the outcome and end
    the span. They never raise.
 
 If our code fails in step 1 the call goes ahead untraced, except when enforcing: then a
-failure to decide denies the call (rule ``policy-error``). Settings (tracer, policy,
+failure to decide denies the call (rule ``policy-error``), and a session-control store that
+cannot be read denies it too (rule ``session-control-error``). Settings (tracer, policy,
 broker, result capture) live in one immutable ``Settings`` swapped whole by ``install``,
 so a call always sees one consistent set; the policy is loaded once per ``install``.
 """
@@ -23,18 +29,23 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
-from tooltrail.config import ENV_ENFORCE, ENV_POLICY, env_flag
+from tooltrail.config import ENV_DATA, ENV_ENFORCE, ENV_POLICY, env_flag
+from tooltrail.control import CANCELED, PAUSED, SESSION_CANCELED
 from tooltrail.errors import TooltrailError
 from tooltrail.instrumentation._session import Session, current_session
 from tooltrail.instrumentation.broker import (
     APPROVAL_REQUIRED_REASON,
+    BROKER_ERROR,
+    ENV_COLLECTOR_URL,
     NO_BROKER,
+    SYSTEM_ACTOR_PREFIX,
     ApprovalBroker,
     ApprovalOutcome,
     ApprovalRequest,
@@ -89,6 +100,13 @@ RESULT_PREVIEW_CHARS: Final = 1_024
 TRUNCATION_MARK: Final = "…[truncated]"
 ERROR_TYPE_DENIED: Final = "tool_call_denied"
 POLICY_ERROR_RULE: Final = "policy-error"
+SESSION_CANCELED_RULE: Final = "session-canceled"
+SESSION_CONTROL_ERROR_RULE: Final = "session-control-error"
+ENV_SESSION_CONTROL: Final = "TOOLTRAIL_SESSION_CONTROL"
+ARGUMENTS_CHANGED_REASON: Final = (
+    "the arguments changed after the approval request was made; what was approved is not"
+    " what would run"
+)
 DENY: Final = "DENY"
 REWRITE: Final = "REWRITE"
 REQUIRE_APPROVAL: Final = "REQUIRE_APPROVAL"
@@ -179,6 +197,33 @@ Decide = Callable[
 ]
 
 
+class SessionGate(Protocol):
+    """Where session control (pause / resume / cancel) is read: ``StoreSessionGate``."""
+
+    def state(self, session_id: str) -> str:
+        """``running``, ``paused`` or ``canceled``."""
+        ...
+
+    def wait_while_paused(self, session_id: str) -> str:
+        """Block until not paused; the state then (``running`` or ``canceled``)."""
+        ...
+
+    async def await_while_paused(self, session_id: str) -> str:
+        """``wait_while_paused`` without blocking the event loop."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Veto:
+    """Session control refuses a call whatever the policy says."""
+
+    rule: str
+    reason: str
+
+
+_CANCELED: Final = _Veto(SESSION_CANCELED_RULE, SESSION_CANCELED)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a tool call needs to know about how tooltrail is set up."""
@@ -192,6 +237,8 @@ class Settings:
     policy: Policy | None = None
     policy_version: str | None = None
     policy_error: str | None = None
+    session_gate: SessionGate | None = None
+    data_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,10 +288,12 @@ class Invocation:
     """One tool call in flight: its span, session, decision and effective arguments."""
 
     __slots__ = (
+        "approval_outcome",
         "approval_request",
         "arguments",
         "decision",
         "denial",
+        "held",
         "rewritten",
         "server",
         "session",
@@ -272,8 +321,11 @@ class Invocation:
         self.arguments = arguments
         self.decision = decision
         self.rewritten = False
+        # Approved after a hold: ``arguments`` are the checked ones and must be what is sent.
+        self.held = False
         self.denial: Denial | None = None
         self.approval_request: ApprovalRequest | None = None
+        self.approval_outcome: ApprovalOutcome | None = None
         self.token: object | None = None
 
 
@@ -295,17 +347,28 @@ def install(
     enforce: bool | None = None,
     broker: ApprovalBroker | None = None,
     capture_results: bool | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    session_control: bool | None = None,
 ) -> Settings:
     """Replace the active settings; arguments left None come from the environment.
 
     ``policy`` (a path, a mapping or a loaded ``Policy``; default ``$TOOLTRAIL_POLICY``) is
     loaded here, once, and only when enforcing. A policy that cannot load does not raise:
     it is logged, and every call is then denied with rule ``policy-error``.
+
+    ``data_dir`` (default ``$TOOLTRAIL_DATA``; none when neither is set) locates the
+    control store: the default broker waits there, and session control reads it.
+    ``session_control`` (default ``$TOOLTRAIL_SESSION_CONTROL``, else on when enforcing)
+    checks pause / cancel before each call; it needs the control store, so it is off
+    without a data directory and with ``$TOOLTRAIL_COLLECTOR_URL`` (remote agents).
     """
     global _settings
     enforce = env_flag(ENV_ENFORCE) if enforce is None else enforce
     if capture_results is None:
         capture_results = env_flag(ENV_CAPTURE_RESULTS)
+    root = _known_data_dir(data_dir)
+    if session_control is None:
+        session_control = env_flag(ENV_SESSION_CONTROL, default=enforce)
     decide, loaded, error = _policy_decider(policy, enforce)
     new = Settings(
         tool_tracer=trace.get_tracer(
@@ -316,14 +379,34 @@ def install(
         ),
         enforce=enforce,
         decide=decide,
-        broker=broker if broker is not None else default_broker(),
+        broker=broker if broker is not None else default_broker(root),
         capture_results=capture_results,
         policy=loaded,
         policy_version=loaded.version if loaded is not None else None,
         policy_error=error,
+        session_gate=_session_gate(root) if session_control else None,
+        data_dir=root,
     )
     _settings = new
     return new
+
+
+def _known_data_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
+    if data_dir is not None and str(data_dir):
+        return Path(data_dir)
+    env = os.environ.get(ENV_DATA)
+    return Path(env) if env else None
+
+
+def _session_gate(root: Path | None) -> SessionGate | None:
+    if os.environ.get(ENV_COLLECTOR_URL, "").strip():
+        _log.info("tooltrail: session control needs the local control store; off for remote agents")
+        return None
+    if root is None:
+        return None
+    from tooltrail.instrumentation.store_broker import StoreSessionGate
+
+    return StoreSessionGate(root)
 
 
 def is_installed() -> bool:
@@ -436,9 +519,15 @@ def begin(
     server: str | None = None,
     annotations: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    session: Session | None = None,
+    veto: _Veto | None = None,
 ) -> Invocation:
-    """Number the call, decide (when enforcing), and start its span."""
-    sess = current_session()
+    """Number the call, decide (when enforcing), and start its span.
+
+    ``veto``: session control refuses the call; it is recorded as a DENY by that rule
+    (the policy's targets and blast radius are kept when enforcing).
+    """
+    sess = session if session is not None else current_session()
     decision: DecisionLike | None = None
     recorded = arguments
     if st.enforce:
@@ -449,6 +538,8 @@ def begin(
             decision = _LocalDenial(f"deciding failed: {type(e).__name__}: {e}", arguments)
         # The engine redacts secrets its rules name; the span records its copy, never ours.
         recorded = decision.arguments
+    if veto is not None:
+        decision = _vetoed(st, decision, veto, arguments)
     attrs: dict[str, Any] = {
         GEN_AI_OPERATION_NAME: OP_EXECUTE_TOOL,
         GEN_AI_TOOL_NAME: tool,
@@ -482,6 +573,29 @@ def begin(
     if decision is not None:
         _apply_decision(inv, decision)
     return inv
+
+
+def _vetoed(
+    st: Settings, d: DecisionLike | None, veto: _Veto, arguments: Mapping[str, Any]
+) -> DecisionLike:
+    if d is None:
+        return _LocalDenial(
+            veto.reason,
+            arguments,
+            policy_rule=veto.rule,
+            policy_version=st.policy_version or "",
+        )
+    return _LocalDenial(
+        veto.reason,
+        d.arguments,
+        policy_rule=veto.rule,
+        policy_matched=tuple(d.policy_matched),
+        policy_version=d.policy_version,
+        blast_radius=d.blast_radius,
+        target_repo=d.target_repo,
+        target_branch=d.target_branch,
+        target_path=d.target_path,
+    )
 
 
 def _decision_attributes(d: DecisionLike, attrs: dict[str, Any]) -> None:
@@ -587,6 +701,8 @@ def prepare(
     """
     inv: Invocation | None = None
     try:
+        sess = current_session()
+        veto = session_veto(st, sess)  # may wait while the session is paused
         inv = begin(
             st,
             tool=tool,
@@ -595,8 +711,13 @@ def prepare(
             server=server,
             annotations=annotations,
             extra=extra,
+            session=sess,
+            veto=veto,
         )
-        ask_approval(inv)
+        if inv.approval_request is not None:
+            ask_approval(inv)
+            if inv.denial is None:
+                confirm_held(inv, arguments_of(), session_veto(st, sess))
     except Exception as e:
         return _prepare_failed(st, tool, inv, e)
     except BaseException as e:  # interrupted while held: end the span, let it through
@@ -619,6 +740,8 @@ async def aprepare(
     """``prepare`` for async callers: an approval wait does not block the event loop."""
     inv: Invocation | None = None
     try:
+        sess = current_session()
+        veto = await asession_veto(st, sess)  # may wait while the session is paused
         inv = begin(
             st,
             tool=tool,
@@ -627,8 +750,13 @@ async def aprepare(
             server=server,
             annotations=annotations,
             extra=extra,
+            session=sess,
+            veto=veto,
         )
-        await aask_approval(inv)
+        if inv.approval_request is not None:
+            await aask_approval(inv)
+            if inv.denial is None:
+                confirm_held(inv, arguments_of(), await asession_veto(st, sess))
     except Exception as e:
         return _prepare_failed(st, tool, inv, e)
     except BaseException as e:  # cancelled while held: end the span, let it through
@@ -671,6 +799,52 @@ def refuse(inv: Invocation, reason: str) -> Denial:
     return inv.denial
 
 
+# --- session control ----------------------------------------------------------------------
+
+_gate_warned = False
+
+
+def session_veto(st: Settings, sess: Session) -> _Veto | None:
+    """Check session control before a call (blocking while the session is paused)."""
+    gate = st.session_gate
+    if gate is None:
+        return None
+    try:
+        state = gate.state(sess.session_id)
+        if state == PAUSED:
+            state = gate.wait_while_paused(sess.session_id)
+    except Exception as e:
+        return _gate_failed(st, e)
+    return _CANCELED if state == CANCELED else None
+
+
+async def asession_veto(st: Settings, sess: Session) -> _Veto | None:
+    """``session_veto`` for async callers: a paused session does not block the event loop."""
+    gate = st.session_gate
+    if gate is None:
+        return None
+    try:
+        state = gate.state(sess.session_id)
+        if state == PAUSED:
+            state = await gate.await_while_paused(sess.session_id)
+    except Exception as e:
+        return _gate_failed(st, e)
+    return _CANCELED if state == CANCELED else None
+
+
+def _gate_failed(st: Settings, error: Exception) -> _Veto | None:
+    """A store that cannot be read: deny when enforcing, else run the call (say so once)."""
+    global _gate_warned
+    reason = f"session control could not be checked: {type(error).__name__}: {error}"
+    if st.enforce:
+        _log.error("tooltrail: %s; denying the call", reason)
+        return _Veto(SESSION_CONTROL_ERROR_RULE, reason)
+    if not _gate_warned:
+        _gate_warned = True
+        _log.warning("tooltrail: %s; not enforcing, so calls go ahead", reason)
+    return None
+
+
 # --- approvals ----------------------------------------------------------------------------
 
 
@@ -702,12 +876,17 @@ async def aask_approval(inv: Invocation) -> None:
 
 def _broker_failed(e: Exception) -> ApprovalOutcome:
     _log.exception("tooltrail: approval broker failed")
-    return ApprovalOutcome(status="denied", decided_by="tooltrail:broker-error", reason=repr(e))
+    return ApprovalOutcome(
+        status="denied",
+        decided_by=BROKER_ERROR,
+        reason=f"the approval broker failed: {type(e).__name__}: {e}",
+    )
 
 
 def _apply_outcome(
     inv: Invocation, req: ApprovalRequest, outcome: ApprovalOutcome, started: float
 ) -> None:
+    inv.approval_outcome = outcome
     wait_ms = outcome.wait_ms or (time.perf_counter() - started) * 1000.0
     attrs: dict[str, Any] = {TT_APPROVAL_STATUS: outcome.status, TT_APPROVAL_WAIT_MS: wait_ms}
     if outcome.approval_id is not None:
@@ -719,16 +898,47 @@ def _apply_outcome(
         inv.arguments = req.arguments
         return
     assert inv.decision is not None
-    reason = outcome.reason or APPROVAL_REQUIRED_REASON
+    inv.denial = _denial(inv, inv.decision, _refusal_reason(req, outcome), outcome)
+
+
+def _refusal_reason(req: ApprovalRequest, outcome: ApprovalOutcome) -> str:
+    """Why a held call does not run, in words naming who decided and why."""
+    if outcome.refusal is not None:
+        return outcome.refusal
     if outcome.decided_by == NO_BROKER:
-        reason = APPROVAL_REQUIRED_REASON
-    elif outcome.status == "denied" and outcome.decided_by:
-        reason = f"approval denied by {outcome.decided_by}" + (
+        return APPROVAL_REQUIRED_REASON
+    if outcome.decided_by and outcome.decided_by.startswith(SYSTEM_ACTOR_PREFIX):
+        return outcome.reason or APPROVAL_REQUIRED_REASON  # tooltrail itself could not ask
+    if outcome.status == "denied" and outcome.decided_by:
+        return f"approval denied by {outcome.decided_by}" + (
             f": {outcome.reason}" if outcome.reason else ""
         )
-    elif outcome.status == "expired":
-        reason = "approval request expired"
-    inv.denial = _denial(inv, inv.decision, reason, outcome)
+    if outcome.status == "expired":
+        on_timeout = req.approval.on_timeout if req.approval is not None else "DENY"
+        return f"approval request expired without a decision (on_timeout: {on_timeout})"
+    return outcome.reason or APPROVAL_REQUIRED_REASON
+
+
+def confirm_held(inv: Invocation, live: Mapping[str, Any], veto: _Veto | None) -> None:
+    """After an approval let a held call go: refuse it if its arguments changed while it
+    was held, or if session control now refuses it; else mark it to send ``live``."""
+    req = inv.approval_request
+    assert req is not None and inv.decision is not None
+    if not req.matches(live):
+        inv.denial = _denial(inv, inv.decision, ARGUMENTS_CHANGED_REASON, inv.approval_outcome)
+    elif veto is not None:
+        inv.denial = Denial(
+            tool=inv.tool,
+            decision=inv.decision.decision,
+            rule=veto.rule,
+            reason=veto.reason,
+            session_id=inv.session.session_id,
+            blast_radius=inv.decision.blast_radius,
+            approval=inv.approval_outcome,
+        )
+    else:
+        inv.arguments = live
+        inv.held = True
 
 
 # --- step 2 helpers: make the span current around the call ----------------------------

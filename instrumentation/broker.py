@@ -6,51 +6,99 @@ it is approved, denied or expired, and returns an ``ApprovalOutcome``. The sync
 ``request`` serves plain functions; the async ``arequest`` serves MCP clients and async
 tools and must not block the event loop.
 
-Until a real broker is plugged in (``configure(broker=...)`` or the hook
-``default_broker``), ``FailClosedBroker`` answers every request at once: status
-``denied``, ``decided_by="tooltrail:no-broker"``. The call is refused exactly like a DENY,
-with reason "approval required". A security decision never fails open.
+Which broker (``default_broker``, unless ``configure(broker=...)`` names one):
+
+* ``$TOOLTRAIL_COLLECTOR_URL`` set: ``HttpApprovalBroker`` (the collector's approvals API,
+  token from ``$TOOLTRAIL_COLLECTOR_TOKEN``), for agents that cannot reach the store;
+* a data directory known (``configure(data_dir=...)`` or ``$TOOLTRAIL_DATA``):
+  ``ControlStoreBroker`` on ``<data>/control.sqlite`` (see ``store_broker``);
+* neither: ``FailClosedBroker``, which answers every request at once: status ``denied``,
+  ``decided_by="tooltrail:no-broker"``, and the call is refused exactly like a DENY with
+  reason "approval required". A security decision never fails open; a broker that cannot
+  be built is a ``FailClosedBroker`` whose reason says why.
 
 What the instrumentation does with an outcome (``proceeds``):
 
-* ``approved``: the tool runs with exactly ``request.arguments``.
+* ``approved``: the tool runs with exactly the arguments of the request, once the
+  instrumentation has checked they still hash to ``request.arguments_hash``.
 * ``denied``: the tool does not run; the caller gets the structured denial.
 * ``expired``: the rule's ``on_timeout`` applies (``DENY`` unless it says ``ALLOW``).
+* ``refusal`` set: the broker itself refuses to let the call run whatever the status says
+  (e.g. the stored request was altered after it was filed); the call is denied with it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import hmac
+import importlib
+import logging
+import os
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
+
+from tooltrail.config import ENV_DATA
+from tooltrail.control import arguments_hash, canonical_json
 
 if TYPE_CHECKING:
     from tooltrail.policy import ApprovalSettings
+
+_log = logging.getLogger("tooltrail.instrumentation")
 
 # The outcomes of the approvals view (SPEC §3) that end a wait; "pending" never does.
 ApprovalStatus = Literal["approved", "denied", "expired"]
 APPROVAL_STATUSES: Final = ("approved", "denied", "expired")
 APPROVAL_REQUIRED_REASON: Final = "approval required"
 NO_BROKER: Final = "tooltrail:no-broker"
+BROKER_ERROR: Final = "tooltrail:broker-error"
+# Outcomes decided by tooltrail itself (not a person) use decided_by names with this prefix.
+SYSTEM_ACTOR_PREFIX: Final = "tooltrail:"
+ENV_COLLECTOR_URL: Final = "TOOLTRAIL_COLLECTOR_URL"
+ENV_COLLECTOR_TOKEN: Final = "TOOLTRAIL_COLLECTOR_TOKEN"
+_HTTP_BROKER_MODULE: Final = "tooltrail.instrumentation.http_broker"
+
+# Keys the digest of the arguments that will run. Per process and never stored: the digest
+# may be filed (and shown) anywhere without letting anyone confirm a guess of a redacted
+# secret, and only this process (which holds the arguments) ever needs to recompute it.
+_RUN_KEY: Final = secrets.token_bytes(32)
+
+__all__ = [
+    "APPROVAL_REQUIRED_REASON",
+    "APPROVAL_STATUSES",
+    "NO_BROKER",
+    "ApprovalBroker",
+    "ApprovalOutcome",
+    "ApprovalRequest",
+    "FailClosedBroker",
+    "arguments_hash",
+    "default_broker",
+    "run_digest",
+]
 
 
-def arguments_hash(arguments: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of ``arguments``: what an approver saw is what runs."""
-    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+def run_digest(arguments: Mapping[str, Any]) -> str:
+    """This process's keyed digest (HMAC-SHA256) of the canonical JSON of ``arguments``.
+
+    Equal arguments give equal digests within one process; the digest says nothing about
+    the arguments to anyone without the process's key.
+    """
+    return hmac.new(_RUN_KEY, canonical_json(arguments).encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
 class ApprovalRequest:
     """One held tool call, as the broker should file it.
 
-    ``arguments`` are exactly what the tool runs with if approved (hash them to check
-    nothing changed); ``shown_arguments`` are the same after the policy's redactions, which
-    is what a person should be shown and what is stored. ``trace_id`` / ``span_id`` are
-    lowercase hex of the tool span, so the approval can be joined with the landed span.
+    ``arguments`` are exactly what the tool runs with if approved; ``arguments_hash`` is
+    their ``run_digest``, taken when the request is made, so a change to them while the call
+    is held is caught before it runs. ``shown_arguments`` are the same after the policy's
+    redactions, which is what a person should be shown and what is stored (brokers scrub
+    credential shapes from them too). ``trace_id`` / ``span_id`` are lowercase hex of the
+    tool span, so the approval can be joined with the landed span.
     """
 
     tool: str
@@ -67,10 +115,15 @@ class ApprovalRequest:
     approval: ApprovalSettings | None
     requested_at: float = field(default_factory=time.time)
     """Seconds since the epoch."""
+    arguments_hash: str = field(init=False, default="")
+    """``run_digest(arguments)`` when the request was made (keyed: safe to file anywhere)."""
 
-    @property
-    def arguments_hash(self) -> str:
-        return arguments_hash(self.arguments)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "arguments_hash", run_digest(self.arguments))
+
+    def matches(self, arguments: Mapping[str, Any]) -> bool:
+        """Whether ``arguments`` are still the ones this request was made for."""
+        return hmac.compare_digest(run_digest(arguments), self.arguments_hash)
 
     @property
     def expires_at(self) -> float | None:
@@ -82,16 +135,25 @@ class ApprovalRequest:
 
 @dataclass(frozen=True, slots=True)
 class ApprovalOutcome:
-    """How a request ended. ``wait_ms`` is the time the call was held."""
+    """How a request ended. ``wait_ms`` is the time the call was held.
+
+    ``refusal``: set by a broker that will not let the call run whatever ``status`` says
+    (the words the caller gets), e.g. when the stored request no longer matches what was
+    filed.
+    """
 
     status: ApprovalStatus
     approval_id: str | None = None
     decided_by: str | None = None
     reason: str | None = None
     wait_ms: float = 0.0
+    refusal: str | None = None
 
     def proceeds(self, request: ApprovalRequest) -> bool:
-        """Whether the held call may run: approved, or expired under ``on_timeout: ALLOW``."""
+        """Whether the held call may run: approved, or expired under ``on_timeout: ALLOW``,
+        and no refusal."""
+        if self.refusal is not None:
+            return False
         if self.status == "approved":
             return True
         if self.status == "expired" and request.approval is not None:
@@ -114,21 +176,53 @@ class ApprovalBroker(Protocol):
 
 
 class FailClosedBroker:
-    """The default until a real broker exists: refuse every held call, immediately."""
+    """Refuse every held call, immediately: used when no broker can be reached.
+
+    Without arguments the refusal is "approval required" by ``tooltrail:no-broker`` (no
+    broker configured); ``reason`` / ``decided_by`` say why a configured one is unusable.
+    """
+
+    def __init__(self, reason: str = APPROVAL_REQUIRED_REASON, decided_by: str = NO_BROKER):
+        self.reason = reason
+        self.decided_by = decided_by
 
     def request(self, request: ApprovalRequest) -> ApprovalOutcome:
-        return ApprovalOutcome(
-            status="denied", decided_by=NO_BROKER, reason=APPROVAL_REQUIRED_REASON
-        )
+        return ApprovalOutcome(status="denied", decided_by=self.decided_by, reason=self.reason)
 
     async def arequest(self, request: ApprovalRequest) -> ApprovalOutcome:
         return self.request(request)
 
 
-def default_broker() -> ApprovalBroker:
+def default_broker(data_dir: str | os.PathLike[str] | None = None) -> ApprovalBroker:
     """The broker used when none is given to ``configure`` / ``instrument``.
 
-    The single place a real default (e.g. the control store in the data directory)
-    plugs in; today it is ``FailClosedBroker``.
+    ``$TOOLTRAIL_COLLECTOR_URL`` wins (remote agents); else ``data_dir`` (or
+    ``$TOOLTRAIL_DATA``) gives the local control store; else every held call is refused.
+    Never raises: a broker that cannot be built refuses every held call, saying why.
     """
-    return FailClosedBroker()
+    url = os.environ.get(ENV_COLLECTOR_URL, "").strip()
+    if url:
+        return _http_broker(url)
+    root = data_dir if data_dir is not None and str(data_dir) else os.environ.get(ENV_DATA)
+    if not root:
+        return FailClosedBroker()
+    from tooltrail.instrumentation.store_broker import ControlStoreBroker
+
+    return ControlStoreBroker(Path(root))
+
+
+def _http_broker(url: str) -> ApprovalBroker:
+    """``HttpApprovalBroker(url, token=...)``, imported only when asked for."""
+    try:
+        module = importlib.import_module(_HTTP_BROKER_MODULE)
+        broker: ApprovalBroker = module.HttpApprovalBroker(
+            url, token=os.environ.get(ENV_COLLECTOR_TOKEN) or None
+        )
+    except Exception as e:
+        reason = (
+            f"approval broker for {ENV_COLLECTOR_URL}={url} is unavailable"
+            f" ({type(e).__name__}: {e})"
+        )
+        _log.error("tooltrail: %s; every held call will be denied", reason)
+        return FailClosedBroker(reason=reason, decided_by=BROKER_ERROR)
+    return broker

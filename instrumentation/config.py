@@ -14,6 +14,10 @@ enforcement settings shared by MCP and ``@tool`` spans, and instruments the MCP 
 * Enforcement: off unless ``enforce=True`` or ``TOOLTRAIL_ENFORCE=1``. The policy is loaded
   once, here. A policy that cannot load does not raise: it is logged and every call is
   denied with rule ``policy-error`` (fail closed).
+* Control plane: the data directory's ``control.sqlite``. REQUIRE_APPROVAL calls wait there
+  for a person's decision (``ControlStoreBroker``; ``$TOOLTRAIL_COLLECTOR_URL`` selects the
+  collector's HTTP broker instead), and, when enforcing, every call first checks whether
+  its session was paused or canceled (see docs/APPROVALS.md).
 
 The collector (and so pyarrow) is imported only inside ``configure``; nothing here imports
 duckdb, polars or streamlit.
@@ -76,6 +80,7 @@ def configure(
     *,
     broker: ApprovalBroker | None = None,
     service_name: str | None = None,
+    session_control: bool | None = None,
 ) -> Configuration:
     """Turn tooltrail on for this process: spans land in ``data_dir``, MCP is instrumented.
 
@@ -89,8 +94,11 @@ def configure(
             ``$TOOLTRAIL_AGENT_NAME``); also the ``service.name`` of a new provider.
         capture_results: keep a truncated result preview on spans (default
             ``$TOOLTRAIL_CAPTURE_RESULTS``, else off: results may hold file contents).
-        broker: where REQUIRE_APPROVAL calls wait (default: refuse them, fail closed).
+        broker: where REQUIRE_APPROVAL calls wait (default: the control store in
+            ``data_dir``; the collector's HTTP broker when ``$TOOLTRAIL_COLLECTOR_URL`` is set).
         service_name: ``service.name`` of a new provider (default the agent name).
+        session_control: check pause / cancel in the control store before each call
+            (default ``$TOOLTRAIL_SESSION_CONTROL``, else on when enforcing).
 
     Calling it again replaces the settings; the exporter is not added twice.
     """
@@ -105,6 +113,8 @@ def configure(
             enforce=enforce,
             broker=broker,
             capture_results=capture_results,
+            data_dir=root,
+            session_control=session_control,
         )
         # The exporter decides, after the fact, tool spans nobody decided at call time
         # (e.g. made by other instrumentations); give it the policy already loaded.

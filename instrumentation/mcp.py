@@ -17,16 +17,18 @@ Patches the MCP Python SDK client (``mcp >= 2.0, < 3``):
   (``jsonrpc.request.id``, error codes) on our span and injects our span's context, so the
   server's parent is our span. Every other request keeps the SDK's own span.
 
-``instrument(**kwargs)`` accepts ``tracer_provider``, ``policy``, ``enforce``, ``broker`` and
-``capture_results``; they apply to every tooltrail span in the process (``@tool`` too).
-Missing ones come from the environment (``TOOLTRAIL_ENFORCE``, ``TOOLTRAIL_POLICY``,
-``TOOLTRAIL_CAPTURE_RESULTS``), which is what ``opentelemetry-instrument`` relies on.
+``instrument(**kwargs)`` accepts ``tracer_provider``, ``policy``, ``enforce``, ``broker``,
+``capture_results``, ``data_dir`` and ``session_control``; they apply to every tooltrail
+span in the process (``@tool`` too). Missing ones come from the environment
+(``TOOLTRAIL_ENFORCE``, ``TOOLTRAIL_POLICY``, ``TOOLTRAIL_CAPTURE_RESULTS``,
+``TOOLTRAIL_DATA``), which is what ``opentelemetry-instrument`` relies on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import importlib
 import json
 import logging
@@ -71,7 +73,15 @@ _log = logging.getLogger("tooltrail.instrumentation")
 _SESSION_MODULE: Final = "mcp.client.session"
 _DISPATCHER_MODULE: Final = "mcp.shared.jsonrpc_dispatcher"
 _SDK_SPAN_HOOK: Final = "otel_span"
-_SETTINGS_KWARGS: Final = ("tracer_provider", "policy", "enforce", "broker", "capture_results")
+_SETTINGS_KWARGS: Final = (
+    "tracer_provider",
+    "policy",
+    "enforce",
+    "broker",
+    "capture_results",
+    "data_dir",
+    "session_control",
+)
 
 # The tools/call invocation in flight in this context, until its request is sent.
 _ACTIVE: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar(
@@ -103,6 +113,8 @@ class McpInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 enforce=kwargs.get("enforce"),
                 broker=kwargs.get("broker"),
                 capture_results=kwargs.get("capture_results"),
+                data_dir=kwargs.get("data_dir"),
+                session_control=kwargs.get("session_control"),
             )
         wrap_function_wrapper(_SESSION_MODULE, "ClientSession.call_tool", _wrap_call_tool)
         wrap_function_wrapper(_SESSION_MODULE, "ClientSession.list_tools", _wrap_list_tools)
@@ -154,8 +166,8 @@ async def _wrap_call_tool(
     try:
         call_args, call_kwargs = _request(prep, args, kwargs)
     except Exception as e:
-        if prep.rewritten:  # never send arguments the policy did not produce
-            return denied_result(refuse(prep, f"the rewritten arguments could not be sent: {e}"))
+        if prep.rewritten or prep.held:  # never send arguments nobody reviewed
+            return denied_result(refuse(prep, f"the reviewed arguments could not be sent: {e}"))
         _log.exception("tooltrail: could not inject trace context into %s", name)
         call_args, call_kwargs = args, kwargs
 
@@ -228,17 +240,21 @@ def _arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Mapping[str, An
 def _request(
     inv: Invocation, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The call's arguments with our trace context in ``meta`` and any rewrite applied."""
+    """The call's arguments with our trace context in ``meta`` and any rewrite applied.
+
+    A call approved after a hold sends a private copy of the arguments that were checked
+    against the approval, so nothing the caller still holds can change them in flight.
+    """
     kwargs = dict(kwargs)
     meta: dict[str, Any] = dict(kwargs.get("meta") or {})
     propagate.inject(meta, context=otel_trace.set_span_in_context(inv.span))
     kwargs["meta"] = meta
-    if inv.rewritten:
-        rewritten = dict(inv.arguments)
+    if inv.rewritten or inv.held:
+        sent = copy.deepcopy(dict(inv.arguments)) if inv.held else dict(inv.arguments)
         if len(args) > 1:
-            args = (args[0], rewritten, *args[2:])
+            args = (args[0], sent, *args[2:])
         else:
-            kwargs["arguments"] = rewritten
+            kwargs["arguments"] = sent
     return args, kwargs
 
 

@@ -265,6 +265,36 @@ def test_status_failed_when_last_action_or_root_span_errored(
     assert _by_id(analytics.sessions(data))["early-err"]["errors"] == 1
 
 
+def test_a_policy_refusal_is_not_a_failure(landed: Land, make_row: MakeRow) -> None:
+    data = landed(
+        [
+            make_row(session_id="refused", start_time=BASE_TIME),
+            make_row(
+                session_id="refused",
+                start_time=BASE_TIME + dt.timedelta(seconds=5),
+                decision="DENY",
+                status_code="ERROR",
+                error_type="tool_call_denied",
+            ),
+        ]
+    )
+    assert _status(data, "refused") == "completed"
+    row = _by_id(analytics.sessions(data))["refused"]
+    assert (row["denies"], row["errors"]) == (1, 0)
+
+
+def test_unrelated_spans_without_a_session_are_not_sessions(
+    landed: Land, make_row: MakeRow
+) -> None:
+    orphan = make_row(span_type="other", name="MCP send initialize")
+    orphan["session_id"] = orphan["trace_id"]  # the normalizer's trace-id fallback
+    llm_only = make_row(span_type="llm", name="chat")
+    llm_only["session_id"] = llm_only["trace_id"]
+    data = landed([orphan, llm_only, make_row(session_id="real")])
+    ids = set(_by_id(analytics.sessions(data)))
+    assert ids == {"real", llm_only["trace_id"]}
+
+
 def test_status_waiting_approval_from_spans(landed: Land, make_row: MakeRow) -> None:
     held = {"decision": "REQUIRE_APPROVAL"}
     data = landed(

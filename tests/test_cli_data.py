@@ -183,3 +183,16 @@ def test_compact_command(landed: Path) -> None:
     assert len(list(iter_span_files(landed))) == 1
     code, out = _run("sessions", "--data", str(landed), "--format", "json")
     assert {r["session_id"] for r in json.loads(out)} == {"s-alpha", "s-beta"}
+
+
+def test_query_json_numbers_stay_numbers(landed: Path) -> None:
+    code, out = _run(
+        "query",
+        "SELECT sum(sequence) AS total, avg(sequence) AS mean FROM actions",
+        "--data",
+        str(landed),
+        "--format",
+        "json",
+    )
+    assert code == 0, out
+    assert json.loads(out) == [{"total": 10, "mean": 2.5}]

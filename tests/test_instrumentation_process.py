@@ -136,7 +136,7 @@ def test_opentelemetry_instrument_zero_code_run_lands_spans(
 ) -> None:
     configurators = {ep.name: ep.value for ep in entry_points(group="opentelemetry_configurator")}
     instrumentors = {ep.name: ep.value for ep in entry_points(group="opentelemetry_instrumentor")}
-    assert instrumentors.get("mcp") == "tooltrail.instrumentation.mcp:McpInstrumentor"
+    assert instrumentors.get("tooltrail_mcp") == "tooltrail.instrumentation.mcp:McpInstrumentor"
     # Without a configurator, opentelemetry-instrument sets up no SDK and nothing lands.
     assert configurators.get("tooltrail") == (
         "tooltrail.instrumentation.autoconfig:TooltrailConfigurator"
@@ -152,6 +152,9 @@ def test_opentelemetry_instrument_zero_code_run_lands_spans(
         TOOLTRAIL_ENFORCE="1",
         TOOLTRAIL_AGENT_NAME="zero-code-agent",
         TOOLTRAIL_SESSION_ID="zero-code-session",
+        # Another MCP instrumentation (e.g. OpenLLMetry's, entry point "mcp") may be
+        # installed beside ours; this run is about ours alone.
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="mcp",
     )
     out = run(
         [

@@ -60,7 +60,14 @@ def test_check_failing_inline_test_prints_expected_vs_actual_and_exits_1(tmp_pat
         "    decision: DENY\n"
         "    tests:\n"
         "      - {call: {tool: git_reset}, expect: DENY}\n"
-        "      - {call: {tool: git_reset}, expect: {decision: ALLOW, blast_radius: High}}\n",
+        "      - {call: {tool: git_reset}, expect: {decision: ALLOW, blast_radius: High}}\n"
+        "  - id: count\n"
+        "    when: {tool: t}\n"
+        "    decision: REWRITE\n"
+        "    rewrite: {set: {n: 1}}\n"
+        "    tests:\n"  # JSON equality: true is not 1, 1.0 is
+        "      - {call: {tool: t}, expect: {arguments_rewritten: {n: true}}}\n"
+        "      - {call: {tool: t}, expect: {arguments_rewritten: {n: 1.0}}}\n",
         encoding="utf-8",
     )
     result = run("check", str(path))
@@ -68,7 +75,9 @@ def test_check_failing_inline_test_prints_expected_vs_actual_and_exits_1(tmp_pat
     assert f"FAIL {path}:8: rule 'no-reset' test #2: git_reset {{}}" in result.output
     assert 'decision: expected "ALLOW", got "DENY"' in result.output
     assert 'blast_radius: expected "High", got "Low"' in result.output
-    assert "1 of 2 inline tests passed" in result.output
+    assert 'arguments_rewritten: expected {"n": true}, got {"n": 1}' in result.output
+    assert "test #2: t" not in result.output
+    assert "2 of 4 inline tests passed" in result.output
 
 
 def test_check_bad_policy_exits_2_naming_line_and_rule(tmp_path: Path) -> None:
@@ -282,3 +291,30 @@ def test_help_texts_end_with_an_example() -> None:
         result = run(command, "--help")
         assert result.exit_code == 0
         assert "Example:" in result.output and f"tooltrail policy {command}" in result.output
+
+
+def test_long_replays_draw_a_progress_bar_on_stderr(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tooltrail.policy.cli as cli_module
+
+    policy = str(EXAMPLES / "policy-git.yaml")
+    quiet = CliRunner().invoke(policy_cli, ["replay", policy, "--data", str(data_dir)])
+    assert "replaying" not in quiet.stderr  # short replays stay quiet
+    monkeypatch.setattr(cli_module, "PROGRESS_MIN_GROUPS", 1)
+    result = CliRunner().invoke(
+        policy_cli, ["replay", policy, "--data", str(data_dir), "--format", "json"]
+    )
+    assert result.exit_code == 0
+    assert "replaying" in result.stderr
+    assert json.loads(result.stdout)["actions"] == 40  # stdout stays clean JSON
+
+
+def test_replay_over_unreadable_landed_data_exits_2(tmp_path: Path) -> None:
+    broken = tmp_path / "data" / "spans" / "date=2026-01-01" / "w-000001.parquet"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"this is not parquet")
+    result = run("replay", str(EXAMPLES / "policy-git.yaml"), "--data", str(tmp_path / "data"))
+    assert result.exit_code == 2
+    assert "cannot read the landed spans" in result.output
+    assert "w-000001.parquet" in result.output

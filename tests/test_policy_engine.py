@@ -9,7 +9,7 @@ import textwrap
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from tooltrail.policy import (
@@ -95,6 +95,8 @@ CALL = ToolCall(
         ({"args": {"force": False}}, True),  # a bare non-string means equals
         ({"args": {"force": {"equals": False}}}, True),
         ({"args": {"ratio": {"equals": 1}}}, True),  # 1 == 1.0 in JSON
+        ({"args": {"options": {"equals": {"author": {"email": "bot@example.com"}}}}}, True),
+        ({"args": {"commits": {"equals": [{"sha": "abc", "message": "fix"}]}}}, False),
         ({"args": {"max_count": 150}}, True),
         ({"args": {"options.author.email": "*@example.com"}}, True),  # dotted paths
         ({"args": {"options.author.name": {"exists": True}}}, False),
@@ -632,3 +634,97 @@ def test_version_hashes_the_normalized_policy() -> None:
     assert base.version != changed.version
     assert len(base.version) == 16 and int(base.version, 16) >= 0
     assert base.decide(ToolCall("x")).policy_version == base.version
+
+
+# --- the fast paths agree with the reference semantics -----------------------------------
+
+_keys = st.sampled_from(["a", "b", "c", "d"])
+_template = st.one_of(
+    st.lists(_keys, min_size=1, max_size=3, unique=True).map(lambda ks: "{" + "|".join(ks) + "}"),
+    st.tuples(_keys, _keys).map(lambda ks: f"{{{ks[0]}}}/{{{ks[1]}}}"),
+)
+_scalar = st.one_of(st.none(), st.text("xyz", max_size=2), st.integers(0, 9), st.booleans())
+
+
+def _reference_render(template: str, args: dict[str, Any]) -> str | None:
+    """SPEC: placeholders take the first present key; a missing placeholder voids it."""
+    out = ""
+    for literal, field, _, _ in string.Formatter().parse(template):
+        out += literal
+        if field is None:
+            continue
+        for key in field.split("|"):
+            value = args.get(key)
+            if isinstance(value, bool):
+                out += "true" if value else "false"
+                break
+            if isinstance(value, str | int):
+                out += str(value)
+                break
+        else:
+            return None
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@example(entries=[{"repo": "{a}"}, {"repo": "{b|c}"}], args={"a": "x", "b": "y"})
+@example(entries=[{"repo": "{a}/{b}"}, {"repo": "{c}"}], args={"a": "x", "c": "z"})
+@given(
+    entries=st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "repo": _template,
+                "branch": _template,
+                "path": _template,
+                "tools": st.sampled_from(["t", "x", "*"]),
+            },
+        ).filter(lambda e: any(k in e for k in ("repo", "branch", "path"))),
+        min_size=1,
+        max_size=4,
+    ),
+    args=st.dictionaries(_keys, _scalar),
+)
+def test_targets_first_resolving_entry_wins_per_field(
+    entries: list[dict[str, str]], args: dict[str, Any]
+) -> None:
+    policy = load_policy({"version": 1, "targets": entries})
+    d = policy.decide(ToolCall("t", args))
+    for field, got in (
+        ("repo", d.target_repo),
+        ("branch", d.target_branch),
+        ("path", d.target_path),
+    ):
+        expected = None
+        for entry in entries:
+            if entry.get("tools", "t") in ("t", "*") and field in entry:
+                expected = _reference_render(entry[field], args)
+                if expected is not None:
+                    break
+        assert got == expected, (field, entries, args)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    tool=st.sampled_from(["git_add", "git_commit", "git_log", "push_files", "get_me", "other"]),
+    args=st.dictionaries(
+        st.sampled_from(["repo_path", "files", "max_count", "branch_name", "message", "branch"]),
+        st.one_of(_scalar, st.lists(st.text("ab.env/", max_size=6), max_size=3)),
+    ),
+    read_only=st.one_of(st.none(), st.booleans()),
+)
+def test_explain_agrees_with_decide(
+    tool: str, args: dict[str, Any], read_only: bool | None
+) -> None:
+    annotations = None if read_only is None else {"readOnlyHint": read_only}
+    call = ToolCall(tool, args, agent="a", session_id="s", annotations=annotations)
+    for policy in (GIT_EXAMPLE, GITHUB_EXAMPLE):
+        explanation = policy.explain(call)
+        assert explanation.decision == policy.decide(call)
+        traced = tuple(t.rule_id for t in explanation.rules if t.matched)
+        assert traced == explanation.decision.policy_matched
+        assert all(t.failed is not None for t in explanation.rules if not t.matched)
+
+
+GIT_EXAMPLE = load_policy("examples/policy-git.yaml")
+GITHUB_EXAMPLE = load_policy("examples/policy-github.yaml")

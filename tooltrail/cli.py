@@ -266,6 +266,66 @@ def _refresh_duckdb_file(root: Path) -> None:
         analytics.build_duckdb_file(root)
 
 
+@cli.command()
+@data_option
+@click.option("--sessions", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Makes the run repeatable.")
+@click.option("--fresh", is_flag=True, help="Start over: delete what an earlier demo landed.")
+@click.option("--no-dashboard", is_flag=True, help="Do not start the dashboard at the end.")
+@click.option("--port", type=int, default=8501, show_default=True, help="Dashboard port.")
+def demo(
+    data: Path | None, sessions: int, seed: int, fresh: bool, no_dashboard: bool, port: int
+) -> None:
+    """Run the main job end to end: scripted agents do real git work through the real
+    mcp-server-git, governed by examples/policy-git.yaml at call time, while a demo
+    approver decides held calls; then show the sessions (and the dashboard).
+
+    Re-running adds sessions; --fresh starts over. The agents work only in sandbox
+    repositories under the data directory.
+
+    Example:
+
+        tooltrail demo --sessions 30 --seed 7 --no-dashboard
+    """
+    from tooltrail.demo import run_demo
+
+    root = _data(data)
+    with click.progressbar(length=sessions, label="agent sessions", file=sys.stderr) as bar:
+
+        def on_event(event: dict[str, object]) -> None:
+            if event.get("event") == "plan":
+                bar.length = int(str(event["sessions"]))
+            elif event.get("event") == "session":
+                bar.update(1)
+
+        with domain_errors():
+            report = run_demo(root, sessions=sessions, seed=seed, fresh=fresh, on_event=on_event)
+    click.echo(
+        f"{len(report.sessions)} sessions in {report.seconds:.1f}s; approvals: "
+        f"{len(report.approved)} approved, {len(report.denied)} denied, "
+        f"{len(report.left_pending)} left pending for you (tooltrail approvals)"
+    )
+    from tooltrail import analytics
+
+    with domain_errors():
+        df = analytics.sessions(report.data_dir, limit=max(len(report.sessions), 1))
+    _echo_df(df, "table", SESSION_COLUMNS)
+    if not no_dashboard:
+        _serve_dashboard(report.data_dir, port)
+
+
+def _serve_dashboard(root: Path, port: int) -> None:
+    from tooltrail.dashboard import launch
+
+    proc = launch(root, port=port)
+    click.echo(f"dashboard: http://127.0.0.1:{port}  (Ctrl-C to stop)")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 APPROVAL_COLUMNS = (
     "approval_id",
     "status",

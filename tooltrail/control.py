@@ -8,6 +8,13 @@ write is one short ``BEGIN IMMEDIATE`` transaction, and a decision is a conditio
 
 Waiting polls the database on a short interval (sleeping, not spinning): a decision made
 by another process is seen within one interval, at a cost of one indexed read each time.
+
+Two hashes bind a request to what runs. ``arguments_hash`` is the SHA-256 of the canonical
+JSON of the arguments as stored and shown (after redaction): anyone can recompute it, so a
+stored row edited after filing is detectable (``ApprovalRecord.arguments_intact``).
+``run_hash`` is the filing agent's keyed digest of the arguments that will really run
+(before redaction): only that agent can recompute it, so it reveals nothing about redacted
+values, and the agent refuses to run when it no longer matches.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ RUNNING: Final = "running"
 PAUSED: Final = "paused"
 CANCELED: Final = "canceled"
 
+SESSION_CANCELED: Final = "session canceled"
+
 DEFAULT_POLL_S: Final = 0.05
 DEFAULT_TIMEOUT_S: Final = 600.0
 
@@ -69,7 +78,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided_at      REAL,
     decision_reason TEXT,
     agent_host      TEXT,
-    agent_pid       INTEGER
+    agent_pid       INTEGER,
+    run_hash        TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, requested_at);
 CREATE INDEX IF NOT EXISTS approvals_session ON approvals (session_id);
@@ -92,6 +102,10 @@ CREATE INDEX IF NOT EXISTS control_events_session ON control_events (session_id,
 """
 
 
+# Columns added after the first release of the schema: (name, declaration).
+_ADDED_COLUMNS: Final = (("run_hash", "TEXT"),)
+
+
 class UnknownIdError(BadInputError):
     """No approval request or session with that id."""
 
@@ -108,10 +122,18 @@ class InvalidTransitionError(BadInputError):
     """A session-control change that is not allowed (e.g. resuming a canceled session)."""
 
 
+def canonical_json(arguments: Mapping[str, Any]) -> str:
+    """The canonical JSON text of ``arguments``: sorted keys, no whitespace, ``str()`` for
+    values JSON cannot hold. Equal arguments give equal text in every process."""
+    return json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def arguments_hash(arguments: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``arguments`` (sorted keys, no whitespace)."""
-    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """sha256 of the canonical JSON of ``arguments`` (sorted keys, no whitespace).
+
+    The one implementation: the store, the instrumentation and the HTTP broker use it.
+    """
+    return hashlib.sha256(canonical_json(arguments).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +154,7 @@ class ApprovalRequest:
     reason: str | None = None
     blast_radius: str | None = None
     approval_id: str | None = None
+    run_hash: str | None = None  # the agent's keyed digest of the arguments that will run
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +181,7 @@ class ApprovalRecord:
     decision_reason: str | None
     agent_host: str | None
     agent_pid: int | None
+    run_hash: str | None
 
     @property
     def decided(self) -> bool:
@@ -236,8 +260,22 @@ class ControlStore:
             self._con.execute("PRAGMA journal_mode=WAL")
             self._con.execute("PRAGMA synchronous=NORMAL")
             self._con.executescript(_SCHEMA)
+            self._migrate()
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open the control store {self.path}: {e}") from e
+
+    def _migrate(self) -> None:
+        """Add columns newer than a store created by an earlier version."""
+        have = {r["name"] for r in self._con.execute("PRAGMA table_info(approvals)")}
+        for column, decl in _ADDED_COLUMNS:
+            if column in have:
+                continue
+            try:
+                self._con.execute(f"ALTER TABLE approvals ADD COLUMN {column} {decl}")
+            except sqlite3.OperationalError as e:
+                # Another process added it between our look and our ALTER: fine.
+                if "duplicate column" not in str(e):
+                    raise
 
     def close(self) -> None:
         self._con.close()
@@ -280,7 +318,7 @@ class ControlStore:
                 "INSERT INTO approvals (approval_id, session_id, trace_id, span_id, agent_name,"
                 " tool_name, mcp_server, arguments, arguments_hash, policy_rule, reason,"
                 " blast_radius, approvers, on_timeout, requested_at, expires_at, agent_host,"
-                " agent_pid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " agent_pid, run_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     approval_id,
                     req.session_id,
@@ -300,6 +338,7 @@ class ControlStore:
                     now + req.timeout_s,
                     socket.gethostname(),
                     os.getpid(),
+                    req.run_hash,
                 ),
             )
         return self.get(approval_id)
@@ -422,17 +461,27 @@ class ControlStore:
         )
 
     def session_state(self, session_id: str) -> str:
-        return self.session_control(session_id).state
+        """``running``, ``paused`` or ``canceled``: one primary-key read (agents call it
+        before every tool call)."""
+        rows = self._query("SELECT state FROM session_controls WHERE session_id = ?", (session_id,))
+        return str(rows[0][0]) if rows else RUNNING
 
     def set_session_state(
         self, session_id: str, action: SessionAction, by: str, reason: str | None = None
     ) -> SessionControl:
-        """pause / resume / cancel a session; each change is recorded with who and when."""
+        """pause / resume / cancel a session; each change is recorded with who and when.
+
+        Cancel also denies the session's pending approval requests (decided by ``by``,
+        reason "session canceled"), so calls held for approval are released at once
+        instead of waiting for a decision that can no longer let them run.
+        """
         if not by or not by.strip():
             raise BadInputError("a session-control change needs who makes it (--by)")
         target = {"pause": PAUSED, "resume": RUNNING, "cancel": CANCELED}.get(action)
         if target is None:
             raise BadInputError(f"unknown session action {action!r}")
+        if action == "cancel":  # what is overdue expired; cancel must not relabel it denied
+            self.expire_due()
         now = time.time()
         with self._tx() as con:
             rows = list(
@@ -461,6 +510,12 @@ class ControlStore:
                 " VALUES (?,?,?,?,?)",
                 (session_id, action, by, now, reason),
             )
+            if action == "cancel":
+                con.execute(
+                    "UPDATE approvals SET status = 'denied', decided_by = ?, decided_at = ?,"
+                    " decision_reason = ? WHERE session_id = ? AND status = 'pending'",
+                    (by, now, SESSION_CANCELED + (f": {reason}" if reason else ""), session_id),
+                )
         return self.session_control(session_id)
 
     def control_history(self, session_id: str | None = None) -> list[ControlEvent]:

@@ -6,6 +6,7 @@ Imported lazily by the CLI only (it needs polars, which the agent side never loa
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -18,6 +19,9 @@ _MAX_CELL: Final = 48
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        # DuckDB's sum() of integers is a DECIMAL(38,0): a number to scripts, not a string.
+        return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, dt.datetime):
         return value.isoformat()
     if isinstance(value, dt.date | dt.timedelta):

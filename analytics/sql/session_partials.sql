@@ -27,11 +27,18 @@ SELECT
     count(*) FILTER (WHERE span_type = 'tool' AND blast_radius = 'Medium') AS medium,
     count(*) FILTER (WHERE span_type = 'tool' AND blast_radius = 'High') AS high,
     count(*) FILTER (WHERE span_type = 'tool' AND blast_radius = 'Critical') AS critical,
-    count(*) FILTER (WHERE span_type = 'tool' AND status_code = 'ERROR') AS errors,
+    -- errors: a call refused by the policy (error.type tool_call_denied) is the policy
+    -- working, counted in `denies`, not a failure of the session
+    count(*) FILTER (
+        WHERE span_type = 'tool' AND status_code = 'ERROR'
+          AND coalesce(error_type, '') <> 'tool_call_denied'
+    ) AS errors,
     -- did the last action error? (kept with its start time so it can be merged)
     max(start_time) FILTER (WHERE span_type = 'tool') AS last_action_at,
-    arg_max(coalesce(status_code = 'ERROR', false), start_time) FILTER (WHERE span_type = 'tool')
-        AS last_action_errored,
+    arg_max(
+        coalesce(status_code = 'ERROR' AND coalesce(error_type, '') <> 'tool_call_denied', false),
+        start_time
+    ) FILTER (WHERE span_type = 'tool') AS last_action_errored,
     -- a root span (no parent) that errored; tool spans are excluded: an agent without an
     -- invocation span makes every tool call a root, and only its last one decides
     coalesce(
@@ -59,5 +66,7 @@ SELECT
         CAST([] AS VARCHAR[])
     ) AS pending_refs
 FROM {{input}}
-WHERE session_id IS NOT NULL
+-- A span of no known kind whose session fell back to its trace id (an MCP SDK's own
+-- `initialize` span, an HTTP server span) belongs to no agent session.
+WHERE session_id IS NOT NULL AND NOT (span_type = 'other' AND session_id = trace_id)
 GROUP BY session_id

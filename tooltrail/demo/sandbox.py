@@ -17,6 +17,9 @@ from tooltrail.errors import TooltrailError
 
 SANDBOX_DIR: Final = "sandbox"
 
+# The example policy supervises repositories under a `releases/` folder.
+RELEASE_REPO: Final = "platform-release"
+
 # name -> (files of the first commit, later commit messages)
 REPOS: Final[dict[str, tuple[dict[str, str], tuple[str, ...]]]] = {
     "payments-service": (
@@ -41,6 +44,14 @@ REPOS: Final[dict[str, tuple[dict[str, str], tuple[str, ...]]]] = {
             "main.tf": 'resource "aws_s3_bucket" "logs" {\n  bucket = "acme-logs"\n}\n',
         },
         ("Tighten bucket policy", "Add staging workspace", "Rotate KMS keys"),
+    ),
+    RELEASE_REPO: (
+        {
+            "README.md": "# platform-release\n\nRelease manifests; changes are supervised.\n",
+            "CHANGELOG.md": "# Changelog\n",
+            "VERSION": "2.7.0\n",
+        },
+        ("Release 2.6.0", "Release 2.7.0"),
     ),
 }
 
@@ -98,7 +109,7 @@ def ensure_sandbox(data_dir: Path, *, fresh: bool = False) -> list[Repo]:
         shutil.rmtree(root)
     repos = []
     for name, (files, history) in REPOS.items():
-        path = root / name
+        path = root / ("releases" if name == RELEASE_REPO else "repos") / name
         if not (path / ".git").exists():
             if path.exists():
                 shutil.rmtree(path)

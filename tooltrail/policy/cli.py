@@ -18,11 +18,12 @@ from typing import Any, Final
 import click
 
 from tooltrail.config import data_dir as default_data_dir
-from tooltrail.errors import PolicyError
+from tooltrail.errors import PolicyError, TooltrailError
 from tooltrail.policy.compiler import InlineTest
 from tooltrail.policy.durations import format_duration, parse_duration
 from tooltrail.policy.engine import Explanation, Policy
 from tooltrail.policy.loader import load_policy
+from tooltrail.policy.matchers import json_equal
 from tooltrail.policy.model import Decision, ToolCall, plain
 
 FORMATS: Final = ("table", "json", "csv")
@@ -108,7 +109,7 @@ def _test_failures(policy: Policy, test: InlineTest) -> list[str]:
     return [
         f"{key}: expected {_dumps(expected)}, got {_dumps(actual[key])}"
         for key, expected in test.expect.items()
-        if actual[key] != plain(expected)
+        if not json_equal(actual[key], expected)
     ]
 
 
@@ -119,9 +120,16 @@ def _test_label(test: InlineTest, source: str) -> str:
     return f"{where}: {owner} test #{test.index + 1}: {call.tool} {_dumps(plain(call.arguments))}"
 
 
+# Every tooltrail command takes --data (SPEC §5); check and explain do not read it.
+_unused_data = click.option(
+    "--data", "_data", default=None, metavar="DIR", help="Accepted like every command; unused."
+)
+
+
 @policy_cli.command("check")
 @click.argument("policy_file", metavar="POLICY", type=click.Path(dir_okay=False))
-def check_cmd(policy_file: str) -> None:
+@_unused_data
+def check_cmd(policy_file: str, _data: str | None) -> None:
     """Validate POLICY against the schema, then run every inline `tests:` entry.
 
     Schema and semantic errors name the file, line and rule id (exit 2); failed tests
@@ -229,6 +237,7 @@ def _decision_csv(decision: Decision) -> str:
     help="MCP tool annotations as JSON, e.g. '{\"readOnlyHint\": true}'.",
 )
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@_unused_data
 def explain_cmd(
     policy_file: str,
     tool: str,
@@ -238,6 +247,7 @@ def explain_cmd(
     server: str | None,
     annotations_json: str | None,
     fmt: str,
+    _data: str | None,
 ) -> None:
     """Show the decision POLICY gives one call, and why.
 
@@ -426,14 +436,17 @@ def replay_cmd(
         except ValueError as e:
             raise PolicyInputError(f"--since: {e}") from e
     with _progress_bar() as progress:
-        report = replay(
-            policy,
-            root,
-            since_s=since_s,
-            since_label=None if since_s is None else since,
-            max_examples=max_examples,
-            progress=progress,
-        ).to_json_dict()
+        try:
+            report = replay(
+                policy,
+                root,
+                since_s=since_s,
+                since_label=None if since_s is None else since,
+                max_examples=max_examples,
+                progress=progress,
+            ).to_json_dict()
+        except TooltrailError as e:  # unreadable landed data is bad input too
+            raise PolicyInputError(str(e)) from e
     if fmt == "json":
         click.echo(_dumps(report))
     elif fmt == "csv":

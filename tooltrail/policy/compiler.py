@@ -114,14 +114,6 @@ class CompiledRule:
     approval: ApprovalSettings | None
     line: int | None
 
-    @property
-    def test(self) -> Callable[[Any], bool] | None:
-        return self.cond.test
-
-    @property
-    def redactor(self) -> Redactor | None:
-        return self.rewrite.redactor if self.rewrite is not None else None
-
 
 @dataclass(frozen=True, slots=True)
 class CompiledBlast:

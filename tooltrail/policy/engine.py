@@ -30,6 +30,7 @@ from tooltrail.policy.matchers import (
     RewriteError,
     TargetTemplate,
     copy_json,
+    first_scalar,
     read_only_hint,
 )
 from tooltrail.policy.model import (
@@ -90,7 +91,7 @@ _TargetStep = tuple[
 class _Plan:
     """Everything decide() needs for one tool name, flattened for the hot path."""
 
-    __slots__ = ("blasts", "redacting", "rules", "targets")
+    __slots__ = ("blasts", "redacting", "rules", "target_fields", "targets")
 
     def __init__(
         self,
@@ -110,6 +111,49 @@ class _Plan:
             for t in targets
         )
         self.redacting = any(r.rewrite is not None and r.rewrite.redactor for r in rules)
+        # Without server selectors, each target field is one renderer (fallback chains of
+        # plain keys merged), so decide() calls at most three functions for targets.
+        self.target_fields: tuple[_Render | None, _Render | None, _Render | None] | None = None
+        if all(t.servers is None for t in targets):
+            repo, branch, path = (
+                _merge_renderers([getattr(t, name) for t in targets])
+                for name in ("repo", "branch", "path")
+            )
+            self.target_fields = (repo, branch, path)
+
+
+_Render = Callable[[Mapping[str, Any]], str | None]
+
+
+def _merge_renderers(templates: Sequence[TargetTemplate | None]) -> _Render | None:
+    """One renderer giving the first entry's value that resolves (file order)."""
+    steps: list[_Render] = []
+    keys: list[str] = []
+    for template in templates:
+        if template is None:
+            continue
+        if template.simple_keys is not None:
+            keys.extend(template.simple_keys)  # fallbacks across entries chain up
+            continue
+        if keys:
+            steps.append(first_scalar(tuple(keys)))
+            keys = []
+        steps.append(template.render)
+    if keys:
+        steps.append(first_scalar(tuple(keys)))
+    if not steps:
+        return None
+    if len(steps) == 1:
+        return steps[0]
+
+    def render(args: Mapping[str, Any]) -> str | None:
+        for step in steps:
+            value = step(args)
+            if value is not None:
+                return value
+        return None
+
+    return render
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +276,16 @@ class Policy:
                 if not isinstance(call.tool, str):
                     return policy_error_decision(call, "tool name is not a string", self.version)
                 plan = self._plan(call.tool)
-            targets = _run_targets(plan.targets, call.server, args) if plan.targets else _NO_TARGETS
+            fields = plan.target_fields
+            if fields is not None:
+                repo_of, branch_of, path_of = fields
+                targets = (
+                    None if repo_of is None else repo_of(args),
+                    None if branch_of is None else branch_of(args),
+                    None if path_of is None else path_of(args),
+                )
+            else:
+                targets = _run_targets(plan.targets, call.server, args)
             env = Env(call, args, targets)
             matched = [rule for rule, test in plan.rules if test is None or test(env)]
 

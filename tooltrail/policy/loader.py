@@ -1,8 +1,8 @@
 """Load a policy: YAML with line numbers -> JSON Schema validation -> compile.
 
 Every error names the file, the YAML line and, inside ``rules:``, the rule id, e.g.
-``policy.yaml:14: rule 'no-reset' (rules[0].when): unknown key 'tol' (did you mean
-'tool'?)``. All problems found are reported together, sorted by line, in one PolicyError.
+``policy.yaml:14: rule 'no-reset' (rules[0].when.tol): unknown key 'tol' (did you
+mean 'tool'?)``. All problems found are reported together, sorted by line, in one PolicyError.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, NoReturn, cast
 
 import jsonschema
 import yaml
@@ -318,7 +318,7 @@ def _check_keys(value: Any, path: DocPath, out: list[Problem]) -> None:
             _check_keys(item, (*path, i), out)
 
 
-def _raise(doc: Any, source: str, problems: Sequence[Problem]) -> None:
+def _raise(doc: Any, source: str, problems: Sequence[Problem]) -> NoReturn:
     located = sorted(
         {(locate(doc, p.path), _where(doc, p.path), p.message) for p in problems},
         key=lambda t: (t[0] if t[0] is not None else 0, t[1], t[2]),
@@ -355,7 +355,6 @@ def compile_document(doc: Any, source: str, file: str | None = None) -> Policy:
     compiled, problems = build(doc, lambda path: locate(doc, path))
     if compiled is None:
         _raise(doc, source, problems)
-    assert compiled is not None  # _raise never returns
     return Policy(compiled, source=file)
 
 

@@ -182,6 +182,19 @@ def json_key(value: Any) -> tuple[str, Any]:
     return ("j", json.dumps(value, sort_keys=True, default=str))
 
 
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality with JSON semantics, deeply: 1 == 1.0, but true != 1 and "1" != 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and bool(a == b)
+
+
 def _any_element(value: Any) -> Sequence[Any] | None:
     return value if isinstance(value, list | tuple) else None
 
@@ -276,18 +289,17 @@ class InCheck(_ElementCheck):
 
 
 class EqualsCheck(Check):
-    __slots__ = ("key", "value")
+    __slots__ = ("value",)
 
     def __init__(self, value: Any) -> None:
         self.value = value
-        self.key = json_key(value)
 
     def test(self, value: Any) -> bool:
         if value is MISSING:
             return False
         if isinstance(value, Many):
-            return any(json_key(v) == self.key for v in value)
-        return json_key(value) == self.key
+            return any(json_equal(v, self.value) for v in value)
+        return json_equal(value, self.value)
 
     def describe(self) -> str:
         return f"equals {json.dumps(self.value, default=str)}"
@@ -308,6 +320,12 @@ class CompareCheck(_ElementCheck):
         self.op = op
         self.bound = float(bound)
         self.compare = _COMPARATORS[op][0]
+
+    def test(self, value: Any) -> bool:
+        cls = value.__class__
+        if cls is int or cls is float:  # not bool: bool is a subclass, not int itself
+            return bool(self.compare(float(value), self.bound))
+        return _ElementCheck.test(self, value)
 
     def test_scalar(self, value: Any) -> bool:
         number = as_number(value)
@@ -510,7 +528,7 @@ class TargetTemplate:
     """``repo: "{owner}/{repo}"``: placeholders are argument paths with ``|`` fallbacks;
     if any placeholder has no present scalar value, the target is absent (None)."""
 
-    __slots__ = ("parts", "paths", "render", "text")
+    __slots__ = ("parts", "paths", "render", "simple_keys", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -519,10 +537,16 @@ class TargetTemplate:
             alt: ArgPath(alt) for part in self.parts if isinstance(part, tuple) for alt in part
         }
         self.render: Callable[[Mapping[str, Any]], str | None] = self._render
-        only = self.parts[0] if len(self.parts) == 1 else None
-        if isinstance(only, tuple) and not any("." in alt for alt in only):
-            # "{a|b|c}" over plain keys (the usual target): a loop of dict lookups.
-            self.render = _first_scalar(only)
+        # "{a|b|c}" over plain top-level keys: the keys, so fallbacks can be merged.
+        self.simple_keys: tuple[str, ...] | None = None
+        if not any("." in alt for alt in self.paths):
+            # Plain top-level keys (the usual target): dict lookups, no path walking.
+            only = self.parts[0] if len(self.parts) == 1 else None
+            if isinstance(only, tuple):
+                self.simple_keys = only
+                self.render = first_scalar(only)
+            else:
+                self.render = _joined_scalars(self.parts)
 
     def _render(self, args: Mapping[str, Any]) -> str | None:
         out: list[str] = []
@@ -540,7 +564,7 @@ class TargetTemplate:
         return "".join(out)
 
 
-def _first_scalar(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], str | None]:
+def first_scalar(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], str | None]:
     def render(args: Mapping[str, Any]) -> str | None:
         for key in keys:
             value = args.get(key)
@@ -551,6 +575,24 @@ def _first_scalar(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], str | 
                 if text is not None:
                     return text
         return None
+
+    return render
+
+
+def _joined_scalars(parts: tuple[Part, ...]) -> Callable[[Mapping[str, Any]], str | None]:
+    steps = tuple(part if isinstance(part, str) else first_scalar(part) for part in parts)
+
+    def render(args: Mapping[str, Any]) -> str | None:
+        out: list[str] = []
+        for step in steps:
+            if isinstance(step, str):
+                out.append(step)
+                continue
+            text = step(args)
+            if text is None:
+                return None
+            out.append(text)
+        return "".join(out)
 
     return render
 

@@ -29,13 +29,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
 import duckdb
 
 from tooltrail.config import SPANS_DIR
+from tooltrail.errors import QueryError
 from tooltrail.policy.engine import Policy
+from tooltrail.policy.matchers import MISSING
 from tooltrail.policy.model import ToolCall
 from tooltrail.policy.rows import parse_annotations
 from tooltrail.semconv import TT_TOOL_ANNOTATIONS
@@ -44,6 +47,9 @@ ACTIONS_VIEW: Final = "replay_actions"
 _BATCH_ROWS: Final = 50_000
 _PRESENT_SESSION: Final = "<session>"
 NONE_LABEL: Final = "(none)"
+
+_JSON_CACHE_MAX: Final = 200_000
+_NO_TIME: Final = 2**62  # sorts actions without a start time last
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(groups_done, groups_total)`` while deciding."""
@@ -58,10 +64,14 @@ def connect_actions(data_dir: str | os.PathLike[str]) -> duckdb.DuckDBPyConnecti
     if not spans.is_dir() or next(spans.glob("date=*/*.parquet"), None) is None:
         return None
     con = duckdb.connect()
-    relation = con.read_parquet(
-        str(spans / "date=*" / "*.parquet"), hive_partitioning=True, union_by_name=True
-    )
-    relation.filter("span_type = 'tool'").create_view(ACTIONS_VIEW)
+    try:
+        relation = con.read_parquet(
+            str(spans / "date=*" / "*.parquet"), hive_partitioning=True, union_by_name=True
+        )
+        relation.filter("span_type = 'tool'").create_view(ACTIONS_VIEW)
+    except duckdb.Error as e:
+        con.close()
+        raise QueryError(f"cannot read the landed spans under {spans}: {e}") from e
     return con
 
 
@@ -91,6 +101,8 @@ class ReplayReport:
     landed_versions: dict[str, int] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    scan_s: float = 0.0  # DuckDB: scan and group the landed actions
+    decide_s: float = 0.0  # Python: decide each distinct input and fold the counts
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +128,8 @@ class ReplayReport:
             "landed_versions": self.landed_versions,
             "examples": self.examples,
             "elapsed_s": round(self.elapsed_s, 3),
+            "scan_s": round(self.scan_s, 3),
+            "decide_s": round(self.decide_s, 3),
         }
 
 
@@ -169,8 +183,9 @@ def _group_query(policy: Policy, since: dt.datetime | None, max_examples: int) -
                CASE WHEN coalesce(redactions, 0) > 0 AND policy_version = ?
                     THEN coalesce(policy_matched, []::VARCHAR[]) END AS kept_matched,
                count(*) AS n,
-               arg_min(struct_pack(s := session_id, p := span_id, t := start_time), start_time,
-                       {examples_per_group:d}) AS examples
+               epoch_us(min(start_time)) AS first_us,
+               arg_min(struct_pack(s := session_id, p := span_id, t := epoch_us(start_time)),
+                       start_time, {examples_per_group:d}) AS examples
         FROM (
             SELECT *,
                    CASE WHEN json_valid(arguments) THEN
@@ -197,8 +212,11 @@ class _Folder:
         self.radius: Counter[tuple[Any, ...]] = Counter()
         self.verdicts: Counter[tuple[Any, ...]] = Counter()
         self.hits: Counter[str] = Counter()
-        self.examples: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        # Per decision transition, the earliest examples as (time_us, span_id, example).
+        self.examples: dict[tuple[Any, ...], list[tuple[int, str, dict[str, Any]]]] = {}
         self.report_counts: Counter[str] = Counter()
+        # Argument values repeat (repos, branches): parse each JSON text once.
+        self.json_values: dict[str, Any] = {}
 
     def _decide(self, key: tuple[Any, ...]) -> tuple[str, str, str, tuple[str, ...]]:
         q = self.query
@@ -212,7 +230,9 @@ class _Folder:
         if q.with_session:
             session = _PRESENT_SESSION if key[i] else None
             i += 1
-        args = {k: json.loads(v) for k, v in zip(q.arg_keys, key[i:], strict=True) if v is not None}
+        args = {
+            k: self._loads(v) for k, v in zip(q.arg_keys, key[i:], strict=True) if v is not None
+        }
         d = self.policy.decide(
             ToolCall(
                 tool=tool if isinstance(tool, str) else "",
@@ -225,9 +245,19 @@ class _Folder:
         )
         return d.decision, d.policy_rule, d.blast_radius, d.policy_matched
 
-    def fold(self, row: Sequence[Any], n_inputs: int) -> None:
+    def _loads(self, text: str) -> Any:
+        # Shared parsed values are safe: decide() never mutates its arguments.
+        value = self.json_values.get(text, MISSING)
+        if value is MISSING:
+            if len(self.json_values) > _JSON_CACHE_MAX:
+                self.json_values.clear()
+            value = self.json_values[text] = json.loads(text)
+        return value
+
+    def fold(self, row: Sequence[Any], n_inputs: int, examples: Callable[[], list[Any]]) -> None:
+        """Fold one group; ``examples()`` converts its example actions only if needed."""
         key = tuple(row[:n_inputs])
-        (old_decision, old_rule, old_radius, old_matched, redacted, kept_matched, n, examples) = (
+        (old_decision, old_rule, old_radius, old_matched, redacted, kept_matched, n, first_us) = (
             row[n_inputs:]
         )
         counts = self.report_counts
@@ -268,31 +298,46 @@ class _Folder:
         if radius_changed:
             counts["blast_radius_changes"] += n
             self.radius[(old_radius, new_radius)] += n
+        if self.max_examples <= 0:
+            return
         bucket = self.examples.setdefault((old_decision, new_decision), [])
-        for example in examples:
+        first = first_us if first_us is not None else _NO_TIME
+        if len(bucket) >= self.max_examples and first > bucket[-1][0]:
+            return  # none of this group's actions is earlier than the examples kept
+        for example in examples():
+            t = example["t"] if example["t"] is not None else _NO_TIME
             bucket.append(
-                {
-                    "session_id": example["s"],
-                    "span_id": example["p"],
-                    "start_time": example["t"].isoformat() if example["t"] is not None else None,
-                    "tool": key[0],
-                    "agent": agent,
-                    "from": old_decision,
-                    "to": new_decision,
-                    "old_rule": old_rule,
-                    "new_rule": new_rule,
-                    "old_blast_radius": old_radius,
-                    "new_blast_radius": new_radius,
-                }
+                (
+                    t,
+                    example["p"] or "",
+                    {
+                        "session_id": example["s"],
+                        "span_id": example["p"],
+                        "start_time": None if t == _NO_TIME else _iso(t),
+                        "tool": key[0],
+                        "agent": agent,
+                        "from": old_decision,
+                        "to": new_decision,
+                        "old_rule": old_rule,
+                        "new_rule": new_rule,
+                        "old_blast_radius": old_radius,
+                        "new_blast_radius": new_radius,
+                    },
+                )
             )
-        # Keep memory bounded on huge replays: the earliest actions are the examples.
-        if len(bucket) > 4 * self.max_examples:
-            bucket.sort(key=_example_order)
-            del bucket[self.max_examples :]
+        bucket.sort(key=lambda item: (item[0], item[1]))
+        del bucket[self.max_examples :]
 
 
-def _example_order(example: dict[str, Any]) -> tuple[str, str]:
-    return (example["start_time"] or "", example["span_id"] or "")
+def _iso(epoch_us: int) -> str:
+    return (
+        dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=epoch_us)
+    ).isoformat()
+
+
+def _as_py(column: Any, index: int) -> list[Any]:
+    value: list[Any] = column[index].as_py() or []
+    return value
 
 
 def _rows(counter: Counter[tuple[Any, ...]], names: Sequence[str]) -> list[dict[str, Any]]:
@@ -326,6 +371,10 @@ def replay(
     n_inputs = 3 + int(query.with_annotations) + int(query.with_session) + len(query.arg_keys)
     try:
         con.execute(f"CREATE TEMP TABLE replay_groups AS {query.sql}", query.params)
+    except duckdb.Error as e:
+        con.close()
+        raise QueryError(f"cannot replay the landed actions under {data_dir}: {e}") from e
+    try:
         total_row = con.execute("SELECT count(*) FROM replay_groups").fetchone()
         total = int(total_row[0]) if total_row else 0
         versions_sql = "SELECT coalesce(policy_version, ?), count(*) FROM {view} {where} GROUP BY 1"
@@ -335,18 +384,23 @@ def replay(
             ),
             [NONE_LABEL] + ([since] if since is not None else []),
         ).fetchall()
+        report.scan_s = time.perf_counter() - started
         folder = _Folder(policy, query, max_examples)
         reader = con.sql("SELECT * FROM replay_groups").to_arrow_reader(_BATCH_ROWS)
         done = 0
         for batch in reader or ():
-            columns = [column.to_pylist() for column in batch.columns]
-            for row in zip(*columns, strict=True):
-                folder.fold(row, n_inputs)
+            # Every column but the (list of structs) examples, which are converted per
+            # group only when they could be among the earliest examples of a transition.
+            columns = [column.to_pylist() for column in batch.columns[:-1]]
+            example_lists = batch.columns[-1]
+            for j, row in enumerate(zip(*columns, strict=True)):
+                folder.fold(row, n_inputs, partial(_as_py, example_lists, j))
             done += batch.num_rows
             if progress is not None:
                 progress(done, total)
     finally:
         con.close()
+    report.decide_s = time.perf_counter() - started - report.scan_s
     counts = folder.report_counts
     report.actions = counts["actions"]
     report.distinct_inputs = len(folder.cache)
@@ -366,7 +420,6 @@ def replay(
     report.dead_rules = [rule_id for rule_id in policy.rule_ids if folder.hits[rule_id] == 0]
     report.landed_versions = dict(sorted(((str(v), int(n)) for v, n in version_rows)))
     for key in sorted(folder.examples, key=lambda k: [str(v) for v in k]):
-        bucket = sorted(folder.examples[key], key=_example_order)[:max_examples]
-        report.examples.extend(bucket)
+        report.examples.extend(example for _, _, example in folder.examples[key])
     report.elapsed_s = time.perf_counter() - started
     return report

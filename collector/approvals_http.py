@@ -1,0 +1,213 @@
+"""Approvals over HTTP: request bodies in, JSON out, the control store underneath.
+
+The collector serves agents that cannot reach ``control.sqlite``:
+
+* ``POST /v1/approvals`` files a request (``file_approval``); the arguments hash the agent
+  sends must match the arguments it sends, so what an approver is shown is exactly what
+  the agent asked about.
+* ``GET /v1/approvals/{id}?wait=S`` returns the request, long-polling up to ``S`` seconds
+  for a decision (``wait_for``); a request past its deadline is marked expired on read,
+  exactly as the local store does.
+* ``POST /v1/approvals/{id}/decision`` approves or denies once (``decide``).
+
+The semantics are the local store's (:mod:`tooltrail.control`): one decision, approvers
+checked, expiry on read. Its errors are mapped to HTTP statuses by ``status_of``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from tooltrail.control import (
+    AlreadyDecidedError,
+    ApprovalRecord,
+    ApprovalRequest,
+    ControlStore,
+    NotAnApproverError,
+    UnknownIdError,
+    arguments_hash,
+)
+from tooltrail.errors import BadInputError, StoreError
+
+MAX_WAIT_S: Final = 60.0
+POLL_S: Final = 0.05
+MAX_TIMEOUT_S: Final = 7 * 86_400.0
+ON_TIMEOUT_VALUES: Final = ("DENY", "ALLOW")
+_OPTIONAL_TEXT: Final = (
+    "session_id",
+    "trace_id",
+    "span_id",
+    "agent_name",
+    "mcp_server",
+    "policy_rule",
+    "reason",
+    "blast_radius",
+)
+
+
+def status_of(error: Exception) -> int:
+    """The HTTP status for an error of the control store."""
+    if isinstance(error, UnknownIdError):
+        return 404
+    if isinstance(error, AlreadyDecidedError):
+        return 409
+    if isinstance(error, NotAnApproverError):
+        return 403
+    if isinstance(error, BadInputError):
+        return 400
+    if isinstance(error, StoreError):
+        return 503
+    return 500
+
+
+def parse_json_object(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise BadInputError(f"{what}: body is not valid JSON ({e})") from e
+    if not isinstance(doc, dict):
+        raise BadInputError(f"{what}: expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _text(doc: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = doc.get(key)
+    if value is None:
+        if required:
+            raise BadInputError(f"field {key!r} is required")
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise BadInputError(f"field {key!r} must be a non-empty string")
+    return value
+
+
+def request_from_body(doc: Mapping[str, Any]) -> ApprovalRequest:
+    """Validate a ``POST /v1/approvals`` body; BadInputError names the bad field."""
+    tool = _text(doc, "tool_name", required=True)
+    assert tool is not None
+    arguments = doc.get("arguments")
+    if not isinstance(arguments, dict):
+        raise BadInputError("field 'arguments' must be a JSON object")
+    claimed = doc.get("arguments_hash")
+    if claimed is not None and claimed != arguments_hash(arguments):
+        raise BadInputError(
+            "field 'arguments_hash' does not match 'arguments': "
+            "the approver would not see what the agent asked about"
+        )
+    timeout = doc.get("timeout_s", 600.0)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or not 0 < timeout <= MAX_TIMEOUT_S
+    ):
+        raise BadInputError(f"field 'timeout_s' must be a number in (0, {MAX_TIMEOUT_S:.0f}]")
+    on_timeout = doc.get("on_timeout", "DENY")
+    if not isinstance(on_timeout, str) or on_timeout.upper() not in ON_TIMEOUT_VALUES:
+        raise BadInputError("field 'on_timeout' must be DENY or ALLOW")
+    approvers = doc.get("approvers", ["*"])
+    if (
+        not isinstance(approvers, list)
+        or not approvers
+        or not all(isinstance(a, str) and a for a in approvers)
+    ):
+        raise BadInputError("field 'approvers' must be a non-empty list of names")
+    extra = {key: _text(doc, key) for key in _OPTIONAL_TEXT}
+    return ApprovalRequest(
+        tool_name=tool,
+        arguments=arguments,
+        timeout_s=float(timeout),
+        on_timeout=on_timeout.upper(),
+        approvers=tuple(approvers),
+        **extra,
+    )
+
+
+def record_json(record: ApprovalRecord) -> dict[str, Any]:
+    doc = record.to_dict()
+    doc.pop("agent_host", None)
+    doc.pop("agent_pid", None)
+    doc["arguments"] = json.loads(record.arguments)
+    return doc
+
+
+def file_approval(data_dir: Path, doc: Mapping[str, Any]) -> ApprovalRecord:
+    req = request_from_body(doc)
+    with ControlStore(data_dir) as store:
+        return store.file_request(req)
+
+
+def _current(store: ControlStore, approval_id: str) -> ApprovalRecord:
+    record = store.get(approval_id)
+    if not record.decided and record.expires_at <= time.time():
+        store.expire_due()
+        record = store.get(approval_id)
+    return record
+
+
+def wait_for(
+    data_dir: Path, approval_id: str, wait_s: float, stop: threading.Event
+) -> ApprovalRecord:
+    """The request, once decided or expired, or as it is after ``wait_s`` seconds."""
+    deadline = time.monotonic() + max(0.0, min(wait_s, MAX_WAIT_S))
+    with ControlStore(data_dir) as store:
+        while True:
+            record = _current(store, approval_id)
+            left = deadline - time.monotonic()
+            if record.decided or left <= 0 or stop.is_set():
+                return record
+            until_expiry = record.expires_at - time.time()
+            stop.wait(min(POLL_S, left, max(until_expiry, 0.0) + 0.001))
+
+
+def decide(data_dir: Path, approval_id: str, doc: Mapping[str, Any]) -> ApprovalRecord:
+    outcome = doc.get("outcome")
+    if outcome not in ("approved", "denied"):
+        raise BadInputError("field 'outcome' must be 'approved' or 'denied'")
+    by = _text(doc, "by", required=True)
+    assert by is not None
+    reason = _text(doc, "reason")
+    with ControlStore(data_dir) as store:
+        return store.decide(approval_id, outcome, by=by, reason=reason)
+
+
+LIST_STATUSES: Final = ("pending", "approved", "denied", "expired", "all")
+
+
+def list_approvals(data_dir: Path, status: str) -> list[ApprovalRecord]:
+    if status not in LIST_STATUSES:
+        raise BadInputError(f"query parameter status must be one of {', '.join(LIST_STATUSES)}")
+    with ControlStore(data_dir) as store:
+        return store.list_approvals(status)
+
+
+def parse_wait(raw: str | None) -> float:
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadInputError(f"query parameter wait={raw!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise BadInputError(f"query parameter wait={raw!r} must be >= 0")
+    return min(value, MAX_WAIT_S)
+
+
+__all__ = [
+    "MAX_WAIT_S",
+    "decide",
+    "file_approval",
+    "list_approvals",
+    "parse_json_object",
+    "parse_wait",
+    "record_json",
+    "request_from_body",
+    "status_of",
+    "wait_for",
+]

@@ -1,0 +1,143 @@
+"""``tooltrail collect``: the click command (registered by tooltrail.cli with add_command)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from tooltrail import config
+
+ENV_TOKEN = "TOOLTRAIL_COLLECTOR_TOKEN"
+ENV_DECISION_TOKEN = "TOOLTRAIL_COLLECTOR_DECISION_TOKEN"
+
+
+class _CliError(click.ClickException):
+    exit_code = 2
+
+
+@click.command(name="collect")
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    envvar=config.ENV_DATA,
+    show_envvar=True,
+    help="Data directory (default ./tooltrail-data).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=4318, show_default=True, help="0 = any free."
+)
+@click.option(
+    "--policy",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar=config.ENV_POLICY,
+    show_envvar=True,
+    help="Decide undecided tool spans with this policy (after the fact).",
+)
+@click.option(
+    "--token",
+    envvar=ENV_TOKEN,
+    show_envvar=True,
+    help="Bearer token every request must carry (required off loopback).",
+)
+@click.option(
+    "--decision-token",
+    envvar=ENV_DECISION_TOKEN,
+    show_envvar=True,
+    help="Bearer token for approval decisions (default: --token). Keep it from agents.",
+)
+@click.option(
+    "--durability",
+    type=click.Choice(["spool", "direct"]),
+    default="spool",
+    show_default=True,
+    help="spool: fsync'd write-ahead log, landed in the background; direct: one Parquet "
+    "file per request.",
+)
+@click.option(
+    "--max-body",
+    "max_body",
+    type=click.IntRange(min=1024),
+    default=32 * 1024 * 1024,
+    show_default=True,
+    help="Largest request body in bytes (413 above).",
+)
+@click.option(
+    "--max-backlog",
+    "max_backlog",
+    type=click.IntRange(min=1024),
+    default=256 * 1024 * 1024,
+    show_default=True,
+    help="Spooled bytes not yet landed before senders get 503 + Retry-After.",
+)
+@click.option(
+    "--flush-interval",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="Seconds before spooled spans are landed (queryable).",
+)
+def collect_cli(
+    data: Path | None,
+    host: str,
+    port: int,
+    policy: Path | None,
+    token: str | None,
+    decision_token: str | None,
+    durability: str,
+    max_body: int,
+    max_backlog: int,
+    flush_interval: float,
+) -> None:
+    """Receive OTLP/HTTP spans from remote agents and land them (and serve approvals).
+
+    POST /v1/traces (protobuf or JSON, gzip), approvals under /v1/approvals, GET /metrics
+    and /healthz. Runs until Ctrl-C / SIGTERM, then lands what is spooled.
+
+    Example:
+
+        tooltrail collect --data ./tooltrail-data --policy policy.yaml --port 4318
+    """
+    from tooltrail.collector.receiver import DEFAULT_MAX_DECODED_BYTES, Limits
+    from tooltrail.collector.server import CollectorConfig, Running, serve
+    from tooltrail.errors import TooltrailError
+    from tooltrail.policy import load_policy
+
+    try:
+        # Load here so a bad policy stops start-up with its file and line (exit 2)
+        # instead of landing every row as policy-error.
+        loaded = load_policy(policy) if policy is not None else None
+        cfg = CollectorConfig(
+            data_dir=config.data_dir(data),
+            host=host,
+            port=port,
+            policy=loaded,
+            token=token or None,
+            decision_token=decision_token or None,
+            durability="direct" if durability == "direct" else "spool",
+            limits=Limits(
+                max_body_bytes=max_body, max_decoded_bytes=max(max_body, DEFAULT_MAX_DECODED_BYTES)
+            ),
+            max_backlog_bytes=max_backlog,
+            flush_interval_s=flush_interval,
+        )
+
+        def ready(running: Running) -> None:
+            click.echo(
+                f"tooltrail collect listening on {running.url} "
+                f"(data {cfg.data_dir}, durability {cfg.durability})"
+            )
+            sys.stdout.flush()
+
+        serve(cfg, on_ready=ready)
+    except TooltrailError as e:
+        raise _CliError(str(e)) from e
+    click.echo("tooltrail collect stopped", err=True)
+
+
+if __name__ == "__main__":  # `python -m tooltrail.collector.cli` until the group registers it
+    collect_cli()

@@ -1,0 +1,767 @@
+"""``tooltrail collect``: an OTLP/HTTP receiver that lands spans like the in-process exporter.
+
+Remote agents (other machines, other languages, any OTel SDK, OpenLLMetry, OpenInference)
+send ``POST /v1/traces``; the collector runs the same normalizer, the same policy hook
+(:func:`~tooltrail.collector.exporter.policy_row_hook`) and the same Parquet writer as
+:class:`~tooltrail.collector.exporter.TooltrailSpanExporter`, so a span lands as the
+same row whichever way it arrives.
+
+Server: the standard library's ``ThreadingHTTPServer`` (HTTP/1.1, keep-alive). The load is
+a few dozen requests per second of 512-span batches, so per-request HTTP cost is
+negligible next to decoding and landing; approval long-polls park a thread each, bounded
+by ``max_waiters``. No new dependency (starlette/uvicorn come only with the ``mcp`` extra).
+
+Durability (``durability``):
+
+* ``spool`` (default): each accepted request is appended to a write-ahead segment and
+  fdatasync'd before the 200; a lander thread turns segments into Parquet (see
+  :mod:`tooltrail.collector.spool`). Back-pressure: when the unlanded backlog passes
+  ``max_backlog_bytes`` the collector answers 503 with Retry-After.
+* ``direct``: each request is normalized and landed as its own atomic Parquet file before
+  the 200. Back-pressure: at most ``max_inflight`` requests land at once; more get 503.
+
+bench/ingest.py measures both; docs/COLLECTOR.md has the figures and the choice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import parse_qs, urlsplit
+
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+
+from tooltrail import config
+from tooltrail.collector import approvals_http as apr
+from tooltrail.collector.exporter import policy_row_hook
+from tooltrail.collector.normalize import Normalizer
+from tooltrail.collector.otlp import records_from_request
+from tooltrail.collector.receiver import (
+    CT_JSON,
+    CT_PROTOBUF,
+    Limits,
+    RequestRejected,
+    media_type,
+    read_request,
+    status_body,
+    success_body,
+)
+from tooltrail.collector.spool import (
+    DEFAULT_SEGMENT_BYTES,
+    Spool,
+    land_segment,
+    quarantine,
+)
+from tooltrail.collector.writer import ParquetSpanWriter
+from tooltrail.errors import BadInputError, StoreError, TooltrailError
+from tooltrail.redact import Redactor
+from tooltrail.schema import Row
+
+if TYPE_CHECKING:
+    from tooltrail.policy import Policy
+
+_log = logging.getLogger(__name__)
+
+Durability = Literal["spool", "direct"]
+DURABILITY_MODES: Final = ("spool", "direct")
+DEFAULT_PORT: Final = 4318
+LOCK_FILE: Final = "collector.lock"
+TRACES_PATH: Final = "/v1/traces"
+APPROVALS_PATH: Final = "/v1/approvals"
+DECISION_SUFFIX: Final = "/decision"
+METRICS_PATH: Final = "/metrics"
+HEALTH_PATH: Final = "/healthz"
+CT_TEXT: Final = "text/plain; version=0.0.4; charset=utf-8"
+MAX_APPROVAL_BODY: Final = 1024 * 1024
+# Bodies over the limit are read and discarded up to this much so that the client sees
+# the 413 (closing on unread data makes the kernel reset the connection instead).
+_DRAIN_CAP: Final = 256 * 1024 * 1024
+_SOCKET_TIMEOUT_S: Final = 60.0
+_RETRY_AFTER_S: Final = 1
+_LANDER_RETRY_S: Final = 1.0
+
+
+class InstanceLockedError(StoreError):
+    """Another collector already serves this data directory."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    policy: str | os.PathLike[str] | Policy | None = None
+    token: str | None = None
+    # Decisions need this token when set (recommended: agents must not approve themselves);
+    # otherwise they need ``token``; with neither, decisions over HTTP are refused.
+    decision_token: str | None = None
+    durability: Durability = "spool"
+    limits: Limits = field(default_factory=Limits)
+    max_backlog_bytes: int = 256 * 1024 * 1024
+    flush_interval_s: float = 1.0
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    max_inflight: int = 4
+    max_waiters: int = 256
+    redact: bool | None = None
+
+    def check(self) -> None:
+        """Refuse unsafe or impossible settings with a message naming the option."""
+        if self.durability not in DURABILITY_MODES:
+            raise BadInputError(f"--durability must be one of {', '.join(DURABILITY_MODES)}")
+        if not is_loopback(self.host) and not self.token:
+            raise BadInputError(
+                f"refusing to listen on non-loopback address {self.host!r} without --token: "
+                "anyone who can reach it could write spans and file approvals"
+            )
+        for name in ("token", "decision_token"):
+            value = getattr(self, name)
+            if value is not None and len(value) < 16:
+                raise BadInputError(f"--{name.replace('_', '-')} must be at least 16 characters")
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+_COUNTERS: Final = {
+    "requests_total": "HTTP requests answered, by path kind and status code.",
+    "spans_received_total": "Spans in decoded trace requests.",
+    "spans_accepted_total": "Spans acknowledged (durable) to senders.",
+    "spans_rejected_total": "Spans refused: invalid spans and spans of refused requests.",
+    "spans_landed_total": "Rows landed in Parquet.",
+    "spans_duplicate_skipped_total": "Rows found already landed when landing a segment again.",
+    "requests_shed_total": "Trace requests answered 503 to shed load.",
+    "landing_errors_total": "Failed attempts to land a spool segment (retried).",
+    "segments_quarantined_total": "Spool segments moved aside because they cannot be read.",
+    "approvals_filed_total": "Approval requests filed over HTTP.",
+    "approval_decisions_total": "Approval decisions made over HTTP.",
+}
+
+
+class Metrics:
+    """Counters for ``GET /metrics`` (Prometheus text format 0.0.4)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.started = time.time()
+
+    def add(self, name: str, value: float = 1, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._values[key] = self._values.get(key, 0) + value
+
+    def get(self, name: str, **labels: str) -> float:
+        with self._lock:
+            return self._values.get((name, tuple(sorted(labels.items()))), 0)
+
+    def render(self, gauges: dict[str, tuple[str, float]]) -> str:
+        lines: list[str] = []
+        with self._lock:
+            values = dict(self._values)
+        for name, help_text in _COUNTERS.items():
+            full = f"tooltrail_collector_{name}"
+            lines += [f"# HELP {full} {help_text}", f"# TYPE {full} counter"]
+            series = [(k[1], v) for k, v in values.items() if k[0] == name] or [((), 0.0)]
+            for labels, value in sorted(series):
+                label_text = ",".join(f'{k}="{v}"' for k, v in labels)
+                lines.append(f"{full}{{{label_text}}} {value:g}" if labels else f"{full} {value:g}")
+        for name, (help_text, value) in gauges.items():
+            full = f"tooltrail_collector_{name}"
+            lines += [f"# HELP {full} {help_text}", f"# TYPE {full} gauge", f"{full} {value:g}"]
+        return "\n".join(lines) + "\n"
+
+
+# --- instance lock -----------------------------------------------------------------------
+
+
+class InstanceLock:
+    """``<data>/collector.lock`` held with flock for the collector's lifetime.
+
+    A second collector on the same data directory is refused: two spools landing into
+    one directory would be safe for the Parquet files but not for crash recovery (each
+    would land the other's live segments).
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self, describe: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise InstanceLockedError(
+                f"another tooltrail collect already serves {self.path.parent} ({holder}); "
+                "stop it first, or give this one its own --data directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, describe.encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+class RowPipeline:
+    """records -> normalizer -> policy hook: exactly the in-process exporter's steps."""
+
+    def __init__(self, policy: str | os.PathLike[str] | Policy | None, redact: bool | None):
+        if redact is None:
+            redact = config.env_flag(config.ENV_REDACT, default=True)
+        self._normalizer = Normalizer(Redactor() if redact else None)
+        self._hook = policy_row_hook(policy)
+
+    def rows(self, request: ExportTraceServiceRequest) -> list[Row]:
+        normalize = self._normalizer.normalize
+        rows = [normalize(rec) for rec in records_from_request(request)]
+        hook = self._hook
+        if hook is not None:
+            for row in rows:
+                hook(row)
+        return rows
+
+
+# --- the collector -------------------------------------------------------------------------
+
+
+class Collector:
+    """Ingest, landing, approvals and metrics; the HTTP handler only translates."""
+
+    def __init__(self, cfg: CollectorConfig) -> None:
+        cfg.check()
+        self.cfg = cfg
+        self.data_dir = cfg.data_dir
+        self.metrics = Metrics()
+        self.pipeline = RowPipeline(cfg.policy, cfg.redact)
+        self.stop = threading.Event()
+        self._lock = InstanceLock(cfg.data_dir)
+        self._spool: Spool | None = None
+        self._writer: ParquetSpanWriter | None = None
+        self._inflight = threading.BoundedSemaphore(cfg.max_inflight)
+        self._waiters = threading.BoundedSemaphore(cfg.max_waiters)
+        self._lander: threading.Thread | None = None
+        self._wake = threading.Event()
+        self.last_landing_error: str | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self, describe: str) -> None:
+        self._lock.acquire(describe)
+        try:
+            if self.cfg.durability == "spool":
+                self._spool = Spool(self.data_dir, segment_bytes=self.cfg.segment_bytes)
+                left = self._spool.recover()
+                if left:
+                    _log.warning("landing %d spool segment(s) left by a previous run", len(left))
+                    self.land_pending()
+                self._lander = threading.Thread(
+                    target=self._land_loop, name="tooltrail-lander", daemon=True
+                )
+                self._lander.start()
+            else:
+                self._writer = ParquetSpanWriter(self.data_dir)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def close(self) -> None:
+        """Stop landing in the background, land what is spooled, release the lock."""
+        self.stop.set()
+        self._wake.set()
+        if self._lander is not None:
+            self._lander.join()
+        if self._spool is not None:
+            self._spool.close()
+            self.land_pending()
+        self._lock.release()
+
+    # -- ingest ----------------------------------------------------------------------------
+
+    def shed(self) -> bool:
+        """Whether a trace request must be refused (503) to bound the backlog."""
+        spool = self._spool
+        return spool is not None and spool.backlog_bytes >= self.cfg.max_backlog_bytes
+
+    def ingest(self, content_type: str | None, encoding: str | None, body: bytes) -> bytes:
+        """Decode, validate, make durable; returns the 200 body. Raises RequestRejected."""
+        accepted = read_request(content_type, encoding, body, self.cfg.limits)
+        self.metrics.add("spans_received_total", accepted.spans + accepted.rejected)
+        self.metrics.add("spans_rejected_total", accepted.rejected)
+        if accepted.spans:
+            if self._spool is not None:
+                self._append(accepted.payload)
+            else:
+                self._land_direct(accepted.request)
+            self.metrics.add("spans_accepted_total", accepted.spans)
+        return success_body(media_type(content_type), accepted.rejected, accepted.error_message)
+
+    def _append(self, payload: bytes) -> None:
+        assert self._spool is not None
+        try:
+            self._spool.append(payload)
+        except OSError as e:
+            _log.error("tooltrail collect: cannot append to the spool: %s", e)
+            raise RequestRejected(503, f"spool unavailable: {e.strerror or e}") from e
+        if self._spool.backlog_bytes >= self.cfg.segment_bytes:
+            self._wake.set()
+
+    def _land_direct(self, request: ExportTraceServiceRequest) -> None:
+        assert self._writer is not None
+        if not self._inflight.acquire(blocking=False):
+            self.metrics.add("requests_shed_total")
+            raise RequestRejected(503, "too many requests landing at once; retry")
+        try:
+            rows = self.pipeline.rows(request)
+            self._writer.write(rows)
+        except OSError as e:
+            _log.error("tooltrail collect: cannot land: %s", e)
+            raise RequestRejected(503, f"cannot land: {e.strerror or e}") from e
+        finally:
+            self._inflight.release()
+        self.metrics.add("spans_landed_total", len(rows))
+
+    # -- landing (spool mode) --------------------------------------------------------------
+
+    def _land_loop(self) -> None:
+        assert self._spool is not None
+        interval = self.cfg.flush_interval_s
+        while not self.stop.is_set():
+            self._wake.wait(timeout=max(interval / 4, 0.01))
+            self._wake.clear()
+            self._spool.seal(older_than_s=interval)
+            if not self.land_pending() and not self.stop.is_set():
+                self.stop.wait(_LANDER_RETRY_S)  # the data dir failed: back off
+
+    def land_pending(self) -> bool:
+        """Land every sealed segment in order; False when landing hit an I/O error."""
+        assert self._spool is not None
+        for segment in self._spool.sealed():
+            try:
+                size = segment.stat().st_size
+                landed, skipped = land_segment(segment, self.data_dir, self.pipeline.rows)
+            except OSError as e:
+                self.metrics.add("landing_errors_total")
+                self.last_landing_error = f"{segment.name}: {e}"
+                _log.error("tooltrail collect: cannot land %s (will retry): %s", segment, e)
+                return False
+            except (DecodeError, TooltrailError, ValueError, TypeError) as e:
+                # Acknowledged data that cannot be read back: keep it aside, never drop it.
+                moved = quarantine(segment)
+                self._spool.done(segment, size)
+                self.metrics.add("segments_quarantined_total")
+                self.last_landing_error = f"{segment.name}: {e}"
+                _log.error("tooltrail collect: quarantined %s: %s", moved, e)
+                continue
+            self._spool.done(segment, size)
+            self.last_landing_error = None
+            self.metrics.add("spans_landed_total", landed)
+            self.metrics.add("spans_duplicate_skipped_total", skipped)
+        return True
+
+    # -- views -----------------------------------------------------------------------------
+
+    def gauges(self) -> dict[str, tuple[str, float]]:
+        spool = self._spool
+        backlog = spool.backlog_bytes if spool is not None else 0
+        segments = len(spool.sealed()) if spool is not None else 0
+        return {
+            "spool_backlog_bytes": ("Bytes acknowledged and not yet landed.", backlog),
+            "spool_sealed_segments": ("Sealed spool segments waiting to land.", segments),
+            "uptime_seconds": ("Seconds since start.", time.time() - self.metrics.started),
+        }
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        lander_ok = self._lander is None or self._lander.is_alive()
+        ok = lander_ok and self.last_landing_error is None
+        doc: dict[str, Any] = {
+            "status": "ok" if ok else "degraded",
+            "durability": self.cfg.durability,
+            "data_dir": str(self.data_dir),
+            "backlog_bytes": self.gauges()["spool_backlog_bytes"][1],
+            "landing_error": self.last_landing_error,
+        }
+        return (200 if ok else 503), doc
+
+    # -- approvals -------------------------------------------------------------------------
+
+    def try_wait_slot(self) -> bool:
+        return self._waiters.acquire(blocking=False)
+
+    def release_wait_slot(self) -> None:
+        self._waiters.release()
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "tooltrail-collect"
+
+    def version_string(self) -> str:
+        return self.server_version
+    timeout = _SOCKET_TIMEOUT_S
+    server: CollectorHTTPServer
+
+    # Quiet: per-request lines would cost more than the request at full load.
+    def log_message(self, format: str, *args: Any) -> None:
+        _log.debug("%s " + format, self.address_string(), *args)
+
+    @property
+    def collector(self) -> Collector:
+        return self.server.collector
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        *,
+        kind: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.collector.metrics.add("requests_total", kind=kind, code=str(status))
+
+    def _json(self, status: int, doc: Any, *, kind: str, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+        self._send(status, json.dumps(doc, default=str).encode(), CT_JSON, kind=kind, headers=headers)
+
+    def _error(self, status: int, message: str, *, kind: str, media: str = CT_JSON) -> None:
+        headers = {"Retry-After": str(_RETRY_AFTER_S)} if status == 503 else None
+        if status == 401:
+            headers = {"WWW-Authenticate": 'Bearer realm="tooltrail"'}
+        self._send(status, status_body(media, status, message), media, kind=kind, headers=headers)
+
+    def _content_length(self) -> int | None:
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            return None
+        try:
+            n = int(raw)
+        except ValueError:
+            return None
+        return n if n >= 0 else None
+
+    def _read_body(self, limit: int, kind: str, media: str = CT_JSON) -> bytes | None:
+        """The request body, or None after answering 411 / 413 for it."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            self._error(411, "send the body with a Content-Length", kind=kind, media=media)
+            return None
+        length = self._content_length()
+        if length is None:
+            self.close_connection = True
+            self._error(411, "a valid Content-Length is required", kind=kind, media=media)
+            return None
+        if length > limit:
+            self.close_connection = True
+            self._drain(length)
+            self._error(413, f"body of {length} bytes is over the {limit}-byte limit", kind=kind, media=media)
+            return None
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.close_connection = True
+            return None
+        return body
+
+    def _drain(self, length: int) -> None:
+        left = min(length, _DRAIN_CAP)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 1 << 20))
+            if not chunk:
+                return
+            left -= len(chunk)
+
+    def _bearer(self) -> bytes | None:
+        raw = self.headers.get("Authorization", "")
+        scheme, _, value = raw.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return None
+        return value.strip().encode()
+
+    def _token_ok(self, *tokens: str | None) -> bool:
+        """Constant-time check of the bearer token against every configured token."""
+        wanted = [t.encode() for t in tokens if t]
+        if not wanted:
+            return True
+        given = self._bearer() or b""
+        ok = False
+        for token in wanted:
+            ok |= hmac.compare_digest(given, token)  # no early exit: same time either way
+        return ok
+
+    def _authorized(self, kind: str, media: str = CT_JSON) -> bool:
+        cfg = self.collector.cfg
+        if cfg.token is None and cfg.decision_token is None:
+            return True
+        if self._token_ok(cfg.token, cfg.decision_token):
+            return True
+        self.close_connection = True
+        self._drain(min(self._content_length() or 0, cfg.limits.max_body_bytes))
+        self._error(401, "missing or wrong bearer token", kind=kind, media=media)
+        return False
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        if path == TRACES_PATH:
+            self._post_traces()
+        elif path == APPROVALS_PATH:
+            self._post_approval()
+        elif path.startswith(APPROVALS_PATH + "/") and path.endswith(DECISION_SUFFIX):
+            approval_id = path[len(APPROVALS_PATH) + 1 : -len(DECISION_SUFFIX)]
+            self._post_decision(approval_id)
+        else:
+            self._drain(self._content_length() or 0)
+            self._error(404, f"no such endpoint: POST {path}", kind="other")
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        path = parts.path
+        if path == HEALTH_PATH:
+            status, doc = self.collector.health()
+            self._json(status, doc, kind="health")
+        elif path == METRICS_PATH:
+            text = self.collector.metrics.render(self.collector.gauges())
+            self._send(200, text.encode(), CT_TEXT, kind="metrics")
+        elif path == APPROVALS_PATH:
+            self._list_approvals(parts.query)
+        elif path.startswith(APPROVALS_PATH + "/") and "/" not in path[len(APPROVALS_PATH) + 1 :]:
+            self._get_approval(path[len(APPROVALS_PATH) + 1 :], parts.query)
+        else:
+            self._error(404, f"no such endpoint: GET {path}", kind="other")
+
+    # -- traces ----------------------------------------------------------------------------
+
+    def _post_traces(self) -> None:
+        kind = "traces"
+        # Errors are encoded like the request; JSON when the request's type is unusable.
+        media = CT_PROTOBUF if media_type(self.headers.get("Content-Type")) == CT_PROTOBUF else CT_JSON
+        if not self._authorized(kind, media):
+            return
+        collector = self.collector
+        body = self._read_body(collector.cfg.limits.max_body_bytes, kind, media)
+        if body is None:
+            return
+        if collector.shed():
+            collector.metrics.add("requests_shed_total")
+            self._error(503, "backlog full: retry later", kind=kind, media=media)
+            return
+        try:
+            answer = collector.ingest(self.headers.get("Content-Type"), self.headers.get("Content-Encoding"), body)
+        except RequestRejected as e:
+            self._error(e.status, e.message, kind=kind, media=media)
+            return
+        self._send(200, answer, media, kind=kind)
+
+    # -- approvals -------------------------------------------------------------------------
+
+    def _post_approval(self) -> None:
+        kind = "approvals"
+        if not self._authorized(kind):
+            return
+        body = self._read_body(MAX_APPROVAL_BODY, kind)
+        if body is None:
+            return
+        try:
+            doc = apr.parse_json_object(body, "approval request")
+            record = apr.file_approval(self.collector.data_dir, doc)
+        except TooltrailError as e:
+            self._error(apr.status_of(e), str(e), kind=kind)
+            return
+        self.collector.metrics.add("approvals_filed_total")
+        self._json(201, apr.record_json(record), kind=kind)
+
+    def _get_approval(self, approval_id: str, query: str) -> None:
+        kind = "approvals"
+        if not self._authorized(kind):
+            return
+        collector = self.collector
+        try:
+            wait_s = apr.parse_wait(parse_qs(query).get("wait", [None])[0])
+        except BadInputError as e:
+            self._error(400, str(e), kind=kind)
+            return
+        if wait_s > 0 and not collector.try_wait_slot():
+            self._error(503, "too many approvals being waited on; retry", kind=kind)
+            return
+        try:
+            record = apr.wait_for(collector.data_dir, approval_id, wait_s, collector.stop)
+        except TooltrailError as e:
+            self._error(apr.status_of(e), str(e), kind=kind)
+            return
+        finally:
+            if wait_s > 0:
+                collector.release_wait_slot()
+        self._json(200, apr.record_json(record), kind=kind)
+
+    def _list_approvals(self, query: str) -> None:
+        kind = "approvals"
+        if not self._authorized(kind):
+            return
+        status = parse_qs(query).get("status", ["pending"])[0]
+        try:
+            records = apr.list_approvals(self.collector.data_dir, status)
+        except TooltrailError as e:
+            self._error(apr.status_of(e), str(e), kind=kind)
+            return
+        self._json(200, {"approvals": [apr.record_json(r) for r in records]}, kind=kind)
+
+    def _post_decision(self, approval_id: str) -> None:
+        kind = "decisions"
+        cfg = self.collector.cfg
+        required = cfg.decision_token or cfg.token
+        if required is None:
+            self._drain(self._content_length() or 0)
+            self._error(403, "decisions over HTTP need the collector to run with --token", kind=kind)
+            return
+        if not self._token_ok(required):
+            self._drain(self._content_length() or 0)
+            self._error(401, "missing or wrong bearer token for decisions", kind=kind)
+            return
+        body = self._read_body(MAX_APPROVAL_BODY, kind)
+        if body is None:
+            return
+        try:
+            doc = apr.parse_json_object(body, "decision")
+            record = apr.decide(self.collector.data_dir, approval_id, doc)
+        except TooltrailError as e:
+            self._error(apr.status_of(e), str(e), kind=kind)
+            return
+        self.collector.metrics.add("approval_decisions_total")
+        self._json(200, apr.record_json(record), kind=kind)
+
+
+class CollectorHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog (5) refuses bursts of connections from many senders.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], collector: Collector) -> None:
+        self.collector = collector
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+
+@dataclass
+class Running:
+    """A started collector: ``url`` to send to, ``stop()`` to drain and shut down."""
+
+    collector: Collector
+    server: CollectorHTTPServer
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        shown = f"[{host}]" if ":" in str(host) else str(host)
+        return f"http://{shown}:{port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+        self.collector.close()
+
+
+def start(cfg: CollectorConfig) -> Running:
+    """Bind, recover the spool, and serve in a background thread."""
+    collector = Collector(cfg)
+    try:
+        server = CollectorHTTPServer((cfg.host, cfg.port), collector)
+    except OSError as e:
+        raise StoreError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from e
+    port = server.server_address[1]
+    try:
+        collector.start(f"pid {os.getpid()} on {socket.gethostname()}, port {port}")
+    except BaseException:
+        server.server_close()
+        raise
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="tooltrail-http", daemon=True
+    )
+    thread.start()
+    return Running(collector, server, thread)
+
+
+def serve(cfg: CollectorConfig, on_ready: Callable[[Running], None] | None = None) -> None:
+    """Run until SIGINT / SIGTERM, then drain the spool and exit."""
+    import signal
+
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        done.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        running = start(cfg)
+        try:
+            if on_ready is not None:
+                on_ready(running)
+            while not done.wait(1.0):
+                pass
+        finally:
+            running.stop()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DURABILITY_MODES",
+    "Collector",
+    "CollectorConfig",
+    "InstanceLockedError",
+    "Metrics",
+    "RowPipeline",
+    "Running",
+    "is_loopback",
+    "serve",
+    "start",
+]

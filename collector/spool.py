@@ -1,0 +1,306 @@
+"""The collector's write-ahead spool: acknowledged spans survive ``kill -9``.
+
+Durable before acknowledge: the HTTP handler appends each accepted request (its protobuf
+encoding, framed with length and CRC-32) to the active segment and ``fdatasync``s before
+it answers 200. A lander thread turns whole segments into Parquet in the background and
+deletes each segment once its rows are landed.
+
+Exactly once, also across crashes:
+
+* Segment names are unique forever (``seg-<start ns>-<random>.wal``), and the Parquet file
+  a segment lands in each date partition is named after it
+  (``spans/date=D/spool-<segment>.parquet``). Landing a segment again after a crash
+  between "Parquet linked" and "segment deleted" finds that name taken and skips it, so
+  no row lands twice; a segment is deleted only after all its files are linked and their
+  directories fsynced, so no acknowledged row is lost.
+* The lander holds the spans lock (shared) from its first link until the segment is
+  deleted. Compaction swaps a partition only under the exclusive lock, so it cannot merge
+  a spool file away (and with it the name that proves the segment landed) while the
+  segment still exists, unless the collector dies inside that window of milliseconds; see
+  docs/COLLECTOR.md.
+* On start-up every segment left behind is landed first. A torn tail (a record whose
+  write was cut by the crash) was never acknowledged, since the fsync precedes the
+  answer; it is cut off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+
+from tooltrail.collector.writer import (
+    partition_date,
+    rows_to_table,
+    spans_lock,
+    write_table_atomic,
+)
+from tooltrail.config import SPANS_DIR
+from tooltrail.errors import StoreError
+from tooltrail.schema import Row
+
+_log = logging.getLogger(__name__)
+
+SPOOL_DIR: Final = "spool"
+QUARANTINE_DIR: Final = "quarantine"
+SEGMENT_PREFIX: Final = "seg-"
+SEGMENT_SUFFIX: Final = ".wal"
+LANDED_PREFIX: Final = "spool-"
+MAGIC: Final = b"TTSPOOL1"
+_HEADER: Final = struct.Struct("<II")  # payload length, CRC-32 of the payload
+DEFAULT_SEGMENT_BYTES: Final = 16 * 1024 * 1024
+
+RowsOf = Callable[[ExportTraceServiceRequest], list[Row]]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRead:
+    payloads: list[bytes]
+    valid_end: int
+    torn: bool
+
+
+def read_segment(path: Path) -> SegmentRead:
+    """Every intact record of a segment; stops at the first torn or corrupt one."""
+    data = path.read_bytes()
+    if not data.startswith(MAGIC):
+        # A crash right after creating the file can leave it shorter than the magic.
+        return SegmentRead([], 0, bool(data))
+    payloads: list[bytes] = []
+    pos = len(MAGIC)
+    size = len(data)
+    while pos + _HEADER.size <= size:
+        length, crc = _HEADER.unpack_from(data, pos)
+        start = pos + _HEADER.size
+        end = start + length
+        if end > size:
+            break
+        payload = data[start:end]
+        if zlib.crc32(payload) != crc:
+            break
+        payloads.append(payload)
+        pos = end
+    return SegmentRead(payloads, pos, pos != size)
+
+
+class Spool:
+    """Append-only segments under ``<data>/spool``; one writer process (the collector).
+
+    ``append`` is durable on return. Segments are sealed when they pass
+    ``segment_bytes`` or when the lander asks (``seal``), and handed to the lander in
+    order through ``sealed()``.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        sync: bool = True,
+    ) -> None:
+        self.dir = data_dir / SPOOL_DIR
+        self.segment_bytes = segment_bytes
+        self._sync = sync
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._active: Path | None = None
+        self._active_size = 0
+        self._active_opened = 0.0
+        self._sealed: list[Path] = []
+        self._backlog = 0
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the spool {self.dir}: {e.strerror or e}") from e
+
+    # -- start-up ----------------------------------------------------------------------
+
+    def recover(self) -> list[Path]:
+        """Segments left by a previous run, oldest first, torn tails cut off.
+
+        Must run before the first ``append`` (the instance lock guarantees no other
+        collector writes here).
+        """
+        found = sorted(self.dir.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}"))
+        for path in found:
+            read = read_segment(path)
+            if read.torn:
+                _log.warning(
+                    "spool segment %s: cutting an unacknowledged torn tail at byte %d",
+                    path.name,
+                    read.valid_end,
+                )
+                with open(path, "r+b") as fh:
+                    fh.truncate(read.valid_end)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        for path in self.dir.glob(f".{SEGMENT_PREFIX}*"):
+            path.unlink(missing_ok=True)
+        with self._lock:
+            self._sealed.extend(found)
+            self._backlog += sum(p.stat().st_size for p in found)
+        return found
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _open_segment(self) -> None:
+        name = f"{SEGMENT_PREFIX}{time.time_ns():020d}-{secrets.token_hex(4)}{SEGMENT_SUFFIX}"
+        path = self.dir / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        _write_all(fd, MAGIC)
+        if self._sync:
+            os.fsync(fd)
+            _fsync_dir(self.dir)  # the new name must survive a crash too
+        self._fd = fd
+        self._active = path
+        self._active_size = len(MAGIC)
+        self._backlog += len(MAGIC)  # done() subtracts whole file sizes
+        self._active_opened = time.monotonic()
+
+    def append(self, payload: bytes) -> None:
+        """Append one record; it is on stable storage when this returns."""
+        record = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        with self._lock:
+            if self._fd is None:
+                self._open_segment()
+            assert self._fd is not None
+            _write_all(self._fd, record)
+            if self._sync:
+                os.fdatasync(self._fd)
+            self._active_size += len(record)
+            self._backlog += len(record)
+            if self._active_size >= self.segment_bytes:
+                self._seal_locked()
+
+    def _seal_locked(self) -> None:
+        if self._fd is None or self._active is None:
+            return
+        os.close(self._fd)
+        self._sealed.append(self._active)
+        self._fd = None
+        self._active = None
+        self._active_size = 0
+
+    def seal(self, older_than_s: float = 0.0) -> None:
+        """Seal the active segment if it holds records and is at least this old."""
+        with self._lock:
+            if self._active is None or self._active_size <= len(MAGIC):
+                return
+            if time.monotonic() - self._active_opened >= older_than_s:
+                self._seal_locked()
+
+    def sealed(self) -> list[Path]:
+        with self._lock:
+            return list(self._sealed)
+
+    def done(self, path: Path, size: int) -> None:
+        """The lander landed ``path`` and deleted it."""
+        with self._lock:
+            self._sealed.remove(path)
+            self._backlog -= size
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes acknowledged but not yet landed."""
+        with self._lock:
+            return self._backlog
+
+    def close(self) -> None:
+        with self._lock:
+            self._seal_locked()
+
+
+def landed_name(segment: Path) -> str:
+    """The Parquet file name a segment lands as, in each date partition it covers."""
+    return f"{LANDED_PREFIX}{segment.name.removesuffix(SEGMENT_SUFFIX)}.parquet"
+
+
+def _by_date(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    by_date: dict[str, list[Row]] = {}
+    for row in rows:
+        by_date.setdefault(partition_date(row), []).append(row)
+    return by_date
+
+
+def land_segment(segment: Path, data_dir: Path, rows_of: RowsOf) -> tuple[int, int]:
+    """Land one sealed segment exactly once, then delete it.
+
+    Returns (rows landed now, rows found already landed). Raises OSError when the data
+    directory cannot be written (the segment stays, to be retried), and ValueError /
+    DecodeError for a record that cannot be read back (the caller quarantines).
+    """
+    read = read_segment(segment)
+    rows: list[Row] = []
+    for payload in read.payloads:
+        rows.extend(rows_of(ExportTraceServiceRequest.FromString(payload)))
+    spans_root = data_dir / SPANS_DIR
+    name = landed_name(segment)
+    landed = skipped = 0
+    # Held until the segment is gone: see the module docstring (compaction).
+    with spans_lock(spans_root, exclusive=False):
+        for day, day_rows in sorted(_by_date(rows).items()):
+            target = spans_root / f"date={day}" / name
+            if target.exists():
+                skipped += len(day_rows)
+                continue
+            try:
+                write_table_atomic(rows_to_table(day_rows), target)
+            except FileExistsError:
+                skipped += len(day_rows)
+                continue
+            landed += len(day_rows)
+        segment.unlink()
+        _fsync_dir(segment.parent)
+    return landed, skipped
+
+
+def quarantine(segment: Path) -> Path:
+    """Move a segment that cannot be landed aside (kept, never deleted)."""
+    qdir = segment.parent / QUARANTINE_DIR
+    qdir.mkdir(exist_ok=True)
+    target = qdir / segment.name
+    os.replace(segment, target)
+    _fsync_dir(segment.parent)
+    return target
+
+
+def iter_segments(spool_dir: Path) -> Iterator[Path]:
+    return iter(sorted(spool_dir.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}")))
+
+
+__all__ = [
+    "DEFAULT_SEGMENT_BYTES",
+    "SPOOL_DIR",
+    "Spool",
+    "land_segment",
+    "landed_name",
+    "quarantine",
+    "read_segment",
+]

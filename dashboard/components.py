@@ -1,0 +1,273 @@
+"""Widgets shared by several pages: pending-approval cards, bulk action bars, and the
+callbacks that write through the control store.
+
+Writes run in button callbacks: Streamlit runs a callback before the script, so the run
+that follows the click already reads the new state (``data.decide`` clears the cache).
+What happened is reported with :func:`ui.flash`. A button is only offered when its
+action is valid for every selected row; the store still refuses anything invalid (a
+request decided meanwhile by someone else, a resume of a canceled session) and that
+refusal is shown, never swallowed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import streamlit as st
+
+from tooltrail.collector.normalize import derive_summary
+from tooltrail.dashboard import data, nav, ui
+from tooltrail.errors import TooltrailError
+
+SESSION_ACTIONS: Final = ("pause", "resume", "cancel")
+_ACTION_PAST: Final = {"pause": "Paused", "resume": "Resumed", "cancel": "Canceled"}
+_ACTION_ICONS: Final = {
+    "pause": ":material/pause:",
+    "resume": ":material/play_arrow:",
+    "cancel": ":material/cancel:",
+}
+_MD_SPECIAL: Final = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>()#+-.!|~:$"})
+
+
+def md_escape(text: str) -> str:
+    """``text`` shown literally inside Streamlit markdown."""
+    return text.translate(_MD_SPECIAL)
+
+
+# --- approvals -----------------------------------------------------------------------------
+
+
+def summary_of(row: Mapping[str, Any]) -> str:
+    """The action's plain-English summary, derived from tool and arguments when the held
+    span has not landed yet (the store keeps the arguments, not a summary)."""
+    if row.get("action_summary"):
+        return str(row["action_summary"])
+    try:
+        args = json.loads(row.get("arguments") or "{}")
+    except ValueError:
+        args = {}
+    return derive_summary(
+        str(row.get("tool_name") or "unknown tool"),
+        row.get("target_repo"),
+        row.get("target_branch"),
+        args=args,
+    )
+
+
+def why_not_decidable(row: Mapping[str, Any], who: str | None) -> str | None:
+    """Why this operator cannot decide this pending request now, or None if they can."""
+    if not who:
+        return ui.NEED_OPERATOR
+    approvers = list(row.get("approvers") or [])
+    if not approvers:
+        return "This request is not in the control store, so it cannot be decided here."
+    if "*" not in approvers and who not in approvers:
+        return f"Only {', '.join(approvers)} may decide this request."
+    return None
+
+
+def decide_callback(root: str, ids: Sequence[str], outcome: data.Outcome, reason_key: str) -> None:
+    """Approve or deny each request in ``ids`` as the current operator."""
+    who = ui.operator()
+    if not who:
+        ui.flash(ui.NEED_OPERATOR, "error")
+        return
+    reason = st.session_state.get(reason_key) or None
+    done: list[str] = []
+    for approval_id in ids:
+        try:
+            data.decide(Path(root), approval_id, outcome, who, reason)
+        except TooltrailError as e:
+            ui.flash(f"{approval_id}: {e}", "error")
+        else:
+            done.append(approval_id)
+    if done:
+        verb = "Approved" if outcome == "approved" else "Denied"
+        ui.flash(f"{verb} {', '.join(done)} as {who}")
+
+
+def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
+    """One pending request: who, what, why it is held, and Approve / Deny."""
+    approval_id = str(row["approval_id"])
+    who = ui.operator()
+    blocked = why_not_decidable(row, who)
+    with st.container(border=True, key=f"{key}-card-{approval_id}"):
+        left, right = st.columns([7, 3], vertical_alignment="center")
+        with left:
+            agent = row.get("agent_name") or "unknown agent"
+            st.markdown(
+                f"**{md_escape(str(row.get('tool_name')))}** · {md_escape(str(agent))} · "
+                f"{ui.chip(row.get('blast_radius'), ui.RADIUS_COLORS)}"
+            )
+            st.markdown(md_escape(summary_of(row)))
+            why = row.get("policy_reason")
+            rule = row.get("policy_rule") or "–"
+            details = [f"rule `{rule}`" + (f" — {md_escape(str(why))}" if why else "")]
+            details.append(f"requested {ui.fmt_ago(row.get('requested_at'))}")
+            if row.get("expires_at") is not None:
+                details.append(f"expires {ui.fmt_ago(row['expires_at'])}")
+            details.append(f"`{approval_id}`")
+            st.caption(" · ".join(details))
+            if row.get("session_id"):
+                nav.session_link(
+                    str(row["session_id"]),
+                    label=f"Session {row['session_id']}",
+                    icon=":material/open_in_new:",
+                )
+        with right:
+            reason_key = f"{key}-reason-{approval_id}"
+            st.text_input(
+                "Reason",
+                key=reason_key,
+                placeholder="Reason (optional)",
+                label_visibility="collapsed",
+                disabled=blocked is not None,
+            )
+            approve, deny = st.columns(2)
+            approve.button(
+                "Approve",
+                key=f"{key}-approve-{approval_id}",
+                type="primary",
+                icon=":material/check:",
+                disabled=blocked is not None,
+                help=blocked,
+                on_click=decide_callback,
+                args=(str(root), [approval_id], "approved", reason_key),
+                width="stretch",
+            )
+            deny.button(
+                "Deny",
+                key=f"{key}-deny-{approval_id}",
+                icon=":material/block:",
+                disabled=blocked is not None,
+                help=blocked,
+                on_click=decide_callback,
+                args=(str(root), [approval_id], "denied", reason_key),
+                width="stretch",
+            )
+        with st.expander("Arguments shown for approval"):
+            st.code(ui.pretty_json(row.get("arguments")), language="json")
+
+
+def approvals_bulk_bar(rows: Sequence[Mapping[str, Any]], root: Path, key: str) -> None:
+    """Approve or deny every selected request at once (offered only when the operator may
+    decide each of them)."""
+    if not rows:
+        st.caption("Select requests in the table to approve or deny several at once.")
+        return
+    who = ui.operator()
+    reasons = [why_not_decidable(r, who) for r in rows]
+    blocked = next((r for r in reasons if r is not None), None)
+    ids = [str(r["approval_id"]) for r in rows]
+    with st.container(border=True):
+        st.markdown(f"**{len(ids)} selected**")
+        if blocked is not None:
+            st.caption(blocked)
+            return
+        reason_key = f"{key}-bulk-reason"
+        st.text_input("Reason for all", key=reason_key, placeholder="Reason (optional)")
+        approve, deny, _ = st.columns([1, 1, 3])
+        approve.button(
+            f"Approve {len(ids)}",
+            key=f"{key}-bulk-approve",
+            type="primary",
+            icon=":material/check:",
+            on_click=decide_callback,
+            args=(str(root), ids, "approved", reason_key),
+        )
+        deny.button(
+            f"Deny {len(ids)}",
+            key=f"{key}-bulk-deny",
+            icon=":material/block:",
+            on_click=decide_callback,
+            args=(str(root), ids, "denied", reason_key),
+        )
+
+
+# --- session control -----------------------------------------------------------------------
+
+
+def valid_session_actions(control_state: str | None) -> list[str]:
+    """Control actions the store accepts from a session's current control state."""
+    state = control_state or "running"
+    if state == "canceled":
+        return []
+    if state == "paused":
+        return ["resume", "cancel"]
+    return ["pause", "cancel"]
+
+
+def common_session_actions(states: Sequence[str | None]) -> list[str]:
+    """Actions valid for every one of several sessions, in the usual order."""
+    if not states:
+        return []
+    valid = set(SESSION_ACTIONS)
+    for state in states:
+        valid &= set(valid_session_actions(state))
+    return [a for a in SESSION_ACTIONS if a in valid]
+
+
+def control_callback(
+    root: str, session_ids: Sequence[str], action: data.SessionAction, reason_key: str
+) -> None:
+    who = ui.operator()
+    if not who:
+        ui.flash(ui.NEED_OPERATOR, "error")
+        return
+    reason = st.session_state.get(reason_key) or None
+    done: list[str] = []
+    for session_id in session_ids:
+        try:
+            data.control_session(Path(root), session_id, action, who, reason)
+        except TooltrailError as e:
+            ui.flash(f"{session_id}: {e}", "error")
+        else:
+            done.append(session_id)
+    if done:
+        ui.flash(f"{_ACTION_PAST[action]} {', '.join(done)} as {who}")
+
+
+def session_control_bar(
+    session_ids: Sequence[str], states: Sequence[str | None], root: Path, key: str
+) -> None:
+    """Pause / Resume / Cancel for one or several sessions (only common valid actions)."""
+    actions = common_session_actions(states)
+    who = ui.operator()
+    if not actions:
+        st.caption("No control action applies to every selected session (canceled is final).")
+        return
+    reason_key = f"{key}-control-reason"
+    st.text_input("Reason", key=reason_key, placeholder="Reason (optional)")
+    if not who:
+        st.caption(ui.NEED_OPERATOR)
+    columns = st.columns(len(actions) + 2)
+    for column, action in zip(columns, actions, strict=False):
+        label = action.capitalize() + (f" {len(session_ids)}" if len(session_ids) > 1 else "")
+        column.button(
+            label,
+            key=f"{key}-{action}",
+            icon=_ACTION_ICONS[action],
+            type="primary" if action == "cancel" else "secondary",
+            disabled=who is None,
+            help=ui.NEED_OPERATOR if who is None else None,
+            on_click=control_callback,
+            args=(str(root), list(session_ids), action, reason_key),
+        )
+
+
+__all__ = [
+    "SESSION_ACTIONS",
+    "approval_card",
+    "approvals_bulk_bar",
+    "common_session_actions",
+    "control_callback",
+    "decide_callback",
+    "md_escape",
+    "session_control_bar",
+    "summary_of",
+    "valid_session_actions",
+    "why_not_decidable",
+]

@@ -1,0 +1,92 @@
+"""Overview: KPIs for a time range, decisions over time, the blast-radius mix and the
+five oldest pending approvals with Approve / Deny."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import polars as pl
+import streamlit as st
+
+from tooltrail.dashboard import components, nav, ui
+from tooltrail.schema import BLAST_RADII
+
+PENDING_SHOWN: Final = 5
+
+
+def render() -> None:
+    ctx = nav.context()
+    ui.header("Overview", "What agents did, what the policy decided, and what waits for a human.")
+    pending = ctx.data.pending()
+    if not ctx.data.has_spans() and pending.is_empty():
+        ui.empty_state("No agent activity yet", ui.no_data_hint(str(ctx.root)))
+        return
+    since = ui.time_range("overview_range", default="Last 24 hours")
+    kpis = ctx.data.kpis(since)
+    columns = st.columns(5)
+    columns[0].metric(
+        "Active sessions",
+        ui.fmt_int(ctx.data.active_sessions()),
+        help="Sessions with activity within the idle window (now, whatever the range).",
+        border=True,
+    )
+    columns[1].metric("Actions", ui.fmt_int(kpis["actions"]), border=True)
+    columns[2].metric("Denied", ui.fmt_int(kpis["denies"]), border=True)
+    columns[3].metric("Rewritten", ui.fmt_int(kpis["rewrites"]), border=True)
+    columns[4].metric(
+        "Pending approvals",
+        ui.fmt_int(pending.height),
+        help="Requests waiting for a decision (now, whatever the range).",
+        border=True,
+    )
+    left, right = st.columns([3, 2])
+    with left:
+        st.subheader("Decisions over time", anchor=False)
+        bucket = ui.bucket_for(since)
+        frame = ctx.data.decisions_over_time(since, bucket)
+        if frame.is_empty():
+            st.caption("No actions in this time range.")
+        else:
+            st.altair_chart(ui.decisions_chart(frame, bucket), width="stretch")
+    with right:
+        st.subheader("Blast-radius mix", anchor=False)
+        _blast_mix(ctx, since)
+    _pending_panel(ctx, pending)
+
+
+def _blast_mix(ctx: nav.Context, since: str | None) -> None:
+    by_day = ctx.data.blast_stats("day", since)
+    if by_day.is_empty():
+        st.caption("No actions in this time range.")
+        return
+    columns = [r.lower() for r in BLAST_RADII] + ["unrated"]
+    totals = by_day.select(pl.lit("all").alias("range"), *(pl.col(c).sum() for c in columns))
+    st.altair_chart(ui.radius_chart(totals, "range", horizontal=True), width="stretch")
+    row = totals.row(0, named=True)
+    st.markdown(
+        " ".join(
+            f"{ui.chip(r, ui.RADIUS_COLORS)} {ui.fmt_int(row[r.lower()])}" for r in BLAST_RADII
+        )
+    )
+
+
+def _pending_panel(ctx: nav.Context, pending: pl.DataFrame) -> None:
+    st.subheader("Pending approvals", anchor=False)
+    if pending.is_empty():
+        st.caption("Nothing is waiting for a decision.")
+        return
+    shown = pending.head(PENDING_SHOWN)
+    more = pending.height - shown.height
+    st.caption(
+        f"The {shown.height} oldest of {pending.height} request"
+        f"{'s' if pending.height != 1 else ''}, oldest first."
+        + (" See Approvals for the rest." if more else "")
+    )
+    for row in shown.iter_rows(named=True):
+        components.approval_card(row, ctx.root, key="overview")
+    if more:
+        st.page_link(nav.page("approvals"), label=f"{more} more pending", icon=":material/east:")
+
+
+if __name__ == "__main__":
+    render()

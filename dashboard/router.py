@@ -1,0 +1,108 @@
+"""The app's router: page setup, the sidebar every page shares, deep links, auto-refresh.
+
+``main()`` is what ``app.py`` (``streamlit run app.py``) and the packaged entry script
+(``tooltrail dashboard``) run. The sidebar carries the pending-approvals badge, the
+operator's name (required before any decision), the auto-refresh toggle and where the
+data comes from.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+import streamlit as st
+
+from tooltrail.dashboard import nav, ui
+from tooltrail.dashboard.data import Data
+from tooltrail.errors import TooltrailError
+
+REFRESH_CHOICES: Final = (5, 10, 30, 60)
+_LAST_FULL_RUN: Final = "_last_full_run"
+
+
+def main() -> None:
+    st.set_page_config(
+        page_title="tooltrail",
+        page_icon=":material/policy:",
+        layout="wide",
+        initial_sidebar_state="expanded",
+    )
+    ctx = nav.context()
+    pending = _pending_count(ctx.data)
+    approvals_title = f"Approvals · {pending}" if pending else "Approvals"
+    pages = {
+        section: [nav.page(n, approvals_title if n == "approvals" else None) for n in names]
+        for section, names in nav.SECTIONS.items()
+    }
+    current = st.navigation(pages, position="sidebar", expanded=True)
+    _deep_link(current)
+    _sidebar(ctx, pending)
+    ui.show_flash()
+    current.run()
+
+
+def _pending_count(data: Data) -> int:
+    try:
+        return data.pending().height
+    except TooltrailError as e:
+        st.error(f"Cannot read {data.root}: {e}")
+        return 0
+
+
+def _deep_link(current: st.Page) -> None:
+    """``/?session=<id>`` (or any page with that parameter) opens the session."""
+    session_id = st.query_params.get(nav.SESSION_PARAM)
+    if session_id and current.url_path != nav.PAGES["session"].url_path:
+        nav.open_session(session_id)
+
+
+def _sidebar(ctx: nav.Context, pending: int) -> None:
+    with st.sidebar:
+        st.divider()
+        if pending:
+            st.badge(
+                f"{pending} pending approval{'s' if pending != 1 else ''}",
+                icon=":material/pending_actions:",
+                color="violet",
+            )
+        else:
+            st.badge("No pending approvals", icon=":material/check:", color="green")
+        user = ui.auth_user()
+        if user:
+            st.markdown(f"Signed in as **{user}**")
+        else:
+            st.text_input(
+                "Your name",
+                key=ui.OPERATOR_KEY,
+                placeholder="e.g. alice",
+                help="Recorded with every approval, denial, pause, resume and cancel. "
+                "Required before deciding.",
+            )
+        if st.toggle("Auto-refresh", key="auto_refresh", help="Re-read live sessions."):
+            every = st.selectbox(
+                "Every",
+                REFRESH_CHOICES,
+                index=1,
+                format_func=lambda s: f"{s} seconds",
+                key="refresh_every",
+            )
+            _ticker(float(every or REFRESH_CHOICES[1]))
+        st.caption(f"Data: `{ctx.root}`")
+        if ctx.config.policy_path is not None:
+            st.caption(f"Policy: `{ctx.config.policy_path}`")
+
+
+def _ticker(every: float) -> None:
+    """Rerun the whole app every ``every`` seconds. Results are cached against the data
+    directory's fingerprint, so a rerun with nothing new scans nothing."""
+    st.session_state[_LAST_FULL_RUN] = time.monotonic()
+
+    def tick() -> None:
+        if time.monotonic() - st.session_state.get(_LAST_FULL_RUN, 0.0) >= every * 0.9:
+            st.rerun(scope="app")
+
+    st.fragment(tick, run_every=every)()
+
+
+__all__ = ["main"]

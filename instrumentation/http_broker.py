@@ -1,0 +1,284 @@
+"""Approvals through a ``tooltrail collect`` server, for agents that cannot reach its disk.
+
+``HttpApprovalBroker(base_url, token)`` files each held call with ``POST /v1/approvals``
+and long-polls ``GET /v1/approvals/{id}?wait=S`` until a person approves or denies it
+(``tooltrail approve``, the dashboard, or ``POST /v1/approvals/{id}/decision``) or it
+expires. Standard library only (``http.client``): this runs inside agent processes.
+
+Fail closed, always: a collector that cannot be reached, answers with an error, or
+returns a request whose arguments hash differs from what was sent yields a *denied*
+outcome naming the cause; an outcome is never invented as approved. ``arequest`` waits in
+a small dedicated thread pool, one long-poll at a time, so the event loop never blocks
+and the default executor is never exhausted by parked approvals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote, urlsplit
+
+from tooltrail.instrumentation.broker import (
+    APPROVAL_STATUSES,
+    ApprovalOutcome,
+    ApprovalRequest,
+    ApprovalStatus,
+    arguments_hash,
+)
+
+_log = logging.getLogger(__name__)
+
+APPROVALS_PATH: Final = "/v1/approvals"
+DEFAULT_TIMEOUT_S: Final = 600.0
+UNREACHABLE: Final = "tooltrail:collector-unreachable"
+REFUSED: Final = "tooltrail:collector-refused"
+TAMPERED: Final = "tooltrail:arguments-mismatch"
+GAVE_UP: Final = "tooltrail:broker-timeout"
+_PENDING: Final = "pending"
+# Waiting past the request's own deadline by more than this means the collector is not
+# expiring it (clock skew, a broken server): stop and refuse.
+_GRACE_S: Final = 120.0
+_FILE_ATTEMPTS: Final = 4
+_BACKOFF_S: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class _Filed:
+    approval_id: str
+    record: Mapping[str, Any]
+
+
+class HttpApprovalBroker:
+    """An ``ApprovalBroker`` backed by a collector's approval endpoints.
+
+    Args:
+        base_url: the collector, e.g. ``http://127.0.0.1:4318`` (``TOOLTRAIL_COLLECTOR_URL``).
+        token: its bearer token (``TOOLTRAIL_COLLECTOR_TOKEN``), if it has one.
+        poll_wait_s: seconds per long-poll (the server caps it at 60).
+        http_timeout_s: socket timeout beyond a long-poll's own wait.
+        max_waiting: held calls ``arequest`` can wait on at once (threads).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        poll_wait_s: float = 30.0,
+        http_timeout_s: float = 10.0,
+        max_waiting: int = 64,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"collector URL must be http(s)://host[:port], not {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._prefix = parts.path.rstrip("/")
+        self._token = token
+        self.poll_wait_s = poll_wait_s
+        self.http_timeout_s = http_timeout_s
+        self._max_waiting = max_waiting
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def _call(
+        self, method: str, path: str, body: Mapping[str, Any] | None, timeout: float
+    ) -> dict[str, Any]:
+        conn_cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        conn = conn_cls(self._host, self._port, timeout=timeout)
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body, default=str).encode()
+            headers["Content-Type"] = "application/json"
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            conn.request(method, self._prefix + path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        try:
+            doc = json.loads(raw) if raw else {}
+        except ValueError:
+            doc = {"message": raw[:200].decode(errors="replace")}
+        if resp.status >= 300:
+            message = doc.get("message") if isinstance(doc, dict) else None
+            raise _HttpError(resp.status, str(message or resp.reason))
+        if not isinstance(doc, dict):
+            raise _HttpError(resp.status, "collector answered with a non-object")
+        return doc
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _body(self, req: ApprovalRequest) -> dict[str, Any]:
+        # What the server will parse back: hash exactly that, so the check is meaningful.
+        shown = json.loads(json.dumps(dict(req.shown_arguments), default=str))
+        approval = req.approval
+        return {
+            "tool_name": req.tool,
+            "arguments": shown,
+            "arguments_hash": arguments_hash(shown),
+            "timeout_s": float(approval.timeout_s) if approval else DEFAULT_TIMEOUT_S,
+            "on_timeout": str(approval.on_timeout).upper() if approval else "DENY",
+            "approvers": list(approval.approvers) if approval else ["*"],
+            "session_id": req.session_id,
+            "trace_id": req.trace_id,
+            "span_id": req.span_id,
+            "agent_name": req.agent_name,
+            "mcp_server": req.server,
+            "policy_rule": req.rule,
+            "reason": req.reason,
+            "blast_radius": req.blast_radius,
+        }
+
+    def _file(self, req: ApprovalRequest) -> _Filed | ApprovalOutcome:
+        body = self._body(req)
+        last: Exception | None = None
+        for attempt in range(_FILE_ATTEMPTS):
+            try:
+                record = self._call("POST", APPROVALS_PATH, body, self.http_timeout_s)
+            except _HttpError as e:
+                if e.status < 500:  # the collector refuses this request: retrying won't help
+                    return _refused(REFUSED, f"collector refused the approval request: {e}")
+                last = e
+            except OSError as e:
+                last = e
+            else:
+                if record.get("arguments_hash") != body["arguments_hash"]:
+                    return _refused(TAMPERED, "collector stored different arguments")
+                approval_id = record.get("approval_id")
+                if not isinstance(approval_id, str):
+                    return _refused(REFUSED, "collector answered without an approval id")
+                return _Filed(approval_id, record)
+            if attempt + 1 < _FILE_ATTEMPTS:
+                time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+        return _refused(UNREACHABLE, f"cannot file the approval request: {last}")
+
+    def _poll(self, approval_id: str, wait_s: float) -> dict[str, Any]:
+        path = f"{APPROVALS_PATH}/{quote(approval_id, safe='')}?wait={wait_s:g}"
+        return self._call("GET", path, None, wait_s + self.http_timeout_s)
+
+    def _poll_step(self, filed: _Filed, state: _WaitState) -> ApprovalOutcome | None:
+        """One long-poll; an outcome when the wait is over, None to poll again."""
+        if time.monotonic() > state.give_up_at:
+            return _refused(GAVE_UP, "approval still pending long past its deadline")
+        try:
+            record = self._poll(filed.approval_id, self.poll_wait_s)
+        except (_HttpError, OSError) as e:
+            if isinstance(e, _HttpError) and e.status < 500 and e.status != 429:
+                return _refused(REFUSED, f"collector refused the approval poll: {e}", filed)
+            state.failures += 1
+            _log.warning("tooltrail: approval %s poll failed: %s", filed.approval_id, e)
+            time.sleep(_BACKOFF_S[min(state.failures - 1, len(_BACKOFF_S) - 1)])
+            return None
+        state.failures = 0
+        return _outcome(filed, record, state.started)
+
+    # -- ApprovalBroker --------------------------------------------------------------------
+
+    def request(self, request: ApprovalRequest) -> ApprovalOutcome:
+        filed = self._file(request)
+        if isinstance(filed, ApprovalOutcome):
+            return filed
+        state = _WaitState.for_request(request)
+        while True:
+            outcome = self._poll_step(filed, state)
+            if outcome is not None:
+                return outcome
+
+    async def arequest(self, request: ApprovalRequest) -> ApprovalOutcome:
+        loop = asyncio.get_running_loop()
+        pool = self._pool()
+        filed = await loop.run_in_executor(pool, self._file, request)
+        if isinstance(filed, ApprovalOutcome):
+            return filed
+        state = _WaitState.for_request(request)
+        while True:
+            outcome = await loop.run_in_executor(pool, self._poll_step, filed, state)
+            if outcome is not None:
+                return outcome
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self._max_waiting, thread_name_prefix="tooltrail-approval"
+                )
+            return self._executor
+
+    def close(self) -> None:
+        with self._executor_lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+
+
+@dataclass(slots=True)
+class _WaitState:
+    started: float
+    give_up_at: float
+    failures: int = 0
+
+    @classmethod
+    def for_request(cls, req: ApprovalRequest) -> _WaitState:
+        timeout = float(req.approval.timeout_s) if req.approval else DEFAULT_TIMEOUT_S
+        now = time.monotonic()
+        return cls(started=time.perf_counter(), give_up_at=now + timeout + _GRACE_S)
+
+
+def _refused(by: str, reason: str, filed: _Filed | None = None) -> ApprovalOutcome:
+    _log.error("tooltrail: approval refused (%s): %s", by, reason)
+    return ApprovalOutcome(
+        status="denied",
+        approval_id=filed.approval_id if filed else None,
+        decided_by=by,
+        reason=reason,
+    )
+
+
+def _outcome(filed: _Filed, record: Mapping[str, Any], started: float) -> ApprovalOutcome | None:
+    status = record.get("status")
+    if status == _PENDING:
+        return None
+    if status not in APPROVAL_STATUSES:
+        return _refused(REFUSED, f"collector answered an unknown status {status!r}", filed)
+    if record.get("arguments_hash") != filed.record.get("arguments_hash"):
+        return _refused(TAMPERED, "the decided request's arguments changed", filed)
+    wait_ms = record.get("wait_ms")
+    checked: ApprovalStatus = status  # type: ignore[assignment]
+    return ApprovalOutcome(
+        status=checked,
+        approval_id=filed.approval_id,
+        decided_by=_str_or_none(record.get("decided_by")),
+        reason=_str_or_none(record.get("decision_reason")),
+        wait_ms=float(wait_ms)
+        if isinstance(wait_ms, int | float)
+        else (time.perf_counter() - started) * 1000.0,
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+__all__ = ["HttpApprovalBroker"]

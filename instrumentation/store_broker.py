@@ -1,0 +1,236 @@
+"""The embedded control plane as the agent sees it: ``<data>/control.sqlite``.
+
+``ControlStoreBroker`` is the default approval broker when the data directory is known:
+
+* **Filing.** The request is stored with the arguments a person is shown: the policy's
+  redactions (``request.shown_arguments``) and then the built-in credential scrubber
+  (``tooltrail.redact.Redactor``), so no secret reaches the store. Two hashes are filed
+  with them: ``arguments_hash``, the SHA-256 of the stored arguments (anyone can check the
+  row), and ``run_hash``, the agent's keyed digest of the arguments that will really run
+  (``ApprovalRequest.arguments_hash``; it reveals nothing about redacted values).
+* **Waiting.** ``request`` sleeps between polls of the request's row; ``arequest`` files in
+  a worker thread (a write may wait for SQLite's lock) and polls on the event loop with
+  ``asyncio.sleep``, so the loop never blocks on a held call.
+* **Checking.** When the wait ends the row is read again and compared with what was
+  filed: tool, stored arguments, both hashes. If anything differs (the row was edited after
+  filing, so a person may have approved something other than what would run) the outcome
+  carries a refusal and the call does not run. The instrumentation then checks that the
+  arguments in memory still match ``run_hash`` (see ``_spans``).
+* **Cancellation.** A waiter cancelled (``asyncio.CancelledError``) or interrupted leaves
+  its request pending, visible to operators, until it expires at its deadline.
+* **Failures.** A store that cannot be opened or read is a denial (fail closed), decided
+  by ``tooltrail:store-error``, whose reason names the store.
+
+``StoreSessionGate`` reads session control (pause / resume / cancel) from the same store
+for the call path: one primary-key read per tool call.
+
+SQLite connections are per thread here (``ThreadStores``): brokers and gates are shared
+by every thread and task of the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Final
+
+from tooltrail import config
+from tooltrail.control import (
+    APPROVED,
+    DEFAULT_POLL_S,
+    DEFAULT_TIMEOUT_S,
+    DENIED,
+    ApprovalRecord,
+    ControlStore,
+)
+from tooltrail.control import ApprovalRequest as StoredRequest
+from tooltrail.errors import StoreError
+from tooltrail.instrumentation.broker import ApprovalOutcome, ApprovalRequest, ApprovalStatus
+from tooltrail.redact import Redactor
+
+__all__ = ["STORE_ERROR", "ControlStoreBroker", "StoreSessionGate", "ThreadStores"]
+
+_log = logging.getLogger("tooltrail.instrumentation")
+
+STORE_ERROR: Final = "tooltrail:store-error"
+
+
+class ThreadStores:
+    """One ``ControlStore`` per thread on one data directory, opened on first use."""
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / config.CONTROL_FILE
+        self._local = threading.local()
+
+    def get(self) -> ControlStore:
+        """This thread's store. Raises ``StoreError`` naming the store when it cannot open."""
+        store: ControlStore | None = getattr(self._local, "store", None)
+        if store is None:
+            store = ControlStore(self.data_dir)
+            self._local.store = store
+        return store
+
+
+class ControlStoreBroker:
+    """Held calls wait for a decision in ``<data_dir>/control.sqlite`` (module docstring)."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        poll_s: float = DEFAULT_POLL_S,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self.stores = ThreadStores(data_dir)
+        self.poll_s = poll_s
+        self._redactor = redactor if redactor is not None else Redactor.from_env()
+
+    @property
+    def path(self) -> Path:
+        return self.stores.path
+
+    def __repr__(self) -> str:
+        return f"ControlStoreBroker({str(self.stores.data_dir)!r})"
+
+    def request(self, request: ApprovalRequest) -> ApprovalOutcome:
+        started = time.perf_counter()
+        try:
+            filed = self._file(request)
+        except StoreError as e:
+            return self._failed(f"the approval request could not be filed: {e}", started)
+        try:
+            record = self.stores.get().wait(filed.approval_id, poll_s=self.poll_s)
+        except StoreError as e:
+            return self._failed(self._lost(filed, e), started, filed.approval_id)
+        return self._outcome(filed, record, started)
+
+    async def arequest(self, request: ApprovalRequest) -> ApprovalOutcome:
+        started = time.perf_counter()
+        try:
+            # A write can wait for SQLite's lock (busy timeout): not on the event loop.
+            filed = await asyncio.to_thread(self._file, request)
+        except StoreError as e:
+            return self._failed(f"the approval request could not be filed: {e}", started)
+        try:
+            # Reads in WAL mode never wait for writers: polling on the loop is cheap.
+            record = await self.stores.get().await_decision(filed.approval_id, poll_s=self.poll_s)
+        except StoreError as e:
+            return self._failed(self._lost(filed, e), started, filed.approval_id)
+        return self._outcome(filed, record, started)
+
+    # -- filing --------------------------------------------------------------------------
+
+    def stored_request(self, request: ApprovalRequest) -> StoredRequest:
+        """The store's form of ``request``: scrubbed arguments, rule settings, both hashes."""
+        shown, _ = self._redactor.scrub_obj(dict(request.shown_arguments))
+        approval = request.approval
+        return StoredRequest(
+            tool_name=request.tool,
+            arguments=shown,
+            timeout_s=float(approval.timeout_s) if approval is not None else DEFAULT_TIMEOUT_S,
+            on_timeout=str(approval.on_timeout).upper() if approval is not None else "DENY",
+            approvers=tuple(approval.approvers) if approval is not None else ("*",),
+            session_id=request.session_id,
+            trace_id=request.trace_id,
+            span_id=request.span_id,
+            agent_name=request.agent_name,
+            mcp_server=request.server,
+            policy_rule=request.rule,
+            reason=request.reason,
+            blast_radius=request.blast_radius,
+            run_hash=request.arguments_hash,
+        )
+
+    def _file(self, request: ApprovalRequest) -> ApprovalRecord:
+        # Expiry counts from when the call was held, as ApprovalRequest.expires_at says.
+        return self.stores.get().file_request(
+            self.stored_request(request), now=request.requested_at
+        )
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def _outcome(
+        self, filed: ApprovalRecord, record: ApprovalRecord, started: float
+    ) -> ApprovalOutcome:
+        status: ApprovalStatus = "expired"
+        if record.status == APPROVED:
+            status = "approved"
+        elif record.status == DENIED:
+            status = "denied"
+        return ApprovalOutcome(
+            status=status,
+            approval_id=record.approval_id,
+            decided_by=record.decided_by,
+            reason=record.decision_reason,
+            wait_ms=(time.perf_counter() - started) * 1000.0,
+            refusal=_altered(filed, record),
+        )
+
+    def _failed(
+        self, reason: str, started: float, approval_id: str | None = None
+    ) -> ApprovalOutcome:
+        _log.error("tooltrail: control store %s: %s; denying the held call", self.path, reason)
+        return ApprovalOutcome(
+            status="denied",
+            approval_id=approval_id,
+            decided_by=STORE_ERROR,
+            reason=reason,
+            wait_ms=(time.perf_counter() - started) * 1000.0,
+        )
+
+    @staticmethod
+    def _lost(filed: ApprovalRecord, error: StoreError) -> str:
+        return (
+            f"the decision on approval {filed.approval_id} could not be read: {error}"
+            " (the request stays pending until it expires)"
+        )
+
+
+def _altered(filed: ApprovalRecord, record: ApprovalRecord) -> str | None:
+    """Why the stored request no longer is the one filed, or None when it still is."""
+    changed = [
+        name
+        for name, before, after in (
+            ("tool", filed.tool_name, record.tool_name),
+            ("arguments", filed.arguments, record.arguments),
+            ("arguments_hash", filed.arguments_hash, record.arguments_hash),
+            ("run_hash", filed.run_hash, record.run_hash),
+        )
+        if before != after
+    ]
+    if not changed and record.arguments_intact():
+        return None
+    what = ", ".join(changed) or "arguments (they no longer match their hash)"
+    return (
+        f"approval {record.approval_id} was changed in the control store after it was filed"
+        f" ({what}); what was {record.status} is not what would run, so it does not run"
+    )
+
+
+class StoreSessionGate:
+    """Session control for the call path: the state of a session, and waiting while paused."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, poll_s: float = DEFAULT_POLL_S):
+        self.stores = ThreadStores(data_dir)
+        self.poll_s = poll_s
+
+    @property
+    def path(self) -> Path:
+        return self.stores.path
+
+    def __repr__(self) -> str:
+        return f"StoreSessionGate({str(self.stores.data_dir)!r})"
+
+    def state(self, session_id: str) -> str:
+        return self.stores.get().session_state(session_id)
+
+    def wait_while_paused(self, session_id: str) -> str:
+        return self.stores.get().wait_while_paused(session_id, poll_s=self.poll_s)
+
+    async def await_while_paused(self, session_id: str) -> str:
+        return await self.stores.get().await_while_paused(session_id, poll_s=self.poll_s)

@@ -1,0 +1,401 @@
+"""A realistic data directory for the dashboard tests, built the way production builds it.
+
+Spans are made with the real OpenTelemetry SDK, carrying the attributes the
+instrumentation sets (decisions come from the real policy engine deciding each call
+against examples/policy-git.yaml, ``enforced = true``), and land through the real
+``TooltrailSpanExporter``. Approval requests are filed and decided in the real
+``ControlStore``. Times are relative to ``now`` so statuses (active, waiting) hold.
+
+Sessions (37): ``SESSIONS`` below, plus ``batch`` one-action sessions four days old.
+The expected figures the tests assert are spelled out in ``Expected``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Span, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from tooltrail import semconv as sc
+from tooltrail.collector import TooltrailSpanExporter
+from tooltrail.control import ApprovalRequest, ControlStore
+from tooltrail.policy import Policy, ToolCall, load_policy
+
+POLICY_FILE: Final = Path(__file__).resolve().parents[1] / "examples" / "policy-git.yaml"
+
+RELEASE: Final = "sess-release-7f3a"  # completed; every decision; approved commit; LLM
+TESTS: Final = "sess-tests-2c91"  # sub-agent of RELEASE
+TRIAGE: Final = "sess-triage-5d20"  # active (last action a minute ago)
+HOTFIX: Final = "sess-hotfix-91be"  # waiting for PENDING_ANYONE
+BRANCH: Final = "sess-branch-44d0"  # waiting for PENDING_MANAGERS
+FAILED: Final = "sess-fail-0b7e"  # last action errored, two days ago
+DOCS: Final = "sess-docs-3e11"  # a denied and an expired request, 26 hours ago
+PENDING_ANYONE: Final = "apr-pend-0001"  # approvers ["*"]
+PENDING_MANAGERS: Final = "apr-pend-0002"  # approvers ["release-managers"]
+APPROVED: Final = "apr-rel-0001"
+DENIED: Final = "apr-docs-0001"
+EXPIRED: Final = "apr-docs-0002"
+
+
+@dataclass(frozen=True)
+class Expected:
+    """Figures the dashboard must show for a directory made by :func:`seed`."""
+
+    sessions: int
+    actions_24h: int = 15
+    denies_24h: int = 1
+    rewrites_24h: int = 2
+    active: int = 1
+    pending: int = 2
+    release_actions: int = 7
+    failed: frozenset[str] = frozenset({FAILED})  # refused calls are not failures
+    release_bot: frozenset[str] = frozenset({RELEASE, HOTFIX})
+    web_repo: frozenset[str] = frozenset({BRANCH, FAILED})
+
+
+@dataclass
+class Seeded:
+    root: Path
+    policy_path: Path
+    now: dt.datetime
+    expected: Expected
+    batch_ids: list[str] = field(default_factory=list)
+
+
+def _ns(t: dt.datetime) -> int:
+    return int(t.timestamp() * 1e9)
+
+
+class _Session:
+    """Spans of one agent session, with the attributes the instrumentation sets."""
+
+    def __init__(
+        self,
+        builder: _Builder,
+        session_id: str,
+        agent: str,
+        start: dt.datetime,
+        *,
+        trigger: str,
+        parent: str | None = None,
+    ) -> None:
+        self.b = builder
+        self.session_id = session_id
+        self.agent = agent
+        self.start = start
+        self.parent = parent
+        self.trigger = trigger
+        self.sequence = 0
+        self.root: Span | None = None
+        self.common: dict[str, Any] = {
+            sc.SESSION_ID: session_id,
+            sc.GEN_AI_CONVERSATION_ID: session_id,
+            sc.TT_SESSION_ID: session_id,
+            sc.GEN_AI_AGENT_NAME: agent,
+            sc.TT_TRIGGER: trigger,
+        }
+        if parent:
+            self.common[sc.TT_PARENT_SESSION_ID] = parent
+        root = builder.tracer.start_span(
+            f"invoke_agent {agent}",
+            attributes={**self.common, sc.GEN_AI_OPERATION_NAME: sc.OP_INVOKE_AGENT},
+            start_time=_ns(start),
+        )
+        self.root = root  # type: ignore[assignment]
+        self.context = trace.set_span_in_context(root)
+
+    def action(
+        self,
+        tool: str,
+        args: dict[str, Any],
+        at: dt.datetime,
+        *,
+        expect: str,
+        duration_ms: float = 120.0,
+        approval: tuple[str, str, str | None, float] | None = None,
+        error: bool = False,
+    ) -> None:
+        """One tool call decided by the policy (``expect`` guards the fixture itself);
+        ``approval`` = (approval id, status, decided by, wait ms) for held calls."""
+        d = self.b.policy.decide(
+            ToolCall(tool=tool, arguments=args, agent=self.agent, session_id=self.session_id)
+        )
+        if d.decision != expect:
+            raise AssertionError(f"seed: {tool} {args} decided {d.decision}, expected {expect}")
+        self.sequence += 1
+        attrs: dict[str, Any] = {
+            **self.common,
+            sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+            sc.GEN_AI_TOOL_NAME: tool,
+            sc.GEN_AI_TOOL_CALL_ARGUMENTS: json.dumps(dict(d.arguments)),
+            sc.MCP_METHOD_NAME: sc.MCP_METHOD_TOOLS_CALL,
+            sc.MCP_SERVER_NAME: "git",
+            sc.TT_SEQUENCE: self.sequence,
+            sc.TT_DECISION: d.decision,
+            sc.TT_POLICY_RULE: d.policy_rule,
+            sc.TT_POLICY_MATCHED: list(d.policy_matched),
+            sc.TT_POLICY_VERSION: d.policy_version,
+            sc.TT_ENFORCED: True,
+            sc.TT_BLAST_RADIUS: d.blast_radius,
+        }
+        for key, value in (
+            (sc.TT_TARGET_REPO, d.target_repo),
+            (sc.TT_TARGET_BRANCH, d.target_branch),
+            (sc.TT_POLICY_REASON, d.reason),
+        ):
+            if value is not None:
+                attrs[key] = value
+        if d.decision == "REWRITE" and d.arguments_rewritten is not None:
+            attrs[sc.TT_ARGUMENTS_REWRITTEN] = json.dumps(dict(d.arguments_rewritten))
+        refused = d.decision == "DENY"
+        if approval is not None:
+            approval_id, status, by, wait_ms = approval
+            attrs[sc.TT_APPROVAL_ID] = approval_id
+            attrs[sc.TT_APPROVAL_STATUS] = status
+            attrs[sc.TT_APPROVAL_WAIT_MS] = wait_ms
+            if by is not None:
+                attrs[sc.TT_APPROVAL_DECIDED_BY] = by
+            refused = status != "approved"
+        span = self.b.tracer.start_span(
+            f"tools/call {tool}",
+            context=self.context,
+            kind=SpanKind.CLIENT,
+            attributes=attrs,
+            start_time=_ns(at),
+        )
+        if refused:
+            span.set_attribute(sc.ERROR_TYPE, "tool_call_denied")
+            span.set_status(Status(StatusCode.ERROR, f"denied: {d.reason} (rule {d.policy_rule})"))
+        elif error:
+            span.set_attribute(sc.ERROR_TYPE, sc.ERROR_TYPE_TOOL_ERROR)
+            span.set_status(Status(StatusCode.ERROR, "tool reported an error"))
+        span.end(end_time=_ns(at + dt.timedelta(milliseconds=duration_ms)))
+
+    def llm(self, model: str, at: dt.datetime, input_tokens: int, output_tokens: int) -> None:
+        span = self.b.tracer.start_span(
+            f"chat {model}",
+            context=self.context,
+            attributes={
+                **self.common,
+                sc.GEN_AI_OPERATION_NAME: "chat",
+                sc.GEN_AI_REQUEST_MODEL: model,
+                sc.GEN_AI_USAGE_INPUT_TOKENS: input_tokens,
+                sc.GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens,
+            },
+            start_time=_ns(at),
+        )
+        span.end(end_time=_ns(at + dt.timedelta(seconds=2)))
+
+    def end(self, at: dt.datetime) -> None:
+        """End the agent's root span (ongoing sessions have not ended theirs)."""
+        assert self.root is not None
+        self.root.end(end_time=_ns(at))
+
+
+class _Builder:
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.memory = InMemorySpanExporter()
+        provider = TracerProvider(resource=Resource.create({sc.SERVICE_NAME: "agent-fleet"}))
+        provider.add_span_processor(SimpleSpanProcessor(self.memory))
+        self.tracer = provider.get_tracer("tooltrail.instrumentation")
+
+    def land(self, root: Path) -> None:
+        exporter = TooltrailSpanExporter(data_dir=root, policy=self.policy)
+        exporter.export(self.memory.get_finished_spans())
+        exporter.shutdown()
+
+
+def _request(
+    store: ControlStore,
+    policy: Policy,
+    approval_id: str,
+    session: _Session,
+    tool: str,
+    args: dict[str, Any],
+    at: dt.datetime,
+    timeout_s: float,
+) -> None:
+    d = policy.decide(
+        ToolCall(tool=tool, arguments=args, agent=session.agent, session_id=session.session_id)
+    )
+    assert d.decision == "REQUIRE_APPROVAL" and d.approval is not None, d
+    store.file_request(
+        ApprovalRequest(
+            tool_name=tool,
+            arguments=dict(d.arguments),
+            timeout_s=timeout_s,
+            on_timeout=d.approval.on_timeout,
+            approvers=d.approval.approvers,
+            session_id=session.session_id,
+            agent_name=session.agent,
+            mcp_server="git",
+            policy_rule=d.policy_rule,
+            reason=d.reason,
+            blast_radius=d.blast_radius,
+            approval_id=approval_id,
+        ),
+        now=at.timestamp(),
+    )
+
+
+def seed(root: Path, *, now: dt.datetime | None = None, batch: int = 30) -> Seeded:
+    """Land the sessions described in the module docstring under ``root``."""
+    now = now or dt.datetime.now(dt.UTC)
+    policy = load_policy(POLICY_FILE)
+    b = _Builder(policy)
+    minute = dt.timedelta(minutes=1)
+    pay, rel, web = "/srv/repos/payments", "/srv/release/payments", "/srv/repos/web"
+
+    t = now - dt.timedelta(hours=3)
+    s = _Session(b, RELEASE, "release-bot", t, trigger="schedule")
+    s.llm("claude-sonnet-4", t + dt.timedelta(seconds=20), 1800, 420)
+    s.action("git_status", {"repo_path": pay}, t + 1 * minute, expect="ALLOW")
+    s.action("git_diff", {"repo_path": pay, "target": "main"}, t + 2 * minute, expect="ALLOW")
+    s.action(
+        "git_checkout", {"repo_path": pay, "branch_name": "main"}, t + 4 * minute, expect="REWRITE"
+    )
+    s.action("git_add", {"repo_path": pay, "files": ["src/pay.py"]}, t + 6 * minute, expect="ALLOW")
+    s.action(
+        "git_add", {"repo_path": pay, "files": ["deploy/prod.env"]}, t + 7 * minute, expect="DENY"
+    )
+    s.action(
+        "git_commit",
+        {"repo_path": rel, "message": "release 1.4.2"},
+        t + 8 * minute,
+        expect="REQUIRE_APPROVAL",
+        approval=(APPROVED, "approved", "alice", 42_000.0),
+        duration_ms=42_300.0,
+    )
+    s.action("git_log", {"repo_path": pay, "max_count": 5000}, t + 12 * minute, expect="REWRITE")
+    s.end(t + 13 * minute)
+    release = s
+
+    t = now - dt.timedelta(hours=2, minutes=50)
+    s = _Session(b, TESTS, "test-runner", t, trigger="agent", parent=RELEASE)
+    s.action("git_status", {"repo_path": pay}, t + minute, expect="ALLOW")
+    s.action("git_log", {"repo_path": pay, "max_count": 20}, t + 2 * minute, expect="ALLOW")
+    s.end(t + 3 * minute)
+
+    t = now - dt.timedelta(minutes=10)
+    s = _Session(b, TRIAGE, "triage-bot", t, trigger="event")
+    api = "/srv/repos/api"
+    s.action("git_status", {"repo_path": api}, now - 8 * minute, expect="ALLOW")
+    s.action("git_diff", {"repo_path": api, "target": "develop"}, now - 4 * minute, expect="ALLOW")
+    s.action(
+        "git_create_branch",
+        {"repo_path": api, "branch_name": "fix-1234", "base_branch": "develop"},
+        now - minute,
+        expect="ALLOW",
+    )
+
+    t = now - dt.timedelta(minutes=30)
+    hotfix = _Session(b, HOTFIX, "release-bot", t, trigger="manual")
+    hotfix.action("git_status", {"repo_path": rel}, t + minute, expect="ALLOW")
+    hotfix.action(
+        "git_diff", {"repo_path": rel, "target": "hotfix-7"}, t + 2 * minute, expect="ALLOW"
+    )
+
+    t = now - dt.timedelta(minutes=15)
+    branch = _Session(b, BRANCH, "feature-bot", t, trigger="api")
+    branch.action("git_status", {"repo_path": web}, t + minute, expect="ALLOW")
+
+    t = now - dt.timedelta(days=2)
+    s = _Session(b, FAILED, "triage-bot", t, trigger="event")
+    s.action("git_status", {"repo_path": web}, t + minute, expect="ALLOW")
+    s.action(
+        "git_commit",
+        {"repo_path": web, "message": "wip"},
+        t + 2 * minute,
+        expect="ALLOW",
+        error=True,
+    )
+    s.end(t + 3 * minute)
+
+    t = now - dt.timedelta(hours=26)
+    docs = _Session(b, DOCS, "docs-bot", t, trigger="manual")
+    docs.action(
+        "git_create_branch",
+        {"repo_path": "/srv/repos/docs", "branch_name": "docs-x", "base_branch": "main"},
+        t + minute,
+        expect="REQUIRE_APPROVAL",
+        approval=(DENIED, "denied", "release-managers", 180_000.0),
+    )
+    docs.action(
+        "git_commit",
+        {"repo_path": "/srv/release/docs", "message": "docs for 1.4"},
+        t + 5 * minute,
+        expect="REQUIRE_APPROVAL",
+        approval=(EXPIRED, "expired", None, 600_000.0),
+    )
+    docs.end(t + 16 * minute)
+
+    batch_ids = []
+    for i in range(batch):
+        t = now - dt.timedelta(days=4, minutes=30 * i)
+        s = _Session(b, f"sess-batch-{i:03d}", "batch-bot", t, trigger="schedule")
+        s.action("git_status", {"repo_path": pay}, t + minute, expect="ALLOW")
+        s.end(t + 2 * minute)
+        batch_ids.append(s.session_id)
+
+    b.land(root)
+    with ControlStore(root) as store:
+        commit = {"repo_path": rel, "message": "release 1.4.2"}
+        _request(
+            store, policy, APPROVED, release, "git_commit", commit, release.start + 8 * minute, 600
+        )
+        store.decide(
+            APPROVED,
+            "approved",
+            "alice",
+            "release window",
+            now=(release.start + 8 * minute).timestamp() + 42,
+        )
+        docs_branch = {
+            "repo_path": "/srv/repos/docs",
+            "branch_name": "docs-x",
+            "base_branch": "main",
+        }
+        _request(
+            store, policy, DENIED, docs, "git_create_branch", docs_branch, docs.start + minute, 1800
+        )
+        store.decide(
+            DENIED,
+            "denied",
+            "release-managers",
+            "not during the freeze",
+            now=(docs.start + minute).timestamp() + 180,
+        )
+        docs_commit = {"repo_path": "/srv/release/docs", "message": "docs for 1.4"}
+        _request(
+            store, policy, EXPIRED, docs, "git_commit", docs_commit, docs.start + 5 * minute, 600
+        )
+        hot = {"repo_path": rel, "message": "hotfix: null check"}
+        _request(
+            store, policy, PENDING_ANYONE, hotfix, "git_commit", hot, now - 20 * minute, 86_400
+        )
+        feat = {"repo_path": web, "branch_name": "feat-login", "base_branch": "main"}
+        _request(
+            store,
+            policy,
+            PENDING_MANAGERS,
+            branch,
+            "git_create_branch",
+            feat,
+            now - 12 * minute,
+            86_400,
+        )
+        store.expire_due()
+    return Seeded(root, POLICY_FILE, now, Expected(sessions=7 + batch), batch_ids)
+
+
+__all__ = ["Expected", "Seeded", "seed"]

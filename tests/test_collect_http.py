@@ -1,0 +1,331 @@
+"""``POST /v1/traces`` against a real collector: status codes, bad input, limits, tokens.
+
+Every bad request gets its status (400 / 401 / 411 / 413 / 415 / 503), lands nothing, and
+the server keeps serving. Property tests throw generated bodies (random bytes, random
+JSON, bit-flipped valid requests) at one collector; afterwards the rows on disk are
+exactly the spans its 200 answers accepted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from collect_support import (
+    CollectorProcess,
+    collect_argv,
+    landed_rows,
+    metric,
+    post_traces,
+    request,
+    wait_until,
+)
+from google.protobuf import json_format
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+PB = "application/x-protobuf"
+JS = "application/json"
+TOKEN = "s3cret-token-0123456789"
+MAX_BODY = 256 * 1024
+_seq = iter(range(1, 10**9))
+
+
+def make_request(n: int = 3, *, attrs: dict[str, str] | None = None) -> ExportTraceServiceRequest:
+    req = ExportTraceServiceRequest()
+    scope = req.resource_spans.add().scope_spans.add()
+    for _ in range(n):
+        k = next(_seq)
+        span = scope.spans.add()
+        span.trace_id = k.to_bytes(16, "big")
+        span.span_id = k.to_bytes(8, "big")
+        span.name = "execute_tool git_status"
+        span.start_time_unix_nano = 1_700_000_000_000_000_000 + k
+        span.end_time_unix_nano = 1_700_000_000_100_000_000 + k
+        for key, value in {"gen_ai.tool.name": "git_status", **(attrs or {})}.items():
+            span.attributes.add(key=key, value=AnyValue(string_value=value))
+    return req
+
+
+def as_json(req: ExportTraceServiceRequest) -> bytes:
+    doc = json_format.MessageToDict(req)
+    for rs in doc.get("resourceSpans", []):
+        for ss in rs.get("scopeSpans", []):
+            for span in ss.get("spans", []):
+                for key in ("traceId", "spanId"):
+                    import base64
+
+                    span[key] = base64.b64decode(span[key]).hex()
+    return json.dumps(doc).encode()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field, by hand (the library refuses to build these)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def deeply_nested_request(depth: int) -> bytes:
+    """One valid span plus an attribute whose AnyValue kvlists nest ``depth`` levels."""
+    value = _field(1, b"leaf")  # AnyValue.string_value
+    for _ in range(depth):
+        key_value = _field(1, b"k") + _field(2, value)  # KeyValue{key, value}
+        value = _field(6, _field(1, key_value))  # AnyValue.kvlist_value.values
+    span = make_request(1).resource_spans[0].scope_spans[0].spans[0].SerializeToString()
+    span += _field(9, _field(1, b"deep") + _field(2, value))  # Span.attributes
+    return _field(1, _field(2, _field(2, span)))  # resource_spans.scope_spans.spans
+
+
+@pytest.fixture(scope="module")
+def col(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorProcess]:
+    data = tmp_path_factory.mktemp("http") / "data"
+    with CollectorProcess(
+        data, "--max-body", str(MAX_BODY), "--flush-interval", "0.05", "--token", TOKEN
+    ) as proc:
+        yield proc
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def post(col: CollectorProcess, body: bytes, ctype: str = PB, **headers: str) -> Any:
+    return post_traces(col.url, body, ctype, {**AUTH, **headers})
+
+
+def accepted_total(col: CollectorProcess) -> float:
+    return metric(col.url, "spans_accepted_total")
+
+
+def assert_alive_and_unchanged(col: CollectorProcess, accepted_before: float) -> None:
+    status, _, _ = request(col.url, "GET", "/healthz")
+    assert status == 200
+    assert accepted_total(col) == accepted_before
+
+
+# --- status codes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "headers", "status"),
+    [
+        (b"\x0a\xff\xff\xff\xff\x0f", PB, {}, 400),  # truncated length-delimited field
+        (b"{not json", JS, {}, 400),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}', JS, {}, 400),
+        (b"[1, 2]", JS, {}, 400),
+        (b"hello", "text/plain", {}, 415),
+        (b"hello", PB, {"Content-Encoding": "br"}, 415),
+        (b"\x1f\x8b\x08\x00garbage", PB, {"Content-Encoding": "gzip"}, 400),
+        (gzip.compress(b"x" * 100)[:-9], PB, {"Content-Encoding": "gzip"}, 400),  # truncated
+        (b"x" * (MAX_BODY + 1), PB, {}, 413),
+        (b"[" * 50_000 + b"]" * 50_000, JS, {}, 400),
+    ],
+    ids=[
+        "bad-protobuf",
+        "bad-json",
+        "bad-hex-id",
+        "json-not-object",
+        "content-type",
+        "encoding",
+        "bad-gzip",
+        "truncated-gzip",
+        "oversize",
+        "json-deep",
+    ],
+)
+def test_bad_request_is_refused_and_lands_nothing(
+    col: CollectorProcess, body: bytes, ctype: str, headers: dict[str, str], status: int
+) -> None:
+    before = accepted_total(col)
+    got, resp_headers, resp = post(col, body, ctype, **headers)
+    assert got == status, resp
+    assert resp  # a google.rpc.Status saying why
+    assert_alive_and_unchanged(col, before)
+
+
+def test_error_body_is_encoded_like_the_request(col: CollectorProcess) -> None:
+    status, headers, body = post(col, b"{oops", JS)
+    assert status == 400 and headers["content-type"] == JS
+    assert json.loads(body)["message"].startswith("malformed JSON")
+    status, headers, body = post(col, b"\x0a\xff", PB)
+    assert status == 400 and headers["content-type"] == PB
+    assert b"malformed protobuf" in body
+
+
+def test_deeply_nested_protobuf_is_refused(col: CollectorProcess) -> None:
+    before = accepted_total(col)
+    status, _, body = post(col, deeply_nested_request(300))
+    assert status == 400
+    assert b"malformed protobuf" in body
+    assert_alive_and_unchanged(col, before)
+    # Nesting within the decoder's limit is data like any other: it lands.
+    assert post(col, deeply_nested_request(20))[0] == 200
+    assert accepted_total(col) == before + 1
+
+
+def test_missing_or_wrong_token_is_401(col: CollectorProcess) -> None:
+    body = make_request(2).SerializeToString()
+    before = accepted_total(col)
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": TOKEN}):
+        status, resp_headers, _ = post_traces(col.url, body, PB, headers)
+        assert status == 401
+        assert resp_headers["www-authenticate"].startswith("Bearer")
+    assert_alive_and_unchanged(col, before)
+    status, _, _ = post(col, body)
+    assert status == 200
+    assert accepted_total(col) == before + 2
+
+
+def test_partial_success_for_invalid_spans(col: CollectorProcess) -> None:
+    """Spans that cannot land are counted as rejected; the request's good spans land."""
+    req = make_request(2)
+    good = {s.span_id.hex() for s in req.resource_spans[0].scope_spans[0].spans}
+    bad_id = make_request(1)
+    bad_id.resource_spans[0].scope_spans[0].spans[0].span_id = b"\x00" * 8
+    req.resource_spans.extend(bad_id.resource_spans)
+    status, _, body = post(col, req.SerializeToString())
+    assert status == 200
+    resp = ExportTraceServiceResponse.FromString(body)
+    assert resp.partial_success.rejected_spans == 1
+    assert "spanId" in resp.partial_success.error_message
+    wait_until(lambda: good <= {r["span_id"] for r in landed_rows(col.data_dir)}, what="landed")
+    assert not {r["span_id"] for r in landed_rows(col.data_dir)} & {"0" * 16}
+
+
+def test_huge_attribute_span_rejected_whole_request_lands_nothing(tmp_path: Path) -> None:
+    with CollectorProcess(tmp_path / "data", "--flush-interval", "0.05") as small:
+        # The default span limit is 1 MiB: a 2 MiB attribute value is over it.
+        req = make_request(1, attrs={"gen_ai.tool.call.arguments": "y" * (2 * 1024 * 1024)})
+        status, _, body = post_traces(small.url, req.SerializeToString(), PB)
+        assert status == 200
+        assert ExportTraceServiceResponse.FromString(body).partial_success.rejected_spans == 1
+        assert metric(small.url, "spans_accepted_total") == 0
+        status, _, body = post_traces(small.url, as_json(make_request(2)), JS)
+        assert status == 200 and json.loads(body) == {}
+        wait_until(lambda: len(landed_rows(small.data_dir)) == 2, what="good spans landed")
+
+
+def test_gzip_json_and_protobuf_land(col: CollectorProcess) -> None:
+    a, b = make_request(3), make_request(2)
+    want = {s.span_id.hex() for r in (a, b) for s in r.resource_spans[0].scope_spans[0].spans}
+    assert post(col, gzip.compress(a.SerializeToString()), PB, **{"Content-Encoding": "gzip"})[0] == 200
+    assert post(col, gzip.compress(as_json(b)), JS, **{"Content-Encoding": "gzip"})[0] == 200
+    wait_until(lambda: want <= {r["span_id"] for r in landed_rows(col.data_dir)}, what="landed")
+
+
+def test_metrics_and_health(col: CollectorProcess) -> None:
+    status, headers, body = request(col.url, "GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    text = body.decode()
+    for name in ("spans_received_total", "spans_accepted_total", "spans_landed_total",
+                 "spans_rejected_total", "requests_shed_total", "spool_backlog_bytes"):
+        assert f"# TYPE tooltrail_collector_{name} " in text
+    status, _, body = request(col.url, "GET", "/healthz")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    assert request(col.url, "GET", "/nope")[0] == 404
+
+
+# --- property tests ----------------------------------------------------------------------
+
+_valid = make_request(4).SerializeToString()
+
+
+def _flip(data: bytes, positions: list[int]) -> bytes:
+    out = bytearray(data)
+    for p in positions:
+        out[p % len(out)] ^= 1 << (p % 8)
+    return bytes(out)
+
+
+bodies = st.one_of(
+    st.tuples(st.binary(max_size=2048), st.just(PB)),
+    st.tuples(st.lists(st.integers(0, 10_000), min_size=1, max_size=8).map(
+        lambda ps: _flip(_valid, ps)), st.just(PB)),
+    st.tuples(
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+            lambda inner: st.lists(inner, max_size=4)
+            | st.dictionaries(st.sampled_from(["resourceSpans", "scopeSpans", "spans",
+                                               "traceId", "spanId", "name", "x"]), inner,
+                              max_size=4),
+            max_leaves=30,
+        ).map(lambda d: json.dumps(d).encode()),
+        st.just(JS),
+    ),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=bodies)
+def test_generated_bodies_never_land_more_than_acknowledged(
+    col: CollectorProcess, case: tuple[bytes, str]
+) -> None:
+    body, ctype = case
+    before = accepted_total(col)
+    status, _, resp = post(col, body, ctype)
+    assert status in (200, 400), (status, resp)
+    after = accepted_total(col)
+    if status == 400:
+        assert after == before
+    else:
+        assert after >= before
+
+
+def test_landed_rows_equal_acknowledged_spans(col: CollectorProcess) -> None:
+    """Runs after the property test in file order: the disk holds exactly what was acked."""
+    wait_until(lambda: metric(col.url, "spool_backlog_bytes") == 0, what="spool drained")
+    rows = landed_rows(col.data_dir)
+    # Not unique by id: a bit-flipped body can repeat span ids, and what is sent is kept.
+    assert len(rows) == accepted_total(col) > 0
+
+
+# --- process-level refusals --------------------------------------------------------------
+
+
+def _run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*collect_argv(), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_non_loopback_bind_without_token_is_refused(tmp_path: Path) -> None:
+    done = _run("--data", str(tmp_path / "d"), "--host", "0.0.0.0", "--port", "0")
+    assert done.returncode == 2
+    assert "non-loopback" in done.stderr and "--token" in done.stderr
+
+
+def test_second_instance_on_same_data_is_refused(col: CollectorProcess) -> None:
+    done = _run("--data", str(col.data_dir), "--port", "0")
+    assert done.returncode == 2
+    assert "another tooltrail collect already serves" in done.stderr
+    assert request(col.url, "GET", "/healthz")[0] == 200
+
+
+def test_full_backlog_answers_503_with_retry_after(tmp_path: Path) -> None:
+    with CollectorProcess(
+        tmp_path / "data", "--max-backlog", "4096", "--flush-interval", "3600"
+    ) as proc:
+        first = make_request(40)
+        assert post_traces(proc.url, first.SerializeToString(), PB)[0] == 200
+        status, headers, _ = post_traces(proc.url, make_request(3).SerializeToString(), PB)
+        assert status == 503
+        assert int(headers["retry-after"]) >= 1
+        assert metric(proc.url, "requests_shed_total") == 1
+        assert metric(proc.url, "spans_accepted_total") == 40
+        assert proc.stop() == 0  # SIGTERM drains the spool before exiting
+    assert len(landed_rows(tmp_path / "data")) == 40

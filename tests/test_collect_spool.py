@@ -1,0 +1,107 @@
+"""The write-ahead spool in-process: framing, torn tails, exactly-once landing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from collect_support import landed_rows
+from test_collect_http import make_request
+
+from tooltrail.collector.receiver import Limits, RequestRejected, decompress, read_request
+from tooltrail.collector.server import RowPipeline
+from tooltrail.collector.spool import Spool, land_segment, landed_name, read_segment
+
+DAY = 86_400 * 1_000_000_000
+
+
+def _payloads(n: int, spans: int = 5) -> list[tuple[bytes, list[str]]]:
+    out = []
+    for _ in range(n):
+        req = make_request(spans)
+        out.append((req.SerializeToString(), [s.span_id.hex() for s in req.resource_spans[0].scope_spans[0].spans]))
+    return out
+
+
+def test_torn_tail_is_cut_and_acknowledged_records_kept(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    records = _payloads(3)
+    for payload, _ in records:
+        spool.append(payload)
+    spool.close()
+    (segment,) = spool.sealed()
+    with open(segment, "ab") as fh:  # a record cut short by kill -9 mid-write
+        fh.write(b"\x40\x00\x00\x00\x01\x02\x03\x04partial")
+    again = Spool(tmp_path)
+    assert again.recover() == [segment]
+    read = read_segment(segment)
+    assert not read.torn
+    assert read.payloads == [p for p, _ in records]
+    land_segment(segment, tmp_path, RowPipeline(None, redact=True).rows)
+    assert [r["span_id"] for r in landed_rows(tmp_path)] == sorted(i for _, ids in records for i in ids)
+
+
+def test_corrupt_record_stops_reading_there(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    for payload, _ in _payloads(2):
+        spool.append(payload)
+    spool.close()
+    (segment,) = spool.sealed()
+    data = bytearray(segment.read_bytes())
+    data[-3] ^= 0xFF  # flip a byte of the last payload: its CRC no longer matches
+    segment.write_bytes(bytes(data))
+    read = read_segment(segment)
+    assert read.torn and len(read.payloads) == 1
+
+
+def test_crash_between_landing_and_deleting_lands_once(tmp_path: Path) -> None:
+    """Landing a segment again (it survived a crash after its Parquet was linked) adds
+    nothing, also when the segment spans two date partitions."""
+    spool = Spool(tmp_path)
+    a, b = make_request(4), make_request(3)
+    for span in b.resource_spans[0].scope_spans[0].spans:
+        span.start_time_unix_nano += DAY  # the next day's partition
+    spool.append(a.SerializeToString())
+    spool.append(b.SerializeToString())
+    spool.close()
+    (segment,) = spool.sealed()
+    saved = tmp_path / "saved.wal"
+    shutil.copy(segment, saved)
+    rows_of = RowPipeline(None, redact=True).rows
+    assert land_segment(segment, tmp_path, rows_of) == (7, 0)
+    shutil.copy(saved, segment)  # as if killed before the unlink
+    assert land_segment(segment, tmp_path, rows_of) == (0, 7)
+    assert len(landed_rows(tmp_path)) == 7
+    names = {p.name for p in (tmp_path / "spans").glob("date=*/*.parquet")}
+    assert names == {landed_name(segment)}
+    assert not segment.exists()
+
+
+def test_segments_rotate_by_size_and_seal_by_age(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, segment_bytes=4096)
+    payload = make_request(20).SerializeToString()
+    assert len(payload) > 1000
+    for _ in range(6):
+        spool.append(payload)
+    assert len(spool.sealed()) >= 1
+    spool.seal(older_than_s=0)
+    assert spool.backlog_bytes == sum(p.stat().st_size for p in spool.sealed())
+
+
+def test_gzip_bomb_is_413_before_inflating_it_all() -> None:
+    import zlib
+
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
+    data = bomb.compress(b"\0" * (64 * 1024 * 1024)) + bomb.flush()
+    with pytest.raises(RequestRejected) as e:
+        decompress(data, "gzip", 1024 * 1024)
+    assert e.value.status == 413
+
+
+def test_read_request_validates_each_span() -> None:
+    req = make_request(3)
+    req.resource_spans[0].scope_spans[0].spans[1].start_time_unix_nano = 0
+    got = read_request("application/x-protobuf", None, req.SerializeToString(), Limits())
+    assert (got.spans, got.rejected) == (2, 1)
+    assert "spans[1]: startTimeUnixNano is missing" in got.error_message
