@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest install lock bench clean dashboard
+.PHONY: demo test lint typecheck pytest install lock bench clean dashboard docs
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,3 +43,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache tooltrail-data
+
+# Regenerate the CLI reference from --help (tests/test_cli_reference.py keeps it in sync).
+docs: $(STAMP)
+	$(BIN)/python -m tooltrail.cli_reference > docs/CLI.md

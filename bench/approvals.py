@@ -5,14 +5,17 @@
 1. Latency from ``approve`` to the agent's call proceeding (issue 5 target: median
    <= 250 ms). An async agent process (``@tool`` under enforcement, the default
    ``ControlStoreBroker``) makes N held calls one after another. This process plays the
-   approver: it waits for each request to appear, notes the time and calls
-   ``ControlStore.decide`` (what ``tooltrail approve`` does after starting up). The agent
-   notes the time its tool body starts. Latency = start - decide (same clock, one
-   machine). Also reported: the agent's CPU time per held call and as a share of one core
-   over its whole run (it must sleep between polls, not spin), and the wall time of one
-   ``tooltrail approve`` process for comparison (interpreter start-up dominates it).
+   approver: it sees each request appear, "thinks" for a random 0-200 ms (seeded; a
+   person's decision lands at a random point of the agent's polling interval, not right
+   after its first look), notes the time and calls ``ControlStore.decide`` (what
+   ``tooltrail approve`` does after starting up). The agent notes the time its tool body
+   starts. Latency = start - decide (same clock, one machine). Also reported: the agent's
+   CPU time per held call, all threads, and the wall time of one ``tooltrail approvals``
+   process for comparison (interpreter start-up dominates it).
 2. Waiting cost with M calls held at once in one agent: agent CPU per second of waiting,
-   measured over a window in which nothing is decided.
+   measured over a window in which nothing is decided (M = 0: the configured agent idle).
+   For scale, the cost of a bare ``asyncio.sleep`` loop waking as often as a waiter polls
+   (every 50 ms) on this machine.
 3. Session control's cost per tool call: ``@tool`` under enforcement with a one-rule policy
    that matches nothing, session control off vs on (one primary-key read of the store per
    call), median per call.
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -63,8 +67,12 @@ def agent_main(data: str, policy: str, mode: str, count: int) -> None:
     async def concurrent() -> None:
         await asyncio.gather(*(release(n) for n in range(count)))
 
+    async def idle() -> None:  # the baseline: configured, nothing held, until stdin closes
+        await asyncio.to_thread(sys.stdin.read)
+
+    runs = {"sequential": sequential, "concurrent": concurrent, "idle": idle}
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    asyncio.run(sequential() if mode == "sequential" else concurrent())
+    asyncio.run(runs[mode]())
     report = {
         "started": started,
         "wall_s": time.perf_counter() - wall0,
@@ -77,6 +85,7 @@ def start_agent(data: Path, policy: Path, mode: str, count: int) -> subprocess.P
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TOOLTRAIL_", "OTEL_"))}
     return subprocess.Popen(
         [sys.executable, __file__, "agent", str(data), str(policy), mode, str(count)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -84,10 +93,15 @@ def start_agent(data: Path, policy: Path, mode: str, count: int) -> subprocess.P
 
 
 def agent_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a running process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    """CPU seconds used so far by a running process, all threads, in nanoseconds'
+    resolution (Linux ``/proc/PID/task/*/schedstat``; ``stat`` counts 10 ms ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):  # a thread that just ended
+            continue
+    return total / 1e9
 
 
 # --- 1. approve -> proceed latency --------------------------------------------------------
@@ -99,11 +113,13 @@ def latency(root: Path, count: int) -> None:
     data, policy = root / "latency", root / "policy.yaml"
     agent = start_agent(data, policy, "sequential", count)
     decided_at: dict[int, float] = {}
+    think = random.Random(5)
     with ControlStore(data) as store:
         while len(decided_at) < count:
             for rec in store.list_approvals("pending"):
                 n = int(json.loads(rec.arguments)["n"])
                 if n not in decided_at:
+                    time.sleep(think.uniform(0.0, 0.2))
                     decided_at[n] = time.time()
                     store.decide(rec.approval_id, "approved", by="bench")
             time.sleep(0.002)  # the approver's own polling: fine-grained, so it adds little
@@ -111,12 +127,13 @@ def latency(root: Path, count: int) -> None:
     report = json.loads(out)
     lat = sorted((report["started"][str(n)] - decided_at[n]) * 1000 for n in range(count))
     p95 = lat[min(len(lat) - 1, round(0.95 * len(lat)) - 1)]
+    share = report["cpu_s"] / report["wall_s"] * 100
     print(f"1. approve -> call proceeds, {count} held calls in sequence (async agent)")
     print(f"   median {statistics.median(lat):7.1f} ms   p95 {p95:7.1f} ms   max {lat[-1]:7.1f} ms")
     print(
-        f"   agent CPU {report['cpu_s'] * 1000 / count:6.2f} ms per held call;"
-        f" {report['cpu_s'] / report['wall_s'] * 100:5.1f}% of one core over its"
-        f" {report['wall_s']:.1f} s run (filing, spans and waiting)"
+        f"   agent CPU {report['cpu_s'] * 1000 / count:6.2f} ms per held call, all threads"
+        f" (filing, waiting, span export to Parquet): {share:.1f}% of one core over its"
+        f" {report['wall_s']:.1f} s run"
     )
     cli = [str(BIN / "tooltrail")] if (BIN / "tooltrail").exists() else None
     if cli is not None:
@@ -125,35 +142,48 @@ def latency(root: Path, count: int) -> None:
             t0 = time.perf_counter()
             subprocess.run([*cli, "approvals", "--data", str(data)], capture_output=True)
             times.append((time.perf_counter() - t0) * 1000)
-        print(
-            f"   for comparison: one `tooltrail approvals` process {statistics.median(times):.0f} ms"
-        )
+        median_ms = statistics.median(times)
+        print(f"   for comparison: one `tooltrail approvals` process takes {median_ms:.0f} ms")
 
 
 # --- 2. the cost of waiting ---------------------------------------------------------------
 
 
 def waiting(root: Path, count: int, window_s: float = 3.0) -> None:
+    """Agent CPU over a quiet window with ``count`` calls held (0: the idle baseline)."""
     from tooltrail.control import ControlStore
 
     data, policy = root / f"waiting-{count}", root / "policy.yaml"
-    agent = start_agent(data, policy, "concurrent", count)
+    agent = start_agent(data, policy, "concurrent" if count else "idle", count)
     with ControlStore(data) as store:
         while len(store.list_approvals("pending")) < count:
             time.sleep(0.05)
-        time.sleep(0.5)  # let filing and span work settle before measuring
+        time.sleep(1.0)  # let start-up, filing and span export settle before measuring
         cpu0, t0 = agent_cpu_s(agent.pid), time.perf_counter()
         time.sleep(window_s)
         cpu = agent_cpu_s(agent.pid) - cpu0
         elapsed = time.perf_counter() - t0
         for rec in store.list_approvals("pending"):
             store.decide(rec.approval_id, "approved", by="bench")
-    agent.communicate(timeout=600)
+    agent.communicate("", timeout=600)
+    per_s = cpu / elapsed
+    what = f"{count:4d} calls held at once" if count else "idle agent (baseline) "
+    extra = f"; {per_s / count * 1e6:6.1f} us/s per held call" if count else ""
     print(
-        f"2. {count:4d} calls held at once: agent CPU {cpu / elapsed * 1000:6.1f} ms per second"
-        f" of waiting ({cpu / elapsed * 100:4.1f}% of one core;"
-        f" {cpu / elapsed / count * 1e6:5.1f} us/s per held call)"
+        f"2. {what}: agent CPU {per_s * 1000:6.1f} ms per second"
+        f" ({per_s * 100:4.1f}% of one core{extra})"
     )
+
+
+def bare_wakeups(seconds: float = 3.0) -> None:
+    async def loop() -> float:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            await asyncio.sleep(0.05)
+        return (time.process_time() - cpu0) / (time.perf_counter() - t0)
+
+    per_s = asyncio.run(loop())
+    print(f"   for scale: a bare asyncio.sleep(0.05) loop costs {per_s * 1000:.1f} ms per second")
 
 
 # --- 3. session control per call ----------------------------------------------------------
@@ -208,7 +238,7 @@ def main(argv: list[str]) -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--approvals", type=int, default=100)
-    parser.add_argument("--concurrent", type=int, nargs="*", default=[1, 100])
+    parser.add_argument("--concurrent", type=int, nargs="*", default=[0, 1, 100])
     parser.add_argument("--calls", type=int, default=5000)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tooltrail-bench-") as tmp:
@@ -218,6 +248,7 @@ def main(argv: list[str]) -> None:
         latency(root, args.approvals)
         for m in args.concurrent:
             waiting(root, m)
+        bare_wakeups()
         session_check(root, args.calls)
 
 

@@ -119,12 +119,16 @@ def request_from_body(doc: Mapping[str, Any]) -> ApprovalRequest:
     ):
         raise BadInputError("field 'approvers' must be a non-empty list of names")
     extra = {key: _text(doc, key) for key in _OPTIONAL_TEXT}
+    # The agent's keyed digest of the arguments that will run (opaque here; the agent
+    # checks it before running). Stored and returned as is.
+    run_hash = _text(doc, "run_hash")
     return ApprovalRequest(
         tool_name=tool,
         arguments=arguments,
         timeout_s=float(timeout),
         on_timeout=on_timeout.upper(),
         approvers=tuple(approvers),
+        run_hash=run_hash,
         **extra,
     )
 

@@ -81,6 +81,13 @@ class _CliError(click.ClickException):
     show_default=True,
     help="Seconds before spooled spans are landed (queryable).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Processes that normalize and land spans (default: one per core; "
+    "0 = inside the collector process).",
+)
 def collect_cli(
     data: Path | None,
     host: str,
@@ -92,6 +99,7 @@ def collect_cli(
     max_body: int,
     max_backlog: int,
     flush_interval: float,
+    workers: int | None,
 ) -> None:
     """Receive OTLP/HTTP spans from remote agents and land them (and serve approvals).
 
@@ -103,19 +111,20 @@ def collect_cli(
         tooltrail collect --data ./tooltrail-data --policy policy.yaml --port 4318
     """
     from tooltrail.collector.receiver import DEFAULT_MAX_DECODED_BYTES, Limits
-    from tooltrail.collector.server import CollectorConfig, Running, serve
+    from tooltrail.collector.server import CollectorConfig, Running, default_workers, serve
     from tooltrail.errors import TooltrailError
     from tooltrail.policy import load_policy
 
     try:
         # Load here so a bad policy stops start-up with its file and line (exit 2)
-        # instead of landing every row as policy-error.
-        loaded = load_policy(policy) if policy is not None else None
+        # instead of landing every row as policy-error. Workers load it from the path.
+        if policy is not None:
+            load_policy(policy)
         cfg = CollectorConfig(
             data_dir=config.data_dir(data),
             host=host,
             port=port,
-            policy=loaded,
+            policy=policy,
             token=token or None,
             decision_token=decision_token or None,
             durability="direct" if durability == "direct" else "spool",
@@ -124,6 +133,7 @@ def collect_cli(
             ),
             max_backlog_bytes=max_backlog,
             flush_interval_s=flush_interval,
+            workers=default_workers() if workers is None else workers,
         )
 
         def ready(running: Running) -> None:

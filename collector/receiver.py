@@ -137,7 +137,8 @@ def decode(media: str, data: bytes) -> ExportTraceServiceRequest:
     """Parse a decompressed body; RequestRejected(400) names what is wrong."""
     if media == CT_PROTOBUF:
         try:
-            return ExportTraceServiceRequest.FromString(data)
+            parsed: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(data)
+            return parsed
         except DecodeError as e:
             raise RequestRejected(400, f"malformed protobuf ExportTraceServiceRequest: {e}") from e
     try:
@@ -174,9 +175,7 @@ def _span_problem(span: Any, max_span_bytes: int) -> str | None:
     return None
 
 
-def validate(
-    req: ExportTraceServiceRequest, body: bytes | None, max_span_bytes: int
-) -> Accepted:
+def validate(req: ExportTraceServiceRequest, body: bytes | None, max_span_bytes: int) -> Accepted:
     """Drop the spans that cannot land; ``body`` is reused as payload when nothing is."""
     total = 0
     rejected = 0
@@ -194,10 +193,8 @@ def validate(
             for i in reversed(bad):
                 del ss.spans[i]
             rejected += len(bad)
-    if rejected == 0 and body is not None:
-        payload = body
-    else:
-        payload = req.SerializeToString()
+    # Spool the body itself unless spans were dropped from it (or it was JSON).
+    payload = body if rejected == 0 and body is not None else req.SerializeToString()
     message = ""
     if rejected:
         message = f"{rejected} of {total} spans rejected; first: {first_error}"
@@ -229,7 +226,8 @@ def success_body(media: str, rejected: int = 0, message: str = "") -> bytes:
     if rejected:
         resp.partial_success.rejected_spans = rejected
         resp.partial_success.error_message = message
-    return resp.SerializeToString()
+    encoded: bytes = resp.SerializeToString()
+    return encoded
 
 
 def _varint(n: int) -> bytes:
@@ -245,7 +243,18 @@ def _varint(n: int) -> bytes:
 
 
 # google.rpc.Code values for the HTTP statuses we answer with.
-_RPC_CODES: Final = {400: 3, 401: 16, 403: 7, 404: 5, 409: 6, 413: 8, 415: 3, 503: 14}
+_RPC_CODES: Final = {
+    400: 3,  # INVALID_ARGUMENT
+    401: 16,  # UNAUTHENTICATED
+    403: 7,  # PERMISSION_DENIED
+    404: 5,  # NOT_FOUND
+    409: 6,  # ALREADY_EXISTS
+    411: 3,
+    413: 8,  # RESOURCE_EXHAUSTED
+    415: 3,
+    500: 13,  # INTERNAL
+    503: 14,  # UNAVAILABLE
+}
 
 
 def status_body(media: str, http_status: int, message: str) -> bytes:

@@ -35,6 +35,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,15 +44,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-)
 
-from tooltrail import config
 from tooltrail.collector import approvals_http as apr
-from tooltrail.collector.exporter import policy_row_hook
-from tooltrail.collector.normalize import Normalizer
-from tooltrail.collector.otlp import records_from_request
+from tooltrail.collector.landing import Lander, RowPipeline, wait_for_old_workers
 from tooltrail.collector.receiver import (
     CT_JSON,
     CT_PROTOBUF,
@@ -61,16 +57,8 @@ from tooltrail.collector.receiver import (
     status_body,
     success_body,
 )
-from tooltrail.collector.spool import (
-    DEFAULT_SEGMENT_BYTES,
-    Spool,
-    land_segment,
-    quarantine,
-)
-from tooltrail.collector.writer import ParquetSpanWriter
+from tooltrail.collector.spool import DEFAULT_SEGMENT_BYTES, Spool, quarantine
 from tooltrail.errors import BadInputError, StoreError, TooltrailError
-from tooltrail.redact import Redactor
-from tooltrail.schema import Row
 
 if TYPE_CHECKING:
     from tooltrail.policy import Policy
@@ -94,6 +82,16 @@ _DRAIN_CAP: Final = 256 * 1024 * 1024
 _SOCKET_TIMEOUT_S: Final = 60.0
 _RETRY_AFTER_S: Final = 1
 _LANDER_RETRY_S: Final = 1.0
+# A segment with no append for a quarter of the flush interval is sealed at once: the
+# burst that filled it is over, so its spans become queryable without waiting out the
+# interval (yet a steady sender's batches still share a segment, hence a Parquet file).
+_MIN_IDLE_SEAL_S: Final = 0.05
+
+
+def default_workers() -> int:
+    """Landing processes: one per core (the receiver itself needs little: it decodes,
+    validates and fsyncs; normalizing and writing Parquet is the work)."""
+    return max(1, os.cpu_count() or 1)
 
 
 class InstanceLockedError(StoreError):
@@ -127,6 +125,8 @@ class CollectorConfig:
     max_inflight: int = 4
     max_waiters: int = 256
     redact: bool | None = None
+    # Processes that normalize and write Parquet (0: in the collector process itself).
+    workers: int = field(default_factory=default_workers)
 
     def check(self) -> None:
         """Refuse unsafe or impossible settings with a message naming the option."""
@@ -137,6 +137,8 @@ class CollectorConfig:
                 f"refusing to listen on non-loopback address {self.host!r} without --token: "
                 "anyone who can reach it could write spans and file approvals"
             )
+        if self.workers < 0:
+            raise BadInputError("--workers must be 0 or more")
         for name in ("token", "decision_token"):
             value = getattr(self, name)
             if value is not None and len(value) < 16:
@@ -149,7 +151,7 @@ _COUNTERS: Final = {
     "requests_total": "HTTP requests answered, by path kind and status code.",
     "spans_received_total": "Spans in decoded trace requests.",
     "spans_accepted_total": "Spans acknowledged (durable) to senders.",
-    "spans_rejected_total": "Spans refused: invalid spans and spans of refused requests.",
+    "spans_rejected_total": "Invalid spans dropped from accepted requests (partial success).",
     "spans_landed_total": "Rows landed in Parquet.",
     "spans_duplicate_skipped_total": "Rows found already landed when landing a segment again.",
     "requests_shed_total": "Trace requests answered 503 to shed load.",
@@ -231,28 +233,6 @@ class InstanceLock:
             self._fd = None
 
 
-# --- rows ---------------------------------------------------------------------------------
-
-
-class RowPipeline:
-    """records -> normalizer -> policy hook: exactly the in-process exporter's steps."""
-
-    def __init__(self, policy: str | os.PathLike[str] | Policy | None, redact: bool | None):
-        if redact is None:
-            redact = config.env_flag(config.ENV_REDACT, default=True)
-        self._normalizer = Normalizer(Redactor() if redact else None)
-        self._hook = policy_row_hook(policy)
-
-    def rows(self, request: ExportTraceServiceRequest) -> list[Row]:
-        normalize = self._normalizer.normalize
-        rows = [normalize(rec) for rec in records_from_request(request)]
-        hook = self._hook
-        if hook is not None:
-            for row in rows:
-                hook(row)
-        return rows
-
-
 # --- the collector -------------------------------------------------------------------------
 
 
@@ -264,11 +244,11 @@ class Collector:
         self.cfg = cfg
         self.data_dir = cfg.data_dir
         self.metrics = Metrics()
-        self.pipeline = RowPipeline(cfg.policy, cfg.redact)
+        self.lander = Lander(cfg.data_dir, cfg.policy, cfg.redact, cfg.workers)
         self.stop = threading.Event()
         self._lock = InstanceLock(cfg.data_dir)
         self._spool: Spool | None = None
-        self._writer: ParquetSpanWriter | None = None
+        self._landing: dict[Path, Future[tuple[int, int]]] = {}
         self._inflight = threading.BoundedSemaphore(cfg.max_inflight)
         self._waiters = threading.BoundedSemaphore(cfg.max_waiters)
         self._lander: threading.Thread | None = None
@@ -280,6 +260,11 @@ class Collector:
     def start(self, describe: str) -> None:
         self._lock.acquire(describe)
         try:
+            if not wait_for_old_workers(self.data_dir):
+                raise StoreError(
+                    f"landing workers of an earlier collector on {self.data_dir} are still "
+                    "running; stop them before starting a new one"
+                )
             if self.cfg.durability == "spool":
                 self._spool = Spool(self.data_dir, segment_bytes=self.cfg.segment_bytes)
                 left = self._spool.recover()
@@ -290,9 +275,8 @@ class Collector:
                     target=self._land_loop, name="tooltrail-lander", daemon=True
                 )
                 self._lander.start()
-            else:
-                self._writer = ParquetSpanWriter(self.data_dir)
         except BaseException:
+            self.lander.close()
             self._lock.release()
             raise
 
@@ -305,6 +289,7 @@ class Collector:
         if self._spool is not None:
             self._spool.close()
             self.land_pending()
+        self.lander.close()
         self._lock.release()
 
     # -- ingest ----------------------------------------------------------------------------
@@ -323,7 +308,7 @@ class Collector:
             if self._spool is not None:
                 self._append(accepted.payload)
             else:
-                self._land_direct(accepted.request)
+                self._land_direct(accepted.payload)
             self.metrics.add("spans_accepted_total", accepted.spans)
         return success_body(media_type(content_type), accepted.rejected, accepted.error_message)
 
@@ -337,20 +322,19 @@ class Collector:
         if self._spool.backlog_bytes >= self.cfg.segment_bytes:
             self._wake.set()
 
-    def _land_direct(self, request: ExportTraceServiceRequest) -> None:
-        assert self._writer is not None
+    def _land_direct(self, payload: bytes) -> None:
         if not self._inflight.acquire(blocking=False):
             self.metrics.add("requests_shed_total")
             raise RequestRejected(503, "too many requests landing at once; retry")
         try:
-            rows = self.pipeline.rows(request)
-            self._writer.write(rows)
-        except OSError as e:
+            landed = self.lander.land_payload(payload)
+        except (OSError, BrokenProcessPool) as e:
+            self.lander.broken(e)
             _log.error("tooltrail collect: cannot land: %s", e)
-            raise RequestRejected(503, f"cannot land: {e.strerror or e}") from e
+            raise RequestRejected(503, f"cannot land: {e}") from e
         finally:
             self._inflight.release()
-        self.metrics.add("spans_landed_total", len(rows))
+        self.metrics.add("spans_landed_total", landed)
 
     # -- landing (spool mode) --------------------------------------------------------------
 
@@ -358,36 +342,64 @@ class Collector:
         assert self._spool is not None
         interval = self.cfg.flush_interval_s
         while not self.stop.is_set():
-            self._wake.wait(timeout=max(interval / 4, 0.01))
+            self._wake.wait(timeout=max(interval / 8, 0.01))
             self._wake.clear()
-            self._spool.seal(older_than_s=interval)
-            if not self.land_pending() and not self.stop.is_set():
+            self._spool.seal(older_than_s=interval, idle_s=max(interval / 4, _MIN_IDLE_SEAL_S))
+            if not self._pump(block=False) and not self.stop.is_set():
                 self.stop.wait(_LANDER_RETRY_S)  # the data dir failed: back off
 
     def land_pending(self) -> bool:
-        """Land every sealed segment in order; False when landing hit an I/O error."""
+        """Land every sealed segment now; False when landing hit an I/O error."""
         assert self._spool is not None
-        for segment in self._spool.sealed():
-            try:
-                size = segment.stat().st_size
-                landed, skipped = land_segment(segment, self.data_dir, self.pipeline.rows)
-            except OSError as e:
-                self.metrics.add("landing_errors_total")
-                self.last_landing_error = f"{segment.name}: {e}"
-                _log.error("tooltrail collect: cannot land %s (will retry): %s", segment, e)
+        while self._spool.sealed():
+            if not self._pump(block=True):
                 return False
-            except (DecodeError, TooltrailError, ValueError, TypeError) as e:
-                # Acknowledged data that cannot be read back: keep it aside, never drop it.
-                moved = quarantine(segment)
-                self._spool.done(segment, size)
-                self.metrics.add("segments_quarantined_total")
-                self.last_landing_error = f"{segment.name}: {e}"
-                _log.error("tooltrail collect: quarantined %s: %s", moved, e)
+        return True
+
+    def _pump(self, *, block: bool) -> bool:
+        """Hand sealed segments to the lander, settle finished ones; False on I/O error."""
+        spool = self._spool
+        assert spool is not None
+        limit = max(1, self.cfg.workers)
+        for segment in spool.sealed():
+            if segment in self._landing or len(self._landing) >= limit:
                 continue
-            self._spool.done(segment, size)
-            self.last_landing_error = None
-            self.metrics.add("spans_landed_total", landed)
-            self.metrics.add("spans_duplicate_skipped_total", skipped)
+            if not segment.exists():  # landed by a dying collector's worker
+                spool.done(segment)
+                continue
+            future = self.lander.submit_segment(segment)
+            future.add_done_callback(lambda _: self._wake.set())
+            self._landing[segment] = future
+        ok = True
+        for segment, future in list(self._landing.items()):
+            if not block and not future.done():
+                continue
+            del self._landing[segment]
+            ok = self._settle(segment, future) and ok
+        return ok
+
+    def _settle(self, segment: Path, future: Future[tuple[int, int]]) -> bool:
+        assert self._spool is not None
+        try:
+            landed, skipped = future.result()
+        except (OSError, BrokenProcessPool) as e:
+            self.lander.broken(e)
+            self.metrics.add("landing_errors_total")
+            self.last_landing_error = f"{segment.name}: {e}"
+            _log.error("tooltrail collect: cannot land %s (will retry): %s", segment, e)
+            return False
+        except (DecodeError, TooltrailError, ValueError, TypeError) as e:
+            # Acknowledged data that cannot be read back: keep it aside, never drop it.
+            moved = quarantine(segment)
+            self._spool.done(segment)
+            self.metrics.add("segments_quarantined_total")
+            self.last_landing_error = f"{segment.name}: {e}"
+            _log.error("tooltrail collect: quarantined %s: %s", moved, e)
+            return True
+        self._spool.done(segment)
+        self.last_landing_error = None
+        self.metrics.add("spans_landed_total", landed)
+        self.metrics.add("spans_duplicate_skipped_total", skipped)
         return True
 
     # -- views -----------------------------------------------------------------------------
@@ -432,8 +444,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return self.server_version
+
     timeout = _SOCKET_TIMEOUT_S
     server: CollectorHTTPServer
+    _answered = False
 
     # Quiet: per-request lines would cost more than the request at full load.
     def log_message(self, format: str, *args: Any) -> None:
@@ -454,6 +468,7 @@ class _Handler(BaseHTTPRequestHandler):
         kind: str,
         headers: dict[str, str] | None = None,
     ) -> None:
+        self._answered = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -465,8 +480,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.collector.metrics.add("requests_total", kind=kind, code=str(status))
 
-    def _json(self, status: int, doc: Any, *, kind: str, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-        self._send(status, json.dumps(doc, default=str).encode(), CT_JSON, kind=kind, headers=headers)
+    def _json(
+        self, status: int, doc: Any, *, kind: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self._send(
+            status, json.dumps(doc, default=str).encode(), CT_JSON, kind=kind, headers=headers
+        )
 
     def _error(self, status: int, message: str, *, kind: str, media: str = CT_JSON) -> None:
         headers = {"Retry-After": str(_RETRY_AFTER_S)} if status == 503 else None
@@ -498,7 +517,12 @@ class _Handler(BaseHTTPRequestHandler):
         if length > limit:
             self.close_connection = True
             self._drain(length)
-            self._error(413, f"body of {length} bytes is over the {limit}-byte limit", kind=kind, media=media)
+            self._error(
+                413,
+                f"body of {length} bytes is over the {limit}-byte limit",
+                kind=kind,
+                media=media,
+            )
             return None
         body = self.rfile.read(length)
         if len(body) != length:
@@ -546,6 +570,25 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing ---------------------------------------------------------------------------
 
     def do_POST(self) -> None:
+        self._guarded(self._route_post)
+
+    def do_GET(self) -> None:
+        self._guarded(self._route_get)
+
+    def _guarded(self, route: Callable[[], None]) -> None:
+        """A bug must cost one request a 500, never the connection without an answer."""
+        self._answered = False
+        try:
+            route()
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+        except Exception:
+            _log.exception("tooltrail collect: internal error on %s %s", self.command, self.path)
+            self.close_connection = True
+            if not self._answered:
+                self._error(500, "internal error (see the collector's log)", kind="error")
+
+    def _route_post(self) -> None:
         path = urlsplit(self.path).path
         if path == TRACES_PATH:
             self._post_traces()
@@ -558,7 +601,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._drain(self._content_length() or 0)
             self._error(404, f"no such endpoint: POST {path}", kind="other")
 
-    def do_GET(self) -> None:
+    def _route_get(self) -> None:
         parts = urlsplit(self.path)
         path = parts.path
         if path == HEALTH_PATH:
@@ -579,7 +622,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _post_traces(self) -> None:
         kind = "traces"
         # Errors are encoded like the request; JSON when the request's type is unusable.
-        media = CT_PROTOBUF if media_type(self.headers.get("Content-Type")) == CT_PROTOBUF else CT_JSON
+        media = (
+            CT_PROTOBUF if media_type(self.headers.get("Content-Type")) == CT_PROTOBUF else CT_JSON
+        )
         if not self._authorized(kind, media):
             return
         collector = self.collector
@@ -591,7 +636,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(503, "backlog full: retry later", kind=kind, media=media)
             return
         try:
-            answer = collector.ingest(self.headers.get("Content-Type"), self.headers.get("Content-Encoding"), body)
+            answer = collector.ingest(
+                self.headers.get("Content-Type"), self.headers.get("Content-Encoding"), body
+            )
         except RequestRejected as e:
             self._error(e.status, e.message, kind=kind, media=media)
             return
@@ -656,7 +703,9 @@ class _Handler(BaseHTTPRequestHandler):
         required = cfg.decision_token or cfg.token
         if required is None:
             self._drain(self._content_length() or 0)
-            self._error(403, "decisions over HTTP need the collector to run with --token", kind=kind)
+            self._error(
+                403, "decisions over HTTP need the collector to run with --token", kind=kind
+            )
             return
         if not self._token_ok(required):
             self._drain(self._content_length() or 0)
@@ -697,8 +746,9 @@ class Running:
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else str(host)
+        raw_host, port = self.server.server_address[:2]
+        host = raw_host.decode() if isinstance(raw_host, bytes) else str(raw_host)
+        shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}"
 
     def stop(self) -> None:
@@ -722,7 +772,10 @@ def start(cfg: CollectorConfig) -> Running:
         server.server_close()
         raise
     thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="tooltrail-http", daemon=True
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.2},
+        name="tooltrail-http",
+        daemon=True,
     )
     thread.start()
     return Running(collector, server, thread)
@@ -761,6 +814,7 @@ __all__ = [
     "Metrics",
     "RowPipeline",
     "Running",
+    "default_workers",
     "is_loopback",
     "serve",
     "start",

@@ -25,6 +25,7 @@ Exactly once, also across crashes:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -133,7 +134,9 @@ class Spool:
         self._active: Path | None = None
         self._active_size = 0
         self._active_opened = 0.0
+        self._last_append = 0.0
         self._sealed: list[Path] = []
+        self._sizes: dict[Path, int] = {}  # sealed segment -> bytes counted in the backlog
         self._backlog = 0
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -164,8 +167,10 @@ class Spool:
         for path in self.dir.glob(f".{SEGMENT_PREFIX}*"):
             path.unlink(missing_ok=True)
         with self._lock:
+            for path in found:
+                self._sizes[path] = path.stat().st_size
+                self._backlog += self._sizes[path]
             self._sealed.extend(found)
-            self._backlog += sum(p.stat().st_size for p in found)
         return found
 
     # -- writing -----------------------------------------------------------------------
@@ -191,40 +196,60 @@ class Spool:
             if self._fd is None:
                 self._open_segment()
             assert self._fd is not None
-            _write_all(self._fd, record)
-            if self._sync:
-                os.fdatasync(self._fd)
+            try:
+                _write_all(self._fd, record)
+                if self._sync:
+                    os.fdatasync(self._fd)
+            except OSError:
+                # Never append after a record that may be torn (disk full mid-write) or
+                # whose sync failed: readers stop at a torn record, and acknowledged
+                # records after it would be lost. Cut it off and start a new segment.
+                self._abandon_tail_locked()
+                raise
             self._active_size += len(record)
             self._backlog += len(record)
+            self._last_append = time.monotonic()
             if self._active_size >= self.segment_bytes:
                 self._seal_locked()
+
+    def _abandon_tail_locked(self) -> None:
+        assert self._fd is not None
+        # If even this fails, readers stop at the torn record: only it (unacknowledged) is lost.
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, self._active_size)
+        self._seal_locked()
 
     def _seal_locked(self) -> None:
         if self._fd is None or self._active is None:
             return
         os.close(self._fd)
         self._sealed.append(self._active)
+        self._sizes[self._active] = self._active_size
         self._fd = None
         self._active = None
         self._active_size = 0
 
-    def seal(self, older_than_s: float = 0.0) -> None:
-        """Seal the active segment if it holds records and is at least this old."""
+    def seal(self, older_than_s: float = 0.0, idle_s: float | None = None) -> None:
+        """Seal the active segment if it holds records and is at least ``older_than_s``
+        old, or has had no append for ``idle_s`` (a burst ended: land it now)."""
         with self._lock:
             if self._active is None or self._active_size <= len(MAGIC):
                 return
-            if time.monotonic() - self._active_opened >= older_than_s:
+            now = time.monotonic()
+            old = now - self._active_opened >= older_than_s
+            idle = idle_s is not None and now - self._last_append >= idle_s
+            if old or idle:
                 self._seal_locked()
 
     def sealed(self) -> list[Path]:
         with self._lock:
             return list(self._sealed)
 
-    def done(self, path: Path, size: int) -> None:
-        """The lander landed ``path`` and deleted it."""
+    def done(self, path: Path) -> None:
+        """The lander landed ``path`` and deleted it (or moved it aside)."""
         with self._lock:
             self._sealed.remove(path)
-            self._backlog -= size
+            self._backlog -= self._sizes.pop(path, 0)
 
     @property
     def backlog_bytes(self) -> int:
@@ -256,7 +281,10 @@ def land_segment(segment: Path, data_dir: Path, rows_of: RowsOf) -> tuple[int, i
     directory cannot be written (the segment stays, to be retried), and ValueError /
     DecodeError for a record that cannot be read back (the caller quarantines).
     """
-    read = read_segment(segment)
+    try:
+        read = read_segment(segment)
+    except FileNotFoundError:
+        return 0, 0  # landed and deleted by another lander (a dying collector's worker)
     rows: list[Row] = []
     for payload in read.payloads:
         rows.extend(rows_of(ExportTraceServiceRequest.FromString(payload)))
@@ -276,7 +304,7 @@ def land_segment(segment: Path, data_dir: Path, rows_of: RowsOf) -> tuple[int, i
                 skipped += len(day_rows)
                 continue
             landed += len(day_rows)
-        segment.unlink()
+        segment.unlink(missing_ok=True)
         _fsync_dir(segment.parent)
     return landed, skipped
 
@@ -286,7 +314,7 @@ def quarantine(segment: Path) -> Path:
     qdir = segment.parent / QUARANTINE_DIR
     qdir.mkdir(exist_ok=True)
     target = qdir / segment.name
-    os.replace(segment, target)
+    segment.replace(target)
     _fsync_dir(segment.parent)
     return target
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import IO, Any, Final
 
 from tooltrail.errors import BadInputError
 
@@ -80,17 +80,17 @@ def launch(
     policy: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     new_session: bool = False,
-    quiet: bool = False,
+    output: int | IO[Any] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start the dashboard server; the caller owns the process (stop it with
     ``terminate()`` then ``wait()``). ``new_session`` puts it in its own process group
-    (tests kill the group); ``quiet`` discards its output."""
-    sink = subprocess.DEVNULL if quiet else None
+    (tests kill the group); ``output`` receives its stdout and stderr (a file, or
+    ``subprocess.DEVNULL``; default: this process's)."""
     return subprocess.Popen(
         command(data_dir, port, host, headless, policy=policy),
         env=dict(env) if env is not None else None,
-        stdout=sink,
-        stderr=sink,
+        stdout=output,
+        stderr=subprocess.STDOUT if output is not None else None,
         start_new_session=new_session,
     )
 

@@ -29,14 +29,6 @@ _ACTION_ICONS: Final = {
     "resume": ":material/play_arrow:",
     "cancel": ":material/cancel:",
 }
-_MD_SPECIAL: Final = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>()#+-.!|~:$"})
-
-
-def md_escape(text: str) -> str:
-    """``text`` shown literally inside Streamlit markdown."""
-    return text.translate(_MD_SPECIAL)
-
-
 # --- approvals -----------------------------------------------------------------------------
 
 
@@ -99,22 +91,22 @@ def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
         with left:
             agent = row.get("agent_name") or "unknown agent"
             st.markdown(
-                f"**{md_escape(str(row.get('tool_name')))}** · {md_escape(str(agent))} · "
+                f"**{ui.md(str(row.get('tool_name')))}** · {ui.md(str(agent))} · "
                 f"{ui.chip(row.get('blast_radius'), ui.RADIUS_COLORS)}"
             )
-            st.markdown(md_escape(summary_of(row)))
+            st.markdown(ui.md(summary_of(row)))
             why = row.get("policy_reason")
             rule = row.get("policy_rule") or "–"
-            details = [f"rule `{rule}`" + (f" — {md_escape(str(why))}" if why else "")]
+            details = [f"rule {ui.code(rule)}" + (f" — {ui.md(why)}" if why else "")]
             details.append(f"requested {ui.fmt_ago(row.get('requested_at'))}")
             if row.get("expires_at") is not None:
                 details.append(f"expires {ui.fmt_ago(row['expires_at'])}")
-            details.append(f"`{approval_id}`")
+            details.append(ui.code(approval_id))
             st.caption(" · ".join(details))
             if row.get("session_id"):
                 nav.session_link(
                     str(row["session_id"]),
-                    label=f"Session {row['session_id']}",
+                    label=f"Session {ui.md(row['session_id'])}",
                     icon=":material/open_in_new:",
                 )
         with right:
@@ -148,8 +140,20 @@ def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
                 args=(str(root), [approval_id], "denied", reason_key),
                 width="stretch",
             )
+            if blocked is not None and blocked != ui.NEED_OPERATOR:
+                st.caption(ui.md(blocked))
         with st.expander("Arguments shown for approval"):
             st.code(ui.pretty_json(row.get("arguments")), language="json")
+
+
+def operator_hint() -> None:
+    """One visible reminder (instead of a disabled-button tooltip per card)."""
+    if ui.operator() is None:
+        st.info(
+            "Enter your name in the sidebar to approve or deny: every decision records who "
+            "made it.",
+            icon=":material/badge:",
+        )
 
 
 def approvals_bulk_bar(rows: Sequence[Mapping[str, Any]], root: Path, key: str) -> None:
@@ -165,7 +169,7 @@ def approvals_bulk_bar(rows: Sequence[Mapping[str, Any]], root: Path, key: str) 
     with st.container(border=True):
         st.markdown(f"**{len(ids)} selected**")
         if blocked is not None:
-            st.caption(blocked)
+            st.caption(ui.md(blocked))
             return
         reason_key = f"{key}-bulk-reason"
         st.text_input("Reason for all", key=reason_key, placeholder="Reason (optional)")
@@ -243,14 +247,13 @@ def session_control_bar(
     st.text_input("Reason", key=reason_key, placeholder="Reason (optional)")
     if not who:
         st.caption(ui.NEED_OPERATOR)
-    columns = st.columns(len(actions) + 2)
-    for column, action in zip(columns, actions, strict=False):
+    row = st.container(horizontal=True)
+    for action in actions:
         label = action.capitalize() + (f" {len(session_ids)}" if len(session_ids) > 1 else "")
-        column.button(
+        row.button(
             label,
             key=f"{key}-{action}",
             icon=_ACTION_ICONS[action],
-            type="primary" if action == "cancel" else "secondary",
             disabled=who is None,
             help=ui.NEED_OPERATOR if who is None else None,
             on_click=control_callback,
@@ -265,7 +268,7 @@ __all__ = [
     "common_session_actions",
     "control_callback",
     "decide_callback",
-    "md_escape",
+    "operator_hint",
     "session_control_bar",
     "summary_of",
     "valid_session_actions",

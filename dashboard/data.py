@@ -208,11 +208,16 @@ def _session_links(root: str, stamp: str) -> pl.DataFrame:
 
 @_cache
 def _approvals(
-    root: str, stamp: str, status: str, since: str | None, session_id: str | None
+    root: str,
+    stamp: str,
+    status: str,
+    since: str | None,
+    session_id: str | None,
+    limit: int | None,
 ) -> pl.DataFrame:
     return reader(root)(
         lambda con: analytics.approval_history(
-            con, status, since=_since(since), session_id=session_id
+            con, status, since=_since(since), session_id=session_id, limit=limit
         )
     )
 
@@ -314,9 +319,15 @@ class Data:
         return _session_links(*self._key)
 
     def approvals(
-        self, status: str = "all", *, since: str | None = None, session_id: str | None = None
+        self,
+        status: str = "all",
+        *,
+        since: str | None = None,
+        session_id: str | None = None,
+        limit: int | None = None,
     ) -> pl.DataFrame:
-        return _approvals(*self._key, status, since, session_id)
+        """Approval requests, newest first (``analytics.approval_history``)."""
+        return _approvals(*self._key, status, since, session_id, limit)
 
     def pending(self) -> pl.DataFrame:
         """Pending requests, oldest first, with ``approvers`` (who may decide; empty when

@@ -12,7 +12,8 @@ from tooltrail import analytics
 from tooltrail.dashboard import components, nav, ui
 
 CARDS_SHOWN: Final = 20
-OUTCOMES: Final = tuple(s for s in analytics.APPROVAL_STATUSES if s not in ("all", "pending"))
+HISTORY_LIMIT: Final = 1_000
+OUTCOMES: Final = analytics.APPROVAL_STATUSES  # all, pending, approved, denied, ...
 
 
 def render() -> None:
@@ -55,6 +56,7 @@ def _pending(ctx: nav.Context, pending: pl.DataFrame) -> None:
         "approvers",
         "approval_id",
     )
+    components.operator_hint()
     key = "pending_table"
     st.dataframe(
         ui.as_chips(table, "blast_radius"),
@@ -92,17 +94,24 @@ def _history(ctx: nav.Context) -> None:
     with left:
         since = ui.time_range("approvals_range", default="Last 30 days", label="Requested within")
     outcome = right.segmented_control(
-        "Outcome", OUTCOMES, selection_mode="multi", default=list(OUTCOMES), key="approvals_out"
+        "Outcome",
+        OUTCOMES,
+        default="all",
+        required=True,
+        format_func=lambda o: o.replace("_", " "),
+        key="approvals_out",
     )
-    frame = ctx.data.approvals("all", since=since)
-    frame = frame.filter(pl.col("outcome").is_in(list(outcome or [])))
+    # One page of history: a million actions can hold tens of thousands of requests.
+    frame = ctx.data.approvals(str(outcome or "all"), since=since, limit=HISTORY_LIMIT + 1)
     if frame.is_empty():
-        st.caption("No decided request in this range.")
+        st.caption("No request in this range.")
         return
+    more = frame.height > HISTORY_LIMIT
+    frame = frame.head(HISTORY_LIMIT)
     table = frame.select(
         "requested_at",
         "decided_at",
-        "decided_by",
+        pl.col("decided_by").fill_null("—"),
         (pl.col("wait_ms") / 1000).alias("wait_s"),
         "outcome",
         (pl.col("outcome") == "expired").alias("expired"),
@@ -113,9 +122,13 @@ def _history(ctx: nav.Context) -> None:
         "reason",
         "approval_id",
     )
-    st.markdown(f"**{ui.fmt_int(table.height)}** requests")
+    st.markdown(
+        f"**{ui.fmt_int(table.height)}** request{'s' if table.height != 1 else ''}"
+        + (f", the newest {ui.fmt_int(HISTORY_LIMIT)} (the SQL page has them all)" if more else "")
+    )
     st.dataframe(
         ui.as_chips(table, "outcome"),
+        key="approvals_history",
         hide_index=True,
         width="stretch",
         column_config={
@@ -136,26 +149,33 @@ def _history(ctx: nav.Context) -> None:
 
 
 def _stats(ctx: nav.Context) -> None:
-    since = ui.time_range("approvals_stats_range", default="Last 30 days")
+    with st.columns([1, 3])[0]:
+        since = ui.time_range("approvals_stats_range", default="Last 30 days")
+    st.caption(
+        "Time to decision counts requests a person approved or denied; expired ones are "
+        "in the expired share."
+    )
     for by, title in (("rule", "Per rule"), ("approver", "Per approver")):
         st.subheader(title, anchor=False)
         frame = ctx.data.approval_stats(by, since)
         if frame.is_empty():
             st.caption("No request in this range.")
             continue
-        left, right = st.columns([3, 2])
-        with left:
-            table = frame.with_columns(
-                (pl.col("median_wait_ms") / 1000).alias("median_wait_ms"),
-                (pl.col("p95_wait_ms") / 1000).alias("p95_wait_ms"),
-            )
-            st.dataframe(table, hide_index=True, width="stretch", column_config=_stats_config(by))
-        with right:
-            waits = frame.filter(pl.col("median_wait_ms").is_not_null())
-            if waits.is_empty():
-                st.caption("No request was decided by a person yet.")
-            else:
-                st.altair_chart(ui.wait_chart(waits, by), width="stretch")
+        table = frame.with_columns(
+            pl.col(by).fill_null("(undecided)" if by == "approver" else "(none)"),
+            (pl.col("median_wait_ms") / 1000).alias("median_wait_ms"),
+            (pl.col("p95_wait_ms") / 1000).alias("p95_wait_ms"),
+        )
+        st.dataframe(
+            table,
+            key=f"approval_stats_{by}",
+            hide_index=True,
+            width="stretch",
+            column_config=_stats_config(by),
+        )
+        waits = frame.filter(pl.col("median_wait_ms").is_not_null())
+        if not waits.is_empty():
+            st.altair_chart(ui.wait_chart(waits, by), width="stretch")
 
 
 def _stats_config(by: str) -> dict[str, Any]:

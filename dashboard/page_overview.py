@@ -21,7 +21,8 @@ def render() -> None:
     if not ctx.data.has_spans() and pending.is_empty():
         ui.empty_state("No agent activity yet", ui.no_data_hint(str(ctx.root)))
         return
-    since = ui.time_range("overview_range", default="Last 24 hours")
+    with st.columns([1, 3])[0]:
+        since = ui.time_range("overview_range", default="Last 24 hours")
     kpis = ctx.data.kpis(since)
     columns = st.columns(5)
     columns[0].metric(
@@ -59,13 +60,13 @@ def _blast_mix(ctx: nav.Context, since: str | None) -> None:
     if by_day.is_empty():
         st.caption("No actions in this time range.")
         return
-    columns = [r.lower() for r in BLAST_RADII] + ["unrated"]
-    totals = by_day.select(pl.lit("all").alias("range"), *(pl.col(c).sum() for c in columns))
-    st.altair_chart(ui.radius_chart(totals, "range", horizontal=True), width="stretch")
-    row = totals.row(0, named=True)
+    names = {r.lower(): r for r in BLAST_RADII} | {"unrated": "unrated"}
+    totals = by_day.select(pl.col(c).sum() for c in names).row(0, named=True)
+    counts = {label: int(totals[c] or 0) for c, label in names.items()}
+    st.altair_chart(ui.radius_mix_chart(counts), width="stretch")
     st.markdown(
-        " ".join(
-            f"{ui.chip(r, ui.RADIUS_COLORS)} {ui.fmt_int(row[r.lower()])}" for r in BLAST_RADII
+        " &nbsp; ".join(
+            f"{ui.chip(r, ui.RADIUS_COLORS)} **{ui.fmt_int(counts[r])}**" for r in BLAST_RADII
         )
     )
 
@@ -82,6 +83,7 @@ def _pending_panel(ctx: nav.Context, pending: pl.DataFrame) -> None:
         f"{'s' if pending.height != 1 else ''}, oldest first."
         + (" See Approvals for the rest." if more else "")
     )
+    components.operator_hint()
     for row in shown.iter_rows(named=True):
         components.approval_card(row, ctx.root, key="overview")
     if more:

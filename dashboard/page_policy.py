@@ -36,24 +36,14 @@ def render() -> None:
         "The active policy's rules and how often each fired; replay a candidate policy over "
         "the actions that landed to see what it would change before you ship it.",
     )
-    path = _policy_path(ctx)
+    # Only the server's configuration names the active policy: a path typed in the page
+    # would let anyone who can open the dashboard read files on the server.
+    path = ctx.config.policy_path
     policy = _active(path)
     if policy is not None:
         _rules(ctx, policy)
     st.divider()
     _candidate(ctx, path)
-
-
-def _policy_path(ctx: nav.Context) -> Path | None:
-    default = str(ctx.config.policy_path or "")
-    text = st.text_input(
-        "Active policy file",
-        value=default,
-        key="policy_path",
-        placeholder="path/to/policy.yaml",
-        help="From `--policy` or `$TOOLTRAIL_POLICY`; type another path to inspect that file.",
-    ).strip()
-    return Path(text).expanduser() if text else None
 
 
 def _active(path: Path | None) -> Policy | None:
@@ -62,8 +52,7 @@ def _active(path: Path | None) -> Policy | None:
         ui.empty_state(
             "No active policy",
             "Start the dashboard with `--policy FILE` (or set `TOOLTRAIL_POLICY`) to see its "
-            "rules with hit counts, or enter a path above. You can still replay a candidate "
-            "policy below.",
+            "rules with hit counts. You can still replay a candidate policy below.",
         )
         return None
     try:
@@ -98,7 +87,7 @@ def _rules(ctx: nav.Context, policy: Policy) -> None:
                 "matched": int(by_id.get(rule.id, {}).get("matched") or 0),
                 "decided": int(by_id.get(rule.id, {}).get("decided") or 0),
                 "last_matched": by_id.get(rule.id, {}).get("last_matched"),
-                "reason": rule.reason,
+                "reason": rule.reason or "",
                 "line": rule.line,
             }
             for rule in policy.rules
@@ -274,7 +263,11 @@ def _report(report: ReplayReport) -> None:
     )
     if not hits.is_empty():
         st.markdown("**Candidate rules, replayed**")
-        st.dataframe(hits, hide_index=True, column_config={"hits": ui.count_column("Matched")})
+        st.dataframe(
+            hits,
+            hide_index=True,
+            column_config={"rule": "Rule", "hits": ui.count_column("Matched")},
+        )
     if report.dead_rules:
         st.warning(
             "Would never fire on these actions: " + ", ".join(f"`{r}`" for r in report.dead_rules),
@@ -287,6 +280,19 @@ def _report(report: ReplayReport) -> None:
         )
 
 
+_LABELS: Final = {
+    "old_rule": "Landed rule",
+    "new_rule": "Candidate rule",
+    "agent": "Agent",
+    "tool": "Tool",
+    "session_id": "Session",
+    "span_id": "Span",
+    "start_time": "Started",
+    "old_blast_radius": "Landed blast radius",
+    "new_blast_radius": "Candidate blast radius",
+}
+
+
 def _changes(
     rows: list[dict[str, Any]],
     decisions: tuple[str, ...],
@@ -294,10 +300,9 @@ def _changes(
 ) -> None:
     frame = pl.DataFrame(rows)
     frame = ui.as_chips(frame, *decisions, *radius)
-    config: dict[str, Any] = {
-        c: ui.decision_column(c.replace("_", " ").capitalize()) for c in decisions
-    }
-    config |= {c: ui.radius_column(c.replace("_", " ").capitalize()) for c in radius}
+    config: dict[str, Any] = {c: label for c, label in _LABELS.items() if c in frame.columns}
+    config |= {c: ui.decision_column(_LABELS.get(c, c.capitalize())) for c in decisions}
+    config |= {c: ui.radius_column(_LABELS.get(c, c.capitalize())) for c in radius}
     if "count" in frame.columns:
         config["count"] = ui.count_column("Actions")
     st.dataframe(frame, hide_index=True, width="stretch", column_config=config)

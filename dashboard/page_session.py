@@ -30,8 +30,9 @@ ACTION_COLUMNS: Final = (
     "policy_rule",
     "approval_status",
     "duration_ms",
-    "status_code",
+    "outcome",
 )
+OUTCOME_LABELS: Final = {"ok": "green", "refused": "orange", "error": "red"}
 
 
 def render() -> None:
@@ -44,7 +45,7 @@ def render() -> None:
     head = ctx.data.session(session_id)
     if head is None:
         ui.header("Session detail")
-        st.warning(f"No session `{session_id}` has landed in `{ctx.root}`.")
+        st.warning(f"No session {ui.code(session_id)} has landed in {ui.code(ctx.root)}.")
         _picker(ctx)
         return
     _header(ctx, head)
@@ -59,6 +60,10 @@ def render() -> None:
         if actions.is_empty():
             st.caption("This session has no tool calls yet.")
         else:
+            st.caption(
+                "Each dot is an action when it started, on its tool's row; the bar behind it "
+                "is how long it ran (held calls include the wait for approval)."
+            )
             st.altair_chart(ui.timeline_chart(actions), width="stretch")
     with tabs[2]:
         _tree(ctx, head)
@@ -99,16 +104,16 @@ def _picker(ctx: nav.Context) -> None:
 
 def _header(ctx: nav.Context, head: Mapping[str, Any]) -> None:
     session_id = str(head["session_id"])
-    st.title(f"Session {session_id}", anchor=False)
+    st.title(f"Session {ui.md(session_id)}", anchor=False)
     agent = head.get("agent_name") or "unknown agent"
     facts = [
         ui.chip(head.get("status"), ui.STATUS_COLORS),
-        f"**{components.md_escape(str(agent))}**",
+        f"**{ui.md(str(agent))}**",
     ]
     if head.get("trigger"):
-        facts.append(f"triggered by {head['trigger']}")
+        facts.append(f"triggered by {ui.md(head['trigger'])}")
     if head.get("parent_session_id"):
-        facts.append(f"sub-agent of `{head['parent_session_id']}`")
+        facts.append(f"sub-agent of {ui.code(head['parent_session_id'])}")
     st.markdown(" · ".join(facts))
     main, control = st.columns([3, 1], gap="large")
     with main:
@@ -121,7 +126,7 @@ def _header(ctx: nav.Context, head: Mapping[str, Any]) -> None:
         cols[5].metric("Errors", ui.fmt_int(head.get("errors")), border=True)
         started, last = head.get("started_at"), head.get("last_activity_at")
         duration = (last - started).total_seconds() * 1000 if started and last else None
-        repos = ", ".join(f"`{r}`" for r in head.get("repos") or []) or "–"
+        repos = ", ".join(ui.code(r) for r in head.get("repos") or []) or "–"
         st.markdown(
             f"Max blast radius {ui.chip(head.get('max_blast_radius'), ui.RADIUS_COLORS)} · "
             f"started {ui.fmt_ts(started)} · last action {ui.fmt_ago(head.get('last_action_at'))}"
@@ -143,10 +148,9 @@ def _control(ctx: nav.Context, head: Mapping[str, Any]) -> None:
         if not history:
             st.caption("Never paused, resumed or canceled.")
         for event in reversed(history):
-            reason = f" — {components.md_escape(event.reason)}" if event.reason else ""
+            reason = f" — {ui.md(event.reason)}" if event.reason else ""
             st.markdown(
-                f"**{event.action}** by {components.md_escape(event.actor)} · "
-                f"{ui.fmt_ts(_utc(event.at))}{reason}"
+                f"**{event.action}** by {ui.md(event.actor)} · {ui.fmt_ts(_utc(event.at))}{reason}"
             )
 
 
@@ -167,12 +171,16 @@ def _actions(ctx: nav.Context, session_id: str, actions: pl.DataFrame) -> None:
     table_key = f"actions_table_{session_id}"
     pick_key = f"inspect_action_{session_id}"
     shown = ui.as_chips(
-        actions.select(ACTION_COLUMNS), "decision", "blast_radius", "approval_status"
+        actions.with_columns(_outcome()).select(ACTION_COLUMNS),
+        "decision",
+        "blast_radius",
+        "approval_status",
+        "outcome",
     )
     st.dataframe(
         shown,
         key=table_key,
-        on_select=lambda: _sync_pick(table_key, pick_key),
+        on_select="rerun",
         selection_mode="single-row",
         hide_index=True,
         width="stretch",
@@ -186,10 +194,13 @@ def _actions(ctx: nav.Context, session_id: str, actions: pl.DataFrame) -> None:
             "policy_rule": st.column_config.TextColumn("Verdict"),
             "approval_status": ui.chip_column("Approval", ui.OUTCOME_COLORS),
             "duration_ms": st.column_config.NumberColumn("Duration", format="%.0f ms"),
-            "status_code": st.column_config.TextColumn("Status"),
+            "outcome": ui.chip_column(
+                "Outcome", OUTCOME_LABELS, help="ok; refused by tooltrail; or the tool failed"
+            ),
         },
     )
     rows = list(actions.iter_rows(named=True))
+    _sync_pick(table_key, pick_key, len(rows))
     position = st.selectbox(
         "Inspect action",
         list(range(len(rows))),
@@ -203,9 +214,27 @@ def _actions(ctx: nav.Context, session_id: str, actions: pl.DataFrame) -> None:
         _action_detail(rows[int(position)], approvals, _policy(ctx))
 
 
-def _sync_pick(table_key: str, pick_key: str) -> None:
-    rows = ui.selected_rows(table_key)
-    st.session_state[pick_key] = rows[0] if rows else None
+def _outcome() -> pl.Expr:
+    """How the call ended: refused by tooltrail (denied / not approved), failed, or ok."""
+    return (
+        pl.when(pl.col("error_type") == "tool_call_denied")
+        .then(pl.lit("refused"))
+        .when(pl.col("status_code") == "ERROR")
+        .then(pl.lit("error"))
+        .otherwise(pl.lit("ok"))
+        .alias("outcome")
+    )
+
+
+def _sync_pick(table_key: str, pick_key: str, count: int) -> None:
+    """A newly selected table row becomes the inspected action (the selectbox stays free
+    to choose another one until the table selection changes again)."""
+    rows = [r for r in ui.selected_rows(table_key) if r < count]
+    seen_key = f"_{table_key}_seen"
+    if rows != st.session_state.get(seen_key):
+        st.session_state[seen_key] = rows
+        if rows:
+            st.session_state[pick_key] = rows[0]
 
 
 def _action_label(row: Mapping[str, Any]) -> str:
@@ -222,22 +251,27 @@ def _policy(ctx: nav.Context) -> Policy | None:
 
 def _action_detail(row: Mapping[str, Any], approvals: pl.DataFrame, policy: Policy | None) -> None:
     with st.container(border=True):
-        st.markdown(f"#### {components.md_escape(_action_label(row))}")
-        st.markdown(components.md_escape(str(row.get("action_summary") or "")))
+        st.markdown(f"#### {ui.md(_action_label(row))}")
+        st.markdown(ui.md(str(row.get("action_summary") or "")))
         cols = st.columns(5)
         cols[0].markdown("Decision\n\n" + ui.chip(row.get("decision"), ui.DECISION_COLORS))
         cols[1].markdown("Blast radius\n\n" + ui.chip(row.get("blast_radius"), ui.RADIUS_COLORS))
-        cols[2].markdown(f"Verdict\n\n`{row.get('policy_rule') or '–'}`")
+        cols[2].markdown(f"Verdict\n\n{ui.code(row.get('policy_rule') or '–')}")
         enforced = row.get("enforced")
         cols[3].markdown(
             "Enforced\n\n"
             + ("at call time" if enforced else "after the fact" if enforced is False else "–")
         )
-        cols[4].markdown(
-            f"Execution\n\n{ui.fmt_ms(row.get('duration_ms'))} · {row.get('status_code') or '–'}"
+        ended = (
+            "refused"
+            if row.get("error_type") == "tool_call_denied"
+            else "error"
+            if row.get("status_code") == "ERROR"
+            else "ok"
         )
+        cols[4].markdown(f"Execution\n\n{ui.fmt_ms(row.get('duration_ms'))} · {ended}")
         if row.get("status_message"):
-            st.caption(f"Status: {components.md_escape(str(row['status_message']))}")
+            st.caption(f"Status: {ui.md(str(row['status_message']))}")
         left, right = st.columns(2)
         with left:
             st.markdown("**Arguments**")
@@ -295,7 +329,7 @@ def _matched_rules(row: Mapping[str, Any], policy: Policy | None) -> None:
     verdict = row.get("policy_rule")
     st.markdown("**Matched rules**")
     if not matched:
-        st.caption(f"No rule matched (verdict `{verdict or '–'}`).")
+        st.caption(f"No rule matched (verdict {ui.code(verdict or '–')}).")
         return
     rules = {r.id: r for r in policy.rules} if policy is not None else {}
     for rule_id in matched:
@@ -305,8 +339,8 @@ def _matched_rules(row: Mapping[str, Any], policy: Policy | None) -> None:
         if rule is not None:
             what = f" {ui.chip(rule.decision, ui.DECISION_COLORS)}"
             if rule.reason:
-                what += f" {components.md_escape(rule.reason)}"
-        st.markdown(f"- `{rule_id}`{what}{mark}")
+                what += f" {ui.md(rule.reason)}"
+        st.markdown(f"- {ui.code(rule_id)}{what}{mark}")
 
 
 def _approval_record(row: Mapping[str, Any], approvals: pl.DataFrame) -> None:
@@ -322,14 +356,14 @@ def _approval_record(row: Mapping[str, Any], approvals: pl.DataFrame) -> None:
         return
     rec = match.row(0, named=True)
     lines = [
-        f"{ui.chip(rec['outcome'], ui.OUTCOME_COLORS)} `{rec['approval_id'] or '–'}`",
+        f"{ui.chip(rec['outcome'], ui.OUTCOME_COLORS)} {ui.code(rec['approval_id'] or '–')}",
         f"requested {ui.fmt_ts(rec['requested_at'])}",
         f"decided {ui.fmt_ts(rec['decided_at'])}"
-        + (f" by **{components.md_escape(str(rec['decided_by']))}**" if rec["decided_by"] else ""),
+        + (f" by **{ui.md(str(rec['decided_by']))}**" if rec["decided_by"] else ""),
         f"waited {ui.fmt_ms(rec['wait_ms'])}",
     ]
     if rec.get("reason"):
-        lines.append(f"reason: {components.md_escape(str(rec['reason']))}")
+        lines.append(f"reason: {ui.md(str(rec['reason']))}")
     st.markdown("  \n".join(lines))
 
 
@@ -402,12 +436,13 @@ def _node(
             f"{ui.fmt_int(head.get('total_actions'))} actions"
         )
     indent = "\u2003\u2003" * depth + ("↳ " if depth else "")
+    name, about = ui.md(session_id), ui.md(about)
     if session_id == current:
-        st.markdown(f"{indent}**{session_id}** · {about} (this session)")
+        st.markdown(f"{indent}**{name}** · {about} (this session)")
     elif head is None:
-        st.markdown(f"{indent}{session_id} · {about}")
+        st.markdown(f"{indent}{name} · {about}")
     else:
-        nav.session_link(session_id, label=f"{indent}{session_id} · {about}")
+        nav.session_link(session_id, label=f"{indent}{name} · {about}")
     for child in children.get(session_id, []):
         _node(ctx, str(child["session_id"]), depth + 1, current, children, budget, visited)
 

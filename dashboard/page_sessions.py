@@ -21,19 +21,20 @@ from tooltrail.schema import BLAST_RADII, DECISIONS
 PAGE_SIZES: Final = (10, 25, 50, 100)
 PAGE_KEY: Final = "sessions_page"
 _ANY: Final = "Any"
+# What an operator scans first on the left; the wide repository list last.
 COLUMNS: Final = (
     "session_id",
     "agent_name",
     "status",
+    "max_blast_radius",
     "action_count",
-    "started_at",
-    "last_action_at",
-    "repos",
     "allows",
     "denies",
     "rewrites",
     "approvals",
-    "max_blast_radius",
+    "last_action_at",
+    "started_at",
+    "repos",
 )
 
 
@@ -44,39 +45,41 @@ def _pick(column: Any, label: str, options: list[str], key: str) -> str | None:
 
 def filters(ctx: nav.Context) -> dict[str, Any]:
     agents, repos = ctx.data.filter_options()
-    cols = st.columns(6)
-    with cols[0]:
+    top = st.columns([3, 1])
+    search = top[0].text_input(
+        "Search by session id",
+        key="sessions_search",
+        placeholder="Part of a session id, e.g. 7f3a",
+        icon=":material/search:",
+    )
+    with top[1]:
         since = ui.time_range("sessions_range", default="All time", label="Active within")
+    cols = st.columns(5)
     return {
         "since": since,
-        "agent": _pick(cols[1], "Agent", agents, "sessions_agent"),
-        "status": _pick(cols[2], "Status", list(analytics.SESSION_STATUSES), "sessions_status"),
-        "decision": _pick(cols[3], "Has a decision", list(DECISIONS), "sessions_decision"),
-        "repo": _pick(cols[4], "Repository", repos, "sessions_repo"),
-        "blast_radius": _pick(cols[5], "Has blast radius", list(BLAST_RADII), "sessions_radius"),
-        "search": st.text_input(
-            "Search by session id",
-            key="sessions_search",
-            placeholder="Part of a session id, e.g. 7f3a",
-        ).strip()
-        or None,
+        "agent": _pick(cols[0], "Agent", agents, "sessions_agent"),
+        "status": _pick(cols[1], "Status", list(analytics.SESSION_STATUSES), "sessions_status"),
+        "decision": _pick(cols[2], "Has a decision", list(DECISIONS), "sessions_decision"),
+        "repo": _pick(cols[3], "Repository", repos, "sessions_repo"),
+        "blast_radius": _pick(cols[4], "Has blast radius", list(BLAST_RADII), "sessions_radius"),
+        "search": search.strip() or None,
     }
 
 
 def _column_config() -> dict[str, Any]:
     return {
-        "session_id": st.column_config.TextColumn("Session", pinned=True),
+        "session_id": st.column_config.TextColumn("Session"),
         "agent_name": st.column_config.TextColumn("Agent"),
         "status": ui.chip_column("Status", ui.STATUS_COLORS),
-        "action_count": ui.count_column("Actions"),
-        "started_at": ui.time_column("Started (UTC)"),
-        "last_action_at": ui.time_column("Last action (UTC)"),
-        "repos": st.column_config.ListColumn("Repositories"),
-        "allows": ui.count_column("Allowed"),
-        "denies": ui.count_column("Denied"),
-        "rewrites": ui.count_column("Rewritten"),
-        "approvals": ui.count_column("Approvals"),
-        "max_blast_radius": ui.radius_column("Max blast radius"),
+        "action_count": ui.count_column("Actions", width="small"),
+        "started_at": ui.time_column("Started (UTC)", seconds=False),
+        "last_action_at": ui.time_column("Last action (UTC)", seconds=False),
+        "repos": st.column_config.ListColumn("Repositories", width="medium"),
+        "allows": ui.count_column("Allowed", width="small"),
+        "denies": ui.count_column("Denied", width="small"),
+        "rewrites": ui.count_column("Rewritten", width="small"),
+        "approvals": ui.count_column("Approvals", width="small"),
+        "max_blast_radius": ui.radius_column("Max blast"),
     }
 
 
@@ -116,6 +119,7 @@ def render() -> None:
         hide_index=True,
         column_config=_column_config(),
         width="stretch",
+        height=ui.table_height(frame.height),
     )
     rows = [r for r in ui.selected_rows(table_key) if r < frame.height]
     _selection_bar(ctx, [frame.row(r, named=True) for r in rows])
@@ -128,7 +132,7 @@ def _selection_bar(ctx: nav.Context, rows: list[dict[str, Any]]) -> None:
     ids = [str(r["session_id"]) for r in rows]
     with st.container(border=True):
         label = ids[0] if len(ids) == 1 else f"{len(ids)} sessions"
-        st.markdown(f"**Selected:** {components.md_escape(label)}")
+        st.markdown(f"**Selected:** {ui.md(label)}")
         if len(ids) == 1 and st.button(
             "Open session", key="sessions_open", type="primary", icon=":material/open_in_new:"
         ):

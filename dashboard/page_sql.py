@@ -63,7 +63,7 @@ def render() -> None:
             + ui.no_data_hint(str(ctx.root)),
         )
     st.session_state.setdefault(TEXT_KEY, _FIRST_EXAMPLE)
-    st.selectbox(
+    st.columns([2, 3])[0].selectbox(
         "Start from an example",
         list(EXAMPLES),
         index=None,
@@ -104,8 +104,8 @@ def _result(ctx: nav.Context, sql: str, limit: int) -> None:
         + (f" (limit {ui.fmt_int(limit)} reached)" if frame.height == limit else "")
     )
     st.dataframe(frame, hide_index=True, width="stretch")
-    csv, parquet, _ = st.columns([1, 1, 4])
-    csv.download_button(
+    buttons = st.container(horizontal=True)
+    buttons.download_button(
         "Download CSV",
         data=to_csv(frame),
         file_name="tooltrail-query.csv",
@@ -114,7 +114,7 @@ def _result(ctx: nav.Context, sql: str, limit: int) -> None:
         key="sql_csv",
         on_click="ignore",
     )
-    parquet.download_button(
+    buttons.download_button(
         "Download Parquet",
         data=to_parquet(frame),
         file_name="tooltrail-query.parquet",

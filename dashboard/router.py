@@ -18,6 +18,15 @@ from tooltrail.dashboard.data import Data
 from tooltrail.errors import TooltrailError
 
 REFRESH_CHOICES: Final = (5, 10, 30, 60)
+LOGO: Final = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="150" height="32" viewBox="0 0 150 32">'
+    '<rect x="0" y="2" width="28" height="28" rx="7" fill="#1c7ed6"/>'
+    '<path d="M7 22 L12 14 L17 18 L22 9" stroke="#fff" stroke-width="2.6" fill="none" '
+    'stroke-linecap="round" stroke-linejoin="round"/>'
+    '<circle cx="22" cy="9" r="2.6" fill="#fff"/>'
+    '<text x="36" y="23" font-family="Helvetica, Arial, sans-serif" font-size="20" '
+    'font-weight="700" fill="#1f2933">tooltrail</text></svg>'
+)
 _LAST_FULL_RUN: Final = "_last_full_run"
 
 
@@ -28,6 +37,7 @@ def main() -> None:
         layout="wide",
         initial_sidebar_state="expanded",
     )
+    st.logo(LOGO, size="large")
     ctx = nav.context()
     pending = _pending_count(ctx.data)
     approvals_title = f"Approvals · {pending}" if pending else "Approvals"
@@ -59,7 +69,6 @@ def _deep_link(current: st.Page) -> None:
 
 def _sidebar(ctx: nav.Context, pending: int) -> None:
     with st.sidebar:
-        st.divider()
         if pending:
             st.badge(
                 f"{pending} pending approval{'s' if pending != 1 else ''}",

@@ -49,6 +49,20 @@ HEX: Final = {
     "gray": "#adb5bd",
     "blue": "#1c7ed6",
 }
+# Table chips for decisions and blast radii are solid (they are what an auditor scans for);
+# statuses and outcomes keep the theme's light tints.
+DECISION_HEX: Final = {
+    "ALLOW": "#2f9e44",
+    "DENY": "#e03131",
+    "REWRITE": "#f08c00",
+    "REQUIRE_APPROVAL": "#7048e8",
+}
+RADIUS_HEX: Final = {
+    "Low": "#868e96",
+    "Medium": "#e8a400",
+    "High": "#f76707",
+    "Critical": "#c92a2a",
+}
 UNDECIDED: Final = "undecided"
 UNDECIDED_HEX: Final = "#ced4da"
 
@@ -121,11 +135,25 @@ def _unit(seconds: float) -> str:
     return "d"
 
 
+_MD_SPECIAL: Final = str.maketrans({c: "\\" + c for c in "\\`*_{}[]<>()#+-.!|~:$"})
+
+
+def md(text: object) -> str:
+    """``text`` shown literally inside Streamlit markdown. Landed values come from agents:
+    unescaped, a session id could carry a link, an image that calls out, or a directive."""
+    return str(text).translate(_MD_SPECIAL)
+
+
+def code(text: object) -> str:
+    """``text`` as inline code (a backtick inside cannot end the code span)."""
+    return "`" + str(text).replace("`", "'").replace("\n", " ") + "`"
+
+
 def chip(value: str | None, palette: Mapping[str, str]) -> str:
     """Markdown for one coloured badge (gray for values outside the palette)."""
     if value is None:
         return ":gray[–]"
-    return f":{palette.get(value, 'gray')}-badge[{value}]"
+    return f":{palette.get(value, 'gray')}-badge[{md(value)}]"
 
 
 def pretty_json(text: str | None) -> str:
@@ -149,13 +177,20 @@ def as_chips(frame: pl.DataFrame, *columns: str) -> pl.DataFrame:
 
 
 def chip_column(label: str, palette: Mapping[str, str], **kwargs: Any) -> Any:
+    """A read-only column of coloured chips (values: see :func:`as_chips`); underscores
+    are shown as spaces (``waiting_approval`` -> ``waiting approval``)."""
     return st.column_config.MultiselectColumn(
-        label, options=list(palette), color=list(palette.values()), **kwargs
+        label,
+        options=list(palette),
+        color=list(palette.values()),
+        format_func=lambda v: str(v).replace("_", " "),
+        **kwargs,
     )
 
 
-def time_column(label: str, **kwargs: Any) -> Any:
-    return st.column_config.DatetimeColumn(label, format="YYYY-MM-DD HH:mm:ss", **kwargs)
+def time_column(label: str, *, seconds: bool = True, **kwargs: Any) -> Any:
+    fmt = "YYYY-MM-DD HH:mm:ss" if seconds else "YYYY-MM-DD HH:mm"
+    return st.column_config.DatetimeColumn(label, format=fmt, **kwargs)
 
 
 def count_column(label: str, **kwargs: Any) -> Any:
@@ -163,11 +198,16 @@ def count_column(label: str, **kwargs: Any) -> Any:
 
 
 def decision_column(label: str = "Decision") -> Any:
-    return chip_column(label, DECISION_COLORS)
+    return chip_column(label, DECISION_HEX)
 
 
 def radius_column(label: str = "Blast radius") -> Any:
-    return chip_column(label, RADIUS_COLORS)
+    return chip_column(label, RADIUS_HEX)
+
+
+def table_height(rows: int, max_rows: int = 20) -> int:
+    """Pixel height showing ``rows`` rows (up to ``max_rows``) without an inner scroll."""
+    return 38 + 35 * max(1, min(rows, max_rows))
 
 
 def selected_rows(key: str) -> list[int]:
@@ -198,9 +238,9 @@ def empty_state(title: str, body: str) -> None:
 
 def no_data_hint(root: str) -> str:
     return (
-        f"Nothing has landed in `{root}` yet. Run `tooltrail demo` for a tour, or point an "
-        "instrumented agent at this directory (`TOOLTRAIL_DATA="
-        f"{root}`) and its tool calls appear here as they happen."
+        f"Nothing has landed in {code(root)} yet. Run `tooltrail demo` for a tour, or point an "
+        "instrumented agent at this directory ("
+        f"{code('TOOLTRAIL_DATA=' + root)}) and its tool calls appear here as they happen."
     )
 
 
@@ -249,46 +289,90 @@ def flash(message: str, kind: str = "success") -> None:
 def show_flash() -> None:
     for kind, message in st.session_state.pop(_FLASH_KEY, []):
         icon = ":material/check_circle:" if kind == "success" else ":material/error:"
-        st.toast(message, icon=icon)
+        st.toast(md(message), icon=icon)
         if kind != "success":
-            st.error(message)
+            st.error(md(message))
 
 
 # --- charts --------------------------------------------------------------------------------
 
 
+def _typed(chart: Any) -> alt.Chart:
+    """Altair's fluent calls are untyped; charts leave this module as ``alt.Chart``."""
+    result: alt.Chart = chart
+    return result
+
+
 def _decision_scale() -> alt.Scale:
     domain = [*DECISIONS, UNDECIDED]
-    colours = [HEX[DECISION_COLORS[d]] for d in DECISIONS] + [UNDECIDED_HEX]
+    colours = [DECISION_HEX[d] for d in DECISIONS] + [UNDECIDED_HEX]
     return alt.Scale(domain=domain, range=colours)
 
 
 def _radius_scale() -> alt.Scale:
     domain = [*BLAST_RADII, "unrated"]
-    return alt.Scale(
-        domain=domain, range=[*(HEX[RADIUS_COLORS[r]] for r in BLAST_RADII), "#e9ecef"]
-    )
+    return alt.Scale(domain=domain, range=[*(RADIUS_HEX[r] for r in BLAST_RADII), "#dee2e6"])
 
 
 def decisions_chart(frame: pl.DataFrame, bucket: dt.timedelta) -> alt.Chart:
-    """Stacked bars of actions per time bucket (each bar spans its bucket), by decision."""
-    data = frame.with_columns((pl.col("bucket") + bucket).alias("bucket_end"))
-    return (
+    """Stacked bars of actions per time bucket, by decision. Each bar spans its whole
+    bucket (x to x2), so the stack is computed here (y0..y1) rather than by Vega-Lite."""
+    order = {d: i for i, d in enumerate([*DECISIONS, UNDECIDED])}
+    data = (
+        frame.with_columns(
+            pl.col("decision").replace_strict(order, default=len(order)).alias("rank"),
+            (pl.col("bucket") + bucket * 0.92).alias("bucket_end"),
+        )
+        .sort("bucket", "rank")
+        .with_columns(pl.col("actions").cum_sum().over("bucket").alias("y1"))
+        .with_columns((pl.col("y1") - pl.col("actions")).alias("y0"))
+    )
+    return _typed(
         alt.Chart(data.to_pandas())
-        .mark_bar(binSpacing=1)
+        .mark_rect()
         .encode(
             x=alt.X("bucket:T", title=None),
             x2="bucket_end:T",
-            y=alt.Y("actions:Q", title="Actions", stack="zero"),
-            color=alt.Color("decision:N", scale=_decision_scale(), title="Decision"),
-            order=alt.Order("decision:N"),
+            y=alt.Y("y0:Q", title="Actions"),
+            y2="y1:Q",
+            color=alt.Color(
+                "decision:N", scale=_decision_scale(), title="Decision", sort=list(order)
+            ),
             tooltip=[
-                alt.Tooltip("bucket:T", title="From", format="%Y-%m-%d %H:%M"),
+                alt.Tooltip("bucket:T", title="From (UTC)", format="%Y-%m-%d %H:%M"),
                 alt.Tooltip("decision:N", title="Decision"),
                 alt.Tooltip("actions:Q", title="Actions", format=","),
             ],
         )
         .properties(height=260)
+    )
+
+
+def radius_mix_chart(counts: Mapping[str, int]) -> alt.Chart:
+    """A donut of actions per blast radius."""
+    data = pl.DataFrame(
+        {"radius": list(counts), "actions": [int(v) for v in counts.values()]},
+        schema={"radius": pl.String, "actions": pl.Int64},
+    ).filter(pl.col("actions") > 0)
+    ranks = {r: i for i, r in enumerate([*BLAST_RADII, "unrated"])}
+    data = data.with_columns(
+        pl.col("radius").replace_strict(ranks, default=len(ranks)).alias("rank")
+    )
+    return _typed(
+        alt.Chart(data.to_pandas())
+        .mark_arc(innerRadius=62, outerRadius=100, padAngle=0.01)
+        .encode(
+            theta=alt.Theta("actions:Q", stack=True),
+            color=alt.Color(
+                "radius:N", scale=_radius_scale(), title="Blast radius", sort=list(ranks)
+            ),
+            order=alt.Order("rank:Q"),
+            tooltip=[
+                alt.Tooltip("radius:N", title="Blast radius"),
+                alt.Tooltip("actions:Q", title="Actions", format=","),
+            ],
+        )
+        .properties(height=230)
     )
 
 
@@ -332,7 +416,9 @@ def radius_chart(frame: pl.DataFrame, key: str, *, horizontal: bool) -> alt.Char
         pl.col("radius").replace_strict(ranks, return_dtype=pl.Int32).alias("rank")
     )
     height = max(160, 26 * len(order)) if horizontal else 260
-    return alt.Chart(data.to_pandas()).mark_bar().encode(**encoding).properties(height=height)
+    return _typed(
+        alt.Chart(data.to_pandas()).mark_bar().encode(**encoding).properties(height=height)
+    )
 
 
 def timeline_chart(actions: pl.DataFrame) -> alt.Chart:
@@ -365,7 +451,7 @@ def timeline_chart(actions: pl.DataFrame) -> alt.Chart:
         x=alt.X("start_time:T", title=None), x2="end_time:T"
     )
     dots = base.mark_circle(size=90, opacity=0.95).encode(x="start_time:T")
-    return (span + dots).properties(height=max(140, 34 * len(tools)))
+    return _typed((span + dots).properties(height=max(140, 34 * len(tools))))
 
 
 def wait_chart(frame: pl.DataFrame, key: str) -> alt.Chart:
@@ -375,7 +461,7 @@ def wait_chart(frame: pl.DataFrame, key: str) -> alt.Chart:
         (pl.col("median_wait_ms") / 1000).alias("median"),
         (pl.col("p95_wait_ms") / 1000).alias("p95"),
     ).unpivot(index=key, variable_name="statistic", value_name="seconds")
-    return (
+    return _typed(
         alt.Chart(data.drop_nulls().to_pandas())
         .mark_bar()
         .encode(
@@ -403,11 +489,13 @@ def first(items: Iterable[Any], default: Any = None) -> Any:
 
 __all__ = [
     "DECISION_COLORS",
+    "DECISION_HEX",
     "HEX",
     "NEED_OPERATOR",
     "OPERATOR_KEY",
     "OUTCOME_COLORS",
     "RADIUS_COLORS",
+    "RADIUS_HEX",
     "STATUS_COLORS",
     "TIME_RANGES",
     "as_chips",
@@ -415,6 +503,7 @@ __all__ = [
     "bucket_for",
     "chip",
     "chip_column",
+    "code",
     "count_column",
     "decision_column",
     "decisions_chart",
@@ -425,13 +514,16 @@ __all__ = [
     "fmt_ms",
     "fmt_ts",
     "header",
+    "md",
     "no_data_hint",
     "operator",
     "pretty_json",
     "radius_chart",
     "radius_column",
+    "radius_mix_chart",
     "selected_rows",
     "show_flash",
+    "table_height",
     "time_column",
     "time_range",
     "timeline_chart",

@@ -36,6 +36,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
+from tooltrail import config
 from tooltrail.config import ENV_DATA, ENV_ENFORCE, ENV_POLICY, env_flag
 from tooltrail.control import CANCELED, PAUSED, SESSION_CANCELED
 from tooltrail.errors import TooltrailError
@@ -92,7 +93,7 @@ _log = logging.getLogger("tooltrail.instrumentation")
 
 # GenAI tool attributes and mcp.* names are in semconv 1.39.
 SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.39.0"
-ENV_CAPTURE_RESULTS: Final = "TOOLTRAIL_CAPTURE_RESULTS"
+ENV_CAPTURE_RESULTS: Final = config.ENV_CAPTURE_RESULTS
 # Arguments are the audit record, so they are kept whole up to a size that cannot swamp
 # the export queue; the result is only a preview.
 MAX_ARGUMENTS_CHARS: Final = 65_536
@@ -102,7 +103,7 @@ ERROR_TYPE_DENIED: Final = "tool_call_denied"
 POLICY_ERROR_RULE: Final = "policy-error"
 SESSION_CANCELED_RULE: Final = "session-canceled"
 SESSION_CONTROL_ERROR_RULE: Final = "session-control-error"
-ENV_SESSION_CONTROL: Final = "TOOLTRAIL_SESSION_CONTROL"
+ENV_SESSION_CONTROL: Final = config.ENV_SESSION_CONTROL
 ARGUMENTS_CHANGED_REASON: Final = (
     "the arguments changed after the approval request was made; what was approved is not"
     " what would run"
@@ -717,7 +718,10 @@ def prepare(
         if inv.approval_request is not None:
             ask_approval(inv)
             if inv.denial is None:
-                confirm_held(inv, arguments_of(), session_veto(st, sess))
+                # Session control first (it may wait): the arguments checked are then the
+                # ones the call runs with right after.
+                again = session_veto(st, sess)
+                confirm_held(inv, arguments_of(), again)
     except Exception as e:
         return _prepare_failed(st, tool, inv, e)
     except BaseException as e:  # interrupted while held: end the span, let it through
@@ -756,7 +760,8 @@ async def aprepare(
         if inv.approval_request is not None:
             await aask_approval(inv)
             if inv.denial is None:
-                confirm_held(inv, arguments_of(), await asession_veto(st, sess))
+                again = await asession_veto(st, sess)  # before the check: it may wait
+                confirm_held(inv, arguments_of(), again)
     except Exception as e:
         return _prepare_failed(st, tool, inv, e)
     except BaseException as e:  # cancelled while held: end the span, let it through

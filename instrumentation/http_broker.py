@@ -5,11 +5,18 @@ and long-polls ``GET /v1/approvals/{id}?wait=S`` until a person approves or deni
 (``tooltrail approve``, the dashboard, or ``POST /v1/approvals/{id}/decision``) or it
 expires. Standard library only (``http.client``): this runs inside agent processes.
 
-Fail closed, always: a collector that cannot be reached, answers with an error, or
-returns a request whose arguments hash differs from what was sent yields a *denied*
-outcome naming the cause; an outcome is never invented as approved. ``arequest`` waits in
-a small dedicated thread pool, one long-poll at a time, so the event loop never blocks
-and the default executor is never exhausted by parked approvals.
+Same semantics as the local ``ControlStoreBroker``: the arguments filed are the ones a
+person is shown (the policy's redactions, then the credential scrubber), with their
+SHA-256 ``arguments_hash`` (the collector refuses a request whose hash does not match) and
+``run_hash``, the agent's keyed digest of the arguments that will really run. When the
+wait ends, the decided request is compared with what was filed (tool, arguments, both
+hashes); if anything changed, the outcome carries a refusal and the call does not run.
+
+Fail closed, always: a collector that cannot be reached or answers with an error yields
+a *denied* outcome naming the cause; an outcome is never invented as approved.
+``arequest`` waits in a small dedicated thread pool, one long-poll at a time, so the event
+loop never blocks and the default executor is never exhausted by parked approvals. A
+cancelled waiter leaves its request pending (visible to operators) until it expires.
 """
 
 from __future__ import annotations
@@ -23,16 +30,17 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import quote, urlsplit
 
+from tooltrail.control import arguments_hash
 from tooltrail.instrumentation.broker import (
     APPROVAL_STATUSES,
     ApprovalOutcome,
     ApprovalRequest,
     ApprovalStatus,
-    arguments_hash,
 )
+from tooltrail.redact import Redactor
 
 _log = logging.getLogger(__name__)
 
@@ -96,6 +104,7 @@ class HttpApprovalBroker:
         self._max_waiting = max_waiting
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
+        self._redactor = Redactor.from_env()
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -131,8 +140,9 @@ class HttpApprovalBroker:
     # -- steps -----------------------------------------------------------------------------
 
     def _body(self, req: ApprovalRequest) -> dict[str, Any]:
+        scrubbed, _ = self._redactor.scrub_obj(dict(req.shown_arguments))
         # What the server will parse back: hash exactly that, so the check is meaningful.
-        shown = json.loads(json.dumps(dict(req.shown_arguments), default=str))
+        shown = json.loads(json.dumps(scrubbed, default=str))
         approval = req.approval
         return {
             "tool_name": req.tool,
@@ -149,6 +159,7 @@ class HttpApprovalBroker:
             "policy_rule": req.rule,
             "reason": req.reason,
             "blast_radius": req.blast_radius,
+            "run_hash": req.arguments_hash,
         }
 
     def _file(self, req: ApprovalRequest) -> _Filed | ApprovalOutcome:
@@ -164,8 +175,8 @@ class HttpApprovalBroker:
             except OSError as e:
                 last = e
             else:
-                if record.get("arguments_hash") != body["arguments_hash"]:
-                    return _refused(TAMPERED, "collector stored different arguments")
+                if _filed_fields(record) != _filed_fields(body):
+                    return _refused(TAMPERED, "the collector stored a different request")
                 approval_id = record.get("approval_id")
                 if not isinstance(approval_id, str):
                     return _refused(REFUSED, "collector answered without an approval id")
@@ -256,24 +267,48 @@ def _refused(by: str, reason: str, filed: _Filed | None = None) -> ApprovalOutco
     )
 
 
+_FILED_FIELDS: Final = ("tool_name", "arguments", "arguments_hash", "run_hash")
+
+
+def _filed_fields(doc: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(doc.get(name) for name in _FILED_FIELDS)
+
+
+def _altered(filed: _Filed, record: Mapping[str, Any]) -> str | None:
+    """Why the decided request is not the one filed, or None when it still is."""
+    changed = [
+        name
+        for name, before, after in zip(
+            _FILED_FIELDS, _filed_fields(filed.record), _filed_fields(record), strict=True
+        )
+        if before != after
+    ]
+    arguments = record.get("arguments")
+    intact = isinstance(arguments, dict) and arguments_hash(arguments) == record.get(
+        "arguments_hash"
+    )
+    if not changed and intact:
+        return None
+    what = ", ".join(changed) or "arguments (they no longer match their hash)"
+    return (
+        f"approval {filed.approval_id} was changed on the collector after it was filed"
+        f" ({what}); what was {record.get('status')} is not what would run, so it does not run"
+    )
+
+
 def _outcome(filed: _Filed, record: Mapping[str, Any], started: float) -> ApprovalOutcome | None:
     status = record.get("status")
     if status == _PENDING:
         return None
     if status not in APPROVAL_STATUSES:
         return _refused(REFUSED, f"collector answered an unknown status {status!r}", filed)
-    if record.get("arguments_hash") != filed.record.get("arguments_hash"):
-        return _refused(TAMPERED, "the decided request's arguments changed", filed)
-    wait_ms = record.get("wait_ms")
-    checked: ApprovalStatus = status  # type: ignore[assignment]
     return ApprovalOutcome(
-        status=checked,
+        status=cast(ApprovalStatus, status),
         approval_id=filed.approval_id,
         decided_by=_str_or_none(record.get("decided_by")),
         reason=_str_or_none(record.get("decision_reason")),
-        wait_ms=float(wait_ms)
-        if isinstance(wait_ms, int | float)
-        else (time.perf_counter() - started) * 1000.0,
+        wait_ms=(time.perf_counter() - started) * 1000.0,
+        refusal=_altered(filed, record),
     )
 
 

@@ -67,7 +67,9 @@ def col(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorProcess]:
         yield proc
 
 
-def _json(url: str, method: str, path: str, body: Any = None, auth: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def _json(
+    url: str, method: str, path: str, body: Any = None, auth: dict[str, str] | None = None
+) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json", **(auth if auth is not None else AGENT_AUTH)}
     status, _, raw = request(url, method, path, data, headers)
@@ -80,26 +82,46 @@ def _pending(url: str) -> list[dict[str, Any]]:
     return list(doc["approvals"])
 
 
-def _decide(url: str, approval_id: str, outcome: str, by: str, auth: dict[str, str] = DECIDER_AUTH):  # type: ignore[no-untyped-def]
-    return _json(url, "POST", f"/v1/approvals/{approval_id}/decision",
-                 {"outcome": outcome, "by": by, "reason": "checked"}, auth)
+def _decide(
+    url: str, approval_id: str, outcome: str, by: str, auth: dict[str, str] = DECIDER_AUTH
+) -> tuple[int, Any]:
+    return _json(
+        url,
+        "POST",
+        f"/v1/approvals/{approval_id}/decision",
+        {"outcome": outcome, "by": by, "reason": "checked"},
+        auth,
+    )
 
 
 def _start_agent(tmp_path: Path, url: str) -> subprocess.Popen[str]:
     (tmp_path / "agent.py").write_text(AGENT)
     (tmp_path / "policy.yaml").write_text(POLICY)
     return subprocess.Popen(
-        [sys.executable, str(tmp_path / "agent.py"), url, TOKEN, str(tmp_path / "agent-data"),
-         str(tmp_path / "policy.yaml")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(tmp_path / "agent.py"),
+            url,
+            TOKEN,
+            str(tmp_path / "agent-data"),
+            str(tmp_path / "policy.yaml"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
-def test_remote_agent_blocks_until_approved_over_http(tmp_path: Path, col: CollectorProcess) -> None:
+def test_remote_agent_blocks_until_approved_over_http(
+    tmp_path: Path, col: CollectorProcess
+) -> None:
     agent = _start_agent(tmp_path, col.url)
     try:
-        wait_until(lambda: any(p["tool_name"] == "git_commit" for p in _pending(col.url)),
-                   timeout=30, what="the held call filed")
+        wait_until(
+            lambda: any(p["tool_name"] == "git_commit" for p in _pending(col.url)),
+            timeout=30,
+            what="the held call filed",
+        )
         (held,) = [p for p in _pending(col.url) if p["tool_name"] == "git_commit"]
         assert held["arguments"] == {"repo_path": "/srv/app", "message": "ship it"}
         assert held["arguments_hash"] == arguments_hash(held["arguments"])
@@ -135,8 +157,13 @@ def test_remote_agent_denied_over_http(tmp_path: Path, col: CollectorProcess) ->
 
 def test_decision_rules_are_the_local_stores(col: CollectorProcess) -> None:
     args = {"repo_path": "/srv/app"}
-    body = {"tool_name": "git_reset", "arguments": args, "arguments_hash": arguments_hash(args),
-            "approvers": ["alice"], "timeout_s": 60}
+    body = {
+        "tool_name": "git_reset",
+        "arguments": args,
+        "arguments_hash": arguments_hash(args),
+        "approvers": ["alice"],
+        "timeout_s": 60,
+    }
     status, record = _json(col.url, "POST", "/v1/approvals", body)
     assert status == 201 and record["status"] == "pending"
     aid = record["approval_id"]
@@ -155,8 +182,11 @@ def test_decision_rules_are_the_local_stores(col: CollectorProcess) -> None:
 
 
 def test_filing_checks_the_arguments_hash(col: CollectorProcess) -> None:
-    body = {"tool_name": "git_push", "arguments": {"force": True},
-            "arguments_hash": arguments_hash({"force": False})}
+    body = {
+        "tool_name": "git_push",
+        "arguments": {"force": True},
+        "arguments_hash": arguments_hash({"force": False}),
+    }
     status, doc = _json(col.url, "POST", "/v1/approvals", body)
     assert status == 400 and "arguments_hash" in doc["message"]
     status, doc = _json(col.url, "POST", "/v1/approvals", {"arguments": {}})
@@ -166,9 +196,17 @@ def test_filing_checks_the_arguments_hash(col: CollectorProcess) -> None:
 def _request(timeout_s: float, on_timeout: str = "DENY") -> ApprovalRequest:
     args = {"repo_path": "/srv/app", "branch_name": "main"}
     return ApprovalRequest(
-        tool="git_checkout", arguments=args, shown_arguments=args, session_id="s-1",
-        agent_name="bot", server="git", trace_id=None, span_id=None, rule="r1",
-        reason="needs a human", blast_radius="High",
+        tool="git_checkout",
+        arguments=args,
+        shown_arguments=args,
+        session_id="s-1",
+        agent_name="bot",
+        server="git",
+        trace_id=None,
+        span_id=None,
+        rule="r1",
+        reason="needs a human",
+        blast_radius="High",
         approval=ApprovalSettings(timeout_s=timeout_s, on_timeout=on_timeout, approvers=("*",)),
     )
 
@@ -228,8 +266,43 @@ def test_unreachable_collector_fails_closed() -> None:
 
 def test_decisions_need_a_token(tmp_path: Path) -> None:
     with CollectorProcess(tmp_path / "data") as open_col:
-        status, record = _json(open_col.url, "POST", "/v1/approvals",
-                               {"tool_name": "git_reset", "arguments": {}}, auth={})
+        status, record = _json(
+            open_col.url,
+            "POST",
+            "/v1/approvals",
+            {"tool_name": "git_reset", "arguments": {}},
+            auth={},
+        )
         assert status == 201
         status, doc = _decide(open_col.url, record["approval_id"], "approved", "x", {})
         assert status == 403 and "--token" in doc["message"]
+
+
+def test_request_changed_on_the_collector_is_refused(col: CollectorProcess) -> None:
+    """Approved, but not what was filed (the row was edited): the call must not run."""
+    import sqlite3
+
+    broker = HttpApprovalBroker(col.url, TOKEN, poll_wait_s=2)
+    req = dataclasses.replace(_request(30), rule="r1-tampered")
+    result: list[Any] = []
+    waiter = threading.Thread(target=lambda: result.append(broker.request(req)))
+    waiter.start()
+    try:
+        wait_until(lambda: any(p["policy_rule"] == "r1-tampered" for p in _pending(col.url)))
+        (held,) = [p for p in _pending(col.url) if p["policy_rule"] == "r1-tampered"]
+        assert held["run_hash"] == req.arguments_hash
+        with sqlite3.connect(col.data_dir / "control.sqlite") as con:
+            con.execute(
+                "UPDATE approvals SET arguments = ? WHERE approval_id = ?",
+                (
+                    json.dumps({"repo_path": "/srv/other", "branch_name": "main"}),
+                    held["approval_id"],
+                ),
+            )
+        assert _decide(col.url, held["approval_id"], "approved", "dave")[0] == 200
+    finally:
+        waiter.join(timeout=30)
+    (outcome,) = result
+    assert outcome.status == "approved"
+    assert outcome.refusal is not None and "changed on the collector" in outcome.refusal
+    assert not outcome.proceeds(req)

@@ -35,9 +35,7 @@ def test_kill_9_loses_and_duplicates_nothing_acknowledged(tmp_path: Path, durabi
     stop = threading.Event()
     col = CollectorProcess(data, "--durability", durability, "--flush-interval", "0.05").start()
     try:
-        senders = [
-            threading.Thread(target=_sender, args=(col.url, acked, stop)) for _ in range(3)
-        ]
+        senders = [threading.Thread(target=_sender, args=(col.url, acked, stop)) for _ in range(3)]
         for t in senders:
             t.start()
         # Kill once a good amount is acknowledged and landing is running behind the load.

@@ -154,7 +154,7 @@ def test_bad_request_is_refused_and_lands_nothing(
     col: CollectorProcess, body: bytes, ctype: str, headers: dict[str, str], status: int
 ) -> None:
     before = accepted_total(col)
-    got, resp_headers, resp = post(col, body, ctype, **headers)
+    got, _, resp = post(col, body, ctype, **headers)
     assert got == status, resp
     assert resp  # a google.rpc.Status saying why
     assert_alive_and_unchanged(col, before)
@@ -183,7 +183,11 @@ def test_deeply_nested_protobuf_is_refused(col: CollectorProcess) -> None:
 def test_missing_or_wrong_token_is_401(col: CollectorProcess) -> None:
     body = make_request(2).SerializeToString()
     before = accepted_total(col)
-    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": TOKEN}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-token-0123456789"},
+        {"Authorization": TOKEN},
+    ):
         status, resp_headers, _ = post_traces(col.url, body, PB, headers)
         assert status == 401
         assert resp_headers["www-authenticate"].startswith("Bearer")
@@ -225,7 +229,10 @@ def test_huge_attribute_span_rejected_whole_request_lands_nothing(tmp_path: Path
 def test_gzip_json_and_protobuf_land(col: CollectorProcess) -> None:
     a, b = make_request(3), make_request(2)
     want = {s.span_id.hex() for r in (a, b) for s in r.resource_spans[0].scope_spans[0].spans}
-    assert post(col, gzip.compress(a.SerializeToString()), PB, **{"Content-Encoding": "gzip"})[0] == 200
+    assert (
+        post(col, gzip.compress(a.SerializeToString()), PB, **{"Content-Encoding": "gzip"})[0]
+        == 200
+    )
     assert post(col, gzip.compress(as_json(b)), JS, **{"Content-Encoding": "gzip"})[0] == 200
     wait_until(lambda: want <= {r["span_id"] for r in landed_rows(col.data_dir)}, what="landed")
 
@@ -234,8 +241,14 @@ def test_metrics_and_health(col: CollectorProcess) -> None:
     status, headers, body = request(col.url, "GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     text = body.decode()
-    for name in ("spans_received_total", "spans_accepted_total", "spans_landed_total",
-                 "spans_rejected_total", "requests_shed_total", "spool_backlog_bytes"):
+    for name in (
+        "spans_received_total",
+        "spans_accepted_total",
+        "spans_landed_total",
+        "spans_rejected_total",
+        "requests_shed_total",
+        "spool_backlog_bytes",
+    ):
         assert f"# TYPE tooltrail_collector_{name} " in text
     status, _, body = request(col.url, "GET", "/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
@@ -256,15 +269,23 @@ def _flip(data: bytes, positions: list[int]) -> bytes:
 
 bodies = st.one_of(
     st.tuples(st.binary(max_size=2048), st.just(PB)),
-    st.tuples(st.lists(st.integers(0, 10_000), min_size=1, max_size=8).map(
-        lambda ps: _flip(_valid, ps)), st.just(PB)),
+    st.tuples(
+        st.lists(st.integers(0, 10_000), min_size=1, max_size=8).map(lambda ps: _flip(_valid, ps)),
+        st.just(PB),
+    ),
     st.tuples(
         st.recursive(
             st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-            lambda inner: st.lists(inner, max_size=4)
-            | st.dictionaries(st.sampled_from(["resourceSpans", "scopeSpans", "spans",
-                                               "traceId", "spanId", "name", "x"]), inner,
-                              max_size=4),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(
+                    st.sampled_from(
+                        ["resourceSpans", "scopeSpans", "spans", "traceId", "spanId", "name", "x"]
+                    ),
+                    inner,
+                    max_size=4,
+                )
+            ),
             max_leaves=30,
         ).map(lambda d: json.dumps(d).encode()),
         st.just(JS),
@@ -272,7 +293,9 @@ bodies = st.one_of(
 )
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(case=bodies)
 def test_generated_bodies_never_land_more_than_acknowledged(
     col: CollectorProcess, case: tuple[bytes, str]
@@ -307,6 +330,12 @@ def test_non_loopback_bind_without_token_is_refused(tmp_path: Path) -> None:
     done = _run("--data", str(tmp_path / "d"), "--host", "0.0.0.0", "--port", "0")
     assert done.returncode == 2
     assert "non-loopback" in done.stderr and "--token" in done.stderr
+
+
+def test_short_token_is_refused(tmp_path: Path) -> None:
+    done = _run("--data", str(tmp_path / "d"), "--port", "0", "--token", "short")
+    assert done.returncode == 2
+    assert "--token must be at least 16 characters" in done.stderr
 
 
 def test_second_instance_on_same_data_is_refused(col: CollectorProcess) -> None:

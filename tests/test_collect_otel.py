@@ -23,11 +23,11 @@ from google.protobuf import json_format
 from opentelemetry.exporter.otlp.common import http as otlp_http
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http import Compression
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.exporter.otlp.proto.http._common import _build_transport
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tooltrail import semconv as sc
@@ -92,7 +92,9 @@ def _provider(local: Path, *processors: SpanProcessor) -> TracerProvider:
     provider = TracerProvider(
         resource=Resource.create({"service.name": "remote-agent", "deployment.environment": "ci"})
     )
-    provider.add_span_processor(SimpleSpanProcessor(TooltrailSpanExporter(local, policy=POLICY)))
+    provider.add_span_processor(
+        BatchSpanProcessor(TooltrailSpanExporter(local, policy=POLICY), max_export_batch_size=512)
+    )
     for p in processors:
         provider.add_span_processor(p)
     return provider

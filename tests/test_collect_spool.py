@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from collect_support import landed_rows
 from test_collect_http import make_request
 
+from tooltrail.collector.landing import RowPipeline
 from tooltrail.collector.receiver import Limits, RequestRejected, decompress, read_request
-from tooltrail.collector.server import RowPipeline
 from tooltrail.collector.spool import Spool, land_segment, landed_name, read_segment
 
 DAY = 86_400 * 1_000_000_000
@@ -20,7 +21,12 @@ def _payloads(n: int, spans: int = 5) -> list[tuple[bytes, list[str]]]:
     out = []
     for _ in range(n):
         req = make_request(spans)
-        out.append((req.SerializeToString(), [s.span_id.hex() for s in req.resource_spans[0].scope_spans[0].spans]))
+        out.append(
+            (
+                req.SerializeToString(),
+                [s.span_id.hex() for s in req.resource_spans[0].scope_spans[0].spans],
+            )
+        )
     return out
 
 
@@ -39,7 +45,9 @@ def test_torn_tail_is_cut_and_acknowledged_records_kept(tmp_path: Path) -> None:
     assert not read.torn
     assert read.payloads == [p for p, _ in records]
     land_segment(segment, tmp_path, RowPipeline(None, redact=True).rows)
-    assert [r["span_id"] for r in landed_rows(tmp_path)] == sorted(i for _, ids in records for i in ids)
+    assert [r["span_id"] for r in landed_rows(tmp_path)] == sorted(
+        i for _, ids in records for i in ids
+    )
 
 
 def test_corrupt_record_stops_reading_there(tmp_path: Path) -> None:
@@ -105,3 +113,35 @@ def test_read_request_validates_each_span() -> None:
     got = read_request("application/x-protobuf", None, req.SerializeToString(), Limits())
     assert (got.spans, got.rejected) == (2, 1)
     assert "spans[1]: startTimeUnixNano is missing" in got.error_message
+
+
+def test_failed_append_never_strands_later_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write cut short (disk full) is cut off and the segment sealed: records appended
+    afterwards go to a new segment, where a reader finds them."""
+    import os
+
+    from tooltrail.collector import spool as spool_mod
+
+    spool = Spool(tmp_path)
+    (first, first_ids), (second, _), (third, third_ids) = _payloads(3)
+    spool.append(first)
+    real_write = os.write
+
+    def torn_write(fd: int, data: Any) -> int:
+        real_write(fd, bytes(data)[:10])  # part of the record reaches the file...
+        raise OSError(28, "No space left on device")  # ...then the disk is full
+
+    monkeypatch.setattr(spool_mod.os, "write", torn_write)
+    with pytest.raises(OSError):
+        spool.append(second)
+    monkeypatch.setattr(spool_mod.os, "write", real_write)
+    spool.append(third)
+    spool.close()
+    segments = spool.sealed()
+    assert len(segments) == 2
+    assert [read_segment(s).payloads for s in segments] == [[first], [third]]
+    for segment in segments:
+        land_segment(segment, tmp_path, RowPipeline(None, redact=True).rows)
+    assert [r["span_id"] for r in landed_rows(tmp_path)] == sorted(first_ids + third_ids)

@@ -133,7 +133,9 @@ def test_openllmetry_mcp_spans_land_as_actions(
         assert row["mcp_server"] is None or isinstance(row["mcp_server"], str)
         # Every argument value the agent passed is in the landed arguments.
         landed_args = row["arguments"]
-        assert all(json.dumps(v)[1:-1] in landed_args for v in arguments.values() if isinstance(v, str))
+        assert all(
+            json.dumps(v)[1:-1] in landed_args for v in arguments.values() if isinstance(v, str)
+        )
         assert text.splitlines()[0] in (row["result_preview"] or "")
 
 

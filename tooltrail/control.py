@@ -25,14 +25,15 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from tooltrail import config
 from tooltrail.errors import BadInputError, StoreError
@@ -53,6 +54,7 @@ DEFAULT_POLL_S: Final = 0.05
 DEFAULT_TIMEOUT_S: Final = 600.0
 
 SessionAction = Literal["pause", "resume", "cancel"]
+_T = TypeVar("_T")
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS approvals (
@@ -104,6 +106,21 @@ CREATE INDEX IF NOT EXISTS control_events_session ON control_events (session_id,
 
 # Columns added after the first release of the schema: (name, declaration).
 _ADDED_COLUMNS: Final = (("run_hash", "TEXT"),)
+_SCHEMA_OBJECTS: Final = frozenset(
+    {
+        "approvals",
+        "approvals_status",
+        "approvals_session",
+        "session_controls",
+        "control_events",
+        "control_events_session",
+    }
+)
+
+
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    text = str(error).lower()
+    return "locked" in text or "busy" in text
 
 
 class UnknownIdError(BadInputError):
@@ -256,13 +273,55 @@ class ControlStore:
             self._con = sqlite3.connect(
                 self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
             )
-            self._con.row_factory = sqlite3.Row
-            self._con.execute("PRAGMA journal_mode=WAL")
-            self._con.execute("PRAGMA synchronous=NORMAL")
-            self._con.executescript(_SCHEMA)
-            self._migrate()
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open the control store {self.path}: {e}") from e
+        self._con.row_factory = sqlite3.Row
+        self._busy_timeout_s = busy_timeout_s
+        try:
+            self._busy_retry(self._prepare)
+        except (OSError, sqlite3.Error) as e:
+            self._con.close()
+            raise StoreError(f"cannot open the control store {self.path}: {e}") from e
+
+    def _prepare(self) -> None:
+        """WAL mode and the schema, writing only what is missing.
+
+        Opening is normally read-only (WAL mode persists in the file, the schema exists),
+        so any number of processes and threads can open the store at once; where a write
+        is needed (a new or older store) and another connection is setting up too, the
+        caller retries (``_busy_retry``).
+        """
+        mode = self._con.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
+            self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute("PRAGMA synchronous=NORMAL")
+        if not self._schema_ready():
+            self._con.executescript(_SCHEMA)  # every statement is IF NOT EXISTS
+            self._migrate()
+
+    def _busy_retry(self, run: Callable[[], _T]) -> _T:
+        """``run()``, tried again with jittered backoff, until the busy timeout, while SQLite
+        answers "database is locked" at once. It does so without waiting in its busy
+        handler where waiting could deadlock or while another connection recovers or
+        creates the WAL (many connections opening a new store, one closing as another
+        opens)."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        delay = 0.005
+        while True:
+            try:
+                return run()
+            except sqlite3.OperationalError as e:
+                if not _is_busy(e) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay * random.uniform(1.0, 2.0))
+                delay = min(delay * 2, 0.2)
+
+    def _schema_ready(self) -> bool:
+        names = {r[0] for r in self._con.execute("SELECT name FROM sqlite_master")}
+        if not _SCHEMA_OBJECTS.issubset(names):
+            return False
+        have = {r["name"] for r in self._con.execute("PRAGMA table_info(approvals)")}
+        return all(column in have for column, _ in _ADDED_COLUMNS)
 
     def _migrate(self) -> None:
         """Add columns newer than a store created by an earlier version."""
@@ -289,7 +348,7 @@ class ControlStore:
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         try:
-            self._con.execute("BEGIN IMMEDIATE")
+            self._busy_retry(lambda: self._con.execute("BEGIN IMMEDIATE"))
         except sqlite3.Error as e:
             raise StoreError(f"control store {self.path} is unavailable: {e}") from e
         try:
@@ -302,7 +361,7 @@ class ControlStore:
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:
-            return list(self._con.execute(sql, params))
+            return self._busy_retry(lambda: list(self._con.execute(sql, params)))
         except sqlite3.Error as e:
             raise StoreError(f"control store {self.path}: {e}") from e
 
@@ -431,23 +490,31 @@ class ControlStore:
             record = self.get(approval_id)
         return record
 
+    def _version(self) -> tuple[int, int]:
+        """Changes since this connection opened: ``data_version`` moves when another
+        connection (any process) commits, ``total_changes`` when this one writes."""
+        rows = self._query("PRAGMA data_version")
+        return int(rows[0][0]), self._con.total_changes
+
     def wait(self, approval_id: str, *, poll_s: float = DEFAULT_POLL_S) -> ApprovalRecord:
         """Block (sleeping) until the request is decided or expired."""
+        watch = _Watch(self, approval_id, poll_s)
         while True:
-            record = self._poll(approval_id)
-            if record.decided:
-                return record
-            time.sleep(min(poll_s, max(record.expires_at - time.time(), 0.0) + 0.001))
+            step = watch.step()
+            if isinstance(step, ApprovalRecord):
+                return step
+            time.sleep(step)
 
     async def await_decision(
         self, approval_id: str, *, poll_s: float = DEFAULT_POLL_S
     ) -> ApprovalRecord:
         """Like :meth:`wait` without blocking the event loop."""
+        watch = _Watch(self, approval_id, poll_s)
         while True:
-            record = self._poll(approval_id)
-            if record.decided:
-                return record
-            await asyncio.sleep(min(poll_s, max(record.expires_at - time.time(), 0.0) + 0.001))
+            step = watch.step()
+            if isinstance(step, ApprovalRecord):
+                return step
+            await asyncio.sleep(step)
 
     # -- session control ---------------------------------------------------------------
 
@@ -550,3 +617,30 @@ class ControlStore:
         while (state := self.session_state(session_id)) == PAUSED:
             await asyncio.sleep(poll_s)
         return state
+
+
+class _Watch:
+    """One waiter's polling. The request's row is read again only when the database has
+    changed since the last read (``ControlStore._version``, a few microseconds) or its
+    deadline has passed, so a long wait costs little more than its sleeps."""
+
+    __slots__ = ("approval_id", "poll_s", "record", "seen", "store")
+
+    def __init__(self, store: ControlStore, approval_id: str, poll_s: float) -> None:
+        self.store = store
+        self.approval_id = approval_id
+        self.poll_s = poll_s
+        self.seen: tuple[int, int] | None = None
+        self.record: ApprovalRecord | None = None
+
+    def step(self) -> ApprovalRecord | float:
+        """The decided record, or how long to sleep before the next step."""
+        # Taken before the read: a commit landing after it shows as a change next step.
+        version = self.store._version()
+        record = self.record
+        if record is None or version != self.seen or time.time() >= record.expires_at:
+            self.seen = version
+            record = self.record = self.store._poll(self.approval_id)
+            if record.decided:
+                return record
+        return min(self.poll_s, max(record.expires_at - time.time(), 0.0) + 0.001)

@@ -140,8 +140,8 @@ def run_demo(
         f"--seed={seed}",
         f"--policy={demo_policy_path()}",
     ]
-    env = {**os.environ, "TOOLTRAIL_DATA": str(root)}
-    env.pop("TOOLTRAIL_COLLECTOR_URL", None)  # the demo runs on the embedded store
+    env = {**os.environ, config.ENV_DATA: str(root)}
+    env.pop(config.ENV_COLLECTOR_URL, None)  # the demo runs on the embedded store
     try:
         with subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env

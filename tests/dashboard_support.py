@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -30,7 +31,63 @@ from tooltrail.collector import TooltrailSpanExporter
 from tooltrail.control import ApprovalRequest, ControlStore
 from tooltrail.policy import Policy, ToolCall, load_policy
 
-POLICY_FILE: Final = Path(__file__).resolve().parents[1] / "examples" / "policy-git.yaml"
+# The tests' own policy (a trimmed examples/policy-git.yaml), so the figures below do not
+# move when the example evolves. Four rules never fire on the seeded data.
+POLICY_YAML: Final = """\
+version: 1
+name: dashboard-tests
+default: ALLOW
+approval: {timeout: 10m, on_timeout: DENY, approvers: ["*"]}
+targets:
+  - tools: ["git_*"]
+    repo: "{repo_path}"
+    branch: "{branch_name|target|base_branch}"
+blast_radius:
+  - {tools: [git_commit, git_add, git_checkout, git_create_branch], radius: Medium}
+  - {tools: [git_reset], radius: High}
+  - {tools: [git_checkout, git_create_branch], branch: [main, master], radius: High}
+rules:
+  - id: no-reset
+    when: {tool: git_reset}
+    decision: DENY
+    reason: Resetting is not allowed for agents
+  - id: no-secrets-staged
+    when: {tool: git_add, args: {files: ["*.pem", "*.key", ".env", "*.env"]}}
+    decision: DENY
+    reason: Never stage key material or environment files
+    blast_radius: Critical
+  - id: no-ci-changes
+    when: {tool: git_add, args: {files: ".github/workflows/*"}}
+    decision: DENY
+    reason: CI workflows are changed by humans only
+  - id: checkout-default-branch
+    when: {tool: git_checkout, args: {branch_name: [main, master]}}
+    decision: REWRITE
+    rewrite: {set: {branch_name: "agent/{session_id}"}}
+    reason: Agents work on their own branch
+  - id: cap-log-size
+    when: {tool: git_log, args: {max_count: {gt: 200}}}
+    decision: REWRITE
+    rewrite: {set: {max_count: 200}}
+    reason: Long histories flood the context window
+  - id: redact-tokens-in-commit-messages
+    when: {tool: git_commit, args: {message: {regex: "ghp_[A-Za-z0-9]{36}"}}}
+    decision: REWRITE
+    rewrite: {redact: [{regex: "ghp_[A-Za-z0-9]{36}"}]}
+    reason: Credentials never go into history
+  - id: branch-from-default-needs-approval
+    when: {tool: git_create_branch, args: {base_branch: [main, master]}}
+    decision: REQUIRE_APPROVAL
+    approval: {timeout: 30m, on_timeout: DENY, approvers: [dana, lee]}
+    reason: New branches off the default branch are reviewed
+  - id: release-repos-need-approval
+    when: {tool: [git_commit, git_create_branch, git_checkout], repo: ["/srv/release/*"]}
+    decision: REQUIRE_APPROVAL
+    reason: Release repositories change under supervision
+  - id: reads-are-fine
+    when: {readOnlyHint: true}
+    decision: ALLOW
+"""
 
 RELEASE: Final = "sess-release-7f3a"  # completed; every decision; approved commit; LLM
 TESTS: Final = "sess-tests-2c91"  # sub-agent of RELEASE
@@ -40,7 +97,7 @@ BRANCH: Final = "sess-branch-44d0"  # waiting for PENDING_MANAGERS
 FAILED: Final = "sess-fail-0b7e"  # last action errored, two days ago
 DOCS: Final = "sess-docs-3e11"  # a denied and an expired request, 26 hours ago
 PENDING_ANYONE: Final = "apr-pend-0001"  # approvers ["*"]
-PENDING_MANAGERS: Final = "apr-pend-0002"  # approvers ["release-managers"]
+PENDING_MANAGERS: Final = "apr-pend-0002"  # approvers ["dana", "lee"]
 APPROVED: Final = "apr-rel-0001"
 DENIED: Final = "apr-docs-0001"
 EXPIRED: Final = "apr-docs-0002"
@@ -249,9 +306,13 @@ def _request(
 
 
 def seed(root: Path, *, now: dt.datetime | None = None, batch: int = 30) -> Seeded:
-    """Land the sessions described in the module docstring under ``root``."""
+    """Land the sessions described in the module docstring under ``root``; the policy
+    that decided them is written beside it (``<root>.policy.yaml``)."""
     now = now or dt.datetime.now(dt.UTC)
-    policy = load_policy(POLICY_FILE)
+    policy_path = root.with_name(root.name + ".policy.yaml")
+    policy_path.parent.mkdir(parents=True, exist_ok=True)
+    policy_path.write_text(POLICY_YAML, encoding="utf-8")
+    policy = load_policy(policy_path)
     b = _Builder(policy)
     minute = dt.timedelta(minutes=1)
     pay, rel, web = "/srv/repos/payments", "/srv/release/payments", "/srv/repos/web"
@@ -328,7 +389,7 @@ def seed(root: Path, *, now: dt.datetime | None = None, batch: int = 30) -> Seed
         {"repo_path": "/srv/repos/docs", "branch_name": "docs-x", "base_branch": "main"},
         t + minute,
         expect="REQUIRE_APPROVAL",
-        approval=(DENIED, "denied", "release-managers", 180_000.0),
+        approval=(DENIED, "denied", "dana", 180_000.0),
     )
     docs.action(
         "git_commit",
@@ -371,7 +432,7 @@ def seed(root: Path, *, now: dt.datetime | None = None, batch: int = 30) -> Seed
         store.decide(
             DENIED,
             "denied",
-            "release-managers",
+            "dana",
             "not during the freeze",
             now=(docs.start + minute).timestamp() + 180,
         )
@@ -395,7 +456,87 @@ def seed(root: Path, *, now: dt.datetime | None = None, batch: int = 30) -> Seed
             86_400,
         )
         store.expire_due()
-    return Seeded(root, POLICY_FILE, now, Expected(sessions=7 + batch), batch_ids)
+    return Seeded(root, policy_path, now, Expected(sessions=7 + batch), batch_ids)
 
 
-__all__ = ["Expected", "Seeded", "seed"]
+# --- driving the app with AppTest ---------------------------------------------------------
+
+
+def app_test(root: Path, policy: Path | None, monkeypatch: Any) -> Any:
+    """An AppTest of the packaged entry script over ``root``, run once (the Overview).
+    Caches are cleared: each test starts from a cold app, as a fresh server would."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from tooltrail.dashboard import ENTRY
+
+    monkeypatch.setenv("TOOLTRAIL_DATA", str(root))
+    if policy is None:
+        monkeypatch.delenv("TOOLTRAIL_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("TOOLTRAIL_POLICY", str(policy))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    return AppTest.from_file(str(ENTRY), default_timeout=60).run()
+
+
+def goto(at: Any, page: str, **query: str) -> Any:
+    """Open ``page`` (overview, sessions, session, approvals, blast_radius, policy, sql)."""
+    at.query_params.clear()
+    at.query_params.update(query)
+    return at.switch_page(f"page_{page}.py").run()
+
+
+def table(at: Any, key_prefix: str) -> Any:
+    """The pandas frame of the st.dataframe whose key starts with ``key_prefix``."""
+    found = [d for d in at.dataframe if d.key and d.key.startswith(key_prefix)]
+    assert len(found) == 1, [d.key for d in at.dataframe]
+    return found[0]
+
+
+def table_with(at: Any, *columns: str, exact: bool = False) -> Any:
+    """The pandas frame of the one st.dataframe having all ``columns`` (exactly these with
+    ``exact``); display-only tables carry no key AppTest can see."""
+    found = [
+        d.value
+        for d in at.dataframe
+        if (
+            list(d.value.columns) == list(columns)
+            if exact
+            else set(columns) <= set(d.value.columns)
+        )
+    ]
+    assert len(found) == 1, [list(d.value.columns) for d in at.dataframe]
+    return found[0]
+
+
+def select_rows(at: Any, key: str, rows: list[int]) -> Any:
+    at.session_state[key] = {"selection": {"rows": rows, "columns": [], "cells": []}}
+    return at.run()
+
+
+def chart_data(at: Any, index: int) -> Any:
+    """The data (pandas) of the ``index``-th Vega-Lite chart on the page."""
+    from streamlit import dataframe_util
+
+    chart = at.get("vega_lite_chart")[index]
+    (dataset,) = chart.proto.datasets
+    return dataframe_util.convert_arrow_bytes_to_pandas_df(dataset.data.data)
+
+
+def texts(elements: Any) -> list[str]:
+    """The elements' text as a reader sees it (markdown backslash escapes removed)."""
+    return [re.sub(r"\\(.)", r"\1", str(e.value)) for e in elements]
+
+
+__all__ = [
+    "Expected",
+    "Seeded",
+    "app_test",
+    "chart_data",
+    "goto",
+    "seed",
+    "select_rows",
+    "table",
+    "texts",
+]

@@ -1,0 +1,226 @@
+"""Landing work for the collector, in-process or in worker processes.
+
+Normalizing and writing Parquet is pure-Python-heavy (records, normalizer, policy hook,
+Arrow conversion): in one process it would share the GIL with the HTTP threads and use one
+core at most. ``Lander`` runs it in ``workers`` processes (spawned, never forked: the
+collector has threads) so landing uses the other cores while the receiver only decodes,
+validates and fsyncs. ``workers=0`` lands in the calling thread (tests, tiny machines).
+
+Each worker builds its own :class:`RowPipeline` from the policy *path* (loaded policies
+are not picklable) and its own :class:`ParquetSpanWriter` (unique writer id per process).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+
+from tooltrail import config
+from tooltrail.collector.exporter import policy_row_hook
+from tooltrail.collector.normalize import Normalizer
+from tooltrail.collector.otlp import records_from_request
+from tooltrail.collector.spool import land_segment
+from tooltrail.collector.writer import ParquetSpanWriter
+from tooltrail.redact import Redactor
+from tooltrail.schema import Row
+
+if TYPE_CHECKING:
+    from tooltrail.policy import Policy
+
+_log = logging.getLogger(__name__)
+
+WORKERS_LOCK_FILE = "collector.workers.lock"
+PolicySource = str | os.PathLike[str] | None
+PolicyPath = str | os.PathLike[str]
+_PARENT_POLL_S = 0.5
+
+
+class RowPipeline:
+    """records -> normalizer -> policy hook: exactly the in-process exporter's steps."""
+
+    def __init__(self, policy: str | os.PathLike[str] | Policy | None, redact: bool | None):
+        if redact is None:
+            redact = config.env_flag(config.ENV_REDACT, default=True)
+        self._normalizer = Normalizer(Redactor() if redact else None)
+        self._hook = policy_row_hook(policy)
+
+    def rows(self, request: ExportTraceServiceRequest) -> list[Row]:
+        normalize = self._normalizer.normalize
+        rows = [normalize(rec) for rec in records_from_request(request)]
+        hook = self._hook
+        if hook is not None:
+            for row in rows:
+                hook(row)
+        return rows
+
+
+# --- worker-process side ---------------------------------------------------------------------
+
+_pipeline: RowPipeline | None = None
+_writer: ParquetSpanWriter | None = None
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A collector killed with -9 cannot stop its workers: they notice and leave. (Safe
+    # mid-landing: files appear atomically and the segment stays until it is landed.)
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)
+
+
+_workers_lock: int | None = None
+
+
+def workers_lock_path(data_dir: Path) -> Path:
+    """Held shared by every landing worker while it lives (see ``wait_for_old_workers``)."""
+    return data_dir / WORKERS_LOCK_FILE
+
+
+def _init_worker(policy: PolicySource, redact: bool | None, data_dir: str, parent: int) -> None:
+    global _pipeline, _writer, _workers_lock
+    _workers_lock = os.open(workers_lock_path(Path(data_dir)), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(_workers_lock, fcntl.LOCK_SH)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    _pipeline = RowPipeline(policy, redact)
+    _writer = ParquetSpanWriter(Path(data_dir))
+
+
+def _land_segment_job(segment: str, data_dir: str) -> tuple[int, int]:
+    assert _pipeline is not None
+    return land_segment(Path(segment), Path(data_dir), _pipeline.rows)
+
+
+def _land_payload_job(payload: bytes) -> int:
+    assert _pipeline is not None and _writer is not None
+    rows = _pipeline.rows(ExportTraceServiceRequest.FromString(payload))
+    _writer.write(rows)
+    return len(rows)
+
+
+def wait_for_old_workers(data_dir: Path, timeout_s: float = 15.0) -> bool:
+    """Wait until no landing worker of an earlier collector is alive (they exit within
+    half a second of their collector's death); True when none is left.
+
+    A new collector must not recover the spool while a dead one's worker may still be
+    landing a segment of it.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workers_lock_path(data_dir), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+    finally:
+        os.close(fd)  # releases the lock: new workers take it shared
+
+
+# --- collector side -----------------------------------------------------------------------------
+
+
+class Lander:
+    """Lands spool segments (spool mode) or request payloads (direct mode)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        policy: str | os.PathLike[str] | Policy | None,
+        redact: bool | None,
+        workers: int,
+    ) -> None:
+        self.data_dir = data_dir
+        self._redact = redact
+        self.workers = workers
+        if workers and not isinstance(policy, str | os.PathLike | type(None)):
+            raise ValueError("worker processes need the policy as a file path")
+        self._policy_path = None if policy is None else os.fspath(cast(PolicyPath, policy))
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        # In-process landing (workers=0), also used to check the policy loads here.
+        self.pipeline = RowPipeline(policy, redact)
+        self._writer = ParquetSpanWriter(data_dir)
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    mp_context=get_context("spawn"),
+                    initializer=_init_worker,
+                    initargs=(
+                        self._policy_path,
+                        self._redact,
+                        os.fspath(self.data_dir),
+                        os.getpid(),
+                    ),
+                )
+            return self._pool
+
+    def _reset(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def submit_segment(self, segment: Path) -> Future[tuple[int, int]]:
+        """Land one sealed segment; the future holds (rows landed, rows already there)."""
+        if not self.workers:
+            done: Future[tuple[int, int]] = Future()
+            try:
+                done.set_result(land_segment(segment, self.data_dir, self.pipeline.rows))
+            except Exception as e:
+                done.set_exception(e)
+            return done
+        return self._submit(_land_segment_job, os.fspath(segment), os.fspath(self.data_dir))
+
+    def land_payload(self, payload: bytes) -> int:
+        """Land one request's spans now (direct mode); returns the rows written."""
+        if not self.workers:
+            rows = self.pipeline.rows(ExportTraceServiceRequest.FromString(payload))
+            self._writer.write(rows)
+            return len(rows)
+        result: int = self._submit(_land_payload_job, payload).result()
+        return result
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        try:
+            return self._executor().submit(fn, *args)
+        except BrokenProcessPool:
+            # A worker died (OOM-killed, say): start a fresh pool and try once more.
+            _log.error("tooltrail collect: a landing worker died; restarting the pool")
+            self._reset()
+            return self._executor().submit(fn, *args)
+
+    def broken(self, error: BaseException) -> bool:
+        """Whether ``error`` means the pool is gone (then it is reset for the next try)."""
+        if isinstance(error, BrokenProcessPool):
+            self._reset()
+            return True
+        return False
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+__all__ = ["Lander", "RowPipeline", "wait_for_old_workers"]

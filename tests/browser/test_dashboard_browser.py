@@ -1,0 +1,193 @@
+"""The dashboard in a real browser: a real ``streamlit run`` server (``tooltrail.dashboard.
+launch``) over seeded data, driven with Playwright through Debian's chromium.
+
+The machine downloads no browsers: chromium comes from apt (``apt-get install -y
+chromium``) and is launched by path. Without /usr/bin/chromium the test is skipped.
+Screenshots go to the test's temporary folder; the Overview one is also copied to
+docs/img/dashboard.png for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dashboard_support import BRANCH, HOTFIX, PENDING_ANYONE, RELEASE, TRIAGE, Seeded, seed
+
+from tooltrail.control import ControlStore
+from tooltrail.dashboard import launch
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+DOCS_IMAGE = Path(__file__).resolve().parents[2] / "docs" / "img" / "dashboard.png"
+MAX_DOCS_IMAGE_BYTES = 300_000
+STARTUP_S = 60.0
+WAIT_MS = 30_000
+# Rows of st.dataframe (glide data grid, a canvas): header and rows are 35 px high.
+ROW_PX = 35
+
+pytestmark = [
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian's chromium is not installed (apt-get install -y chromium); "
+        "this test drives /usr/bin/chromium and never downloads a browser",
+    ),
+    pytest.mark.slow,
+]
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read() == b"ok":
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"the dashboard did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> Seeded:
+    return seed(tmp_path / "data")
+
+
+@pytest.fixture
+def server(seeded: Seeded, tmp_path: Path) -> Iterator[str]:
+    """The dashboard served by a real ``streamlit run`` on a free local port."""
+    port = _free_port()
+    log = tmp_path / "streamlit.log"
+    with log.open("wb") as out:
+        proc = launch(seeded.root, port, policy=seeded.policy_path, new_session=True, output=out)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, proc, log)
+        yield url
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Iterator[Any]:
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1440, "height": 1000})
+            tab = context.new_page()
+            tab.set_default_timeout(WAIT_MS)
+            yield tab
+        finally:
+            browser.close()
+
+
+def _shot(page: Any, folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    page.wait_for_timeout(600)  # let charts finish their first paint
+    page.screenshot(path=str(path))
+    return path
+
+
+def _settled(page: Any) -> None:
+    """Wait until Streamlit has finished the current run."""
+    page.wait_for_selector("[data-testid=stStatusWidget]", state="detached", timeout=WAIT_MS)
+
+
+def test_open_a_session_from_the_list_and_approve_a_request(
+    server: str, page: Any, seeded: Seeded, tmp_path: Path
+) -> None:
+    expect = playwright_api.expect
+    shots = tmp_path / "screenshots"
+
+    page.goto(f"{server}/")
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    expect(page.get_by_test_id("stMetric").first).to_be_visible()
+    page.wait_for_selector(
+        "[data-testid=stVegaLiteChart] canvas, [data-testid=stVegaLiteChart] svg"
+    )
+    _settled(page)
+    overview = _shot(page, shots, "overview")
+
+    # Open a session from the list: tick its row, then "Open session".
+    page.get_by_role("link", name="Sessions").click()
+    expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
+    grid = page.get_by_test_id("stDataFrame").first
+    expect(grid).to_be_visible()
+    _settled(page)
+    _shot(page, shots, "sessions")
+    order = [TRIAGE, BRANCH, HOTFIX, RELEASE]  # most recent activity first
+    box = grid.bounding_box()
+    row = order.index(RELEASE)
+    page.mouse.click(box["x"] + 15, box["y"] + ROW_PX + ROW_PX * row + ROW_PX // 2)
+    expect(page.get_by_text(f"Selected: {RELEASE}")).to_be_visible()
+    page.get_by_role("button", name="Open session").click()
+    expect(page.get_by_role("heading", name=f"Session {RELEASE}")).to_be_visible()
+    assert f"session={RELEASE}" in page.url
+    expect(page.get_by_text("release-bot").first).to_be_visible()
+    _settled(page)
+    _shot(page, shots, "session")
+
+    # Approve a pending request as "alice".
+    name = page.get_by_role("textbox", name="Your name")
+    name.fill("alice")
+    name.press("Enter")
+    _settled(page)
+    page.get_by_role("link", name="Approvals · 2").click()
+    expect(page.get_by_role("heading", name="Approvals")).to_be_visible()
+    card = page.locator(f".st-key-approvals-card-{PENDING_ANYONE}")
+    expect(card).to_be_visible()
+    approve = card.get_by_role("button", name="Approve")
+    expect(approve).to_be_enabled()
+    approve.click()
+    expect(page.get_by_text(f"Approved {PENDING_ANYONE} as alice").first).to_be_visible()
+    expect(page.get_by_role("link", name="Approvals · 1")).to_be_visible()
+    expect(page.get_by_text("1 pending approval", exact=False).first).to_be_visible()
+    expect(card).to_have_count(0)
+    _settled(page)
+    _shot(page, shots, "approvals")
+
+    with ControlStore(seeded.root) as store:
+        record = store.get(PENDING_ANYONE)
+    assert (record.status, record.decided_by) == ("approved", "alice")
+
+    # The README's picture: the Overview of this run, if it is small enough.
+    assert overview.stat().st_size < MAX_DOCS_IMAGE_BYTES
+    DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(overview, DOCS_IMAGE)

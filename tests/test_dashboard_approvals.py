@@ -1,0 +1,182 @@
+"""Dashboard: the Overview and Approvals pages over data landed through the real exporter,
+and approving / denying through them writing the real control store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dashboard_support import (
+    APPROVED,
+    DENIED,
+    EXPIRED,
+    HOTFIX,
+    PENDING_ANYONE,
+    PENDING_MANAGERS,
+    Seeded,
+    app_test,
+    chart_data,
+    goto,
+    seed,
+    select_rows,
+    table,
+    table_with,
+    texts,
+)
+
+from tooltrail.control import ControlStore
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> Seeded:
+    return seed(tmp_path / "data")
+
+
+def _app(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> Any:
+    return app_test(seeded.root, seeded.policy_path, monkeypatch)
+
+
+def _metrics(at: Any) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _status(seeded: Seeded, approval_id: str) -> tuple[str, str | None, str | None]:
+    with ControlStore(seeded.root) as store:
+        record = store.get(approval_id)
+    return record.status, record.decided_by, record.decision_reason
+
+
+def test_overview_shows_kpis_decisions_and_the_oldest_pending_first(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = _app(seeded, monkeypatch)
+    assert not at.exception
+    exp = seeded.expected
+    assert _metrics(at) == {
+        "Active sessions": str(exp.active),
+        "Actions": str(exp.actions_24h),
+        "Denied": str(exp.denies_24h),
+        "Rewritten": str(exp.rewrites_24h),
+        "Pending approvals": str(exp.pending),
+    }
+    assert any("2 pending approvals" in m for m in texts(at.sidebar.markdown))
+    cards = [c for c in texts(at.caption) if c.startswith("rule ")]
+    # oldest first: the hotfix commit was requested 20 minutes ago, the branch 12
+    assert [PENDING_ANYONE in cards[0], PENDING_MANAGERS in cards[1]] == [True, True]
+    assert "Release repositories change under supervision" in cards[0]
+    assert [link.label for link in at.get("page_link")][:1] == [f"Session {HOTFIX}"]
+    assert len(at.get("vega_lite_chart")) == 2  # decisions over time, blast mix
+    decided = chart_data(at, 0).groupby("decision")["actions"].sum().to_dict()
+    assert decided == {"ALLOW": 11, "DENY": 1, "REWRITE": 2, "REQUIRE_APPROVAL": 1}
+    mix = chart_data(at, 1).set_index("radius")["actions"].to_dict()
+    # Low: 3 release + 2 tests + 2 triage + 2 hotfix + 1 branch; Medium: add, commit, branch
+    assert mix == {"Low": 10, "Medium": 3, "High": 1, "Critical": 1}
+
+    at.selectbox(key="overview_range").set_value("All time").run()
+    assert _metrics(at)["Actions"] == str(exp.sessions + 12)  # 49 actions in all
+    assert _metrics(at)["Denied"] == "1"
+
+
+def test_deciding_needs_the_operators_name(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(seeded, monkeypatch)
+    approve = at.button(key=f"overview-approve-{PENDING_ANYONE}")
+    assert approve.disabled
+    assert "Enter your name" in str(approve.help)
+    # A click that reaches the callback after the name was cleared records nothing.
+    at.sidebar.text_input(key="operator").input("alice").run()
+    at.sidebar.text_input(key="operator").input("  ")
+    at.button(key=f"overview-approve-{PENDING_ANYONE}").click().run()
+    assert _status(seeded, PENDING_ANYONE) == ("pending", None, None)
+    assert any("Enter your name" in e for e in texts(at.error))
+
+
+def test_approve_on_the_overview_writes_the_store_and_the_page_shows_it(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = _app(seeded, monkeypatch)
+    at.sidebar.text_input(key="operator").input("alice").run()
+    at.text_input(key=f"overview-reason-{PENDING_ANYONE}").input("hotfix is fine")
+    at.button(key=f"overview-approve-{PENDING_ANYONE}").click().run()
+    assert _status(seeded, PENDING_ANYONE) == ("approved", "alice", "hotfix is fine")
+    assert f"Approved {PENDING_ANYONE} as alice" in texts(at.toast)
+    assert _metrics(at)["Pending approvals"] == "1"
+    assert any("1 pending approval" in m for m in texts(at.sidebar.markdown))
+    assert not [b for b in at.button if b.key == f"overview-approve-{PENDING_ANYONE}"]
+    # The history shows the decision with who made it.
+    goto(at, "approvals")
+    history = table_with(at, "decided_by", "wait_s")
+    row = history[history["approval_id"] == PENDING_ANYONE].iloc[0]
+    assert (list(row["outcome"]), row["decided_by"]) == (["approved"], "alice")
+
+
+def test_only_listed_approvers_may_decide(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(seeded, monkeypatch)
+    at.sidebar.text_input(key="operator").input("alice").run()
+    deny = at.button(key=f"overview-deny-{PENDING_MANAGERS}")
+    assert deny.disabled and "Only dana, lee may decide" in str(deny.help)
+    assert not at.button(key=f"overview-deny-{PENDING_ANYONE}").disabled
+
+    at.sidebar.text_input(key="operator").input("dana").run()
+    at.text_input(key=f"overview-reason-{PENDING_MANAGERS}").input("branch from develop")
+    at.button(key=f"overview-deny-{PENDING_MANAGERS}").click().run()
+    assert _status(seeded, PENDING_MANAGERS) == ("denied", "dana", "branch from develop")
+
+
+def test_a_request_decided_elsewhere_meanwhile_is_reported_not_overwritten(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = _app(seeded, monkeypatch)
+    at.sidebar.text_input(key="operator").input("alice").run()
+    with ControlStore(seeded.root) as store:  # someone on the CLI is faster
+        store.decide(PENDING_ANYONE, "denied", "bob", "no")
+    at.button(key=f"overview-approve-{PENDING_ANYONE}").click().run()
+    assert _status(seeded, PENDING_ANYONE) == ("denied", "bob", "no")
+    assert any("already denied by bob" in e for e in texts(at.error))
+
+
+def test_approvals_page_lists_pending_history_and_statistics(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = goto(_app(seeded, monkeypatch), "approvals")
+    assert not at.exception
+    pending = table(at, "pending_table").value
+    assert list(pending["approval_id"]) == [PENDING_ANYONE, PENDING_MANAGERS]
+    assert list(pending["approvers"].map(list)) == [["*"], ["dana", "lee"]]
+    assert "git_commit repo=/srv/release/payments" in pending["summary"].iloc[0]
+
+    history = table_with(at, "decided_by", "wait_s").set_index("approval_id")
+    assert list(history.index) == [PENDING_MANAGERS, PENDING_ANYONE, APPROVED, EXPIRED, DENIED]
+    assert list(history.loc[APPROVED, "outcome"]) == ["approved"]
+    assert history.loc[APPROVED, "decided_by"] == "alice"
+    assert history.loc[APPROVED, "wait_s"] == pytest.approx(42.0)
+    assert history.loc[DENIED, "reason"] == "not during the freeze"
+    assert bool(history.loc[EXPIRED, "expired"]) and not bool(history.loc[DENIED, "expired"])
+
+    at.segmented_control(key="approvals_out").set_value("expired").run()
+    assert list(table_with(at, "decided_by", "wait_s")["approval_id"]) == [EXPIRED]
+
+    by_rule = table_with(at, "rule", "requests").set_index("rule")
+    release = by_rule.loc["release-repos-need-approval"]
+    assert (release["requests"], release["approved"], release["expired"]) == (3, 1, 1)
+    assert release["pending"] == 1
+    by_approver = table_with(at, "approver", "requests").set_index("approver")
+    assert by_approver.loc["alice", "approved"] == 1
+    assert by_approver.loc["dana", "denied"] == 1
+
+
+def test_bulk_decisions_are_offered_only_when_valid_for_every_selected_request(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = goto(_app(seeded, monkeypatch), "approvals")
+    at.sidebar.text_input(key="operator").input("alice").run()
+    select_rows(at, "pending_table", [0, 1])
+    assert not [b for b in at.button if b.key == "approvals-bulk-deny"]
+    assert any("Only dana, lee may decide" in c for c in texts(at.caption))
+
+    at.sidebar.text_input(key="operator").input("dana").run()
+    at.text_input(key="approvals-bulk-reason").input("freeze")
+    at.button(key="approvals-bulk-deny").click().run()
+    assert _status(seeded, PENDING_ANYONE) == ("denied", "dana", "freeze")
+    assert _status(seeded, PENDING_MANAGERS) == ("denied", "dana", "freeze")
+    assert "Nothing is waiting for a decision." in texts(at.caption)

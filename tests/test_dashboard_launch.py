@@ -1,0 +1,129 @@
+"""Dashboard: the launcher (``tooltrail dashboard`` runs it), the top-level ``app.py``, and
+the data-directory fingerprint that keys the result cache."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from dashboard_support import PENDING_ANYONE, app_test, seed, texts
+from streamlit.testing.v1 import AppTest
+
+from tooltrail.control import ControlStore
+from tooltrail.dashboard import ENTRY, command, launch
+from tooltrail.dashboard.data import app_config, fingerprint
+from tooltrail.errors import BadInputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_command_runs_the_packaged_entry_with_absolute_script_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cmd = command("data", 9123, policy="p.yaml")
+    assert cmd[:5] == [sys.executable, "-m", "streamlit", "run", str(ENTRY)]
+    assert ENTRY.is_file() and ENTRY.parent.name == "dashboard"
+    options = dict(zip(cmd[5:-5:2], cmd[6:-5:2], strict=True))
+    assert options["--server.port"] == "9123"
+    assert options["--server.address"] == "127.0.0.1"
+    assert options["--server.headless"] == "true"
+    assert options["--browser.gatherUsageStats"] == "false"
+    assert cmd[-5:] == [
+        "--",
+        "--data",
+        str(tmp_path / "data"),
+        "--policy",
+        str(tmp_path / "p.yaml"),
+    ]
+    assert "--" not in command()  # no arguments: the app reads $TOOLTRAIL_DATA itself
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1, True])
+def test_command_refuses_a_bad_port(port: int) -> None:
+    with pytest.raises(BadInputError, match="--port"):
+        command(port=port)
+
+
+def test_app_config_reads_script_arguments_then_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOOLTRAIL_DATA", str(tmp_path / "env-data"))
+    monkeypatch.setenv("TOOLTRAIL_POLICY", str(tmp_path / "env.yaml"))
+    cfg = app_config(["--data", str(tmp_path / "arg-data"), "-q", "--unrelated"])
+    assert (cfg.data_dir, cfg.policy_path) == (tmp_path / "arg-data", tmp_path / "env.yaml")
+    cfg = app_config(["--dat", "x"])  # no abbreviations: pytest's own flags never match
+    assert cfg.data_dir == tmp_path / "env-data"
+
+
+def test_launch_serves_the_app_over_http_and_stops(tmp_path: Path) -> None:
+    root = seed(tmp_path / "data", batch=0).root
+    port = _free_port()
+    proc = launch(root, port, new_session=True, output=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health") as r:
+                    assert r.read() == b"ok"
+                    break
+            except OSError:
+                assert proc.poll() is None, "the server exited"
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as r:
+            assert b"<title>" in r.read()  # the app shell; pages render over the websocket
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode is not None
+
+
+def test_top_level_app_py_runs_the_same_router(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeded = seed(tmp_path / "data", batch=0)
+    app_test(seeded.root, seeded.policy_path, monkeypatch)  # sets the environment, clears caches
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert texts(at.title) == ["Overview"]
+    assert {m.label: m.value for m in at.metric}["Pending approvals"] == "2"
+    at.switch_page("dashboard/page_sessions.py").run()
+    assert texts(at.title) == ["Sessions"]
+
+
+def test_fingerprint_moves_with_landed_files_and_store_writes_only(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    empty = fingerprint(root)
+    seeded = seed(root, batch=0)
+    landed = fingerprint(root)
+    assert landed != empty
+    with ControlStore(root) as store:  # reading, as the views do, changes nothing
+        store.list_approvals("all")
+        store.session_states()
+    assert fingerprint(root) == landed
+    time.sleep(0.01)
+    with ControlStore(root) as store:
+        store.decide(PENDING_ANYONE, "approved", "alice")
+    decided = fingerprint(root)
+    assert decided != landed
+    seed(tmp_path / "other", batch=0)  # another directory does not matter
+    assert fingerprint(root) == decided
+    assert seeded.root == root
