@@ -26,6 +26,7 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tooltrail.collector.spool import LANDED_PREFIX, SEGMENT_SUFFIX, SPOOL_DIR
 from tooltrail.collector.writer import (
     TEMP_SUFFIX,
     new_writer_id,
@@ -77,9 +78,21 @@ def _is_compacted(path: Path) -> bool:
     return path.name.startswith("compact-")
 
 
+def _awaiting_spool_cleanup(path: Path) -> bool:
+    """A ``spool-<segment>.parquet`` whose segment the collector has not deleted yet.
+
+    Recovery re-lands such a segment unless that exact file still exists; merging it away
+    now could land its spans twice after a collector crash, so it waits for the next run.
+    """
+    if not path.name.startswith(LANDED_PREFIX):
+        return False
+    segment = path.name.removeprefix(LANDED_PREFIX).removesuffix(".parquet") + SEGMENT_SUFFIX
+    return (path.parents[2] / SPOOL_DIR / segment).exists()
+
+
 def compact_partition(part: Path, small_file_bytes: int = DEFAULT_SMALL_FILE_BYTES) -> int:
     """Compact one ``date=`` directory; returns the number of rows rewritten (0 if skipped)."""
-    sources = sorted(part.glob("*.parquet"))
+    sources = sorted(p for p in part.glob("*.parquet") if not _awaiting_spool_cleanup(p))
     if not _needs_compaction(sources, small_file_bytes):
         return 0
     table = pq.read_table(sources, schema=SPAN_SCHEMA, partitioning=None)
@@ -93,7 +106,7 @@ def compact_partition(part: Path, small_file_bytes: int = DEFAULT_SMALL_FILE_BYT
             write_table_atomic(chunk, staging / f"compact-{writer_id}-{i:04d}.parquet")
         with spans_lock(part.parent, exclusive=True):
             source_names = {p.name for p in sources}
-            for late in part.glob("*.parquet"):  # landed while we merged: carry over
+            for late in part.glob("*.parquet"):  # landed meanwhile, or left out: carry over
                 if late.name not in source_names:
                     os.link(late, staging / late.name)
             _exchange(part, staging)

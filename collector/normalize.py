@@ -63,6 +63,8 @@ _NAME_PREFIXES: Final = (sc.OP_EXECUTE_TOOL + " ", sc.MCP_METHOD_TOOLS_CALL + " 
 # OpenLLMetry wraps a task's inputs as {"args": [...], "kwargs": {...}}.
 _TL_ARGS: Final = "args"
 _TL_KWARGS: Final = "kwargs"
+_TL_TOOL_NAME: Final = "tool_name"
+_TL_ARGUMENTS: Final = "arguments"
 
 RESULT_PREVIEW_CHARS: Final = 1000
 # Results are scrubbed on a window this much longer than the preview before being cut, so
@@ -514,14 +516,18 @@ def _json_text(value: Any) -> tuple[str, Any]:
 
 
 def _unwrap_traceloop(parsed: Any) -> Any:
-    if (
-        isinstance(parsed, dict)
-        and parsed.keys() == {_TL_ARGS, _TL_KWARGS}
-        and not parsed[_TL_ARGS]
-        and isinstance(parsed[_TL_KWARGS], dict)
-    ):
-        return parsed[_TL_KWARGS]
-    return parsed
+    """The tool's own arguments inside OpenLLMetry's ``traceloop.entity.input`` wrappers:
+    ``{"args": [], "kwargs": {...}}`` (functions) and ``{"tool_name", "arguments"}`` (MCP)."""
+    if not isinstance(parsed, dict):
+        return parsed
+    keys = parsed.keys()
+    if keys == {_TL_ARGS, _TL_KWARGS} and not parsed[_TL_ARGS]:
+        inner = parsed[_TL_KWARGS]
+    elif keys == {_TL_TOOL_NAME, _TL_ARGUMENTS}:
+        inner = parsed[_TL_ARGUMENTS]
+    else:
+        return parsed
+    return inner if isinstance(inner, dict) else parsed
 
 
 # --- action summary --------------------------------------------------------------------

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from google.protobuf.message import DecodeError
 
@@ -596,7 +596,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._post_approval()
         elif path.startswith(APPROVALS_PATH + "/") and path.endswith(DECISION_SUFFIX):
             approval_id = path[len(APPROVALS_PATH) + 1 : -len(DECISION_SUFFIX)]
-            self._post_decision(approval_id)
+            self._post_decision(unquote(approval_id))
         else:
             self._drain(self._content_length() or 0)
             self._error(404, f"no such endpoint: POST {path}", kind="other")
@@ -613,7 +613,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == APPROVALS_PATH:
             self._list_approvals(parts.query)
         elif path.startswith(APPROVALS_PATH + "/") and "/" not in path[len(APPROVALS_PATH) + 1 :]:
-            self._get_approval(path[len(APPROVALS_PATH) + 1 :], parts.query)
+            self._get_approval(unquote(path[len(APPROVALS_PATH) + 1 :]), parts.query)
         else:
             self._error(404, f"no such endpoint: GET {path}", kind="other")
 

@@ -97,9 +97,10 @@ def _sidebar(ctx: nav.Context, pending: int) -> None:
                 key="refresh_every",
             )
             _ticker(float(every or REFRESH_CHOICES[1]))
-        st.caption(f"Data: `{ctx.root}`")
+        st.caption(f"Data: {ui.code(ctx.root.name)}", help=f"Data directory: {ctx.root}")
         if ctx.config.policy_path is not None:
-            st.caption(f"Policy: `{ctx.config.policy_path}`")
+            policy = ctx.config.policy_path
+            st.caption(f"Policy: {ui.code(policy.name)}", help=f"Active policy: {policy}")
 
 
 def _ticker(every: float) -> None:

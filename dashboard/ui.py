@@ -327,11 +327,12 @@ def decisions_chart(frame: pl.DataFrame, bucket: dt.timedelta) -> alt.Chart:
         .with_columns(pl.col("actions").cum_sum().over("bucket").alias("y1"))
         .with_columns((pl.col("y1") - pl.col("actions")).alias("y0"))
     )
+    axis = alt.Axis(format="%H:%M" if bucket <= dt.timedelta(hours=1) else "%b %d")
     return _typed(
         alt.Chart(data.to_pandas())
         .mark_rect()
         .encode(
-            x=alt.X("bucket:T", title=None),
+            x=alt.X("bucket:T", title=None, axis=axis),
             x2="bucket_end:T",
             y=alt.Y("y0:Q", title="Actions"),
             y2="y1:Q",

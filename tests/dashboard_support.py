@@ -524,6 +524,11 @@ def chart_data(at: Any, index: int) -> Any:
     return dataframe_util.convert_arrow_bytes_to_pandas_df(dataset.data.data)
 
 
+def links(at: Any) -> list[str]:
+    """The labels of the page links on the page, as a reader sees them."""
+    return [re.sub(r"\\(.)", r"\1", str(p.label)) for p in at.get("page_link")]
+
+
 def texts(elements: Any) -> list[str]:
     """The elements' text as a reader sees it (markdown backslash escapes removed)."""
     return [re.sub(r"\\(.)", r"\1", str(e.value)) for e in elements]
@@ -535,8 +540,10 @@ __all__ = [
     "app_test",
     "chart_data",
     "goto",
+    "links",
     "seed",
     "select_rows",
     "table",
+    "table_with",
     "texts",
 ]

@@ -139,11 +139,6 @@ def test_openllmetry_mcp_spans_land_as_actions(
         assert text.splitlines()[0] in (row["result_preview"] or "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the normalizer lands OpenLLMetry MCP's traceloop.entity.input "
-    "{tool_name, arguments} wrapper as the arguments (needs an unwrap in normalize.py)",
-)
 def test_openllmetry_mcp_arguments_are_the_tool_arguments(
     landed: tuple[list[Any], list[dict[str, Any]]],
 ) -> None:

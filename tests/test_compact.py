@@ -128,3 +128,30 @@ def test_second_compactor_is_refused(tmp_path: Path) -> None:
             compact(tmp_path)
     finally:
         os.close(fd)
+
+
+def test_spool_files_whose_segment_still_exists_wait(tmp_path: Path) -> None:
+    """Merging a landed spool file before the collector deleted its segment could land
+    the segment's spans twice after a crash: such a file is left for the next run."""
+    from tooltrail.collector.spool import LANDED_PREFIX, SEGMENT_SUFFIX, SPOOL_DIR
+    from tooltrail.collector.writer import rows_to_table, write_table_atomic
+
+    writer = ParquetSpanWriter(tmp_path)
+    for i in range(3):
+        writer.write([_row("s", i)])
+    (part,) = (tmp_path / "spans").glob("date=*")
+    spooled = part / f"{LANDED_PREFIX}000042.parquet"
+    write_table_atomic(rows_to_table([_row("spooled", 5)]), spooled)
+    (tmp_path / SPOOL_DIR).mkdir()
+    segment = tmp_path / SPOOL_DIR / f"000042{SEGMENT_SUFFIX}"
+    segment.write_bytes(b"not yet deleted")
+
+    compact(tmp_path)
+    names = sorted(p.name for p in part.glob("*.parquet"))
+    assert spooled.name in names and len(names) == 2  # the merge + the waiting spool file
+    assert _count(tmp_path) == (4, 4)
+
+    segment.unlink()  # the collector finished: now it merges
+    compact(tmp_path)
+    assert [p.name.startswith("compact-") for p in part.glob("*.parquet")] == [True]
+    assert _count(tmp_path) == (4, 4)

@@ -18,6 +18,7 @@ from dashboard_support import (
     app_test,
     chart_data,
     goto,
+    links,
     seed,
     select_rows,
     table,
@@ -65,7 +66,7 @@ def test_overview_shows_kpis_decisions_and_the_oldest_pending_first(
     # oldest first: the hotfix commit was requested 20 minutes ago, the branch 12
     assert [PENDING_ANYONE in cards[0], PENDING_MANAGERS in cards[1]] == [True, True]
     assert "Release repositories change under supervision" in cards[0]
-    assert [link.label for link in at.get("page_link")][:1] == [f"Session {HOTFIX}"]
+    assert links(at)[:1] == [f"Session {HOTFIX}"]
     assert len(at.get("vega_lite_chart")) == 2  # decisions over time, blast mix
     decided = chart_data(at, 0).groupby("decision")["actions"].sum().to_dict()
     assert decided == {"ALLOW": 11, "DENY": 1, "REWRITE": 2, "REQUIRE_APPROVAL": 1}

@@ -19,6 +19,7 @@ from dashboard_support import (
     Seeded,
     app_test,
     goto,
+    links,
     seed,
     select_rows,
     table,
@@ -229,8 +230,8 @@ def test_session_tree_links_parent_and_sub_agents_and_shows_tokens(
     shared: Seeded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     at = goto(app_test(shared.root, shared.policy_path, monkeypatch), "session", session=RELEASE)
-    links = [p.label for p in at.get("page_link")]
-    assert any(TESTS in label and "test-runner" in label for label in links)
+    labels = links(at)
+    assert any(TESTS in label and "test-runner" in label for label in labels)
     metrics = {m.label: m.value for m in at.metric}
     assert (metrics["Input tokens"], metrics["Output tokens"], metrics["LLM calls"]) == (
         "1,800",
@@ -243,7 +244,7 @@ def test_session_tree_links_parent_and_sub_agents_and_shows_tokens(
     ]
     # From the sub-agent, the parent is a link and this session is marked.
     goto(at, "session", session=TESTS)
-    assert any(RELEASE in p.label for p in at.get("page_link"))
+    assert any(RELEASE in label for label in links(at))
     assert any(f"**{TESTS}**" in m and "(this session)" in m for m in texts(at.markdown))
 
 
@@ -330,3 +331,33 @@ def test_auto_refresh_toggle_keeps_the_page_and_offers_intervals(
         ["5 seconds", "10 seconds", "30 seconds", "60 seconds"],
     )
     assert len(_ids(at)) == shared.expected.sessions  # the page itself is unchanged
+
+
+def test_landed_values_are_shown_literally_not_as_markdown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Session ids and agent names come from agents: a link or an image in them must not
+    render (an image would call out to its server from every viewer's browser)."""
+    evil = "x](https://evil.example)![p](https://evil.example/p.png"
+    row = empty_row()
+    now = dt.datetime.now(dt.UTC)
+    row.update(
+        trace_id="a" * 32,
+        span_id="b" * 16,
+        span_type="tool",
+        name="execute_tool git_status",
+        start_time=now,
+        end_time=now,
+        session_id=evil,
+        agent_name="**boss**",
+        tool_name="git_status",
+        decision="ALLOW",
+        status_code="OK",
+    )
+    root = tmp_path / "data"
+    ParquetSpanWriter(root).write([row])
+    at = goto(app_test(root, None, monkeypatch), "session", session=evil)
+    (title,) = at.title
+    assert "](" not in title.value.replace("\\]\\(", "")  # every bracket is escaped
+    assert texts(at.title) == [f"Session {evil}"]
+    assert any("\\*\\*boss\\*\\*" in m.value for m in at.markdown)

@@ -311,19 +311,40 @@ def demo(
         df = analytics.sessions(report.data_dir, limit=max(len(report.sessions), 1))
     _echo_df(df, "table", SESSION_COLUMNS)
     if not no_dashboard:
-        _serve_dashboard(report.data_dir, port)
+        from tooltrail.demo import demo_policy_path
+
+        _serve_dashboard(report.data_dir, port, "127.0.0.1", demo_policy_path())
 
 
-def _serve_dashboard(root: Path, port: int) -> None:
-    from tooltrail.dashboard import launch
+def _serve_dashboard(root: Path, port: int, host: str, policy: Path | None) -> None:
+    from tooltrail.dashboard import run
 
-    proc = launch(root, port=port)
-    click.echo(f"dashboard: http://127.0.0.1:{port}  (Ctrl-C to stop)")
-    try:
-        proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=10)
+    click.echo(f"dashboard: http://{host}:{port}  (Ctrl-C to stop)")
+    with domain_errors():
+        code = run(root, port=port, host=host, policy=policy)
+    if code not in (0, -2, 130):  # a clean stop or Ctrl-C
+        raise click.ClickException(f"the dashboard exited with code {code}")
+
+
+@cli.command()
+@data_option
+@click.option("--port", type=int, default=8501, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--policy",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar=config.ENV_POLICY,
+    help="The active policy, for the Policy page.",
+)
+def dashboard(data: Path | None, port: int, host: str, policy: Path | None) -> None:
+    """Open the Streamlit dashboard over the data directory: sessions, session detail,
+    approvals (approve / deny), blast radius, policy replay and SQL.
+
+    Example:
+
+        tooltrail dashboard --data ./tooltrail-data --port 8501
+    """
+    _serve_dashboard(_data(data), port, host, policy)
 
 
 APPROVAL_COLUMNS = (
@@ -460,9 +481,11 @@ cli.add_command(
 
 
 def _register_groups() -> None:
+    from tooltrail.collector.cli import collect_cli
     from tooltrail.policy.cli import policy_cli
 
     cli.add_command(policy_cli)
+    cli.add_command(collect_cli)
 
 
 _register_groups()
