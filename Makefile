@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest install lock bench clean dashboard docs
+.PHONY: demo test lint typecheck pytest install lock bench clean dashboard docs browser
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,10 +36,24 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/exporter.py
 	$(BIN)/python bench/queries.py
+	$(BIN)/python bench/policy.py
+	$(BIN)/python bench/instrumentation.py
+	$(BIN)/python bench/approvals.py
+	$(BIN)/python bench/dashboard.py
+	$(BIN)/python bench/ingest.py
 
-# Re-pin every dependency (run after changing pyproject.toml's dependency list).
+# The real-browser dashboard test drives Debian's chromium (never a downloaded browser);
+# without it that one test is skipped. Needs root (or run the apt-get line with sudo).
+browser:
+	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+
+# Re-pin every dependency from a clean environment (after changing pyproject.toml).
 lock:
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^tooltrail' > requirements.lock
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install --quiet --upgrade pip
+	build/lock-venv/bin/python -m pip install --quiet -e '.[dev,mcp]'
+	build/lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^tooltrail' > requirements.lock
+	rm -rf build/lock-venv
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache tooltrail-data

@@ -165,7 +165,10 @@ def _breakdown(root: Path, session: str) -> dict[str, list[tuple[str, float]]]:
         "approvals": cold(
             [
                 ("pending approvals", lambda d: d.pending()),
-                ("history (30d)", lambda d: d.approvals("all", since=since_30)),
+                (
+                    "history (30d, newest 1,001)",
+                    lambda d: d.approvals("all", since=since_30, limit=1001),
+                ),
                 ("stats by rule", lambda d: d.approval_stats("rule", since_30)),
                 ("stats by approver", lambda d: d.approval_stats("approver", since_30)),
             ]

@@ -20,17 +20,18 @@ from tooltrail.policy import Policy
 
 TREE_LIMIT: Final = 200
 RECENT: Final = 50
+# What was decided first; the long summary last, where it takes the remaining width.
 ACTION_COLUMNS: Final = (
     "sequence",
     "start_time",
     "tool_name",
-    "action_summary",
     "decision",
     "blast_radius",
     "policy_rule",
     "approval_status",
-    "duration_ms",
     "outcome",
+    "duration_ms",
+    "action_summary",
 )
 OUTCOME_LABELS: Final = {"ok": "green", "refused": "orange", "error": "red"}
 

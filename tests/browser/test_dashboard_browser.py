@@ -43,8 +43,9 @@ WAIT_MS = 30_000
 ROW_PX = 35
 
 pytestmark = [
+    # CI sets TOOLTRAIL_REQUIRE_BROWSER=1: there a missing browser fails instead of skipping.
     pytest.mark.skipif(
-        not CHROMIUM.exists(),
+        not CHROMIUM.exists() and not os.environ.get("TOOLTRAIL_REQUIRE_BROWSER"),
         reason="Debian's chromium is not installed (apt-get install -y chromium); "
         "this test drives /usr/bin/chromium and never downloads a browser",
     ),
@@ -187,7 +188,8 @@ def test_open_a_session_from_the_list_and_approve_a_request(
         record = store.get(PENDING_ANYONE)
     assert (record.status, record.decided_by) == ("approved", "alice")
 
-    # The README's picture: the Overview of this run, if it is small enough.
+    # The README's picture, refreshed on request only: a test run leaves the tree clean.
     assert overview.stat().st_size < MAX_DOCS_IMAGE_BYTES
-    DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(overview, DOCS_IMAGE)
+    if os.environ.get("TOOLTRAIL_UPDATE_SCREENSHOT"):
+        DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(overview, DOCS_IMAGE)
