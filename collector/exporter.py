@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from tooltrail import config
 from tooltrail.collector.normalize import Normalizer
-from tooltrail.collector.writer import ParquetSpanWriter
+from tooltrail.collector.writer import LandingError, ParquetSpanWriter
 from tooltrail.redact import Redactor
 from tooltrail.schema import Row
 
@@ -43,6 +43,9 @@ RowHook = Callable[[Row], None]
 DEFAULT_BUFFER_ROWS = 8192
 DEFAULT_FULL_BATCH = 512
 DEFAULT_MAX_DELAY_S = 1.0
+# Rows kept for another attempt after a failed landing (a full disk, say); beyond this the
+# oldest are dropped, and counted in the log, rather than exhausting the agent's memory.
+MAX_RETAINED_ROWS = 100_000
 
 
 def policy_row_hook(policy: str | os.PathLike[str] | Policy | None) -> RowHook | None:
@@ -105,7 +108,7 @@ class TooltrailSpanExporter(SpanExporter):
     ) -> None:
         self.data_dir: Path = config.data_dir(data_dir)
         if redact is None:
-            redact = config.env_flag(config.ENV_REDACT, default=True)
+            redact = config.env_flag(config.ENV_REDACT, default=True, unrecognized=True)
         self._normalizer = Normalizer(Redactor() if redact else None)
         self._writer = ParquetSpanWriter(self.data_dir, writer_id=writer_id)
         self._row_hook = policy_row_hook(policy)
@@ -150,8 +153,18 @@ class TooltrailSpanExporter(SpanExporter):
 
     def _land_locked(self) -> None:
         rows, self._buffer = self._buffer, []
-        if rows:
+        if not rows:
+            return
+        try:
             self._writer.write(rows)
+        except LandingError as e:
+            # export() already answered SUCCESS for these rows: keep them for the next try.
+            keep = e.unwritten[-MAX_RETAINED_ROWS:]
+            dropped = len(e.unwritten) - len(keep)
+            if dropped:
+                _log.error("tooltrail: dropped %d spans that could not be landed", dropped)
+            self._buffer[:0] = keep
+            raise
 
     def _flush(self) -> bool:
         try:

@@ -53,7 +53,7 @@ class RowPipeline:
 
     def __init__(self, policy: str | os.PathLike[str] | Policy | None, redact: bool | None):
         if redact is None:
-            redact = config.env_flag(config.ENV_REDACT, default=True)
+            redact = config.env_flag(config.ENV_REDACT, default=True, unrecognized=True)
         self._normalizer = Normalizer(Redactor() if redact else None)
         self._hook = policy_row_hook(policy)
 

@@ -590,7 +590,18 @@ def derive_summary(
 # --- the normalizer --------------------------------------------------------------------
 
 # Plain-text columns the redactor scrubs (arguments and results are handled on their own).
-_SCRUBBED_PLAIN_COLUMNS: Final = ("status_message", "action_summary")
+# Every free-text column a producer controls; targets come straight from arguments (a
+# repository URL may carry a token) and feed the derived summary, so they are scrubbed first.
+_SCRUBBED_PLAIN_COLUMNS: Final = (
+    "name",
+    "status_message",
+    "action_summary",
+    "target_repo",
+    "target_branch",
+    "target_path",
+    "agent_name",
+    "error_type",
+)
 _PROBED_COLUMNS: Final = ("arguments", "arguments_rewritten", *_SCRUBBED_PLAIN_COLUMNS)
 
 
@@ -773,6 +784,7 @@ class Normalizer:
         if raw_result is not None:
             result = raw_result if isinstance(raw_result, str) else to_json(raw_result)
         row["status_message"] = status_message or None
+        row["name"] = name
 
         redactor = self._redactor
         if redactor is not None and self._needs_scrub(redactor, row, result, rest):
@@ -792,7 +804,6 @@ class Normalizer:
         row["trace_id"] = trace_id
         row["span_id"] = span_id
         row["parent_span_id"] = parent_id
-        row["name"] = name
         row["kind"] = kind
         row["span_type"] = span_type
         row["start_time"] = start_ns

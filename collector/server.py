@@ -43,8 +43,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from google.protobuf.message import DecodeError
-
 from tooltrail.collector import approvals_http as apr
 from tooltrail.collector.landing import Lander, RowPipeline, wait_for_old_workers
 from tooltrail.collector.receiver import (
@@ -388,8 +386,9 @@ class Collector:
             self.last_landing_error = f"{segment.name}: {e}"
             _log.error("tooltrail collect: cannot land %s (will retry): %s", segment, e)
             return False
-        except (DecodeError, TooltrailError, ValueError, TypeError) as e:
-            # Acknowledged data that cannot be read back: keep it aside, never drop it.
+        except Exception as e:  # DecodeError, ValueError, RecursionError, an Arrow error...
+            # Acknowledged data that cannot be landed: keep it aside, never drop it, and
+            # keep the landing loop alive for every other segment.
             moved = quarantine(segment)
             self._spool.done(segment)
             self.metrics.add("segments_quarantined_total")

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tooltrail.config import SPANS_DIR
+from tooltrail.errors import StoreError
 from tooltrail.schema import COLUMNS, SPAN_SCHEMA, Row
 
 _log = logging.getLogger(__name__)
@@ -44,6 +45,15 @@ _BLOOM_FPP: Final = 0.01
 _SORTING: Final = ("session_id", "start_time")
 # Row groups small enough that a one-session lookup reads one group of a compacted file.
 ROW_GROUP_ROWS: Final = 131_072
+
+
+class LandingError(StoreError):
+    """Some rows could not be landed; ``unwritten`` are exactly those (none of them is on
+    disk), so a caller may keep them for another attempt without duplicating any."""
+
+    def __init__(self, message: str, unwritten: list[Row]) -> None:
+        super().__init__(message)
+        self.unwritten = unwritten
 
 
 def new_writer_id() -> str:
@@ -170,12 +180,13 @@ class ParquetSpanWriter:
         self.writer_id = writer_id or new_writer_id()
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
-        if writer_id is None and hasattr(os, "register_at_fork"):
+        if hasattr(os, "register_at_fork"):
             # A forked child must not reuse the parent's id and sequence.
             os.register_at_fork(after_in_child=self._renew_id)
 
     def _renew_id(self) -> None:
-        self.writer_id = new_writer_id()
+        explicit = self._explicit_id
+        self.writer_id = f"{explicit}-{os.getpid()}" if explicit else new_writer_id()
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -190,10 +201,19 @@ class ParquetSpanWriter:
         by_date: dict[str, list[Row]] = {}
         for row in rows:
             by_date.setdefault(partition_date(row), []).append(row)
+        days = sorted(by_date)
+        # Conversion first: a malformed row is a permanent error (raised as is), unlike a
+        # failed write, which another attempt may get past.
+        tables = [rows_to_table(by_date[day]) for day in days]
         written: list[Path] = []
-        for day, day_rows in sorted(by_date.items()):
-            table = rows_to_table(day_rows)
-            written.append(self.write_table(table, day))
+        for i, (day, table) in enumerate(zip(days, tables, strict=True)):
+            try:
+                written.append(self.write_table(table, day))
+            except OSError as e:
+                unwritten = [row for d in days[i:] for row in by_date[d]]
+                raise LandingError(
+                    f"could not land {len(unwritten)} rows in {self.spans_dir}: {e}", unwritten
+                ) from e
         return written
 
     def write_table(self, table: pa.Table, day: str) -> Path:

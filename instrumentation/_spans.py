@@ -364,12 +364,12 @@ def install(
     without a data directory and with ``$TOOLTRAIL_COLLECTOR_URL`` (remote agents).
     """
     global _settings
-    enforce = env_flag(ENV_ENFORCE) if enforce is None else enforce
+    enforce = env_flag(ENV_ENFORCE, unrecognized=True) if enforce is None else enforce
     if capture_results is None:
         capture_results = env_flag(ENV_CAPTURE_RESULTS)
     root = _known_data_dir(data_dir)
     if session_control is None:
-        session_control = env_flag(ENV_SESSION_CONTROL, default=enforce)
+        session_control = env_flag(ENV_SESSION_CONTROL, default=enforce, unrecognized=True)
     decide, loaded, error = _policy_decider(policy, enforce)
     new = Settings(
         tool_tracer=trace.get_tracer(

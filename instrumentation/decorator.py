@@ -130,26 +130,46 @@ class _Binder:
     def rebind(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], new: Mapping[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """The call's ``(args, kwargs)`` with the values of ``new`` (a REWRITE) swapped in.
+        """The call's ``(args, kwargs)`` rebuilt from ``new`` (a REWRITE's arguments).
+
+        ``new`` is the whole truth: a parameter it sets is swapped in, a parameter it
+        leaves out (``remove:``) falls back to its default, ``**kwargs`` hold exactly its
+        other keys. Only the receiver (``self`` / ``cls``) comes from the original call.
 
         Raises:
-            ValueError: ``new`` names a parameter the function does not take.
+            ValueError: ``new`` names a parameter the function does not take, or removes
+                one the function requires.
         """
         if self.signature is None:
             raise ValueError("the function has no inspectable signature")
         bound = self.signature.bind(*args, **kwargs)
         params = self.signature.parameters
-        var_kw = next((p.name for p in params.values() if p.kind is p.VAR_KEYWORD), None)
-        for key, value in new.items():
-            if key in params and params[key].kind not in (
-                inspect.Parameter.VAR_KEYWORD,
-                inspect.Parameter.VAR_POSITIONAL,
-            ):
-                bound.arguments[key] = value
-            elif var_kw is not None:
-                bound.arguments.setdefault(var_kw, {})[key] = value
+        receiver = self.positional[0] if self.skip_first else None
+        var_kw: str | None = None
+        for pname, p in params.items():
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                var_kw = pname
+            elif pname == receiver:
+                continue
+            elif pname in new:
+                value = new[pname]
+                bound.arguments[pname] = (
+                    tuple(value) if p.kind is inspect.Parameter.VAR_POSITIONAL else value
+                )
+            elif p.kind is inspect.Parameter.VAR_POSITIONAL:
+                bound.arguments.pop(pname, None)
+            elif p.default is not p.empty:
+                bound.arguments.pop(pname, None)  # removed by the rewrite: the default runs
             else:
-                raise ValueError(f"the rewrite sets {key!r}, which the function does not take")
+                raise ValueError(f"the rewrite removes {pname!r}, which the function requires")
+        extra = {k: v for k, v in new.items() if k not in params}
+        if extra and var_kw is None:
+            key = next(iter(extra))
+            raise ValueError(f"the rewrite sets {key!r}, which the function does not take")
+        if var_kw is not None:
+            bound.arguments.pop(var_kw, None)
+            if extra:
+                bound.arguments[var_kw] = extra
         return bound.args, bound.kwargs
 
 
@@ -172,7 +192,10 @@ def _instrument(
     fn: Callable[P, R], name: str, annotations: Mapping[str, Any] | None
 ) -> Callable[P, R]:
     binder = _Binder(fn)
-    if inspect.iscoroutinefunction(fn):
+    # An object with `async def __call__` is async too: a sync wrapper would wait for
+    # approval on the event loop's thread and end the span before the work ran.
+    call_method = type(fn).__dict__.get("__call__") if not inspect.isfunction(fn) else None
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call_method):
         return cast(Callable[P, R], _async_wrapper(cast(Any, fn), name, annotations, binder))
 
     @functools.wraps(fn)

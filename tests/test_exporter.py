@@ -309,3 +309,24 @@ def test_buffered_rows_land_after_max_delay(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert _landed(tmp_path) == 4
     exporter.shutdown()
+
+
+def test_a_failed_landing_keeps_the_rows_for_the_next_attempt(tmp_path: Path) -> None:
+    import datetime as dt
+
+    data = tmp_path / "data"
+    exporter = TooltrailSpanExporter(
+        data_dir=data, policy=None, buffer_rows=100, full_batch=4, max_delay_s=60
+    )
+    assert exporter.export(_spans(4)) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
+    # A file where today's partition directory must go: landing fails, even for root.
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    blocker = data / "spans" / f"date={today}"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a directory")
+    assert exporter.force_flush() is False
+    assert exporter.export(_spans(2)) is SpanExportResult.FAILURE  # type: ignore[arg-type]
+    blocker.unlink()
+    assert exporter.force_flush() is True
+    assert _landed(data) == 6  # the acknowledged rows: nothing lost, nothing twice
+    exporter.shutdown()

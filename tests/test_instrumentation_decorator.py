@@ -532,3 +532,73 @@ def test_cancelled_while_held_ends_the_span_and_never_runs(
     span = only_span(spans)
     assert attrs(span)[ERROR_TYPE] == "CancelledError"
     assert span.end_time is not None
+
+
+REMOVE_POLICY = (
+    "version: 1\nrules:\n  - id: no-force\n    when: {tool: [push, push_any, tag]}\n"
+    "    decision: REWRITE\n    rewrite: {remove: [force]}\n"
+)
+
+
+def test_rewrite_remove_really_removes_the_argument(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    @tt.tool
+    def push(branch: str, force: bool = False) -> str:
+        seen.append({"branch": branch, "force": force})
+        return "ok"
+
+    @tt.tool
+    def push_any(branch: str, **extra: Any) -> str:
+        seen.append({"branch": branch, **extra})
+        return "ok"
+
+    path = tmp_path / "p.yaml"
+    path.write_text(REMOVE_POLICY)
+    enforce(spans, path)
+    push("main", force=True)
+    push("main", True)
+    push_any("main", force=True, note="x")
+    assert seen == [
+        {"branch": "main", "force": False},
+        {"branch": "main", "force": False},
+        {"branch": "main", "note": "x"},
+    ]
+    recorded = [
+        json.loads(str(s.attributes[TT_ARGUMENTS_REWRITTEN])) for s in spans.get_finished_spans()
+    ]  # type: ignore[index]
+    assert all("force" not in r for r in recorded)
+
+
+def test_rewrite_removing_a_required_argument_is_refused(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    ran: list[bool] = []
+
+    @tt.tool
+    def tag(name: str, force: bool) -> str:
+        ran.append(force)
+        return name
+
+    path = tmp_path / "p.yaml"
+    path.write_text(REMOVE_POLICY)
+    enforce(spans, path)
+    with pytest.raises(tt.ToolCallDenied, match="requires"):
+        tag("v1", True)
+    assert ran == []
+
+
+def test_an_object_with_async_call_gets_the_async_wrapper(spans: InMemorySpanExporter) -> None:
+    class Deployer:
+        async def __call__(self, service: str) -> str:
+            await asyncio.sleep(0.05)
+            return f"deployed {service}"
+
+    wrapped = tt.tool(name="deploy_service")(Deployer())
+    assert asyncio.run(wrapped("api")) == "deployed api"
+    (span,) = spans.get_finished_spans()
+    assert span.name == "execute_tool deploy_service"
+    assert span.end_time is not None and span.start_time is not None
+    assert span.end_time - span.start_time >= 40_000_000  # the span covers the awaited work

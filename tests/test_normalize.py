@@ -717,3 +717,27 @@ def test_odd_values_never_break_normalization(tmp_path: Path) -> None:
     assert row["redactions"] == 1
     (path,) = ParquetSpanWriter(tmp_path).write([row])
     assert pq.read_table(path).num_rows == 1
+
+
+def test_secrets_in_targets_name_and_summary_are_scrubbed() -> None:
+    token = "ghp_" + "Q" * 36
+    remote = f"https://x:{token}@github.com/acme/app"
+    rec = SpanRecord(
+        trace_id="a" * 32,
+        span_id="b" * 16,
+        parent_span_id=None,
+        name=f"execute_tool git_push {remote}",
+        start_ns=1,
+        end_ns=2,
+        attributes={
+            sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+            sc.GEN_AI_TOOL_NAME: "git_push",
+            sc.GEN_AI_TOOL_CALL_ARGUMENTS: json.dumps({"remote": remote}),
+            sc.TT_TARGET_REPO: remote,
+            sc.TT_TARGET_BRANCH: f"main-{token}",
+        },
+    )
+    row = Normalizer(Redactor()).normalize(rec)
+    assert token not in json.dumps(row, default=str)
+    assert row["action_summary"] and "REDACTED" in row["action_summary"]
+    assert row["redactions"] >= 4

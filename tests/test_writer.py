@@ -104,3 +104,19 @@ def test_sweep_removes_only_old_temp_files(tmp_path: Path) -> None:
     os.utime(old, (0, 0))
     assert sweep_temp_files(tmp_path, older_than_s=60) == 1
     assert not old.exists() and fresh.exists()
+
+
+def test_forked_child_with_an_explicit_writer_id_does_not_clobber(tmp_path: Path) -> None:
+    writer = ParquetSpanWriter(tmp_path, writer_id="agent")
+    writer.write([_row()])
+    pid = os.fork()
+    if pid == 0:  # child: same object, same explicit id, same sequence so far
+        try:
+            writer.write([_row()])
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    writer.write([_row()])
+    names = sorted(p.name for p in iter_span_files(tmp_path))
+    assert len(names) == 3, names
+    assert sum(n.startswith(f"agent-{pid}-") for n in names) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Final
@@ -17,6 +18,8 @@ ENV_SESSION_CONTROL: Final = "TOOLTRAIL_SESSION_CONTROL"
 ENV_COLLECTOR_URL: Final = "TOOLTRAIL_COLLECTOR_URL"
 ENV_COLLECTOR_TOKEN: Final = "TOOLTRAIL_COLLECTOR_TOKEN"
 DEFAULT_DATA_DIR: Final = "tooltrail-data"
+
+_log = logging.getLogger(__name__)
 
 SPANS_DIR: Final = "spans"
 DUCKDB_FILE: Final = "tooltrail.duckdb"
@@ -34,9 +37,25 @@ def spans_dir(root: Path) -> Path:
     return root / SPANS_DIR
 
 
-def env_flag(name: str, default: bool = False) -> bool:
-    """Read a boolean environment variable (1/true/yes/on, case-insensitive)."""
+_TRUE: Final = frozenset({"1", "true", "yes", "y", "on", "enable", "enabled"})
+_FALSE: Final = frozenset({"0", "false", "no", "n", "off", "disable", "disabled"})
+
+
+def env_flag(name: str, default: bool = False, *, unrecognized: bool | None = None) -> bool:
+    """Read a yes/no environment variable (case-insensitive); unset or empty: ``default``.
+
+    A value that is neither yes nor no is logged and read as ``unrecognized`` (default:
+    ``default``). Security switches pass ``unrecognized=True`` so that a typo such as
+    ``TOOLTRAIL_REDACT=enabeld`` keeps the protection on instead of silently dropping it.
+    """
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
-    return raw.strip().lower() in {"1", "true", "yes", "on"}
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    result = default if unrecognized is None else unrecognized
+    _log.warning("%s=%r is neither yes nor no; using %s", name, raw, result)
+    return result

@@ -27,12 +27,11 @@ the agent-side instrumentation can reuse it.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from tooltrail.config import ENV_REDACT
+from tooltrail.config import ENV_REDACT, env_flag
 
 REDACTED_TEMPLATE: Final = "[REDACTED:{}]"
 KEY_KIND: Final = "key"
@@ -254,9 +253,8 @@ class Redactor:
 
     @classmethod
     def from_env(cls) -> Redactor:
-        """On unless ``$TOOLTRAIL_REDACT`` is a false value (0 / false / no / off)."""
-        raw = os.environ.get(ENV_REDACT, "").strip().lower()
-        return cls(enabled=raw not in {"0", "false", "no", "off"})
+        """On unless ``$TOOLTRAIL_REDACT`` is a false value (0 / false / no / off ...)."""
+        return cls(enabled=env_flag(ENV_REDACT, default=True, unrecognized=True))
 
     # -- text ---------------------------------------------------------------------------
 
