@@ -33,7 +33,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -43,7 +43,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from tooltrail.collector.writer import (
-    partition_date,
+    group_by_date,
     rows_to_table,
     spans_lock,
     write_table_atomic,
@@ -267,13 +267,6 @@ def landed_name(segment: Path) -> str:
     return f"{LANDED_PREFIX}{segment.name.removesuffix(SEGMENT_SUFFIX)}.parquet"
 
 
-def _by_date(rows: Sequence[Row]) -> dict[str, list[Row]]:
-    by_date: dict[str, list[Row]] = {}
-    for row in rows:
-        by_date.setdefault(partition_date(row), []).append(row)
-    return by_date
-
-
 def land_segment(segment: Path, data_dir: Path, rows_of: RowsOf) -> tuple[int, int]:
     """Land one sealed segment exactly once, then delete it.
 
@@ -293,7 +286,7 @@ def land_segment(segment: Path, data_dir: Path, rows_of: RowsOf) -> tuple[int, i
     landed = skipped = 0
     # Held until the segment is gone: see the module docstring (compaction).
     with spans_lock(spans_root, exclusive=False):
-        for day, day_rows in sorted(_by_date(rows).items()):
+        for day, day_rows in sorted(group_by_date(rows).items()):
             target = spans_root / f"date={day}" / name
             if target.exists():
                 skipped += len(day_rows)

@@ -120,6 +120,22 @@ def partition_date(row: Row) -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
 
 
+def group_by_date(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """Rows by UTC start date (``YYYY-MM-DD``), formatting each distinct day once."""
+    by_day: dict[int, list[Row]] = {}
+    other: dict[str, list[Row]] = {}
+    for row in rows:
+        start = row.get("start_time")
+        if type(start) is int:  # nanoseconds, as the exporter lands them: no datetime per row
+            by_day.setdefault(start // _EPOCH_DAY_NS, []).append(row)
+        else:
+            other.setdefault(partition_date(row), []).append(row)
+    for day, day_rows in by_day.items():
+        name = (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
+        other.setdefault(name, []).extend(day_rows)
+    return other
+
+
 def write_table_atomic(table: pa.Table, final_path: Path) -> Path:
     """Write ``table`` to ``final_path`` so that no reader ever sees a partial file."""
     final_path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,9 +214,7 @@ class ParquetSpanWriter:
         """Land ``rows`` (one file per date partition); returns the files written."""
         if not rows:
             return []
-        by_date: dict[str, list[Row]] = {}
-        for row in rows:
-            by_date.setdefault(partition_date(row), []).append(row)
+        by_date = group_by_date(rows)
         days = sorted(by_date)
         # Conversion first: a malformed row is a permanent error (raised as is), unlike a
         # failed write, which another attempt may get past.

@@ -120,3 +120,16 @@ def test_forked_child_with_an_explicit_writer_id_does_not_clobber(tmp_path: Path
     names = sorted(p.name for p in iter_span_files(tmp_path))
     assert len(names) == 3, names
     assert sum(n.startswith(f"agent-{pid}-") for n in names) == 1
+
+
+def test_group_by_date_matches_partition_date_at_day_boundaries() -> None:
+    from tooltrail.collector.writer import group_by_date, partition_date
+
+    midnight = int(dt.datetime(2026, 11, 21, tzinfo=dt.UTC).timestamp()) * 1_000_000_000
+    starts: list[object] = [midnight - 1, midnight, midnight + 1, 0, midnight + 86_399_999_999_999]
+    starts += [dt.datetime(2026, 11, 20, 23, 59, 59, tzinfo=dt.UTC), None]
+    rows = [_row(start_time=s) for s in starts]
+    grouped = group_by_date(rows)
+    assert sum(len(v) for v in grouped.values()) == len(rows)
+    for day, day_rows in grouped.items():
+        assert {partition_date(r) for r in day_rows} == {day}
