@@ -122,10 +122,25 @@ def test_approvals_approved_denied_and_pending(demo_dir: Path) -> None:
         assert json.loads(r["arguments"])["message"] in commit_messages(release)
 
 
-def test_rerun_adds_sessions_and_fresh_starts_over(demo_dir: Path, tmp_path: Path) -> None:
+def test_rerun_adds_sessions_and_fresh_starts_over(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    args = ("demo", "--no-dashboard", "--sessions", "3", "--data", str(data))
+    assert _tooltrail(*args, "--seed", "2", cwd=tmp_path).returncode == 0
+    first = {s["session_id"] for s in _json("sessions", "--data", str(data), cwd=tmp_path)}
+    assert _tooltrail(*args, "--seed", "3", cwd=tmp_path).returncode == 0
+    second = {s["session_id"] for s in _json("sessions", "--data", str(data), cwd=tmp_path)}
+    assert first < second  # re-running adds sessions
+    assert _tooltrail(*args, "--fresh", cwd=tmp_path).returncode == 0
+    fresh = {s["session_id"] for s in _json("sessions", "--data", str(data), cwd=tmp_path)}
+    assert fresh and not fresh & second  # --fresh started over
+
+
+def test_a_directory_with_other_data_is_refused(tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
     (other / "mine.txt").write_text("user data")
     result = _tooltrail("demo", "--no-dashboard", "--data", str(other), cwd=tmp_path)
     assert result.returncode == 2 and "did not create" in result.stderr
     assert (other / "mine.txt").exists()
+    result = _tooltrail("demo", "--no-dashboard", "--fresh", "--data", str(other), cwd=tmp_path)
+    assert result.returncode == 2 and (other / "mine.txt").exists()
