@@ -768,6 +768,10 @@ class Normalizer:
             row["model"] = _take_first(rest, plan.model, _to_str)[0]
 
         resource_json, service, redactions = self._resource(resource_key, resource_attrs)
+        # Values the policy redacted at call time, before the arguments were recorded.
+        at_call = rest.pop(sc.TT_REDACTIONS, None) if sc.TT_REDACTIONS in rest else None
+        if type(at_call) is int and at_call > 0:
+            redactions += at_call
 
         # Arguments are always valid JSON, parsed once for scrubbing and the summary.
         parsed: Any = None

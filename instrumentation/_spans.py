@@ -78,11 +78,13 @@ from tooltrail.semconv import (
     TT_POLICY_REASON,
     TT_POLICY_RULE,
     TT_POLICY_VERSION,
+    TT_REDACTIONS,
     TT_SEQUENCE,
     TT_SESSION_ID,
     TT_TARGET_BRANCH,
     TT_TARGET_PATH,
     TT_TARGET_REPO,
+    TT_TOOL_ANNOTATIONS,
     TT_TRIGGER,
 )
 
@@ -558,6 +560,8 @@ def begin(
         attrs[TT_PARENT_SESSION_ID] = sess.parent_session_id
     if sess.trigger is not None:
         attrs[TT_TRIGGER] = sess.trigger
+    if annotations:
+        attrs[TT_TOOL_ANNOTATIONS] = _annotations_json(annotations)
     if extra:
         attrs.update(extra)
     if decision is not None:
@@ -574,6 +578,24 @@ def begin(
     if decision is not None:
         _apply_decision(inv, decision)
     return inv
+
+
+_ANNOTATIONS_JSON: dict[int, tuple[Mapping[str, Any], str]] = {}
+
+
+def _annotations_json(annotations: Mapping[str, Any]) -> str:
+    """The MCP tool annotations as JSON, recorded so that a replay or the exporter can
+    decide ``readOnlyHint`` / ``destructiveHint`` rules exactly as the call did. The same
+    mapping object comes back for every call of a tool: encode it once (the cache holds
+    the object, so its id cannot be reused while cached)."""
+    hit = _ANNOTATIONS_JSON.get(id(annotations))
+    if hit is not None and hit[0] is annotations:
+        return hit[1]
+    text = json.dumps(dict(annotations), sort_keys=True, separators=(",", ":"), default=str)
+    if len(_ANNOTATIONS_JSON) >= 1024:
+        _ANNOTATIONS_JSON.clear()
+    _ANNOTATIONS_JSON[id(annotations)] = (annotations, text)
+    return text
 
 
 def _vetoed(
@@ -614,6 +636,9 @@ def _decision_attributes(d: DecisionLike, attrs: dict[str, Any]) -> None:
         attrs[TT_TARGET_PATH] = d.target_path
     if d.reason is not None:
         attrs[TT_POLICY_REASON] = d.reason
+    redactions = getattr(d, "redactions", 0)
+    if isinstance(redactions, int) and redactions > 0:
+        attrs[TT_REDACTIONS] = redactions
     if d.decision == REWRITE and d.arguments_rewritten is not None:
         attrs[TT_ARGUMENTS_REWRITTEN] = to_json(d.arguments_rewritten, MAX_ARGUMENTS_CHARS)
 

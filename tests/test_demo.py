@@ -144,3 +144,27 @@ def test_a_directory_with_other_data_is_refused(tmp_path: Path) -> None:
     assert (other / "mine.txt").exists()
     result = _tooltrail("demo", "--no-dashboard", "--fresh", "--data", str(other), cwd=tmp_path)
     assert result.returncode == 2 and (other / "mine.txt").exists()
+
+
+def test_replaying_the_producing_policy_changes_nothing(demo_dir: Path) -> None:
+    """Decisions made at call time (annotations, redacting rewrites included) are
+    reproduced exactly by a replay of the same policy over the landed data."""
+    from tooltrail.demo import demo_policy_path
+
+    report = _json(
+        "policy", "replay", str(demo_policy_path()), "--data", str(demo_dir), cwd=demo_dir
+    )
+    assert report["actions"] > 0
+    assert (report["changed"], report["newly_unmatched"], report["changed_on_redacted"]) == (
+        0,
+        0,
+        0,
+    )
+    reads = _json(
+        "query",
+        "SELECT count(*) AS n FROM actions WHERE policy_rule = 'reads-are-fine'",
+        "--data",
+        str(demo_dir),
+        cwd=demo_dir,
+    )
+    assert reads[0]["n"] > 0  # readOnlyHint rules were part of what was replayed

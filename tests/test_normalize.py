@@ -741,3 +741,23 @@ def test_secrets_in_targets_name_and_summary_are_scrubbed() -> None:
     assert token not in json.dumps(row, default=str)
     assert row["action_summary"] and "REDACTED" in row["action_summary"]
     assert row["redactions"] >= 4
+
+
+def test_redactions_made_by_the_policy_at_call_time_are_counted() -> None:
+    rec = SpanRecord(
+        trace_id="c" * 32,
+        span_id="d" * 16,
+        parent_span_id=None,
+        name="execute_tool git_commit",
+        start_ns=1,
+        end_ns=2,
+        attributes={
+            sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+            sc.GEN_AI_TOOL_NAME: "git_commit",
+            sc.GEN_AI_TOOL_CALL_ARGUMENTS: json.dumps({"message": "key [REDACTED]"}),
+            sc.TT_REDACTIONS: 2,
+        },
+    )
+    row = Normalizer(Redactor()).normalize(rec)
+    assert row["redactions"] == 2
+    assert sc.TT_REDACTIONS not in json.loads(str(row["attributes"]))

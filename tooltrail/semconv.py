@@ -94,5 +94,8 @@ TT_TRIGGER: Final = "tooltrail.trigger"
 # MCP ToolAnnotations of the called tool as a JSON object string (readOnlyHint,
 # destructiveHint, ...), so decisions that depend on them can be replayed from landed data.
 TT_TOOL_ANNOTATIONS: Final = "tooltrail.tool.annotations"
+# How many argument values the policy redacted before the arguments were recorded (added to
+# the landed `redactions` column), so a replay knows the landed text is not the original.
+TT_REDACTIONS: Final = "tooltrail.redactions"
 
 TRIGGERS: Final = ("manual", "api", "schedule", "event", "agent")
