@@ -86,7 +86,10 @@ def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
     approval_id = str(row["approval_id"])
     who = ui.operator()
     blocked = why_not_decidable(row, who)
-    with st.container(border=True, key=f"{key}-card-{approval_id}"):
+    # A held call whose request never reached the store has no approval id: key the
+    # card by its span so that several of them can be listed.
+    card = row.get("approval_id") or f"span-{row.get('span_id')}"
+    with st.container(border=True, key=f"{key}-card-{card}"):
         left, right = st.columns([7, 3], vertical_alignment="center")
         with left:
             agent = row.get("agent_name") or "unknown agent"
@@ -110,7 +113,7 @@ def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
                     icon=":material/open_in_new:",
                 )
         with right:
-            reason_key = f"{key}-reason-{approval_id}"
+            reason_key = f"{key}-reason-{card}"
             st.text_input(
                 "Reason",
                 key=reason_key,
@@ -121,7 +124,7 @@ def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
             approve, deny = st.columns(2)
             approve.button(
                 "Approve",
-                key=f"{key}-approve-{approval_id}",
+                key=f"{key}-approve-{card}",
                 type="primary",
                 icon=":material/check:",
                 disabled=blocked is not None,
@@ -132,7 +135,7 @@ def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
             )
             deny.button(
                 "Deny",
-                key=f"{key}-deny-{approval_id}",
+                key=f"{key}-deny-{card}",
                 icon=":material/block:",
                 disabled=blocked is not None,
                 help=blocked,

@@ -674,7 +674,15 @@ def _denial(
 
 def _approval_request(inv: Invocation, d: DecisionLike) -> ApprovalRequest:
     ctx = inv.span.get_span_context()
+    span = inv.span
+
+    def on_filed(approval_id: str) -> None:
+        # Stamped at once: if the agent abandons the held call, its span still names the
+        # request (pending), and the approvals view follows its outcome in the store.
+        span.set_attributes({TT_APPROVAL_ID: approval_id, TT_APPROVAL_STATUS: "pending"})
+
     return ApprovalRequest(
+        on_filed=on_filed,
         tool=inv.tool,
         arguments=inv.arguments,
         shown_arguments=d.arguments,

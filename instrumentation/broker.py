@@ -36,7 +36,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
@@ -116,6 +116,10 @@ class ApprovalRequest:
     approval: ApprovalSettings | None
     requested_at: float = field(default_factory=time.time)
     """Seconds since the epoch."""
+    on_filed: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+    """Called with the approval id as soon as the request is filed, before any waiting:
+    a call abandoned while held (cancelled, timed out by the agent) still names its
+    request, whose outcome the store keeps deciding."""
     arguments_hash: str = field(init=False, default="")
     """``run_digest(arguments)`` when the request was made (keyed: safe to file anywhere)."""
 
@@ -192,6 +196,16 @@ class FailClosedBroker:
 
     async def arequest(self, request: ApprovalRequest) -> ApprovalOutcome:
         return self.request(request)
+
+
+def notify_filed(request: ApprovalRequest, approval_id: str) -> None:
+    """Tell the requester its approval id; a failing callback never affects the call."""
+    if request.on_filed is None:
+        return
+    try:
+        request.on_filed(approval_id)
+    except Exception:
+        _log.debug("tooltrail: on_filed callback failed", exc_info=True)
 
 
 def default_broker(data_dir: str | os.PathLike[str] | None = None) -> ApprovalBroker:

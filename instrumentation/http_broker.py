@@ -39,6 +39,7 @@ from tooltrail.instrumentation.broker import (
     ApprovalOutcome,
     ApprovalRequest,
     ApprovalStatus,
+    notify_filed,
 )
 from tooltrail.redact import Redactor
 
@@ -211,6 +212,7 @@ class HttpApprovalBroker:
         filed = self._file(request)
         if isinstance(filed, ApprovalOutcome):
             return filed
+        notify_filed(request, filed.approval_id)
         state = _WaitState.for_request(request)
         while True:
             outcome = self._poll_step(filed, state)
@@ -223,6 +225,7 @@ class HttpApprovalBroker:
         filed = await loop.run_in_executor(pool, self._file, request)
         if isinstance(filed, ApprovalOutcome):
             return filed
+        notify_filed(request, filed.approval_id)
         state = _WaitState.for_request(request)
         while True:
             outcome = await loop.run_in_executor(pool, self._poll_step, filed, state)

@@ -49,7 +49,12 @@ from tooltrail.control import (
 )
 from tooltrail.control import ApprovalRequest as StoredRequest
 from tooltrail.errors import StoreError
-from tooltrail.instrumentation.broker import ApprovalOutcome, ApprovalRequest, ApprovalStatus
+from tooltrail.instrumentation.broker import (
+    ApprovalOutcome,
+    ApprovalRequest,
+    ApprovalStatus,
+    notify_filed,
+)
 from tooltrail.redact import Redactor
 
 __all__ = ["STORE_ERROR", "ControlStoreBroker", "StoreSessionGate", "ThreadStores"]
@@ -103,6 +108,7 @@ class ControlStoreBroker:
             filed = self._file(request)
         except StoreError as e:
             return self._failed(f"the approval request could not be filed: {e}", started)
+        notify_filed(request, filed.approval_id)
         try:
             record = self.stores.get().wait(filed.approval_id, poll_s=self.poll_s)
         except StoreError as e:
@@ -116,6 +122,7 @@ class ControlStoreBroker:
             filed = await asyncio.to_thread(self._file, request)
         except StoreError as e:
             return self._failed(f"the approval request could not be filed: {e}", started)
+        notify_filed(request, filed.approval_id)
         try:
             # Reads in WAL mode never wait for writers: polling on the loop is cheap.
             record = await self.stores.get().await_decision(filed.approval_id, poll_s=self.poll_s)

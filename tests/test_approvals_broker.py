@@ -323,7 +323,11 @@ def test_cancelled_waiter_leaves_its_request_pending_until_it_expires(
 
     wait_for(expired, "the abandoned request to expire")
     assert ran == []
-    assert attrs(tool_spans(spans)[0])[ERROR_TYPE] == "CancelledError"
+    span = attrs(tool_spans(spans)[0])
+    assert span[ERROR_TYPE] == "CancelledError"
+    # The span names its request although no outcome ever came back, so the approvals
+    # view can follow the request's fate in the store.
+    assert (span[TT_APPROVAL_ID], span[TT_APPROVAL_STATUS]) == (approval_id, "pending")
 
 
 def test_timeout_applies_on_timeout_deny(spans: InMemorySpanExporter, data: Path) -> None:

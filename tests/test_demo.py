@@ -114,6 +114,16 @@ def test_approvals_approved_denied_and_pending(demo_dir: Path) -> None:
     assert {r["status"] for r in records} >= {"approved", "denied", "pending"}
     pending = _json("approvals", "--data", str(demo_dir), cwd=demo_dir)
     assert pending and all(r["status"] == "pending" for r in pending)
+    # Held calls the agents gave up on still name their request: the view has no orphans.
+    view = _json(
+        "query",
+        "SELECT approval_id, outcome FROM approvals",
+        "--data",
+        str(demo_dir),
+        cwd=demo_dir,
+    )
+    assert view and all(r["approval_id"] for r in view)
+    assert {r["approval_id"] for r in view} == {r["approval_id"] for r in records}
     approved_commits = [
         r for r in records if r["status"] == "approved" and r["tool_name"] == "git_commit"
     ]
