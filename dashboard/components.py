@@ -12,7 +12,7 @@ refusal is shown, never swallowed.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -61,24 +61,39 @@ def why_not_decidable(row: Mapping[str, Any], who: str | None) -> str | None:
     return None
 
 
-def decide_callback(root: str, ids: Sequence[str], outcome: data.Outcome, reason_key: str) -> None:
-    """Approve or deny each request in ``ids`` as the current operator."""
+def _apply_each(
+    ids: Sequence[str],
+    reason_key: str,
+    apply: Callable[[str, str, str | None], object],
+    past: str,
+) -> None:
+    """Apply one operator action to each selected id, recording who and why; report
+    what was done and, per id, what the store refused."""
     who = ui.operator()
     if not who:
         ui.flash(ui.NEED_OPERATOR, "error")
         return
     reason = st.session_state.get(reason_key) or None
     done: list[str] = []
-    for approval_id in ids:
+    for item in ids:
         try:
-            data.decide(Path(root), approval_id, outcome, who, reason)
+            apply(item, who, reason)
         except TooltrailError as e:
-            ui.flash(f"{approval_id}: {e}", "error")
+            ui.flash(f"{item}: {e}", "error")
         else:
-            done.append(approval_id)
+            done.append(item)
     if done:
-        verb = "Approved" if outcome == "approved" else "Denied"
-        ui.flash(f"{verb} {', '.join(done)} as {who}")
+        ui.flash(f"{past} {', '.join(done)} as {who}")
+
+
+def decide_callback(root: str, ids: Sequence[str], outcome: data.Outcome, reason_key: str) -> None:
+    """Approve or deny each request in ``ids`` as the current operator."""
+    _apply_each(
+        ids,
+        reason_key,
+        lambda approval_id, who, reason: data.decide(Path(root), approval_id, outcome, who, reason),
+        "Approved" if outcome == "approved" else "Denied",
+    )
 
 
 def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
@@ -220,21 +235,13 @@ def common_session_actions(states: Sequence[str | None]) -> list[str]:
 def control_callback(
     root: str, session_ids: Sequence[str], action: data.SessionAction, reason_key: str
 ) -> None:
-    who = ui.operator()
-    if not who:
-        ui.flash(ui.NEED_OPERATOR, "error")
-        return
-    reason = st.session_state.get(reason_key) or None
-    done: list[str] = []
-    for session_id in session_ids:
-        try:
-            data.control_session(Path(root), session_id, action, who, reason)
-        except TooltrailError as e:
-            ui.flash(f"{session_id}: {e}", "error")
-        else:
-            done.append(session_id)
-    if done:
-        ui.flash(f"{_ACTION_PAST[action]} {', '.join(done)} as {who}")
+    """Pause, resume or cancel each session in ``session_ids`` as the current operator."""
+    _apply_each(
+        session_ids,
+        reason_key,
+        lambda sid, who, reason: data.control_session(Path(root), sid, action, who, reason),
+        _ACTION_PAST[action],
+    )
 
 
 def session_control_bar(

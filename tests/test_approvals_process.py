@@ -13,7 +13,6 @@ check that something does *not* happen while a call is held.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import sqlite3
@@ -27,6 +26,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from git_support import clean_env, git, init_repo
 
 from tooltrail import analytics
 from tooltrail.control import ApprovalRecord, ControlStore, arguments_hash, canonical_json
@@ -74,15 +74,6 @@ rules:
     decision: REQUIRE_APPROVAL
     approval: {timeout: 60s}
 """
-
-
-def git(repo: Path, *args: str) -> str:
-    out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("TOOLTRAIL_", "OTEL_"))}
 
 
 def tooltrail(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -196,15 +187,7 @@ class Agent:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "repo"
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.email", "agent@example.com")
-    git(path, "config", "user.name", "Agent")
-    (path / "README.md").write_text("hello\n")
-    git(path, "add", "README.md")
-    git(path, "commit", "-q", "-m", "initial")
-    return path
+    return init_repo(tmp_path / "repo")
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from git_support import git, init_repo
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.types import CallToolResult
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -58,25 +59,13 @@ T = TypeVar("T")
 AGENTS = Path(__file__).parent / "agents"
 
 
-def git(repo: Path, *args: str) -> str:
-    out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
-
-
 def branches(repo: Path) -> set[str]:
     return set(git(repo, "branch", "--format=%(refname:short)").split())
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("repo")
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.email", "agent@example.com")
-    git(path, "config", "user.name", "Agent")
-    (path / "README.md").write_text("hello\n")
-    git(path, "add", "README.md")
-    git(path, "commit", "-q", "-m", "initial")
-    return path
+    return init_repo(tmp_path_factory.mktemp("repo"))
 
 
 class Git:
