@@ -107,9 +107,8 @@ class TooltrailSpanExporter(SpanExporter):
         max_delay_s: float = DEFAULT_MAX_DELAY_S,
     ) -> None:
         self.data_dir: Path = config.data_dir(data_dir)
-        if redact is None:
-            redact = config.env_flag(config.ENV_REDACT, default=True, unrecognized=True)
-        self._normalizer = Normalizer(Redactor() if redact else None)
+        redactor = Redactor.from_env() if redact is None else Redactor(enabled=redact)
+        self._normalizer = Normalizer(redactor)
         self._writer = ParquetSpanWriter(self.data_dir, writer_id=writer_id)
         self._row_hook = policy_row_hook(policy)
         self._buffer_rows = buffer_rows

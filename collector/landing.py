@@ -28,7 +28,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
-from tooltrail import config
 from tooltrail.collector.exporter import policy_row_hook
 from tooltrail.collector.normalize import Normalizer
 from tooltrail.collector.otlp import records_from_request
@@ -52,9 +51,8 @@ class RowPipeline:
     """records -> normalizer -> policy hook: exactly the in-process exporter's steps."""
 
     def __init__(self, policy: str | os.PathLike[str] | Policy | None, redact: bool | None):
-        if redact is None:
-            redact = config.env_flag(config.ENV_REDACT, default=True, unrecognized=True)
-        self._normalizer = Normalizer(Redactor() if redact else None)
+        redactor = Redactor.from_env() if redact is None else Redactor(enabled=redact)
+        self._normalizer = Normalizer(redactor)
         self._hook = policy_row_hook(policy)
 
     def rows(self, request: ExportTraceServiceRequest) -> list[Row]:

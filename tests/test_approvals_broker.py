@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import approval_support as support
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -115,24 +116,12 @@ def spans(tmp_path: Path, data: Path) -> Iterator[InMemorySpanExporter]:
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return support.wait_for(condition, what, timeout)
 
 
 def pending(data: Path, n: int = 1) -> list[ApprovalRecord]:
-    def look() -> list[ApprovalRecord] | None:
-        with ControlStore(data) as store:
-            found = store.list_approvals("pending")
-        return found if len(found) >= n else None
-
-    records: list[ApprovalRecord] = wait_for(look, f"{n} pending approval request(s)")
-    return records
+    """Wait until ``n`` requests are pending; return them (oldest first)."""
+    return support.pending(data, n, DEADLINE_S)
 
 
 def decide(data: Path, approval_id: str, outcome: str, by: str, reason: str | None = None) -> None:

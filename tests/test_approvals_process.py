@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import approval_support as support
 import pyarrow.parquet as pq
 import pytest
 from git_support import clean_env, git, init_repo
@@ -88,27 +89,12 @@ def tooltrail(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return support.wait_for(condition, what, timeout)
 
 
 def pending(data: Path, n: int = 1) -> list[ApprovalRecord]:
     """Wait until ``n`` requests are pending; return them (oldest first)."""
-
-    def look() -> list[ApprovalRecord] | None:
-        if not (data / "control.sqlite").exists():
-            return None
-        with ControlStore(data) as store:
-            found = store.list_approvals("pending")
-        return found if len(found) >= n else None
-
-    records: list[ApprovalRecord] = wait_for(look, f"{n} pending approval request(s)")
-    return records
+    return support.pending(data, n, DEADLINE_S)
 
 
 class Agent:

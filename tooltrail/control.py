@@ -252,6 +252,12 @@ def _record(row: sqlite3.Row) -> ApprovalRecord:
     return ApprovalRecord(**{k: values[k] for k in _RECORD_FIELDS})
 
 
+def _session_control(r: sqlite3.Row) -> SessionControl:
+    return SessionControl(
+        r["session_id"], r["state"], r["changed_by"], r["changed_at"], r["reason"]
+    )
+
+
 def _approver_allowed(approvers: Sequence[str], who: str) -> bool:
     return "*" in approvers or who in approvers
 
@@ -522,10 +528,7 @@ class ControlStore:
         rows = self._query("SELECT * FROM session_controls WHERE session_id = ?", (session_id,))
         if not rows:
             return SessionControl(session_id, RUNNING, None, None, None)
-        r = rows[0]
-        return SessionControl(
-            r["session_id"], r["state"], r["changed_by"], r["changed_at"], r["reason"]
-        )
+        return _session_control(rows[0])
 
     def session_state(self, session_id: str) -> str:
         """``running``, ``paused`` or ``canceled``: one primary-key read (agents call it
@@ -600,12 +603,7 @@ class ControlStore:
 
     def session_states(self) -> list[SessionControl]:
         rows = self._query("SELECT * FROM session_controls")
-        return [
-            SessionControl(
-                r["session_id"], r["state"], r["changed_by"], r["changed_at"], r["reason"]
-            )
-            for r in rows
-        ]
+        return [_session_control(r) for r in rows]
 
     def wait_while_paused(self, session_id: str, *, poll_s: float = DEFAULT_POLL_S) -> str:
         """Block until the session is not paused; returns ``running`` or ``canceled``."""

@@ -10,9 +10,10 @@ from typing import Any, Final
 
 import pyarrow as pa
 
-DECISIONS: Final = ("ALLOW", "DENY", "REWRITE", "REQUIRE_APPROVAL")
-# Ordered weakest to strongest; index gives the rank used by max_blast_radius.
-BLAST_RADII: Final = ("Low", "Medium", "High", "Critical")
+# Re-exported: the landed columns hold these values.
+from tooltrail.semconv import BLAST_RADII as BLAST_RADII
+from tooltrail.semconv import DECISIONS as DECISIONS
+
 SPAN_TYPES: Final = ("tool", "llm", "agent", "other")
 
 _TS = pa.timestamp("us", tz="UTC")

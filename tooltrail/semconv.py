@@ -99,3 +99,10 @@ TT_TOOL_ANNOTATIONS: Final = "tooltrail.tool.annotations"
 TT_REDACTIONS: Final = "tooltrail.redactions"
 
 TRIGGERS: Final = ("manual", "api", "schedule", "event", "agent")
+
+# --- values of tooltrail.decision / tooltrail.blast_radius ------------------------------
+# Here rather than in tooltrail.schema (which loads pyarrow) so that the agent side shares
+# the one definition.
+DECISIONS: Final = ("ALLOW", "DENY", "REWRITE", "REQUIRE_APPROVAL")
+# Ordered weakest to strongest; the index is the rank used by max_blast_radius.
+BLAST_RADII: Final = ("Low", "Medium", "High", "Critical")

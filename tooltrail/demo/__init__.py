@@ -19,10 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tooltrail import config
 from tooltrail.errors import BadInputError, TooltrailError
+
+if TYPE_CHECKING:
+    from tooltrail.control import ApprovalRecord, ControlStore
 
 MARKER: Final = ".tooltrail-demo"
 APPROVER_NAME: Final = "alice"
@@ -73,10 +76,7 @@ class DemoApprover(threading.Thread):
         except BaseException as e:  # reported by run_demo, never silently lost
             self.error = e
 
-    def _decide(self, store: object, record: object) -> None:
-        from tooltrail.control import ApprovalRecord, ControlStore
-
-        assert isinstance(store, ControlStore) and isinstance(record, ApprovalRecord)
+    def _decide(self, store: ControlStore, record: ApprovalRecord) -> None:
         turn = len(self._seen) % 4
         self._seen.add(record.approval_id)
         who = next((a for a in record.approvers if a != "*"), APPROVER_NAME)

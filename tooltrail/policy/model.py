@@ -11,17 +11,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
-ALLOW: Final = "ALLOW"
-DENY: Final = "DENY"
-REWRITE: Final = "REWRITE"
-REQUIRE_APPROVAL: Final = "REQUIRE_APPROVAL"
+from tooltrail.semconv import BLAST_RADII as BLAST_RADII  # re-exported for the engine
+from tooltrail.semconv import DECISIONS
+
+ALLOW, DENY, REWRITE, REQUIRE_APPROVAL = DECISIONS
 
 # Strictness, weakest first: the strictest matching rule wins (SPEC §4). Keys are in the
-# order of tooltrail.schema.DECISIONS (tested equal; not imported because tooltrail.schema
-# loads pyarrow, which the agent side should not pay for).
+# order of DECISIONS.
 STRICTNESS: Final[Mapping[str, int]] = {ALLOW: 0, DENY: 3, REWRITE: 1, REQUIRE_APPROVAL: 2}
-BLAST_RADII: Final = ("Low", "Medium", "High", "Critical")
-"""Weakest to strongest; the same tuple as tooltrail.schema.BLAST_RADII (tested)."""
 
 VERDICT_PASS: Final = "pass"
 """Verdict when no rule matched and the policy's ``default`` decided."""
