@@ -20,15 +20,18 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import pyarrow as pa
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from tooltrail import config
+from tooltrail.collector.columnar import Columns, columns_of_spans, columns_to_table, row_at
 from tooltrail.collector.normalize import Normalizer
+from tooltrail.collector.pipeline import BatchPipeline, policy_row_hook
 from tooltrail.collector.writer import LandingError, ParquetSpanWriter
 from tooltrail.redact import Redactor
 from tooltrail.schema import Row
@@ -38,46 +41,12 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-RowHook = Callable[[Row], None]
-
 DEFAULT_BUFFER_ROWS = 8192
 DEFAULT_FULL_BATCH = 512
 DEFAULT_MAX_DELAY_S = 1.0
 # Rows kept for another attempt after a failed landing (a full disk, say); beyond this the
 # oldest are dropped, and counted in the log, rather than exhausting the agent's memory.
 MAX_RETAINED_ROWS = 100_000
-
-
-def policy_row_hook(policy: str | os.PathLike[str] | Policy | None) -> RowHook | None:
-    """The exporter's single policy hook: decide tool rows that carry no decision yet.
-
-    ``policy`` is a path, a loaded ``Policy`` or None (then ``$TOOLTRAIL_POLICY``; no policy
-    at all means no hook). A policy that cannot load never fails open: rows are marked
-    ``policy_rule="policy-error"`` with a null decision, and the error is logged.
-    """
-    from tooltrail.policy import Policy, apply_to_row, load_policy
-
-    source: Any = policy if policy is not None else os.environ.get(config.ENV_POLICY) or None
-    if source is None:
-        return None
-    if isinstance(source, Policy):
-        loaded: Policy = source
-    else:
-        try:
-            loaded = load_policy(source)
-        except Exception as e:  # PolicyError, or anything unexpected: fail closed
-            message = str(e)
-            _log.error("tooltrail: policy %s could not be loaded: %s", source, message)
-
-            def mark_error(row: Row) -> None:
-                apply_to_row(None, row, error=message)
-
-            return mark_error
-
-    def decide(row: Row) -> None:
-        apply_to_row(loaded, row)
-
-    return decide
 
 
 class TooltrailSpanExporter(SpanExporter):
@@ -108,13 +77,14 @@ class TooltrailSpanExporter(SpanExporter):
     ) -> None:
         self.data_dir: Path = config.data_dir(data_dir)
         redactor = Redactor.from_env() if redact is None else Redactor(enabled=redact)
-        self._normalizer = Normalizer(redactor)
+        self._pipeline = BatchPipeline(Normalizer(redactor), policy_row_hook(policy))
         self._writer = ParquetSpanWriter(self.data_dir, writer_id=writer_id)
-        self._row_hook = policy_row_hook(policy)
         self._buffer_rows = buffer_rows
         self._full_batch = full_batch
         self._max_delay_s = max_delay_s
-        self._buffer: list[Row] = []
+        # Normalized batches waiting to land, as Arrow tables (one per export call).
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
         self._buffered_since = 0.0
         self._shutdown = False
         self._lock = threading.Lock()
@@ -126,6 +96,7 @@ class TooltrailSpanExporter(SpanExporter):
 
     def _forget_buffer(self) -> None:
         self._buffer = []
+        self._buffered = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._timer = None
@@ -135,13 +106,14 @@ class TooltrailSpanExporter(SpanExporter):
             _log.warning("tooltrail exporter already shut down; %d spans dropped", len(spans))
             return SpanExportResult.FAILURE
         try:
-            rows = self.to_rows(spans)
+            table = self.to_table(spans)
             with self._lock:
                 if not self._buffer:
                     self._buffered_since = time.monotonic()
-                self._buffer.extend(rows)
+                self._buffer.append(table)
+                self._buffered += table.num_rows
                 backed_up = len(spans) >= self._full_batch
-                if backed_up and len(self._buffer) < self._buffer_rows:
+                if backed_up and self._buffered < self._buffer_rows:
                     self._ensure_timer()
                     return SpanExportResult.SUCCESS
                 self._land_locked()
@@ -151,18 +123,20 @@ class TooltrailSpanExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
     def _land_locked(self) -> None:
-        rows, self._buffer = self._buffer, []
-        if not rows:
+        tables, self._buffer, self._buffered = self._buffer, [], 0
+        if not tables:
             return
         try:
-            self._writer.write(rows)
+            self._writer.write_arrow(pa.concat_tables(tables))
         except LandingError as e:
             # export() already answered SUCCESS for these rows: keep them for the next try.
-            keep = e.unwritten[-MAX_RETAINED_ROWS:]
-            dropped = len(e.unwritten) - len(keep)
+            unwritten = e.unwritten
+            keep = unwritten.slice(max(0, unwritten.num_rows - MAX_RETAINED_ROWS))
+            dropped = unwritten.num_rows - keep.num_rows
             if dropped:
                 _log.error("tooltrail: dropped %d spans that could not be landed", dropped)
-            self._buffer[:0] = keep
+            self._buffer.insert(0, keep)
+            self._buffered += keep.num_rows
             raise
 
     def _flush(self) -> bool:
@@ -189,15 +163,22 @@ class TooltrailSpanExporter(SpanExporter):
             if due:
                 self._flush()
 
+    def to_columns(self, spans: Sequence[ReadableSpan]) -> Columns:
+        """Normalize (and, with a policy, decide) a batch without landing."""
+        return self._pipeline.columns(columns_of_spans(spans))
+
+    def to_table(self, spans: Sequence[ReadableSpan]) -> pa.Table:
+        """The batch as the Arrow table that lands."""
+        return columns_to_table(self.to_columns(spans), len(spans))
+
     def to_rows(self, spans: Sequence[ReadableSpan]) -> list[Row]:
-        """Normalize (and, with a policy, decide) without landing."""
-        normalize = self._normalizer.normalize_readable
-        rows = [normalize(span) for span in spans]
-        hook = self._row_hook
-        if hook is not None:
-            for row in rows:
-                hook(row)
-        return rows
+        """The batch as rows (for inspection and tests; landing uses :meth:`to_table`)."""
+        columns = self.to_columns(spans)
+        return [row_at(columns, i) for i in range(len(spans))]
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return self._pipeline.normalizer
 
     def shutdown(self) -> None:
         if self._shutdown:

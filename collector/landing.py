@@ -6,7 +6,7 @@ core at most. ``Lander`` runs it in ``workers`` processes (spawned, never forked
 collector has threads) so landing uses the other cores while the receiver only decodes,
 validates and fsyncs. ``workers=0`` lands in the calling thread (tests, tiny machines).
 
-Each worker builds its own :class:`RowPipeline` from the policy *path* (loaded policies
+Each worker builds its own :class:`RequestPipeline` from the policy *path* (loaded policies
 are not picklable) and its own :class:`ParquetSpanWriter` (unique writer id per process).
 """
 
@@ -24,17 +24,18 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
-from tooltrail.collector.exporter import policy_row_hook
+from tooltrail.collector.columnar import columns_of_records
 from tooltrail.collector.normalize import Normalizer
 from tooltrail.collector.otlp import records_from_request
+from tooltrail.collector.pipeline import BatchPipeline, policy_row_hook
 from tooltrail.collector.spool import land_segment
 from tooltrail.collector.writer import ParquetSpanWriter
 from tooltrail.redact import Redactor
-from tooltrail.schema import Row
 
 if TYPE_CHECKING:
     from tooltrail.policy import Policy
@@ -47,27 +48,20 @@ PolicyPath = str | os.PathLike[str]
 _PARENT_POLL_S = 0.5
 
 
-class RowPipeline:
-    """records -> normalizer -> policy hook: exactly the in-process exporter's steps."""
+class RequestPipeline:
+    """OTLP request -> records -> batch normalizer -> policy hook: the exporter's steps."""
 
     def __init__(self, policy: str | os.PathLike[str] | Policy | None, redact: bool | None):
         redactor = Redactor.from_env() if redact is None else Redactor(enabled=redact)
-        self._normalizer = Normalizer(redactor)
-        self._hook = policy_row_hook(policy)
+        self._pipeline = BatchPipeline(Normalizer(redactor), policy_row_hook(policy))
 
-    def rows(self, request: ExportTraceServiceRequest) -> list[Row]:
-        normalize = self._normalizer.normalize
-        rows = [normalize(rec) for rec in records_from_request(request)]
-        hook = self._hook
-        if hook is not None:
-            for row in rows:
-                hook(row)
-        return rows
+    def table(self, request: ExportTraceServiceRequest) -> pa.Table:
+        return self._pipeline.table(columns_of_records(records_from_request(request)))
 
 
 # --- worker-process side ---------------------------------------------------------------------
 
-_pipeline: RowPipeline | None = None
+_pipeline: RequestPipeline | None = None
 _writer: ParquetSpanWriter | None = None
 
 
@@ -92,20 +86,20 @@ def _init_worker(policy: PolicySource, redact: bool | None, data_dir: str, paren
     _workers_lock = os.open(workers_lock_path(Path(data_dir)), os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(_workers_lock, fcntl.LOCK_SH)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    _pipeline = RowPipeline(policy, redact)
+    _pipeline = RequestPipeline(policy, redact)
     _writer = ParquetSpanWriter(Path(data_dir))
 
 
 def _land_segment_job(segment: str, data_dir: str) -> tuple[int, int]:
     assert _pipeline is not None
-    return land_segment(Path(segment), Path(data_dir), _pipeline.rows)
+    return land_segment(Path(segment), Path(data_dir), _pipeline.table)
 
 
 def _land_payload_job(payload: bytes) -> int:
     assert _pipeline is not None and _writer is not None
-    rows = _pipeline.rows(ExportTraceServiceRequest.FromString(payload))
-    _writer.write(rows)
-    return len(rows)
+    table = _pipeline.table(ExportTraceServiceRequest.FromString(payload))
+    _writer.write_arrow(table)
+    return int(table.num_rows)
 
 
 def wait_for_old_workers(data_dir: Path, timeout_s: float = 15.0) -> bool:
@@ -153,7 +147,7 @@ class Lander:
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         # In-process landing (workers=0), also used to check the policy loads here.
-        self.pipeline = RowPipeline(policy, redact)
+        self.pipeline = RequestPipeline(policy, redact)
         self._writer = ParquetSpanWriter(data_dir)
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -183,7 +177,7 @@ class Lander:
         if not self.workers:
             done: Future[tuple[int, int]] = Future()
             try:
-                done.set_result(land_segment(segment, self.data_dir, self.pipeline.rows))
+                done.set_result(land_segment(segment, self.data_dir, self.pipeline.table))
             except Exception as e:
                 done.set_exception(e)
             return done
@@ -192,9 +186,9 @@ class Lander:
     def land_payload(self, payload: bytes) -> int:
         """Land one request's spans now (direct mode); returns the rows written."""
         if not self.workers:
-            rows = self.pipeline.rows(ExportTraceServiceRequest.FromString(payload))
-            self._writer.write(rows)
-            return len(rows)
+            table = self.pipeline.table(ExportTraceServiceRequest.FromString(payload))
+            self._writer.write_arrow(table)
+            return int(table.num_rows)
         result: int = self._submit(_land_payload_job, payload).result()
         return result
 
@@ -221,4 +215,4 @@ class Lander:
             pool.shutdown(wait=True)
 
 
-__all__ = ["Lander", "RowPipeline", "wait_for_old_workers"]
+__all__ = ["Lander", "RequestPipeline", "wait_for_old_workers"]

@@ -29,6 +29,7 @@ over; that resolution is cached per name set (:class:`_Plan`).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -542,6 +543,14 @@ def _short(value: Any) -> str:
     return '"' + text + '"' if " " in text else text
 
 
+@functools.lru_cache(maxsize=1024)
+def _ranked_keys(names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The known summary keys among ``names``, best first, with their labels (a tool is
+    called with the same argument names over and over: ranked once per name set)."""
+    known = sorted(set(names) & _SUMMARY_RANKS.keys(), key=_SUMMARY_RANKS.__getitem__)
+    return tuple((key, _SUMMARY_LABELS[key]) for key in known)
+
+
 def derive_summary(
     tool: str,
     repo: str | None = None,
@@ -568,11 +577,10 @@ def derive_summary(
         used.append("path")
     if type(args) is not dict or not args:
         return " ".join(parts)
-    known = args.keys() & _SUMMARY_RANKS.keys()
-    if known:
+    ranked = _ranked_keys(tuple(args))
+    if ranked:
         shown = 0
-        for key in sorted(known, key=_SUMMARY_RANKS.__getitem__):
-            label = _SUMMARY_LABELS[key]
+        for key, label in ranked:
             value = args[key]
             if value is None or label in used:
                 continue  # e.g. repo_path and repo both given: the better one only

@@ -2,7 +2,7 @@
 
 Remote agents (other machines, other languages, any OTel SDK, OpenLLMetry, OpenInference)
 send ``POST /v1/traces``; the collector runs the same normalizer, the same policy hook
-(:func:`~tooltrail.collector.exporter.policy_row_hook`) and the same Parquet writer as
+(:func:`~tooltrail.collector.pipeline.policy_row_hook`) and the same Parquet writer as
 :class:`~tooltrail.collector.exporter.TooltrailSpanExporter`, so a span lands as the
 same row whichever way it arrives.
 
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tooltrail.collector import approvals_http as apr
-from tooltrail.collector.landing import Lander, RowPipeline, wait_for_old_workers
+from tooltrail.collector.landing import Lander, RequestPipeline, wait_for_old_workers
 from tooltrail.collector.receiver import (
     CT_JSON,
     CT_PROTOBUF,
@@ -811,7 +811,7 @@ __all__ = [
     "CollectorConfig",
     "InstanceLockedError",
     "Metrics",
-    "RowPipeline",
+    "RequestPipeline",
     "Running",
     "default_workers",
     "is_loopback",

@@ -38,19 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
-from tooltrail.collector.writer import (
-    group_by_date,
-    rows_to_table,
-    spans_lock,
-    write_table_atomic,
-)
+from tooltrail.collector.writer import spans_lock, split_by_date, write_table_atomic
 from tooltrail.config import SPANS_DIR
 from tooltrail.errors import StoreError
-from tooltrail.schema import Row
 
 _log = logging.getLogger(__name__)
 
@@ -63,7 +58,8 @@ MAGIC: Final = b"TTSPOOL1"
 _HEADER: Final = struct.Struct("<II")  # payload length, CRC-32 of the payload
 DEFAULT_SEGMENT_BYTES: Final = 16 * 1024 * 1024
 
-RowsOf = Callable[[ExportTraceServiceRequest], list[Row]]
+# One request's spans, normalized and decided, as a table in the landed schema.
+TableOf = Callable[[ExportTraceServiceRequest], pa.Table]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -267,7 +263,7 @@ def landed_name(segment: Path) -> str:
     return f"{LANDED_PREFIX}{segment.name.removesuffix(SEGMENT_SUFFIX)}.parquet"
 
 
-def land_segment(segment: Path, data_dir: Path, rows_of: RowsOf) -> tuple[int, int]:
+def land_segment(segment: Path, data_dir: Path, table_of: TableOf) -> tuple[int, int]:
     """Land one sealed segment exactly once, then delete it.
 
     Returns (rows landed now, rows found already landed). Raises OSError when the data
@@ -278,25 +274,24 @@ def land_segment(segment: Path, data_dir: Path, rows_of: RowsOf) -> tuple[int, i
         read = read_segment(segment)
     except FileNotFoundError:
         return 0, 0  # landed and deleted by another lander (a dying collector's worker)
-    rows: list[Row] = []
-    for payload in read.payloads:
-        rows.extend(rows_of(ExportTraceServiceRequest.FromString(payload)))
+    tables = [table_of(ExportTraceServiceRequest.FromString(p)) for p in read.payloads]
     spans_root = data_dir / SPANS_DIR
     name = landed_name(segment)
     landed = skipped = 0
     # Held until the segment is gone: see the module docstring (compaction).
     with spans_lock(spans_root, exclusive=False):
-        for day, day_rows in sorted(group_by_date(rows).items()):
+        parts = split_by_date(pa.concat_tables(tables)) if tables else []
+        for day, part in parts:
             target = spans_root / f"date={day}" / name
             if target.exists():
-                skipped += len(day_rows)
+                skipped += part.num_rows
                 continue
             try:
-                write_table_atomic(rows_to_table(day_rows), target)
+                write_table_atomic(part, target)
             except FileExistsError:
-                skipped += len(day_rows)
+                skipped += part.num_rows
                 continue
-            landed += len(day_rows)
+            landed += part.num_rows
         segment.unlink(missing_ok=True)
         _fsync_dir(segment.parent)
     return landed, skipped

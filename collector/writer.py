@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tooltrail.config import SPANS_DIR
@@ -39,6 +40,7 @@ _log = logging.getLogger(__name__)
 TEMP_SUFFIX: Final = ".tmp"
 LOCK_FILE: Final = ".lock"
 _EPOCH_DAY_NS: Final = 86_400 * 1_000_000_000
+_DAY_US: Final = 86_400 * 1_000_000.0
 # Bloom filter on session_id: "one session's actions" reads skip files without it. Sized
 # to the file (a file holds at most as many sessions as rows), so small files stay small.
 _BLOOM_FPP: Final = 0.01
@@ -51,7 +53,7 @@ class LandingError(StoreError):
     """Some rows could not be landed; ``unwritten`` are exactly those (none of them is on
     disk), so a caller may keep them for another attempt without duplicating any."""
 
-    def __init__(self, message: str, unwritten: list[Row]) -> None:
+    def __init__(self, message: str, unwritten: pa.Table) -> None:
         super().__init__(message)
         self.unwritten = unwritten
 
@@ -136,6 +138,33 @@ def group_by_date(rows: Sequence[Row]) -> dict[str, list[Row]]:
     return other
 
 
+def split_by_date(table: pa.Table) -> list[tuple[str, pa.Table]]:
+    """The table's rows by UTC start date (``YYYY-MM-DD``), in date order.
+
+    One partition (the common case: a batch rarely straddles midnight) costs a min/max;
+    a null start lands under today, as :func:`partition_date` does.
+    """
+    if table.num_rows == 0:
+        return []
+    micros = pc.cast(table["start_time"], pa.int64())
+    days = pc.floor(pc.divide(pc.cast(micros, pa.float64()), _DAY_US))
+    if micros.null_count:
+        today = (dt.datetime.now(dt.UTC).date() - dt.date(1970, 1, 1)).days
+        days = pc.fill_null(days, float(today))
+    bounds = pc.min_max(days)
+    low, high = int(bounds["min"].as_py()), int(bounds["max"].as_py())
+    if low == high:
+        return [(_day_name(low), table)]
+    parts = []
+    for day in sorted({int(d) for d in pc.unique(days).to_pylist()}):
+        parts.append((_day_name(day), table.filter(pc.equal(days, float(day)))))
+    return parts
+
+
+def _day_name(day: int) -> str:
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
+
+
 def write_table_atomic(table: pa.Table, final_path: Path) -> Path:
     """Write ``table`` to ``final_path`` so that no reader ever sees a partial file."""
     final_path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,19 +243,25 @@ class ParquetSpanWriter:
         """Land ``rows`` (one file per date partition); returns the files written."""
         if not rows:
             return []
-        by_date = group_by_date(rows)
-        days = sorted(by_date)
         # Conversion first: a malformed row is a permanent error (raised as is), unlike a
         # failed write, which another attempt may get past.
-        tables = [rows_to_table(by_date[day]) for day in days]
+        return self.write_arrow(rows_to_table(rows))
+
+    def write_arrow(self, table: pa.Table) -> list[Path]:
+        """Land a table in the landed schema (one file per date partition).
+
+        Raises :class:`LandingError` carrying exactly the rows not landed when a write fails.
+        """
+        parts = split_by_date(table)
         written: list[Path] = []
-        for i, (day, table) in enumerate(zip(days, tables, strict=True)):
+        for i, (day, part) in enumerate(parts):
             try:
-                written.append(self.write_table(table, day))
+                written.append(self.write_table(part, day))
             except OSError as e:
-                unwritten = [row for d in days[i:] for row in by_date[d]]
+                unwritten = pa.concat_tables([p for _, p in parts[i:]])
                 raise LandingError(
-                    f"could not land {len(unwritten)} rows in {self.spans_dir}: {e}", unwritten
+                    f"could not land {unwritten.num_rows} rows in {self.spans_dir}: {e}",
+                    unwritten,
                 ) from e
         return written
 

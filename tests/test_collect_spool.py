@@ -10,7 +10,7 @@ import pytest
 from collect_support import landed_rows
 from test_collect_http import make_request
 
-from tooltrail.collector.landing import RowPipeline
+from tooltrail.collector.landing import RequestPipeline
 from tooltrail.collector.receiver import Limits, RequestRejected, decompress, read_request
 from tooltrail.collector.spool import Spool, land_segment, landed_name, read_segment
 
@@ -44,7 +44,7 @@ def test_torn_tail_is_cut_and_acknowledged_records_kept(tmp_path: Path) -> None:
     read = read_segment(segment)
     assert not read.torn
     assert read.payloads == [p for p, _ in records]
-    land_segment(segment, tmp_path, RowPipeline(None, redact=True).rows)
+    land_segment(segment, tmp_path, RequestPipeline(None, redact=True).table)
     assert [r["span_id"] for r in landed_rows(tmp_path)] == sorted(
         i for _, ids in records for i in ids
     )
@@ -76,7 +76,7 @@ def test_crash_between_landing_and_deleting_lands_once(tmp_path: Path) -> None:
     (segment,) = spool.sealed()
     saved = tmp_path / "saved.wal"
     shutil.copy(segment, saved)
-    rows_of = RowPipeline(None, redact=True).rows
+    rows_of = RequestPipeline(None, redact=True).table
     assert land_segment(segment, tmp_path, rows_of) == (7, 0)
     shutil.copy(saved, segment)  # as if killed before the unlink
     assert land_segment(segment, tmp_path, rows_of) == (0, 7)
@@ -143,5 +143,5 @@ def test_failed_append_never_strands_later_records(
     assert len(segments) == 2
     assert [read_segment(s).payloads for s in segments] == [[first], [third]]
     for segment in segments:
-        land_segment(segment, tmp_path, RowPipeline(None, redact=True).rows)
+        land_segment(segment, tmp_path, RequestPipeline(None, redact=True).table)
     assert [r["span_id"] for r in landed_rows(tmp_path)] == sorted(first_ids + third_ids)

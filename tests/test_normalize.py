@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tooltrail import semconv as sc
+from tooltrail.collector.columnar import columns_of_spans, normalize_batch, row_at
 from tooltrail.collector.normalize import (
     Normalizer,
     SpanRecord,
@@ -94,14 +95,20 @@ def spans(memory: tuple[TracerProvider, InMemorySpanExporter]) -> Spans:
 
 
 def both(span: ReadableSpan, redactor: Redactor | None = None) -> Row:
-    """The row of ``span``; fast path and SpanRecord path must agree exactly."""
-    normalizer = Normalizer(redactor if redactor is not None else Redactor())
-    fast = normalizer.normalize_readable(span)
-    slow = Normalizer(redactor if redactor is not None else Redactor()).normalize(
-        from_readable_span(span)
-    )
+    """The row of ``span``; every path must agree exactly: the per-span fast path, the
+    SpanRecord path, and the batch path (alone, and in a batch of copies, where it takes
+    the columnar route unless the span needs per-span handling)."""
+
+    def fresh() -> Normalizer:
+        return Normalizer(redactor if redactor is not None else Redactor())
+
+    fast = fresh().normalize_readable(span)
+    slow = fresh().normalize(from_readable_span(span))
     assert fast == slow
     assert tuple(fast) == COLUMNS
+    for batch in ([span], [span] * 3):
+        columns = normalize_batch(fresh(), columns_of_spans(batch))
+        assert [row_at(columns, i) for i in range(len(batch))] == [fast] * len(batch)
     return fast
 
 

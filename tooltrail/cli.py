@@ -214,8 +214,8 @@ def ingest(data: Path | None, files: tuple[Path, ...], policy: Path | None) -> N
 
         tooltrail ingest traces.jsonl --data ./tooltrail-data
     """
-    from tooltrail.collector.exporter import policy_row_hook
     from tooltrail.collector.otlp import ingest_files
+    from tooltrail.collector.pipeline import policy_row_hook
 
     root = _data(data)
     with domain_errors():
