@@ -202,7 +202,7 @@ class _CountingExporter(SpanExporter):
         self.inner.shutdown()
 
 
-def _agent(url: str, start: int, n: int, sessions: int, failed: Any) -> None:
+def _agent(url: str, start: int, n: int, sessions: int, failed: Any, ready: Any) -> None:
     """One agent process: its own SDK, BatchSpanProcessor and OTLP/HTTP exporter."""
     exporter = _CountingExporter(OTLPSpanExporter(endpoint=f"{url}/v1/traces"))
     provider = TracerProvider(resource=Resource.create({"service.name": "bench-agent"}))
@@ -216,6 +216,7 @@ def _agent(url: str, start: int, n: int, sessions: int, failed: Any) -> None:
             schedule_delay_millis=200,
         )
     )
+    ready.wait()  # every agent is up: the clock starts now, with the first span
     make_spans(provider, n, sessions, start)
     provider.force_flush(600_000)
     provider.shutdown()
@@ -223,26 +224,41 @@ def _agent(url: str, start: int, n: int, sessions: int, failed: Any) -> None:
         failed.value += exporter.failed_spans
 
 
-def send_sdk(url: str, n: int, sessions: int, agents: int) -> tuple[int, float]:
-    """``agents`` processes send n spans between them; (failed spans, their CPU seconds)."""
+def send_sdk(url: str, n: int, sessions: int, agents: int) -> tuple[int, float, float]:
+    """``agents`` processes send n spans between them.
+
+    Returns (failed spans, the agents' CPU seconds, the clock's start: the moment every
+    agent process has started and set up its SDK, so interpreter start-up and imports,
+    which an agent pays once, not per span, are off the clock).
+    """
     ctx = get_context("spawn")
     failed = ctx.Value("i", 0)
+    ready = ctx.Barrier(agents + 1)
     share = n // agents
     procs = [
         ctx.Process(
             target=_agent,
-            args=(url, k * share, share if k < agents - 1 else n - k * share, sessions, failed),
+            args=(
+                url,
+                k * share,
+                share if k < agents - 1 else n - k * share,
+                sessions,
+                failed,
+                ready,
+            ),
         )
         for k in range(agents)
     ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     for p in procs:
         p.start()
+    ready.wait(timeout=120)
+    t0 = time.perf_counter()
     for p in procs:
         p.join()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return int(failed.value), cpu
+    return int(failed.value), cpu, t0
 
 
 class _Keep(SpanProcessor):
@@ -347,7 +363,7 @@ def run(
         cpu0 = col.cpu_s()
         t0 = time.perf_counter()
         if sender.startswith("sdk"):
-            failed, sender_cpu = send_sdk(col.url, n, sessions, agents)
+            failed, sender_cpu, t0 = send_sdk(col.url, n, sessions, agents)
         else:
             failed, sender_cpu = send_replay(col.url, bodies), 0.0
         deadline = time.monotonic() + 600

@@ -81,6 +81,12 @@ class IngestReport:
 
 def _any_value(value: Any) -> Any:
     """An OTLP ``AnyValue`` as a Python value (None when empty)."""
+    # Most attribute values are strings, and the value is a oneof: a non-empty string_value
+    # is the value, found with one accessor instead of WhichOneof + getattr (the collector
+    # reads every attribute of every span through here).
+    text = value.string_value
+    if text:
+        return text
     which = value.WhichOneof("value")
     if which is None:
         return None

@@ -159,7 +159,7 @@ def decode(media: str, data: bytes) -> ExportTraceServiceRequest:
         raise RequestRejected(400, "invalid OTLP/JSON: nested too deeply") from e
 
 
-def _span_problem(span: Any, max_span_bytes: int) -> str | None:
+def _span_problem(span: Any, max_span_bytes: int | None) -> str | None:
     if len(span.trace_id) != TRACE_ID_BYTES or not any(span.trace_id):
         return f"traceId must be {TRACE_ID_BYTES} bytes, not all zero"
     if len(span.span_id) != SPAN_ID_BYTES or not any(span.span_id):
@@ -169,6 +169,8 @@ def _span_problem(span: Any, max_span_bytes: int) -> str | None:
         return f"parentSpanId must be empty or {SPAN_ID_BYTES} non-zero bytes"
     if span.start_time_unix_nano == 0:
         return "startTimeUnixNano is missing"
+    if max_span_bytes is None:
+        return None
     size = span.ByteSize()
     if size > max_span_bytes:
         return f"span encodes to {size} bytes, over the {max_span_bytes}-byte limit"
@@ -180,12 +182,17 @@ def validate(req: ExportTraceServiceRequest, body: bytes | None, max_span_bytes:
     total = 0
     rejected = 0
     first_error = ""
+    # A span's encoding is part of the body's: when the whole protobuf body is within the
+    # limit, no span can exceed it, and sizing each span (a re-encode) is skipped.
+    limit: int | None = max_span_bytes
+    if body is not None and len(body) <= max_span_bytes:
+        limit = None
     for r, rs in enumerate(req.resource_spans):
         for s, ss in enumerate(rs.scope_spans):
             bad: list[int] = []
             for i, span in enumerate(ss.spans):
                 total += 1
-                problem = _span_problem(span, max_span_bytes)
+                problem = _span_problem(span, limit)
                 if problem is not None:
                     bad.append(i)
                     if not first_error:

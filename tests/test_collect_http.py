@@ -226,6 +226,23 @@ def test_huge_attribute_span_rejected_whole_request_lands_nothing(tmp_path: Path
         wait_until(lambda: len(landed_rows(small.data_dir)) == 2, what="good spans landed")
 
 
+@pytest.mark.parametrize("as_protobuf", [True, False])
+def test_span_size_limit_rejects_only_the_oversized_span(as_protobuf: bool) -> None:
+    """Per-span sizing is skipped only when the whole body is within the limit."""
+    from tooltrail.collector.receiver import validate
+
+    req = make_request(3)
+    req.resource_spans.extend(make_request(1, attrs={"big": "y" * 5000}).resource_spans)
+    body = req.SerializeToString()
+    accepted = validate(req, body if as_protobuf else None, max_span_bytes=4096)
+    assert (accepted.spans, accepted.rejected) == (3, 1)
+    assert "resourceSpans[1].scopeSpans[0].spans[0]" in accepted.error_message
+    assert "over the 4096-byte limit" in accepted.error_message
+    small = make_request(3)
+    within = validate(small, small.SerializeToString(), max_span_bytes=len(body))
+    assert (within.spans, within.rejected) == (3, 0)
+
+
 def test_gzip_json_and_protobuf_land(col: CollectorProcess) -> None:
     a, b = make_request(3), make_request(2)
     want = {s.span_id.hex() for r in (a, b) for s in r.resource_spans[0].scope_spans[0].spans}
