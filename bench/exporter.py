@@ -84,7 +84,7 @@ def main() -> None:
             ),
         )
         # The per-span reference path (what a span needing redaction takes), for scale.
-        normalize_one = exporter._normalizer.normalize_readable
+        normalize_one = exporter.normalizer.normalize_readable
         per_span_s = best_of(
             args.repeats, lambda: timed(lambda: [normalize_one(s) for s in keep.spans])
         )

@@ -85,6 +85,7 @@ _DECISION_SET: Final = frozenset(DECISIONS)
 _RADIUS_SET: Final = frozenset(BLAST_RADII)
 _encode_str: Final[Callable[[str], str]] = json.encoder.encode_basestring
 _EMPTY_JSON: Final = "{}"
+_SAMPLE: Final = 32
 # Enum members are singletons: looking their names up by id skips Enum.__hash__, a Python
 # function call per span per field.
 _KIND_BY_ID: Final = {id(k): name for k, name in _KIND_NAMES.items()}
@@ -426,14 +427,22 @@ def _group(
     if results is not None:
         cut = normalizer._preview_chars
         out["result_preview"] = [r[: cut - 1] + _ELLIPSIS if len(r) > cut else r for r in results]
-    summaries = out.get("action_summary") or [None] * m
-    repos = out.get("target_repo") or [None] * m
-    branches = out.get("target_branch") or [None] * m
-    paths = out.get("target_path") or [None] * m
-    for j in range(m):
-        if span_types[j] == SPAN_TYPE_TOOL and tools[j] is not None and summaries[j] is None:
-            summaries[j] = derive_summary(tools[j], repos[j], branches[j], paths[j], parsed[j])
-    out["action_summary"] = summaries
+    nothing = [None] * m
+    out["action_summary"] = [
+        derive_summary(tool, repo, branch, path, args)
+        if given is None and kind == SPAN_TYPE_TOOL and tool is not None
+        else given
+        for given, kind, tool, repo, branch, path, args in zip(
+            out.get("action_summary") or nothing,
+            span_types,
+            tools,
+            out.get("target_repo") or nothing,
+            out.get("target_branch") or nothing,
+            out.get("target_path") or nothing,
+            parsed,
+            strict=True,
+        )
+    ]
     exceptions = _pick(src.exception_types, idx, whole)
     errors = out.get("error_type")
     if errors is not None:
@@ -503,9 +512,10 @@ def _probe(
                 slow[j] = True
         texts.append([p if type(p) is str else None for p in probed])
     for column in texts:
-        distinct = set(column)
-        if len(distinct) * 2 <= len(column):
-            # A column of few values (agent, server, span name): probe each value once.
+        # A column of few values (agent, server, span name) is probed once per value; a
+        # sample decides, as hashing every distinct argument text would cost more.
+        if len(set(column[:_SAMPLE])) * 4 <= min(len(column), _SAMPLE):
+            distinct = set(column)
             distinct.discard(None)
             if not redactor.maybe_sensitive("\x00".join(distinct)):
                 continue
@@ -533,16 +543,25 @@ def _attributes_json(rest_keys: list[str], attrs: list[Mapping[str, Any]]) -> li
 
 def columns_to_table(columns: Columns, n: int) -> pa.Table:
     """Arrow in the landed schema, column by column (no per-row transposition)."""
+    if n == 0:
+        return SPAN_SCHEMA.empty_table()
     arrays: list[pa.Array] = []
     for field in SPAN_SCHEMA:
         values = columns.get(field.name)
-        if values is None or values.count(None) == n:
+        if values is None:
             arrays.append(pa.nulls(n, field.type))
-        elif pa.types.is_timestamp(field.type):
+            continue
+        first = values[0]
+        if pa.types.is_timestamp(field.type):
             # Rows carry nanoseconds; microseconds are what DuckDB and polars read natively.
             arrays.append(
                 pa.array([v // 1000 if v is not None else None for v in values], type=field.type)
             )
+        elif values.count(first) == n:
+            # One value for the whole batch (kind, decision, resource JSON, service, ...):
+            # no per-value conversion. count() is cheap: equal values are mostly the
+            # same object.
+            arrays.append(pa.repeat(pa.scalar(first, type=field.type), n))
         else:
             arrays.append(pa.array(values, type=field.type))
     return pa.Table.from_arrays(arrays, schema=SPAN_SCHEMA)
