@@ -360,7 +360,8 @@ def run(
     data = tmp / "data"
     col = Collector(data, mode, workers)
     try:
-        cpu0 = col.cpu_s()
+        time.sleep(2.0)  # the collector's landing workers finish starting (they warm up)
+        cpu0 = col.cpu_s() + col.children_cpu_s()
         t0 = time.perf_counter()
         if sender.startswith("sdk"):
             failed, sender_cpu, t0 = send_sdk(col.url, n, sessions, agents)
@@ -372,7 +373,7 @@ def run(
         while queryable(data) < n - failed and time.monotonic() < deadline:
             time.sleep(0.1)
         seconds = time.perf_counter() - t0
-        cpu = col.cpu_s() - cpu0 + col.children_cpu_s()
+        cpu = col.cpu_s() + col.children_cpu_s() - cpu0
         shed = col.metric("requests_shed_total")
     finally:
         col.stop()

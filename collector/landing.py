@@ -90,6 +90,10 @@ def _init_worker(policy: PolicySource, redact: bool | None, data_dir: str, paren
     _writer = ParquetSpanWriter(Path(data_dir))
 
 
+def _ready_job() -> int:
+    return os.getpid()
+
+
 def _land_segment_job(segment: str, data_dir: str) -> tuple[int, int]:
     assert _pipeline is not None
     return land_segment(Path(segment), Path(data_dir), _pipeline.table)
@@ -165,6 +169,15 @@ class Lander:
                     ),
                 )
             return self._pool
+
+    def warm_up(self) -> None:
+        """Start the worker processes now rather than on the first batch: starting one
+        (interpreter, pyarrow, the policy) takes about a second, which would otherwise
+        hold up the first spans to land. Returns at once."""
+        if self.workers:
+            pool = self._executor()
+            for _ in range(self.workers):
+                pool.submit(_ready_job)
 
     def _reset(self) -> None:
         with self._lock:

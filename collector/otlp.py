@@ -20,7 +20,7 @@ import base64
 import binascii
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -123,33 +123,52 @@ def records_from_request(req: ExportTraceServiceRequest) -> list[SpanRecord]:
         resource = _key_values(resource_spans.resource.attributes)
         for s, scope_spans in enumerate(resource_spans.scope_spans):
             for i, span in enumerate(scope_spans.spans):
-                where = f"{_RESOURCE_SPANS}[{r}].{_SCOPE_SPANS}[{s}].{_SPANS}[{i}]"
-                records.append(_record(span, resource, where))
+                trace_id, span_id, parent_id = _ids(span, r, s, i)
+                status = span.status
+                records.append(
+                    SpanRecord(
+                        trace_id=trace_id,
+                        span_id=span_id,
+                        parent_span_id=parent_id,
+                        name=span.name,
+                        kind=_KINDS.get(span.kind, "INTERNAL"),
+                        start_ns=span.start_time_unix_nano,
+                        end_ns=span.end_time_unix_nano or None,
+                        status_code=_STATUS.get(status.code, "UNSET"),
+                        status_message=status.message or None,
+                        attributes=_key_values(span.attributes),
+                        resource=resource,
+                        events=[(e.name, _key_values(e.attributes)) for e in span.events],
+                    )
+                )
     return records
 
 
-def _record(span: Any, resource: Mapping[str, Any], where: str) -> SpanRecord:
+_ZERO_TRACE_ID: Final = bytes(TRACE_ID_BYTES)
+_ZERO_SPAN_ID: Final = bytes(SPAN_ID_BYTES)
+
+
+def _ids(span: Any, r: int, s: int, i: int) -> tuple[str, str, str | None]:
+    """(trace id, span id, parent span id or None) in hex; IngestError naming the span's
+    path in the request when one is invalid or the start time is missing. The common,
+    valid case costs a few comparisons (the path is only formatted for an error)."""
+    trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+    if (
+        span.start_time_unix_nano != 0
+        and len(trace_id) == TRACE_ID_BYTES
+        and trace_id != _ZERO_TRACE_ID
+        and len(span_id) == SPAN_ID_BYTES
+        and span_id != _ZERO_SPAN_ID
+        and (not parent or (len(parent) == SPAN_ID_BYTES and parent != _ZERO_SPAN_ID))
+    ):
+        return trace_id.hex(), span_id.hex(), parent.hex() if parent else None
+    where = f"{_RESOURCE_SPANS}[{r}].{_SCOPE_SPANS}[{s}].{_SPANS}[{i}]"
     if span.start_time_unix_nano == 0:
         raise IngestError(f"{where}: startTimeUnixNano is missing")
-    trace_id = _hex_id(span.trace_id, TRACE_ID_BYTES, f"{where}.traceId")
-    span_id = _hex_id(span.span_id, SPAN_ID_BYTES, f"{where}.spanId")
-    assert trace_id is not None and span_id is not None  # not optional: never None
-    return SpanRecord(
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_span_id=_hex_id(
-            span.parent_span_id, SPAN_ID_BYTES, f"{where}.parentSpanId", optional=True
-        ),
-        name=span.name,
-        kind=_KINDS.get(span.kind, "INTERNAL"),
-        start_ns=span.start_time_unix_nano,
-        end_ns=span.end_time_unix_nano or None,
-        status_code=_STATUS.get(span.status.code, "UNSET"),
-        status_message=span.status.message or None,
-        attributes=_key_values(span.attributes),
-        resource=resource,
-        events=[(e.name, _key_values(e.attributes)) for e in span.events],
-    )
+    _hex_id(trace_id, TRACE_ID_BYTES, f"{where}.traceId")
+    _hex_id(span_id, SPAN_ID_BYTES, f"{where}.spanId")
+    _hex_id(parent, SPAN_ID_BYTES, f"{where}.parentSpanId", optional=True)
+    raise AssertionError("unreachable: one of the checks above failed")  # pragma: no cover
 
 
 # --- OTLP/JSON -> protobuf message -----------------------------------------------------

@@ -263,6 +263,7 @@ class Collector:
                     f"landing workers of an earlier collector on {self.data_dir} are still "
                     "running; stop them before starting a new one"
                 )
+            self.lander.warm_up()
             if self.cfg.durability == "spool":
                 self._spool = Spool(self.data_dir, segment_bytes=self.cfg.segment_bytes)
                 left = self._spool.recover()

@@ -374,12 +374,24 @@ def test_records_from_protobuf_request(sdk_spans: list[ReadableSpan]) -> None:
     assert [r.name for r in records] == [s.name for s in sdk_spans]
 
 
-def test_records_from_request_rejects_bad_id_length(sdk_spans: list[ReadableSpan]) -> None:
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("span_id", b"\x01\x02", r"spans\[1\]\.spanId: expected a 8-byte id, got 2 bytes"),
+        ("span_id", bytes(8), r"spans\[1\]\.spanId: an all-zero id is invalid"),
+        ("trace_id", bytes(16), r"spans\[1\]\.traceId: an all-zero id is invalid"),
+        ("trace_id", b"\x01" * 8, r"spans\[1\]\.traceId: expected a 16-byte id"),
+        ("parent_span_id", b"\x01" * 9, r"spans\[1\]\.parentSpanId: expected a 8-byte id"),
+        ("parent_span_id", bytes(8), r"spans\[1\]\.parentSpanId: an all-zero id"),
+        ("start_time_unix_nano", 0, r"spans\[1\]: startTimeUnixNano is missing"),
+    ],
+)
+def test_records_from_request_rejects_an_invalid_span(
+    sdk_spans: list[ReadableSpan], field: str, value: Any, message: str
+) -> None:
     req = encode(sdk_spans)
-    req.resource_spans[0].scope_spans[0].spans[1].span_id = b"\x01\x02"
-    with pytest.raises(
-        IngestError, match=r"resourceSpans\[0\]\.scopeSpans\[0\]\.spans\[1\]\.spanId"
-    ):
+    setattr(req.resource_spans[0].scope_spans[0].spans[1], field, value)
+    with pytest.raises(IngestError, match=r"resourceSpans\[0\]\.scopeSpans\[0\]\." + message):
         records_from_request(req)
 
 
