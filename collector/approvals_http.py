@@ -1,4 +1,5 @@
-"""Approvals over HTTP: request bodies in, JSON out, the control store underneath.
+"""Approvals and session control over HTTP: request bodies in, JSON out, the control
+store underneath.
 
 The collector serves agents that cannot reach ``control.sqlite``:
 
@@ -10,8 +11,14 @@ The collector serves agents that cannot reach ``control.sqlite``:
   exactly as the local store does.
 * ``POST /v1/approvals/{id}/decision`` approves or denies once (``decide``).
 
+* ``GET /v1/sessions/{id}/control?wait=S`` returns a session's control state (running,
+  paused, canceled), long-polling up to ``S`` seconds while it is paused: a remote agent's
+  paused call waits on it exactly as a local one waits on the store.
+* ``POST /v1/sessions/{id}/control`` pauses, resumes or cancels (``set_session``).
+
 The semantics are the local store's (:mod:`tooltrail.control`): one decision, approvers
-checked, expiry on read. Its errors are mapped to HTTP statuses by ``status_of``.
+checked, expiry on read, the same session transitions. Its errors are mapped to HTTP
+statuses by ``status_of``.
 """
 
 from __future__ import annotations
@@ -25,11 +32,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from tooltrail.control import (
+    PAUSED,
     AlreadyDecidedError,
     ApprovalRecord,
     ApprovalRequest,
     ControlStore,
+    InvalidTransitionError,
     NotAnApproverError,
+    SessionControl,
     UnknownIdError,
     arguments_hash,
 )
@@ -55,7 +65,7 @@ def status_of(error: Exception) -> int:
     """The HTTP status for an error of the control store."""
     if isinstance(error, UnknownIdError):
         return 404
-    if isinstance(error, AlreadyDecidedError):
+    if isinstance(error, AlreadyDecidedError | InvalidTransitionError):
         return 409
     if isinstance(error, NotAnApproverError):
         return 403
@@ -203,8 +213,52 @@ def parse_wait(raw: str | None) -> float:
     return min(value, MAX_WAIT_S)
 
 
+# --- session control ---------------------------------------------------------------------
+
+SESSION_ACTIONS: Final = ("pause", "resume", "cancel")
+
+
+def session_json(control: SessionControl) -> dict[str, Any]:
+    return {
+        "session_id": control.session_id,
+        "state": control.state,
+        "changed_by": control.changed_by,
+        "changed_at": control.changed_at,
+        "reason": control.reason,
+    }
+
+
+def session_wait(
+    data_dir: Path, session_id: str, wait_s: float, stop: threading.Event
+) -> SessionControl:
+    """The session's control state, once it is not paused or after ``wait_s`` seconds."""
+    if not session_id:
+        raise BadInputError("a session id is required")
+    deadline = time.monotonic() + max(0.0, min(wait_s, MAX_WAIT_S))
+    with ControlStore(data_dir) as store:
+        while True:
+            control = store.session_control(session_id)
+            left = deadline - time.monotonic()
+            if control.state != PAUSED or left <= 0 or stop.is_set():
+                return control
+            stop.wait(min(POLL_S, left))
+
+
+def set_session(data_dir: Path, session_id: str, doc: Mapping[str, Any]) -> SessionControl:
+    """pause / resume / cancel from a ``POST /v1/sessions/{id}/control`` body."""
+    action = doc.get("action")
+    if action not in SESSION_ACTIONS:
+        raise BadInputError(f"field 'action' must be one of {', '.join(SESSION_ACTIONS)}")
+    by = _text(doc, "by", required=True)
+    assert by is not None
+    reason = _text(doc, "reason")
+    with ControlStore(data_dir) as store:
+        return store.set_session_state(session_id, action, by=by, reason=reason)
+
+
 __all__ = [
     "MAX_WAIT_S",
+    "SESSION_ACTIONS",
     "decide",
     "file_approval",
     "list_approvals",
@@ -212,6 +266,9 @@ __all__ = [
     "parse_wait",
     "record_json",
     "request_from_body",
+    "session_json",
+    "session_wait",
+    "set_session",
     "status_of",
     "wait_for",
 ]

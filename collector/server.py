@@ -70,6 +70,8 @@ LOCK_FILE: Final = "collector.lock"
 TRACES_PATH: Final = "/v1/traces"
 APPROVALS_PATH: Final = "/v1/approvals"
 DECISION_SUFFIX: Final = "/decision"
+SESSIONS_PATH: Final = "/v1/sessions"
+CONTROL_SUFFIX: Final = "/control"
 METRICS_PATH: Final = "/metrics"
 HEALTH_PATH: Final = "/healthz"
 CT_TEXT: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -156,6 +158,7 @@ _COUNTERS: Final = {
     "landing_errors_total": "Failed attempts to land a spool segment (retried).",
     "segments_quarantined_total": "Spool segments moved aside because they cannot be read.",
     "approvals_filed_total": "Approval requests filed over HTTP.",
+    "session_controls_total": "Session pause / resume / cancel changes made over HTTP.",
     "approval_decisions_total": "Approval decisions made over HTTP.",
 }
 
@@ -597,6 +600,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.startswith(APPROVALS_PATH + "/") and path.endswith(DECISION_SUFFIX):
             approval_id = path[len(APPROVALS_PATH) + 1 : -len(DECISION_SUFFIX)]
             self._post_decision(unquote(approval_id))
+        elif (session_id := _session_of(path)) is not None:
+            self._post_session_control(session_id)
         else:
             self._drain(self._content_length() or 0)
             self._error(404, f"no such endpoint: POST {path}", kind="other")
@@ -614,6 +619,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._list_approvals(parts.query)
         elif path.startswith(APPROVALS_PATH + "/") and "/" not in path[len(APPROVALS_PATH) + 1 :]:
             self._get_approval(unquote(path[len(APPROVALS_PATH) + 1 :]), parts.query)
+        elif (session_id := _session_of(path)) is not None:
+            self._get_session_control(session_id, parts.query)
         else:
             self._error(404, f"no such endpoint: GET {path}", kind="other")
 
@@ -697,19 +704,23 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json(200, {"approvals": [apr.record_json(r) for r in records]}, kind=kind)
 
-    def _post_decision(self, approval_id: str) -> None:
-        kind = "decisions"
+    def _operator_ok(self, kind: str) -> bool:
+        """Decisions and session control need the decision token (or the token)."""
         cfg = self.collector.cfg
         required = cfg.decision_token or cfg.token
         if required is None:
             self._drain(self._content_length() or 0)
-            self._error(
-                403, "decisions over HTTP need the collector to run with --token", kind=kind
-            )
-            return
+            self._error(403, f"{kind} over HTTP need the collector to run with --token", kind=kind)
+            return False
         if not self._token_ok(required):
             self._drain(self._content_length() or 0)
-            self._error(401, "missing or wrong bearer token for decisions", kind=kind)
+            self._error(401, f"missing or wrong bearer token for {kind}", kind=kind)
+            return False
+        return True
+
+    def _post_decision(self, approval_id: str) -> None:
+        kind = "decisions"
+        if not self._operator_ok(kind):
             return
         body = self._read_body(MAX_APPROVAL_BODY, kind)
         if body is None:
@@ -722,6 +733,58 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.collector.metrics.add("approval_decisions_total")
         self._json(200, apr.record_json(record), kind=kind)
+
+    # -- session control -------------------------------------------------------------------
+
+    def _get_session_control(self, session_id: str, query: str) -> None:
+        kind = "sessions"
+        if not self._authorized(kind):
+            return
+        collector = self.collector
+        try:
+            wait_s = apr.parse_wait(parse_qs(query).get("wait", [None])[0])
+        except BadInputError as e:
+            self._error(400, str(e), kind=kind)
+            return
+        if wait_s > 0 and not collector.try_wait_slot():
+            self._error(503, "too many waiters; retry", kind=kind)
+            return
+        try:
+            control = apr.session_wait(collector.data_dir, session_id, wait_s, collector.stop)
+        except TooltrailError as e:
+            self._error(apr.status_of(e), str(e), kind=kind)
+            return
+        finally:
+            if wait_s > 0:
+                collector.release_wait_slot()
+        self._json(200, apr.session_json(control), kind=kind)
+
+    def _post_session_control(self, session_id: str) -> None:
+        # Pausing or canceling someone's agent is an operator's act, like a decision: it
+        # needs the decision token (or the token when only one is set).
+        kind = "sessions"
+        if not self._operator_ok(kind):
+            return
+        body = self._read_body(MAX_APPROVAL_BODY, kind)
+        if body is None:
+            return
+        try:
+            doc = apr.parse_json_object(body, "session control")
+            control = apr.set_session(self.collector.data_dir, session_id, doc)
+        except TooltrailError as e:
+            self._error(apr.status_of(e), str(e), kind=kind)
+            return
+        self.collector.metrics.add("session_controls_total")
+        self._json(200, apr.session_json(control), kind=kind)
+
+
+def _session_of(path: str) -> str | None:
+    """The session id of a ``/v1/sessions/{id}/control`` path (None for other paths)."""
+    prefix = SESSIONS_PATH + "/"
+    if not (path.startswith(prefix) and path.endswith(CONTROL_SUFFIX)):
+        return None
+    raw = path[len(prefix) : -len(CONTROL_SUFFIX)]
+    return unquote(raw) if raw and "/" not in raw else None
 
 
 class CollectorHTTPServer(ThreadingHTTPServer):

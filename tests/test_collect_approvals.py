@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from collect_support import CollectorProcess, request, wait_until
 
-from tooltrail.control import arguments_hash
+from tooltrail.control import ControlStore, arguments_hash
 from tooltrail.instrumentation.broker import ApprovalRequest
 from tooltrail.instrumentation.http_broker import UNREACHABLE, HttpApprovalBroker
 from tooltrail.policy.model import ApprovalSettings
@@ -306,3 +306,60 @@ def test_request_changed_on_the_collector_is_refused(col: CollectorProcess) -> N
     assert outcome.status == "approved"
     assert outcome.refusal is not None and "changed on the collector" in outcome.refusal
     assert not outcome.proceeds(req)
+
+
+# --- session control over HTTP ----------------------------------------------------------
+
+
+def _control(url: str, session: str, action: str, auth: dict[str, str] = DECIDER_AUTH) -> Any:
+    return _json(
+        url, "POST", f"/v1/sessions/{session}/control", {"action": action, "by": "ops"}, auth
+    )
+
+
+def test_session_control_over_http(col: CollectorProcess) -> None:
+    """The store's transitions over HTTP; a long poll returns when a paused session resumes."""
+    session = "remote-session-1"
+    status, doc = _json(col.url, "GET", f"/v1/sessions/{session}/control")
+    assert (status, doc["state"]) == (200, "running")
+    status, doc = _control(col.url, session, "pause")
+    assert (status, doc["state"], doc["changed_by"]) == (200, "paused", "ops")
+    assert _control(col.url, session, "pause")[0] == 409  # already paused
+
+    answers: list[tuple[float, Any]] = []
+    started = time.monotonic()
+
+    def poll() -> None:
+        answers.append(
+            (time.monotonic(), _json(col.url, "GET", f"/v1/sessions/{session}/control?wait=20"))
+        )
+
+    waiter = threading.Thread(target=poll)
+    waiter.start()
+    time.sleep(0.5)
+    assert not answers  # held while paused
+    assert _control(col.url, session, "resume")[1]["state"] == "running"
+    waiter.join(timeout=10)
+    ((at, (status, doc)),) = answers
+    assert (status, doc["state"]) == (200, "running") and at - started < 10
+
+    assert _control(col.url, session, "cancel")[1]["state"] == "canceled"
+    status, doc = _control(col.url, session, "resume")
+    assert status == 409 and "canceled" in doc["message"]
+    with ControlStore(col.data_dir) as store:  # the collector's store holds the history
+        assert [e.action for e in store.control_history(session)] == ["pause", "resume", "cancel"]
+
+
+def test_session_control_needs_the_decision_token(col: CollectorProcess) -> None:
+    status, _ = _control(col.url, "remote-session-2", "pause", auth=AGENT_AUTH)
+    assert status == 401
+    status, doc = _json(
+        col.url,
+        "POST",
+        "/v1/sessions/remote-session-2/control",
+        {"action": "stop", "by": "x"},
+        DECIDER_AUTH,
+    )
+    assert status == 400 and "action" in doc["message"]
+    status, _ = _json(col.url, "GET", "/v1/sessions/remote-session-2/control", auth={})
+    assert status == 401
