@@ -98,10 +98,13 @@ class _Binder:
 
     def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         if self.fast and len(args) <= len(self.positional):
-            out = dict(zip(self.positional, args, strict=False))
-            out.update(kwargs)
-            for k, v in self.defaults.items():
-                out.setdefault(k, v)
+            # zip's default is strict=False; spelling it out costs a keyword parse per call.
+            out = dict(zip(self.positional, args))  # noqa: B905
+            if kwargs:
+                out.update(kwargs)
+            if self.defaults:
+                for k, v in self.defaults.items():
+                    out.setdefault(k, v)
         else:
             out = self._bound(args, kwargs)
         if self.skip_first:
@@ -177,14 +180,14 @@ def _preview(result: Any) -> Callable[[], str]:
     return lambda: result if isinstance(result, str) else to_json(result, RESULT_PREVIEW_CHARS)
 
 
-def _call_arguments(
+def _rewritten_call(
     binder: _Binder, inv: Invocation, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]] | Denial:
-    if not inv.rewritten:
-        return args, kwargs
+    """The call's ``(args, kwargs)`` rebuilt from a REWRITE's arguments, or the refusal
+    when they cannot be applied (a call never runs unrewritten)."""
     try:
         return binder.rebind(args, kwargs, inv.arguments)
-    except Exception as e:  # never run a call whose rewrite could not be applied
+    except Exception as e:
         return refuse(inv, f"the rewritten arguments could not be applied: {e}")
 
 
@@ -208,7 +211,7 @@ def _instrument(
             return fn(*args, **kwargs)
         if isinstance(prep, Denial):
             raise prep.to_exception()
-        call = _call_arguments(binder, prep, args, kwargs)
+        call = _rewritten_call(binder, prep, args, kwargs) if prep.rewritten else (args, kwargs)
         if isinstance(call, Denial):
             raise call.to_exception()
         enter(prep)
@@ -217,7 +220,7 @@ def _instrument(
         except BaseException as e:
             finish_exception(prep, e)
             raise
-        finish_result(prep, _preview(result), is_error=False)
+        finish_result(prep, _preview(result) if st.capture_results else None, is_error=False)
         return result
 
     return wrapper
@@ -239,7 +242,7 @@ def _async_wrapper(
             return await fn(*args, **kwargs)
         if isinstance(prep, Denial):
             raise prep.to_exception()
-        call = _call_arguments(binder, prep, args, kwargs)
+        call = _rewritten_call(binder, prep, args, kwargs) if prep.rewritten else (args, kwargs)
         if isinstance(call, Denial):
             raise call.to_exception()
         enter(prep)
@@ -248,7 +251,7 @@ def _async_wrapper(
         except BaseException as e:
             finish_exception(prep, e)
             raise
-        finish_result(prep, _preview(result), is_error=False)
+        finish_result(prep, _preview(result) if st.capture_results else None, is_error=False)
         return result
 
     return wrapper

@@ -23,10 +23,13 @@ from tooltrail.policy.compiler import (
     InlineTest,
 )
 from tooltrail.policy.matchers import (
+    MISSING,
     ArgPred,
     Env,
+    GlobCheck,
     GlobSet,
     HintPred,
+    RegexCheck,
     RewriteError,
     TargetTemplate,
     copy_json,
@@ -99,7 +102,7 @@ class _Plan:
         blasts: Sequence[CompiledBlast],
         targets: Sequence[CompiledTarget],
     ) -> None:
-        self.rules = tuple((r, r.cond.test) for r in rules)
+        self.rules = tuple(_rule_step(r) for r in rules)
         self.blasts = tuple((b.radius, b.cond.test) for b in blasts)
         self.targets: tuple[_TargetStep, ...] = tuple(
             (
@@ -123,6 +126,33 @@ class _Plan:
 
 
 _Render = Callable[[Mapping[str, Any]], str | None]
+_RuleStep = tuple[
+    CompiledRule,
+    Callable[[Env], bool] | None,  # the condition's test (None: nothing left to check)
+    str,  # the top-level argument key, when the condition is one check on it (else "")
+    Callable[[Any], bool] | None,  # that check, given the argument's value (or MISSING)
+    Callable[[str], object] | None,  # the same check for a str value: truthy = matched
+]
+
+
+def _rule_step(rule: CompiledRule) -> _RuleStep:
+    """How decide() tests one rule. A condition that is one operator on one top-level
+    argument (the usual shape) is tested on the argument's value directly, skipping the
+    two call levels of ``Condition.test`` -> ``ArgPred.test`` (same lookup, same check);
+    a glob or regex on a str value calls the compiled matcher itself (what
+    ``GlobCheck.test`` / ``RegexCheck.test`` do first for a str)."""
+    preds = rule.cond.preds
+    if len(preds) == 1:
+        pred = preds[0]
+        if type(pred) is ArgPred and pred.key is not None and pred.single is not None:
+            check = pred.checks[0]
+            on_str: Callable[[str], object] | None = None
+            if type(check) is GlobCheck:
+                on_str = check.match
+            elif type(check) is RegexCheck:
+                on_str = check.rx.search
+            return (rule, None, pred.key, pred.single, on_str)
+    return (rule, rule.cond.test, "", None, None)
 
 
 def _merge_renderers(templates: Sequence[TargetTemplate | None]) -> _Render | None:
@@ -287,7 +317,18 @@ class Policy:
             else:
                 targets = _run_targets(plan.targets, call.server, args)
             env = Env(call, args, targets)
-            matched = [rule for rule, test in plan.rules if test is None or test(env)]
+            matched: list[CompiledRule] = []
+            for rule, test, key, check, on_str in plan.rules:  # see _rule_step
+                if check is None:
+                    if test is None or test(env):
+                        matched.append(rule)
+                    continue
+                value = args.get(key, MISSING)
+                if on_str is not None and type(value) is str:  # str subclasses: check()
+                    if on_str(value):
+                        matched.append(rule)
+                elif check(value):
+                    matched.append(rule)
 
             radius = 0
             for blast_radius, test in plan.blasts:

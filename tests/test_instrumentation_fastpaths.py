@@ -1,0 +1,178 @@
+"""The per-call shortcuts of the tool span path give exactly what the plain code gives:
+the argument JSON (a C encoder built once instead of per call) and the ``ToolCall`` handed
+to the policy (slots set directly instead of the frozen dataclass ``__init__``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tooltrail.instrumentation import _spans
+from tooltrail.policy import ToolCall
+
+LIMIT = _spans.MAX_ARGUMENTS_CHARS
+
+
+def reference(value: Any, limit: int = LIMIT) -> str:
+    """What ``to_json`` produced before the shortcut: a fresh ``json.dumps`` per call."""
+    try:
+        text = json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        text = json.dumps(repr(value), ensure_ascii=False)
+    return _spans.truncate(text, limit)
+
+
+class Opaque:
+    """Not JSON: encoded through ``default=str``."""
+
+    def __str__(self) -> str:
+        return "opaque ✓"
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),  # NaN and infinities included: JSON spells them NaN / Infinity
+    st.text(),
+    st.binary(max_size=8),
+    st.builds(Opaque),
+)
+keys = st.one_of(st.text(max_size=8), st.integers(), st.booleans(), st.none(), st.floats())
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=4).map(tuple),
+        st.dictionaries(keys, inner, max_size=4),
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=values)
+def test_to_json_is_what_json_dumps_gives(value: Any) -> None:
+    assert _spans.to_json(value, LIMIT) == reference(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"repo_path": "/srv/repos/payments", "branch_name": "feature/retry"},
+        {},
+        "plain",
+        {"s": 'é\u2028"\\\n', "n": [1, 2.5, None, True, math.nan, -math.inf]},
+        {3: "int key", 2.5: "float key", True: "bool key", None: "null key"},
+        {("tuple", "key"): 1},  # not a JSON key: recorded as the repr, never raised
+        {"x": "y" * (LIMIT + 10)},
+    ],
+)
+def test_to_json_known_values(value: Any) -> None:
+    assert _spans.to_json(value, LIMIT) == reference(value)
+
+
+def test_circular_arguments_are_recorded_as_their_repr() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    value = {"path": "/x", "rest": loop}
+    assert _spans.to_json(value, LIMIT) == json.dumps(repr(value), ensure_ascii=False)
+
+
+def test_one_value_encoded_on_many_threads_at_once() -> None:
+    # A str() that releases the GIL mid-encoding: encoders sharing circular-check state
+    # between threads would take the shared value for a cycle on some of them.
+    class Slow:
+        def __str__(self) -> str:
+            time.sleep(0.0005)
+            return "slow"
+
+    shared = {"a": [Slow(), {"b": [Slow()]}], "c": [Slow()]}
+    expected = reference(shared)
+    got: list[str] = []
+
+    def work() -> None:
+        got.extend(_spans.to_json(shared, LIMIT) for _ in range(20))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [expected] * 80
+
+
+def test_without_the_c_encoder_the_plain_encoder_is_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "_json", None)  # import _json now raises ImportError
+    encode = _spans._fast_encoder()
+    assert encode == _spans._ENCODER.encode
+    assert encode({"a": [1, "é"]}) == '{"a":[1,"é"]}'
+
+
+def test_the_c_encoder_is_used_here() -> None:
+    # Otherwise the tests above compare the plain encoder with itself.
+    assert _spans._encode != _spans._ENCODER.encode
+
+
+# --- the ToolCall constructor ---------------------------------------------------------
+
+
+def test_fast_tool_call_equals_the_dataclass() -> None:
+    make = _spans._call_constructor(ToolCall)
+    assert make is not ToolCall
+    args = {"branch": "main"}
+    hints = {"readOnlyHint": True}
+    fast = make("git_push", args, "bot", "s-1", "git", hints)
+    plain = ToolCall(
+        tool="git_push",
+        arguments=args,
+        agent="bot",
+        session_id="s-1",
+        server="git",
+        annotations=hints,
+    )
+    assert fast == plain and repr(fast) == repr(plain)
+    assert type(fast) is ToolCall and fast.arguments is args
+    with pytest.raises(AttributeError):  # still frozen
+        fast.tool = "other"  # type: ignore[misc]
+
+
+@dataclass(frozen=True, slots=True)
+class ReorderedCall:
+    arguments: dict[str, Any]
+    tool: str
+    agent: str | None = None
+    session_id: str | None = None
+    server: str | None = None
+    annotations: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedCall:
+    tool: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    agent: str | None = None
+    session_id: str | None = None
+    server: str | None = None
+    annotations: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tool:
+            raise ValueError("empty tool name")
+
+
+@pytest.mark.parametrize("cls", [ReorderedCall, CheckedCall])
+def test_a_call_type_of_another_shape_is_built_by_its_own_init(cls: type[Any]) -> None:
+    # The shortcut assumes ToolCall's fields in order and no __post_init__ to skip.
+    assert _spans._call_constructor(cls) is cls
