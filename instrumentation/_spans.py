@@ -44,6 +44,7 @@ from tooltrail.instrumentation._session import Session, current_session
 from tooltrail.instrumentation.broker import (
     APPROVAL_REQUIRED_REASON,
     BROKER_ERROR,
+    ENV_COLLECTOR_TOKEN,
     ENV_COLLECTOR_URL,
     NO_BROKER,
     SYSTEM_ACTOR_PREFIX,
@@ -362,8 +363,9 @@ def install(
     ``data_dir`` (default ``$TOOLTRAIL_DATA``; none when neither is set) locates the
     control store: the default broker waits there, and session control reads it.
     ``session_control`` (default ``$TOOLTRAIL_SESSION_CONTROL``, else on when enforcing)
-    checks pause / cancel before each call; it needs the control store, so it is off
-    without a data directory and with ``$TOOLTRAIL_COLLECTOR_URL`` (remote agents).
+    checks pause / cancel before each call, in the control store, or through the
+    collector when ``$TOOLTRAIL_COLLECTOR_URL`` is set (remote agents); it is off
+    without either.
     """
     global _settings
     enforce = env_flag(ENV_ENFORCE, unrecognized=True) if enforce is None else enforce
@@ -402,14 +404,41 @@ def _known_data_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
 
 
 def _session_gate(root: Path | None) -> SessionGate | None:
-    if os.environ.get(ENV_COLLECTOR_URL, "").strip():
-        _log.info("tooltrail: session control needs the local control store; off for remote agents")
-        return None
+    url = os.environ.get(ENV_COLLECTOR_URL, "").strip()
+    if url:
+        return _http_session_gate(url)
     if root is None:
         return None
     from tooltrail.instrumentation.store_broker import StoreSessionGate
 
     return StoreSessionGate(root)
+
+
+def _http_session_gate(url: str) -> SessionGate:
+    """The collector's session control; one that cannot be built fails every check (so
+    enforcing agents deny: fail closed) instead of raising into ``configure``."""
+    try:
+        from tooltrail.instrumentation.http_broker import HttpSessionGate
+
+        return HttpSessionGate(url, token=os.environ.get(ENV_COLLECTOR_TOKEN) or None)
+    except Exception as e:
+        reason = f"session control for {ENV_COLLECTOR_URL}={url} is unavailable ({e})"
+        _log.error("tooltrail: %s", reason)
+        return _BrokenGate(reason)
+
+
+class _BrokenGate:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def state(self, session_id: str) -> str:
+        raise ConnectionError(self.reason)
+
+    def wait_while_paused(self, session_id: str) -> str:
+        raise ConnectionError(self.reason)
+
+    async def await_while_paused(self, session_id: str) -> str:
+        raise ConnectionError(self.reason)
 
 
 def is_installed() -> bool:

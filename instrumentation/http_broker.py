@@ -1,4 +1,5 @@
-"""Approvals through a ``tooltrail collect`` server, for agents that cannot reach its disk.
+"""Approvals and session control through a ``tooltrail collect`` server, for agents that
+cannot reach its disk.
 
 ``HttpApprovalBroker(base_url, token)`` files each held call with ``POST /v1/approvals``
 and long-polls ``GET /v1/approvals/{id}?wait=S`` until a person approves or denies it
@@ -11,6 +12,11 @@ SHA-256 ``arguments_hash`` (the collector refuses a request whose hash does not 
 ``run_hash``, the agent's keyed digest of the arguments that will really run. When the
 wait ends, the decided request is compared with what was filed (tool, arguments, both
 hashes); if anything changed, the outcome carries a refusal and the call does not run.
+
+``HttpSessionGate(base_url, token)`` reads a session's control state with
+``GET /v1/sessions/{id}/control`` before each call (cached for ``refresh_s``, so a busy
+agent asks at most once a second per session) and, while the session is paused,
+long-polls the same endpoint until it is resumed or canceled.
 
 Fail closed, always: a collector that cannot be reached or answers with an error yields
 a *denied* outcome naming the cause; an outcome is never invented as approved.
@@ -91,15 +97,8 @@ class HttpApprovalBroker:
         http_timeout_s: float = 10.0,
         max_waiting: int = 64,
     ) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"collector URL must be http(s)://host[:port], not {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port
-        self._prefix = parts.path.rstrip("/")
-        self._token = token
+        self._client = _Client(base_url, token)
+        self.base_url = self._client.base_url
         self.poll_wait_s = poll_wait_s
         self.http_timeout_s = http_timeout_s
         self._max_waiting = max_waiting
@@ -107,36 +106,10 @@ class HttpApprovalBroker:
         self._executor_lock = threading.Lock()
         self._redactor = Redactor.from_env()
 
-    # -- HTTP ------------------------------------------------------------------------------
-
     def _call(
         self, method: str, path: str, body: Mapping[str, Any] | None, timeout: float
     ) -> dict[str, Any]:
-        conn_cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = conn_cls(self._host, self._port, timeout=timeout)
-        headers = {"Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body, default=str).encode()
-            headers["Content-Type"] = "application/json"
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        try:
-            conn.request(method, self._prefix + path, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        finally:
-            conn.close()
-        try:
-            doc = json.loads(raw) if raw else {}
-        except ValueError:
-            doc = {"message": raw[:200].decode(errors="replace")}
-        if resp.status >= 300:
-            message = doc.get("message") if isinstance(doc, dict) else None
-            raise _HttpError(resp.status, str(message or resp.reason))
-        if not isinstance(doc, dict):
-            raise _HttpError(resp.status, "collector answered with a non-object")
-        return doc
+        return self._client.call(method, path, body, timeout)
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -247,6 +220,164 @@ class HttpApprovalBroker:
                 self._executor = None
 
 
+class _Client:
+    """JSON over HTTP to the collector (one connection per call: long-polls park them)."""
+
+    def __init__(self, base_url: str, token: str | None) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"collector URL must be http(s)://host[:port], not {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._prefix = parts.path.rstrip("/")
+        self._token = token
+
+    def call(
+        self, method: str, path: str, body: Mapping[str, Any] | None, timeout: float
+    ) -> dict[str, Any]:
+        conn_cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        conn = conn_cls(self._host, self._port, timeout=timeout)
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body, default=str).encode()
+            headers["Content-Type"] = "application/json"
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            conn.request(method, self._prefix + path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        try:
+            doc = json.loads(raw) if raw else {}
+        except ValueError:
+            doc = {"message": raw[:200].decode(errors="replace")}
+        if resp.status >= 300:
+            message = doc.get("message") if isinstance(doc, dict) else None
+            raise _HttpError(resp.status, str(message or resp.reason))
+        if not isinstance(doc, dict):
+            raise _HttpError(resp.status, "collector answered with a non-object")
+        return doc
+
+
+# --- session control ----------------------------------------------------------------------
+
+SESSIONS_PATH: Final = "/v1/sessions"
+_SESSION_STATES: Final = ("running", "paused", "canceled")
+_PAUSED: Final = "paused"
+# Consecutive failed polls tolerated while a paused session waits (with backoff) before
+# the wait ends in an error, which denies the call when enforcing.
+_MAX_POLL_FAILURES: Final = 5
+
+
+class CollectorSessionError(ConnectionError):
+    """The collector could not tell a session's control state (the call is then denied
+    when enforcing: fail closed)."""
+
+
+class HttpSessionGate:
+    """Session control (pause / resume / cancel) read from a collector.
+
+    Args:
+        base_url: the collector (``TOOLTRAIL_COLLECTOR_URL``).
+        token: its bearer token (``TOOLTRAIL_COLLECTOR_TOKEN``).
+        refresh_s: how long a session's *running* state is trusted before asking again;
+            a pause or cancel reaches a busy agent within this long. 0 asks every call.
+        poll_wait_s: seconds per long-poll while paused (the server caps it at 60).
+        http_timeout_s: socket timeout beyond a long-poll's own wait.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        refresh_s: float = 1.0,
+        poll_wait_s: float = 30.0,
+        http_timeout_s: float = 10.0,
+        max_waiting: int = 64,
+    ) -> None:
+        self._client = _Client(base_url, token)
+        self.base_url = self._client.base_url
+        self.refresh_s = refresh_s
+        self.poll_wait_s = poll_wait_s
+        self.http_timeout_s = http_timeout_s
+        self._max_waiting = max_waiting
+        # session id -> (state, monotonic time read); only "running" is served from here:
+        # paused and canceled are always asked again (a resume must be seen at once).
+        self._running: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    def __repr__(self) -> str:
+        return f"HttpSessionGate({self.base_url!r})"
+
+    def _fetch(self, session_id: str, wait_s: float) -> str:
+        path = f"{SESSIONS_PATH}/{quote(session_id, safe='')}/control"
+        if wait_s > 0:
+            path += f"?wait={wait_s:g}"
+        try:
+            doc = self._client.call("GET", path, None, wait_s + self.http_timeout_s)
+        except (_HttpError, OSError) as e:
+            raise CollectorSessionError(
+                f"cannot read session {session_id!r} from {self.base_url}: {e}"
+            ) from e
+        state = doc.get("state")
+        if state not in _SESSION_STATES:
+            raise CollectorSessionError(f"collector answered an unknown state {state!r}")
+        with self._lock:
+            if state == "running":
+                self._running[session_id] = time.monotonic()
+            else:
+                self._running.pop(session_id, None)
+        return str(state)
+
+    def state(self, session_id: str) -> str:
+        with self._lock:
+            seen = self._running.get(session_id)
+        if seen is not None and time.monotonic() - seen < self.refresh_s:
+            return "running"
+        return self._fetch(session_id, 0.0)
+
+    def wait_while_paused(self, session_id: str) -> str:
+        failures = 0
+        while True:
+            try:
+                state = self._fetch(session_id, self.poll_wait_s)
+            except CollectorSessionError as e:
+                failures += 1
+                if failures >= _MAX_POLL_FAILURES:
+                    raise
+                _log.warning("tooltrail: session %s poll failed: %s", session_id, e)
+                time.sleep(_BACKOFF_S[min(failures - 1, len(_BACKOFF_S) - 1)])
+                continue
+            if state != _PAUSED:
+                return state
+            failures = 0
+
+    async def await_while_paused(self, session_id: str) -> str:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool(), self.wait_while_paused, session_id)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self._max_waiting, thread_name_prefix="tooltrail-session"
+                )
+            return self._executor
+
+    def close(self) -> None:
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+
+
 @dataclass(slots=True)
 class _WaitState:
     started: float
@@ -319,4 +450,4 @@ def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-__all__ = ["HttpApprovalBroker"]
+__all__ = ["CollectorSessionError", "HttpApprovalBroker", "HttpSessionGate"]

@@ -410,10 +410,13 @@ def test_default_broker_follows_the_data_directory_and_collector_url(
     monkeypatch.setenv("TOOLTRAIL_COLLECTOR_TOKEN", "t0k")
     assert isinstance(default_broker(tmp_path), HttpApprovalBroker)  # the URL wins
     assert made == [("http://collector:4318", "t0k")]
-    # Remote agents cannot reach the store: no session gate.
-    assert (
-        _spans.install(enforce=False, data_dir=tmp_path, session_control=True).session_gate is None
-    )
+    # Remote agents read session control from the collector, with the same token.
+    monkeypatch.delitem(sys.modules, "tooltrail.instrumentation.http_broker")
+    from tooltrail.instrumentation.http_broker import HttpSessionGate
+
+    gate = _spans.install(enforce=False, data_dir=tmp_path, session_control=True).session_gate
+    assert isinstance(gate, HttpSessionGate) and gate.base_url == "http://collector:4318"
+    assert gate._client._token == "t0k"
     _spans.reset()
 
 

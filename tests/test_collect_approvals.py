@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -363,3 +364,151 @@ def test_session_control_needs_the_decision_token(col: CollectorProcess) -> None
     assert status == 400 and "action" in doc["message"]
     status, _ = _json(col.url, "GET", "/v1/sessions/remote-session-2/control", auth={})
     assert status == 401
+
+
+SESSION_AGENT = """\
+import json, sys
+import tooltrail.instrumentation as tt
+
+data, policy = sys.argv[1:3]
+# TOOLTRAIL_COLLECTOR_URL / _TOKEN come from the environment: the default wiring.
+tt.configure(data_dir=data, policy=policy, enforce=True, agent_name="remote-bot")
+
+@tt.tool
+def git_status(repo_path: str) -> str:
+    return "clean"
+
+with tt.session("remote-controlled"):
+    for line in sys.stdin:  # one call per line the test sends
+        try:
+            print(json.dumps({"result": git_status("/srv/app")}), flush=True)
+        except tt.ToolCallDenied as e:
+            print(json.dumps({"denied": e.rule}), flush=True)
+"""
+
+
+def test_remote_agent_obeys_pause_resume_and_cancel(tmp_path: Path, col: CollectorProcess) -> None:
+    """An agent that knows only TOOLTRAIL_COLLECTOR_URL: a pause holds its next call until
+    resume; after cancel its calls are denied (rule session-canceled)."""
+    (tmp_path / "agent.py").write_text(SESSION_AGENT)
+    (tmp_path / "p.yaml").write_text("version: 1\ndefault: ALLOW\nrules: []\n")
+    env = {
+        **os.environ,
+        "TOOLTRAIL_COLLECTOR_URL": col.url,
+        "TOOLTRAIL_COLLECTOR_TOKEN": TOKEN,
+    }
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            str(tmp_path / "agent.py"),
+            str(tmp_path / "d"),
+            str(tmp_path / "p.yaml"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert agent.stdin is not None and agent.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(agent.stdout.readline, "")))
+    reader.start()
+
+    def call() -> None:
+        assert agent.stdin is not None
+        agent.stdin.write("go\n")
+        agent.stdin.flush()
+
+    try:
+        call()
+        wait_until(lambda: len(lines) == 1, timeout=60, what="first call")
+        assert json.loads(lines[0]) == {"result": "clean"}
+        assert _control(col.url, "remote-controlled", "pause")[0] == 200
+        time.sleep(1.2)  # past the gate's 1 s trust in a "running" answer
+        call()
+        time.sleep(1.0)
+        assert len(lines) == 1  # held while paused
+        assert _control(col.url, "remote-controlled", "resume")[0] == 200
+        wait_until(lambda: len(lines) == 2, timeout=20, what="call released by resume")
+        assert json.loads(lines[1]) == {"result": "clean"}
+        assert _control(col.url, "remote-controlled", "cancel")[0] == 200
+        time.sleep(1.2)
+        call()
+        wait_until(lambda: len(lines) == 3, timeout=20, what="call after cancel")
+        assert json.loads(lines[2]) == {"denied": "session-canceled"}
+    finally:
+        agent.stdin.close()
+        try:
+            agent.wait(timeout=20)
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+            reader.join(timeout=5)
+    assert agent.returncode == 0, agent.stderr.read() if agent.stderr else ""
+
+
+def test_unreachable_collector_denies_enforced_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session control that cannot be read fails closed: the call does not run."""
+    import socket
+
+    import tooltrail.instrumentation as tt
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("TOOLTRAIL_COLLECTOR_URL", f"http://127.0.0.1:{port}")
+    ran: list[str] = []
+
+    @tt.tool
+    def git_status(repo_path: str) -> str:
+        ran.append(repo_path)
+        return "clean"
+
+    try:
+        tt.configure(policy={"version": 1, "default": "ALLOW", "rules": []}, enforce=True)
+        with tt.session("s-unreachable"), pytest.raises(tt.ToolCallDenied) as denied:
+            git_status("/srv/app")
+        assert denied.value.rule == "session-control-error" and not ran
+        monkeypatch.setenv("TOOLTRAIL_COLLECTOR_URL", "ftp://nowhere")  # cannot be built
+        tt.configure(policy={"version": 1, "default": "ALLOW", "rules": []}, enforce=True)
+        with tt.session("s-bad-url"), pytest.raises(tt.ToolCallDenied) as denied:
+            git_status("/srv/app")
+        assert denied.value.rule == "session-control-error" and not ran
+    finally:
+        monkeypatch.delenv("TOOLTRAIL_COLLECTOR_URL")
+        tt.configure()
+
+
+def test_async_wait_while_paused_does_not_block_the_loop(col: CollectorProcess) -> None:
+    from tooltrail.instrumentation.http_broker import HttpSessionGate
+
+    gate = HttpSessionGate(col.url, TOKEN, refresh_s=0, poll_wait_s=5)
+    session = "remote-async"
+    assert gate.state(session) == "running"
+    assert _control(col.url, session, "pause")[0] == 200
+    assert gate.state(session) == "paused"
+    ticks = 0
+
+    async def main() -> str:
+        nonlocal ticks
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.02)
+
+        tick = asyncio.create_task(ticker())
+        threading.Timer(0.6, lambda: _control(col.url, session, "resume")).start()
+        try:
+            return await gate.await_while_paused(session)
+        finally:
+            tick.cancel()
+
+    try:
+        assert asyncio.run(main()) == "running"
+        assert ticks >= 10  # the loop ran while the wait was parked in a thread
+    finally:
+        gate.close()
