@@ -3,13 +3,19 @@
 ``CollectorProcess`` starts ``tooltrail collect`` on a free loopback port (``--port 0``; the
 URL is read from its first stdout line) and always stops it: SIGTERM, then SIGKILL if it
 does not exit, also when the test fails.
+
+``cached_venv`` builds (once, then reuses) a separate virtualenv from a pinned requirements
+file, for agents whose third-party packages cannot live in tooltrail's own environment.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import http.client
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,3 +175,63 @@ def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "co
 
 def span_keys(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(r["trace_id"], r["span_id"]) for r in rows]
+
+
+VENV_READY = ".tooltrail-venv-ready"
+"""Written into a cached venv once its install succeeded; a venv without it is rebuilt."""
+
+
+class VenvError(RuntimeError):
+    """A third-party virtualenv could not be built (e.g. the package registry is unreachable)."""
+
+
+def cached_venv(requirements: Path, cache_dir: Path, timeout: float = 600.0) -> Path:
+    """The python of a virtualenv holding exactly ``requirements`` (a full ``pip freeze``).
+
+    Built under ``cache_dir`` in a directory named after the requirements file, this
+    interpreter's tag and a hash of both, and reused while they are unchanged; other builds
+    from the same file (older pins) are deleted. An flock serialises concurrent builders,
+    and a marker written last means a half-built venv (interrupted, failed) is rebuilt.
+    Installs with tooltrail's own pip (``pip --python``): ``--no-deps`` because the file
+    pins every package, ``--no-compile`` because byte-compiling everything costs more than
+    the modules an agent imports. Raises ``VenvError`` with pip's output when it fails.
+    """
+    tag = sys.implementation.cache_tag
+    digest = hashlib.sha256(requirements.read_bytes() + tag.encode()).hexdigest()[:12]
+    stem = requirements.stem
+    venv = cache_dir / f"{stem}-{tag}-{digest}"
+    python = venv / "bin" / "python"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f".{stem}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (venv / VENV_READY).exists() and python.exists():
+            return python
+        for old in cache_dir.glob(f"{stem}-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        _build_venv(venv, requirements, timeout)
+        (venv / VENV_READY).write_text(requirements.read_text())
+    return python
+
+
+def _build_venv(venv: Path, requirements: Path, timeout: float) -> None:
+    steps = [
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)],
+        [
+            *(sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python")),
+            *("install", "--quiet", "--disable-pip-version-check", "--no-input"),
+            *("--no-deps", "--no-compile", "--requirement", str(requirements)),
+        ],
+    ]
+    for argv in steps:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise VenvError(f"{' '.join(argv[:6])}... timed out after {timeout:.0f}s") from e
+        if out.returncode != 0:
+            shutil.rmtree(venv, ignore_errors=True)
+            output = (out.stdout + out.stderr)[-4000:]  # pip's cause comes last
+            raise VenvError(
+                f"building {venv.name} from {requirements} failed "
+                f"(exit {out.returncode}): {' '.join(argv)}\n{output}"
+            )
