@@ -454,11 +454,11 @@ def test_unreachable_collector_denies_enforced_calls(monkeypatch: pytest.MonkeyP
     import socket
 
     import tooltrail.instrumentation as tt
+    from tooltrail.instrumentation import _spans
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setenv("TOOLTRAIL_COLLECTOR_URL", f"http://127.0.0.1:{port}")
     ran: list[str] = []
 
     @tt.tool
@@ -466,19 +466,16 @@ def test_unreachable_collector_denies_enforced_calls(monkeypatch: pytest.MonkeyP
         ran.append(repo_path)
         return "clean"
 
+    allow_all = {"version": 1, "default": "ALLOW", "rules": []}
     try:
-        tt.configure(policy={"version": 1, "default": "ALLOW", "rules": []}, enforce=True)
-        with tt.session("s-unreachable"), pytest.raises(tt.ToolCallDenied) as denied:
-            git_status("/srv/app")
-        assert denied.value.rule == "session-control-error" and not ran
-        monkeypatch.setenv("TOOLTRAIL_COLLECTOR_URL", "ftp://nowhere")  # cannot be built
-        tt.configure(policy={"version": 1, "default": "ALLOW", "rules": []}, enforce=True)
-        with tt.session("s-bad-url"), pytest.raises(tt.ToolCallDenied) as denied:
-            git_status("/srv/app")
-        assert denied.value.rule == "session-control-error" and not ran
+        for url in (f"http://127.0.0.1:{port}", "ftp://nowhere"):  # unreachable; unusable
+            monkeypatch.setenv("TOOLTRAIL_COLLECTOR_URL", url)
+            _spans.install(enforce=True, policy=allow_all)
+            with tt.session("s-unreachable"), pytest.raises(tt.ToolCallDenied) as denied:
+                git_status("/srv/app")
+            assert denied.value.rule == "session-control-error" and not ran
     finally:
-        monkeypatch.delenv("TOOLTRAIL_COLLECTOR_URL")
-        tt.configure()
+        _spans.reset()
 
 
 def test_async_wait_while_paused_does_not_block_the_loop(col: CollectorProcess) -> None:
