@@ -13,7 +13,8 @@ For each durability mode, one run of each sender:
   CPU (span creation and protobuf encoding in Python, which cost more than the collector's
   own work per span) off the clock: it measures what the collector can take.
 
-Figures per run: end-to-end spans/s, collector CPU seconds per span (from
+Figures per run: end-to-end spans/s, the tail (seconds from the last span sent to all
+of them queryable), collector CPU seconds per span (from
 /proc/<pid>/stat), bytes per span on disk (the Parquet files), drops (spans sent but not
 landed, and failed exports), 503s. Reference (issue 8): Phoenix 20.26 on this machine,
 same load: ~145 spans/s, 6.5 ms CPU/span, 820 B/span, 3.6 % dropped.
@@ -98,7 +99,9 @@ def make_spans(provider: TracerProvider, n: int, sessions: int, start: int = 0) 
 
 
 class Collector:
-    def __init__(self, data: Path, mode: str, workers: int | None) -> None:
+    def __init__(
+        self, data: Path, mode: str, workers: int | None, extra: Sequence[str] = ()
+    ) -> None:
         tooltrail = Path(sys.executable).with_name("tooltrail")
         from tooltrail.cli import cli
 
@@ -119,6 +122,7 @@ class Collector:
                 "--policy",
                 str(POLICY),
                 *(["--workers", str(workers)] if workers is not None else []),
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -334,6 +338,7 @@ class Result:
     landed: int
     drops: int
     shed: float
+    tail: float
 
 
 def queryable(data: Path) -> int:
@@ -355,10 +360,11 @@ def run(
     bodies: list[bytes],
     workers: int | None,
     agents: int,
+    extra: Sequence[str] = (),
 ) -> Result:
     tmp = Path(tempfile.mkdtemp(prefix="tt-ingest-"))
     data = tmp / "data"
-    col = Collector(data, mode, workers)
+    col = Collector(data, mode, workers, extra)
     try:
         time.sleep(2.0)  # the collector's landing workers finish starting (they warm up)
         cpu0 = col.cpu_s() + col.children_cpu_s()
@@ -367,12 +373,14 @@ def run(
             failed, sender_cpu, t0 = send_sdk(col.url, n, sessions, agents)
         else:
             failed, sender_cpu = send_replay(col.url, bodies), 0.0
+        sent = time.perf_counter()
         deadline = time.monotonic() + 600
         while col.metric("spans_landed_total") < n - failed and time.monotonic() < deadline:
             time.sleep(0.05)
         while queryable(data) < n - failed and time.monotonic() < deadline:
             time.sleep(0.1)
         seconds = time.perf_counter() - t0
+        tail = time.perf_counter() - sent
         cpu = col.cpu_s() + col.children_cpu_s() - cpu0
         shed = col.metric("requests_shed_total")
     finally:
@@ -393,6 +401,7 @@ def run(
         landed,
         n - landed + failed,
         shed,
+        tail,
     )
 
 
@@ -404,6 +413,9 @@ def main() -> None:
     ap.add_argument("--senders", default="sdk,replay")
     ap.add_argument("--workers", type=int, default=None, help="collector --workers")
     ap.add_argument("--agents", default="1,4", help="SDK sender processes, per sdk run")
+    ap.add_argument(
+        "--collector-args", default="", help="more `tooltrail collect` options, space-separated"
+    )
     args = ap.parse_args()
     n = args.spans
     senders = args.senders.split(",")
@@ -415,7 +427,7 @@ def main() -> None:
     header = (
         f"{'mode':7} {'sender':8} {'seconds':>8} {'spans/s':>9} {'x Phoenix':>9} "
         f"{'collector CPU ms/span':>21} {'sender CPU ms/span':>18} {'B/span':>7} "
-        f"{'files':>6} {'landed':>7} {'drops':>6} {'503s':>5}"
+        f"{'files':>6} {'landed':>7} {'drops':>6} {'503s':>5} {'tail s':>6}"
     )
     print(header)
     runs = [(s, 1) for s in senders if s == "replay"]
@@ -423,12 +435,21 @@ def main() -> None:
         runs = [("sdk", int(k)) for k in args.agents.split(",")] + runs
     for mode in args.modes.split(","):
         for sender, agents in runs:
-            r = run(mode, sender, n, args.sessions, bodies, args.workers, agents)
+            r = run(
+                mode,
+                sender,
+                n,
+                args.sessions,
+                bodies,
+                args.workers,
+                agents,
+                args.collector_args.split(),
+            )
             print(
                 f"{r.mode:7} {r.sender:8} {r.seconds:8.2f} {r.spans_s:9.0f} "
                 f"{r.spans_s / PHOENIX['spans_s']:9.1f} {r.cpu_ms:21.4f} "
                 f"{r.sender_cpu_ms:18.4f} {r.bytes_per_span:7.1f} {r.files:6d} "
-                f"{r.landed:7d} {r.drops:6d} {r.shed:5.0f}",
+                f"{r.landed:7d} {r.drops:6d} {r.shed:5.0f} {r.tail:6.2f}",
                 flush=True,
             )
     print(
