@@ -38,10 +38,14 @@ from opentelemetry.sdk.trace import ReadableSpan
 from tooltrail import semconv as sc
 from tooltrail.collector.normalize import (
     _ELLIPSIS,
+    _FLAT,
+    _INT64_MAX,
+    _INT64_MIN,
     _KIND_NAMES,
     _PROBED_COLUMNS,
     _SCRUB_MARGIN,
     _STATUS_NAMES,
+    REDACTIONS_MAX,
     SPAN_TYPE_TOOL,
     Converter,
     Normalizer,
@@ -193,7 +197,7 @@ def _convert(values: list[Any], conv: Converter) -> list[Any]:
         if _only(values, str) and all(values):
             return values
     elif conv is _to_int:
-        if _only(values, int):
+        if _only(values, int) and min(values) >= _INT64_MIN and max(values) <= _INT64_MAX:
             return values
     elif conv is _to_bool:
         if _only(values, bool):
@@ -247,6 +251,8 @@ def _probe_text(value: Any) -> str | bool | None:
     if type(value) is str:
         return value
     if isinstance(value, list | tuple):
+        if not all(isinstance(v, _FLAT) for v in value):
+            return True  # a mapping or a list inside: walk it
         return "\x00".join(v for v in value if isinstance(v, str))
     if isinstance(value, int | float):
         return None
@@ -272,7 +278,11 @@ def _flag_sensitive(
 
 
 def normalize_batch(normalizer: Normalizer, src: SpanColumns) -> Columns:
-    """The landed columns of a batch; equal, row for row, to ``normalize`` per span."""
+    """The landed columns of a batch; equal, row for row, to ``normalize`` per span.
+
+    ``src`` is consumed: its lists may become output columns (no copy per batch) and be
+    written to, so a caller must not use it afterwards.
+    """
     n = len(src)
     out: Columns = dict.fromkeys(COLUMNS)
     if n == 0:
@@ -398,7 +408,7 @@ def _group(
         consumed.add(sc.TT_REDACTIONS)
         at_call = [a[sc.TT_REDACTIONS] for a in attrs]
         redactions = [
-            r + v if type(v) is int and v > 0 else r
+            min(r + v, REDACTIONS_MAX) if type(v) is int and v > 0 else r
             for r, v in zip(redactions, at_call, strict=True)
         ]
     out["redactions"] = redactions
@@ -416,6 +426,12 @@ def _group(
         results = [v if isinstance(v, str) else to_json(v) for v in raw_results]
     out["status_message"] = [msg or None for msg in _pick(src.status_message, idx, whole)]
     out["name"] = span_names
+
+    exceptions = _pick(src.exception_types, idx, whole)
+    errors = out.get("error_type")
+    if errors is not None:
+        exceptions = [e if e is not None else x for e, x in zip(errors, exceptions, strict=True)]
+    out["error_type"] = exceptions
 
     rest_keys = sorted(k for k in key if k not in consumed)
     redactor = normalizer.redactor
@@ -443,11 +459,6 @@ def _group(
             strict=True,
         )
     ]
-    exceptions = _pick(src.exception_types, idx, whole)
-    errors = out.get("error_type")
-    if errors is not None:
-        exceptions = [e if e is not None else x for e, x in zip(errors, exceptions, strict=True)]
-    out["error_type"] = exceptions
 
     starts = _pick(src.start_ns, idx, whole)
     ends = _pick(src.end_ns, idx, whole)
@@ -498,6 +509,11 @@ def _probe(
     slow: list[bool],
 ) -> None:
     """Marks slow every span any of whose landed texts the redactor might change."""
+    if redactor.maybe_sensitive(""):
+        # Custom patterns: the pre-check cannot rule anything out, so every span is
+        # scrubbed on the per-span path (probing would only add cost).
+        slow[:] = [True] * len(slow)
+        return
     texts: list[list[Any]] = [v for c in _PROBED_COLUMNS if (v := out.get(c)) is not None]
     if results is not None:
         window = normalizer._preview_chars + _SCRUB_MARGIN

@@ -161,19 +161,28 @@ def _to_str(v: Any) -> str | None:
     return None
 
 
+# The redactions column is int32; a producer's count beyond it is capped, not an error.
+REDACTIONS_MAX: Final = 2**31 - 1
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+
+
 def _to_int(v: Any) -> int | None:
+    """An int64 column value; anything else (a bool, text, beyond int64) does not fit."""
     if isinstance(v, bool):
         return None
     if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, str):
+        out = v
+    elif isinstance(v, float) and v.is_integer():
+        out = int(v)
+    elif isinstance(v, str):
         try:
-            return int(v.strip())
+            out = int(v.strip())
         except ValueError:
             return None
-    return None
+    else:
+        return None
+    return out if _INT64_MIN <= out <= _INT64_MAX else None
 
 
 def _to_float(v: Any) -> float | None:
@@ -597,20 +606,36 @@ def derive_summary(
 
 # --- the normalizer --------------------------------------------------------------------
 
-# Plain-text columns the redactor scrubs (arguments and results are handled on their own).
-# Every free-text column a producer controls; targets come straight from arguments (a
-# repository URL may carry a token) and feed the derived summary, so they are scrubbed first.
+# Plain-text columns the redactor scrubs (arguments and results are handled on their own):
+# every text column a producer controls. Targets come straight from arguments (a
+# repository URL may carry a token) and feed the derived summary, as does the tool name,
+# so all are scrubbed before the summary is built. Only the vocabulary-checked columns
+# (decision, blast_radius, kind, span_type, status_code) and our own ids are left out.
 _SCRUBBED_PLAIN_COLUMNS: Final = (
     "name",
     "status_message",
+    "error_type",
+    "session_id",
+    "parent_session_id",
+    "agent_name",
+    "agent_id",
+    "trigger",
+    "tool_name",
+    "mcp_server",
     "action_summary",
+    "policy_rule",
+    "policy_version",
     "target_repo",
     "target_branch",
     "target_path",
-    "agent_name",
-    "error_type",
+    "approval_id",
+    "approval_status",
+    "approval_decided_by",
+    "model",
 )
 _PROBED_COLUMNS: Final = ("arguments", "arguments_rewritten", *_SCRUBBED_PLAIN_COLUMNS)
+# Scalars an array attribute may hold and the pre-check can read as they are.
+_FLAT: Final = (str, int, float, type(None))
 
 
 class Normalizer:
@@ -712,11 +737,11 @@ class Normalizer:
         cached = self._resource_cache
         if cached is not None and cached[0] is key:
             return cached[1], cached[2], cached[3]
-        service = _to_str(attrs.get(sc.SERVICE_NAME))
         plain: Any = dict(attrs)
         count = 0
         if self._redactor is not None:
             plain, count = self._redactor.scrub_obj(plain)
+        service = _to_str(plain.get(sc.SERVICE_NAME))  # as scrubbed, like the JSON
         text = to_json(plain) if plain else _EMPTY_JSON
         self._resource_cache = (key, text, service, count)
         return text, service, count
@@ -797,6 +822,10 @@ class Normalizer:
             result = raw_result if isinstance(raw_result, str) else to_json(raw_result)
         row["status_message"] = status_message or None
         row["name"] = name
+        row["session_id"] = session
+        row["tool_name"] = tool
+        if row["error_type"] is None:
+            row["error_type"] = exception_type
 
         redactor = self._redactor
         if redactor is not None and self._needs_scrub(redactor, row, result, rest):
@@ -805,13 +834,12 @@ class Normalizer:
         if result is not None and len(result) > self._preview_chars:
             result = result[: self._preview_chars - 1] + _ELLIPSIS
 
+        tool = row["tool_name"]
         if is_tool and tool is not None and row["action_summary"] is None:
-            # Built from scrubbed values only, so it needs no scrubbing of its own.
+            # Built from scrubbed values only (tool, targets, arguments): no scrub of its own.
             row["action_summary"] = derive_summary(
                 tool, row["target_repo"], row["target_branch"], row["target_path"], parsed
             )
-        if row["error_type"] is None:
-            row["error_type"] = exception_type
 
         row["trace_id"] = trace_id
         row["span_id"] = span_id
@@ -822,11 +850,11 @@ class Normalizer:
         row["end_time"] = end_ns
         row["duration_ms"] = (end_ns - start_ns) / 1e6 if end_ns is not None else None
         row["status_code"] = status_code
-        row["session_id"] = session if session is not None else trace_id
+        if row["session_id"] is None:
+            row["session_id"] = trace_id
         row["service_name"] = service
-        row["tool_name"] = tool
         row["result_preview"] = result
-        row["redactions"] = redactions
+        row["redactions"] = min(redactions, REDACTIONS_MAX)
         row["attributes"] = to_json(rest) if rest else _EMPTY_JSON
         row["resource"] = resource_json
         return row
@@ -844,6 +872,8 @@ class Normalizer:
             if type(value) is str:
                 probe.append(value)
             elif isinstance(value, list | tuple):
+                if not all(isinstance(v, _FLAT) for v in value):
+                    return True  # a mapping or a list inside: walk it
                 probe.extend(v for v in value if isinstance(v, str))
             elif not isinstance(value, int | float):  # mappings, bytes: walk them
                 return True

@@ -31,7 +31,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from tooltrail.collector.normalize import Normalizer, SpanRecord
-from tooltrail.collector.writer import ParquetSpanWriter
+from tooltrail.collector.writer import LandingError, ParquetSpanWriter
 from tooltrail.errors import IngestError, StoreError
 from tooltrail.redact import Redactor
 from tooltrail.schema import Row
@@ -342,10 +342,13 @@ def _land(rows: list[Row], data_dir: str | os.PathLike[str]) -> list[Path]:
         batch = rows[start : start + INGEST_BATCH_ROWS]
         try:
             written.extend(writer.write(batch))
-        except OSError as e:
+        except LandingError as e:
             # Each file lands atomically, but earlier batches are already visible: say so.
+            cause = e.__cause__
+            why = cause.strerror if isinstance(cause, OSError) and cause.strerror else cause or e
+            landed += len(batch) - e.unwritten.num_rows
             raise StoreError(
-                f"cannot write to {data_dir}: {e.strerror or e}; "
+                f"cannot write to {data_dir}: {why}; "
                 f"{landed} of {len(rows)} rows were landed before the failure"
             ) from e
         landed += len(batch)

@@ -40,7 +40,7 @@ _log = logging.getLogger(__name__)
 TEMP_SUFFIX: Final = ".tmp"
 LOCK_FILE: Final = ".lock"
 _EPOCH_DAY_NS: Final = 86_400 * 1_000_000_000
-_DAY_US: Final = 86_400 * 1_000_000.0
+_DAY_US: Final = 86_400 * 1_000_000
 # Bloom filter on session_id: "one session's actions" reads skip files without it. Sized
 # to the file (a file holds at most as many sessions as rows), so small files stay small.
 _BLOOM_FPP: Final = 0.01
@@ -141,27 +141,36 @@ def group_by_date(rows: Sequence[Row]) -> dict[str, list[Row]]:
 def split_by_date(table: pa.Table) -> list[tuple[str, pa.Table]]:
     """The table's rows by UTC start date (``YYYY-MM-DD``), in date order.
 
-    One partition (the common case: a batch rarely straddles midnight) costs a min/max;
-    a null start lands under today, as :func:`partition_date` does.
+    One partition (the common case: a batch rarely straddles midnight) costs a min/max.
+    Days are floor divisions of integer microseconds (exact for any int64 time, pre-1970
+    too); a null start lands under today, as :func:`partition_date` does; a time beyond
+    the calendar (years 1-9999) lands under its first or last day rather than failing.
     """
     if table.num_rows == 0:
         return []
     micros = pc.cast(table["start_time"], pa.int64())
-    days = pc.floor(pc.divide(pc.cast(micros, pa.float64()), _DAY_US))
-    if micros.null_count:
-        today = (dt.datetime.now(dt.UTC).date() - dt.date(1970, 1, 1)).days
-        days = pc.fill_null(days, float(today))
-    bounds = pc.min_max(days)
-    low, high = int(bounds["min"].as_py()), int(bounds["max"].as_py())
-    if low == high:
-        return [(_day_name(low), table)]
-    parts = []
-    for day in sorted({int(d) for d in pc.unique(days).to_pylist()}):
-        parts.append((_day_name(day), table.filter(pc.equal(days, float(day)))))
-    return parts
+    bounds = pc.min_max(micros)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    today = _today()
+    if micros.null_count == 0 and low // _DAY_US == high // _DAY_US:
+        return [(_day_name(low // _DAY_US), table)]
+    days = [today if v is None else v // _DAY_US for v in micros.to_pylist()]
+    by_name: dict[str, list[int]] = {}
+    for i, day in enumerate(days):
+        by_name.setdefault(_day_name(day), []).append(i)
+    return [(name, table.take(pa.array(rows))) for name, rows in sorted(by_name.items())]
+
+
+_FIRST_DAY: Final = dt.date.min.toordinal() - dt.date(1970, 1, 1).toordinal()
+_LAST_DAY: Final = dt.date.max.toordinal() - dt.date(1970, 1, 1).toordinal()
+
+
+def _today() -> int:
+    return (dt.datetime.now(dt.UTC).date() - dt.date(1970, 1, 1)).days
 
 
 def _day_name(day: int) -> str:
+    day = min(max(day, _FIRST_DAY), _LAST_DAY)
     return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
 
 
@@ -252,12 +261,17 @@ class ParquetSpanWriter:
 
         Raises :class:`LandingError` carrying exactly the rows not landed when a write fails.
         """
-        parts = split_by_date(table)
+        # Any failure, not only a full disk, names exactly the rows not on disk: callers
+        # that acknowledged them (the exporter) keep them rather than lose them.
+        try:
+            parts = split_by_date(table)
+        except Exception as e:
+            raise LandingError(f"could not partition {table.num_rows} rows: {e}", table) from e
         written: list[Path] = []
         for i, (day, part) in enumerate(parts):
             try:
                 written.append(self.write_table(part, day))
-            except OSError as e:
+            except Exception as e:
                 unwritten = pa.concat_tables([p for _, p in parts[i:]])
                 raise LandingError(
                     f"could not land {unwritten.num_rows} rows in {self.spans_dir}: {e}",

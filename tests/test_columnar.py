@@ -97,15 +97,22 @@ texts = st.sampled_from(
         "high",
         "3",
         "12.5",
+        "hunter2",
     ]
 )
 values = st.one_of(
     texts,
     st.integers(min_value=-3, max_value=5),
+    st.sampled_from([2**63 - 1, 2**63, -(2**70)]),  # int64's edge and beyond
     st.booleans(),
     st.sampled_from([1.5, 2.0, math.nan, math.inf]),
     st.lists(texts, max_size=3).map(tuple),
     st.lists(st.integers(0, 3), max_size=2).map(tuple),
+    # nested values (OTLP arrays of kvlists / arrays), secrets inside included
+    st.lists(
+        st.dictionaries(st.sampled_from(["password", "note"]), texts, max_size=2), max_size=2
+    ).map(tuple),
+    st.lists(st.lists(texts, max_size=2).map(tuple), max_size=2).map(tuple),
 )
 name_sets = st.lists(
     st.lists(st.sampled_from(MAPPED_KEYS), min_size=0, max_size=12, unique=True),
@@ -225,3 +232,57 @@ def test_exporter_lands_the_per_span_rows(tmp_path: Path) -> None:
     want = rows_to_table([normalizer.normalize_readable(s) for s in spans])
     key = [("span_id", "ascending")]
     assert landed.sort_by(key).equals(want.sort_by(key))
+
+
+@pytest.mark.parametrize(
+    "nested",
+    [
+        ({"password": "hunter2"},),  # an OTLP array of kvlists
+        ((f"token={GH_TOKEN}",),),  # an array inside an array
+    ],
+)
+def test_secrets_inside_nested_arrays_are_scrubbed(nested: Any) -> None:
+    records = [
+        SpanRecord(
+            trace_id=f"{i + 1:032x}",
+            span_id=f"{i + 1:016x}",
+            parent_span_id=None,
+            name="http request",
+            attributes={"http.request.headers": nested if i == 1 else ("a", "b")},
+        )
+        for i in range(3)
+    ]
+    columns = normalize_batch(Normalizer(Redactor()), columns_of_records(records))
+    attributes, redactions = columns["attributes"], columns["redactions"]
+    assert attributes is not None and redactions is not None
+    assert "hunter2" not in attributes[1] and GH_TOKEN not in attributes[1]
+    assert redactions == [0, 1, 0]
+
+
+def test_every_producer_text_column_is_scrubbed() -> None:
+    """A token in the tool name, session, service name or exception type never lands."""
+    secret = f"token={GH_TOKEN}"
+    record = SpanRecord(
+        trace_id="1" * 32,
+        span_id="1" * 16,
+        parent_span_id=None,
+        name="execute_tool x",
+        attributes={
+            sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+            sc.GEN_AI_TOOL_NAME: secret,
+            sc.TT_SESSION_ID: secret,
+            sc.TT_TRIGGER: secret,
+            sc.MCP_SERVER_NAME: secret,
+            sc.GEN_AI_REQUEST_MODEL: secret,
+        },
+        resource={sc.SERVICE_NAME: secret},
+        events=[(sc.EXCEPTION_EVENT, {sc.EXCEPTION_TYPE: secret})],
+    )
+    rows = [
+        Normalizer(Redactor()).normalize(record),
+        row_at(normalize_batch(Normalizer(Redactor()), columns_of_records([record] * 2)), 1),
+    ]
+    for row in rows:
+        leaked = {c: v for c, v in row.items() if isinstance(v, str) and GH_TOKEN in v}
+        assert not leaked
+        assert row["redactions"] >= 7

@@ -330,3 +330,23 @@ def test_a_failed_landing_keeps_the_rows_for_the_next_attempt(tmp_path: Path) ->
     assert exporter.force_flush() is True
     assert _landed(data) == 6  # the acknowledged rows: nothing lost, nothing twice
     exporter.shutdown()
+
+
+def test_far_future_and_pre_1970_spans_land_with_the_rest(tmp_path: Path) -> None:
+    """A sender's broken clock must not cost the batch it shares (nor the acknowledged
+    rows buffered before it): every span lands, under its own (clamped) date."""
+    exporter = TooltrailSpanExporter(
+        data_dir=tmp_path, policy=None, buffer_rows=100, full_batch=4, max_delay_s=60
+    )
+    tracer = TracerProvider().get_tracer("t")
+    odd = []
+    for start_ns in ((2**53 + 1) * 1000, 2**63 - 1, 1):
+        span = tracer.start_span("execute_tool odd", start_time=start_ns)
+        span.end(end_time=start_ns)
+        odd.append(span)
+    assert exporter.export(_spans(4)) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
+    assert exporter.export(odd) is SpanExportResult.SUCCESS  # type: ignore[arg-type]
+    exporter.shutdown()
+    assert _landed(tmp_path) == 7
+    days = {f.parent.name for f in iter_span_files(tmp_path)}
+    assert {"date=2255-06-05", "date=2262-04-11", "date=1970-01-01"} <= days

@@ -45,7 +45,7 @@ from tooltrail.collector.otlp import (
     read_otlp_json,
     records_from_request,
 )
-from tooltrail.errors import IngestError
+from tooltrail.errors import IngestError, StoreError
 from tooltrail.redact import Redactor
 from tooltrail.schema import Row
 
@@ -473,3 +473,11 @@ def test_empty_file_lands_nothing(tmp_path: Path) -> None:
     path = tmp_path / "empty.jsonl"
     path.write_text("\n\n")
     assert ingest_files([path], tmp_path / "data") == IngestReport(files=1, spans=0, rows=0)
+
+
+def test_unwritable_data_directory_says_how_much_landed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "spans").write_text("a file where the spans directory must go")
+    with pytest.raises(StoreError, match=r"cannot write to .*; 0 of \d+ rows were landed"):
+        ingest_files([FIXTURE], data)

@@ -133,3 +133,27 @@ def test_group_by_date_matches_partition_date_at_day_boundaries() -> None:
     assert sum(len(v) for v in grouped.values()) == len(rows)
     for day, day_rows in grouped.items():
         assert {partition_date(r) for r in day_rows} == {day}
+
+
+def test_split_by_date_is_exact_for_any_start_time() -> None:
+    """Floor days of integer microseconds: pre-1970, day edges, int64's far end, nulls."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from tooltrail.collector.writer import split_by_date
+
+    day_us = 86_400 * 1_000_000
+    starts_us = [-1, 0, day_us - 1, day_us, 2**53 + 1, 2**63 - 1, None]
+    table = pa.table({"start_time": pa.array(starts_us, type=pa.timestamp("us", tz="UTC"))})
+    parts = dict(split_by_date(table))
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    assert {k: v.num_rows for k, v in parts.items()} == {
+        "1969-12-31": 1,
+        "1970-01-01": 2,
+        "1970-01-02": 1,
+        "2255-06-05": 1,
+        "9999-12-31": 1,  # beyond the calendar: its last day, not an error
+        today: 1,
+    }
+    assert sum(p.num_rows for p in parts.values()) == len(starts_us)
