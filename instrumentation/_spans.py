@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -925,7 +926,9 @@ async def asession_veto(st: Settings, sess: Session) -> _Veto | None:
     if gate is None:
         return None
     try:
-        state = gate.state(sess.session_id)
+        # A gate that must ask over the network (the collector's) has an async check.
+        astate = getattr(gate, "astate", None)
+        state = await astate(sess.session_id) if astate else gate.state(sess.session_id)
         if state == PAUSED:
             state = await gate.await_while_paused(sess.session_id)
     except Exception as e:
@@ -1121,7 +1124,9 @@ def _fast_encoder() -> _Encode:
 
     It is built without the circular-reference check (``markers=None``): that check keeps
     state in one dict, which calls on other threads would share. A circular structure then
-    ends in ``RecursionError`` instead of ``ValueError``; ``to_json`` treats both alike."""
+    ends in ``RecursionError`` instead of ``ValueError`` (``to_json`` treats both alike) --
+    as long as the interpreter's recursion limit is low enough that the C stack outlasts
+    it; ``to_json`` uses the checking encoder above ``_FAST_RECURSION_LIMIT``."""
     try:
         from _json import make_encoder  # what json.encoder.c_make_encoder is, when present
         from json.encoder import encode_basestring
@@ -1143,10 +1148,18 @@ def _fast_encoder() -> _Encode:
 _encode: Final = _fast_encoder()
 
 
+# Above this recursion limit a cycle could overflow the C stack before RecursionError
+# (a segfault of the host): the encoder with the circular-reference check is used then.
+_FAST_RECURSION_LIMIT: Final = 4000
+
+
 def to_json(value: Any, limit: int) -> str:
     """Compact JSON of ``value`` (``str()`` for what JSON cannot hold), truncated to ``limit``."""
     try:
-        text = _encode(value)
+        if sys.getrecursionlimit() <= _FAST_RECURSION_LIMIT:
+            text = _encode(value)
+        else:
+            text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError):  # e.g. a circular structure
         text = json.dumps(repr(value), ensure_ascii=False)
     return truncate(text, limit)

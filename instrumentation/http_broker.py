@@ -14,9 +14,10 @@ wait ends, the decided request is compared with what was filed (tool, arguments,
 hashes); if anything changed, the outcome carries a refusal and the call does not run.
 
 ``HttpSessionGate(base_url, token)`` reads a session's control state with
-``GET /v1/sessions/{id}/control`` before each call (cached for ``refresh_s``, so a busy
-agent asks at most once a second per session) and, while the session is paused,
-long-polls the same endpoint until it is resumed or canceled.
+``GET /v1/sessions/{id}/control`` before each call (a *running* answer is trusted for
+``refresh_s``, so a busy agent asks about a running session at most once a second) and,
+while the session is paused, long-polls the same endpoint until it is resumed or
+canceled. Async callers never wait on the network in the event loop.
 
 Fail closed, always: a collector that cannot be reached or answers with an error yields
 a *denied* outcome naming the cause; an outcome is never invented as approved.
@@ -146,7 +147,7 @@ class HttpApprovalBroker:
                 if e.status < 500:  # the collector refuses this request: retrying won't help
                     return _refused(REFUSED, f"collector refused the approval request: {e}")
                 last = e
-            except OSError as e:
+            except (OSError, http.client.HTTPException) as e:
                 last = e
             else:
                 if _filed_fields(record) != _filed_fields(body):
@@ -169,7 +170,7 @@ class HttpApprovalBroker:
             return _refused(GAVE_UP, "approval still pending long past its deadline")
         try:
             record = self._poll(filed.approval_id, self.poll_wait_s)
-        except (_HttpError, OSError) as e:
+        except (_HttpError, OSError, http.client.HTTPException) as e:
             if isinstance(e, _HttpError) and e.status < 500 and e.status != 429:
                 return _refused(REFUSED, f"collector refused the approval poll: {e}", filed)
             state.failures += 1
@@ -276,7 +277,16 @@ _MAX_POLL_FAILURES: Final = 5
 
 class CollectorSessionError(ConnectionError):
     """The collector could not tell a session's control state (the call is then denied
-    when enforcing: fail closed)."""
+    when enforcing: fail closed). ``status`` is the HTTP status, when there was one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_NOT_FOUND: Final = 404
+_BUSY: Final = (429, 503)
+_MAX_CACHED_SESSIONS: Final = 10_000
 
 
 class HttpSessionGate:
@@ -287,8 +297,15 @@ class HttpSessionGate:
         token: its bearer token (``TOOLTRAIL_COLLECTOR_TOKEN``).
         refresh_s: how long a session's *running* state is trusted before asking again;
             a pause or cancel reaches a busy agent within this long. 0 asks every call.
+        check_timeout_s: socket timeout of the check before a call (short: a collector
+            that does not answer must not stall the agent long; the call is then denied
+            when enforcing).
         poll_wait_s: seconds per long-poll while paused (the server caps it at 60).
         http_timeout_s: socket timeout beyond a long-poll's own wait.
+
+    A collector without session control (an older release: 404) is read as "running",
+    with one warning: it has no pause or cancel to obey. A busy collector (503) while a
+    session is paused is polled again with backoff; the call keeps waiting.
     """
 
     def __init__(
@@ -297,6 +314,7 @@ class HttpSessionGate:
         token: str | None = None,
         *,
         refresh_s: float = 1.0,
+        check_timeout_s: float = 3.0,
         poll_wait_s: float = 30.0,
         http_timeout_s: float = 10.0,
         max_waiting: int = 64,
@@ -304,51 +322,97 @@ class HttpSessionGate:
         self._client = _Client(base_url, token)
         self.base_url = self._client.base_url
         self.refresh_s = refresh_s
+        self.check_timeout_s = check_timeout_s
         self.poll_wait_s = poll_wait_s
         self.http_timeout_s = http_timeout_s
         self._max_waiting = max_waiting
-        # session id -> (state, monotonic time read); only "running" is served from here:
-        # paused and canceled are always asked again (a resume must be seen at once).
-        self._running: dict[str, float] = {}
+        # session id -> (monotonic time the answer was *asked*, state). A cached "running"
+        # serves calls for refresh_s; an answer never replaces one asked for later.
+        self._seen: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self._unsupported_warned = False
 
     def __repr__(self) -> str:
         return f"HttpSessionGate({self.base_url!r})"
 
-    def _fetch(self, session_id: str, wait_s: float) -> str:
+    def _fetch(self, session_id: str, wait_s: float, timeout: float) -> str:
+        asked = time.monotonic()
         path = f"{SESSIONS_PATH}/{quote(session_id, safe='')}/control"
         if wait_s > 0:
             path += f"?wait={wait_s:g}"
         try:
-            doc = self._client.call("GET", path, None, wait_s + self.http_timeout_s)
-        except (_HttpError, OSError) as e:
+            doc = self._client.call("GET", path, None, timeout)
+        except _HttpError as e:
+            if e.status == _NOT_FOUND:
+                return self._unsupported(session_id, asked)
             raise CollectorSessionError(
-                f"cannot read session {session_id!r} from {self.base_url}: {e}"
+                f"cannot read session {session_id!r} from {self.base_url}: {e}", e.status
+            ) from e
+        except (OSError, http.client.HTTPException) as e:
+            raise CollectorSessionError(
+                f"cannot read session {session_id!r} from {self.base_url}: {e!r}"
             ) from e
         state = doc.get("state")
         if state not in _SESSION_STATES:
             raise CollectorSessionError(f"collector answered an unknown state {state!r}")
-        with self._lock:
-            if state == "running":
-                self._running[session_id] = time.monotonic()
-            else:
-                self._running.pop(session_id, None)
+        self._remember(session_id, asked, str(state))
         return str(state)
 
-    def state(self, session_id: str) -> str:
+    def _unsupported(self, session_id: str, asked: float) -> str:
+        if not self._unsupported_warned:
+            self._unsupported_warned = True
+            _log.warning(
+                "tooltrail: the collector at %s has no session control (404): "
+                "sessions cannot be paused or canceled from it",
+                self.base_url,
+            )
+        self._remember(session_id, asked, "running")
+        return "running"
+
+    def _remember(self, session_id: str, asked: float, state: str) -> None:
         with self._lock:
-            seen = self._running.get(session_id)
-        if seen is not None and time.monotonic() - seen < self.refresh_s:
+            previous = self._seen.get(session_id)
+            if previous is not None and previous[0] > asked:
+                return  # a later question was answered already: it wins
+            if len(self._seen) >= _MAX_CACHED_SESSIONS:
+                self._seen.clear()
+            self._seen[session_id] = (asked, state)
+
+    def _cached(self, session_id: str) -> bool:
+        with self._lock:
+            seen = self._seen.get(session_id)
+        return (
+            seen is not None
+            and seen[1] == "running"
+            and time.monotonic() - seen[0] < self.refresh_s
+        )
+
+    def state(self, session_id: str) -> str:
+        if self._cached(session_id):
             return "running"
-        return self._fetch(session_id, 0.0)
+        return self._fetch(session_id, 0.0, self.check_timeout_s)
+
+    async def astate(self, session_id: str) -> str:
+        """``state`` without blocking the event loop when the collector must be asked."""
+        if self._cached(session_id):
+            return "running"
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool(), self.state, session_id)
 
     def wait_while_paused(self, session_id: str) -> str:
         failures = 0
+        busy = 0
         while True:
             try:
-                state = self._fetch(session_id, self.poll_wait_s)
+                state = self._fetch(
+                    session_id, self.poll_wait_s, self.poll_wait_s + self.http_timeout_s
+                )
             except CollectorSessionError as e:
+                if e.status in _BUSY:  # the collector is alive, only busy: keep waiting
+                    busy += 1
+                    time.sleep(_BACKOFF_S[min(busy - 1, len(_BACKOFF_S) - 1)])
+                    continue
                 failures += 1
                 if failures >= _MAX_POLL_FAILURES:
                     raise
@@ -357,7 +421,7 @@ class HttpSessionGate:
                 continue
             if state != _PAUSED:
                 return state
-            failures = 0
+            failures = busy = 0
 
     async def await_while_paused(self, session_id: str) -> str:
         loop = asyncio.get_running_loop()

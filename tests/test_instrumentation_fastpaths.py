@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 import threading
 import time
@@ -176,3 +177,16 @@ class CheckedCall:
 def test_a_call_type_of_another_shape_is_built_by_its_own_init(cls: type[Any]) -> None:
     # The shortcut assumes ToolCall's fields in order and no __post_init__ to skip.
     assert _spans._call_constructor(cls) is cls
+
+
+def test_a_circular_argument_under_a_high_recursion_limit_does_not_crash() -> None:
+    """With a recursion limit the C stack cannot back, a cycle must not reach the C
+    encoder's recursion (it would segfault the host): run in a child to survive a crash."""
+    code = (
+        "import sys; from tooltrail.instrumentation._spans import to_json\n"
+        "a = []; a.append(a); sys.setrecursionlimit(200000)\n"
+        "print(to_json(a, 200))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == json.dumps("[[...]]")
