@@ -609,8 +609,11 @@ def derive_summary(
 # Plain-text columns the redactor scrubs (arguments and results are handled on their own):
 # every text column a producer controls. Targets come straight from arguments (a
 # repository URL may carry a token) and feed the derived summary, as does the tool name,
-# so all are scrubbed before the summary is built. Only the vocabulary-checked columns
-# (decision, blast_radius, kind, span_type, status_code) and our own ids are left out.
+# so all are scrubbed before the summary is built. Left out: the vocabulary-checked columns
+# (decision, blast_radius, kind, span_type, status_code), ids and hashes tooltrail makes
+# (approval id, policy version, approval status), and the policy's verdict, which is a rule
+# id from the operator's policy file or "pass" (a word the credential pre-check flags:
+# probing it would send every allowed span down the slow path for nothing).
 _SCRUBBED_PLAIN_COLUMNS: Final = (
     "name",
     "status_message",
@@ -623,13 +626,9 @@ _SCRUBBED_PLAIN_COLUMNS: Final = (
     "tool_name",
     "mcp_server",
     "action_summary",
-    "policy_rule",
-    "policy_version",
     "target_repo",
     "target_branch",
     "target_path",
-    "approval_id",
-    "approval_status",
     "approval_decided_by",
     "model",
 )
