@@ -670,7 +670,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(201, apr.record_json(record), kind=kind)
 
     def _get_approval(self, approval_id: str, query: str) -> None:
-        kind = "approvals"
+        def read(wait_s: float) -> dict[str, Any]:
+            c = self.collector
+            return apr.record_json(apr.wait_for(c.data_dir, approval_id, wait_s, c.stop))
+
+        self._long_poll("approvals", query, read)
+
+    def _long_poll(self, kind: str, query: str, read: Callable[[float], dict[str, Any]]) -> None:
+        """A GET that may wait (``?wait=S``): each waiter holds one bounded slot."""
         if not self._authorized(kind):
             return
         collector = self.collector
@@ -680,17 +687,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, str(e), kind=kind)
             return
         if wait_s > 0 and not collector.try_wait_slot():
-            self._error(503, "too many approvals being waited on; retry", kind=kind)
+            self._error(503, f"too many {kind} waiters; retry", kind=kind)
             return
         try:
-            record = apr.wait_for(collector.data_dir, approval_id, wait_s, collector.stop)
+            doc = read(wait_s)
         except TooltrailError as e:
             self._error(apr.status_of(e), str(e), kind=kind)
             return
         finally:
             if wait_s > 0:
                 collector.release_wait_slot()
-        self._json(200, apr.record_json(record), kind=kind)
+        self._json(200, doc, kind=kind)
 
     def _list_approvals(self, query: str) -> None:
         kind = "approvals"
@@ -719,63 +726,44 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _post_decision(self, approval_id: str) -> None:
-        kind = "decisions"
+        def act(doc: dict[str, Any]) -> dict[str, Any]:
+            return apr.record_json(apr.decide(self.collector.data_dir, approval_id, doc))
+
+        self._operator_post("decisions", "decision", act, "approval_decisions_total")
+
+    def _operator_post(
+        self, kind: str, what: str, act: Callable[[dict[str, Any]], dict[str, Any]], counter: str
+    ) -> None:
+        """An operator's change (a decision, a session control): token, body, act, answer."""
         if not self._operator_ok(kind):
             return
         body = self._read_body(MAX_APPROVAL_BODY, kind)
         if body is None:
             return
         try:
-            doc = apr.parse_json_object(body, "decision")
-            record = apr.decide(self.collector.data_dir, approval_id, doc)
+            doc = act(apr.parse_json_object(body, what))
         except TooltrailError as e:
             self._error(apr.status_of(e), str(e), kind=kind)
             return
-        self.collector.metrics.add("approval_decisions_total")
-        self._json(200, apr.record_json(record), kind=kind)
+        self.collector.metrics.add(counter)
+        self._json(200, doc, kind=kind)
 
     # -- session control -------------------------------------------------------------------
 
     def _get_session_control(self, session_id: str, query: str) -> None:
-        kind = "sessions"
-        if not self._authorized(kind):
-            return
-        collector = self.collector
-        try:
-            wait_s = apr.parse_wait(parse_qs(query).get("wait", [None])[0])
-        except BadInputError as e:
-            self._error(400, str(e), kind=kind)
-            return
-        if wait_s > 0 and not collector.try_wait_slot():
-            self._error(503, "too many waiters; retry", kind=kind)
-            return
-        try:
-            control = apr.session_wait(collector.data_dir, session_id, wait_s, collector.stop)
-        except TooltrailError as e:
-            self._error(apr.status_of(e), str(e), kind=kind)
-            return
-        finally:
-            if wait_s > 0:
-                collector.release_wait_slot()
-        self._json(200, apr.session_json(control), kind=kind)
+        def read(wait_s: float) -> dict[str, Any]:
+            c = self.collector
+            return apr.session_json(apr.session_wait(c.data_dir, session_id, wait_s, c.stop))
+
+        self._long_poll("sessions", query, read)
 
     def _post_session_control(self, session_id: str) -> None:
         # Pausing or canceling someone's agent is an operator's act, like a decision: it
         # needs the decision token (or the token when only one is set).
-        kind = "sessions"
-        if not self._operator_ok(kind):
-            return
-        body = self._read_body(MAX_APPROVAL_BODY, kind)
-        if body is None:
-            return
-        try:
-            doc = apr.parse_json_object(body, "session control")
-            control = apr.set_session(self.collector.data_dir, session_id, doc)
-        except TooltrailError as e:
-            self._error(apr.status_of(e), str(e), kind=kind)
-            return
-        self.collector.metrics.add("session_controls_total")
-        self._json(200, apr.session_json(control), kind=kind)
+        def act(doc: dict[str, Any]) -> dict[str, Any]:
+            return apr.session_json(apr.set_session(self.collector.data_dir, session_id, doc))
+
+        self._operator_post("sessions", "session control", act, "session_controls_total")
 
 
 def _session_of(path: str) -> str | None:

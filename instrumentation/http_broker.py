@@ -102,9 +102,7 @@ class HttpApprovalBroker:
         self.base_url = self._client.base_url
         self.poll_wait_s = poll_wait_s
         self.http_timeout_s = http_timeout_s
-        self._max_waiting = max_waiting
-        self._executor: ThreadPoolExecutor | None = None
-        self._executor_lock = threading.Lock()
+        self._waits = _WaitPool(max_waiting, "tooltrail-approval")
         self._redactor = Redactor.from_env()
 
     def _call(
@@ -207,15 +205,32 @@ class HttpApprovalBroker:
                 return outcome
 
     def _pool(self) -> ThreadPoolExecutor:
-        with self._executor_lock:
+        return self._waits.get()
+
+    def close(self) -> None:
+        self._waits.close()
+
+
+class _WaitPool:
+    """The threads long-polls park in: async waits never block the event loop, and parked
+    waits never exhaust the loop's default executor. Started on first use."""
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._max_workers = max_workers
+        self._name = name
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> ThreadPoolExecutor:
+        with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(
-                    max_workers=self._max_waiting, thread_name_prefix="tooltrail-approval"
+                    max_workers=self._max_workers, thread_name_prefix=self._name
                 )
             return self._executor
 
     def close(self) -> None:
-        with self._executor_lock:
+        with self._lock:
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
@@ -325,12 +340,11 @@ class HttpSessionGate:
         self.check_timeout_s = check_timeout_s
         self.poll_wait_s = poll_wait_s
         self.http_timeout_s = http_timeout_s
-        self._max_waiting = max_waiting
+        self._waits = _WaitPool(max_waiting, "tooltrail-session")
         # session id -> (monotonic time the answer was *asked*, state). A cached "running"
         # serves calls for refresh_s; an answer never replaces one asked for later.
         self._seen: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
         self._unsupported_warned = False
 
     def __repr__(self) -> str:
@@ -428,18 +442,10 @@ class HttpSessionGate:
         return await loop.run_in_executor(self._pool(), self.wait_while_paused, session_id)
 
     def _pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=self._max_waiting, thread_name_prefix="tooltrail-session"
-                )
-            return self._executor
+        return self._waits.get()
 
     def close(self) -> None:
-        with self._lock:
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
+        self._waits.close()
 
 
 @dataclass(slots=True)

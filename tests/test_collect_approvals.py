@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from collect_support import CollectorProcess, request, wait_until
+from loop_support import Ticker
 
 from tooltrail.control import ControlStore, arguments_hash
 from tooltrail.instrumentation.broker import ApprovalRequest
@@ -486,26 +487,16 @@ def test_async_wait_while_paused_does_not_block_the_loop(col: CollectorProcess) 
     assert gate.state(session) == "running"
     assert _control(col.url, session, "pause")[0] == 200
     assert gate.state(session) == "paused"
-    ticks = 0
 
-    async def main() -> str:
-        nonlocal ticks
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.02)
-
-        tick = asyncio.create_task(ticker())
+    async def main() -> tuple[str, int]:
         threading.Timer(0.6, lambda: _control(col.url, session, "resume")).start()
-        try:
-            return await gate.await_while_paused(session)
-        finally:
-            tick.cancel()
+        async with Ticker() as ticker:
+            state = await gate.await_while_paused(session)
+        return state, ticker.ticks
 
     try:
-        assert asyncio.run(main()) == "running"
+        state, ticks = asyncio.run(main())
+        assert state == "running"
         assert ticks >= 10  # the loop ran while the wait was parked in a thread
     finally:
         gate.close()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from loop_support import Ticker
 
 from tooltrail.instrumentation import http_broker
 from tooltrail.instrumentation.http_broker import CollectorSessionError, HttpSessionGate
@@ -116,25 +117,15 @@ def test_the_async_check_does_not_block_the_event_loop(
 ) -> None:
     url = scripted(lambda n: _state("running"), 0.8)
     gate = HttpSessionGate(url, refresh_s=0)
-    ticks = 0
 
-    async def main() -> str:
-        nonlocal ticks
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.02)
-
-        tick = asyncio.create_task(ticker())
-        try:
-            return await gate.astate("s")
-        finally:
-            tick.cancel()
+    async def main() -> tuple[str, int]:
+        async with Ticker() as ticker:
+            state = await gate.astate("s")
+        return state, ticker.ticks
 
     try:
-        assert asyncio.run(main()) == "running"
+        state, ticks = asyncio.run(main())
+        assert state == "running"
         assert ticks >= 10  # ~40 expected over the 0.8 s answer
     finally:
         gate.close()
@@ -165,27 +156,16 @@ def test_an_async_tool_call_checks_session_control_off_the_loop(
     async def git_status(repo_path: str) -> str:
         return "clean"
 
-    ticks = 0
-
-    async def main() -> str:
-        nonlocal ticks
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.02)
-
-        tick = asyncio.create_task(ticker())
-        try:
+    async def main() -> tuple[str, int]:
+        async with Ticker() as ticker:
             with tt.session("s-async"):
-                return await git_status("/srv/app")
-        finally:
-            tick.cancel()
+                result = await git_status("/srv/app")
+        return result, ticker.ticks
 
     try:
         _spans.install(enforce=True, policy={"version": 1, "default": "ALLOW", "rules": []})
-        assert asyncio.run(main()) == "clean"
+        result, ticks = asyncio.run(main())
+        assert result == "clean"
         assert ticks >= 10
     finally:
         _spans.reset()
