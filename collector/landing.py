@@ -13,6 +13,7 @@ are not picklable) and its own :class:`ParquetSpanWriter` (unique writer id per 
 from __future__ import annotations
 
 import fcntl
+import io
 import logging
 import os
 import threading
@@ -34,7 +35,7 @@ from tooltrail.collector.normalize import Normalizer
 from tooltrail.collector.otlp import records_from_request
 from tooltrail.collector.pipeline import BatchPipeline, policy_row_hook
 from tooltrail.collector.spool import land_segment
-from tooltrail.collector.writer import ParquetSpanWriter
+from tooltrail.collector.writer import ParquetSpanWriter, split_by_date, write_sorted_parquet
 from tooltrail.redact import Redactor
 
 if TYPE_CHECKING:
@@ -91,6 +92,17 @@ def _init_worker(policy: PolicySource, redact: bool | None, data_dir: str, paren
 
 
 def _ready_job() -> int:
+    """Run the whole landing path once on a one-span request, in memory: what a first
+    landing would import and initialize lazily (Arrow kernels, the Parquet writer, ...)
+    is done during warm-up, before any span waits on it."""
+    assert _pipeline is not None
+    req = ExportTraceServiceRequest()
+    span = req.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x01" * 8, "warm-up"
+    span.start_time_unix_nano = span.end_time_unix_nano = time.time_ns()
+    table = _pipeline.table(req)
+    for _, part in split_by_date(table):
+        write_sorted_parquet(part, io.BytesIO())
     return os.getpid()
 
 

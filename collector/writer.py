@@ -174,26 +174,28 @@ def _day_name(day: int) -> str:
     return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
 
 
+def write_sorted_parquet(table: pa.Table, sink: Any) -> None:
+    """The landed file format: rows sorted by session then time, zstd, a session_id bloom
+    filter sized to the file, the page index; ``sink`` is a path or a binary file."""
+    table = table.sort_by([(c, "ascending") for c in _SORTING])
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        bloom_filter_options={"session_id": {"ndv": max(table.num_rows, 64), "fpp": _BLOOM_FPP}},
+        sorting_columns=[pq.SortingColumn(SPAN_SCHEMA.get_field_index(c)) for c in _SORTING],
+        write_page_index=True,
+        row_group_size=ROW_GROUP_ROWS,
+    )
+
+
 def write_table_atomic(table: pa.Table, final_path: Path) -> Path:
     """Write ``table`` to ``final_path`` so that no reader ever sees a partial file."""
     final_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = final_path.with_name(f".{final_path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
     try:
-        table = table.sort_by([(c, "ascending") for c in _SORTING])
         with open(tmp, "wb") as fh:
-            pq.write_table(
-                table,
-                fh,
-                compression="zstd",
-                bloom_filter_options={
-                    "session_id": {"ndv": max(table.num_rows, 64), "fpp": _BLOOM_FPP}
-                },
-                sorting_columns=[
-                    pq.SortingColumn(SPAN_SCHEMA.get_field_index(c)) for c in _SORTING
-                ],
-                write_page_index=True,
-                row_group_size=ROW_GROUP_ROWS,
-            )
+            write_sorted_parquet(table, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.link(tmp, final_path)  # fails instead of clobbering an existing file

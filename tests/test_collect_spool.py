@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,15 @@ def test_failed_append_never_strands_later_records(
     for segment in segments:
         land_segment(segment, tmp_path, RequestPipeline(None, redact=True).table)
     assert [r["span_id"] for r in landed_rows(tmp_path)] == sorted(first_ids + third_ids)
+
+
+def test_worker_warm_up_runs_the_landing_path_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warm-up job normalizes and encodes a span but lands nothing."""
+    from tooltrail.collector import landing
+
+    monkeypatch.setattr(landing, "_pipeline", RequestPipeline(None, redact=True))
+    monkeypatch.chdir(tmp_path)
+    assert landing._ready_job() == os.getpid()
+    assert list(tmp_path.iterdir()) == []
