@@ -82,9 +82,11 @@ _DRAIN_CAP: Final = 256 * 1024 * 1024
 _SOCKET_TIMEOUT_S: Final = 60.0
 _RETRY_AFTER_S: Final = 1
 _LANDER_RETRY_S: Final = 1.0
-# A segment with no append for a quarter of the flush interval is sealed at once: the
-# burst that filled it is over, so its spans become queryable without waiting out the
-# interval (yet a steady sender's batches still share a segment, hence a Parquet file).
+# A segment with no append for a tenth of the flush interval (100 ms by default) is sealed
+# at once: the burst that filled it is over, so its spans become queryable without waiting
+# out the interval (yet a steady sender's batches, tens of ms apart, still share a segment,
+# hence a Parquet file).
+_IDLE_FRACTION: Final = 0.1
 _MIN_IDLE_SEAL_S: Final = 0.05
 
 
@@ -346,7 +348,8 @@ class Collector:
         while not self.stop.is_set():
             self._wake.wait(timeout=max(interval / 8, 0.01))
             self._wake.clear()
-            self._spool.seal(older_than_s=interval, idle_s=max(interval / 4, _MIN_IDLE_SEAL_S))
+            idle_s = max(interval * _IDLE_FRACTION, _MIN_IDLE_SEAL_S)
+            self._spool.seal(older_than_s=interval, idle_s=idle_s)
             if not self._pump(block=False) and not self.stop.is_set():
                 self.stop.wait(_LANDER_RETRY_S)  # the data dir failed: back off
 
