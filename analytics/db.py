@@ -19,7 +19,6 @@ landed or compacted (or the index rebuilt) since, and reloads the control store.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import secrets
 import time
@@ -48,10 +47,9 @@ from tooltrail.analytics.engine import (
 )
 from tooltrail.analytics.index import SessionIndex, read_index
 from tooltrail.analytics.sqlfiles import Fragment, ident, literal, literal_list, load, render
+from tooltrail.collector.writer import fsync_path
 from tooltrail.errors import QueryError
 from tooltrail.schema import SPAN_SCHEMA
-
-_log = logging.getLogger(__name__)
 
 IDLE_WINDOW: Final = dt.timedelta(minutes=5)
 # Temp files of a build killed midway are hidden; older ones are swept by the next build.
@@ -213,9 +211,9 @@ def build_duckdb_file(data_dir: str | os.PathLike[str] | None = None) -> Path:
             raise_query_error(e, f"building {target}")
         finally:
             con.close()
-        _fsync(tmp)
+        fsync_path(tmp)
         tmp.replace(target)
-        _fsync(root)
+        fsync_path(root)
     finally:
         tmp.unlink(missing_ok=True)
         Path(f"{tmp}.wal").unlink(missing_ok=True)
@@ -273,14 +271,6 @@ def _copy_arrow(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> N
         con.execute(render("copy_table", name=ident(name), source=ident(source)))
     finally:
         con.unregister(source)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sweep_stale_temps(root: Path, name: str) -> None:

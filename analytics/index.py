@@ -29,8 +29,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tooltrail.analytics.engine import base_connection, data_root, raise_query_error, span_files
+from tooltrail.analytics.engine import (
+    base_connection,
+    data_root,
+    raise_query_error,
+    span_files,
+)
 from tooltrail.analytics.sqlfiles import ident, literal_list, load, render
+from tooltrail.collector.writer import fsync_path
 
 _log = logging.getLogger(__name__)
 
@@ -138,11 +144,7 @@ def _write_atomic(table: pa.Table, target: Path) -> None:
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(target.parent)
 
 
 __all__ = ["SESSION_INDEX_FILE", "SessionIndex", "build_session_index", "read_index"]

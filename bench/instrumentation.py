@@ -298,6 +298,21 @@ class _Samples:
         self.cpu_ms: list[float] = []  # this process only: the client's own work
 
 
+def _modes(
+    instrumentor: tt.McpInstrumentor, provider: TracerProvider, policy: Policy
+) -> dict[str, Callable[[], None] | None]:
+    """The MCP client modes compared, each a way to switch it on (None: left off)."""
+    return {
+        "uninstrumented": None,
+        "instrumented, not enforcing": lambda: instrumentor.instrument(
+            tracer_provider=provider, enforce=False, skip_dep_check=True
+        ),
+        "instrumented, enforcing 20 rules": lambda: instrumentor.instrument(
+            tracer_provider=provider, enforce=True, policy=policy, skip_dep_check=True
+        ),
+    }
+
+
 async def mcp_round_trips(repo: Path, calls: int, policy_path: Path) -> dict[str, _Samples]:
     from mcp import ClientSession, StdioServerParameters, stdio_client
 
@@ -308,15 +323,7 @@ async def mcp_round_trips(repo: Path, calls: int, policy_path: Path) -> dict[str
     provider = TracerProvider()
     provider.add_span_processor(_Noop())
     policy = load_policy(policy_path)  # once: re-parsing per batch would feed the GC
-    modes: dict[str, Callable[[], None] | None] = {
-        "uninstrumented": None,
-        "instrumented, not enforcing": lambda: instrumentor.instrument(
-            tracer_provider=provider, enforce=False, skip_dep_check=True
-        ),
-        "instrumented, enforcing 20 rules": lambda: instrumentor.instrument(
-            tracer_provider=provider, enforce=True, policy=policy, skip_dep_check=True
-        ),
-    }
+    modes = _modes(instrumentor, provider, policy)
     samples = {name: _Samples() for name in modes}
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
@@ -389,15 +396,7 @@ async def in_memory_round_trips(calls: int, policy_path: Path) -> dict[str, floa
     provider = TracerProvider()
     provider.add_span_processor(_Noop())
     policy = load_policy(policy_path)
-    modes: dict[str, Callable[[], None] | None] = {
-        "uninstrumented": None,
-        "instrumented, not enforcing": lambda: instrumentor.instrument(
-            tracer_provider=provider, enforce=False, skip_dep_check=True
-        ),
-        "instrumented, enforcing 20 rules": lambda: instrumentor.instrument(
-            tracer_provider=provider, enforce=True, policy=policy, skip_dep_check=True
-        ),
-    }
+    modes = _modes(instrumentor, provider, policy)
     samples: dict[str, list[float]] = {name: [] for name in modes}
     async with InMemoryTransport(server) as (read, write), ClientSession(read, write) as session:
         await session.initialize()

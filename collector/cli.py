@@ -8,25 +8,14 @@ from pathlib import Path
 import click
 
 from tooltrail import config
+from tooltrail.cli_common import data_option, domain_errors
 
 ENV_TOKEN = "TOOLTRAIL_COLLECTOR_TOKEN"
 ENV_DECISION_TOKEN = "TOOLTRAIL_COLLECTOR_DECISION_TOKEN"
 
 
-class _CliError(click.ClickException):
-    exit_code = 2
-
-
 @click.command(name="collect")
-@click.option(
-    "--data",
-    "data",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    envvar=config.ENV_DATA,
-    show_envvar=True,
-    help="Data directory (default ./tooltrail-data).",
-)
+@data_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=4318, show_default=True, help="0 = any free."
@@ -112,10 +101,9 @@ def collect_cli(
     """
     from tooltrail.collector.receiver import DEFAULT_MAX_DECODED_BYTES, Limits
     from tooltrail.collector.server import CollectorConfig, Running, default_workers, serve
-    from tooltrail.errors import TooltrailError
     from tooltrail.policy import load_policy
 
-    try:
+    with domain_errors():
         # Load here so a bad policy stops start-up with its file and line (exit 2)
         # instead of landing every row as policy-error. Workers load it from the path.
         if policy is not None:
@@ -144,8 +132,6 @@ def collect_cli(
             sys.stdout.flush()
 
         serve(cfg, on_ready=ready)
-    except TooltrailError as e:
-        raise _CliError(str(e)) from e
     click.echo("tooltrail collect stopped", err=True)
 
 

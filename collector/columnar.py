@@ -38,6 +38,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from tooltrail import semconv as sc
 from tooltrail.collector.normalize import (
     _ELLIPSIS,
+    _EMPTY_JSON,
     _FLAT,
     _INT64_MAX,
     _INT64_MIN,
@@ -88,7 +89,6 @@ _PER_SPAN_KEYS: Final = frozenset(
 _DECISION_SET: Final = frozenset(DECISIONS)
 _RADIUS_SET: Final = frozenset(BLAST_RADII)
 _encode_str: Final[Callable[[str], str]] = json.encoder.encode_basestring
-_EMPTY_JSON: Final = "{}"
 _SAMPLE: Final = 32
 # Enum members are singletons: looking their names up by id skips Enum.__hash__, a Python
 # function call per span per field.

@@ -30,6 +30,7 @@ from tooltrail.collector.spool import LANDED_PREFIX, SEGMENT_SUFFIX, SPOOL_DIR
 from tooltrail.collector.writer import (
     TEMP_SUFFIX,
     new_writer_id,
+    sort_landed,
     spans_lock,
     sweep_temp_files,
     write_table_atomic,
@@ -96,7 +97,7 @@ def compact_partition(part: Path, small_file_bytes: int = DEFAULT_SMALL_FILE_BYT
     if not _needs_compaction(sources, small_file_bytes):
         return 0
     table = pq.read_table(sources, schema=SPAN_SCHEMA, partitioning=None)
-    table = table.sort_by([("session_id", "ascending"), ("start_time", "ascending")])
+    table = sort_landed(table)  # whole-partition order, so the files split it in order
     staging = part.with_name(f".{part.name}.compact-{secrets.token_hex(4)}")
     staging.mkdir()
     try:

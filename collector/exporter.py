@@ -29,11 +29,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from tooltrail import config
-from tooltrail.collector.columnar import Columns, columns_of_spans, columns_to_table, row_at
+from tooltrail.collector.columnar import Columns, columns_of_spans, row_at
 from tooltrail.collector.normalize import Normalizer
-from tooltrail.collector.pipeline import BatchPipeline, policy_row_hook
+from tooltrail.collector.pipeline import BatchPipeline
 from tooltrail.collector.writer import LandingError, ParquetSpanWriter
-from tooltrail.redact import Redactor
 from tooltrail.schema import Row
 
 if TYPE_CHECKING:
@@ -76,8 +75,7 @@ class TooltrailSpanExporter(SpanExporter):
         max_delay_s: float = DEFAULT_MAX_DELAY_S,
     ) -> None:
         self.data_dir: Path = config.data_dir(data_dir)
-        redactor = Redactor.from_env() if redact is None else Redactor(enabled=redact)
-        self._pipeline = BatchPipeline(Normalizer(redactor), policy_row_hook(policy))
+        self._pipeline = BatchPipeline.build(policy, redact)
         self._writer = ParquetSpanWriter(self.data_dir, writer_id=writer_id)
         self._buffer_rows = buffer_rows
         self._full_batch = full_batch
@@ -169,7 +167,7 @@ class TooltrailSpanExporter(SpanExporter):
 
     def to_table(self, spans: Sequence[ReadableSpan]) -> pa.Table:
         """The batch as the Arrow table that lands."""
-        return columns_to_table(self.to_columns(spans), len(spans))
+        return self._pipeline.table(columns_of_spans(spans))
 
     def to_rows(self, spans: Sequence[ReadableSpan]) -> list[Row]:
         """The batch as rows (for inspection and tests; landing uses :meth:`to_table`)."""

@@ -31,12 +31,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from tooltrail.collector.columnar import columns_of_records
-from tooltrail.collector.normalize import Normalizer
 from tooltrail.collector.otlp import records_from_request
-from tooltrail.collector.pipeline import BatchPipeline, policy_row_hook
+from tooltrail.collector.pipeline import BatchPipeline
 from tooltrail.collector.spool import land_segment
 from tooltrail.collector.writer import ParquetSpanWriter, split_by_date, write_sorted_parquet
-from tooltrail.redact import Redactor
 
 if TYPE_CHECKING:
     from tooltrail.policy import Policy
@@ -53,8 +51,7 @@ class RequestPipeline:
     """OTLP request -> records -> batch normalizer -> policy hook: the exporter's steps."""
 
     def __init__(self, policy: str | os.PathLike[str] | Policy | None, redact: bool | None):
-        redactor = Redactor.from_env() if redact is None else Redactor(enabled=redact)
-        self._pipeline = BatchPipeline(Normalizer(redactor), policy_row_hook(policy))
+        self._pipeline = BatchPipeline.build(policy, redact)
 
     def table(self, request: ExportTraceServiceRequest) -> pa.Table:
         return self._pipeline.table(columns_of_records(records_from_request(request)))
@@ -111,11 +108,16 @@ def _land_segment_job(segment: str, data_dir: str) -> tuple[int, int]:
     return land_segment(Path(segment), Path(data_dir), _pipeline.table)
 
 
+def _land_payload(pipeline: RequestPipeline, writer: ParquetSpanWriter, payload: bytes) -> int:
+    """Land one request's spans as its own files; returns the rows written."""
+    table = pipeline.table(ExportTraceServiceRequest.FromString(payload))
+    writer.write_arrow(table)
+    return int(table.num_rows)
+
+
 def _land_payload_job(payload: bytes) -> int:
     assert _pipeline is not None and _writer is not None
-    table = _pipeline.table(ExportTraceServiceRequest.FromString(payload))
-    _writer.write_arrow(table)
-    return int(table.num_rows)
+    return _land_payload(_pipeline, _writer, payload)
 
 
 def wait_for_old_workers(data_dir: Path, timeout_s: float = 15.0) -> bool:
@@ -211,9 +213,7 @@ class Lander:
     def land_payload(self, payload: bytes) -> int:
         """Land one request's spans now (direct mode); returns the rows written."""
         if not self.workers:
-            table = self.pipeline.table(ExportTraceServiceRequest.FromString(payload))
-            self._writer.write_arrow(table)
-            return int(table.num_rows)
+            return _land_payload(self.pipeline, self._writer, payload)
         result: int = self._submit(_land_payload_job, payload).result()
         return result
 

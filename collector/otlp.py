@@ -20,7 +20,7 @@ import base64
 import binascii
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -31,6 +31,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from tooltrail.collector.normalize import Normalizer, SpanRecord
+from tooltrail.collector.pipeline import RowHook
 from tooltrail.collector.writer import LandingError, ParquetSpanWriter
 from tooltrail.errors import IngestError, StoreError
 from tooltrail.redact import Redactor
@@ -62,8 +63,6 @@ _KINDS: Final = {
     5: "CONSUMER",
 }
 _STATUS: Final = {0: "UNSET", 1: "OK", 2: "ERROR"}
-
-RowHook = Callable[[Row], None]
 
 
 @dataclass(frozen=True, slots=True)

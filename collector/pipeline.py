@@ -25,6 +25,7 @@ from tooltrail.collector.columnar import (
     set_row,
 )
 from tooltrail.collector.normalize import SPAN_TYPE_TOOL, Normalizer
+from tooltrail.redact import Redactor
 from tooltrail.schema import Row
 
 if TYPE_CHECKING:
@@ -75,6 +76,16 @@ class BatchPipeline:
     def __init__(self, normalizer: Normalizer, hook: RowHook | None) -> None:
         self.normalizer = normalizer
         self._hook = hook
+
+    @classmethod
+    def build(
+        cls, policy: str | os.PathLike[str] | Policy | None, redact: bool | None
+    ) -> BatchPipeline:
+        """The landing pipeline of the exporter and the collector: ``redact`` None means
+        ``$TOOLTRAIL_REDACT`` decides (on unless turned off); ``policy`` as in
+        :func:`policy_row_hook`."""
+        redactor = Redactor.from_env() if redact is None else Redactor(enabled=redact)
+        return cls(Normalizer(redactor), policy_row_hook(policy))
 
     def columns(self, src: SpanColumns) -> Columns:
         """The landed columns of a batch, decided."""

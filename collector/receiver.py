@@ -32,7 +32,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tooltrail.collector.otlp import request_from_json
+from tooltrail.collector.otlp import SPAN_ID_BYTES, TRACE_ID_BYTES, request_from_json
 from tooltrail.errors import IngestError
 
 CT_PROTOBUF: Final = "application/x-protobuf"
@@ -42,8 +42,6 @@ ENC_IDENTITY: Final = "identity"
 ENC_GZIP: Final = "gzip"
 ENC_DEFLATE: Final = "deflate"
 
-TRACE_ID_BYTES: Final = 16
-SPAN_ID_BYTES: Final = 8
 # Defaults; the server takes them as options.
 DEFAULT_MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 DEFAULT_MAX_DECODED_BYTES: Final = 64 * 1024 * 1024

@@ -657,20 +657,13 @@ class _Handler(BaseHTTPRequestHandler):
     # -- approvals -------------------------------------------------------------------------
 
     def _post_approval(self) -> None:
-        kind = "approvals"
-        if not self._authorized(kind):
-            return
-        body = self._read_body(MAX_APPROVAL_BODY, kind)
-        if body is None:
-            return
-        try:
-            doc = apr.parse_json_object(body, "approval request")
-            record = apr.file_approval(self.collector.data_dir, doc)
-        except TooltrailError as e:
-            self._error(apr.status_of(e), str(e), kind=kind)
-            return
-        self.collector.metrics.add("approvals_filed_total")
-        self._json(201, apr.record_json(record), kind=kind)
+        # Filing a request is an agent's act: the agents' token is enough.
+        def act(doc: dict[str, Any]) -> dict[str, Any]:
+            return apr.record_json(apr.file_approval(self.collector.data_dir, doc))
+
+        self._post_json(
+            "approvals", "approval request", act, "approvals_filed_total", self._authorized, 201
+        )
 
     def _get_approval(self, approval_id: str, query: str) -> None:
         def read(wait_s: float) -> dict[str, Any]:
@@ -737,8 +730,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _operator_post(
         self, kind: str, what: str, act: Callable[[dict[str, Any]], dict[str, Any]], counter: str
     ) -> None:
-        """An operator's change (a decision, a session control): token, body, act, answer."""
-        if not self._operator_ok(kind):
+        """An operator's change (a decision, a session control)."""
+        self._post_json(kind, what, act, counter, self._operator_ok, 200)
+
+    def _post_json(
+        self,
+        kind: str,
+        what: str,
+        act: Callable[[dict[str, Any]], dict[str, Any]],
+        counter: str,
+        allowed: Callable[[str], bool],
+        status: int,
+    ) -> None:
+        """A JSON-object POST: token (``allowed`` answers when not), body, act, answer."""
+        if not allowed(kind):
             return
         body = self._read_body(MAX_APPROVAL_BODY, kind)
         if body is None:
@@ -749,7 +754,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(apr.status_of(e), str(e), kind=kind)
             return
         self.collector.metrics.add(counter)
-        self._json(200, doc, kind=kind)
+        self._json(status, doc, kind=kind)
 
     # -- session control -------------------------------------------------------------------
 

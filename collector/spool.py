@@ -33,7 +33,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -43,7 +43,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
-from tooltrail.collector.writer import spans_lock, split_by_date, write_table_atomic
+from tooltrail.collector.writer import fsync_path, spans_lock, split_by_date, write_table_atomic
 from tooltrail.config import SPANS_DIR
 from tooltrail.errors import StoreError
 
@@ -60,14 +60,6 @@ DEFAULT_SEGMENT_BYTES: Final = 16 * 1024 * 1024
 
 # One request's spans, normalized and decided, as a table in the landed schema.
 TableOf = Callable[[ExportTraceServiceRequest], pa.Table]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -178,7 +170,7 @@ class Spool:
         _write_all(fd, MAGIC)
         if self._sync:
             os.fsync(fd)
-            _fsync_dir(self.dir)  # the new name must survive a crash too
+            fsync_path(self.dir)  # the new name must survive a crash too
         self._fd = fd
         self._active = path
         self._active_size = len(MAGIC)
@@ -293,7 +285,7 @@ def land_segment(segment: Path, data_dir: Path, table_of: TableOf) -> tuple[int,
                 continue
             landed += part.num_rows
         segment.unlink(missing_ok=True)
-        _fsync_dir(segment.parent)
+        fsync_path(segment.parent)
     return landed, skipped
 
 
@@ -303,12 +295,8 @@ def quarantine(segment: Path) -> Path:
     qdir.mkdir(exist_ok=True)
     target = qdir / segment.name
     segment.replace(target)
-    _fsync_dir(segment.parent)
+    fsync_path(segment.parent)
     return target
-
-
-def iter_segments(spool_dir: Path) -> Iterator[Path]:
-    return iter(sorted(spool_dir.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}")))
 
 
 __all__ = [

@@ -174,10 +174,15 @@ def _day_name(day: int) -> str:
     return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
 
 
+def sort_landed(table: pa.Table) -> pa.Table:
+    """Rows in the landed order: by session, then start time."""
+    return table.sort_by([(c, "ascending") for c in _SORTING])
+
+
 def write_sorted_parquet(table: pa.Table, sink: Any) -> None:
     """The landed file format: rows sorted by session then time, zstd, a session_id bloom
     filter sized to the file, the page index; ``sink`` is a path or a binary file."""
-    table = table.sort_by([(c, "ascending") for c in _SORTING])
+    table = sort_landed(table)
     pq.write_table(
         table,
         sink,
@@ -201,7 +206,7 @@ def write_table_atomic(table: pa.Table, final_path: Path) -> Path:
         os.link(tmp, final_path)  # fails instead of clobbering an existing file
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(final_path.parent)
+    fsync_path(final_path.parent)
     return final_path
 
 
@@ -219,7 +224,8 @@ def spans_lock(spans_root: Path, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a directory's entries (a new, renamed or deleted name), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -317,6 +323,7 @@ def iter_span_files(data_dir: str | os.PathLike[str]) -> Iterable[Path]:
 __all__ = [
     "COLUMNS",
     "ParquetSpanWriter",
+    "fsync_path",
     "iter_span_files",
     "rows_to_table",
     "sweep_temp_files",

@@ -37,6 +37,7 @@ import streamlit as st
 
 from tooltrail import analytics, config
 from tooltrail.analytics import SESSION_INDEX_FILE
+from tooltrail.analytics.engine import SPANS_GLOB
 from tooltrail.control import ApprovalRecord, ControlEvent, ControlStore, SessionControl
 from tooltrail.dashboard import queries
 from tooltrail.policy import Policy, load_policy
@@ -280,7 +281,7 @@ class Data:
 
     def has_spans(self) -> bool:
         spans = self.root / config.SPANS_DIR
-        return spans.is_dir() and next(spans.glob("date=*/*.parquet"), None) is not None
+        return spans.is_dir() and next(spans.glob(SPANS_GLOB), None) is not None
 
     def kpis(self, since: str | None) -> dict[str, int]:
         return _kpis(*self._key, since)

@@ -171,8 +171,9 @@ def _actions(ctx: nav.Context, session_id: str, actions: pl.DataFrame) -> None:
         return
     table_key = f"actions_table_{session_id}"
     pick_key = f"inspect_action_{session_id}"
+    outcomes = actions.select(_outcome()).to_series()
     shown = ui.as_chips(
-        actions.with_columns(_outcome()).select(ACTION_COLUMNS),
+        actions.with_columns(outcomes).select(ACTION_COLUMNS),
         "decision",
         "blast_radius",
         "approval_status",
@@ -212,7 +213,7 @@ def _actions(ctx: nav.Context, session_id: str, actions: pl.DataFrame) -> None:
     )
     if position is not None:
         approvals = ctx.data.approvals(session_id=session_id)
-        _action_detail(rows[int(position)], approvals, _policy(ctx))
+        _action_detail(rows[int(position)], outcomes[int(position)], approvals, _policy(ctx))
 
 
 def _outcome() -> pl.Expr:
@@ -250,7 +251,9 @@ def _policy(ctx: nav.Context) -> Policy | None:
         return None  # the Policy page reports why; rule details are optional here
 
 
-def _action_detail(row: Mapping[str, Any], approvals: pl.DataFrame, policy: Policy | None) -> None:
+def _action_detail(
+    row: Mapping[str, Any], outcome: str, approvals: pl.DataFrame, policy: Policy | None
+) -> None:
     with st.container(border=True):
         st.markdown(f"#### {ui.md(_action_label(row))}")
         st.markdown(ui.md(str(row.get("action_summary") or "")))
@@ -263,14 +266,7 @@ def _action_detail(row: Mapping[str, Any], approvals: pl.DataFrame, policy: Poli
             "Enforced\n\n"
             + ("at call time" if enforced else "after the fact" if enforced is False else "–")
         )
-        ended = (
-            "refused"
-            if row.get("error_type") == "tool_call_denied"
-            else "error"
-            if row.get("status_code") == "ERROR"
-            else "ok"
-        )
-        cols[4].markdown(f"Execution\n\n{ui.fmt_ms(row.get('duration_ms'))} · {ended}")
+        cols[4].markdown(f"Execution\n\n{ui.fmt_ms(row.get('duration_ms'))} · {outcome}")
         if row.get("status_message"):
             st.caption(f"Status: {ui.md(str(row['status_message']))}")
         left, right = st.columns(2)
@@ -410,14 +406,16 @@ def _tree(ctx: nav.Context, head: Mapping[str, Any]) -> None:
         return
     st.caption("The session tree this session belongs to (parent first, sub-agents below).")
     budget = [TREE_LIMIT]
-    _node(ctx, root, 0, current, children, budget, visited=set())
+    # Every other node is a row of `links`; only the root may need its own look-up.
+    root_head = head if root == current else ctx.data.session(root)
+    _node(root, root_head, 0, current, children, budget, visited=set())
     if budget[0] <= 0:
         st.caption(f"Showing the first {TREE_LIMIT} sessions of the tree.")
 
 
 def _node(
-    ctx: nav.Context,
     session_id: str,
+    head: Mapping[str, Any] | None,
     depth: int,
     current: str,
     children: Mapping[str, list[dict[str, Any]]],
@@ -428,7 +426,6 @@ def _node(
         return
     budget[0] -= 1
     visited.add(session_id)
-    head = ctx.data.session(session_id)
     if head is None:
         about = "not landed"
     else:
@@ -445,7 +442,7 @@ def _node(
     else:
         nav.session_link(session_id, label=f"{indent}{name} · {about}")
     for child in children.get(session_id, []):
-        _node(ctx, str(child["session_id"]), depth + 1, current, children, budget, visited)
+        _node(str(child["session_id"]), child, depth + 1, current, children, budget, visited)
 
 
 def _tokens(ctx: nav.Context, head: Mapping[str, Any]) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Final
 import polars as pl
 import streamlit as st
 
-from tooltrail.dashboard import nav, ui
+from tooltrail.dashboard import nav, queries, ui
 from tooltrail.errors import QueryError
 
 TEXT_KEY: Final = "sql_text"
@@ -85,7 +85,7 @@ def render() -> None:
         _result(ctx, *ran)
     with st.expander("Views and columns (see docs/DATA.md for their meaning)"):
         columns = ctx.data.view_columns()
-        for view in ("sessions", "actions", "approvals", "spans"):
+        for view in queries.VIEWS:
             names = columns.filter(pl.col("view") == view)
             st.markdown(
                 f"**{view}**: "

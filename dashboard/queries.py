@@ -23,7 +23,7 @@ import duckdb
 import polars as pl
 
 from tooltrail import analytics
-from tooltrail.errors import QueryError
+from tooltrail.analytics.engine import raise_query_error
 
 # `date` is the UTC day partition of start_time: filtering on it prunes files.
 _SINCE: Final = "date >= CAST($since AS DATE) AND start_time >= $since"
@@ -38,7 +38,7 @@ def select(
     try:
         frame: pl.DataFrame = con.sql(statement, params=dict(params or {})).pl()
     except duckdb.Error as e:
-        raise QueryError(f"dashboard query failed: {str(e).strip()}") from e
+        raise_query_error(e, "dashboard query")
     return frame
 
 
@@ -173,7 +173,7 @@ def session_links(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return select(
         con,
         """
-        SELECT session_id, parent_session_id, agent_name, status, action_count
+        SELECT session_id, parent_session_id, agent_name, status, total_actions
         FROM sessions WHERE parent_session_id IS NOT NULL
         ORDER BY started_at, session_id
         """,
@@ -204,10 +204,10 @@ def view_columns(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
         """
         SELECT table_name AS view, column_name AS column, data_type AS type
         FROM information_schema.columns
-        WHERE table_name IN ('sessions', 'actions', 'approvals', 'spans')
-        ORDER BY list_position(['sessions', 'actions', 'approvals', 'spans'], table_name),
-                 ordinal_position
+        WHERE list_contains($views, table_name)
+        ORDER BY list_position($views, table_name), ordinal_position
         """,
+        {"views": list(VIEWS)},
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 import altair as alt
@@ -482,10 +482,6 @@ def wait_chart(frame: pl.DataFrame, key: str) -> alt.Chart:
         )
         .properties(height=max(120, 44 * data.get_column(key).n_unique()))
     )
-
-
-def first(items: Iterable[Any], default: Any = None) -> Any:
-    return next(iter(items), default)
 
 
 __all__ = [

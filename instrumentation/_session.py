@@ -134,7 +134,31 @@ def _reset_implicit_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_implicit_after_fork)
 
 
-class session:  # lower-case: used as a context manager, like contextlib's helpers
+class _Scope:
+    """Makes ``session`` current for the code inside ``with`` (re-entrant: each entry is
+    undone by its own exit)."""
+
+    __slots__ = ("_tokens", "session")
+
+    def __init__(self, s: Session) -> None:
+        self.session = s
+        self._tokens: list[contextvars.Token[Session | None]] = []
+
+    def __enter__(self) -> Session:
+        self._tokens.append(_current.set(self.session))
+        return self.session
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._tokens:
+            _current.reset(self._tokens.pop())
+
+
+class session(_Scope):  # lower-case: used as a context manager, like contextlib's helpers
     """Open a session for the code inside ``with``; every tool span inside is stamped.
 
     Args:
@@ -151,7 +175,7 @@ class session:  # lower-case: used as a context manager, like contextlib's helpe
         BadInputError: ``trigger`` is not one of the known triggers.
     """
 
-    __slots__ = ("_tokens", "session")
+    __slots__ = ()
 
     def __init__(
         self,
@@ -170,26 +194,15 @@ class session:  # lower-case: used as a context manager, like contextlib's helpe
             parent_session_id = parent_session_id or enclosing.session_id
             agent_name = agent_name or enclosing.agent_name
             trigger = trigger or NESTED_TRIGGER
-        self.session = Session(
-            session_id=session_id or new_session_id(),
-            agent_name=agent_name or default_agent_name(),
-            agent_id=agent_id,
-            parent_session_id=parent_session_id,
-            trigger=trigger,
+        super().__init__(
+            Session(
+                session_id=session_id or new_session_id(),
+                agent_name=agent_name or default_agent_name(),
+                agent_id=agent_id,
+                parent_session_id=parent_session_id,
+                trigger=trigger,
+            )
         )
-        self._tokens: list[contextvars.Token[Session | None]] = []
-
-    def __enter__(self) -> Session:
-        self._tokens.append(_current.set(self.session))
-        return self.session
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        _current.reset(self._tokens.pop())
 
     async def __aenter__(self) -> Session:
         return self.__enter__()
@@ -203,7 +216,7 @@ class session:  # lower-case: used as a context manager, like contextlib's helpe
         self.__exit__(exc_type, exc, tb)
 
 
-class use_session:  # lower-case: a context manager
+class use_session(_Scope):  # lower-case: a context manager
     """Continue an existing session in another context, typically a worker thread.
 
     Plain ``threading.Thread`` and ``ThreadPoolExecutor`` workers do not inherit the
@@ -211,22 +224,4 @@ class use_session:  # lower-case: a context manager
     counter is shared, so numbers stay unique and ordered across threads.
     """
 
-    __slots__ = ("_session", "_token")
-
-    def __init__(self, s: Session) -> None:
-        self._session = s
-        self._token: contextvars.Token[Session | None] | None = None
-
-    def __enter__(self) -> Session:
-        self._token = _current.set(self._session)
-        return self._session
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._token is not None:
-            _current.reset(self._token)
-            self._token = None
+    __slots__ = ()

@@ -37,16 +37,22 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
-from tooltrail import config
-from tooltrail.config import ENV_DATA, ENV_ENFORCE, ENV_POLICY, env_flag
+from tooltrail.config import (
+    ENV_CAPTURE_RESULTS,
+    ENV_COLLECTOR_TOKEN,
+    ENV_COLLECTOR_URL,
+    ENV_DATA,
+    ENV_ENFORCE,
+    ENV_POLICY,
+    ENV_SESSION_CONTROL,
+    env_flag,
+)
 from tooltrail.control import CANCELED, PAUSED, SESSION_CANCELED
 from tooltrail.errors import TooltrailError
 from tooltrail.instrumentation._session import Session, current_session
 from tooltrail.instrumentation.broker import (
     APPROVAL_REQUIRED_REASON,
     BROKER_ERROR,
-    ENV_COLLECTOR_TOKEN,
-    ENV_COLLECTOR_URL,
     NO_BROKER,
     SYSTEM_ACTOR_PREFIX,
     ApprovalBroker,
@@ -97,7 +103,6 @@ _log = logging.getLogger("tooltrail.instrumentation")
 
 # GenAI tool attributes and mcp.* names are in semconv 1.39.
 SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.39.0"
-ENV_CAPTURE_RESULTS: Final = config.ENV_CAPTURE_RESULTS
 # Arguments are the audit record, so they are kept whole up to a size that cannot swamp
 # the export queue; the result is only a preview.
 MAX_ARGUMENTS_CHARS: Final = 65_536
@@ -107,7 +112,6 @@ ERROR_TYPE_DENIED: Final = "tool_call_denied"
 POLICY_ERROR_RULE: Final = "policy-error"
 SESSION_CANCELED_RULE: Final = "session-canceled"
 SESSION_CONTROL_ERROR_RULE: Final = "session-control-error"
-ENV_SESSION_CONTROL: Final = config.ENV_SESSION_CONTROL
 ARGUMENTS_CHANGED_REASON: Final = (
     "the arguments changed after the approval request was made; what was approved is not"
     " what would run"

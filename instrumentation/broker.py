@@ -41,8 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
 
-from tooltrail import config
-from tooltrail.config import ENV_DATA
+from tooltrail.config import ENV_COLLECTOR_TOKEN, ENV_COLLECTOR_URL, ENV_DATA
 from tooltrail.control import arguments_hash, canonical_json
 
 if TYPE_CHECKING:
@@ -58,8 +57,6 @@ NO_BROKER: Final = "tooltrail:no-broker"
 BROKER_ERROR: Final = "tooltrail:broker-error"
 # Outcomes decided by tooltrail itself (not a person) use decided_by names with this prefix.
 SYSTEM_ACTOR_PREFIX: Final = "tooltrail:"
-ENV_COLLECTOR_URL: Final = config.ENV_COLLECTOR_URL
-ENV_COLLECTOR_TOKEN: Final = config.ENV_COLLECTOR_TOKEN
 _HTTP_BROKER_MODULE: Final = "tooltrail.instrumentation.http_broker"
 
 # Keys the digest of the arguments that will run. Per process and never stored: the digest

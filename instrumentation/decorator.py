@@ -180,15 +180,25 @@ def _preview(result: Any) -> Callable[[], str]:
     return lambda: result if isinstance(result, str) else to_json(result, RESULT_PREVIEW_CHARS)
 
 
-def _rewritten_call(
-    binder: _Binder, inv: Invocation, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]] | Denial:
-    """The call's ``(args, kwargs)`` rebuilt from a REWRITE's arguments, or the refusal
-    when they cannot be applied (a call never runs unrewritten)."""
-    try:
-        return binder.rebind(args, kwargs, inv.arguments)
-    except Exception as e:
-        return refuse(inv, f"the rewritten arguments could not be applied: {e}")
+def _runnable(
+    binder: _Binder, prep: Invocation, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The ``(args, kwargs)`` to call the function with, its span made current; shared by
+    the sync and async wrappers.
+
+    Raises:
+        ToolCallDenied: the call's REWRITE cannot be applied to the function's parameters
+            (a call never runs unrewritten).
+    """
+    call = (args, kwargs)
+    if prep.rewritten:
+        try:
+            call = binder.rebind(args, kwargs, prep.arguments)
+        except Exception as e:
+            reason = f"the rewritten arguments could not be applied: {e}"
+            raise refuse(prep, reason).to_exception() from None
+    enter(prep)
+    return call
 
 
 def _instrument(
@@ -211,12 +221,9 @@ def _instrument(
             return fn(*args, **kwargs)
         if isinstance(prep, Denial):
             raise prep.to_exception()
-        call = _rewritten_call(binder, prep, args, kwargs) if prep.rewritten else (args, kwargs)
-        if isinstance(call, Denial):
-            raise call.to_exception()
-        enter(prep)
+        call_args, call_kwargs = _runnable(binder, prep, args, kwargs)
         try:
-            result = fn(*call[0], **call[1])
+            result = fn(*call_args, **call_kwargs)
         except BaseException as e:
             finish_exception(prep, e)
             raise
@@ -242,12 +249,9 @@ def _async_wrapper(
             return await fn(*args, **kwargs)
         if isinstance(prep, Denial):
             raise prep.to_exception()
-        call = _rewritten_call(binder, prep, args, kwargs) if prep.rewritten else (args, kwargs)
-        if isinstance(call, Denial):
-            raise call.to_exception()
-        enter(prep)
+        call_args, call_kwargs = _runnable(binder, prep, args, kwargs)
         try:
-            result = await fn(*call[0], **call[1])
+            result = await fn(*call_args, **call_kwargs)
         except BaseException as e:
             finish_exception(prep, e)
             raise

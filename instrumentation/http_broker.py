@@ -78,7 +78,52 @@ class _Filed:
     record: Mapping[str, Any]
 
 
-class HttpApprovalBroker:
+def _backoff(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row (1, 2, ...)."""
+    return _BACKOFF_S[min(failures - 1, len(_BACKOFF_S) - 1)]
+
+
+class _CollectorPeer:
+    """What the approval broker and the session gate share: a client of one collector,
+    their long-poll timings, and the threads their long-polls park in (async waits never
+    block the event loop, and parked waits never exhaust the loop's default executor;
+    started on first use)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        poll_wait_s: float,
+        http_timeout_s: float,
+        max_waiting: int,
+        pool_name: str,
+    ) -> None:
+        self._client = _Client(base_url, token)
+        self.base_url = self._client.base_url
+        self.poll_wait_s = poll_wait_s
+        self.http_timeout_s = http_timeout_s
+        self._max_waiting = max_waiting
+        self._pool_name = pool_name
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self._max_waiting, thread_name_prefix=self._pool_name
+                )
+            return self._executor
+
+    def close(self) -> None:
+        with self._executor_lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+
+
+class HttpApprovalBroker(_CollectorPeer):
     """An ``ApprovalBroker`` backed by a collector's approval endpoints.
 
     Args:
@@ -98,17 +143,15 @@ class HttpApprovalBroker:
         http_timeout_s: float = 10.0,
         max_waiting: int = 64,
     ) -> None:
-        self._client = _Client(base_url, token)
-        self.base_url = self._client.base_url
-        self.poll_wait_s = poll_wait_s
-        self.http_timeout_s = http_timeout_s
-        self._waits = _WaitPool(max_waiting, "tooltrail-approval")
+        super().__init__(
+            base_url,
+            token,
+            poll_wait_s=poll_wait_s,
+            http_timeout_s=http_timeout_s,
+            max_waiting=max_waiting,
+            pool_name="tooltrail-approval",
+        )
         self._redactor = Redactor.from_env()
-
-    def _call(
-        self, method: str, path: str, body: Mapping[str, Any] | None, timeout: float
-    ) -> dict[str, Any]:
-        return self._client.call(method, path, body, timeout)
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -140,7 +183,7 @@ class HttpApprovalBroker:
         last: Exception | None = None
         for attempt in range(_FILE_ATTEMPTS):
             try:
-                record = self._call("POST", APPROVALS_PATH, body, self.http_timeout_s)
+                record = self._client.call("POST", APPROVALS_PATH, body, self.http_timeout_s)
             except _HttpError as e:
                 if e.status < 500:  # the collector refuses this request: retrying won't help
                     return _refused(REFUSED, f"collector refused the approval request: {e}")
@@ -155,12 +198,12 @@ class HttpApprovalBroker:
                     return _refused(REFUSED, "collector answered without an approval id")
                 return _Filed(approval_id, record)
             if attempt + 1 < _FILE_ATTEMPTS:
-                time.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
+                time.sleep(_backoff(attempt + 1))
         return _refused(UNREACHABLE, f"cannot file the approval request: {last}")
 
     def _poll(self, approval_id: str, wait_s: float) -> dict[str, Any]:
         path = f"{APPROVALS_PATH}/{quote(approval_id, safe='')}?wait={wait_s:g}"
-        return self._call("GET", path, None, wait_s + self.http_timeout_s)
+        return self._client.call("GET", path, None, wait_s + self.http_timeout_s)
 
     def _poll_step(self, filed: _Filed, state: _WaitState) -> ApprovalOutcome | None:
         """One long-poll; an outcome when the wait is over, None to poll again."""
@@ -173,7 +216,7 @@ class HttpApprovalBroker:
                 return _refused(REFUSED, f"collector refused the approval poll: {e}", filed)
             state.failures += 1
             _log.warning("tooltrail: approval %s poll failed: %s", filed.approval_id, e)
-            time.sleep(_BACKOFF_S[min(state.failures - 1, len(_BACKOFF_S) - 1)])
+            time.sleep(_backoff(state.failures))
             return None
         state.failures = 0
         return _outcome(filed, record, state.started)
@@ -203,37 +246,6 @@ class HttpApprovalBroker:
             outcome = await loop.run_in_executor(pool, self._poll_step, filed, state)
             if outcome is not None:
                 return outcome
-
-    def _pool(self) -> ThreadPoolExecutor:
-        return self._waits.get()
-
-    def close(self) -> None:
-        self._waits.close()
-
-
-class _WaitPool:
-    """The threads long-polls park in: async waits never block the event loop, and parked
-    waits never exhaust the loop's default executor. Started on first use."""
-
-    def __init__(self, max_workers: int, name: str) -> None:
-        self._max_workers = max_workers
-        self._name = name
-        self._executor: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=self._max_workers, thread_name_prefix=self._name
-                )
-            return self._executor
-
-    def close(self) -> None:
-        with self._lock:
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
 
 
 class _Client:
@@ -304,7 +316,7 @@ _BUSY: Final = (429, 503)
 _MAX_CACHED_SESSIONS: Final = 10_000
 
 
-class HttpSessionGate:
+class HttpSessionGate(_CollectorPeer):
     """Session control (pause / resume / cancel) read from a collector.
 
     Args:
@@ -334,13 +346,16 @@ class HttpSessionGate:
         http_timeout_s: float = 10.0,
         max_waiting: int = 64,
     ) -> None:
-        self._client = _Client(base_url, token)
-        self.base_url = self._client.base_url
+        super().__init__(
+            base_url,
+            token,
+            poll_wait_s=poll_wait_s,
+            http_timeout_s=http_timeout_s,
+            max_waiting=max_waiting,
+            pool_name="tooltrail-session",
+        )
         self.refresh_s = refresh_s
         self.check_timeout_s = check_timeout_s
-        self.poll_wait_s = poll_wait_s
-        self.http_timeout_s = http_timeout_s
-        self._waits = _WaitPool(max_waiting, "tooltrail-session")
         # session id -> (monotonic time the answer was *asked*, state). A cached "running"
         # serves calls for refresh_s; an answer never replaces one asked for later.
         self._seen: dict[str, tuple[float, str]] = {}
@@ -425,13 +440,13 @@ class HttpSessionGate:
             except CollectorSessionError as e:
                 if e.status in _BUSY:  # the collector is alive, only busy: keep waiting
                     busy += 1
-                    time.sleep(_BACKOFF_S[min(busy - 1, len(_BACKOFF_S) - 1)])
+                    time.sleep(_backoff(busy))
                     continue
                 failures += 1
                 if failures >= _MAX_POLL_FAILURES:
                     raise
                 _log.warning("tooltrail: session %s poll failed: %s", session_id, e)
-                time.sleep(_BACKOFF_S[min(failures - 1, len(_BACKOFF_S) - 1)])
+                time.sleep(_backoff(failures))
                 continue
             if state != _PAUSED:
                 return state
@@ -440,12 +455,6 @@ class HttpSessionGate:
     async def await_while_paused(self, session_id: str) -> str:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool(), self.wait_while_paused, session_id)
-
-    def _pool(self) -> ThreadPoolExecutor:
-        return self._waits.get()
-
-    def close(self) -> None:
-        self._waits.close()
 
 
 @dataclass(slots=True)

@@ -81,7 +81,23 @@ class ThreadStores:
         return store
 
 
-class ControlStoreBroker:
+class _OnStore:
+    """What the broker and the session gate share: per-thread stores on one data
+    directory, polled every ``poll_s`` while waiting."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], poll_s: float) -> None:
+        self.stores = ThreadStores(data_dir)
+        self.poll_s = poll_s
+
+    @property
+    def path(self) -> Path:
+        return self.stores.path
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.stores.data_dir)!r})"
+
+
+class ControlStoreBroker(_OnStore):
     """Held calls wait for a decision in ``<data_dir>/control.sqlite`` (module docstring)."""
 
     def __init__(
@@ -91,16 +107,8 @@ class ControlStoreBroker:
         poll_s: float = DEFAULT_POLL_S,
         redactor: Redactor | None = None,
     ) -> None:
-        self.stores = ThreadStores(data_dir)
-        self.poll_s = poll_s
+        super().__init__(data_dir, poll_s)
         self._redactor = redactor if redactor is not None else Redactor.from_env()
-
-    @property
-    def path(self) -> Path:
-        return self.stores.path
-
-    def __repr__(self) -> str:
-        return f"ControlStoreBroker({str(self.stores.data_dir)!r})"
 
     def request(self, request: ApprovalRequest) -> ApprovalOutcome:
         started = time.perf_counter()
@@ -219,19 +227,11 @@ def _altered(filed: ApprovalRecord, record: ApprovalRecord) -> str | None:
     )
 
 
-class StoreSessionGate:
+class StoreSessionGate(_OnStore):
     """Session control for the call path: the state of a session, and waiting while paused."""
 
     def __init__(self, data_dir: str | os.PathLike[str], *, poll_s: float = DEFAULT_POLL_S):
-        self.stores = ThreadStores(data_dir)
-        self.poll_s = poll_s
-
-    @property
-    def path(self) -> Path:
-        return self.stores.path
-
-    def __repr__(self) -> str:
-        return f"StoreSessionGate({str(self.stores.data_dir)!r})"
+        super().__init__(data_dir, poll_s)
 
     def state(self, session_id: str) -> str:
         return self.stores.get().session_state(session_id)

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -459,6 +463,29 @@ def seed(root: Path, *, now: dt.datetime | None = None, batch: int = 30) -> Seed
     return Seeded(root, policy_path, now, Expected(sessions=7 + batch), batch_ids)
 
 
+# --- a real server ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A local TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server started with ``launch(..., new_session=True)``: its whole process
+    group, politely first."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 # --- driving the app with AppTest ---------------------------------------------------------
 
 
@@ -539,10 +566,12 @@ __all__ = [
     "Seeded",
     "app_test",
     "chart_data",
+    "free_port",
     "goto",
     "links",
     "seed",
     "select_rows",
+    "stop_server",
     "table",
     "table_with",
     "texts",

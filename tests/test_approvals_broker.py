@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-import sqlite3
 import sys
 import threading
 import time
@@ -22,12 +21,13 @@ from typing import Any
 
 import approval_support as support
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from instrumentation_support import attrs, instrument, instrumented
+from loop_support import Ticker
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import tooltrail.instrumentation as tt
-from tooltrail.control import ApprovalRecord, ControlStore, arguments_hash, canonical_json
+from tooltrail.control import ApprovalRecord, ControlStore, arguments_hash
 from tooltrail.instrumentation import _spans
 from tooltrail.instrumentation.broker import FailClosedBroker, default_broker
 from tooltrail.instrumentation.store_broker import ControlStoreBroker, StoreSessionGate
@@ -105,14 +105,8 @@ def spans(tmp_path: Path, data: Path) -> Iterator[InMemorySpanExporter]:
     """Enforcing, with the default broker and session control on the store in ``data``."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tt.McpInstrumentor().instrument(
-        tracer_provider=provider, enforce=True, policy=policy, data_dir=data
-    )
-    yield exporter
-    tt.McpInstrumentor().uninstrument()
+    with instrumented(enforce=True, policy=policy, data_dir=data) as exporter:
+        yield exporter
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
@@ -163,10 +157,6 @@ def tool_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
     return list(exporter.get_finished_spans())
 
 
-def attrs(span: ReadableSpan) -> dict[str, Any]:
-    return dict(span.attributes or {})
-
-
 # --- approvals ------------------------------------------------------------------------------
 
 
@@ -203,24 +193,15 @@ def test_sync_call_waits_for_an_approval_made_elsewhere(
 
 def test_async_wait_leaves_the_event_loop_free(spans: InMemorySpanExporter, data: Path) -> None:
     async def main() -> tuple[str, int]:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.005)
-
-        ticking = asyncio.create_task(ticker())
-        call = asyncio.create_task(adeploy("staging"))
-        (req,) = await asyncio.to_thread(pending, data)
-        seen = ticks
-        await asyncio.to_thread(decide, data, req.approval_id, "denied", "bob", "not today")
-        with pytest.raises(tt.ToolCallDenied) as info:
-            await call
-        ticking.cancel()
-        assert ticks > seen  # the loop kept running while the call was held
-        return info.value.reason, ticks
+        async with Ticker(interval_s=0.005) as ticker:
+            call = asyncio.create_task(adeploy("staging"))
+            (req,) = await asyncio.to_thread(pending, data)
+            seen = ticker.ticks
+            await asyncio.to_thread(decide, data, req.approval_id, "denied", "bob", "not today")
+            with pytest.raises(tt.ToolCallDenied) as info:
+                await call
+        assert ticker.ticks > seen  # the loop kept running while the call was held
+        return info.value.reason, ticker.ticks
 
     reason, _ = asyncio.run(main())
     assert reason == "approval denied by bob: not today"
@@ -275,13 +256,7 @@ def test_request_edited_in_the_store_is_refused(spans: InMemorySpanExporter, dat
     (req,) = pending(data)
     # A careful forger rewrites what the approver sees and recomputes the public hash.
     benign = {"files": ["README.md"], "target": "prod", "token": ""}
-    con = sqlite3.connect(data / "control.sqlite")
-    con.execute(
-        "UPDATE approvals SET arguments = ?, arguments_hash = ? WHERE approval_id = ?",
-        (canonical_json(benign), arguments_hash(benign), req.approval_id),
-    )
-    con.commit()
-    con.close()
+    support.forge_request(data, req.approval_id, benign)
     decide(data, req.approval_id, "approved", by="alice")
     with pytest.raises(tt.ToolCallDenied) as info:
         call.join()
@@ -346,27 +321,14 @@ def test_unopenable_store_fails_closed_naming_the_store(tmp_path: Path) -> None:
     blocker.write_text("x")
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    try:
-        # Session control on: the check before the call already fails, closed.
-        tt.McpInstrumentor().instrument(
-            tracer_provider=provider, enforce=True, policy=policy, data_dir=blocker
-        )
+    # Session control on: the check before the call already fails, closed.
+    with instrumented(enforce=True, policy=policy, data_dir=blocker) as exporter:
         with pytest.raises(tt.ToolCallDenied) as info:
             status("x")
         assert info.value.rule == "session-control-error"
         assert str(blocker / "control.sqlite") in info.value.reason
         # Session control off: the broker cannot file the request, closed too.
-        tt.McpInstrumentor().uninstrument()
-        tt.McpInstrumentor().instrument(
-            tracer_provider=provider,
-            enforce=True,
-            policy=policy,
-            data_dir=blocker,
-            session_control=False,
-        )
+        instrument(exporter, enforce=True, policy=policy, data_dir=blocker, session_control=False)
         assert status("x") == "ok"
         with pytest.raises(tt.ToolCallDenied) as info:
             deploy("prod")
@@ -375,8 +337,6 @@ def test_unopenable_store_fails_closed_naming_the_store(tmp_path: Path) -> None:
         assert attrs(exporter.get_finished_spans()[-1])[TT_APPROVAL_DECIDED_BY] == (
             "tooltrail:store-error"
         )
-    finally:
-        tt.McpInstrumentor().uninstrument()
     assert ran == [("status", "x")]
 
 
@@ -465,23 +425,14 @@ def test_async_pause_leaves_the_loop_free(spans: InMemorySpanExporter, data: Pat
     control(data, "s-apause", "pause")
 
     async def main() -> int:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.005)
-
-        ticking = asyncio.create_task(ticker())
-        with tt.session(session_id="s-apause"):
-            call = asyncio.create_task(astatus("a"))
-        await asyncio.sleep(0.2)
-        assert not call.done() and ran == []
-        await asyncio.to_thread(control, data, "s-apause", "resume")
-        assert await call == "ok"
-        ticking.cancel()
-        return ticks
+        async with Ticker(interval_s=0.005) as ticker:
+            with tt.session(session_id="s-apause"):
+                call = asyncio.create_task(astatus("a"))
+            await asyncio.sleep(0.2)
+            assert not call.done() and ran == []
+            await asyncio.to_thread(control, data, "s-apause", "resume")
+            assert await call == "ok"
+        return ticker.ticks
 
     assert asyncio.run(main()) >= 10
 
@@ -557,14 +508,6 @@ def test_pause_while_held_holds_the_approved_call_until_resume(
 def test_store_errors_fail_closed_only_when_enforcing(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    try:
-        tt.McpInstrumentor().instrument(
-            tracer_provider=provider, enforce=False, data_dir=blocker, session_control=True
-        )
+    with instrumented(enforce=False, data_dir=blocker, session_control=True):
         assert status("x") == "ok"  # observing only: the agent is never broken
-    finally:
-        tt.McpInstrumentor().uninstrument()
     assert ran == [("status", "x")]

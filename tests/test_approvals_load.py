@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import subprocess
 import sys
 import time
@@ -19,17 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from approval_support import run_cli
+from git_support import clean_env
 
 from tooltrail import analytics
 from tooltrail.control import ControlStore
 
 AGENT = Path(__file__).parent / "agents" / "approval_load_agent.py"
-BIN = Path(sys.executable).parent
-CLI = (
-    [str(BIN / "tooltrail")]
-    if (BIN / "tooltrail").exists()
-    else [sys.executable, "-c", "from tooltrail.cli import cli; cli()"]
-)
 N = 200
 DEADLINE_S = 120.0
 POLICY = """
@@ -74,18 +69,8 @@ def decider(data: str, name: str, expected: int) -> None:
         raise SystemExit(f"{name} decided {len(decided)} of {expected}")
 
 
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("TOOLTRAIL_", "OTEL_"))}
-
-
 def cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, args[0], "--data", str(data), *args[1:]],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S,
-        env=clean_env(),
-    )
+    return run_cli(data, *args, timeout=DEADLINE_S)
 
 
 def cli_decisions(data: Path) -> list[str]:

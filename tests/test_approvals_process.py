@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import queue
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -30,17 +29,11 @@ import pytest
 from git_support import clean_env, git, init_repo
 
 from tooltrail import analytics
-from tooltrail.control import ApprovalRecord, ControlStore, arguments_hash, canonical_json
+from tooltrail.control import ApprovalRecord, ControlStore
 
 pytestmark = pytest.mark.mcp
 
 AGENT = Path(__file__).parent / "agents" / "approval_agent.py"
-BIN = Path(sys.executable).parent
-CLI = (
-    [str(BIN / "tooltrail")]
-    if (BIN / "tooltrail").exists()
-    else [sys.executable, "-c", "from tooltrail.cli import cli; cli()"]
-)
 DEADLINE_S = 60.0
 HOLD_CHECK_S = 0.5
 POLICY = """
@@ -79,13 +72,7 @@ rules:
 
 def tooltrail(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real command line, as a separate process: ``tooltrail CMD --data DATA ARGS``."""
-    return subprocess.run(
-        [*CLI, args[0], "--data", str(data), *args[1:]],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S,
-        env=clean_env(),
-    )
+    return support.run_cli(data, *args, timeout=DEADLINE_S)
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
@@ -326,13 +313,7 @@ def test_arguments_changed_in_the_store_after_the_request_are_refused(
     (req,) = pending(data)
     # Someone with write access to the store makes the request look harmless, hash and all.
     shown = {"repo_path": str(repo), "message": "fix typo"}
-    con = sqlite3.connect(data / "control.sqlite")
-    con.execute(
-        "UPDATE approvals SET arguments = ?, arguments_hash = ? WHERE approval_id = ?",
-        (canonical_json(shown), arguments_hash(shown), req.approval_id),
-    )
-    con.commit()
-    con.close()
+    support.forge_request(data, req.approval_id, shown)
     listed = json.loads(tooltrail(data, "approvals", "--format", "json").stdout)
     assert [r["approval_id"] for r in listed] == [req.approval_id]
     assert tooltrail(data, "approve", req.approval_id, "--by", "alice").returncode == 0

@@ -3,9 +3,6 @@ the data-directory fingerprint that keys the result cache."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dashboard_support import PENDING_ANYONE, app_test, seed, texts
+from dashboard_support import PENDING_ANYONE, app_test, free_port, seed, stop_server, texts
 from streamlit.testing.v1 import AppTest
 
 from tooltrail.control import ControlStore
@@ -22,12 +19,6 @@ from tooltrail.dashboard.data import app_config, fingerprint
 from tooltrail.errors import BadInputError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_command_runs_the_packaged_entry_with_absolute_script_arguments(
@@ -71,7 +62,7 @@ def test_app_config_reads_script_arguments_then_the_environment(
 
 def test_launch_serves_the_app_over_http_and_stops(tmp_path: Path) -> None:
     root = seed(tmp_path / "data", batch=0).root
-    port = _free_port()
+    port = free_port()
     proc = launch(root, port, new_session=True, output=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -87,12 +78,7 @@ def test_launch_serves_the_app_over_http_and_stops(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as r:
             assert b"<title>" in r.read()  # the app shell; pages render over the websocket
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_server(proc)
     assert proc.returncode is not None
 
 

@@ -51,6 +51,26 @@ def _ids(at: Any) -> list[str]:
     return list(_sessions(at)["session_id"])
 
 
+def _git_status(trace_id: str, span_id: str, session_id: str, agent: str) -> dict[str, Any]:
+    """One allowed ``git_status`` call landing now, outside the seeded sessions."""
+    row = empty_row()
+    now = dt.datetime.now(dt.UTC)
+    row.update(
+        trace_id=trace_id,
+        span_id=span_id,
+        span_type="tool",
+        name="execute_tool git_status",
+        start_time=now,
+        end_time=now,
+        session_id=session_id,
+        agent_name=agent,
+        tool_name="git_status",
+        decision="ALLOW",
+        status_code="OK",
+    )
+    return row
+
+
 def _state(seeded: Seeded, session_id: str) -> str:
     with ControlStore(seeded.root) as store:
         return store.session_state(session_id)
@@ -298,22 +318,7 @@ def test_new_spans_show_up_on_the_next_run_despite_the_cache(
 ) -> None:
     at = goto(app_test(seeded.root, seeded.policy_path, monkeypatch), "sessions")
     assert "sess-late" not in _ids(at)
-    row = empty_row()
-    now = dt.datetime.now(dt.UTC)
-    row.update(
-        trace_id="f" * 32,
-        span_id="e" * 16,
-        span_type="tool",
-        name="execute_tool git_status",
-        start_time=now,
-        end_time=now,
-        session_id="sess-late",
-        agent_name="late-bot",
-        tool_name="git_status",
-        decision="ALLOW",
-        status_code="OK",
-    )
-    ParquetSpanWriter(seeded.root).write([row])
+    ParquetSpanWriter(seeded.root).write([_git_status("f" * 32, "e" * 16, "sess-late", "late-bot")])
     at.run()
     assert _ids(at)[0] == "sess-late"
 
@@ -339,23 +344,8 @@ def test_landed_values_are_shown_literally_not_as_markdown(
     """Session ids and agent names come from agents: a link or an image in them must not
     render (an image would call out to its server from every viewer's browser)."""
     evil = "x](https://evil.example)![p](https://evil.example/p.png"
-    row = empty_row()
-    now = dt.datetime.now(dt.UTC)
-    row.update(
-        trace_id="a" * 32,
-        span_id="b" * 16,
-        span_type="tool",
-        name="execute_tool git_status",
-        start_time=now,
-        end_time=now,
-        session_id=evil,
-        agent_name="**boss**",
-        tool_name="git_status",
-        decision="ALLOW",
-        status_code="OK",
-    )
     root = tmp_path / "data"
-    ParquetSpanWriter(root).write([row])
+    ParquetSpanWriter(root).write([_git_status("a" * 32, "b" * 16, evil, "**boss**")])
     at = goto(app_test(root, None, monkeypatch), "session", session=evil)
     (title,) = at.title
     assert "](" not in title.value.replace("\\]\\(", "")  # every bracket is escaped

@@ -17,20 +17,10 @@ from typing import Any
 import duckdb
 import pytest
 from google.protobuf import json_format
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
-from opentelemetry.proto.common.v1.common_pb2 import (
-    AnyValue,
-    ArrayValue,
-    InstrumentationScope,
-    KeyValue,
-    KeyValueList,
-)
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
-from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
-from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -55,62 +45,10 @@ FIXTURE = Path(__file__).parent / "fixtures" / "collector_traces.jsonl"
 # --- producing collector files from real SDK spans -------------------------------------
 
 
-def _any(value: Any) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    if isinstance(value, list | tuple):
-        return AnyValue(array_value=ArrayValue(values=[_any(v) for v in value]))
-    if isinstance(value, dict):
-        return AnyValue(kvlist_value=KeyValueList(values=_kvs(value)))
-    return AnyValue(string_value=str(value))
-
-
-def _kvs(attributes: Any) -> list[KeyValue]:
-    return [KeyValue(key=k, value=_any(v)) for k, v in (attributes or {}).items()]
-
-
 def encode(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
-    """What the OTLP exporter sends for ``spans`` (one resource, one scope)."""
-    pb_spans = []
-    for span in spans:
-        ctx, parent = span.context, span.parent
-        assert ctx is not None
-        pb_spans.append(
-            PbSpan(
-                trace_id=ctx.trace_id.to_bytes(16, "big"),
-                span_id=ctx.span_id.to_bytes(8, "big"),
-                parent_span_id=parent.span_id.to_bytes(8, "big") if parent else b"",
-                name=span.name,
-                kind=PbSpan.SpanKind.Value(f"SPAN_KIND_{span.kind.name}"),
-                start_time_unix_nano=span.start_time or 0,
-                end_time_unix_nano=span.end_time or 0,
-                attributes=_kvs(span.attributes),
-                events=[
-                    PbSpan.Event(
-                        time_unix_nano=e.timestamp, name=e.name, attributes=_kvs(e.attributes)
-                    )
-                    for e in span.events
-                ],
-                status=PbStatus(
-                    code=PbStatus.StatusCode.Value(f"STATUS_CODE_{span.status.status_code.name}"),
-                    message=span.status.description or "",
-                ),
-            )
-        )
-    return ExportTraceServiceRequest(
-        resource_spans=[
-            ResourceSpans(
-                resource=PbResource(attributes=_kvs(spans[0].resource.attributes)),
-                scope_spans=[ScopeSpans(scope=InstrumentationScope(name="test"), spans=pb_spans)],
-            )
-        ]
-    )
+    """What the OTLP exporter sends for ``spans``: its own encoder."""
+    request: ExportTraceServiceRequest = encode_spans(spans)
+    return request
 
 
 def collector_json(req: ExportTraceServiceRequest) -> str:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from instrumentation_support import attrs, instrument, instrumented
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -75,12 +75,8 @@ POLICY = textwrap.dedent(
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tt.McpInstrumentor().instrument(tracer_provider=provider, enforce=False)
-    yield exporter
-    tt.McpInstrumentor().uninstrument()
+    with instrumented(enforce=False) as exporter:
+        yield exporter
 
 
 @pytest.fixture
@@ -92,20 +88,13 @@ def policy_file(tmp_path: Path) -> Path:
 
 def enforce(spans: InMemorySpanExporter, policy: Any, **kwargs: Any) -> None:
     """Re-instrument with enforcement on, keeping the test's span exporter."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    tt.McpInstrumentor().uninstrument()
-    tt.McpInstrumentor().instrument(tracer_provider=provider, enforce=True, policy=policy, **kwargs)
+    instrument(spans, enforce=True, policy=policy, **kwargs)
 
 
 def only_span(spans: InMemorySpanExporter) -> ReadableSpan:
     finished = spans.get_finished_spans()
     assert len(finished) == 1, [s.name for s in finished]
     return finished[0]
-
-
-def attrs(span: ReadableSpan) -> dict[str, Any]:
-    return dict(span.attributes or {})
 
 
 calls: list[tuple[str, str]] = []
@@ -222,10 +211,7 @@ def test_var_keyword_arguments_are_spread(spans: InMemorySpanExporter) -> None:
 
 @pytest.mark.parametrize("capture", [False, True])
 def test_result_preview_is_opt_in_and_truncated(spans: InMemorySpanExporter, capture: bool) -> None:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    tt.McpInstrumentor().uninstrument()
-    tt.McpInstrumentor().instrument(tracer_provider=provider, capture_results=capture)
+    instrument(spans, capture_results=capture)
 
     @tt.tool
     def big() -> str:
@@ -261,10 +247,7 @@ def test_instrumentation_failure_runs_the_call_once_untraced(
 def test_failure_while_finishing_does_not_touch_the_result(
     spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    tt.McpInstrumentor().uninstrument()
-    tt.McpInstrumentor().instrument(tracer_provider=provider, capture_results=True)
+    instrument(spans, capture_results=True)
 
     def broken(value: Any, limit: int) -> str:
         raise RuntimeError("preview bug")

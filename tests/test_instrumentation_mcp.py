@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from git_support import git, init_repo
+from instrumentation_support import attrs, instrumented
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.types import CallToolResult
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -113,29 +113,14 @@ def server(repo: Path) -> Iterator[Git]:
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    instrument(exporter, enforce=False)
-    yield exporter
-    tt.McpInstrumentor().uninstrument()
-
-
-def instrument(exporter: InMemorySpanExporter, **kwargs: Any) -> None:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    instrumentor = tt.McpInstrumentor()
-    if instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.uninstrument()
-    instrumentor.instrument(tracer_provider=provider, **kwargs)
+    with instrumented(enforce=False) as exporter:
+        yield exporter
 
 
 def policy(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "policy.yaml"
     path.write_text(textwrap.dedent(text))
     return path
-
-
-def attrs(span: ReadableSpan) -> dict[str, Any]:
-    return dict(span.attributes or {})
 
 
 def tool_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
@@ -224,12 +209,8 @@ def test_protocol_error_is_recorded_and_raised(server: Git, spans: InMemorySpanE
 
 
 def test_result_preview_when_opted_in(server: Git) -> None:
-    exporter = InMemorySpanExporter()
-    instrument(exporter, capture_results=True)
-    try:
+    with instrumented(capture_results=True) as exporter:
         server.call("git_status")
-    finally:
-        tt.McpInstrumentor().uninstrument()
     (span,) = tool_spans(exporter)
     assert "On branch" in attrs(span)[GEN_AI_TOOL_CALL_RESULT]
 
@@ -237,10 +218,8 @@ def test_result_preview_when_opted_in(server: Git) -> None:
 def test_uninstrument_restores_the_client(server: Git) -> None:
     from mcp.client.session import ClientSession as Cls
 
-    exporter = InMemorySpanExporter()
-    instrument(exporter)
-    assert hasattr(Cls.call_tool, "__wrapped__")
-    tt.McpInstrumentor().uninstrument()
+    with instrumented() as exporter:  # uninstruments on exit
+        assert hasattr(Cls.call_tool, "__wrapped__")
     assert not hasattr(Cls.call_tool, "__wrapped__")
     assert not hasattr(Cls.list_tools, "__wrapped__")
     result = server.call("git_status")
@@ -271,9 +250,7 @@ def test_deny_never_reaches_the_server_and_explains_itself(server: Git, tmp_path
             reason: Branch names starting with forbidden- are reserved
         """,
     )
-    exporter = InMemorySpanExporter()
-    instrument(exporter, enforce=True, policy=path)
-    try:
+    with instrumented(enforce=True, policy=path) as exporter:
 
         async def agent() -> tuple[CallToolResult, str]:
             with tt.session(agent_name="denied-agent") as s:
@@ -284,8 +261,6 @@ def test_deny_never_reaches_the_server_and_explains_itself(server: Git, tmp_path
                 return r, s.session_id
 
         result, session_id = server.run(agent)
-    finally:
-        tt.McpInstrumentor().uninstrument()
     assert "forbidden-x" not in branches(server.repo)
     body = denial(result)
     assert body["error"] == "tool_call_denied"
@@ -319,9 +294,7 @@ def test_rewrite_creates_the_rewritten_branch(server: Git, tmp_path: Path) -> No
             rewrite: {set: {branch_name: "agent/{session_id}"}}
         """,
     )
-    exporter = InMemorySpanExporter()
-    instrument(exporter, enforce=True, policy=path)
-    try:
+    with instrumented(enforce=True, policy=path) as exporter:
 
         async def agent() -> CallToolResult:
             # Opened inside the coroutine: the portal's task does not see this thread's context.
@@ -331,8 +304,6 @@ def test_rewrite_creates_the_rewritten_branch(server: Git, tmp_path: Path) -> No
                 )
 
         result = server.run(agent)
-    finally:
-        tt.McpInstrumentor().uninstrument()
     assert not result.is_error, result
     assert "agent/s42" in branches(server.repo)
     assert "main-copy" not in branches(server.repo)
@@ -359,12 +330,10 @@ def test_require_approval_fails_closed_without_a_broker(server: Git, tmp_path: P
     (repo / "held.txt").write_text("held\n")
     git(repo, "add", "held.txt")
     head = git(repo, "rev-parse", "HEAD")
-    exporter = InMemorySpanExporter()
-    instrument(exporter, enforce=True, policy=path)
     try:
-        result = server.call("git_commit", message="should not land")
+        with instrumented(enforce=True, policy=path) as exporter:
+            result = server.call("git_commit", message="should not land")
     finally:
-        tt.McpInstrumentor().uninstrument()
         git(repo, "reset", "-q", "--", "held.txt")
         (repo / "held.txt").unlink()
     assert git(repo, "rev-parse", "HEAD") == head
@@ -401,12 +370,8 @@ def test_approved_call_is_sent_after_the_async_broker_answers(server: Git, tmp_p
             await asyncio.sleep(0.05)  # waits without blocking the loop
             return ApprovalOutcome("approved", approval_id="a1", decided_by="carol")
 
-    exporter = InMemorySpanExporter()
-    instrument(exporter, enforce=True, policy=path, broker=Broker())
-    try:
+    with instrumented(enforce=True, policy=path, broker=Broker()):
         result = server.call("git_create_branch", branch_name="reviewed")
-    finally:
-        tt.McpInstrumentor().uninstrument()
     assert not result.is_error
     assert "reviewed" in branches(server.repo)
     (req,) = asked
@@ -426,14 +391,10 @@ def test_tool_annotations_from_tools_list_reach_the_policy(server: Git, tmp_path
             reason: This agent may only read
         """,
     )
-    exporter = InMemorySpanExporter()
-    instrument(exporter, enforce=True, policy=path)
-    try:
+    with instrumented(enforce=True, policy=path):
         server.run(lambda: server.session.list_tools())
         status = server.call("git_status")
         created = server.call("git_create_branch", branch_name="writes-are-denied")
-    finally:
-        tt.McpInstrumentor().uninstrument()
     assert not status.is_error
     assert denial(created)["rule"] == "read-only-agent"
     assert "writes-are-denied" not in branches(server.repo)

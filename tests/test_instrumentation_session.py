@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from instrumentation_support import attrs, instrumented
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import tooltrail.instrumentation as tt
@@ -35,12 +34,8 @@ from tooltrail.semconv import (
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tt.McpInstrumentor().instrument(tracer_provider=provider, enforce=False)
-    yield exporter
-    tt.McpInstrumentor().uninstrument()
+    with instrumented(enforce=False) as exporter:
+        yield exporter
     _session.set_default_agent_name(None)
 
 
@@ -53,10 +48,6 @@ def noop(i: int) -> int:
 async def anoop(i: int) -> int:
     await asyncio.sleep(0)
     return i
-
-
-def attrs(span: ReadableSpan) -> dict[str, object]:
-    return dict(span.attributes or {})
 
 
 def test_session_stamps_every_span_with_all_session_keys(spans: InMemorySpanExporter) -> None:

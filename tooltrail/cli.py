@@ -8,19 +8,17 @@ code 2 (bad usage or bad input); exit 1 means the command ran and found a proble
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from tooltrail import __version__, config
-from tooltrail.errors import TooltrailError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from tooltrail.cli_common import CliError, F, data_option, domain_errors
+from tooltrail.output import FORMATS
 
 SESSION_COLUMNS = (
     "session_id",
@@ -48,38 +46,11 @@ ACTION_COLUMNS = (
 )
 
 
-class CliError(click.ClickException):
-    """Bad usage or bad input: exit code 2."""
-
-    exit_code = 2
-
-
-@contextlib.contextmanager
-def domain_errors() -> Iterator[None]:
-    """Turn the project's own errors into a clean message and exit code 2."""
-    try:
-        yield
-    except TooltrailError as e:
-        raise CliError(str(e)) from e
-
-
-def data_option(fn: F) -> F:
-    return click.option(
-        "--data",
-        "data",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        envvar=config.ENV_DATA,
-        show_envvar=True,
-        help="Data directory (default ./tooltrail-data).",
-    )(fn)
-
-
 def format_option(fn: F) -> F:
     return click.option(
         "--format",
         "fmt",
-        type=click.Choice(["table", "json", "csv"]),
+        type=click.Choice(FORMATS),
         default="table",
         show_default=True,
         help="Output format.",
@@ -235,6 +206,7 @@ def compact(data: Path | None) -> None:
 
         tooltrail compact --data ./tooltrail-data
     """
+    from tooltrail import analytics
     from tooltrail.collector.compact import compact as run_compact
 
     root = _data(data)
@@ -242,13 +214,11 @@ def compact(data: Path | None) -> None:
     def progress(name: str) -> None:
         click.echo(f"compacted {name}", err=True)
 
-    from tooltrail import analytics
-
     with domain_errors():
         report = run_compact(root, progress=progress)
         if root.exists():
             analytics.build_session_index(root)
-        _refresh_duckdb_file(root)
+            analytics.build_duckdb_file(root)
     click.echo(
         f"{report.partitions} partition(s) rewritten, {report.rows} rows, "
         f"files {report.files_before} -> {report.files_after}"
@@ -403,58 +373,54 @@ def _epoch(value: float | None) -> Any:
     return None if value is None else dt.datetime.fromtimestamp(value, tz=dt.UTC)
 
 
-def _decide(data: Path | None, approval_id: str, outcome: str, by: str, reason: str | None) -> None:
-    with domain_errors(), _store(data) as store:
-        record = store.decide(approval_id, outcome, by=by, reason=reason)
-    click.echo(f"{record.approval_id} {record.status} by {record.decided_by}")
-
-
 _by_option = click.option("--by", "by", required=True, help="Who decides (recorded).")
 _reason_option = click.option("--reason", help="Why (recorded, shown to the agent).")
 
 
-@cli.command()
-@data_option
-@click.argument("approval_id")
-@_by_option
-@_reason_option
-def approve(data: Path | None, approval_id: str, by: str, reason: str | None) -> None:
-    """Approve a held tool call: the agent's call proceeds with the arguments shown.
-
-    Example:
-
-        tooltrail approve apr-1a2b3c4d5e6f --by alice --reason "release window"
-    """
-    _decide(data, approval_id, "approved", by, reason)
+def _control_command(
+    name: str, id_name: str, command: Callable[..., None], summary: str, example: str
+) -> click.Command:
+    """``NAME [--data DIR] ID --by WHO [--reason WHY]`` running ``command``; its help laid
+    out like the other commands' docstrings."""
+    command.__doc__ = f"{summary}\n\n    Example:\n\n        {example}\n"
+    params = data_option(click.argument(id_name)(_by_option(_reason_option(command))))
+    return click.command(name=name)(params)
 
 
-@cli.command()
-@data_option
-@click.argument("approval_id")
-@_by_option
-@_reason_option
-def deny(data: Path | None, approval_id: str, by: str, reason: str | None) -> None:
-    """Deny a held tool call: the agent gets a structured denial naming who and why.
+def _decision_command(name: str, outcome: str, summary: str, example: str) -> click.Command:
+    def command(data: Path | None, approval_id: str, by: str, reason: str | None) -> None:
+        with domain_errors(), _store(data) as store:
+            record = store.decide(approval_id, outcome, by=by, reason=reason)
+        click.echo(f"{record.approval_id} {record.status} by {record.decided_by}")
 
-    Example:
+    return _control_command(name, "approval_id", command, summary, example)
 
-        tooltrail deny apr-1a2b3c4d5e6f --by alice --reason "not during the freeze"
-    """
-    _decide(data, approval_id, "denied", by, reason)
+
+cli.add_command(
+    _decision_command(
+        "approve",
+        "approved",
+        "Approve a held tool call: the agent's call proceeds with the arguments shown.",
+        'tooltrail approve apr-1a2b3c4d5e6f --by alice --reason "release window"',
+    )
+)
+cli.add_command(
+    _decision_command(
+        "deny",
+        "denied",
+        "Deny a held tool call: the agent gets a structured denial naming who and why.",
+        'tooltrail deny apr-1a2b3c4d5e6f --by alice --reason "not during the freeze"',
+    )
+)
 
 
 def _session_command(action: str, summary: str, example: str) -> click.Command:
-    @data_option
-    @click.argument("session_id")
-    @_by_option
-    @_reason_option
     def command(data: Path | None, session_id: str, by: str, reason: str | None) -> None:
         with domain_errors(), _store(data) as store:
             control = store.set_session_state(session_id, action, by=by, reason=reason)
         click.echo(f"session {control.session_id} {control.state} by {control.changed_by}")
 
-    command.__doc__ = f"{summary}\n\n    Example:\n\n        {example}\n"
-    return click.command(name=action)(command)
+    return _control_command(action, "session_id", command, summary, example)
 
 
 cli.add_command(

@@ -42,7 +42,6 @@ PENDING: Final = "pending"
 APPROVED: Final = "approved"
 DENIED: Final = "denied"
 EXPIRED: Final = "expired"
-OUTCOMES: Final = (APPROVED, DENIED, EXPIRED)
 
 RUNNING: Final = "running"
 PAUSED: Final = "paused"

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -21,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dashboard_support import BRANCH, HOTFIX, PENDING_ANYONE, RELEASE, TRIAGE, Seeded, seed
+from dashboard_support import (
+    BRANCH,
+    HOTFIX,
+    PENDING_ANYONE,
+    RELEASE,
+    TRIAGE,
+    Seeded,
+    free_port,
+    seed,
+    stop_server,
+)
 
 from tooltrail.control import ControlStore
 from tooltrail.dashboard import launch
@@ -54,12 +62,6 @@ pytestmark = [
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + STARTUP_S
     while True:
@@ -74,17 +76,6 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         time.sleep(0.3)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 @pytest.fixture
 def seeded(tmp_path: Path) -> Seeded:
     return seed(tmp_path / "data")
@@ -93,7 +84,7 @@ def seeded(tmp_path: Path) -> Seeded:
 @pytest.fixture
 def server(seeded: Seeded, tmp_path: Path) -> Iterator[str]:
     """The dashboard served by a real ``streamlit run`` on a free local port."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "streamlit.log"
     with log.open("wb") as out:
         proc = launch(seeded.root, port, policy=seeded.policy_path, new_session=True, output=out)
@@ -102,7 +93,7 @@ def server(seeded: Seeded, tmp_path: Path) -> Iterator[str]:
         _wait_healthy(url, proc, log)
         yield url
     finally:
-        _stop(proc)
+        stop_server(proc)
 
 
 @pytest.fixture

@@ -17,8 +17,10 @@ from typing import Any, Final
 
 import click
 
+from tooltrail.cli_common import CliError, domain_errors
 from tooltrail.config import data_dir as default_data_dir
-from tooltrail.errors import PolicyError, TooltrailError
+from tooltrail.errors import PolicyError
+from tooltrail.output import FORMATS
 from tooltrail.policy.compiler import InlineTest
 from tooltrail.policy.durations import format_duration, parse_duration
 from tooltrail.policy.engine import Explanation, Policy
@@ -26,24 +28,17 @@ from tooltrail.policy.loader import load_policy
 from tooltrail.policy.matchers import json_equal
 from tooltrail.policy.model import Decision, ToolCall, plain
 
-FORMATS: Final = ("table", "json", "csv")
 # Below this many distinct inputs a replay finishes before a progress bar is worth drawing.
 PROGRESS_MIN_GROUPS: Final = 20_000
 _DEFAULT_SINCE: Final = "30d"
 EXPLAIN_SESSION_ID: Final = "cli-session"
 
 
-class PolicyInputError(click.ClickException):
-    """Bad usage or bad input: exit code 2 (SPEC §5)."""
-
-    exit_code = 2
-
-
 def _load(path: str) -> Policy:
     try:
         return load_policy(path)
     except PolicyError as e:
-        raise PolicyInputError(str(e)) from e
+        raise CliError(str(e)) from e
 
 
 def _json_option(value: str | None, option: str) -> dict[str, Any] | None:
@@ -52,9 +47,9 @@ def _json_option(value: str | None, option: str) -> dict[str, Any] | None:
     try:
         parsed = json.loads(value)
     except ValueError as e:
-        raise PolicyInputError(f"{option} is not valid JSON: {e}") from e
+        raise CliError(f"{option} is not valid JSON: {e}") from e
     if not isinstance(parsed, dict):
-        raise PolicyInputError(f"{option} must be a JSON object, got {type(parsed).__name__}")
+        raise CliError(f"{option} must be a JSON object, got {type(parsed).__name__}")
     return parsed
 
 
@@ -428,25 +423,23 @@ def replay_cmd(
     policy = _load(policy_file)
     root = default_data_dir(data)
     if not root.is_dir():
-        raise PolicyInputError(f"data directory {root} does not exist (use --data DIR)")
+        raise CliError(f"data directory {root} does not exist (use --data DIR)")
     since_s: float | None = None
     if since.strip().lower() != "all":
         try:
             since_s = parse_duration(since)
         except ValueError as e:
-            raise PolicyInputError(f"--since: {e}") from e
-    with _progress_bar() as progress:
-        try:
-            report = replay(
-                policy,
-                root,
-                since_s=since_s,
-                since_label=None if since_s is None else since,
-                max_examples=max_examples,
-                progress=progress,
-            ).to_json_dict()
-        except TooltrailError as e:  # unreadable landed data is bad input too
-            raise PolicyInputError(str(e)) from e
+            raise CliError(f"--since: {e}") from e
+    # Unreadable landed data is bad input too.
+    with _progress_bar() as progress, domain_errors():
+        report = replay(
+            policy,
+            root,
+            since_s=since_s,
+            since_label=None if since_s is None else since,
+            max_examples=max_examples,
+            progress=progress,
+        ).to_json_dict()
     if fmt == "json":
         click.echo(_dumps(report))
     elif fmt == "csv":

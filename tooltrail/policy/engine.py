@@ -536,16 +536,13 @@ def _run_targets(
 
 
 def _extract_targets(
-    targets: Sequence[CompiledTarget],
-    server: str | None,
-    args: Mapping[str, Any],
-    tool: str | None = None,
+    targets: Sequence[CompiledTarget], server: str | None, args: Mapping[str, Any], tool: str
 ) -> Targets:
     """repo / branch / path: per field, the first entry (file order) whose selectors match
-    and whose template resolves. ``tool`` filters when the entries are not pre-indexed."""
+    and whose template resolves."""
     found: list[str | None] = [None, None, None]
     for target in targets:
-        if tool is not None and target.tools is not None and not target.tools.match(tool):
+        if target.tools is not None and not target.tools.match(tool):
             continue
         if target.servers is not None and not (
             isinstance(server, str) and target.servers.match(server)
