@@ -8,6 +8,10 @@ For each durability mode, one run of each sender:
   official OTLP/HTTP exporter behind a BatchSpanProcessor (512-span batches), as an agent
   would. The clock runs from the first span created to the moment the ``sessions`` view
   counts all N actions.
+* ``sink`` (reference, ``--sink``): the ``sdk`` senders posting to an endpoint that
+  answers 200 and discards the body. No collector could be faster with these senders on
+  this machine: it is the ceiling the SDK's own cost (span creation, protobuf encoding in
+  Python) puts on the ``sdk`` runs.
 * ``replay``: the same kind of spans, encoded beforehand by the SDK's own OTLP encoder
   into 512-span bodies, posted by two keep-alive connections. This takes the sender's
   CPU (span creation and protobuf encoding in Python, which cost more than the collector's
@@ -48,6 +52,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
+from opentelemetry.util.types import AttributeValue
 
 from tooltrail import semconv as sc
 
@@ -59,7 +64,7 @@ TOOLS = ("git_status", "git_diff", "git_add", "git_commit", "git_log", "git_chec
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def attributes(i: int, sessions: int) -> dict[str, object]:
+def attributes(i: int, sessions: int) -> dict[str, AttributeValue]:
     """One instrumented MCP tool call, decided at call time (as the instrumentation does)."""
     session = f"session-{i % sessions:05d}"
     tool = TOOLS[i % len(TOOLS)]
@@ -90,7 +95,7 @@ def make_spans(provider: TracerProvider, n: int, sessions: int, start: int = 0) 
     tracer = provider.get_tracer("bench-ingest")
     for i in range(start, start + n):
         attrs = attributes(i, sessions)
-        name = f"tools/call {attrs[sc.GEN_AI_TOOL_NAME]}"
+        name = f"tools/call {TOOLS[i % len(TOOLS)]}"
         with tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attrs):
             pass
 
@@ -175,7 +180,7 @@ class Collector:
 
 def _conn(url: str) -> http.client.HTTPConnection:
     parts = urlsplit(url)
-    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
 
 
 def _get(url: str, path: str) -> tuple[int, bytes]:
@@ -186,6 +191,50 @@ def _get(url: str, path: str) -> tuple[int, bytes]:
         return resp.status, resp.read()
     finally:
         conn.close()
+
+
+class Sink:
+    """An OTLP/HTTP endpoint that reads each body, answers 200 and keeps nothing."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def run_sink(n: int, sessions: int, agents: int) -> tuple[float, float]:
+    """(spans/s, sender CPU ms/span) of ``agents`` SDK senders into the sink."""
+    sink = Sink()
+    try:
+        failed, sender_cpu, t0 = send_sdk(sink.url, n, sessions, agents)
+        seconds = time.perf_counter() - t0
+    finally:
+        sink.close()
+    if failed:
+        raise SystemExit(f"the sink refused {failed} spans")
+    return n / seconds, sender_cpu / n * 1000
 
 
 # --- senders ----------------------------------------------------------------------------------
@@ -203,7 +252,7 @@ class _CountingExporter(SpanExporter):
         return result
 
     def shutdown(self) -> None:
-        self.inner.shutdown()
+        self.inner.shutdown()  # type: ignore[no-untyped-call]  # untyped upstream
 
 
 def _agent(url: str, start: int, n: int, sessions: int, failed: Any, ready: Any) -> None:
@@ -414,6 +463,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="collector --workers")
     ap.add_argument("--agents", default="1,4", help="SDK sender processes, per sdk run")
     ap.add_argument(
+        "--sink",
+        action="store_true",
+        help="also run the sdk senders into a discarding endpoint (their ceiling here)",
+    )
+    ap.add_argument(
         "--collector-args", default="", help="more `tooltrail collect` options, space-separated"
     )
     args = ap.parse_args()
@@ -457,6 +511,14 @@ def main() -> None:
                 f"{r.spans_s / PHOENIX['spans_s']:9.1f} {r.cpu_ms:21.4f} "
                 f"{r.sender_cpu_ms:18.4f} {r.bytes_per_span:7.1f} {r.files:6d} "
                 f"{r.landed:7d} {r.drops:6d} {r.shed:5.0f} {r.tail:6.2f}",
+                flush=True,
+            )
+    if args.sink and "sdk" in senders:
+        for agents in (int(k) for k in args.agents.split(",")):
+            spans_s, sender_ms = run_sink(n, args.sessions, agents)
+            print(
+                f"{'sink':7} {f'sdk x{agents}':8} {n / spans_s:8.2f} {spans_s:9.0f} "
+                f"{spans_s / PHOENIX['spans_s']:9.1f} {'-':>21} {sender_ms:18.4f}",
                 flush=True,
             )
     print(
