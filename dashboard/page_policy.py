@@ -276,7 +276,9 @@ def _report(report: ReplayReport) -> None:
     if report.kept_redacted or report.changed_on_redacted:
         st.caption(
             f"{ui.fmt_int(report.kept_redacted)} redacted actions kept their landed outcome; "
-            f"{ui.fmt_int(report.changed_on_redacted)} changes were judged on redacted arguments."
+            f"{ui.fmt_int(report.changed_on_redacted)} would replay differently only because"
+            " a rule that matched them cannot see their redacted values (not counted as"
+            " changes)."
         )
 
 

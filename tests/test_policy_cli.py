@@ -164,12 +164,44 @@ def test_explain_preset_and_csv() -> None:
         (["--args", "{not json"], "--args is not valid JSON"),
         (["--args", "[1, 2]"], "--args must be a JSON object"),
         (["--annotations", "true"], "--annotations must be a JSON object"),
+        # MCP hints are booleans: "yes" must not silently read as not-read-only.
+        (["--annotations", '{"readOnlyHint": "yes"}'],
+         '--annotations: readOnlyHint must be true or false, got "yes"'),
+        (["--annotations", '{"destructive_hint": 0}'],
+         "--annotations: destructive_hint must be true or false, got 0"),
+        (["--annotations", '{"title": "t", "openWorldHint": [true]}'],
+         "--annotations: openWorldHint must be true or false, got [true]"),
     ],
-)
+)  # fmt: skip
 def test_explain_bad_input_exits_2(options: list[str], message: str) -> None:
     result = run("explain", str(EXAMPLES / "policy-git.yaml"), "--tool", "git_log", *options)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_explain_annotations_accept_null_hints_and_other_keys() -> None:
+    """null is the MCP default (the Python model's None); keys other than the hints
+    (title, vendor extensions) are free."""
+    args = ["explain", str(EXAMPLES / "policy-github.yaml"), "--tool", "create_issue"]
+    for given, expected in [
+        ('{"readOnlyHint": null, "title": "Create issue"}', "REQUIRE_APPROVAL"),
+        ('{"readOnlyHint": true, "destructiveHint": null, "x-vendor": "yes"}', "ALLOW"),
+    ]:
+        result = run(*args, "--annotations", given, "--format", "json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["decision"] == expected
+
+
+def test_check_rejects_a_rule_named_like_a_verdict(tmp_path: Path) -> None:
+    """A rule `pass` would make its DENY read as "no rule matched"."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "version: 1\nrules:\n  - id: pass\n    when: {tool: git_log}\n    decision: DENY\n",
+        encoding="utf-8",
+    )
+    result = run("check", str(path))
+    assert result.exit_code == 2
+    assert f"{path}:3: rule 'pass' (rules[0].id): rule id 'pass' is reserved" in result.output
 
 
 def test_explain_without_tool_is_a_usage_error() -> None:
@@ -262,6 +294,13 @@ def test_replay_since_window_and_env_data_dir(data_dir: Path, tmp_path: Path) ->
     ("options", "message"),
     [
         (["--since", "soon"], "--since: 'soon' is not a duration"),
+        (["--since", "0"], "--since: '0' is not a positive duration"),
+        # Used to overflow datetime arithmetic: a traceback and exit 1.
+        (
+            ["--since", "999999999d"],
+            "--since: '999999999d' is longer than the maximum 36500d (use 'all' for no limit)",
+        ),
+        (["--since", "9" * 400], "is longer than the maximum 36500d"),
         (
             ["--data", "/nonexistent/tooltrail"],
             "data directory /nonexistent/tooltrail does not exist",

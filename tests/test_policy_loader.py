@@ -389,6 +389,64 @@ BAD_INPUT: list[tuple[str, str, int, str | None, tuple[str, ...]]] = [
         ("'has space' is not a valid rule id",),
     ),
     (
+        "rule-id-pass",
+        """
+        version: 1
+        rules:
+          - id: pass
+            when: {tool: git_log}
+            decision: DENY
+        """,
+        3,
+        "pass",
+        ("(rules[0].id)", "rule id 'pass' is reserved", "no rule matches"),
+    ),
+    (
+        "rule-id-policy-error",
+        """
+        version: 1
+        rules:
+          - id: ok
+            when: {tool: x}
+            decision: ALLOW
+          - id: policy-error
+            when: {tool: y}
+            decision: DENY
+        """,
+        6,
+        "policy-error",
+        ("(rules[1].id)", "rule id 'policy-error' is reserved"),
+    ),
+    (
+        "rule-id-preset",
+        """
+        version: 1
+        rules:
+          - id: "preset:deny-all"
+            when: {tool: x}
+            decision: DENY
+        """,
+        3,
+        "preset:deny-all",
+        ("(rules[0].id)", "is not a valid rule id"),
+    ),
+    (
+        "test-annotation-hint-not-boolean",
+        """
+        version: 1
+        rules:
+          - id: reads
+            when: {readOnlyHint: true}
+            decision: ALLOW
+            tests:
+              - call: {tool: x, annotations: {title: T, readOnlyHint: "yes"}}
+                expect: ALLOW
+        """,
+        7,
+        "reads",
+        ("call.annotations.readOnlyHint", "must be a boolean or null, got a string"),
+    ),
+    (
         "test-expects-unknown-verdict",
         """
         version: 1
@@ -542,3 +600,28 @@ def test_example_policies_load_and_validate_against_the_schema(name: str) -> Non
     policy = load_policy(EXAMPLES / name)
     assert {r.decision for r in policy.rules} == {"ALLOW", "DENY", "REWRITE", "REQUIRE_APPROVAL"}
     assert policy.tests  # they carry inline tests (run by test_policy_cli)
+
+
+def test_reserved_verdicts_are_never_rule_ids_and_hint_spellings_are_typed() -> None:
+    """The reserved ids are exactly the verdicts that are not rules, and every MCP hint
+    spelling the engine reads is one the schema types (inline tests cannot slip "yes")."""
+    from tooltrail.policy.model import (
+        ANNOTATION_HINTS,
+        PRESET_VERDICT_PREFIX,
+        VERDICT_PASS,
+        VERDICT_POLICY_ERROR,
+    )
+
+    for rule_id in (VERDICT_PASS, VERDICT_POLICY_ERROR, PRESET_VERDICT_PREFIX + "approve-all"):
+        with pytest.raises(PolicyValidationError) as info:
+            load_policy({"version": 1, "rules": [{"id": rule_id, "when": {}, "decision": "DENY"}]})
+        assert f"rule {rule_id!r} (rules[0].id)" in str(info.value)
+    # Look-alikes are ordinary ids.
+    for rule_id in ("Pass", "pass-through", "policy-errors"):
+        load_policy({"version": 1, "rules": [{"id": rule_id, "when": {}, "decision": "DENY"}]})
+    validator = jsonschema.Draft202012Validator(schema())
+    for name in (n for pair in ANNOTATION_HINTS for n in pair):
+        for hint, valid in (("yes", False), (1, False), (True, True), (None, True)):
+            call = {"tool": "t", "annotations": {name: hint, "title": "T"}}
+            doc = {"version": 1, "tests": [{"call": call, "expect": "ALLOW"}]}
+            assert validator.is_valid(doc) is valid, (name, hint)

@@ -154,14 +154,26 @@ def in_window(rows: list[Row], days: float | None) -> list[Row]:
 
 
 def brute_force(policy: Policy, rows: list[Row]) -> dict[str, Counter[Any]]:
-    """Per row, what replay must report: decide each landed row on its own."""
+    """Per row, what replay must report: decide each landed row on its own. A row redacted
+    on landing that changes only because a rule that matched it then cannot see the
+    redacted values now is not a change (``on_redacted``), and keeps that rule's hit."""
     out: dict[str, Counter[Any]] = {
-        k: Counter() for k in ("transitions", "agents", "radius", "hits", "changed")
+        k: Counter() for k in ("transitions", "agents", "radius", "hits", "changed", "on_redacted")
     }
     for row in rows:
         d = policy.decide(call_from_row(row))
-        out["hits"].update(d.policy_matched)
+        hidden = []
+        if row["redactions"]:
+            hidden = [
+                r
+                for r in row["policy_matched"]
+                if r in policy.rule_ids and r not in d.policy_matched
+            ]
+        out["hits"].update([*d.policy_matched, *hidden])
         old = (row["decision"], row["policy_rule"], row["blast_radius"])
+        if (d.decision, d.policy_rule, d.blast_radius) != old and hidden:
+            out["on_redacted"][row["span_id"]] += 1
+            continue
         if (d.decision, d.policy_rule, d.blast_radius) != old:
             out["changed"][row["span_id"]] += 1
         if d.decision != row["decision"]:
@@ -258,6 +270,7 @@ def test_replay_reports_blast_radius_dead_rules_and_newly_unmatched(
     assert as_counter(report.transitions, ("from", "to")) == expected["transitions"]
     assert as_counter(report.blast_radius, ("from", "to")) == expected["radius"]
     assert report.changed == len(expected["changed"])
+    assert report.changed_on_redacted == len(expected["on_redacted"])
     assert report.dead_rules == ["never"]
     assert report.rule_hits == {**dict(expected["hits"]), "never": 0}
     big_logs = [r for r in window if r["policy_matched"] == ["big-logs"]]
@@ -291,9 +304,114 @@ def test_redacted_condition_values_are_kept_for_the_same_version_and_flagged_oth
     same = replay(producing, tmp_path, since_s=None)
     assert (same.changed, same.kept_redacted, same.rule_hits) == (0, 2, {"scrub": 2})
     # Another version re-judges the redacted text: the secret is gone, so the rule cannot
-    # match; replay says so instead of hiding it.
+    # match. That is no change the candidate makes: counted apart, the rule keeps its hits.
     other = replay(loads_policy(text + "    reason: new\n"), tmp_path, since_s=None)
-    assert (other.changed, other.changed_on_redacted, other.kept_redacted) == (2, 2, 0)
+    assert (other.changed, other.changed_on_redacted, other.kept_redacted) == (0, 2, 0)
+    assert (other.rule_hits, other.dead_rules, other.newly_unmatched) == ({"scrub": 2}, [], 0)
+
+
+GIT_POLICY = Path(__file__).resolve().parent.parent / "examples" / "policy-git.yaml"
+REDACTING_RULE = "redact-tokens-in-commit-messages"
+
+
+def _git_rows(policy: Policy) -> list[Row]:
+    """Actions decided at call time by examples/policy-git.yaml, recorded the way the
+    instrumentation records them (the redacted ``Decision.arguments``, ``redactions``)."""
+    token = "ghp_" + "a" * 36
+    calls = [
+        ("git_commit", {"repo_path": "/src/app", "message": f"add key {token}"}),
+        ("git_commit", {"repo_path": "/src/app", "message": "key AKIAABCDEFGHIJKLMNOP"}),
+        ("git_commit", {"repo_path": "/src/app", "message": "plain change"}),
+        ("git_reset", {"repo_path": "/src/app"}),
+        ("git_checkout", {"repo_path": "/src/app", "branch_name": "main"}),
+        ("git_log", {"repo_path": "/src/app", "max_count": 5000}),
+    ]
+    rows: list[Row] = []
+    for i in range(24):
+        tool, args = calls[i % len(calls)]
+        row = empty_row()
+        row.update(trace_id=f"t{i}", span_id=f"sp{i:02d}", span_type="tool", tool_name=tool,
+                   arguments=json.dumps(args), session_id=f"s{i % 4}",
+                   agent_name="repo-janitor", start_time=NOW - dt.timedelta(hours=i))  # fmt: skip
+        d = policy.decide(call_from_row(row))
+        row.update(
+            decision=d.decision,
+            policy_rule=d.policy_rule,
+            policy_matched=list(d.policy_matched),
+            policy_version=d.policy_version,
+            blast_radius=d.blast_radius,
+            target_repo=d.target_repo,
+            target_branch=d.target_branch,
+            enforced=True,
+            arguments=json.dumps(d.arguments),
+            redactions=d.redactions or None,
+        )
+        rows.append(row)
+    return rows
+
+
+def test_a_text_only_edit_changes_nothing_on_actions_redacted_on_landing(tmp_path: Path) -> None:
+    """The demo case: rows scrubbed at call time by the redacting rule are replayed on the
+    redacted text, where the rule's own condition (the token) is gone. A candidate that
+    only rewords a `reason:` must report no change, no dead rule, and pass
+    --fail-on-change; the affected rows are counted in changed_on_redacted."""
+    from click.testing import CliRunner
+
+    from tooltrail.policy.cli import policy_cli
+
+    text = GIT_POLICY.read_text(encoding="utf-8")
+    producing = loads_policy(text)
+    rows = _git_rows(producing)
+    redacted = [r for r in rows if r["redactions"]]
+    assert len(redacted) == 8 and {r["policy_rule"] for r in redacted} == {REDACTING_RULE}
+    data = tmp_path / "data"
+    ParquetSpanWriter(data).write(rows)
+    edited = text.replace("Credentials never go into history", "No credentials in history")
+    candidate = loads_policy(edited)
+    assert edited != text and candidate.version != producing.version
+
+    report = replay(candidate, data, since_s=None, now=NOW)
+    assert report.actions == len(rows)
+    assert (report.changed, report.decision_changes, report.newly_unmatched) == (0, 0, 0)
+    assert report.transitions == report.by_rule == report.by_agent == report.examples == []
+    assert (report.changed_on_redacted, report.kept_redacted) == (len(redacted), 0)
+    assert report.rule_hits[REDACTING_RULE] == len(redacted)
+    assert REDACTING_RULE not in report.dead_rules
+
+    path = tmp_path / "candidate.yaml"
+    path.write_text(edited, encoding="utf-8")
+    result = CliRunner().invoke(
+        policy_cli, ["replay", str(path), "--data", str(data), "--since", "all", "--fail-on-change"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"note: {len(redacted)} actions landed with redacted arguments" in result.output
+    dead = next(line for line in result.output.splitlines() if line.startswith("dead rules"))
+    assert REDACTING_RULE not in dead
+
+
+def test_a_real_change_on_redacted_actions_still_counts(landed: tuple[Path, list[Row]]) -> None:
+    """Only changes a redaction may have caused are set apart: `scrub-token` tests the tool
+    name, which redaction leaves alone, so denying it changes every scrubbed push."""
+    data, rows = landed
+    flipped = loads_policy(
+        PRODUCING.replace(
+            "when: {tool: push}\n    decision: REWRITE\n    rewrite: {redact: [token]}",
+            "when: {tool: push}\n    decision: DENY",
+        )
+    )
+    assert flipped.version != loads_policy(PRODUCING).version
+    report = replay(flipped, data, since_s=None, now=NOW)
+    window = in_window(rows, None)
+    pushes = [r for r in window if r["tool_name"] == "push"]
+    scrubbed = [r for r in pushes if r["redactions"]]
+    assert len(scrubbed) > 10 and all(r["decision"] != "DENY" for r in pushes)
+    # Every push, scrubbed or not, is now denied: all of them are changes.
+    assert report.changed_on_redacted == 0
+    assert report.changed == report.decision_changes == len(pushes)
+    assert as_counter(report.transitions, ("from", "to")) == Counter(
+        (r["decision"], "DENY") for r in pushes
+    )
+    assert report.changed == len(brute_force(flipped, window)["changed"])
 
 
 def test_replay_of_an_empty_or_missing_data_dir(tmp_path: Path) -> None:

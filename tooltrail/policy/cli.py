@@ -22,11 +22,11 @@ from tooltrail.config import data_dir as default_data_dir
 from tooltrail.errors import PolicyError
 from tooltrail.output import FORMATS
 from tooltrail.policy.compiler import InlineTest
-from tooltrail.policy.durations import format_duration, parse_duration
+from tooltrail.policy.durations import format_duration, parse_since_seconds
 from tooltrail.policy.engine import Explanation, Policy
 from tooltrail.policy.loader import load_policy
 from tooltrail.policy.matchers import json_equal
-from tooltrail.policy.model import Decision, ToolCall, plain
+from tooltrail.policy.model import ANNOTATION_HINTS, Decision, ToolCall, plain
 
 # Below this many distinct inputs a replay finishes before a progress bar is worth drawing.
 PROGRESS_MIN_GROUPS: Final = 20_000
@@ -50,6 +50,17 @@ def _json_option(value: str | None, option: str) -> dict[str, Any] | None:
         raise CliError(f"{option} is not valid JSON: {e}") from e
     if not isinstance(parsed, dict):
         raise CliError(f"{option} must be a JSON object, got {type(parsed).__name__}")
+    return parsed
+
+
+def _annotations_option(value: str | None) -> dict[str, Any] | None:
+    """``--annotations``: a JSON object whose MCP hints, when given, are booleans (null is
+    the MCP default). A string like ``"yes"`` would silently read as not-read-only."""
+    parsed = _json_option(value, "--annotations")
+    for name in (n for pair in ANNOTATION_HINTS for n in pair):
+        hint = None if parsed is None else parsed.get(name)
+        if hint is not None and not isinstance(hint, bool):
+            raise CliError(f"--annotations: {name} must be true or false, got {_dumps(hint)}")
     return parsed
 
 
@@ -260,7 +271,7 @@ def explain_cmd(
         agent=agent,
         session_id=session,
         server=server,
-        annotations=_json_option(annotations_json, "--annotations"),
+        annotations=_annotations_option(annotations_json),
     )
     explanation = policy.explain(call)
     if fmt == "json":
@@ -351,8 +362,9 @@ def _replay_table(report: Mapping[str, Any]) -> str:
     ]
     if report["changed_on_redacted"]:
         out.append(
-            f"note: {report['changed_on_redacted']} changed actions were landed with redacted "
-            "arguments, so their replay may differ from the call as made"
+            f"note: {report['changed_on_redacted']} actions landed with redacted arguments "
+            "replay differently only because a rule that matched them cannot see the redacted "
+            "values; not counted as changes"
         )
     if report["kept_redacted"]:
         out.append(
@@ -424,14 +436,9 @@ def replay_cmd(
     root = default_data_dir(data)
     if not root.is_dir():
         raise CliError(f"data directory {root} does not exist (use --data DIR)")
-    since_s: float | None = None
-    if since.strip().lower() != "all":
-        try:
-            since_s = parse_duration(since)
-        except ValueError as e:
-            raise CliError(f"--since: {e}") from e
-    # Unreadable landed data is bad input too.
+    # Unreadable landed data and a bad --since are bad input too.
     with _progress_bar() as progress, domain_errors():
+        since_s = parse_since_seconds(since)
         report = replay(
             policy,
             root,

@@ -56,6 +56,11 @@ PRESETS: Final = ("deny-all", "approve-reads", "approve-all")
 DEFAULT_APPROVAL: Final = ApprovalSettings(timeout_s=600.0, on_timeout=DENY, approvers=("*",))
 MAX_APPROVAL_TIMEOUT_S: Final = 7 * 86_400.0
 VERSION_HEX_CHARS: Final = 16
+_RESERVED_IDS: Final = {
+    VERDICT_PASS: "the verdict when no rule matches and `default` decides",
+    VERDICT_POLICY_ERROR: "the verdict when the policy cannot load or evaluate a call",
+}
+"""Verdicts that are not rules, so no rule id may take them (nor ``preset:…``)."""
 TEST_SESSION_ID: Final = "test-session"
 """Session id of inline-test calls that do not set ``session``."""
 _GLOB_FIELDS: Final = ("agent", "server", "repo", "branch", "path")
@@ -362,6 +367,12 @@ class _Builder:
     ) -> tuple[CompiledRule, dict[str, Any]]:
         path: DocPath = ("rules", i)
         rule_id: str = node["id"]
+        reserved = _RESERVED_IDS.get(rule_id)
+        if reserved is None and rule_id.startswith(PRESET_VERDICT_PREFIX):
+            reserved = "the verdict of a preset"
+        if reserved is not None:
+            # A rule named like a verdict would make its decisions read as something else.
+            self.problem((*path, "id"), f"rule id {rule_id!r} is reserved: it is {reserved}")
         if rule_id in seen:
             first = self.locate(("rules", seen[rule_id]))
             where = f" (first defined at line {first})" if first is not None else ""

@@ -1,5 +1,6 @@
 """Durations as policy files and the command line write them: ``30s``, ``10m``, ``1h30m``,
-``2d``, ``1w``, or a bare number of seconds."""
+``2d``, ``1w``, or a bare number of seconds; and ``--since`` windows (a duration or ``all``).
+"""
 
 from __future__ import annotations
 
@@ -7,27 +8,37 @@ import math
 import re
 from typing import Final
 
+from tooltrail.errors import BadInputError
+
+SINCE_ALL: Final = "all"
+"""The ``--since`` value meaning no time limit."""
+MAX_SINCE_S: Final = 36_500 * 86_400.0
+"""The longest ``--since`` window (36500d, about a century): far beyond any landed data, and
+well inside what ``datetime`` can count back from now (a century of days is fine, a billion
+days overflows)."""
 _UNITS: Final = {"w": 604_800.0, "d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0}
 _DURATION: Final = re.compile(r"(?:(\d+(?:\.\d+)?)([wdhms]))+?")
 _WHOLE: Final = re.compile(r"^(?:\d+(?:\.\d+)?[wdhms])+$")
 
 
-def parse_duration(value: str | float) -> float:
-    """Seconds in ``value``; raises ValueError naming the accepted forms."""
+def _seconds(value: str | float) -> float:
+    """Seconds ``value`` spells, checking only its form: may be 0 or (huge numbers) inf."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        text = value.strip().lower()
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
-            seconds = float(text)
-        elif _WHOLE.match(text):
-            seconds = sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text))
-        else:
-            raise ValueError(
-                f"{value!r} is not a duration (use e.g. 30s, 10m, 1h30m, 2d or seconds)"
-            )
+        return float(value)
+    text = value.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    if _WHOLE.match(text):
+        return sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text))
+    raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 10m, 1h30m, 2d or seconds)")
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds in ``value`` (positive and finite); raises ValueError naming the accepted
+    forms. Callers bound the maximum they can use (approval timeouts, ``--since``)."""
+    seconds = _seconds(value)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"{value!r} is not a positive duration")
     return seconds
@@ -45,3 +56,29 @@ def format_duration(seconds: float) -> str:
             out.append(f"{rest // size}{unit}")
             rest %= size
     return "".join(out)
+
+
+def parse_since_seconds(value: str, *, option: str = "--since") -> float | None:
+    """The look-back window a ``--since`` value means, in seconds; None for ``all``.
+
+    Accepts every duration ``parse_duration`` does (``30s``, ``90m``, ``2h``, ``1h30m``,
+    ``7d``, ``1w``, or a bare number of seconds such as ``90``; case and surrounding spaces
+    ignored) and ``all`` (no limit). Raises BadInputError, its message starting with
+    ``option``, for anything else: not a duration, not positive, or longer than
+    MAX_SINCE_S (``36500d``).
+    """
+    if value.strip().lower() == SINCE_ALL:
+        return None
+    try:
+        seconds = _seconds(value)
+    except ValueError as e:
+        raise BadInputError(f"{option}: {e}") from e
+    # Checked before positivity: a number too long for a float is inf, i.e. too long.
+    if seconds > MAX_SINCE_S:
+        raise BadInputError(
+            f"{option}: {value!r} is longer than the maximum {format_duration(MAX_SINCE_S)} "
+            f"(use {SINCE_ALL!r} for no limit)"
+        )
+    if seconds <= 0:
+        raise BadInputError(f"{option}: {value!r} is not a positive duration")
+    return seconds

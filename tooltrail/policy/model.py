@@ -27,6 +27,15 @@ VERDICT_POLICY_ERROR: Final = "policy-error"
 PRESET_VERDICT_PREFIX: Final = "preset:"
 """Verdict prefix when no rule matched and a preset decided, e.g. ``preset:deny-all``."""
 
+ANNOTATION_HINTS: Final = (
+    ("readOnlyHint", "read_only_hint"),
+    ("destructiveHint", "destructive_hint"),
+    ("idempotentHint", "idempotent_hint"),
+    ("openWorldHint", "open_world_hint"),
+)
+"""The MCP ToolAnnotations hints, camelCase (the wire) and snake_case (the Python model)
+spellings; each is a boolean, or null / absent for the MCP default."""
+
 REDACTED: Final = "[REDACTED]"
 DEFAULT_RADIUS: Final = "Low"
 

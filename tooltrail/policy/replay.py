@@ -16,8 +16,11 @@ template can read, so replaying the policy that produced the data reports zero c
 (tested). Landed rows whose arguments were redacted on landing cannot be re-decided
 faithfully (the secret a condition looked at is gone): when they were decided by this
 very policy version they keep their landed outcome, because ``decide`` is deterministic
-(``kept_redacted``); otherwise they are replayed on the redacted text and changes among
-them are counted separately (``changed_on_redacted``).
+(``kept_redacted``). Otherwise they are replayed on the redacted text; a change there is
+a real one when every candidate rule that matched the row on landing still matches, and
+is otherwise counted apart in ``changed_on_redacted`` (a rule that saw the secret cannot
+see it now — e.g. the redacting rule itself after a text-only edit), never in ``changed``,
+the transitions or the examples; those rules keep the row's hit, so they do not look dead.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from typing import Any, Final
 import duckdb
 
 from tooltrail.config import SPANS_DIR
-from tooltrail.errors import QueryError
+from tooltrail.errors import BadInputError, QueryError
+from tooltrail.policy.durations import MAX_SINCE_S
 from tooltrail.policy.engine import Policy
 from tooltrail.policy.matchers import MISSING
 from tooltrail.policy.model import ToolCall
@@ -89,6 +93,8 @@ class ReplayReport:
     verdict_changes: int = 0  # same decision, different winning rule
     blast_radius_changes: int = 0
     newly_unmatched: int = 0  # matched a rule when landed, no rule now
+    # Redacted on landing by another version, replayed differently only because a rule
+    # that matched them cannot see the redacted values: not in ``changed``.
     changed_on_redacted: int = 0
     kept_redacted: int = 0
     transitions: list[dict[str, Any]] = field(default_factory=list)
@@ -177,11 +183,11 @@ def _group_query(policy: Policy, since: dt.datetime | None, max_examples: int) -
         SELECT {", ".join(f"{expr} AS in_{i}" for i, expr in enumerate(inputs))},
                decision, policy_rule, blast_radius,
                coalesce(len(policy_matched), 0) > 0 AS old_matched,
-               coalesce(redactions, 0) > 0 AS redacted,
-               -- Only for redacted rows of this very version (their landed outcome is kept):
-               -- null elsewhere, so it does not split groups.
-               CASE WHEN coalesce(redactions, 0) > 0 AND policy_version = ?
-                    THEN coalesce(policy_matched, []::VARCHAR[]) END AS kept_matched,
+               -- Only for rows redacted on landing (few): null elsewhere, so neither column
+               -- splits the groups of ordinary rows.
+               CASE WHEN coalesce(redactions, 0) > 0
+                    THEN coalesce(policy_matched, []::VARCHAR[]) END AS redacted_matched,
+               coalesce(redactions, 0) > 0 AND coalesce(policy_version = ?, false) AS kept,
                count(*) AS n,
                epoch_us(min(start_time)) AS first_us,
                arg_min(struct_pack(s := session_id, p := span_id, t := epoch_us(start_time)),
@@ -203,6 +209,7 @@ class _Folder:
 
     def __init__(self, policy: Policy, query: _Query, max_examples: int) -> None:
         self.policy = policy
+        self.rule_ids = frozenset(policy.rule_ids)
         self.query = query
         self.max_examples = max_examples
         self.cache: dict[tuple[Any, ...], tuple[str, str, str, tuple[str, ...]]] = {}
@@ -245,6 +252,14 @@ class _Folder:
         )
         return d.decision, d.policy_rule, d.blast_radius, d.policy_matched
 
+    def _hidden_by_redaction(
+        self, landed_matched: Sequence[str], matched: Sequence[str]
+    ) -> list[str]:
+        """Rules of the candidate that matched a redacted row when it landed but do not
+        match its redacted arguments now: the redaction may have removed what they test
+        (typically the redacting rule's own condition on the secret)."""
+        return [r for r in landed_matched if r in self.rule_ids and r not in matched]
+
     def _loads(self, text: str) -> Any:
         # Shared parsed values are safe: decide() never mutates its arguments.
         value = self.json_values.get(text, MISSING)
@@ -257,16 +272,16 @@ class _Folder:
     def fold(self, row: Sequence[Any], n_inputs: int, examples: Callable[[], list[Any]]) -> None:
         """Fold one group; ``examples()`` converts its example actions only if needed."""
         key = tuple(row[:n_inputs])
-        (old_decision, old_rule, old_radius, old_matched, redacted, kept_matched, n, first_us) = (
+        (old_decision, old_rule, old_radius, old_matched, redacted_matched, kept, n, first_us) = (
             row[n_inputs:]
         )
         counts = self.report_counts
         counts["actions"] += n
-        if kept_matched is not None:
+        if kept:
             # Redacted on landing by this same policy version: re-deciding would judge the
             # redacted text, not the call; the landed outcome is what this version decided.
             counts["kept_redacted"] += n
-            for rule_id in kept_matched:
+            for rule_id in redacted_matched:
                 self.hits[rule_id] += n
             return
         result = self.cache.get(key)
@@ -274,18 +289,30 @@ class _Folder:
             result = self._decide(key)
             self.cache[key] = result
         new_decision, new_rule, new_radius, matched = result
-        for rule_id in matched:
-            self.hits[rule_id] += n
-        if old_matched and not matched:
-            counts["newly_unmatched"] += n
+        hidden: list[str] = []
+        if redacted_matched is None:
+            for rule_id in matched:
+                self.hits[rule_id] += n
+        else:
+            hidden = self._hidden_by_redaction(redacted_matched, matched)
+            # A rule the redaction may have hidden from replay still matched the call as
+            # made: never report it dead for that.
+            for rule_id in (*matched, *hidden):
+                self.hits[rule_id] += n
         decision_changed = old_decision != new_decision
         verdict_changed = old_rule != new_rule
         radius_changed = old_radius != new_radius
-        if not (decision_changed or verdict_changed or radius_changed):
+        changed = decision_changed or verdict_changed or radius_changed
+        if changed and hidden:
+            # Not a change this policy makes: a rule that matched the call as made cannot
+            # see the redacted arguments any more. Counted apart, never as a change.
+            counts["changed_on_redacted"] += n
+            return
+        if old_matched and not matched:
+            counts["newly_unmatched"] += n
+        if not changed:
             return
         counts["changed"] += n
-        if redacted:
-            counts["changed_on_redacted"] += n
         agent = key[1]
         if decision_changed:
             counts["decision_changes"] += n
@@ -356,7 +383,11 @@ def replay(
     progress: Progress | None = None,
 ) -> ReplayReport:
     """Evaluate ``policy`` over the tool actions landed under ``data_dir`` within the last
-    ``since_s`` seconds (None: all) and compare with the decisions they landed with."""
+    ``since_s`` seconds (None: all; at most MAX_SINCE_S, see ``parse_since_seconds``) and
+    compare with the decisions they landed with."""
+    if since_s is not None and not 0 < since_s <= MAX_SINCE_S:
+        # Beyond this, counting back from now leaves what datetime can represent.
+        raise BadInputError(f"since_s={since_s!r}: must be > 0 and at most {MAX_SINCE_S:g}")
     started = time.perf_counter()
     report = ReplayReport(policy.version, str(data_dir), since_label)
     con = connect_actions(data_dir)
