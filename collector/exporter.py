@@ -92,6 +92,16 @@ class TooltrailSpanExporter(SpanExporter):
             # A forked child must not land its parent's buffered rows a second time.
             os.register_at_fork(after_in_child=self._forget_buffer)
 
+    def set_policy(self, policy: str | os.PathLike[str] | Policy | None) -> None:
+        """Decide undecided tool spans with ``policy`` from the next batch on (as the
+        ``policy`` argument; a repeated ``configure()`` hands over its new policy)."""
+        self._pipeline = self._pipeline.with_policy(policy)
+
+    @property
+    def policy_error(self) -> str | None:
+        """Why the policy could not be loaded (its rows land as ``policy-error``), or None."""
+        return self._pipeline.policy_error
+
     def _forget_buffer(self) -> None:
         self._buffer = []
         self._buffered = 0

@@ -43,11 +43,19 @@ def policy_row_hook(policy: str | os.PathLike[str] | Policy | None) -> RowHook |
     at all means no hook). A policy that cannot load never fails open: rows are marked
     ``policy_rule="policy-error"`` with a null decision, and the error is logged.
     """
+    return load_row_hook(policy)[0]
+
+
+def load_row_hook(
+    policy: str | os.PathLike[str] | Policy | None,
+) -> tuple[RowHook | None, str | None]:
+    """:func:`policy_row_hook` and the load error (None when the policy loaded, or when
+    there is none)."""
     from tooltrail.policy import Policy, apply_to_row, load_policy
 
     source: Any = policy if policy is not None else os.environ.get(config.ENV_POLICY) or None
     if source is None:
-        return None
+        return None, None
     if isinstance(source, Policy):
         loaded: Policy = source
     else:
@@ -60,22 +68,25 @@ def policy_row_hook(policy: str | os.PathLike[str] | Policy | None) -> RowHook |
             def mark_error(row: Row) -> None:
                 apply_to_row(None, row, error=message)
 
-            return mark_error
+            return mark_error, message
 
     def decide(row: Row) -> None:
         apply_to_row(loaded, row)
 
-    return decide
+    return decide, None
 
 
 class BatchPipeline:
     """A normalizer and an optional row hook (the policy), applied to whole batches."""
 
-    __slots__ = ("_hook", "normalizer")
+    __slots__ = ("_hook", "normalizer", "policy_error")
 
-    def __init__(self, normalizer: Normalizer, hook: RowHook | None) -> None:
+    def __init__(
+        self, normalizer: Normalizer, hook: RowHook | None, policy_error: str | None = None
+    ) -> None:
         self.normalizer = normalizer
         self._hook = hook
+        self.policy_error = policy_error  # why the policy did not load, if it did not
 
     @classmethod
     def build(
@@ -85,7 +96,11 @@ class BatchPipeline:
         ``$TOOLTRAIL_REDACT`` decides (on unless turned off); ``policy`` as in
         :func:`policy_row_hook`."""
         redactor = Redactor.from_env() if redact is None else Redactor(enabled=redact)
-        return cls(Normalizer(redactor), policy_row_hook(policy))
+        return cls(Normalizer(redactor), *load_row_hook(policy))
+
+    def with_policy(self, policy: str | os.PathLike[str] | Policy | None) -> BatchPipeline:
+        """The same normalizer with another policy (as :func:`policy_row_hook` reads it)."""
+        return BatchPipeline(self.normalizer, *load_row_hook(policy))
 
     def columns(self, src: SpanColumns) -> Columns:
         """The landed columns of a batch, decided."""
@@ -110,4 +125,4 @@ def _decide(hook: RowHook, columns: Columns, n: int) -> None:
             set_row(columns, i, row, n)
 
 
-__all__ = ["BatchPipeline", "RowHook", "policy_row_hook"]
+__all__ = ["BatchPipeline", "RowHook", "load_row_hook", "policy_row_hook"]

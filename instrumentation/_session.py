@@ -5,6 +5,9 @@
 in) and threads started with a copied context (``contextvars.copy_context().run``,
 ``asyncio.to_thread``). The ``sequence`` counter belongs to the session object, not to
 the context, so every task and thread of one session draws from one counter, under a lock.
+The counter is kept per session *id* for the process: a session id opened again (a second
+``session(session_id=X)``, the implicit session rebuilt by ``configure``) goes on counting
+where it stopped, so ``sequence`` never repeats within one process.
 
 With no session open, calls belong to the process's implicit session: its id comes from
 ``$TOOLTRAIL_SESSION_ID`` (else a fresh id per process) and its agent name from
@@ -18,6 +21,7 @@ import contextvars
 import os
 import threading
 import uuid
+from collections import OrderedDict
 from types import TracebackType
 from typing import Final
 
@@ -27,14 +31,44 @@ from tooltrail.semconv import TRIGGERS
 
 # A sub-agent's session is started by another agent unless the caller says otherwise.
 NESTED_TRIGGER: Final = "agent"
+# Session ids whose counters the process keeps (most recently opened first out). Past it, an
+# id not opened for that many sessions starts again at 1: bounded memory for agents that
+# open a session per request for months.
+MAX_COUNTED_SESSIONS: Final = 65_536
+
+
+class _Counter:
+    """The action counter of one session id: thread-safe, shared by every ``Session``
+    object that carries the id."""
+
+    __slots__ = ("lock", "next")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.next = 1
+
+
+_counters: OrderedDict[str, _Counter] = OrderedDict()
+_counters_lock = threading.Lock()
+
+
+def _counter_for(session_id: str) -> _Counter:
+    with _counters_lock:
+        counter = _counters.get(session_id)
+        if counter is None:
+            counter = _counters[session_id] = _Counter()
+            if len(_counters) > MAX_COUNTED_SESSIONS:
+                _counters.popitem(last=False)
+        else:
+            _counters.move_to_end(session_id)
+        return counter
 
 
 class Session:
     """One agent run. Immutable identity plus a thread-safe action counter."""
 
     __slots__ = (
-        "_lock",
-        "_next",
+        "_counter",
         "agent_id",
         "agent_name",
         "parent_session_id",
@@ -55,14 +89,15 @@ class Session:
         self.agent_id = agent_id
         self.parent_session_id = parent_session_id
         self.trigger = trigger
-        self._lock = threading.Lock()
-        self._next = 1
+        self._counter = _counter_for(session_id)
 
     def next_sequence(self) -> int:
-        """The next action number (1, 2, ...), unique within the session across threads."""
-        with self._lock:
-            n = self._next
-            self._next = n + 1
+        """The next action number (1, 2, ...) of this session id, unique within the process
+        across threads and across every ``Session`` object carrying the id."""
+        counter = self._counter
+        with counter.lock:
+            n = counter.next
+            counter.next = n + 1
         return n
 
     def __repr__(self) -> str:
@@ -125,10 +160,13 @@ def _implicit_session() -> Session:
 
 
 def _reset_implicit_after_fork() -> None:
-    # A forked child is a different run: fresh counter (and id, unless the env fixes it).
-    global _implicit, _implicit_lock
+    # A forked child is a different run: fresh counters (and implicit id, unless the env
+    # fixes it). Locks held by other threads at the fork would never be released here.
+    global _implicit, _implicit_lock, _counters, _counters_lock
     _implicit = None
     _implicit_lock = threading.Lock()
+    _counters = OrderedDict()
+    _counters_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_reset_implicit_after_fork)

@@ -1158,7 +1158,13 @@ _FAST_RECURSION_LIMIT: Final = 4000
 
 
 def to_json(value: Any, limit: int) -> str:
-    """Compact JSON of ``value`` (``str()`` for what JSON cannot hold), truncated to ``limit``."""
+    """Compact JSON of ``value`` (``str()`` for what JSON cannot hold), at most ``limit``
+    characters.
+
+    Over the limit, the long strings inside are cut (each ending in ``TRUNCATION_MARK``)
+    so the text stays a JSON object: the keys and the short values a policy matches on
+    (``env: prod``) survive for after-the-fact decisions, replay and queries. Only when
+    cutting strings cannot make it fit is the text itself cut (no longer valid JSON)."""
     try:
         if sys.getrecursionlimit() <= _FAST_RECURSION_LIMIT:
             text = _encode(value)
@@ -1166,7 +1172,41 @@ def to_json(value: Any, limit: int) -> str:
             text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError):  # e.g. a circular structure
         text = json.dumps(repr(value), ensure_ascii=False)
-    return truncate(text, limit)
+    if len(text) <= limit:
+        return text
+    return _shortened(value, limit) or truncate(text, limit)
+
+
+# Strings are never cut shorter than this when shortening arguments to fit.
+_MIN_KEPT_CHARS: Final = 32
+
+
+def _shortened(value: Any, limit: int) -> str | None:
+    """The JSON of ``value`` with every string longer than some cap cut to it, for the
+    largest cap (halving from ``limit``) whose result fits; None when none does."""
+    cap = limit // 2
+    while cap >= _MIN_KEPT_CHARS:
+        try:
+            text = _ENCODER.encode(_cut_strings(value, cap))
+        except (TypeError, ValueError, RecursionError):
+            return None
+        if len(text) <= limit:
+            return text
+        cap //= 2
+    return None
+
+
+def _cut_strings(value: Any, cap: int) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= cap else value[:cap] + TRUNCATION_MARK
+    # The containers the encoder writes as JSON; anything else it writes as str().
+    if isinstance(value, dict):
+        return {k: _cut_strings(v, cap) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_cut_strings(v, cap) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _cut_strings(str(value), cap)  # what the encoder's default=str would write
 
 
 def truncate(text: str, limit: int) -> str:

@@ -32,7 +32,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -44,6 +44,9 @@ from tooltrail.instrumentation import _session, _spans
 from tooltrail.instrumentation.broker import ApprovalBroker
 from tooltrail.semconv import SERVICE_NAME
 
+if TYPE_CHECKING:
+    from tooltrail.collector.exporter import TooltrailSpanExporter
+
 __all__ = ["Configuration", "configure"]
 
 _log = logging.getLogger("tooltrail.instrumentation")
@@ -54,8 +57,10 @@ MAX_EXPORT_BATCH_SIZE: Final = 2_048
 DEFAULT_SERVICE_NAME: Final = "tooltrail-agent"
 
 _lock = threading.Lock()
-# Providers tooltrail already exports from (by id; a provider lives for the process).
-_exporting: dict[int, Path] = {}
+# Providers tooltrail already exports from (by id; a provider lives for the process): the
+# data directory, and the exporter and its processor when configure() added them (None:
+# one found there).
+_exporting: dict[int, tuple[Path, BatchSpanProcessor | None, TooltrailSpanExporter | None]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +124,16 @@ def configure(
         # The exporter decides, after the fact, tool spans nobody decided at call time
         # (e.g. made by other instrumentations); give it the policy already loaded.
         exporter_policy = st.policy if st.policy is not None else policy
-        _add_exporter(provider, root, exporter_policy)
+        exporter = _add_exporter(provider, root, exporter_policy)
     instrumented = _instrument_mcp()
+    # Not enforcing, the policy is loaded by the exporter only: report its error too.
+    policy_error = st.policy_error or (exporter.policy_error if exporter is not None else None)
     return Configuration(
         tracer_provider=provider,
         data_dir=root,
         enforce=st.enforce,
         policy_version=st.policy_version,
-        policy_error=st.policy_error,
+        policy_error=policy_error,
         created_provider=created,
         mcp_instrumented=instrumented,
     )
@@ -154,19 +161,28 @@ def _resource(service_name: str | None) -> Resource:
     return Resource.create({SERVICE_NAME: fallback})
 
 
-def _add_exporter(provider: TracerProvider, root: Path, policy: Any) -> None:
+def _add_exporter(
+    provider: TracerProvider, root: Path, policy: Any
+) -> TooltrailSpanExporter | None:
+    """Add the tooltrail exporter to ``provider`` once; on later calls hand the one added
+    here the new policy. Returns that exporter (None when one was already there)."""
     known = _exporting.get(id(provider))
     if known is not None:
-        if known != root:
+        known_root, processor, exporter = known
+        if known_root != root:
             _log.warning(
                 "tooltrail: already exporting to %s; configure(data_dir=%s) cannot change it",
-                known,
+                known_root,
                 root,
             )
-        return
+        if processor is not None and exporter is not None:
+            # Spans that ended under the old policy are decided by it, not the new one.
+            processor.force_flush()
+            exporter.set_policy(policy)
+        return exporter
     if _has_tooltrail_exporter(provider):
-        _exporting[id(provider)] = root
-        return
+        _exporting[id(provider)] = (root, None, None)
+        return None
     from tooltrail.collector.exporter import TooltrailSpanExporter
 
     exporter = TooltrailSpanExporter(data_dir=root, policy=policy)
@@ -177,10 +193,11 @@ def _add_exporter(provider: TracerProvider, root: Path, policy: Any) -> None:
         max_export_batch_size=MAX_EXPORT_BATCH_SIZE,
     )
     provider.add_span_processor(processor)
-    _exporting[id(provider)] = root
+    _exporting[id(provider)] = (root, processor, exporter)
     # The SDK's own exit hook shuts the provider down; this one also covers a provider
     # the application built with shutdown_on_exit=False.
     atexit.register(processor.force_flush)
+    return exporter
 
 
 def _has_tooltrail_exporter(provider: TracerProvider) -> bool:

@@ -66,9 +66,20 @@ def tool(
     Args:
         name: the tool name in spans and policy rules (default the function's ``__name__``).
         annotations: MCP-style hints the policy may match, e.g. ``{"readOnlyHint": True}``.
+
+    Raises:
+        TypeError: ``fn`` is a generator function (sync or async). Its body runs only when
+            the caller iterates, after the call returned: the span would record nothing of
+            the work, and a decision made at the call would not cover it.
     """
 
     def decorate(f: Callable[P, R]) -> Callable[P, R]:
+        if inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f):
+            raise TypeError(
+                f"@tool cannot trace generator function {getattr(f, '__qualname__', f)!r}:"
+                " its body runs while the caller iterates, after the call returned. Decorate"
+                " a function that returns the results (e.g. as a list) instead."
+            )
         return _instrument(f, name or str(getattr(f, "__name__", "tool")), annotations)
 
     return decorate(fn) if fn is not None else decorate

@@ -585,3 +585,90 @@ def test_an_object_with_async_call_gets_the_async_wrapper(spans: InMemorySpanExp
     assert span.name == "execute_tool deploy_service"
     assert span.end_time is not None and span.start_time is not None
     assert span.end_time - span.start_time >= 40_000_000  # the span covers the awaited work
+
+
+# --- oversized arguments, landed -------------------------------------------------------------
+
+BIG_POLICY = textwrap.dedent(
+    """
+    version: 1
+    rules:
+      - id: deploy-prod
+        when: {tool: release, args: {env: prod}}
+        decision: DENY
+    """
+)
+
+
+@tt.tool
+def release(service: str, env: str = "dev", notes: str = "") -> str:
+    calls.append(("release", env))
+    return service
+
+
+@pytest.mark.parametrize("enforcing", [False, True])
+def test_oversized_arguments_land_as_an_object_and_are_decided_on_them(
+    tmp_path: Path, enforcing: bool
+) -> None:
+    # The notes push the arguments past MAX_ARGUMENTS_CHARS: the landed arguments must
+    # still be an object, so the exporter's after-the-fact decision and a replay of the
+    # producing policy see env=prod (they judged an empty object before).
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from tooltrail import analytics
+    from tooltrail.collector.exporter import TooltrailSpanExporter
+    from tooltrail.policy import load_policy
+    from tooltrail.policy.replay import replay
+
+    policy_path = tmp_path / "policy.yaml"
+    policy_path.write_text(BIG_POLICY)
+    data = tmp_path / "data"
+    exporter = TooltrailSpanExporter(data_dir=data, policy=policy_path, buffer_rows=0)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = tt.McpInstrumentor()
+    instrumentor.instrument(tracer_provider=provider, enforce=enforcing, policy=policy_path)
+    try:
+        with tt.session(session_id="big"):
+            if enforcing:
+                with pytest.raises(tt.ToolCallDenied):
+                    release("api", env="prod", notes="n" * 70_000)
+            else:
+                release("api", env="prod", notes="n" * 70_000)
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+    assert calls == ([] if enforcing else [("release", "prod")])
+    con = analytics.connect(data)
+    try:
+        got = con.execute(
+            "SELECT decision, policy_rule, enforced, json_type(arguments),"
+            " arguments->>'env', length(arguments->>'notes') FROM actions"
+        ).fetchall()
+    finally:
+        con.close()
+    assert len(got) == 1
+    decision, rule, was_enforced, kind, env, notes_chars = got[0]
+    assert (decision, rule, was_enforced) == ("DENY", "deploy-prod", enforcing)
+    assert (kind, env) == ("OBJECT", "prod")
+    assert 1000 < notes_chars < _spans.MAX_ARGUMENTS_CHARS
+    report = replay(load_policy(policy_path), data, since_s=None)
+    assert (report.actions, report.changed) == (1, 0)
+
+
+def test_generator_functions_are_refused_at_decoration() -> None:
+    # Their body runs while the caller iterates, after the call returned: a span (and a
+    # decision) around the call would cover none of the work.
+    def numbers(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    async def anumbers(n: int) -> Any:
+        for i in range(n):
+            yield i
+
+    for fn in (numbers, anumbers):
+        with pytest.raises(TypeError, match=r"generator function.*after the call returned"):
+            tt.tool(fn)
+        with pytest.raises(TypeError, match="generator function"):
+            tt.tool(name="streamed")(fn)

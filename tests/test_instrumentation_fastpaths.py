@@ -75,11 +75,49 @@ def test_to_json_is_what_json_dumps_gives(value: Any) -> None:
         {"s": 'é\u2028"\\\n', "n": [1, 2.5, None, True, math.nan, -math.inf]},
         {3: "int key", 2.5: "float key", True: "bool key", None: "null key"},
         {("tuple", "key"): 1},  # not a JSON key: recorded as the repr, never raised
-        {"x": "y" * (LIMIT + 10)},
     ],
 )
 def test_to_json_known_values(value: Any) -> None:
     assert _spans.to_json(value, LIMIT) == reference(value)
+
+
+MARK = _spans.TRUNCATION_MARK
+
+
+def test_oversized_arguments_stay_a_json_object_with_their_short_values() -> None:
+    # A policy decides after the fact (and replays) from the recorded arguments: a long
+    # note must not cost it the `env` it matches on.
+    value = {"service": "api", "env": "prod", "notes": "n" * 70_000, "tags": ["t" * 40_000]}
+    text = _spans.to_json(value, LIMIT)
+    assert len(text) <= LIMIT
+    got = json.loads(text)
+    assert (got["service"], got["env"]) == ("api", "prod")
+    assert got["notes"].endswith(MARK) and got["notes"].startswith("n" * 1000)
+    assert got["tags"][0].endswith(MARK)
+
+
+def test_oversized_values_json_cannot_hold_are_cut_as_their_str() -> None:
+    class Big:
+        def __str__(self) -> str:
+            return "b" * 100_000
+
+    got = json.loads(_spans.to_json({"blob": Big(), "n": 1, "raw": b"x" * 80_000}, LIMIT))
+    assert got["n"] == 1
+    assert got["blob"].startswith("bbb") and got["blob"].endswith(MARK)
+    assert got["raw"].startswith("b'xxx") and got["raw"].endswith(MARK)
+
+
+def test_arguments_too_many_to_fit_are_cut_as_text() -> None:
+    # Cutting strings cannot shrink 20,000 keys below the limit: the text is cut instead.
+    value = {f"key-{i:05d}": i for i in range(20_000)}
+    text = _spans.to_json(value, LIMIT)
+    assert text == reference(value)
+    assert len(text) == LIMIT and text.endswith(MARK)
+
+
+def test_an_oversized_plain_string_stays_a_json_string() -> None:
+    got = json.loads(_spans.to_json("y" * (LIMIT + 10), LIMIT))
+    assert got.startswith("yyy") and got.endswith(MARK)
 
 
 def test_circular_arguments_are_recorded_as_their_repr() -> None:

@@ -206,3 +206,43 @@ def test_configure_joins_an_application_provider_once(tmp_path: Path) -> None:
     assert [(r["tool_name"], r["agent_name"]) for r in rows] == [("lookup", "second")]
     # Not enforcing: the exporter had no policy, so nothing was decided at call time.
     assert rows[0]["enforced"] is not True
+
+
+def test_configure_again_hands_the_exporter_its_new_policy(tmp_path: Path) -> None:
+    # Not enforcing, the exporter decides after the fact: a second configure() with
+    # another policy must change its verdicts, as it changes enforcement's.
+    data = tmp_path / "data"
+    deny, allow = tmp_path / "deny.yaml", tmp_path / "allow.yaml"
+    deny.write_text(
+        "version: 1\nrules:\n  - id: no-act\n    when: {tool: act}\n    decision: DENY\n"
+    )
+    allow.write_text("version: 1\ndefault: ALLOW\nrules: []\n")
+    missing = tmp_path / "missing.yaml"
+    code = textwrap.dedent(
+        f"""
+        import json
+        import tooltrail.instrumentation as tt
+
+        @tt.tool
+        def act(n: int) -> int:
+            return n
+
+        first = tt.configure(data_dir={str(data)!r}, policy={str(deny)!r})
+        act(1)
+        tt.configure(data_dir={str(data)!r}, policy={str(allow)!r})
+        act(2)
+        broken = tt.configure(data_dir={str(data)!r}, policy={str(missing)!r})
+        act(3)
+        print(json.dumps({{"first": first.policy_error, "broken": broken.policy_error}}))
+        """
+    )
+    out = run([sys.executable, "-c", code], clean_env())
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["first"] is None
+    assert report["broken"] is not None and "missing.yaml" in report["broken"]
+    rows = tool_rows(data)
+    assert [(r["decision"], r["policy_rule"], r["enforced"]) for r in rows] == [
+        ("DENY", "no-act", False),
+        ("ALLOW", "pass", False),
+        (None, "policy-error", False),
+    ]

@@ -176,6 +176,47 @@ def test_per_thread_order_follows_call_order(spans: InMemorySpanExporter) -> Non
         assert seqs == sorted(seqs), f"thread {k} numbered out of call order"
 
 
+def test_reopening_a_session_id_goes_on_counting(spans: InMemorySpanExporter) -> None:
+    # A session resumed under its id (a second request of one conversation) must not
+    # number its actions from 1 again: `show` orders a session by sequence.
+    sid = f"resumed-{os.getpid()}-{id(spans)}"
+    with tt.session(session_id=sid):
+        noop(1)
+        noop(2)
+    with tt.session(session_id=sid, agent_name="other-agent"):
+        noop(3)
+    with tt.session(session_id=f"{sid}-other"):
+        noop(4)
+    got = [(a[SESSION_ID], a[TT_SEQUENCE]) for a in map(attrs, spans.get_finished_spans())]
+    assert got == [(sid, 1), (sid, 2), (sid, 3), (f"{sid}-other", 1)]
+
+
+def test_implicit_session_rebuilt_by_configure_goes_on_counting(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOOLTRAIL_SESSION_ID", f"implicit-{os.getpid()}-{id(spans)}")
+    _session.set_default_agent_name("first")
+    noop(1)
+    _session.set_default_agent_name("second")  # rebuilds the implicit session object
+    noop(2)
+    got = [(a[GEN_AI_AGENT_NAME], a[TT_SEQUENCE]) for a in map(attrs, spans.get_finished_spans())]
+    assert got == [("first", 1), ("second", 2)]
+
+
+def test_counters_are_bounded_least_recently_opened_first_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_session, "MAX_COUNTED_SESSIONS", 2)
+    monkeypatch.setattr(_session, "_counters", _session.OrderedDict())
+    a, b = _session.Session("a"), _session.Session("b")
+    assert (a.next_sequence(), b.next_sequence()) == (1, 1)
+    assert _session.Session("a").next_sequence() == 2  # reopening "a" makes "b" the oldest
+    _session.Session("c")
+    assert list(_session._counters) == ["a", "c"]
+    assert _session.Session("b").next_sequence() == 1  # forgotten: counts afresh
+    assert a.next_sequence() == 3  # live objects keep their counter
+
+
 def test_implicit_session_from_environment() -> None:
     code = (
         "import tooltrail.instrumentation as tt\n"
