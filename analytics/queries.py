@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final, TypeAlias
@@ -42,30 +41,36 @@ BLAST_RADIUS_GROUPS: Final = ("agent", "tool", "repo", "day")
 APPROVAL_GROUPS: Final = ("rule", "agent", "approver", "tool")
 APPROVAL_STATUSES: Final = ("all", "pending", "approved", "denied", "expired", "not_requested")
 
-_DURATION: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
-_UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
 
 def parse_since(since: Since, *, now: dt.datetime | None = None) -> dt.datetime | None:
-    """The UTC instant a ``since`` filter means.
+    """The UTC instant a ``since`` filter means (None: no filter).
 
-    A ``timedelta`` or a string like ``30m``, ``2h``, ``7d``, ``1w``, ``90s`` counts back
-    from now; an aware ``datetime`` is taken as is (a naive one is read as UTC).
+    A ``timedelta`` or a duration string counts back from now: the same syntax as
+    ``tooltrail policy replay --since`` (``30m``, ``2h``, ``1h30m``, ``7d``, ``1w``, a bare
+    number of seconds, or ``all``); an aware ``datetime`` is taken as is (a naive one is
+    read as UTC).
     """
     if since is None:
         return None
     if isinstance(since, dt.datetime):
         return since if since.tzinfo is not None else since.replace(tzinfo=dt.UTC)
     if isinstance(since, str):
-        match = _DURATION.fullmatch(since)
-        if match is None:
-            raise QueryError(
-                f"since={since!r}: expected a number and a unit s/m/h/d/w, e.g. 30m, 2h, 7d"
-            )
-        since = dt.timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        from tooltrail.errors import BadInputError
+        from tooltrail.policy.durations import parse_since_seconds
+
+        try:
+            seconds = parse_since_seconds(since, option="since")
+        except BadInputError as e:
+            raise QueryError(str(e)) from e
+        if seconds is None:
+            return None
+        since = dt.timedelta(seconds=seconds)
     if since < dt.timedelta(0):
         raise QueryError(f"since must not be negative, got {since}")
-    return (now or dt.datetime.now(dt.UTC)) - since
+    try:
+        return (now or dt.datetime.now(dt.UTC)) - since
+    except OverflowError:
+        raise QueryError(f"since={since} reaches before the year 1") from None
 
 
 @contextmanager
@@ -268,10 +273,38 @@ def run_query(source: Source, sql: str, *, limit: int | None = None) -> pl.DataF
                 raise QueryError("the statement returned no rows")
             if limit is not None:
                 relation = relation.limit(limit)
+            relation = _showable(relation)
             frame: pl.DataFrame = relation.pl()
         except duckdb.Error as e:
             raise_query_error(e, "the query")
+        except Exception as e:  # a result type polars cannot hold: say so, no traceback
+            raise QueryError(f"the query's result cannot be shown: {e}") from e
     return frame
+
+
+def landed_span_ids(source: Source, span_ids: list[str]) -> set[tuple[str, str]]:
+    """The ``(trace_id, span_id)`` pairs among ``span_ids`` already landed."""
+    if not span_ids:
+        return set()
+    with borrow(source) as con:
+        try:
+            rows = con.sql(load("landed_span_ids"), params={"span_ids": span_ids}).fetchall()
+        except duckdb.Error as e:
+            raise_query_error(e, "reading the landed span ids")
+    return {(str(t), str(s)) for t, s in rows}
+
+
+def _showable(relation: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
+    """INTERVAL columns as text ("00:00:05.25"): polars cannot read Arrow's interval type,
+    and an interval is what ``last_action_at - started_at`` gives."""
+    types = [str(t) for t in relation.types]
+    if not any(t == "INTERVAL" for t in types):
+        return relation
+    columns = []
+    for name, kind in zip(relation.columns, types, strict=True):
+        quoted = '"' + name.replace('"', '""') + '"'
+        columns.append(f"CAST({quoted} AS VARCHAR) AS {quoted}" if kind == "INTERVAL" else quoted)
+    return relation.project(", ".join(columns))
 
 
 __all__ = [
@@ -286,6 +319,7 @@ __all__ = [
     "blast_radius_stats",
     "borrow",
     "count_sessions",
+    "landed_span_ids",
     "parse_since",
     "run_query",
     "session",

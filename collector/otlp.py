@@ -20,7 +20,7 @@ import base64
 import binascii
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -65,6 +65,10 @@ _KINDS: Final = {
 _STATUS: Final = {0: "UNSET", 1: "OK", 2: "ERROR"}
 
 
+# Given span ids, the (trace_id, span_id) pairs among them already landed.
+AlreadyLanded = Callable[[list[str]], Iterable[tuple[str, str]]]
+
+
 @dataclass(frozen=True, slots=True)
 class IngestReport:
     """What one ingest run did."""
@@ -73,6 +77,7 @@ class IngestReport:
     spans: int
     rows: int
     written: tuple[Path, ...] = ()
+    skipped: int = 0  # spans already landed (or twice in the input): not landed again
 
 
 # --- protobuf message -> records -------------------------------------------------------
@@ -310,6 +315,7 @@ def ingest_files(
     data_dir: str | os.PathLike[str],
     normalizer: Normalizer | None = None,
     row_hook: RowHook | None = None,
+    already_landed: AlreadyLanded | None = None,
 ) -> IngestReport:
     """Land the spans of OTLP/JSON files under ``data_dir``, all or nothing.
 
@@ -318,19 +324,37 @@ def ingest_files(
     the redactor ``$TOOLTRAIL_REDACT`` selects: on unless turned off), ``row_hook`` is
     applied to each row (it may change the row in place: the policy hook), and the rows
     are landed through :class:`ParquetSpanWriter`.
+
+    A span is landed once: one that appears twice in the input, or that
+    ``already_landed`` (given the span ids, returning the landed ``(trace_id, span_id)``
+    pairs) reports, is skipped and counted, so ingesting a file again adds nothing.
     """
     parsed = [read_otlp_json(path) for path in paths]
+    records = [record for file_records in parsed for record in file_records]
+    seen: set[tuple[str, str]] = set()
+    if already_landed is not None:
+        seen = set(already_landed(sorted({r.span_id for r in records})))
+    fresh: list[SpanRecord] = []
+    for record in records:
+        key = (record.trace_id, record.span_id)
+        if key not in seen:
+            seen.add(key)
+            fresh.append(record)
     norm = normalizer if normalizer is not None else Normalizer(Redactor.from_env())
     rows: list[Row] = []
-    for records in parsed:
-        for record in records:
-            row = norm.normalize(record)
-            if row_hook is not None:
-                row_hook(row)
-            rows.append(row)
-    spans = len(rows)
+    for record in fresh:
+        row = norm.normalize(record)
+        if row_hook is not None:
+            row_hook(row)
+        rows.append(row)
     written = _land(rows, data_dir)
-    return IngestReport(files=len(paths), spans=spans, rows=spans, written=tuple(written))
+    return IngestReport(
+        files=len(paths),
+        spans=len(records),
+        rows=len(rows),
+        written=tuple(written),
+        skipped=len(records) - len(fresh),
+    )
 
 
 def _land(rows: list[Row], data_dir: str | os.PathLike[str]) -> list[Path]:

@@ -449,12 +449,25 @@ def test_bad_session_filters_are_query_errors(fleet: Path, filters: dict[str, An
 
 def test_parse_since_units() -> None:
     now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
-    cases = {"90s": 90, "30m": 1800, "2h": 7200, "7d": 7 * 86400, "1w": 7 * 86400, "1.5h": 5400}
+    cases = {
+        "90s": 90,
+        "30m": 1800,
+        "2h": 7200,
+        "7d": 7 * 86400,
+        "1w": 7 * 86400,
+        "1.5h": 5400,
+        "1h30m": 5400,  # the syntax `policy replay --since` takes too
+        "90": 90,
+    }
     for text, seconds in cases.items():
         assert analytics.parse_since(text, now=now) == now - dt.timedelta(seconds=seconds)
+    assert analytics.parse_since("all", now=now) is None
     naive = dt.datetime(2029, 5, 1, 8, 30)
     assert analytics.parse_since(naive) == naive.replace(tzinfo=dt.UTC)
     assert analytics.parse_since(None) is None
+    for bad in ("999999999d", "soon", "-2h"):
+        with pytest.raises(QueryError, match="since"):
+            analytics.parse_since(bad, now=now)
 
 
 def test_session_actions_in_sequence_order_unnumbered_last(landed: Land, make_row: MakeRow) -> None:

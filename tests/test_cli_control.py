@@ -59,13 +59,18 @@ def test_unknown_id_and_not_an_approver_exit_2(tmp_path: Path) -> None:
 
 
 def test_session_control_commands(tmp_path: Path) -> None:
+    _file(tmp_path)  # a held call of session s1: the store knows the session
     assert _run(tmp_path, "pause", "s1", "--by", "ops")[1].strip() == "session s1 paused by ops"
     code, out = _run(tmp_path, "pause", "s1", "--by", "ops")
     assert code == 2 and "already paused" in out
-    assert _run(tmp_path, "resume", "s1", "--by", "ops")[0] == 0
-    assert _run(tmp_path, "cancel", "s1", "--by", "sec", "--reason", "runaway")[0] == 0
     code, out = _run(tmp_path, "resume", "s1", "--by", "ops")
-    assert code == 2 and "canceled" in out
+    assert code == 0 and out.strip() == "session s1 resumed by ops"
+    code, out = _run(tmp_path, "cancel", "s1", "--by", "sec", "--reason", "runaway")
+    assert code == 0 and out.strip() == "session s1 canceled by sec"
+    code, out = _run(tmp_path, "resume", "s1", "--by", "ops")
+    assert code == 2 and "is canceled; it cannot be resumed" in out
+    code, out = _run(tmp_path, "cancel", "s1", "--by", "ops")
+    assert code == 2 and "it cannot be canceled" in out
     with ControlStore(tmp_path) as store:
         assert [e.action for e in store.control_history("s1")] == ["pause", "resume", "cancel"]
 
@@ -73,3 +78,46 @@ def test_session_control_commands(tmp_path: Path) -> None:
 def test_by_is_required(tmp_path: Path) -> None:
     code, out = _run(tmp_path, "approve", "x")
     assert code == 2 and "--by" in out
+
+
+def test_controlling_an_unknown_session_is_refused_unless_forced(tmp_path: Path) -> None:
+    # A mistyped id must not read as a stopped agent while the real session runs on.
+    for action in ("pause", "cancel", "resume"):
+        code, out = _run(tmp_path, action, "3f2a9c6e", "--by", "ops")
+        assert code == 2 and "no session '3f2a9c6e'" in out and "--force" in out
+    with ControlStore(tmp_path) as store:
+        assert store.control_history("3f2a9c6e") == []
+    code, out = _run(tmp_path, "pause", "not-started-yet", "--by", "ops", "--force")
+    assert code == 0 and out.strip() == "session not-started-yet paused by ops"
+    # Known from then on (its control row), so no --force to resume it.
+    assert _run(tmp_path, "resume", "not-started-yet", "--by", "ops")[0] == 0
+
+
+def test_a_session_known_only_from_landed_actions_can_be_paused(tmp_path: Path) -> None:
+    from tooltrail.collector.writer import ParquetSpanWriter
+    from tooltrail.schema import empty_row
+
+    row = empty_row()
+    row.update(
+        trace_id="t1", span_id="a1", span_type="tool", tool_name="git_status", session_id="live"
+    )
+    ParquetSpanWriter(tmp_path).write([row])
+    code, out = _run(tmp_path, "pause", "live", "--by", "ops")
+    assert code == 0 and out.strip() == "session live paused by ops"
+
+
+def test_commands_refuse_a_data_directory_that_does_not_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "typo"
+    for args in (
+        ["approvals"],
+        ["approve", "apr-1", "--by", "a"],
+        ["pause", "s1", "--by", "a", "--force"],
+        ["sessions"],
+        ["show", "s1"],
+        ["query", "SELECT 1"],
+        ["compact"],
+    ):
+        result = CliRunner().invoke(cli, [*args[:1], "--data", str(missing), *args[1:]])
+        assert result.exit_code == 2, (args, result.output)
+        assert f"data directory {missing} does not exist" in result.output, args
+    assert not missing.exists()  # nothing created: no control store an agent never reads

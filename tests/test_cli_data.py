@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from opentelemetry.sdk.trace import TracerProvider
@@ -122,10 +123,43 @@ def test_query_reads_and_refuses_writes(landed: Path) -> None:
 
 
 def test_empty_data_directory(tmp_path: Path) -> None:
-    code, out = _run("sessions", "--data", str(tmp_path / "none"), "--format", "json")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out = _run("sessions", "--data", str(empty), "--format", "json")
     assert (code, json.loads(out)) == (0, [])
-    code, out = _run("sessions", "--data", str(tmp_path / "none"))
+    code, out = _run("sessions", "--data", str(empty))
     assert code == 0 and "no rows" in out
+    # A directory that is not there is a typo, not an empty history.
+    code, out = _run("sessions", "--data", str(tmp_path / "none"))
+    assert code == 2 and "does not exist" in out
+
+
+def test_query_results_of_any_type_render_in_every_format(landed: Path) -> None:
+    sql = (
+        "SELECT session_id, last_action_at - started_at AS took, {'k': 1} AS st,"
+        " MAP {'a': 1} AS m, 'nan'::DOUBLE AS n, ['x', 'y'] AS l FROM sessions LIMIT 1"
+    )
+    code, out = _run("query", "--data", str(landed), sql, "--format", "json")
+    assert code == 0, out
+    row = json.loads(out)[0]  # strict JSON: NaN would not parse in other languages
+    assert row["st"] == {"k": 1} and row["n"] is None and row["l"] == ["x", "y"]
+    assert isinstance(row["took"], str) and row["took"].count(":") == 2  # an interval
+    code, out = _run("query", "--data", str(landed), sql, "--format", "csv")
+    assert code == 0, out
+    header, first = out.splitlines()[:2]
+    assert header == "session_id,took,st,m,n,l"
+    assert '"{""k"": 1}","{""a"": 1}"' in first and first.endswith(",x;y")
+    code, out = _run("query", "--data", str(landed), sql)
+    assert code == 0 and "took" in out
+
+
+def test_ingest_with_a_policy_that_cannot_load_lands_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nrules:\n  - id: x\n    when: {tool: [}\n")
+    data = tmp_path / "data"
+    code, out = _run("ingest", str(FIXTURE), "--data", str(data), "--policy", str(bad))
+    assert code == 2 and f"{bad}:4" in out
+    assert not list(data.rglob("*.parquet"))
 
 
 def test_ingest_good_file_then_bad_file(tmp_path: Path) -> None:
@@ -196,3 +230,15 @@ def test_query_json_numbers_stay_numbers(landed: Path) -> None:
     )
     assert code == 0, out
     assert json.loads(out) == [{"total": 10, "mean": 2.5}]
+
+
+def test_ingesting_a_file_again_lands_nothing_twice(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    code, out = _run("ingest", str(FIXTURE), str(FIXTURE), "--data", str(data))
+    assert code == 0, out
+    first = pq.read_table(data / "spans").num_rows
+    assert f"skipped {first} spans" in out  # the second copy in the same run
+    code, out = _run("ingest", str(FIXTURE), "--data", str(data))
+    assert code == 0 and out.startswith("landed 0 spans") and f"skipped {first}" in out
+    ids = pq.read_table(data / "spans").column("span_id").to_pylist()
+    assert len(ids) == len(set(ids)) == first

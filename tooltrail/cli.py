@@ -40,6 +40,7 @@ ACTION_COLUMNS = (
     "action_summary",
     "decision",
     "policy_rule",
+    "enforced",  # a DENY decided after the fact did not stop the call
     "blast_radius",
     "duration_ms",
     "status_code",
@@ -61,6 +62,20 @@ def _data(data: Path | None) -> Path:
     return config.data_dir(data)
 
 
+def _existing_data(data: Path | None) -> Path:
+    """The data directory of a command that reads or controls what is there: a directory
+    that does not exist is a typo to report, not an empty history to show (or a control
+    store no agent reads to create)."""
+    root = _data(data)
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise CliError(
+            f"data directory {root} {what}: point --data or ${config.ENV_DATA} at the"
+            " directory agents land in (or run `tooltrail demo`)"
+        )
+    return root
+
+
 def _echo_df(df: Any, fmt: str, columns: tuple[str, ...] | None = None) -> None:
     from tooltrail.output import render
 
@@ -77,7 +92,7 @@ def cli() -> None:
 
     Example:
 
-        tooltrail demo && tooltrail sessions --limit 10
+        tooltrail demo --no-dashboard && tooltrail sessions --limit 10
     """
 
 
@@ -90,7 +105,9 @@ def cli() -> None:
     type=click.Choice(["active", "completed", "failed", "waiting_approval", "paused", "canceled"]),
     help="Only sessions in this status.",
 )
-@click.option("--since", help="Only sessions active within this window, e.g. 2h, 30m, 7d.")
+@click.option(
+    "--since", help="Only sessions active within this window, e.g. 2h, 1h30m, 7d, or all."
+)
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 def sessions(
     data: Path | None,
@@ -109,7 +126,9 @@ def sessions(
     from tooltrail import analytics
 
     with domain_errors():
-        df = analytics.sessions(_data(data), agent=agent, status=status, since=since, limit=limit)
+        df = analytics.sessions(
+            _existing_data(data), agent=agent, status=status, since=since, limit=limit
+        )
     _echo_df(df, fmt, SESSION_COLUMNS)
 
 
@@ -127,11 +146,12 @@ def show(data: Path | None, fmt: str, session_id: str) -> None:
     from tooltrail import analytics
     from tooltrail.output import records, render, render_mapping
 
+    root = _existing_data(data)
     with domain_errors():
-        header = analytics.session(_data(data), session_id)
+        header = analytics.session(root, session_id)
         if header is None:
-            raise CliError(f"no session {session_id!r} in {_data(data)}")
-        actions = analytics.session_actions(_data(data), session_id)
+            raise CliError(f"no session {session_id!r} in {root}")
+        actions = analytics.session_actions(root, session_id)
     if fmt == "json":
         doc = {"session": records(header)[0], "actions": records(actions)}
         click.echo(json.dumps(doc, indent=2, default=str))
@@ -160,7 +180,7 @@ def query(data: Path | None, fmt: str, sql: str, limit: int | None) -> None:
     from tooltrail import analytics
 
     with domain_errors():
-        df = analytics.run_query(_data(data), sql, limit=limit)
+        df = analytics.run_query(_existing_data(data), sql, limit=limit)
     _echo_df(df, fmt)
 
 
@@ -179,7 +199,8 @@ def ingest(data: Path | None, files: tuple[Path, ...], policy: Path | None) -> N
     """Land OTLP/JSON files (the OpenTelemetry Collector file exporter format).
 
     Every file is validated first: a malformed line is reported with its file and line
-    number and nothing is landed.
+    number and nothing is landed. A span already landed (or repeated in the input) is
+    skipped, so ingesting a file again adds nothing.
 
     Example:
 
@@ -187,12 +208,35 @@ def ingest(data: Path | None, files: tuple[Path, ...], policy: Path | None) -> N
     """
     from tooltrail.collector.otlp import ingest_files
     from tooltrail.collector.pipeline import policy_row_hook
+    from tooltrail.policy import load_policy
 
     root = _data(data)
     with domain_errors():
-        report = ingest_files(list(files), root, row_hook=policy_row_hook(policy))
+        # Loaded first: for a one-shot command a policy that cannot load is bad input
+        # (exit 2, nothing landed), not rows to land as policy-error for good.
+        loaded = None if policy is None else load_policy(policy)
+        report = ingest_files(
+            list(files),
+            root,
+            row_hook=policy_row_hook(loaded),
+            already_landed=_landed_span_ids(root),
+        )
         _refresh_duckdb_file(root)
     click.echo(f"landed {report.rows} spans from {len(files)} file(s) into {root}")
+    if report.skipped:
+        click.echo(f"skipped {report.skipped} spans already landed (or repeated in the input)")
+
+
+def _landed_span_ids(root: Path) -> Callable[[list[str]], set[tuple[str, str]]] | None:
+    if not root.is_dir():
+        return None  # nothing landed yet
+
+    def landed(span_ids: list[str]) -> set[tuple[str, str]]:
+        from tooltrail import analytics
+
+        return analytics.landed_span_ids(root, span_ids)
+
+    return landed
 
 
 @cli.command()
@@ -209,7 +253,7 @@ def compact(data: Path | None) -> None:
     from tooltrail import analytics
     from tooltrail.collector.compact import compact as run_compact
 
-    root = _data(data)
+    root = _existing_data(data)
 
     def progress(name: str) -> None:
         click.echo(f"compacted {name}", err=True)
@@ -273,8 +317,15 @@ def demo(
     click.echo(
         f"{len(report.sessions)} sessions in {report.seconds:.1f}s; approvals: "
         f"{len(report.approved)} approved, {len(report.denied)} denied, "
-        f"{len(report.left_pending)} left pending for you (tooltrail approvals)"
+        f"{len(report.left_pending)} left pending (tooltrail approvals)"
     )
+    if report.left_pending:
+        # Their agents gave up waiting when the demo ended: a decision is recorded and
+        # shown, but nothing runs. Said here so nobody waits for a call that is gone.
+        click.echo(
+            "  the agents behind the pending ones have stopped waiting: deciding them shows"
+            " the approval flow (CLI or dashboard) but runs nothing"
+        )
     from tooltrail import analytics
 
     with domain_errors():
@@ -334,7 +385,7 @@ APPROVAL_COLUMNS = (
 def _store(data: Path | None) -> Any:
     from tooltrail.control import ControlStore
 
-    return ControlStore(_data(data))
+    return ControlStore(_existing_data(data))
 
 
 @cli.command()
@@ -378,11 +429,18 @@ _reason_option = click.option("--reason", help="Why (recorded, shown to the agen
 
 
 def _control_command(
-    name: str, id_name: str, command: Callable[..., None], summary: str, example: str
+    name: str,
+    id_name: str,
+    command: Callable[..., None],
+    summary: str,
+    example: str,
+    options: tuple[Callable[[Callable[..., None]], Callable[..., None]], ...] = (),
 ) -> click.Command:
-    """``NAME [--data DIR] ID --by WHO [--reason WHY]`` running ``command``; its help laid
-    out like the other commands' docstrings."""
+    """``NAME [--data DIR] ID --by WHO [--reason WHY] [options]`` running ``command``; its
+    help laid out like the other commands' docstrings."""
     command.__doc__ = f"{summary}\n\n    Example:\n\n        {example}\n"
+    for option in options:
+        command = option(command)
     params = data_option(click.argument(id_name)(_by_option(_reason_option(command))))
     return click.command(name=name)(params)
 
@@ -414,34 +472,65 @@ cli.add_command(
 )
 
 
-def _session_command(action: str, summary: str, example: str) -> click.Command:
-    def command(data: Path | None, session_id: str, by: str, reason: str | None) -> None:
-        with domain_errors(), _store(data) as store:
-            control = store.set_session_state(session_id, action, by=by, reason=reason)
-        click.echo(f"session {control.session_id} {control.state} by {control.changed_by}")
+_force_option = click.option(
+    "--force",
+    is_flag=True,
+    help="Control a session id no agent has reported yet (no landed action, no request).",
+)
 
-    return _control_command(action, "session_id", command, summary, example)
+
+def _session_command(action: str, summary: str, example: str) -> click.Command:
+    def command(
+        data: Path | None, session_id: str, by: str, reason: str | None, force: bool
+    ) -> None:
+        from tooltrail.control import SESSION_ACTION_DONE
+
+        root = _existing_data(data)
+        with domain_errors(), _store(data) as store:
+            if not force:
+                _require_known_session(root, store, session_id)
+            control = store.set_session_state(session_id, action, by=by, reason=reason)
+        click.echo(
+            f"session {control.session_id} {SESSION_ACTION_DONE[action]} by {control.changed_by}"
+        )
+
+    return _control_command(action, "session_id", command, summary, example, (_force_option,))
+
+
+def _require_known_session(root: Path, store: Any, session_id: str) -> None:
+    """A mistyped or shortened id must not look like a stopped agent: the session must have
+    landed an action or be known to the control store (a call held for approval has not
+    landed yet, but its request names the session)."""
+    from tooltrail import analytics
+
+    if store.knows_session(session_id) or analytics.session(root, session_id) is not None:
+        return
+    raise CliError(
+        f"no session {session_id!r} in {root}: no landed action and no approval request"
+        " names it (list ids with `tooltrail sessions`; --force controls an id no agent"
+        " has reported yet)"
+    )
 
 
 cli.add_command(
     _session_command(
         "pause",
         "Pause a session: no new tool call starts until resume; calls in flight finish.",
-        "tooltrail pause 3f2a9c6e --by ops",
+        "tooltrail pause 3f2a9c6e0b7d4c419d0e5d2b7f1c8a10 --by ops",
     )
 )
 cli.add_command(
     _session_command(
         "resume",
         "Resume a paused session: its held calls go on.",
-        "tooltrail resume 3f2a9c6e --by ops",
+        "tooltrail resume 3f2a9c6e0b7d4c419d0e5d2b7f1c8a10 --by ops",
     )
 )
 cli.add_command(
     _session_command(
         "cancel",
         "Cancel a session: every later tool call is denied (session canceled); final.",
-        "tooltrail cancel 3f2a9c6e --by ops --reason runaway",
+        "tooltrail cancel 3f2a9c6e0b7d4c419d0e5d2b7f1c8a10 --by ops --reason runaway",
     )
 )
 

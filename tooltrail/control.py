@@ -261,6 +261,10 @@ def _approver_allowed(approvers: Sequence[str], who: str) -> bool:
     return "*" in approvers or who in approvers
 
 
+# What each session action did, for messages ("paused by ops").
+SESSION_ACTION_DONE: Final = {"pause": "paused", "resume": "resumed", "cancel": "canceled"}
+
+
 class ControlStore:
     """Approvals and session controls in ``<data>/control.sqlite``.
 
@@ -529,6 +533,15 @@ class ControlStore:
             return SessionControl(session_id, RUNNING, None, None, None)
         return _session_control(rows[0])
 
+    def knows_session(self, session_id: str) -> bool:
+        """Whether the store has seen the session: a request it filed, or a control change."""
+        rows = self._query(
+            "SELECT 1 FROM approvals WHERE session_id = ?"
+            " UNION ALL SELECT 1 FROM session_controls WHERE session_id = ? LIMIT 1",
+            (session_id, session_id),
+        )
+        return bool(rows)
+
     def session_state(self, session_id: str) -> str:
         """``running``, ``paused`` or ``canceled``: one primary-key read (agents call it
         before every tool call)."""
@@ -561,7 +574,7 @@ class ControlStore:
             current = rows[0]["state"] if rows else RUNNING
             if current == CANCELED:
                 raise InvalidTransitionError(
-                    f"session {session_id} is canceled; it cannot be {action}d"
+                    f"session {session_id} is canceled; it cannot be {SESSION_ACTION_DONE[action]}"
                 )
             if action == "resume" and current != PAUSED:
                 raise InvalidTransitionError(f"session {session_id} is not paused")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -19,6 +20,8 @@ _MAX_CELL: Final = 48
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN / Infinity: strict parsers refuse them
     if isinstance(value, decimal.Decimal):
         # DuckDB's sum() of integers is a DECIMAL(38,0): a number to scripts, not a string.
         return int(value) if value == value.to_integral_value() else float(value)
@@ -61,21 +64,30 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _flat(df: pl.DataFrame) -> pl.DataFrame:
+    """CSV holds no nested values: a list of plain values becomes ``a;b``, anything else
+    nested (structs, maps, nested lists) or binary becomes its JSON text."""
+    import polars as pl
+
+    columns: list[pl.Expr | pl.Series] = []
+    for name, dtype in df.schema.items():
+        if isinstance(dtype, pl.List) and not dtype.inner.is_nested():
+            columns.append(pl.col(name).cast(pl.List(pl.String)).list.join(";"))
+        elif dtype.is_nested() or dtype in (pl.Binary, pl.Object):
+            texts = [
+                None if v is None else json.dumps(_jsonable(v), default=str)
+                for v in df[name].to_list()
+            ]
+            columns.append(pl.Series(name, texts, dtype=pl.String))
+    return df.with_columns(columns) if columns else df
+
+
 def render(df: pl.DataFrame, fmt: str, columns: Sequence[str] | None = None) -> str:
     """Render ``df`` as ``table`` (selected ``columns``), ``json`` or ``csv`` (all columns)."""
     if fmt == "json":
         return json.dumps(records(df), indent=2, default=str)
     if fmt == "csv":
-        import polars as pl
-
-        flat = df.with_columns(
-            [
-                pl.col(name).cast(pl.List(pl.String)).list.join(";")
-                for name, dtype in df.schema.items()
-                if isinstance(dtype, pl.List)
-            ]
-        )
-        return flat.write_csv().rstrip("\n")
+        return _flat(df).write_csv().rstrip("\n")
     cols = [c for c in (columns or df.columns) if c in df.columns]
     if df.height == 0:
         return "(no rows)"
