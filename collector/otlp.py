@@ -178,14 +178,25 @@ def _ids(span: Any, r: int, s: int, i: int) -> tuple[str, str, str | None]:
 # --- OTLP/JSON -> protobuf message -----------------------------------------------------
 
 
-def _b64_id(value: Any, size: int, where: str, *, optional: bool = False) -> str:
-    """An OTLP/JSON id (hex, as the spec says; base64 also read) as protobuf-JSON base64."""
+def _b64_id(
+    value: Any, size: int, where: str, *, optional: bool = False, strict: bool = True
+) -> str:
+    """An OTLP/JSON id (hex, as the spec says; base64 also read) as protobuf-JSON base64.
+
+    Not ``strict`` (the HTTP receiver), a missing id or hex of the wrong length is passed
+    on as those bytes, for the per-span check to reject that span alone; only a value that
+    cannot be bytes at all fails the request."""
     if value is None or value == "":
-        if optional:
+        if optional or not strict:
             return ""
         raise IngestError(f"{where}: missing")
     if not isinstance(value, str):
         raise IngestError(f"{where}: expected a hex string, got {type(value).__name__}")
+    if not strict and len(value) != 4 * ((size + 2) // 3):
+        try:
+            return base64.b64encode(bytes.fromhex(value)).decode("ascii")
+        except ValueError:
+            raise IngestError(f"{where}: {value!r} is not hex") from None
     if len(value) == 2 * size:
         try:
             raw = bytes.fromhex(value)
@@ -202,26 +213,30 @@ def _b64_id(value: Any, size: int, where: str, *, optional: bool = False) -> str
     return base64.b64encode(raw).decode("ascii")
 
 
-def _fix_ids(doc: dict[str, Any]) -> None:
+def _fix_ids(doc: dict[str, Any], strict: bool) -> None:
     """Rewrite the hex ids of an OTLP/JSON trace request as base64, in place."""
     for r, rs in enumerate(_list(doc, _RESOURCE_SPANS, "")):
         for s, ss in enumerate(_list(rs, _SCOPE_SPANS, f"{_RESOURCE_SPANS}[{r}]")):
             spans_at = f"{_RESOURCE_SPANS}[{r}].{_SCOPE_SPANS}[{s}]"
             for i, span in enumerate(_list(ss, _SPANS, spans_at)):
                 where = f"{spans_at}.{_SPANS}[{i}]"
-                _fix_span_ids(span, where)
+                _fix_span_ids(span, where, strict)
                 for k, link in enumerate(_list(span, _LINKS, where)):
-                    _fix_span_ids(link, f"{where}.{_LINKS}[{k}]", links=True)
+                    _fix_span_ids(link, f"{where}.{_LINKS}[{k}]", strict, links=True)
 
 
-def _fix_span_ids(obj: Any, where: str, *, links: bool = False) -> None:
+def _fix_span_ids(obj: Any, where: str, strict: bool, *, links: bool = False) -> None:
     if not isinstance(obj, dict):
         raise IngestError(f"{where}: expected an object, got {type(obj).__name__}")
     for name, size in _ID_FIELDS:
-        obj[name] = _b64_id(obj.get(name), size, f"{where}.{name}")
+        obj[name] = _b64_id(obj.get(name), size, f"{where}.{name}", strict=strict)
     if not links and _PARENT_SPAN_ID in obj:
         obj[_PARENT_SPAN_ID] = _b64_id(
-            obj[_PARENT_SPAN_ID], SPAN_ID_BYTES, f"{where}.{_PARENT_SPAN_ID}", optional=True
+            obj[_PARENT_SPAN_ID],
+            SPAN_ID_BYTES,
+            f"{where}.{_PARENT_SPAN_ID}",
+            optional=True,
+            strict=strict,
         )
 
 
@@ -235,10 +250,13 @@ def _list(obj: Any, name: str, where: str) -> list[Any]:
     return value
 
 
-def request_from_json(doc: Any) -> ExportTraceServiceRequest:
+def request_from_json(doc: Any, *, strict: bool = True) -> ExportTraceServiceRequest:
     """An ``ExportTraceServiceRequest`` from one parsed OTLP/JSON document.
 
-    Raises IngestError saying what is wrong (and where in the document).
+    Raises IngestError saying what is wrong (and where in the document). ``strict`` (file
+    ingest) also refuses a document without spans and ids of the wrong length; the HTTP
+    receiver reads ``{}`` as the empty request the OTLP spec says it is, and leaves
+    wrong ids to its per-span check.
     """
     if not isinstance(doc, dict):
         raise IngestError(f"expected a JSON object, got {type(doc).__name__}")
@@ -246,8 +264,10 @@ def request_from_json(doc: Any) -> ExportTraceServiceRequest:
         other = next((k for k in _OTHER_SIGNALS if k in doc), None)
         if other is not None:
             raise IngestError(f"holds {other}, not traces (no {_RESOURCE_SPANS})")
+        if not strict:
+            return ExportTraceServiceRequest()
         raise IngestError(f"not an ExportTraceServiceRequest: no {_RESOURCE_SPANS}")
-    _fix_ids(doc)
+    _fix_ids(doc, strict)
     req = ExportTraceServiceRequest()
     try:
         # Unknown fields are ignored, as OTLP/JSON receivers must (newer senders).

@@ -150,7 +150,7 @@ def decode(media: str, data: bytes) -> ExportTraceServiceRequest:
     except RecursionError as e:
         raise RequestRejected(400, "malformed JSON: nested too deeply") from e
     try:
-        return request_from_json(doc)
+        return request_from_json(doc, strict=False)
     except IngestError as e:
         raise RequestRejected(400, f"invalid OTLP/JSON: {e}") from e
     except RecursionError as e:  # json_format on pathological nesting

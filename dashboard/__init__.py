@@ -11,8 +11,10 @@ This module imports neither Streamlit nor DuckDB: the CLI loads it cheaply.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Final
@@ -103,17 +105,57 @@ def run(
     *,
     policy: str | os.PathLike[str] | None = None,
 ) -> int:
-    """Run the dashboard in the foreground until it exits or Ctrl-C; returns its exit code."""
+    """Run the dashboard in the foreground until it exits, Ctrl-C, SIGTERM or SIGHUP;
+    returns its exit code (0 when stopped by one of those).
+
+    The server is a child process: it must never outlive this one, or it would go on
+    serving the approve / deny and pause / cancel buttons after the operator (or a
+    supervisor's SIGTERM) stopped the dashboard.
+    """
     proc = launch(data_dir, port, host, headless, policy=policy)
+    stopped: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        stopped.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    previous = _handle_stop_signals(forward)
     try:
-        return proc.wait()
+        code = proc.wait()
+        return 0 if stopped else code
     except KeyboardInterrupt:
         # The server got the same SIGINT from the terminal; give it time to shut down.
+        return 0 if _stop(proc) in (0, -signal.SIGINT, -signal.SIGTERM) else 1
+    finally:
+        _stop(proc)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+_STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _handle_stop_signals(handler: Any) -> dict[int, Any]:
+    """Install ``handler`` for SIGTERM and SIGHUP; returns the handlers it replaced
+    (none off the main thread, where Python cannot install handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum in _STOP_SIGNALS}
+
+
+def _stop(proc: subprocess.Popen[Any]) -> int:
+    """Wait for the server to exit, asking it to and then forcing it: its exit code."""
+    if proc.poll() is None:
         try:
             return proc.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+            proc.terminate()
+            try:
+                return proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return proc.wait()
 
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ENTRY", "command", "launch", "run"]

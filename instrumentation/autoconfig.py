@@ -12,13 +12,17 @@ the environment says nothing:
   ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE=2048``, as ``configure()`` uses;
 * ``OTEL_SERVICE_NAME`` from ``$TOOLTRAIL_AGENT_NAME``.
 
-Every ``OTEL_*`` variable still works (e.g. ``OTEL_TRACES_EXPORTER=tooltrail,otlp``). With
-several configurators installed, pick this one with ``OTEL_PYTHON_CONFIGURATOR=tooltrail``.
+Every ``OTEL_*`` variable still works (e.g. ``OTEL_TRACES_EXPORTER=tooltrail,otlp``). The
+SDK reads ``otlp`` as the gRPC exporter unless a protocol is set; when only the HTTP one is
+installed, ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf`` is set, since otherwise
+the SDK fails to start at all and not even tooltrail's own spans would land. With several
+configurators installed, pick this one with ``OTEL_PYTHON_CONFIGURATOR=tooltrail``.
 """
 
 from __future__ import annotations
 
 import os
+from importlib.metadata import entry_points
 from typing import Any, Final
 
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
@@ -47,4 +51,20 @@ class TooltrailConfigurator(_OTelSDKConfigurator):
         agent = os.environ.get(ENV_AGENT_NAME)
         if agent and not os.environ.get("OTEL_SERVICE_NAME"):
             os.environ["OTEL_SERVICE_NAME"] = agent
+        _otlp_protocol_that_is_installed()
         super()._configure(**kwargs)  # type: ignore[no-untyped-call]
+
+
+_PROTOCOL_VARIABLES: Final = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+_EXPORTERS_GROUP: Final = "opentelemetry_traces_exporter"
+
+
+def _otlp_protocol_that_is_installed() -> None:
+    """``otlp`` means the gRPC exporter to the SDK unless a protocol is set; pick HTTP when
+    only its exporter is installed (as here: the collector speaks OTLP/HTTP)."""
+    traces = {e.strip() for e in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",")}
+    if "otlp" not in traces or any(os.environ.get(v) for v in _PROTOCOL_VARIABLES):
+        return
+    installed = {ep.name for ep in entry_points(group=_EXPORTERS_GROUP)}
+    if "otlp_proto_grpc" not in installed and "otlp_proto_http" in installed:
+        os.environ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"

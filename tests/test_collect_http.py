@@ -213,6 +213,25 @@ def test_partial_success_for_invalid_spans(col: CollectorProcess) -> None:
     assert not {r["span_id"] for r in landed_rows(col.data_dir)} & {"0" * 16}
 
 
+def test_json_spans_with_ids_of_the_wrong_length_are_rejected_alone(
+    col: CollectorProcess,
+) -> None:
+    # As with protobuf: a hex id of the wrong length (or none) rejects that span only;
+    # only an id that is not hex at all makes the JSON body unmappable (400).
+    doc = json.loads(as_json(make_request(3)))
+    spans = doc["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    good = spans[0]["spanId"]
+    spans[1]["spanId"] = "1234"
+    spans[2]["spanId"] = ""
+    status, _, body = post(col, json.dumps(doc).encode(), JS)
+    assert status == 200, body
+    partial = json.loads(body)["partialSuccess"]
+    assert partial["rejectedSpans"] == "2" and "spanId" in partial["errorMessage"]
+    wait_until(lambda: good in {r["span_id"] for r in landed_rows(col.data_dir)}, what="landed")
+    status, _, body = post(col, b"{}", JS)  # the empty request of the OTLP spec
+    assert (status, json.loads(body)) == (200, {})
+
+
 def test_huge_attribute_span_rejected_whole_request_lands_nothing(tmp_path: Path) -> None:
     with CollectorProcess(tmp_path / "data", "--flush-interval", "0.05") as small:
         # The default span limit is 1 MiB: a 2 MiB attribute value is over it.

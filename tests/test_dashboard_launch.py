@@ -3,6 +3,10 @@ the data-directory fingerprint that keys the result cache."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -80,6 +84,63 @@ def test_launch_serves_the_app_over_http_and_stops(tmp_path: Path) -> None:
     finally:
         stop_server(proc)
     assert proc.returncode is not None
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+            return r.read() == b"ok"
+    except OSError:
+        return False
+
+
+def test_sigterm_to_the_command_stops_the_server_too(tmp_path: Path) -> None:
+    # A supervisor (systemd, docker stop) sends SIGTERM: the Streamlit child must not
+    # outlive the command, serving approve / deny buttons on its own.
+    root = seed(tmp_path / "data", batch=0).root
+    port = free_port()
+    cmd = [str(Path(sys.executable).with_name("tooltrail")), "dashboard", "--data", str(root)]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the test can clean up the whole group if this fails
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(port):
+            assert proc.poll() is None, "the dashboard exited"
+            assert time.monotonic() < deadline, "the dashboard did not come up"
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)  # to the command only, not its process group
+        assert proc.wait(timeout=30) == 0
+        deadline = time.monotonic() + 15
+        while _healthy(port):
+            assert time.monotonic() < deadline, "the server outlived the command"
+            time.sleep(0.2)
+    finally:
+        stop_server(proc)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # an orphaned server, if the test failed
+
+
+def test_dashboard_refuses_a_busy_port_and_a_missing_directory(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tooltrail.cli import cli
+
+    root = seed(tmp_path / "data", batch=0).root
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(cli, ["dashboard", "--data", str(root), "--port", str(port)])
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert "dashboard: http" not in result.output  # no URL of somebody else's server
+    missing = tmp_path / "typo"
+    result = CliRunner().invoke(cli, ["dashboard", "--data", str(missing)])
+    assert result.exit_code == 2 and "does not exist" in result.output
 
 
 def test_top_level_app_py_runs_the_same_router(

@@ -246,3 +246,53 @@ def test_configure_again_hands_the_exporter_its_new_policy(tmp_path: Path) -> No
         ("ALLOW", "pass", False),
         (None, "policy-error", False),
     ]
+
+
+def test_zero_code_with_otlp_beside_tooltrail_uses_the_installed_http_exporter(
+    tmp_path: Path,
+) -> None:
+    # `otlp` is gRPC to the SDK unless a protocol is set; only the HTTP exporter is
+    # installed, and the SDK then failed to start: not even tooltrail's spans landed.
+    import http.server
+    import threading
+
+    posts: list[str] = []
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            posts.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    script = tmp_path / "agent.py"
+    script.write_text(
+        "import tooltrail.instrumentation as tt\n"
+        "@tt.tool\n"
+        "def lookup(key: str) -> str:\n"
+        "    return key\n"
+        "lookup('a')\n"
+        "lookup('b')\n"
+    )
+    data = tmp_path / "data"
+    env = clean_env(
+        TOOLTRAIL_DATA=str(data),
+        OTEL_TRACES_EXPORTER="tooltrail,otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
+    )
+    try:
+        out = run([str(BIN / "opentelemetry-instrument"), sys.executable, str(script)], env)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert "Failed to auto initialize" not in out.stderr
+    assert [r["tool_name"] for r in tool_rows(data)] == ["lookup", "lookup"]
+    assert "/v1/traces" in posts  # the OTLP/HTTP exporter sent them too

@@ -340,11 +340,26 @@ def demo(
 def _serve_dashboard(root: Path, port: int, host: str, policy: Path | None) -> None:
     from tooltrail.dashboard import run
 
+    _check_can_listen(host, port)  # before printing a URL that may be another server's
     click.echo(f"dashboard: http://{host}:{port}  (Ctrl-C to stop)")
     with domain_errors():
         code = run(root, port=port, host=host, policy=policy)
     if code not in (0, -2, 130):  # a clean stop or Ctrl-C
         raise click.ClickException(f"the dashboard exited with code {code}")
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As servers bind: a port left in TIME_WAIT is free, one listening is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as e:
+        raise CliError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
 
 
 @cli.command()
@@ -365,7 +380,7 @@ def dashboard(data: Path | None, port: int, host: str, policy: Path | None) -> N
 
         tooltrail dashboard --data ./tooltrail-data --port 8501
     """
-    _serve_dashboard(_data(data), port, host, policy)
+    _serve_dashboard(_existing_data(data), port, host, policy)
 
 
 APPROVAL_COLUMNS = (
