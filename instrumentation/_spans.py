@@ -94,6 +94,8 @@ from tooltrail.semconv import (
     TT_TARGET_REPO,
     TT_TOOL_ANNOTATIONS,
     TT_TRIGGER,
+    VERDICT_SESSION_CANCELED,
+    VERDICT_SESSION_CONTROL_ERROR,
 )
 
 if TYPE_CHECKING:
@@ -110,8 +112,8 @@ RESULT_PREVIEW_CHARS: Final = 1_024
 TRUNCATION_MARK: Final = "…[truncated]"
 ERROR_TYPE_DENIED: Final = "tool_call_denied"
 POLICY_ERROR_RULE: Final = "policy-error"
-SESSION_CANCELED_RULE: Final = "session-canceled"
-SESSION_CONTROL_ERROR_RULE: Final = "session-control-error"
+SESSION_CANCELED_RULE: Final = VERDICT_SESSION_CANCELED
+SESSION_CONTROL_ERROR_RULE: Final = VERDICT_SESSION_CONTROL_ERROR
 ARGUMENTS_CHANGED_REASON: Final = (
     "the arguments changed after the approval request was made; what was approved is not"
     " what would run"

@@ -418,6 +418,19 @@ BAD_INPUT: list[tuple[str, str, int, str | None, tuple[str, ...]]] = [
         ("(rules[1].id)", "rule id 'policy-error' is reserved"),
     ),
     (
+        "rule-id-session-canceled",
+        """
+        version: 1
+        rules:
+          - id: session-canceled
+            when: {tool: x}
+            decision: DENY
+        """,
+        3,
+        "session-canceled",
+        ("(rules[0].id)", "rule id 'session-canceled' is reserved", "session was canceled"),
+    ),
+    (
         "rule-id-preset",
         """
         version: 1

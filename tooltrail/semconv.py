@@ -106,3 +106,9 @@ TRIGGERS: Final = ("manual", "api", "schedule", "event", "agent")
 DECISIONS: Final = ("ALLOW", "DENY", "REWRITE", "REQUIRE_APPROVAL")
 # Ordered weakest to strongest; the index is the rank used by max_blast_radius.
 BLAST_RADII: Final = ("Low", "Medium", "High", "Critical")
+
+# --- values of tooltrail.policy.rule that no policy rule may take ------------------------
+# Verdicts session control records for the calls it refuses (a policy rule named like one
+# would make its own decisions read as session control's).
+VERDICT_SESSION_CANCELED: Final = "session-canceled"
+VERDICT_SESSION_CONTROL_ERROR: Final = "session-control-error"

@@ -49,6 +49,7 @@ from tooltrail.policy.model import (
     ToolCall,
 )
 from tooltrail.policy.rewrite import Redactor, Rewrite
+from tooltrail.semconv import VERDICT_SESSION_CANCELED, VERDICT_SESSION_CONTROL_ERROR
 
 DocPath = tuple[str | int, ...]
 
@@ -59,6 +60,8 @@ VERSION_HEX_CHARS: Final = 16
 _RESERVED_IDS: Final = {
     VERDICT_PASS: "the verdict when no rule matches and `default` decides",
     VERDICT_POLICY_ERROR: "the verdict when the policy cannot load or evaluate a call",
+    VERDICT_SESSION_CANCELED: "the verdict of calls refused because their session was canceled",
+    VERDICT_SESSION_CONTROL_ERROR: "the verdict when session control cannot be read",
 }
 """Verdicts that are not rules, so no rule id may take them (nor ``preset:…``)."""
 TEST_SESSION_ID: Final = "test-session"
