@@ -83,6 +83,25 @@ def _arguments(rng: random.Random, tool: str) -> Any:
     return args
 
 
+def decide_at_call_time(policy: Policy, row: Row) -> None:
+    """Stamp ``row`` with ``policy``'s decision the way the instrumentation records one
+    made at call time: the engine's redacted copy of the arguments, and their count."""
+    d = policy.decide(call_from_row(row))
+    row.update(
+        decision=d.decision,
+        policy_rule=d.policy_rule,
+        policy_matched=list(d.policy_matched),
+        policy_version=d.policy_version,
+        blast_radius=d.blast_radius,
+        target_repo=d.target_repo,
+        target_branch=d.target_branch,
+        enforced=True,
+    )
+    if d.redactions:
+        row["arguments"] = json.dumps(d.arguments)
+        row["redactions"] = d.redactions
+
+
 def make_rows(policy: Policy, n: int = 400, seed: int = 7) -> list[Row]:
     """Tool rows as the producing policy decided them (after the fact via apply_to_row,
     or at call time like the instrumentation), plus spans replay must ignore."""
@@ -108,21 +127,7 @@ def make_rows(policy: Policy, n: int = 400, seed: int = 7) -> list[Row]:
             hints = {"readOnlyHint": tool in ("git_status", "git_log")}
             row["attributes"] = json.dumps({TT_TOOL_ANNOTATIONS: json.dumps(hints)})
         if rng.random() < 0.3:
-            # Decided at call time, the way the instrumentation records it.
-            d = policy.decide(call_from_row(row))
-            row.update(
-                decision=d.decision,
-                policy_rule=d.policy_rule,
-                policy_matched=list(d.policy_matched),
-                policy_version=d.policy_version,
-                blast_radius=d.blast_radius,
-                target_repo=d.target_repo,
-                target_branch=d.target_branch,
-                enforced=True,
-            )
-            if d.redactions:
-                row["arguments"] = json.dumps(d.arguments)
-                row["redactions"] = d.redactions
+            decide_at_call_time(policy, row)
         else:
             apply_to_row(policy, row)
         rows.append(row)
@@ -330,22 +335,17 @@ def _git_rows(policy: Policy) -> list[Row]:
     for i in range(24):
         tool, args = calls[i % len(calls)]
         row = empty_row()
-        row.update(trace_id=f"t{i}", span_id=f"sp{i:02d}", span_type="tool", tool_name=tool,
-                   arguments=json.dumps(args), session_id=f"s{i % 4}",
-                   agent_name="repo-janitor", start_time=NOW - dt.timedelta(hours=i))  # fmt: skip
-        d = policy.decide(call_from_row(row))
         row.update(
-            decision=d.decision,
-            policy_rule=d.policy_rule,
-            policy_matched=list(d.policy_matched),
-            policy_version=d.policy_version,
-            blast_radius=d.blast_radius,
-            target_repo=d.target_repo,
-            target_branch=d.target_branch,
-            enforced=True,
-            arguments=json.dumps(d.arguments),
-            redactions=d.redactions or None,
+            trace_id=f"t{i}",
+            span_id=f"sp{i:02d}",
+            span_type="tool",
+            tool_name=tool,
+            arguments=json.dumps(args),
+            session_id=f"s{i % 4}",
+            agent_name="repo-janitor",
+            start_time=NOW - dt.timedelta(hours=i),
         )
+        decide_at_call_time(policy, row)
         rows.append(row)
     return rows
 
