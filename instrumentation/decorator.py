@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
+from tooltrail.instrumentation._plain import plain_arguments
 from tooltrail.instrumentation._spans import (
     RESULT_PREVIEW_CHARS,
     Denial,
@@ -204,7 +205,15 @@ def _runnable(
     call = (args, kwargs)
     if prep.rewritten:
         try:
-            call = binder.rebind(args, kwargs, prep.arguments)
+            # The policy rewrote the JSON form of the arguments: a value it left as it was
+            # goes to the function as the caller's own object (a Path stays a Path).
+            raw = binder.arguments(args, kwargs)
+            seen = plain_arguments(raw)
+            wanted = {
+                k: raw[k] if k in raw and k in seen and seen[k] == v else v
+                for k, v in prep.arguments.items()
+            }
+            call = binder.rebind(args, kwargs, wanted)
         except Exception as e:
             reason = f"the rewritten arguments could not be applied: {e}"
             raise refuse(prep, reason).to_exception() from None
@@ -226,7 +235,11 @@ def _instrument(
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         st = settings()
         prep = prepare(
-            st, name, lambda: binder.arguments(args, kwargs), mcp=False, annotations=annotations
+            st,
+            name,
+            lambda: plain_arguments(binder.arguments(args, kwargs)),
+            mcp=False,
+            annotations=annotations,
         )
         if prep is None:
             return fn(*args, **kwargs)
@@ -254,7 +267,11 @@ def _async_wrapper(
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         st = settings()
         prep = await aprepare(
-            st, name, lambda: binder.arguments(args, kwargs), mcp=False, annotations=annotations
+            st,
+            name,
+            lambda: plain_arguments(binder.arguments(args, kwargs)),
+            mcp=False,
+            annotations=annotations,
         )
         if prep is None:
             return await fn(*args, **kwargs)

@@ -47,6 +47,7 @@ from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
 from tooltrail.instrumentation import _spans
+from tooltrail.instrumentation._plain import plain_arguments
 from tooltrail.instrumentation._spans import (
     RESULT_PREVIEW_CHARS,
     Denial,
@@ -234,7 +235,8 @@ def _server_name(session: Any) -> str | None:
 
 def _arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Mapping[str, Any]:
     arguments = args[1] if len(args) > 1 else kwargs.get("arguments")
-    return dict(arguments) if arguments else {}
+    # Decided (and recorded) in their JSON form, the form the server receives.
+    return plain_arguments(dict(arguments)) if arguments else {}
 
 
 def _request(

@@ -803,6 +803,26 @@ def test_read_only_connection_cannot_touch_other_files(fleet: Path, tmp_path: Pa
     assert outside.exists()
 
 
+def test_the_spill_directory_opens_nothing_to_queries(
+    fleet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DuckDB allows its temp directory (./.tmp of the working directory) by default.
+    work = tmp_path / "cwd"
+    (work / ".tmp").mkdir(parents=True)
+    (work / ".tmp" / "secret.txt").write_text("hunter2")
+    monkeypatch.chdir(work)
+    con = analytics.connect(fleet)
+    try:
+        with pytest.raises(duckdb.Error):
+            con.execute(f"SELECT content FROM read_text({literal(str(work / '.tmp'))} || '/*')")
+        with pytest.raises(QueryError):
+            analytics.run_query(con, "SELECT content FROM read_text('.tmp/secret.txt')")
+        allowed = con.execute("SELECT current_setting('allowed_directories')").fetchone()
+        assert allowed is not None and ".tmp" not in str(allowed[0])
+    finally:
+        con.close()
+
+
 # --- tooltrail.duckdb -----------------------------------------------------------------------
 
 
