@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, TypeVar
 
 import duckdb
 import polars as pl
@@ -90,11 +90,33 @@ def borrow(source: Source) -> Iterator[duckdb.DuckDBPyConnection]:
 def _frame(
     con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any], what: str
 ) -> pl.DataFrame:
-    try:
+    def result() -> pl.DataFrame:
         frame: pl.DataFrame = con.sql(sql, params=dict(params)).pl()
+        return frame
+
+    try:
+        return _replanned(con, result)
     except duckdb.Error as e:
         raise_query_error(e, what)
-    return frame
+
+
+T = TypeVar("T")
+
+
+def _replanned(con: duckdb.DuckDBPyConnection, run: Callable[[], T]) -> T:
+    """``run()``, once more on views re-planned if a span file they list vanished before
+    it was read: compaction swaps a partition's files for merged ones (the rows are the
+    same), and a query planned just before the swap would otherwise fail."""
+    try:
+        return run()
+    except duckdb.IOException as e:
+        if ".parquet" not in str(e) or not any(m in str(e) for m in _VANISHED):
+            raise
+        refresh(con)
+        return run()
+
+
+_VANISHED: Final = ("No files found", "No such file", "Cannot open file")
 
 
 def _choice(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
@@ -267,19 +289,24 @@ def run_query(source: Source, sql: str, *, limit: int | None = None) -> pl.DataF
     statement = check_read_only(sql)
     _count("limit", limit)
     with borrow(source) as con:
-        try:
+
+        def result() -> pl.DataFrame:
             relation = con.sql(statement)
             if relation is None:  # pragma: no cover - the guard admits only queries
                 raise QueryError("the statement returned no rows")
             if limit is not None:
                 relation = relation.limit(limit)
-            relation = _showable(relation)
-            frame: pl.DataFrame = relation.pl()
+            frame: pl.DataFrame = _showable(relation).pl()
+            return frame
+
+        try:
+            return _replanned(con, result)
+        except QueryError:
+            raise
         except duckdb.Error as e:
             raise_query_error(e, "the query")
         except Exception as e:  # a result type polars cannot hold: say so, no traceback
             raise QueryError(f"the query's result cannot be shown: {e}") from e
-    return frame
 
 
 def landed_span_ids(source: Source, span_ids: list[str]) -> set[tuple[str, str]]:

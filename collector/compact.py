@@ -46,6 +46,9 @@ _RENAME_EXCHANGE: Final = 2
 # A partition with a single file larger than this is already compact.
 DEFAULT_SMALL_FILE_BYTES: Final = 64 * 1024 * 1024
 ROWS_PER_FILE: Final = 5_000_000
+# Where a partition is rebuilt, beside spans/ in the data directory (same filesystem: the
+# swap is a rename).
+STAGING_DIR: Final = ".compact-staging"
 
 
 @dataclass
@@ -98,8 +101,10 @@ def compact_partition(part: Path, small_file_bytes: int = DEFAULT_SMALL_FILE_BYT
         return 0
     table = pq.read_table(sources, schema=SPAN_SCHEMA, partitioning=None)
     table = sort_landed(table)  # whole-partition order, so the files split it in order
-    staging = part.with_name(f".{part.name}.compact-{secrets.token_hex(4)}")
-    staging.mkdir()
+    # Outside spans/: a reader's own glob (`spans/*/*.parquet` in polars or DuckDB matches
+    # hidden directories too) must never reach the staged or the swapped-out files.
+    staging = part.parent.parent / STAGING_DIR / f"{part.name}.compact-{secrets.token_hex(4)}"
+    staging.mkdir(parents=True)
     try:
         writer_id = new_writer_id()
         for i, offset in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_FILE)):
@@ -111,7 +116,7 @@ def compact_partition(part: Path, small_file_bytes: int = DEFAULT_SMALL_FILE_BYT
                 if late.name not in source_names:
                     os.link(late, staging / late.name)
             _exchange(part, staging)
-        # `staging` now holds the old files; no reader can reach it by glob any more.
+        # `staging` now holds the old files, outside every reader's glob.
         shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         # Before the swap, staging holds only unpublished new files.
@@ -175,8 +180,12 @@ def _compact_all(
 
 
 def _remove_stale_staging(root: Path) -> None:
-    # A compaction killed before its swap leaves a hidden staging dir: readers never see it.
-    for stale in root.glob(".date=*.compact-*"):
+    # A compaction killed before its swap, or before removing the swapped-out files,
+    # leaves a staging dir (in spans/ itself, before staging moved out of it).
+    for stale in (
+        *(root.parent / STAGING_DIR).glob("date=*.compact-*"),
+        *root.glob(".date=*.compact-*"),
+    ):
         shutil.rmtree(stale, ignore_errors=True)
     for stale in root.glob(f".date=*{TEMP_SUFFIX}"):
         stale.unlink(missing_ok=True)

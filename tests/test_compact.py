@@ -155,3 +155,52 @@ def test_spool_files_whose_segment_still_exists_wait(tmp_path: Path) -> None:
     compact(tmp_path)
     assert [p.name.startswith("compact-") for p in part.glob("*.parquet")] == [True]
     assert _count(tmp_path) == (4, 4)
+
+
+def test_staging_is_outside_spans_where_reader_globs_reach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # polars' and DuckDB's `spans/*/*.parquet` match hidden directories too: a staging
+    # directory in spans/ let such a reader count a partition twice mid-compaction.
+    from tooltrail.collector import compact as compact_module
+
+    writer = ParquetSpanWriter(tmp_path)
+    for i in range(5):
+        writer.write([_row("s", i)])
+    seen: list[list[str]] = []
+    exchange = compact_module._exchange
+
+    def watched(a: Path, b: Path) -> None:
+        seen.append(sorted(p.name for p in (tmp_path / "spans").iterdir() if p.is_dir()))
+        exchange(a, b)
+
+    monkeypatch.setattr(compact_module, "_exchange", watched)
+    compact(tmp_path)
+    assert seen and all(name.startswith("date=") for names in seen for name in names), seen
+    con = duckdb.connect()
+    try:
+        everything = str(tmp_path / "spans" / "*" / "*.parquet")
+        got = con.execute("SELECT count(*) FROM read_parquet(?)", [everything]).fetchone()
+    finally:
+        con.close()
+    assert got == (5,)
+    assert not list((tmp_path / compact_module.STAGING_DIR).iterdir())  # cleaned up
+
+
+def test_a_query_planned_before_a_swap_is_replanned_not_failed(tmp_path: Path) -> None:
+    # The views list span files; compaction can remove them between planning and reading.
+    from tooltrail import analytics
+    from tooltrail.analytics.queries import _frame
+
+    writer = ParquetSpanWriter(tmp_path)
+    for i in range(4):
+        writer.write([_row("s", i)])
+    analytics.build_session_index(tmp_path)
+    writer.write([_row("t", 9)])  # landed after the index: the views list it by name
+    con = analytics.connect(tmp_path)
+    try:
+        compact(tmp_path)  # ...and it is gone now: merged with the others
+        for sql in ("SELECT count(*) AS n FROM spans", "SELECT sum(span_count) AS n FROM sessions"):
+            assert _frame(con, sql, {}, "counting")["n"].to_list() == [5]
+    finally:
+        con.close()

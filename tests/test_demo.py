@@ -137,9 +137,14 @@ def test_rerun_adds_sessions_and_fresh_starts_over(tmp_path: Path) -> None:
     args = ("demo", "--no-dashboard", "--sessions", "3", "--data", str(data))
     assert _tooltrail(*args, "--seed", "2", cwd=tmp_path).returncode == 0
     first = {s["session_id"] for s in _json("sessions", "--data", str(data), cwd=tmp_path)}
+    left = {r["approval_id"] for r in _json("approvals", "--data", str(data), cwd=tmp_path)}
     assert _tooltrail(*args, "--seed", "3", cwd=tmp_path).returncode == 0
     second = {s["session_id"] for s in _json("sessions", "--data", str(data), cwd=tmp_path)}
     assert first < second  # re-running adds sessions
+    # What the first run left pending is the operator's: the second run's approver
+    # decides only its own requests.
+    still = {r["approval_id"] for r in _json("approvals", "--data", str(data), cwd=tmp_path)}
+    assert left and left <= still
     assert _tooltrail(*args, "--fresh", cwd=tmp_path).returncode == 0
     fresh = {s["session_id"] for s in _json("sessions", "--data", str(data), cwd=tmp_path)}
     assert fresh and not fresh & second  # --fresh started over

@@ -63,6 +63,8 @@ class DemoApprover(threading.Thread):
         self.stop = threading.Event()
         self._seen: set[str] = set()
         self.error: BaseException | None = None
+        # Requests left pending by an earlier run are the operator's, not this run's.
+        self._since = time.time()
 
     def run(self) -> None:
         from tooltrail.control import ControlStore
@@ -71,10 +73,13 @@ class DemoApprover(threading.Thread):
             with ControlStore(self.data_dir) as store:
                 while not self.stop.wait(self.poll_s):
                     for record in store.list_approvals("pending"):
-                        if record.approval_id not in self._seen:
+                        if record.approval_id not in self._seen and self._ours(record):
                             self._decide(store, record)
         except BaseException as e:  # reported by run_demo, never silently lost
             self.error = e
+
+    def _ours(self, record: ApprovalRecord) -> bool:
+        return record.requested_at >= self._since
 
     def _decide(self, store: ControlStore, record: ApprovalRecord) -> None:
         turn = len(self._seen) % 4
