@@ -251,7 +251,10 @@ def session_control_bar(
     actions = common_session_actions(states)
     who = ui.operator()
     if not actions:
-        st.caption("No control action applies to every selected session (canceled is final).")
+        if len(session_ids) == 1:
+            st.caption("No control action applies to this session: canceled is final.")
+        else:
+            st.caption("No control action applies to every selected session (canceled is final).")
         return
     reason_key = f"{key}-control-reason"
     st.text_input("Reason", key=reason_key, placeholder="Reason (optional)")

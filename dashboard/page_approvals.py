@@ -111,7 +111,7 @@ def _history(ctx: nav.Context) -> None:
     table = frame.select(
         "requested_at",
         "decided_at",
-        pl.col("decided_by").fill_null("—"),
+        "decided_by",  # null like the other undecided cells: one placeholder per table
         (pl.col("wait_ms") / 1000).alias("wait_s"),
         "outcome",
         (pl.col("outcome") == "expired").alias("expired"),

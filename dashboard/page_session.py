@@ -139,8 +139,11 @@ def _header(ctx: nav.Context, head: Mapping[str, Any]) -> None:
 
 def _control(ctx: nav.Context, head: Mapping[str, Any]) -> None:
     session_id = str(head["session_id"])
-    state = head.get("control_state") or "running"
-    st.markdown(f"**Session control** {ui.chip(state, _CONTROL_COLORS)}")
+    state = head.get("control_state")
+    if state is None:  # a session nobody paused or canceled: not "running" once it ended
+        st.markdown("**Session control** never paused or canceled")
+    else:
+        st.markdown(f"**Session control** {ui.chip(state, _CONTROL_COLORS)}")
     components.session_control_bar(
         [session_id], [head.get("control_state")], ctx.root, key=f"session-{session_id}"
     )

@@ -273,6 +273,8 @@ def test_pause_resume_cancel_write_the_store_and_show_the_history(
 ) -> None:
     at = goto(app_test(seeded.root, seeded.policy_path, monkeypatch), "session", session=TRIAGE)
     prefix = f"session-{TRIAGE}"
+    # Never controlled: not shown as "running" (it may well have ended).
+    assert any("**Session control** never paused or canceled" in m for m in texts(at.markdown))
     assert at.button(key=f"{prefix}-pause").disabled  # no operator yet
     at.sidebar.text_input(key="operator").input("carol").run()
     at.text_input(key=f"{prefix}-control-reason").input("looks wrong")
@@ -291,7 +293,10 @@ def test_pause_resume_cancel_write_the_store_and_show_the_history(
     at.button(key=f"{prefix}-cancel").click().run()
     assert _state(seeded, TRIAGE) == "canceled"
     assert not [b for b in at.button if b.key and b.key.startswith(prefix)]
-    assert any("canceled is final" in c for c in texts(at.caption))
+    assert any(
+        c == "No control action applies to this session: canceled is final."
+        for c in texts(at.caption)
+    )
     with ControlStore(seeded.root) as store:
         actions = [e.action for e in store.control_history(TRIAGE)]
     assert actions == ["pause", "resume", "cancel"]
