@@ -415,6 +415,11 @@ def _store(data: Path | None) -> Any:
 def approvals(data: Path | None, fmt: str, status: str) -> None:
     """List approval requests (pending by default; expired ones are marked first).
 
+    These are the control store's records: `reason` is the policy rule's reason,
+    `decision_reason` the decider's, and `wait_ms` runs from filing to decision as the
+    store saw it. The `approvals` view (tooltrail query) names them `policy_reason` and
+    `reason`, and its `wait_ms` is the agent's own wait, recorded on the span.
+
     Example:
 
         tooltrail approvals --status all --format json
