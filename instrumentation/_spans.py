@@ -28,6 +28,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -1072,6 +1073,35 @@ def _exit(inv: Invocation) -> None:
 # --- step 3: finish (never raises) ----------------------------------------------------
 
 
+def _text_redaction(inv: Invocation) -> Any:
+    """The decision's ``text_redaction`` (a ``tooltrail.policy.TextRedaction``), or None
+    when nothing was decided or no matched rule redacts (the usual case)."""
+    return getattr(inv.decision, "text_redaction", None)
+
+
+def _policy_redacted(inv: Invocation, redaction: Any, texts: list[str]) -> list[str]:
+    """``texts`` with the policy's redactions applied.
+
+    The tool may have run with the real arguments (a REQUIRE_APPROVAL or ALLOW winning
+    over a redacting rule), so its result or error can quote the secret the recorded
+    arguments hide. The decision's ``text_redaction`` (``tooltrail.policy.TextRedaction``)
+    is the same scrubber the exporter applies to landed rows. What it replaced in the
+    first text (the one that lands: result preview or status message) is added to the
+    span's ``tooltrail.redactions`` count."""
+    out: list[str] = []
+    count = 0
+    for i, text in enumerate(texts):
+        scrubbed, n = redaction.scrub(text)
+        out.append(scrubbed)
+        if i == 0:
+            count = n
+    if count:
+        before = getattr(inv.decision, "redactions", 0)
+        total = count + (before if isinstance(before, int) and before > 0 else 0)
+        inv.span.set_attribute(TT_REDACTIONS, total)
+    return out
+
+
 def finish_result(inv: Invocation, preview: Callable[[], str] | None, is_error: bool) -> None:
     """End the span of a call that returned. ``preview`` renders the result (only called
     when result capture is on); ``is_error`` marks a tool-reported error."""
@@ -1079,7 +1109,11 @@ def finish_result(inv: Invocation, preview: Callable[[], str] | None, is_error: 
         _exit(inv)
         span = inv.span
         if preview is not None and inv.settings.capture_results:
-            span.set_attribute(GEN_AI_TOOL_CALL_RESULT, truncate(preview(), RESULT_PREVIEW_CHARS))
+            text = preview()
+            redaction = _text_redaction(inv)
+            if redaction is not None:  # before the cut, so no partial secret is left
+                text = _policy_redacted(inv, redaction, [text])[0]
+            span.set_attribute(GEN_AI_TOOL_CALL_RESULT, truncate(text, RESULT_PREVIEW_CHARS))
         if is_error:
             span.set_attribute(ERROR_TYPE, ERROR_TYPE_TOOL_ERROR)
             span.set_status(Status(StatusCode.ERROR, "tool reported an error"))
@@ -1093,9 +1127,27 @@ def finish_exception(inv: Invocation, error: BaseException) -> None:
     try:
         _exit(inv)
         span = inv.span
-        span.record_exception(error)
+        message = f"{type(error).__name__}: {error}"
+        redaction = _text_redaction(inv)
+        if redaction is None:
+            span.record_exception(error)
+        else:
+            # The exception event's message and stack trace (which ends with the message)
+            # are free text too; the SDK lets the attributes given replace its own.
+            from opentelemetry.semconv.attributes.exception_attributes import (
+                EXCEPTION_MESSAGE,
+                EXCEPTION_STACKTRACE,
+            )
+
+            trace_text = "".join(traceback.format_exception(error))
+            scrubbed = _policy_redacted(inv, redaction, [message, str(error), trace_text])
+            message = scrubbed[0]
+            span.record_exception(
+                error,
+                attributes={EXCEPTION_MESSAGE: scrubbed[1], EXCEPTION_STACKTRACE: scrubbed[2]},
+            )
         span.set_attribute(ERROR_TYPE, type(error).__qualname__)
-        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        span.set_status(Status(StatusCode.ERROR, message))
         span.end()
     except Exception:
         _log.exception("tooltrail: finishing the span of %s failed", inv.tool)

@@ -672,3 +672,136 @@ def test_generator_functions_are_refused_at_decoration() -> None:
             tt.tool(fn)
         with pytest.raises(TypeError, match="generator function"):
             tt.tool(name="streamed")(fn)
+
+
+# --- policy redactions reach the result preview and the error message ---------------------
+
+SCRUB_POLICY = textwrap.dedent(
+    """
+    version: 1
+    rules:
+      - id: scrub
+        when: {tool: "login*"}
+        decision: REWRITE
+        rewrite: {redact: [pin, {regex: "SEKRIT[0-9]+"}]}
+      - id: hold
+        when: {tool: "login*"}
+        decision: REQUIRE_APPROVAL
+    """
+)
+
+
+def test_a_held_call_that_runs_with_the_secret_records_no_secret(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    """REQUIRE_APPROVAL outranks the redacting REWRITE: the tool runs with the real pin,
+    so its result and its error quote it; the span must not."""
+    from tooltrail.semconv import TT_REDACTIONS
+
+    policy = tmp_path / "scrub.yaml"
+    policy.write_text(SCRUB_POLICY)
+    broker = ScriptedBroker(lambda r: ApprovalOutcome("approved", approval_id="ap-1"))
+    enforce(spans, policy, broker=broker, capture_results=True)
+
+    @tt.tool
+    def login(user: str, pin: str, path: str = "/home/SEKRIT42/x") -> str:
+        return f"logged in {user} with pin {pin} at {path}"
+
+    @tt.tool
+    def login_fails(user: str, pin: str, path: str = "/home/SEKRIT42/x") -> str:
+        raise ValueError(f"bad pin {pin} at {path}")
+
+    assert login("bob", "9876") == "logged in bob with pin 9876 at /home/SEKRIT42/x"
+    with pytest.raises(ValueError, match="bad pin 9876"):
+        login_fails("bob", "9876")
+    ok, failed = spans.get_finished_spans()
+    a = attrs(ok)
+    assert a[TT_DECISION] == "REQUIRE_APPROVAL"
+    assert a[GEN_AI_TOOL_CALL_RESULT] == "logged in bob with pin [REDACTED] at /home/[REDACTED]/x"
+    assert a[TT_REDACTIONS] == 2 + 2  # the arguments, then the result
+    assert failed.status.description == "ValueError: bad pin [REDACTED] at /home/[REDACTED]/x"
+    (event,) = failed.events
+    assert event.attributes is not None
+    assert event.attributes["exception.message"] == "bad pin [REDACTED] at /home/[REDACTED]/x"
+    assert event.attributes["exception.type"] == "ValueError"
+    for span in (ok, failed):
+        recorded = json.dumps(
+            [attrs(span), span.status.description, [dict(e.attributes or {}) for e in span.events]]
+        )
+        assert "9876" not in recorded and "SEKRIT" not in recorded
+
+
+def test_without_a_redacting_rule_results_and_errors_are_recorded_as_they_are(
+    spans: InMemorySpanExporter, policy_file: Path
+) -> None:
+    enforce(spans, policy_file, capture_results=True)
+
+    @tt.tool
+    def echo(text: str) -> str:
+        raise ValueError(f"echo {text}")
+
+    with pytest.raises(ValueError):
+        echo("SEKRIT42")
+    span = only_span(spans)
+    assert span.status.description == "ValueError: echo SEKRIT42"
+    assert span.events[0].attributes is not None
+    assert "SEKRIT42" in str(span.events[0].attributes["exception.stacktrace"])
+
+
+_OBSERVE_ONLY_AGENT = """
+import sys
+import tooltrail.instrumentation as tt
+
+tt.configure(data_dir=sys.argv[1], policy=sys.argv[2], enforce=False, capture_results=True)
+
+
+@tt.tool
+def login(user, pin, path="/home/SEKRIT42/x"):
+    return f"logged in {user} with pin {pin}"
+
+
+@tt.tool
+def login_fails(user, pin, path="/home/SEKRIT42/x"):
+    raise ValueError(f"bad pin {pin}")
+
+
+login("bob", "9876")
+try:
+    login_fails("bob", "9876")
+except ValueError:
+    pass
+"""
+
+
+def test_observe_only_redactions_reach_every_landed_column(tmp_path: Path) -> None:
+    """The security review's reproducer: the exporter decides after the fact, and no
+    column of the landed actions may keep the pin or a SEKRIT<digits>."""
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from tooltrail.cli import cli
+
+    policy = tmp_path / "scrub.yaml"
+    policy.write_text(
+        'version: 1\nrules:\n  - id: scrub\n    when: {tool: "login*"}\n'
+        '    decision: REWRITE\n    rewrite: {redact: [pin, {regex: "SEKRIT[0-9]+"}]}\n'
+    )
+    agent = tmp_path / "agent.py"
+    agent.write_text(_OBSERVE_ONLY_AGENT)
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, str(agent), str(data), str(policy)], check=True, timeout=120)
+    sql = (
+        "select tool_name, arguments, action_summary, result_preview, status_message,"
+        " target_repo, target_branch, target_path, redactions from actions order by tool_name"
+    )
+    result = CliRunner().invoke(cli, ["query", "--data", str(data), "--format", "json", sql])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["tool_name"] for r in rows] == ["login", "login_fails"]
+    ok, failed = rows
+    assert ok["action_summary"] == "login path=/home/[REDACTED]/x"
+    assert ok["result_preview"] == "logged in bob with pin [REDACTED]"
+    assert failed["status_message"] == "ValueError: bad pin [REDACTED]"
+    assert "9876" not in result.output and "SEKRIT" not in result.output

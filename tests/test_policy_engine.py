@@ -728,3 +728,202 @@ def test_explain_agrees_with_decide(
 
 GIT_EXAMPLE = load_policy("examples/policy-git.yaml")
 GITHUB_EXAMPLE = load_policy("examples/policy-github.yaml")
+
+
+# --- dotted paths: a literal dotted key cannot shadow the nested value (or vice versa) ----
+
+# One predicate per kind of check on `opts.v`; each matches the value MATCH and not JUNK.
+_DOTTED_MATCHERS: list[tuple[Any, Any, Any]] = [
+    (True, True, False),  # bare non-string: JSON equality
+    ("main", "main", "dev"),  # exact string
+    ("release/*", "release/1", "dev"),  # glob
+    ({"glob": ["*.pem", "*.key"]}, "id.pem", "id.pub"),
+    ({"regex": "^--force"}, "--force-with-lease", "--dry-run"),
+    ({"in": ["squash", "rebase"]}, "rebase", "merge"),
+    ({"equals": {"draft": True}}, {"draft": True}, {"draft": False}),
+    ({"gt": 100}, 150, 5),
+    ({"lte": 10}, "7", 50),
+    ({"gt": 1, "lte": 10}, 5, 50),  # several operators on one reading
+    ("*.env", ["a.py", "prod.env"], ["a.py"]),  # a list value: any element
+    ({"exists": True}, None, None),  # present (even null) in either reading
+]
+
+
+@pytest.mark.parametrize(("matcher", "match", "junk"), _DOTTED_MATCHERS)
+def test_a_dotted_path_matches_when_either_the_literal_key_or_the_nested_value_does(
+    matcher: Any, match: Any, junk: Any
+) -> None:
+    policy = rule_policy({"tool": "push", "args": {"opts.v": matcher}})
+
+    def matched(args: dict[str, Any]) -> bool:
+        return policy.decide(ToolCall("push", args)).policy_matched == ("r",)
+
+    assert matched({"opts": {"v": match}})
+    assert matched({"opts.v": match})
+    # The junk reading must hide nothing, whichever side it is on.
+    assert matched({"opts": {"v": match}, "opts.v": junk})
+    assert matched({"opts": {"v": junk}, "opts.v": match})
+    if matcher != {"exists": True}:
+        assert not matched({"opts": {"v": junk}, "opts.v": junk})
+    assert not matched({"other": match})
+
+
+def test_a_dotted_path_is_absent_only_when_both_readings_are_absent() -> None:
+    """`exists: false` is a negative condition: hiding one reading must not satisfy it."""
+    policy = rule_policy({"tool": "push", "args": {"opts.v": {"exists": False}}})
+
+    def matched(args: dict[str, Any]) -> bool:
+        return policy.decide(ToolCall("push", args)).policy_matched == ("r",)
+
+    assert matched({})
+    assert matched({"opts": {"w": 1}})
+    assert not matched({"opts": {"v": None}})
+    assert not matched({"opts.v": 1})
+    assert not matched({"opts": {}, "opts.v": 1})
+    assert not matched({"opts": {"v": 1}, "opts.x": 1})
+
+
+def test_a_junk_literal_dotted_key_does_not_shadow_a_deny() -> None:
+    """The security review's reproducer: the server reads opts.force (nested)."""
+    policy = pol(
+        """
+        version: 1
+        rules:
+          - id: noforce
+            when: {tool: push, args: {opts.force: true}}
+            decision: DENY
+        """
+    )
+    args = {"branch": "dev", "opts": {"force": True}, "opts.force": False}
+    decision = policy.decide(ToolCall("push", args))
+    assert (decision.decision, decision.policy_rule) == ("DENY", "noforce")
+    assert policy.explain(ToolCall("push", args)).rules[0].matched
+    ok = policy.decide(ToolCall("push", {"branch": "dev", "opts": {"force": False}}))
+    assert ok.decision == "ALLOW"
+
+
+def test_redact_and_remove_on_a_dotted_path_reach_both_readings() -> None:
+    policy = rule_policy(
+        {"tool": "call"},
+        "REWRITE",
+        rewrite={"remove": ["opts.force"], "redact": ["auth.token"]},
+    )
+    args = {
+        "auth": {"token": "nested-secret"},
+        "auth.token": "literal-secret",
+        "opts": {"force": True, "keep": 1},
+        "opts.force": False,
+    }
+    d = policy.decide(ToolCall("call", args))
+    assert d.decision == "REWRITE" and d.redactions == 2
+    assert d.arguments == {
+        "auth": {"token": REDACTED},
+        "auth.token": REDACTED,
+        "opts": {"force": True, "keep": 1},
+        "opts.force": False,
+    }
+    assert d.arguments_rewritten == {
+        "auth": {"token": REDACTED},
+        "auth.token": REDACTED,
+        "opts": {"keep": 1},
+    }
+    assert "secret" not in json.dumps(d.to_json_dict())
+
+
+def test_targets_and_set_on_dotted_paths_keep_working() -> None:
+    policy = pol(
+        """
+        version: 1
+        targets:
+          - {tools: [push], branch: "{opts.branch}", repo: "{dotted.repo}"}
+        rules:
+          - id: own-branch
+            when: {tool: push, branch: main}
+            decision: REWRITE
+            rewrite: {set: {opts.branch: "agent/{session_id}", opts.note: "{args.opts.branch}"}}
+        """
+    )
+    d = policy.decide(
+        ToolCall("push", {"opts": {"branch": "main"}, "dotted.repo": "/src/app"}, session_id="s1")
+    )
+    assert (d.decision, d.target_branch, d.target_repo) == ("REWRITE", "main", "/src/app")
+    assert d.arguments_rewritten == {
+        "opts": {"branch": "agent/s1", "note": "main"},
+        "dotted.repo": "/src/app",
+    }
+
+
+# --- free-text redaction (Decision.redact_text / TextRedaction) ---------------------------
+
+
+def test_redact_text_erases_key_values_and_regex_matches_from_free_text() -> None:
+    policy = rule_policy(
+        {"tool": "login"},
+        "REWRITE",
+        rewrite={"redact": ["pin", "creds", {"regex": "SEKRIT[0-9]+"}]},
+    )
+    args = {"user": "bob", "pin": 9876, "creds": {"k": 'a"b', "n": [4242]}, "p": "/SEKRIT42/x"}
+    d = policy.decide(ToolCall("login", args))
+    text, n = d.redact_text('pin 9876, k={"k":"a\\"b"} a"b 4242 at /SEKRIT42/x and SEKRIT7')
+    assert text == (
+        f'pin {REDACTED}, k={{"k":"{REDACTED}"}} {REDACTED} {REDACTED} at /{REDACTED}/x'
+        f" and {REDACTED}"
+    )
+    assert n == 6
+    assert d.redact_text("nothing here") == ("nothing here", 0)
+    # The scrubber itself never shows the secrets it holds.
+    assert "9876" not in repr(d) and "9876" not in repr(d.text_redaction)
+
+
+def test_redact_text_catches_a_secret_cut_by_truncation() -> None:
+    policy = rule_policy({"tool": "t"}, "REWRITE", rewrite={"redact": ["token"]})
+    d = policy.decide(ToolCall("t", {"token": "abcdef123456"}))
+    assert d.redact_text("token is abcdef12…") == (f"token is {REDACTED}…", 1)
+    assert d.redact_text("token is abcdef12…[truncated]")[0] == f"token is {REDACTED}…[truncated]"
+    assert d.redact_text("token is abcdef12") == ("token is abcdef12", 0)  # not cut: no guess
+
+
+def test_redact_text_applies_whatever_wins_and_only_when_a_redacting_rule_matched() -> None:
+    policy = pol(
+        """
+        version: 1
+        rules:
+          - id: scrub
+            when: {tool: login}
+            decision: REWRITE
+            rewrite: {redact: [pin]}
+          - id: hold
+            when: {tool: login}
+            decision: REQUIRE_APPROVAL
+        """
+    )
+    d = policy.decide(ToolCall("login", {"pin": "1234"}))
+    assert d.decision == "REQUIRE_APPROVAL" and d.arguments_rewritten is None
+    assert d.redact_text("bad pin 1234") == (f"bad pin {REDACTED}", 1)
+    other = policy.decide(ToolCall("logout", {"pin": "1234"}))
+    assert other.text_redaction is None and other.redact_text("1234") == ("1234", 0)
+    # The scrubber does not take part in equality: decisions stay comparable values.
+    assert d == policy.decide(ToolCall("login", {"pin": "1234"}))
+
+
+def test_a_junk_dotted_key_cannot_move_a_target_it_fails_closed() -> None:
+    # A target holds one value: with the literal key and the nested path both present and
+    # different, either reading could be the junk one, so the call is refused.
+    policy = loads_policy(
+        """
+        version: 1
+        targets: [{tools: [push], branch: "{opts.branch}"}]
+        rules:
+          - {id: no-main, when: {tool: push, branch: main}, decision: DENY}
+        """
+    )
+
+    def decide(args: dict[str, Any]) -> Any:
+        return policy.decide(ToolCall(tool="push", arguments=args))
+
+    assert decide({"opts": {"branch": "main"}}).policy_rule == "no-main"
+    ambiguous = decide({"opts": {"branch": "main"}, "opts.branch": "dev"})
+    assert (ambiguous.decision, ambiguous.policy_rule) == ("DENY", "policy-error")
+    assert "'opts.branch' is both a key and a nested path" in (ambiguous.reason or "")
+    same = decide({"opts": {"branch": "dev"}, "opts.branch": "dev"})  # agree: no ambiguity
+    assert (same.decision, same.target_branch) == ("ALLOW", "dev")

@@ -149,3 +149,84 @@ def test_importing_the_policy_package_stays_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+SCRUB_POLICY = load_policy(
+    {
+        "version": 1,
+        "rules": [
+            {
+                "id": "scrub",
+                "when": {"tool": "login"},
+                "decision": "REWRITE",
+                "rewrite": {"redact": ["pin", {"regex": "SEKRIT[0-9]+"}]},
+            }
+        ],
+    }
+)
+
+
+def _landed_login_row(arguments: dict[str, Any], **extra: Any) -> Row:
+    """A login row as the normalizer lands it in observe-only mode: the summary derived
+    from the (unredacted) arguments."""
+    from tooltrail.collector.normalize import derive_summary
+
+    return tool_row(
+        "login", arguments, action_summary=derive_summary("login", args=arguments), **extra
+    )
+
+
+def test_redactions_reach_the_summary_result_and_status_message() -> None:
+    args = {"user": "bob", "pin": "9876", "path": "/home/SEKRIT42/x"}
+    row = _landed_login_row(
+        args,
+        result_preview="logged in bob with pin 9876 at /home/SEKRIT42/x",
+        status_message="ValueError: bad pin 9876 (SEKRIT7)",
+        redactions=0,
+    )
+    assert "SEKRIT42" in row["action_summary"]  # what the normalizer landed
+    apply_to_row(SCRUB_POLICY, row)
+    assert json.loads(row["arguments"]) == {
+        "user": "bob",
+        "pin": "[REDACTED]",
+        "path": "/home/[REDACTED]/x",
+    }
+    assert row["action_summary"] == "login path=/home/[REDACTED]/x"
+    assert row["result_preview"] == "logged in bob with pin [REDACTED] at /home/[REDACTED]/x"
+    assert row["status_message"] == "ValueError: bad pin [REDACTED] ([REDACTED])"
+    landed = json.dumps(row, default=str)
+    assert "9876" not in landed and "SEKRIT" not in landed
+    assert row["redactions"] == 2 + 2 + 2  # arguments, result, status message
+
+
+def test_a_summary_cut_inside_a_redacted_value_is_derived_again() -> None:
+    secret = "SEKRIT" + "9" * 80  # longer than a summary shows: cut to 60 characters
+    args = {"user": "bob", "path": f"/home/{secret}/x"}
+    row = _landed_login_row(args)
+    assert row["action_summary"].endswith("…") and secret not in row["action_summary"]
+    apply_to_row(SCRUB_POLICY, row)
+    assert row["action_summary"] == "login path=/home/[REDACTED]/x"
+
+
+def test_a_producers_own_summary_is_scrubbed_as_text() -> None:
+    row = tool_row(
+        "login",
+        {"user": "bob", "pin": "9876"},
+        action_summary="log in bob (pin 9876)",
+        target_path="/vault/9876",
+    )
+    apply_to_row(SCRUB_POLICY, row)
+    assert row["action_summary"] == "log in bob (pin [REDACTED])"
+    assert row["target_path"] == "/vault/[REDACTED]"
+
+
+def test_free_text_is_untouched_without_a_redacting_rule() -> None:
+    row = _landed_login_row({"user": "bob", "pin": "9876"}, result_preview="pin 9876")
+    row["tool_name"] = "logout"
+    before = dict(row)
+    apply_to_row(SCRUB_POLICY, row)
+    assert (row["result_preview"], row["action_summary"], row["arguments"]) == (
+        before["result_preview"],
+        before["action_summary"],
+        before["arguments"],
+    )

@@ -21,6 +21,7 @@ from tooltrail.policy.model import (
     VERDICT_POLICY_ERROR,
     ApprovalSettings,
     Decision,
+    TextRedaction,
     ToolCall,
     policy_error_decision,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "Policy",
     "PolicyValidationError",
     "RuleTrace",
+    "TextRedaction",
     "ToolCall",
     "apply_to_row",
     "call_from_row",

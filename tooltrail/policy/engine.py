@@ -24,6 +24,7 @@ from tooltrail.policy.compiler import (
 )
 from tooltrail.policy.matchers import (
     MISSING,
+    AmbiguousArgumentError,
     ArgPred,
     Env,
     GlobCheck,
@@ -50,7 +51,7 @@ from tooltrail.policy.model import (
     make_decision,
     policy_error_decision,
 )
-from tooltrail.policy.rewrite import Redactor
+from tooltrail.policy.rewrite import Redactor, text_redaction
 
 _EMPTY_ARGS: Final[Mapping[str, Any]] = MappingProxyType({})
 _NO_TARGETS: Final[tuple[None, None, None]] = (None, None, None)
@@ -365,6 +366,8 @@ class Policy:
                 approval,
                 0,
             )
+        except AmbiguousArgumentError as e:  # the call's own arguments: say which
+            return policy_error_decision(call, f"policy evaluation failed: {e}", self.version)
         except Exception as e:  # never let a policy bug break (or open) the caller
             return policy_error_decision(
                 call, f"policy evaluation failed ({type(e).__name__})", self.version
@@ -405,7 +408,10 @@ class Policy:
         redactors = [
             r.rewrite.redactor for r in matched if r.rewrite is not None and r.rewrite.redactor
         ]
+        scrub_text = None
         if redactors:
+            # Before the copy is redacted: the free-text scrubber needs the secrets.
+            scrub_text = text_redaction(redactors, args)
             copy: dict[str, Any] = copy_json(args)
             redactions = sum(red.apply(copy) for red in redactors)
             if redactions:
@@ -434,6 +440,7 @@ class Policy:
             reason,
             approval,
             redactions,
+            scrub_text,
         )
 
     def is_read(self, call: ToolCall) -> bool:

@@ -42,25 +42,57 @@ class Many(list[Any]):
 # --- argument paths -------------------------------------------------------------------
 
 
+class AmbiguousArgumentError(ValueError):
+    """A dotted path reads two different values (a literal key and a nested path)."""
+
+
 class ArgPath:
     """A dotted path into the arguments: ``a.b`` is ``args["a"]["b"]``; a numeric segment
-    indexes a list; any other segment applied to a list fans out over its elements. A
-    top-level key that literally contains dots is found first."""
+    indexes a list; any other segment applied to a list fans out over its elements.
 
-    __slots__ = ("segments", "text", "top_keys")
+    A dotted path can also name a top-level key that literally contains dots. Both
+    readings are kept apart: ``resolve`` (templates: one value) takes the literal key
+    first; ``candidates`` (conditions) gives every reading present, so that a junk literal
+    key cannot hide the nested value the tool really reads, or the other way round."""
+
+    __slots__ = ("dotted", "segments", "text", "top_keys")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.segments: tuple[str, ...] = tuple(text.split("."))
+        self.dotted = len(self.segments) > 1
         # The top-level argument keys this path can read (used to project arguments in replay).
         self.top_keys: frozenset[str] = frozenset({text, self.segments[0]})
 
     def resolve(self, args: Mapping[str, Any]) -> Any:
+        """One value: the literal key's when present, else the nested path's (or MISSING).
+
+        Raises AmbiguousArgumentError when both are present and differ: a template (a
+        target, a rewrite value) has room for one value, and taking either could let a
+        junk key decide which repository or branch the policy thinks the call touches.
+        The engine turns it into a ``policy-error`` DENY (fail closed)."""
         if len(self.segments) == 1:
             return args.get(self.text, MISSING)
+        nested = _walk(args, self.segments)
         if self.text in args:
-            return args[self.text]
-        return _walk(args, self.segments)
+            literal = args[self.text]
+            if nested is not MISSING and nested != literal:
+                raise AmbiguousArgumentError(
+                    f"argument {self.text!r} is both a key and a nested path, with different values"
+                )
+            return literal
+        return nested
+
+    def candidates(self, args: Mapping[str, Any]) -> tuple[Any, ...]:
+        """Every present reading: the literal key's value and the nested path's value
+        (either may be absent); ``(MISSING,)`` when neither is present."""
+        nested = _walk(args, self.segments)
+        if not self.dotted or self.text not in args:
+            return (nested,)
+        literal = args[self.text]
+        if nested is MISSING:
+            return (literal,)
+        return (literal, nested)
 
     def __repr__(self) -> str:
         return f"ArgPath({self.text!r})"
@@ -442,7 +474,22 @@ class ArgPred(Pred):
 
     def test(self, env: Env) -> bool:
         key = self.key
-        value = env.args.get(key, MISSING) if key is not None else self.path.resolve(env.args)
+        if key is None:
+            # A dotted path: holds when any reading (literal key, nested path) satisfies
+            # every check; absent (``exists: false``) only when both readings are absent.
+            return any(self.holds(v) for v in self.path.candidates(env.args))
+        # A plain key (the usual case): holds(), inlined on the hot path.
+        value = env.args.get(key, MISSING)
+        single = self.single
+        if single is not None:
+            return single(value)
+        for check in self.checks:  # noqa: SIM110 - hot path, no generator
+            if not check.test(value):
+                return False
+        return True
+
+    def holds(self, value: Any) -> bool:
+        """Every check holds for one resolved value (maybe ``MISSING``)."""
         single = self.single
         if single is not None:
             return single(value)

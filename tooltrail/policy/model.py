@@ -7,7 +7,9 @@ no behaviour beyond (de)serialisation so that the instrumentation can import the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
@@ -70,6 +72,94 @@ class ApprovalSettings:
         }
 
 
+# What a result preview or message ends with when it was cut (the normalizer's "…" and the
+# instrumentation's "…[truncated]" both start with it).
+_CUT_MARK: Final = "…"
+_CUT_MARK_WINDOW: Final = len("…[truncated]")
+
+
+class TextRedaction:
+    """The free-text side of a decision's redactions: what must not appear in a result
+    preview, an error message or an action summary either.
+
+    ``values`` are the texts of the argument values a key path redacted (strings as they
+    are and JSON-escaped, numbers in decimal, the leaves of objects and lists): every
+    occurrence is replaced. ``regexes`` are the rules' ``{regex: …}`` redactions, applied
+    as to argument strings. One instance serves the exporter (``apply_to_row``) and the
+    instrumentation (enforced mode), so both scrub alike.
+    """
+
+    __slots__ = ("regexes", "values")
+
+    def __init__(self, values: Iterable[str], regexes: Sequence[re.Pattern[str]]) -> None:
+        # Longest first: a value containing another is replaced whole, not around it.
+        self.values: tuple[str, ...] = tuple(sorted({v for v in values if v}, key=len)[::-1])
+        self.regexes: tuple[re.Pattern[str], ...] = tuple(regexes)
+
+    def __bool__(self) -> bool:
+        return bool(self.values or self.regexes)
+
+    def __repr__(self) -> str:  # never show the secrets themselves
+        return f"TextRedaction({len(self.values)} values, {len(self.regexes)} regexes)"
+
+    def scrub(self, text: str) -> tuple[str, int]:
+        """``text`` with every redacted value and regex match replaced by ``[REDACTED]``,
+        and how many replacements were made."""
+        count = 0
+        for value in self.values:
+            n = text.count(value)
+            if n:
+                text = text.replace(value, REDACTED)
+                count += n
+        if self.values and _CUT_MARK in text[-_CUT_MARK_WINDOW:]:
+            text, n = self._scrub_cut_tail(text)
+            count += n
+        for rx in self.regexes:
+            text, n = rx.subn(REDACTED, text)
+            count += n
+        return text, count
+
+    def _scrub_cut_tail(self, text: str) -> tuple[str, int]:
+        """A preview cut inside a secret ends with the secret's first characters: fail
+        closed and redact a tail that starts a redacted value, right before the cut mark."""
+        cut = text.rindex(_CUT_MARK)
+        body = text[:cut]
+        for value in self.values:
+            for k in range(min(len(value) - 1, len(body)), 0, -1):
+                if body.endswith(value[:k]):
+                    return body[:-k] + REDACTED + text[cut:], 1
+        return text, 0
+
+    @classmethod
+    def of(cls, values: Iterable[Any], regexes: Sequence[re.Pattern[str]]) -> TextRedaction | None:
+        """From the original (unredacted) values the key paths designate; None when there
+        is nothing to scrub."""
+        texts: list[str] = []
+        for value in values:
+            _value_texts(value, texts)
+        made = cls(texts, regexes)
+        return made if made else None
+
+
+def _value_texts(value: Any, out: list[str]) -> None:
+    """The texts a redacted value can appear as in free text."""
+    if isinstance(value, str):
+        out.append(value)
+        escaped = json.dumps(value, ensure_ascii=False)[1:-1]
+        if escaped != value:  # as it appears inside a JSON result
+            out.append(escaped)
+    elif isinstance(value, bool) or value is None:
+        return  # true / false / null reveal nothing worth erasing from every text
+    elif isinstance(value, int | float):
+        out.append(str(value))
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _value_texts(item, out)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _value_texts(item, out)
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The engine's answer for one call.
@@ -78,6 +168,8 @@ class Decision:
     the secret is replaced here too (whatever the winning decision), so callers must record
     ``arguments`` (never their own copy) and forward ``arguments_rewritten`` to the tool
     when ``decision == "REWRITE"``. ``redactions`` counts the argument values redacted.
+    ``text_redaction`` (None when no matched rule redacts) scrubs the same secrets from
+    free text the call produces: use ``redact_text`` on a result preview or error message.
     """
 
     decision: str
@@ -93,6 +185,14 @@ class Decision:
     reason: str | None
     approval: ApprovalSettings | None
     redactions: int = 0
+    text_redaction: TextRedaction | None = field(default=None, compare=False, repr=False)
+
+    def redact_text(self, text: str) -> tuple[str, int]:
+        """``text`` with this decision's redactions applied, and the replacements made."""
+        redaction = self.text_redaction
+        if redaction is None:
+            return text, 0
+        return redaction.scrub(text)
 
     def to_json_dict(self) -> dict[str, Any]:
         """Exactly the SPEC §5 ``policy explain --format json`` object."""
@@ -115,9 +215,9 @@ def _decision_constructor() -> Callable[..., Decision]:
     """A constructor for Decision about twice as fast as the frozen dataclass ``__init__``
     (which calls ``object.__setattr__`` per field): the engine builds one per call."""
     setters = tuple(Decision.__dict__[f.name].__set__ for f in fields(Decision))
-    if len(setters) != 13:  # keep in step with make_decision's parameters
+    if len(setters) != 14:  # keep in step with make_decision's parameters
         raise RuntimeError("Decision fields changed; update make_decision")
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12 = setters
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13 = setters
     new = object.__new__
 
     def make_decision(
@@ -134,6 +234,7 @@ def _decision_constructor() -> Callable[..., Decision]:
         reason: str | None,
         approval: ApprovalSettings | None,
         redactions: int,
+        text_redaction: TextRedaction | None = None,
     ) -> Decision:
         d = new(Decision)
         s0(d, decision)
@@ -149,6 +250,7 @@ def _decision_constructor() -> Callable[..., Decision]:
         s10(d, reason)
         s11(d, approval)
         s12(d, redactions)
+        s13(d, text_redaction)
         return d
 
     return make_decision

@@ -13,16 +13,20 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequenc
 from typing import Any
 
 from tooltrail.policy.matchers import ArgPath, RewriteError, ValueTemplate, copy_json
-from tooltrail.policy.model import REDACTED, ToolCall
+from tooltrail.policy.model import REDACTED, TextRedaction, ToolCall
 
 _Location = tuple[Any, Any]  # (container, key or index)
 
 
 def _locations(args: Any, path: ArgPath) -> list[_Location]:
-    """Every (container, key) the path designates; fans out over lists like ArgPath."""
-    if isinstance(args, Mapping) and len(path.segments) > 1 and path.text in args:
-        return [(args, path.text)]
-    return list(_walk(args, path.segments))
+    """Every (container, key) the path designates; fans out over lists like ArgPath. A
+    dotted path designates both a top-level key literally named so and the nested value
+    (as conditions read both): ``redact`` and ``remove`` must not miss the one a junk
+    literal key would otherwise shadow."""
+    found = list(_walk(args, path.segments))
+    if isinstance(args, Mapping) and path.dotted and path.text in args:
+        found.insert(0, (args, path.text))
+    return found
 
 
 def _walk(current: Any, segments: Sequence[str]) -> Iterator[_Location]:
@@ -102,6 +106,15 @@ class Redactor:
             return self.scrub_text(value)
         self.scrub(value)
         return value
+
+
+def text_redaction(redactors: Sequence[Redactor], args: Mapping[str, Any]) -> TextRedaction | None:
+    """What the matched rules' redactions must also erase from free text (a result, an
+    error message, a summary): the *original* values their key paths designate, in every
+    reading a condition would see, and their regexes."""
+    values = [v for red in redactors for path in red.keys for v in path.candidates(args)]
+    regexes = [rx for red in redactors for rx in red.regexes]
+    return TextRedaction.of(values, regexes)
 
 
 class Rewrite:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tooltrail.policy.engine import Policy
-from tooltrail.policy.model import VERDICT_POLICY_ERROR, Decision, ToolCall
+from tooltrail.policy.model import VERDICT_POLICY_ERROR, Decision, TextRedaction, ToolCall
 from tooltrail.semconv import TT_POLICY_REASON, TT_TOOL_ANNOTATIONS
 
 SPAN_TYPE_TOOL = "tool"
@@ -73,8 +73,9 @@ def apply_to_row(policy: Policy | None, row: dict[str, Any], error: str | None =
     """Decide an undecided tool row in place (see module docstring).
 
     When a redaction fires, the row's ``arguments`` are replaced by the redacted JSON and
-    ``redactions`` is increased: the secret must not land. The policy's ``reason`` is
-    added to ``attributes`` under ``tooltrail.policy.reason``.
+    ``redactions`` is increased: the secret must not land. The same redactions reach the
+    free-text columns built from the unredacted call (see ``_scrub_free_text``). The
+    policy's ``reason`` is added to ``attributes`` under ``tooltrail.policy.reason``.
     """
     if row.get("span_type") != SPAN_TYPE_TOOL:
         return
@@ -86,7 +87,12 @@ def apply_to_row(policy: Policy | None, row: dict[str, Any], error: str | None =
             row["policy_rule"] = VERDICT_POLICY_ERROR
             row["enforced"] = False
         return
-    _fill(row, policy.decide(call_from_row(row)))
+    call = call_from_row(row)
+    decision = policy.decide(call)
+    summary_targets = (row.get("target_repo"), row.get("target_branch"), row.get("target_path"))
+    _fill(row, decision)
+    if decision.text_redaction is not None:
+        _scrub_free_text(row, decision.text_redaction, call, decision, summary_targets)
 
 
 def _attributes(value: Any) -> dict[str, Any] | None:
@@ -121,3 +127,53 @@ def _fill(row: dict[str, Any], decision: Decision) -> None:
             attributes[TT_POLICY_REASON] = decision.reason
             row["attributes"] = dumps(attributes)
     row["enforced"] = False
+
+
+# Free text a tool call produces, scrubbed with the decision's redactions. Counted in
+# ``redactions`` like the argument values (the normalizer counts its own scrubs alike).
+_FREE_TEXT_COLUMNS = ("result_preview", "status_message")
+_TARGET_COLUMNS = ("target_repo", "target_branch", "target_path")
+
+
+def _scrub_free_text(
+    row: dict[str, Any],
+    redaction: TextRedaction,
+    call: ToolCall,
+    decision: Decision,
+    summary_targets: tuple[Any, Any, Any],
+) -> None:
+    """The row was normalized from the unredacted call: its result preview, status
+    message and action summary may quote a secret the policy redacts from ``arguments``.
+
+    A summary the normalizer derived (it equals the one derived from the original
+    arguments) is derived again from the redacted arguments, so a value it cut to 60
+    characters cannot leave a tail; any other summary (a producer's own) is scrubbed as
+    text. Targets come from the redacted arguments already; a producer's are scrubbed.
+    """
+    count = 0
+    for column in _FREE_TEXT_COLUMNS:
+        value = row.get(column)
+        if isinstance(value, str) and value:
+            row[column], n = redaction.scrub(value)
+            count += n
+    for column in _TARGET_COLUMNS:
+        value = row.get(column)
+        if isinstance(value, str) and value:
+            row[column] = redaction.scrub(value)[0]
+    summary = row.get("action_summary")
+    tool = row.get("tool_name")
+    if isinstance(summary, str) and summary:
+        # The exporter's side: the normalizer is already loaded there (not on import of
+        # tooltrail.policy, which the agent side uses).
+        from tooltrail.collector.normalize import derive_summary
+
+        if isinstance(tool, str) and summary == derive_summary(
+            tool, *summary_targets, call.arguments
+        ):
+            repo, branch, path = (
+                None if t is None else redaction.scrub(str(t))[0] for t in summary_targets
+            )
+            summary = derive_summary(tool, repo, branch, path, decision.arguments)
+        row["action_summary"] = redaction.scrub(summary)[0]
+    if count:
+        row["redactions"] = int(row.get("redactions") or 0) + count
