@@ -112,15 +112,25 @@ def run(
     serving the approve / deny and pause / cancel buttons after the operator (or a
     supervisor's SIGTERM) stopped the dashboard.
     """
-    proc = launch(data_dir, port, host, headless, policy=policy)
     stopped: list[int] = []
+    started: list[subprocess.Popen[Any]] = []
 
     def forward(signum: int, _frame: object) -> None:
         stopped.append(signum)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        for proc in started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
 
+    # Installed before the server starts: a SIGTERM in between must not orphan it.
     previous = _handle_stop_signals(forward)
+    try:
+        proc = launch(data_dir, port, host, headless, policy=policy)
+    except BaseException:
+        _restore(previous)
+        raise
+    started.append(proc)
+    if stopped:  # the signal came while the server was starting
+        proc.send_signal(signal.SIGTERM)
     try:
         code = proc.wait()
         return 0 if stopped else code
@@ -129,8 +139,12 @@ def run(
         return 0 if _stop(proc) in (0, -signal.SIGINT, -signal.SIGTERM) else 1
     finally:
         _stop(proc)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _restore(previous)
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 _STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGHUP)

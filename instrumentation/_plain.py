@@ -29,11 +29,29 @@ _MAX_DEPTH: Final = 64
 
 
 def plain_arguments(arguments: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``arguments`` with every value in its JSON form (``arguments`` itself when it is)."""
+    """``arguments`` with every value in its JSON form (``arguments`` itself when it is).
+
+    Total: a value that cannot be converted (a dataclass holding a lock, a model whose
+    dump raises) is taken as its ``str()``, as the record's encoder writes it, so an odd
+    argument never makes a call fail closed or run unrecorded."""
     for value in arguments.values():
         if type(value) not in _SCALARS and not _is_plain(value, 0):
-            return {_key(k): _plain(v, 0) for k, v in arguments.items()}
+            return {_key(k): _safe_plain(v, 0) for k, v in arguments.items()}
     return arguments
+
+
+def _safe_plain(value: Any, depth: int) -> Any:
+    try:
+        return _plain(value, depth)
+    except Exception:
+        return _text(value)
+
+
+def _text(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:  # even str() raises: name the type, never the call's failure
+        return f"<unprintable {type(value).__name__}>"
 
 
 def _is_plain(value: Any, depth: int) -> bool:
@@ -62,7 +80,7 @@ def _plain(value: Any, depth: int) -> Any:
     if type(value) in _SCALARS:
         return value
     if depth >= _MAX_DEPTH:
-        return str(value)
+        return _text(value)
     if isinstance(value, enum.Enum):
         return _plain(value.value, depth + 1)
     if isinstance(value, str):
@@ -72,17 +90,17 @@ def _plain(value: Any, depth: int) -> Any:
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, decimal.Decimal):
-        if value.is_finite() and value == value.to_integral_value():
-            return int(value)
-        return float(value)
+        if not value.is_finite():
+            return str(value)  # NaN, sNaN, Infinity: as JSON would need them spelled
+        return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, numbers.Real):
         return float(value)
     if isinstance(value, Mapping):
-        return {_key(k): _plain(v, depth + 1) for k, v in value.items()}
+        return {_key(k): _safe_plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v, depth + 1) for v in value]
+        return [_safe_plain(v, depth + 1) for v in value]
     if isinstance(value, set | frozenset):
-        return sorted((_plain(v, depth + 1) for v in value), key=repr)
+        return sorted((_safe_plain(v, depth + 1) for v in value), key=repr)
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("utf-8", "backslashreplace")
     if isinstance(value, os.PathLike):
@@ -94,10 +112,14 @@ def _plain(value: Any, depth: int) -> Any:
         return str(value)
     dump = getattr(value, "model_dump", None)  # pydantic models
     if callable(dump):
-        return _plain(dump(mode="json"), depth + 1)
+        return _safe_plain(dump(mode="json"), depth + 1)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value), depth + 1)
-    return str(value)  # what the record's JSON encoder writes for anything else
+        # Field by field: dataclasses.asdict deep-copies, which fails on locks and sockets.
+        return {
+            f.name: _safe_plain(getattr(value, f.name), depth + 1)
+            for f in dataclasses.fields(value)
+        }
+    return _text(value)  # what the record's JSON encoder writes for anything else
 
 
 __all__ = ["plain_arguments"]

@@ -31,32 +31,23 @@ from tooltrail.semconv import TRIGGERS
 
 # A sub-agent's session is started by another agent unless the caller says otherwise.
 NESTED_TRIGGER: Final = "agent"
-# Session ids whose counters the process keeps (most recently opened first out). Past it, an
-# id not opened for that many sessions starts again at 1: bounded memory for agents that
-# open a session per request for months.
+# Session ids whose counters the process keeps; the least recently opened goes first. Past
+# it, an id not opened for that many sessions starts again at 1: bounded memory for agents
+# that open a session per request for months (a counter is one small list).
 MAX_COUNTED_SESSIONS: Final = 65_536
 
-
-class _Counter:
-    """The action counter of one session id: thread-safe, shared by every ``Session``
-    object that carries the id."""
-
-    __slots__ = ("lock", "next")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.next = 1
-
-
-_counters: OrderedDict[str, _Counter] = OrderedDict()
+# One lock for every counter: a lock per session id cost ~300 bytes each.
+_counters: OrderedDict[str, list[int]] = OrderedDict()
 _counters_lock = threading.Lock()
 
 
-def _counter_for(session_id: str) -> _Counter:
+def _counter_for(session_id: str) -> list[int]:
+    """The counter cell (``[last number]``) of ``session_id``, shared by every ``Session``
+    object that carries the id."""
     with _counters_lock:
         counter = _counters.get(session_id)
         if counter is None:
-            counter = _counters[session_id] = _Counter()
+            counter = _counters[session_id] = [0]
             if len(_counters) > MAX_COUNTED_SESSIONS:
                 _counters.popitem(last=False)
         else:
@@ -95,9 +86,9 @@ class Session:
         """The next action number (1, 2, ...) of this session id, unique within the process
         across threads and across every ``Session`` object carrying the id."""
         counter = self._counter
-        with counter.lock:
-            n = counter.next
-            counter.next = n + 1
+        with _counters_lock:
+            n = counter[0] + 1
+            counter[0] = n
         return n
 
     def __repr__(self) -> str:
@@ -160,12 +151,13 @@ def _implicit_session() -> Session:
 
 
 def _reset_implicit_after_fork() -> None:
-    # A forked child is a different run: fresh counters (and implicit id, unless the env
-    # fixes it). Locks held by other threads at the fork would never be released here.
-    global _implicit, _implicit_lock, _counters, _counters_lock
+    # A forked child is a different run: a new implicit session (and id, unless the env
+    # fixes it). Counters carry on, so a session open across the fork and the same id
+    # reopened in the child never repeat a number. Locks held by other threads at the
+    # fork would never be released here: both are new.
+    global _implicit, _implicit_lock, _counters_lock
     _implicit = None
     _implicit_lock = threading.Lock()
-    _counters = OrderedDict()
     _counters_lock = threading.Lock()
 
 

@@ -1228,26 +1228,57 @@ def to_json(value: Any, limit: int) -> str:
         text = json.dumps(repr(value), ensure_ascii=False)
     if len(text) <= limit:
         return text
-    return _shortened(value, limit) or truncate(text, limit)
+    return _shortened(value, limit, len(text)) or truncate(text, limit)
 
 
 # Strings are never cut shorter than this when shortening arguments to fit.
 _MIN_KEPT_CHARS: Final = 32
 
 
-def _shortened(value: Any, limit: int) -> str | None:
-    """The JSON of ``value`` with every string longer than some cap cut to it, for the
-    largest cap (halving from ``limit``) whose result fits; None when none does."""
+def _shortened(value: Any, limit: int, length: int) -> str | None:
+    """The JSON of ``value`` (``length`` characters) with every string longer than some
+    cap cut to it, for a cap that makes it fit; None when no cap can.
+
+    The cap is worked out from the strings' lengths (the text shrinks by what is cut off,
+    less the marks added), so the value is encoded once or twice, not once per guess;
+    bulk that is not strings (a long list of numbers) is known not to fit at once."""
+    lengths = sorted(_string_lengths(value, 0), reverse=True)
+    mark = len(TRUNCATION_MARK)
     cap = limit // 2
     while cap >= _MIN_KEPT_CHARS:
-        try:
-            text = _ENCODER.encode(_cut_strings(value, cap))
-        except (TypeError, ValueError, RecursionError):
-            return None
-        if len(text) <= limit:
-            return text
+        saved = sum(n - cap - mark for n in lengths if n > cap + mark)
+        if length - saved <= limit:
+            try:
+                text = _ENCODER.encode(_cut_strings(value, cap))
+            except (TypeError, ValueError, RecursionError):
+                return None
+            if len(text) <= limit:
+                return text
         cap //= 2
     return None
+
+
+def _string_lengths(value: Any, depth: int) -> list[int]:
+    """The lengths of the strings in ``value`` (keys aside) as the record writes them."""
+    if isinstance(value, str):
+        return [len(value)]
+    if depth > _MAX_SHORTEN_DEPTH:
+        return []
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _string_lengths(v, depth + 1)]
+    if isinstance(value, list | tuple):
+        # Numbers skipped inline: a long list of ids costs a type check per item, no call.
+        return [n for v in value if type(v) not in _NUMBERS for n in _string_lengths(v, depth + 1)]
+    if value is None or isinstance(value, bool | int | float):
+        return []
+    try:
+        return [len(str(value))]
+    except Exception:
+        return []
+
+
+_MAX_SHORTEN_DEPTH: Final = 200
+_NUMBERS: Final = frozenset({int, float, bool, type(None)})
 
 
 def _cut_strings(value: Any, cap: int) -> Any:

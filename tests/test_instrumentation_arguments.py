@@ -113,7 +113,8 @@ def test_plain_json_arguments_are_returned_as_they_are() -> None:
         ((1, (2, Path("/x"))), [1, [2, "/x"]]),
         (decimal.Decimal("150"), 150),
         (decimal.Decimal("1.5"), 1.5),
-        (decimal.Decimal("NaN"), None),  # a NaN float compares as nothing, like JSON null
+        (decimal.Decimal("NaN"), "NaN"),
+        (decimal.Decimal("sNaN"), "sNaN"),  # float() of it raises
         (Color.RED, "red"),
         (Level.HIGH, "high"),
         (Size.BIG, 3),
@@ -187,3 +188,31 @@ def test_a_rewrite_keeps_the_objects_it_did_not_change(enforced: InMemorySpanExp
     assert branch(repo, "main") == "ok"
     assert received == [("branch", (repo, "agent/work"))]
     assert type(received[0][1][0]) is type(repo)  # not its JSON text
+
+
+def test_values_that_cannot_be_converted_are_taken_as_text_never_an_error() -> None:
+    # Conversion must never fail a call: enforcing, an error there would deny it.
+    import threading
+
+    @dataclasses.dataclass
+    class Conn:
+        dsn: str
+        lock: Any  # asdict() would deep-copy it and fail
+
+    class BadModel:
+        def model_dump(self, **_: Any) -> Any:
+            raise RuntimeError("no")
+
+        def __str__(self) -> str:
+            return "bad-model"
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    got = plain_arguments(
+        {"conn": Conn("db://x", threading.Lock()), "m": BadModel(), "u": [Unprintable()]}
+    )
+    assert got["conn"]["dsn"] == "db://x" and isinstance(got["conn"]["lock"], str)
+    assert got["m"] == "bad-model"
+    assert got["u"] == ["<unprintable Unprintable>"]

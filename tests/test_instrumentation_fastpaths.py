@@ -228,3 +228,26 @@ def test_a_circular_argument_under_a_high_recursion_limit_does_not_crash() -> No
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == json.dumps("[[...]]")
+
+
+def test_shortening_encodes_a_large_value_at_most_a_few_times(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guessing the cap by halving re-encoded the whole value a dozen times.
+    encodes: list[int] = []
+    real = _spans._ENCODER.encode
+
+    class Counting:
+        def encode(self, value: Any) -> str:
+            encodes.append(1)
+            return real(value)
+
+    monkeypatch.setattr(_spans, "_ENCODER", Counting())
+    value = {"env": "prod", "blob": "x" * 200_000, "ids": list(range(5_000))}
+    got = json.loads(_spans.to_json(value, LIMIT))
+    assert got["env"] == "prod" and got["blob"].endswith(MARK)
+    assert len(encodes) <= 2
+    encodes.clear()
+    bulk = {"ids": list(range(300_000))}  # no string to cut: straight to the text cut
+    assert _spans.to_json(bulk, LIMIT).endswith(MARK)
+    assert encodes == []

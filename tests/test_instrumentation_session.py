@@ -243,3 +243,22 @@ def test_implicit_session_without_environment_is_one_fresh_session_per_process(
     renamed = tt.current_session()
     assert renamed.agent_name == "named"
     _session.set_default_agent_name(None)
+
+
+def test_a_forked_child_goes_on_counting_for_open_and_reopened_sessions() -> None:
+    sid = f"forked-{os.getpid()}"
+    s = _session.Session(sid)
+    assert (s.next_sequence(), s.next_sequence()) == (1, 2)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without running pytest's teardown
+        try:
+            got = (s.next_sequence(), _session.Session(sid).next_sequence())
+            os.write(write, json.dumps(got).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        assert json.loads(pipe.read()) == [3, 4]
+    assert status == 0
