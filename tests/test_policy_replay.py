@@ -17,7 +17,7 @@ from tooltrail.collector.writer import ParquetSpanWriter
 from tooltrail.policy import Policy, apply_to_row, call_from_row, loads_policy
 from tooltrail.policy.replay import ReplayReport, replay
 from tooltrail.schema import Row, empty_row
-from tooltrail.semconv import TT_TOOL_ANNOTATIONS
+from tooltrail.semconv import BLAST_RADII, TT_TOOL_ANNOTATIONS
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -176,17 +176,35 @@ def brute_force(policy: Policy, rows: list[Row]) -> dict[str, Counter[Any]]:
             ]
         out["hits"].update([*d.policy_matched, *hidden])
         old = (row["decision"], row["policy_rule"], row["blast_radius"])
-        if (d.decision, d.policy_rule, d.blast_radius) != old and hidden:
-            out["on_redacted"][row["span_id"]] += 1
-            continue
-        if (d.decision, d.policy_rule, d.blast_radius) != old:
+        new = (d.decision, d.policy_rule, d.blast_radius)
+        if new != old and hidden:
+            new = with_hidden(policy, new, [*d.policy_matched, *hidden], hidden)
+            if new == old:  # the redaction's doing, not the candidate's
+                out["on_redacted"][row["span_id"]] += 1
+                continue
+        if new != old:
             out["changed"][row["span_id"]] += 1
-        if d.decision != row["decision"]:
-            out["transitions"][(row["decision"], d.decision)] += 1
-            out["agents"][(row["agent_name"], row["decision"], d.decision)] += 1
-        if d.blast_radius != row["blast_radius"]:
-            out["radius"][(row["blast_radius"], d.blast_radius)] += 1
+        if new[0] != row["decision"]:
+            out["transitions"][(row["decision"], new[0])] += 1
+            out["agents"][(row["agent_name"], row["decision"], new[0])] += 1
+        if new[2] != row["blast_radius"]:
+            out["radius"][(row["blast_radius"], new[2])] += 1
     return out
+
+
+def with_hidden(
+    policy: Policy, outcome: tuple[str, str, str], matched: list[str], hidden: list[str]
+) -> tuple[str, str, str]:
+    """The outcome had the hidden rules matched too (the engine's rule: strongest wins,
+    the earlier on a tie; the highest blast radius)."""
+    rules = [r for r in policy.rules if r.id in matched]
+    decision, verdict, radius = outcome
+    if rules:
+        best = max(r.rank for r in rules)
+        winner = next(r for r in rules if r.rank == best)
+        decision, verdict = winner.decision, winner.id
+    ranks = [BLAST_RADII.index(radius), *(r.radius for r in policy.rules if r.id in hidden)]
+    return decision, verdict, BLAST_RADII[max(ranks)]
 
 
 def as_counter(items: list[dict[str, Any]], keys: tuple[str, ...]) -> Counter[Any]:
@@ -428,3 +446,51 @@ def test_progress_is_reported_per_batch(landed: tuple[Path, list[Row]]) -> None:
     calls: list[tuple[int, int]] = []
     replay(loads_policy(PRODUCING), data, since_s=None, progress=lambda d, t: calls.append((d, t)))
     assert calls and calls[-1][0] == calls[-1][1] > 0
+
+
+def test_a_deleted_deny_is_a_change_even_on_redacted_actions(tmp_path: Path) -> None:
+    # The rows were redacted by `hide-token` when they landed, and it cannot see the token
+    # now; but the candidate's change is the deleted DENY, which the redaction does not
+    # explain: --fail-on-change must fail (it passed over it: the gate failed open).
+    producing = loads_policy(
+        """
+        version: 1
+        rules:
+          - {id: no-prod, when: {tool: deploy, args: {env: prod}}, decision: DENY}
+          - id: hide-token
+            when: {tool: deploy, args: {token: {regex: "^sk-"}}}
+            decision: REWRITE
+            rewrite: {redact: [token]}
+        """
+    )
+    rows = []
+    for i in range(3):
+        row = empty_row()
+        row.update(
+            trace_id=f"t{i}",
+            span_id=f"d{i}",
+            span_type="tool",
+            tool_name="deploy",
+            arguments=json.dumps({"env": "prod", "token": f"sk-{i:08d}"}),
+            session_id="s",
+            start_time=NOW - dt.timedelta(hours=1),
+        )
+        decide_at_call_time(producing, row)
+        assert (row["decision"], row["redactions"]) == ("DENY", 1)
+        rows.append(row)
+    data = tmp_path / "data"
+    ParquetSpanWriter(data).write(rows)
+    candidate = loads_policy(
+        """
+        version: 1
+        rules:
+          - id: hide-token
+            when: {tool: deploy, args: {token: {regex: "^sk-"}}}
+            decision: REWRITE
+            rewrite: {redact: [token]}
+        """
+    )
+    report = replay(candidate, data, since_s=None, now=NOW)
+    assert (report.changed, report.decision_changes, report.changed_on_redacted) == (3, 3, 0)
+    assert as_counter(report.transitions, ("from", "to")) == Counter({("DENY", "REWRITE"): 3})
+    assert report.changed == len(brute_force(candidate, rows)["changed"])

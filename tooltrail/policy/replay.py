@@ -45,7 +45,7 @@ from tooltrail.policy.engine import Policy
 from tooltrail.policy.matchers import MISSING
 from tooltrail.policy.model import ToolCall
 from tooltrail.policy.rows import parse_annotations
-from tooltrail.semconv import TT_TOOL_ANNOTATIONS
+from tooltrail.semconv import BLAST_RADII, TT_TOOL_ANNOTATIONS
 
 ACTIONS_VIEW: Final = "replay_actions"
 _BATCH_ROWS: Final = 50_000
@@ -210,6 +210,7 @@ class _Folder:
     def __init__(self, policy: Policy, query: _Query, max_examples: int) -> None:
         self.policy = policy
         self.rule_ids = frozenset(policy.rule_ids)
+        self.rules = policy.rules
         self.query = query
         self.max_examples = max_examples
         self.cache: dict[tuple[Any, ...], tuple[str, str, str, tuple[str, ...]]] = {}
@@ -260,6 +261,30 @@ class _Folder:
         (typically the redacting rule's own condition on the secret)."""
         return [r for r in landed_matched if r in self.rule_ids and r not in matched]
 
+    def _with_hidden(
+        self,
+        decision: str,
+        verdict: str,
+        radius: str,
+        matched: Sequence[str],
+        hidden: Sequence[str],
+    ) -> tuple[str, str, str]:
+        """The outcome had ``hidden`` rules matched too: the strongest of all matched
+        rules wins (first in file order on a tie, as the engine decides), and the blast
+        radius is the highest of the outcome's and theirs."""
+        wanted = {*matched, *hidden}
+        winner = None
+        for rule in self.rules:
+            if rule.id in wanted and (winner is None or rule.rank > winner.rank):
+                winner = rule
+        if winner is not None:
+            decision, verdict = winner.decision, winner.id
+        rank = BLAST_RADII.index(radius) if radius in BLAST_RADII else 0
+        for rule in self.rules:
+            if rule.id in hidden and rule.radius > rank:
+                rank = rule.radius
+        return decision, verdict, BLAST_RADII[rank]
+
     def _loads(self, text: str) -> Any:
         # Shared parsed values are safe: decide() never mutates its arguments.
         value = self.json_values.get(text, MISSING)
@@ -304,10 +329,21 @@ class _Folder:
         radius_changed = old_radius != new_radius
         changed = decision_changed or verdict_changed or radius_changed
         if changed and hidden:
-            # Not a change this policy makes: a rule that matched the call as made cannot
-            # see the redacted arguments any more. Counted apart, never as a change.
-            counts["changed_on_redacted"] += n
-            return
+            # A rule that matched the call as made may no longer see its redacted
+            # arguments. Decide again as if the hidden rules still matched: if that gives
+            # the landed outcome, the change is the redaction's doing (counted apart);
+            # otherwise the candidate really decides the call differently, and that is
+            # what is reported (a deleted DENY must not hide behind a redacting rule).
+            new_decision, new_rule, new_radius = self._with_hidden(
+                new_decision, new_rule, new_radius, matched, hidden
+            )
+            decision_changed = old_decision != new_decision
+            verdict_changed = old_rule != new_rule
+            radius_changed = old_radius != new_radius
+            changed = decision_changed or verdict_changed or radius_changed
+            if not changed:
+                counts["changed_on_redacted"] += n
+                return
         if old_matched and not matched:
             counts["newly_unmatched"] += n
         if not changed:
