@@ -103,7 +103,7 @@ def compact_partition(part: Path, small_file_bytes: int = DEFAULT_SMALL_FILE_BYT
     table = sort_landed(table)  # whole-partition order, so the files split it in order
     # Outside spans/: a reader's own glob (`spans/*/*.parquet` in polars or DuckDB matches
     # hidden directories too) must never reach the staged or the swapped-out files.
-    staging = part.parent.parent / STAGING_DIR / f"{part.name}.compact-{secrets.token_hex(4)}"
+    staging = _staging_root(part) / f"{part.name}.compact-{secrets.token_hex(4)}"
     staging.mkdir(parents=True)
     try:
         writer_id = new_writer_id()
@@ -179,11 +179,23 @@ def _compact_all(
             progress(part.name)
 
 
+def _staging_root(part: Path) -> Path:
+    """``<data>/.compact-staging``, unless ``spans/`` is another filesystem (a mount, a
+    symlink elsewhere), where the swap cannot reach: then a hidden directory in spans/
+    itself, as readers of the views (``date=*`` globs) never see it."""
+    staging = part.parent.parent / STAGING_DIR
+    staging.mkdir(exist_ok=True)
+    if staging.stat().st_dev == part.stat().st_dev:
+        return staging
+    return part.parent / f".{STAGING_DIR}"
+
+
 def _remove_stale_staging(root: Path) -> None:
     # A compaction killed before its swap, or before removing the swapped-out files,
     # leaves a staging dir (in spans/ itself, before staging moved out of it).
     for stale in (
         *(root.parent / STAGING_DIR).glob("date=*.compact-*"),
+        *(root / f".{STAGING_DIR}").glob("date=*.compact-*"),
         *root.glob(".date=*.compact-*"),
     ):
         shutil.rmtree(stale, ignore_errors=True)

@@ -888,7 +888,9 @@ class Normalizer:
     ) -> tuple[Any, str | None, dict[str, Any], int]:
         """Scrub every free-form column in place; returns the scrubbed args, result, rest."""
         total = 0
+        secrets: list[Any] = []
         if row["arguments"] is not None and redactor.maybe_sensitive(row["arguments"]):
+            secrets = redactor.secret_values(parsed)
             parsed, n = redactor.scrub_obj(parsed)
             if n:
                 row["arguments"] = to_json(parsed)
@@ -907,8 +909,31 @@ class Normalizer:
             else:
                 result, n = redactor.scrub_text(window)
             total += n
+        if secrets:
+            # A token under `token` has no shape the patterns know: erase its value where
+            # the tool quoted it (the result, an error message) as the key was erased.
+            result, n = _erase_values(secrets, row, result)
+            total += n
         scrubbed_rest, n = redactor.scrub_obj(rest)
         return parsed, result, scrubbed_rest, total + n
+
+
+def _erase_values(secrets: list[Any], row: Row, result: str | None) -> tuple[str | None, int]:
+    """Replace the texts of ``secrets`` in the row's free-text columns and ``result``."""
+    from tooltrail.policy.model import TextRedaction  # only rows quoting a secret key
+
+    erase = TextRedaction.of(secrets, [])
+    if erase is None:
+        return result, 0
+    total = 0
+    for column in _SCRUBBED_PLAIN_COLUMNS:
+        if row[column] is not None:
+            row[column], n = erase.scrub(row[column])
+            total += n
+    if result is not None:
+        result, n = erase.scrub(result)
+        total += n
+    return result, total
 
 
 def _exception_type_of_pairs(events: Sequence[tuple[str, Mapping[str, Any]]]) -> str | None:

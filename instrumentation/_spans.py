@@ -98,6 +98,7 @@ from tooltrail.semconv import (
     VERDICT_SESSION_CANCELED,
     VERDICT_SESSION_CONTROL_ERROR,
 )
+from tooltrail.semconv import TRUNCATION_MARK as SEMCONV_TRUNCATION_MARK
 
 if TYPE_CHECKING:
     from tooltrail.policy import ApprovalSettings, Policy, ToolCall
@@ -110,7 +111,7 @@ SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.39.0"
 # the export queue; the result is only a preview.
 MAX_ARGUMENTS_CHARS: Final = 65_536
 RESULT_PREVIEW_CHARS: Final = 1_024
-TRUNCATION_MARK: Final = "…[truncated]"
+TRUNCATION_MARK: Final = SEMCONV_TRUNCATION_MARK
 ERROR_TYPE_DENIED: Final = "tool_call_denied"
 POLICY_ERROR_RULE: Final = "policy-error"
 SESSION_CANCELED_RULE: Final = VERDICT_SESSION_CANCELED

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
@@ -204,3 +206,28 @@ def test_a_query_planned_before_a_swap_is_replanned_not_failed(tmp_path: Path) -
             assert _frame(con, sql, {}, "counting")["n"].to_list() == [5]
     finally:
         con.close()
+
+
+def test_spans_on_another_filesystem_stage_beside_the_partitions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The swap is a rename: it cannot cross filesystems (spans/ a mount or a symlink).
+    from tooltrail.collector import compact as compact_module
+
+    writer = ParquetSpanWriter(tmp_path)
+    for i in range(3):
+        writer.write([_row("s", i)])
+    (part,) = (tmp_path / "spans").glob("date=*")
+    real_stat = Path.stat
+
+    def stat(self: Path, **kw: Any) -> Any:
+        st = real_stat(self, **kw)
+        if self.name == compact_module.STAGING_DIR:  # pretend: another device
+            return os.stat_result((*st[:2], st.st_dev + 1, *st[3:]))
+        return st
+
+    monkeypatch.setattr(Path, "stat", stat)
+    staging = compact_module._staging_root(part)
+    assert staging == tmp_path / "spans" / f".{compact_module.STAGING_DIR}"
+    assert compact(tmp_path).partitions == 1
+    assert _count(tmp_path) == (3, 3)

@@ -768,3 +768,27 @@ def test_redactions_made_by_the_policy_at_call_time_are_counted() -> None:
     row = Normalizer(Redactor()).normalize(rec)
     assert row["redactions"] == 2
     assert sc.TT_REDACTIONS not in json.loads(str(row["attributes"]))
+
+
+def test_a_secret_keys_value_is_erased_where_the_tool_quoted_it(spans: Spans) -> None:
+    # No pattern knows this token's shape: only its key (`token`) marks it. Erased from
+    # the arguments, it must not land in the result preview or the error message either.
+    token = "zq" + "plmokn" * 16 + "xy"
+    row = both(
+        spans.make(
+            "execute_tool deploy",
+            {
+                sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+                sc.GEN_AI_TOOL_NAME: "deploy",
+                sc.GEN_AI_TOOL_CALL_ARGUMENTS: json.dumps({"token": token, "env": "prod"}),
+                sc.GEN_AI_TOOL_CALL_RESULT: f"deployed with token {token} ok",
+            },
+            status=Status(StatusCode.ERROR, f"ValueError: token {token} expired"),
+        )
+    )
+    landed = json.dumps(row, default=str)
+    assert token not in landed
+    assert json.loads(row["arguments"]) == {"token": "[REDACTED:key]", "env": "prod"}
+    assert row["result_preview"] == "deployed with token [REDACTED] ok"
+    assert row["status_message"] == "ValueError: token [REDACTED] expired"
+    assert row["redactions"] == 3

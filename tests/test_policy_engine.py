@@ -927,3 +927,19 @@ def test_a_junk_dotted_key_cannot_move_a_target_it_fails_closed() -> None:
     assert "'opts.branch' is both a key and a nested path" in (ambiguous.reason or "")
     same = decide({"opts": {"branch": "dev"}, "opts.branch": "dev"})  # agree: no ambiguity
     assert (same.decision, same.target_branch) == ("ALLOW", "dev")
+
+
+def test_a_value_cut_to_fit_the_record_is_erased_by_its_prefix() -> None:
+    # Arguments over 64 KiB are recorded with long strings cut; the policy's redaction is
+    # then built from the cut value, and the result quotes the secret whole.
+    from tooltrail.policy import TextRedaction
+    from tooltrail.semconv import TRUNCATION_MARK
+
+    secret = "sk-" + "a1b2c3d4" * 12
+    erase = TextRedaction.of([secret[:40] + TRUNCATION_MARK], [])
+    assert erase is not None
+    text, n = erase.scrub(f'used {secret}, then {{"k": "{secret}"}}')
+    assert secret[:40] not in text and n == 2
+    assert text == 'used [REDACTED], then {"k": "[REDACTED]"}'
+    short = TextRedaction.of(["short" + TRUNCATION_MARK], [])
+    assert short is not None and short.regexes == ()  # too little to look for by prefix

@@ -157,6 +157,7 @@ _PREFIXED: Final = frozenset(
 _KIND_ORDER: Final = tuple(_KINDS)
 _REGEX_CACHE_MAX: Final = 256
 _KEY_CACHE_MAX: Final = 4096
+_MAX_SECRET_DEPTH: Final = 100
 # Flags for every pattern: ASCII keeps (?i) and \s to ASCII, matching the pre-check, which
 # lower-cases text and looks for ASCII markers.
 _FLAGS: Final = re.ASCII
@@ -336,6 +337,28 @@ class Redactor:
         if not self.enabled:
             return obj, 0
         return self._walk(obj)
+
+    def secret_values(self, obj: Any) -> list[Any]:
+        """The values :meth:`scrub_obj` would replace for their credential-named key: what
+        must not reappear in a result or an error message that quotes them."""
+        if not self.enabled:
+            return []
+        found: list[Any] = []
+        self._secrets(obj, found, 0)
+        return found
+
+    def _secrets(self, obj: Any, found: list[Any], depth: int) -> None:
+        if depth > _MAX_SECRET_DEPTH:
+            return
+        if isinstance(obj, Mapping):
+            for k, v in obj.items():
+                if isinstance(k, str) and self.is_sensitive_key(k) and _holds_secret(v):
+                    found.append(v)
+                else:
+                    self._secrets(v, found, depth + 1)
+        elif isinstance(obj, list | tuple):
+            for v in obj:
+                self._secrets(v, found, depth + 1)
 
     def _walk(self, obj: Any) -> tuple[Any, int]:
         if isinstance(obj, str):

@@ -112,3 +112,6 @@ BLAST_RADII: Final = ("Low", "Medium", "High", "Critical")
 # would make its own decisions read as session control's).
 VERDICT_SESSION_CANCELED: Final = "session-canceled"
 VERDICT_SESSION_CONTROL_ERROR: Final = "session-control-error"
+
+# --- what the instrumentation appends to a value it had to cut ------------------------------
+TRUNCATION_MARK: Final = "…[truncated]"

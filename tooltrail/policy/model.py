@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 from tooltrail.semconv import BLAST_RADII as BLAST_RADII  # re-exported for the engine
-from tooltrail.semconv import DECISIONS
+from tooltrail.semconv import DECISIONS, TRUNCATION_MARK
 
 ALLOW, DENY, REWRITE, REQUIRE_APPROVAL = DECISIONS
 
@@ -75,6 +75,10 @@ class ApprovalSettings:
 # What a result preview or message ends with when it was cut (the normalizer's "…" and the
 # instrumentation's "…[truncated]" both start with it).
 _CUT_MARK: Final = "…"
+# The rest of a token after a known prefix: up to a space, quote or separator.
+_TOKEN_REST: Final = r"[^\s\"'<>,;]*"
+# A cut value shorter than this is not looked for (it would match too much).
+_MIN_CUT_PREFIX: Final = 8
 _CUT_MARK_WINDOW: Final = len("…[truncated]")
 
 
@@ -135,15 +139,28 @@ class TextRedaction:
         """From the original (unredacted) values the key paths designate; None when there
         is nothing to scrub."""
         texts: list[str] = []
+        prefixes: list[str] = []
         for value in values:
-            _value_texts(value, texts)
-        made = cls(texts, regexes)
+            _value_texts(value, texts, prefixes)
+        # A value the instrumentation cut to fit the record is only its first characters
+        # there; the result quotes it whole: redact the prefix and the rest of its token.
+        cut = [re.compile(re.escape(p) + _TOKEN_REST) for p in prefixes]
+        made = cls(texts, [*regexes, *cut])
         return made if made else None
 
 
-def _value_texts(value: Any, out: list[str]) -> None:
-    """The texts a redacted value can appear as in free text."""
+def _value_texts(value: Any, out: list[str], prefixes: list[str]) -> None:
+    """The texts a redacted value can appear as in free text (``prefixes``: values cut to
+    fit the record, known by their first characters only)."""
     if isinstance(value, str):
+        if value.endswith(TRUNCATION_MARK):
+            prefix = value[: -len(TRUNCATION_MARK)]
+            if len(prefix) >= _MIN_CUT_PREFIX:
+                prefixes.append(prefix)
+                escaped = json.dumps(prefix, ensure_ascii=False)[1:-1]
+                if escaped != prefix:
+                    prefixes.append(escaped)
+                return
         out.append(value)
         escaped = json.dumps(value, ensure_ascii=False)[1:-1]
         if escaped != value:  # as it appears inside a JSON result
@@ -154,10 +171,10 @@ def _value_texts(value: Any, out: list[str]) -> None:
         out.append(str(value))
     elif isinstance(value, Mapping):
         for item in value.values():
-            _value_texts(item, out)
+            _value_texts(item, out, prefixes)
     elif isinstance(value, list | tuple):
         for item in value:
-            _value_texts(item, out)
+            _value_texts(item, out, prefixes)
 
 
 @dataclass(frozen=True, slots=True)
