@@ -943,3 +943,15 @@ def test_a_value_cut_to_fit_the_record_is_erased_by_its_prefix() -> None:
     assert text == 'used [REDACTED], then {"k": "[REDACTED]"}'
     short = TextRedaction.of(["short" + TRUNCATION_MARK], [])
     assert short is not None and short.regexes == ()  # too little to look for by prefix
+
+
+def test_a_cut_preview_is_not_redacted_for_one_shared_first_character() -> None:
+    from tooltrail.policy import TextRedaction
+
+    erase = TextRedaction.of(["s3cr3t-value"], [])
+    assert erase is not None
+    assert erase.scrub("results: 3 files, last one is s…") == (
+        "results: 3 files, last one is s…",
+        0,
+    )
+    assert erase.scrub("token was s3cr…") == ("token was [REDACTED]…", 1)

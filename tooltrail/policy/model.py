@@ -79,6 +79,8 @@ _CUT_MARK: Final = "…"
 _TOKEN_REST: Final = r"[^\s\"'<>,;]*"
 # A cut value shorter than this is not looked for (it would match too much).
 _MIN_CUT_PREFIX: Final = 8
+# The shortest tail before a preview's cut mark taken for the start of a redacted value.
+_MIN_CUT_TAIL: Final = 4
 _CUT_MARK_WINDOW: Final = len("…[truncated]")
 
 
@@ -129,7 +131,9 @@ class TextRedaction:
         cut = text.rindex(_CUT_MARK)
         body = text[:cut]
         for value in self.values:
-            for k in range(min(len(value) - 1, len(body)), 0, -1):
+            # At least a few characters: a cut preview ending in one character that some
+            # secret starts with is not a secret cut short.
+            for k in range(min(len(value) - 1, len(body)), _MIN_CUT_TAIL - 1, -1):
                 if body.endswith(value[:k]):
                     return body[:-k] + REDACTED + text[cut:], 1
         return text, 0
