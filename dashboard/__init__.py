@@ -22,6 +22,7 @@ from typing import IO, Any, Final
 from tooltrail.errors import BadInputError
 
 ENTRY: Final = Path(__file__).resolve().with_name("entry.py")
+SERVE_MODULE: Final = "tooltrail.dashboard.serve"
 DEFAULT_PORT: Final = 8501
 DEFAULT_HOST: Final = "127.0.0.1"
 STOP_TIMEOUT_S: Final = 10.0
@@ -44,7 +45,8 @@ def command(
     *,
     policy: str | os.PathLike[str] | None = None,
 ) -> list[str]:
-    """The ``python -m streamlit run`` command line for the dashboard.
+    """The command line of the dashboard's server: ``python -m streamlit run``, through
+    ``tooltrail.dashboard.serve``, which stops the server if this process dies.
 
     ``data_dir`` / ``policy`` are passed to the app after ``--`` (absolute, so the
     server's working directory does not matter); when omitted the app falls back to
@@ -54,7 +56,7 @@ def command(
         raise BadInputError(f"--port must be between 1 and 65535, got {port!r}")
     if not host or not host.strip():
         raise BadInputError("the dashboard needs a host address to listen on")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ENTRY)]
+    cmd = [sys.executable, "-m", SERVE_MODULE, "run", str(ENTRY)]
     options = {
         "server.port": str(int(port)),
         "server.address": host,

@@ -30,7 +30,7 @@ def test_command_runs_the_packaged_entry_with_absolute_script_arguments(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     cmd = command("data", 9123, policy="p.yaml")
-    assert cmd[:5] == [sys.executable, "-m", "streamlit", "run", str(ENTRY)]
+    assert cmd[:5] == [sys.executable, "-m", "tooltrail.dashboard.serve", "run", str(ENTRY)]
     assert ENTRY.is_file() and ENTRY.parent.name == "dashboard"
     options = dict(zip(cmd[5:-5:2], cmd[6:-5:2], strict=True))
     assert options["--server.port"] == "9123"
@@ -120,6 +120,35 @@ def test_sigterm_to_the_command_stops_the_server_too(tmp_path: Path) -> None:
             time.sleep(0.2)
     finally:
         stop_server(proc)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # an orphaned server, if the test failed
+
+
+def test_the_server_stops_when_the_command_is_killed_outright(tmp_path: Path) -> None:
+    # kill -9 (or the OOM killer) leaves no chance to forward a signal: the server
+    # notices it was re-parented and stops itself.
+    root = seed(tmp_path / "data", batch=0).root
+    port = free_port()
+    cmd = [str(Path(sys.executable).with_name("tooltrail")), "dashboard", "--data", str(root)]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(port):
+            assert proc.poll() is None, "the dashboard exited"
+            assert time.monotonic() < deadline, "the dashboard did not come up"
+            time.sleep(0.3)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while _healthy(port):
+            assert time.monotonic() < deadline, "the server outlived the killed command"
+            time.sleep(0.2)
+    finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # an orphaned server, if the test failed
 
