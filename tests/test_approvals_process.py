@@ -413,6 +413,9 @@ def test_pause_holds_the_next_call_until_resume(
     agent = start_agent("s-pause")
     agent.call("before", "git_create_branch", repo_path=str(repo), branch_name="before-pause")
     assert not agent.result("before")["is_error"]
+    # An operator pauses a session they can see: its first action has landed (a session
+    # nothing has reported yet needs --force, tested in test_cli_control).
+    wait_for(lambda: analytics.session(data, "s-pause") is not None, "the session to land")
     out = tooltrail(data, "pause", "s-pause", "--by", "ops")
     assert out.returncode == 0 and out.stdout.strip() == "session s-pause paused by ops"
     agent.call("during", "git_create_branch", repo_path=str(repo), branch_name="during-pause")
