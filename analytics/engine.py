@@ -73,10 +73,4 @@ def raise_query_error(e: duckdb.Error, what: str) -> NoReturn:
     raise QueryError(f"{what} failed: {message}") from e
 
 
-__all__ = [
-    "base_connection",
-    "data_root",
-    "raise_query_error",
-    "span_files",
-    "spans_glob",
-]
+__all__ = ["base_connection", "data_root", "raise_query_error", "span_files", "spans_glob"]

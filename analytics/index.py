@@ -29,12 +29,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tooltrail.analytics.engine import (
-    base_connection,
-    data_root,
-    raise_query_error,
-    span_files,
-)
+from tooltrail.analytics.engine import base_connection, data_root, raise_query_error, span_files
 from tooltrail.analytics.sqlfiles import ident, literal_list, load, render
 from tooltrail.collector.writer import fsync_path
 

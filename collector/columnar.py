@@ -376,9 +376,10 @@ def _group(
     else:
         span_types = [classify(a) for a in attrs]
 
-    out["session_id"] = (
-        _first_of(attrs, plan.session, _to_str, slow) if plan.session else list(trace_ids)
-    )
+    # Without a session attribute the trace id stands in (below); it is not a text the
+    # producer controls, so, as on the per-span path, it is not probed for secrets.
+    sessions = _first_of(attrs, plan.session, _to_str, slow) if plan.session else None
+    out["session_id"] = sessions
     consumed.update(plan.session)
     tools: list[Any] = (
         _first_of(attrs, plan.tool_name, _to_str, slow) if plan.tool_name else [None] * m
@@ -473,11 +474,11 @@ def _group(
         (e - s) / 1e6 if e is not None else None for s, e in zip(starts, ends, strict=True)
     ]
     out["status_code"] = _pick(src.status_code, idx, whole)
-    sessions = out["session_id"]
-    assert sessions is not None
-    out["session_id"] = [
-        s if s is not None else t for s, t in zip(sessions, trace_ids, strict=True)
-    ]
+    out["session_id"] = (
+        list(trace_ids)  # a copy: set_row writes columns back one by one
+        if sessions is None
+        else [s if s is not None else t for s, t in zip(sessions, trace_ids, strict=True)]
+    )
     out["attributes"] = _attributes_json(rest_keys, attrs)
     return {c: out.get(c) for c in COLUMNS}, slow
 

@@ -39,7 +39,6 @@ _log = logging.getLogger(__name__)
 
 TEMP_SUFFIX: Final = ".tmp"
 LOCK_FILE: Final = ".lock"
-_EPOCH_DAY_NS: Final = 86_400 * 1_000_000_000
 _DAY_US: Final = 86_400 * 1_000_000
 # Bloom filter on session_id: "one session's actions" reads skip files without it. Sized
 # to the file (a file holds at most as many sessions as rows), so small files stay small.
@@ -111,49 +110,22 @@ def _timestamps(values: Sequence[Any], ts_type: pa.DataType) -> pa.Array:
     return pa.array(conv, type=pa.int64()).cast(ts_type)
 
 
-def partition_date(row: Row) -> str:
-    start = row.get("start_time")
-    if isinstance(start, int):
-        return dt.datetime.fromtimestamp(start // 1_000_000_000, tz=dt.UTC).strftime("%Y-%m-%d")
-    if isinstance(start, dt.datetime):
-        if start.tzinfo is None:
-            start = start.replace(tzinfo=dt.UTC)
-        return start.astimezone(dt.UTC).strftime("%Y-%m-%d")
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-
-
-def group_by_date(rows: Sequence[Row]) -> dict[str, list[Row]]:
-    """Rows by UTC start date (``YYYY-MM-DD``), formatting each distinct day once."""
-    by_day: dict[int, list[Row]] = {}
-    other: dict[str, list[Row]] = {}
-    for row in rows:
-        start = row.get("start_time")
-        if type(start) is int:  # nanoseconds, as the exporter lands them: no datetime per row
-            by_day.setdefault(start // _EPOCH_DAY_NS, []).append(row)
-        else:
-            other.setdefault(partition_date(row), []).append(row)
-    for day, day_rows in by_day.items():
-        name = (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
-        other.setdefault(name, []).extend(day_rows)
-    return other
-
-
 def split_by_date(table: pa.Table) -> list[tuple[str, pa.Table]]:
     """The table's rows by UTC start date (``YYYY-MM-DD``), in date order.
 
     One partition (the common case: a batch rarely straddles midnight) costs a min/max.
     Days are floor divisions of integer microseconds (exact for any int64 time, pre-1970
-    too); a null start lands under today, as :func:`partition_date` does; a time beyond
-    the calendar (years 1-9999) lands under its first or last day rather than failing.
+    too); a null start lands under today; a time beyond the calendar (years 1-9999)
+    lands under its first or last day rather than failing.
     """
     if table.num_rows == 0:
         return []
     micros = pc.cast(table["start_time"], pa.int64())
     bounds = pc.min_max(micros)
     low, high = bounds["min"].as_py(), bounds["max"].as_py()
-    today = _today()
     if micros.null_count == 0 and low // _DAY_US == high // _DAY_US:
         return [(_day_name(low // _DAY_US), table)]
+    today = _today()
     days = [today if v is None else v // _DAY_US for v in micros.to_pylist()]
     by_name: dict[str, list[int]] = {}
     for i, day in enumerate(days):

@@ -74,6 +74,7 @@ from tooltrail.semconv import (
     GEN_AI_TOOL_NAME,
     OP_EXECUTE_TOOL,
     SESSION_ID,
+    TRUNCATION_MARK,
     TT_APPROVAL_DECIDED_BY,
     TT_APPROVAL_ID,
     TT_APPROVAL_STATUS,
@@ -98,7 +99,6 @@ from tooltrail.semconv import (
     VERDICT_SESSION_CANCELED,
     VERDICT_SESSION_CONTROL_ERROR,
 )
-from tooltrail.semconv import TRUNCATION_MARK as SEMCONV_TRUNCATION_MARK
 
 if TYPE_CHECKING:
     from tooltrail.policy import ApprovalSettings, Policy, ToolCall
@@ -111,7 +111,6 @@ SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.39.0"
 # the export queue; the result is only a preview.
 MAX_ARGUMENTS_CHARS: Final = 65_536
 RESULT_PREVIEW_CHARS: Final = 1_024
-TRUNCATION_MARK: Final = SEMCONV_TRUNCATION_MARK
 ERROR_TYPE_DENIED: Final = "tool_call_denied"
 POLICY_ERROR_RULE: Final = "policy-error"
 SESSION_CANCELED_RULE: Final = VERDICT_SESSION_CANCELED
@@ -211,7 +210,9 @@ Decide = Callable[
 
 
 class SessionGate(Protocol):
-    """Where session control (pause / resume / cancel) is read: ``StoreSessionGate``."""
+    """Where session control (pause / resume / cancel) is read: ``StoreSessionGate``, or
+    ``HttpSessionGate`` for remote agents. A gate that asks over the network may also have
+    ``async astate(session_id)``, which async callers use instead of ``state``."""
 
     def state(self, session_id: str) -> str:
         """``running``, ``paused`` or ``canceled``."""

@@ -13,6 +13,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from tooltrail.collector import compact as compact_module
 from tooltrail.collector.compact import compact
 from tooltrail.collector.writer import ParquetSpanWriter, iter_span_files
 from tooltrail.errors import StoreError
@@ -32,6 +33,14 @@ def _row(session: str, minute: int) -> Row:
         tool_name="git_log",
     )
     return row
+
+
+def _land_small_files(root: Path, n: int) -> ParquetSpanWriter:
+    """``n`` one-row files of session ``s`` (one partition): what compaction merges."""
+    writer = ParquetSpanWriter(root)
+    for i in range(n):
+        writer.write([_row("s", i)])
+    return writer
 
 
 def _count(root: Path) -> tuple[int, int]:
@@ -138,9 +147,7 @@ def test_spool_files_whose_segment_still_exists_wait(tmp_path: Path) -> None:
     from tooltrail.collector.spool import LANDED_PREFIX, SEGMENT_SUFFIX, SPOOL_DIR
     from tooltrail.collector.writer import rows_to_table, write_table_atomic
 
-    writer = ParquetSpanWriter(tmp_path)
-    for i in range(3):
-        writer.write([_row("s", i)])
+    _land_small_files(tmp_path, 3)
     (part,) = (tmp_path / "spans").glob("date=*")
     spooled = part / f"{LANDED_PREFIX}000042.parquet"
     write_table_atomic(rows_to_table([_row("spooled", 5)]), spooled)
@@ -164,11 +171,7 @@ def test_staging_is_outside_spans_where_reader_globs_reach(
 ) -> None:
     # polars' and DuckDB's `spans/*/*.parquet` match hidden directories too: a staging
     # directory in spans/ let such a reader count a partition twice mid-compaction.
-    from tooltrail.collector import compact as compact_module
-
-    writer = ParquetSpanWriter(tmp_path)
-    for i in range(5):
-        writer.write([_row("s", i)])
+    _land_small_files(tmp_path, 5)
     seen: list[list[str]] = []
     exchange = compact_module._exchange
 
@@ -194,9 +197,7 @@ def test_a_query_planned_before_a_swap_is_replanned_not_failed(tmp_path: Path) -
     from tooltrail import analytics
     from tooltrail.analytics.queries import _frame
 
-    writer = ParquetSpanWriter(tmp_path)
-    for i in range(4):
-        writer.write([_row("s", i)])
+    writer = _land_small_files(tmp_path, 4)
     analytics.build_session_index(tmp_path)
     writer.write([_row("t", 9)])  # landed after the index: the views list it by name
     con = analytics.connect(tmp_path)
@@ -212,11 +213,7 @@ def test_spans_on_another_filesystem_stage_beside_the_partitions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The swap is a rename: it cannot cross filesystems (spans/ a mount or a symlink).
-    from tooltrail.collector import compact as compact_module
-
-    writer = ParquetSpanWriter(tmp_path)
-    for i in range(3):
-        writer.write([_row("s", i)])
+    _land_small_files(tmp_path, 3)
     (part,) = (tmp_path / "spans").glob("date=*")
     real_stat = Path.stat
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,28 +65,6 @@ def test_app_config_reads_script_arguments_then_the_environment(
     assert cfg.data_dir == tmp_path / "env-data"
 
 
-def test_launch_serves_the_app_over_http_and_stops(tmp_path: Path) -> None:
-    root = seed(tmp_path / "data", batch=0).root
-    port = free_port()
-    proc = launch(root, port, new_session=True, output=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health") as r:
-                    assert r.read() == b"ok"
-                    break
-            except OSError:
-                assert proc.poll() is None, "the server exited"
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.3)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as r:
-            assert b"<title>" in r.read()  # the app shell; pages render over the websocket
-    finally:
-        stop_server(proc)
-    assert proc.returncode is not None
-
-
 def _healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
@@ -94,40 +73,26 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def test_sigterm_to_the_command_stops_the_server_too(tmp_path: Path) -> None:
-    # A supervisor (systemd, docker stop) sends SIGTERM: the Streamlit child must not
-    # outlive the command, serving approve / deny buttons on its own.
-    root = seed(tmp_path / "data", batch=0).root
-    port = free_port()
-    cmd = [str(Path(sys.executable).with_name("tooltrail")), "dashboard", "--data", str(root)]
-    proc = subprocess.Popen(
-        [*cmd, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # the test can clean up the whole group if this fails
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not _healthy(port):
-            assert proc.poll() is None, "the dashboard exited"
-            assert time.monotonic() < deadline, "the dashboard did not come up"
-            time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)  # to the command only, not its process group
-        assert proc.wait(timeout=30) == 0
-        deadline = time.monotonic() + 15
-        while _healthy(port):
-            assert time.monotonic() < deadline, "the server outlived the command"
-            time.sleep(0.2)
-    finally:
-        stop_server(proc)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # an orphaned server, if the test failed
+def _wait_until_healthy(proc: subprocess.Popen[bytes], port: int, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not _healthy(port):
+        assert proc.poll() is None, f"{what} exited"
+        assert time.monotonic() < deadline, f"{what} did not come up"
+        time.sleep(0.3)
 
 
-def test_the_server_stops_when_the_command_is_killed_outright(tmp_path: Path) -> None:
-    # kill -9 (or the OOM killer) leaves no chance to forward a signal: the server
-    # notices it was re-parented and stops itself.
-    root = seed(tmp_path / "data", batch=0).root
+def _wait_until_down(port: int, timeout_s: float, message: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _healthy(port):
+        assert time.monotonic() < deadline, message
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _dashboard_command(root: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``tooltrail dashboard`` as a real command, once its server answers: (the command's
+    process, the port). In a process group of its own, so that the cleanup reaches an
+    orphaned server too, if the test failed."""
     port = free_port()
     cmd = [str(Path(sys.executable).with_name("tooltrail")), "dashboard", "--data", str(root)]
     proc = subprocess.Popen(
@@ -137,20 +102,45 @@ def test_the_server_stops_when_the_command_is_killed_outright(tmp_path: Path) ->
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not _healthy(port):
-            assert proc.poll() is None, "the dashboard exited"
-            assert time.monotonic() < deadline, "the dashboard did not come up"
-            time.sleep(0.3)
-        proc.kill()
-        proc.wait()
-        deadline = time.monotonic() + 20
-        while _healthy(port):
-            assert time.monotonic() < deadline, "the server outlived the killed command"
-            time.sleep(0.2)
+        _wait_until_healthy(proc, port, "the dashboard")
+        yield proc, port
     finally:
+        stop_server(proc)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # an orphaned server, if the test failed
+
+
+def test_launch_serves_the_app_over_http_and_stops(tmp_path: Path) -> None:
+    root = seed(tmp_path / "data", batch=0).root
+    port = free_port()
+    proc = launch(root, port, new_session=True, output=subprocess.DEVNULL)
+    try:
+        _wait_until_healthy(proc, port, "the server")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/") as r:
+            assert b"<title>" in r.read()  # the app shell; pages render over the websocket
+    finally:
+        stop_server(proc)
+    assert proc.returncode is not None
+
+
+def test_sigterm_to_the_command_stops_the_server_too(tmp_path: Path) -> None:
+    # A supervisor (systemd, docker stop) sends SIGTERM: the Streamlit child must not
+    # outlive the command, serving approve / deny buttons on its own.
+    root = seed(tmp_path / "data", batch=0).root
+    with _dashboard_command(root) as (proc, port):
+        proc.send_signal(signal.SIGTERM)  # to the command only, not its process group
+        assert proc.wait(timeout=30) == 0
+        _wait_until_down(port, 15, "the server outlived the command")
+
+
+def test_the_server_stops_when_the_command_is_killed_outright(tmp_path: Path) -> None:
+    # kill -9 (or the OOM killer) leaves no chance to forward a signal: the server
+    # notices it was re-parented and stops itself.
+    root = seed(tmp_path / "data", batch=0).root
+    with _dashboard_command(root) as (proc, port):
+        proc.kill()
+        proc.wait()
+        _wait_until_down(port, 20, "the server outlived the killed command")
 
 
 def test_dashboard_refuses_a_busy_port_and_a_missing_directory(tmp_path: Path) -> None:

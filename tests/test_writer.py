@@ -122,17 +122,27 @@ def test_forked_child_with_an_explicit_writer_id_does_not_clobber(tmp_path: Path
     assert sum(n.startswith(f"agent-{pid}-") for n in names) == 1
 
 
-def test_group_by_date_matches_partition_date_at_day_boundaries() -> None:
-    from tooltrail.collector.writer import group_by_date, partition_date
-
+def test_rows_land_under_their_utc_start_date_at_day_boundaries(tmp_path: Path) -> None:
     midnight = int(dt.datetime(2026, 11, 21, tzinfo=dt.UTC).timestamp()) * 1_000_000_000
     starts: list[object] = [midnight - 1, midnight, midnight + 1, 0, midnight + 86_399_999_999_999]
     starts += [dt.datetime(2026, 11, 20, 23, 59, 59, tzinfo=dt.UTC), None]
     rows = [_row(start_time=s) for s in starts]
-    grouped = group_by_date(rows)
-    assert sum(len(v) for v in grouped.values()) == len(rows)
-    for day, day_rows in grouped.items():
-        assert {partition_date(r) for r in day_rows} == {day}
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    expected = {
+        r["span_id"]: today
+        if s is None
+        else (
+            s if isinstance(s, dt.datetime) else dt.datetime.fromtimestamp(s // 10**9, tz=dt.UTC)
+        ).strftime("%Y-%m-%d")
+        for r, s in zip(rows, starts, strict=True)
+    }
+    ParquetSpanWriter(tmp_path).write(rows)
+    landed = {
+        span_id: path.parent.name.removeprefix("date=")
+        for path in iter_span_files(tmp_path)
+        for span_id in pq.read_table(path, columns=["span_id"])["span_id"].to_pylist()
+    }
+    assert landed == expected
 
 
 def test_split_by_date_is_exact_for_any_start_time() -> None:

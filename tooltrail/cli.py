@@ -260,9 +260,8 @@ def compact(data: Path | None) -> None:
 
     with domain_errors():
         report = run_compact(root, progress=progress)
-        if root.exists():
-            analytics.build_session_index(root)
-            analytics.build_duckdb_file(root)
+        analytics.build_session_index(root)
+        analytics.build_duckdb_file(root)
     click.echo(
         f"{report.partitions} partition(s) rewritten, {report.rows} rows, "
         f"files {report.files_before} -> {report.files_after}"
@@ -397,10 +396,10 @@ APPROVAL_COLUMNS = (
 )
 
 
-def _store(data: Path | None) -> Any:
+def _store(root: Path) -> Any:
     from tooltrail.control import ControlStore
 
-    return ControlStore(_existing_data(data))
+    return ControlStore(root)
 
 
 @cli.command()
@@ -428,7 +427,7 @@ def approvals(data: Path | None, fmt: str, status: str) -> None:
 
     from tooltrail.control import ApprovalRecord
 
-    with domain_errors(), _store(data) as store:
+    with domain_errors(), _store(_existing_data(data)) as store:
         records: list[ApprovalRecord] = store.list_approvals(status)
     rows = [r.to_dict() for r in records]
     for row in rows:
@@ -467,7 +466,7 @@ def _control_command(
 
 def _decision_command(name: str, outcome: str, summary: str, example: str) -> click.Command:
     def command(data: Path | None, approval_id: str, by: str, reason: str | None) -> None:
-        with domain_errors(), _store(data) as store:
+        with domain_errors(), _store(_existing_data(data)) as store:
             record = store.decide(approval_id, outcome, by=by, reason=reason)
         click.echo(f"{record.approval_id} {record.status} by {record.decided_by}")
 
@@ -506,7 +505,7 @@ def _session_command(action: str, summary: str, example: str) -> click.Command:
         from tooltrail.control import SESSION_ACTION_DONE
 
         root = _existing_data(data)
-        with domain_errors(), _store(data) as store:
+        with domain_errors(), _store(root) as store:
             if not force:
                 _require_known_session(root, store, session_id)
             control = store.set_session_state(session_id, action, by=by, reason=reason)
