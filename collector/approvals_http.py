@@ -23,11 +23,12 @@ statuses by ``status_of``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -157,6 +158,16 @@ def file_approval(data_dir: Path, doc: Mapping[str, Any]) -> ApprovalRecord:
         return store.file_request(req)
 
 
+@contextlib.contextmanager
+def _known(approval_id: str) -> Iterator[None]:
+    """An unknown id's error without the store's path: the message goes to HTTP callers,
+    who have no business learning the server's file system."""
+    try:
+        yield
+    except UnknownIdError:
+        raise UnknownIdError(f"no approval request {approval_id!r}") from None
+
+
 def _current(store: ControlStore, approval_id: str) -> ApprovalRecord:
     record = store.get(approval_id)
     if not record.decided and record.expires_at <= time.time():
@@ -170,7 +181,7 @@ def wait_for(
 ) -> ApprovalRecord:
     """The request, once decided or expired, or as it is after ``wait_s`` seconds."""
     deadline = time.monotonic() + max(0.0, min(wait_s, MAX_WAIT_S))
-    with ControlStore(data_dir) as store:
+    with ControlStore(data_dir) as store, _known(approval_id):
         while True:
             record = _current(store, approval_id)
             left = deadline - time.monotonic()
@@ -187,7 +198,7 @@ def decide(data_dir: Path, approval_id: str, doc: Mapping[str, Any]) -> Approval
     by = _text(doc, "by", required=True)
     assert by is not None
     reason = _text(doc, "reason")
-    with ControlStore(data_dir) as store:
+    with ControlStore(data_dir) as store, _known(approval_id):
         return store.decide(approval_id, outcome, by=by, reason=reason)
 
 
@@ -252,8 +263,26 @@ def set_session(data_dir: Path, session_id: str, doc: Mapping[str, Any]) -> Sess
     by = _text(doc, "by", required=True)
     assert by is not None
     reason = _text(doc, "reason")
+    force = doc.get("force", False)
+    if not isinstance(force, bool):
+        raise BadInputError("field 'force' must be true or false")
     with ControlStore(data_dir) as store:
+        if not force and not _session_reported(store, data_dir, session_id):
+            # As the CLI: a mistyped id must not read as a stopped agent while the real
+            # session runs on (and a cancel is for good).
+            raise UnknownIdError(
+                f"no session {session_id!r}: no landed action and no approval request names"
+                ' it ("force": true controls an id no agent has reported yet)'
+            )
         return store.set_session_state(session_id, action, by=by, reason=reason)
+
+
+def _session_reported(store: ControlStore, data_dir: Path, session_id: str) -> bool:
+    if store.knows_session(session_id):
+        return True
+    from tooltrail import analytics  # an operator's rare request: the views are worth it
+
+    return analytics.session(data_dir, session_id) is not None
 
 
 __all__ = [

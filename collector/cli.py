@@ -77,6 +77,21 @@ ENV_DECISION_TOKEN = "TOOLTRAIL_COLLECTOR_DECISION_TOKEN"
     help="Processes that normalize and land spans (default: one per core; "
     "0 = inside the collector process).",
 )
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=2),
+    default=512,
+    show_default=True,
+    help="Open connections at most (capped at half the open-file limit); more get 503.",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.1),
+    default=15.0,
+    show_default=True,
+    help="Seconds a connection has to send a request's line and headers (also the idle "
+    "time of a keep-alive connection).",
+)
 def collect_cli(
     data: Path | None,
     host: str,
@@ -89,6 +104,8 @@ def collect_cli(
     max_backlog: int,
     flush_interval: float,
     workers: int | None,
+    max_connections: int,
+    header_timeout: float,
 ) -> None:
     """Receive OTLP/HTTP spans from remote agents and land them (and serve approvals).
 
@@ -103,6 +120,14 @@ def collect_cli(
     from tooltrail.collector.server import CollectorConfig, Running, default_workers, serve
     from tooltrail.policy import load_policy
 
+    for name, value in (("--token", token), ("--decision-token", decision_token)):
+        if value is not None and not value.strip():
+            # `--token "$TOKEN"` with TOKEN unset must not start a collector without auth.
+            raise click.BadParameter(
+                "is empty (an unset shell variable?); leave the option out to run without a"
+                " token on loopback",
+                param_hint=name,
+            )
     with domain_errors():
         # Load here so a bad policy stops start-up with its file and line (exit 2)
         # instead of landing every row as policy-error. Workers load it from the path.
@@ -113,8 +138,8 @@ def collect_cli(
             host=host,
             port=port,
             policy=policy,
-            token=token or None,
-            decision_token=decision_token or None,
+            token=token,
+            decision_token=decision_token,
             durability="direct" if durability == "direct" else "spool",
             limits=Limits(
                 max_body_bytes=max_body, max_decoded_bytes=max(max_body, DEFAULT_MAX_DECODED_BYTES)
@@ -122,12 +147,15 @@ def collect_cli(
             max_backlog_bytes=max_backlog,
             flush_interval_s=flush_interval,
             workers=default_workers() if workers is None else workers,
+            max_connections=max_connections,
+            header_timeout_s=header_timeout,
         )
 
         def ready(running: Running) -> None:
             click.echo(
                 f"tooltrail collect listening on {running.url} "
-                f"(data {cfg.data_dir}, durability {cfg.durability})"
+                f"(data {cfg.data_dir}, durability {cfg.durability}, "
+                f"{'token required' if cfg.token else 'no token: any local process may post'})"
             )
             sys.stdout.flush()
 

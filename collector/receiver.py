@@ -253,12 +253,17 @@ _RPC_CODES: Final = {
     401: 16,  # UNAUTHENTICATED
     403: 7,  # PERMISSION_DENIED
     404: 5,  # NOT_FOUND
+    405: 12,  # UNIMPLEMENTED
     409: 6,  # ALREADY_EXISTS
     411: 3,
     413: 8,  # RESOURCE_EXHAUSTED
+    414: 3,
     415: 3,
+    431: 3,
     500: 13,  # INTERNAL
+    501: 12,
     503: 14,  # UNAVAILABLE
+    505: 12,
 }
 
 

@@ -10,6 +10,10 @@ Server: the standard library's ``ThreadingHTTPServer`` (HTTP/1.1, keep-alive). T
 a few dozen requests per second of 512-span batches, so per-request HTTP cost is
 negligible next to decoding and landing; approval long-polls park a thread each, bounded
 by ``max_waiters``. No new dependency (starlette/uvicorn come only with the ``mcp`` extra).
+Hardened for the clients it may face (docs/COLLECTOR.md, "HTTP details"): connections are
+capped (``max_connections``: more get 503 and close, without a thread), request headers and
+bodies have overall deadlines (``header_timeout_s``), ambiguous framing is refused, and an
+answer sent with body bytes unread closes the connection.
 
 Durability (``durability``):
 
@@ -25,12 +29,17 @@ bench/ingest.py measures both; docs/COLLECTOR.md has the figures and the choice.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import hmac
+import io
 import ipaddress
 import json
 import logging
 import os
+import re
+import resource
 import socket
 import threading
 import time
@@ -38,6 +47,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -59,6 +69,10 @@ from tooltrail.collector.spool import DEFAULT_SEGMENT_BYTES, Spool, quarantine
 from tooltrail.errors import BadInputError, StoreError, TooltrailError
 
 if TYPE_CHECKING:
+    from socketserver import _RequestType
+
+    from _typeshed import WriteableBuffer
+
     from tooltrail.policy import Policy
 
 _log = logging.getLogger(__name__)
@@ -76,10 +90,18 @@ METRICS_PATH: Final = "/metrics"
 HEALTH_PATH: Final = "/healthz"
 CT_TEXT: Final = "text/plain; version=0.0.4; charset=utf-8"
 MAX_APPROVAL_BODY: Final = 1024 * 1024
-# Bodies over the limit are read and discarded up to this much so that the client sees
-# the 413 (closing on unread data makes the kernel reset the connection instead).
-_DRAIN_CAP: Final = 256 * 1024 * 1024
+# A body the answer does not need is read and discarded (up to these sizes) so that the
+# client sees the answer: closing on unread data makes the kernel reset the connection,
+# which can destroy the answer before the client reads it. Over the cap (or chunked, or
+# held back for ``100 Continue``) the body is left unread and the connection closed.
+_DRAIN_CAP: Final = 256 * 1024 * 1024  # over --max-body, from an authenticated sender
+_UNAUTH_DRAIN_CAP: Final = 1024 * 1024  # 401 / 404 / 405: whoever sent it
+_GET_BODY_CAP: Final = 64 * 1024  # a GET's body means nothing: dropped
 _SOCKET_TIMEOUT_S: Final = 60.0
+# A body must arrive at this rate at least (plus the header allowance): a sender that
+# trickles bytes cannot hold a connection thread for ever.
+_MIN_BODY_RATE: Final = 64 * 1024
+_CONTENT_LENGTH_RE: Final = re.compile(r"[0-9]{1,18}")
 _RETRY_AFTER_S: Final = 1
 _LANDER_RETRY_S: Final = 1.0
 # A segment with no append for a tenth of the flush interval (100 ms by default) is sealed
@@ -126,6 +148,12 @@ class CollectorConfig:
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     max_inflight: int = 4
     max_waiters: int = 256
+    # Connections served at once (each holds a thread); more are answered 503 and closed.
+    # Also bounded by half the open-file limit, so the refusal itself still finds a file.
+    max_connections: int = 512
+    # Seconds a connection has for a request line and headers, from when it is ready for
+    # one (an idle keep-alive connection is closed after this long; senders reconnect).
+    header_timeout_s: float = 15.0
     redact: bool | None = None
     # Processes that normalize and write Parquet (0: in the collector process itself).
     workers: int = field(default_factory=default_workers)
@@ -141,10 +169,27 @@ class CollectorConfig:
             )
         if self.workers < 0:
             raise BadInputError("--workers must be 0 or more")
+        if self.max_connections < 2:
+            raise BadInputError("max_connections must be 2 or more")
+        if not self.header_timeout_s > 0:
+            raise BadInputError("header_timeout_s must be more than 0 seconds")
         for name in ("token", "decision_token"):
             value = getattr(self, name)
             if value is not None and len(value) < 16:
                 raise BadInputError(f"--{name.replace('_', '-')} must be at least 16 characters")
+
+    def connection_cap(self) -> int:
+        """``max_connections``, bounded by half the open-file limit (the rest serves the
+        spool, the control store, the workers' pipes, and accepting a connection to refuse)."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return self.max_connections
+        return max(2, min(self.max_connections, soft // 2))
+
+    def waiter_cap(self) -> int:
+        """Long-polls parked at once: at most half the connections, so they never hold
+        every connection thread and starve the senders."""
+        return max(1, min(self.max_waiters, self.connection_cap() // 2))
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -162,6 +207,7 @@ _COUNTERS: Final = {
     "approvals_filed_total": "Approval requests filed over HTTP.",
     "session_controls_total": "Session pause / resume / cancel changes made over HTTP.",
     "approval_decisions_total": "Approval decisions made over HTTP.",
+    "connections_refused_total": "Connections answered 503 and closed: too many were open.",
 }
 
 
@@ -253,7 +299,7 @@ class Collector:
         self._spool: Spool | None = None
         self._landing: dict[Path, Future[tuple[int, int]]] = {}
         self._inflight = threading.BoundedSemaphore(cfg.max_inflight)
-        self._waiters = threading.BoundedSemaphore(cfg.max_waiters)
+        self._waiters = threading.BoundedSemaphore(cfg.waiter_cap())
         self._lander: threading.Thread | None = None
         self._wake = threading.Event()
         self.last_landing_error: str | None = None
@@ -421,16 +467,32 @@ class Collector:
         }
 
     def health(self) -> tuple[int, dict[str, Any]]:
+        """``/healthz`` (no token needed): states and counts, never a server path."""
         lander_ok = self._lander is None or self._lander.is_alive()
-        ok = lander_ok and self.last_landing_error is None
+        error = self.last_landing_error
+        ok = lander_ok and error is None
         doc: dict[str, Any] = {
             "status": "ok" if ok else "degraded",
             "durability": self.cfg.durability,
-            "data_dir": str(self.data_dir),
             "backlog_bytes": self.gauges()["spool_backlog_bytes"][1],
-            "landing_error": self.last_landing_error,
+            "landing_error": None if error is None else self.public(error),
         }
         return (200 if ok else 503), doc
+
+    def public(self, message: str) -> str:
+        """``message`` fit for an HTTP answer: the data directory's path (in OSError and
+        store messages) replaced by ``<data>``, so callers learn nothing of the server's
+        file system; the collector's log keeps the full message."""
+        for shown in self._data_paths:
+            message = message.replace(shown, "<data>")
+        return message
+
+    @functools.cached_property
+    def _data_paths(self) -> tuple[str, ...]:
+        # Longest first: the resolved path may extend the given one (a symlinked /tmp).
+        # Absolute forms only: a relative one ("data") would also hit ordinary words.
+        paths = {str(self.data_dir.resolve()), str(self.data_dir.absolute())}
+        return tuple(sorted(paths, key=len, reverse=True))
 
     # -- approvals -------------------------------------------------------------------------
 
@@ -444,6 +506,46 @@ class Collector:
 # --- HTTP -----------------------------------------------------------------------------------
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads, each given only what is left of a deadline.
+
+    A socket timeout bounds each read alone, so a client sending a byte every 59 s would
+    hold its connection thread for ever. The handler arms a deadline for the request line
+    and headers, and one for a body; while one is armed every read gets the time left.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)
+        self._deadline: float | None = None
+        self._what = ""
+
+    def arm(self, seconds: float, what: str) -> None:
+        self._deadline = time.monotonic() + seconds
+        self._what = what
+
+    def disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline = None
+            self._sock.settimeout(_SOCKET_TIMEOUT_S)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self._what} took too long")
+            self._sock.settimeout(min(left, _SOCKET_TIMEOUT_S))
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "tooltrail-collect"
@@ -454,6 +556,14 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = _SOCKET_TIMEOUT_S
     server: CollectorHTTPServer
     _answered = False
+    # The request body's state, reset per request: its Content-Length, the bytes of it
+    # not read yet, whether it is chunked (never read here), and whether the client holds
+    # it back until ``100 Continue``. An answer sent with body bytes unread closes the
+    # connection (see _send): reading on would take them for the next request.
+    _declared: int | None = None
+    _unread = 0
+    _chunked = False
+    _awaiting_continue = False
 
     # Quiet: per-request lines would cost more than the request at full load.
     def log_message(self, format: str, *args: Any) -> None:
@@ -462,6 +572,45 @@ class _Handler(BaseHTTPRequestHandler):
     @property
     def collector(self) -> Collector:
         return self.server.collector
+
+    # -- connection ------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the standard reader, replaced by one under deadlines
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        self._declared, self._unread, self._chunked = None, 0, False
+        self._awaiting_continue = False
+        # One deadline for the request line and all headers (also how long a keep-alive
+        # connection may idle before its next request).
+        self._reader.arm(self.server.header_timeout_s, "the request line and headers")
+        super().handle_one_request()
+
+    def handle_expect_100(self) -> bool:
+        # ``100 Continue`` is sent only when the body is about to be read, after the
+        # token, framing and size checks: a refused request gets its final answer at once
+        # and its body is never sent.
+        self._awaiting_continue = True
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (a malformed request line or header,
+        headers too large, an unknown method) as a ``google.rpc.Status`` JSON body like
+        every other error. The connection closes: where the request's body ends is not
+        known."""
+        self.close_connection = True
+        self._reader.disarm()
+        if self.request_version == "HTTP/0.9":  # unparsed: answer with a status line anyway
+            self.request_version = "HTTP/1.0"
+        try:
+            text = message or HTTPStatus(code).phrase
+        except ValueError:
+            text = f"error {code}"
+        self.log_error("code %d, message %s", code, text)
+        self._error(code, text, kind="other")
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -475,15 +624,19 @@ class _Handler(BaseHTTPRequestHandler):
         headers: dict[str, str] | None = None,
     ) -> None:
         self._answered = True
+        if self._chunked or self._unread:
+            self.close_connection = True  # body bytes unread: see the class attributes
         self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        if status != 204:  # a 204 has no body, hence neither of these (RFC 9110 §8.6)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
         self.collector.metrics.add("requests_total", kind=kind, code=str(status))
 
     def _json(
@@ -493,36 +646,68 @@ class _Handler(BaseHTTPRequestHandler):
             status, json.dumps(doc, default=str).encode(), CT_JSON, kind=kind, headers=headers
         )
 
-    def _error(self, status: int, message: str, *, kind: str, media: str = CT_JSON) -> None:
-        headers = {"Retry-After": str(_RETRY_AFTER_S)} if status == 503 else None
+    def _error(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str,
+        media: str = CT_JSON,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        extra = dict(headers or {})
+        if status == 503:
+            extra["Retry-After"] = str(_RETRY_AFTER_S)
         if status == 401:
-            headers = {"WWW-Authenticate": 'Bearer realm="tooltrail"'}
-        self._send(status, status_body(media, status, message), media, kind=kind, headers=headers)
+            extra["WWW-Authenticate"] = 'Bearer realm="tooltrail"'
+        body = status_body(media, status, self.collector.public(message))
+        self._send(status, body, media, kind=kind, headers=extra)
 
-    def _content_length(self) -> int | None:
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            return None
-        try:
-            n = int(raw)
-        except ValueError:
-            return None
-        return n if n >= 0 else None
+    def _framing_ok(self) -> bool:
+        """Check how the body is delimited before any route reads or skips it.
+
+        A request whose length is ambiguous (Content-Length values that differ, or
+        Content-Length with Transfer-Encoding: RFC 9112 §6.1, §6.3) gets 400 and the
+        connection closes: a proxy in front may have delimited it otherwise, and reading
+        on would answer the rest as a request of its own (request smuggling).
+        """
+        self._chunked = self.headers.get("Transfer-Encoding") is not None
+        fields = self.headers.get_all("Content-Length") or []
+        values = {value.strip() for field in fields for value in field.split(",")}
+        problem = None
+        if len(values) > 1:
+            problem = "conflicting Content-Length values"
+        elif values and self._chunked:
+            problem = "both Content-Length and Transfer-Encoding"
+        elif values:
+            (value,) = values
+            if _CONTENT_LENGTH_RE.fullmatch(value) is None:
+                problem = f"Content-Length {value[:40]!r} is not a byte count"
+            else:
+                self._declared = self._unread = int(value)
+        if problem is None:
+            return True
+        self.close_connection = True
+        self._error(400, f"{problem}: the request cannot be delimited", kind="other")
+        return False
+
+    def _body_seconds(self, length: int) -> float:
+        return self.server.header_timeout_s + length / _MIN_BODY_RATE
 
     def _read_body(self, limit: int, kind: str, media: str = CT_JSON) -> bytes | None:
         """The request body, or None after answering 411 / 413 for it."""
-        if self.headers.get("Transfer-Encoding"):
+        if self._chunked:
             self.close_connection = True
             self._error(411, "send the body with a Content-Length", kind=kind, media=media)
             return None
-        length = self._content_length()
+        length = self._declared
         if length is None:
             self.close_connection = True
             self._error(411, "a valid Content-Length is required", kind=kind, media=media)
             return None
         if length > limit:
             self.close_connection = True
-            self._drain(length)
+            self._discard_body(_DRAIN_CAP)
             self._error(
                 413,
                 f"body of {length} bytes is over the {limit}-byte limit",
@@ -530,19 +715,42 @@ class _Handler(BaseHTTPRequestHandler):
                 media=media,
             )
             return None
-        body = self.rfile.read(length)
-        if len(body) != length:
+        self._send_continue()
+        self._reader.arm(self._body_seconds(length), "the request body")
+        try:
+            body = self.rfile.read(length)
+        finally:
+            self._reader.disarm()
+        self._unread = length - len(body)
+        if self._unread:
             self.close_connection = True
             return None
         return body
 
-    def _drain(self, length: int) -> None:
-        left = min(length, _DRAIN_CAP)
-        while left > 0:
-            chunk = self.rfile.read(min(left, 1 << 20))
-            if not chunk:
-                return
-            left -= len(chunk)
+    def _send_continue(self) -> None:
+        if self._awaiting_continue:
+            self._awaiting_continue = False
+            self.send_response_only(100)
+            self.end_headers()
+
+    def _discard_body(self, limit: int) -> None:
+        """Read and drop a body the answer does not need, when it is ``limit`` bytes at
+        most, so that the client reads the answer (closing on unread data resets the
+        connection) and the connection can serve its next request. A larger body, a
+        chunked one, or one held back for ``100 Continue`` is left: the answer closes."""
+        left = self._unread
+        if not 0 < left <= limit or self._chunked or self._awaiting_continue:
+            return
+        self._reader.arm(self._body_seconds(left), "the request body")
+        try:
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        finally:
+            self._unread = left
+            self._reader.disarm()
 
     def _bearer(self) -> bytes | None:
         raw = self.headers.get("Authorization", "")
@@ -569,7 +777,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self._token_ok(cfg.token, cfg.decision_token):
             return True
         self.close_connection = True
-        self._drain(min(self._content_length() or 0, cfg.limits.max_body_bytes))
+        self._discard_body(_UNAUTH_DRAIN_CAP)
         self._error(401, "missing or wrong bearer token", kind=kind, media=media)
         return False
 
@@ -581,11 +789,28 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._guarded(self._route_get)
 
+    def do_HEAD(self) -> None:
+        self._guarded(self._route_get)  # a GET answered without its body (_send)
+
+    def do_OPTIONS(self) -> None:
+        self._guarded(self._route_options)
+
+    def do_PUT(self) -> None:
+        self._guarded(self._no_route)
+
+    def do_PATCH(self) -> None:
+        self._guarded(self._no_route)
+
+    def do_DELETE(self) -> None:
+        self._guarded(self._no_route)
+
     def _guarded(self, route: Callable[[], None]) -> None:
         """A bug must cost one request a 500, never the connection without an answer."""
         self._answered = False
+        self._reader.disarm()  # the headers are in; body reads arm their own deadline
         try:
-            route()
+            if self._framing_ok():
+                route()
         except (ConnectionError, TimeoutError):
             self.close_connection = True
         except Exception:
@@ -600,32 +825,58 @@ class _Handler(BaseHTTPRequestHandler):
             self._post_traces()
         elif path == APPROVALS_PATH:
             self._post_approval()
-        elif path.startswith(APPROVALS_PATH + "/") and path.endswith(DECISION_SUFFIX):
-            approval_id = path[len(APPROVALS_PATH) + 1 : -len(DECISION_SUFFIX)]
-            self._post_decision(unquote(approval_id))
+        elif (approval_id := _decision_of(path)) is not None:
+            self._post_decision(approval_id)
         elif (session_id := _session_of(path)) is not None:
             self._post_session_control(session_id)
         else:
-            self._drain(self._content_length() or 0)
-            self._error(404, f"no such endpoint: POST {path}", kind="other")
+            self._no_route()
 
     def _route_get(self) -> None:
+        # A GET's body means nothing here: a small one is read away so the connection
+        # can serve its next request; a larger one is left and the answer closes.
+        self._discard_body(_GET_BODY_CAP)
         parts = urlsplit(self.path)
         path = parts.path
         if path == HEALTH_PATH:
             status, doc = self.collector.health()
             self._json(status, doc, kind="health")
         elif path == METRICS_PATH:
-            text = self.collector.metrics.render(self.collector.gauges())
+            gauges = {**self.collector.gauges(), **self.server.gauges()}
+            text = self.collector.metrics.render(gauges)
             self._send(200, text.encode(), CT_TEXT, kind="metrics")
         elif path == APPROVALS_PATH:
             self._list_approvals(parts.query)
-        elif path.startswith(APPROVALS_PATH + "/") and "/" not in path[len(APPROVALS_PATH) + 1 :]:
-            self._get_approval(unquote(path[len(APPROVALS_PATH) + 1 :]), parts.query)
+        elif (approval_id := _approval_of(path)) is not None:
+            self._get_approval(approval_id, parts.query)
         elif (session_id := _session_of(path)) is not None:
             self._get_session_control(session_id, parts.query)
         else:
-            self._error(404, f"no such endpoint: GET {path}", kind="other")
+            self._no_route()
+
+    def _route_options(self) -> None:
+        allowed = _allowed_methods(urlsplit(self.path).path)
+        if allowed is None:
+            self._no_route()
+            return
+        self._discard_body(_UNAUTH_DRAIN_CAP)
+        self._send(204, b"", CT_JSON, kind="other", headers={"Allow": ", ".join(allowed)})
+
+    def _no_route(self) -> None:
+        """404 for a path we do not serve; 405 + Allow for one we serve by other methods."""
+        path = urlsplit(self.path).path
+        self._discard_body(_UNAUTH_DRAIN_CAP)
+        allowed = _allowed_methods(path)
+        if allowed is None:
+            self._error(404, f"no such endpoint: {self.command} {path}", kind="other")
+            return
+        allow = ", ".join(allowed)
+        self._error(
+            405,
+            f"{self.command} is not allowed on {path} (allowed: {allow})",
+            kind="other",
+            headers={"Allow": allow},
+        )
 
     # -- traces ----------------------------------------------------------------------------
 
@@ -712,11 +963,12 @@ class _Handler(BaseHTTPRequestHandler):
         cfg = self.collector.cfg
         required = cfg.decision_token or cfg.token
         if required is None:
-            self._drain(self._content_length() or 0)
+            self._discard_body(_UNAUTH_DRAIN_CAP)
             self._error(403, f"{kind} over HTTP need the collector to run with --token", kind=kind)
             return False
         if not self._token_ok(required):
-            self._drain(self._content_length() or 0)
+            self.close_connection = True
+            self._discard_body(_UNAUTH_DRAIN_CAP)
             self._error(401, f"missing or wrong bearer token for {kind}", kind=kind)
             return False
         return True
@@ -783,6 +1035,51 @@ def _session_of(path: str) -> str | None:
     return unquote(raw) if raw and "/" not in raw else None
 
 
+def _decision_of(path: str) -> str | None:
+    """The approval id of a ``/v1/approvals/{id}/decision`` path (None for other paths)."""
+    prefix = APPROVALS_PATH + "/"
+    if not (path.startswith(prefix) and path.endswith(DECISION_SUFFIX)):
+        return None
+    return unquote(path[len(prefix) : -len(DECISION_SUFFIX)])
+
+
+def _approval_of(path: str) -> str | None:
+    """The approval id of a ``/v1/approvals/{id}`` path (None for other paths)."""
+    prefix = APPROVALS_PATH + "/"
+    rest = path[len(prefix) :]
+    return unquote(rest) if path.startswith(prefix) and "/" not in rest else None
+
+
+_READ_ONLY: Final = ("GET", "HEAD", "OPTIONS")
+_READ_WRITE: Final = ("GET", "HEAD", "POST", "OPTIONS")
+_WRITE_ONLY: Final = ("POST", "OPTIONS")
+
+
+def _allowed_methods(path: str) -> tuple[str, ...] | None:
+    """The methods a path is served by (the routes above), None for a path not served."""
+    if path == TRACES_PATH or _decision_of(path) is not None:
+        return _WRITE_ONLY
+    if path in (HEALTH_PATH, METRICS_PATH) or _approval_of(path) is not None:
+        return _READ_ONLY
+    if path == APPROVALS_PATH or _session_of(path) is not None:
+        return _READ_WRITE
+    return None
+
+
+def _busy_answer() -> bytes:
+    """The whole 503 sent to a connection over the cap (written before any thread)."""
+    body = status_body(CT_JSON, 503, "too many connections open; retry")
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        f"Content-Type: {CT_JSON}\r\nContent-Length: {len(body)}\r\n"
+        f"Retry-After: {_RETRY_AFTER_S}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_BUSY_ANSWER: Final = _busy_answer()
+
+
 class CollectorHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     # The default backlog (5) refuses bursts of connections from many senders.
@@ -790,9 +1087,57 @@ class CollectorHTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], collector: Collector) -> None:
         self.collector = collector
+        self.header_timeout_s = collector.cfg.header_timeout_s
+        self.max_connections = collector.cfg.connection_cap()
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self._open = 0
+        self._open_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    def process_request(self, request: _RequestType, client_address: Any) -> None:
+        """Serve the connection in a thread of its own while fewer than
+        ``max_connections`` are open; past that, answer 503 and close at once, so that
+        connections that never finish a request cannot pile up threads and files."""
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        self._count(+1)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: it will not give the slot back
+            self._count(-1)
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: _RequestType, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._count(-1)
+            self._slots.release()
+
+    def _count(self, delta: int) -> None:
+        with self._open_lock:
+            self._open += delta
+
+    def _refuse(self, request: _RequestType) -> None:
+        self.collector.metrics.add("connections_refused_total")
+        sock = request if isinstance(request, socket.socket) else request[1]
+        with contextlib.suppress(OSError):
+            sock.setblocking(False)  # this runs in the accepting thread: never wait
+            # Read what the client sent already: closing on unread data resets the
+            # connection, and the reset can destroy the 503 before the client reads it.
+            with contextlib.suppress(BlockingIOError):
+                sock.recv(65536)
+            sock.send(_BUSY_ANSWER)
+        self.shutdown_request(request)
+
+    def gauges(self) -> dict[str, tuple[str, float]]:
+        with self._open_lock:
+            n = self._open
+        return {"open_connections": (f"Connections open (at most {self.max_connections}).", n)}
 
 
 @dataclass

@@ -313,10 +313,15 @@ def test_request_changed_on_the_collector_is_refused(col: CollectorProcess) -> N
 # --- session control over HTTP ----------------------------------------------------------
 
 
-def _control(url: str, session: str, action: str, auth: dict[str, str] = DECIDER_AUTH) -> Any:
-    return _json(
-        url, "POST", f"/v1/sessions/{session}/control", {"action": action, "by": "ops"}, auth
-    )
+def _control(
+    url: str,
+    session: str,
+    action: str,
+    auth: dict[str, str] = DECIDER_AUTH,
+    **extra: Any,
+) -> Any:
+    body = {"action": action, "by": "ops", **extra}
+    return _json(url, "POST", f"/v1/sessions/{session}/control", body, auth)
 
 
 def test_session_control_over_http(col: CollectorProcess) -> None:
@@ -324,7 +329,13 @@ def test_session_control_over_http(col: CollectorProcess) -> None:
     session = "remote-session-1"
     status, doc = _json(col.url, "GET", f"/v1/sessions/{session}/control")
     assert (status, doc["state"]) == (200, "running")
-    status, doc = _control(col.url, session, "pause")
+    # No agent has reported it yet: a typo must not be paused (or canceled for good) while
+    # the real session runs on, unless the operator insists, as with the CLI's --force.
+    for action in ("pause", "cancel"):
+        status, doc = _control(col.url, session, action)
+        assert status == 404 and f"no session {session!r}" in doc["message"]
+    assert _control(col.url, session, "pause", force="yes")[0] == 400
+    status, doc = _control(col.url, session, "pause", force=True)
     assert (status, doc["state"], doc["changed_by"]) == (200, "paused", "ops")
     assert _control(col.url, session, "pause")[0] == 409  # already paused
 
@@ -425,7 +436,8 @@ def test_remote_agent_obeys_pause_resume_and_cancel(tmp_path: Path, col: Collect
         call()
         wait_until(lambda: len(lines) == 1, timeout=60, what="first call")
         assert json.loads(lines[0]) == {"result": "clean"}
-        assert _control(col.url, "remote-controlled", "pause")[0] == 200
+        # (force: its first span may still be on its way to landing)
+        assert _control(col.url, "remote-controlled", "pause", force=True)[0] == 200
         time.sleep(1.2)  # past the gate's 1 s trust in a "running" answer
         call()
         time.sleep(1.0)
@@ -485,7 +497,7 @@ def test_async_wait_while_paused_does_not_block_the_loop(col: CollectorProcess) 
     gate = HttpSessionGate(col.url, TOKEN, refresh_s=0, poll_wait_s=5)
     session = "remote-async"
     assert gate.state(session) == "running"
-    assert _control(col.url, session, "pause")[0] == 200
+    assert _control(col.url, session, "pause", force=True)[0] == 200
     assert gate.state(session) == "paused"
 
     async def main() -> tuple[str, int]:

@@ -374,6 +374,15 @@ def test_short_token_is_refused(tmp_path: Path) -> None:
     assert "--token must be at least 16 characters" in done.stderr
 
 
+def test_an_empty_token_is_refused_not_read_as_no_token(tmp_path: Path) -> None:
+    # `--token "$TOKEN"` with TOKEN unset must not start a collector anyone local can use.
+    for option in ("--token", "--decision-token"):
+        done = _run("--data", str(tmp_path / "d"), "--port", "0", option, "")
+        assert done.returncode == 2, done.stderr
+        assert option in done.stderr and "is empty" in done.stderr
+    assert not (tmp_path / "d").exists()
+
+
 def test_second_instance_on_same_data_is_refused(col: CollectorProcess) -> None:
     done = _run("--data", str(col.data_dir), "--port", "0")
     assert done.returncode == 2
