@@ -163,6 +163,12 @@ def test_explain_preset_and_csv() -> None:
     [
         (["--args", "{not json"], "--args is not valid JSON"),
         (["--args", "[1, 2]"], "--args must be a JSON object"),
+        # JSON has no NaN / Infinity: --format json must never print them.
+        (["--args", '{"count": NaN}', "--format", "json"],
+         "--args is not valid JSON: NaN is not a JSON value"),
+        (["--args", '{"count": [-Infinity]}'], "--args is not valid JSON: -Infinity"),
+        (["--args", '{"count": 1e999}'], "--args is not valid JSON: 1e999 is out of range"),
+        (["--annotations", '{"x": NaN}'], "--annotations is not valid JSON: NaN"),
         (["--annotations", "true"], "--annotations must be a JSON object"),
         # MCP hints are booleans: "yes" must not silently read as not-read-only.
         (["--annotations", '{"readOnlyHint": "yes"}'],
@@ -190,6 +196,54 @@ def test_explain_annotations_accept_null_hints_and_other_keys() -> None:
         result = run(*args, "--annotations", given, "--format", "json")
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["decision"] == expected
+
+
+NOOP_POLICY = """\
+version: 1
+targets:
+  - {tools: [push], branch: "{branch}"}
+rules:
+  - {id: no-commit-main, when: {tool: git_commit, branch: main}, decision: DENY}
+  - {id: no-release-repo, when: {repo: "/srv/release/*"}, decision: DENY}
+  - {id: no-push-main, when: {tool: push, branch: main}, decision: DENY}
+"""
+
+
+def test_check_warns_about_target_conditions_no_target_can_feed(tmp_path: Path) -> None:
+    path = tmp_path / "noop.yaml"
+    path.write_text(NOOP_POLICY, encoding="utf-8")
+    result = run("check", str(path))
+    assert result.exit_code == 0, result.output  # legal, so not an error
+    warnings = [line for line in result.output.splitlines() if line.startswith("WARNING ")]
+    assert warnings == [
+        f"WARNING {path}:5: rule 'no-commit-main' (rules[0].when.branch): condition `branch` "
+        "can never hold: no `targets:` entry gives a branch for tool 'git_commit', so the "
+        "rule never matches (see Targets in POLICY.md)",
+        f"WARNING {path}:6: rule 'no-release-repo' (rules[1].when.repo): condition `repo` "
+        "can never hold: no `targets:` entry gives a repo for any tool, so the rule never "
+        "matches (see Targets in POLICY.md)",
+    ]
+    assert result.output.splitlines()[-1].endswith("; 2 warnings")
+
+
+def test_explain_says_when_no_target_entry_gives_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "noop.yaml"
+    path.write_text(NOOP_POLICY, encoding="utf-8")
+    commit = run("explain", str(path), "--tool", "git_commit",
+                 "--args", '{"repo_path": "/srv/release/x", "branch": "main"}')  # fmt: skip
+    assert commit.exit_code == 0, commit.output
+    assert (
+        "fails 'branch matches 'main'' (no `targets:` entry gives a branch for this tool, "
+        "so this never holds)" in commit.output
+    )
+    assert "fails 'repo matches '/srv/release/*'' (no `targets:` entry gives a repo" in (
+        commit.output
+    )
+    # For push an entry exists; the call just lacks the argument it reads.
+    push = run("explain", str(path), "--tool", "push", "--args", "{}")
+    assert "fails 'branch matches 'main'' (no branch: the `targets:` entries for this tool " in (
+        push.output
+    )
 
 
 def test_check_rejects_a_rule_named_like_a_verdict(tmp_path: Path) -> None:

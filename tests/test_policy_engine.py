@@ -539,6 +539,46 @@ def test_redaction_of_a_rule_that_does_not_match_changes_nothing() -> None:
     assert d.arguments is args and d.redactions == 0
 
 
+def test_redaction_leaves_a_null_alone_and_does_not_count_it() -> None:
+    # A null holds no secret; replacing it would run the tool with a made-up value.
+    policy = rule_policy(
+        {"tool": "deploy", "args": {"token": {"exists": True}}},
+        "REWRITE",
+        rewrite={"redact": ["token", "items.key"]},
+    )
+    args = {"token": None, "count": 5, "items": [{"key": None}, {"key": "k-123"}]}
+    d = policy.decide(ToolCall("deploy", args, session_id="s"))
+    assert d.decision == "REWRITE" and d.redactions == 1
+    expected = {"token": None, "count": 5, "items": [{"key": None}, {"key": REDACTED}]}
+    assert d.arguments == expected and d.arguments_rewritten == expected
+    row = empty_row()
+    row.update(span_type="tool", tool_name="deploy", arguments=json.dumps(args), session_id="s")
+    apply_to_row(policy, row)
+    assert json.loads(row["arguments"]) == expected and row["redactions"] == 1
+
+
+@pytest.mark.parametrize("marker", [REDACTED, "[REDACTED:key]", "[REDACTED:github_token]"])
+def test_a_value_already_redacted_is_not_redacted_or_counted_again(marker: str) -> None:
+    # After the fact, the exporter decides on arguments the credential scrub has already
+    # redacted (`[REDACTED:key]`): the row must not count that value a second time.
+    policy = rule_policy({"tool": "deploy"}, "REWRITE", rewrite={"redact": ["token"]})
+    d = policy.decide(ToolCall("deploy", {"token": marker, "n": 1}, session_id="s"))
+    assert d.redactions == 0 and d.arguments_rewritten == {"token": marker, "n": 1}
+    assert d.redact_text(f"result quotes {marker}") == (f"result quotes {marker}", 0)
+    row = empty_row()
+    row.update(
+        span_type="tool",
+        tool_name="deploy",
+        arguments=json.dumps({"token": marker}),
+        result_preview=f"ok {marker}",
+        redactions=1,
+        session_id="s",
+    )
+    apply_to_row(policy, row)
+    assert json.loads(row["arguments"]) == {"token": marker} and row["redactions"] == 1
+    assert row["result_preview"] == f"ok {marker}"
+
+
 # --- fail closed, totality --------------------------------------------------------------
 
 _json = st.recursive(

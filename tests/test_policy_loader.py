@@ -476,6 +476,90 @@ BAD_INPUT: list[tuple[str, str, int, str | None, tuple[str, ...]]] = [
         ("test expects verdict 'r2'",),
     ),
     (
+        "infinity-names-its-place",
+        """
+        version: 1
+        rules:
+          - id: r1
+            when: {tool: x, args: {n: .inf}}
+            decision: DENY
+        """,
+        4,
+        "r1",
+        ("(rules[0].when.args.n)", "infinity is not a JSON number"),
+    ),
+    (
+        "nan-names-its-place",
+        """
+        version: 1
+        rules:
+          - id: r1
+            decision: DENY
+            when:
+              tool: x
+              args: {n: {gt: .nan}}
+        """,
+        7,
+        "r1",
+        ("(rules[0].when.args.n.gt)", "NaN is not a JSON number"),
+    ),
+    (
+        "arg-path-with-an-empty-segment",
+        """
+        version: 1
+        rules:
+          - id: r1
+            when: {tool: x, args: {files.: "*.pem"}}
+            decision: DENY
+        """,
+        4,
+        "r1",
+        ('(rules[0].when.args["files."])', "'files.' is not an argument path"),
+    ),
+    (
+        "redact-path-with-an-empty-segment",
+        """
+        version: 1
+        rules:
+          - id: r1
+            when: {tool: x}
+            decision: REWRITE
+            rewrite: {redact: [a..b]}
+        """,
+        6,
+        "r1",
+        ("(rules[0].rewrite.redact[0])", "'a..b' is not an argument path"),
+    ),
+    (
+        "test-expects-a-preset-the-policy-does-not-use",
+        """
+        version: 1
+        rules:
+          - id: r1
+            when: {tool: x}
+            decision: DENY
+            tests:
+              - call: {tool: y}
+                expect: {rule: "preset:deny-all"}
+        """,
+        8,
+        "r1",
+        ("verdict 'preset:deny-all'", "the verdict is 'pass'"),
+    ),
+    (
+        "test-expects-pass-under-a-preset",
+        """
+        version: 1
+        preset: deny-all
+        tests:
+          - call: {tool: y}
+            expect: {rule: pass}
+        """,
+        5,
+        None,
+        ("tests[0].expect.rule: ", "verdict 'pass'", "the verdict is 'preset:deny-all'"),
+    ),
+    (
         "non-string-key",
         """
         version: 1
@@ -532,6 +616,116 @@ def test_all_problems_are_reported_together_in_line_order(tmp_path: Path) -> Non
     assert len(str(info.value).splitlines()) == 3
 
 
+def test_an_empty_argument_path_is_one_message_naming_it(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        version: 1
+        rules:
+          - {id: r1, when: {tool: x, args: {"": x}}, decision: DENY}
+        """,
+    )
+    message = error_of(path)
+    assert len(message.splitlines()) == 1, message
+    assert f"{path}:3: rule 'r1' (rules[0].when.args[\"\"]): '' is not an argument path" in message
+
+
+def test_schema_problems_do_not_hide_semantic_ones(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        version: 1
+        rules:
+          - id: a
+            whn: {tool: x}
+            decision: DENY
+          - id: b
+            when: {tool: y, args: {m: {regex: "("}}}
+            decision: DENY
+          - id: a
+            when: {tool: z}
+            decision: ALLOW
+          - id: c
+            when: {tool: z}
+            decision: REWRITE
+        """,
+    )
+    with pytest.raises(PolicyValidationError) as info:
+        load_policy(path)
+    found = [(line, message.split(":")[0]) for line, _, message in info.value.problems]
+    assert found == [
+        (3, "missing required key 'when'"),  # schema: rule a
+        (4, "unknown key 'whn' (did you mean 'when'?)"),
+        (7, "bad regex '('"),  # semantic, in a schema-valid rule
+        (9, "duplicate rule id 'a' (first defined at line 3)"),
+        (12, "decision REWRITE needs a `rewrite"),
+    ]
+
+
+@pytest.mark.parametrize("word", ["on", "off", "yes", "no", "On", "YES", "y", "n"])
+def test_yaml_1_1_boolean_words_stay_strings(tmp_path: Path, word: str) -> None:
+    policy = load_policy(
+        write(
+            tmp_path,
+            f"""
+            version: 1
+            rules:
+              - id: r1
+                when: {{tool: x, args: {{mode: {word}, force: true, dry: False}}}}
+                decision: DENY
+            """,
+        )
+    )
+    assert policy.canonical["rules"][0]["when"]["args"] == {
+        "mode": {"glob": [word]},
+        "force": {"equals": True},
+        "dry": {"equals": False},
+    }
+    call = ToolCall("x", {"mode": word, "force": True, "dry": False})
+    assert policy.decide(call).decision == "DENY"
+
+
+@pytest.mark.parametrize(
+    ("targets", "when", "dead"),
+    [
+        ([], {"tool": "git_commit", "branch": "main"}, True),
+        ([{"repo": "{repo_path}"}], {"tool": "git_commit", "branch": "main"}, True),
+        ([{"tools": ["push"], "branch": "{b}"}], {"tool": "git_commit", "branch": "main"}, True),
+        ([{"tools": ["push"], "branch": "{b}"}], {"tool": "git_*", "branch": "main"}, True),
+        ([{"tools": ["git_*"], "branch": "{b}"}], {"tool": "git_commit", "branch": "main"}, False),
+        ([{"tools": ["push"], "branch": "{b}"}], {"tool": "pu*", "branch": "main"}, False),
+        ([{"branch": "{b}"}], {"tool": "git_commit", "branch": "main"}, False),
+        ([{"tools": ["push"], "branch": "{b}"}], {"branch": "main"}, False),
+        # Two wildcard selectors may overlap: not reported (no false alarms).
+        ([{"tools": ["gh_*"], "path": "{p}"}], {"tool": "git_*", "path": "*.pem"}, False),
+        ([], {"tool": "git_commit", "args": {"branch": "main"}}, False),  # an argument
+    ],
+)
+def test_target_conditions_no_target_can_feed_are_warned_about(
+    targets: list[dict[str, Any]], when: dict[str, Any], dead: bool
+) -> None:
+    rule = {"id": "r", "when": when, "decision": "DENY"}
+    policy = load_policy({"version": 1, "targets": targets, "rules": [rule]})
+    if not dead:
+        assert policy.warnings == ()
+        return
+    field = next(f for f in ("repo", "branch", "path") if f in when)
+    assert policy.warnings == (
+        f"<mapping>: rule 'r' (rules[0].when.{field}): condition `{field}` can never hold: "
+        f"no `targets:` entry gives a {field} for tool {when['tool']!r}, so the rule never "
+        "matches (see Targets in POLICY.md)",
+    )
+
+
+def test_a_blast_radius_entry_no_target_can_feed_is_warned_about() -> None:
+    policy = load_policy({"version": 1, "blast_radius": [{"branch": "main", "radius": "High"}]})
+    assert policy.warnings == (
+        "<mapping>: blast_radius[0].branch: condition `branch` can never hold: no `targets:` "
+        "entry gives a branch for any tool, so this blast-radius entry never applies "
+        "(see Targets in POLICY.md)",
+    )
+
+
 def test_empty_missing_and_non_mapping_files(tmp_path: Path) -> None:
     assert "the policy is empty" in error_of(write(tmp_path, "# nothing\n"))
     assert "must be a mapping, got a list" in error_of(write(tmp_path, "- a\n- b\n"))
@@ -543,6 +737,21 @@ def test_mapping_source_errors_name_the_rule_without_a_line() -> None:
     with pytest.raises(PolicyError) as info:
         load_policy({"version": 1, "rules": [{"id": "x", "when": {"tool": 3}, "decision": "DENY"}]})
     assert "<mapping>: rule 'x' (rules[0].when.tool)" in str(info.value)
+
+
+def test_mapping_values_json_cannot_hold_are_named_at_their_place() -> None:
+    rule = {"id": "a", "when": {"tool": "x", "args": {"s": {"equals": {1, 2}}}}, "decision": "DENY"}
+    with pytest.raises(PolicyError) as info:
+        load_policy({"version": 1, "rules": [rule]})
+    assert (
+        str(info.value)
+        == "<mapping>: rule 'a' (rules[0].when.args.s.equals): a set is not a JSON value"
+    )
+    # A non-string key where the schema matches key patterns: reported, not a crash.
+    test = {"call": {"tool": "x", "annotations": {1: True}}, "expect": "ALLOW"}
+    with pytest.raises(PolicyError) as info:
+        load_policy({"version": 1, "tests": [test]})
+    assert str(info.value) == "<mapping>: tests[0].call.annotations: key 1 is not a string"
 
 
 def test_dates_stay_strings_and_merge_keys_work(tmp_path: Path) -> None:

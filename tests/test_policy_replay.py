@@ -224,8 +224,10 @@ def test_replay_of_the_producing_policy_reports_zero_changes(
     assert report.transitions == report.by_rule == report.by_agent == report.examples == []
     assert report.newly_unmatched == 0
     assert report.landed_versions == {policy.version: len(window)}
-    # Pushes were redacted on landing by this very version: kept, not re-judged.
-    assert report.kept_redacted == sum(1 for r in window if r["redactions"]) > 0
+    # Pushes were redacted on landing, by a rule that reads the tool, not the secret:
+    # replayed on their redacted text, they decide as they landed (nothing set apart).
+    assert sum(1 for r in window if r["redactions"]) > 0
+    assert report.kept_redacted == report.changed_on_redacted == 0
     # Everything else went through decide(), once per distinct input, not once per row.
     assert 0 < report.distinct_inputs < len(window)
     assert report.rule_hits == dict(brute_force(policy, window)["hits"])
@@ -494,3 +496,64 @@ def test_a_deleted_deny_is_a_change_even_on_redacted_actions(tmp_path: Path) -> 
     assert (report.changed, report.decision_changes, report.changed_on_redacted) == (3, 3, 0)
     assert as_counter(report.transitions, ("from", "to")) == Counter({("DENY", "REWRITE"): 3})
     assert report.changed == len(brute_force(candidate, rows)["changed"])
+
+
+def test_a_set_through_a_non_object_replays_as_the_deny_it_landed_as(tmp_path: Path) -> None:
+    # `set: {opts.level: 1}` fails closed (DENY) when `opts` is not an object: the decision
+    # depends on `opts` although no condition reads it, so replay must extract it too.
+    policy = loads_policy(
+        """
+        version: 1
+        rules:
+          - id: force-level
+            when: {tool: run}
+            decision: REWRITE
+            rewrite: {set: {opts.level: 1}}
+        """
+    )
+    assert {"opts"} <= policy.argument_keys()
+    rows = []
+    for i, args in enumerate([{"opts": "x"}, {"opts": {"a": 1}}, {"opts": {"a": 1}, "other": 2}]):
+        row = empty_row()
+        row.update(
+            trace_id=f"t{i}",
+            span_id=f"r{i}",
+            span_type="tool",
+            tool_name="run",
+            arguments=json.dumps(args),
+            session_id="s",
+            start_time=NOW - dt.timedelta(hours=1),
+        )
+        decide_at_call_time(policy, row)
+        rows.append(row)
+    assert [r["decision"] for r in rows] == ["DENY", "REWRITE", "REWRITE"]
+    data = tmp_path / "data"
+    ParquetSpanWriter(data).write(rows)
+    report = replay(policy, data, since_s=None, now=NOW)
+    assert (report.actions, report.changed, report.transitions) == (3, 0, [])
+
+
+def test_claiming_redactions_does_not_exempt_a_row_from_the_check(tmp_path: Path) -> None:
+    # A forged record: an ALLOW of a tool the policy denies, stamped with the policy's own
+    # version and a redaction count (the exporter counts any scrubbed attribute), whose
+    # arguments were never redacted. Replay must re-decide it, not keep it.
+    policy = loads_policy("version: 1\nrules:\n  - {id: no-rm, when: {tool: rm}, decision: DENY}\n")
+    forged = empty_row()
+    forged.update(
+        trace_id="t1",
+        span_id="f1",
+        span_type="tool",
+        tool_name="rm",
+        arguments=json.dumps({"path": "/etc/2"}),
+        session_id="s",
+        start_time=NOW - dt.timedelta(hours=1),
+        decision="ALLOW",
+        policy_rule="pass",
+        enforced=True,
+        redactions=1,
+        policy_version=policy.version,
+    )
+    ParquetSpanWriter(tmp_path).write([forged])
+    report = replay(policy, tmp_path, since_s=None, now=NOW)
+    assert (report.changed, report.kept_redacted) == (1, 0)
+    assert as_counter(report.transitions, ("from", "to")) == Counter({("ALLOW", "DENY"): 1})

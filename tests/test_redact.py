@@ -268,3 +268,14 @@ def test_every_kind_marker_passes_the_first_tier() -> None:
     for kind, (_, markers) in redact._KINDS.items():
         for marker in markers:
             assert redact._may_hold_secret(marker), (kind, marker)
+
+
+def test_a_value_a_policy_already_redacted_is_not_scrubbed_or_counted_again() -> None:
+    # Enforcing, the policy redacts `token` before the span is made; the exporter's scrub
+    # must leave its marker alone, so enforced and after-the-fact rows count the same.
+    r = Redactor()
+    for marker in ("[REDACTED]", "[REDACTED:github_token]"):
+        obj = {"token": marker, "api_key": "sk-live-not-yet-redacted-value"}
+        scrubbed, count = r.scrub_obj(obj)
+        assert scrubbed["token"] == marker and count == 1
+        assert r.secret_values(obj) == ["sk-live-not-yet-redacted-value"]

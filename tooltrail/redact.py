@@ -193,9 +193,23 @@ def _normalize_key(key: str) -> str:
     return key.lower().replace("-", "_").replace(".", "_").replace(" ", "_")
 
 
+_MARKER: Final = re.compile(r"\[REDACTED(?::[A-Za-z0-9_.-]+)?\]")
+
+
+def is_redaction_marker(value: Any) -> bool:
+    """Whether ``value`` is a redaction marker (``[REDACTED]``, ``[REDACTED:key]``…)."""
+    return isinstance(value, str) and _MARKER.fullmatch(value) is not None
+
+
 def _holds_secret(value: Any) -> bool:
-    # Empty strings, None and booleans under a credential-named key reveal nothing.
-    return value is not None and value != "" and not isinstance(value, bool)
+    # Empty strings, None and booleans under a credential-named key reveal nothing, nor
+    # does a value a policy already redacted (scrubbing it again would count it twice).
+    return (
+        value is not None
+        and value != ""
+        and not isinstance(value, bool)
+        and not is_redaction_marker(value)
+    )
 
 
 class Redactor:

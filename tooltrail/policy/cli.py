@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -45,12 +46,25 @@ def _json_option(value: str | None, option: str) -> dict[str, Any] | None:
     if value is None:
         return None
     try:
-        parsed = json.loads(value)
+        # Python's json reads NaN / Infinity, which JSON has not: --format json would then
+        # print a document no JSON parser accepts.
+        parsed = json.loads(value, parse_constant=_reject_constant, parse_float=_finite_float)
     except ValueError as e:
         raise CliError(f"{option} is not valid JSON: {e}") from e
     if not isinstance(parsed, dict):
         raise CliError(f"{option} must be a JSON object, got {type(parsed).__name__}")
     return parsed
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value (JSON has no NaN or Infinity)")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of range for a JSON number")
+    return number
 
 
 def _annotations_option(value: str | None) -> dict[str, Any] | None:
@@ -65,7 +79,8 @@ def _annotations_option(value: str | None) -> dict[str, Any] | None:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    # Strict JSON: a non-finite number must fail loudly, never print as NaN.
+    return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -146,6 +161,10 @@ def check_cmd(policy_file: str, _data: str | None) -> None:
       tooltrail policy check examples/policy-github.yaml
     """
     policy = _load(policy_file)
+    # Legal but surely mistaken (a DENY on a branch no target gives is a silent no-op):
+    # said before the tests, and not an error, so a policy under edit still checks.
+    for warning in policy.warnings:
+        click.echo(f"WARNING {warning}")
     failed = 0
     for test in policy.tests:
         problems = _test_failures(policy, test)
@@ -159,6 +178,8 @@ def check_cmd(policy_file: str, _data: str | None) -> None:
         f"{policy_file}: version {policy.version}, {len(policy.rules)} rules; "
         f"{total - failed} of {total} inline tests passed"
     )
+    if policy.warnings:
+        summary += f"; {len(policy.warnings)} warnings"
     if failed:
         click.echo(summary)
         raise click.exceptions.Exit(1)
@@ -208,8 +229,9 @@ def _explain_table(explanation: Explanation, policy: Policy) -> str:
                 + "; ".join(trace.conditions)
             )
         else:
+            note = f" ({trace.note})" if trace.note else ""
             lines.append(
-                f"  no     {trace.rule_id} ({trace.decision}, {line}): fails '{trace.failed}'"
+                f"  no     {trace.rule_id} ({trace.decision}, {line}): fails '{trace.failed}'{note}"
             )
     if skipped:
         lines.append(f"  ({skipped} rules are for other tools)")
@@ -368,8 +390,9 @@ def _replay_table(report: Mapping[str, Any]) -> str:
         )
     if report["kept_redacted"]:
         out.append(
-            f"note: {report['kept_redacted']} actions were landed with arguments redacted by this "
-            "same policy version; they keep their landed decision"
+            f"note: {report['kept_redacted']} actions redacted on landing by this same policy "
+            "version replay differently only because a rule that matched them cannot see the "
+            "redacted values; they keep their landed decision"
         )
     if report["landed_versions"]:
         versions = ", ".join(f"{v} ({n})" for v, n in report["landed_versions"].items())

@@ -67,6 +67,7 @@ _RESERVED_IDS: Final = {
 TEST_SESSION_ID: Final = "test-session"
 """Session id of inline-test calls that do not set ``session``."""
 _GLOB_FIELDS: Final = ("agent", "server", "repo", "branch", "path")
+TARGET_FIELDS: Final = ("repo", "branch", "path")
 _HINTS: Final = ("readOnlyHint", "destructiveHint")
 
 
@@ -164,6 +165,7 @@ class Compiled:
     blasts: tuple[CompiledBlast, ...]
     rules: tuple[CompiledRule, ...]
     tests: tuple[InlineTest, ...]
+    warnings: tuple[Problem, ...] = ()  # legal but surely a mistake (a dead condition)
 
 
 Locate = Callable[[DocPath], int | None]
@@ -291,43 +293,52 @@ class _Builder:
         out: list[CompiledTarget] = []
         canon["targets"] = []
         for i, node in enumerate(self.doc.get("targets") or []):
-            path: DocPath = ("targets", i)
-            tools = self.tool_globs(node, path)
-            servers = _globs(node["server"]) if "server" in node else None
-            entry: dict[str, Any] = {"tool": tools, "server": servers}
-            templates: dict[str, TargetTemplate | None] = {}
-            for name in ("repo", "branch", "path"):
-                templates[name] = None
-                if name in node:
-                    entry[name] = node[name]
-                    try:
-                        templates[name] = TargetTemplate(node[name])
-                    except TemplateError as e:
-                        self.problem((*path, name), str(e))
-            if not any(name in node for name in ("repo", "branch", "path")):
-                self.problem(path, "a target needs at least one of repo, branch, path")
+            target, entry = self.target(i, node)
             canon["targets"].append(entry)
-            out.append(
-                CompiledTarget(
-                    index=i,
-                    tools=None if tools is None else GlobSet(tools),
-                    servers=None if servers is None else GlobSet(servers),
-                    repo=templates["repo"],
-                    branch=templates["branch"],
-                    path=templates["path"],
-                )
-            )
+            out.append(target)
         return tuple(out)
+
+    def target(self, i: int, node: Mapping[str, Any]) -> tuple[CompiledTarget, dict[str, Any]]:
+        path: DocPath = ("targets", i)
+        tools = self.tool_globs(node, path)
+        servers = _globs(node["server"]) if "server" in node else None
+        entry: dict[str, Any] = {"tool": tools, "server": servers}
+        templates: dict[str, TargetTemplate | None] = {}
+        for name in TARGET_FIELDS:
+            templates[name] = None
+            if name in node:
+                entry[name] = node[name]
+                try:
+                    templates[name] = TargetTemplate(node[name])
+                except TemplateError as e:
+                    self.problem((*path, name), str(e))
+        if not any(name in node for name in TARGET_FIELDS):
+            self.problem(path, "a target needs at least one of repo, branch, path")
+        target = CompiledTarget(
+            index=i,
+            tools=None if tools is None else GlobSet(tools),
+            servers=None if servers is None else GlobSet(servers),
+            repo=templates["repo"],
+            branch=templates["branch"],
+            path=templates["path"],
+        )
+        return target, entry
 
     def blasts(self, canon: dict[str, Any]) -> tuple[CompiledBlast, ...]:
         out: list[CompiledBlast] = []
         canon["blast_radius"] = []
         for i, node in enumerate(self.doc.get("blast_radius") or []):
-            path: DocPath = ("blast_radius", i)
-            cond, canon_cond = self.condition(node, path)
-            canon["blast_radius"].append({"when": canon_cond, "radius": node["radius"]})
-            out.append(CompiledBlast(i, BLAST_RADII.index(node["radius"]), cond, self.locate(path)))
+            blast, entry = self.blast(i, node)
+            canon["blast_radius"].append(entry)
+            out.append(blast)
         return tuple(out)
+
+    def blast(self, i: int, node: Mapping[str, Any]) -> tuple[CompiledBlast, dict[str, Any]]:
+        path: DocPath = ("blast_radius", i)
+        cond, canon_cond = self.condition(node, path)
+        radius = BLAST_RADII.index(node["radius"])
+        entry = {"when": canon_cond, "radius": node["radius"]}
+        return CompiledBlast(i, radius, cond, self.locate(path)), entry
 
     def rewrite(
         self, node: Mapping[str, Any], path: DocPath
@@ -365,23 +376,28 @@ class _Builder:
         redactor = Redactor(keys, regexes) if (keys or regexes) else None
         return Rewrite(remove, sets, redactor), canon
 
-    def rule(
-        self, i: int, node: Mapping[str, Any], seen: dict[str, int]
-    ) -> tuple[CompiledRule, dict[str, Any]]:
-        path: DocPath = ("rules", i)
-        rule_id: str = node["id"]
+    def rule_id(self, i: int, rule_id: str, seen: dict[str, int]) -> None:
+        """Reserved and duplicate rule ids (``seen``: id -> index of its first rule)."""
+        path: DocPath = ("rules", i, "id")
         reserved = _RESERVED_IDS.get(rule_id)
         if reserved is None and rule_id.startswith(PRESET_VERDICT_PREFIX):
             reserved = "the verdict of a preset"
         if reserved is not None:
             # A rule named like a verdict would make its decisions read as something else.
-            self.problem((*path, "id"), f"rule id {rule_id!r} is reserved: it is {reserved}")
+            self.problem(path, f"rule id {rule_id!r} is reserved: it is {reserved}")
         if rule_id in seen:
             first = self.locate(("rules", seen[rule_id]))
             where = f" (first defined at line {first})" if first is not None else ""
-            self.problem((*path, "id"), f"duplicate rule id {rule_id!r}{where}")
+            self.problem(path, f"duplicate rule id {rule_id!r}{where}")
         else:
             seen[rule_id] = i
+
+    def rule(
+        self, i: int, node: Mapping[str, Any], seen: dict[str, int]
+    ) -> tuple[CompiledRule, dict[str, Any]]:
+        path: DocPath = ("rules", i)
+        rule_id: str = node["id"]
+        self.rule_id(i, rule_id, seen)
         decision: str = node["decision"]
         cond, canon_cond = self.condition(node["when"], (*path, "when"))
         canon: dict[str, Any] = {"id": rule_id, "decision": decision, "when": canon_cond}
@@ -421,9 +437,10 @@ class _Builder:
         )
         return compiled, canon
 
-    def tests(self, rules: Sequence[CompiledRule]) -> tuple[InlineTest, ...]:
-        verdicts = {r.id for r in rules} | {VERDICT_PASS, VERDICT_POLICY_ERROR}
-        verdicts |= {PRESET_VERDICT_PREFIX + p for p in PRESETS}
+    def tests(self, rules: Sequence[CompiledRule], preset: str | None) -> tuple[InlineTest, ...]:
+        # The base layer gives `pass` without a preset, and only its own verdict with one.
+        base_verdict = VERDICT_PASS if preset is None else PRESET_VERDICT_PREFIX + preset
+        verdicts = {r.id for r in rules} | {base_verdict, VERDICT_POLICY_ERROR}
         sources: list[tuple[str | None, DocPath, Sequence[Any]]] = [
             (None, ("tests",), self.doc.get("tests") or [])
         ]
@@ -437,7 +454,8 @@ class _Builder:
                 if "rule" in expect and expect["rule"] not in verdicts:
                     self.problem(
                         (*base, j, "expect", "rule"),
-                        f"test expects verdict {expect['rule']!r}, which no rule or preset gives",
+                        f"test expects verdict {expect['rule']!r}, which no rule gives "
+                        f"(with no rule matching, the verdict is {base_verdict!r})",
                     )
                 call = entry["call"]
                 out.append(
@@ -465,16 +483,13 @@ class _Builder:
         canon: dict[str, Any] = {"version": doc["version"]}
         preset = doc.get("preset")
         default = doc.get("default")
-        if preset is not None and default is not None:
-            self.problem(("default",), f"preset {preset!r} already sets the default; remove it")
+        self.base_layer()
         if preset is None and default is None:
             default = "ALLOW"
         canon["preset"] = preset
         canon["default"] = None if preset is not None else default
         reads = None
         if "reads" in doc:
-            if preset != "approve-reads":
-                self.problem(("reads",), "`reads:` only applies with `preset: approve-reads`")
             canon["reads"] = _globs(doc["reads"])
             reads = GlobSet(canon["reads"])
         self.default_approval = self.approval(doc.get("approval"), ("approval",))
@@ -488,9 +503,10 @@ class _Builder:
             rule, canon_rule = self.rule(i, node, seen)
             rules.append(rule)
             canon["rules"].append(canon_rule)
-        tests = self.tests(rules)
+        tests = self.tests(rules, preset)
         if self.problems:
             return None
+        warnings = self.dead_target_conditions(targets, blasts, rules)
         try:
             version = policy_version(canon)
         except (TypeError, ValueError) as e:  # e.g. NaN or a non-JSON value in `equals:`
@@ -507,7 +523,90 @@ class _Builder:
             blasts=blasts,
             rules=tuple(rules),
             tests=tests,
+            warnings=tuple(warnings),
         )
+
+    def base_layer(self) -> None:
+        """``preset`` with ``default``, and ``reads`` without ``approve-reads``."""
+        preset, default = self.doc.get("preset"), self.doc.get("default")
+        if preset is not None and default is not None:
+            self.problem(("default",), f"preset {preset!r} already sets the default; remove it")
+        if "reads" in self.doc and preset != "approve-reads":
+            self.problem(("reads",), "`reads:` only applies with `preset: approve-reads`")
+
+    def dead_target_conditions(
+        self,
+        targets: Sequence[CompiledTarget],
+        blasts: Sequence[CompiledBlast],
+        rules: Sequence[CompiledRule],
+    ) -> list[Problem]:
+        """Warnings for repo / branch / path conditions that can never hold because no
+        ``targets:`` entry gives that field for the tools they apply to: targets come only
+        from ``targets:``, and an absent target never matches, so such a DENY would be a
+        silent no-op. Only certain cases are reported (two wildcard tool selectors are
+        assumed to overlap)."""
+        conds: list[tuple[DocPath, Condition, str]] = [
+            (("rules", r.index, "when"), r.cond, "the rule never matches") for r in rules
+        ]
+        conds += [
+            (("blast_radius", b.index), b.cond, "this blast-radius entry never applies")
+            for b in blasts
+        ]
+        out: list[Problem] = []
+        for path, cond, consequence in conds:
+            for pred in cond.preds:
+                if not isinstance(pred, FieldGlobPred) or pred.field not in TARGET_FIELDS:
+                    continue
+                field = pred.field
+                givers = [t.tools for t in targets if getattr(t, field) is not None]
+                if any(tools_may_overlap(cond.tools, g) for g in givers):
+                    continue
+                tools = "any tool" if cond.tools is None else f"tool {cond.tools.describe()}"
+                out.append(
+                    Problem(
+                        (*path, field),
+                        f"condition `{field}` can never hold: no `targets:` entry gives a "
+                        f"{field} for {tools}, so {consequence} (see Targets in POLICY.md)",
+                    )
+                )
+        return out
+
+
+def tools_may_overlap(a: GlobSet | None, b: GlobSet | None) -> bool:
+    """Whether some tool name could match both selectors (None: every tool). Exact for
+    literal names; two selectors that both hold wildcards are assumed to overlap."""
+    if a is None or b is None or (a.has_wildcards and b.has_wildcards):
+        return True
+    return any(b.match(name) for name in a.literals) or any(a.match(name) for name in b.literals)
+
+
+def check_entries(
+    doc: Mapping[str, Any], locate: Locate, broken: Callable[[DocPath], bool]
+) -> list[Problem]:
+    """The semantic problems of the entries (rules, targets, blast-radius entries, the
+    top-level approval) in which the JSON Schema found nothing wrong, so that a policy
+    with schema problems gets its duplicate ids, bad regexes, bad templates… reported in
+    the same run. ``broken(path)`` says whether a schema problem lies at or under
+    ``path``. Inline-test verdicts are only checked once the whole document is valid."""
+    b = _Builder(doc, locate)
+    if not any(broken((key,)) for key in ("preset", "default", "reads")):
+        b.base_layer()
+    approval = doc.get("approval")
+    if isinstance(approval, Mapping) and not broken(("approval",)):
+        b.default_approval = b.approval(approval, ("approval",))
+    for section, compile_one in (("targets", b.target), ("blast_radius", b.blast)):
+        nodes = doc.get(section)
+        for i, node in enumerate(nodes if isinstance(nodes, list) else []):
+            if not broken((section, i)):
+                compile_one(i, node)
+    rules = doc.get("rules")
+    seen: dict[str, int] = {}
+    for i, node in enumerate(rules if isinstance(rules, list) else []):
+        if not broken(("rules", i)):
+            b.rule(i, node, seen)
+        elif isinstance(node, Mapping) and isinstance(node.get("id"), str):
+            b.rule_id(i, node["id"], seen)  # duplicates do not wait for the rest
+    return b.problems
 
 
 def _canon_approval(approval: ApprovalSettings) -> dict[str, Any]:
@@ -527,6 +626,7 @@ def build(doc: Mapping[str, Any], locate: Locate) -> tuple[Compiled | None, list
 __all__ = [
     "DEFAULT_APPROVAL",
     "PRESETS",
+    "TARGET_FIELDS",
     "Compiled",
     "CompiledBlast",
     "CompiledRule",
@@ -535,5 +635,7 @@ __all__ = [
     "InlineTest",
     "Problem",
     "build",
+    "check_entries",
     "policy_version",
+    "tools_may_overlap",
 ]

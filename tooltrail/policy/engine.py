@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from tooltrail.policy.compiler import (
+    TARGET_FIELDS,
     Compiled,
     CompiledBlast,
     CompiledRule,
@@ -27,9 +28,11 @@ from tooltrail.policy.matchers import (
     AmbiguousArgumentError,
     ArgPred,
     Env,
+    FieldGlobPred,
     GlobCheck,
     GlobSet,
     HintPred,
+    Pred,
     RegexCheck,
     RewriteError,
     TargetTemplate,
@@ -198,6 +201,7 @@ class RuleTrace:
     matched: bool
     failed: str | None  # the first condition that did not hold
     conditions: tuple[str, ...]
+    note: str | None = None  # why that condition could not hold, when known
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,9 +215,14 @@ class Explanation:
 class Policy:
     """A loaded, compiled policy. Build it with ``load_policy``."""
 
-    def __init__(self, compiled: Compiled, source: str | None = None) -> None:
+    def __init__(
+        self, compiled: Compiled, source: str | None = None, warnings: Sequence[str] = ()
+    ) -> None:
         self.version: str = compiled.version
         self.source: str | None = source
+        # Legal but surely mistaken (e.g. a branch condition no target can feed), as
+        # "file:line: rule 'id' (path): message"; `policy check` prints them.
+        self.warnings: tuple[str, ...] = tuple(warnings)
         self._c = compiled
         # The base layer's answer when it does not depend on the call (all but approve-reads).
         self._base_fixed = None if compiled.preset == "approve-reads" else self._base(None)
@@ -251,8 +260,13 @@ class Policy:
         return result
 
     def argument_keys(self) -> frozenset[str]:
-        """Top-level argument keys any decision can depend on (conditions, targets and
-        ``{args.…}`` rewrite templates); replay groups actions by these only."""
+        """Top-level argument keys any decision can depend on (conditions, targets,
+        ``{args.…}`` rewrite templates and ``rewrite.set`` destinations, since a ``set``
+        through a non-object fails closed as DENY); replay groups actions by these only.
+
+        ``remove`` and ``redact`` paths are left out: they never fail, and what they
+        change (the reported and rewritten arguments, the targets re-read after a
+        redaction) is not an input of any condition."""
         keys: set[str] = set()
         conds = [r.cond for r in self._c.rules] + [b.cond for b in self._c.blasts]
         for cond in conds:
@@ -266,7 +280,8 @@ class Policy:
                         keys |= path.top_keys
         for rule in self._c.rules:
             if rule.rewrite is not None:
-                for _, value_template, _ in rule.rewrite.set:
+                for dest, value_template, _ in rule.rewrite.set:
+                    keys |= dest.top_keys
                     if value_template is not None:
                         for path in value_template.paths.values():
                             keys |= path.top_keys
@@ -482,11 +497,13 @@ class Policy:
         traces: list[RuleTrace] = []
         for rule in self._c.rules:
             applies = rule.cond.tools is None or bool(rule.cond.tools.match(tool))
-            failed = None
+            failed = note = None
             if not applies:
                 failed = rule.cond.describe()[0]
             else:
-                failed = next((p.describe() for p in rule.cond.preds if not p.test(env)), None)
+                pred = next((p for p in rule.cond.preds if not p.test(env)), None)
+                if pred is not None:
+                    failed, note = pred.describe(), self._target_note(pred, env, tool)
             traces.append(
                 RuleTrace(
                     rule_id=rule.id,
@@ -496,6 +513,7 @@ class Policy:
                     matched=applies and failed is None,
                     failed=failed,
                     conditions=tuple(rule.cond.describe()),
+                    note=note,
                 )
             )
         sources = [
@@ -512,6 +530,25 @@ class Policy:
         if not decision.policy_matched and decision.policy_rule != "policy-error":
             base = self._describe_base(call)
         return Explanation(decision, tuple(traces), tuple(sources), base)
+
+    def _target_note(self, pred: Pred, env: Env, tool: str) -> str | None:
+        """For a failed repo / branch / path condition with no such target: whether any
+        ``targets:`` entry could give one for this call (else the rule is dead here)."""
+        if not isinstance(pred, FieldGlobPred) or pred.field not in TARGET_FIELDS:
+            return None
+        if getattr(env, pred.field) is not None:
+            return None  # a target was found; it just does not match
+        server = env.server
+        givers = [
+            t
+            for t in self._c.targets
+            if getattr(t, pred.field) is not None
+            and (t.tools is None or t.tools.match(tool))
+            and (t.servers is None or (isinstance(server, str) and t.servers.match(server)))
+        ]
+        if not givers:
+            return f"no `targets:` entry gives a {pred.field} for this tool, so this never holds"
+        return f"no {pred.field}: the `targets:` entries for this tool found no value"
 
     def _describe_base(self, call: ToolCall) -> str:
         preset = self._c.preset

@@ -7,9 +7,12 @@ mean 'tool'?)``. All problems found are reported together, sorted by line, in on
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
@@ -21,7 +24,7 @@ import yaml
 from jsonschema.exceptions import ValidationError, best_match
 
 from tooltrail.errors import PolicyError
-from tooltrail.policy.compiler import DocPath, Problem, build
+from tooltrail.policy.compiler import DocPath, Problem, build, check_entries
 from tooltrail.policy.engine import Policy
 
 SCHEMA_RESOURCE: Final = "schema.json"
@@ -56,16 +59,36 @@ class LineList(list[Any]):
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader that records lines, reports duplicate and non-string keys (collected in
     ``key_problems`` so they can be placed in their rule once the document is built) and
-    keeps dates as strings."""
+    keeps dates and the YAML 1.1 boolean words (yes/no/on/off) as strings."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.key_problems: list[tuple[int, str]] = []
 
 
-# YAML 1.1 turns `2024-01-01` into a date, which is not JSON; a policy means the text.
+_TIMESTAMP_TAG: Final = "tag:yaml.org,2002:timestamp"
+_BOOL_TAG: Final = "tag:yaml.org,2002:bool"
+# YAML 1.2 core schema booleans. YAML 1.1 also reads yes/no/on/off (any case) as booleans,
+# so `args: {mode: on}` would silently compare the argument with true and never match the
+# text "on" an agent sends; a policy means the text, so those words stay strings.
+_CORE_BOOL: Final = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+
+
+def _resolvers(first: str, resolvers: list[tuple[str, re.Pattern[str]]]) -> list[Any]:
+    out: list[tuple[str, re.Pattern[str]]] = []
+    for tag, rx in resolvers:
+        if tag == _TIMESTAMP_TAG:
+            continue  # YAML 1.1 turns `2024-01-01` into a date, which is not JSON
+        if tag == _BOOL_TAG:
+            if first in "tTfF":
+                out.append((tag, _CORE_BOOL))
+            continue
+        out.append((tag, rx))
+    return out
+
+
 _LineLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: _resolvers(first, resolvers)
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 
@@ -189,7 +212,12 @@ def _rule_id(doc: Any, path: DocPath) -> str | None:
 def _path_text(path: DocPath) -> str:
     out = ""
     for step in path:
-        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
+        if isinstance(step, int):
+            out += f"[{step}]"
+        elif step == "" or "." in step:  # a key a dotted path cannot spell: quote it
+            out += f"[{json.dumps(step)}]"
+        else:
+            out += f".{step}" if out else step
     return out
 
 
@@ -219,6 +247,11 @@ def schema() -> dict[str, Any]:
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema())
+
+
+def _arg_path_pattern() -> str:
+    pattern: str = schema()["$defs"]["argPath"]["pattern"]
+    return pattern
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
@@ -259,6 +292,16 @@ def _schema_problems(error: ValidationError) -> list[Problem]:
         expected = " or ".join(expected) if isinstance(expected, list) else expected
         article = "an" if str(expected)[0] in "aeiou" else "a"
         return [Problem(path, f"must be {article} {expected}, got {_json_type(error.instance)}")]
+    if validator == "pattern" and error.validator_value == _arg_path_pattern():
+        if "propertyNames" in error.schema_path:
+            path = (*path, str(error.instance))  # the key itself is wrong: point at it
+        return [
+            Problem(
+                path,
+                f"{error.instance!r} is not an argument path: names separated by single dots, "
+                "none empty (e.g. 'token', 'files.0.path')",
+            )
+        ]
     if validator == "pattern" and path and path[-1] == "id":
         return [
             Problem(
@@ -305,24 +348,35 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _check_keys(value: Any, path: DocPath, out: list[Problem]) -> None:
-    """Non-string keys (possible from a Python mapping) are not JSON."""
+def _check_plain(value: Any, path: DocPath, out: list[Problem], keys: list[Problem]) -> None:
+    """What JSON cannot hold, at the place it is: non-string keys (possible from a Python
+    mapping; into ``keys``), infinities and NaN (YAML `.inf`, `.nan`) and values of other
+    types (into ``out``)."""
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
-                out.append(Problem(path, f"key {key!r} is not a string"))
+                keys.append(Problem(path, f"key {key!r} is not a string"))
             else:
-                _check_keys(item, (*path, key), out)
+                _check_plain(item, (*path, key), out, keys)
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            _check_keys(item, (*path, i), out)
+            _check_plain(item, (*path, i), out, keys)
+    elif isinstance(value, float) and not math.isfinite(value):
+        name = "NaN" if math.isnan(value) else "infinity"
+        out.append(Problem(path, f"{name} is not a JSON number (write a finite number)"))
+    elif value is not None and not isinstance(value, str | int | float):
+        out.append(Problem(path, f"a {type(value).__name__} is not a JSON value"))
 
 
-def _raise(doc: Any, source: str, problems: Sequence[Problem]) -> NoReturn:
-    located = sorted(
+def _located(doc: Any, problems: Sequence[Problem]) -> list[tuple[int | None, str, str]]:
+    return sorted(
         {(locate(doc, p.path), _where(doc, p.path), p.message) for p in problems},
         key=lambda t: (t[0] if t[0] is not None else 0, t[1], t[2]),
     )
+
+
+def _raise(doc: Any, source: str, problems: Sequence[Problem]) -> NoReturn:
+    located = _located(doc, problems)
     lines = [f"{_prefix(source, line)}{where}: {msg}" for line, where, msg in located]
     if len(lines) > _MAX_REPORTED:
         lines = [*lines[:_MAX_REPORTED], f"... and {len(lines) - _MAX_REPORTED} more problems"]
@@ -346,16 +400,33 @@ def compile_document(doc: Any, source: str, file: str | None = None) -> Policy:
             [(getattr(doc, "line", None), "policy", f"the policy must be a mapping, got {got}")],
         )
     problems: list[Problem] = []
-    _check_keys(doc, (), problems)
-    if not problems:
-        for error in _validator().iter_errors(doc):
-            problems.extend(_schema_problems(error))
+    key_problems: list[Problem] = []
+    _check_plain(doc, (), problems, key_problems)
+    if key_problems:  # jsonschema's pattern keywords raise on a non-string key
+        _raise(doc, source, key_problems + problems)
+    for error in _validator().iter_errors(doc):
+        problems.extend(_schema_problems(error))
     if problems:
+        # Also the semantic problems of the entries the schema passed (duplicate ids, bad
+        # regexes…), so one run lists them all instead of revealing them fix by fix.
+        bad = [p.path for p in problems]
+
+        def broken(path: DocPath) -> bool:
+            return any(p[: len(path)] == path for p in bad)
+
+        # Best effort on a document known to be invalid: should an entry the schema passed
+        # still trip the compiler, the schema problems must be reported all the same.
+        with contextlib.suppress(Exception):
+            problems += check_entries(doc, lambda path: locate(doc, path), broken)
         _raise(doc, source, problems)
     compiled, problems = build(doc, lambda path: locate(doc, path))
     if compiled is None:
         _raise(doc, source, problems)
-    return Policy(compiled, source=file)
+    warnings = [
+        f"{_prefix(source, line)}{where}: {msg}"
+        for line, where, msg in _located(doc, compiled.warnings)
+    ]
+    return Policy(compiled, source=file, warnings=warnings)
 
 
 def loads_policy(text: str, source: str = "<string>", file: str | None = None) -> Policy:

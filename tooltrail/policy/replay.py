@@ -13,14 +13,16 @@ globs) replays millions of actions in seconds; one that reads a unique-per-call 
 Trust: the decision compared is computed by the same ``Policy.decide`` the exporter and
 instrumentation use; the projection keeps every argument a condition, target or rewrite
 template can read, so replaying the policy that produced the data reports zero changes
-(tested). Landed rows whose arguments were redacted on landing cannot be re-decided
-faithfully (the secret a condition looked at is gone): when they were decided by this
-very policy version they keep their landed outcome, because ``decide`` is deterministic
-(``kept_redacted``). Otherwise they are replayed on the redacted text; a change there is
-a real one when every candidate rule that matched the row on landing still matches, and
-is otherwise counted apart in ``changed_on_redacted`` (a rule that saw the secret cannot
-see it now — e.g. the redacting rule itself after a text-only edit), never in ``changed``,
-the transitions or the examples; those rules keep the row's hit, so they do not look dead.
+(tested). Landed rows with redactions cannot always be re-decided faithfully (the secret
+a condition looked at is gone), so they are replayed on the redacted text like every
+other row; a change there is a real one when every candidate rule that matched the row on
+landing still matches. Otherwise, when deciding again as if those rules still matched
+gives the landed outcome, the change is the redaction's doing: a row decided by this very
+policy version keeps its landed outcome (``kept_redacted``: ``decide`` is deterministic),
+a row decided by another is counted apart (``changed_on_redacted``) — never in
+``changed``, the transitions or the examples; those rules keep the row's hit, so they do
+not look dead. A row cannot skip the check by claiming redactions: only a difference the
+redaction explains is set apart.
 """
 
 from __future__ import annotations
@@ -93,8 +95,9 @@ class ReplayReport:
     verdict_changes: int = 0  # same decision, different winning rule
     blast_radius_changes: int = 0
     newly_unmatched: int = 0  # matched a rule when landed, no rule now
-    # Redacted on landing by another version, replayed differently only because a rule
-    # that matched them cannot see the redacted values: not in ``changed``.
+    # Redacted on landing, replayed differently only because a rule that matched them
+    # cannot see the redacted values: not in ``changed``. Decided by another version
+    # (changed_on_redacted) or by this one (kept_redacted: the landed outcome stands).
     changed_on_redacted: int = 0
     kept_redacted: int = 0
     transitions: list[dict[str, Any]] = field(default_factory=list)
@@ -302,13 +305,6 @@ class _Folder:
         )
         counts = self.report_counts
         counts["actions"] += n
-        if kept:
-            # Redacted on landing by this same policy version: re-deciding would judge the
-            # redacted text, not the call; the landed outcome is what this version decided.
-            counts["kept_redacted"] += n
-            for rule_id in redacted_matched:
-                self.hits[rule_id] += n
-            return
         result = self.cache.get(key)
         if result is None:
             result = self._decide(key)
@@ -342,7 +338,10 @@ class _Folder:
             radius_changed = old_radius != new_radius
             changed = decision_changed or verdict_changed or radius_changed
             if not changed:
-                counts["changed_on_redacted"] += n
+                # Redacted by this same version: the landed outcome is what it decided on
+                # the call as made (decide is deterministic). Every other difference is
+                # still reported: a row cannot opt out of the check by claiming redactions.
+                counts["kept_redacted" if kept else "changed_on_redacted"] += n
                 return
         if old_matched and not matched:
             counts["newly_unmatched"] += n

@@ -1,9 +1,10 @@
 """REWRITE actions (``remove``, ``set``, ``redact``) applied to copies of the arguments.
 
-Redaction replaces a value with ``[REDACTED]`` (a key path: the whole value; a regex: each
-match inside every string value). The engine redacts the *original* arguments first and
-derives everything it reports (targets, templates, rewritten arguments) from the redacted
-copy, so a secret cannot travel into any field of a Decision.
+Redaction replaces a value with ``[REDACTED]`` (a key path: the whole value, unless it is
+null or already a redaction marker; a regex: each match inside every string value). The
+engine redacts the *original* arguments first and derives everything it reports (targets,
+templates, rewritten arguments) from the redacted copy, so a secret cannot travel into any
+field of a Decision.
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ from typing import Any
 
 from tooltrail.policy.matchers import ArgPath, RewriteError, ValueTemplate, copy_json
 from tooltrail.policy.model import REDACTED, TextRedaction, ToolCall
+from tooltrail.redact import is_redaction_marker
 
 _Location = tuple[Any, Any]  # (container, key or index)
+# A value that is already a redaction marker (ours, or the credential scrub's
+# `[REDACTED:<kind>]`, see tooltrail.redact) holds no secret, so it is neither replaced nor
+# counted again (after the fact, the exporter decides on arguments the normalizer has
+# scrubbed already).
 
 
 def _locations(args: Any, path: ArgPath) -> list[_Location]:
@@ -67,10 +73,14 @@ class Redactor:
         return count
 
     def redact_keys(self, args: dict[str, Any]) -> int:
+        """Replace the values the key paths designate; returns how many were replaced.
+        A null holds no secret: it stays null (and is not counted), so a tool whose
+        optional argument was not given does not run with a made-up ``[REDACTED]``."""
         count = 0
         for path in self.keys:
             for container, key in _locations(args, path):
-                if container[key] != REDACTED:
+                value = container[key]
+                if value is not None and not is_redaction_marker(value):
                     container[key] = REDACTED
                     count += 1
         return count
@@ -112,7 +122,13 @@ def text_redaction(redactors: Sequence[Redactor], args: Mapping[str, Any]) -> Te
     """What the matched rules' redactions must also erase from free text (a result, an
     error message, a summary): the *original* values their key paths designate, in every
     reading a condition would see, and their regexes."""
-    values = [v for red in redactors for path in red.keys for v in path.candidates(args)]
+    values = [
+        v
+        for red in redactors
+        for path in red.keys
+        for v in path.candidates(args)
+        if not is_redaction_marker(v)  # nothing secret to erase, and no count for it
+    ]
     regexes = [rx for red in redactors for rx in red.regexes]
     return TextRedaction.of(values, regexes)
 
