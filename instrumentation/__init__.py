@@ -15,12 +15,14 @@ from tooltrail.instrumentation._spans import ToolCallDenied
 from tooltrail.instrumentation.config import configure
 from tooltrail.instrumentation.decorator import tool
 from tooltrail.instrumentation.mcp import McpInstrumentor
+from tooltrail.instrumentation.sampling import ToolSpanSampler
 from tooltrail.instrumentation.version import __version__
 
 __all__ = [
     "McpInstrumentor",
     "Session",
     "ToolCallDenied",
+    "ToolSpanSampler",
     "__version__",
     "configure",
     "current_session",

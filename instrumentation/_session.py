@@ -192,7 +192,9 @@ class session(_Scope):  # lower-case: used as a context manager, like contextlib
     """Open a session for the code inside ``with``; every tool span inside is stamped.
 
     Args:
-        session_id: the id to use; a fresh one when None.
+        session_id: the id to use; a fresh one when None. The enclosing session's own id
+            resumes it: parent, trigger, agent name and id are then the enclosing
+            session's unless given (a session is never its own parent).
         agent_name: the agent's name; default the enclosing session's, else the configured
             / ``$TOOLTRAIL_AGENT_NAME`` name.
         parent_session_id: the session that started this one; default the enclosing
@@ -220,13 +222,22 @@ class session(_Scope):  # lower-case: used as a context manager, like contextlib
                 f"session(trigger={trigger!r}): trigger must be one of {', '.join(TRIGGERS)}"
             )
         enclosing = _current.get()
-        if enclosing is not None:
+        if enclosing is not None and session_id is not None and session_id == enclosing.session_id:
+            # The enclosing session resumed by its own id: the same run, not a sub-agent.
+            parent_session_id = parent_session_id or enclosing.parent_session_id
+            agent_name = agent_name or enclosing.agent_name
+            agent_id = agent_id or enclosing.agent_id
+            trigger = trigger or enclosing.trigger
+        elif enclosing is not None:
             parent_session_id = parent_session_id or enclosing.session_id
             agent_name = agent_name or enclosing.agent_name
             trigger = trigger or NESTED_TRIGGER
+        session_id = session_id or new_session_id()
+        if parent_session_id == session_id:
+            parent_session_id = None  # a session is never its own parent
         super().__init__(
             Session(
-                session_id=session_id or new_session_id(),
+                session_id=session_id,
                 agent_name=agent_name or default_agent_name(),
                 agent_id=agent_id,
                 parent_session_id=parent_session_id,

@@ -137,6 +137,9 @@ class ToolCallDenied(PermissionError, TooltrailError):
         session_id: the session the call belonged to.
         decision: the policy's decision (``DENY`` or ``REQUIRE_APPROVAL``).
         approval_status: for held calls, how the approval ended.
+        blast_radius: the call's blast radius (``Low`` … ``Critical``), None if unrated.
+        approval_id: for held calls, the approval request's id (None if none was filed).
+        approval_decided_by: for held calls, who approved or denied (None if nobody did).
     """
 
     def __init__(
@@ -147,6 +150,10 @@ class ToolCallDenied(PermissionError, TooltrailError):
         session_id: str,
         decision: str = DENY,
         approval_status: str | None = None,
+        *,
+        blast_radius: str | None = None,
+        approval_id: str | None = None,
+        approval_decided_by: str | None = None,
     ) -> None:
         super().__init__(f"tool call {tool!r} denied by rule {rule!r}: {reason}")
         self.tool = tool
@@ -155,6 +162,9 @@ class ToolCallDenied(PermissionError, TooltrailError):
         self.session_id = session_id
         self.decision = decision
         self.approval_status = approval_status
+        self.blast_radius = blast_radius
+        self.approval_id = approval_id
+        self.approval_decided_by = approval_decided_by
 
 
 class DecisionLike(Protocol):
@@ -202,6 +212,7 @@ class _LocalDenial:
     target_path: str | None = None
     arguments_rewritten: Mapping[str, Any] | None = None
     approval: ApprovalSettings | None = None
+    redactions: int = 0
 
 
 Decide = Callable[
@@ -288,23 +299,29 @@ class Denial:
         return out
 
     def to_exception(self) -> ToolCallDenied:
+        approval = self.approval
         return ToolCallDenied(
             self.tool,
             self.rule,
             self.reason,
             self.session_id,
             decision=self.decision,
-            approval_status=self.approval.status if self.approval else None,
+            approval_status=approval.status if approval else None,
+            blast_radius=self.blast_radius or None,
+            approval_id=approval.approval_id if approval else None,
+            approval_decided_by=approval.decided_by if approval else None,
         )
 
 
 class Invocation:
-    """One tool call in flight: its span, session, decision and effective arguments."""
+    """One tool call in flight: its span, session, decision and effective arguments.
+    ``call``: what the caller's ``rewrite`` hook made of a REWRITE's arguments."""
 
     __slots__ = (
         "approval_outcome",
         "approval_request",
         "arguments",
+        "call",
         "decision",
         "denial",
         "held",
@@ -341,6 +358,7 @@ class Invocation:
         self.approval_request: ApprovalRequest | None = None
         self.approval_outcome: ApprovalOutcome | None = None
         self.token: object | None = None
+        self.call: object | None = None
 
 
 # --- settings ----------------------------------------------------------------------------
@@ -593,11 +611,15 @@ def begin(
     extra: Mapping[str, Any] | None = None,
     session: Session | None = None,
     veto: _Veto | None = None,
+    rewrite: Rewrite | None = None,
 ) -> Invocation:
     """Number the call, decide (when enforcing), and start its span.
 
     ``veto``: session control refuses the call; it is recorded as a DENY by that rule
     (the policy's targets and blast radius are kept when enforcing).
+    ``rewrite``: turns a REWRITE's arguments into the call to make (kept as ``inv.call``),
+    before the span starts; if it raises, the rewrite cannot be carried out and the call is
+    recorded as a DENY by the rewriting rule, as the engine does when it cannot rewrite.
     """
     sess = session if session is not None else current_session()
     decision: DecisionLike | None = None
@@ -612,6 +634,9 @@ def begin(
         recorded = decision.arguments
     if veto is not None:
         decision = _vetoed(st, decision, veto, arguments)
+    call: object | None = None
+    if rewrite is not None and decision is not None and decision.decision == REWRITE:
+        call, decision = _rewritten_call(rewrite, decision)
     # Every attribute known before the call goes in this one dict, handed to start_span:
     # each later set_attribute would take the span's lock and clean the value again.
     session_id = sess.session_id
@@ -648,8 +673,26 @@ def begin(
         )
     inv = Invocation(st, span, tool, sess, arguments, decision, server)
     if decision is not None:
+        inv.call = call
         _apply_decision(inv, decision)
     return inv
+
+
+# Builds the call a REWRITE's arguments stand for; raises when they cannot be applied.
+Rewrite = Callable[[Mapping[str, Any]], object]
+
+
+def _rewritten_call(rewrite: Rewrite, d: DecisionLike) -> tuple[object | None, DecisionLike]:
+    """``(call, d)``, or ``(None, a DENY by d's rule)`` when the rewrite cannot be applied:
+    its arguments never run, so none are recorded as rewritten."""
+    new = d.arguments_rewritten
+    if new is None:
+        return None, d  # _apply_decision refuses a REWRITE without arguments
+    try:
+        return rewrite(new), d
+    except Exception as e:
+        reason = f"the rewritten arguments could not be applied: {e}"
+        return None, _refused_as(d, d.policy_rule, reason)
 
 
 _ANNOTATIONS_JSON: dict[int, tuple[Mapping[str, Any], str]] = {}
@@ -680,16 +723,24 @@ def _vetoed(
             policy_rule=veto.rule,
             policy_version=st.policy_version or "",
         )
+    return _refused_as(d, veto.rule, veto.reason)
+
+
+def _refused_as(d: DecisionLike, rule: str, reason: str) -> DecisionLike:
+    """A DENY by ``rule`` in place of ``d``, keeping what ``d`` found (matched rules,
+    version, blast radius, targets, the redacted arguments and their redaction count)."""
+    redactions = getattr(d, "redactions", 0)
     return _LocalDenial(
-        veto.reason,
+        reason,
         d.arguments,
-        policy_rule=veto.rule,
+        policy_rule=rule,
         policy_matched=tuple(d.policy_matched),
         policy_version=d.policy_version,
         blast_radius=d.blast_radius,
         target_repo=d.target_repo,
         target_branch=d.target_branch,
         target_path=d.target_path,
+        redactions=redactions if isinstance(redactions, int) else 0,
     )
 
 
@@ -800,6 +851,7 @@ def prepare(
     server: str | None = None,
     annotations: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    rewrite: Rewrite | None = None,
 ) -> Invocation | Denial | None:
     """Begin the call and hold it for approval when needed (blocking).
 
@@ -820,6 +872,7 @@ def prepare(
             extra=extra,
             session=sess,
             veto=veto,
+            rewrite=rewrite,
         )
         if inv.approval_request is not None:
             ask_approval(inv)
@@ -846,6 +899,7 @@ async def aprepare(
     server: str | None = None,
     annotations: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    rewrite: Rewrite | None = None,
 ) -> Invocation | Denial | None:
     """``prepare`` for async callers: an approval wait does not block the event loop."""
     inv: Invocation | None = None
@@ -862,6 +916,7 @@ async def aprepare(
             extra=extra,
             session=sess,
             veto=veto,
+            rewrite=rewrite,
         )
         if inv.approval_request is not None:
             await aask_approval(inv)
@@ -896,11 +951,23 @@ def _prepare_failed(
 
 
 def refuse(inv: Invocation, reason: str) -> Denial:
-    """Refuse a call after ``prepare`` (e.g. a rewrite that cannot be applied)."""
+    """Refuse a call after ``prepare`` (e.g. reviewed arguments that cannot be sent).
+
+    A refused REWRITE is recorded as a DENY by its rule, with ``reason``: the rewrite did
+    not run. (Its ``tooltrail.arguments.rewritten`` stays on the span: the SDK cannot take
+    an attribute back. Callers that can check a rewrite first pass ``rewrite=`` to
+    ``prepare``, which records none.)"""
     d = inv.decision
+    decision = d.decision if d is not None else DENY
+    if decision == REWRITE:
+        decision = DENY
+        try:
+            inv.span.set_attributes({TT_DECISION: DENY, TT_POLICY_REASON: reason})
+        except Exception:
+            _log.exception("tooltrail: could not mark the refused rewrite of %s", inv.tool)
     inv.denial = Denial(
         tool=inv.tool,
-        decision=d.decision if d is not None else DENY,
+        decision=decision,
         rule=d.policy_rule if d is not None else POLICY_ERROR_RULE,
         reason=reason,
         session_id=inv.session.session_id,

@@ -10,7 +10,11 @@ the environment says nothing:
   only; the SDK's default ``otlp`` would need an exporter package and a collector);
 * ``OTEL_BSP_MAX_QUEUE_SIZE=65536``, ``OTEL_BSP_SCHEDULE_DELAY=500`` and
   ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE=2048``, as ``configure()`` uses;
-* ``OTEL_SERVICE_NAME`` from ``$TOOLTRAIL_AGENT_NAME``.
+* ``OTEL_SERVICE_NAME`` from ``$TOOLTRAIL_AGENT_NAME``, unless ``OTEL_SERVICE_NAME`` or
+  ``OTEL_RESOURCE_ATTRIBUTES`` already names the service;
+* the sampler ``OTEL_TRACES_SAMPLER`` selects, wrapped in ``ToolSpanSampler``: tool spans
+  are the audit record and are always sampled (a sampler passed in is wrapped too);
+* ``multiprocessing`` children started by fork land their spans, as under ``configure()``.
 
 Every ``OTEL_*`` variable still works (e.g. ``OTEL_TRACES_EXPORTER=tooltrail,otlp``). The
 SDK reads ``otlp`` as the gRPC exporter unless a protocol is set; when only the HTTP one is
@@ -25,9 +29,16 @@ import os
 from importlib.metadata import entry_points
 from typing import Any, Final
 
+from opentelemetry import trace
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+from opentelemetry.sdk.trace import TracerProvider
 
 from tooltrail.config import ENV_AGENT_NAME
+from tooltrail.instrumentation.config import (
+    land_in_multiprocessing_children,
+    service_name_from_environment,
+)
+from tooltrail.instrumentation.sampling import ToolSpanSampler, keeps_tool_spans
 
 __all__ = ["ZERO_CODE_DEFAULTS", "TooltrailConfigurator"]
 
@@ -49,12 +60,21 @@ class TooltrailConfigurator(_OTelSDKConfigurator):
             if not os.environ.get(name):
                 os.environ[name] = value
         agent = os.environ.get(ENV_AGENT_NAME)
-        if agent and not os.environ.get("OTEL_SERVICE_NAME"):
+        # The service the environment names wins, as configure() does.
+        if agent and service_name_from_environment() is None:
             os.environ["OTEL_SERVICE_NAME"] = agent
         _otlp_protocol_that_is_installed()
+        sampler = kwargs.get("sampler")
+        # A declarative config file (OTEL_CONFIG_FILE) makes the SDK ignore every argument.
+        if not os.environ.get(_CONFIG_FILE) and not (sampler and keeps_tool_spans(sampler)):
+            kwargs["sampler"] = ToolSpanSampler(sampler)
         super()._configure(**kwargs)  # type: ignore[no-untyped-call]
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, TracerProvider):
+            land_in_multiprocessing_children(provider)
 
 
+_CONFIG_FILE: Final = "OTEL_CONFIG_FILE"
 _PROTOCOL_VARIABLES: Final = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 _EXPORTERS_GROUP: Final = "opentelemetry_traces_exporter"
 

@@ -8,9 +8,17 @@ enforcement settings shared by MCP and ``@tool`` spans, and instruments the MCP 
   otherwise it installs a new one whose resource names the agent (``service.name``).
   Either way the tooltrail exporter is added at most once per provider, also when the
   provider was built by ``opentelemetry-instrument`` with ``OTEL_TRACES_EXPORTER=tooltrail``.
+* Sampling: a provider built here samples every tool span (``ToolSpanSampler`` around the
+  sampler ``OTEL_TRACES_SAMPLER`` selects); an application's own provider keeps its sampler,
+  with a warning when that sampler may drop tool spans.
 * Export: a ``BatchSpanProcessor`` with a queue of 65,536 spans (tool spans are the audit
   record; the SDK default of 2,048 drops spans under bursts) flushing every 500 ms, and
-  flushed again at interpreter exit.
+  flushed again, exporter included, at interpreter exit and when a ``multiprocessing``
+  child started by fork exits normally (such children end with ``os._exit``, skipping
+  ``atexit``).
+* Data directory: the one spans land in. When this provider already exports to another
+  (``opentelemetry-instrument``'s exporter, an earlier ``configure``), that one wins, for
+  the control store too, with a warning naming both.
 * Enforcement: off unless ``enforce=True`` or ``TOOLTRAIL_ENFORCE=1``. The policy is loaded
   once, here. A policy that cannot load does not raise: it is logged and every call is
   denied with rule ``policy-error`` (fail closed).
@@ -29,25 +37,27 @@ import atexit
 import importlib.util
 import logging
 import os
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from tooltrail import config
 from tooltrail.instrumentation import _session, _spans
 from tooltrail.instrumentation.broker import ApprovalBroker
-from tooltrail.semconv import SERVICE_NAME
+from tooltrail.instrumentation.sampling import ToolSpanSampler, keeps_tool_spans
+from tooltrail.semconv import GEN_AI_OPERATION_NAME, OP_EXECUTE_TOOL, SERVICE_NAME
 
 if TYPE_CHECKING:
     from tooltrail.collector.exporter import TooltrailSpanExporter
 
-__all__ = ["Configuration", "configure"]
+__all__ = ["Configuration", "configure", "service_name_from_environment"]
 
 _log = logging.getLogger("tooltrail.instrumentation")
 
@@ -56,11 +66,19 @@ SCHEDULE_DELAY_MILLIS: Final = 500
 MAX_EXPORT_BATCH_SIZE: Final = 2_048
 DEFAULT_SERVICE_NAME: Final = "tooltrail-agent"
 
+# multiprocessing runs a child's exit finalizers highest priority first; a queue's is 10.
+CHILD_FLUSH_PRIORITY: Final = 100
+# How long SIGTERM waits for the buffered spans to land before the process ends
+# (container runtimes wait 10 s before SIGKILL).
+SIGTERM_FLUSH_S: Final = 5.0
+
 _lock = threading.Lock()
 # Providers tooltrail already exports from (by id; a provider lives for the process): the
 # data directory, and the exporter and its processor when configure() added them (None:
 # one found there).
 _exporting: dict[int, tuple[Path, BatchSpanProcessor | None, TooltrailSpanExporter | None]] = {}
+# Providers whose sampler was found to drop tool spans (warned once each).
+_sampler_warned: set[int] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +123,18 @@ def configure(
         session_control: check pause / cancel in the control store before each call
             (default ``$TOOLTRAIL_SESSION_CONTROL``, else on when enforcing).
 
-    Calling it again replaces the settings; the exporter is not added twice.
+    Calling it again replaces the settings; the exporter is not added twice. When the
+    provider already lands tooltrail spans elsewhere, ``data_dir`` is that directory (a
+    warning names both): the control store must be where the spans are.
     """
-    root = config.data_dir(data_dir)
+    requested = config.data_dir(data_dir)
     if agent_name is not None:
         _session.set_default_agent_name(agent_name)
     with _lock:
         provider, created = _tracer_provider(service_name or agent_name)
+        if not created:
+            _warn_if_sampler_drops(provider)
+        root = _landing_dir(provider, requested)
         st = _spans.install(
             tracer_provider=provider,
             policy=policy,
@@ -143,7 +166,8 @@ def _tracer_provider(service_name: str | None) -> tuple[TracerProvider, bool]:
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         return current, False
-    provider = TracerProvider(resource=_resource(service_name))
+    # Tool spans are the audit record: sampled whatever the parent or the ratio says.
+    provider = TracerProvider(resource=_resource(service_name), sampler=ToolSpanSampler())
     trace.set_tracer_provider(provider)
     # set_tracer_provider refuses a second provider; use whichever won.
     actual = trace.get_tracer_provider()
@@ -154,35 +178,83 @@ def _tracer_provider(service_name: str | None) -> tuple[TracerProvider, bool]:
 
 def _resource(service_name: str | None) -> Resource:
     detected = Resource.create()
-    name = str(detected.attributes.get(SERVICE_NAME, ""))
-    if name and not name.startswith("unknown_service"):
+    if _named(detected) is not None:
         return detected  # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES win
     fallback = service_name or _session.default_agent_name() or DEFAULT_SERVICE_NAME
     return Resource.create({SERVICE_NAME: fallback})
+
+
+def service_name_from_environment() -> str | None:
+    """The ``service.name`` that ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` (or a
+    resource detector) set, or None when only the SDK's ``unknown_service`` default would."""
+    return _named(Resource.create())
+
+
+def _named(resource: Resource) -> str | None:
+    name = str(resource.attributes.get(SERVICE_NAME, ""))
+    return name if name and not name.startswith("unknown_service") else None
+
+
+def _warn_if_sampler_drops(provider: TracerProvider) -> None:
+    """The application owns this provider's sampler; say once if it may drop tool spans."""
+    sampler = getattr(provider, "sampler", None)
+    if sampler is None or keeps_tool_spans(sampler) or id(provider) in _sampler_warned:
+        return
+    _sampler_warned.add(id(provider))
+    _log.warning(
+        "tooltrail: the application's tracer provider samples with %s, which may drop tool"
+        " spans, and with them the audit record of those calls (DENYs included); build it"
+        " with sampler=tooltrail.instrumentation.ToolSpanSampler(<your sampler>)"
+        " (docs/INSTRUMENTATION.md: Sampling)",
+        sampler.get_description(),
+    )
+
+
+def _landing_dir(provider: TracerProvider, requested: Path) -> Path:
+    """Where tooltrail spans of ``provider`` land: the directory of the tooltrail exporter it
+    already has (added by an earlier ``configure`` or ``opentelemetry-instrument``), else
+    ``requested``. The control store goes with the spans: ``tooltrail cancel --data D``
+    must reach agents whose spans land in ``D``."""
+    known = _exporting.get(id(provider))
+    if known is not None:
+        actual = known[0]
+    else:
+        found = _tooltrail_exporter(provider)
+        if found is None:
+            return requested
+        actual = Path(getattr(found, "data_dir", None) or config.data_dir())
+        _exporting[id(provider)] = (actual, None, None)
+    if _same_dir(actual, requested):
+        return actual
+    _log.warning(
+        "tooltrail: the tracer provider already lands tooltrail spans in %s;"
+        " configure(data_dir=%s) cannot change it, so spans and the control store"
+        " (approvals, pause, cancel) stay in %s",
+        actual,
+        requested,
+        actual,
+    )
+    return actual
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    return a == b or a.absolute() == b.absolute()
 
 
 def _add_exporter(
     provider: TracerProvider, root: Path, policy: Any
 ) -> TooltrailSpanExporter | None:
     """Add the tooltrail exporter to ``provider`` once; on later calls hand the one added
-    here the new policy. Returns that exporter (None when one was already there)."""
+    here the new policy. Returns that exporter (None when one was already there).
+    ``_landing_dir`` has already recorded an exporter found on the provider."""
     known = _exporting.get(id(provider))
     if known is not None:
-        known_root, processor, exporter = known
-        if known_root != root:
-            _log.warning(
-                "tooltrail: already exporting to %s; configure(data_dir=%s) cannot change it",
-                known_root,
-                root,
-            )
+        _, processor, exporter = known
         if processor is not None and exporter is not None:
             # Spans that ended under the old policy are decided by it, not the new one.
             processor.force_flush()
             exporter.set_policy(policy)
         return exporter
-    if _has_tooltrail_exporter(provider):
-        _exporting[id(provider)] = (root, None, None)
-        return None
     from tooltrail.collector.exporter import TooltrailSpanExporter
 
     exporter = TooltrailSpanExporter(data_dir=root, policy=policy)
@@ -194,15 +266,92 @@ def _add_exporter(
     )
     provider.add_span_processor(processor)
     _exporting[id(provider)] = (root, processor, exporter)
+    flusher = _Flusher(provider, processor, exporter)
     # The SDK's own exit hook shuts the provider down; this one also covers a provider
     # the application built with shutdown_on_exit=False.
-    atexit.register(processor.force_flush)
+    atexit.register(flusher.flush)
+    _keep_landing(flusher)
     return exporter
 
 
-def _has_tooltrail_exporter(provider: TracerProvider) -> bool:
-    """Whether the provider already lands spans with a ``TooltrailSpanExporter`` (best effort:
-    the processor list is SDK-internal, so anything unexpected reads as "no")."""
+class _Flusher:
+    """Lands everything the processor queued and the exporter buffered. The processor's
+    ``force_flush`` only hands batches to the exporter, which keeps a large one (a backed-up
+    queue) for its timer thread: a thread that does not outlive the interpreter."""
+
+    __slots__ = ("__weakref__", "exporter", "landing_each", "processor", "provider")
+
+    def __init__(
+        self, provider: TracerProvider, processor: SpanProcessor, exporter: SpanExporter
+    ) -> None:
+        self.provider = provider
+        self.processor = processor
+        self.exporter = exporter
+        # Set in a multiprocessing child once tool spans land as they end (inherited by
+        # its own children, which so add no second processor).
+        self.landing_each = False
+
+    def flush(self) -> None:
+        try:
+            self.processor.force_flush()
+            self.exporter.force_flush()
+        except Exception:  # at exit or after a tool call; never break the host
+            _log.exception("tooltrail: flushing spans failed")
+
+
+class _LandEachToolSpan(SpanProcessor):
+    """In a ``multiprocessing`` child: land each tool span as it ends. A pool's workers are
+    ended with SIGTERM (``Pool.terminate``, also on leaving ``with Pool()``), which runs no
+    exit hook at all; a Parquet file per tool call is the price of not losing the record."""
+
+    def __init__(self, flusher: _Flusher) -> None:
+        self._flusher = flusher
+
+    def on_end(self, span: ReadableSpan) -> None:
+        attributes = span.attributes
+        if attributes is not None and attributes.get(GEN_AI_OPERATION_NAME) == OP_EXECUTE_TOOL:
+            self._flusher.flush()
+
+
+# Kept for the process's life: multiprocessing holds after-fork hooks by weak reference.
+_flushers: list[_Flusher] = []
+
+
+def _flush_in_multiprocessing_children(flusher: _Flusher) -> None:
+    """Land the spans of ``multiprocessing`` children started by fork.
+
+    Such a child ends with ``os._exit`` (no ``atexit``) after multiprocessing's own exit
+    finalizers, or, as a pool worker, by SIGTERM (no hook at all). Its bootstrap clears the
+    finalizers it inherited, then runs the after-fork hooks registered in the parent: so
+    the hook, in the child, registers a flush at exit and lands each tool span as it ends.
+    The parent's own calls pay nothing for it."""
+    from multiprocessing import util
+
+    util.register_after_fork(flusher, _in_multiprocessing_child)
+
+
+def _in_multiprocessing_child(flusher: _Flusher) -> None:
+    from multiprocessing import util
+
+    try:
+        util.Finalize(flusher, flusher.flush, exitpriority=CHILD_FLUSH_PRIORITY)
+        if not flusher.landing_each:
+            flusher.landing_each = True
+            flusher.provider.add_span_processor(_LandEachToolSpan(flusher))
+    except Exception:  # never break the child's start
+        _log.exception("tooltrail: could not set up landing in a multiprocessing child")
+
+
+def _tooltrail_exporter(provider: TracerProvider) -> SpanExporter | None:
+    """The ``TooltrailSpanExporter`` the provider already lands spans with, or None."""
+    found = _tooltrail_processor(provider)
+    return found[1] if found is not None else None
+
+
+def _tooltrail_processor(provider: TracerProvider) -> tuple[SpanProcessor, SpanExporter] | None:
+    """The processor and ``TooltrailSpanExporter`` the provider lands spans with, or None
+    (best effort: the processor list is SDK-internal, so anything unexpected reads as
+    "none")."""
     try:
         multi = getattr(provider, "_active_span_processor", None)
         processors: tuple[SpanProcessor, ...] = getattr(multi, "_span_processors", ())
@@ -210,10 +359,62 @@ def _has_tooltrail_exporter(provider: TracerProvider) -> bool:
             batch = getattr(p, "_batch_processor", None)
             exporter = getattr(batch, "_exporter", None) or getattr(p, "span_exporter", None)
             if type(exporter).__name__ == "TooltrailSpanExporter":
-                return True
+                return p, cast(SpanExporter, exporter)
     except Exception:
         _log.debug("tooltrail: could not inspect the tracer provider", exc_info=True)
-    return False
+    return None
+
+
+def land_in_multiprocessing_children(provider: TracerProvider) -> None:
+    """For a provider built elsewhere (the zero-code configurator) with the tooltrail
+    exporter: land the spans of its ``multiprocessing`` children as ``configure`` does."""
+    found = _tooltrail_processor(provider)
+    if found is None:
+        return
+    processor, exporter = found
+    _keep_landing(_Flusher(provider, processor, exporter))
+
+
+def _keep_landing(flusher: _Flusher) -> None:
+    """Land the last spans however the process ends: in its ``multiprocessing`` children,
+    and on SIGTERM."""
+    _flushers.append(flusher)
+    _flush_in_multiprocessing_children(flusher)
+    _flush_on_sigterm()
+
+
+def _flush_on_sigterm() -> None:
+    """SIGTERM (how containers and service managers stop a process) ends Python without
+    exit hooks: the calls of its last half second, which ran, would have no record. When
+    the application has not taken SIGTERM itself (it is still SIG_DFL), tooltrail lands
+    what is buffered, then lets the signal end the process exactly as it would have."""
+    global _sigterm_installed
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _land_then_terminate)
+            _sigterm_installed = True
+    except (ValueError, OSError):  # no signals here (an embedded interpreter)
+        _log.debug("tooltrail: cannot watch SIGTERM", exc_info=True)
+
+
+_sigterm_installed = False
+
+
+def _land_then_terminate(signum: int, frame: object) -> None:
+    # In a thread of its own, and bounded: the signal may have interrupted the main thread
+    # while it held the SDK's or the exporter's lock, which the landing needs.
+    lander = threading.Thread(target=_flush_all, name="tooltrail-sigterm-flush", daemon=True)
+    lander.start()
+    lander.join(SIGTERM_FLUSH_S)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _flush_all() -> None:
+    for flusher in list(_flushers):
+        flusher.flush()
 
 
 def _instrument_mcp() -> bool:

@@ -192,31 +192,40 @@ def _preview(result: Any) -> Callable[[], str]:
     return lambda: result if isinstance(result, str) else to_json(result, RESULT_PREVIEW_CHARS)
 
 
-def _runnable(
-    binder: _Binder, prep: Invocation, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
+_Call = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def _rewritten(
+    binder: _Binder, args: tuple[Any, ...], kwargs: dict[str, Any], new: Mapping[str, Any]
+) -> _Call:
+    """The ``(args, kwargs)`` a REWRITE's arguments ``new`` stand for.
+
+    Raises:
+        ValueError: ``new`` cannot be applied to the function's parameters (``prepare``
+            then records and refuses the call as a DENY by the rewriting rule).
+    """
+    # The policy rewrote the JSON form of the arguments: a value it left as it was goes
+    # to the function as the caller's own object (a Path stays a Path).
+    raw = binder.arguments(args, kwargs)
+    seen = plain_arguments(raw)
+    wanted = {k: raw[k] if k in raw and k in seen and seen[k] == v else v for k, v in new.items()}
+    return binder.rebind(args, kwargs, wanted)
+
+
+def _runnable(prep: Invocation, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
     """The ``(args, kwargs)`` to call the function with, its span made current; shared by
     the sync and async wrappers.
 
     Raises:
-        ToolCallDenied: the call's REWRITE cannot be applied to the function's parameters
-            (a call never runs unrewritten).
+        ToolCallDenied: the call was rewritten but no rewritten call was prepared (a call
+            never runs unrewritten).
     """
-    call = (args, kwargs)
+    call: _Call = (args, kwargs)
     if prep.rewritten:
-        try:
-            # The policy rewrote the JSON form of the arguments: a value it left as it was
-            # goes to the function as the caller's own object (a Path stays a Path).
-            raw = binder.arguments(args, kwargs)
-            seen = plain_arguments(raw)
-            wanted = {
-                k: raw[k] if k in raw and k in seen and seen[k] == v else v
-                for k, v in prep.arguments.items()
-            }
-            call = binder.rebind(args, kwargs, wanted)
-        except Exception as e:
-            reason = f"the rewritten arguments could not be applied: {e}"
+        if prep.call is None:
+            reason = "the rewritten arguments were not applied"
             raise refuse(prep, reason).to_exception() from None
+        call = cast(_Call, prep.call)
     enter(prep)
     return call
 
@@ -240,12 +249,13 @@ def _instrument(
             lambda: plain_arguments(binder.arguments(args, kwargs)),
             mcp=False,
             annotations=annotations,
+            rewrite=lambda new: _rewritten(binder, args, kwargs, new),
         )
         if prep is None:
             return fn(*args, **kwargs)
         if isinstance(prep, Denial):
             raise prep.to_exception()
-        call_args, call_kwargs = _runnable(binder, prep, args, kwargs)
+        call_args, call_kwargs = _runnable(prep, args, kwargs)
         try:
             result = fn(*call_args, **call_kwargs)
         except BaseException as e:
@@ -272,12 +282,13 @@ def _async_wrapper(
             lambda: plain_arguments(binder.arguments(args, kwargs)),
             mcp=False,
             annotations=annotations,
+            rewrite=lambda new: _rewritten(binder, args, kwargs, new),
         )
         if prep is None:
             return await fn(*args, **kwargs)
         if isinstance(prep, Denial):
             raise prep.to_exception()
-        call_args, call_kwargs = _runnable(binder, prep, args, kwargs)
+        call_args, call_kwargs = _runnable(prep, args, kwargs)
         try:
             result = await fn(*call_args, **call_kwargs)
         except BaseException as e:

@@ -21,7 +21,9 @@ Patches the MCP Python SDK client (``mcp >= 2.0, < 3``):
 ``capture_results``, ``data_dir`` and ``session_control``; they apply to every tooltrail
 span in the process (``@tool`` too). Missing ones come from the environment
 (``TOOLTRAIL_ENFORCE``, ``TOOLTRAIL_POLICY``, ``TOOLTRAIL_CAPTURE_RESULTS``,
-``TOOLTRAIL_DATA``), which is what ``opentelemetry-instrument`` relies on.
+``TOOLTRAIL_DATA``), which is what ``opentelemetry-instrument`` relies on; with no arguments
+and settings already installed (by ``configure()``), those stay. ``uninstrument()`` removes
+the MCP patches only: the settings, and so enforcement of ``@tool`` functions, stay in force.
 """
 
 from __future__ import annotations
@@ -129,7 +131,9 @@ class McpInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         unwrap(ClientSession, "call_tool")
         unwrap(ClientSession, "list_tools")
         unwrap(importlib.import_module(_DISPATCHER_MODULE), _SDK_SPAN_HOOK)
-        _spans.reset()
+        # The settings stay: they are the process's, shared with @tool functions and often
+        # installed by configure(). Forgetting them here would silently stop enforcing a
+        # DENY on functions that have nothing to do with MCP (fail open).
 
 
 async def _wrap_call_tool(

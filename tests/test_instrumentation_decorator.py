@@ -409,6 +409,13 @@ def test_async_approval_waits_on_the_async_broker(
     assert calls == []
     assert info.value.reason == "approval denied by bob: no"
     assert info.value.approval_status == "denied"
+    # What the MCP caller's JSON says, the exception carries as attributes too.
+    a = attrs(only_span(spans))
+    assert (info.value.approval_decided_by, info.value.approval_id) == (
+        "bob",
+        a.get(TT_APPROVAL_ID),
+    )
+    assert info.value.blast_radius == a[TT_BLAST_RADIUS] is not None
 
 
 def test_expiry_applies_on_timeout(spans: InMemorySpanExporter, policy_file: Path) -> None:
