@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from tooltrail.analytics.control import (
     CONTROL_APPROVALS_SCHEMA,
+    CONTROL_EVENTS_SCHEMA,
     CONTROL_SESSIONS_SCHEMA,
     ControlLoader,
     ControlTables,
@@ -44,6 +45,7 @@ from tooltrail.analytics.queries import (
     run_query,
     session,
     session_actions,
+    session_control_history,
     sessions,
 )
 
@@ -53,6 +55,7 @@ __all__ = [
     "APPROVAL_STATUSES",
     "BLAST_RADIUS_GROUPS",
     "CONTROL_APPROVALS_SCHEMA",
+    "CONTROL_EVENTS_SCHEMA",
     "CONTROL_SESSIONS_SCHEMA",
     "IDLE_WINDOW",
     "SESSIONS_COLUMNS",
@@ -79,5 +82,6 @@ __all__ = [
     "run_query",
     "session",
     "session_actions",
+    "session_control_history",
     "sessions",
 ]

@@ -4,7 +4,8 @@ The store itself (``<data>/control.sqlite``) belongs to the approvals issue. Ana
 needs two small relations from it, with the columns below:
 
 - ``control_approvals``: one row per approval request (pending or decided);
-- ``control_sessions``: one row per session that has a control state (its *current* state).
+- ``control_sessions``: one row per session that has a control state (its *current* state);
+- ``control_events``: every pause / resume / cancel, in order (who, when, why).
 
 A :data:`ControlLoader` returns them as pyarrow tables. :func:`default_control_loader`
 returns empty tables while ``control.sqlite`` does not exist (nothing is created just by
@@ -16,6 +17,7 @@ matched to the schemas below by column name (missing columns become null).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,12 +65,24 @@ CONTROL_SESSIONS_SCHEMA: Final = pa.schema(
 )
 
 
+CONTROL_EVENTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("session_id", pa.string()),
+        pa.field("action", pa.string()),  # pause / resume / cancel
+        pa.field("changed_by", pa.string()),
+        pa.field("changed_at", _TS),
+        pa.field("reason", pa.string()),
+    ]
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ControlTables:
-    """What the views join: pyarrow tables with the two schemas above."""
+    """What the views join: pyarrow tables with the schemas above (no events: none)."""
 
     approvals: Any
     sessions: Any
+    events: Any = dataclasses.field(default_factory=CONTROL_EVENTS_SCHEMA.empty_table)
 
 
 ControlLoader = Callable[[Path], ControlTables]
@@ -91,10 +105,14 @@ def conform(table: Any, schema: Any) -> Any:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def control_tables(approvals: Any, sessions: Any) -> ControlTables:
+def control_tables(approvals: Any, sessions: Any, events: Any = None) -> ControlTables:
     """Build :class:`ControlTables` from any pyarrow tables with (a subset of) the columns."""
     return ControlTables(
-        conform(approvals, CONTROL_APPROVALS_SCHEMA), conform(sessions, CONTROL_SESSIONS_SCHEMA)
+        conform(approvals, CONTROL_APPROVALS_SCHEMA),
+        conform(sessions, CONTROL_SESSIONS_SCHEMA),
+        CONTROL_EVENTS_SCHEMA.empty_table()
+        if events is None
+        else conform(events, CONTROL_EVENTS_SCHEMA),
     )
 
 
@@ -108,6 +126,7 @@ def default_control_loader(data_dir: Path) -> ControlTables:
     with ControlStore(data_dir) as store:
         records = store.list_approvals("all")
         states = store.session_states()
+        history = store.control_history()
     approvals = pa.Table.from_pylist(
         [
             {
@@ -145,7 +164,20 @@ def default_control_loader(data_dir: Path) -> ControlTables:
         ],
         schema=CONTROL_SESSIONS_SCHEMA,
     )
-    return ControlTables(approvals, sessions)
+    events = pa.Table.from_pylist(
+        [
+            {
+                "session_id": e.session_id,
+                "action": e.action,
+                "changed_by": e.actor,
+                "changed_at": _utc(e.at),
+                "reason": e.reason,
+            }
+            for e in history
+        ],
+        schema=CONTROL_EVENTS_SCHEMA,
+    )
+    return ControlTables(approvals, sessions, events)
 
 
 def _utc(epoch_s: float | None) -> dt.datetime | None:
@@ -155,6 +187,7 @@ def _utc(epoch_s: float | None) -> dt.datetime | None:
 __all__ = [
     "APPROVAL_OUTCOMES",
     "CONTROL_APPROVALS_SCHEMA",
+    "CONTROL_EVENTS_SCHEMA",
     "CONTROL_SESSIONS_SCHEMA",
     "SESSION_STATES",
     "ControlLoader",

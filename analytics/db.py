@@ -9,7 +9,8 @@ Views (documented column by column in docs/DATA.md):
 - ``sessions``: per-session totals (from the session index plus newer files when a valid
   index exists, else from all spans) joined with the live control store;
 - ``approvals``: REQUIRE_APPROVAL actions joined with the control store's requests;
-- ``control_approvals`` / ``control_sessions``: the control store's rows (see control.py).
+- ``control_approvals`` / ``control_sessions`` / ``control_events``: the control store's
+  rows (see control.py).
 
 A connection from :func:`connect` is in memory; its views follow the files on disk:
 every query function calls :func:`refresh`, which re-plans the views when files were
@@ -33,6 +34,7 @@ import pyarrow as pa
 from tooltrail import config
 from tooltrail.analytics.control import (
     CONTROL_APPROVALS_SCHEMA,
+    CONTROL_EVENTS_SCHEMA,
     CONTROL_SESSIONS_SCHEMA,
     ControlLoader,
     conform,
@@ -112,6 +114,7 @@ APPROVALS_COLUMNS: Final = (
     "trace_id",
     "span_id",
     "landed",
+    "in_store",
 )
 
 
@@ -205,6 +208,7 @@ def build_duckdb_file(data_dir: str | os.PathLike[str] | None = None) -> Path:
             _create_empty_spans(con)
             _copy_arrow(con, "control_approvals", CONTROL_APPROVALS_SCHEMA.empty_table())
             _copy_arrow(con, "control_sessions", CONTROL_SESSIONS_SCHEMA.empty_table())
+            _copy_arrow(con, "control_events", CONTROL_EVENTS_SCHEMA.empty_table())
             _define_views(con, root, span_files(root), None, [])
             con.execute("CHECKPOINT")
         except duckdb.Error as e:
@@ -258,6 +262,7 @@ def _load_control(con: duckdb.DuckDBPyConnection, state: _State) -> None:
     # Registered Arrow tables: replaced on every refresh, so the views see the live store.
     con.register("control_approvals", conform(tables.approvals, CONTROL_APPROVALS_SCHEMA))
     con.register("control_sessions", conform(tables.sessions, CONTROL_SESSIONS_SCHEMA))
+    con.register("control_events", conform(tables.events, CONTROL_EVENTS_SCHEMA))
 
 
 def _create_empty_spans(con: duckdb.DuckDBPyConnection) -> None:

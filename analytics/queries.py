@@ -235,6 +235,18 @@ def session_actions(source: Source, session_id: str) -> pl.DataFrame:
         )
 
 
+def session_control_history(source: Source, session_id: str) -> pl.DataFrame:
+    """One session's pause / resume / cancel events in order: action, changed_by,
+    changed_at, reason."""
+    with borrow(source) as con:
+        return _frame(
+            con,
+            load("session_control_history"),
+            {"session_id": session_id},
+            f"reading the control history of session {session_id}",
+        )
+
+
 def blast_radius_stats(
     source: Source = None, by: str = "agent", *, since: Since = None
 ) -> pl.DataFrame:
@@ -351,5 +363,6 @@ __all__ = [
     "run_query",
     "session",
     "session_actions",
+    "session_control_history",
     "sessions",
 ]

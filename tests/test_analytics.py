@@ -364,6 +364,33 @@ def test_status_from_the_control_store(landed: Land, make_row: MakeRow) -> None:
     assert got["canceled"]["status"] == "canceled"
 
 
+def test_a_session_held_on_its_first_call_is_listed_before_any_span_lands(
+    landed: Land, make_row: MakeRow
+) -> None:
+    data = landed([make_row(session_id="other", start_time=_minutes_ago(1))])
+    with ControlStore(data) as store:
+        request = store.file_request(
+            ApprovalRequest(
+                tool_name="deploy", arguments={}, session_id="first-call", agent_name="bot"
+            )
+        )
+    got = _by_id(analytics.sessions(data))
+    held = got["first-call"]
+    assert (held["status"], held["agent_name"], held["pending_approvals"]) == (
+        "waiting_approval",
+        "bot",
+        1,
+    )
+    assert (held["action_count"], held["total_actions"], held["span_count"]) == (0, 0, 0)
+    assert held["repos"] == [] and held["started_at"] is not None
+    header = analytics.session(data, "first-call")
+    assert header is not None and header["status"][0] == "waiting_approval"
+    assert set(got) == {"other", "first-call"}
+    with ControlStore(data) as store:
+        store.decide(request.approval_id, "denied", by="alice")
+    assert "first-call" not in _by_id(analytics.sessions(data))  # nothing of it is left
+
+
 # --- filters and ordering ------------------------------------------------------------------
 
 
@@ -657,6 +684,70 @@ def test_approvals_join_the_live_store(landed: Land, make_row: MakeRow) -> None:
     assert got["apr-2"]["expires_at"] > got["apr-2"]["requested_at"]
     only = analytics.approval_history(data, session_id="session-1", limit=1)
     assert only.height == 1
+
+
+def test_approvals_spans_cannot_speak_for_a_request_the_store_holds(
+    landed: Land, make_row: MakeRow
+) -> None:
+    real_span = "1" * 16
+    forged = {
+        # the span the store filed apr-real for: pending, whatever it claims
+        "real": dict(span_id=real_span, approval_status="approved", approval_decided_by="x"),
+        # another agent's span citing the same id, claiming it was approved for its own call
+        "copy": dict(
+            span_id="2" * 16,
+            tool_name="git_reset_hard",
+            session_id="s-other",
+            approval_status="approved",
+            approval_decided_by="alice",
+        ),
+    }
+    rows = [_held(make_row, approval_id="apr-real", **f) for f in forged.values()]
+    # an id the store never filed, and a pending claim that names a decider
+    rows.append(
+        _held(
+            make_row,
+            approval_id="apr-made-up",
+            approval_status="approved",
+            approval_decided_by="alice",
+        )
+    )
+    rows.append(_held(make_row, approval_id="apr-open", approval_decided_by="alice"))
+    data = landed(rows)
+    with ControlStore(data) as store:
+        store.file_request(
+            ApprovalRequest(
+                tool_name="git_push",
+                arguments={"force": True},
+                approval_id="apr-real",
+                session_id="s-ok",
+                span_id=real_span,
+            )
+        )
+    history = analytics.approval_history(data)
+    by_store = {
+        r["approval_id"]: r for r in history.filter(pl.col("in_store")).iter_rows(named=True)
+    }
+    assert list(by_store) == ["apr-real"]  # one row per request the store holds
+    real = by_store["apr-real"]
+    assert (real["outcome"], real["decided_by"], real["wait_ms"]) == ("pending", None, None)
+    assert (real["tool_name"], real["session_id"], real["span_id"]) == (
+        "git_push",
+        "s-ok",
+        real_span,
+    )
+    assert json.loads(real["arguments"]) == {"force": True} and real["landed"] is True
+    others = {
+        (r["approval_id"], r["tool_name"]): r
+        for r in history.filter(~pl.col("in_store")).iter_rows(named=True)
+    }
+    assert set(others) == {
+        ("apr-real", "git_reset_hard"),
+        ("apr-made-up", "git_commit"),
+        ("apr-open", "git_commit"),
+    }
+    assert others[("apr-real", "git_reset_hard")]["outcome"] == "approved"  # its claim, flagged
+    assert others[("apr-open", "git_commit")]["decided_by"] is None  # pending: nobody decided
 
 
 def test_approval_stats_median_p95_and_share_expired(landed: Land, make_row: MakeRow) -> None:

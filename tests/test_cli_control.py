@@ -85,8 +85,8 @@ def test_controlling_an_unknown_session_is_refused_unless_forced(tmp_path: Path)
     for action in ("pause", "cancel", "resume"):
         code, out = _run(tmp_path, action, "3f2a9c6e", "--by", "ops")
         assert code == 2 and "no session '3f2a9c6e'" in out and "--force" in out
-    with ControlStore(tmp_path) as store:
-        assert store.control_history("3f2a9c6e") == []
+    # Refused, they left nothing behind: no store appears in a directory no agent uses.
+    assert not (tmp_path / "control.sqlite").exists()
     code, out = _run(tmp_path, "pause", "not-started-yet", "--by", "ops", "--force")
     assert code == 0 and out.strip() == "session not-started-yet paused by ops"
     # Known from then on (its control row), so no --force to resume it.
@@ -102,8 +102,25 @@ def test_a_session_known_only_from_landed_actions_can_be_paused(tmp_path: Path) 
         trace_id="t1", span_id="a1", span_type="tool", tool_name="git_status", session_id="live"
     )
     ParquetSpanWriter(tmp_path).write([row])
-    code, out = _run(tmp_path, "pause", "live", "--by", "ops")
+    code, out = _run(tmp_path, "pause", "live", "--by", "ops", "--reason", "looping")
     assert code == 0 and out.strip() == "session live paused by ops"
+    assert _run(tmp_path, "resume", "live", "--by", "dana")[0] == 0
+    assert _run(tmp_path, "cancel", "live", "--by", "sec", "--reason", "runaway")[0] == 0
+    # Who paused, resumed and canceled it, and why, is part of the session's record.
+    code, out = _run(tmp_path, "show", "live", "--format", "json")
+    assert code == 0, out
+    events = json.loads(out)["control_events"]
+    assert [(e["action"], e["changed_by"], e["reason"]) for e in events] == [
+        ("pause", "ops", "looping"),
+        ("resume", "dana", None),
+        ("cancel", "sec", "runaway"),
+    ]
+    code, out = _run(tmp_path, "show", "live")
+    assert code == 0 and "runaway" in out and "dana" in out
+    code, out = _run(
+        tmp_path, "query", "SELECT count(*) AS n FROM control_events", "--format", "json"
+    )
+    assert code == 0 and json.loads(out) == [{"n": 3}]
 
 
 def test_commands_refuse_a_data_directory_that_does_not_exist(tmp_path: Path) -> None:
@@ -121,3 +138,12 @@ def test_commands_refuse_a_data_directory_that_does_not_exist(tmp_path: Path) ->
         assert result.exit_code == 2, (args, result.output)
         assert f"data directory {missing} does not exist" in result.output, args
     assert not missing.exists()  # nothing created: no control store an agent never reads
+
+
+def test_reading_or_refusing_creates_no_control_store(tmp_path: Path) -> None:
+    # --data pointed at the wrong (existing) directory, say a git checkout.
+    assert _run(tmp_path, "approvals")[0] == 0
+    for decide in ("approve", "deny"):
+        code, out = _run(tmp_path, decide, "apr-typo", "--by", "alice")
+        assert code == 2 and "no approval request 'apr-typo'" in out and "control store" in out
+    assert list(tmp_path.iterdir()) == []

@@ -82,7 +82,7 @@ def test_sessions_filters_and_formats(landed: Path) -> None:
     code, out = _run("sessions", "--data", str(landed))
     assert code == 0 and "s-alpha" in out and "release-bot" in out and "session_id" in out
     code, out = _run("sessions", "--data", str(landed), "--since", "banana")
-    assert code == 2 and "banana" in out
+    assert code == 2 and "--since: 'banana'" in out
 
 
 def test_show_session_in_sequence(landed: Path) -> None:
@@ -148,9 +148,54 @@ def test_query_results_of_any_type_render_in_every_format(landed: Path) -> None:
     assert code == 0, out
     header, first = out.splitlines()[:2]
     assert header == "session_id,took,st,m,n,l"
-    assert '"{""k"": 1}","{""a"": 1}"' in first and first.endswith(",x;y")
+    assert '"{""k"": 1}","{""a"": 1}"' in first and first.endswith(',"[""x"", ""y""]"')
+    # Times say they are UTC: RFC 3339 in CSV (as in JSON), a Z in tables.
+    at = "SELECT TIMESTAMPTZ '2026-01-01 12:00:00.5+00' AS t"
+    code, out = _run("query", "--data", str(landed), at, "--format", "csv")
+    assert code == 0 and out.splitlines()[1] == "2026-01-01T12:00:00.500000+00:00"
+    code, out = _run("query", "--data", str(landed), at)
+    assert code == 0 and out.splitlines()[2] == "2026-01-01 12:00:00Z"
+    # A separator inside a value cannot make two lists look alike.
+    code, out = _run(
+        "query", "--data", str(landed), "SELECT ['a;b'] AS l, ['a', 'b'] AS m", "--format", "csv"
+    )
+    assert code == 0 and out.splitlines()[1] == '"[""a;b""]","[""a"", ""b""]"'
+
     code, out = _run("query", "--data", str(landed), sql)
     assert code == 0 and "took" in out
+
+
+def test_values_agents_sent_cannot_redraw_the_operators_terminal(tmp_path: Path) -> None:
+    # A tool name that erases its line and draws a harmless one in its place, an agent name
+    # that sets the terminal title, and a right-to-left override that reorders the text.
+    tool = "git_push_force\x1b[1K\rgit_status"
+    agent = "bot\x1b]0;owned\x07"
+    data = tmp_path / "data"
+    exporter = TooltrailSpanExporter(data_dir=data, policy=None)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    attrs = {
+        sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+        sc.GEN_AI_TOOL_NAME: tool,
+        sc.GEN_AI_TOOL_CALL_ARGUMENTS: json.dumps({"path": "a\u202etxt.exe"}),
+        sc.TT_SESSION_ID: "s-evil",
+        sc.GEN_AI_AGENT_NAME: agent,
+        sc.TT_SEQUENCE: 1,
+    }
+    with provider.get_tracer("t").start_as_current_span("execute_tool x", attributes=attrs):
+        pass
+    provider.shutdown()
+    outputs = [
+        _run("show", "s-evil", "--data", str(data)),
+        _run("sessions", "--data", str(data)),
+        _run("query", "--data", str(data), "SELECT tool_name, agent_name, arguments FROM spans"),
+    ]
+    for code, out in outputs:
+        assert code == 0, out
+        assert not {"\x1b", "\r", "\x07", "\u202e"} & set(out), repr(out)
+    show, _, query = (out for _, out in outputs)
+    assert "git_push_force\\x1b[1K git_status" in show  # shown, not obeyed
+    assert "bot\\x1b]0;owned\\x07" in query and "\\u202e" in query
 
 
 def test_ingest_with_a_policy_that_cannot_load_lands_nothing(tmp_path: Path) -> None:

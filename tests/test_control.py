@@ -64,6 +64,33 @@ def test_decided_once_never_overwritten(tmp_path: Path) -> None:
         assert store.get(rec.approval_id).status == "denied"
 
 
+def test_a_decision_that_reaches_the_store_after_the_deadline_loses(tmp_path: Path) -> None:
+    with ControlStore(tmp_path) as store:
+        rec = store.file_request(_req(timeout_s=0.3))
+        # Another writer holds the store's write lock past the deadline while the decision
+        # waits for it: the decision was asked for in time but can only be made too late.
+        blocker = sqlite3.connect(tmp_path / "control.sqlite", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        outcome: list[object] = []
+
+        def approve() -> None:
+            try:
+                outcome.append(store.decide(rec.approval_id, "approved", by="alice"))
+            except AlreadyDecidedError as e:
+                outcome.append(e)
+
+        thread = threading.Thread(target=approve)
+        thread.start()
+        time.sleep(0.6)
+        blocker.execute("COMMIT")
+        blocker.close()
+        thread.join(timeout=30)
+        assert len(outcome) == 1 and isinstance(outcome[0], AlreadyDecidedError), outcome
+        assert "already expired" in str(outcome[0])
+        [after] = store.list_approvals("all")  # as the next reader sees it
+        assert (after.status, after.decided_by) == ("expired", None)
+
+
 def test_approver_list_enforced_and_request_stays_pending(tmp_path: Path) -> None:
     with ControlStore(tmp_path) as store:
         rec = store.file_request(_req(approvers=("alice", "carol")))

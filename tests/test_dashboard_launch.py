@@ -160,6 +160,26 @@ def test_dashboard_refuses_a_busy_port_and_a_missing_directory(tmp_path: Path) -
     missing = tmp_path / "typo"
     result = CliRunner().invoke(cli, ["dashboard", "--data", str(missing)])
     assert result.exit_code == 2 and "does not exist" in result.output
+    # Out of range: refused as bad input, before any URL (the resolver would wrap 99999).
+    for args in (["dashboard", "--data", str(root)], ["demo", "--data", str(tmp_path / "d")]):
+        result = CliRunner().invoke(cli, [*args, "--port", "99999"])
+        assert result.exit_code == 2 and "--port" in result.output, result.output
+        assert "dashboard: http" not in result.output
+
+
+def test_demo_refuses_a_busy_dashboard_port_before_running_agents(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tooltrail.cli import cli
+
+    data = tmp_path / "data"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(cli, ["demo", "--data", str(data), "--port", str(port)])
+    assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert not data.exists()  # no agent ran, nothing landed
 
 
 def test_top_level_app_py_runs_the_same_router(

@@ -124,8 +124,11 @@ def sessions(
         tooltrail sessions --agent release-bot --since 2h --format json
     """
     from tooltrail import analytics
+    from tooltrail.policy.durations import parse_since_seconds
 
     with domain_errors():
+        if since is not None:
+            parse_since_seconds(since, option="--since")  # the error names the option
         df = analytics.sessions(
             _existing_data(data), agent=agent, status=status, since=since, limit=limit
         )
@@ -137,7 +140,8 @@ def sessions(
 @format_option
 @click.argument("session_id")
 def show(data: Path | None, fmt: str, session_id: str) -> None:
-    """Show one session: its header, then every action in sequence order.
+    """Show one session: its header, every action in sequence order, then who paused,
+    resumed or canceled it (CSV: the actions only).
 
     Example:
 
@@ -147,13 +151,18 @@ def show(data: Path | None, fmt: str, session_id: str) -> None:
     from tooltrail.output import records, render, render_mapping
 
     root = _existing_data(data)
-    with domain_errors():
-        header = analytics.session(root, session_id)
+    with domain_errors(), analytics.connect(root) as con:
+        header = analytics.session(con, session_id)
         if header is None:
             raise CliError(f"no session {session_id!r} in {root}")
-        actions = analytics.session_actions(root, session_id)
+        actions = analytics.session_actions(con, session_id)
+        control = analytics.session_control_history(con, session_id)
     if fmt == "json":
-        doc = {"session": records(header)[0], "actions": records(actions)}
+        doc = {
+            "session": records(header)[0],
+            "actions": records(actions),
+            "control_events": records(control),
+        }
         click.echo(json.dumps(doc, indent=2, default=str))
     elif fmt == "csv":
         click.echo(render(actions, "csv"))
@@ -161,6 +170,9 @@ def show(data: Path | None, fmt: str, session_id: str) -> None:
         click.echo(render_mapping(records(header)[0]))
         click.echo()
         click.echo(render(actions, "table", ACTION_COLUMNS))
+        if control.height:
+            click.echo()
+            click.echo(render(control, "table"))
 
 
 @cli.command()
@@ -279,13 +291,18 @@ def _refresh_duckdb_file(root: Path) -> None:
         analytics.build_duckdb_file(root)
 
 
+DEMO_HOST = "127.0.0.1"
+
+
 @cli.command()
 @data_option
 @click.option("--sessions", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Makes the run repeatable.")
 @click.option("--fresh", is_flag=True, help="Start over: delete what an earlier demo landed.")
 @click.option("--no-dashboard", is_flag=True, help="Do not start the dashboard at the end.")
-@click.option("--port", type=int, default=8501, show_default=True, help="Dashboard port.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=8501, show_default=True, help="Dashboard port."
+)
 def demo(
     data: Path | None, sessions: int, seed: int, fresh: bool, no_dashboard: bool, port: int
 ) -> None:
@@ -302,6 +319,9 @@ def demo(
     """
     from tooltrail.demo import run_demo
 
+    if not no_dashboard:
+        # Refused before the agents run, not after a minute of work.
+        _check_can_listen(DEMO_HOST, port)
     root = _data(data)
     with click.progressbar(length=sessions, label="agent sessions", file=sys.stderr) as bar:
 
@@ -333,7 +353,7 @@ def demo(
     if not no_dashboard:
         from tooltrail.demo import demo_policy_path
 
-        _serve_dashboard(report.data_dir, port, "127.0.0.1", demo_policy_path())
+        _serve_dashboard(report.data_dir, port, DEMO_HOST, demo_policy_path())
 
 
 def _serve_dashboard(root: Path, port: int, host: str, policy: Path | None) -> None:
@@ -363,7 +383,7 @@ def _check_can_listen(host: str, port: int) -> None:
 
 @cli.command()
 @data_option
-@click.option("--port", type=int, default=8501, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--policy",
@@ -402,6 +422,12 @@ def _store(root: Path) -> Any:
     return ControlStore(root)
 
 
+def _has_store(root: Path) -> bool:
+    """Whether ``root`` holds a control store. Commands that read it, or refuse, must not
+    leave a new ``control.sqlite`` in a directory a mistyped --data pointed at."""
+    return (root / config.CONTROL_FILE).exists()
+
+
 @cli.command()
 @data_option
 @format_option
@@ -427,8 +453,11 @@ def approvals(data: Path | None, fmt: str, status: str) -> None:
 
     from tooltrail.control import ApprovalRecord
 
-    with domain_errors(), _store(_existing_data(data)) as store:
-        records: list[ApprovalRecord] = store.list_approvals(status)
+    root = _existing_data(data)
+    records: list[ApprovalRecord] = []
+    if _has_store(root):
+        with domain_errors(), _store(root) as store:
+            records = store.list_approvals(status)
     rows = [r.to_dict() for r in records]
     for row in rows:
         for key in ("requested_at", "expires_at", "decided_at"):
@@ -466,7 +495,13 @@ def _control_command(
 
 def _decision_command(name: str, outcome: str, summary: str, example: str) -> click.Command:
     def command(data: Path | None, approval_id: str, by: str, reason: str | None) -> None:
-        with domain_errors(), _store(_existing_data(data)) as store:
+        root = _existing_data(data)
+        if not _has_store(root):
+            raise CliError(
+                f"no approval request {approval_id!r} in {root}: it holds no control store"
+                f" ({config.CONTROL_FILE}); is --data the directory your agents use?"
+            )
+        with domain_errors(), _store(root) as store:
             record = store.decide(approval_id, outcome, by=by, reason=reason)
         click.echo(f"{record.approval_id} {record.status} by {record.decided_by}")
 
@@ -505,9 +540,9 @@ def _session_command(action: str, summary: str, example: str) -> click.Command:
         from tooltrail.control import SESSION_ACTION_DONE
 
         root = _existing_data(data)
+        if not force:
+            _require_known_session(root, session_id)
         with domain_errors(), _store(root) as store:
-            if not force:
-                _require_known_session(root, store, session_id)
             control = store.set_session_state(session_id, action, by=by, reason=reason)
         click.echo(
             f"session {control.session_id} {SESSION_ACTION_DONE[action]} by {control.changed_by}"
@@ -516,14 +551,19 @@ def _session_command(action: str, summary: str, example: str) -> click.Command:
     return _control_command(action, "session_id", command, summary, example, (_force_option,))
 
 
-def _require_known_session(root: Path, store: Any, session_id: str) -> None:
+def _require_known_session(root: Path, session_id: str) -> None:
     """A mistyped or shortened id must not look like a stopped agent: the session must have
     landed an action or be known to the control store (a call held for approval has not
     landed yet, but its request names the session)."""
     from tooltrail import analytics
 
-    if store.knows_session(session_id) or analytics.session(root, session_id) is not None:
-        return
+    if _has_store(root):
+        with domain_errors(), _store(root) as store:
+            if store.knows_session(session_id):
+                return
+    with domain_errors():
+        if analytics.session(root, session_id) is not None:
+            return
     raise CliError(
         f"no session {session_id!r} in {root}: no landed action and no approval request"
         " names it (list ids with `tooltrail sessions`; --force controls an id no agent"

@@ -432,17 +432,20 @@ class ControlStore:
         if not by or not by.strip():
             raise BadInputError("a decision needs the name of who decides (--by)")
         self.expire_due(now=now)
-        now = time.time() if now is None else now
         with self._tx() as con:
+            # The clock is read under the write lock: however long the lock took to get, a
+            # decision made at or after the deadline loses to the expiry (on_timeout).
+            at = time.time() if now is None else now
             rows = list(
                 con.execute("SELECT * FROM approvals WHERE approval_id = ?", (approval_id,))
             )
             if not rows:
                 raise UnknownIdError(f"no approval request {approval_id!r} in {self.path}")
             current = _record(rows[0])
-            if current.decided:
+            status = EXPIRED if not current.decided and current.expires_at <= at else None
+            if current.decided or status:
                 raise AlreadyDecidedError(
-                    f"approval {approval_id} was already {current.status}"
+                    f"approval {approval_id} was already {status or current.status}"
                     + (f" by {current.decided_by}" if current.decided_by else "")
                     + "; a decision is never overwritten"
                 )
@@ -454,7 +457,7 @@ class ControlStore:
             con.execute(
                 "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?,"
                 " decision_reason = ? WHERE approval_id = ? AND status = 'pending'",
-                (outcome, by, now, reason, approval_id),
+                (outcome, by, at, reason, approval_id),
             )
         return self.get(approval_id)
 

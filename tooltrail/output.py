@@ -19,6 +19,22 @@ FORMATS: Final = ("table", "json", "csv")
 _MAX_CELL: Final = 48
 
 
+def _terminal_safe() -> dict[int, str]:
+    # Cells hold what agents sent (tool names, arguments, session ids). Written raw to a
+    # terminal, an escape sequence or a carriage return lets a value erase and redraw the
+    # line, so a force-push awaiting approval could show as "git_status"; bidirectional
+    # overrides reorder what is shown. Line breaks become spaces (a row stays one line);
+    # every other control or reordering character is shown as its escape.
+    table = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+    table.update({ord("\n"): " ", ord("\r"): " ", ord("\t"): " "})
+    for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C):
+        table[c] = f"\\u{c:04x}"
+    return table
+
+
+_TERMINAL_SAFE: Final = _terminal_safe()
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN / Infinity: strict parsers refuse them
@@ -44,12 +60,14 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
+        if value.tzinfo is None:
+            return value.strftime("%Y-%m-%d %H:%M:%S")
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")  # says it is UTC
     if isinstance(value, float):
         return f"{value:.1f}"
     if isinstance(value, list | tuple):
         return ",".join(_cell(v) for v in value)
-    text = str(value).replace("\n", " ")
+    text = str(value).translate(_TERMINAL_SAFE)
     return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
 
 
@@ -65,14 +83,16 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
 
 
 def _flat(df: pl.DataFrame) -> pl.DataFrame:
-    """CSV holds no nested values: a list of plain values becomes ``a;b``, anything else
-    nested (structs, maps, nested lists) or binary becomes its JSON text."""
+    """CSV holds no nested values: lists, structs, maps and binary become their JSON text
+    (as in the dashboard's CSV). Joining a list with a separator would make ``["a;b"]``
+    and ``["a", "b"]`` one cell, and lists hold paths taken from agents' arguments."""
     import polars as pl
 
     columns: list[pl.Expr | pl.Series] = []
     for name, dtype in df.schema.items():
-        if isinstance(dtype, pl.List) and not dtype.inner.is_nested():
-            columns.append(pl.col(name).cast(pl.List(pl.String)).list.join(";"))
+        if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
+            # RFC 3339, as in the JSON output (polars would write +0000).
+            columns.append(pl.col(name).dt.to_string("%Y-%m-%dT%H:%M:%S%.6f%:z"))
         elif dtype.is_nested() or dtype in (pl.Binary, pl.Object):
             texts = [
                 None if v is None else json.dumps(_jsonable(v), default=str)

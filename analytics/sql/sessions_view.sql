@@ -14,9 +14,14 @@ WITH store_ids AS (
     FROM control_approvals
 ),
 store_pending AS (
-    SELECT session_id, count(*) AS n
+    SELECT
+        session_id,
+        count(*) AS n,
+        arg_min(agent_name, requested_at) AS agent_name,
+        min(requested_at) AS first_requested_at,
+        max(requested_at) AS last_requested_at
     FROM control_approvals
-    WHERE lower(status) = 'pending'
+    WHERE lower(status) = 'pending' AND session_id IS NOT NULL
     GROUP BY session_id
 ),
 control AS (
@@ -75,14 +80,41 @@ SELECT
 FROM (
     -- Pending approvals, by the same rule as the `approvals` view's outcome: the span's
     -- own "pending" unless the store knows that id, plus the store's pending requests.
+    -- A session the store knows only from a pending request (an agent held on its very
+    -- first call: nothing of it has landed yet) is listed too, with no actions.
     SELECT
-        t.*,
+        t.* REPLACE (
+            coalesce(t.session_id, sp.session_id) AS session_id,
+            coalesce(t.agent_name, sp.agent_name) AS agent_name,
+            coalesce(t.started_at, sp.first_requested_at) AS started_at,
+            coalesce(t.last_activity_at, sp.last_requested_at) AS last_activity_at,
+            coalesce(t.span_count, 0) AS span_count,
+            coalesce(t.total_actions, 0) AS total_actions,
+            coalesce(t.allows, 0) AS allows,
+            coalesce(t.denies, 0) AS denies,
+            coalesce(t.rewrites, 0) AS rewrites,
+            coalesce(t.approvals, 0) AS approvals,
+            coalesce(t.low, 0) AS low,
+            coalesce(t.medium, 0) AS medium,
+            coalesce(t.high, 0) AS high,
+            coalesce(t.critical, 0) AS critical,
+            coalesce(t.errors, 0) AS errors,
+            coalesce(t.root_errored, false) AS root_errored,
+            coalesce(t.input_tokens, 0) AS input_tokens,
+            coalesce(t.output_tokens, 0) AS output_tokens,
+            coalesce(t.repos, CAST([] AS VARCHAR[])) AS repos
+        ),
         CAST(
-            len(list_filter(t.pending_refs, lambda r: r IS NULL OR NOT list_contains(s.ids, r)))
+            len(
+                list_filter(
+                    coalesce(t.pending_refs, CAST([] AS VARCHAR[])),
+                    lambda r: r IS NULL OR NOT list_contains(s.ids, r)
+                )
+            )
             + coalesce(sp.n, 0) AS BIGINT
         ) AS pending_approvals
     FROM _session_totals AS t
     CROSS JOIN store_ids AS s
-    LEFT JOIN store_pending AS sp ON sp.session_id = t.session_id
+    FULL OUTER JOIN store_pending AS sp ON sp.session_id = t.session_id
 ) AS t
 LEFT JOIN control AS ctl ON ctl.session_id = t.session_id;
