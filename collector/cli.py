@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -120,12 +121,19 @@ def collect_cli(
     from tooltrail.collector.server import CollectorConfig, Running, default_workers, serve
     from tooltrail.policy import load_policy
 
-    for name, value in (("--token", token), ("--decision-token", decision_token)):
+    for name, env, value in (
+        ("--token", ENV_TOKEN, token),
+        ("--decision-token", ENV_DECISION_TOKEN, decision_token),
+    ):
+        # `--token "$TOKEN"` or `-e TOOLTRAIL_COLLECTOR_DECISION_TOKEN=$DECIDER` with the
+        # variable unset must not start a collector without (decision) auth: click reads
+        # an empty variable as unset, so it is checked here.
+        if value is None and os.environ.get(env) is not None:
+            value = os.environ[env]
         if value is not None and not value.strip():
-            # `--token "$TOKEN"` with TOKEN unset must not start a collector without auth.
             raise click.BadParameter(
-                "is empty (an unset shell variable?); leave the option out to run without a"
-                " token on loopback",
+                f"is empty (an unset shell variable? ${env} counts too); leave it out to run"
+                " without a token on loopback",
                 param_hint=name,
             )
     with domain_errors():

@@ -30,6 +30,7 @@ bench/ingest.py measures both; docs/COLLECTOR.md has the figures and the choice.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hmac
@@ -110,6 +111,9 @@ _LANDER_RETRY_S: Final = 1.0
 # hence a Parquet file).
 _IDLE_FRACTION: Final = 0.1
 _MIN_IDLE_SEAL_S: Final = 0.05
+_NO_FILES_PAUSE_S: Final = 0.05
+# Files the collector needs besides its connections (listener, spool, store, pipes, logs).
+_FILES_RESERVED: Final = 64
 
 
 def default_workers() -> int:
@@ -179,17 +183,21 @@ class CollectorConfig:
                 raise BadInputError(f"--{name.replace('_', '-')} must be at least 16 characters")
 
     def connection_cap(self) -> int:
-        """``max_connections``, bounded by half the open-file limit (the rest serves the
-        spool, the control store, the workers' pipes, and accepting a connection to refuse)."""
+        """``max_connections``, bounded by half of the open-file limit less a reserve (the
+        rest serves the waiters' control-store files, the spool, the workers' pipes, and
+        accepting a connection to refuse it)."""
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY:
             return self.max_connections
-        return max(2, min(self.max_connections, soft // 2))
+        return max(2, min(self.max_connections, (soft - _FILES_RESERVED) // 2))
 
     def waiter_cap(self) -> int:
-        """Long-polls parked at once: at most half the connections, so they never hold
-        every connection thread and starve the senders."""
-        return max(1, min(self.max_waiters, self.connection_cap() // 2))
+        """Long-polls parked at once: at most a quarter of the connections, so they never
+        hold the connection threads the senders need, nor the files: a waiter keeps its
+        control-store connection open (the database, its WAL and shared-memory files:
+        three more descriptors), so the cap's connections with their waiters stay within
+        seven eighths of the open-file limit."""
+        return max(1, min(self.max_waiters, self.connection_cap() // 4))
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -675,7 +683,12 @@ class _Handler(BaseHTTPRequestHandler):
         fields = self.headers.get_all("Content-Length") or []
         values = {value.strip() for field in fields for value in field.split(",")}
         problem = None
-        if len(values) > 1:
+        if self._malformed_headers():
+            # The stdlib parser stops at a line it cannot read (space before the colon, no
+            # colon) and files every later header, a Content-Length too, as "payload": the
+            # body would go unseen here and be answered as a request of its own.
+            problem = "a malformed header line"
+        elif len(values) > 1:
             problem = "conflicting Content-Length values"
         elif values and self._chunked:
             problem = "both Content-Length and Transfer-Encoding"
@@ -690,6 +703,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._error(400, f"{problem}: the request cannot be delimited", kind="other")
         return False
+
+    def _malformed_headers(self) -> bool:
+        headers = self.headers
+        if headers.defects or headers.get_payload():
+            return True
+        # A folded line (obs-fold) keeps its line break inside the value: RFC 9112 §5.2.
+        return any("\r" in v or "\n" in v for v in headers.values())
 
     def _body_seconds(self, length: int) -> float:
         return self.server.header_timeout_s + length / _MIN_BODY_RATE
@@ -1095,6 +1115,16 @@ class CollectorHTTPServer(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        try:
+            return super().get_request()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                # Out of files: the listener stays readable, and the serve loop would spin
+                # on it. Pause so the connections being served can finish and free some.
+                time.sleep(_NO_FILES_PAUSE_S)
+            raise
 
     def process_request(self, request: _RequestType, client_address: Any) -> None:
         """Serve the connection in a thread of its own while fewer than

@@ -101,9 +101,10 @@ def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
     approval_id = str(row["approval_id"])
     who = ui.operator()
     blocked = why_not_decidable(row, who)
-    # A held call whose request never reached the store has no approval id: key the
-    # card by its span so that several of them can be listed.
-    card = row.get("approval_id") or f"span-{row.get('span_id')}"
+    # A request the store holds is one card per id; any other held call (its request never
+    # reached the store, or its span cites an id the store filed for another span) is keyed
+    # by its span, so that several of them can be listed.
+    card = row.get("approval_id") if row.get("in_store") else f"span-{row.get('span_id')}"
     with st.container(border=True, key=f"{key}-card-{card}"):
         left, right = st.columns([7, 3], vertical_alignment="center")
         with left:

@@ -335,9 +335,15 @@ class Data:
         the store does not know the request, which then cannot be decided here)."""
         frame = self.approvals("pending").reverse()
         approvers = _approvers(*self._key)
-        ids = frame.get_column("approval_id").to_list()
+        # Only the store's own row of a request can be decided: a span citing the same id
+        # for another call (in_store false) must never lend its card the request's approvers.
+        rows = zip(frame["approval_id"].to_list(), frame["in_store"].to_list(), strict=True)
         return frame.with_columns(
-            pl.Series("approvers", [approvers.get(i or "", []) for i in ids], pl.List(pl.String))
+            pl.Series(
+                "approvers",
+                [approvers.get(i or "", []) if known else [] for i, known in rows],
+                pl.List(pl.String),
+            )
         )
 
     def approval_stats(self, by: str, since: str | None) -> pl.DataFrame:

@@ -391,6 +391,8 @@ def _flush_on_sigterm() -> None:
     global _sigterm_installed
     if _sigterm_installed or threading.current_thread() is not threading.main_thread():
         return
+    if not config.env_flag(config.ENV_SIGTERM_FLUSH, default=True):
+        return
     try:
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _land_then_terminate)
@@ -403,13 +405,17 @@ _sigterm_installed = False
 
 
 def _land_then_terminate(signum: int, frame: object) -> None:
-    # In a thread of its own, and bounded: the signal may have interrupted the main thread
-    # while it held the SDK's or the exporter's lock, which the landing needs.
-    lander = threading.Thread(target=_flush_all, name="tooltrail-sigterm-flush", daemon=True)
-    lander.start()
-    lander.join(SIGTERM_FLUSH_S)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
+    try:
+        # In a thread of its own, and bounded: the signal may have interrupted the main
+        # thread while it held the SDK's or the exporter's lock, which the landing needs.
+        lander = threading.Thread(target=_flush_all, name="tooltrail-sigterm-flush", daemon=True)
+        lander.start()
+        lander.join(SIGTERM_FLUSH_S)
+    finally:
+        # Whatever happened above (a second signal, no thread at interpreter shutdown), the
+        # process ends as SIGTERM ends it.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _flush_all() -> None:

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import http.client
 import os
+import resource
 import selectors
 import shutil
 import signal
@@ -42,7 +43,14 @@ def collect_argv() -> list[str]:
 
 
 class CollectorProcess:
-    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        max_files: int | None = None,
+    ) -> None:
+        self.max_files = max_files  # the process's open-file limit (ulimit -n), if set
         self.data_dir = data_dir
         self.args = ["--data", str(data_dir), "--host", "127.0.0.1", "--port", "0", *args]
         self.env = {**os.environ, **(env or {})}
@@ -59,6 +67,7 @@ class CollectorProcess:
             stderr=err,
             text=True,
             env=self.env,
+            preexec_fn=self._limit_files if self.max_files is not None else None,
         )
         err.close()
         assert self.proc.stdout is not None
@@ -76,6 +85,10 @@ class CollectorProcess:
             raise RuntimeError(f"collector did not start: {line!r} {self.stderr()}")
         self.url = line.split("listening on ", 1)[1].split()[0]
         return self
+
+    def _limit_files(self) -> None:
+        assert self.max_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_files, self.max_files))
 
     def __enter__(self) -> CollectorProcess:
         return self.start()

@@ -193,6 +193,9 @@ def test_values_agents_sent_cannot_redraw_the_operators_terminal(tmp_path: Path)
     for code, out in outputs:
         assert code == 0, out
         assert not {"\x1b", "\r", "\x07", "\u202e"} & set(out), repr(out)
+    # An error quoting a value (DuckDB's conversion error) shows it escaped too.
+    code, out = _run("query", "--data", str(data), "SELECT CAST(agent_name AS INTEGER) FROM spans")
+    assert code == 2 and "\x1b" not in out and "bot\\x1b]0;owned\\x07" in out, repr(out)
     show, _, query = (out for _, out in outputs)
     assert "git_push_force\\x1b[1K git_status" in show  # shown, not obeyed
     assert "bot\\x1b]0;owned\\x07" in query and "\\u202e" in query

@@ -139,8 +139,13 @@ SMUGGLED = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
         b"Content-Length: 2, 50\r\n",
         b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n",
         b"Content-Length: +2\r\n",
+        # The stdlib parser stops at a malformed line and hides the headers after it.
+        b"Content-Length : 2\r\n",
+        b"X-Junk : 1\r\nContent-Length: 2\r\n",
+        b"NoColonHere\r\nContent-Length: 2\r\n",
+        b"X-Folded: a\r\n Content-Length: 2\r\n",
     ],
-    ids=["two-headers", "list", "with-chunked", "signed"],
+    ids=["two-headers", "list", "with-chunked", "signed", "space", "junk", "no-colon", "fold"],
 )
 def test_ambiguous_length_is_400_and_closes(col: CollectorProcess, framing: bytes) -> None:
     raw = b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n" + AUTH.encode() + framing + b"\r\n{}"
@@ -471,3 +476,56 @@ def test_paths_are_scrubbed_from_health_and_errors(small: Running) -> None:
     doc = json.loads(answers[0].body)
     assert doc["landing_error"] == "seg-1.wal: [Errno 28] No space left: '<data>/spans/x'"
     assert str(data) not in answers[0].body.decode()
+
+
+def test_waiting_long_polls_and_idle_connections_stay_within_the_file_limit(
+    tmp_path: Path,
+) -> None:
+    # Long-polls keep the control store open (its database, WAL and shared-memory files)
+    # while they wait: with every waiter slot and every connection taken, the collector
+    # must still have a file to accept and refuse the next connection (503, not a hang).
+    max_files = 256
+    with CollectorProcess(tmp_path / "data", "--workers", "0", max_files=max_files) as col:
+        assert col.proc is not None
+        status, _, filed = request(
+            col.url,
+            "POST",
+            "/v1/approvals",
+            json.dumps({"tool_name": "deploy", "arguments": {}, "timeout_s": 60}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        assert status == 201, filed
+        approval_id = json.loads(filed)["approval_id"]
+        address = ("127.0.0.1", col.port)
+        cap = (max_files - 64) // 2
+        conns: list[Conn] = []
+        try:
+            for _ in range(cap // 4):  # every waiter slot
+                conn = Conn(address)
+                conn.send(
+                    f"GET /v1/approvals/{approval_id}?wait=30 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                )
+                conns.append(conn)
+            while len(conns) < cap:  # and every other connection, half a request each
+                conn = Conn(address)
+                conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                conns.append(conn)
+            wait_until(
+                lambda: len(list(Path(f"/proc/{col.proc.pid}/fd").iterdir())) >= cap,  # type: ignore[union-attr]
+                timeout=10,
+                what="every connection accepted",
+            )
+            time.sleep(0.5)
+            used = len(list(Path(f"/proc/{col.proc.pid}/fd").iterdir()))
+            assert used < max_files - 8, used
+            started = time.monotonic()
+            answers = exchange(address, TRACE_POST)
+            assert [a.status for a in answers] == [503] and time.monotonic() - started < 5
+        finally:
+            for conn in conns:
+                conn.close()
+        wait_until(
+            lambda: [a.status for a in exchange(address, TRACE_POST)] == [200],
+            timeout=10,
+            what="a sender gets through once connections end",
+        )

@@ -91,6 +91,28 @@ def test_a_decision_that_reaches_the_store_after_the_deadline_loses(tmp_path: Pa
         assert (after.status, after.decided_by) == ("expired", None)
 
 
+def test_a_cancel_that_reaches_the_store_after_a_deadline_does_not_relabel_it(
+    tmp_path: Path,
+) -> None:
+    with ControlStore(tmp_path) as store:
+        rec = store.file_request(_req(timeout_s=0.3, on_timeout="ALLOW"))
+        blocker = sqlite3.connect(tmp_path / "control.sqlite", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the cancel waits past the request's deadline
+        thread = threading.Thread(
+            target=lambda: store.set_session_state("s1", "cancel", by="sec", reason="runaway")
+        )
+        thread.start()
+        time.sleep(0.6)
+        blocker.execute("COMMIT")
+        blocker.close()
+        thread.join(timeout=30)
+        after = store.get(rec.approval_id)
+        # It expired (its on_timeout applies), it was not denied by the cancel.
+        assert (after.status, after.decided_by) == ("expired", None)
+        assert after.decided_at == after.expires_at
+        assert store.session_state("s1") == "canceled"
+
+
 def test_approver_list_enforced_and_request_stays_pending(tmp_path: Path) -> None:
     with ControlStore(tmp_path) as store:
         rec = store.file_request(_req(approvers=("alice", "carol")))

@@ -181,3 +181,46 @@ def test_bulk_decisions_are_offered_only_when_valid_for_every_selected_request(
     assert _status(seeded, PENDING_ANYONE) == ("denied", "dana", "freeze")
     assert _status(seeded, PENDING_MANAGERS) == ("denied", "dana", "freeze")
     assert "Nothing is waiting for a decision." in texts(at.caption)
+
+
+def test_a_span_citing_a_pending_request_for_another_call_cannot_decide_it(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime as dt
+
+    from conftest import _make_row
+
+    from tooltrail.collector.writer import ParquetSpanWriter
+    from tooltrail.control import ApprovalRequest
+
+    with ControlStore(seeded.root) as store:
+        real = store.file_request(
+            ApprovalRequest(
+                tool_name="git_push",
+                arguments={"force": True},
+                session_id="sess-ok",
+                span_id="1" * 16,
+                timeout_s=3600,
+            )
+        ).approval_id
+    # Another agent's span claims the request was filed for its own reset --hard.
+    copy = _make_row(
+        decision="REQUIRE_APPROVAL",
+        tool_name="git_reset_hard",
+        session_id="sess-other",
+        span_id="2" * 16,
+        approval_id=real,
+        approval_status="pending",
+        start_time=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1),
+    )
+    ParquetSpanWriter(seeded.root).write([copy])
+    at = _app(seeded, monkeypatch)
+    assert not at.exception  # the Overview lists both without a clash
+    at.sidebar.text_input(key="operator").input("alice").run()
+    at = goto(at, "approvals")
+    assert not at.exception
+    # Its card is its own, and it cannot approve the request it cites.
+    fake = at.button(key=f"approvals-approve-span-{'2' * 16}")
+    assert fake.disabled and "not in the control store" in str(fake.help)
+    at.button(key=f"approvals-approve-{real}").click().run()  # the real one can
+    assert _status(seeded, real)[:2] == ("approved", "alice")

@@ -541,3 +541,27 @@ def test_sigterm_lands_the_calls_that_ran_before_the_process_ends(
     # Every call that returned landed (and at most the one SIGTERM cut off after it ran).
     assert made >= 3000 and made <= len(landed) <= made + 1, (made, len(landed))
     assert [r["sequence"] for r in landed] == list(range(1, len(landed) + 1))
+
+
+@pytest.mark.parametrize(("setting", "handled"), [(None, True), ("0", False)])
+def test_sigterm_handling_can_be_left_to_the_default(
+    tmp_path: Path, setting: str | None, handled: bool
+) -> None:
+    # TOOLTRAIL_SIGTERM_FLUSH=0: an agent whose main thread may sit in C code for long keeps
+    # SIGTERM's immediate default instead of a handler that waits for Python code to run.
+    script = (
+        "import signal, tooltrail.instrumentation as tt\n"
+        f"tt.configure(data_dir={str(tmp_path / 'data')!r})\n"
+        "print(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL)\n"
+    )
+    env = {} if setting is None else {"TOOLTRAIL_SIGTERM_FLUSH": setting}
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(handled)

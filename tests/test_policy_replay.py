@@ -534,26 +534,36 @@ def test_a_set_through_a_non_object_replays_as_the_deny_it_landed_as(tmp_path: P
 
 
 def test_claiming_redactions_does_not_exempt_a_row_from_the_check(tmp_path: Path) -> None:
-    # A forged record: an ALLOW of a tool the policy denies, stamped with the policy's own
+    # Forged records: ALLOWs of a tool the policy denies, stamped with the policy's own
     # version and a redaction count (the exporter counts any scrubbed attribute), whose
-    # arguments were never redacted. Replay must re-decide it, not keep it.
-    policy = loads_policy("version: 1\nrules:\n  - {id: no-rm, when: {tool: rm}, decision: DENY}\n")
-    forged = empty_row()
-    forged.update(
-        trace_id="t1",
-        span_id="f1",
-        span_type="tool",
-        tool_name="rm",
-        arguments=json.dumps({"path": "/etc/2"}),
-        session_id="s",
-        start_time=NOW - dt.timedelta(hours=1),
-        decision="ALLOW",
-        policy_rule="pass",
-        enforced=True,
-        redactions=1,
-        policy_version=policy.version,
+    # arguments were never redacted; the second also names a real ALLOW rule as matched,
+    # as if the redaction had hidden what it tests. Replay must re-decide both.
+    policy = loads_policy(
+        "version: 1\ndefault: DENY\nrules:\n"
+        "  - {id: no-rm, when: {tool: rm}, decision: DENY}\n"
+        "  - {id: allow-ls, when: {tool: ls}, decision: ALLOW}\n"
     )
-    ParquetSpanWriter(tmp_path).write([forged])
+    rows = []
+    for i, matched in enumerate(([], ["allow-ls"])):
+        forged = empty_row()
+        forged.update(
+            trace_id=f"t{i}",
+            span_id=f"f{i}",
+            span_type="tool",
+            tool_name="rm",
+            arguments=json.dumps({"path": f"/etc/{i}"}),
+            session_id="s",
+            start_time=NOW - dt.timedelta(hours=1),
+            decision="ALLOW",
+            policy_rule=matched[0] if matched else "pass",
+            policy_matched=matched,
+            blast_radius="Low",
+            enforced=True,
+            redactions=1,
+            policy_version=policy.version,
+        )
+        rows.append(forged)
+    ParquetSpanWriter(tmp_path).write(rows)
     report = replay(policy, tmp_path, since_s=None, now=NOW)
-    assert (report.changed, report.kept_redacted) == (1, 0)
-    assert as_counter(report.transitions, ("from", "to")) == Counter({("ALLOW", "DENY"): 1})
+    assert (report.changed, report.kept_redacted, report.changed_on_redacted) == (2, 0, 0)
+    assert as_counter(report.transitions, ("from", "to")) == Counter({("ALLOW", "DENY"): 2})

@@ -33,7 +33,9 @@ def domain_errors() -> Iterator[None]:
     try:
         yield
     except TooltrailError as e:
-        raise CliError(str(e)) from e
+        from tooltrail.output import terminal_safe
+
+        raise CliError(terminal_safe(str(e))) from e
 
 
 def data_option(fn: F) -> F:

@@ -17,6 +17,10 @@ ENV_CAPTURE_RESULTS: Final = "TOOLTRAIL_CAPTURE_RESULTS"
 ENV_SESSION_CONTROL: Final = "TOOLTRAIL_SESSION_CONTROL"
 ENV_COLLECTOR_URL: Final = "TOOLTRAIL_COLLECTOR_URL"
 ENV_COLLECTOR_TOKEN: Final = "TOOLTRAIL_COLLECTOR_TOKEN"
+# "0" leaves SIGTERM alone (see docs/INSTRUMENTATION.md, "Processes"): a Python handler runs
+# only when the main thread runs Python code, so a process blocked in C code would outlive
+# SIGTERM until that call returns.
+ENV_SIGTERM_FLUSH: Final = "TOOLTRAIL_SIGTERM_FLUSH"
 DEFAULT_DATA_DIR: Final = "tooltrail-data"
 
 _log = logging.getLogger(__name__)

@@ -565,10 +565,17 @@ class ControlStore:
         target = {"pause": PAUSED, "resume": RUNNING, "cancel": CANCELED}.get(action)
         if target is None:
             raise BadInputError(f"unknown session action {action!r}")
-        if action == "cancel":  # what is overdue expired; cancel must not relabel it denied
-            self.expire_due()
-        now = time.time()
         with self._tx() as con:
+            # The clock is read under the write lock (as in decide): a request whose deadline
+            # passed while this waited for the lock expired, and cancel must not relabel it.
+            now = time.time()
+            if action == "cancel":
+                con.execute(
+                    "UPDATE approvals SET status = 'expired', decided_at = expires_at,"
+                    " decided_by = NULL WHERE session_id = ? AND status = 'pending'"
+                    " AND expires_at <= ?",
+                    (session_id, now),
+                )
             rows = list(
                 con.execute(
                     "SELECT state FROM session_controls WHERE session_id = ?", (session_id,)

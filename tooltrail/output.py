@@ -33,6 +33,15 @@ def _terminal_safe() -> dict[int, str]:
 
 
 _TERMINAL_SAFE: Final = _terminal_safe()
+# Messages keep their line breaks (an error may list several problems, one per line).
+_TERMINAL_SAFE_LINES: Final = {**_TERMINAL_SAFE, ord("\n"): "\n"}
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control or reordering character but line breaks shown as its
+    escape: for messages that may quote values agents sent (a DuckDB conversion error
+    quotes the offending value)."""
+    return text.translate(_TERMINAL_SAFE_LINES)
 
 
 def _jsonable(value: Any) -> Any:
@@ -73,8 +82,9 @@ def _cell(value: Any) -> str:
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     cells = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    headers = [str(c).translate(_TERMINAL_SAFE) for c in columns]  # names may quote data
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(headers)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(headers, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += [
         "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells

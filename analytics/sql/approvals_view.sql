@@ -30,7 +30,9 @@ WITH held AS (
         a.action_summary,
         a.arguments,
         tooltrail_approval_outcome(a.approval_status, a.enforced) AS span_outcome,
-        c.approval_id IS NOT NULL AND coalesce(c.span_id = a.span_id, true) AS filed_for
+        -- span ids land as lower-case hex; a request filed over HTTP may spell it otherwise
+        c.approval_id IS NOT NULL AND coalesce(lower(trim(c.span_id)) = a.span_id, true)
+            AS filed_for
     FROM actions AS a
     LEFT JOIN control_approvals AS c ON c.approval_id = a.approval_id
     WHERE a.decision = 'REQUIRE_APPROVAL'

@@ -78,8 +78,9 @@ SELECT
     ctl.changed_by AS control_changed_by,
     ctl.changed_at AS control_changed_at
 FROM (
-    -- Pending approvals, by the same rule as the `approvals` view's outcome: the span's
-    -- own "pending" unless the store knows that id, plus the store's pending requests.
+    -- Pending approvals: the store's pending requests, plus the spans' own "pending" for
+    -- ids the store does not hold (for an id it holds, the store alone says; a span citing
+    -- it for another call, an in_store = false row of `approvals`, does not count).
     -- A session the store knows only from a pending request (an agent held on its very
     -- first call: nothing of it has landed yet) is listed too, with no actions.
     SELECT

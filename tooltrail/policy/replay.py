@@ -186,9 +186,12 @@ def _group_query(policy: Policy, since: dt.datetime | None, max_examples: int) -
         SELECT {", ".join(f"{expr} AS in_{i}" for i, expr in enumerate(inputs))},
                decision, policy_rule, blast_radius,
                coalesce(len(policy_matched), 0) > 0 AS old_matched,
-               -- Only for rows redacted on landing (few): null elsewhere, so neither column
-               -- splits the groups of ordinary rows.
+               -- Only for rows whose landed arguments hold a redaction (few): null
+               -- elsewhere, so neither column splits the groups of ordinary rows. A
+               -- redaction count alone (a scrubbed attribute, or a forged count) does not
+               -- qualify: nothing a condition reads was hidden.
                CASE WHEN coalesce(redactions, 0) > 0
+                         AND contains(coalesce(arguments, ''), '[REDACTED')
                     THEN coalesce(policy_matched, []::VARCHAR[]) END AS redacted_matched,
                coalesce(redactions, 0) > 0 AND coalesce(policy_version = ?, false) AS kept,
                count(*) AS n,
