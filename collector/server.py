@@ -112,6 +112,8 @@ _LANDER_RETRY_S: Final = 1.0
 _IDLE_FRACTION: Final = 0.1
 _MIN_IDLE_SEAL_S: Final = 0.05
 _NO_FILES_PAUSE_S: Final = 0.05
+# A header line: a token, a colon right after it, a value with no line break (RFC 9112 §5).
+_HEADER_LINE_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*")
 # Files the collector needs besides its connections (listener, spool, store, pipes, logs).
 _FILES_RESERVED: Final = 64
 
@@ -554,6 +556,21 @@ class _DeadlineReader(io.RawIOBase):
         super().close()
 
 
+class _LineRecorder:
+    """A reader that keeps every line read through it (the request's header lines)."""
+
+    __slots__ = ("_fp", "lines")
+
+    def __init__(self, fp: Any) -> None:
+        self._fp = fp
+        self.lines: list[bytes] = []
+
+    def readline(self, limit: int = -1) -> bytes:
+        line: bytes = self._fp.readline(limit)
+        self.lines.append(line)
+        return line
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "tooltrail-collect"
@@ -569,6 +586,7 @@ class _Handler(BaseHTTPRequestHandler):
     # it back until ``100 Continue``. An answer sent with body bytes unread closes the
     # connection (see _send): reading on would take them for the next request.
     _declared: int | None = None
+    _header_lines: list[bytes] = []  # noqa: RUF012 - replaced per request, never mutated
     _unread = 0
     _chunked = False
     _awaiting_continue = False
@@ -596,6 +614,18 @@ class _Handler(BaseHTTPRequestHandler):
         # connection may idle before its next request).
         self._reader.arm(self.server.header_timeout_s, "the request line and headers")
         super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        # The header lines as sent, for _malformed_headers: the stdlib's parser reads a
+        # bare CR as a line break and drops what it cannot read into a "payload".
+        rfile = self.rfile
+        recorder = _LineRecorder(rfile)
+        self.rfile = recorder  # type: ignore[assignment]  # parse_headers only calls readline
+        try:
+            return super().parse_request()
+        finally:
+            self.rfile = rfile
+            self._header_lines = recorder.lines
 
     def handle_expect_100(self) -> bool:
         # ``100 Continue`` is sent only when the body is about to be read, after the
@@ -705,11 +735,15 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _malformed_headers(self) -> bool:
-        headers = self.headers
-        if headers.defects or headers.get_payload():
-            return True
-        # A folded line (obs-fold) keeps its line break inside the value: RFC 9112 §5.2.
-        return any("\r" in v or "\n" in v for v in headers.values())
+        """A header line that is not ``name: value`` CRLF as RFC 9112 §5 has it: a space
+        before the colon, no colon, a continuation (obs-fold), a bare CR or LF inside."""
+        for line in self._header_lines:
+            if line in (b"\r\n", b"\n"):
+                break
+            body = line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n")
+            if b"\r" in body or _HEADER_LINE_RE.fullmatch(body) is None:
+                return True
+        return False
 
     def _body_seconds(self, length: int) -> float:
         return self.server.header_timeout_s + length / _MIN_BODY_RATE

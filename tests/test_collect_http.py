@@ -384,14 +384,19 @@ def test_an_empty_token_is_refused_not_read_as_no_token(tmp_path: Path) -> None:
     # The same through the environment (click reads an empty variable as unset): an
     # empty decision token would let the agents' token approve their own calls.
     for env in ("TOOLTRAIL_COLLECTOR_TOKEN", "TOOLTRAIL_COLLECTOR_DECISION_TOKEN"):
-        done = subprocess.run(
-            [*collect_argv(), "--data", str(tmp_path / "d"), "--port", "0"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, "TOOLTRAIL_COLLECTOR_TOKEN": "agents-token-0123456789", env: " "},
-        )
-        assert done.returncode == 2 and f"${env}" in done.stderr, done.stderr
+        for value in ("", " "):
+            done = subprocess.run(
+                [*collect_argv(), "--data", str(tmp_path / "d"), "--port", "0"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={
+                    **os.environ,
+                    "TOOLTRAIL_COLLECTOR_TOKEN": "agents-token-0123456789",
+                    env: value,
+                },
+            )
+            assert done.returncode == 2 and f"${env}" in done.stderr, (value, done.stderr)
     assert not (tmp_path / "d").exists()
 
 

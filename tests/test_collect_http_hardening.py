@@ -144,8 +144,19 @@ SMUGGLED = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
         b"X-Junk : 1\r\nContent-Length: 2\r\n",
         b"NoColonHere\r\nContent-Length: 2\r\n",
         b"X-Folded: a\r\n Content-Length: 2\r\n",
+        b"X-A: 1\rContent-Length: 2\r\n",  # a bare CR: the parser splits the line there
     ],
-    ids=["two-headers", "list", "with-chunked", "signed", "space", "junk", "no-colon", "fold"],
+    ids=[
+        "two-headers",
+        "list",
+        "with-chunked",
+        "signed",
+        "space",
+        "junk",
+        "no-colon",
+        "fold",
+        "bare-cr",
+    ],
 )
 def test_ambiguous_length_is_400_and_closes(col: CollectorProcess, framing: bytes) -> None:
     raw = b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n" + AUTH.encode() + framing + b"\r\n{}"
@@ -153,6 +164,23 @@ def test_ambiguous_length_is_400_and_closes(col: CollectorProcess, framing: byte
     assert [a.status for a in answers] == [400]  # the smuggled GET is never answered
     assert answers[0].headers["connection"] == "close"
     assert "cannot be delimited" in rpc_message(answers[0])
+
+
+def test_a_well_formed_request_of_an_unsupported_type_is_415_not_malformed(
+    col: CollectorProcess,
+) -> None:
+    # The stdlib's header parser records "defects" for a multipart Content-Type with no
+    # body to parse: the header lines themselves are fine, so this is the media type's 415.
+    for media in (b"multipart/form-data; boundary=xyz", b"message/rfc822"):
+        raw = (
+            b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n"
+            + AUTH.encode()
+            + b"Content-Type: "
+            + media
+            + b"\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        answers = exchange(addr(col), raw)
+        assert [a.status for a in answers] == [415], media
 
 
 def test_identical_repeated_content_length_is_one_length(col: CollectorProcess) -> None:
