@@ -192,24 +192,19 @@ def _b64_id(
         raise IngestError(f"{where}: missing")
     if not isinstance(value, str):
         raise IngestError(f"{where}: expected a hex string, got {type(value).__name__}")
-    if not strict and len(value) != 4 * ((size + 2) // 3):
-        try:
-            return base64.b64encode(bytes.fromhex(value)).decode("ascii")
-        except ValueError:
-            raise IngestError(f"{where}: {value!r} is not hex") from None
-    if len(value) == 2 * size:
-        try:
-            raw = bytes.fromhex(value)
-        except ValueError:
-            raise IngestError(f"{where}: {value!r} is not hex") from None
-    elif len(value) == 4 * ((size + 2) // 3):
+    if len(value) == 4 * ((size + 2) // 3):
         # Protobuf's own JSON mapping writes base64; hex and base64 lengths never collide.
         try:
             raw = base64.b64decode(value, validate=True)
         except binascii.Error:
             raise IngestError(f"{where}: {value!r} is neither hex nor base64") from None
-    else:
+    elif strict and len(value) != 2 * size:
         raise IngestError(f"{where}: expected {2 * size} hex digits, got {value!r}")
+    else:
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            raise IngestError(f"{where}: {value!r} is not hex") from None
     return base64.b64encode(raw).decode("ascii")
 
 

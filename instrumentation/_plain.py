@@ -85,8 +85,6 @@ def _plain(value: Any, depth: int) -> Any:
         return _plain(value.value, depth + 1)
     if isinstance(value, str):
         return str.__str__(value)  # the text itself, as JSON writes a str subclass
-    if isinstance(value, bool):
-        return bool(value)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, decimal.Decimal):

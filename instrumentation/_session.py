@@ -222,16 +222,16 @@ class session(_Scope):  # lower-case: used as a context manager, like contextlib
                 f"session(trigger={trigger!r}): trigger must be one of {', '.join(TRIGGERS)}"
             )
         enclosing = _current.get()
-        if enclosing is not None and session_id is not None and session_id == enclosing.session_id:
-            # The enclosing session resumed by its own id: the same run, not a sub-agent.
-            parent_session_id = parent_session_id or enclosing.parent_session_id
+        if enclosing is not None:
             agent_name = agent_name or enclosing.agent_name
-            agent_id = agent_id or enclosing.agent_id
-            trigger = trigger or enclosing.trigger
-        elif enclosing is not None:
-            parent_session_id = parent_session_id or enclosing.session_id
-            agent_name = agent_name or enclosing.agent_name
-            trigger = trigger or NESTED_TRIGGER
+            if session_id == enclosing.session_id:
+                # The enclosing session resumed by its own id: the same run, not a sub-agent.
+                parent_session_id = parent_session_id or enclosing.parent_session_id
+                agent_id = agent_id or enclosing.agent_id
+                trigger = trigger or enclosing.trigger
+            else:
+                parent_session_id = parent_session_id or enclosing.session_id
+                trigger = trigger or NESTED_TRIGGER
         session_id = session_id or new_session_id()
         if parent_session_id == session_id:
             parent_session_id = None  # a session is never its own parent

@@ -219,10 +219,10 @@ def _landing_dir(provider: TracerProvider, requested: Path) -> Path:
     if known is not None:
         actual = known[0]
     else:
-        found = _tooltrail_exporter(provider)
+        found = _tooltrail_processor(provider)
         if found is None:
             return requested
-        actual = Path(getattr(found, "data_dir", None) or config.data_dir())
+        actual = Path(getattr(found[1], "data_dir", None) or config.data_dir())
         _exporting[id(provider)] = (actual, None, None)
     if _same_dir(actual, requested):
         return actual
@@ -342,12 +342,6 @@ def _in_multiprocessing_child(flusher: _Flusher) -> None:
         _log.exception("tooltrail: could not set up landing in a multiprocessing child")
 
 
-def _tooltrail_exporter(provider: TracerProvider) -> SpanExporter | None:
-    """The ``TooltrailSpanExporter`` the provider already lands spans with, or None."""
-    found = _tooltrail_processor(provider)
-    return found[1] if found is not None else None
-
-
 def _tooltrail_processor(provider: TracerProvider) -> tuple[SpanProcessor, SpanExporter] | None:
     """The processor and ``TooltrailSpanExporter`` the provider lands spans with, or None
     (best effort: the processor list is SDK-internal, so anything unexpected reads as
@@ -367,7 +361,8 @@ def _tooltrail_processor(provider: TracerProvider) -> tuple[SpanProcessor, SpanE
 
 def land_in_multiprocessing_children(provider: TracerProvider) -> None:
     """For a provider built elsewhere (the zero-code configurator) with the tooltrail
-    exporter: land the spans of its ``multiprocessing`` children as ``configure`` does."""
+    exporter: land the spans of its ``multiprocessing`` children, and on SIGTERM, as
+    ``configure`` does."""
     found = _tooltrail_processor(provider)
     if found is None:
         return

@@ -134,9 +134,9 @@ def test_commands_refuse_a_data_directory_that_does_not_exist(tmp_path: Path) ->
         ["query", "SELECT 1"],
         ["compact"],
     ):
-        result = CliRunner().invoke(cli, [*args[:1], "--data", str(missing), *args[1:]])
-        assert result.exit_code == 2, (args, result.output)
-        assert f"data directory {missing} does not exist" in result.output, args
+        code, out = _run(missing, *args)
+        assert code == 2, (args, out)
+        assert f"data directory {missing} does not exist" in out, args
     assert not missing.exists()  # nothing created: no control store an agent never reads
 
 

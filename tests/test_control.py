@@ -8,6 +8,7 @@ import multiprocessing
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -64,13 +65,22 @@ def test_decided_once_never_overwritten(tmp_path: Path) -> None:
         assert store.get(rec.approval_id).status == "denied"
 
 
+def _while_write_locked(root: Path, change: Callable[[], object]) -> None:
+    """Run ``change`` in a thread while another writer holds the store's write lock for
+    0.6 s (past a 0.3 s deadline): asked for in time, it can only be made too late."""
+    blocker = sqlite3.connect(root / "control.sqlite", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    thread = threading.Thread(target=change)
+    thread.start()
+    time.sleep(0.6)
+    blocker.execute("COMMIT")
+    blocker.close()
+    thread.join(timeout=30)
+
+
 def test_a_decision_that_reaches_the_store_after_the_deadline_loses(tmp_path: Path) -> None:
     with ControlStore(tmp_path) as store:
         rec = store.file_request(_req(timeout_s=0.3))
-        # Another writer holds the store's write lock past the deadline while the decision
-        # waits for it: the decision was asked for in time but can only be made too late.
-        blocker = sqlite3.connect(tmp_path / "control.sqlite", isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
         outcome: list[object] = []
 
         def approve() -> None:
@@ -79,12 +89,7 @@ def test_a_decision_that_reaches_the_store_after_the_deadline_loses(tmp_path: Pa
             except AlreadyDecidedError as e:
                 outcome.append(e)
 
-        thread = threading.Thread(target=approve)
-        thread.start()
-        time.sleep(0.6)
-        blocker.execute("COMMIT")
-        blocker.close()
-        thread.join(timeout=30)
+        _while_write_locked(tmp_path, approve)
         assert len(outcome) == 1 and isinstance(outcome[0], AlreadyDecidedError), outcome
         assert "already expired" in str(outcome[0])
         [after] = store.list_approvals("all")  # as the next reader sees it
@@ -96,16 +101,10 @@ def test_a_cancel_that_reaches_the_store_after_a_deadline_does_not_relabel_it(
 ) -> None:
     with ControlStore(tmp_path) as store:
         rec = store.file_request(_req(timeout_s=0.3, on_timeout="ALLOW"))
-        blocker = sqlite3.connect(tmp_path / "control.sqlite", isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")  # the cancel waits past the request's deadline
-        thread = threading.Thread(
-            target=lambda: store.set_session_state("s1", "cancel", by="sec", reason="runaway")
+        # the cancel waits past the request's deadline
+        _while_write_locked(
+            tmp_path, lambda: store.set_session_state("s1", "cancel", by="sec", reason="runaway")
         )
-        thread.start()
-        time.sleep(0.6)
-        blocker.execute("COMMIT")
-        blocker.close()
-        thread.join(timeout=30)
         after = store.get(rec.approval_id)
         # It expired (its on_timeout applies), it was not denied by the cancel.
         assert (after.status, after.decided_by) == ("expired", None)

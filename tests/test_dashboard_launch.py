@@ -143,16 +143,22 @@ def test_the_server_stops_when_the_command_is_killed_outright(tmp_path: Path) ->
         _wait_until_down(port, 20, "the server outlived the killed command")
 
 
+@contextlib.contextmanager
+def _busy_port() -> Iterator[int]:
+    """A loopback port another socket is listening on."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        yield busy.getsockname()[1]
+
+
 def test_dashboard_refuses_a_busy_port_and_a_missing_directory(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from tooltrail.cli import cli
 
     root = seed(tmp_path / "data", batch=0).root
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with _busy_port() as port:
         result = CliRunner().invoke(cli, ["dashboard", "--data", str(root), "--port", str(port)])
     assert result.exit_code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
@@ -173,10 +179,7 @@ def test_demo_refuses_a_busy_dashboard_port_before_running_agents(tmp_path: Path
     from tooltrail.cli import cli
 
     data = tmp_path / "data"
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
+    with _busy_port() as port:
         result = CliRunner().invoke(cli, ["demo", "--data", str(data), "--port", str(port)])
     assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output
     assert not data.exists()  # no agent ran, nothing landed

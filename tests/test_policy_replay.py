@@ -83,6 +83,23 @@ def _arguments(rng: random.Random, tool: str) -> Any:
     return args
 
 
+def tool_row(i: int, span_id: str, tool: str, args: Any, **fields: Any) -> Row:
+    """Landed tool row ``i`` (trace ``t<i>``): ``args`` as its JSON arguments, in session
+    ``s`` an hour before NOW unless ``fields`` (any other columns) say otherwise."""
+    row = empty_row()
+    row.update(
+        trace_id=f"t{i}",
+        span_id=span_id,
+        span_type="tool",
+        tool_name=tool,
+        arguments=json.dumps(args),
+        session_id="s",
+        start_time=NOW - dt.timedelta(hours=1),
+    )
+    row.update(fields)
+    return row
+
+
 def decide_at_call_time(policy: Policy, row: Row) -> None:
     """Stamp ``row`` with ``policy``'s decision the way the instrumentation records one
     made at call time: the engine's redacted copy of the arguments, and their count."""
@@ -354,13 +371,11 @@ def _git_rows(policy: Policy) -> list[Row]:
     rows: list[Row] = []
     for i in range(24):
         tool, args = calls[i % len(calls)]
-        row = empty_row()
-        row.update(
-            trace_id=f"t{i}",
-            span_id=f"sp{i:02d}",
-            span_type="tool",
-            tool_name=tool,
-            arguments=json.dumps(args),
+        row = tool_row(
+            i,
+            f"sp{i:02d}",
+            tool,
+            args,
             session_id=f"s{i % 4}",
             agent_name="repo-janitor",
             start_time=NOW - dt.timedelta(hours=i),
@@ -467,16 +482,7 @@ def test_a_deleted_deny_is_a_change_even_on_redacted_actions(tmp_path: Path) -> 
     )
     rows = []
     for i in range(3):
-        row = empty_row()
-        row.update(
-            trace_id=f"t{i}",
-            span_id=f"d{i}",
-            span_type="tool",
-            tool_name="deploy",
-            arguments=json.dumps({"env": "prod", "token": f"sk-{i:08d}"}),
-            session_id="s",
-            start_time=NOW - dt.timedelta(hours=1),
-        )
+        row = tool_row(i, f"d{i}", "deploy", {"env": "prod", "token": f"sk-{i:08d}"})
         decide_at_call_time(producing, row)
         assert (row["decision"], row["redactions"]) == ("DENY", 1)
         rows.append(row)
@@ -514,16 +520,7 @@ def test_a_set_through_a_non_object_replays_as_the_deny_it_landed_as(tmp_path: P
     assert {"opts"} <= policy.argument_keys()
     rows = []
     for i, args in enumerate([{"opts": "x"}, {"opts": {"a": 1}}, {"opts": {"a": 1}, "other": 2}]):
-        row = empty_row()
-        row.update(
-            trace_id=f"t{i}",
-            span_id=f"r{i}",
-            span_type="tool",
-            tool_name="run",
-            arguments=json.dumps(args),
-            session_id="s",
-            start_time=NOW - dt.timedelta(hours=1),
-        )
+        row = tool_row(i, f"r{i}", "run", args)
         decide_at_call_time(policy, row)
         rows.append(row)
     assert [r["decision"] for r in rows] == ["DENY", "REWRITE", "REWRITE"]
@@ -545,15 +542,11 @@ def test_claiming_redactions_does_not_exempt_a_row_from_the_check(tmp_path: Path
     )
     rows = []
     for i, matched in enumerate(([], ["allow-ls"])):
-        forged = empty_row()
-        forged.update(
-            trace_id=f"t{i}",
-            span_id=f"f{i}",
-            span_type="tool",
-            tool_name="rm",
-            arguments=json.dumps({"path": f"/etc/{i}"}),
-            session_id="s",
-            start_time=NOW - dt.timedelta(hours=1),
+        forged = tool_row(
+            i,
+            f"f{i}",
+            "rm",
+            {"path": f"/etc/{i}"},
             decision="ALLOW",
             policy_rule=matched[0] if matched else "pass",
             policy_matched=matched,

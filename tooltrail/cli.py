@@ -128,7 +128,7 @@ def sessions(
 
     with domain_errors():
         if since is not None:
-            parse_since_seconds(since, option="--since")  # the error names the option
+            parse_since_seconds(since)  # the error names the option (--since)
         df = analytics.sessions(
             _existing_data(data), agent=agent, status=status, since=since, limit=limit
         )

@@ -261,6 +261,20 @@ def _approver_allowed(approvers: Sequence[str], who: str) -> bool:
     return "*" in approvers or who in approvers
 
 
+_EXPIRE_DUE: Final = (
+    "UPDATE approvals SET status = 'expired', decided_at = expires_at, decided_by = NULL"
+    " WHERE status = 'pending' AND expires_at <= ?"
+)
+
+
+def _expire_due(con: sqlite3.Connection, now: float, session_id: str | None = None) -> int:
+    """Mark pending requests past their deadline (one session's, or all) expired, inside
+    the caller's transaction; returns how many."""
+    if session_id is None:
+        return con.execute(_EXPIRE_DUE, (now,)).rowcount
+    return con.execute(_EXPIRE_DUE + " AND session_id = ?", (now, session_id)).rowcount
+
+
 # What each session action did, for messages ("paused by ops").
 SESSION_ACTION_DONE: Final = {"pause": "paused", "resume": "resumed", "cancel": "canceled"}
 
@@ -469,12 +483,7 @@ class ControlStore:
         """
         now = time.time() if now is None else now
         with self._tx() as con:
-            cur = con.execute(
-                "UPDATE approvals SET status = 'expired', decided_at = expires_at,"
-                " decided_by = NULL WHERE status = 'pending' AND expires_at <= ?",
-                (now,),
-            )
-            return cur.rowcount
+            return _expire_due(con, now)
 
     def list_approvals(
         self, status: str = PENDING, *, session_id: str | None = None, limit: int | None = None
@@ -570,12 +579,7 @@ class ControlStore:
             # passed while this waited for the lock expired, and cancel must not relabel it.
             now = time.time()
             if action == "cancel":
-                con.execute(
-                    "UPDATE approvals SET status = 'expired', decided_at = expires_at,"
-                    " decided_by = NULL WHERE session_id = ? AND status = 'pending'"
-                    " AND expires_at <= ?",
-                    (session_id, now),
-                )
+                _expire_due(con, now, session_id)
             rows = list(
                 con.execute(
                     "SELECT state FROM session_controls WHERE session_id = ?", (session_id,)

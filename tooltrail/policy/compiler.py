@@ -552,14 +552,15 @@ class _Builder:
             (("blast_radius", b.index), b.cond, "this blast-radius entry never applies")
             for b in blasts
         ]
+        # Per target field, the tool selectors of the entries that give it.
+        givers = {f: [t.tools for t in targets if getattr(t, f) is not None] for f in TARGET_FIELDS}
         out: list[Problem] = []
         for path, cond, consequence in conds:
             for pred in cond.preds:
-                if not isinstance(pred, FieldGlobPred) or pred.field not in TARGET_FIELDS:
+                if not isinstance(pred, FieldGlobPred) or pred.field not in givers:
                     continue
                 field = pred.field
-                givers = [t.tools for t in targets if getattr(t, field) is not None]
-                if any(tools_may_overlap(cond.tools, g) for g in givers):
+                if any(tools_may_overlap(cond.tools, g) for g in givers[field]):
                     continue
                 tools = "any tool" if cond.tools is None else f"tool {cond.tools.describe()}"
                 out.append(

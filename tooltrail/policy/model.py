@@ -153,6 +153,12 @@ class TextRedaction:
         return made if made else None
 
 
+def _spellings(text: str) -> tuple[str, ...]:
+    """``text`` as it is and, when that differs, as it appears inside a JSON result."""
+    escaped = json.dumps(text, ensure_ascii=False)[1:-1]
+    return (text,) if escaped == text else (text, escaped)
+
+
 def _value_texts(value: Any, out: list[str], prefixes: list[str]) -> None:
     """The texts a redacted value can appear as in free text (``prefixes``: values cut to
     fit the record, known by their first characters only)."""
@@ -160,15 +166,9 @@ def _value_texts(value: Any, out: list[str], prefixes: list[str]) -> None:
         if value.endswith(TRUNCATION_MARK):
             prefix = value[: -len(TRUNCATION_MARK)]
             if len(prefix) >= _MIN_CUT_PREFIX:
-                prefixes.append(prefix)
-                escaped = json.dumps(prefix, ensure_ascii=False)[1:-1]
-                if escaped != prefix:
-                    prefixes.append(escaped)
+                prefixes.extend(_spellings(prefix))
                 return
-        out.append(value)
-        escaped = json.dumps(value, ensure_ascii=False)[1:-1]
-        if escaped != value:  # as it appears inside a JSON result
-            out.append(escaped)
+        out.extend(_spellings(value))
     elif isinstance(value, bool) or value is None:
         return  # true / false / null reveal nothing worth erasing from every text
     elif isinstance(value, int | float):

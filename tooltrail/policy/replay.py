@@ -313,42 +313,36 @@ class _Folder:
             result = self._decide(key)
             self.cache[key] = result
         new_decision, new_rule, new_radius, matched = result
-        hidden: list[str] = []
-        if redacted_matched is None:
-            for rule_id in matched:
-                self.hits[rule_id] += n
-        else:
+        for rule_id in matched:
+            self.hits[rule_id] += n
+        if redacted_matched is not None:
             hidden = self._hidden_by_redaction(redacted_matched, matched)
             # A rule the redaction may have hidden from replay still matched the call as
             # made: never report it dead for that.
-            for rule_id in (*matched, *hidden):
+            for rule_id in hidden:
                 self.hits[rule_id] += n
+            landed = (old_decision, old_rule, old_radius)
+            if hidden and (new_decision, new_rule, new_radius) != landed:
+                # A rule that matched the call as made may no longer see its redacted
+                # arguments. Decide again as if the hidden rules still matched: if that
+                # gives the landed outcome, the change is the redaction's doing (counted
+                # apart: by this same version, the landed outcome is what it decided on the
+                # call as made, decide being deterministic); otherwise the candidate really
+                # decides the call differently, and that is what is reported (a deleted
+                # DENY must not hide behind a redacting rule, nor a row opt out of the
+                # check by claiming redactions).
+                new_decision, new_rule, new_radius = self._with_hidden(
+                    new_decision, new_rule, new_radius, matched, hidden
+                )
+                if (new_decision, new_rule, new_radius) == landed:
+                    counts["kept_redacted" if kept else "changed_on_redacted"] += n
+                    return
+        if old_matched and not matched:
+            counts["newly_unmatched"] += n
         decision_changed = old_decision != new_decision
         verdict_changed = old_rule != new_rule
         radius_changed = old_radius != new_radius
-        changed = decision_changed or verdict_changed or radius_changed
-        if changed and hidden:
-            # A rule that matched the call as made may no longer see its redacted
-            # arguments. Decide again as if the hidden rules still matched: if that gives
-            # the landed outcome, the change is the redaction's doing (counted apart);
-            # otherwise the candidate really decides the call differently, and that is
-            # what is reported (a deleted DENY must not hide behind a redacting rule).
-            new_decision, new_rule, new_radius = self._with_hidden(
-                new_decision, new_rule, new_radius, matched, hidden
-            )
-            decision_changed = old_decision != new_decision
-            verdict_changed = old_rule != new_rule
-            radius_changed = old_radius != new_radius
-            changed = decision_changed or verdict_changed or radius_changed
-            if not changed:
-                # Redacted by this same version: the landed outcome is what it decided on
-                # the call as made (decide is deterministic). Every other difference is
-                # still reported: a row cannot opt out of the check by claiming redactions.
-                counts["kept_redacted" if kept else "changed_on_redacted"] += n
-                return
-        if old_matched and not matched:
-            counts["newly_unmatched"] += n
-        if not changed:
+        if not (decision_changed or verdict_changed or radius_changed):
             return
         counts["changed"] += n
         agent = key[1]

@@ -18,10 +18,6 @@ from tooltrail.policy.model import REDACTED, TextRedaction, ToolCall
 from tooltrail.redact import is_redaction_marker
 
 _Location = tuple[Any, Any]  # (container, key or index)
-# A value that is already a redaction marker (ours, or the credential scrub's
-# `[REDACTED:<kind>]`, see tooltrail.redact) holds no secret, so it is neither replaced nor
-# counted again (after the fact, the exporter decides on arguments the normalizer has
-# scrubbed already).
 
 
 def _locations(args: Any, path: ArgPath) -> list[_Location]:
@@ -80,6 +76,9 @@ class Redactor:
         for path in self.keys:
             for container, key in _locations(args, path):
                 value = container[key]
+                # A redaction marker (ours, or the credential scrub's `[REDACTED:<kind>]`)
+                # holds no secret: neither replaced nor counted again (after the fact, the
+                # exporter decides on arguments the normalizer has scrubbed already).
                 if value is not None and not is_redaction_marker(value):
                     container[key] = REDACTED
                     count += 1

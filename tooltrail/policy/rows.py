@@ -89,10 +89,14 @@ def apply_to_row(policy: Policy | None, row: dict[str, Any], error: str | None =
         return
     call = call_from_row(row)
     decision = policy.decide(call)
+    redaction = decision.text_redaction
+    if redaction is None:  # the usual case: nothing more to do than fill the row
+        _fill(row, decision)
+        return
+    # The summary was derived from the targets _fill is about to replace.
     summary_targets = (row.get("target_repo"), row.get("target_branch"), row.get("target_path"))
     _fill(row, decision)
-    if decision.text_redaction is not None:
-        _scrub_free_text(row, decision.text_redaction, call, decision, summary_targets)
+    _scrub_free_text(row, redaction, call, decision, summary_targets)
 
 
 def _attributes(value: Any) -> dict[str, Any] | None:
