@@ -92,6 +92,13 @@ class TooltrailSpanExporter(SpanExporter):
             # A forked child must not land its parent's buffered rows a second time.
             os.register_at_fork(after_in_child=self._forget_buffer)
 
+    def land_each_batch(self) -> None:
+        """Land every batch as it comes (no buffering): for a processor that already
+        batches by age, as tooltrail's does, so a span lands within its bound."""
+        with self._lock:
+            self._buffer_rows = 0
+            self._land_locked()
+
     def set_policy(self, policy: str | os.PathLike[str] | Policy | None) -> None:
         """Decide undecided tool spans with ``policy`` from the next batch on (as the
         ``policy`` argument; a repeated ``configure()`` hands over its new policy)."""

@@ -8,8 +8,9 @@ the environment says nothing:
 * ``OTEL_TRACES_EXPORTER=tooltrail`` (spans land in ``$TOOLTRAIL_DATA``);
 * ``OTEL_METRICS_EXPORTER=none`` and ``OTEL_LOGS_EXPORTER=none`` (tooltrail records spans
   only; the SDK's default ``otlp`` would need an exporter package and a collector);
-* ``OTEL_BSP_MAX_QUEUE_SIZE=65536``, ``OTEL_BSP_SCHEDULE_DELAY=500`` and
-  ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE=2048``, as ``configure()`` uses;
+* the tooltrail exporter behind ``TooltrailSpanProcessor``, as ``configure()`` uses it
+  (tool spans get back-pressure, never a silent drop; a span lands within 0.5 s); other
+  exporters keep the SDK's ``BatchSpanProcessor`` and its ``OTEL_BSP_*`` settings;
 * ``OTEL_SERVICE_NAME`` from ``$TOOLTRAIL_AGENT_NAME``, unless ``OTEL_SERVICE_NAME`` or
   ``OTEL_RESOURCE_ATTRIBUTES`` already names the service;
 * the sampler ``OTEL_TRACES_SAMPLER`` selects, wrapped in ``ToolSpanSampler``: tool spans
@@ -26,18 +27,21 @@ configurators installed, pick this one with ``OTEL_PYTHON_CONFIGURATOR=tooltrail
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, Final
 
 from opentelemetry import trace
 from opentelemetry.sdk._configuration import _OTelSDKConfigurator
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from tooltrail.config import ENV_AGENT_NAME
 from tooltrail.instrumentation.config import (
     land_in_multiprocessing_children,
     service_name_from_environment,
 )
+from tooltrail.instrumentation.processor import TooltrailSpanProcessor
 from tooltrail.instrumentation.sampling import ToolSpanSampler, keeps_tool_spans
 
 __all__ = ["ZERO_CODE_DEFAULTS", "TooltrailConfigurator"]
@@ -46,9 +50,6 @@ ZERO_CODE_DEFAULTS: Final = {
     "OTEL_TRACES_EXPORTER": "tooltrail",
     "OTEL_METRICS_EXPORTER": "none",
     "OTEL_LOGS_EXPORTER": "none",
-    "OTEL_BSP_MAX_QUEUE_SIZE": "65536",
-    "OTEL_BSP_SCHEDULE_DELAY": "500",
-    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2048",
 }
 
 
@@ -68,10 +69,26 @@ class TooltrailConfigurator(_OTelSDKConfigurator):
         # A declarative config file (OTEL_CONFIG_FILE) makes the SDK ignore every argument.
         if not os.environ.get(_CONFIG_FILE) and not (sampler and keeps_tool_spans(sampler)):
             kwargs["sampler"] = ToolSpanSampler(sampler)
+        kwargs["export_span_processor"] = _ProcessorFor(kwargs.get("export_span_processor"))
         super()._configure(**kwargs)  # type: ignore[no-untyped-call]
         provider = trace.get_tracer_provider()
         if isinstance(provider, TracerProvider):
             land_in_multiprocessing_children(provider)
+
+
+class _ProcessorFor:
+    """The SDK builds one processor per exporter with this: the tooltrail exporter gets
+    ``TooltrailSpanProcessor``, any other the processor it would have had."""
+
+    def __init__(self, other: Callable[[SpanExporter], SpanProcessor] | None) -> None:
+        self.other = other
+
+    def __call__(self, exporter: SpanExporter) -> SpanProcessor:
+        if type(exporter).__name__ == "TooltrailSpanExporter":
+            return TooltrailSpanProcessor(exporter)
+        if self.other is not None:
+            return self.other(exporter)
+        return BatchSpanProcessor(exporter)
 
 
 _CONFIG_FILE: Final = "OTEL_CONFIG_FILE"

@@ -11,8 +11,9 @@ enforcement settings shared by MCP and ``@tool`` spans, and instruments the MCP 
 * Sampling: a provider built here samples every tool span (``ToolSpanSampler`` around the
   sampler ``OTEL_TRACES_SAMPLER`` selects); an application's own provider keeps its sampler,
   with a warning when that sampler may drop tool spans.
-* Export: a ``BatchSpanProcessor`` with a queue of 65,536 spans (tool spans are the audit
-  record; the SDK default of 2,048 drops spans under bursts) flushing every 500 ms, and
+* Export: a ``TooltrailSpanProcessor`` (instrumentation/processor.py): tool spans get
+  back-pressure instead of being dropped by a full queue (a drop after its bounded wait is
+  counted in the landed data), and a span lands within 0.5 s of ending at any call rate;
   flushed again, exporter included, at interpreter exit and when a ``multiprocessing``
   child started by fork exits normally (such children end with ``os._exit``, skipping
   ``atexit``).
@@ -46,11 +47,12 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from tooltrail import config
 from tooltrail.instrumentation import _session, _spans
 from tooltrail.instrumentation.broker import ApprovalBroker
+from tooltrail.instrumentation.processor import TooltrailSpanProcessor
 from tooltrail.instrumentation.sampling import ToolSpanSampler, keeps_tool_spans
 from tooltrail.semconv import GEN_AI_OPERATION_NAME, OP_EXECUTE_TOOL, SERVICE_NAME
 
@@ -61,9 +63,6 @@ __all__ = ["Configuration", "configure", "service_name_from_environment"]
 
 _log = logging.getLogger("tooltrail.instrumentation")
 
-MAX_QUEUE_SIZE: Final = 65_536
-SCHEDULE_DELAY_MILLIS: Final = 500
-MAX_EXPORT_BATCH_SIZE: Final = 2_048
 DEFAULT_SERVICE_NAME: Final = "tooltrail-agent"
 
 # multiprocessing runs a child's exit finalizers highest priority first; a queue's is 10.
@@ -76,7 +75,7 @@ _lock = threading.Lock()
 # Providers tooltrail already exports from (by id; a provider lives for the process): the
 # data directory, and the exporter and its processor when configure() added them (None:
 # one found there).
-_exporting: dict[int, tuple[Path, BatchSpanProcessor | None, TooltrailSpanExporter | None]] = {}
+_exporting: dict[int, tuple[Path, SpanProcessor | None, TooltrailSpanExporter | None]] = {}
 # Providers whose sampler was found to drop tool spans (warned once each).
 _sampler_warned: set[int] = set()
 
@@ -258,12 +257,7 @@ def _add_exporter(
     from tooltrail.collector.exporter import TooltrailSpanExporter
 
     exporter = TooltrailSpanExporter(data_dir=root, policy=policy)
-    processor = BatchSpanProcessor(
-        exporter,
-        max_queue_size=MAX_QUEUE_SIZE,
-        schedule_delay_millis=SCHEDULE_DELAY_MILLIS,
-        max_export_batch_size=MAX_EXPORT_BATCH_SIZE,
-    )
+    processor = TooltrailSpanProcessor(exporter)
     provider.add_span_processor(processor)
     _exporting[id(provider)] = (root, processor, exporter)
     flusher = _Flusher(provider, processor, exporter)
