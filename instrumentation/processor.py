@@ -27,7 +27,9 @@ over a second of calls. Tool spans are the audit record, so this processor:
 
 Fork: a child starts with an empty queue and its own background thread (the parent's
 spans are the parent's). ``force_flush`` lands everything queued, and the batch in
-flight, before it returns.
+flight, before it returns. Ending a span takes no lock that landing needs (the queue is a
+``deque``): a SIGTERM handler that interrupted the main thread inside ``on_end`` can still
+land everything from another thread.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -70,10 +73,10 @@ __all__ = [
 _log = logging.getLogger("tooltrail.instrumentation")
 
 # A span waits at most this long in the queue before its batch is handed over.
-SCHEDULE_DELAY_S: Final = 0.2
+SCHEDULE_DELAY_S: Final = 0.15
 # Tool spans wait while the oldest span not yet landed is older than this; with the
 # landing of one batch after it, the bound on the loss window (0.5 s, documented).
-MAX_LAG_S: Final = 0.3
+MAX_LAG_S: Final = 0.25
 # The largest batch handed over at once.
 MAX_BATCH: Final = 8_192
 # Queued spans beyond which tool spans wait and other spans are dropped (counted).
@@ -82,6 +85,8 @@ MAX_QUEUE_SIZE: Final = 65_536
 # exporter must not hang the host. A healthy one makes room within a batch's landing.
 MAX_WAIT_S: Final = 5.0
 _NEVER: Final = float("inf")
+# Threads waiting for landing look again this often (a flush does not notify them).
+_POLL_S: Final = 0.05
 # How long shutdown waits for the background thread to land what is queued.
 SHUTDOWN_WAIT_S: Final = 30.0
 
@@ -172,8 +177,8 @@ class TooltrailSpanProcessor(SpanProcessor):
         land_each_batch = getattr(exporter, "land_each_batch", None)
         if callable(land_each_batch):
             land_each_batch()
-        self._delay = schedule_delay_s
-        self._max_lag = max_lag_s
+        self.schedule_delay_s = schedule_delay_s
+        self.max_lag_s = max_lag_s
         self._max_batch = max_batch
         self._max_queue = max_queue_size
         self._max_wait = max_wait_s
@@ -192,17 +197,20 @@ class TooltrailSpanProcessor(SpanProcessor):
 
     def _reset(self) -> None:
         """A fresh state: at start, and in a forked child (locks may have been held)."""
-        # Reentrant: a span may end in a signal handler that interrupted on_end.
-        self._cond = threading.Condition(threading.RLock())
+        # (queued at, span), oldest first: appended by any thread, popped by the one
+        # holding _export_lock.
+        self._queue: deque[tuple[float, ReadableSpan]] = deque()
         # Held while a batch is taken and landed: force_flush returns only after the
         # background thread's batch in flight has landed too.
         self._export_lock = threading.Lock()
-        self._queue: list[ReadableSpan] = []
-        self._oldest = 0.0  # when the oldest queued span was queued (monotonic)
-        self._in_flight = False
-        # When tool spans start to wait: the oldest span not yet landed + max_lag.
+        # Wakes the background thread early: a full batch, shutdown.
+        self._wake = threading.Event()
+        # Notified after each landing, for threads waiting under back-pressure.
+        self._landed = threading.Condition(threading.Lock())
+        # When tool spans start to wait: the oldest span in flight, queued at + max_lag.
         self._due = _NEVER
         self._stalled = False
+        self._drops_lock = threading.Lock()
         self._drops: dict[tuple[object, ...], _Drops] = {}
         self._worker: threading.Thread | None = None
 
@@ -212,33 +220,26 @@ class TooltrailSpanProcessor(SpanProcessor):
         context = span.context
         if context is None or not context.trace_flags.sampled or self._shutdown:
             return
-        with self._cond:
-            if (
-                time.monotonic() >= self._due or len(self._queue) >= self._max_queue
-            ) and not self._room_for(span):
-                return
-            queue = self._queue  # read after any wait: a batch may have been taken
-            queue.append(span)
-            if len(queue) == 1:
-                self._oldest = now = time.monotonic()
-                if not self._in_flight:
-                    self._due = now + self._max_lag
-                self._cond.notify_all()
-            elif len(queue) == self._max_batch:
-                self._cond.notify_all()
+        now = time.monotonic()
+        queue = self._queue
+        if (now >= self._due or len(queue) >= self._max_queue) and not self._room_for(span):
+            return
+        queue.append((now, span))
+        if len(queue) >= self._max_batch and not self._wake.is_set():
+            self._wake.set()
         if self._worker is None:
             self._start_worker()
 
     def _room_for(self, span: ReadableSpan) -> bool:
-        """Under the lock, the record behind: whether ``span`` may be queued (a tool span
-        after waiting for the exporter to catch up); a span that may not is counted."""
+        """The record is behind: whether ``span`` may be queued (a tool span after waiting
+        for the exporter to catch up); a span that may not is counted."""
         tool = is_tool_span(span)
         if not tool:
             if len(self._queue) < self._max_queue:
                 return True
         elif threading.current_thread() is self._worker:
-            return True  # ended while exporting: waiting for ourselves would deadlock
-        elif not self._stalled and self._cond.wait_for(self._caught_up, self._max_wait):
+            return True  # ended while landing: waiting for ourselves would deadlock
+        elif not self._stalled and self._wait_for_landing():
             return True
         elif not self._stalled:
             self._stalled = True
@@ -257,25 +258,37 @@ class TooltrailSpanProcessor(SpanProcessor):
             return True
         return time.monotonic() < self._due and len(self._queue) < self._max_queue
 
+    def _wait_for_landing(self) -> bool:
+        deadline = time.monotonic() + self._max_wait
+        with self._landed:
+            while not self._caught_up():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                # In slices: a landing by force_flush does not notify.
+                self._landed.wait(min(left, _POLL_S))
+        return True
+
     def _count_drop(self, span: ReadableSpan, tool: bool) -> None:
         attributes = span.attributes or {}
         copied = {k: attributes[k] for k in _SESSION_KEYS if k in attributes}
         key = (id(span.resource), *(copied.get(k) for k in _SESSION_KEYS))
         end = span.end_time or time.time_ns()
-        drops = self._drops.get(key)
-        if drops is None:
-            drops = self._drops[key] = _Drops(copied, span.resource, end, end)
-        drops.first_end = min(drops.first_end, end)
-        drops.last_end = max(drops.last_end, end)
-        if tool:
-            drops.tool += 1
-        else:
-            drops.other += 1
+        with self._drops_lock:
+            drops = self._drops.get(key)
+            if drops is None:
+                drops = self._drops[key] = _Drops(copied, span.resource, end, end)
+            drops.first_end = min(drops.first_end, end)
+            drops.last_end = max(drops.last_end, end)
+            if tool:
+                drops.tool += 1
+            else:
+                drops.other += 1
 
     # -- the background thread ---------------------------------------------------------
 
     def _start_worker(self) -> None:
-        with self._cond:
+        with self._export_lock:
             if self._worker is not None or self._shutdown:
                 return
             self._worker = threading.Thread(
@@ -284,46 +297,50 @@ class TooltrailSpanProcessor(SpanProcessor):
             self._worker.start()
 
     def _work(self) -> None:
-        while self._wait_for_batch():
+        while not self._shutdown:
+            self._wake.wait(self._until_due())
+            self._wake.clear()
+            if self._shutdown or self._until_due() > 0:
+                continue
             with self._export_lock:
-                with self._cond:
-                    batch = self._take()
-                self._export(batch)
+                self._export(self._take())
+            with self._landed:
+                self._landed.notify_all()
 
-    def _wait_for_batch(self) -> bool:
-        """Wait until a batch is due; False once shut down with nothing left."""
-        with self._cond:
-            while True:
-                queued = len(self._queue)
-                if self._shutdown:
-                    return bool(queued or self._drops)
-                if queued >= self._max_batch or (self._drops and not self._stalled):
-                    return True
-                if not queued:
-                    self._cond.wait()
-                    continue
-                left = self._oldest + self._delay - time.monotonic()
-                if left <= 0:
-                    return True
-                self._cond.wait(left)
+    def _until_due(self) -> float:
+        """Seconds until the next batch is due (the schedule delay when nothing waits)."""
+        queue = self._queue
+        if len(queue) >= self._max_batch or (self._drops and not self._stalled):
+            return 0.0
+        try:
+            oldest = queue[0][0]
+        except IndexError:
+            return self.schedule_delay_s
+        return max(0.0, oldest + self.schedule_delay_s - time.monotonic())
 
     def _take(self) -> list[ReadableSpan]:
-        """Under the lock: the next batch (oldest first), with the counts of drops."""
+        """Holding the export lock: the next batch (oldest first), with counts of drops."""
         queue = self._queue
-        if len(queue) <= self._max_batch:
-            batch, self._queue = queue, []
+        count = min(len(queue), self._max_batch)
+        if count:
+            first, span = queue.popleft()
+            self._due = first + self.max_lag_s  # the batch in flight
+            batch = [span]
+            batch.extend(queue.popleft()[1] for _ in range(count - 1))
         else:
-            # What is left waited as long as the batch: it is due at once (same _oldest).
-            batch, self._queue = queue[: self._max_batch], queue[self._max_batch :]
-        if batch:
-            self._in_flight = True
-        if self._drops and not self._stalled:
-            batch.extend(d.span() for d in self._drops.values())
-            self._drops = {}
+            batch = []
+        # Not waiting for the lock: a thread holding it may be the one a SIGTERM
+        # handler interrupted; the counts then land with the next batch.
+        if self._drops and not self._stalled and self._drops_lock.acquire(blocking=False):
+            try:
+                batch.extend(d.span() for d in self._drops.values())
+                self._drops = {}
+            finally:
+                self._drops_lock.release()
         return batch
 
     def _export(self, batch: list[ReadableSpan]) -> None:
-        """Land ``batch`` (holding the export lock), then let waiting threads go on."""
+        """Holding the export lock: land ``batch``."""
         if batch:
             # Spans an instrumented library would start while landing are not traced.
             token = otel_context.attach(
@@ -335,11 +352,11 @@ class TooltrailSpanProcessor(SpanProcessor):
                 _log.exception("tooltrail: exporting %d spans failed", len(batch))
             finally:
                 otel_context.detach(token)
-        with self._cond:
-            self._in_flight = False
-            self._stalled = False
-            self._due = self._oldest + self._max_lag if self._queue else _NEVER
-            self._cond.notify_all()
+        self._stalled = False
+        try:
+            self._due = self._queue[0][0] + self.max_lag_s
+        except IndexError:
+            self._due = _NEVER
 
     # -- flush and shutdown ------------------------------------------------------------
 
@@ -354,9 +371,8 @@ class TooltrailSpanProcessor(SpanProcessor):
         if self._shutdown:
             return
         worker = self._worker
-        with self._cond:
-            self._shutdown = True
-            self._cond.notify_all()
+        self._shutdown = True
+        self._wake.set()
         if worker is not None and worker is not threading.current_thread():
             worker.join(SHUTDOWN_WAIT_S)
         self._drain()
@@ -364,10 +380,9 @@ class TooltrailSpanProcessor(SpanProcessor):
 
     def _drain(self) -> None:
         with self._export_lock:
-            while True:
-                with self._cond:
-                    if not self._queue and not self._drops:
-                        return
-                    self._stalled = False  # a flush is progress: counts may land
-                    batch = self._take()
+            self._stalled = False  # a flush is progress: counts may land
+            while self._queue or self._drops:
+                batch = self._take()
+                if not batch:
+                    return  # only counts, whose lock another thread holds
                 self._export(batch)
