@@ -244,7 +244,7 @@ class TooltrailSpanProcessor(SpanProcessor):
         elif not self._stalled:
             self._stalled = True
             _log.error(
-                "tooltrail: the exporter landed nothing for %.1f s; tool spans are dropped"
+                "tooltrail: the exporter landed nothing for %g s; tool spans are dropped"
                 " (and counted in %s spans) until it does",
                 self._max_wait,
                 DROPPED_SPANS_NAME,
