@@ -35,7 +35,11 @@ from tooltrail.instrumentation.processor import (
 
 BIN = Path(sys.executable).parent
 CALLS = 100_000
+THREADS = 4
+# An agent running its tool calls on a few threads: they get most of the GIL, and the
+# landing thread, in the same process, gets the rest.
 FLOOD = """
+import threading
 import tooltrail.instrumentation as tt
 {prologue}
 
@@ -43,8 +47,15 @@ import tooltrail.instrumentation as tt
 def act(n: int) -> int:
     return n
 
-for i in range({calls}):
-    act(i)
+def work():
+    for i in range({calls} // {threads}):
+        act(i)
+
+threads = [threading.Thread(target=work) for _ in range({threads})]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
 print("done", flush=True)
 """
 
@@ -70,10 +81,11 @@ def dropped_counts(rows: list[dict[str, Any]]) -> tuple[int, int]:
 @pytest.mark.parametrize("zero_code", [False, True], ids=["configure", "zero_code"])
 def test_an_unthrottled_agent_lands_every_tool_call(tmp_path: Path, zero_code: bool) -> None:
     # 27k calls/s, no enforcement: the SDK's full queue dropped 31% of the tool spans with
-    # one log line as the only trace. Every call must land, or its loss be counted.
+    # one log line as the only trace (here a third of 100,000). Every call must land, or
+    # its loss be counted.
     data = tmp_path / "data"
     prologue = "" if zero_code else f"tt.configure(data_dir={str(data)!r})"
-    cmd = [sys.executable, "-c", FLOOD.format(prologue=prologue, calls=CALLS)]
+    cmd = [sys.executable, "-c", FLOOD.format(prologue=prologue, calls=CALLS, threads=THREADS)]
     env = {"TOOLTRAIL_DATA": str(data)}
     if zero_code:
         cmd = [str(BIN / "opentelemetry-instrument"), *cmd]
@@ -85,7 +97,7 @@ def test_an_unthrottled_agent_lands_every_tool_call(tmp_path: Path, zero_code: b
     assert len(tools) + counted == CALLS, (len(tools), counted)
     # A healthy exporter keeps up: the caller waited instead of anything being dropped.
     assert counted == 0
-    assert sorted(r["sequence"] for r in tools) == list(range(1, CALLS + 1))
+    assert len({(r["session_id"], r["sequence"]) for r in tools}) == CALLS
     assert "Queue full" not in out.stderr
 
 
@@ -165,16 +177,9 @@ def test_what_a_flush_handed_over_has_landed_before_a_sigkill(tmp_path: Path) ->
         import os, signal
         from opentelemetry import trace
         import tooltrail.instrumentation as tt
-        from tooltrail.instrumentation import config
-        from tooltrail.instrumentation.processor import TooltrailSpanProcessor
 
         tt.configure(data_dir={str(data)!r})
         provider = trace.get_tracer_provider()
-        processor, exporter = config._tooltrail_processor(provider)
-        assert isinstance(processor, TooltrailSpanProcessor), processor
-        # Handed over within the delay; a thread ending a tool span waits once the
-        # oldest span not yet landed is max_lag old: both within the 0.5 s promised.
-        assert processor.schedule_delay_s <= processor.max_lag_s <= 0.5
 
         @tt.tool
         def act(n: int) -> int:
@@ -192,6 +197,44 @@ def test_what_a_flush_handed_over_has_landed_before_a_sigkill(tmp_path: Path) ->
     assert out.returncode == -signal.SIGKILL, out.stderr
     tools = [r for r in landed(data) if r["span_type"] == "tool"]
     assert sorted(r["sequence"] for r in tools) == list(range(1, 3001))
+
+
+@pytest.mark.parametrize("zero_code", [False, True], ids=["configure", "zero_code"])
+def test_tool_spans_are_handed_over_and_landed_within_the_documented_window(
+    tmp_path: Path, zero_code: bool
+) -> None:
+    data = tmp_path / "data"
+    code = textwrap.dedent(
+        f"""
+        import json
+        from opentelemetry import trace
+        import tooltrail.instrumentation as tt
+        from tooltrail.instrumentation import config
+
+        {"" if zero_code else f"tt.configure(data_dir={str(data)!r})"}
+        processor, exporter = config._tooltrail_processor(trace.get_tracer_provider())
+        print(json.dumps({{
+            "processor": type(processor).__name__,
+            "delay": getattr(processor, "schedule_delay_s", None),
+            "lag": getattr(processor, "max_lag_s", None),
+            "buffer_rows": exporter._buffer_rows,
+        }}))
+        """
+    )
+    cmd = [sys.executable, "-c", code]
+    if zero_code:
+        cmd = [str(BIN / "opentelemetry-instrument"), *cmd]
+    out = subprocess.run(
+        cmd, env=clean_env(TOOLTRAIL_DATA=str(data)), capture_output=True, text=True, timeout=90
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["processor"] == "TooltrailSpanProcessor"
+    # A span is handed over within the delay, and a thread ending a tool span waits once
+    # the oldest span not yet landed is max_lag old: both within the 0.5 s documented.
+    assert report["delay"] <= report["lag"] <= 0.5
+    # The exporter lands each batch it is handed (no buffer waiting for a timer).
+    assert report["buffer_rows"] == 0
 
 
 def test_a_forked_child_lands_its_own_spans_not_its_parents(tmp_path: Path) -> None:
