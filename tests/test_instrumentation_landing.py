@@ -61,6 +61,8 @@ print("done", flush=True)
 
 
 def landed(data: Path) -> list[dict[str, Any]]:
+    if not (data / "spans").exists():
+        return []  # nothing landed
     rows: list[dict[str, Any]] = pq.read_table(
         data / "spans", columns=["name", "span_type", "session_id", "sequence", "attributes"]
     ).to_pylist()
