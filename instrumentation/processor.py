@@ -76,7 +76,7 @@ _log = logging.getLogger("tooltrail.instrumentation")
 SCHEDULE_DELAY_S: Final = 0.15
 # Tool spans wait while the oldest span not yet landed is older than this; with the
 # landing of one batch after it, the bound on the loss window (0.5 s, documented).
-MAX_LAG_S: Final = 0.25
+MAX_LAG_S: Final = 0.2
 # The largest batch handed over at once.
 MAX_BATCH: Final = 8_192
 # Queued spans beyond which tool spans wait and other spans are dropped (counted).
