@@ -302,8 +302,11 @@ class TooltrailSpanProcessor(SpanProcessor):
             self._wake.clear()
             if self._shutdown or self._until_due() > 0:
                 continue
-            with self._export_lock:
-                self._export(self._take())
+            try:
+                with self._export_lock:
+                    self._export(self._take())
+            except Exception:  # the landing thread must outlive any bug in a batch
+                _log.exception("tooltrail: landing a batch of spans failed")
             with self._landed:
                 self._landed.notify_all()
 
