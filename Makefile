@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/queries.py
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/instrumentation.py
+	$(BIN)/python bench/killwindow.py
 	$(BIN)/python bench/approvals.py
 	$(BIN)/python bench/dashboard.py
 	$(BIN)/python bench/ingest.py
