@@ -413,8 +413,8 @@ def time_ticks(start: dt.datetime, end: dt.datetime) -> tuple[dict[str, Any], st
     interval, step, _, fmt = next(
         (t for t in _TIME_TICKS if extent / t[2] <= MAX_TIME_TICKS), _TIME_TICKS[-1]
     )
-    if interval == "hour" and extent > 86400:
-        fmt = "%b %d %H:%M"  # hours across days need the day
+    if interval == "hour" and extent > 43200:
+        fmt = "%b %d %H:%M"  # half a day or more may cross midnight: name the day
     return {"interval": interval, "step": step}, fmt
 
 

@@ -1,0 +1,204 @@
+"""Dashboard charts, checked through the Vega-Lite specs AppTest exposes (behaviour, not
+pixels): every group bar keeps its label (top N plus "others"), repository paths are
+shortened from the left, time axes tick on whole units with a matching format and span
+the selected range, and share tiles carry no trend arrow."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from dashboard_support import (
+    RELEASE,
+    Seeded,
+    app_test,
+    chart_data,
+    chart_spec,
+    goto,
+    seed_with_foreign,
+    table_with,
+)
+
+from tooltrail.dashboard import ui
+from tooltrail.dashboard.page_blast_radius import CHART_GROUPS
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory: pytest.TempPathFactory) -> tuple[Seeded, str]:
+    return seed_with_foreign(tmp_path_factory.mktemp("dash-charts") / "data")
+
+
+def _blast(seeded: Seeded, monkeypatch: pytest.MonkeyPatch, by: str) -> Any:
+    at = goto(app_test(seeded.root, seeded.policy_path, monkeypatch), "blast_radius")
+    at.selectbox(key="blast_range").set_value("All time").run()
+    at.segmented_control(key="blast_by").set_value(by).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _group_axis(spec: dict[str, Any]) -> dict[str, Any]:
+    y = spec["encoding"]["y"]
+    assert y["field"] == "label"
+    return dict(y["axis"])
+
+
+@pytest.mark.parametrize("by", ["agent", "repo"])
+def test_every_group_bar_is_labelled(
+    foreign: tuple[Seeded, str], monkeypatch: pytest.MonkeyPatch, by: str
+) -> None:
+    seeded, _ = foreign
+    at = _blast(seeded, monkeypatch, by)
+    groups = list(table_with(at, by, "critical")[by])
+    assert len(groups) <= CHART_GROUPS
+    spec = chart_spec(at, 0)
+    axis = _group_axis(spec)
+    assert axis["labelOverlap"] is False  # Vega-Lite would drop labels it finds crowded
+    assert axis["labelLimit"] >= 240
+    assert spec["height"] == {"step": ui.BAR_PX}  # one bar's height whatever the count
+    data = chart_data(at, 0)
+    assert set(data[by]) == set(groups)  # every group has a bar ...
+    labels = data.groupby(by)["label"].unique()
+    assert all(len(v) == 1 for v in labels)  # ... and its own label
+    assert data["label"].nunique() == len(groups)
+    assert spec["encoding"]["y"]["sort"] == [labels[g][0] for g in groups]  # busiest first
+
+
+def test_repository_labels_are_shortened_from_the_left(
+    foreign: tuple[Seeded, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeded, _ = foreign
+    at = _blast(seeded, monkeypatch, "repo")
+    data = chart_data(at, 0).drop_duplicates("repo").set_index("repo")["label"]
+    assert data["/srv/release/payments"] == "…/release/payments"
+    assert data["/srv/repos/payments"] == "…/repos/payments"
+    assert data["(no repository)"] == "(no repository)"
+    tooltip = chart_spec(at, 0)["encoding"]["tooltip"]
+    assert tooltip[0]["field"] == "repo"  # the full path on hover
+
+
+def test_many_groups_show_the_top_and_one_others_bar(
+    foreign: tuple[Seeded, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeded, _ = foreign
+    at = _blast(seeded, monkeypatch, "tool")
+    table = table_with(at, "tool", "critical")
+    assert len(table) > CHART_GROUPS  # 7 git tools, web_search, 20 more, an unnamed one
+    data = chart_data(at, 0)
+    per_bar = data.groupby("label", sort=False)["actions"].sum()
+    assert len(per_bar) == CHART_GROUPS
+    rest = table.iloc[CHART_GROUPS - 1 :]
+    others = f"others ({len(rest)} tools)"
+    assert per_bar[others] == rest["actions"].sum()
+    top = table.iloc[: CHART_GROUPS - 1]
+    assert {k: per_bar[k] for k in top["tool"]} == dict(zip(top["tool"], top["actions"]))
+    assert per_bar.sum() == table["actions"].sum()
+    assert chart_spec(at, 0)["encoding"]["y"]["sort"][-1] == others
+
+
+def test_share_tiles_have_no_trend_arrow(
+    foreign: tuple[Seeded, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamlit.proto.Metric_pb2 import Metric
+
+    seeded, _ = foreign
+    at = _blast(seeded, monkeypatch, "agent")
+    shares = [m for m in at.metric if m.proto.body.endswith("of actions") or m.delta]
+    assert len(shares) == 4
+    assert all(m.proto.direction == Metric.MetricDirection.NONE for m in shares)
+
+
+def _x_scale(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    x = spec["encoding"]["x"] if "encoding" in spec else spec["layer"][0]["encoding"]["x"]
+    return dict(x["scale"]), dict(x["axis"])
+
+
+@pytest.mark.parametrize(
+    ("choice", "span", "interval", "fmt"),
+    [
+        ("Last hour", dt.timedelta(hours=1), "minute", "%H:%M"),
+        ("Last 24 hours", dt.timedelta(hours=24), "hour", "%b %d %H:%M"),
+        ("Last 7 days", dt.timedelta(days=7), "day", "%b %d"),
+        ("Last 30 days", dt.timedelta(days=30), "week", "%b %d"),
+    ],
+)
+def test_decisions_over_time_spans_the_selected_range(
+    foreign: tuple[Seeded, str],
+    monkeypatch: pytest.MonkeyPatch,
+    choice: str,
+    span: dt.timedelta,
+    interval: str,
+    fmt: str,
+) -> None:
+    seeded, _ = foreign
+    at = app_test(seeded.root, seeded.policy_path, monkeypatch)
+    at.selectbox(key="overview_range").set_value(choice).run()
+    assert not at.exception
+    before = dt.datetime.now(dt.UTC)
+    scale, axis = _x_scale(chart_spec(at, 0))
+    assert scale["type"] == "utc"
+    start, end = (dt.datetime.fromtimestamp(v / 1000, dt.UTC) for v in scale["domain"])
+    bucket = ui.bucket_for(ui.TIME_RANGES[choice])
+    # From the range's start up to now (or the end of the current bucket) ...
+    assert before - dt.timedelta(minutes=2) <= end <= before + bucket
+    # ... over the whole range, not just where there is data.
+    assert abs((before - start) - span) < dt.timedelta(minutes=2)
+    assert axis["format"] == fmt and axis["formatType"] == "utc"
+    assert axis["tickCount"]["interval"] == interval
+    data = chart_data(at, 0)
+    assert (data["bucket"] >= start - bucket).all()
+
+
+def test_session_timeline_ticks_are_times(
+    foreign: tuple[Seeded, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeded, _ = foreign
+    at = goto(app_test(seeded.root, seeded.policy_path, monkeypatch), "session", session=RELEASE)
+    assert not at.exception
+    spec = chart_spec(at, 0)
+    scale, axis = _x_scale(spec)
+    assert scale["type"] == "utc"
+    # The release session's actions span 12 minutes: ticks every 2 minutes, as clock times.
+    assert axis["tickCount"] == {"interval": "minute", "step": 2}
+    assert axis["format"] == "%H:%M"
+    start, end = (dt.datetime.fromtimestamp(v / 1000, dt.UTC) for v in scale["domain"])
+    data = chart_data(at, 0)
+    assert start == data["start_time"].min().to_pydatetime()
+    assert end == data["end_time"].max().to_pydatetime()
+
+
+@pytest.mark.parametrize(
+    ("extent", "ticks", "fmt"),
+    [
+        (dt.timedelta(milliseconds=84), {"interval": "millisecond", "step": 20}, "%H:%M:%S.%L"),
+        (dt.timedelta(seconds=23), {"interval": "second", "step": 5}, "%H:%M:%S"),
+        (dt.timedelta(minutes=13), {"interval": "minute", "step": 2}, "%H:%M"),
+        (dt.timedelta(hours=6), {"interval": "hour", "step": 1}, "%H:%M"),
+        (dt.timedelta(hours=30), {"interval": "hour", "step": 6}, "%b %d %H:%M"),
+        (dt.timedelta(days=5), {"interval": "day", "step": 1}, "%b %d"),
+        (dt.timedelta(days=200), {"interval": "month", "step": 1}, "%b %Y"),
+        (dt.timedelta(days=4000), {"interval": "year", "step": 1}, "%Y"),
+    ],
+)
+def test_time_ticks_take_whole_units(extent: dt.timedelta, ticks: Any, fmt: str) -> None:
+    start = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+    assert ui.time_ticks(start, start + extent) == (ticks, fmt)
+
+
+def test_short_paths_keep_the_end_and_stay_distinct() -> None:
+    paths = [
+        "/tmp/dash-demo/sandbox/repos/web-frontend",
+        "/srv/a/shared/repo",
+        "/srv/b/shared/repo",
+        "https://github.com/org/tooltrail.git",
+        "/srv/x",
+        "repo",
+        "/srv/" + "a" * 60,
+    ]
+    short = ui.short_paths(paths, width=32)
+    assert short[paths[0]] == "…/repos/web-frontend"
+    assert short[paths[1]] == "…/a/shared/repo" and short[paths[2]] == "…/b/shared/repo"
+    assert short[paths[3]] == "…/org/tooltrail.git"
+    assert short[paths[4]] == "/srv/x" and short[paths[5]] == "repo"
+    assert short[paths[6]] == "…" + "a" * 31
+    assert len(set(short.values())) == len(paths)
