@@ -419,16 +419,27 @@ def time_ticks(start: dt.datetime, end: dt.datetime) -> tuple[dict[str, Any], st
 
 
 def time_x(
-    field: str, start: dt.datetime, end: dt.datetime, *, title: str | None = "Time (UTC)"
+    field: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    *,
+    title: str | None = "Time (UTC)",
+    fixed: bool = True,
 ) -> alt.X:
-    """A UTC time x axis over exactly ``start``..``end`` with ticks on whole units."""
+    """A UTC time x axis with ticks on whole units for ``start``..``end``; ``fixed``: the
+    axis spans exactly that range (else the data's extent, as a layered chart needs: two
+    layers each fixing a domain make Vega-Lite merge them, and it fails to draw)."""
     ticks, fmt = time_ticks(start, end)
+    # A utc scale formats its labels in UTC (a formatType "utc" would be dropped as custom).
+    scale = alt.Scale(type="utc")
+    if fixed:
+        scale = alt.Scale(type="utc", domain=[_epoch_ms(start), _epoch_ms(end)])
     return alt.X(
         field,
         type="temporal",
         title=title,
-        scale=alt.Scale(type="utc", domain=[_epoch_ms(start), _epoch_ms(end)]),
-        axis=alt.Axis(format=fmt, formatType="utc", tickCount=ticks, labelOverlap=True),
+        scale=scale,
+        axis=alt.Axis(format=fmt, tickCount=ticks, labelOverlap=True),
     )
 
 
@@ -453,6 +464,11 @@ def decisions_chart(
         .with_columns(
             pl.col("decision").replace_strict(order, default=len(order)).alias("rank"),
             (pl.col("bucket") + bucket * 0.92).alias("bucket_end"),
+            # Tooltips show UTC whatever the browser's zone: formatted here.
+            pl.col("bucket")
+            .dt.convert_time_zone("UTC")
+            .dt.strftime("%Y-%m-%d %H:%M")
+            .alias("from"),
         )
         .sort("bucket", "rank")
         .with_columns(pl.col("actions").cum_sum().over("bucket").alias("y1"))
@@ -477,9 +493,7 @@ def decisions_chart(
                 "decision:N", scale=_decision_scale(), title="Decision", sort=list(order)
             ),
             tooltip=[
-                alt.Tooltip(
-                    "bucket:T", title="From (UTC)", format="%Y-%m-%d %H:%M", formatType="utc"
-                ),
+                alt.Tooltip("from:N", title="From (UTC)"),
                 alt.Tooltip("decision:N", title="Decision"),
                 alt.Tooltip("actions:Q", title="Actions", format=","),
             ],
@@ -601,10 +615,14 @@ def timeline_chart(actions: pl.DataFrame) -> alt.Chart:
             "start_time",
             pl.coalesce("end_time", "start_time").alias("end_time"),
             "tool_name",
-            "action_summary",
+            pl.col("action_summary").fill_null(MISSING),
             pl.col("decision").fill_null(UNDECIDED),
-            "blast_radius",
+            pl.col("blast_radius").fill_null(MISSING),
             "duration_ms",
+            pl.col("start_time")
+            .dt.convert_time_zone("UTC")
+            .dt.strftime("%Y-%m-%d %H:%M:%S%.3f")
+            .alias("started"),
         ),
         "tool_name",
     )
@@ -612,7 +630,7 @@ def timeline_chart(actions: pl.DataFrame) -> alt.Chart:
     start = frame.get_column("start_time").min()
     end = frame.get_column("end_time").max()
     assert isinstance(start, dt.datetime) and isinstance(end, dt.datetime)
-    x = time_x("start_time", start, max(end, start + dt.timedelta(milliseconds=1)))
+    x = time_x("start_time", start, max(end, start + dt.timedelta(milliseconds=1)), fixed=False)
     base = alt.Chart(frame.to_pandas()).encode(
         y=alt.Y(
             "tool_name:N", sort=tools, axis=alt.Axis(labelOverlap=False, labelLimit=320, title=None)
@@ -624,9 +642,7 @@ def timeline_chart(actions: pl.DataFrame) -> alt.Chart:
             alt.Tooltip("action_summary:N", title="Summary"),
             alt.Tooltip("decision:N", title="Decision"),
             alt.Tooltip("blast_radius:N", title="Blast radius"),
-            alt.Tooltip(
-                "start_time:T", title="Started (UTC)", format="%H:%M:%S.%L", formatType="utc"
-            ),
+            alt.Tooltip("started:N", title="Started (UTC)"),
             alt.Tooltip("duration_ms:Q", title="Duration (ms)", format=",.0f"),
         ],
     )

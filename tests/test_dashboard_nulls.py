@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pandas as pd
 import pytest
 from dashboard_support import (
     FOREIGN_TOOL,
@@ -51,8 +52,8 @@ def _assert_readable(at: Any, where: str) -> None:
         assert not cells.isin(["None"]).any().any(), (where, list(frame.value.columns))
     for i, _ in enumerate(at.get("vega_lite_chart")):
         data = chart_data(at, i)
-        for column in data.columns:
-            if data[column].dtype == object:
+        for column in data.columns:  # text a tooltip or an axis shows is never null
+            if data[column].dtype == object or pd.api.types.is_string_dtype(data[column]):
                 assert data[column].notna().all(), (where, column)
 
 
