@@ -388,10 +388,11 @@ def _radius_scale() -> alt.Scale:
     return alt.Scale(domain=domain, range=[*(RADIUS_HEX[r] for r in BLAST_RADII), "#dee2e6"])
 
 
-# Time axis ticks, finest first: (Vega time interval, step, seconds, label format). An
-# axis takes the finest step that gives at most a handful of ticks, and labels them in
-# that step's unit: no ".995" millisecond ticks on a span of minutes, no "Dec 07" five
-# times on one day.
+# Time axis ticks, finest first: (unit, step, seconds, label format). An axis takes the
+# finest step that gives at most a handful of ticks and labels them in that step's unit:
+# no ".995" millisecond ticks on a span of minutes, no "Dec 07" five times on one day.
+# The tick values are computed here: Vega-Lite's tickCount intervals below a day
+# ("minute") are not the names Vega resolves ("minutes"), and the chart stays blank.
 _TIME_TICKS: Final = (
     *(("millisecond", n, n / 1000, "%H:%M:%S.%L") for n in (1, 2, 5, 10, 20, 50, 100, 200, 500)),
     *(("second", n, float(n), "%H:%M:%S") for n in (1, 2, 5, 10, 15, 30)),
@@ -401,21 +402,52 @@ _TIME_TICKS: Final = (
     ("week", 1, 7 * 86400.0, "%b %d"),
     ("month", 1, 30 * 86400.0, "%b %Y"),
     ("month", 3, 91 * 86400.0, "%b %Y"),
-    ("year", 1, 365 * 86400.0, "%Y"),
+    *(("year", n, 365.25 * 86400.0 * n, "%Y") for n in (1, 2, 5, 10, 50, 100)),
 )
 MAX_TIME_TICKS: Final = 8
+_MONDAY: Final = dt.datetime(1970, 1, 5, tzinfo=dt.UTC)  # weeks start on Monday
 
 
-def time_ticks(start: dt.datetime, end: dt.datetime) -> tuple[dict[str, Any], str]:
-    """The tick interval (Vega ``tickCount``) and label format for a UTC time axis from
-    ``start`` to ``end``."""
+def time_ticks(start: dt.datetime, end: dt.datetime) -> tuple[str, int, str]:
+    """The tick unit, step and label format for a UTC time axis from ``start`` to ``end``."""
     extent = max((end - start).total_seconds(), 0.001)
-    interval, step, _, fmt = next(
+    unit, step, _, fmt = next(
         (t for t in _TIME_TICKS if extent / t[2] <= MAX_TIME_TICKS), _TIME_TICKS[-1]
     )
-    if interval == "hour" and extent > 43200:
+    if unit == "hour" and extent > 43200:
         fmt = "%b %d %H:%M"  # half a day or more may cross midnight: name the day
-    return {"interval": interval, "step": step}, fmt
+    return unit, step, fmt
+
+
+def tick_times(start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
+    """The ticks of :func:`time_ticks` between ``start`` and ``end``: whole multiples of
+    the step in UTC (minutes :00, :10; midnights; Mondays; first days of months)."""
+    unit, step, _ = time_ticks(start, end)
+    start, end = _utc(start), _utc(end)
+    if unit in ("month", "year"):
+        months = step * (12 if unit == "year" else 1)
+        first = start.year * 12 + start.month - 1
+        first += -first % months
+        ticks = []
+        while True:
+            t = dt.datetime(first // 12, first % 12 + 1, 1, tzinfo=dt.UTC)
+            if t > end:
+                return ticks
+            if t >= start:
+                ticks.append(t)
+            first += months
+    size = dt.timedelta(seconds=next(t[2] for t in _TIME_TICKS if t[:2] == (unit, step)))
+    origin = _MONDAY if unit == "week" else dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    t = origin + size * -((origin - start) // size)  # the first multiple at or after start
+    ticks = []
+    while t <= end:
+        ticks.append(t)
+        t += size
+    return ticks
+
+
+def _utc(t: dt.datetime) -> dt.datetime:
+    return t.astimezone(dt.UTC) if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def time_x(
@@ -429,7 +461,8 @@ def time_x(
     """A UTC time x axis with ticks on whole units for ``start``..``end``; ``fixed``: the
     axis spans exactly that range (else the data's extent, as a layered chart needs: two
     layers each fixing a domain make Vega-Lite merge them, and it fails to draw)."""
-    ticks, fmt = time_ticks(start, end)
+    _, _, fmt = time_ticks(start, end)
+    values = [_epoch_ms(t) for t in tick_times(start, end)]
     # A utc scale formats its labels in UTC (a formatType "utc" would be dropped as custom).
     scale = alt.Scale(type="utc")
     if fixed:
@@ -439,12 +472,12 @@ def time_x(
         type="temporal",
         title=title,
         scale=scale,
-        axis=alt.Axis(format=fmt, tickCount=ticks, labelOverlap=True),
+        axis=alt.Axis(format=fmt, values=values, labelOverlap=True),
     )
 
 
 def _epoch_ms(t: dt.datetime) -> float:
-    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp() * 1000
+    return _utc(t).timestamp() * 1000
 
 
 def decisions_chart(
@@ -727,6 +760,7 @@ __all__ = [
     "time_column",
     "time_range",
     "time_ticks",
+    "tick_times",
     "time_x",
     "timeline_chart",
     "top_groups",

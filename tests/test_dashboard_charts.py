@@ -113,13 +113,17 @@ def _x_scale(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(x["scale"]), dict(x["axis"])
 
 
+def _ticks(axis: dict[str, Any]) -> list[dt.datetime]:
+    return [dt.datetime.fromtimestamp(v / 1000, dt.UTC) for v in axis["values"]]
+
+
 @pytest.mark.parametrize(
-    ("choice", "span", "interval", "fmt"),
+    ("choice", "span", "step", "fmt"),
     [
-        ("Last hour", dt.timedelta(hours=1), "minute", "%H:%M"),
-        ("Last 24 hours", dt.timedelta(hours=24), "hour", "%b %d %H:%M"),
-        ("Last 7 days", dt.timedelta(days=7), "day", "%b %d"),
-        ("Last 30 days", dt.timedelta(days=30), "week", "%b %d"),
+        ("Last hour", dt.timedelta(hours=1), dt.timedelta(minutes=10), "%H:%M"),
+        ("Last 24 hours", dt.timedelta(hours=24), dt.timedelta(hours=6), "%b %d %H:%M"),
+        ("Last 7 days", dt.timedelta(days=7), dt.timedelta(days=1), "%b %d"),
+        ("Last 30 days", dt.timedelta(days=30), dt.timedelta(days=7), "%b %d"),
     ],
 )
 def test_decisions_over_time_spans_the_selected_range(
@@ -127,7 +131,7 @@ def test_decisions_over_time_spans_the_selected_range(
     monkeypatch: pytest.MonkeyPatch,
     choice: str,
     span: dt.timedelta,
-    interval: str,
+    step: dt.timedelta,
     fmt: str,
 ) -> None:
     seeded, _ = foreign
@@ -143,8 +147,13 @@ def test_decisions_over_time_spans_the_selected_range(
     assert before - dt.timedelta(minutes=2) <= end <= before + bucket
     # ... over the whole range, not just where there is data.
     assert abs((before - start) - span) < dt.timedelta(minutes=2)
+    # Ticks on whole units, one label format for all of them.
     assert axis["format"] == fmt
-    assert axis["tickCount"]["interval"] == interval
+    ticks = _ticks(axis)
+    assert 3 <= len(ticks) <= ui.MAX_TIME_TICKS
+    assert all(b - a == step for a, b in zip(ticks, ticks[1:], strict=False))
+    assert all(start <= t <= end for t in ticks)
+    assert all(t.second == 0 and t.microsecond == 0 for t in ticks)
     data = chart_data(at, 0)
     assert (data["bucket"] >= start - bucket).all()
 
@@ -158,9 +167,13 @@ def test_session_timeline_ticks_are_times(
     spec = chart_spec(at, 0)
     scale, axis = _x_scale(spec)
     assert scale["type"] == "utc"
-    # The release session's actions span 12 minutes: ticks every 2 minutes, as clock times.
-    assert axis["tickCount"] == {"interval": "minute", "step": 2}
+    # The release session's actions span 11 minutes: a tick every 2 minutes, clock times.
     assert axis["format"] == "%H:%M"
+    ticks = _ticks(axis)
+    assert all(b - a == dt.timedelta(minutes=2) for a, b in zip(ticks, ticks[1:], strict=False))
+    assert all(t.minute % 2 == 0 and t.second == 0 for t in ticks)
+    data = chart_data(at, 0)
+    assert data["start_time"].min() <= ticks[0] and ticks[-1] <= data["end_time"].max()
     # Both layers (dots and duration bars) share the x axis: they spread over the data.
     assert all(
         layer["encoding"]["x"] == spec["layer"][0]["encoding"]["x"] for layer in spec["layer"]
@@ -169,21 +182,35 @@ def test_session_timeline_ticks_are_times(
 
 
 @pytest.mark.parametrize(
-    ("extent", "ticks", "fmt"),
+    ("extent", "unit", "step", "fmt"),
     [
-        (dt.timedelta(milliseconds=84), {"interval": "millisecond", "step": 20}, "%H:%M:%S.%L"),
-        (dt.timedelta(seconds=23), {"interval": "second", "step": 5}, "%H:%M:%S"),
-        (dt.timedelta(minutes=13), {"interval": "minute", "step": 2}, "%H:%M"),
-        (dt.timedelta(hours=6), {"interval": "hour", "step": 1}, "%H:%M"),
-        (dt.timedelta(hours=30), {"interval": "hour", "step": 6}, "%b %d %H:%M"),
-        (dt.timedelta(days=5), {"interval": "day", "step": 1}, "%b %d"),
-        (dt.timedelta(days=200), {"interval": "month", "step": 1}, "%b %Y"),
-        (dt.timedelta(days=4000), {"interval": "year", "step": 1}, "%Y"),
+        (dt.timedelta(milliseconds=84), "millisecond", 20, "%H:%M:%S.%L"),
+        (dt.timedelta(seconds=23), "second", 5, "%H:%M:%S"),
+        (dt.timedelta(minutes=13), "minute", 2, "%H:%M"),
+        (dt.timedelta(hours=6), "hour", 1, "%H:%M"),
+        (dt.timedelta(hours=30), "hour", 6, "%b %d %H:%M"),
+        (dt.timedelta(days=5), "day", 1, "%b %d"),
+        (dt.timedelta(days=200), "month", 1, "%b %Y"),
+        (dt.timedelta(days=1000), "year", 1, "%Y"),
+        (dt.timedelta(days=4000), "year", 2, "%Y"),
     ],
 )
-def test_time_ticks_take_whole_units(extent: dt.timedelta, ticks: Any, fmt: str) -> None:
-    start = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
-    assert ui.time_ticks(start, start + extent) == (ticks, fmt)
+def test_time_ticks_take_whole_units(extent: dt.timedelta, unit: str, step: int, fmt: str) -> None:
+    start = dt.datetime(2026, 3, 1, 12, 0, 0, 7000, tzinfo=dt.UTC)
+    end = start + extent
+    assert ui.time_ticks(start, end) == (unit, step, fmt)
+    ticks = ui.tick_times(start, end)
+    assert 1 <= len(ticks) <= ui.MAX_TIME_TICKS + 1
+    assert all(start <= t <= end for t in ticks)
+    first = ticks[0]
+    if unit == "millisecond":
+        assert first.microsecond % (step * 1000) == 0
+    elif unit in ("month", "year"):
+        assert first.day == 1 and first.hour == 0 and (unit == "month" or first.month == 1)
+    else:
+        assert first.microsecond == 0 and (first - start) < dt.timedelta(
+            seconds={"second": 1, "minute": 60, "hour": 3600, "day": 86400}[unit] * step
+        )
 
 
 def test_short_paths_keep_the_end_and_stay_distinct() -> None:
