@@ -462,7 +462,8 @@ def time_x(
     axis spans exactly that range (else the data's extent, as a layered chart needs: two
     layers each fixing a domain make Vega-Lite merge them, and it fails to draw)."""
     _, _, fmt = time_ticks(start, end)
-    values = [_epoch_ms(t) for t in tick_times(start, end)]
+    # As DateTime objects: Vega-Lite draws no label for plain timestamps here.
+    values = [_datetime(t) for t in tick_times(start, end)]
     # A utc scale formats its labels in UTC (a formatType "utc" would be dropped as custom).
     scale = alt.Scale(type="utc")
     if fixed:
@@ -473,6 +474,20 @@ def time_x(
         title=title,
         scale=scale,
         axis=alt.Axis(format=fmt, values=values, labelOverlap=True),
+    )
+
+
+def _datetime(t: dt.datetime) -> alt.DateTime:
+    t = _utc(t)
+    return alt.DateTime(
+        year=t.year,
+        month=t.month,
+        date=t.day,
+        hours=t.hour,
+        minutes=t.minute,
+        seconds=t.second,
+        milliseconds=t.microsecond // 1000,
+        utc=True,
     )
 
 

@@ -114,7 +114,23 @@ def _x_scale(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _ticks(axis: dict[str, Any]) -> list[dt.datetime]:
-    return [dt.datetime.fromtimestamp(v / 1000, dt.UTC) for v in axis["values"]]
+    """The axis' explicit tick values (Vega-Lite DateTime objects, in UTC)."""
+    ticks = []
+    for v in axis["values"]:
+        assert v["utc"] is True
+        ticks.append(
+            dt.datetime(
+                v["year"],
+                v["month"],
+                v["date"],
+                v["hours"],
+                v["minutes"],
+                v["seconds"],
+                v["milliseconds"] * 1000,
+                tzinfo=dt.UTC,
+            )
+        )
+    return ticks
 
 
 @pytest.mark.parametrize(
