@@ -47,7 +47,7 @@ def render() -> None:
     _totals(frame)
     if by == "day":
         st.subheader("Trend", anchor=False)
-        st.altair_chart(ui.radius_chart(frame, "day", horizontal=False), width="stretch")
+        st.altair_chart(ui.radius_trend_chart(frame, *ui.range_bounds(since)), width="stretch")
     else:
         st.subheader(f"By {_LABELS[by].lower()}", anchor=False)
         if frame.height > CHART_GROUPS:

@@ -654,6 +654,45 @@ def radius_chart(frame: pl.DataFrame, key: str, *, horizontal: bool) -> alt.Char
     )
 
 
+def radius_trend_chart(
+    frame: pl.DataFrame, start: dt.datetime | None, end: dt.datetime
+) -> alt.Chart:
+    """Stacked bars of actions per blast radius per UTC day (``day`` = ``YYYY-MM-DD``) on a
+    time axis over the selected range: days without actions show as gaps, not as bars
+    side by side."""
+    long = radius_long(frame, "day")
+    ranks = {r: i for i, r in enumerate([*BLAST_RADII, "unrated"])}
+    data = long.with_columns(
+        pl.col("radius").replace_strict(ranks, return_dtype=pl.Int32).alias("rank")
+    )
+    days = [
+        dt.datetime.strptime(str(d), "%Y-%m-%d").replace(tzinfo=dt.UTC)
+        for d in frame.get_column("day").to_list()
+    ]
+    low = min([start, *days] if start is not None else days)
+    high = max(end, max(days) + dt.timedelta(days=1))
+    x = time_x("day", low, high, title="Day (UTC)")
+    x.timeUnit = "utcyearmonthdate"  # one bar per whole day
+    return _typed(
+        alt.Chart(data.to_pandas())
+        .mark_bar()
+        .encode(
+            x=x,
+            y=alt.Y("actions:Q", title="Actions", stack="zero"),
+            color=alt.Color(
+                "radius:N", scale=_radius_scale(), title="Blast radius", sort=[*BLAST_RADII]
+            ),
+            order=alt.Order("rank:Q"),
+            tooltip=[
+                alt.Tooltip("day:N", title="Day (UTC)"),
+                alt.Tooltip("radius:N", title="Blast radius"),
+                alt.Tooltip("actions:Q", title="Actions", format=","),
+            ],
+        )
+        .properties(height=260)
+    )
+
+
 def timeline_chart(actions: pl.DataFrame) -> alt.Chart:
     """One mark per action at its start time, on the row of its tool, coloured by decision,
     on a UTC time axis over the session's own span."""
@@ -767,15 +806,16 @@ __all__ = [
     "radius_chart",
     "radius_column",
     "radius_mix_chart",
+    "radius_trend_chart",
     "selected_rows",
     "short_paths",
     "show_flash",
     "table",
     "table_height",
+    "tick_times",
     "time_column",
     "time_range",
     "time_ticks",
-    "tick_times",
     "time_x",
     "timeline_chart",
     "top_groups",

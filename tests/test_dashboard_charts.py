@@ -6,6 +6,7 @@ the selected range, and share tiles carry no trend arrow."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from typing import Any
 
 import pytest
@@ -91,7 +92,9 @@ def test_many_groups_show_the_top_and_one_others_bar(
     others = f"others ({len(rest)} tools)"
     assert per_bar[others] == rest["actions"].sum()
     top = table.iloc[: CHART_GROUPS - 1]
-    assert {k: per_bar[k] for k in top["tool"]} == dict(zip(top["tool"], top["actions"]))
+    assert {k: per_bar[k] for k in top["tool"]} == dict(
+        zip(top["tool"], top["actions"], strict=False)
+    )
     assert per_bar.sum() == table["actions"].sum()
     assert chart_spec(at, 0)["encoding"]["y"]["sort"][-1] == others
 
@@ -167,7 +170,7 @@ def test_decisions_over_time_spans_the_selected_range(
     assert axis["format"] == fmt
     ticks = _ticks(axis)
     assert 3 <= len(ticks) <= ui.MAX_TIME_TICKS
-    assert all(b - a == step for a, b in zip(ticks, ticks[1:], strict=False))
+    assert all(b - a == step for a, b in itertools.pairwise(ticks))
     assert all(start <= t <= end for t in ticks)
     assert all(t.second == 0 and t.microsecond == 0 for t in ticks)
     data = chart_data(at, 0)
@@ -186,7 +189,7 @@ def test_session_timeline_ticks_are_times(
     # The release session's actions span 11 minutes: a tick every 2 minutes, clock times.
     assert axis["format"] == "%H:%M"
     ticks = _ticks(axis)
-    assert all(b - a == dt.timedelta(minutes=2) for a, b in zip(ticks, ticks[1:], strict=False))
+    assert all(b - a == dt.timedelta(minutes=2) for a, b in itertools.pairwise(ticks))
     assert all(t.minute % 2 == 0 and t.second == 0 for t in ticks)
     data = chart_data(at, 0)
     assert data["start_time"].min() <= ticks[0] and ticks[-1] <= data["end_time"].max()
@@ -246,3 +249,24 @@ def test_short_paths_keep_the_end_and_stay_distinct() -> None:
     assert short[paths[4]] == "/srv/x" and short[paths[5]] == "repo"
     assert short[paths[6]] == "…" + "a" * 31
     assert len(set(short.values())) == len(paths)
+
+
+def test_the_blast_radius_trend_is_a_time_axis_over_the_range(
+    foreign: tuple[Seeded, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeded, _ = foreign
+    at = _blast(seeded, monkeypatch, "day")
+    at.selectbox(key="blast_range").set_value("Last 7 days").run()
+    before = dt.datetime.now(dt.UTC)
+    spec = chart_spec(at, 0)
+    x = spec["encoding"]["x"]
+    assert x["type"] == "temporal" and x["timeUnit"] == "utcyearmonthdate"  # a bar per day
+    scale, axis = _x_scale(spec)
+    start, end = (dt.datetime.fromtimestamp(v / 1000, dt.UTC) for v in scale["domain"])
+    assert abs((before - start) - dt.timedelta(days=7)) < dt.timedelta(minutes=2)
+    assert before - dt.timedelta(minutes=2) <= end <= before + dt.timedelta(days=1)
+    ticks = _ticks(axis)
+    assert axis["format"] == "%b %d"
+    assert all(t.hour == 0 and t.minute == 0 for t in ticks)  # midnights, UTC
+    days = set(chart_data(at, 0)["day"])
+    assert days == set(table_with(at, "day", "critical")["day"])
