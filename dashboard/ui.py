@@ -659,30 +659,36 @@ def radius_trend_chart(
 ) -> alt.Chart:
     """Stacked bars of actions per blast radius per UTC day (``day`` = ``YYYY-MM-DD``) on a
     time axis over the selected range: days without actions show as gaps, not as bars
-    side by side."""
-    long = radius_long(frame, "day")
+    side by side. Drawn as the decisions chart is (x..x2 per day, the stack computed
+    here): a timeUnit on an axis with fixed domain and tick values draws nothing."""
     ranks = {r: i for i, r in enumerate([*BLAST_RADII, "unrated"])}
-    data = long.with_columns(
-        pl.col("radius").replace_strict(ranks, return_dtype=pl.Int32).alias("rank")
+    day = dt.timedelta(days=1)
+    data = (
+        radius_long(frame, "day")
+        .with_columns(
+            pl.col("radius").replace_strict(ranks, return_dtype=pl.Int32).alias("rank"),
+            pl.col("day").str.to_datetime("%Y-%m-%d", time_zone="UTC").alias("day_start"),
+        )
+        .with_columns((pl.col("day_start") + day * 0.92).alias("day_end"))
+        .sort("day_start", "rank")
+        .with_columns(pl.col("actions").cum_sum().over("day_start").alias("y1"))
+        .with_columns((pl.col("y1") - pl.col("actions")).alias("y0"))
     )
-    days = [
-        dt.datetime.strptime(str(d), "%Y-%m-%d").replace(tzinfo=dt.UTC)
-        for d in frame.get_column("day").to_list()
-    ]
-    low = min([start, *days] if start is not None else days)
-    high = max(end, max(days) + dt.timedelta(days=1))
-    x = time_x("day", low, high, title="Day (UTC)")
-    x.timeUnit = "utcyearmonthdate"  # one bar per whole day
+    first, last = data.get_column("day_start").min(), data.get_column("day_start").max()
+    assert isinstance(first, dt.datetime) and isinstance(last, dt.datetime)
+    low = first if start is None else min(start, first)
+    high = max(end, last + day)
     return _typed(
         alt.Chart(data.to_pandas())
-        .mark_bar()
+        .mark_rect()
         .encode(
-            x=x,
-            y=alt.Y("actions:Q", title="Actions", stack="zero"),
+            x=time_x("day_start", low, high, title="Day (UTC)"),
+            x2="day_end:T",
+            y=alt.Y("y0:Q", title="Actions"),
+            y2="y1:Q",
             color=alt.Color(
                 "radius:N", scale=_radius_scale(), title="Blast radius", sort=[*BLAST_RADII]
             ),
-            order=alt.Order("rank:Q"),
             tooltip=[
                 alt.Tooltip("day:N", title="Day (UTC)"),
                 alt.Tooltip("radius:N", title="Blast radius"),
