@@ -428,7 +428,7 @@ def tick_times(start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
         months = step * (12 if unit == "year" else 1)
         first = start.year * 12 + start.month - 1
         first += -first % months
-        ticks = []
+        ticks: list[dt.datetime] = []
         while True:
             t = dt.datetime(first // 12, first % 12 + 1, 1, tzinfo=dt.UTC)
             if t > end:
