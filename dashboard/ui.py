@@ -460,14 +460,15 @@ def time_x(
 ) -> alt.X:
     """A UTC time x axis with ticks on whole units for ``start``..``end``; ``fixed``: the
     axis spans exactly that range (else the data's extent, as a layered chart needs: two
-    layers each fixing a domain make Vega-Lite merge them, and it fails to draw)."""
+    layers each fixing a domain make Vega-Lite merge them, and it fails to draw). The
+    range is domainMin / domainMax: a ``domain`` conflicts with the x2 channel's."""
     _, _, fmt = time_ticks(start, end)
     # As DateTime objects: Vega-Lite draws no label for plain timestamps here.
     values = [_datetime(t) for t in tick_times(start, end)]
     # A utc scale formats its labels in UTC (a formatType "utc" would be dropped as custom).
     scale = alt.Scale(type="utc")
     if fixed:
-        scale = alt.Scale(type="utc", domain=[_epoch_ms(start), _epoch_ms(end)])
+        scale = alt.Scale(type="utc", domainMin=_datetime(start), domainMax=_datetime(end))
     return alt.X(
         field,
         type="temporal",
@@ -489,10 +490,6 @@ def _datetime(t: dt.datetime) -> alt.DateTime:
         milliseconds=t.microsecond // 1000,
         utc=True,
     )
-
-
-def _epoch_ms(t: dt.datetime) -> float:
-    return _utc(t).timestamp() * 1000
 
 
 def decisions_chart(

@@ -225,7 +225,6 @@ def test_every_chart_draws_over_data_with_missing_fields(
     foreign_server: tuple[str, str], page: Any, tmp_path: Path
 ) -> None:
     url, session_id = foreign_server
-    expect = playwright_api.expect
     trouble: list[str] = []
     page.on(
         "console",
@@ -245,7 +244,7 @@ def test_every_chart_draws_over_data_with_missing_fields(
             page.get_by_role("tab", name=choice).click()
         _settled(page)
         chart = page.get_by_test_id("stVegaLiteChart").first
-        expect(chart).to_be_visible()
+        chart.wait_for(state="visible", timeout=WAIT_MS)
         page.wait_for_timeout(800)  # the first paint
         assert page.get_by_test_id("stException").count() == 0, name
         assert _drawn(chart, shots / f"{name}.png") > 20, name
