@@ -83,7 +83,7 @@ def _opened() -> Policy | None:
     if uploaded is None:
         return None
     try:
-        return loads_policy(uploaded.getvalue().decode("utf-8", "replace"), uploaded.name)
+        return data.opened_policy(uploaded.getvalue().decode("utf-8", "replace"), uploaded.name)
     except PolicyError as e:
         st.error(f"{ui.code(uploaded.name)} is not a valid policy:\n\n{ui.md(e)}")
         return None
