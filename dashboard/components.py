@@ -110,7 +110,7 @@ def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
         with left:
             agent = row.get("agent_name") or "unknown agent"
             st.markdown(
-                f"**{ui.md(str(row.get('tool_name')))}** · {ui.md(str(agent))} · "
+                f"**{ui.md(ui.label_of('tool', row.get('tool_name')))}** · {ui.md(str(agent))} · "
                 f"{ui.chip(row.get('blast_radius'), ui.RADIUS_COLORS)}"
             )
             st.markdown(ui.md(summary_of(row)))

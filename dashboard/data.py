@@ -40,7 +40,7 @@ from tooltrail.analytics import SESSION_INDEX_FILE
 from tooltrail.analytics.engine import SPANS_GLOB
 from tooltrail.control import ApprovalRecord, ControlEvent, ControlStore, SessionControl
 from tooltrail.dashboard import queries
-from tooltrail.policy import Policy, load_policy
+from tooltrail.policy import Policy, load_policy, loads_policy
 
 T = TypeVar("T")
 
@@ -380,6 +380,13 @@ def _policy(path: str, stamp: str) -> Policy:
     return load_policy(path)
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def opened_policy(text: str, name: str) -> Policy:
+    """A policy file a viewer opened in the page (its text), compiled once per content.
+    Raises :class:`~tooltrail.errors.PolicyError` when it is not a valid policy."""
+    return loads_policy(text, name)
+
+
 def active_policy(path: Path | None) -> Policy | None:
     """The policy file the app was started with, compiled once per version of the file.
     Raises :class:`~tooltrail.errors.PolicyError` when it cannot be loaded."""
@@ -432,5 +439,6 @@ __all__ = [
     "decide",
     "fingerprint",
     "invalidate",
+    "opened_policy",
     "reader",
 ]

@@ -44,7 +44,8 @@ def _pending(ctx: nav.Context, pending: pl.DataFrame) -> None:
         return
     table = pending.with_columns(
         pl.Series("summary", [components.summary_of(r) for r in pending.iter_rows(named=True)])
-    ).select(
+    )
+    table = ui.labelled(table, "agent_name", "tool_name").select(
         "requested_at",
         "agent_name",
         "tool_name",
@@ -58,7 +59,7 @@ def _pending(ctx: nav.Context, pending: pl.DataFrame) -> None:
     )
     components.operator_hint()
     key = "pending_table"
-    st.dataframe(
+    ui.table(
         ui.as_chips(table, "blast_radius"),
         key=key,
         on_select="rerun",
@@ -108,7 +109,7 @@ def _history(ctx: nav.Context) -> None:
         return
     more = frame.height > HISTORY_LIMIT
     frame = frame.head(HISTORY_LIMIT)
-    table = frame.select(
+    table = ui.labelled(frame, "agent_name", "tool_name").select(
         "requested_at",
         "decided_at",
         "decided_by",  # null like the other undecided cells: one placeholder per table
@@ -126,7 +127,7 @@ def _history(ctx: nav.Context) -> None:
         f"**{ui.fmt_int(table.height)}** request{'s' if table.height != 1 else ''}"
         + (f", the newest {ui.fmt_int(HISTORY_LIMIT)} (the SQL page has them all)" if more else "")
     )
-    st.dataframe(
+    ui.table(
         ui.as_chips(table, "outcome"),
         key="approvals_history",
         hide_index=True,
@@ -166,7 +167,7 @@ def _stats(ctx: nav.Context) -> None:
             (pl.col("median_wait_ms") / 1000).alias("median_wait_ms"),
             (pl.col("p95_wait_ms") / 1000).alias("p95_wait_ms"),
         )
-        st.dataframe(
+        ui.table(
             table,
             key=f"approval_stats_{by}",
             hide_index=True,

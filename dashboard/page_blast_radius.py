@@ -38,21 +38,26 @@ def render() -> None:
         required=True,
     )
     by = str(by or "agent")
-    frame = ctx.data.blast_stats(by, since)
+    # Tool spans from other instrumentations may carry no agent, tool or repository: their
+    # group is named ("(unknown agent)"), never null (a chart cannot sort on null).
+    frame = ui.labelled(ctx.data.blast_stats(by, since), by)
     if frame.is_empty():
         st.caption("No actions in this time range.")
         return
     _totals(frame)
     if by == "day":
         st.subheader("Trend", anchor=False)
-        st.altair_chart(ui.radius_chart(frame, "day", horizontal=False), width="stretch")
+        st.altair_chart(ui.radius_trend_chart(frame, *ui.range_bounds(since)), width="stretch")
     else:
-        top = frame.head(CHART_GROUPS)
         st.subheader(f"By {_LABELS[by].lower()}", anchor=False)
         if frame.height > CHART_GROUPS:
-            st.caption(f"The {CHART_GROUPS} busiest of {frame.height}; all are in the table.")
+            st.caption(
+                f"The {CHART_GROUPS - 1} busiest of {frame.height}, the rest as one bar; "
+                "all are in the table."
+            )
+        top = ui.top_groups(frame, by, CHART_GROUPS)
         st.altair_chart(ui.radius_chart(top, by, horizontal=True), width="stretch")
-    st.dataframe(
+    ui.table(
         ui.as_chips(frame, "max_blast_radius"),
         hide_index=True,
         width="stretch",
@@ -79,8 +84,14 @@ def _totals(frame: pl.DataFrame) -> None:
     for col, radius in zip(cols[1:], BLAST_RADII, strict=True):
         count = int(sums[radius.lower()] or 0)
         share = count / sums["actions"] if sums["actions"] else 0.0
+        # A share, not a change: no trend arrow.
         col.metric(
-            radius, ui.fmt_int(count), f"{share:.1%} of actions", delta_color="off", border=True
+            radius,
+            ui.fmt_int(count),
+            f"{share:.1%} of actions",
+            delta_color="off",
+            delta_arrow="off",
+            border=True,
         )
 
 
@@ -96,8 +107,8 @@ def _critical(ctx: nav.Context, since: str | None) -> None:
         + ". Select one to open its session."
     )
     key = "critical_table"
-    st.dataframe(
-        ui.as_chips(frame.drop("status_code"), "decision"),
+    ui.table(
+        ui.as_chips(ui.labelled(frame.drop("status_code"), "agent_name", "tool_name"), "decision"),
         key=key,
         on_select="rerun",
         selection_mode="single-row",

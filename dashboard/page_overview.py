@@ -48,7 +48,8 @@ def render() -> None:
         if frame.is_empty():
             st.caption("No actions in this time range.")
         else:
-            st.altair_chart(ui.decisions_chart(frame, bucket), width="stretch")
+            start, end = ui.range_bounds(since)
+            st.altair_chart(ui.decisions_chart(frame, bucket, start, end), width="stretch")
     with right:
         st.subheader("Blast-radius mix", anchor=False)
         _blast_mix(ctx, since)

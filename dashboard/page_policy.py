@@ -5,14 +5,16 @@ landed actions: what it would have decided differently (``tooltrail.policy.repla
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 from pathlib import Path
 from typing import Any, Final
 
 import polars as pl
 import streamlit as st
 
-from tooltrail import analytics
+from tooltrail import analytics, config
 from tooltrail.dashboard import data, nav, ui
+from tooltrail.demo import demo_policy_path
 from tooltrail.errors import PolicyError
 from tooltrail.policy import Policy, PolicyValidationError, loads_policy
 from tooltrail.policy.replay import ReplayReport, replay
@@ -39,26 +41,51 @@ def render() -> None:
     # Only the server's configuration names the active policy: a path typed in the page
     # would let anyone who can open the dashboard read files on the server.
     path = ctx.config.policy_path
-    policy = _active(path)
+    policy = _active(ctx, path)
     if policy is not None:
         _rules(ctx, policy)
     st.divider()
     _candidate(ctx, path)
 
 
-def _active(path: Path | None) -> Policy | None:
+def _active(ctx: nav.Context, path: Path | None) -> Policy | None:
     st.subheader("Active policy", anchor=False)
     if path is None:
-        ui.empty_state(
-            "No active policy",
-            "Start the dashboard with `--policy FILE` (or set `TOOLTRAIL_POLICY`) to see its "
-            "rules with hit counts. You can still replay a candidate policy below.",
-        )
-        return None
+        ui.empty_state("No active policy", _how_to_set(ctx))
+        return _opened()
     try:
         return data.active_policy(path)
     except PolicyError as e:
         st.error(f"The policy cannot be loaded:\n\n{e}", icon=":material/error:")
+        return None
+
+
+def _how_to_set(ctx: nav.Context) -> str:
+    """How to give the server its policy: the command for this very data directory."""
+    root = shlex.quote(str(ctx.root))
+    return (
+        "This dashboard was started without a policy, so its rules and how often each "
+        "fired cannot be shown. Restart it with the policy your agents enforce:\n\n"
+        f"```sh\ntooltrail dashboard --data {root} --policy policy.yaml\n```\n\n"
+        f"or set `{config.ENV_POLICY}=policy.yaml` before starting it. The demo's policy is "
+        f"{ui.code(demo_policy_path())}. Meanwhile, open a policy file below to see its rules "
+        "against the landed actions in this browser session, or replay a candidate further "
+        "down."
+    )
+
+
+def _opened() -> Policy | None:
+    """A policy file the viewer opens from their own machine (never a path on the server):
+    its rules with hit counts for this browser session."""
+    uploaded = st.file_uploader(
+        "Open a policy file", type=["yaml", "yml"], key="policy_active_upload"
+    )
+    if uploaded is None:
+        return None
+    try:
+        return data.opened_policy(uploaded.getvalue().decode("utf-8", "replace"), uploaded.name)
+    except PolicyError as e:
+        st.error(f"{ui.code(uploaded.name)} is not a valid policy:\n\n{ui.md(e)}")
         return None
 
 
@@ -102,7 +129,7 @@ def _rules(ctx: nav.Context, policy: Policy) -> None:
             "line": pl.Int64,
         },
     )
-    st.dataframe(
+    ui.table(
         ui.as_chips(table, "decision"),
         hide_index=True,
         width="stretch",
@@ -133,7 +160,7 @@ def _rules(ctx: nav.Context, policy: Policy) -> None:
             + ", ".join(f"`{r}`" for r in sorted(foreign))
         )
     with st.expander(f"Landed policy versions ({versions.height})"):
-        st.dataframe(
+        ui.table(
             versions.with_columns((pl.col("policy_version") == policy.version).alias("active")),
             hide_index=True,
             width="stretch",
@@ -208,7 +235,7 @@ def _policy_problems(error: PolicyError) -> None:
     st.error("The candidate policy is not valid; nothing was replayed.", icon=":material/error:")
     problems = getattr(error, "problems", None)
     if isinstance(error, PolicyValidationError) and problems:
-        st.dataframe(
+        ui.table(
             pl.DataFrame(
                 [{"line": p[0], "where": p[1], "problem": p[2]} for p in problems],
                 schema={"line": pl.Int64, "where": pl.String, "problem": pl.String},
@@ -263,7 +290,7 @@ def _report(report: ReplayReport) -> None:
     )
     if not hits.is_empty():
         st.markdown("**Candidate rules, replayed**")
-        st.dataframe(
+        ui.table(
             hits,
             hide_index=True,
             column_config={"rule": "Rule", "hits": ui.count_column("Matched")},
@@ -300,14 +327,14 @@ def _changes(
     decisions: tuple[str, ...],
     radius: tuple[str, ...] = (),
 ) -> None:
-    frame = pl.DataFrame(rows)
+    frame = ui.labelled(pl.DataFrame(rows), "agent", "tool")
     frame = ui.as_chips(frame, *decisions, *radius)
     config: dict[str, Any] = {c: label for c, label in _LABELS.items() if c in frame.columns}
     config |= {c: ui.decision_column(_LABELS.get(c, c.capitalize())) for c in decisions}
     config |= {c: ui.radius_column(_LABELS.get(c, c.capitalize())) for c in radius}
     if "count" in frame.columns:
         config["count"] = ui.count_column("Actions")
-    st.dataframe(frame, hide_index=True, width="stretch", column_config=config)
+    ui.table(frame, hide_index=True, width="stretch", column_config=config)
 
 
 if __name__ == "__main__":

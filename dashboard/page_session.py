@@ -176,13 +176,13 @@ def _actions(ctx: nav.Context, session_id: str, actions: pl.DataFrame) -> None:
     pick_key = f"inspect_action_{session_id}"
     outcomes = actions.select(_outcome()).to_series()
     shown = ui.as_chips(
-        actions.with_columns(outcomes).select(ACTION_COLUMNS),
+        ui.labelled(actions.with_columns(outcomes).select(ACTION_COLUMNS), "tool_name"),
         "decision",
         "blast_radius",
         "approval_status",
         "outcome",
     )
-    st.dataframe(
+    ui.table(
         shown,
         key=table_key,
         on_select="rerun",
@@ -244,7 +244,8 @@ def _sync_pick(table_key: str, pick_key: str, count: int) -> None:
 
 def _action_label(row: Mapping[str, Any]) -> str:
     seq = row.get("sequence")
-    return f"#{seq if seq is not None else '?'} · {row.get('tool_name')} · {row.get('decision')}"
+    tool = ui.label_of("tool", row.get("tool_name"))
+    return f"#{seq if seq is not None else '?'} · {tool} · {row.get('decision') or ui.UNDECIDED}"
 
 
 def _policy(ctx: nav.Context) -> Policy | None:
@@ -297,7 +298,7 @@ def _rewrite(row: Mapping[str, Any]) -> None:
         for k in sorted(before.keys() | after.keys())
         if before.get(k) != after.get(k)
     ]
-    st.dataframe(pl.DataFrame(changed, schema=["argument", "before", "after"]), hide_index=True)
+    ui.table(pl.DataFrame(changed, schema=["argument", "before", "after"]), hide_index=True)
     diff = difflib.unified_diff(
         _pretty(before).splitlines(),
         _pretty(after).splitlines(),
@@ -457,7 +458,7 @@ def _tokens(ctx: nav.Context, head: Mapping[str, Any]) -> None:
     if usage.is_empty():
         st.caption("No LLM spans landed for this session.")
         return
-    st.dataframe(
+    ui.table(
         usage,
         hide_index=True,
         column_config={

@@ -110,8 +110,10 @@ def render() -> None:
     )
     # A new key per filter set and page: a selection never points at rows of another page.
     table_key = f"sessions_table_{tag}_{page}"
-    shown = ui.as_chips(frame.select(COLUMNS), "status", "max_blast_radius")
-    st.dataframe(
+    shown = ui.as_chips(
+        ui.labelled(frame.select(COLUMNS), "agent_name"), "status", "max_blast_radius"
+    )
+    ui.table(
         shown,
         key=table_key,
         on_select="rerun",

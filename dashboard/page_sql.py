@@ -103,7 +103,8 @@ def _result(ctx: nav.Context, sql: str, limit: int) -> None:
         f"**{ui.fmt_int(frame.height)}** row{'s' if frame.height != 1 else ''}"
         + (f" (limit {ui.fmt_int(limit)} reached)" if frame.height == limit else "")
     )
-    st.dataframe(frame, hide_index=True, width="stretch")
+    # Query results are the views' own values: a null reads as SQL says it.
+    ui.table(frame, hide_index=True, width="stretch", placeholder="NULL")
     buttons = st.container(horizontal=True)
     buttons.download_button(
         "Download CSV",

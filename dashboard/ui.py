@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import altair as alt
 import polars as pl
 import streamlit as st
 
+from tooltrail import analytics
 from tooltrail.schema import BLAST_RADII, DECISIONS
 
 DECISION_COLORS: Final = {
@@ -66,6 +67,23 @@ RADIUS_HEX: Final = {
 UNDECIDED: Final = "undecided"
 UNDECIDED_HEX: Final = "#ced4da"
 
+MISSING: Final = "–"
+"""What a table cell, a metric or a caption shows for a missing value (never "None")."""
+# Group keys another instrumentation may leave out (tool spans without an agent name, a
+# repository or a model): charts and tables name such a group instead of showing null.
+UNKNOWN: Final[Mapping[str, str]] = {
+    "agent": "(unknown agent)",
+    "agent_name": "(unknown agent)",
+    "tool": "(unknown tool)",
+    "tool_name": "(unknown tool)",
+    "repo": "(no repository)",
+    "target_repo": "(no repository)",
+    "model": "(unknown model)",
+    "session_id": "(no session)",
+    "rule": "(none)",
+    "approver": "(undecided)",
+}
+
 TIME_RANGES: Final[Mapping[str, str | None]] = {
     "Last hour": "1h",
     "Last 24 hours": "24h",
@@ -90,7 +108,7 @@ _FLASH_KEY: Final = "_flash"
 
 
 def fmt_int(value: Any) -> str:
-    return "–" if value is None else f"{int(value):,}"
+    return MISSING if value is None else f"{int(value):,}"
 
 
 def fmt_ms(ms: Any) -> str:
@@ -210,6 +228,54 @@ def table_height(rows: int, max_rows: int = 20) -> int:
     return 38 + 35 * max(1, min(rows, max_rows))
 
 
+def table(data: Any, **kwargs: Any) -> Any:
+    """``st.dataframe`` as every page shows tables: a missing value reads as
+    :data:`MISSING`, not Streamlit's default "None" (which looks like a landed value)."""
+    kwargs.setdefault("placeholder", MISSING)
+    return st.dataframe(data, **kwargs)
+
+
+def label_of(key: str, value: Any) -> str:
+    """A group key as people read it: null becomes "(unknown agent)" and the like."""
+    if value is None:
+        return UNKNOWN.get(key, "(none)")
+    return str(value)
+
+
+def labelled(frame: pl.DataFrame, *columns: str) -> pl.DataFrame:
+    """``frame`` with null group keys in ``columns`` named (see :data:`UNKNOWN`)."""
+    return frame.with_columns(
+        pl.col(c).cast(pl.String).fill_null(UNKNOWN.get(c, "(none)")) for c in columns if c in frame
+    )
+
+
+def short_paths(paths: Sequence[str], width: int = 32) -> dict[str, str]:
+    """Each path shortened from the left to its last components ("…/org/repo"): the end
+    of a path tells repositories apart, their common prefix does not. Components are
+    added back until no two labels are the same; a last component longer than ``width``
+    keeps its end."""
+    parts = {p: [c for c in p.rstrip("/").split("/") if c] or [p] for p in paths}
+    keep = {p: min(2, len(c)) for p, c in parts.items()}
+    while True:
+        labels = {p: _tail(p, parts[p], keep[p], width) for p in parts}
+        seen: dict[str, list[str]] = {}
+        for p, label in labels.items():
+            seen.setdefault(label, []).append(p)
+        clashes = [p for group in seen.values() if len(group) > 1 for p in group]
+        grow = [p for p in clashes if keep[p] < len(parts[p])]
+        if not grow:
+            return labels
+        for p in grow:
+            keep[p] += 1
+
+
+def _tail(path: str, components: list[str], keep: int, width: int) -> str:
+    text = path if keep >= len(components) else "…/" + "/".join(components[-keep:])
+    if len(text) > width and keep <= 2:  # one long name: its end tells it apart
+        return "…" + text[-(width - 1) :]
+    return text
+
+
 def selected_rows(key: str) -> list[int]:
     """Row positions selected in the ``st.dataframe`` with this key (none before a run)."""
     state = st.session_state.get(key)
@@ -249,6 +315,14 @@ def time_range(key: str, default: str = "Last 7 days", label: str = "Time range"
     names = list(TIME_RANGES)
     choice = st.selectbox(label, names, index=names.index(default), key=key)
     return TIME_RANGES[choice or default]
+
+
+def range_bounds(
+    since: str | None, now: dt.datetime | None = None
+) -> tuple[dt.datetime | None, dt.datetime]:
+    """The start (None = all time) and end of a time range, for a chart's axis."""
+    end = now or dt.datetime.now(dt.UTC)
+    return (analytics.parse_since(since, now=end) if since else None), end
 
 
 def bucket_for(since: str | None) -> dt.timedelta:
@@ -314,25 +388,149 @@ def _radius_scale() -> alt.Scale:
     return alt.Scale(domain=domain, range=[*(RADIUS_HEX[r] for r in BLAST_RADII), "#dee2e6"])
 
 
-def decisions_chart(frame: pl.DataFrame, bucket: dt.timedelta) -> alt.Chart:
-    """Stacked bars of actions per time bucket, by decision. Each bar spans its whole
-    bucket (x to x2), so the stack is computed here (y0..y1) rather than by Vega-Lite."""
+# Time axis ticks, finest first: (unit, step, seconds, label format). An axis takes the
+# finest step that gives at most a handful of ticks and labels them in that step's unit:
+# no ".995" millisecond ticks on a span of minutes, no "Dec 07" five times on one day.
+# The tick values are computed here: Vega-Lite's tickCount intervals below a day
+# ("minute") are not the names Vega resolves ("minutes"), and the chart stays blank.
+_TIME_TICKS: Final = (
+    *(("millisecond", n, n / 1000, "%H:%M:%S.%L") for n in (1, 2, 5, 10, 20, 50, 100, 200, 500)),
+    *(("second", n, float(n), "%H:%M:%S") for n in (1, 2, 5, 10, 15, 30)),
+    *(("minute", n, 60.0 * n, "%H:%M") for n in (1, 2, 5, 10, 15, 30)),
+    *(("hour", n, 3600.0 * n, "%H:%M") for n in (1, 2, 3, 6, 12)),
+    *(("day", n, 86400.0 * n, "%b %d") for n in (1, 2)),
+    ("week", 1, 7 * 86400.0, "%b %d"),
+    ("month", 1, 30 * 86400.0, "%b %Y"),
+    ("month", 3, 91 * 86400.0, "%b %Y"),
+    *(("year", n, 365.25 * 86400.0 * n, "%Y") for n in (1, 2, 5, 10, 50, 100)),
+)
+MAX_TIME_TICKS: Final = 8
+_MONDAY: Final = dt.datetime(1970, 1, 5, tzinfo=dt.UTC)  # weeks start on Monday
+
+
+def time_ticks(start: dt.datetime, end: dt.datetime) -> tuple[str, int, str]:
+    """The tick unit, step and label format for a UTC time axis from ``start`` to ``end``."""
+    extent = max((end - start).total_seconds(), 0.001)
+    unit, step, _, fmt = next(
+        (t for t in _TIME_TICKS if extent / t[2] <= MAX_TIME_TICKS), _TIME_TICKS[-1]
+    )
+    if unit == "hour" and extent > 43200:
+        fmt = "%b %d %H:%M"  # half a day or more may cross midnight: name the day
+    return unit, step, fmt
+
+
+def tick_times(start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
+    """The ticks of :func:`time_ticks` between ``start`` and ``end``: whole multiples of
+    the step in UTC (minutes :00, :10; midnights; Mondays; first days of months)."""
+    unit, step, _ = time_ticks(start, end)
+    start, end = _utc(start), _utc(end)
+    if unit in ("month", "year"):
+        months = step * (12 if unit == "year" else 1)
+        first = start.year * 12 + start.month - 1
+        first += -first % months
+        ticks: list[dt.datetime] = []
+        while True:
+            t = dt.datetime(first // 12, first % 12 + 1, 1, tzinfo=dt.UTC)
+            if t > end:
+                return ticks
+            if t >= start:
+                ticks.append(t)
+            first += months
+    size = dt.timedelta(seconds=next(t[2] for t in _TIME_TICKS if t[:2] == (unit, step)))
+    origin = _MONDAY if unit == "week" else dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    t = origin + size * -((origin - start) // size)  # the first multiple at or after start
+    ticks = []
+    while t <= end:
+        ticks.append(t)
+        t += size
+    return ticks
+
+
+def _utc(t: dt.datetime) -> dt.datetime:
+    return t.astimezone(dt.UTC) if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def time_x(
+    field: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    *,
+    title: str | None = "Time (UTC)",
+    fixed: bool = True,
+) -> alt.X:
+    """A UTC time x axis with ticks on whole units for ``start``..``end``; ``fixed``: the
+    axis spans exactly that range (else the data's extent, as a layered chart needs: two
+    layers each fixing a domain make Vega-Lite merge them, and it fails to draw). The
+    range is domainMin / domainMax: a ``domain`` conflicts with the x2 channel's."""
+    _, _, fmt = time_ticks(start, end)
+    # As DateTime objects: Vega-Lite draws no label for plain timestamps here.
+    values = [_datetime(t) for t in tick_times(start, end)]
+    # A utc scale formats its labels in UTC (a formatType "utc" would be dropped as custom).
+    scale = alt.Scale(type="utc")
+    if fixed:
+        scale = alt.Scale(type="utc", domainMin=_datetime(start), domainMax=_datetime(end))
+    return alt.X(
+        field,
+        type="temporal",
+        title=title,
+        scale=scale,
+        axis=alt.Axis(format=fmt, values=values, labelOverlap=True),
+    )
+
+
+def _datetime(t: dt.datetime) -> alt.DateTime:
+    t = _utc(t)
+    return alt.DateTime(
+        year=t.year,
+        month=t.month,
+        date=t.day,
+        hours=t.hour,
+        minutes=t.minute,
+        seconds=t.second,
+        milliseconds=t.microsecond // 1000,
+        utc=True,
+    )
+
+
+def decisions_chart(
+    frame: pl.DataFrame,
+    bucket: dt.timedelta,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+) -> alt.Chart:
+    """Stacked bars of actions per time bucket, by decision, over the selected range
+    ``start``..``end`` (default: the data's own extent). Each bar spans its whole bucket
+    (x to x2), so the stack is computed here (y0..y1) rather than by Vega-Lite."""
     order = {d: i for i, d in enumerate([*DECISIONS, UNDECIDED])}
     data = (
         frame.with_columns(
+            pl.col("decision").fill_null(UNDECIDED),
+        )
+        .with_columns(
             pl.col("decision").replace_strict(order, default=len(order)).alias("rank"),
             (pl.col("bucket") + bucket * 0.92).alias("bucket_end"),
+            # Tooltips show UTC whatever the browser's zone: formatted here.
+            pl.col("bucket")
+            .dt.convert_time_zone("UTC")
+            .dt.strftime("%Y-%m-%d %H:%M")
+            .alias("from"),
         )
         .sort("bucket", "rank")
         .with_columns(pl.col("actions").cum_sum().over("bucket").alias("y1"))
         .with_columns((pl.col("y1") - pl.col("actions")).alias("y0"))
     )
-    axis = alt.Axis(format="%H:%M" if bucket <= dt.timedelta(hours=1) else "%b %d")
+    first, last = data.get_column("bucket").min(), data.get_column("bucket").max()
+    low = min(t for t in (start, first) if isinstance(t, dt.datetime))
+    high = max(
+        t
+        for t in (end, last + bucket if isinstance(last, dt.datetime) else None, low)
+        if isinstance(t, dt.datetime)
+    )
     return _typed(
         alt.Chart(data.to_pandas())
         .mark_rect()
         .encode(
-            x=alt.X("bucket:T", title=None, axis=axis),
+            x=time_x("bucket", low, high),
             x2="bucket_end:T",
             y=alt.Y("y0:Q", title="Actions"),
             y2="y1:Q",
@@ -340,7 +538,7 @@ def decisions_chart(frame: pl.DataFrame, bucket: dt.timedelta) -> alt.Chart:
                 "decision:N", scale=_decision_scale(), title="Decision", sort=list(order)
             ),
             tooltip=[
-                alt.Tooltip("bucket:T", title="From (UTC)", format="%Y-%m-%d %H:%M"),
+                alt.Tooltip("from:N", title="From (UTC)"),
                 alt.Tooltip("decision:N", title="Decision"),
                 alt.Tooltip("actions:Q", title="Actions", format=","),
             ],
@@ -389,54 +587,144 @@ def radius_long(frame: pl.DataFrame, key: str) -> pl.DataFrame:
     )
 
 
+_COUNTS: Final = ("actions", "low", "medium", "high", "critical", "unrated")
+
+
+def top_groups(frame: pl.DataFrame, key: str, limit: int) -> pl.DataFrame:
+    """The ``limit`` busiest groups of a ``blast_radius_stats`` frame (nulls named), the
+    rest summed into one "others (N groups)" row, so that a chart can label every bar."""
+    named = labelled(frame, key)
+    if named.height <= limit:
+        return named
+    top, rest = named.head(limit - 1), named.slice(limit - 1)
+    counts = [c for c in _COUNTS if c in frame.columns]
+    others = rest.select(
+        pl.lit(f"others ({rest.height} {_PLURAL.get(key, key + 's')})").alias(key),
+        *(pl.col(c).sum() for c in counts),
+    )
+    return pl.concat([top.select(key, *counts), others], how="vertical_relaxed")
+
+
+_PLURAL: Final = {"repo": "repositories", "day": "days"}
+BAR_PX: Final = 28
+"""Height of one bar of a horizontal bar chart: room for its label at any count."""
+
+
 def radius_chart(frame: pl.DataFrame, key: str, *, horizontal: bool) -> alt.Chart:
-    """Stacked bars of actions per blast radius, per group (``key``)."""
-    long = radius_long(frame, key)
-    order = frame.get_column(key).cast(pl.String).to_list()
-    group = alt.X(f"{key}:O", sort=order, title=None) if not horizontal else None
-    value = alt.X("actions:Q", title="Actions", stack="zero")
+    """Stacked bars of actions per blast radius, per group (``key``); every group keeps
+    its label (no overlap culling; repositories shortened from the left, in full in the
+    tooltip)."""
+    frame = labelled(frame, key)
+    groups = frame.get_column(key).to_list()
+    names = short_paths(groups) if key == "repo" else {g: g for g in groups}
+    long = radius_long(frame, key).with_columns(
+        pl.col(key).replace_strict(names, return_dtype=pl.String).alias("label")
+    )
+    order = [names[g] for g in groups]
+    ranks = {r: i for i, r in enumerate([*BLAST_RADII, "unrated"])}
+    data = long.with_columns(
+        pl.col("radius").replace_strict(ranks, return_dtype=pl.Int32).alias("rank")
+    )
+    title = {"agent": "Agent", "tool": "Tool", "repo": "Repository", "day": "Day"}.get(key, key)
     encoding: dict[str, Any] = {
         "color": alt.Color(
             "radius:N", scale=_radius_scale(), title="Blast radius", sort=[*BLAST_RADII]
         ),
         "order": alt.Order("rank:Q"),
         "tooltip": [
-            alt.Tooltip(f"{key}:N", title=key.capitalize()),
+            alt.Tooltip(f"{key}:N", title=title),
             alt.Tooltip("radius:N", title="Blast radius"),
             alt.Tooltip("actions:Q", title="Actions", format=","),
         ],
     }
+    group_axis = alt.Axis(labelOverlap=False, labelLimit=320, title=None)
     if horizontal:
-        encoding["y"] = alt.Y(f"{key}:N", sort=order, title=None)
-        encoding["x"] = value
+        encoding["y"] = alt.Y("label:N", sort=order, axis=group_axis)
+        encoding["x"] = alt.X("actions:Q", title="Actions", stack="zero")
+        height: Any = alt.Step(BAR_PX)
     else:
-        encoding["x"] = group
+        encoding["x"] = alt.X("label:O", sort=order, axis=group_axis)
         encoding["y"] = alt.Y("actions:Q", title="Actions", stack="zero")
-    ranks = {r: i for i, r in enumerate([*BLAST_RADII, "unrated"])}
-    data = long.with_columns(
-        pl.col("radius").replace_strict(ranks, return_dtype=pl.Int32).alias("rank")
-    )
-    height = max(160, 26 * len(order)) if horizontal else 260
+        height = 260
     return _typed(
         alt.Chart(data.to_pandas()).mark_bar().encode(**encoding).properties(height=height)
     )
 
 
+def radius_trend_chart(
+    frame: pl.DataFrame, start: dt.datetime | None, end: dt.datetime
+) -> alt.Chart:
+    """Stacked bars of actions per blast radius per UTC day (``day`` = ``YYYY-MM-DD``) on a
+    time axis over the selected range: days without actions show as gaps, not as bars
+    side by side. Drawn as the decisions chart is (x..x2 per day, the stack computed
+    here): a timeUnit on an axis with fixed domain and tick values draws nothing."""
+    ranks = {r: i for i, r in enumerate([*BLAST_RADII, "unrated"])}
+    day = dt.timedelta(days=1)
+    data = (
+        radius_long(frame, "day")
+        .with_columns(
+            pl.col("radius").replace_strict(ranks, return_dtype=pl.Int32).alias("rank"),
+            pl.col("day").str.to_datetime("%Y-%m-%d", time_zone="UTC").alias("day_start"),
+        )
+        .with_columns((pl.col("day_start") + day * 0.92).alias("day_end"))
+        .sort("day_start", "rank")
+        .with_columns(pl.col("actions").cum_sum().over("day_start").alias("y1"))
+        .with_columns((pl.col("y1") - pl.col("actions")).alias("y0"))
+    )
+    first, last = data.get_column("day_start").min(), data.get_column("day_start").max()
+    assert isinstance(first, dt.datetime) and isinstance(last, dt.datetime)
+    low = first if start is None else min(start, first)
+    high = max(end, last + day)
+    return _typed(
+        alt.Chart(data.to_pandas())
+        .mark_rect()
+        .encode(
+            x=time_x("day_start", low, high, title="Day (UTC)"),
+            x2="day_end:T",
+            y=alt.Y("y0:Q", title="Actions"),
+            y2="y1:Q",
+            color=alt.Color(
+                "radius:N", scale=_radius_scale(), title="Blast radius", sort=[*BLAST_RADII]
+            ),
+            tooltip=[
+                alt.Tooltip("day:N", title="Day (UTC)"),
+                alt.Tooltip("radius:N", title="Blast radius"),
+                alt.Tooltip("actions:Q", title="Actions", format=","),
+            ],
+        )
+        .properties(height=260)
+    )
+
+
 def timeline_chart(actions: pl.DataFrame) -> alt.Chart:
-    """One mark per action at its start time, on the row of its tool, coloured by decision."""
-    frame = actions.select(
-        "sequence",
-        "start_time",
-        "end_time",
+    """One mark per action at its start time, on the row of its tool, coloured by decision,
+    on a UTC time axis over the session's own span."""
+    frame = labelled(
+        actions.select(
+            "sequence",
+            "start_time",
+            pl.coalesce("end_time", "start_time").alias("end_time"),
+            "tool_name",
+            pl.col("action_summary").fill_null(MISSING),
+            pl.col("decision").fill_null(UNDECIDED),
+            pl.col("blast_radius").fill_null(MISSING),
+            "duration_ms",
+            pl.col("start_time")
+            .dt.convert_time_zone("UTC")
+            .dt.strftime("%Y-%m-%d %H:%M:%S%.3f")
+            .alias("started"),
+        ),
         "tool_name",
-        "action_summary",
-        pl.col("decision").fill_null(UNDECIDED),
-        "blast_radius",
-        "duration_ms",
-    ).to_pandas()
-    tools = sorted({str(t) for t in frame["tool_name"].dropna()})
-    base = alt.Chart(frame).encode(
-        y=alt.Y("tool_name:N", title=None, sort=tools),
+    )
+    tools = sorted(set(frame.get_column("tool_name").to_list()))
+    start = frame.get_column("start_time").min()
+    end = frame.get_column("end_time").max()
+    assert isinstance(start, dt.datetime) and isinstance(end, dt.datetime)
+    x = time_x("start_time", start, max(end, start + dt.timedelta(milliseconds=1)), fixed=False)
+    base = alt.Chart(frame.to_pandas()).encode(
+        y=alt.Y(
+            "tool_name:N", sort=tools, axis=alt.Axis(labelOverlap=False, labelLimit=320, title=None)
+        ),
         color=alt.Color("decision:N", scale=_decision_scale(), title="Decision"),
         tooltip=[
             alt.Tooltip("sequence:Q", title="#"),
@@ -444,15 +732,13 @@ def timeline_chart(actions: pl.DataFrame) -> alt.Chart:
             alt.Tooltip("action_summary:N", title="Summary"),
             alt.Tooltip("decision:N", title="Decision"),
             alt.Tooltip("blast_radius:N", title="Blast radius"),
-            alt.Tooltip("start_time:T", title="Started", format="%H:%M:%S"),
+            alt.Tooltip("started:N", title="Started (UTC)"),
             alt.Tooltip("duration_ms:Q", title="Duration (ms)", format=",.0f"),
         ],
     )
-    span = base.mark_rule(strokeWidth=6, opacity=0.6).encode(
-        x=alt.X("start_time:T", title=None), x2="end_time:T"
-    )
-    dots = base.mark_circle(size=90, opacity=0.95).encode(x="start_time:T")
-    return _typed((span + dots).properties(height=max(140, 34 * len(tools))))
+    span = base.mark_rule(strokeWidth=6, opacity=0.6).encode(x=x, x2="end_time:T")
+    dots = base.mark_circle(size=90, opacity=0.95).encode(x=x)
+    return _typed((span + dots).properties(height=alt.Step(34)))
 
 
 def wait_chart(frame: pl.DataFrame, key: str) -> alt.Chart:
@@ -485,9 +771,11 @@ def wait_chart(frame: pl.DataFrame, key: str) -> alt.Chart:
 
 
 __all__ = [
+    "BAR_PX",
     "DECISION_COLORS",
     "DECISION_HEX",
     "HEX",
+    "MISSING",
     "NEED_OPERATOR",
     "OPERATOR_KEY",
     "OUTCOME_COLORS",
@@ -495,6 +783,7 @@ __all__ = [
     "RADIUS_HEX",
     "STATUS_COLORS",
     "TIME_RANGES",
+    "UNKNOWN",
     "as_chips",
     "auth_user",
     "bucket_for",
@@ -511,6 +800,8 @@ __all__ = [
     "fmt_ms",
     "fmt_ts",
     "header",
+    "label_of",
+    "labelled",
     "md",
     "no_data_hint",
     "operator",
@@ -518,11 +809,18 @@ __all__ = [
     "radius_chart",
     "radius_column",
     "radius_mix_chart",
+    "radius_trend_chart",
     "selected_rows",
+    "short_paths",
     "show_flash",
+    "table",
     "table_height",
+    "tick_times",
     "time_column",
     "time_range",
+    "time_ticks",
+    "time_x",
     "timeline_chart",
+    "top_groups",
     "wait_chart",
 ]

@@ -463,6 +463,62 @@ def seed(root: Path, *, now: dt.datetime | None = None, batch: int = 30) -> Seed
     return Seeded(root, policy_path, now, Expected(sessions=7 + batch), batch_ids)
 
 
+# --- spans from another producer -----------------------------------------------------------
+
+FOREIGN_TOOL: Final = "web_search"
+FOREIGN_EXTRA_TOOLS: Final = 20  # with the seeded git tools, more than a chart shows
+
+
+def land_foreign(root: Path, now: dt.datetime, *, extra_tools: int = FOREIGN_EXTRA_TOOLS) -> str:
+    """Land, through the real exporter, what a plain GenAI-semconv instrumentation sends
+    (no tooltrail attributes): an agent span without an agent name, tool calls without a
+    repository or a decision (one without even a tool name), an LLM call without a model.
+    Returns the session id the exporter gives them (their trace id)."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("another.genai.instrumentation")
+    start = now - dt.timedelta(minutes=20)
+    root_span = tracer.start_span(
+        "invoke_agent",
+        attributes={sc.GEN_AI_OPERATION_NAME: sc.OP_INVOKE_AGENT},
+        start_time=_ns(start),
+    )
+    context = trace.set_span_in_context(root_span)
+
+    def call(name: str, attrs: dict[str, Any], at: dt.datetime, ms: float = 250.0) -> None:
+        span = tracer.start_span(name, context=context, attributes=attrs, start_time=_ns(at))
+        span.end(end_time=_ns(at + dt.timedelta(milliseconds=ms)))
+
+    tool = {sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL}
+    call(f"execute_tool {FOREIGN_TOOL}", {**tool, sc.GEN_AI_TOOL_NAME: FOREIGN_TOOL}, start)
+    call("execute_tool", tool, start + dt.timedelta(seconds=1))  # no tool name at all
+    call(
+        "chat",
+        {sc.GEN_AI_OPERATION_NAME: "chat", sc.GEN_AI_USAGE_INPUT_TOKENS: 12},
+        start + dt.timedelta(seconds=2),
+        ms=1500.0,
+    )
+    for i in range(extra_tools):
+        name = f"search_tool_{i:02d}"
+        call(
+            f"execute_tool {name}",
+            {**tool, sc.GEN_AI_TOOL_NAME: name},
+            start + dt.timedelta(seconds=3 + i),
+        )
+    root_span.end(end_time=_ns(start + dt.timedelta(seconds=30)))
+    exporter = TooltrailSpanExporter(data_dir=root)
+    exporter.export(memory.get_finished_spans())
+    exporter.shutdown()
+    return format(root_span.get_span_context().trace_id, "032x")
+
+
+def seed_with_foreign(root: Path) -> tuple[Seeded, str]:
+    """:func:`seed` plus :func:`land_foreign`: named and null groups side by side."""
+    seeded = seed(root)
+    return seeded, land_foreign(root, seeded.now)
+
+
 # --- a real server ------------------------------------------------------------------------
 
 
@@ -551,6 +607,11 @@ def chart_data(at: Any, index: int) -> Any:
     return dataframe_util.convert_arrow_bytes_to_pandas_df(dataset.data.data)
 
 
+def chart_spec(at: Any, index: int) -> dict[str, Any]:
+    """The Vega-Lite spec (a dict) of the ``index``-th chart on the page."""
+    return dict(json.loads(at.get("vega_lite_chart")[index].proto.spec))
+
+
 def links(at: Any) -> list[str]:
     """The labels of the page links on the page, as a reader sees them."""
     return [re.sub(r"\\(.)", r"\1", str(p.label)) for p in at.get("page_link")]
@@ -562,14 +623,18 @@ def texts(elements: Any) -> list[str]:
 
 
 __all__ = [
+    "FOREIGN_TOOL",
     "Expected",
     "Seeded",
     "app_test",
     "chart_data",
+    "chart_spec",
     "free_port",
     "goto",
+    "land_foreign",
     "links",
     "seed",
+    "seed_with_foreign",
     "select_rows",
     "stop_server",
     "table",
