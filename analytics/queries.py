@@ -39,7 +39,15 @@ SESSION_STATUSES: Final = (
 )
 BLAST_RADIUS_GROUPS: Final = ("agent", "tool", "repo", "day")
 APPROVAL_GROUPS: Final = ("rule", "agent", "approver", "tool")
-APPROVAL_STATUSES: Final = ("all", "pending", "approved", "denied", "expired", "not_requested")
+APPROVAL_STATUSES: Final = (
+    "all",
+    "pending",
+    "approved",
+    "denied",
+    "expired",
+    "abandoned",
+    "not_requested",
+)
 
 
 def parse_since(since: Since, *, now: dt.datetime | None = None) -> dt.datetime | None:

@@ -8,7 +8,10 @@ The collector serves agents that cannot reach ``control.sqlite``:
   the agent asked about.
 * ``GET /v1/approvals/{id}?wait=S`` returns the request, long-polling up to ``S`` seconds
   for a decision (``wait_for``); a request past its deadline is marked expired on read,
-  exactly as the local store does.
+  exactly as the local store does. The long-poll is the agent's heartbeat: each one
+  renews the request's lease for the poll plus the ``lease_s`` the agent filed (15 s when
+  it sent none), so an agent that stops polling (it died, gave up) leaves its request
+  ``abandoned`` once that runs out, and a decision on it is refused (409).
 * ``POST /v1/approvals/{id}/decision`` approves or denies once (``decide``).
 
 * ``GET /v1/sessions/{id}/control?wait=S`` returns a session's control state (running,
@@ -49,6 +52,11 @@ from tooltrail.errors import BadInputError, StoreError
 MAX_WAIT_S: Final = 60.0
 POLL_S: Final = 0.05
 MAX_TIMEOUT_S: Final = 7 * 86_400.0
+# How long an agent may go without polling before its request counts as abandoned, when
+# its request names none (an older agent: it polls again at once after each long-poll, or
+# within its retry backoff, at most 5 s, after an error).
+DEFAULT_LEASE_S: Final = 15.0
+LEASE_RANGE_S: Final = (1.0, 3600.0)
 ON_TIMEOUT_VALUES: Final = ("DENY", "ALLOW")
 _OPTIONAL_TEXT: Final = (
     "session_id",
@@ -133,6 +141,15 @@ def request_from_body(doc: Mapping[str, Any]) -> ApprovalRequest:
     # The agent's keyed digest of the arguments that will run (opaque here; the agent
     # checks it before running). Stored and returned as is.
     run_hash = _text(doc, "run_hash")
+    lease = doc.get("lease_s", DEFAULT_LEASE_S)
+    low, high = LEASE_RANGE_S
+    if (
+        isinstance(lease, bool)
+        or not isinstance(lease, int | float)
+        or not math.isfinite(lease)
+        or not low <= lease <= high
+    ):
+        raise BadInputError(f"field 'lease_s' must be a number in [{low:.0f}, {high:.0f}]")
     return ApprovalRequest(
         tool_name=tool,
         arguments=arguments,
@@ -140,6 +157,7 @@ def request_from_body(doc: Mapping[str, Any]) -> ApprovalRequest:
         on_timeout=on_timeout.upper(),
         approvers=tuple(approvers),
         run_hash=run_hash,
+        lease_s=float(lease),
         **extra,
     )
 
@@ -155,7 +173,8 @@ def record_json(record: ApprovalRecord) -> dict[str, Any]:
 def file_approval(data_dir: Path, doc: Mapping[str, Any]) -> ApprovalRecord:
     req = request_from_body(doc)
     with ControlStore(data_dir) as store:
-        return store.file_request(req)
+        # The agent waits elsewhere: this process's pid says nothing about it.
+        return store.file_request(req, waiter_here=False)
 
 
 @contextlib.contextmanager
@@ -179,13 +198,21 @@ def _current(store: ControlStore, approval_id: str) -> ApprovalRecord:
 def wait_for(
     data_dir: Path, approval_id: str, wait_s: float, stop: threading.Event
 ) -> ApprovalRecord:
-    """The request, once decided or expired, or as it is after ``wait_s`` seconds."""
-    deadline = time.monotonic() + max(0.0, min(wait_s, MAX_WAIT_S))
+    """The request, once decided, expired or abandoned, or as it is after ``wait_s``
+    seconds. Asking is the agent's heartbeat: the lease is renewed for the wait and, as
+    the answer leaves, for the request's ``lease_s`` after it."""
+    wait_s = max(0.0, min(wait_s, MAX_WAIT_S))
+    deadline = time.monotonic() + wait_s
     with ControlStore(data_dir) as store, _known(approval_id):
+        record = _current(store, approval_id)
+        if record.lease_s is not None:
+            store.heartbeat(approval_id, wait_s + record.lease_s)
         while True:
             record = _current(store, approval_id)
             left = deadline - time.monotonic()
             if record.decided or left <= 0 or stop.is_set():
+                if not record.decided and record.lease_s is not None:
+                    store.heartbeat(approval_id, record.lease_s)
                 return record
             until_expiry = record.expires_at - time.time()
             stop.wait(min(POLL_S, left, max(until_expiry, 0.0) + 0.001))
@@ -202,7 +229,7 @@ def decide(data_dir: Path, approval_id: str, doc: Mapping[str, Any]) -> Approval
         return store.decide(approval_id, outcome, by=by, reason=reason)
 
 
-LIST_STATUSES: Final = ("pending", "approved", "denied", "expired", "all")
+LIST_STATUSES: Final = ("pending", "approved", "denied", "expired", "abandoned", "all")
 
 
 def list_approvals(data_dir: Path, status: str) -> list[ApprovalRecord]:

@@ -187,6 +187,7 @@ def _stats_config(by: str) -> dict[str, Any]:
         "expired": ui.count_column("Expired"),
         "pending": ui.count_column("Pending"),
         "not_requested": ui.count_column("Not requested"),
+        "abandoned": ui.count_column("Agent gone"),
         "share_expired": st.column_config.NumberColumn("Expired share", format="percent"),
         # shown in seconds (divided above); the column names stay those of approval_stats
         "median_wait_ms": st.column_config.NumberColumn("Median wait", format="%.1f s"),

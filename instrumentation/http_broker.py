@@ -13,6 +13,10 @@ SHA-256 ``arguments_hash`` (the collector refuses a request whose hash does not 
 wait ends, the decided request is compared with what was filed (tool, arguments, both
 hashes); if anything changed, the outcome carries a refusal and the call does not run.
 
+Its long-polls are its heartbeat: each renews the request's lease for the poll plus
+``lease_s`` (filed with the request), so an agent that stops polling (killed, gave up, its
+call cancelled) leaves a request the store marks ``abandoned``, which nobody can approve.
+
 ``HttpSessionGate(base_url, token)`` reads a session's control state with
 ``GET /v1/sessions/{id}/control`` before each call (a *running* answer is trusted for
 ``refresh_s``, so a busy agent asks about a running session at most once a second) and,
@@ -40,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 from urllib.parse import quote, urlsplit
 
-from tooltrail.control import arguments_hash
+from tooltrail.control import DEFAULT_LEASE_S, arguments_hash
 from tooltrail.instrumentation.broker import (
     APPROVAL_STATUSES,
     ApprovalOutcome,
@@ -132,6 +136,8 @@ class HttpApprovalBroker(_CollectorPeer):
         poll_wait_s: seconds per long-poll (the server caps it at 60).
         http_timeout_s: socket timeout beyond a long-poll's own wait.
         max_waiting: held calls ``arequest`` can wait on at once (threads).
+        lease_s: how long after a long-poll ends without the next one the request counts
+            as abandoned (retries back off at most 5 s, so keep it above that).
     """
 
     def __init__(
@@ -142,6 +148,7 @@ class HttpApprovalBroker(_CollectorPeer):
         poll_wait_s: float = 30.0,
         http_timeout_s: float = 10.0,
         max_waiting: int = 64,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         super().__init__(
             base_url,
@@ -152,6 +159,7 @@ class HttpApprovalBroker(_CollectorPeer):
             pool_name="tooltrail-approval",
         )
         self._redactor = Redactor.from_env()
+        self.lease_s = lease_s
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -176,6 +184,7 @@ class HttpApprovalBroker(_CollectorPeer):
             "reason": req.reason,
             "blast_radius": req.blast_radius,
             "run_hash": req.arguments_hash,
+            "lease_s": self.lease_s,
         }
 
     def _file(self, req: ApprovalRequest) -> _Filed | ApprovalOutcome:

@@ -412,6 +412,7 @@ APPROVAL_COLUMNS = (
     "blast_radius",
     "requested_at",
     "decided_by",
+    "decision_reason",
     "wait_ms",
 )
 
@@ -433,7 +434,7 @@ def _has_store(root: Path) -> bool:
 @format_option
 @click.option(
     "--status",
-    type=click.Choice(["pending", "approved", "denied", "expired", "all"]),
+    type=click.Choice(["pending", "approved", "denied", "expired", "abandoned", "all"]),
     default="pending",
     show_default=True,
 )
