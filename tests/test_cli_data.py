@@ -405,3 +405,29 @@ def test_show_full_and_one_action_give_whole_summaries_and_arguments(
     assert code == 0 and json.loads(out)["sequence"] == 2
     code, out = _run("show", "s-held", "--data", str(data), "--action", "9")
     assert code == 2 and "--action 9" in out and "1, 2, 3" in out
+
+
+def test_the_readmes_polars_snippet_reads_actions_as_tool_spans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's snippet, run as written against landed data holding tool and other
+    spans: what it calls actions are the tool calls (the ``actions`` view's rows)."""
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    (snippet,) = [
+        block
+        for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+        if "tooltrail-data/spans" in block
+    ]
+    data = tmp_path / "tooltrail-data"
+    code, out = _run("ingest", str(FIXTURE), "--data", str(data))
+    assert code == 0, out
+    spans = pq.read_table(data / "spans").to_pylist()
+    assert {r["span_type"] for r in spans} > {"tool"}  # the data holds other spans too
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, object] = {}
+    exec(snippet, scope)  # the documented code, as a reader would paste it
+    actions = scope["actions"]
+    assert set(actions["span_type"]) == {"tool"}  # type: ignore[index]
+    assert len(actions) == sum(r["span_type"] == "tool" for r in spans)  # type: ignore[arg-type]
