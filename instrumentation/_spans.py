@@ -1111,6 +1111,10 @@ def _refusal_reason(req: ApprovalRequest, outcome: ApprovalOutcome) -> str:
     if outcome.status == "expired":
         on_timeout = req.approval.on_timeout if req.approval is not None else "DENY"
         return f"approval request expired without a decision (on_timeout: {on_timeout})"
+    if outcome.status == "abandoned":
+        return "approval request abandoned before a decision" + (
+            f" ({outcome.reason})" if outcome.reason else ""
+        )
     return outcome.reason or APPROVAL_REQUIRED_REASON
 
 

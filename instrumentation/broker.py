@@ -117,9 +117,10 @@ class ApprovalRequest:
     requested_at: float = field(default_factory=time.time)
     """Seconds since the epoch."""
     on_filed: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
-    """Called with the approval id as soon as the request is filed, before any waiting:
-    a call abandoned while held (cancelled, timed out by the agent) still names its
-    request, whose outcome the store keeps deciding."""
+    """Called with the approval id as soon as the request has one (the local store's
+    broker: just before filing; over HTTP: once filed), before any waiting: a call
+    abandoned while held (cancelled, timed out by the agent) still names its request,
+    whose outcome (abandoned) the store records."""
     arguments_hash: str = field(init=False, default="")
     """``run_digest(arguments)`` when the request was made (keyed: safe to file anywhere)."""
 

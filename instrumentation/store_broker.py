@@ -54,6 +54,7 @@ from tooltrail.control import (
     DENIED,
     ApprovalRecord,
     ControlStore,
+    new_approval_id,
 )
 from tooltrail.control import ApprovalRequest as StoredRequest
 from tooltrail.errors import StoreError
@@ -128,11 +129,14 @@ class ControlStoreBroker(_OnStore):
 
     def request(self, request: ApprovalRequest) -> ApprovalOutcome:
         started = time.perf_counter()
+        # The id is told before filing: a call given up while its row is being written
+        # still names its request, whose story (abandoned) the store then tells.
+        approval_id = new_approval_id()
+        notify_filed(request, approval_id)
         try:
-            filed = self._file(request)
+            filed = self._file(request, approval_id)
         except StoreError as e:
             return self._failed(f"the approval request could not be filed: {e}", started)
-        notify_filed(request, filed.approval_id)
         try:
             record = self.stores.get().wait(
                 filed.approval_id, poll_s=self.poll_s, heartbeat_s=self.heartbeat_s
@@ -146,12 +150,17 @@ class ControlStoreBroker(_OnStore):
 
     async def arequest(self, request: ApprovalRequest) -> ApprovalOutcome:
         started = time.perf_counter()
+        approval_id = new_approval_id()
+        notify_filed(request, approval_id)  # before filing, as in request
+        filing = _Filing(self)
         try:
             # A write can wait for SQLite's lock (busy timeout): not on the event loop.
-            filed = await asyncio.to_thread(self._file, request)
+            filed = await asyncio.to_thread(filing.file, request, approval_id)
         except StoreError as e:
             return self._failed(f"the approval request could not be filed: {e}", started)
-        notify_filed(request, filed.approval_id)
+        except asyncio.CancelledError:
+            filing.cancel(_CANCELLED)
+            raise
         try:
             # Reads in WAL mode never wait for writers: polling on the loop is cheap (the
             # lease renewal is one short write every heartbeat_s).
@@ -161,7 +170,7 @@ class ControlStoreBroker(_OnStore):
         except StoreError as e:
             return self._failed(self._lost(filed, e), started, filed.approval_id)
         except asyncio.CancelledError:
-            self._withdraw(filed, "the agent stopped waiting (its call was cancelled)")
+            self._withdraw(filed, _CANCELLED)
             raise
         except BaseException as e:
             self._withdraw(filed, f"the agent stopped waiting ({type(e).__name__})")
@@ -183,7 +192,9 @@ class ControlStoreBroker(_OnStore):
 
     # -- filing --------------------------------------------------------------------------
 
-    def stored_request(self, request: ApprovalRequest) -> StoredRequest:
+    def stored_request(
+        self, request: ApprovalRequest, approval_id: str | None = None
+    ) -> StoredRequest:
         """The store's form of ``request``: scrubbed arguments, rule settings, both hashes."""
         shown, _ = self._redactor.scrub_obj(dict(request.shown_arguments))
         approval = request.approval
@@ -203,12 +214,13 @@ class ControlStoreBroker(_OnStore):
             blast_radius=request.blast_radius,
             run_hash=request.arguments_hash,
             lease_s=self.lease_s,
+            approval_id=approval_id,
         )
 
-    def _file(self, request: ApprovalRequest) -> ApprovalRecord:
+    def _file(self, request: ApprovalRequest, approval_id: str) -> ApprovalRecord:
         # Expiry counts from when the call was held, as ApprovalRequest.expires_at says.
         return self.stores.get().file_request(
-            self.stored_request(request), now=request.requested_at
+            self.stored_request(request, approval_id), now=request.requested_at
         )
 
     # -- outcomes ------------------------------------------------------------------------
@@ -250,6 +262,37 @@ class ControlStoreBroker(_OnStore):
             f"the decision on approval {filed.approval_id} could not be read: {error}"
             " (with no lease renewed, the request is abandoned)"
         )
+
+
+_CANCELLED: Final = "the agent stopped waiting (its call was cancelled)"
+
+
+class _Filing:
+    """Filing in a worker thread that the waiter may stop awaiting (its call cancelled)
+    while the row is being written: exactly one side withdraws the request then, whichever
+    learns second that it was both filed and given up."""
+
+    def __init__(self, broker: ControlStoreBroker) -> None:
+        self._broker = broker
+        self._lock = threading.Lock()
+        self._filed: ApprovalRecord | None = None
+        self._gave_up: str | None = None
+
+    def file(self, request: ApprovalRequest, approval_id: str) -> ApprovalRecord:
+        filed = self._broker._file(request, approval_id)
+        with self._lock:
+            self._filed = filed
+            gave_up = self._gave_up
+        if gave_up is not None:
+            self._broker._withdraw(filed, gave_up)
+        return filed
+
+    def cancel(self, reason: str) -> None:
+        with self._lock:
+            self._gave_up = reason
+            filed = self._filed
+        if filed is not None:
+            self._broker._withdraw(filed, reason)
 
 
 def _altered(filed: ApprovalRecord, record: ApprovalRecord) -> str | None:

@@ -27,7 +27,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import tooltrail.instrumentation as tt
-from tooltrail.control import ApprovalRecord, ControlStore, RequesterGoneError, arguments_hash
+from tooltrail.control import (
+    LEASE_LAPSED,
+    ApprovalRecord,
+    ControlStore,
+    RequesterGoneError,
+    arguments_hash,
+)
 from tooltrail.instrumentation import _spans
 from tooltrail.instrumentation.broker import FailClosedBroker, default_broker
 from tooltrail.instrumentation.store_broker import ControlStoreBroker, StoreSessionGate
@@ -289,6 +295,23 @@ def test_a_cancelled_waiter_abandons_its_request_and_nobody_can_approve_it(
     assert span[ERROR_TYPE] == "CancelledError"
     # The span tells the store's story: the request it names was abandoned.
     assert (span[TT_APPROVAL_ID], span[TT_APPROVAL_STATUS]) == (approval_id, "abandoned")
+
+
+def test_a_waiter_told_its_request_was_abandoned_does_not_run_the_call(
+    spans: InMemorySpanExporter, data: Path
+) -> None:
+    """The store gave the request up (e.g. the waiter was frozen past its lease and a
+    reader settled it): the waiter, back, refuses the call and says why."""
+    call = InThread(lambda: deploy("prod"))
+    (req,) = pending(data)
+    with ControlStore(data) as store:
+        store.abandon(req.approval_id, LEASE_LAPSED)
+    with pytest.raises(tt.ToolCallDenied) as info:
+        call.join()
+    assert info.value.reason == f"approval request abandoned before a decision ({LEASE_LAPSED})"
+    assert ran == []
+    span = attrs(tool_spans(spans)[0])
+    assert (span[TT_APPROVAL_ID], span[TT_APPROVAL_STATUS]) == (req.approval_id, "abandoned")
 
 
 def test_timeout_applies_on_timeout_deny(spans: InMemorySpanExporter, data: Path) -> None:

@@ -163,6 +163,11 @@ class InvalidTransitionError(BadInputError):
     """A session-control change that is not allowed (e.g. resuming a canceled session)."""
 
 
+def new_approval_id() -> str:
+    """A fresh approval request id (``apr-`` and 12 hex digits)."""
+    return f"apr-{uuid.uuid4().hex[:12]}"
+
+
 def canonical_json(arguments: Mapping[str, Any]) -> str:
     """The canonical JSON text of ``arguments``: sorted keys, no whitespace, ``str()`` for
     values JSON cannot hold. Equal arguments give equal text in every process."""
@@ -518,7 +523,7 @@ class ControlStore:
         its exit is seen at once); False when filing for a remote agent (the collector).
         """
         now = time.time() if now is None else now
-        approval_id = req.approval_id or f"apr-{uuid.uuid4().hex[:12]}"
+        approval_id = req.approval_id or new_approval_id()
         shown = dict(req.arguments)
         with self._tx() as con:
             con.execute(
