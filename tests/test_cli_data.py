@@ -404,7 +404,7 @@ def test_show_full_and_one_action_give_whole_summaries_and_arguments(
     code, out = _run("show", "s-held", "--data", str(data), "--action", "2", "--format", "json")
     assert code == 0 and json.loads(out)["sequence"] == 2
     code, out = _run("show", "s-held", "--data", str(data), "--action", "9")
-    assert code == 2 and "--action 9" in out and "1, 2, 3" in out
+    assert code == 2 and "--action 9" in out and "(it has: 1, 2, 3)" in out
 
 
 def test_the_readmes_polars_snippet_reads_actions_as_tool_spans(

@@ -147,13 +147,13 @@ def sessions(
 )
 @click.option(
     "--action",
-    "sequence",
-    type=int,
-    metavar="N",
-    help="Show only the action with sequence number N, every field whole (arguments too).",
+    "which",
+    metavar="N|SPAN_ID",
+    help="Show only the action with sequence number N (or this span id, for actions without"
+    " one), every field whole, arguments too.",
 )
 @click.argument("session_id")
-def show(data: Path | None, fmt: str, full: bool, sequence: int | None, session_id: str) -> None:
+def show(data: Path | None, fmt: str, full: bool, which: str | None, session_id: str) -> None:
     """Show one session: its header, every action in sequence order (with how each call
     ended and, for held calls, the approval's outcome, decider and reason), then who
     paused, resumed or canceled it (CSV: the actions only). JSON carries every column,
@@ -173,8 +173,8 @@ def show(data: Path | None, fmt: str, full: bool, sequence: int | None, session_
             raise CliError(f"no session {session_id!r} in {root}")
         actions = analytics.session_actions(con, session_id)
         control = analytics.session_control_history(con, session_id)
-    if sequence is not None:
-        _show_action(actions, session_id, sequence, fmt)
+    if which is not None:
+        _show_action(actions, session_id, which, fmt)
     elif fmt == "json":
         doc = {
             "session": records(header)[0],
@@ -185,34 +185,49 @@ def show(data: Path | None, fmt: str, full: bool, sequence: int | None, session_
     elif fmt == "csv":
         click.echo(render(actions, "csv"))
     else:
-        click.echo(render_mapping(records(header)[0], full=full))
+        click.echo(render_mapping(header.row(0, named=True), full=full))
         click.echo()
-        click.echo(render(actions, "table", ACTION_COLUMNS, full=full))
+        click.echo(render(actions, "table", _shown_action_columns(actions), full=full))
         if control.height:
             click.echo()
             click.echo(render(control, "table", full=full))
 
 
-def _show_action(actions: Any, session_id: str, sequence: int, fmt: str) -> None:
+def _shown_action_columns(actions: Any) -> list[str]:
+    """The table's columns: the approval ones only when the session held a call."""
+    held = actions.height and actions["approval_outcome"].is_not_null().any()
+    return [c for c in ACTION_COLUMNS if held or not c.startswith("approval_")]
+
+
+def _show_action(actions: Any, session_id: str, which: str, fmt: str) -> None:
     """One action, every field whole: a key/value block (arguments as indented JSON)."""
     import polars as pl
 
-    from tooltrail.output import records, render, render_mapping
+    from tooltrail.output import records, render, render_mapping, terminal_safe
 
-    one = actions.filter(pl.col("sequence") == sequence)
+    key = which.strip()
+    if key.isdigit():
+        one = actions.filter(pl.col("sequence") == int(key))
+    else:
+        one = actions.filter(pl.col("span_id") == key.lower())
     if one.is_empty():
-        numbers = ", ".join(str(n) for n in actions["sequence"].drop_nulls().to_list())
+        numbers = [str(n) for n in actions["sequence"].drop_nulls().to_list()]
+        unnumbered = actions.filter(pl.col("sequence").is_null())["span_id"].to_list()
+        known = ", ".join([*numbers, *(f"span {s}" for s in unnumbered)])
         raise CliError(
-            f"--action {sequence}: session {session_id!r} has no action with that sequence"
-            f" number (it has: {numbers or 'none numbered'})"
+            terminal_safe(
+                f"--action {which}: session {session_id!r} has no action with that sequence"
+                f" number or span id (it has: {known or 'none'})"
+            )
         )
     if fmt == "csv":
         click.echo(render(one, "csv"))
         return
-    row = records(one)[0]
     if fmt == "json":
-        click.echo(json.dumps(row, indent=2, default=str))
+        click.echo(json.dumps(records(one)[0], indent=2, default=str))
         return
+    row = one.row(0, named=True)
+    row.pop("status_code", None)  # OpenTelemetry's word; `outcome` says it (json keeps it)
     long = {k: row.pop(k) for k in ("arguments", "arguments_rewritten", "result_preview")}
     click.echo(render_mapping(row, full=True))
     for key, value in long.items():
