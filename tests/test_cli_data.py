@@ -403,6 +403,10 @@ def test_show_full_and_one_action_give_whole_summaries_and_arguments(
     assert "git_status" not in out  # that one action only
     code, out = _run("show", "s-held", "--data", str(data), "--action", "2", "--format", "json")
     assert code == 0 and json.loads(out)["sequence"] == 2
+    span_id = json.loads(out)["span_id"]
+    code, out = _run("show", "s-held", "--data", str(data), "--action", span_id)
+    assert code == 0 and f'"message": "{LONG_MESSAGE}"' in out
+    assert "UNSET" not in out and "status_code" not in out
     code, out = _run("show", "s-held", "--data", str(data), "--action", "9")
     assert code == 2 and "--action 9" in out and "(it has: 1, 2, 3)" in out
 
