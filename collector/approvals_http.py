@@ -8,10 +8,13 @@ The collector serves agents that cannot reach ``control.sqlite``:
   the agent asked about.
 * ``GET /v1/approvals/{id}?wait=S`` returns the request, long-polling up to ``S`` seconds
   for a decision (``wait_for``); a request past its deadline is marked expired on read,
-  exactly as the local store does. The long-poll is the agent's heartbeat: each one
-  renews the request's lease for the poll plus the ``lease_s`` the agent filed (15 s when
-  it sent none), so an agent that stops polling (it died, gave up) leaves its request
-  ``abandoned`` once that runs out, and a decision on it is refused (409).
+  exactly as the local store does. The long-poll is the agent's heartbeat: while it is
+  parked (and its client still connected) the request's lease is renewed every
+  ``HEARTBEAT_S`` for the ``lease_s`` the agent filed (15 s when it sent none), so an
+  agent that stops polling (it died, gave up) leaves its request ``abandoned`` once that
+  runs out, and a decision on it is refused (409).
+* ``POST /v1/approvals/{id}/withdraw`` (the agents' token): the agent stops waiting and
+  says so at once (``withdraw``): the request is ``abandoned``.
 * ``POST /v1/approvals/{id}/decision`` approves or denies once (``decide``).
 
 * ``GET /v1/sessions/{id}/control?wait=S`` returns a session's control state (running,
@@ -31,7 +34,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -57,6 +60,9 @@ MAX_TIMEOUT_S: Final = 7 * 86_400.0
 # within its retry backoff, at most 5 s, after an error).
 DEFAULT_LEASE_S: Final = 15.0
 LEASE_RANGE_S: Final = (1.0, 3600.0)
+HEARTBEAT_S: Final = 2.0
+# Fixed words: an agent's free text is not an operator's record.
+WITHDRAWN: Final = "the agent stopped waiting (it withdrew its request)"
 ON_TIMEOUT_VALUES: Final = ("DENY", "ALLOW")
 _OPTIONAL_TEXT: Final = (
     "session_id",
@@ -196,26 +202,39 @@ def _current(store: ControlStore, approval_id: str) -> ApprovalRecord:
 
 
 def wait_for(
-    data_dir: Path, approval_id: str, wait_s: float, stop: threading.Event
+    data_dir: Path,
+    approval_id: str,
+    wait_s: float,
+    stop: threading.Event,
+    client_gone: Callable[[], bool] | None = None,
 ) -> ApprovalRecord:
     """The request, once decided, expired or abandoned, or as it is after ``wait_s``
-    seconds. Asking is the agent's heartbeat: the lease is renewed for the wait and, as
-    the answer leaves, for the request's ``lease_s`` after it."""
-    wait_s = max(0.0, min(wait_s, MAX_WAIT_S))
-    deadline = time.monotonic() + wait_s
+    seconds. Asking is the agent's heartbeat: its lease is renewed as the poll starts and
+    every ``HEARTBEAT_S`` while it is parked, until ``client_gone()`` says the asker's
+    connection closed (a killed agent): then renewals stop and the wait ends."""
+    deadline = time.monotonic() + max(0.0, min(wait_s, MAX_WAIT_S))
+    next_beat = 0.0
     with ControlStore(data_dir) as store, _known(approval_id):
-        record = _current(store, approval_id)
-        if record.lease_s is not None:
-            store.heartbeat(approval_id, wait_s + record.lease_s)
         while True:
             record = _current(store, approval_id)
+            gone = client_gone is not None and client_gone()
+            beat = not record.decided and record.lease_s is not None and not gone
+            if beat and time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + HEARTBEAT_S
+                store.heartbeat(approval_id, record.lease_s or 0.0)
             left = deadline - time.monotonic()
-            if record.decided or left <= 0 or stop.is_set():
-                if not record.decided and record.lease_s is not None:
-                    store.heartbeat(approval_id, record.lease_s)
+            if record.decided or left <= 0 or stop.is_set() or gone:
                 return record
             until_expiry = record.expires_at - time.time()
             stop.wait(min(POLL_S, left, max(until_expiry, 0.0) + 0.001))
+
+
+def withdraw(data_dir: Path, approval_id: str) -> ApprovalRecord:
+    """The agent stops waiting: its pending request becomes ``abandoned`` (one already
+    decided is returned as it is)."""
+    with ControlStore(data_dir) as store, _known(approval_id):
+        store.get(approval_id)  # an unknown id is a 404, not a silent no-op
+        return store.abandon(approval_id, WITHDRAWN)
 
 
 def decide(data_dir: Path, approval_id: str, doc: Mapping[str, Any]) -> ApprovalRecord:
@@ -327,4 +346,5 @@ __all__ = [
     "set_session",
     "status_of",
     "wait_for",
+    "withdraw",
 ]

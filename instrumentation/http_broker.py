@@ -13,9 +13,11 @@ SHA-256 ``arguments_hash`` (the collector refuses a request whose hash does not 
 wait ends, the decided request is compared with what was filed (tool, arguments, both
 hashes); if anything changed, the outcome carries a refusal and the call does not run.
 
-Its long-polls are its heartbeat: each renews the request's lease for the poll plus
-``lease_s`` (filed with the request), so an agent that stops polling (killed, gave up, its
-call cancelled) leaves a request the store marks ``abandoned``, which nobody can approve.
+Its long-polls are its heartbeat: while one is parked the collector renews the request's
+lease (``lease_s``, filed with the request), so an agent that stops polling (killed) leaves
+a request the store marks ``abandoned``, which nobody can approve. An agent that gives up
+(its call cancelled, interrupted, or waiting long past the deadline) says so at once:
+``POST /v1/approvals/{id}/withdraw``.
 
 ``HttpSessionGate(base_url, token)`` reads a session's control state with
 ``GET /v1/sessions/{id}/control`` before each call (a *running* answer is trusted for
@@ -33,6 +35,7 @@ cancelled waiter leaves its request pending (visible to operators) until it expi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import logging
@@ -67,6 +70,7 @@ _PENDING: Final = "pending"
 # expiring it (clock skew, a broken server): stop and refuse.
 _GRACE_S: Final = 120.0
 _FILE_ATTEMPTS: Final = 4
+_WITHDRAW_TIMEOUT_S: Final = 3.0  # an interrupted agent should not hang on its way out
 _BACKOFF_S: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -217,6 +221,7 @@ class HttpApprovalBroker(_CollectorPeer):
     def _poll_step(self, filed: _Filed, state: _WaitState) -> ApprovalOutcome | None:
         """One long-poll; an outcome when the wait is over, None to poll again."""
         if time.monotonic() > state.give_up_at:
+            self._withdraw(filed)
             return _refused(GAVE_UP, "approval still pending long past its deadline")
         try:
             record = self._poll(filed.approval_id, self.poll_wait_s)
@@ -238,10 +243,14 @@ class HttpApprovalBroker(_CollectorPeer):
             return filed
         notify_filed(request, filed.approval_id)
         state = _WaitState.for_request(request)
-        while True:
-            outcome = self._poll_step(filed, state)
-            if outcome is not None:
-                return outcome
+        try:
+            while True:
+                outcome = self._poll_step(filed, state)
+                if outcome is not None:
+                    return outcome
+        except BaseException:  # interrupted: nobody will run the call any more
+            self._withdraw(filed)
+            raise
 
     async def arequest(self, request: ApprovalRequest) -> ApprovalOutcome:
         loop = asyncio.get_running_loop()
@@ -251,10 +260,28 @@ class HttpApprovalBroker(_CollectorPeer):
             return filed
         notify_filed(request, filed.approval_id)
         state = _WaitState.for_request(request)
-        while True:
-            outcome = await loop.run_in_executor(pool, self._poll_step, filed, state)
-            if outcome is not None:
-                return outcome
+        try:
+            while True:
+                outcome = await loop.run_in_executor(pool, self._poll_step, filed, state)
+                if outcome is not None:
+                    return outcome
+        except BaseException:  # cancelled (the caller gave up): say so without waiting
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: the lease lapses
+                pool.submit(self._withdraw, filed)
+            raise
+
+    def _withdraw(self, filed: _Filed) -> None:
+        """Tell the collector this agent stopped waiting (the request becomes abandoned).
+        Best effort: if it cannot be told, the request's lease lapses all the same."""
+        path = f"{APPROVALS_PATH}/{quote(filed.approval_id, safe='')}/withdraw"
+        try:
+            self._client.call("POST", path, {}, min(self.http_timeout_s, _WITHDRAW_TIMEOUT_S))
+        except Exception as e:
+            _log.warning(
+                "tooltrail: could not withdraw approval %s (%s); its lease will lapse",
+                filed.approval_id,
+                e,
+            )
 
 
 class _Client:

@@ -7,6 +7,8 @@ dashboard's card in test_dashboard_approvals.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 from collect_support import CollectorProcess, request, wait_until
 
+from tooltrail.collector.approvals_http import WITHDRAWN
 from tooltrail.control import (
     LEASE_LAPSED,
     ApprovalRecord,
@@ -155,7 +158,7 @@ from tooltrail.instrumentation.http_broker import HttpApprovalBroker
 from tooltrail.policy.model import ApprovalSettings
 
 url, token = sys.argv[1:3]
-broker = HttpApprovalBroker(url, token, poll_wait_s=1, lease_s=2)
+broker = HttpApprovalBroker(url, token, poll_wait_s=30, lease_s=5)
 req = ApprovalRequest(
     tool="git_push", arguments={"force": True}, shown_arguments={"force": True},
     session_id="remote-s", agent_name="remote-bot", server=None, trace_id=None, span_id=None,
@@ -199,14 +202,18 @@ def test_a_remote_agent_that_dies_leaves_its_request_abandoned_over_http(
     try:
         wait_until(lambda: bool(_listed(col.url, "pending")), timeout=30, what="the request")
         (held,) = _listed(col.url, "pending")
-        # Polling (1 s long-polls, a 2 s lease) keeps it pending well past one lease.
-        time.sleep(4.0)
+        # A parked long-poll (30 s) renews the 5 s lease: pending well past one lease.
+        time.sleep(7.0)
         assert [r["approval_id"] for r in _listed(col.url, "pending")] == [held["approval_id"]]
         agent.kill()
         agent.communicate(timeout=30)
+        killed = time.monotonic()
+        # The collector sees the connection close and stops renewing: gone one lease
+        # later, not at the end of the 30 s long-poll.
         wait_until(
-            lambda: bool(_listed(col.url, "abandoned")), timeout=30, what="the lease to lapse"
+            lambda: bool(_listed(col.url, "abandoned")), timeout=20, what="the lease to lapse"
         )
+        assert time.monotonic() - killed < 20
     finally:
         if agent.poll() is None:
             agent.kill()
@@ -222,3 +229,49 @@ def test_a_remote_agent_that_dies_leaves_its_request_abandoned_over_http(
         record = store.get(held["approval_id"])
     assert record.status == "abandoned"
     assert record.agent_pid is None  # the collector filed it; its pid is not the agent's
+
+
+def test_a_remote_agent_that_gives_up_withdraws_its_request_at_once(
+    col: CollectorProcess,
+) -> None:
+    from tooltrail.instrumentation.broker import ApprovalRequest as HeldCall
+    from tooltrail.instrumentation.http_broker import HttpApprovalBroker
+    from tooltrail.policy.model import ApprovalSettings
+
+    broker = HttpApprovalBroker(col.url, TOKEN, poll_wait_s=30, lease_s=600)
+    call = HeldCall(
+        tool="git_push",
+        arguments={"force": True},
+        shown_arguments={"force": True},
+        session_id="remote-s",
+        agent_name="remote-bot",
+        server=None,
+        trace_id=None,
+        span_id=None,
+        rule="pushes",
+        reason=None,
+        blast_radius="High",
+        approval=ApprovalSettings(timeout_s=120, on_timeout="DENY", approvers=("*",)),
+    )
+
+    async def give_up() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(broker.arequest(call), timeout=1.5)
+
+    try:
+        asyncio.run(give_up())
+        # Withdrawn at once: neither the 30 s long-poll nor the 600 s lease is waited for.
+        wait_until(lambda: bool(_listed(col.url, "abandoned")), timeout=10, what="withdrawal")
+    finally:
+        broker.close()
+    (gone,) = _listed(col.url, "abandoned")
+    assert gone["decision_reason"] == WITHDRAWN
+    path = f"/v1/approvals/{gone['approval_id']}"
+    decision = {"outcome": "approved", "by": "alice"}
+    status, doc = _json(col.url, "POST", path + "/decision", DECIDER, decision)
+    assert status == 409 and "abandoned" in doc["message"], doc
+    # Withdrawing takes the agents' token and a request that exists.
+    assert _json(col.url, "POST", path + "/withdraw", "wrong-token", {})[0] == 401
+    assert _json(col.url, "POST", "/v1/approvals/apr-nope/withdraw", TOKEN, {})[0] == 404
+    status, again = _json(col.url, "POST", path + "/withdraw", TOKEN, {})
+    assert status == 200 and again["status"] == "abandoned"  # the same story, once
