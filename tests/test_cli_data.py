@@ -435,3 +435,16 @@ def test_the_readmes_polars_snippet_reads_actions_as_tool_spans(
     actions = scope["actions"]
     assert set(actions["span_type"]) == {"tool"}  # type: ignore[index]
     assert len(actions) == sum(r["span_type"] == "tool" for r in spans)  # type: ignore[arg-type]
+
+
+def test_shows_help_example_is_a_session_id_as_tooltrail_makes_them() -> None:
+    import re
+
+    from tooltrail.instrumentation._session import new_session_id
+
+    code, out = _run("show", "--help")
+    assert code == 0
+    (example,) = re.findall(r"tooltrail show (\S+)", out)
+    made = new_session_id()
+    assert re.fullmatch(r"[0-9a-f]{32}", made)  # uuid4 hex: no hyphens
+    assert re.fullmatch(r"[0-9a-f]{32}", example), example
