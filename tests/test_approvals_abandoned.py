@@ -108,6 +108,25 @@ def test_a_waiter_that_renews_its_lease_keeps_its_request_decidable(tmp_path: Pa
     assert got == ["approved"]
 
 
+def test_a_renewal_never_waits_for_the_write_lock(tmp_path: Path) -> None:
+    """Waiters renew from their polling loop (an agent's event loop): a busy store skips
+    a beat instead of blocking in SQLite's busy handler for its 30 s."""
+    with ControlStore(tmp_path) as store:
+        rec = store.file_request(_req(lease_s=10.0))
+        holder = sqlite3.connect(tmp_path / "control.sqlite", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process is writing
+        try:
+            started = time.monotonic()
+            assert store.try_heartbeat(rec.approval_id, 10.0) is None
+            assert time.monotonic() - started < 1.0
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert store.try_heartbeat(rec.approval_id, 10.0) is True
+        store.decide(rec.approval_id, "denied", by="alice")  # the lock waits as before
+        assert store.try_heartbeat(rec.approval_id, 10.0) is False  # nothing to renew
+
+
 def test_a_store_from_before_abandoned_is_rebuilt_in_place(tmp_path: Path) -> None:
     # The approvals table as the previous release created it: its status check has no
     # 'abandoned', and there are no lease columns.

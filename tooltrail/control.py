@@ -326,6 +326,10 @@ _EXPIRE_DUE: Final = (
     "UPDATE approvals SET status = 'expired', decided_at = expires_at, decided_by = NULL"
     " WHERE status = 'pending' AND expires_at <= ?"
 )
+_RENEW: Final = (
+    "UPDATE approvals SET lease_until = max(coalesce(lease_until, 0), ?)"
+    " WHERE approval_id = ? AND status = 'pending'"
+)
 _ABANDON_ONE: Final = (
     "UPDATE approvals SET status = 'abandoned', decided_at = ?, decided_by = NULL,"
     " decision_reason = ? WHERE approval_id = ? AND status = 'pending'"
@@ -615,14 +619,32 @@ class ControlStore:
         False when the request is no longer pending (nothing to renew)."""
         now = time.time() if now is None else now
         with self._tx() as con:
-            return (
-                con.execute(
-                    "UPDATE approvals SET lease_until = max(coalesce(lease_until, 0), ?)"
-                    " WHERE approval_id = ? AND status = 'pending'",
-                    (now + lease_s, approval_id),
-                ).rowcount
-                > 0
-            )
+            return con.execute(_RENEW, (now + lease_s, approval_id)).rowcount > 0
+
+    def try_heartbeat(self, approval_id: str, lease_s: float) -> bool | None:
+        """``heartbeat`` without waiting for the write lock: None when another connection
+        holds it (try again shortly). A waiter renews from its polling loop, which may be
+        an event loop: it must never sit in SQLite's busy handler there."""
+        con = self._con
+        con.execute("PRAGMA busy_timeout = 0")
+        try:
+            try:
+                con.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                if _is_busy(e):
+                    return None
+                raise StoreError(f"control store {self.path} is unavailable: {e}") from e
+            try:
+                renewed = con.execute(_RENEW, (time.time() + lease_s, approval_id)).rowcount
+                con.execute("COMMIT")
+            except sqlite3.Error as e:
+                con.execute("ROLLBACK")
+                if isinstance(e, sqlite3.OperationalError) and _is_busy(e):
+                    return None
+                raise StoreError(f"control store {self.path}: {e}") from e
+            return renewed > 0
+        finally:
+            con.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
 
     def abandon(self, approval_id: str, reason: str, *, now: float | None = None) -> ApprovalRecord:
         """The requester stops waiting: a pending request becomes ``abandoned`` (with
@@ -843,8 +865,13 @@ class _Watch:
     def step(self) -> ApprovalRecord | float:
         """The decided record, or how long to sleep before the next step."""
         record = self.record
-        if record is not None and record.lease_s is not None and self._beat_due():
-            self.store.heartbeat(self.approval_id, record.lease_s)
+        if (
+            record is not None
+            and record.lease_s is not None
+            and self._beat_due()
+            and self.store.try_heartbeat(self.approval_id, record.lease_s) is None
+        ):
+            self.next_beat = time.monotonic() + self.poll_s  # the lock was busy: soon again
         # Taken before the read: a commit landing after it shows as a change next step.
         version = self.store._version()
         record = self.record
