@@ -30,7 +30,7 @@ from tooltrail.config import CONTROL_FILE
 
 _TS = pa.timestamp("us", tz="UTC")
 
-APPROVAL_OUTCOMES: Final = ("pending", "approved", "denied", "expired")
+APPROVAL_OUTCOMES: Final = ("pending", "approved", "denied", "expired", "abandoned")
 SESSION_STATES: Final = ("running", "paused", "canceled")
 
 CONTROL_APPROVALS_SCHEMA: Final = pa.schema(

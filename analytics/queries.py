@@ -39,7 +39,16 @@ SESSION_STATUSES: Final = (
 )
 BLAST_RADIUS_GROUPS: Final = ("agent", "tool", "repo", "day")
 APPROVAL_GROUPS: Final = ("rule", "agent", "approver", "tool")
-APPROVAL_STATUSES: Final = ("all", "pending", "approved", "denied", "expired", "not_requested")
+SESSION_ACTION_EXTRA_COLUMNS: Final = ("outcome", "approval_outcome", "approval_reason")
+APPROVAL_STATUSES: Final = (
+    "all",
+    "pending",
+    "approved",
+    "denied",
+    "expired",
+    "abandoned",
+    "not_requested",
+)
 
 
 def parse_since(since: Since, *, now: dt.datetime | None = None) -> dt.datetime | None:
@@ -225,7 +234,9 @@ def session(source: Source, session_id: str) -> pl.DataFrame | None:
 
 
 def session_actions(source: Source, session_id: str) -> pl.DataFrame:
-    """One session's actions (``actions`` columns) by sequence, unnumbered ones last."""
+    """One session's actions by sequence, unnumbered ones last: the ``actions`` columns,
+    then ``SESSION_ACTION_EXTRA_COLUMNS`` (how the call ended in words, and a held call's
+    approval outcome and reason from the ``approvals`` view; session_actions.sql)."""
     with borrow(source) as con:
         return _frame(
             con,
@@ -350,6 +361,7 @@ __all__ = [
     "APPROVAL_GROUPS",
     "APPROVAL_STATUSES",
     "BLAST_RADIUS_GROUPS",
+    "SESSION_ACTION_EXTRA_COLUMNS",
     "SESSION_STATUSES",
     "Since",
     "Source",

@@ -8,7 +8,13 @@ The collector serves agents that cannot reach ``control.sqlite``:
   the agent asked about.
 * ``GET /v1/approvals/{id}?wait=S`` returns the request, long-polling up to ``S`` seconds
   for a decision (``wait_for``); a request past its deadline is marked expired on read,
-  exactly as the local store does.
+  exactly as the local store does. The long-poll is the agent's heartbeat: while it is
+  parked (and its client still connected) the request's lease is renewed every
+  ``HEARTBEAT_S`` for the ``lease_s`` the agent filed (15 s when it sent none), so an
+  agent that stops polling (it died, gave up) leaves its request ``abandoned`` once that
+  runs out, and a decision on it is refused (409).
+* ``POST /v1/approvals/{id}/withdraw`` (the agents' token): the agent stops waiting and
+  says so at once (``withdraw``): the request is ``abandoned``.
 * ``POST /v1/approvals/{id}/decision`` approves or denies once (``decide``).
 
 * ``GET /v1/sessions/{id}/control?wait=S`` returns a session's control state (running,
@@ -28,7 +34,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -49,6 +55,14 @@ from tooltrail.errors import BadInputError, StoreError
 MAX_WAIT_S: Final = 60.0
 POLL_S: Final = 0.05
 MAX_TIMEOUT_S: Final = 7 * 86_400.0
+# How long an agent may go without polling before its request counts as abandoned, when
+# its request names none (an older agent: it polls again at once after each long-poll, or
+# within its retry backoff, at most 5 s, after an error).
+DEFAULT_LEASE_S: Final = 15.0
+LEASE_RANGE_S: Final = (1.0, 3600.0)
+HEARTBEAT_S: Final = 2.0
+# Fixed words: an agent's free text is not an operator's record.
+WITHDRAWN: Final = "the agent stopped waiting (it withdrew its request)"
 ON_TIMEOUT_VALUES: Final = ("DENY", "ALLOW")
 _OPTIONAL_TEXT: Final = (
     "session_id",
@@ -133,6 +147,15 @@ def request_from_body(doc: Mapping[str, Any]) -> ApprovalRequest:
     # The agent's keyed digest of the arguments that will run (opaque here; the agent
     # checks it before running). Stored and returned as is.
     run_hash = _text(doc, "run_hash")
+    lease = doc.get("lease_s", DEFAULT_LEASE_S)
+    low, high = LEASE_RANGE_S
+    if (
+        isinstance(lease, bool)
+        or not isinstance(lease, int | float)
+        or not math.isfinite(lease)
+        or not low <= lease <= high
+    ):
+        raise BadInputError(f"field 'lease_s' must be a number in [{low:.0f}, {high:.0f}]")
     return ApprovalRequest(
         tool_name=tool,
         arguments=arguments,
@@ -140,6 +163,7 @@ def request_from_body(doc: Mapping[str, Any]) -> ApprovalRequest:
         on_timeout=on_timeout.upper(),
         approvers=tuple(approvers),
         run_hash=run_hash,
+        lease_s=float(lease),
         **extra,
     )
 
@@ -155,7 +179,8 @@ def record_json(record: ApprovalRecord) -> dict[str, Any]:
 def file_approval(data_dir: Path, doc: Mapping[str, Any]) -> ApprovalRecord:
     req = request_from_body(doc)
     with ControlStore(data_dir) as store:
-        return store.file_request(req)
+        # The agent waits elsewhere: this process's pid says nothing about it.
+        return store.file_request(req, waiter_here=False)
 
 
 @contextlib.contextmanager
@@ -177,18 +202,39 @@ def _current(store: ControlStore, approval_id: str) -> ApprovalRecord:
 
 
 def wait_for(
-    data_dir: Path, approval_id: str, wait_s: float, stop: threading.Event
+    data_dir: Path,
+    approval_id: str,
+    wait_s: float,
+    stop: threading.Event,
+    client_gone: Callable[[], bool] | None = None,
 ) -> ApprovalRecord:
-    """The request, once decided or expired, or as it is after ``wait_s`` seconds."""
+    """The request, once decided, expired or abandoned, or as it is after ``wait_s``
+    seconds. Asking is the agent's heartbeat: its lease is renewed as the poll starts and
+    every ``HEARTBEAT_S`` while it is parked, until ``client_gone()`` says the asker's
+    connection closed (a killed agent): then renewals stop and the wait ends."""
     deadline = time.monotonic() + max(0.0, min(wait_s, MAX_WAIT_S))
+    next_beat = 0.0
     with ControlStore(data_dir) as store, _known(approval_id):
         while True:
             record = _current(store, approval_id)
+            gone = client_gone is not None and client_gone()
+            beat = not record.decided and record.lease_s is not None and not gone
+            if beat and time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + HEARTBEAT_S
+                store.heartbeat(approval_id, record.lease_s or 0.0)
             left = deadline - time.monotonic()
-            if record.decided or left <= 0 or stop.is_set():
+            if record.decided or left <= 0 or stop.is_set() or gone:
                 return record
             until_expiry = record.expires_at - time.time()
             stop.wait(min(POLL_S, left, max(until_expiry, 0.0) + 0.001))
+
+
+def withdraw(data_dir: Path, approval_id: str) -> ApprovalRecord:
+    """The agent stops waiting: its pending request becomes ``abandoned`` (one already
+    decided is returned as it is)."""
+    with ControlStore(data_dir) as store, _known(approval_id):
+        store.get(approval_id)  # an unknown id is a 404, not a silent no-op
+        return store.abandon(approval_id, WITHDRAWN)
 
 
 def decide(data_dir: Path, approval_id: str, doc: Mapping[str, Any]) -> ApprovalRecord:
@@ -202,7 +248,7 @@ def decide(data_dir: Path, approval_id: str, doc: Mapping[str, Any]) -> Approval
         return store.decide(approval_id, outcome, by=by, reason=reason)
 
 
-LIST_STATUSES: Final = ("pending", "approved", "denied", "expired", "all")
+LIST_STATUSES: Final = ("pending", "approved", "denied", "expired", "abandoned", "all")
 
 
 def list_approvals(data_dir: Path, status: str) -> list[ApprovalRecord]:
@@ -300,4 +346,5 @@ __all__ = [
     "set_session",
     "status_of",
     "wait_for",
+    "withdraw",
 ]

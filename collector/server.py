@@ -41,6 +41,7 @@ import logging
 import os
 import re
 import resource
+import select
 import socket
 import threading
 import time
@@ -85,6 +86,7 @@ LOCK_FILE: Final = "collector.lock"
 TRACES_PATH: Final = "/v1/traces"
 APPROVALS_PATH: Final = "/v1/approvals"
 DECISION_SUFFIX: Final = "/decision"
+WITHDRAW_SUFFIX: Final = "/withdraw"
 SESSIONS_PATH: Final = "/v1/sessions"
 CONTROL_SUFFIX: Final = "/control"
 METRICS_PATH: Final = "/metrics"
@@ -217,6 +219,7 @@ _COUNTERS: Final = {
     "approvals_filed_total": "Approval requests filed over HTTP.",
     "session_controls_total": "Session pause / resume / cancel changes made over HTTP.",
     "approval_decisions_total": "Approval decisions made over HTTP.",
+    "approvals_withdrawn_total": "Approval requests withdrawn over HTTP by their agent.",
     "connections_refused_total": "Connections answered 503 and closed: too many were open.",
 }
 
@@ -881,6 +884,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._post_approval()
         elif (approval_id := _decision_of(path)) is not None:
             self._post_decision(approval_id)
+        elif (approval_id := _withdrawal_of(path)) is not None:
+            self._post_withdrawal(approval_id)
         elif (session_id := _session_of(path)) is not None:
             self._post_session_control(session_id)
         else:
@@ -973,9 +978,31 @@ class _Handler(BaseHTTPRequestHandler):
     def _get_approval(self, approval_id: str, query: str) -> None:
         def read(wait_s: float) -> dict[str, Any]:
             c = self.collector
-            return apr.record_json(apr.wait_for(c.data_dir, approval_id, wait_s, c.stop))
+            record = apr.wait_for(c.data_dir, approval_id, wait_s, c.stop, self._client_gone)
+            return apr.record_json(record)
 
         self._long_poll("approvals", query, read)
+
+    def _post_withdrawal(self, approval_id: str) -> None:
+        # The agent that filed the request stops waiting: the agents' token is enough.
+        def act(doc: dict[str, Any]) -> dict[str, Any]:
+            return apr.record_json(apr.withdraw(self.collector.data_dir, approval_id))
+
+        self._post_json(
+            "approvals", "withdrawal", act, "approvals_withdrawn_total", self._authorized, 200
+        )
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its connection while its long-poll is parked (a
+        killed agent): the socket reads as ended. Anything else (data, unknown) is not."""
+        sock = self.connection
+        try:
+            ready, _, _ = select.select([sock], [], [], 0)
+            return bool(ready) and sock.recv(1, socket.MSG_PEEK) == b""
+        except ConnectionError:
+            return True  # reset by the peer
+        except (OSError, ValueError):
+            return False  # cannot tell (e.g. a TLS socket refuses MSG_PEEK): the lease will
 
     def _long_poll(self, kind: str, query: str, read: Callable[[float], dict[str, Any]]) -> None:
         """A GET that may wait (``?wait=S``): each waiter holds one bounded slot."""
@@ -1097,6 +1124,15 @@ def _decision_of(path: str) -> str | None:
     return unquote(path[len(prefix) : -len(DECISION_SUFFIX)])
 
 
+def _withdrawal_of(path: str) -> str | None:
+    """The approval id of a ``/v1/approvals/{id}/withdraw`` path (None for other paths)."""
+    prefix = APPROVALS_PATH + "/"
+    if not (path.startswith(prefix) and path.endswith(WITHDRAW_SUFFIX)):
+        return None
+    raw = path[len(prefix) : -len(WITHDRAW_SUFFIX)]
+    return unquote(raw) if raw and "/" not in raw else None
+
+
 def _approval_of(path: str) -> str | None:
     """The approval id of a ``/v1/approvals/{id}`` path (None for other paths)."""
     prefix = APPROVALS_PATH + "/"
@@ -1112,6 +1148,8 @@ _WRITE_ONLY: Final = ("POST", "OPTIONS")
 def _allowed_methods(path: str) -> tuple[str, ...] | None:
     """The methods a path is served by (the routes above), None for a path not served."""
     if path == TRACES_PATH or _decision_of(path) is not None:
+        return _WRITE_ONLY
+    if _withdrawal_of(path) is not None:
         return _WRITE_ONLY
     if path in (HEALTH_PATH, METRICS_PATH) or _approval_of(path) is not None:
         return _READ_ONLY

@@ -97,8 +97,11 @@ def decide_callback(root: str, ids: Sequence[str], outcome: data.Outcome, reason
 
 
 def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
-    """One pending request: who, what, why it is held, and Approve / Deny."""
+    """One pending request: who, what, why it is held, and Approve / Deny. A request whose
+    agent stopped waiting (outcome ``abandoned``) says so instead, without buttons: the
+    call never ran, so no decision can take effect."""
     approval_id = str(row["approval_id"])
+    gone = row.get("outcome") == "abandoned"
     who = ui.operator()
     blocked = why_not_decidable(row, who)
     # A request the store holds is one card per id; any other held call (its request never
@@ -118,7 +121,9 @@ def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
             rule = row.get("policy_rule") or "–"
             details = [f"rule {ui.code(rule)}" + (f" — {ui.md(why)}" if why else "")]
             details.append(f"requested {ui.fmt_ago(row.get('requested_at'))}")
-            if row.get("expires_at") is not None:
+            if gone:
+                details.append(f"agent gone {ui.fmt_ago(row.get('decided_at'))}")
+            elif row.get("expires_at") is not None:
                 details.append(f"expires {ui.fmt_ago(row['expires_at'])}")
             details.append(ui.code(approval_id))
             st.caption(" · ".join(details))
@@ -129,40 +134,60 @@ def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
                     icon=":material/open_in_new:",
                 )
         with right:
-            reason_key = f"{key}-reason-{card}"
-            st.text_input(
-                "Reason",
-                key=reason_key,
-                placeholder="Reason (optional)",
-                label_visibility="collapsed",
-                disabled=blocked is not None,
-            )
-            approve, deny = st.columns(2)
-            approve.button(
-                "Approve",
-                key=f"{key}-approve-{card}",
-                type="primary",
-                icon=":material/check:",
-                disabled=blocked is not None,
-                help=blocked,
-                on_click=decide_callback,
-                args=(str(root), [approval_id], "approved", reason_key),
-                width="stretch",
-            )
-            deny.button(
-                "Deny",
-                key=f"{key}-deny-{card}",
-                icon=":material/block:",
-                disabled=blocked is not None,
-                help=blocked,
-                on_click=decide_callback,
-                args=(str(root), [approval_id], "denied", reason_key),
-                width="stretch",
-            )
-            if blocked is not None and blocked != ui.NEED_OPERATOR:
-                st.caption(ui.md(blocked))
+            if gone:
+                _gone_notice(row)
+            else:
+                _decision_controls(row, root, key, str(card), blocked)
         with st.expander("Arguments shown for approval"):
             st.code(ui.pretty_json(row.get("arguments")), language="json")
+
+
+def _gone_notice(row: Mapping[str, Any]) -> None:
+    why = row.get("reason") or "the agent stopped waiting"
+    st.warning(
+        f"**Agent gone**: {ui.md(str(why))}. The call never ran; there is nothing to decide.",
+        icon=":material/link_off:",
+    )
+
+
+def _decision_controls(
+    row: Mapping[str, Any], root: Path, key: str, card: str, blocked: str | None
+) -> None:
+    """Reason, Approve and Deny for one pending request (disabled, saying why, when this
+    operator may not decide it)."""
+    approval_id = str(row["approval_id"])
+    reason_key = f"{key}-reason-{card}"
+    st.text_input(
+        "Reason",
+        key=reason_key,
+        placeholder="Reason (optional)",
+        label_visibility="collapsed",
+        disabled=blocked is not None,
+    )
+    approve, deny = st.columns(2)
+    approve.button(
+        "Approve",
+        key=f"{key}-approve-{card}",
+        type="primary",
+        icon=":material/check:",
+        disabled=blocked is not None,
+        help=blocked,
+        on_click=decide_callback,
+        args=(str(root), [approval_id], "approved", reason_key),
+        width="stretch",
+    )
+    deny.button(
+        "Deny",
+        key=f"{key}-deny-{card}",
+        icon=":material/block:",
+        disabled=blocked is not None,
+        help=blocked,
+        on_click=decide_callback,
+        args=(str(root), [approval_id], "denied", reason_key),
+        width="stretch",
+    )
+    if blocked is not None and blocked != ui.NEED_OPERATOR:
+        st.caption(ui.md(blocked))
 
 
 def operator_hint() -> None:

@@ -21,6 +21,7 @@ looking: without ``control.sqlite`` those reads are empty.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -40,6 +41,7 @@ from tooltrail.analytics import SESSION_INDEX_FILE
 from tooltrail.analytics.engine import SPANS_GLOB
 from tooltrail.control import ApprovalRecord, ControlEvent, ControlStore, SessionControl
 from tooltrail.dashboard import queries
+from tooltrail.errors import TooltrailError
 from tooltrail.policy import Policy, load_policy, loads_policy
 
 T = TypeVar("T")
@@ -273,6 +275,7 @@ class Data:
 
     @classmethod
     def current(cls, root: Path) -> Data:
+        settle_approvals(root)
         return cls(root, fingerprint(root))
 
     @property
@@ -418,6 +421,17 @@ def control_session(
             return store.set_session_state(session_id, action, by, reason or None)
     finally:
         invalidate()
+
+
+def settle_approvals(root: Path) -> None:
+    """Record what became true without anyone writing it (an agent died, a deadline
+    passed) before the run reads anything: a cached card must not keep offering Approve
+    for a request nobody waits on. A write only when something changed, which then moves
+    the fingerprint; a store that cannot be opened is left to the reads to report."""
+    if not (root / config.CONTROL_FILE).exists():
+        return
+    with contextlib.suppress(TooltrailError), ControlStore(root, busy_timeout_s=1.0) as store:
+        store.expire_due()
 
 
 def invalidate() -> None:

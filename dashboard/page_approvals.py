@@ -12,6 +12,7 @@ from tooltrail import analytics
 from tooltrail.dashboard import components, nav, ui
 
 CARDS_SHOWN: Final = 20
+GONE_WITHIN: Final = "24h"  # requests whose agent stopped waiting, shown under Pending
 HISTORY_LIMIT: Final = 1_000
 OUTCOMES: Final = analytics.APPROVAL_STATUSES  # all, pending, approved, denied, ...
 
@@ -32,6 +33,7 @@ def render() -> None:
     )
     with pending_tab:
         _pending(ctx, pending)
+        _gone(ctx)
     with history_tab:
         _history(ctx)
     with stats_tab:
@@ -88,6 +90,21 @@ def _pending(ctx: nav.Context, pending: pl.DataFrame) -> None:
         st.caption(
             f"{pending.height - CARDS_SHOWN} more: select them in the table to decide in bulk."
         )
+
+
+def _gone(ctx: nav.Context) -> None:
+    """Requests of the last day whose agent stopped waiting before anyone decided: shown
+    as such (no Approve / Deny), so nobody looks for a card that silently vanished."""
+    gone = ctx.data.approvals("abandoned", since=GONE_WITHIN, limit=CARDS_SHOWN)
+    if gone.is_empty():
+        return
+    st.markdown("##### Agent stopped waiting")
+    st.caption(
+        "These requests were not decided before their agent gave up, was cancelled or "
+        "died. Their calls never ran; approving them could not take effect."
+    )
+    for row in gone.iter_rows(named=True):
+        components.approval_card(row, ctx.root, key="approvals-gone")
 
 
 def _history(ctx: nav.Context) -> None:
@@ -188,6 +205,7 @@ def _stats_config(by: str) -> dict[str, Any]:
         "expired": ui.count_column("Expired"),
         "pending": ui.count_column("Pending"),
         "not_requested": ui.count_column("Not requested"),
+        "abandoned": ui.count_column("Agent gone"),
         "share_expired": st.column_config.NumberColumn("Expired share", format="percent"),
         # shown in seconds (divided above); the column names stay those of approval_stats
         "median_wait_ms": st.column_config.NumberColumn("Median wait", format="%.1f s"),

@@ -39,6 +39,7 @@ OUTCOME_COLORS: Final = {
     "approved": "green",
     "denied": "red",
     "expired": "gray",
+    "abandoned": "orange",
     "not_requested": "gray",
 }
 HEX: Final = {

@@ -1038,6 +1038,9 @@ def ask_approval(inv: Invocation) -> None:
         outcome = inv.settings.broker.request(req)
     except Exception as e:  # a broken broker is a refusal, never a pass
         outcome = _broker_failed(e)
+    except BaseException:
+        _stopped_waiting(inv)
+        raise
     _apply_outcome(inv, req, outcome, started)
 
 
@@ -1051,7 +1054,19 @@ async def aask_approval(inv: Invocation) -> None:
         outcome = await inv.settings.broker.arequest(req)
     except Exception as e:
         outcome = _broker_failed(e)
+    except BaseException:  # cancelled (the caller gave up), interrupted
+        _stopped_waiting(inv)
+        raise
     _apply_outcome(inv, req, outcome, started)
+
+
+def _stopped_waiting(inv: Invocation) -> None:
+    """The caller stopped waiting before a decision (the broker marks the stored request
+    abandoned): the span says so too, so store, span and views tell one story."""
+    try:
+        inv.span.set_attribute(TT_APPROVAL_STATUS, "abandoned")
+    except Exception:
+        _log.debug("tooltrail: could not mark the span abandoned", exc_info=True)
 
 
 def _broker_failed(e: Exception) -> ApprovalOutcome:
@@ -1096,6 +1111,10 @@ def _refusal_reason(req: ApprovalRequest, outcome: ApprovalOutcome) -> str:
     if outcome.status == "expired":
         on_timeout = req.approval.on_timeout if req.approval is not None else "DENY"
         return f"approval request expired without a decision (on_timeout: {on_timeout})"
+    if outcome.status == "abandoned":
+        return "approval request abandoned before a decision" + (
+            f" ({outcome.reason})" if outcome.reason else ""
+        )
     return outcome.reason or APPROVAL_REQUIRED_REASON
 
 

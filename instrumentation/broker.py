@@ -23,6 +23,8 @@ What the instrumentation does with an outcome (``proceeds``):
   instrumentation has checked they still hash to ``request.arguments_hash``.
 * ``denied``: the tool does not run; the caller gets the structured denial.
 * ``expired``: the rule's ``on_timeout`` applies (``DENY`` unless it says ``ALLOW``).
+* ``abandoned``: the store stopped counting on this waiter (its lease lapsed, e.g. the
+  process was suspended): the tool does not run.
 * ``refusal`` set: the broker itself refuses to let the call run whatever the status says
   (e.g. the stored request was altered after it was filed); the call is denied with it.
 """
@@ -50,8 +52,9 @@ if TYPE_CHECKING:
 _log = logging.getLogger("tooltrail.instrumentation")
 
 # The outcomes of the approvals view (SPEC §3) that end a wait; "pending" never does.
-ApprovalStatus = Literal["approved", "denied", "expired"]
-APPROVAL_STATUSES: Final = ("approved", "denied", "expired")
+# "abandoned": the request was given up as nobody's (the waiter's lease lapsed); never runs.
+ApprovalStatus = Literal["approved", "denied", "expired", "abandoned"]
+APPROVAL_STATUSES: Final = ("approved", "denied", "expired", "abandoned")
 APPROVAL_REQUIRED_REASON: Final = "approval required"
 NO_BROKER: Final = "tooltrail:no-broker"
 BROKER_ERROR: Final = "tooltrail:broker-error"
@@ -114,9 +117,10 @@ class ApprovalRequest:
     requested_at: float = field(default_factory=time.time)
     """Seconds since the epoch."""
     on_filed: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
-    """Called with the approval id as soon as the request is filed, before any waiting:
-    a call abandoned while held (cancelled, timed out by the agent) still names its
-    request, whose outcome the store keeps deciding."""
+    """Called with the approval id as soon as the request has one (the local store's
+    broker: just before filing; over HTTP: once filed), before any waiting: a call
+    abandoned while held (cancelled, timed out by the agent) still names its request,
+    whose outcome (abandoned) the store records."""
     arguments_hash: str = field(init=False, default="")
     """``run_digest(arguments)`` when the request was made (keyed: safe to file anywhere)."""
 

@@ -13,6 +13,12 @@ SHA-256 ``arguments_hash`` (the collector refuses a request whose hash does not 
 wait ends, the decided request is compared with what was filed (tool, arguments, both
 hashes); if anything changed, the outcome carries a refusal and the call does not run.
 
+Its long-polls are its heartbeat: while one is parked the collector renews the request's
+lease (``lease_s``, filed with the request), so an agent that stops polling (killed) leaves
+a request the store marks ``abandoned``, which nobody can approve. An agent that gives up
+(its call cancelled, interrupted, or waiting long past the deadline) says so at once:
+``POST /v1/approvals/{id}/withdraw``.
+
 ``HttpSessionGate(base_url, token)`` reads a session's control state with
 ``GET /v1/sessions/{id}/control`` before each call (a *running* answer is trusted for
 ``refresh_s``, so a busy agent asks about a running session at most once a second) and,
@@ -29,6 +35,7 @@ cancelled waiter leaves its request pending (visible to operators) until it expi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import logging
@@ -40,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 from urllib.parse import quote, urlsplit
 
-from tooltrail.control import arguments_hash
+from tooltrail.control import DEFAULT_LEASE_S, arguments_hash
 from tooltrail.instrumentation.broker import (
     APPROVAL_STATUSES,
     ApprovalOutcome,
@@ -63,6 +70,7 @@ _PENDING: Final = "pending"
 # expiring it (clock skew, a broken server): stop and refuse.
 _GRACE_S: Final = 120.0
 _FILE_ATTEMPTS: Final = 4
+_WITHDRAW_TIMEOUT_S: Final = 3.0  # an interrupted agent should not hang on its way out
 _BACKOFF_S: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -132,6 +140,8 @@ class HttpApprovalBroker(_CollectorPeer):
         poll_wait_s: seconds per long-poll (the server caps it at 60).
         http_timeout_s: socket timeout beyond a long-poll's own wait.
         max_waiting: held calls ``arequest`` can wait on at once (threads).
+        lease_s: how long after a long-poll ends without the next one the request counts
+            as abandoned (retries back off at most 5 s, so keep it above that).
     """
 
     def __init__(
@@ -142,6 +152,7 @@ class HttpApprovalBroker(_CollectorPeer):
         poll_wait_s: float = 30.0,
         http_timeout_s: float = 10.0,
         max_waiting: int = 64,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         super().__init__(
             base_url,
@@ -152,6 +163,7 @@ class HttpApprovalBroker(_CollectorPeer):
             pool_name="tooltrail-approval",
         )
         self._redactor = Redactor.from_env()
+        self.lease_s = lease_s
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -176,6 +188,7 @@ class HttpApprovalBroker(_CollectorPeer):
             "reason": req.reason,
             "blast_radius": req.blast_radius,
             "run_hash": req.arguments_hash,
+            "lease_s": self.lease_s,
         }
 
     def _file(self, req: ApprovalRequest) -> _Filed | ApprovalOutcome:
@@ -208,6 +221,7 @@ class HttpApprovalBroker(_CollectorPeer):
     def _poll_step(self, filed: _Filed, state: _WaitState) -> ApprovalOutcome | None:
         """One long-poll; an outcome when the wait is over, None to poll again."""
         if time.monotonic() > state.give_up_at:
+            self._withdraw(filed)
             return _refused(GAVE_UP, "approval still pending long past its deadline")
         try:
             record = self._poll(filed.approval_id, self.poll_wait_s)
@@ -229,10 +243,14 @@ class HttpApprovalBroker(_CollectorPeer):
             return filed
         notify_filed(request, filed.approval_id)
         state = _WaitState.for_request(request)
-        while True:
-            outcome = self._poll_step(filed, state)
-            if outcome is not None:
-                return outcome
+        try:
+            while True:
+                outcome = self._poll_step(filed, state)
+                if outcome is not None:
+                    return outcome
+        except BaseException:  # interrupted: nobody will run the call any more
+            self._withdraw(filed)
+            raise
 
     async def arequest(self, request: ApprovalRequest) -> ApprovalOutcome:
         loop = asyncio.get_running_loop()
@@ -242,10 +260,28 @@ class HttpApprovalBroker(_CollectorPeer):
             return filed
         notify_filed(request, filed.approval_id)
         state = _WaitState.for_request(request)
-        while True:
-            outcome = await loop.run_in_executor(pool, self._poll_step, filed, state)
-            if outcome is not None:
-                return outcome
+        try:
+            while True:
+                outcome = await loop.run_in_executor(pool, self._poll_step, filed, state)
+                if outcome is not None:
+                    return outcome
+        except BaseException:  # cancelled (the caller gave up): say so without waiting
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: the lease lapses
+                pool.submit(self._withdraw, filed)
+            raise
+
+    def _withdraw(self, filed: _Filed) -> None:
+        """Tell the collector this agent stopped waiting (the request becomes abandoned).
+        Best effort: if it cannot be told, the request's lease lapses all the same."""
+        path = f"{APPROVALS_PATH}/{quote(filed.approval_id, safe='')}/withdraw"
+        try:
+            self._client.call("POST", path, {}, min(self.http_timeout_s, _WITHDRAW_TIMEOUT_S))
+        except Exception as e:
+            _log.warning(
+                "tooltrail: could not withdraw approval %s (%s); its lease will lapse",
+                filed.approval_id,
+                e,
+            )
 
 
 class _Client:

@@ -16,8 +16,13 @@
   filing, so a person may have approved something other than what would run) the outcome
   carries a refusal and the call does not run. The instrumentation then checks that the
   arguments in memory still match ``run_hash`` (see ``_spans``).
-* **Cancellation.** A waiter cancelled (``asyncio.CancelledError``) or interrupted leaves
-  its request pending, visible to operators, until it expires at its deadline.
+* **Liveness.** While it waits the agent renews a lease on its request every
+  ``heartbeat_s`` (2 s; the lease runs ``lease_s``, 10 s), so everyone else can tell
+  that someone still waits. A waiter cancelled (``asyncio.CancelledError``) or interrupted
+  marks its request ``abandoned`` before it goes; one that dies stops renewing, and its
+  request is abandoned when the lease runs out (at once, when the reader is on the same
+  host and sees its process gone). A decision on an abandoned request is refused: the
+  call it held never ran.
 * **Failures.** A store that cannot be opened or read is a denial (fail closed), decided
   by ``tooltrail:store-error``, whose reason names the store.
 
@@ -40,12 +45,16 @@ from typing import Final
 
 from tooltrail import config
 from tooltrail.control import (
+    ABANDONED,
     APPROVED,
+    DEFAULT_HEARTBEAT_S,
+    DEFAULT_LEASE_S,
     DEFAULT_POLL_S,
     DEFAULT_TIMEOUT_S,
     DENIED,
     ApprovalRecord,
     ControlStore,
+    new_approval_id,
 )
 from tooltrail.control import ApprovalRequest as StoredRequest
 from tooltrail.errors import StoreError
@@ -106,41 +115,86 @@ class ControlStoreBroker(_OnStore):
         *,
         poll_s: float = DEFAULT_POLL_S,
         redactor: Redactor | None = None,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         super().__init__(data_dir, poll_s)
+        if not 0 < heartbeat_s < lease_s:
+            raise ValueError(
+                f"heartbeat_s ({heartbeat_s}) must be above 0 and below lease_s ({lease_s})"
+            )
         self._redactor = redactor if redactor is not None else Redactor.from_env()
+        self.heartbeat_s = heartbeat_s
+        self.lease_s = lease_s
 
     def request(self, request: ApprovalRequest) -> ApprovalOutcome:
         started = time.perf_counter()
+        # The id is told before filing: a call given up while its row is being written
+        # still names its request, whose story (abandoned) the store then tells.
+        approval_id = new_approval_id()
+        notify_filed(request, approval_id)
         try:
-            filed = self._file(request)
+            filed = self._file(request, approval_id)
         except StoreError as e:
             return self._failed(f"the approval request could not be filed: {e}", started)
-        notify_filed(request, filed.approval_id)
         try:
-            record = self.stores.get().wait(filed.approval_id, poll_s=self.poll_s)
+            record = self.stores.get().wait(
+                filed.approval_id, poll_s=self.poll_s, heartbeat_s=self.heartbeat_s
+            )
         except StoreError as e:
             return self._failed(self._lost(filed, e), started, filed.approval_id)
+        except BaseException as e:  # interrupted (KeyboardInterrupt, SystemExit, ...)
+            self._withdraw(filed, f"the agent stopped waiting ({type(e).__name__})")
+            raise
         return self._outcome(filed, record, started)
 
     async def arequest(self, request: ApprovalRequest) -> ApprovalOutcome:
         started = time.perf_counter()
+        approval_id = new_approval_id()
+        notify_filed(request, approval_id)  # before filing, as in request
+        filing = _Filing(self)
         try:
             # A write can wait for SQLite's lock (busy timeout): not on the event loop.
-            filed = await asyncio.to_thread(self._file, request)
+            filed = await asyncio.to_thread(filing.file, request, approval_id)
         except StoreError as e:
             return self._failed(f"the approval request could not be filed: {e}", started)
-        notify_filed(request, filed.approval_id)
+        except asyncio.CancelledError:
+            filing.cancel(_CANCELLED)
+            raise
         try:
-            # Reads in WAL mode never wait for writers: polling on the loop is cheap.
-            record = await self.stores.get().await_decision(filed.approval_id, poll_s=self.poll_s)
+            # Reads in WAL mode never wait for writers: polling on the loop is cheap (the
+            # lease renewal is one short write every heartbeat_s).
+            record = await self.stores.get().await_decision(
+                filed.approval_id, poll_s=self.poll_s, heartbeat_s=self.heartbeat_s
+            )
         except StoreError as e:
             return self._failed(self._lost(filed, e), started, filed.approval_id)
+        except asyncio.CancelledError:
+            self._withdraw(filed, _CANCELLED)
+            raise
+        except BaseException as e:
+            self._withdraw(filed, f"the agent stopped waiting ({type(e).__name__})")
+            raise
         return self._outcome(filed, record, started)
+
+    def _withdraw(self, filed: ApprovalRecord, reason: str) -> None:
+        """Mark the request abandoned as its waiter leaves, so nobody approves a call that
+        will never run. Best effort: if the store cannot be written now, the lease lapses
+        and the request is abandoned all the same."""
+        try:
+            self.stores.get().abandon(filed.approval_id, reason)
+        except Exception:
+            _log.warning(
+                "tooltrail: could not mark approval %s abandoned; its lease will lapse",
+                filed.approval_id,
+                exc_info=True,
+            )
 
     # -- filing --------------------------------------------------------------------------
 
-    def stored_request(self, request: ApprovalRequest) -> StoredRequest:
+    def stored_request(
+        self, request: ApprovalRequest, approval_id: str | None = None
+    ) -> StoredRequest:
         """The store's form of ``request``: scrubbed arguments, rule settings, both hashes."""
         shown, _ = self._redactor.scrub_obj(dict(request.shown_arguments))
         approval = request.approval
@@ -159,12 +213,14 @@ class ControlStoreBroker(_OnStore):
             reason=request.reason,
             blast_radius=request.blast_radius,
             run_hash=request.arguments_hash,
+            lease_s=self.lease_s,
+            approval_id=approval_id,
         )
 
-    def _file(self, request: ApprovalRequest) -> ApprovalRecord:
+    def _file(self, request: ApprovalRequest, approval_id: str) -> ApprovalRecord:
         # Expiry counts from when the call was held, as ApprovalRequest.expires_at says.
         return self.stores.get().file_request(
-            self.stored_request(request), now=request.requested_at
+            self.stored_request(request, approval_id), now=request.requested_at
         )
 
     # -- outcomes ------------------------------------------------------------------------
@@ -177,6 +233,8 @@ class ControlStoreBroker(_OnStore):
             status = "approved"
         elif record.status == DENIED:
             status = "denied"
+        elif record.status == ABANDONED:  # our lease lapsed while we still waited
+            status = "abandoned"
         return ApprovalOutcome(
             status=status,
             approval_id=record.approval_id,
@@ -202,8 +260,39 @@ class ControlStoreBroker(_OnStore):
     def _lost(filed: ApprovalRecord, error: StoreError) -> str:
         return (
             f"the decision on approval {filed.approval_id} could not be read: {error}"
-            " (the request stays pending until it expires)"
+            " (with no lease renewed, the request is abandoned)"
         )
+
+
+_CANCELLED: Final = "the agent stopped waiting (its call was cancelled)"
+
+
+class _Filing:
+    """Filing in a worker thread that the waiter may stop awaiting (its call cancelled)
+    while the row is being written: exactly one side withdraws the request then, whichever
+    learns second that it was both filed and given up."""
+
+    def __init__(self, broker: ControlStoreBroker) -> None:
+        self._broker = broker
+        self._lock = threading.Lock()
+        self._filed: ApprovalRecord | None = None
+        self._gave_up: str | None = None
+
+    def file(self, request: ApprovalRequest, approval_id: str) -> ApprovalRecord:
+        filed = self._broker._file(request, approval_id)
+        with self._lock:
+            self._filed = filed
+            gave_up = self._gave_up
+        if gave_up is not None:
+            self._broker._withdraw(filed, gave_up)
+        return filed
+
+    def cancel(self, reason: str) -> None:
+        with self._lock:
+            self._gave_up = reason
+            filed = self._filed
+        if filed is not None:
+            self._broker._withdraw(filed, reason)
 
 
 def _altered(filed: ApprovalRecord, record: ApprovalRecord) -> str | None:

@@ -80,7 +80,11 @@ def test_query_functions_return_empty_frames(tmp_path: Path, kind: str) -> None:
     assert analytics.sessions(root).height == 0
     assert analytics.count_sessions(root) == 0
     assert analytics.session(root, "nope") is None
-    assert analytics.session_actions(root, "nope").columns == [*COLUMNS, "date"]
+    assert analytics.session_actions(root, "nope").columns == [
+        *COLUMNS,
+        "date",
+        *analytics.SESSION_ACTION_EXTRA_COLUMNS,
+    ]
     assert analytics.approval_history(root).columns == list(analytics.APPROVALS_COLUMNS)
     for by in analytics.BLAST_RADIUS_GROUPS:
         stats = analytics.blast_radius_stats(root, by)

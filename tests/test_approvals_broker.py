@@ -27,7 +27,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import tooltrail.instrumentation as tt
-from tooltrail.control import ApprovalRecord, ControlStore, arguments_hash
+from tooltrail.control import (
+    LEASE_LAPSED,
+    ApprovalRecord,
+    ControlStore,
+    RequesterGoneError,
+    arguments_hash,
+)
 from tooltrail.instrumentation import _spans
 from tooltrail.instrumentation.broker import FailClosedBroker, default_broker
 from tooltrail.instrumentation.store_broker import ControlStoreBroker, StoreSessionGate
@@ -265,7 +271,7 @@ def test_request_edited_in_the_store_is_refused(spans: InMemorySpanExporter, dat
     assert ran == []
 
 
-def test_cancelled_waiter_leaves_its_request_pending_until_it_expires(
+def test_a_cancelled_waiter_abandons_its_request_and_nobody_can_approve_it(
     spans: InMemorySpanExporter, data: Path
 ) -> None:
     async def main() -> str:
@@ -278,20 +284,34 @@ def test_cancelled_waiter_leaves_its_request_pending_until_it_expires(
 
     approval_id = asyncio.run(main())
     with ControlStore(data) as store:
-        assert store.get(approval_id).status == "pending"  # still visible to operators
-
-    def expired() -> bool:
-        with ControlStore(data) as store:
-            store.expire_due()
-            return store.get(approval_id).status == "expired"
-
-    wait_for(expired, "the abandoned request to expire")
+        record = store.get(approval_id)
+        assert record.status == "abandoned"  # the call that was held will never run
+        assert "cancelled" in (record.decision_reason or "")
+        with pytest.raises(RequesterGoneError, match="abandoned"):
+            store.decide(approval_id, "approved", by="alice")
+        assert store.get(approval_id).status == "abandoned"
     assert ran == []
     span = attrs(tool_spans(spans)[0])
     assert span[ERROR_TYPE] == "CancelledError"
-    # The span names its request although no outcome ever came back, so the approvals
-    # view can follow the request's fate in the store.
-    assert (span[TT_APPROVAL_ID], span[TT_APPROVAL_STATUS]) == (approval_id, "pending")
+    # The span tells the store's story: the request it names was abandoned.
+    assert (span[TT_APPROVAL_ID], span[TT_APPROVAL_STATUS]) == (approval_id, "abandoned")
+
+
+def test_a_waiter_told_its_request_was_abandoned_does_not_run_the_call(
+    spans: InMemorySpanExporter, data: Path
+) -> None:
+    """The store gave the request up (e.g. the waiter was frozen past its lease and a
+    reader settled it): the waiter, back, refuses the call and says why."""
+    call = InThread(lambda: deploy("prod"))
+    (req,) = pending(data)
+    with ControlStore(data) as store:
+        store.abandon(req.approval_id, LEASE_LAPSED)
+    with pytest.raises(tt.ToolCallDenied) as info:
+        call.join()
+    assert info.value.reason == f"approval request abandoned before a decision ({LEASE_LAPSED})"
+    assert ran == []
+    span = attrs(tool_spans(spans)[0])
+    assert (span[TT_APPROVAL_ID], span[TT_APPROVAL_STATUS]) == (req.approval_id, "abandoned")
 
 
 def test_timeout_applies_on_timeout_deny(spans: InMemorySpanExporter, data: Path) -> None:

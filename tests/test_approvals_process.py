@@ -376,28 +376,77 @@ def test_an_approver_not_in_the_list_and_a_second_decision_are_refused(
     assert git(repo, "log", "-1", "--format=%s") == "reviewed change"
 
 
-def test_a_request_whose_agent_died_stays_visible_then_expires(
+def _refused_as_gone(data: Path, approval_id: str) -> str:
+    """``tooltrail approve`` on a request nobody waits on: exit 2, saying why; the store
+    keeps ``abandoned``."""
+    out = tooltrail(data, "approve", approval_id, "--by", "alice")
+    assert out.returncode == 2, out
+    assert "abandoned" in out.stderr and "never ran" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    with ControlStore(data) as store:
+        assert store.get(approval_id).status == "abandoned"
+    return out.stderr
+
+
+def test_a_request_whose_agent_died_is_abandoned_and_cannot_be_approved(
     start_agent: Callable[[str], Agent], data: Path, repo: Path
 ) -> None:
     agent = start_agent("s-dead")
-    stage(repo, "orphan.txt")
-    agent.call("c1", "git_commit", repo_path=str(repo), message="short-lived: agent dies")
+    head = stage(repo, "orphan.txt")
+    agent.call("c1", "git_commit", repo_path=str(repo), message="agent dies while held")
     (req,) = pending(data)
     agent.proc.send_signal(signal.SIGKILL)
     agent.proc.wait(timeout=DEADLINE_S)
-    with ControlStore(data) as store:  # still visible to operators
-        assert [r.approval_id for r in store.list_approvals("pending")] == [req.approval_id]
+    # Its process is gone (this host sees it at once; elsewhere its lease runs out).
+    listed = json.loads(tooltrail(data, "approvals", "--format", "json").stdout)
+    assert listed == []  # nothing left to decide
+    stderr = _refused_as_gone(data, req.approval_id)
+    assert "has exited" in stderr
+    out = tooltrail(data, "approvals", "--status", "abandoned", "--format", "json")
+    (row,) = json.loads(out.stdout)
+    assert (row["approval_id"], row["status"], row["decided_by"]) == (
+        req.approval_id,
+        "abandoned",
+        None,
+    )
+    assert "has exited" in row["decision_reason"]
+    # The views tell the same story (the killed agent's span never landed).
+    view = analytics.approval_history(data, "all")
+    assert view.select("approval_id", "outcome").rows() == [(req.approval_id, "abandoned")]
+    assert git(repo, "rev-parse", "HEAD") == head  # the commit never happened
 
-    def expired() -> bool:
-        with ControlStore(data) as store:
-            return [r.status for r in store.list_approvals("all")] == ["expired"]
 
-    wait_for(expired, "the orphaned request to expire")
-    out = tooltrail(data, "approvals", "--status", "all", "--format", "json")
-    assert [(r["approval_id"], r["status"]) for r in json.loads(out.stdout)] == [
-        (req.approval_id, "expired")
+def test_an_agent_that_gives_up_abandons_its_request_in_store_span_and_view(
+    start_agent: Callable[[str], Agent], data: Path, repo: Path
+) -> None:
+    agent = start_agent("s-gives-up")
+    head = stage(repo, "impatient.txt")
+    agent.proc.stdin.write(  # type: ignore[union-attr]
+        json.dumps(
+            {
+                "id": "c1",
+                "tool": "git_commit",
+                "args": {"repo_path": str(repo), "message": "cannot wait long"},
+                "give_up_after": 1.5,
+            }
+        )
+        + "\n"
+    )
+    agent.proc.stdin.flush()  # type: ignore[union-attr]
+    (req,) = pending(data)
+    assert agent.result("c1") == {"id": "c1", "gave_up": True}
+    with ControlStore(data) as store:  # at once: the agent said it left
+        record = store.get(req.approval_id)
+    assert record.status == "abandoned" and "cancelled" in (record.decision_reason or "")
+    _refused_as_gone(data, req.approval_id)
+    agent.close()  # the agent lives on and lands its spans
+    (span,) = [r for r in tool_rows(data) if r["approval_id"] == req.approval_id]
+    assert span["approval_status"] == "abandoned"
+    view = analytics.approval_history(data, "abandoned")
+    assert view.select("approval_id", "outcome", "landed").rows() == [
+        (req.approval_id, "abandoned", True)
     ]
-    assert json.loads(tooltrail(data, "approvals", "--format", "json").stdout) == []
+    assert git(repo, "rev-parse", "HEAD") == head
 
 
 # --- session control ----------------------------------------------------------------------

@@ -290,3 +290,161 @@ def test_ingesting_a_file_again_lands_nothing_twice(tmp_path: Path) -> None:
     assert code == 0 and out.startswith("landed 0 spans") and f"skipped {first}" in out
     ids = pq.read_table(data / "spans").column("span_id").to_pylist()
     assert len(ids) == len(set(ids)) == first
+
+
+LONG_MESSAGE = "release 1.4.2: retry card payments up to five times before giving up"
+
+
+@pytest.fixture
+def held(tmp_path: Path) -> tuple[Path, str]:
+    """A session whose commit was held and approved in the real control store, a push
+    that failed, and a status with nothing to say; landed through the real exporter."""
+    from opentelemetry.trace import Status, StatusCode
+
+    from tooltrail.control import ApprovalRequest, ControlStore
+
+    data = tmp_path / "data"
+    exporter = TooltrailSpanExporter(data_dir=data, policy=None)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    commit = {"repo_path": "/r/pay", "message": LONG_MESSAGE}
+
+    def attrs(seq: int, tool: str, decision: str, args: dict[str, str]) -> dict[str, object]:
+        return {
+            sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+            sc.GEN_AI_TOOL_NAME: tool,
+            sc.GEN_AI_TOOL_CALL_ARGUMENTS: json.dumps(args),
+            sc.TT_SESSION_ID: "s-held",
+            sc.GEN_AI_AGENT_NAME: "release-bot",
+            sc.TT_SEQUENCE: seq,
+            sc.TT_DECISION: decision,
+            sc.TT_POLICY_RULE: "commits" if decision != "ALLOW" else "pass",
+            sc.TT_ENFORCED: True,
+        }
+
+    with tracer.start_as_current_span(
+        "execute_tool git_status",
+        attributes=attrs(1, "git_status", "ALLOW", {"repo_path": "/r/pay"}),
+    ):
+        pass
+    with tracer.start_as_current_span(
+        "execute_tool git_commit", attributes=attrs(2, "git_commit", "REQUIRE_APPROVAL", commit)
+    ) as span:
+        with ControlStore(data) as store:
+            filed = store.file_request(
+                ApprovalRequest(
+                    tool_name="git_commit",
+                    arguments=commit,
+                    session_id="s-held",
+                    span_id=format(span.get_span_context().span_id, "016x"),
+                )
+            )
+            store.decide(filed.approval_id, "approved", by="alice", reason="release window")
+        span.set_attributes(
+            {
+                sc.TT_APPROVAL_ID: filed.approval_id,
+                sc.TT_APPROVAL_STATUS: "approved",
+                sc.TT_APPROVAL_DECIDED_BY: "alice",
+            }
+        )
+    with tracer.start_as_current_span(
+        "execute_tool git_push", attributes=attrs(3, "git_push", "ALLOW", {"repo_path": "/r/pay"})
+    ) as span:
+        span.set_attribute(sc.ERROR_TYPE, "tool_error")
+        span.set_status(Status(StatusCode.ERROR, "remote rejected"))
+    provider.shutdown()
+    return data, filed.approval_id
+
+
+def test_show_tells_the_approval_outcome_decider_and_reason(held: tuple[Path, str]) -> None:
+    data, approval_id = held
+    code, out = _run("show", "s-held", "--data", str(data), "--format", "json")
+    assert code == 0, out
+    actions = json.loads(out)["actions"]
+    commit = actions[1]
+    assert (commit["approval_outcome"], commit["approval_decided_by"]) == ("approved", "alice")
+    assert commit["approval_reason"] == "release window"
+    assert commit["approval_id"] == approval_id
+    assert [a["outcome"] for a in actions] == ["ok", "ok", "error"]
+    assert actions[0]["approval_outcome"] is None
+    # json carries every value whole
+    assert LONG_MESSAGE in commit["action_summary"] or LONG_MESSAGE in commit["arguments"]
+    assert json.loads(commit["arguments"])["message"] == LONG_MESSAGE
+
+    code, out = _run("show", "s-held", "--data", str(data))
+    assert code == 0, out
+    header, table_text = out.split("\n\n", 1)
+    assert "approval_outcome" in table_text and "approved" in table_text
+    assert "alice" in table_text and "release window" in table_text
+    assert "UNSET" not in out and "ERROR" not in out  # words a person uses
+    assert table_text.splitlines()[-1].split()[-1] == "error"  # the failed push
+    for line in header.splitlines():  # no header field without a value
+        key, _, value = line.partition("  ")
+        assert value.strip(), f"empty header field {key!r}"
+
+
+def test_show_full_and_one_action_give_whole_summaries_and_arguments(
+    held: tuple[Path, str],
+) -> None:
+    data, _ = held
+    code, cut = _run("show", "s-held", "--data", str(data))
+    assert code == 0 and "…" in cut
+    code, out = _run("show", "s-held", "--data", str(data), "--format", "json")
+    summary = json.loads(out)["actions"][1]["action_summary"]
+    assert len(summary) > 48 and summary not in cut
+    code, out = _run("show", "s-held", "--data", str(data), "--full")
+    assert code == 0, out
+    assert summary in out  # the stored summary, whole
+    code, out = _run("show", "s-held", "--data", str(data), "--action", "2")
+    assert code == 0, out
+    assert f'"message": "{LONG_MESSAGE}"' in out  # the arguments, whole and indented
+    assert "approval_reason" in out and "release window" in out
+    assert "git_status" not in out  # that one action only
+    code, out = _run("show", "s-held", "--data", str(data), "--action", "2", "--format", "json")
+    assert code == 0 and json.loads(out)["sequence"] == 2
+    span_id = json.loads(out)["span_id"]
+    code, out = _run("show", "s-held", "--data", str(data), "--action", span_id)
+    assert code == 0 and f'"message": "{LONG_MESSAGE}"' in out
+    assert "UNSET" not in out and "status_code" not in out
+    code, out = _run("show", "s-held", "--data", str(data), "--action", "9")
+    assert code == 2 and "--action 9" in out and "(it has: 1, 2, 3)" in out
+
+
+def test_the_readmes_polars_snippet_reads_actions_as_tool_spans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's snippet, run as written against landed data holding tool and other
+    spans: what it calls actions are the tool calls (the ``actions`` view's rows)."""
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    (snippet,) = [
+        block
+        for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+        if "tooltrail-data/spans" in block
+    ]
+    data = tmp_path / "tooltrail-data"
+    code, out = _run("ingest", str(FIXTURE), "--data", str(data))
+    assert code == 0, out
+    spans = pq.read_table(data / "spans").to_pylist()
+    assert {r["span_type"] for r in spans} > {"tool"}  # the data holds other spans too
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, object] = {}
+    exec(snippet, scope)  # the documented code, as a reader would paste it
+    actions = scope["actions"]
+    assert set(actions["span_type"]) == {"tool"}  # type: ignore[index]
+    assert len(actions) == sum(r["span_type"] == "tool" for r in spans)  # type: ignore[arg-type]
+
+
+def test_shows_help_example_is_a_session_id_as_tooltrail_makes_them() -> None:
+    import re
+
+    from tooltrail.instrumentation._session import new_session_id
+
+    code, out = _run("show", "--help")
+    assert code == 0
+    (example,) = re.findall(r"tooltrail show (\S+)", out)
+    made = new_session_id()
+    assert re.fullmatch(r"[0-9a-f]{32}", made)  # uuid4 hex: no hyphens
+    assert re.fullmatch(r"[0-9a-f]{32}", example), example

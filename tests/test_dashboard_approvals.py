@@ -224,3 +224,55 @@ def test_a_span_citing_a_pending_request_for_another_call_cannot_decide_it(
     assert fake.disabled and "not in the control store" in str(fake.help)
     at.button(key=f"approvals-approve-{real}").click().run()  # the real one can
     assert _status(seeded, real)[:2] == ("approved", "alice")
+
+
+def test_a_request_whose_agent_is_gone_shows_so_and_offers_no_approve(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A real agent process files a request and dies; the card that offered Approve while
+    it waited says it is gone (no buttons), and a click from a page loaded before is
+    refused, not recorded as approved."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from tooltrail.control import ApprovalRequest, ControlStore\n"
+        "with ControlStore(sys.argv[1]) as store:\n"
+        "    rec = store.file_request(ApprovalRequest(tool_name='git_push',"
+        " arguments={'force': True}, session_id='s-gone', agent_name='push-bot',"
+        " timeout_s=600, lease_s=60))\n"
+        "print(rec.approval_id, flush=True)\n"
+        "sys.stdin.read()\n"  # waits (alive) until told to go
+    )
+    agent = subprocess.Popen(
+        [sys.executable, "-c", script, str(seeded.root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert agent.stdout is not None
+        approval_id = agent.stdout.readline().strip()
+        at = goto(_app(seeded, monkeypatch), "approvals")
+        at.sidebar.text_input(key="operator").input("alice").run()
+        assert not at.button(key=f"approvals-approve-{approval_id}").disabled
+        agent.kill()
+        agent.wait(timeout=30)
+        at.button(key=f"approvals-approve-{approval_id}").click().run()
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=30)
+    assert _status(seeded, approval_id)[0] == "abandoned"
+    assert any("abandoned" in e and "never ran" in e for e in texts(at.error))
+    at.run()
+    assert not at.exception
+    keys = {b.key for b in at.button}
+    assert f"approvals-approve-{approval_id}" not in keys
+    assert f"approvals-gone-approve-{approval_id}" not in keys
+    gone = [w for w in texts(at.warning) if "Agent gone" in w]
+    assert gone and "has exited" in gone[0]
+    assert approval_id not in list(table(at, "pending_table").value["approval_id"])
+    history = table_with(at, "decided_by", "wait_s").set_index("approval_id")
+    assert list(history.loc[approval_id, "outcome"]) == ["abandoned"]

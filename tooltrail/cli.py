@@ -8,6 +8,7 @@ code 2 (bad usage or bad input); exit 1 means the command ran and found a proble
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -43,7 +44,10 @@ ACTION_COLUMNS = (
     "enforced",  # a DENY decided after the fact did not stop the call
     "blast_radius",
     "duration_ms",
-    "status_code",
+    "outcome",  # ok / error / denied (the span's OpenTelemetry status is in json and csv)
+    "approval_outcome",
+    "approval_decided_by",
+    "approval_reason",
 )
 
 
@@ -138,14 +142,26 @@ def sessions(
 @cli.command()
 @data_option
 @format_option
+@click.option(
+    "--full", is_flag=True, help="Show every value whole (tables cut cells at 48 characters)."
+)
+@click.option(
+    "--action",
+    "which",
+    metavar="N|SPAN_ID",
+    help="Show only the action with sequence number N (or this span id, for actions without"
+    " one), every field whole, arguments too.",
+)
 @click.argument("session_id")
-def show(data: Path | None, fmt: str, session_id: str) -> None:
-    """Show one session: its header, every action in sequence order, then who paused,
-    resumed or canceled it (CSV: the actions only).
+def show(data: Path | None, fmt: str, full: bool, which: str | None, session_id: str) -> None:
+    """Show one session: its header, every action in sequence order (with how each call
+    ended and, for held calls, the approval's outcome, decider and reason), then who
+    paused, resumed or canceled it (CSV: the actions only). JSON carries every column,
+    whole.
 
     Example:
 
-        tooltrail show 3f2a9c6e-0b7d-4c41-9d0e-5d2b7f1c8a10
+        tooltrail show 3f2a9c6e0b7d4c419d0e5d2b7f1c8a10 --action 4
     """
     from tooltrail import analytics
     from tooltrail.output import records, render, render_mapping
@@ -157,7 +173,9 @@ def show(data: Path | None, fmt: str, session_id: str) -> None:
             raise CliError(f"no session {session_id!r} in {root}")
         actions = analytics.session_actions(con, session_id)
         control = analytics.session_control_history(con, session_id)
-    if fmt == "json":
+    if which is not None:
+        _show_action(actions, session_id, which, fmt)
+    elif fmt == "json":
         doc = {
             "session": records(header)[0],
             "actions": records(actions),
@@ -167,12 +185,63 @@ def show(data: Path | None, fmt: str, session_id: str) -> None:
     elif fmt == "csv":
         click.echo(render(actions, "csv"))
     else:
-        click.echo(render_mapping(records(header)[0]))
+        click.echo(render_mapping(header.row(0, named=True), full=full))
         click.echo()
-        click.echo(render(actions, "table", ACTION_COLUMNS))
+        click.echo(render(actions, "table", _shown_action_columns(actions), full=full))
         if control.height:
             click.echo()
-            click.echo(render(control, "table"))
+            click.echo(render(control, "table", full=full))
+
+
+def _shown_action_columns(actions: Any) -> list[str]:
+    """The table's columns: the approval ones only when the session held a call."""
+    held = actions.height and actions["approval_outcome"].is_not_null().any()
+    return [c for c in ACTION_COLUMNS if held or not c.startswith("approval_")]
+
+
+def _show_action(actions: Any, session_id: str, which: str, fmt: str) -> None:
+    """One action, every field whole: a key/value block (arguments as indented JSON)."""
+    import polars as pl
+
+    from tooltrail.output import records, render, render_mapping, terminal_safe
+
+    key = which.strip()
+    if key.isdigit():
+        one = actions.filter(pl.col("sequence") == int(key))
+    else:
+        one = actions.filter(pl.col("span_id") == key.lower())
+    if one.is_empty():
+        numbers = [str(n) for n in actions["sequence"].drop_nulls().to_list()]
+        unnumbered = actions.filter(pl.col("sequence").is_null())["span_id"].to_list()
+        known = ", ".join([*numbers, *(f"span {s}" for s in unnumbered)])
+        raise CliError(
+            terminal_safe(
+                f"--action {which}: session {session_id!r} has no action with that sequence"
+                f" number or span id (it has: {known or 'none'})"
+            )
+        )
+    if fmt == "csv":
+        click.echo(render(one, "csv"))
+        return
+    if fmt == "json":
+        click.echo(json.dumps(records(one)[0], indent=2, default=str))
+        return
+    row = one.row(0, named=True)
+    row.pop("status_code", None)  # OpenTelemetry's word; `outcome` says it (json keeps it)
+    long = {k: row.pop(k) for k in ("arguments", "arguments_rewritten", "result_preview")}
+    click.echo(render_mapping(row, full=True))
+    for key, value in long.items():
+        if value:
+            click.echo(f"\n{key}:\n{_pretty(value)}")
+
+
+def _pretty(text: str) -> str:
+    """JSON text indented for reading (as it is, when it is not JSON); terminal-safe."""
+    from tooltrail.output import terminal_safe
+
+    with contextlib.suppress(ValueError, TypeError):
+        text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    return terminal_safe(text)
 
 
 @cli.command()
@@ -412,6 +481,7 @@ APPROVAL_COLUMNS = (
     "blast_radius",
     "requested_at",
     "decided_by",
+    "decision_reason",
     "wait_ms",
 )
 
@@ -433,7 +503,7 @@ def _has_store(root: Path) -> bool:
 @format_option
 @click.option(
     "--status",
-    type=click.Choice(["pending", "approved", "denied", "expired", "all"]),
+    type=click.Choice(["pending", "approved", "denied", "expired", "abandoned", "all"]),
     default="pending",
     show_default=True,
 )

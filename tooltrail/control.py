@@ -42,6 +42,9 @@ PENDING: Final = "pending"
 APPROVED: Final = "approved"
 DENIED: Final = "denied"
 EXPIRED: Final = "expired"
+# The requester stopped waiting before anyone decided (it gave up, was cancelled, or its
+# lease lapsed: it died). Nothing can take effect any more: the held call never ran.
+ABANDONED: Final = "abandoned"
 
 RUNNING: Final = "running"
 PAUSED: Final = "paused"
@@ -51,12 +54,17 @@ SESSION_CANCELED: Final = "session canceled"
 
 DEFAULT_POLL_S: Final = 0.05
 DEFAULT_TIMEOUT_S: Final = 600.0
+# A waiting agent renews its lease on its request every DEFAULT_HEARTBEAT_S; a request
+# whose lease ran out (DEFAULT_LEASE_S without a renewal) has nobody waiting on it.
+DEFAULT_HEARTBEAT_S: Final = 2.0
+DEFAULT_LEASE_S: Final = 10.0
+LEASE_LAPSED: Final = "the waiting agent stopped renewing its lease (it is gone)"
 
 SessionAction = Literal["pause", "resume", "cancel"]
 _T = TypeVar("_T")
 
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS approvals (
+_APPROVALS_TABLE: Final = """
+CREATE TABLE IF NOT EXISTS {name} (
     approval_id     TEXT PRIMARY KEY,
     session_id      TEXT,
     trace_id        TEXT,
@@ -74,16 +82,25 @@ CREATE TABLE IF NOT EXISTS approvals (
     requested_at    REAL NOT NULL,
     expires_at      REAL NOT NULL,
     status          TEXT NOT NULL DEFAULT 'pending'
-                    CHECK (status IN ('pending', 'approved', 'denied', 'expired')),
+                    CHECK (status IN ('pending', 'approved', 'denied', 'expired', 'abandoned')),
     decided_by      TEXT,
     decided_at      REAL,
     decision_reason TEXT,
     agent_host      TEXT,
     agent_pid       INTEGER,
-    run_hash        TEXT
+    run_hash        TEXT,
+    lease_s         REAL,
+    lease_until     REAL
 );
+"""
+_APPROVALS_INDEXES: Final = """
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, requested_at);
 CREATE INDEX IF NOT EXISTS approvals_session ON approvals (session_id);
+"""
+_SCHEMA: Final = (
+    _APPROVALS_TABLE.format(name="approvals")
+    + _APPROVALS_INDEXES
+    + """
 CREATE TABLE IF NOT EXISTS session_controls (
     session_id  TEXT PRIMARY KEY,
     state       TEXT NOT NULL CHECK (state IN ('running', 'paused', 'canceled')),
@@ -101,10 +118,13 @@ CREATE TABLE IF NOT EXISTS control_events (
 );
 CREATE INDEX IF NOT EXISTS control_events_session ON control_events (session_id, at);
 """
+)
 
 
 # Columns added after the first release of the schema: (name, declaration).
-_ADDED_COLUMNS: Final = (("run_hash", "TEXT"),)
+_ADDED_COLUMNS: Final = (("run_hash", "TEXT"), ("lease_s", "REAL"), ("lease_until", "REAL"))
+# The status check of a store made before 'abandoned' existed must be rebuilt to allow it.
+_ABANDONED_CHECK: Final = "'abandoned'"
 _SCHEMA_OBJECTS: Final = frozenset(
     {
         "approvals",
@@ -130,12 +150,22 @@ class AlreadyDecidedError(BadInputError):
     """The approval request was decided before; a decision is never overwritten."""
 
 
+class RequesterGoneError(AlreadyDecidedError):
+    """The agent that filed the request stopped waiting for it: the call it held never
+    ran and never will, so a decision can no longer take effect."""
+
+
 class NotAnApproverError(BadInputError):
     """The person deciding is not in the rule's ``approvers`` list."""
 
 
 class InvalidTransitionError(BadInputError):
     """A session-control change that is not allowed (e.g. resuming a canceled session)."""
+
+
+def new_approval_id() -> str:
+    """A fresh approval request id (``apr-`` and 12 hex digits)."""
+    return f"apr-{uuid.uuid4().hex[:12]}"
 
 
 def canonical_json(arguments: Mapping[str, Any]) -> str:
@@ -171,6 +201,9 @@ class ApprovalRequest:
     blast_radius: str | None = None
     approval_id: str | None = None
     run_hash: str | None = None  # the agent's keyed digest of the arguments that will run
+    # Seconds without a renewal (heartbeat) after which nobody waits on the request any
+    # more; None: the requester keeps no lease (it is only ever expired at its deadline).
+    lease_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,10 +231,16 @@ class ApprovalRecord:
     agent_host: str | None
     agent_pid: int | None
     run_hash: str | None
+    lease_s: float | None
+    lease_until: float | None
 
     @property
     def decided(self) -> bool:
         return self.status != PENDING
+
+    @property
+    def abandoned(self) -> bool:
+        return self.status == ABANDONED
 
     @property
     def wait_ms(self) -> float | None:
@@ -257,22 +296,76 @@ def _session_control(r: sqlite3.Row) -> SessionControl:
     )
 
 
+def _refusal(current: ApprovalRecord) -> AlreadyDecidedError:
+    """Why a decision on a request no longer pending is refused, in words."""
+    if current.status == ABANDONED:
+        return RequesterGoneError(
+            f"approval {current.approval_id} was abandoned: "
+            f"{current.decision_reason or 'the agent stopped waiting'}; the call it held"
+            " never ran, so a decision can no longer take effect"
+        )
+    return AlreadyDecidedError(
+        f"approval {current.approval_id} was already {current.status}"
+        + (f" by {current.decided_by}" if current.decided_by else "")
+        + "; a decision is never overwritten"
+    )
+
+
 def _approver_allowed(approvers: Sequence[str], who: str) -> bool:
     return "*" in approvers or who in approvers
 
 
+# A lease that ran out before the deadline: the requester was gone from then on, so the
+# request is abandoned as of its lease's end (a deadline that came first is an expiry).
+_ABANDON_LAPSED: Final = (
+    "UPDATE approvals SET status = 'abandoned', decided_at = lease_until, decided_by = NULL,"
+    " decision_reason = ? WHERE status = 'pending' AND lease_until IS NOT NULL"
+    " AND lease_until < ? AND lease_until < expires_at"
+)
 _EXPIRE_DUE: Final = (
     "UPDATE approvals SET status = 'expired', decided_at = expires_at, decided_by = NULL"
     " WHERE status = 'pending' AND expires_at <= ?"
 )
+_RENEW: Final = (
+    "UPDATE approvals SET lease_until = max(coalesce(lease_until, 0), ?)"
+    " WHERE approval_id = ? AND status = 'pending'"
+)
+_ABANDON_ONE: Final = (
+    "UPDATE approvals SET status = 'abandoned', decided_at = ?, decided_by = NULL,"
+    " decision_reason = ? WHERE approval_id = ? AND status = 'pending'"
+)
+# Pending requests whose waiter holds a lease from a process on this host: their pid tells
+# at once whether the waiter still exists (its lease would tell only when it runs out).
+_LOCAL_WAITERS: Final = (
+    "SELECT approval_id, agent_pid FROM approvals WHERE status = 'pending'"
+    " AND lease_until IS NOT NULL AND agent_pid IS NOT NULL AND agent_host = ?"
+)
 
 
-def _expire_due(con: sqlite3.Connection, now: float, session_id: str | None = None) -> int:
-    """Mark pending requests past their deadline (one session's, or all) expired, inside
-    the caller's transaction; returns how many."""
-    if session_id is None:
-        return con.execute(_EXPIRE_DUE, (now,)).rowcount
-    return con.execute(_EXPIRE_DUE + " AND session_id = ?", (now, session_id)).rowcount
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (someone else's), or we cannot tell: not known gone
+    return True
+
+
+def _settle_due(con: sqlite3.Connection, now: float, session_id: str | None = None) -> int:
+    """Inside the caller's transaction, end the pending requests (one session's, or all)
+    that nobody can decide any more: abandoned when their waiter is gone (its lease ran
+    out, or its process on this host exited), expired at their deadline. Returns how many."""
+    scope, args = ("", ()) if session_id is None else (" AND session_id = ?", (session_id,))
+    changed = con.execute(_ABANDON_LAPSED + scope, (LEASE_LAPSED, now, *args)).rowcount
+    for approval_id, pid in list(con.execute(_LOCAL_WAITERS + scope, (_HOST, *args))):
+        if not _pid_alive(int(pid)):
+            reason = f"the waiting agent (pid {pid} on {_HOST}) has exited"
+            changed += con.execute(_ABANDON_ONE, (now, reason, approval_id)).rowcount
+    return changed + con.execute(_EXPIRE_DUE + scope, (now, *args)).rowcount
+
+
+_HOST: Final = socket.gethostname()
 
 
 # What each session action did, for messages ("paused by ops").
@@ -344,10 +437,19 @@ class ControlStore:
         if not _SCHEMA_OBJECTS.issubset(names):
             return False
         have = {r["name"] for r in self._con.execute("PRAGMA table_info(approvals)")}
-        return all(column in have for column, _ in _ADDED_COLUMNS)
+        return all(column in have for column, _ in _ADDED_COLUMNS) and self._allows_abandoned()
+
+    def _allows_abandoned(self) -> bool:
+        rows = list(
+            self._con.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", ("approvals",)
+            )
+        )
+        return bool(rows) and _ABANDONED_CHECK in str(rows[0][0])
 
     def _migrate(self) -> None:
-        """Add columns newer than a store created by an earlier version."""
+        """Bring a store created by an earlier version up to date: add newer columns, and
+        rebuild the approvals table where its status check predates ``abandoned``."""
         have = {r["name"] for r in self._con.execute("PRAGMA table_info(approvals)")}
         for column, decl in _ADDED_COLUMNS:
             if column in have:
@@ -358,6 +460,32 @@ class ControlStore:
                 # Another process added it between our look and our ALTER: fine.
                 if "duplicate column" not in str(e):
                     raise
+        if not self._allows_abandoned():
+            self._rebuild_approvals()
+
+    def _rebuild_approvals(self) -> None:
+        """SQLite cannot change a CHECK constraint in place: copy the rows into a table
+        with the current definition, in one transaction (all or nothing), and swap it in."""
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._allows_abandoned():  # another process may have done it meanwhile
+                old = [r["name"] for r in con.execute("PRAGMA table_info(approvals)")]
+                con.execute("DROP TABLE IF EXISTS approvals_rebuild")
+                con.execute(_APPROVALS_TABLE.format(name="approvals_rebuild"))
+                new = {r["name"] for r in con.execute("PRAGMA table_info(approvals_rebuild)")}
+                columns = ", ".join(c for c in old if c in new)
+                con.execute(
+                    f"INSERT INTO approvals_rebuild ({columns}) SELECT {columns} FROM approvals"  # noqa: S608 - column names read from the schema
+                )
+                con.execute("DROP TABLE approvals")
+                con.execute("ALTER TABLE approvals_rebuild RENAME TO approvals")
+                for statement in _APPROVALS_INDEXES.strip().splitlines():
+                    con.execute(statement)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
 
     def close(self) -> None:
         self._con.close()
@@ -390,17 +518,24 @@ class ControlStore:
 
     # -- approvals ---------------------------------------------------------------------
 
-    def file_request(self, req: ApprovalRequest, *, now: float | None = None) -> ApprovalRecord:
-        """File a pending request; returns the stored record."""
+    def file_request(
+        self, req: ApprovalRequest, *, now: float | None = None, waiter_here: bool = True
+    ) -> ApprovalRecord:
+        """File a pending request; returns the stored record.
+
+        ``waiter_here``: the requester waits in this process (its host and pid are kept, so
+        its exit is seen at once); False when filing for a remote agent (the collector).
+        """
         now = time.time() if now is None else now
-        approval_id = req.approval_id or f"apr-{uuid.uuid4().hex[:12]}"
+        approval_id = req.approval_id or new_approval_id()
         shown = dict(req.arguments)
         with self._tx() as con:
             con.execute(
                 "INSERT INTO approvals (approval_id, session_id, trace_id, span_id, agent_name,"
                 " tool_name, mcp_server, arguments, arguments_hash, policy_rule, reason,"
                 " blast_radius, approvers, on_timeout, requested_at, expires_at, agent_host,"
-                " agent_pid, run_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " agent_pid, run_hash, lease_s, lease_until)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     approval_id,
                     req.session_id,
@@ -418,9 +553,11 @@ class ControlStore:
                     req.on_timeout,
                     now,
                     now + req.timeout_s,
-                    socket.gethostname(),
-                    os.getpid(),
+                    _HOST if waiter_here else None,
+                    os.getpid() if waiter_here else None,
                     req.run_hash,
+                    req.lease_s,
+                    None if req.lease_s is None else now + req.lease_s,
                 ),
             )
         return self.get(approval_id)
@@ -440,50 +577,94 @@ class ControlStore:
         *,
         now: float | None = None,
     ) -> ApprovalRecord:
-        """Approve or deny a pending request, once. Refusals raise and change nothing."""
+        """Approve or deny a pending request, once. Refusals raise and change nothing
+        (but a request found expired or abandoned on the way is recorded as such)."""
         if outcome not in (APPROVED, DENIED):
             raise BadInputError(f"outcome must be approved or denied, not {outcome!r}")
         if not by or not by.strip():
             raise BadInputError("a decision needs the name of who decides (--by)")
-        self.expire_due(now=now)
+        refusal: AlreadyDecidedError | None = None
         with self._tx() as con:
             # The clock is read under the write lock: however long the lock took to get, a
-            # decision made at or after the deadline loses to the expiry (on_timeout).
+            # decision made at or after the deadline loses to the expiry (on_timeout), and
+            # one made after the requester left loses to its absence.
             at = time.time() if now is None else now
+            _settle_due(con, at)
             rows = list(
                 con.execute("SELECT * FROM approvals WHERE approval_id = ?", (approval_id,))
             )
             if not rows:
                 raise UnknownIdError(f"no approval request {approval_id!r} in {self.path}")
             current = _record(rows[0])
-            status = EXPIRED if not current.decided and current.expires_at <= at else None
-            if current.decided or status:
-                raise AlreadyDecidedError(
-                    f"approval {approval_id} was already {status or current.status}"
-                    + (f" by {current.decided_by}" if current.decided_by else "")
-                    + "; a decision is never overwritten"
-                )
-            if not _approver_allowed(current.approvers, by):
+            if current.decided:
+                # Not raised here: what _settle_due recorded on the way must be committed.
+                refusal = _refusal(current)
+            elif not _approver_allowed(current.approvers, by):
                 raise NotAnApproverError(
                     f"{by!r} may not decide approval {approval_id} "
                     f"(rule {current.policy_rule}: approvers {', '.join(current.approvers)})"
                 )
-            con.execute(
-                "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?,"
-                " decision_reason = ? WHERE approval_id = ? AND status = 'pending'",
-                (outcome, by, at, reason, approval_id),
-            )
+            else:
+                con.execute(
+                    "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?,"
+                    " decision_reason = ? WHERE approval_id = ? AND status = 'pending'",
+                    (outcome, by, at, reason, approval_id),
+                )
+        if refusal is not None:
+            raise refusal
+        return self.get(approval_id)
+
+    def heartbeat(self, approval_id: str, lease_s: float, *, now: float | None = None) -> bool:
+        """Renew the waiter's lease on a pending request for ``lease_s`` seconds from now;
+        False when the request is no longer pending (nothing to renew)."""
+        now = time.time() if now is None else now
+        with self._tx() as con:
+            return con.execute(_RENEW, (now + lease_s, approval_id)).rowcount > 0
+
+    def try_heartbeat(self, approval_id: str, lease_s: float) -> bool | None:
+        """``heartbeat`` without waiting for the write lock: None when another connection
+        holds it (try again shortly). A waiter renews from its polling loop, which may be
+        an event loop: it must never sit in SQLite's busy handler there."""
+        con = self._con
+        con.execute("PRAGMA busy_timeout = 0")
+        try:
+            try:
+                con.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                if _is_busy(e):
+                    return None
+                raise StoreError(f"control store {self.path} is unavailable: {e}") from e
+            try:
+                renewed = con.execute(_RENEW, (time.time() + lease_s, approval_id)).rowcount
+                con.execute("COMMIT")
+            except sqlite3.Error as e:
+                con.execute("ROLLBACK")
+                if isinstance(e, sqlite3.OperationalError) and _is_busy(e):
+                    return None
+                raise StoreError(f"control store {self.path}: {e}") from e
+            return renewed > 0
+        finally:
+            con.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+
+    def abandon(self, approval_id: str, reason: str, *, now: float | None = None) -> ApprovalRecord:
+        """The requester stops waiting: a pending request becomes ``abandoned`` (with
+        ``reason``) so nobody can decide it any more. A request already decided keeps its
+        outcome (returned as it is)."""
+        now = time.time() if now is None else now
+        with self._tx() as con:
+            con.execute(_ABANDON_ONE, (now, reason, approval_id))
         return self.get(approval_id)
 
     def expire_due(self, *, now: float | None = None) -> int:
-        """Mark every pending request past its deadline expired; returns how many.
+        """End every pending request nobody can decide any more: expired past its
+        deadline, abandoned when its waiter is gone (``_settle_due``); returns how many.
 
         Called by whoever looks (agents while waiting, the CLI, the dashboard), so a
-        request whose agent died still expires and nothing stays pending forever.
+        request whose agent died is seen as such and nothing stays pending forever.
         """
         now = time.time() if now is None else now
         with self._tx() as con:
-            return _expire_due(con, now)
+            return _settle_due(con, now)
 
     def list_approvals(
         self, status: str = PENDING, *, session_id: str | None = None, limit: int | None = None
@@ -517,9 +698,16 @@ class ControlStore:
         rows = self._query("PRAGMA data_version")
         return int(rows[0][0]), self._con.total_changes
 
-    def wait(self, approval_id: str, *, poll_s: float = DEFAULT_POLL_S) -> ApprovalRecord:
-        """Block (sleeping) until the request is decided or expired."""
-        watch = _Watch(self, approval_id, poll_s)
+    def wait(
+        self,
+        approval_id: str,
+        *,
+        poll_s: float = DEFAULT_POLL_S,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    ) -> ApprovalRecord:
+        """Block (sleeping) until the request is decided, expired or abandoned, renewing
+        the request's lease (if it was filed with one) every ``heartbeat_s``."""
+        watch = _Watch(self, approval_id, poll_s, heartbeat_s)
         while True:
             step = watch.step()
             if isinstance(step, ApprovalRecord):
@@ -527,10 +715,14 @@ class ControlStore:
             time.sleep(step)
 
     async def await_decision(
-        self, approval_id: str, *, poll_s: float = DEFAULT_POLL_S
+        self,
+        approval_id: str,
+        *,
+        poll_s: float = DEFAULT_POLL_S,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     ) -> ApprovalRecord:
         """Like :meth:`wait` without blocking the event loop."""
-        watch = _Watch(self, approval_id, poll_s)
+        watch = _Watch(self, approval_id, poll_s, heartbeat_s)
         while True:
             step = watch.step()
             if isinstance(step, ApprovalRecord):
@@ -579,7 +771,7 @@ class ControlStore:
             # passed while this waited for the lock expired, and cancel must not relabel it.
             now = time.time()
             if action == "cancel":
-                _expire_due(con, now, session_id)
+                _settle_due(con, now, session_id)
             rows = list(
                 con.execute(
                     "SELECT state FROM session_controls WHERE session_id = ?", (session_id,)
@@ -646,19 +838,40 @@ class ControlStore:
 class _Watch:
     """One waiter's polling. The request's row is read again only when the database has
     changed since the last read (``ControlStore._version``, a few microseconds) or its
-    deadline has passed, so a long wait costs little more than its sleeps."""
+    deadline has passed, so a long wait costs little more than its sleeps. While it waits
+    it renews the request's lease every ``heartbeat_s`` (one short write): that is how
+    everyone else knows someone still waits on the request."""
 
-    __slots__ = ("approval_id", "poll_s", "record", "seen", "store")
+    __slots__ = ("approval_id", "heartbeat_s", "next_beat", "poll_s", "record", "seen", "store")
 
-    def __init__(self, store: ControlStore, approval_id: str, poll_s: float) -> None:
+    def __init__(
+        self, store: ControlStore, approval_id: str, poll_s: float, heartbeat_s: float
+    ) -> None:
         self.store = store
         self.approval_id = approval_id
         self.poll_s = poll_s
+        self.heartbeat_s = heartbeat_s
+        self.next_beat = time.monotonic() + heartbeat_s  # filing started the lease
         self.seen: tuple[int, int] | None = None
         self.record: ApprovalRecord | None = None
 
+    def _beat_due(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_beat:
+            return False
+        self.next_beat = now + self.heartbeat_s
+        return True
+
     def step(self) -> ApprovalRecord | float:
         """The decided record, or how long to sleep before the next step."""
+        record = self.record
+        if (
+            record is not None
+            and record.lease_s is not None
+            and self._beat_due()
+            and self.store.try_heartbeat(self.approval_id, record.lease_s) is None
+        ):
+            self.next_beat = time.monotonic() + self.poll_s  # the lock was busy: soon again
         # Taken before the read: a commit landing after it shows as a change next step.
         version = self.store._version()
         record = self.record
@@ -667,4 +880,7 @@ class _Watch:
             record = self.record = self.store._poll(self.approval_id)
             if record.decided:
                 return record
-        return min(self.poll_s, max(record.expires_at - time.time(), 0.0) + 0.001)
+        sleep = min(self.poll_s, max(record.expires_at - time.time(), 0.0) + 0.001)
+        if record.lease_s is not None:
+            sleep = min(sleep, max(self.next_beat - time.monotonic(), 0.0) + 0.001)
+        return sleep

@@ -65,7 +65,8 @@ def records(df: pl.DataFrame) -> list[dict[str, Any]]:
     return [{k: _jsonable(v) for k, v in row.items()} for row in df.iter_rows(named=True)]
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, limit: int | None = _MAX_CELL) -> str:
+    """One table cell; longer than ``limit`` characters is cut with "…" (None: whole)."""
     if value is None:
         return ""
     if isinstance(value, dt.datetime):
@@ -75,13 +76,15 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.1f}"
     if isinstance(value, list | tuple):
-        return ",".join(_cell(v) for v in value)
+        return ",".join(_cell(v, limit) for v in value)
     text = str(value).translate(_TERMINAL_SAFE)
-    return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
-def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, full: bool = False) -> str:
+    """Rows as aligned columns; cells are cut at 48 characters unless ``full``."""
+    limit = None if full else _MAX_CELL
+    cells = [[_cell(r.get(c), limit) for c in columns] for r in rows]
     headers = [str(c).translate(_TERMINAL_SAFE) for c in columns]  # names may quote data
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(headers)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(headers, widths, strict=True)).rstrip()]
@@ -112,8 +115,11 @@ def _flat(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(columns) if columns else df
 
 
-def render(df: pl.DataFrame, fmt: str, columns: Sequence[str] | None = None) -> str:
-    """Render ``df`` as ``table`` (selected ``columns``), ``json`` or ``csv`` (all columns)."""
+def render(
+    df: pl.DataFrame, fmt: str, columns: Sequence[str] | None = None, *, full: bool = False
+) -> str:
+    """Render ``df`` as ``table`` (selected ``columns``, cells cut unless ``full``),
+    ``json`` or ``csv`` (all columns, whole values)."""
     if fmt == "json":
         return json.dumps(records(df), indent=2, default=str)
     if fmt == "csv":
@@ -121,10 +127,17 @@ def render(df: pl.DataFrame, fmt: str, columns: Sequence[str] | None = None) -> 
     cols = [c for c in (columns or df.columns) if c in df.columns]
     if df.height == 0:
         return "(no rows)"
-    return table(df.select(cols).to_dicts(), cols)
+    return table(df.select(cols).to_dicts(), cols, full=full)
 
 
-def render_mapping(values: Mapping[str, Any]) -> str:
-    """A key: value block (for headers such as a session's aggregates)."""
-    width = max((len(k) for k in values), default=0)
-    return "\n".join(f"{k.ljust(width)}  {_cell(v)}" for k, v in values.items())
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str | list | tuple | dict) and not value)
+
+
+def render_mapping(values: Mapping[str, Any], *, full: bool = False) -> str:
+    """A key: value block (for headers such as a session's aggregates). Keys without a
+    value (null, empty text or list) are left out: a blank line says nothing."""
+    shown = {k: v for k, v in values.items() if not _empty(v)}
+    width = max((len(k) for k in shown), default=0)
+    limit = None if full else _MAX_CELL
+    return "\n".join(f"{k.ljust(width)}  {_cell(v, limit)}" for k, v in shown.items())

@@ -22,6 +22,7 @@ SELECT
     count(*) FILTER (WHERE outcome = 'expired') AS expired,
     count(*) FILTER (WHERE outcome = 'pending') AS pending,
     count(*) FILTER (WHERE outcome = 'not_requested') AS not_requested,
+    count(*) FILTER (WHERE outcome = 'abandoned') AS abandoned,
     count(*) FILTER (WHERE outcome = 'expired')
         / nullif(count(*) FILTER (WHERE outcome IN ('approved', 'denied', 'expired')), 0)
         AS share_expired,

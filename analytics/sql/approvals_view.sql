@@ -8,8 +8,9 @@
 -- to it. Every other held action is a row of its own (in_store = false) whose outcome is
 -- the span's: a request the store never saw (ingested from elsewhere, a reset store), or a
 -- span citing an id the store filed for another span. outcome: pending / approved /
--- denied / expired, or not_requested for an action classified REQUIRE_APPROVAL after the
--- fact (see macros.sql).
+-- denied / expired / abandoned (the agent stopped waiting before anyone decided: it gave
+-- up, was cancelled or died; the call never ran, and `reason` says how it was known), or
+-- not_requested for an action classified REQUIRE_APPROVAL after the fact (see macros.sql).
 CREATE OR REPLACE VIEW approvals AS
 WITH held AS (
     SELECT
@@ -89,7 +90,7 @@ SELECT
     start_time AS requested_at,
     NULL::TIMESTAMPTZ AS expires_at,
     CASE
-        WHEN span_outcome IN ('approved', 'denied', 'expired')
+        WHEN span_outcome IN ('approved', 'denied', 'expired', 'abandoned')
             THEN start_time + to_microseconds(CAST(round(approval_wait_ms * 1000) AS BIGINT))
     END AS decided_at,
     CASE WHEN span_outcome IN ('approved', 'denied') THEN approval_decided_by END AS decided_by,

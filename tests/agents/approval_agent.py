@@ -5,7 +5,9 @@ in ``<data>/control.sqlite`` and session control is on), opens one session with 
 id, and starts mcp-server-git on REPO. Then, for each JSON line read from stdin,
 ``{"id": ..., "tool": ..., "args": {...}}``, it starts the call at once in its own task, so
 several calls can be held at the same time. It prints ``{"ready": true}`` once the MCP
-session is up, and one line per finished call: ``{"id", "is_error", "text"}``. At the end
+session is up, and one line per finished call: ``{"id", "is_error", "text"}``; a command
+with ``"give_up_after": S`` stops waiting after S seconds (its call is cancelled, as an
+agent's own timeout does) and prints ``{"id", "gave_up": true}``. At the end
 of stdin it waits for the calls still running and exits (spans are flushed at exit).
 
 Usage: python approval_agent.py DATA_DIR POLICY REPO SESSION_ID
@@ -29,7 +31,11 @@ def emit(obj: dict[str, Any]) -> None:
 
 
 async def run_call(session: ClientSession, command: dict[str, Any]) -> None:
-    result = await session.call_tool(command["tool"], command.get("args") or {})
+    with anyio.move_on_after(command.get("give_up_after", float("inf"))) as scope:
+        result = await session.call_tool(command["tool"], command.get("args") or {})
+    if scope.cancelled_caught:
+        emit({"id": command["id"], "gave_up": True})
+        return
     text = "".join(getattr(c, "text", "") for c in result.content)
     emit({"id": command["id"], "is_error": bool(result.is_error), "text": text})
 
