@@ -19,35 +19,41 @@ from typing import Any, Final
 import pytest
 
 # Random-looking, unique values: a needle found anywhere can only have come from here.
-GITHUB_TOKEN: Final = "ghp_Q7fLk2Vx9RtZp4Wm8Yc1Bn6Hd3Js5Ga0Ke2U"
-OPENAI_KEY: Final = "sk-proj-Zq8Rk3Lm9Tx2Vb7Nc4Wp6Yd1Hs5Jf0Ga3QeRt"
-AWS_ACCESS_KEY: Final = "AKIAZQ7RLM3TX9VB2NCW"
-AWS_SECRET: Final = "wQ7rLm3Tx9Vb2Nc4Wp6Yd1Hs5Jf0Ga8ZkEt/XuP+"
-PASSWORD: Final = "Hunter2-Zq8Rk3Lm9Tx"
-JWT: Final = (
-    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ6cTdybG0zdHg5In0.Zq8Rk3Lm9Tx2Vb7Nc4Wp6Yd1Hs5Jf0Ga3QeRtUv"
-)
-BEARER: Final = "Zq8Rk3Lm9Tx2Vb7Nc4Wp6-Yd1Hs5Jf0"
-URL_PASSWORD: Final = "Rk3Lm9Tx2Vb7Nq"
-URL_PASSWORD_SLASH: Final = "Lm9T/x2Vb7Nc4Wq"
-API_KEY_HEADER: Final = "Wp6Yd1Hs5Jf0Ga3QeRtUvXy"
-COOKIE_SESSION: Final = "Nc4Wp6Yd1Hs5Jf0Ga3QeRtZz"
+GITHUB_TOKEN: Final = "ghp_p2GbDqvIjUmMxaS6iWIn610aC4KIFhOg21v1"
+OPENAI_KEY: Final = "sk-proj-UyzCnQXImlROkFEF78KtnaECa33smE5y"
+AWS_ACCESS_KEY: Final = "AKIAKSWUQLDMHDIB5MAL"
+AWS_SECRET: Final = "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"
+PASSWORD: Final = "Hunter2-uIWoW8poQEP4OG5T"
+JWT: Final = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJxT3lWMHNrcnQifQ.qOyV0skrtUaBvqVVL5JciXEwWDxw"
+BEARER: Final = "grq2x5r717S2vmMV7xfk-I2NoGJ"
+URL_PASSWORD: Final = "sQWCY8VYejIdCJwy"
+URL_PASSWORD_SLASH: Final = "Xa9tOmwl/UHBLJ8Ic"
+API_KEY_HEADER: Final = "pjblrdJYraAfLsjpUpz9izyq"
+COOKIE_SESSION: Final = "ASDooDIaNzDZ8szqWxfWmmB7"
 PEM_LINES: Final = (
     "-----BEGIN RSA PRIVATE KEY-----",
-    "MIIEowIBAAKCAQEAzq8Rk3Lm9Tx2Vb7Nc4Wp6Yd1Hs5Jf0Ga3QeRtUvXyZaBcDeFgHi",
-    "JkLmNoPqRsTuVwXyZ0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN",
+    "MIIEowIBAAKCAQEAWPCjybBXvelq0MFpKHVtZ2fMcnDuEjAwvxgJ38wrrjZAWNL0TIxtdiN",
+    "HpFxCXC3oY5BTNLjr2GKgiRP5rYpkWYbNy6XnAhFmdZmro993avlx0fYXGbYAW4uAv",
     "-----END RSA PRIVATE KEY-----",
 )
 PEM_BODY: Final = PEM_LINES[1:3]
-AZURE_SIG: Final = "Zq8Rk3Lm9Tx2Vb7Nc4Wp6Yd1Hs5Jf0Ga3QeRtUvXy%3D"
-AMZ_SIGNATURE: Final = "9f3c1a7e5b2d4c6e8a0b1c3d5e7f9a2b4c6d8e0f1a3b5c7d9e1f3a5b7c9d1e3f"
-B64_TOKEN_PLAIN: Final = "tok_Zq8Rk3Lm9Tx2Vb7Nc4Wp6Yd1Hs5Jf0"
+# Every shape has secrets of its own: a needle found can only come from its shape.
+PEM_SPLIT: Final = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----",
+    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQz7JfgaVn3PRtUjTAQoi4ILMdCdTbp3",
+    "QyNTUxOQAAACDi6uFMxywMQboB35aXdLckLGQSTNjTk3nCEHKskIBPzBsd807wej976Kz",
+    "-----END OPENSSH PRIVATE KEY-----",
+)
+GITHUB_TOKEN_AS_KEY: Final = "ghp_jI4TfOOj9pBhp3mp5MlZ0oEtLdNe9ahrGkXC"
+AZURE_SIG: Final = "kT8vQm2Rz7LxN4bW9cY3pJ6hF1sD5gA0eU%2BiO%3D"
+AMZ_SIGNATURE: Final = "4e1d9b7c2a6f8e3d5c0b9a7f6e2d4c8b1a3f5e7d9c0b2a4f6e8d1c3b5a7f9e2d"
+B64_TOKEN_PLAIN: Final = "tok_Vn3PRtUjTAQoi4ILMdCdTbp3i6uF"
 B64_TOKEN: Final = base64.b64encode(f"api-token: {B64_TOKEN_PLAIN}".encode()).decode()
-PWD: Final = "Tx2Vb7Nc4Wp6-pwd"
-PASSCODE: Final = "Vb7Nc4Wp6Yd1-passcode"
-SECRET_ACCESS_KEY: Final = "Jf0Ga3QeRtUvXyZaBcDeFgHiJkLmNoPqRsTuVwXy"
-BARE_AWS_SECRET: Final = "bQ9sLn4Uy0Wc3Od5Xq7Ze2It6Kg1Hb9AlFu/YvQ+"
-ARGV_PASSWORD: Final = "Yd1Hs5Jf0-argv-Ga3Qe"
+PWD: Final = "mK7qR2vX9pL4-pwd"
+PASSCODE: Final = "wZ3nB8tY6cH1-passcode"
+SECRET_ACCESS_KEY: Final = "Lq5Wn8Rt2Yz7Xc4Vb1Nm6Kj9Hg3Fd0Sa8Pq2Wr5E"
+BARE_AWS_SECRET: Final = "Ty6Ui9Op2As5Df8Gh1Jk4Lz7Xc0Vb3Nm6Qw9Er2/"
+ARGV_PASSWORD: Final = "Pz4Rx8Tv2-argv-Yb6Nd"
 
 
 @dataclass(frozen=True)
@@ -124,8 +130,13 @@ SHAPES: Final = (
         (API_KEY_HEADER, COOKIE_SESSION),
         False,
     ),
-    SecretShape("pem_split_lines", {"key_lines": list(PEM_LINES)}, PEM_BODY, False),
-    SecretShape("github_token_as_key", {"scopes": {GITHUB_TOKEN: "repo"}}, (GITHUB_TOKEN,), False),
+    SecretShape("pem_split_lines", {"key_lines": list(PEM_SPLIT)}, PEM_SPLIT[1:3], False),
+    SecretShape(
+        "github_token_as_key",
+        {"scopes": {GITHUB_TOKEN_AS_KEY: "repo"}},
+        (GITHUB_TOKEN_AS_KEY,),
+        False,
+    ),
     SecretShape(
         "url_password_with_slash",
         {"remote": f"https://bot:{URL_PASSWORD_SLASH}@git.example.com/a.git"},
@@ -149,5 +160,18 @@ SHAPES: Final = (
     ),
     SecretShape("base64_token", {"blob": B64_TOKEN}, (B64_TOKEN,), False),
 )
+
+
+def _distinct() -> None:
+    """No needle of one shape inside another shape's arguments (the test would blame the
+    wrong shape)."""
+    for shape in SHAPES:
+        for other in SHAPES:
+            if other is not shape:
+                text = repr(other.arguments)
+                assert not any(n in text for n in shape.needles), (shape.name, other.name)
+
+
+_distinct()
 
 __all__ = ["SHAPES", "SecretShape", "needs_families"]
