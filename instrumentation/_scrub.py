@@ -24,15 +24,22 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tooltrail.redact import REDACTED_TEMPLATE, Redactor, scrub_stable
 from tooltrail.semconv import (
+    GEN_AI_AGENT_ID,
+    GEN_AI_AGENT_NAME,
+    GEN_AI_CONVERSATION_ID,
     GEN_AI_OPERATION_NAME,
     GEN_AI_TOOL_CALL_ARGUMENTS,
     MCP_METHOD_NAME,
+    SESSION_ID,
     TT_ARGUMENTS_REWRITTEN,
     TT_BLAST_RADIUS,
     TT_DECISION,
+    TT_PARENT_SESSION_ID,
     TT_POLICY_RULE,
     TT_POLICY_VERSION,
+    TT_SESSION_ID,
     TT_TOOL_ANNOTATIONS,
+    TT_TRIGGER,
 )
 
 if TYPE_CHECKING:
@@ -53,6 +60,25 @@ _VOCABULARY: Final = frozenset(
         TT_BLAST_RADIUS,
     }
 )
+# The session's attributes: the same for every call of a session, so checked once per
+# session (``_clean_sessions``), not once per call.
+_SESSION: Final = frozenset(
+    {
+        SESSION_ID,
+        GEN_AI_CONVERSATION_ID,
+        TT_SESSION_ID,
+        GEN_AI_AGENT_NAME,
+        GEN_AI_AGENT_ID,
+        TT_PARENT_SESSION_ID,
+        TT_TRIGGER,
+    }
+)
+_NOT_PER_CALL: Final = _VOCABULARY | _SESSION
+# Sessions whose attributes hold nothing to scrub, each with the redactor that said so
+# (session id, agent name, agent id, parent session id, trigger).
+SessionFields = tuple[str, str | None, str | None, str | None, str | None]
+_clean_sessions: dict[SessionFields, Redactor] = {}
+_CLEAN_SESSIONS_MAX: Final = 4096
 # JSON documents among the attributes: walked as JSON (key names count too).
 # What a value that could not be scrubbed is recorded as: fail closed, never the raw value.
 UNSCRUBBABLE: Final = REDACTED_TEMPLATE.format("unscrubbable")
@@ -107,13 +133,24 @@ def scrub_start(
     arguments: Any,
     rewritten: Any,
     encode: Encode,
+    session: SessionFields,
 ) -> tuple[Scrub, int]:
     """Scrub, in place, the attributes a span starts with; returns the call's ``Scrub``
     and how many values were removed.
 
     ``arguments`` / ``rewritten``: the objects the JSON attributes were encoded from,
-    walked as objects so that a value ``encode`` cut to fit is scrubbed whole first."""
-    probe = "\x00".join(v for k, v in attrs.items() if type(v) is str and k not in _VOCABULARY)
+    walked as objects so that a value ``encode`` cut to fit is scrubbed whole first.
+    ``session``: the session's fields, checked once per session."""
+    if _clean_sessions.get(session) is redactor:
+        skip = _NOT_PER_CALL
+    elif redactor.maybe_sensitive("\x00".join(v for v in session if v)):
+        skip = _VOCABULARY
+    else:
+        if len(_clean_sessions) >= _CLEAN_SESSIONS_MAX:
+            _clean_sessions.clear()
+        _clean_sessions[session] = redactor
+        skip = _NOT_PER_CALL
+    probe = "\x00".join([v for k, v in attrs.items() if k not in skip and type(v) is str])
     if not redactor.maybe_sensitive(probe):
         return clean_scrub(redactor), 0  # the usual case: nothing to do
     documents = {GEN_AI_TOOL_CALL_ARGUMENTS: arguments, TT_ARGUMENTS_REWRITTEN: rewritten}

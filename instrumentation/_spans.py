@@ -675,7 +675,7 @@ def begin(
         attrs.update(extra)
     if decision is not None:
         _decision_attributes(decision, attrs)
-    scrub, redactions = _scrub_attributes(st, attrs, recorded, decision)
+    scrub, redactions = _scrub_attributes(st, attrs, recorded, decision, sess)
     if mcp:
         span = st.mcp_tracer.start_span(
             f"tools/call {tool}", kind=SpanKind.CLIENT, attributes=attrs
@@ -780,7 +780,11 @@ def _decision_attributes(d: DecisionLike, attrs: dict[str, Any]) -> None:
 
 
 def _scrub_attributes(
-    st: Settings, attrs: dict[str, Any], recorded: Mapping[str, Any], d: DecisionLike | None
+    st: Settings,
+    attrs: dict[str, Any],
+    recorded: Mapping[str, Any],
+    d: DecisionLike | None,
+    sess: Session,
 ) -> tuple[Scrub, int]:
     """Scrub the attributes the span starts with, as they enter it (``_scrub``), and set
     ``tooltrail.redactions``: the policy's redactions plus the scrubber's. Returns the
@@ -793,7 +797,14 @@ def _scrub_attributes(
         scrub = clean_scrub(None)
     else:
         rewritten = d.arguments_rewritten if TT_ARGUMENTS_REWRITTEN in attrs and d else None
-        scrub, n = scrub_start(red, attrs, recorded, rewritten, _record_json)
+        fields = (
+            sess.session_id,
+            sess.agent_name,
+            sess.agent_id,
+            sess.parent_session_id,
+            sess.trigger,
+        )
+        scrub, n = scrub_start(red, attrs, recorded, rewritten, _record_json, fields)
         redactions += n
     if redactions:
         attrs[TT_REDACTIONS] = redactions
