@@ -211,4 +211,41 @@ def _eraser(secrets: list[Any]) -> TextRedaction | None:
 _NO_REDACTOR: Final = Scrub(None)
 _clean = _NO_REDACTOR
 
-__all__ = ["UNSCRUBBABLE", "Scrub", "clean_scrub", "scrub_start"]
+
+class LogScrubber(logging.Filter):
+    """Scrubs the records of a logger: its messages and tracebacks can quote an error that
+    quotes a call's arguments (a broker or policy failing on them), and logs are written
+    somewhere too. Installed on the instrumentation's logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._redactor: Redactor | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            red = self._redactor
+            if red is None:
+                red = self._redactor = Redactor.from_env()
+            if red.enabled:
+                _scrub_record(red, record)
+        except Exception:  # a record that cannot be scrubbed is still not shown raw
+            record.msg, record.args, record.exc_info, record.exc_text = UNSCRUBBABLE, (), None, None
+        return True
+
+
+def _scrub_record(red: Redactor, record: logging.LogRecord) -> None:
+    message = record.getMessage()
+    if red.maybe_sensitive(message):
+        scrubbed, n = scrub_stable(red.scrub_text, message)
+        if n:
+            record.msg, record.args = scrubbed, ()
+    if record.exc_info and not record.exc_text:
+        text = logging.Formatter().formatException(record.exc_info)
+        record.exc_text = (
+            scrub_stable(red.scrub_text, text)[0] if red.maybe_sensitive(text) else text
+        )
+
+
+_log.addFilter(LogScrubber())
+
+__all__ = ["UNSCRUBBABLE", "LogScrubber", "Scrub", "clean_scrub", "scrub_start"]

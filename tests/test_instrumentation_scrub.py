@@ -241,3 +241,32 @@ def test_a_marker_is_not_counted_again(text: str) -> None:
     once, n = red.scrub_text(text)
     assert n == 1
     assert red.scrub_text(once) == (once, 0)
+
+
+class _LeakyBroker:
+    """A broker whose failure quotes the arguments it could not file."""
+
+    def request(self, request: Any) -> Any:
+        raise RuntimeError(f"cannot file {dict(request.arguments)}")
+
+    async def arequest(self, request: Any) -> Any:
+        return self.request(request)
+
+
+def test_logged_errors_are_scrubbed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\ndefault: ALLOW\nrules:\n"
+        "  - {id: hold, when: {tool: publish}, decision: REQUIRE_APPROVAL}\n"
+    )
+    for agent in _agent(tmp_path, policy=policy, enforce=True, broker=_LeakyBroker()):
+
+        @tt.tool
+        def publish(note: str) -> None:
+            return None
+
+        with caplog.at_level("DEBUG", logger="tooltrail"), pytest.raises(tt.ToolCallDenied):
+            publish(f"use {GITHUB_TOKEN}")
+        assert "approval broker failed" in caplog.text  # the error was logged...
+        assert GITHUB_TOKEN not in caplog.text  # ...scrubbed, traceback included
+        assert GITHUB_TOKEN not in agent.everything()
