@@ -1245,9 +1245,22 @@ def finish_result(inv: Invocation, preview: Callable[[], str] | None, is_error: 
         if is_error:
             span.set_attribute(ERROR_TYPE, ERROR_TYPE_TOOL_ERROR)
             span.set_status(Status(StatusCode.ERROR, "tool reported an error"))
+        else:
+            _scrub_foreign_status(inv)
         span.end()
     except Exception:
         _log.exception("tooltrail: finishing the span of %s failed", inv.tool)
+
+
+def _scrub_foreign_status(inv: Invocation) -> None:
+    """Scrub a status message someone else set on our span while it was current: the
+    MCP SDK sets the server's error message, a tool may set its own."""
+    status = getattr(inv.span, "status", None)
+    description = getattr(status, "description", None)
+    if status is not None and isinstance(description, str) and description:
+        scrubbed = _scrubbed(inv, description)
+        if scrubbed != description:
+            inv.span.set_status(Status(status.status_code, scrubbed))
 
 
 def finish_exception(inv: Invocation, error: BaseException) -> None:

@@ -270,3 +270,23 @@ def test_logged_errors_are_scrubbed(tmp_path: Path, caplog: pytest.LogCaptureFix
         assert "approval broker failed" in caplog.text  # the error was logged...
         assert GITHUB_TOKEN not in caplog.text  # ...scrubbed, traceback included
         assert GITHUB_TOKEN not in agent.everything()
+
+
+def test_a_status_set_by_the_tool_on_our_span_is_scrubbed(agent: Agent) -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace import StatusCode
+
+    @tt.tool
+    def lookup(name: str) -> str:
+        # Tool code annotating the current span (ours), as the MCP SDK does with a
+        # server's error message.
+        trace.get_current_span().set_status(StatusCode.ERROR, f"auth failed for {GITHUB_TOKEN}")
+        return "none"
+
+    lookup("x")
+    (span,) = agent.spans()
+    assert span.status.description == "auth failed for [REDACTED:github_token]"
+    assert GITHUB_TOKEN not in agent.everything()
+    (row,) = agent.landed()
+    assert row["status_message"] == "auth failed for [REDACTED:github_token]"
+    assert row["redactions"] == 1
