@@ -6,7 +6,9 @@
 1. In-process tool call (issue 4 target: <= 1.3x). The same small function called
    (a) inside a bare SDK span, ``with tracer.start_as_current_span(...)``; (b) decorated
    with ``@tool``, enforcement on, a 20-rule policy (no rule matches; the engine evaluates
-   every rule whose tool selector covers the call); (c) ``@tool`` without enforcement. All
+   every rule whose tool selector covers the call); (c) ``@tool`` without enforcement;
+   (d) (b) with ``TOOLTRAIL_REDACT=0``: the paired difference is what scrubbing values as
+   they enter the span costs a call with nothing to scrub. All
    use one TracerProvider with the same no-op span processor (a span is built and ended;
    nothing is exported). Also shown, to say where the time goes: the bare span carrying the
    attributes one enforcing ``@tool`` call records (copied from a real call); an SDK span
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import statistics
 import subprocess
 import sys
@@ -50,6 +53,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
 import tooltrail.instrumentation as tt
 from tooltrail import semconv as sc
+from tooltrail.config import ENV_REDACT
 from tooltrail.policy import Decision, Policy, ToolCall, load_policy
 
 RULES = 20
@@ -156,6 +160,7 @@ MANUAL: Final = "SDK span started the way @tool does"
 MANUAL_ATTRS: Final = "  ... + the same attributes"
 MANUAL_MIN: Final = "  ... + only the 10 SPEC 2 requires"
 PRECOMPUTED: Final = "@tool, enforcing a precomputed decision"
+NO_SCRUB: Final = "@tool, enforcing, TOOLTRAIL_REDACT=0"
 DECIDE: Final = "Policy.decide alone (20 rules)"
 FUNCTION: Final = "the function alone"
 # What SPEC §2 asks every enforced tool span to carry, whatever the implementation: the
@@ -213,6 +218,14 @@ def in_process(calls: int, repeats: int, policy_path: Path) -> None:
     def not_enforcing() -> None:
         switch(instrumentor, tracer_provider=provider, enforce=False)
 
+    def enforcing_unscrubbed() -> None:
+        # Scrubbing where values enter the span, turned off: what it costs a clean call.
+        os.environ[ENV_REDACT] = "0"
+        try:
+            enforcing()
+        finally:
+            del os.environ[ENV_REDACT]
+
     with tt.session(agent_name="bench-agent"):
         same_attrs = recorded_attributes(decorated, args, policy)
         tool_tracer = provider.get_tracer("bench-manual")
@@ -238,6 +251,7 @@ def in_process(calls: int, repeats: int, policy_path: Path) -> None:
                 ENFORCING: (lambda: decorated(*args), enforcing),
                 NOT_ENFORCING: (lambda: decorated(*args), not_enforcing),
                 PRECOMPUTED: (lambda: decorated(*args), enforcing_precomputed),
+                NO_SCRUB: (lambda: decorated(*args), enforcing_unscrubbed),
                 SAME_ATTRS: (bare_with_attrs, None),
                 MANUAL: (manual(None), None),
                 MANUAL_ATTRS: (manual(same_attrs), None),
@@ -293,6 +307,10 @@ def report_in_process(
         f"  ratio enforcing/bare = {ratio:.2f} ({verdict} the <= 1.3x target;"
         f" median of per-round ratios; fastest/fastest = {fastest:.2f})"
     )
+    scrub = statistics.median(
+        e - u for e, u in zip(samples[ENFORCING], samples[NO_SCRUB], strict=True)
+    )
+    print(f"  scrubbing as values enter the span: {scrub:.2f} us per clean call (paired per round)")
     span = results[MANUAL]
     attrs = results[MANUAL_ATTRS] - span
     policy = results[ENFORCING] - results[PRECOMPUTED]

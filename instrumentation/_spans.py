@@ -50,6 +50,7 @@ from tooltrail.config import (
 )
 from tooltrail.control import CANCELED, PAUSED, SESSION_CANCELED
 from tooltrail.errors import TooltrailError
+from tooltrail.instrumentation._scrub import Scrub, clean_scrub, scrub_start
 from tooltrail.instrumentation._session import Session, current_session
 from tooltrail.instrumentation.broker import (
     APPROVAL_REQUIRED_REASON,
@@ -62,6 +63,7 @@ from tooltrail.instrumentation.broker import (
     default_broker,
 )
 from tooltrail.instrumentation.version import __version__
+from tooltrail.redact import Redactor
 from tooltrail.semconv import (
     ERROR_TYPE,
     ERROR_TYPE_TOOL_ERROR,
@@ -264,6 +266,8 @@ class Settings:
     policy_error: str | None = None
     session_gate: SessionGate | None = None
     data_dir: Path | None = None
+    # Scrubs what spans record as it is set (None: ``$TOOLTRAIL_REDACT`` turned it off).
+    redactor: Redactor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +319,9 @@ class Denial:
 
 class Invocation:
     """One tool call in flight: its span, session, decision and effective arguments.
-    ``call``: what the caller's ``rewrite`` hook made of a REWRITE's arguments."""
+    ``call``: what the caller's ``rewrite`` hook made of a REWRITE's arguments.
+    ``scrub`` scrubs the texts the span records later (result, messages);
+    ``redactions`` is the span's ``tooltrail.redactions`` so far."""
 
     __slots__ = (
         "approval_outcome",
@@ -325,7 +331,9 @@ class Invocation:
         "decision",
         "denial",
         "held",
+        "redactions",
         "rewritten",
+        "scrub",
         "server",
         "session",
         "settings",
@@ -359,6 +367,8 @@ class Invocation:
         self.approval_outcome: ApprovalOutcome | None = None
         self.token: object | None = None
         self.call: object | None = None
+        self.scrub = clean_scrub(None)
+        self.redactions = 0
 
 
 # --- settings ----------------------------------------------------------------------------
@@ -403,6 +413,7 @@ def install(
     if session_control is None:
         session_control = env_flag(ENV_SESSION_CONTROL, default=enforce, unrecognized=True)
     decide, loaded, error = _policy_decider(policy, enforce)
+    redactor = Redactor.from_env()
     new = Settings(
         tool_tracer=trace.get_tracer(
             _SCOPE_TOOL, __version__, tracer_provider, schema_url=SCHEMA_URL
@@ -419,6 +430,7 @@ def install(
         policy_error=error,
         session_gate=_session_gate(root) if session_control else None,
         data_dir=root,
+        redactor=redactor if redactor.enabled else None,
     )
     _settings = new
     return new
@@ -663,6 +675,7 @@ def begin(
         attrs.update(extra)
     if decision is not None:
         _decision_attributes(decision, attrs)
+    scrub, redactions = _scrub_attributes(st, attrs, recorded, decision, sess)
     if mcp:
         span = st.mcp_tracer.start_span(
             f"tools/call {tool}", kind=SpanKind.CLIENT, attributes=attrs
@@ -672,6 +685,8 @@ def begin(
             f"execute_tool {tool}", kind=SpanKind.INTERNAL, attributes=attrs
         )
     inv = Invocation(st, span, tool, sess, arguments, decision, server)
+    inv.scrub = scrub
+    inv.redactions = redactions
     if decision is not None:
         inv.call = call
         _apply_decision(inv, decision)
@@ -760,11 +775,60 @@ def _decision_attributes(d: DecisionLike, attrs: dict[str, Any]) -> None:
         attrs[TT_TARGET_PATH] = d.target_path
     if d.reason is not None:
         attrs[TT_POLICY_REASON] = d.reason
-    redactions = getattr(d, "redactions", 0)
-    if isinstance(redactions, int) and redactions > 0:
-        attrs[TT_REDACTIONS] = redactions
     if d.decision == REWRITE and d.arguments_rewritten is not None:
         attrs[TT_ARGUMENTS_REWRITTEN] = to_json(d.arguments_rewritten, MAX_ARGUMENTS_CHARS)
+
+
+def _scrub_attributes(
+    st: Settings,
+    attrs: dict[str, Any],
+    recorded: Mapping[str, Any],
+    d: DecisionLike | None,
+    sess: Session,
+) -> tuple[Scrub, int]:
+    """Scrub the attributes the span starts with, as they enter it (``_scrub``), and set
+    ``tooltrail.redactions``: the policy's redactions plus the scrubber's. Returns the
+    call's ``Scrub`` (for its later texts) and that count."""
+    redactions = getattr(d, "redactions", 0) if d is not None else 0
+    if not isinstance(redactions, int) or redactions < 0:
+        redactions = 0
+    red = st.redactor
+    if red is None:
+        scrub = clean_scrub(None)
+    else:
+        rewritten = d.arguments_rewritten if TT_ARGUMENTS_REWRITTEN in attrs and d else None
+        fields = (
+            sess.session_id,
+            sess.agent_name,
+            sess.agent_id,
+            sess.parent_session_id,
+            sess.trigger,
+        )
+        scrub, n = scrub_start(red, attrs, recorded, rewritten, _record_json, fields)
+        redactions += n
+    if redactions:
+        attrs[TT_REDACTIONS] = redactions
+    return scrub, redactions
+
+
+def _record_json(value: Any) -> str:
+    return to_json(value, MAX_ARGUMENTS_CHARS)
+
+
+def _count(inv: Invocation, n: int) -> None:
+    """Add ``n`` removed values to the span's ``tooltrail.redactions``."""
+    if n:
+        inv.redactions += n
+        inv.span.set_attribute(TT_REDACTIONS, inv.redactions)
+
+
+def _scrubbed(inv: Invocation, text: str, *, counted: bool = True) -> str:
+    """``text`` scrubbed for the span; counted unless it does not land (an exception
+    event's copy of the status message)."""
+    text, n = inv.scrub.text(text)
+    if counted:
+        _count(inv, n)
+    return text
 
 
 def _apply_decision(inv: Invocation, d: DecisionLike) -> None:
@@ -962,7 +1026,7 @@ def refuse(inv: Invocation, reason: str) -> Denial:
     if decision == REWRITE:
         decision = DENY
         try:
-            inv.span.set_attributes({TT_DECISION: DENY, TT_POLICY_REASON: reason})
+            inv.span.set_attributes({TT_DECISION: DENY, TT_POLICY_REASON: _scrubbed(inv, reason)})
         except Exception:
             _log.exception("tooltrail: could not mark the refused rewrite of %s", inv.tool)
     inv.denial = Denial(
@@ -1087,7 +1151,7 @@ def _apply_outcome(
     if outcome.approval_id is not None:
         attrs[TT_APPROVAL_ID] = outcome.approval_id
     if outcome.decided_by is not None:
-        attrs[TT_APPROVAL_DECIDED_BY] = outcome.decided_by
+        attrs[TT_APPROVAL_DECIDED_BY] = _scrubbed(inv, outcome.decided_by)
     inv.span.set_attributes(attrs)
     if outcome.proceeds(req):
         inv.arguments = req.arguments
@@ -1177,16 +1241,11 @@ def _policy_redacted(inv: Invocation, redaction: Any, texts: list[str]) -> list[
     first text (the one that lands: result preview or status message) is added to the
     span's ``tooltrail.redactions`` count."""
     out: list[str] = []
-    count = 0
     for i, text in enumerate(texts):
         scrubbed, n = redaction.scrub(text)
         out.append(scrubbed)
         if i == 0:
-            count = n
-    if count:
-        before = getattr(inv.decision, "redactions", 0)
-        total = count + (before if isinstance(before, int) and before > 0 else 0)
-        inv.span.set_attribute(TT_REDACTIONS, total)
+            _count(inv, n)
     return out
 
 
@@ -1201,13 +1260,26 @@ def finish_result(inv: Invocation, preview: Callable[[], str] | None, is_error: 
             redaction = _text_redaction(inv)
             if redaction is not None:  # before the cut, so no partial secret is left
                 text = _policy_redacted(inv, redaction, [text])[0]
-            span.set_attribute(GEN_AI_TOOL_CALL_RESULT, truncate(text, RESULT_PREVIEW_CHARS))
+            span.set_attribute(GEN_AI_TOOL_CALL_RESULT, _result_preview(inv, text))
         if is_error:
             span.set_attribute(ERROR_TYPE, ERROR_TYPE_TOOL_ERROR)
             span.set_status(Status(StatusCode.ERROR, "tool reported an error"))
+        else:
+            _scrub_foreign_status(inv)
         span.end()
     except Exception:
         _log.exception("tooltrail: finishing the span of %s failed", inv.tool)
+
+
+def _scrub_foreign_status(inv: Invocation) -> None:
+    """Scrub a status message someone else set on our span while it was current: the
+    MCP SDK sets the server's error message, a tool may set its own."""
+    status = getattr(inv.span, "status", None)
+    description = getattr(status, "description", None)
+    if status is not None and isinstance(description, str) and description:
+        scrubbed = _scrubbed(inv, description)
+        if scrubbed != description:
+            inv.span.set_status(Status(status.status_code, scrubbed))
 
 
 def finish_exception(inv: Invocation, error: BaseException) -> None:
@@ -1217,7 +1289,7 @@ def finish_exception(inv: Invocation, error: BaseException) -> None:
         span = inv.span
         message = f"{type(error).__name__}: {error}"
         redaction = _text_redaction(inv)
-        if redaction is None:
+        if redaction is None and inv.scrub.redactor is None and inv.scrub.erase is None:
             span.record_exception(error)
         else:
             # The exception event's message and stack trace (which ends with the message)
@@ -1227,12 +1299,18 @@ def finish_exception(inv: Invocation, error: BaseException) -> None:
                 EXCEPTION_STACKTRACE,
             )
 
-            trace_text = "".join(traceback.format_exception(error))
-            scrubbed = _policy_redacted(inv, redaction, [message, str(error), trace_text])
-            message = scrubbed[0]
+            texts = [message, str(error), "".join(traceback.format_exception(error))]
+            if redaction is not None:
+                texts = _policy_redacted(inv, redaction, texts)
+            # Only the status message lands (and is counted); the event goes to other
+            # exporters, scrubbed alike.
+            message = _scrubbed(inv, texts[0])
             span.record_exception(
                 error,
-                attributes={EXCEPTION_MESSAGE: scrubbed[1], EXCEPTION_STACKTRACE: scrubbed[2]},
+                attributes={
+                    EXCEPTION_MESSAGE: _scrubbed(inv, texts[1], counted=False),
+                    EXCEPTION_STACKTRACE: _scrubbed(inv, texts[2], counted=False),
+                },
             )
         span.set_attribute(ERROR_TYPE, type(error).__qualname__)
         span.set_status(Status(StatusCode.ERROR, message))
@@ -1249,10 +1327,26 @@ def finish_denied(inv: Invocation) -> None:
         d = inv.denial
         span.set_attribute(ERROR_TYPE, ERROR_TYPE_DENIED)
         description = f"denied: {d.reason} (rule {d.rule})" if d else "denied"
-        span.set_status(Status(StatusCode.ERROR, description))
+        span.set_status(Status(StatusCode.ERROR, _scrubbed(inv, description)))
         span.end()
     except Exception:
         _log.exception("tooltrail: finishing the span of %s failed", inv.tool)
+
+
+# A result is scrubbed on its first characters only (it is cut to the preview anyway), with
+# a margin so that a secret straddling the cut is still seen whole.
+_SCRUB_MARGIN: Final = 2048
+
+
+def _result_preview(inv: Invocation, text: str) -> str:
+    """The result preview as the span records it: scrubbed, then cut."""
+    window = text[: RESULT_PREVIEW_CHARS + _SCRUB_MARGIN]
+    if len(window) == len(text):
+        scrubbed, n = inv.scrub.document(text)  # a whole JSON result: key names too
+    else:
+        scrubbed, n = inv.scrub.text(window)
+    _count(inv, n)
+    return truncate(scrubbed, RESULT_PREVIEW_CHARS)
 
 
 # --- small helpers ------------------------------------------------------------------------

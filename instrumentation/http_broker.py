@@ -55,7 +55,7 @@ from tooltrail.instrumentation.broker import (
     ApprovalStatus,
     notify_filed,
 )
-from tooltrail.redact import Redactor
+from tooltrail.redact import Redactor, scrub_stable
 
 _log = logging.getLogger(__name__)
 
@@ -168,7 +168,8 @@ class HttpApprovalBroker(_CollectorPeer):
     # -- steps -----------------------------------------------------------------------------
 
     def _body(self, req: ApprovalRequest) -> dict[str, Any]:
-        scrubbed, _ = self._redactor.scrub_obj(dict(req.shown_arguments))
+        # To a fixed point: the store scrubs again, and must store exactly what was sent.
+        scrubbed, _ = scrub_stable(self._redactor.scrub_obj, dict(req.shown_arguments))
         # What the server will parse back: hash exactly that, so the check is meaningful.
         shown = json.loads(json.dumps(scrubbed, default=str))
         approval = req.approval

@@ -64,7 +64,7 @@ from tooltrail.instrumentation.broker import (
     ApprovalStatus,
     notify_filed,
 )
-from tooltrail.redact import Redactor
+from tooltrail.redact import Redactor, scrub_stable
 
 __all__ = ["STORE_ERROR", "ControlStoreBroker", "StoreSessionGate", "ThreadStores"]
 
@@ -196,7 +196,8 @@ class ControlStoreBroker(_OnStore):
         self, request: ApprovalRequest, approval_id: str | None = None
     ) -> StoredRequest:
         """The store's form of ``request``: scrubbed arguments, rule settings, both hashes."""
-        shown, _ = self._redactor.scrub_obj(dict(request.shown_arguments))
+        # To a fixed point: the store's own scrub then changes nothing (see _altered).
+        shown, _ = scrub_stable(self._redactor.scrub_obj, dict(request.shown_arguments))
         approval = request.approval
         return StoredRequest(
             tool_name=request.tool,

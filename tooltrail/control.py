@@ -15,6 +15,13 @@ stored row edited after filing is detectable (``ApprovalRecord.arguments_intact`
 ``run_hash`` is the filing agent's keyed digest of the arguments that will really run
 (before redaction): only that agent can recompute it, so it reveals nothing about redacted
 values, and the agent refuses to run when it no longer matches.
+
+Nothing raw reaches the file (docs/APPROVALS.md, "What the store keeps"): every write
+function scrubs what it stores, so every writer (agent, CLI, dashboard, collector) goes
+through the same scrubber. Free text (reasons, names, the shown arguments) follows
+``$TOOLTRAIL_REDACT``. A session id is a key, so it is always scrubbed, to a fixed point
+(``session_key``), on write and on every lookup alike: the agent's raw id, the landed
+(scrubbed) id and the stored key all find the same row.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from typing import Any, Final, Literal, TypeVar
 
 from tooltrail import config
 from tooltrail.errors import BadInputError, StoreError
+from tooltrail.redact import Redactor, scrub_stable
 
 PENDING: Final = "pending"
 APPROVED: Final = "approved"
@@ -135,6 +143,23 @@ _SCHEMA_OBJECTS: Final = frozenset(
         "control_events_session",
     }
 )
+
+
+# Session ids are keys: scrubbed whatever $TOOLTRAIL_REDACT says, so that every process
+# (one may have it off) maps an id to the same stored key.
+_KEY_REDACTOR: Final = Redactor()
+
+
+def session_key(session_id: str) -> str:
+    """The key a session id is stored and looked up under: the id with any credential
+    shape scrubbed, to a fixed point, so ``session_key(session_key(x)) == session_key(x)``
+    (the landed, already scrubbed id finds the row the agent's raw id wrote). Ids that
+    differ only in a secret share a key (and so a pause or cancel): the safe direction."""
+    return scrub_stable(_KEY_REDACTOR.scrub_text, session_id)[0]
+
+
+def _optional_key(session_id: str | None) -> str | None:
+    return None if session_id is None else session_key(session_id)
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:
@@ -393,6 +418,7 @@ class ControlStore:
             raise StoreError(f"cannot open the control store {self.path}: {e}") from e
         self._con.row_factory = sqlite3.Row
         self._busy_timeout_s = busy_timeout_s
+        self._redactor = Redactor.from_env()
         try:
             self._busy_retry(self._prepare)
         except (OSError, sqlite3.Error) as e:
@@ -510,6 +536,12 @@ class ControlStore:
         else:
             self._con.execute("COMMIT")
 
+    def _text(self, value: str | None) -> str | None:
+        """Free text as stored: credential shapes scrubbed (``$TOOLTRAIL_REDACT``)."""
+        if value is None:
+            return None
+        return scrub_stable(self._redactor.scrub_text, value)[0]
+
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:
             return self._busy_retry(lambda: list(self._con.execute(sql, params)))
@@ -528,7 +560,9 @@ class ControlStore:
         """
         now = time.time() if now is None else now
         approval_id = req.approval_id or new_approval_id()
-        shown = dict(req.arguments)
+        # Brokers file scrubbed arguments already (to a fixed point, so this changes
+        # nothing and their filed-request check holds); a raw request is scrubbed here.
+        shown, _ = scrub_stable(self._redactor.scrub_obj, dict(req.arguments))
         with self._tx() as con:
             con.execute(
                 "INSERT INTO approvals (approval_id, session_id, trace_id, span_id, agent_name,"
@@ -538,16 +572,16 @@ class ControlStore:
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     approval_id,
-                    req.session_id,
+                    _optional_key(req.session_id),
                     req.trace_id,
                     req.span_id,
-                    req.agent_name,
+                    self._text(req.agent_name),
                     req.tool_name,
-                    req.mcp_server,
+                    self._text(req.mcp_server),
                     json.dumps(shown, sort_keys=True, default=str),
                     arguments_hash(shown),
                     req.policy_rule,
-                    req.reason,
+                    self._text(req.reason),
                     req.blast_radius,
                     json.dumps(list(req.approvers)),
                     req.on_timeout,
@@ -608,7 +642,7 @@ class ControlStore:
                 con.execute(
                     "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?,"
                     " decision_reason = ? WHERE approval_id = ? AND status = 'pending'",
-                    (outcome, by, at, reason, approval_id),
+                    (outcome, self._text(by), at, self._text(reason), approval_id),
                 )
         if refusal is not None:
             raise refusal
@@ -652,7 +686,7 @@ class ControlStore:
         outcome (returned as it is)."""
         now = time.time() if now is None else now
         with self._tx() as con:
-            con.execute(_ABANDON_ONE, (now, reason, approval_id))
+            con.execute(_ABANDON_ONE, (now, self._text(reason), approval_id))
         return self.get(approval_id)
 
     def expire_due(self, *, now: float | None = None) -> int:
@@ -677,7 +711,7 @@ class ControlStore:
             params.append(status)
         if session_id is not None:
             clauses.append("session_id = ?")
-            params.append(session_id)
+            params.append(session_key(session_id))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM approvals {where} ORDER BY requested_at"  # noqa: S608 - fixed clauses
         if limit is not None:
@@ -732,6 +766,7 @@ class ControlStore:
     # -- session control ---------------------------------------------------------------
 
     def session_control(self, session_id: str) -> SessionControl:
+        session_id = session_key(session_id)
         rows = self._query("SELECT * FROM session_controls WHERE session_id = ?", (session_id,))
         if not rows:
             return SessionControl(session_id, RUNNING, None, None, None)
@@ -739,6 +774,7 @@ class ControlStore:
 
     def knows_session(self, session_id: str) -> bool:
         """Whether the store has seen the session: a request it filed, or a control change."""
+        session_id = session_key(session_id)
         rows = self._query(
             "SELECT 1 FROM approvals WHERE session_id = ?"
             " UNION ALL SELECT 1 FROM session_controls WHERE session_id = ? LIMIT 1",
@@ -749,6 +785,7 @@ class ControlStore:
     def session_state(self, session_id: str) -> str:
         """``running``, ``paused`` or ``canceled``: one primary-key read (agents call it
         before every tool call)."""
+        session_id = session_key(session_id)
         rows = self._query("SELECT state FROM session_controls WHERE session_id = ?", (session_id,))
         return str(rows[0][0]) if rows else RUNNING
 
@@ -766,6 +803,8 @@ class ControlStore:
         target = {"pause": PAUSED, "resume": RUNNING, "cancel": CANCELED}.get(action)
         if target is None:
             raise BadInputError(f"unknown session action {action!r}")
+        session_id = session_key(session_id)
+        by_text, reason = self._text(by) or "", self._text(reason)
         with self._tx() as con:
             # The clock is read under the write lock (as in decide): a request whose deadline
             # passed while this waited for the lock expired, and cancel must not relabel it.
@@ -791,18 +830,23 @@ class ControlStore:
                 " VALUES (?,?,?,?,?) ON CONFLICT (session_id) DO UPDATE SET state = excluded.state,"
                 " changed_by = excluded.changed_by, changed_at = excluded.changed_at,"
                 " reason = excluded.reason",
-                (session_id, target, by, now, reason),
+                (session_id, target, by_text, now, reason),
             )
             con.execute(
                 "INSERT INTO control_events (session_id, action, actor, at, reason)"
                 " VALUES (?,?,?,?,?)",
-                (session_id, action, by, now, reason),
+                (session_id, action, by_text, now, reason),
             )
             if action == "cancel":
                 con.execute(
                     "UPDATE approvals SET status = 'denied', decided_by = ?, decided_at = ?,"
                     " decision_reason = ? WHERE session_id = ? AND status = 'pending'",
-                    (by, now, SESSION_CANCELED + (f": {reason}" if reason else ""), session_id),
+                    (
+                        by_text,
+                        now,
+                        SESSION_CANCELED + (f": {reason}" if reason else ""),
+                        session_id,
+                    ),
                 )
         return self.session_control(session_id)
 
@@ -812,7 +856,7 @@ class ControlStore:
         else:
             rows = self._query(
                 "SELECT * FROM control_events WHERE session_id = ? ORDER BY at, event_id",
-                (session_id,),
+                (session_key(session_id),),
             )
         return [
             ControlEvent(r["session_id"], r["action"], r["actor"], r["at"], r["reason"])

@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, TypeVar
 
 from tooltrail.config import ENV_REDACT, env_flag
 
 REDACTED_TEMPLATE: Final = "[REDACTED:{}]"
 KEY_KIND: Final = "key"
 _KEY_MARK: Final = REDACTED_TEMPLATE.format(KEY_KIND)
+_V = TypeVar("_V")
 
 # Key-name rule: a normalized key (lower case; ``-``, ``.`` and spaces become ``_``) that
 # equals or ends with one of these is a credential. "Ends with" catches GITHUB_TOKEN,
@@ -425,16 +426,21 @@ def _substitute(
 
     def repl(m: re.Match[str]) -> str:
         nonlocal count
-        count += 1
         # lastgroup is the group that closed last: the kind's own group, since a prefix
         # group ``<kind>_p`` nests inside it and closes first.
         group = m.lastgroup or ""
         kind = labels[group] if labels is not None else group
         mark = REDACTED_TEMPLATE.format(kind)
         if labels is not None or kind not in _PREFIXED:
+            count += 1
             return mark
         prefix = m.group(f"{kind}_p")
         value = m.group(0)[len(prefix) :]
+        if is_redaction_marker(value.strip("'\"")):
+            # Scrubbed before (the instrumentation scrubs as values enter the span, the
+            # exporter again as they land): nothing new removed, so nothing counted.
+            return m.group(0)
+        count += 1
         # Keep the quotes around a quoted value, so JSON / YAML text stays well-formed.
         quote = value[:1]
         if quote in ("'", '"'):
@@ -445,4 +451,24 @@ def _substitute(
     return regex.sub(repl, s), count
 
 
-__all__ = ["KEY_KIND", "REDACTED_TEMPLATE", "SENSITIVE_KEY_SUFFIXES", "Redactor"]
+_STABLE_PASSES: Final = 4
+
+
+def scrub_stable(scrub: Callable[[_V], tuple[_V, int]], value: _V) -> tuple[_V, int]:
+    """``scrub(value)`` (a Redactor's ``scrub_text``, ``scrub_obj`` or ``scrub_json``) run
+    again until a pass removes nothing; the count is the first pass's (what was removed).
+
+    One pass can leave text a second pass changes (``Authorization: Basic <token>`` keeps
+    ``Basic``, which the key rule then takes). Scrubbed to the end, a value is a fixed
+    point: a later scrub (the exporter's, the control store's) neither changes nor counts
+    it again, and a key scrubbed once or twice is the same key."""
+    value, count = scrub(value)
+    if count:
+        for _ in range(_STABLE_PASSES):
+            value, again = scrub(value)
+            if not again:
+                break
+    return value, count
+
+
+__all__ = ["KEY_KIND", "REDACTED_TEMPLATE", "SENSITIVE_KEY_SUFFIXES", "Redactor", "scrub_stable"]
