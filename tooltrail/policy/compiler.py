@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -48,6 +47,7 @@ from tooltrail.policy.model import (
     ApprovalSettings,
     ToolCall,
 )
+from tooltrail.policy.regex import PolicyRegex, RegexError, compile_regex
 from tooltrail.policy.rewrite import Redactor, Rewrite
 from tooltrail.semconv import VERDICT_SESSION_CANCELED, VERDICT_SESSION_CONTROL_ERROR
 
@@ -258,11 +258,11 @@ class _Builder:
                 checks.append(ExistsCheck(bool(operand)))
         return checks, canon
 
-    def regex(self, pattern: str, path: DocPath) -> re.Pattern[str] | None:
+    def regex(self, pattern: str, path: DocPath) -> PolicyRegex | None:
         try:
-            return re.compile(pattern)
-        except re.error as e:
-            self.problem(path, f"bad regex {pattern!r}: {e}")
+            return compile_regex(pattern)
+        except RegexError as e:
+            self.problem(path, str(e))
             return None
 
     # -- top-level sections ------------------------------------------------------------
@@ -360,7 +360,7 @@ class _Builder:
         if sets:
             canon["set"] = dict(node["set"])
         keys: list[ArgPath] = []
-        regexes: list[re.Pattern[str]] = []
+        regexes: list[PolicyRegex] = []
         redact_canon: list[Any] = []
         for j, item in enumerate(node.get("redact") or []):
             if isinstance(item, str):

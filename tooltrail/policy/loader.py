@@ -56,14 +56,105 @@ class LineList(list[Any]):
     item_lines: list[int]
 
 
+# A policy is a few levels deep (rules[0].when.args.files.in[0]); deeper nesting is no
+# policy, and every walk of the document (schema validation, canonical form) recurses.
+MAX_DEPTH: Final = 64
+# What aliases may add to the document, in nodes (an alias counts as the whole node it
+# names). Merge keys and shared `when:` blocks add tens; a "billion laughs" alias bomb
+# (ten aliases of ten aliases of …) adds billions from a 1 KB file and would hang every
+# walk of the document (`configure()`, the exporter, `policy check`, the dashboard).
+MAX_ALIAS_NODES: Final = 10_000
+
+
+class _Refused(Exception):
+    """A document refused while composing (too deep, aliases too large); ``line`` 1-based."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader that records lines, reports duplicate and non-string keys (collected in
-    ``key_problems`` so they can be placed in their rule once the document is built) and
-    keeps dates and the YAML 1.1 boolean words (yes/no/on/off) as strings."""
+    ``key_problems`` so they can be placed in their rule once the document is built),
+    keeps dates and the YAML 1.1 boolean words (yes/no/on/off) as strings, and refuses
+    nesting past MAX_DEPTH and alias use past MAX_ALIAS_NODES before anything walks the
+    document."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.key_problems: list[tuple[int, str]] = []
+        self.depth = 0
+        # Each alias as written: its line, its anchor, the node it names.
+        self.alias_uses: list[tuple[int, str, yaml.Node]] = []
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)
+            if node is not None:
+                anchor = str(getattr(event, "anchor", ""))
+                self.alias_uses.append((event.start_mark.line + 1, anchor, node))
+            return node
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise _Refused(line, f"nested deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _expanded_sizes(
+    root: yaml.Node, alias_uses: Sequence[tuple[int, str, yaml.Node]]
+) -> dict[int, int]:
+    """Each node's size once its aliases are expanded (by node id), without expanding
+    them: a depth-first walk of the node graph (aliases share their node), iterative so
+    a chain of aliases cannot exhaust the stack. An alias inside the node it names (a
+    cycle) is refused."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+        elif key in on_path:
+            line, anchor = next((ln, a) for ln, a, n in alias_uses if n is node)
+            raise _Refused(line, f"alias *{anchor} is inside the node it names (a cycle)")
+        elif key not in sizes:
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    return sizes
+
+
+def _check_aliases(root: yaml.Node, alias_uses: Sequence[tuple[int, str, yaml.Node]]) -> None:
+    if not alias_uses:
+        return
+    sizes = _expanded_sizes(root, alias_uses)
+    added = 0
+    for line, anchor, node in alias_uses:
+        added += sizes[id(node)]
+        if added > MAX_ALIAS_NODES:
+            raise _Refused(
+                line,
+                f"alias *{anchor} takes the aliases past {MAX_ALIAS_NODES:,} nodes in all "
+                f"(*{anchor} alone stands for {sizes[id(node)]:,}): refused as a YAML alias "
+                "bomb; write the repeated parts out",
+            )
 
 
 _TIMESTAMP_TAG: Final = "tag:yaml.org,2002:timestamp"
@@ -136,7 +227,14 @@ def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML text into LineDict / LineList; YAML errors raise PolicyValidationError."""
     loader = _LineLoader(text)
     try:
-        doc = loader.get_single_data()
+        node = loader.get_single_node()
+        if node is not None:
+            _check_aliases(node, loader.alias_uses)
+        doc = None if node is None else loader.construct_document(node)
+    except _Refused as e:
+        raise PolicyValidationError(
+            f"{_prefix(source, e.line)}{e.message}", [(e.line, "policy", e.message)]
+        ) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else None

@@ -18,6 +18,7 @@ from operator import attrgetter
 from typing import Any, Final
 
 from tooltrail.policy.model import ToolCall
+from tooltrail.policy.regex import PolicyRegex
 
 
 class _Missing:
@@ -284,17 +285,17 @@ class GlobCheck(_ElementCheck):
 class RegexCheck(_ElementCheck):
     __slots__ = ("rx",)
 
-    def __init__(self, rx: re.Pattern[str]) -> None:
+    def __init__(self, rx: PolicyRegex) -> None:
         self.rx = rx
 
     def test(self, value: Any) -> bool:
         if isinstance(value, str):
-            return self.rx.search(value) is not None
+            return self.rx.search(value)
         return _ElementCheck.test(self, value)
 
     def test_scalar(self, value: Any) -> bool:
         text = scalar_text(value)
-        return text is not None and self.rx.search(text) is not None
+        return text is not None and self.rx.search(text)
 
     def describe(self) -> str:
         return f"contains regex {self.rx.pattern!r}"
