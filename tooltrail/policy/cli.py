@@ -22,6 +22,7 @@ from tooltrail.cli_common import CliError, domain_errors
 from tooltrail.config import data_dir as default_data_dir
 from tooltrail.errors import PolicyError
 from tooltrail.output import FORMATS
+from tooltrail.policy import numbers
 from tooltrail.policy.compiler import InlineTest
 from tooltrail.policy.durations import format_duration, parse_since_seconds
 from tooltrail.policy.engine import Explanation, Policy
@@ -48,11 +49,17 @@ def _json_option(value: str | None, option: str) -> dict[str, Any] | None:
     try:
         # Python's json reads NaN / Infinity, which JSON has not: --format json would then
         # print a document no JSON parser accepts.
-        parsed = json.loads(value, parse_constant=_reject_constant, parse_float=_finite_float)
-    except ValueError as e:
+        parsed = numbers.loads(value, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as e:
         raise CliError(f"{option} is not valid JSON: {e}") from e
     if not isinstance(parsed, dict):
         raise CliError(f"{option} must be a JSON object, got {type(parsed).__name__}")
+    found = numbers.find_long_int(parsed)
+    if found is not None:
+        path, digits = found
+        where = ".".join(str(step) for step in path)
+        message = numbers.too_long_int_message(len(digits.lstrip("-")))
+        raise CliError(f"{option}: {where}: {message}")
     return parsed
 
 

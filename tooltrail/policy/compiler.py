@@ -251,8 +251,13 @@ class _Builder:
                 canon[op] = operand
                 checks.append(EqualsCheck(operand))
             elif op in ("gt", "gte", "lt", "lte"):
-                canon[op] = float(operand)
-                checks.append(CompareCheck(op, float(operand)))
+                try:
+                    bound = float(operand)
+                except OverflowError:  # an integer past 1.8e308: no float holds it
+                    self.problem((*path, op), f"{op}: the number is out of range (±1.8e308)")
+                    continue
+                canon[op] = bound
+                checks.append(CompareCheck(op, bound))
             elif op == "exists":
                 canon[op] = bool(operand)
                 checks.append(ExistsCheck(bool(operand)))

@@ -26,6 +26,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from tooltrail.errors import PolicyError
 from tooltrail.policy.compiler import DocPath, Problem, build, check_entries
 from tooltrail.policy.engine import Policy
+from tooltrail.policy.numbers import fits_decimal, too_long_int_message
 
 SCHEMA_RESOURCE: Final = "schema.json"
 _MAX_REPORTED: Final = 50
@@ -219,6 +220,22 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineLis
     return result
 
 
+def _construct_int(loader: _LineLoader, node: yaml.ScalarNode) -> int | None:
+    """An integer, unless longer than Python writes in decimal (4,300 digits): that would
+    fail in whatever prints or hashes the policy; reported at its line, in its rule."""
+    value: int | None
+    try:
+        value = loader.construct_yaml_int(node)
+    except ValueError:  # a decimal integer past the limit: int() refuses to read it
+        value = None
+    if value is None or not fits_decimal(value):
+        line = node.start_mark.line + 1
+        loader.key_problems.append((line, too_long_int_message(len(str(node.value)))))
+        return None
+    return value
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 _LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
 
@@ -448,9 +465,12 @@ def _json_type(value: Any) -> str:
 
 def _check_plain(value: Any, path: DocPath, out: list[Problem], keys: list[Problem]) -> None:
     """What JSON cannot hold, at the place it is: non-string keys (possible from a Python
-    mapping; into ``keys``), infinities and NaN (YAML `.inf`, `.nan`) and values of other
-    types (into ``out``)."""
-    if isinstance(value, Mapping):
+    mapping; into ``keys``), nesting past MAX_DEPTH (into ``keys``: the schema validator
+    recurses), infinities and NaN (YAML `.inf`, `.nan`), integers too long to write in
+    decimal and values of other types (into ``out``)."""
+    if isinstance(value, Mapping | list | tuple) and len(path) >= MAX_DEPTH:
+        keys.append(Problem(path, f"nested deeper than {MAX_DEPTH} levels"))
+    elif isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 keys.append(Problem(path, f"key {key!r} is not a string"))
@@ -459,6 +479,8 @@ def _check_plain(value: Any, path: DocPath, out: list[Problem], keys: list[Probl
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             _check_plain(item, (*path, i), out, keys)
+    elif isinstance(value, int) and not isinstance(value, bool) and not fits_decimal(value):
+        out.append(Problem(path, too_long_int_message(value.bit_length() * 30103 // 100000 + 1)))
     elif isinstance(value, float) and not math.isfinite(value):
         name = "NaN" if math.isnan(value) else "infinity"
         out.append(Problem(path, f"{name} is not a JSON number (write a finite number)"))
