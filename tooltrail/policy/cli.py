@@ -21,7 +21,7 @@ import click
 from tooltrail.cli_common import CliError, domain_errors
 from tooltrail.config import data_dir as default_data_dir
 from tooltrail.errors import PolicyError
-from tooltrail.output import FORMATS
+from tooltrail.output import FORMATS, table, terminal_safe
 from tooltrail.policy import numbers
 from tooltrail.policy.compiler import InlineTest
 from tooltrail.policy.durations import format_duration, parse_since_seconds
@@ -91,11 +91,10 @@ def _dumps(value: Any) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    return "\n".join(lines)
+    """The CLI's one table renderer (``tooltrail.output.table``): cells hold landed values
+    (agent names, rule ids, session ids) that agents chose, so its terminal escaping
+    (control, CR, bidi characters shown as escapes) must apply here too."""
+    return table([dict(zip(headers, row, strict=True)) for row in rows], headers)
 
 
 def _csv(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -308,7 +307,8 @@ def explain_cmd(
     elif fmt == "csv":
         click.echo(_decision_csv(explanation.decision))
     else:
-        click.echo(_explain_table(explanation, policy))
+        # --args and a policy's reasons and templates may hold control characters too.
+        click.echo(terminal_safe(_explain_table(explanation, policy)))
 
 
 # --- replay -----------------------------------------------------------------------------
@@ -429,7 +429,8 @@ def _replay_table(report: Mapping[str, Any]) -> str:
             [[_label(e["from"]), e["to"], e["session_id"], e["span_id"], e["tool"],
               _label(e["agent"]), e["new_rule"], e["start_time"]]
              for e in report["examples"]])  # fmt: skip
-    return "\n".join(out)
+    # The header lines quote landed values too (policy versions as spans recorded them).
+    return terminal_safe("\n".join(out))
 
 
 @policy_cli.command("replay")
