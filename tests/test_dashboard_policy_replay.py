@@ -56,7 +56,7 @@ def test_headline_is_decision_changes_and_other_changes_are_named(
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert "Would change" not in metrics
-    assert list(metrics)[0] == "Decisions that would change"  # the headline
+    assert next(iter(metrics)) == "Decisions that would change"  # the headline
     assert metrics["Decisions that would change"] == "2"
     assert metrics["Rule changes (same decision)"] == str(expected.verdict_changes)
     assert metrics["Blast-radius changes"] == str(expected.blast_radius_changes)

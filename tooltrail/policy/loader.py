@@ -13,7 +13,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -76,6 +76,10 @@ class _Refused(Exception):
         self.message = message
 
 
+# PyYAML's parser methods are untyped; one typed handle for the strict checker.
+_peek_event: Callable[[Any], Any] = yaml.SafeLoader.peek_event
+
+
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader that records lines, reports duplicate and non-string keys (collected in
     ``key_problems`` so they can be placed in their rule once the document is built),
@@ -92,7 +96,7 @@ class _LineLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = _peek_event(self)
             node = super().compose_node(parent, index)
             if node is not None:
                 anchor = str(getattr(event, "anchor", ""))
@@ -101,7 +105,7 @@ class _LineLoader(yaml.SafeLoader):
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                line = self.peek_event().start_mark.line + 1
+                line = _peek_event(self).start_mark.line + 1
                 raise _Refused(line, f"nested deeper than {MAX_DEPTH} levels")
             return super().compose_node(parent, index)
         finally:

@@ -22,7 +22,7 @@ class LongInt(str):
 
 @lru_cache(maxsize=4)
 def _bound(limit: int) -> int:
-    return 10**limit
+    return int(10**limit)
 
 
 def max_digits() -> int:
@@ -54,18 +54,27 @@ def _int_or(text: Callable[[str], str]) -> Callable[[str], int | str]:
 
 
 def loads(
-    text: str | bytes, long_int: Callable[[str], str] = LongInt, **hooks: Callable[[str], Any]
+    text: str | bytes,
+    long_int: Callable[[str], str] = LongInt,
+    *,
+    parse_constant: Callable[[str], Any] | None = None,
+    parse_float: Callable[[str], Any] | None = None,
 ) -> Any:
     """``json.loads``, where an integer too long to read is kept as its digits (by default
     a ``LongInt``, for ``find_long_int`` to name it; ``long_int=str`` keeps plain text)
     instead of failing the whole document. Normal documents pay nothing: the hook is used
     only on a second parse after the limit was hit."""
     try:
-        return json.loads(text, **hooks)
+        return json.loads(text, parse_constant=parse_constant, parse_float=parse_float)
     except ValueError as e:
         if "integer string conversion" not in str(e):
             raise
-    return json.loads(text, parse_int=_int_or(long_int), **hooks)
+    return json.loads(
+        text,
+        parse_int=_int_or(long_int),
+        parse_constant=parse_constant,
+        parse_float=parse_float,
+    )
 
 
 def find_long_int(value: Any) -> tuple[JsonPath, LongInt] | None:
