@@ -310,6 +310,14 @@ def test_explain_args_names_the_field_of_a_too_long_integer(tmp_path: Path) -> N
     )
 
 
+def test_explain_args_nested_past_the_parser_is_exit_2_not_a_traceback(tmp_path: Path) -> None:
+    path = _policy_file(tmp_path, "{gt: 5}")
+    args = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    result = run("explain", str(path), "--tool", "t", "--args", args)
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: --args is not valid JSON: maximum recursion depth")
+
+
 def test_large_integers_compare_exactly_and_never_crash_decide(tmp_path: Path) -> None:
     """An int past 1.8e308 (but within the digit limit) against a float bound: it was
     float()-ed and raised OverflowError inside decide()."""
