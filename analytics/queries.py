@@ -55,9 +55,9 @@ def parse_since(since: Since, *, now: dt.datetime | None = None) -> dt.datetime 
     """The UTC instant a ``since`` filter means (None: no filter).
 
     A ``timedelta`` or a duration string counts back from now: the same syntax as
-    ``tooltrail policy replay --since`` (``30m``, ``2h``, ``1h30m``, ``7d``, ``1w``, a bare
-    number of seconds, or ``all``); an aware ``datetime`` is taken as is (a naive one is
-    read as UTC).
+    ``tooltrail policy replay --since`` (``30m``, ``2h``, ``1h30m``, ``7d``, ``1w`` or
+    ``all``; a bare number, with no unit, is refused); an aware ``datetime`` is taken as
+    is (a naive one is read as UTC).
     """
     if since is None:
         return None

@@ -254,16 +254,41 @@ def _report(report: ReplayReport) -> None:
         f"actions ({report.since or 'all time'}), {ui.fmt_int(report.distinct_inputs)} distinct "
         f"inputs, in {report.elapsed_s:.2f} s."
     )
-    cols = st.columns(5)
-    cols[0].metric("Would change", ui.fmt_int(report.changed), border=True)
-    cols[1].metric("Decision changes", ui.fmt_int(report.decision_changes), border=True)
-    cols[2].metric("Verdict changes", ui.fmt_int(report.verdict_changes), border=True)
-    cols[3].metric("Blast-radius changes", ui.fmt_int(report.blast_radius_changes), border=True)
-    cols[4].metric("Newly unmatched", ui.fmt_int(report.newly_unmatched), border=True)
+    # The headline is what an operator ships a policy for: decisions (ALLOW, DENY, …) that
+    # change. `changed` also counts a new winning rule or blast radius under the same
+    # decision: shown apart, under their own names, never as "would change".
+    other = report.changed - report.decision_changes
+    cols = st.columns(4)
+    cols[0].metric(
+        "Decisions that would change",
+        ui.fmt_int(report.decision_changes),
+        border=True,
+        help="Actions the candidate would decide differently (ALLOW, DENY, REWRITE, "
+        "REQUIRE_APPROVAL).",
+    )
+    cols[1].metric(
+        "Rule changes (same decision)",
+        ui.fmt_int(report.verdict_changes),
+        border=True,
+        help="Same decision, but another rule would decide it.",
+    )
+    cols[2].metric(
+        "Blast-radius changes",
+        ui.fmt_int(report.blast_radius_changes),
+        border=True,
+        help="Actions whose blast radius would differ, whether or not their decision does.",
+    )
+    cols[3].metric("Newly unmatched", ui.fmt_int(report.newly_unmatched), border=True)
     if report.actions == 0:
         st.info("No landed action in this range: nothing to compare.")
     elif report.changed == 0:
         st.success("The candidate decides every replayed action exactly as it landed.")
+    elif other:
+        st.caption(
+            f"Besides the decision changes, {ui.fmt_int(other)} action"
+            f"{'s' if other != 1 else ''} keep their decision but change their deciding rule "
+            "or blast radius."
+        )
     if report.transitions:
         st.markdown("**Decision changes**")
         _changes(report.transitions, ("from", "to"))

@@ -130,7 +130,7 @@ def test_replaying_a_candidate_shows_what_would_change(
     at.button(key="policy_replay").click().run()
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Decision changes"] == "2"  # the two landed release-repo commits
+    assert metrics["Decisions that would change"] == "2"  # the two release-repo commits
     transitions = table_with(at, "from", "to", "count", exact=True)
     assert [(list(f), list(t), n) for f, t, n in transitions.itertuples(index=False)][:1] == [
         (["REQUIRE_APPROVAL"], ["DENY"], 2)
@@ -139,7 +139,7 @@ def test_replaying_a_candidate_shows_what_would_change(
     # The same policy replays with no change at all.
     at.text_area(key="policy_candidate_text").input(POLICY_YAML)
     at.button(key="policy_replay").click().run()
-    assert {m.label: m.value for m in at.metric}["Would change"] == "0"
+    assert {m.label: m.value for m in at.metric}["Decisions that would change"] == "0"
     assert any("exactly as it landed" in s for s in texts(at.success))
 
 
@@ -153,7 +153,8 @@ def test_an_uploaded_candidate_and_an_invalid_one(
     )
     at.get("file_uploader")[0].upload("candidate.yaml", lenient.encode(), "application/yaml").run()
     at.button(key="policy_replay").click().run()
-    assert {m.label: m.value for m in at.metric}["Decision changes"] == "1"  # the .env add
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Decisions that would change"] == "1"  # the .env add
 
     at.get("file_uploader")[0].clear().run()
     broken = POLICY_YAML.replace(

@@ -348,13 +348,14 @@ def test_replay_since_window_and_env_data_dir(data_dir: Path, tmp_path: Path) ->
     ("options", "message"),
     [
         (["--since", "soon"], "--since: 'soon' is not a duration"),
-        (["--since", "0"], "--since: '0' is not a positive duration"),
+        (["--since", "0s"], "--since: '0s' is not a positive duration"),
+        (["--since", "2"], "--since: '2' has no unit: write it with one, e.g. 2d (days)"),
         # Used to overflow datetime arithmetic: a traceback and exit 1.
         (
             ["--since", "999999999d"],
             "--since: '999999999d' is longer than the maximum 36500d (use 'all' for no limit)",
         ),
-        (["--since", "9" * 400], "is longer than the maximum 36500d"),
+        (["--since", "9" * 400 + "m"], "is longer than the maximum 36500d"),
         (
             ["--data", "/nonexistent/tooltrail"],
             "data directory /nonexistent/tooltrail does not exist",

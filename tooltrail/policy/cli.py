@@ -21,7 +21,8 @@ import click
 from tooltrail.cli_common import CliError, domain_errors
 from tooltrail.config import data_dir as default_data_dir
 from tooltrail.errors import PolicyError
-from tooltrail.output import FORMATS
+from tooltrail.output import FORMATS, table, terminal_safe
+from tooltrail.policy import numbers
 from tooltrail.policy.compiler import InlineTest
 from tooltrail.policy.durations import format_duration, parse_since_seconds
 from tooltrail.policy.engine import Explanation, Policy
@@ -48,11 +49,17 @@ def _json_option(value: str | None, option: str) -> dict[str, Any] | None:
     try:
         # Python's json reads NaN / Infinity, which JSON has not: --format json would then
         # print a document no JSON parser accepts.
-        parsed = json.loads(value, parse_constant=_reject_constant, parse_float=_finite_float)
-    except ValueError as e:
+        parsed = numbers.loads(value, parse_constant=_reject_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError) as e:
         raise CliError(f"{option} is not valid JSON: {e}") from e
     if not isinstance(parsed, dict):
         raise CliError(f"{option} must be a JSON object, got {type(parsed).__name__}")
+    found = numbers.find_long_int(parsed)
+    if found is not None:
+        path, digits = found
+        where = ".".join(str(step) for step in path)
+        message = numbers.too_long_int_message(len(digits.lstrip("-")))
+        raise CliError(f"{option}: {where}: {message}")
     return parsed
 
 
@@ -84,11 +91,10 @@ def _dumps(value: Any) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    return "\n".join(lines)
+    """The CLI's one table renderer (``tooltrail.output.table``): cells hold landed values
+    (agent names, rule ids, session ids) that agents chose, so its terminal escaping
+    (control, CR, bidi characters shown as escapes) must apply here too."""
+    return table([dict(zip(headers, row, strict=True)) for row in rows], headers)
 
 
 def _csv(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -301,7 +307,8 @@ def explain_cmd(
     elif fmt == "csv":
         click.echo(_decision_csv(explanation.decision))
     else:
-        click.echo(_explain_table(explanation, policy))
+        # --args and a policy's reasons and templates may hold control characters too.
+        click.echo(terminal_safe(_explain_table(explanation, policy)))
 
 
 # --- replay -----------------------------------------------------------------------------
@@ -422,7 +429,8 @@ def _replay_table(report: Mapping[str, Any]) -> str:
             [[_label(e["from"]), e["to"], e["session_id"], e["span_id"], e["tool"],
               _label(e["agent"]), e["new_rule"], e["start_time"]]
              for e in report["examples"]])  # fmt: skip
-    return "\n".join(out)
+    # The header lines quote landed values too (policy versions as spans recorded them).
+    return terminal_safe("\n".join(out))
 
 
 @policy_cli.command("replay")

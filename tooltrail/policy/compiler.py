@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -48,6 +47,7 @@ from tooltrail.policy.model import (
     ApprovalSettings,
     ToolCall,
 )
+from tooltrail.policy.regex import PolicyRegex, RegexError, compile_regex
 from tooltrail.policy.rewrite import Redactor, Rewrite
 from tooltrail.semconv import VERDICT_SESSION_CANCELED, VERDICT_SESSION_CONTROL_ERROR
 
@@ -251,18 +251,23 @@ class _Builder:
                 canon[op] = operand
                 checks.append(EqualsCheck(operand))
             elif op in ("gt", "gte", "lt", "lte"):
-                canon[op] = float(operand)
-                checks.append(CompareCheck(op, float(operand)))
+                try:
+                    bound = float(operand)
+                except OverflowError:  # an integer past 1.8e308: no float holds it
+                    self.problem((*path, op), f"{op}: the number is out of range (±1.8e308)")
+                    continue
+                canon[op] = bound
+                checks.append(CompareCheck(op, bound))
             elif op == "exists":
                 canon[op] = bool(operand)
                 checks.append(ExistsCheck(bool(operand)))
         return checks, canon
 
-    def regex(self, pattern: str, path: DocPath) -> re.Pattern[str] | None:
+    def regex(self, pattern: str, path: DocPath) -> PolicyRegex | None:
         try:
-            return re.compile(pattern)
-        except re.error as e:
-            self.problem(path, f"bad regex {pattern!r}: {e}")
+            return compile_regex(pattern)
+        except RegexError as e:
+            self.problem(path, str(e))
             return None
 
     # -- top-level sections ------------------------------------------------------------
@@ -360,7 +365,7 @@ class _Builder:
         if sets:
             canon["set"] = dict(node["set"])
         keys: list[ArgPath] = []
-        regexes: list[re.Pattern[str]] = []
+        regexes: list[PolicyRegex] = []
         redact_canon: list[Any] = []
         for j, item in enumerate(node.get("redact") or []):
             if isinstance(item, str):

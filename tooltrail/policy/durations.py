@@ -1,5 +1,6 @@
 """Durations as policy files and the command line write them: ``30s``, ``10m``, ``1h30m``,
-``2d``, ``1w``, or a bare number of seconds; and ``--since`` windows (a duration or ``all``).
+``2d``, ``1w``, or (in a policy file) a bare number of seconds; and ``--since`` windows (a
+duration with its unit, or ``all``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ days overflows)."""
 _UNITS: Final = {"w": 604_800.0, "d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0}
 _DURATION: Final = re.compile(r"(?:(\d+(?:\.\d+)?)([wdhms]))+?")
 _WHOLE: Final = re.compile(r"^(?:\d+(?:\.\d+)?[wdhms])+$")
+_BARE: Final = re.compile(r"\d+(?:\.\d+)?")
 
 
 def _seconds(value: str | float) -> float:
@@ -28,7 +30,7 @@ def _seconds(value: str | float) -> float:
     if isinstance(value, int | float):
         return float(value)
     text = value.strip().lower()
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+    if _BARE.fullmatch(text):
         return float(text)
     if _WHOLE.match(text):
         return sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text))
@@ -61,14 +63,21 @@ def format_duration(seconds: float) -> str:
 def parse_since_seconds(value: str, *, option: str = "--since") -> float | None:
     """The look-back window a ``--since`` value means, in seconds; None for ``all``.
 
-    Accepts every duration ``parse_duration`` does (``30s``, ``90m``, ``2h``, ``1h30m``,
-    ``7d``, ``1w``, or a bare number of seconds such as ``90``; case and surrounding spaces
-    ignored) and ``all`` (no limit). Raises BadInputError, its message starting with
-    ``option``, for anything else: not a duration, not positive, or longer than
+    Accepts the durations ``parse_duration`` does with a unit (``30s``, ``90m``, ``2h``,
+    ``1h30m``, ``7d``, ``1w``; case and surrounding spaces ignored) and ``all`` (no limit).
+    Raises BadInputError, its message starting with ``option``, for anything else: a bare
+    number (``--since 2`` meant 2 seconds, an empty window that made every rule look dead,
+    where 2 days or 2 hours was meant), not a duration, not positive, or longer than
     MAX_SINCE_S (``36500d``).
     """
-    if value.strip().lower() == SINCE_ALL:
+    text = value.strip().lower()
+    if text == SINCE_ALL:
         return None
+    if _BARE.fullmatch(text):
+        raise BadInputError(
+            f"{option}: {value!r} has no unit: write it with one, e.g. {text}d (days), "
+            f"{text}h (hours), {text}m (minutes) or {text}s (seconds)"
+        )
     try:
         seconds = _seconds(value)
     except ValueError as e:

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -26,6 +26,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from tooltrail.errors import PolicyError
 from tooltrail.policy.compiler import DocPath, Problem, build, check_entries
 from tooltrail.policy.engine import Policy
+from tooltrail.policy.numbers import fits_decimal, too_long_int_message
 
 SCHEMA_RESOURCE: Final = "schema.json"
 _MAX_REPORTED: Final = 50
@@ -56,14 +57,109 @@ class LineList(list[Any]):
     item_lines: list[int]
 
 
+# A policy is a few levels deep (rules[0].when.args.files.in[0]); deeper nesting is no
+# policy, and every walk of the document (schema validation, canonical form) recurses.
+MAX_DEPTH: Final = 64
+# What aliases may add to the document, in nodes (an alias counts as the whole node it
+# names). Merge keys and shared `when:` blocks add tens; a "billion laughs" alias bomb
+# (ten aliases of ten aliases of …) adds billions from a 1 KB file and would hang every
+# walk of the document (`configure()`, the exporter, `policy check`, the dashboard).
+MAX_ALIAS_NODES: Final = 10_000
+
+
+class _Refused(Exception):
+    """A document refused while composing (too deep, aliases too large); ``line`` 1-based."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+# PyYAML's parser methods are untyped; one typed handle for the strict checker.
+_peek_event: Callable[[Any], Any] = yaml.SafeLoader.peek_event
+
+
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader that records lines, reports duplicate and non-string keys (collected in
-    ``key_problems`` so they can be placed in their rule once the document is built) and
-    keeps dates and the YAML 1.1 boolean words (yes/no/on/off) as strings."""
+    ``key_problems`` so they can be placed in their rule once the document is built),
+    keeps dates and the YAML 1.1 boolean words (yes/no/on/off) as strings, and refuses
+    nesting past MAX_DEPTH and alias use past MAX_ALIAS_NODES before anything walks the
+    document."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.key_problems: list[tuple[int, str]] = []
+        self.depth = 0
+        # Each alias as written: its line, its anchor, the node it names.
+        self.alias_uses: list[tuple[int, str, yaml.Node]] = []
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = _peek_event(self)
+            node = super().compose_node(parent, index)
+            if node is not None:
+                anchor = str(getattr(event, "anchor", ""))
+                self.alias_uses.append((event.start_mark.line + 1, anchor, node))
+            return node
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                line = _peek_event(self).start_mark.line + 1
+                raise _Refused(line, f"nested deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _expanded_sizes(
+    root: yaml.Node, alias_uses: Sequence[tuple[int, str, yaml.Node]]
+) -> dict[int, int]:
+    """Each node's size once its aliases are expanded (by node id), without expanding
+    them: a depth-first walk of the node graph (aliases share their node), iterative so
+    a chain of aliases cannot exhaust the stack. An alias inside the node it names (a
+    cycle) is refused."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+        elif key in on_path:
+            line, anchor = next((ln, a) for ln, a, n in alias_uses if n is node)
+            raise _Refused(line, f"alias *{anchor} is inside the node it names (a cycle)")
+        elif key not in sizes:
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    return sizes
+
+
+def _check_aliases(root: yaml.Node, alias_uses: Sequence[tuple[int, str, yaml.Node]]) -> None:
+    if not alias_uses:
+        return
+    sizes = _expanded_sizes(root, alias_uses)
+    added = 0
+    for line, anchor, node in alias_uses:
+        added += sizes[id(node)]
+        if added > MAX_ALIAS_NODES:
+            raise _Refused(
+                line,
+                f"alias *{anchor} takes the aliases past {MAX_ALIAS_NODES:,} nodes in all "
+                f"(*{anchor} alone stands for {sizes[id(node)]:,}): refused as a YAML alias "
+                "bomb; write the repeated parts out",
+            )
 
 
 _TIMESTAMP_TAG: Final = "tag:yaml.org,2002:timestamp"
@@ -128,6 +224,22 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineLis
     return result
 
 
+def _construct_int(loader: _LineLoader, node: yaml.ScalarNode) -> int | None:
+    """An integer, unless longer than Python writes in decimal (4,300 digits): that would
+    fail in whatever prints or hashes the policy; reported at its line, in its rule."""
+    value: int | None
+    try:
+        value = loader.construct_yaml_int(node)
+    except ValueError:  # a decimal integer past the limit: int() refuses to read it
+        value = None
+    if value is None or not fits_decimal(value):
+        line = node.start_mark.line + 1
+        loader.key_problems.append((line, too_long_int_message(len(str(node.value)))))
+        return None
+    return value
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 _LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
 
@@ -136,7 +248,14 @@ def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML text into LineDict / LineList; YAML errors raise PolicyValidationError."""
     loader = _LineLoader(text)
     try:
-        doc = loader.get_single_data()
+        node = loader.get_single_node()
+        if node is not None:
+            _check_aliases(node, loader.alias_uses)
+        doc = None if node is None else loader.construct_document(node)
+    except _Refused as e:
+        raise PolicyValidationError(
+            f"{_prefix(source, e.line)}{e.message}", [(e.line, "policy", e.message)]
+        ) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -350,9 +469,12 @@ def _json_type(value: Any) -> str:
 
 def _check_plain(value: Any, path: DocPath, out: list[Problem], keys: list[Problem]) -> None:
     """What JSON cannot hold, at the place it is: non-string keys (possible from a Python
-    mapping; into ``keys``), infinities and NaN (YAML `.inf`, `.nan`) and values of other
-    types (into ``out``)."""
-    if isinstance(value, Mapping):
+    mapping; into ``keys``), nesting past MAX_DEPTH (into ``keys``: the schema validator
+    recurses), infinities and NaN (YAML `.inf`, `.nan`), integers too long to write in
+    decimal and values of other types (into ``out``)."""
+    if isinstance(value, Mapping | list | tuple) and len(path) >= MAX_DEPTH:
+        keys.append(Problem(path, f"nested deeper than {MAX_DEPTH} levels"))
+    elif isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 keys.append(Problem(path, f"key {key!r} is not a string"))
@@ -361,6 +483,8 @@ def _check_plain(value: Any, path: DocPath, out: list[Problem], keys: list[Probl
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             _check_plain(item, (*path, i), out, keys)
+    elif isinstance(value, int) and not isinstance(value, bool) and not fits_decimal(value):
+        out.append(Problem(path, too_long_int_message(value.bit_length() * 30103 // 100000 + 1)))
     elif isinstance(value, float) and not math.isfinite(value):
         name = "NaN" if math.isnan(value) else "infinity"
         out.append(Problem(path, f"{name} is not a JSON number (write a finite number)"))

@@ -12,12 +12,15 @@ import difflib
 import fnmatch
 import json
 import math
+import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, Final
 
 from tooltrail.policy.model import ToolCall
+from tooltrail.policy.numbers import fits_decimal
+from tooltrail.policy.regex import PolicyRegex
 
 
 class _Missing:
@@ -181,8 +184,12 @@ def scalar_text(value: Any) -> str | None:
         return value
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, float):
         return str(value)
+    if isinstance(value, int):
+        # Past 4,300 digits Python will not write an int in decimal (ValueError): no
+        # glob or regex sees such a number, as none sees a boolean.
+        return str(value) if fits_decimal(value) else None
     return None
 
 
@@ -191,7 +198,7 @@ def as_number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
+        return value  # not float(): an int past 1.8e308 has none; int < float compares exactly
     if isinstance(value, str):
         try:
             number = float(value.strip())
@@ -284,17 +291,17 @@ class GlobCheck(_ElementCheck):
 class RegexCheck(_ElementCheck):
     __slots__ = ("rx",)
 
-    def __init__(self, rx: re.Pattern[str]) -> None:
+    def __init__(self, rx: PolicyRegex) -> None:
         self.rx = rx
 
     def test(self, value: Any) -> bool:
         if isinstance(value, str):
-            return self.rx.search(value) is not None
+            return self.rx.search(value)
         return _ElementCheck.test(self, value)
 
     def test_scalar(self, value: Any) -> bool:
         text = scalar_text(value)
-        return text is not None and self.rx.search(text) is not None
+        return text is not None and self.rx.search(text)
 
     def describe(self) -> str:
         return f"contains regex {self.rx.pattern!r}"
@@ -338,10 +345,12 @@ class EqualsCheck(Check):
 
 
 _COMPARATORS: Final = {
-    "gt": (float.__gt__, ">"),
-    "gte": (float.__ge__, ">="),
-    "lt": (float.__lt__, "<"),
-    "lte": (float.__le__, "<="),
+    # operator's, not float.__gt__: an int argument is compared as it is (exactly, and an
+    # int past 1.8e308 has no float to convert to).
+    "gt": (operator.gt, ">"),
+    "gte": (operator.ge, ">="),
+    "lt": (operator.lt, "<"),
+    "lte": (operator.le, "<="),
 }
 
 
@@ -356,7 +365,7 @@ class CompareCheck(_ElementCheck):
     def test(self, value: Any) -> bool:
         cls = value.__class__
         if cls is int or cls is float:  # not bool: bool is a subclass, not int itself
-            return bool(self.compare(float(value), self.bound))
+            return bool(self.compare(value, self.bound))  # int vs float compares exactly
         return _ElementCheck.test(self, value)
 
     def test_scalar(self, value: Any) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
+from tooltrail.policy.regex import TextPattern
 from tooltrail.semconv import BLAST_RADII as BLAST_RADII  # re-exported for the engine
 from tooltrail.semconv import DECISIONS, TRUNCATION_MARK
 
@@ -97,10 +98,10 @@ class TextRedaction:
 
     __slots__ = ("regexes", "values")
 
-    def __init__(self, values: Iterable[str], regexes: Sequence[re.Pattern[str]]) -> None:
+    def __init__(self, values: Iterable[str], regexes: Sequence[TextPattern]) -> None:
         # Longest first: a value containing another is replaced whole, not around it.
         self.values: tuple[str, ...] = tuple(sorted({v for v in values if v}, key=len)[::-1])
-        self.regexes: tuple[re.Pattern[str], ...] = tuple(regexes)
+        self.regexes: tuple[TextPattern, ...] = tuple(regexes)
 
     def __bool__(self) -> bool:
         return bool(self.values or self.regexes)
@@ -139,7 +140,7 @@ class TextRedaction:
         return text, 0
 
     @classmethod
-    def of(cls, values: Iterable[Any], regexes: Sequence[re.Pattern[str]]) -> TextRedaction | None:
+    def of(cls, values: Iterable[Any], regexes: Sequence[TextPattern]) -> TextRedaction | None:
         """From the original (unredacted) values the key paths designate; None when there
         is nothing to scrub."""
         texts: list[str] = []

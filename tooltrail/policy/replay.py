@@ -28,7 +28,6 @@ redaction explains is set apart.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import time
 from collections import Counter
@@ -42,6 +41,7 @@ import duckdb
 
 from tooltrail.config import SPANS_DIR
 from tooltrail.errors import BadInputError, QueryError
+from tooltrail.policy import numbers
 from tooltrail.policy.durations import MAX_SINCE_S
 from tooltrail.policy.engine import Policy
 from tooltrail.policy.matchers import MISSING
@@ -297,7 +297,9 @@ class _Folder:
         if value is MISSING:
             if len(self.json_values) > _JSON_CACHE_MAX:
                 self.json_values.clear()
-            value = self.json_values[text] = json.loads(text)
+            # An integer too long to read (4,300 digits) is replayed as its digits
+            # (text), as the collector keeps it, instead of ending the replay.
+            value = self.json_values[text] = numbers.loads(text, long_int=str)
         return value
 
     def fold(self, row: Sequence[Any], n_inputs: int, examples: Callable[[], list[Any]]) -> None:

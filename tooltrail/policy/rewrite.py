@@ -9,12 +9,12 @@ field of a Decision.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from tooltrail.policy.matchers import ArgPath, RewriteError, ValueTemplate, copy_json
 from tooltrail.policy.model import REDACTED, TextRedaction, ToolCall
+from tooltrail.policy.regex import PolicyRegex
 from tooltrail.redact import is_redaction_marker
 
 _Location = tuple[Any, Any]  # (container, key or index)
@@ -57,7 +57,7 @@ class Redactor:
 
     __slots__ = ("keys", "regexes")
 
-    def __init__(self, keys: Sequence[ArgPath], regexes: Sequence[re.Pattern[str]]) -> None:
+    def __init__(self, keys: Sequence[ArgPath], regexes: Sequence[PolicyRegex]) -> None:
         self.keys = tuple(keys)
         self.regexes = tuple(regexes)
 

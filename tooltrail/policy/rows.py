@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from tooltrail.policy import numbers
 from tooltrail.policy.engine import Policy
 from tooltrail.policy.model import VERDICT_POLICY_ERROR, Decision, TextRedaction, ToolCall
 from tooltrail.semconv import TT_POLICY_REASON, TT_TOOL_ANNOTATIONS
@@ -31,7 +32,7 @@ def json_object(value: Any) -> dict[str, Any]:
     if not isinstance(value, str | bytes):
         return {}
     try:
-        parsed = json.loads(value)
+        parsed = numbers.loads(value, long_int=str)  # a too-long integer: kept as text
     except ValueError:
         return {}
     return parsed if isinstance(parsed, dict) else {}
@@ -44,7 +45,7 @@ def parse_annotations(value: Any) -> Mapping[str, Any] | None:
         return dict(value)
     if isinstance(value, str):
         try:
-            parsed = json.loads(value)
+            parsed = numbers.loads(value, long_int=str)
         except ValueError:
             return None
         return parsed if isinstance(parsed, dict) else None
