@@ -45,7 +45,7 @@ def test_torn_tail_is_cut_and_acknowledged_records_kept(tmp_path: Path) -> None:
     read = read_segment(segment)
     assert not read.torn
     assert read.payloads == [p for p, _ in records]
-    land_segment(segment, tmp_path, RequestPipeline(None, redact=True).table)
+    land_segment(segment, tmp_path, RequestPipeline(None, redact=True).result)
     assert [r["span_id"] for r in landed_rows(tmp_path)] == sorted(
         i for _, ids in records for i in ids
     )
@@ -77,10 +77,10 @@ def test_crash_between_landing_and_deleting_lands_once(tmp_path: Path) -> None:
     (segment,) = spool.sealed()
     saved = tmp_path / "saved.wal"
     shutil.copy(segment, saved)
-    rows_of = RequestPipeline(None, redact=True).table
-    assert land_segment(segment, tmp_path, rows_of) == (7, 0)
+    rows_of = RequestPipeline(None, redact=True).result
+    assert land_segment(segment, tmp_path, rows_of) == (7, 0, 0)
     shutil.copy(saved, segment)  # as if killed before the unlink
-    assert land_segment(segment, tmp_path, rows_of) == (0, 7)
+    assert land_segment(segment, tmp_path, rows_of) == (0, 7, 0)
     assert len(landed_rows(tmp_path)) == 7
     names = {p.name for p in (tmp_path / "spans").glob("date=*/*.parquet")}
     assert names == {landed_name(segment)}
@@ -144,7 +144,7 @@ def test_failed_append_never_strands_later_records(
     assert len(segments) == 2
     assert [read_segment(s).payloads for s in segments] == [[first], [third]]
     for segment in segments:
-        land_segment(segment, tmp_path, RequestPipeline(None, redact=True).table)
+        land_segment(segment, tmp_path, RequestPipeline(None, redact=True).result)
     assert [r["span_id"] for r in landed_rows(tmp_path)] == sorted(first_ids + third_ids)
 
 

@@ -237,6 +237,11 @@ def ingest(data: Path | None, files: tuple[Path, ...], policy: Path | None) -> N
     click.echo(f"landed {report.rows} spans from {len(files)} file(s) into {root}")
     if report.skipped:
         click.echo(f"skipped {report.skipped} spans already landed (or repeated in the input)")
+    if report.set_aside:
+        # Valid OTLP that could not be normalized: the rest landed; say which, never the values.
+        click.echo(f"set aside {len(report.set_aside)} span(s) that could not be landed:", err=True)
+        for item in report.set_aside:
+            click.echo(f"  {item.describe()}", err=True)
 
 
 def _landed_span_ids(root: Path) -> Callable[[list[str]], set[tuple[str, str]]] | None:
