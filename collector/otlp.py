@@ -33,6 +33,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
+from tooltrail.collector import jsontext
 from tooltrail.collector.columnar import columns_of_records
 from tooltrail.collector.normalize import Normalizer, SpanRecord
 from tooltrail.collector.pipeline import BatchPipeline, RowHook, SetAside
@@ -293,22 +294,27 @@ def _documents(path: Path) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as e:
-            if first:
-                whole = _whole_document(text)
-                if whole is not None:
-                    yield 1, whole
-                    return
-            raise IngestError(f"{path}:{number}: not valid JSON: {e.msg} (column {e.colno})") from e
+            try:
+                doc = jsontext.loads(line)
+            except json.JSONDecodeError as e:
+                if first:
+                    whole = _whole_document(text)
+                    if whole is not None:
+                        yield 1, whole
+                        return
+                raise IngestError(f"not valid JSON: {e.msg} (column {e.colno})") from e
+            except RecursionError as e:
+                raise IngestError("not valid JSON: nested too deeply") from e
+        except (IngestError, jsontext.HugeIntegerError) as e:  # the latter names the field
+            raise IngestError(f"{path}:{number}: {e}") from e
         first = False
         yield number, doc
 
 
 def _whole_document(text: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return jsontext.loads(text)
+    except (json.JSONDecodeError, RecursionError):
         return None
 
 
@@ -326,6 +332,8 @@ def read_otlp_json(path: str | os.PathLike[str]) -> list[SpanRecord]:
             records.extend(records_from_request(request_from_json(doc)))
         except IngestError as e:
             raise IngestError(f"{p}:{number}: {e}") from e
+        except RecursionError as e:  # json_format on pathological nesting
+            raise IngestError(f"{p}:{number}: nested too deeply") from e
     return records
 
 

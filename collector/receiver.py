@@ -32,6 +32,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from tooltrail.collector import jsontext
 from tooltrail.collector.otlp import SPAN_ID_BYTES, TRACE_ID_BYTES, request_from_json
 from tooltrail.errors import IngestError
 
@@ -140,7 +141,9 @@ def decode(media: str, data: bytes) -> ExportTraceServiceRequest:
         except DecodeError as e:
             raise RequestRejected(400, f"malformed protobuf ExportTraceServiceRequest: {e}") from e
     try:
-        doc = json.loads(data)
+        doc = jsontext.loads(data)
+    except jsontext.HugeIntegerError as e:
+        raise RequestRejected(400, f"invalid OTLP/JSON: {e}") from e
     except UnicodeDecodeError as e:
         raise RequestRejected(400, f"JSON body is not UTF-8 ({e.reason} at byte {e.start})") from e
     except json.JSONDecodeError as e:

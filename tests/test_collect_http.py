@@ -420,3 +420,33 @@ def test_full_backlog_answers_503_with_retry_after(tmp_path: Path) -> None:
         assert metric(proc.url, "spans_accepted_total") == 40
         assert proc.stop() == 0  # SIGTERM drains the spool before exiting
     assert len(landed_rows(tmp_path / "data")) == 40
+
+
+# --- integers past Python's digit limit --------------------------------------------------
+
+HUGE = "9" * 5000  # past CPython's 4,300-digit int conversion limit
+
+
+def test_huge_json_integer_in_traces_is_a_400_naming_the_field(col: CollectorProcess) -> None:
+    doc = json.loads(as_json(make_request(1)))
+    span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    span["attributes"][0]["value"] = {"intValue": 0}
+    body = json.dumps(doc).replace('"intValue": 0', f'"intValue": {HUGE}').encode()
+    before = accepted_total(col)
+    status, _, answer = post(col, body, JS)
+    assert status == 400, answer
+    message = json.loads(answer)["message"]
+    assert "attributes[0].value.intValue" in message and "5000 digits" in message
+    assert HUGE not in message
+    assert_alive_and_unchanged(col, before)
+
+
+def test_huge_json_integer_in_an_approval_request_is_a_400_naming_the_field(
+    col: CollectorProcess,
+) -> None:
+    body = f'{{"tool": "git_push", "timeout_s": {HUGE}}}'.encode()
+    status, _, answer = request(
+        col.url, "POST", "/v1/approvals", body, {**AUTH, "Content-Type": JS}
+    )
+    assert status == 400, answer
+    assert "timeout_s" in json.loads(answer)["message"]

@@ -28,7 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from tooltrail import semconv as sc
 from tooltrail.collector import TooltrailSpanExporter
@@ -130,8 +130,9 @@ def test_poison_span_never_costs_other_agents_spans_in_spool_mode(
     good = {s for s, what in made.items() if what == "good"}
     wait_until(lambda: good <= {r["span_id"] for r in landed_rows(col.data_dir)}, what="landed")
     wait_until(
-        lambda: len(landed_rows(col.data_dir)) + metric(col.url, "spans_set_aside_total")
-        == len(made),
+        lambda: (
+            len(landed_rows(col.data_dir)) + metric(col.url, "spans_set_aside_total") == len(made)
+        ),
         what="every span landed or set aside",
     )
     _check_poison_outcome(col.data_dir, made, metric(col.url, "spans_set_aside_total"))
@@ -177,7 +178,7 @@ def test_in_process_exporter_sets_aside_only_the_span_that_cannot_land(tmp_path:
     fails the Arrow conversion of its span, and that span alone is set aside."""
     exporter = TooltrailSpanExporter(tmp_path / "data", redact=True)
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(BatchSpanProcessor(exporter))  # one batch of three
     tracer = provider.get_tracer("poison-test")
     ids: dict[str, str] = {}
     for what in ("good", "bad", "good"):
