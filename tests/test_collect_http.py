@@ -450,3 +450,48 @@ def test_huge_json_integer_in_an_approval_request_is_a_400_naming_the_field(
     )
     assert status == 400, answer
     assert "timeout_s" in json.loads(answer)["message"]
+
+
+# --- invalid UTF-8 in one protobuf string -----------------------------------------------
+
+
+def _with_bad_utf8(req: ExportTraceServiceRequest, marker: str) -> bytes:
+    """The request's encoding with ``marker`` (a string set in it) made invalid UTF-8, at
+    the same length: the library refuses to encode such a string itself."""
+    body = req.SerializeToString()
+    assert body.count(marker.encode()) == 1
+    return body.replace(marker.encode(), marker.encode()[:-2] + b"\xff\xfe")
+
+
+def test_invalid_utf8_in_one_span_rejects_that_span_alone(col: CollectorProcess) -> None:
+    req = make_request(4)
+    spans = req.resource_spans[0].scope_spans[0].spans
+    spans[1].attributes.add(key="note", value=AnyValue(string_value="bad-utf8-here"))
+    spans[2].name = "bad-name-too"
+    good = {spans[0].span_id.hex(), spans[3].span_id.hex()}
+    body = _with_bad_utf8(req, "bad-utf8-here")
+    body = body.replace(b"bad-name-too", b"bad-name-t\xc3\x28")
+    status, _, answer = post(col, body)
+    assert status == 200, answer
+    partial = ExportTraceServiceResponse.FromString(answer).partial_success
+    assert partial.rejected_spans == 2
+    assert "spans[1]" in partial.error_message and "UTF-8" in partial.error_message
+    assert spans[1].span_id.hex() in partial.error_message
+    wait_until(lambda: good <= {r["span_id"] for r in landed_rows(col.data_dir)}, what="landed")
+    bad = {spans[1].span_id.hex(), spans[2].span_id.hex()}
+    assert not bad & {r["span_id"] for r in landed_rows(col.data_dir)}
+
+
+def test_invalid_utf8_in_a_resource_costs_only_that_resources_spans(
+    col: CollectorProcess,
+) -> None:
+    req = make_request(2)
+    other = make_request(3).resource_spans[0]
+    other.resource.attributes.add(key="host", value=AnyValue(string_value="bad-host-name"))
+    req.resource_spans.append(other)
+    body = _with_bad_utf8(req, "bad-host-name")
+    status, _, answer = post(col, body)
+    assert status == 200, answer
+    assert ExportTraceServiceResponse.FromString(answer).partial_success.rejected_spans == 3
+    good = {s.span_id.hex() for s in req.resource_spans[0].scope_spans[0].spans}
+    wait_until(lambda: good <= {r["span_id"] for r in landed_rows(col.data_dir)}, what="landed")
