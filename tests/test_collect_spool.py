@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from collect_support import landed_rows
+from collect_support import CollectorProcess, landed_rows, metric
 from test_collect_http import make_request
 
 from tooltrail.collector.landing import RequestPipeline
@@ -158,3 +160,55 @@ def test_worker_warm_up_runs_the_landing_path_in_memory(
     monkeypatch.chdir(tmp_path)
     assert landing._ready_job() == os.getpid()
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the quarantine: ids and reasons, never raw values, and a retention ------------------
+
+SECRET = "ghp_" + "Zk4" * 12
+
+
+def _raw_quarantine_bytes(data: Path) -> bytes:
+    qdir = data / "spool" / "quarantine"
+    return b"".join(p.read_bytes() for p in qdir.iterdir()) if qdir.is_dir() else b""
+
+
+def test_an_undecodable_record_costs_itself_and_no_raw_bytes_are_kept(tmp_path: Path) -> None:
+    """A segment left by a crash holds an acknowledged request (with a secret in it) and a
+    record that cannot be decoded: recovery lands the request, notes the bad record (its
+    place, size and digest), deletes the segment, and keeps no raw byte of either."""
+    data = tmp_path / "data"
+    good = make_request(4, attrs={"custom.secret": f"token {SECRET}"})
+    junk = b"\xff\xff\xff\xff" + SECRET.encode()  # a truncated varint: DecodeError
+    spool = Spool(data)
+    spool.append(good.SerializeToString())
+    spool.append(junk)
+    spool.close()
+    with CollectorProcess(data, "--flush-interval", "0.05") as col:
+        assert metric(col.url, "spans_set_aside_total") == 1
+        assert metric(col.url, "segments_quarantined_total") == 0
+    ids = {s.span_id.hex() for s in good.resource_spans[0].scope_spans[0].spans}
+    assert {r["span_id"] for r in landed_rows(data)} == ids
+    assert not list(data.glob("spool/**/*.wal"))
+    notes = [p for p in (data / "spool" / "quarantine").iterdir()]
+    assert [p.suffix for p in notes] == [".jsonl"]
+    (note,) = [json.loads(line) for line in notes[0].read_text().splitlines()]
+    assert note["reason"].startswith("record 1 (") and "cannot be decoded" in note["reason"]
+    assert SECRET.encode() not in _raw_quarantine_bytes(data)
+
+
+def test_quarantine_files_past_retention_are_deleted(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    qdir = data / "spool" / "quarantine"
+    qdir.mkdir(parents=True)
+    old_raw = qdir / "seg-00000000000000000001-abcd.wal"  # as an older release kept them
+    old_raw.write_bytes(b"TTSPOOL1 raw " + SECRET.encode())
+    old_note = qdir / "seg-00000000000000000002-abcd.jsonl"
+    old_note.write_text('{"span_id": "1"}\n')
+    fresh = qdir / "seg-00000000000000000003-abcd.jsonl"
+    fresh.write_text('{"span_id": "2"}\n')
+    ten_days_ago = time.time() - 10 * 86_400
+    for path in (old_raw, old_note):
+        os.utime(path, (ten_days_ago, ten_days_ago))
+    with CollectorProcess(data, "--quarantine-retention", "7"):
+        pass
+    assert sorted(p.name for p in qdir.iterdir()) == [fresh.name]
