@@ -34,6 +34,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from prometheus_client.parser import text_string_to_metric_families
+
+from tooltrail.collector.server import CollectorConfig, Running, start
 
 PB = "application/x-protobuf"
 JS = "application/json"
@@ -495,3 +498,50 @@ def test_invalid_utf8_in_a_resource_costs_only_that_resources_spans(
     assert ExportTraceServiceResponse.FromString(answer).partial_success.rejected_spans == 3
     good = {s.span_id.hex() for s in req.resource_spans[0].scope_spans[0].spans}
     wait_until(lambda: good <= {r["span_id"] for r in landed_rows(col.data_dir)}, what="landed")
+
+
+# --- /metrics ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def in_process(tmp_path: Path) -> Iterator[Running]:
+    running = start(CollectorConfig(data_dir=tmp_path / "data", port=0, workers=0))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _scrape(url: str) -> dict[str, list[Any]]:
+    status, headers, body = request(url, "GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    return {f.name: f.samples for f in text_string_to_metric_families(body.decode())}
+
+
+def test_metrics_counters_are_exact_past_a_million(in_process: Running) -> None:
+    """Six significant digits (1.23457e+07) lost increments past a million."""
+    metrics = in_process.collector.metrics
+    metrics.add("spans_landed_total", 12_345_678)
+    metrics.add("spans_landed_total")
+    samples = _scrape(in_process.url)["tooltrail_collector_spans_landed"]
+    (total,) = [s.value for s in samples if s.name.endswith("_total")]
+    assert total == 12_345_679
+
+
+def test_metrics_label_values_are_escaped(in_process: Running) -> None:
+    metrics = in_process.collector.metrics
+    weird = 'a"b\\c\nd} x{'
+    metrics.add("requests_total", kind=weird, code="200")
+    samples = _scrape(in_process.url)["tooltrail_collector_requests"]
+    assert any(s.labels == {"kind": weird, "code": "200"} and s.value == 1 for s in samples)
+
+
+def test_metrics_include_process_file_descriptors_and_the_set_aside_counter(
+    in_process: Running,
+) -> None:
+    families = _scrape(in_process.url)
+    for name in ("process_open_fds", "process_max_fds", "process_cpu_seconds"):
+        assert name in families, name
+    assert families["process_open_fds"][0].value > 0
+    assert "tooltrail_collector_spans_set_aside" in families
+    assert "tooltrail_collector_spool_backlog_bytes" in families
