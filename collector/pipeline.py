@@ -170,32 +170,41 @@ class BatchPipeline:
             )
         return self._span_by_span(spare)
 
-    def _table(self, src: SpanColumns, stage: list[str] | None = None) -> pa.Table:
+    def _table(self, src: SpanColumns, step: _Step | None = None) -> pa.Table:
         n = len(src)
-        steps = stage if stage is not None else [""]
-        steps[0] = "normalizing"
+        at = step if step is not None else _Step()
+        at.name = "normalizing"
         columns = normalize_batch(self.normalizer, src)
         if self._hook is not None:
-            steps[0] = "deciding (policy)"
+            at.name = "deciding (policy)"
             _decide(self._hook, columns, n)
-        steps[0] = "converting to Arrow"
+        at.name = "converting to Arrow"
         return columns_to_table(columns, n)
 
     def _span_by_span(self, src: SpanColumns) -> BatchResult:
         tables: list[pa.Table] = []
         aside: list[SetAside] = []
         for i in range(len(src)):
-            stage = [""]
+            step = _Step()
             try:
-                tables.append(self._table(_one(src, i), stage))
+                tables.append(self._table(_one(src, i), step))
             except _NOT_A_SPAN_FAULT:
                 raise
             except Exception as e:
                 # The type and the step only: an exception's text may quote the value.
-                reason = f"{type(e).__name__} while {stage[0]}"
+                reason = f"{type(e).__name__} while {step.name}"
                 aside.append(SetAside(str(src.trace_id[i]), str(src.span_id[i]), reason))
         table = pa.concat_tables(tables) if tables else SPAN_SCHEMA.empty_table()
         return BatchResult(table, tuple(aside))
+
+
+class _Step:
+    """The landing step a batch is at (named in a set-aside span's reason)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self) -> None:
+        self.name = ""
 
 
 _SRC_FIELDS: Final = SpanColumns.__slots__

@@ -538,8 +538,9 @@ class Collector:
                 return False  # the segment stays, to be retried
             self._spool.done(segment)
             self.metrics.add("segments_quarantined_total")
-            self.last_landing_error = f"{segment.name}: {e}"
-            _log.exception("tooltrail collect: could not land %s (noted in %s)", segment, noted)
+            # The type only, here and in the log: an exception's text may quote a value.
+            self.last_landing_error = f"{segment.name}: {reason}"
+            _log.error("tooltrail collect: %s: %s (span ids noted in %s)", segment, reason, noted)
             return True
         self._spool.done(segment)
         self.last_landing_error = None
