@@ -138,6 +138,7 @@ def test_poison_span_never_costs_other_agents_spans_in_spool_mode(
     _check_poison_outcome(col.data_dir, made, metric(col.url, "spans_set_aside_total"))
     assert metric(col.url, "segments_quarantined_total") == 0
     assert not list((col.data_dir / "spool").glob("seg-*.wal"))
+    assert SECRET not in col.stderr()  # nor in the log
 
 
 def _request_with(poisons: list[str], good: int) -> tuple[bytes, dict[str, str]]:
@@ -171,6 +172,7 @@ def test_poison_span_in_direct_mode_gets_partial_success_not_500(tmp_path: Path)
             assert "set aside" in resp.partial_success.error_message
         _check_poison_outcome(data, made, aside)
         assert metric(col.url, "spans_accepted_total") == len(made) - aside
+        assert SECRET not in col.stderr()
 
 
 def test_in_process_exporter_sets_aside_only_the_span_that_cannot_land(tmp_path: Path) -> None:
