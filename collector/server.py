@@ -441,8 +441,7 @@ class Collector:
         finally:
             self._inflight.release()
         self._count(landed)
-        if landed.set_aside:
-            self.sweep_quarantine()
+        self.sweep_quarantine()  # hourly at most: direct mode has no landing loop
         return landed.set_aside
 
     def _count(self, landed: Landed) -> None:

@@ -296,7 +296,15 @@ def land_segment(segment: Path, data_dir: Path, table_of: TableOf) -> Landed:
         except Exception as e:  # DecodeError; the receiver decoded it once, so: corruption
             aside.append(_undecodable(k, payload, e))
             continue
-        result = table_of(request)
+        try:
+            result = table_of(request)
+        except (MemoryError, OSError):
+            raise  # not this request's fault: the segment stays, to be retried
+        except Exception as e:
+            # The pipeline sets bad spans aside one by one; this is a failure no span
+            # explains (ids the receiver checked, say): it costs this request alone.
+            aside.extend(_aside_all(request, f"the request failed: {type(e).__name__}"))
+            continue
         tables.append(result.table)
         aside.extend(result.set_aside)
     # The note first: once the segment is gone, the note is all that says what was dropped.
@@ -330,6 +338,15 @@ def land_named(table: pa.Table | None, data_dir: Path, name: str) -> tuple[int, 
             continue
         landed += part.num_rows
     return landed, skipped
+
+
+def _aside_all(request: ExportTraceServiceRequest, reason: str) -> list[SetAside]:
+    return [
+        SetAside(span.trace_id.hex(), span.span_id.hex(), reason)
+        for rs in request.resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    ]
 
 
 def _undecodable(index: int, payload: bytes, error: Exception) -> SetAside:
@@ -384,12 +401,7 @@ def quarantine(segment: Path, data_dir: Path, reason: str) -> Path:
         except Exception as e:
             items.append(_undecodable(k, payload, e))
             continue
-        items.extend(
-            SetAside(span.trace_id.hex(), span.span_id.hex(), reason)
-            for rs in request.resource_spans
-            for ss in rs.scope_spans
-            for span in ss.spans
-        )
+        items.extend(_aside_all(request, reason))
     note_set_aside(data_dir, segment.name, items or [SetAside("", "", reason)])
     segment.unlink(missing_ok=True)
     fsync_path(segment.parent)

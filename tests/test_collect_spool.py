@@ -173,26 +173,35 @@ def _raw_quarantine_bytes(data: Path) -> bytes:
 
 
 def test_an_undecodable_record_costs_itself_and_no_raw_bytes_are_kept(tmp_path: Path) -> None:
-    """A segment left by a crash holds an acknowledged request (with a secret in it) and a
-    record that cannot be decoded: recovery lands the request, notes the bad record (its
-    place, size and digest), deletes the segment, and keeps no raw byte of either."""
+    """A segment left by a crash holds an acknowledged request (with a secret in it), a
+    record that cannot be decoded and one whose request cannot be read: recovery lands the
+    good request, notes the bad record (its place, size and digest) and the unreadable
+    request's span ids, deletes the segment, and keeps no raw byte of any."""
     data = tmp_path / "data"
     good = make_request(4, attrs={"custom.secret": f"token {SECRET}"})
     junk = b"\xff\xff\xff\xff" + SECRET.encode()  # a truncated varint: DecodeError
+    # Decodes, but a span has no start time (the receiver refuses those; an older
+    # release's spool or a flipped bit is how one gets here): the request cannot be read.
+    unreadable = make_request(2, attrs={"custom.secret": f"token {SECRET}"})
+    unreadable.resource_spans[0].scope_spans[0].spans[1].start_time_unix_nano = 0
     spool = Spool(data)
     spool.append(good.SerializeToString())
     spool.append(junk)
+    spool.append(unreadable.SerializeToString())
     spool.close()
     with CollectorProcess(data, "--flush-interval", "0.05") as col:
-        assert metric(col.url, "spans_set_aside_total") == 1
+        assert metric(col.url, "spans_set_aside_total") == 3
         assert metric(col.url, "segments_quarantined_total") == 0
     ids = {s.span_id.hex() for s in good.resource_spans[0].scope_spans[0].spans}
     assert {r["span_id"] for r in landed_rows(data)} == ids
     assert not list(data.glob("spool/**/*.wal"))
     notes = [p for p in (data / "spool" / "quarantine").iterdir()]
     assert [p.suffix for p in notes] == [".jsonl"]
-    (note,) = [json.loads(line) for line in notes[0].read_text().splitlines()]
-    assert note["reason"].startswith("record 1 (") and "cannot be decoded" in note["reason"]
+    first, *rest = [json.loads(line) for line in notes[0].read_text().splitlines()]
+    assert first["reason"].startswith("record 1 (") and "cannot be decoded" in first["reason"]
+    unread = {s.span_id.hex() for s in unreadable.resource_spans[0].scope_spans[0].spans}
+    assert {n["span_id"] for n in rest} == unread
+    assert {n["reason"] for n in rest} == {"the request failed: IngestError"}
     assert SECRET.encode() not in _raw_quarantine_bytes(data)
 
 
