@@ -145,7 +145,7 @@ def decode_salvaging(media: str, data: bytes) -> Salvaged:
     UTF-8 loses only the spans holding one (see :mod:`~tooltrail.collector.salvage`)."""
     if media == CT_PROTOBUF:
         try:
-            return Salvaged(ExportTraceServiceRequest.FromString(data), 0, "")
+            return Salvaged(ExportTraceServiceRequest.FromString(data), 0, "", whole=True)
         except DecodeError as e:
             salvaged = salvage(data) if "utf-8" in str(e).lower() else None
             if salvaged is None:
@@ -153,7 +153,7 @@ def decode_salvaging(media: str, data: bytes) -> Salvaged:
                     400, f"malformed protobuf ExportTraceServiceRequest: {e}"
                 ) from e
             return salvaged
-    return Salvaged(_decode_json(data), 0, "")
+    return Salvaged(_decode_json(data), 0, "", whole=True)
 
 
 def _decode_json(data: bytes) -> ExportTraceServiceRequest:
@@ -238,8 +238,8 @@ def read_request(
     media = check_content_type(content_type)
     data = decompress(body, encoding, limits.max_decoded_bytes)
     decoded = decode_salvaging(media, data)
-    # The body itself is the payload only when it decoded whole.
-    reusable = data if media == CT_PROTOBUF and not decoded.dropped else None
+    # The body itself is the payload only when it decoded as it was.
+    reusable = data if media == CT_PROTOBUF and decoded.whole else None
     return validate(decoded.request, reusable, limits.max_span_bytes, decoded)
 
 

@@ -41,6 +41,10 @@ class Salvaged:
     request: ExportTraceServiceRequest
     dropped: int
     first_error: str  # where the first dropped span was and why ("" when none)
+    # The body decoded as it was (so it can be spooled as it is). False after a salvage,
+    # even one that dropped no span (a bad schema URL is repaired, a bad unknown field
+    # left out): the body itself would not decode again.
+    whole: bool = False
 
 
 class _Malformed(Exception):

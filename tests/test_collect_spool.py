@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 from collect_support import CollectorProcess, landed_rows, metric
-from test_collect_http import make_request
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from test_collect_http import _flip, _valid, make_request
 
 from tooltrail.collector.landing import RequestPipeline
 from tooltrail.collector.receiver import Limits, RequestRejected, decompress, read_request
@@ -221,3 +224,20 @@ def test_quarantine_files_past_retention_are_deleted(tmp_path: Path) -> None:
     with CollectorProcess(data, "--quarantine-retention", "7"):
         pass
     assert sorted(p.name for p in qdir.iterdir()) == [fresh.name]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.integers(0, 10_000), min_size=1, max_size=8))
+def test_an_accepted_payload_always_decodes_again(positions: list[int]) -> None:
+    """What is spooled is what was accepted: a body salvaged from bad UTF-8 is spooled
+    re-encoded, never as the body that did not decode (its spans would land as an
+    undecodable record, acknowledged yet not landed)."""
+    body = _flip(_valid, positions)
+    try:
+        accepted = read_request("application/x-protobuf", None, body, Limits())
+    except RequestRejected:
+        return
+    again = ExportTraceServiceRequest.FromString(accepted.payload)
+    assert sum(len(ss.spans) for rs in again.resource_spans for ss in rs.scope_spans) == (
+        accepted.spans
+    )
