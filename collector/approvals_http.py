@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from tooltrail.collector import jsontext
 from tooltrail.control import (
     PAUSED,
     AlreadyDecidedError,
@@ -93,7 +94,9 @@ def status_of(error: Exception) -> int:
 
 def parse_json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
-        doc = json.loads(body)
+        doc = jsontext.loads(body)
+    except jsontext.HugeIntegerError as e:
+        raise BadInputError(f"{what}: {e}") from e
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise BadInputError(f"{what}: body is not valid JSON ({e})") from e
     if not isinstance(doc, dict):

@@ -93,6 +93,15 @@ ENV_DECISION_TOKEN = "TOOLTRAIL_COLLECTOR_DECISION_TOKEN"
     help="Seconds a connection has to send a request's line and headers (also the idle "
     "time of a keep-alive connection).",
 )
+@click.option(
+    "--quarantine-retention",
+    "quarantine_days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=7.0,
+    show_default=True,
+    help="Days the notes of spans set aside (ids and reasons, no values) are kept in "
+    "spool/quarantine.",
+)
 def collect_cli(
     data: Path | None,
     host: str,
@@ -107,6 +116,7 @@ def collect_cli(
     workers: int | None,
     max_connections: int,
     header_timeout: float,
+    quarantine_days: float,
 ) -> None:
     """Receive OTLP/HTTP spans from remote agents and land them (and serve approvals).
 
@@ -157,6 +167,7 @@ def collect_cli(
             workers=default_workers() if workers is None else workers,
             max_connections=max_connections,
             header_timeout_s=header_timeout,
+            quarantine_retention_s=quarantine_days * 86400.0,
         )
 
         def ready(running: Running) -> None:

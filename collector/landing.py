@@ -7,12 +7,20 @@ collector has threads) so landing uses the other cores while the receiver only d
 validates and fsyncs. ``workers=0`` lands in the calling thread (tests, tiny machines).
 
 Each worker builds its own :class:`RequestPipeline` from the policy *path* (loaded policies
-are not picklable) and its own :class:`ParquetSpanWriter` (unique writer id per process).
+are not picklable).
+
+Direct mode lands each request as ``spans/date=D/direct-<digest>.parquet``, named after a
+SHA-256 of the accepted request's protobuf encoding: a sender that resends a batch whose
+200 it never got (the collector crashed after landing it) finds the name taken, and the
+batch lands once. The Parquet files are the index, so it costs one ``exists`` per
+partition and survives any crash; it holds until compaction merges the file away, long
+after any sender's retries.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import logging
 import os
@@ -32,9 +40,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from tooltrail.collector.columnar import columns_of_records
 from tooltrail.collector.otlp import records_from_request
-from tooltrail.collector.pipeline import BatchPipeline
-from tooltrail.collector.spool import land_segment
-from tooltrail.collector.writer import ParquetSpanWriter, split_by_date, write_sorted_parquet
+from tooltrail.collector.pipeline import BatchPipeline, BatchResult
+from tooltrail.collector.spool import Landed, land_named, land_segment, note_set_aside
+from tooltrail.collector.writer import spans_lock, split_by_date, write_sorted_parquet
+from tooltrail.config import SPANS_DIR
 
 if TYPE_CHECKING:
     from tooltrail.policy import Policy
@@ -53,14 +62,18 @@ class RequestPipeline:
     def __init__(self, policy: str | os.PathLike[str] | Policy | None, redact: bool | None):
         self._pipeline = BatchPipeline.build(policy, redact)
 
+    def result(self, request: ExportTraceServiceRequest) -> BatchResult:
+        """The request's landed table and the spans set aside from it."""
+        return self._pipeline.result(columns_of_records(records_from_request(request)))
+
     def table(self, request: ExportTraceServiceRequest) -> pa.Table:
-        return self._pipeline.table(columns_of_records(records_from_request(request)))
+        return self.result(request).table
 
 
 # --- worker-process side ---------------------------------------------------------------------
 
 _pipeline: RequestPipeline | None = None
-_writer: ParquetSpanWriter | None = None
+_data_dir: Path | None = None
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -80,12 +93,12 @@ def workers_lock_path(data_dir: Path) -> Path:
 
 
 def _init_worker(policy: PolicySource, redact: bool | None, data_dir: str, parent: int) -> None:
-    global _pipeline, _writer, _workers_lock
+    global _pipeline, _data_dir, _workers_lock
     _workers_lock = os.open(workers_lock_path(Path(data_dir)), os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(_workers_lock, fcntl.LOCK_SH)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _pipeline = RequestPipeline(policy, redact)
-    _writer = ParquetSpanWriter(Path(data_dir))
+    _data_dir = Path(data_dir)
 
 
 def _ready_job() -> int:
@@ -103,21 +116,29 @@ def _ready_job() -> int:
     return os.getpid()
 
 
-def _land_segment_job(segment: str, data_dir: str) -> tuple[int, int]:
+def _land_segment_job(segment: str, data_dir: str) -> Landed:
     assert _pipeline is not None
-    return land_segment(Path(segment), Path(data_dir), _pipeline.table)
+    return land_segment(Path(segment), Path(data_dir), _pipeline.result)
 
 
-def _land_payload(pipeline: RequestPipeline, writer: ParquetSpanWriter, payload: bytes) -> int:
-    """Land one request's spans as its own files; returns the rows written."""
-    table = pipeline.table(ExportTraceServiceRequest.FromString(payload))
-    writer.write_arrow(table)
-    return int(table.num_rows)
+def direct_name(payload: bytes) -> str:
+    """The stem a direct-mode request lands as: the same bytes, the same name."""
+    return f"direct-{hashlib.sha256(payload).hexdigest()[:32]}"
 
 
-def _land_payload_job(payload: bytes) -> int:
-    assert _pipeline is not None and _writer is not None
-    return _land_payload(_pipeline, _writer, payload)
+def _land_payload(pipeline: RequestPipeline, data_dir: Path, payload: bytes) -> Landed:
+    """Land one request's spans as its own files, once (see the module docstring)."""
+    result = pipeline.result(ExportTraceServiceRequest.FromString(payload))
+    stem = direct_name(payload)
+    note_set_aside(data_dir, stem, result.set_aside)
+    with spans_lock(data_dir / SPANS_DIR, exclusive=False):
+        landed, skipped = land_named(result.table, data_dir, f"{stem}.parquet")
+    return Landed(landed, skipped, len(result.set_aside))
+
+
+def _land_payload_job(payload: bytes) -> Landed:
+    assert _pipeline is not None and _data_dir is not None
+    return _land_payload(_pipeline, _data_dir, payload)
 
 
 def wait_for_old_workers(data_dir: Path, timeout_s: float = 15.0) -> bool:
@@ -166,7 +187,6 @@ class Lander:
         self._pool: ProcessPoolExecutor | None = None
         # In-process landing (workers=0), also used to check the policy loads here.
         self.pipeline = RequestPipeline(policy, redact)
-        self._writer = ParquetSpanWriter(data_dir)
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -199,22 +219,22 @@ class Lander:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def submit_segment(self, segment: Path) -> Future[tuple[int, int]]:
-        """Land one sealed segment; the future holds (rows landed, rows already there)."""
+    def submit_segment(self, segment: Path) -> Future[Landed]:
+        """Land one sealed segment; the future holds what landing it did."""
         if not self.workers:
-            done: Future[tuple[int, int]] = Future()
+            done: Future[Landed] = Future()
             try:
-                done.set_result(land_segment(segment, self.data_dir, self.pipeline.table))
+                done.set_result(land_segment(segment, self.data_dir, self.pipeline.result))
             except Exception as e:
                 done.set_exception(e)
             return done
         return self._submit(_land_segment_job, os.fspath(segment), os.fspath(self.data_dir))
 
-    def land_payload(self, payload: bytes) -> int:
-        """Land one request's spans now (direct mode); returns the rows written."""
+    def land_payload(self, payload: bytes) -> Landed:
+        """Land one request's spans now, once (direct mode)."""
         if not self.workers:
-            return _land_payload(self.pipeline, self._writer, payload)
-        result: int = self._submit(_land_payload_job, payload).result()
+            return _land_payload(self.pipeline, self.data_dir, payload)
+        result: Landed = self._submit(_land_payload_job, payload).result()
         return result
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
@@ -240,4 +260,4 @@ class Lander:
             pool.shutdown(wait=True)
 
 
-__all__ = ["Lander", "RequestPipeline", "wait_for_old_workers"]
+__all__ = ["Lander", "RequestPipeline", "direct_name", "wait_for_old_workers"]

@@ -9,9 +9,11 @@ against the OTLP schema); :func:`records_from_request` then turns the message in
 :class:`~tooltrail.collector.normalize.SpanRecord` objects. The same function serves
 protobuf bodies (a later HTTP receiver).
 
-Ingest is all or nothing per run: every file is parsed and validated before anything is
-landed, and a bad line raises :class:`~tooltrail.errors.IngestError` naming the file, the
-line and what is wrong.
+Ingest is all or nothing per run for bad input: every file is parsed and validated before
+anything is landed, and a bad line raises :class:`~tooltrail.errors.IngestError` naming the
+file, the line and what is wrong. A span that is valid OTLP but cannot be normalized (a
+value the scrubber or the normalizer raises on) is set aside alone by the shared
+:class:`~tooltrail.collector.pipeline.BatchPipeline`, as the collector does, and reported.
 """
 
 from __future__ import annotations
@@ -25,17 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import pyarrow as pa
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
+from tooltrail.collector import jsontext
+from tooltrail.collector.columnar import columns_of_records
 from tooltrail.collector.normalize import Normalizer, SpanRecord
-from tooltrail.collector.pipeline import RowHook
+from tooltrail.collector.pipeline import BatchPipeline, RowHook, SetAside
 from tooltrail.collector.writer import LandingError, ParquetSpanWriter
 from tooltrail.errors import IngestError, StoreError
 from tooltrail.redact import Redactor
-from tooltrail.schema import Row
 
 TRACE_ID_BYTES: Final = 16
 SPAN_ID_BYTES: Final = 8
@@ -78,6 +82,7 @@ class IngestReport:
     rows: int
     written: tuple[Path, ...] = ()
     skipped: int = 0  # spans already landed (or twice in the input): not landed again
+    set_aside: tuple[SetAside, ...] = ()  # spans that could not be normalized: not landed
 
 
 # --- protobuf message -> records -------------------------------------------------------
@@ -289,22 +294,27 @@ def _documents(path: Path) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as e:
-            if first:
-                whole = _whole_document(text)
-                if whole is not None:
-                    yield 1, whole
-                    return
-            raise IngestError(f"{path}:{number}: not valid JSON: {e.msg} (column {e.colno})") from e
+            try:
+                doc = jsontext.loads(line)
+            except json.JSONDecodeError as e:
+                if first:
+                    whole = _whole_document(text)
+                    if whole is not None:
+                        yield 1, whole
+                        return
+                raise IngestError(f"not valid JSON: {e.msg} (column {e.colno})") from e
+            except RecursionError as e:
+                raise IngestError("not valid JSON: nested too deeply") from e
+        except (IngestError, jsontext.HugeIntegerError) as e:  # the latter names the field
+            raise IngestError(f"{path}:{number}: {e}") from e
         first = False
         yield number, doc
 
 
 def _whole_document(text: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return jsontext.loads(text)
+    except (json.JSONDecodeError, RecursionError):
         return None
 
 
@@ -322,6 +332,8 @@ def read_otlp_json(path: str | os.PathLike[str]) -> list[SpanRecord]:
             records.extend(records_from_request(request_from_json(doc)))
         except IngestError as e:
             raise IngestError(f"{p}:{number}: {e}") from e
+        except RecursionError as e:  # json_format on pathological nesting
+            raise IngestError(f"{p}:{number}: nested too deeply") from e
     return records
 
 
@@ -337,8 +349,10 @@ def ingest_files(
     Every file is parsed and validated first; if any is bad, IngestError is raised and
     nothing is landed. Then every span is normalized (``normalizer``, by default one with
     the redactor ``$TOOLTRAIL_REDACT`` selects: on unless turned off), ``row_hook`` is
-    applied to each row (it may change the row in place: the policy hook), and the rows
-    are landed through :class:`ParquetSpanWriter`.
+    applied to each undecided tool row (it may change the row in place: the policy hook),
+    and the rows are landed through :class:`ParquetSpanWriter`. This is the collector's
+    :class:`BatchPipeline`: a span that makes a step raise is set aside alone
+    (``IngestReport.set_aside``: ids and reason) and the others land.
 
     A span is landed once: one that appears twice in the input, or that
     ``already_landed`` (given the span ids, returning the landed ``(trace_id, span_id)``
@@ -356,40 +370,44 @@ def ingest_files(
             seen.add(key)
             fresh.append(record)
     norm = normalizer if normalizer is not None else Normalizer(Redactor.from_env())
-    rows: list[Row] = []
-    for record in fresh:
-        row = norm.normalize(record)
-        if row_hook is not None:
-            row_hook(row)
-        rows.append(row)
-    written = _land(rows, data_dir)
+    pipeline = BatchPipeline(norm, row_hook)
+    tables: list[pa.Table] = []
+    aside: list[SetAside] = []
+    # The collector's batch pipeline: normalized a batch at a time, and a span that makes
+    # any step raise is set aside alone instead of failing the run.
+    for start in range(0, len(fresh), INGEST_BATCH_ROWS):
+        result = pipeline.result(columns_of_records(fresh[start : start + INGEST_BATCH_ROWS]))
+        tables.append(result.table)
+        aside.extend(result.set_aside)
+    written = _land(tables, data_dir)
     return IngestReport(
         files=len(paths),
         spans=len(records),
-        rows=len(rows),
+        rows=sum(t.num_rows for t in tables),
         written=tuple(written),
         skipped=len(records) - len(fresh),
+        set_aside=tuple(aside),
     )
 
 
-def _land(rows: list[Row], data_dir: str | os.PathLike[str]) -> list[Path]:
+def _land(tables: list[pa.Table], data_dir: str | os.PathLike[str]) -> list[Path]:
     writer = ParquetSpanWriter(data_dir)
     written: list[Path] = []
+    total = sum(t.num_rows for t in tables)
     landed = 0
-    for start in range(0, len(rows), INGEST_BATCH_ROWS):
-        batch = rows[start : start + INGEST_BATCH_ROWS]
+    for table in tables:
         try:
-            written.extend(writer.write(batch))
+            written.extend(writer.write_arrow(table))
         except LandingError as e:
             # Each file lands atomically, but earlier batches are already visible: say so.
             cause = e.__cause__
             why = cause.strerror if isinstance(cause, OSError) and cause.strerror else cause or e
-            landed += len(batch) - e.unwritten.num_rows
+            landed += table.num_rows - e.unwritten.num_rows
             raise StoreError(
                 f"cannot write to {data_dir}: {why}; "
-                f"{landed} of {len(rows)} rows were landed before the failure"
+                f"{landed} of {total} rows were landed before the failure"
             ) from e
-        landed += len(batch)
+        landed += table.num_rows
     return written
 
 

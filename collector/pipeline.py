@@ -4,6 +4,12 @@ The in-process exporter (SDK spans) and the collector (OTLP requests) both hand 
 :class:`BatchPipeline`, so a span lands identically whichever way it arrives: normalized
 by :func:`~tooltrail.collector.columnar.normalize_batch`, then, with a policy, undecided
 tool spans are decided after the fact by the single :func:`policy_row_hook`.
+
+One bad span never costs another: when a batch fails (the scrubber, the normalizer, the
+policy or the Arrow conversion raises on some value), it is retried span by span, and only
+the spans that fail again are set aside, as :class:`SetAside` notes (ids and the kind of
+failure, never a value: the value may be the very secret the scrubber choked on). The
+good path pays for one shallow copy of the batch's lists.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
 
@@ -26,7 +33,7 @@ from tooltrail.collector.columnar import (
 )
 from tooltrail.collector.normalize import SPAN_TYPE_TOOL, Normalizer
 from tooltrail.redact import Redactor
-from tooltrail.schema import Row
+from tooltrail.schema import SPAN_SCHEMA, Row
 
 if TYPE_CHECKING:
     from tooltrail.policy import Policy
@@ -34,6 +41,33 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 RowHook = Callable[[Row], None]
+
+# Not a span's fault: retrying span by span would only fail 512 times (and mark the whole
+# batch as bad data). They propagate; the caller retries the batch or keeps it.
+_NOT_A_SPAN_FAULT: Final = (MemoryError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    """A span that could not land: which one and at what step, never any of its values."""
+
+    trace_id: str
+    span_id: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"trace {self.trace_id or '?'} span {self.span_id or '?'}: {self.reason}"
+
+    def as_json(self) -> dict[str, str]:
+        return {"trace_id": self.trace_id, "span_id": self.span_id, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """The landed table of a batch and the spans set aside from it."""
+
+    table: pa.Table
+    set_aside: tuple[SetAside, ...] = ()
 
 
 def policy_row_hook(policy: str | os.PathLike[str] | Policy | None) -> RowHook | None:
@@ -110,8 +144,79 @@ class BatchPipeline:
         return columns
 
     def table(self, src: SpanColumns) -> pa.Table:
-        """The landed Arrow table of a batch, decided."""
-        return columns_to_table(self.columns(src), len(src))
+        """The landed Arrow table of a batch, decided; spans that cannot land are set
+        aside and logged (ids and reason only). See :meth:`result`."""
+        result = self.result(src)
+        for item in result.set_aside:
+            _log.error("tooltrail: set aside a span that cannot land: %s", item.describe())
+        return result.table
+
+    def result(self, src: SpanColumns) -> BatchResult:
+        """The landed table of a batch, and the spans set aside because they alone fail.
+
+        The whole batch is tried first (the fast path); if anything in it raises, each
+        span is tried alone, so a value that makes a step raise costs its own span only.
+        """
+        spare = _copy(src)  # normalize_batch consumes its input
+        try:
+            return BatchResult(self._table(src))
+        except _NOT_A_SPAN_FAULT:
+            raise
+        except Exception as e:
+            _log.warning(
+                "tooltrail: a batch of %d spans failed (%s): landing it span by span",
+                len(spare),
+                type(e).__name__,
+            )
+        return self._span_by_span(spare)
+
+    def _table(self, src: SpanColumns, step: _Step | None = None) -> pa.Table:
+        n = len(src)
+        at = step if step is not None else _Step()
+        at.name = "normalizing"
+        columns = normalize_batch(self.normalizer, src)
+        if self._hook is not None:
+            at.name = "deciding (policy)"
+            _decide(self._hook, columns, n)
+        at.name = "converting to Arrow"
+        return columns_to_table(columns, n)
+
+    def _span_by_span(self, src: SpanColumns) -> BatchResult:
+        tables: list[pa.Table] = []
+        aside: list[SetAside] = []
+        for i in range(len(src)):
+            step = _Step()
+            try:
+                tables.append(self._table(_one(src, i), step))
+            except _NOT_A_SPAN_FAULT:
+                raise
+            except Exception as e:
+                # The type and the step only: an exception's text may quote the value.
+                reason = f"{type(e).__name__} while {step.name}"
+                aside.append(SetAside(str(src.trace_id[i]), str(src.span_id[i]), reason))
+        table = pa.concat_tables(tables) if tables else SPAN_SCHEMA.empty_table()
+        return BatchResult(table, tuple(aside))
+
+
+class _Step:
+    """The landing step a batch is at (named in a set-aside span's reason)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self) -> None:
+        self.name = ""
+
+
+_SRC_FIELDS: Final = SpanColumns.__slots__
+
+
+def _copy(src: SpanColumns) -> SpanColumns:
+    """A shallow copy: the lists are new, the values (attribute mappings too) shared."""
+    return SpanColumns(**{f: list(getattr(src, f)) for f in _SRC_FIELDS})
+
+
+def _one(src: SpanColumns, i: int) -> SpanColumns:
+    return SpanColumns(**{f: [getattr(src, f)[i]] for f in _SRC_FIELDS})
 
 
 def _decide(hook: RowHook, columns: Columns, n: int) -> None:
@@ -125,4 +230,11 @@ def _decide(hook: RowHook, columns: Columns, n: int) -> None:
             set_row(columns, i, row, n)
 
 
-__all__ = ["BatchPipeline", "RowHook", "load_row_hook", "policy_row_hook"]
+__all__ = [
+    "BatchPipeline",
+    "BatchResult",
+    "RowHook",
+    "SetAside",
+    "load_row_hook",
+    "policy_row_hook",
+]

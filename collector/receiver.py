@@ -9,6 +9,8 @@ lives here as plain functions, so the rules are testable without a server:
 * A body that does not decode as an ``ExportTraceServiceRequest`` is rejected whole (400):
   malformed protobuf, malformed JSON, nesting past the decoder's recursion limit, or (JSON
   only) an id that is not hex, since the JSON body cannot be mapped to protobuf at all.
+  One exception: a protobuf body refused only because a string in it is not valid UTF-8
+  loses just the spans holding such a string (:mod:`~tooltrail.collector.salvage`).
 * A body that decodes is checked span by span: a span with a bad id, no start time or an
   oversized encoding (huge attribute values) is dropped and counted in the OTLP
   ``partial_success`` (``rejected_spans`` and a message naming the first offender), and
@@ -32,7 +34,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from tooltrail.collector import jsontext
 from tooltrail.collector.otlp import SPAN_ID_BYTES, TRACE_ID_BYTES, request_from_json
+from tooltrail.collector.salvage import Salvaged, salvage
 from tooltrail.errors import IngestError
 
 CT_PROTOBUF: Final = "application/x-protobuf"
@@ -133,14 +137,30 @@ def gzip_bytes(data: bytes) -> bytes:
 
 def decode(media: str, data: bytes) -> ExportTraceServiceRequest:
     """Parse a decompressed body; RequestRejected(400) names what is wrong."""
+    return decode_salvaging(media, data).request
+
+
+def decode_salvaging(media: str, data: bytes) -> Salvaged:
+    """:func:`decode`, except that a protobuf body refused for a string that is not valid
+    UTF-8 loses only the spans holding one (see :mod:`~tooltrail.collector.salvage`)."""
     if media == CT_PROTOBUF:
         try:
-            parsed: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(data)
-            return parsed
+            return Salvaged(ExportTraceServiceRequest.FromString(data), 0, "", whole=True)
         except DecodeError as e:
-            raise RequestRejected(400, f"malformed protobuf ExportTraceServiceRequest: {e}") from e
+            salvaged = salvage(data) if "utf-8" in str(e).lower() else None
+            if salvaged is None:
+                raise RequestRejected(
+                    400, f"malformed protobuf ExportTraceServiceRequest: {e}"
+                ) from e
+            return salvaged
+    return Salvaged(_decode_json(data), 0, "", whole=True)
+
+
+def _decode_json(data: bytes) -> ExportTraceServiceRequest:
     try:
-        doc = json.loads(data)
+        doc = jsontext.loads(data)
+    except jsontext.HugeIntegerError as e:
+        raise RequestRejected(400, f"invalid OTLP/JSON: {e}") from e
     except UnicodeDecodeError as e:
         raise RequestRejected(400, f"JSON body is not UTF-8 ({e.reason} at byte {e.start})") from e
     except json.JSONDecodeError as e:
@@ -175,11 +195,16 @@ def _span_problem(span: Any, max_span_bytes: int | None) -> str | None:
     return None
 
 
-def validate(req: ExportTraceServiceRequest, body: bytes | None, max_span_bytes: int) -> Accepted:
-    """Drop the spans that cannot land; ``body`` is reused as payload when nothing is."""
-    total = 0
-    rejected = 0
-    first_error = ""
+def validate(
+    req: ExportTraceServiceRequest,
+    body: bytes | None,
+    max_span_bytes: int,
+    dropped: Salvaged | None = None,
+) -> Accepted:
+    """Drop the spans that cannot land; ``body`` is reused as payload when nothing is.
+    ``dropped``: spans the decoder already lost (counted as rejected too)."""
+    total = rejected = dropped.dropped if dropped is not None else 0
+    first_error = dropped.first_error if dropped is not None else ""
     # A span's encoding is part of the body's: when the whole protobuf body is within the
     # limit, no span can exceed it, and sizing each span (a re-encode) is skipped.
     limit: int | None = max_span_bytes
@@ -212,8 +237,10 @@ def read_request(
     """Everything between the raw body and the spans to land."""
     media = check_content_type(content_type)
     data = decompress(body, encoding, limits.max_decoded_bytes)
-    req = decode(media, data)
-    return validate(req, data if media == CT_PROTOBUF else None, limits.max_span_bytes)
+    decoded = decode_salvaging(media, data)
+    # The body itself is the payload only when it decoded as it was.
+    reusable = data if media == CT_PROTOBUF and decoded.whole else None
+    return validate(decoded.request, reusable, limits.max_span_bytes, decoded)
 
 
 # --- responses ---------------------------------------------------------------------------

@@ -55,6 +55,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
+
 from tooltrail.collector import approvals_http as apr
 from tooltrail.collector.landing import Lander, RequestPipeline, wait_for_old_workers
 from tooltrail.collector.receiver import (
@@ -67,7 +69,15 @@ from tooltrail.collector.receiver import (
     status_body,
     success_body,
 )
-from tooltrail.collector.spool import DEFAULT_SEGMENT_BYTES, Spool, quarantine
+from tooltrail.collector.spool import (
+    DEFAULT_QUARANTINE_RETENTION_S,
+    DEFAULT_SEGMENT_BYTES,
+    Landed,
+    Spool,
+    quarantine,
+    quarantine_dir,
+    sweep_quarantine,
+)
 from tooltrail.errors import BadInputError, StoreError, TooltrailError
 
 if TYPE_CHECKING:
@@ -163,6 +173,10 @@ class CollectorConfig:
     # one (an idle keep-alive connection is closed after this long; senders reconnect).
     header_timeout_s: float = 15.0
     redact: bool | None = None
+    # Seconds notes of set-aside spans are kept in spool/quarantine (they hold ids and
+    # reasons only; the retention bounds the directory, and ends raw segments an older
+    # release quarantined).
+    quarantine_retention_s: float = DEFAULT_QUARANTINE_RETENTION_S
     # Processes that normalize and write Parquet (0: in the collector process itself).
     workers: int = field(default_factory=default_workers)
 
@@ -181,6 +195,8 @@ class CollectorConfig:
             raise BadInputError("max_connections must be 2 or more")
         if not self.header_timeout_s > 0:
             raise BadInputError("header_timeout_s must be more than 0 seconds")
+        if not self.quarantine_retention_s > 0:
+            raise BadInputError("quarantine_retention_s must be more than 0 seconds")
         for name in ("token", "decision_token"):
             value = getattr(self, name)
             if value is not None and len(value) < 16:
@@ -212,50 +228,66 @@ _COUNTERS: Final = {
     "spans_accepted_total": "Spans acknowledged (durable) to senders.",
     "spans_rejected_total": "Invalid spans dropped from accepted requests (partial success).",
     "spans_landed_total": "Rows landed in Parquet.",
-    "spans_duplicate_skipped_total": "Rows found already landed when landing a segment again.",
+    "spans_duplicate_skipped_total": (
+        "Rows found already landed (a segment landed again, a batch sent again)."
+    ),
+    "spans_set_aside_total": (
+        "Spans that could not be normalized or decided, set aside alone (ids and reason "
+        "noted in spool/quarantine); the rest of their batch landed."
+    ),
     "requests_shed_total": "Trace requests answered 503 to shed load.",
     "landing_errors_total": "Failed attempts to land a spool segment (retried).",
-    "segments_quarantined_total": "Spool segments moved aside because they cannot be read.",
+    "segments_quarantined_total": (
+        "Spool segments that could not be landed at all (their span ids noted in "
+        "spool/quarantine, the raw segment deleted)."
+    ),
     "approvals_filed_total": "Approval requests filed over HTTP.",
     "session_controls_total": "Session pause / resume / cancel changes made over HTTP.",
     "approval_decisions_total": "Approval decisions made over HTTP.",
     "approvals_withdrawn_total": "Approval requests withdrawn over HTTP by their agent.",
     "connections_refused_total": "Connections answered 503 and closed: too many were open.",
 }
+_LABELS: Final = {"requests_total": ("kind", "code")}
+METRIC_PREFIX: Final = "tooltrail_collector_"
 
 
 class Metrics:
-    """Counters for ``GET /metrics`` (Prometheus text format 0.0.4)."""
+    """``GET /metrics``: prometheus-client metrics in a registry of this collector's own
+    (never the process-global one: two collectors in one process, as in tests, must not
+    share or clash), with the process collector (CPU, memory, open and maximum file
+    descriptors). Values print in full precision and label values are escaped."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
         self.started = time.time()
+        self._counters: dict[str, Counter] = {
+            name: Counter(
+                METRIC_PREFIX + name,
+                help_text,
+                labelnames=_LABELS.get(name, ()),
+                registry=self.registry,
+            )
+            for name, help_text in _COUNTERS.items()
+        }
+        ProcessCollector(registry=self.registry)
 
     def add(self, name: str, value: float = 1, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        with self._lock:
-            self._values[key] = self._values.get(key, 0) + value
+        counter = self._counters[name]
+        if labels:
+            counter.labels(**labels).inc(value)
+        else:
+            counter.inc(value)
 
     def get(self, name: str, **labels: str) -> float:
-        with self._lock:
-            return self._values.get((name, tuple(sorted(labels.items()))), 0)
+        value = self.registry.get_sample_value(METRIC_PREFIX + name, labels)
+        return 0.0 if value is None else value
 
-    def render(self, gauges: dict[str, tuple[str, float]]) -> str:
-        lines: list[str] = []
-        with self._lock:
-            values = dict(self._values)
-        for name, help_text in _COUNTERS.items():
-            full = f"tooltrail_collector_{name}"
-            lines += [f"# HELP {full} {help_text}", f"# TYPE {full} counter"]
-            series = [(k[1], v) for k, v in values.items() if k[0] == name] or [((), 0.0)]
-            for labels, value in sorted(series):
-                label_text = ",".join(f'{k}="{v}"' for k, v in labels)
-                lines.append(f"{full}{{{label_text}}} {value:g}" if labels else f"{full} {value:g}")
-        for name, (help_text, value) in gauges.items():
-            full = f"tooltrail_collector_{name}"
-            lines += [f"# HELP {full} {help_text}", f"# TYPE {full} gauge", f"{full} {value:g}"]
-        return "\n".join(lines) + "\n"
+    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        """A gauge read when ``/metrics`` is scraped."""
+        Gauge(METRIC_PREFIX + name, help_text, registry=self.registry).set_function(read)
+
+    def render(self) -> str:
+        return generate_latest(self.registry).decode()
 
 
 # --- instance lock -----------------------------------------------------------------------
@@ -310,12 +342,15 @@ class Collector:
         self.stop = threading.Event()
         self._lock = InstanceLock(cfg.data_dir)
         self._spool: Spool | None = None
-        self._landing: dict[Path, Future[tuple[int, int]]] = {}
+        self._landing: dict[Path, Future[Landed]] = {}
+        self._swept = 0.0  # monotonic time of the last quarantine sweep
         self._inflight = threading.BoundedSemaphore(cfg.max_inflight)
         self._waiters = threading.BoundedSemaphore(cfg.waiter_cap())
         self._lander: threading.Thread | None = None
         self._wake = threading.Event()
         self.last_landing_error: str | None = None
+        for name, (help_text, read) in self._gauges().items():
+            self.metrics.gauge(name, help_text, read)
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -328,6 +363,7 @@ class Collector:
                     "running; stop them before starting a new one"
                 )
             self.lander.warm_up()
+            self.sweep_quarantine()
             if self.cfg.durability == "spool":
                 self._spool = Spool(self.data_dir, segment_bytes=self.cfg.segment_bytes)
                 left = self._spool.recover()
@@ -367,13 +403,22 @@ class Collector:
         accepted = read_request(content_type, encoding, body, self.cfg.limits)
         self.metrics.add("spans_received_total", accepted.spans + accepted.rejected)
         self.metrics.add("spans_rejected_total", accepted.rejected)
+        rejected, message = accepted.rejected, accepted.error_message
         if accepted.spans:
+            acked = accepted.spans
             if self._spool is not None:
                 self._append(accepted.payload)
             else:
-                self._land_direct(accepted.payload)
-            self.metrics.add("spans_accepted_total", accepted.spans)
-        return success_body(media_type(content_type), accepted.rejected, accepted.error_message)
+                # Direct mode lands before it answers: spans set aside while landing are
+                # rejected in the answer, as invalid spans are (OTLP partial success).
+                aside = self._land_direct(accepted.payload)
+                if aside:
+                    acked -= aside
+                    rejected += aside
+                    note = f"{aside} span(s) could not be normalized and were set aside"
+                    message = f"{message}; {note}" if message else note
+            self.metrics.add("spans_accepted_total", acked)
+        return success_body(media_type(content_type), rejected, message)
 
     def _append(self, payload: bytes) -> None:
         assert self._spool is not None
@@ -385,7 +430,8 @@ class Collector:
         if self._spool.backlog_bytes >= self.cfg.segment_bytes:
             self._wake.set()
 
-    def _land_direct(self, payload: bytes) -> None:
+    def _land_direct(self, payload: bytes) -> int:
+        """Land a request now; returns how many of its spans were set aside."""
         if not self._inflight.acquire(blocking=False):
             self.metrics.add("requests_shed_total")
             raise RequestRejected(503, "too many requests landing at once; retry")
@@ -397,7 +443,35 @@ class Collector:
             raise RequestRejected(503, f"cannot land: {e}") from e
         finally:
             self._inflight.release()
-        self.metrics.add("spans_landed_total", landed)
+        self._count(landed)
+        self.sweep_quarantine()  # hourly at most: direct mode has no landing loop
+        return landed.set_aside
+
+    def _count(self, landed: Landed) -> None:
+        self.metrics.add("spans_landed_total", landed.landed)
+        self.metrics.add("spans_duplicate_skipped_total", landed.skipped)
+        if landed.set_aside:
+            self.metrics.add("spans_set_aside_total", landed.set_aside)
+            _log.error(
+                "tooltrail collect: set aside %d span(s) that could not be normalized "
+                "(ids and reasons in %s)",
+                landed.set_aside,
+                quarantine_dir(self.data_dir),
+            )
+
+    def sweep_quarantine(self, every_s: float = 3600.0) -> None:
+        """Delete quarantine notes past their retention (at most once per ``every_s``)."""
+        now = time.monotonic()
+        if self._swept and now - self._swept < every_s:
+            return
+        self._swept = now
+        try:
+            removed = sweep_quarantine(self.data_dir, self.cfg.quarantine_retention_s)
+        except OSError as e:
+            _log.warning("tooltrail collect: cannot sweep the quarantine: %s", e)
+            return
+        if removed:
+            _log.info("tooltrail collect: removed %d quarantine file(s) past retention", removed)
 
     # -- landing (spool mode) --------------------------------------------------------------
 
@@ -409,6 +483,7 @@ class Collector:
             self._wake.clear()
             idle_s = max(interval * _IDLE_FRACTION, _MIN_IDLE_SEAL_S)
             self._spool.seal(older_than_s=interval, idle_s=idle_s)
+            self.sweep_quarantine()
             if not self._pump(block=False) and not self.stop.is_set():
                 self.stop.wait(_LANDER_RETRY_S)  # the data dir failed: back off
 
@@ -442,41 +517,53 @@ class Collector:
             ok = self._settle(segment, future) and ok
         return ok
 
-    def _settle(self, segment: Path, future: Future[tuple[int, int]]) -> bool:
+    def _settle(self, segment: Path, future: Future[Landed]) -> bool:
         assert self._spool is not None
         try:
-            landed, skipped = future.result()
+            landed = future.result()
         except (OSError, BrokenProcessPool) as e:
             self.lander.broken(e)
             self.metrics.add("landing_errors_total")
             self.last_landing_error = f"{segment.name}: {e}"
             _log.error("tooltrail collect: cannot land %s (will retry): %s", segment, e)
             return False
-        except Exception as e:  # DecodeError, ValueError, RecursionError, an Arrow error...
-            # Acknowledged data that cannot be landed: keep it aside, never drop it, and
-            # keep the landing loop alive for every other segment.
-            moved = quarantine(segment)
+        except Exception as e:
+            # Landing sets bad spans aside one by one; this is a failure of the whole
+            # segment no span explains (a bug). Keep the landing loop alive for every
+            # other segment, note the segment's span ids, never keep its raw values.
+            reason = f"the segment could not be landed: {type(e).__name__}"
+            try:
+                noted = quarantine(segment, self.data_dir, reason)
+            except OSError as io_error:
+                self.metrics.add("landing_errors_total")
+                self.last_landing_error = f"{segment.name}: {io_error}"
+                return False  # the segment stays, to be retried
             self._spool.done(segment)
             self.metrics.add("segments_quarantined_total")
-            self.last_landing_error = f"{segment.name}: {e}"
-            _log.error("tooltrail collect: quarantined %s: %s", moved, e)
+            # The type only, here and in the log: an exception's text may quote a value.
+            self.last_landing_error = f"{segment.name}: {reason}"
+            _log.error("tooltrail collect: %s: %s (span ids noted in %s)", segment, reason, noted)
             return True
         self._spool.done(segment)
         self.last_landing_error = None
-        self.metrics.add("spans_landed_total", landed)
-        self.metrics.add("spans_duplicate_skipped_total", skipped)
+        self._count(landed)
         return True
 
     # -- views -----------------------------------------------------------------------------
 
-    def gauges(self) -> dict[str, tuple[str, float]]:
+    def backlog_bytes(self) -> int:
         spool = self._spool
-        backlog = spool.backlog_bytes if spool is not None else 0
-        segments = len(spool.sealed()) if spool is not None else 0
+        return spool.backlog_bytes if spool is not None else 0
+
+    def _gauges(self) -> dict[str, tuple[str, Callable[[], float]]]:
+        def sealed() -> float:
+            spool = self._spool
+            return len(spool.sealed()) if spool is not None else 0
+
         return {
-            "spool_backlog_bytes": ("Bytes acknowledged and not yet landed.", backlog),
-            "spool_sealed_segments": ("Sealed spool segments waiting to land.", segments),
-            "uptime_seconds": ("Seconds since start.", time.time() - self.metrics.started),
+            "spool_backlog_bytes": ("Bytes acknowledged and not yet landed.", self.backlog_bytes),
+            "spool_sealed_segments": ("Sealed spool segments waiting to land.", sealed),
+            "uptime_seconds": ("Seconds since start.", lambda: time.time() - self.metrics.started),
         }
 
     def health(self) -> tuple[int, dict[str, Any]]:
@@ -487,7 +574,7 @@ class Collector:
         doc: dict[str, Any] = {
             "status": "ok" if ok else "degraded",
             "durability": self.cfg.durability,
-            "backlog_bytes": self.gauges()["spool_backlog_bytes"][1],
+            "backlog_bytes": self.backlog_bytes(),
             "landing_error": None if error is None else self.public(error),
         }
         return (200 if ok else 503), doc
@@ -901,8 +988,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, doc = self.collector.health()
             self._json(status, doc, kind="health")
         elif path == METRICS_PATH:
-            gauges = {**self.collector.gauges(), **self.server.gauges()}
-            text = self.collector.metrics.render(gauges)
+            text = self.collector.metrics.render()
             self._send(200, text.encode(), CT_TEXT, kind="metrics")
         elif path == APPROVALS_PATH:
             self._list_approvals(parts.query)
@@ -1187,6 +1273,9 @@ class CollectorHTTPServer(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+        collector.metrics.gauge(
+            "open_connections", f"Connections open (at most {self.max_connections}).", self._opened
+        )
 
     def get_request(self) -> tuple[Any, Any]:
         try:
@@ -1236,10 +1325,9 @@ class CollectorHTTPServer(ThreadingHTTPServer):
             sock.send(_BUSY_ANSWER)
         self.shutdown_request(request)
 
-    def gauges(self) -> dict[str, tuple[str, float]]:
+    def _opened(self) -> float:
         with self._open_lock:
-            n = self._open
-        return {"open_connections": (f"Connections open (at most {self.max_connections}).", n)}
+            return self._open
 
 
 @dataclass

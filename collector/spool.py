@@ -21,11 +21,20 @@ Exactly once, also across crashes:
 * On start-up every segment left behind is landed first. A torn tail (a record whose
   write was cut by the crash) was never acknowledged, since the fsync precedes the
   answer; it is cut off.
+
+One bad span never costs another: a record that cannot be decoded, or a span the
+pipeline cannot normalize (:class:`~tooltrail.collector.pipeline.SetAside`), is set aside
+alone and every other span of the segment lands. What is set aside is kept in
+``spool/quarantine/`` as a note (JSON lines: ids, reason, where it came from), never as
+raw bytes: a raw record holds the values the scrubber never saw. Notes are deleted after
+the quarantine retention (:func:`sweep_quarantine`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import secrets
@@ -33,16 +42,18 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
+from tooltrail.collector.pipeline import BatchResult, SetAside
 from tooltrail.collector.writer import fsync_path, spans_lock, split_by_date, write_table_atomic
 from tooltrail.config import SPANS_DIR
 from tooltrail.errors import StoreError
@@ -57,9 +68,20 @@ LANDED_PREFIX: Final = "spool-"
 MAGIC: Final = b"TTSPOOL1"
 _HEADER: Final = struct.Struct("<II")  # payload length, CRC-32 of the payload
 DEFAULT_SEGMENT_BYTES: Final = 16 * 1024 * 1024
+NOTE_SUFFIX: Final = ".jsonl"
+DEFAULT_QUARANTINE_RETENTION_S: Final = 7 * 24 * 3600.0
 
-# One request's spans, normalized and decided, as a table in the landed schema.
-TableOf = Callable[[ExportTraceServiceRequest], pa.Table]
+# One request's spans, normalized and decided, in the landed schema (and those set aside).
+TableOf = Callable[[ExportTraceServiceRequest], BatchResult]
+
+
+class Landed(NamedTuple):
+    """What landing a batch did: rows landed now, rows found already landed, spans set
+    aside (noted in the quarantine)."""
+
+    landed: int
+    skipped: int
+    set_aside: int = 0
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -255,56 +277,167 @@ def landed_name(segment: Path) -> str:
     return f"{LANDED_PREFIX}{segment.name.removesuffix(SEGMENT_SUFFIX)}.parquet"
 
 
-def land_segment(segment: Path, data_dir: Path, table_of: TableOf) -> tuple[int, int]:
+def land_segment(segment: Path, data_dir: Path, table_of: TableOf) -> Landed:
     """Land one sealed segment exactly once, then delete it.
 
-    Returns (rows landed now, rows found already landed). Raises OSError when the data
-    directory cannot be written (the segment stays, to be retried), and ValueError /
-    DecodeError for a record that cannot be read back (the caller quarantines).
+    A record that cannot be decoded, or a span that cannot be normalized, is set aside
+    alone (noted in the quarantine, see :func:`note_set_aside`); the rest lands. Raises
+    OSError when the data directory cannot be written (the segment stays, to be retried).
     """
     try:
         read = read_segment(segment)
     except FileNotFoundError:
-        return 0, 0  # landed and deleted by another lander (a dying collector's worker)
-    tables = [table_of(ExportTraceServiceRequest.FromString(p)) for p in read.payloads]
-    spans_root = data_dir / SPANS_DIR
+        return Landed(0, 0)  # landed and deleted by another lander (a dying collector's worker)
+    tables: list[pa.Table] = []
+    aside: list[SetAside] = []
+    for k, payload in enumerate(read.payloads):
+        try:
+            request = ExportTraceServiceRequest.FromString(payload)
+        except Exception as e:  # DecodeError; the receiver decoded it once, so: corruption
+            aside.append(_undecodable(k, payload, e))
+            continue
+        try:
+            result = table_of(request)
+        except (MemoryError, OSError):
+            raise  # not this request's fault: the segment stays, to be retried
+        except Exception as e:
+            # The pipeline sets bad spans aside one by one; this is a failure no span
+            # explains (ids the receiver checked, say): it costs this request alone.
+            aside.extend(_aside_all(request, f"the request failed: {type(e).__name__}"))
+            continue
+        tables.append(result.table)
+        aside.extend(result.set_aside)
+    # The note first: once the segment is gone, the note is all that says what was dropped.
+    note_set_aside(data_dir, segment.name, aside)
     name = landed_name(segment)
-    landed = skipped = 0
     # Held until the segment is gone: see the module docstring (compaction).
-    with spans_lock(spans_root, exclusive=False):
-        parts = split_by_date(pa.concat_tables(tables)) if tables else []
-        for day, part in parts:
-            target = spans_root / f"date={day}" / name
-            if target.exists():
-                skipped += part.num_rows
-                continue
-            try:
-                write_table_atomic(part, target)
-            except FileExistsError:
-                skipped += part.num_rows
-                continue
-            landed += part.num_rows
+    with spans_lock(data_dir / SPANS_DIR, exclusive=False):
+        landed, skipped = land_named(pa.concat_tables(tables) if tables else None, data_dir, name)
         segment.unlink(missing_ok=True)
         fsync_path(segment.parent)
+    return Landed(landed, skipped, len(aside))
+
+
+def land_named(table: pa.Table | None, data_dir: Path, name: str) -> tuple[int, int]:
+    """Land ``table`` as ``spans/date=D/<name>`` in each date partition it covers, once:
+    a partition where that name exists already is skipped (it landed before a crash, or
+    it is the same batch sent again). Returns (rows landed, rows skipped)."""
+    if table is None or table.num_rows == 0:
+        return 0, 0
+    spans_root = data_dir / SPANS_DIR
+    landed = skipped = 0
+    for day, part in split_by_date(table):
+        target = spans_root / f"date={day}" / name
+        if target.exists():
+            skipped += part.num_rows
+            continue
+        try:
+            write_table_atomic(part, target)
+        except FileExistsError:
+            skipped += part.num_rows
+            continue
+        landed += part.num_rows
     return landed, skipped
 
 
-def quarantine(segment: Path) -> Path:
-    """Move a segment that cannot be landed aside (kept, never deleted)."""
-    qdir = segment.parent / QUARANTINE_DIR
-    qdir.mkdir(exist_ok=True)
-    target = qdir / segment.name
-    segment.replace(target)
+def _aside_all(request: ExportTraceServiceRequest, reason: str) -> list[SetAside]:
+    return [
+        SetAside(span.trace_id.hex(), span.span_id.hex(), reason)
+        for rs in request.resource_spans
+        for ss in rs.scope_spans
+        for span in ss.spans
+    ]
+
+
+def _undecodable(index: int, payload: bytes, error: Exception) -> SetAside:
+    # Its ids cannot be read either; its size and digest identify it in the log.
+    digest = hashlib.sha256(payload).hexdigest()[:16]
+    reason = (
+        f"record {index} ({len(payload)} bytes, sha256 {digest}) cannot be decoded: "
+        f"{type(error).__name__}"
+    )
+    return SetAside("", "", reason)
+
+
+def quarantine_dir(data_dir: Path) -> Path:
+    return data_dir / SPOOL_DIR / QUARANTINE_DIR
+
+
+def note_set_aside(data_dir: Path, source: str, items: Sequence[SetAside]) -> None:
+    """Write what was set aside from ``source`` (a segment or request name) as a JSON-lines
+    note in the quarantine: ids and reasons, never values. Atomic, and a second landing of
+    the same source (after a crash) writes the same note again, replacing it."""
+    if not items:
+        return
+    qdir = quarantine_dir(data_dir)
+    qdir.mkdir(parents=True, exist_ok=True)
+    at = datetime.now(UTC).isoformat(timespec="seconds")
+    lines = [json.dumps({"at": at, "source": source, **item.as_json()}) for item in items]
+    target = qdir / f"{source.removesuffix(SEGMENT_SUFFIX)}{NOTE_SUFFIX}"
+    tmp = qdir / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_path(qdir)
+
+
+def quarantine(segment: Path, data_dir: Path, reason: str) -> Path:
+    """The last resort for a segment that cannot be landed at all: note the ids of its
+    spans (or its records' digests) with ``reason``, then delete it. The raw segment is
+    never kept: it holds the values the scrubber never saw."""
+    try:
+        read = read_segment(segment)
+    except FileNotFoundError:
+        read = SegmentRead([], 0, False)
+    items: list[SetAside] = []
+    for k, payload in enumerate(read.payloads):
+        try:
+            request = ExportTraceServiceRequest.FromString(payload)
+        except Exception as e:
+            items.append(_undecodable(k, payload, e))
+            continue
+        items.extend(_aside_all(request, reason))
+    note_set_aside(data_dir, segment.name, items or [SetAside("", "", reason)])
+    segment.unlink(missing_ok=True)
     fsync_path(segment.parent)
-    return target
+    return quarantine_dir(data_dir) / f"{segment.name.removesuffix(SEGMENT_SUFFIX)}{NOTE_SUFFIX}"
+
+
+def sweep_quarantine(data_dir: Path, older_than_s: float) -> int:
+    """Delete quarantine files (notes, and raw segments an older release kept) last
+    changed more than ``older_than_s`` ago; returns how many."""
+    qdir = quarantine_dir(data_dir)
+    if not qdir.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in qdir.iterdir():
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 __all__ = [
+    "DEFAULT_QUARANTINE_RETENTION_S",
     "DEFAULT_SEGMENT_BYTES",
     "SPOOL_DIR",
+    "Landed",
     "Spool",
+    "land_named",
     "land_segment",
     "landed_name",
+    "note_set_aside",
     "quarantine",
+    "quarantine_dir",
     "read_segment",
+    "sweep_quarantine",
 ]

@@ -367,9 +367,12 @@ class HttpSessionGate(_CollectorPeer):
         poll_wait_s: seconds per long-poll while paused (the server caps it at 60).
         http_timeout_s: socket timeout beyond a long-poll's own wait.
 
-    A collector without session control (an older release: 404) is read as "running",
-    with one warning: it has no pause or cancel to obey. A busy collector (503) while a
-    session is paused is polled again with backoff; the call keeps waiting.
+    The collector answers any session id, one it has never seen too, with 200 and a state
+    ("running" for a new session). Anything else fails closed: a 404 (a proxy, a wrong
+    URL, a collector without session control) is a :class:`CollectorSessionError`, which
+    denies the call when enforcing, as any other failure to read the state does. A busy
+    collector (503) while a session is paused is polled again with backoff; the call
+    keeps waiting.
     """
 
     def __init__(
@@ -397,7 +400,6 @@ class HttpSessionGate(_CollectorPeer):
         # serves calls for refresh_s; an answer never replaces one asked for later.
         self._seen: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
-        self._unsupported_warned = False
 
     def __repr__(self) -> str:
         return f"HttpSessionGate({self.base_url!r})"
@@ -411,7 +413,17 @@ class HttpSessionGate(_CollectorPeer):
             doc = self._client.call("GET", path, None, timeout)
         except _HttpError as e:
             if e.status == _NOT_FOUND:
-                return self._unsupported(session_id, asked)
+                # Fail closed: the collector answers every session id, a new one too, with
+                # 200 and its state (running). A 404 is a proxy, a wrong URL or path prefix,
+                # or a collector too old to pause or cancel: reading it as "running" would
+                # silently turn pause and cancel off.
+                raise CollectorSessionError(
+                    f"cannot read session {session_id!r} from {self.base_url}: the session"
+                    " control endpoint is not there (HTTP 404: a wrong URL or proxy, or a"
+                    " collector without session control); calls are refused until it"
+                    f" answers: {e}",
+                    e.status,
+                ) from e
             raise CollectorSessionError(
                 f"cannot read session {session_id!r} from {self.base_url}: {e}", e.status
             ) from e
@@ -424,17 +436,6 @@ class HttpSessionGate(_CollectorPeer):
             raise CollectorSessionError(f"collector answered an unknown state {state!r}")
         self._remember(session_id, asked, str(state))
         return str(state)
-
-    def _unsupported(self, session_id: str, asked: float) -> str:
-        if not self._unsupported_warned:
-            self._unsupported_warned = True
-            _log.warning(
-                "tooltrail: the collector at %s has no session control (404): "
-                "sessions cannot be paused or canceled from it",
-                self.base_url,
-            )
-        self._remember(session_id, asked, "running")
-        return "running"
 
     def _remember(self, session_id: str, asked: float, state: str) -> None:
         with self._lock:

@@ -7,7 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
-from collect_support import CollectorProcess, landed_rows, post_traces
+from collect_support import CollectorProcess, landed_rows, metric, post_traces
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from test_collect_http import make_request
 
 PB = "application/x-protobuf"
@@ -60,3 +65,30 @@ def test_kill_9_loses_and_duplicates_nothing_acknowledged(tmp_path: Path, durabi
     missing = set(acked) - set(landed)
     assert not missing, f"{len(missing)} acknowledged spans lost"
     assert not list((data / "spool").glob("seg-*.wal"))  # all landed and removed
+
+
+def test_direct_mode_batch_resent_after_a_crash_lands_once(tmp_path: Path) -> None:
+    """The batch landed, the collector died before its 200 left, the SDK sent the batch
+    again to the restarted collector: it lands once (direct mode names a request's file
+    after its content)."""
+    data = tmp_path / "data"
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "resender"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("resend")
+    for i in range(40):
+        with tracer.start_as_current_span("execute_tool git_status") as span:
+            span.set_attributes({"gen_ai.tool.name": "git_status", "tooltrail.sequence": i})
+    spans = memory.get_finished_spans()
+    provider.shutdown()
+    with CollectorProcess(data, "--durability", "direct") as col:
+        sender = OTLPSpanExporter(endpoint=f"{col.url}/v1/traces")
+        assert sender.export(spans) == SpanExportResult.SUCCESS
+        col.kill9()  # as if the 200 never left
+    with CollectorProcess(data, "--durability", "direct") as again:
+        resender = OTLPSpanExporter(endpoint=f"{again.url}/v1/traces")
+        assert resender.export(spans) == SpanExportResult.SUCCESS
+        assert metric(again.url, "spans_duplicate_skipped_total") == len(spans)
+        assert metric(again.url, "spans_landed_total") == 0
+    landed = [r["span_id"] for r in landed_rows(data)]
+    assert sorted(landed) == sorted(format(s.context.span_id, "016x") for s in spans)

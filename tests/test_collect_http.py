@@ -34,6 +34,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from prometheus_client.parser import text_string_to_metric_families
+
+from tooltrail.collector.server import CollectorConfig, Running, start
 
 PB = "application/x-protobuf"
 JS = "application/json"
@@ -420,3 +423,125 @@ def test_full_backlog_answers_503_with_retry_after(tmp_path: Path) -> None:
         assert metric(proc.url, "spans_accepted_total") == 40
         assert proc.stop() == 0  # SIGTERM drains the spool before exiting
     assert len(landed_rows(tmp_path / "data")) == 40
+
+
+# --- integers past Python's digit limit --------------------------------------------------
+
+HUGE = "9" * 5000  # past CPython's 4,300-digit int conversion limit
+
+
+def test_huge_json_integer_in_traces_is_a_400_naming_the_field(col: CollectorProcess) -> None:
+    doc = json.loads(as_json(make_request(1)))
+    span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    span["attributes"][0]["value"] = {"intValue": 0}
+    body = json.dumps(doc).replace('"intValue": 0', f'"intValue": {HUGE}').encode()
+    before = accepted_total(col)
+    status, _, answer = post(col, body, JS)
+    assert status == 400, answer
+    message = json.loads(answer)["message"]
+    assert "attributes[0].value.intValue" in message and "5000 digits" in message
+    assert HUGE not in message
+    assert_alive_and_unchanged(col, before)
+
+
+def test_huge_json_integer_in_an_approval_request_is_a_400_naming_the_field(
+    col: CollectorProcess,
+) -> None:
+    body = f'{{"tool": "git_push", "timeout_s": {HUGE}}}'.encode()
+    status, _, answer = request(
+        col.url, "POST", "/v1/approvals", body, {**AUTH, "Content-Type": JS}
+    )
+    assert status == 400, answer
+    assert "timeout_s" in json.loads(answer)["message"]
+
+
+# --- invalid UTF-8 in one protobuf string -----------------------------------------------
+
+
+def _with_bad_utf8(req: ExportTraceServiceRequest, marker: str) -> bytes:
+    """The request's encoding with ``marker`` (a string set in it) made invalid UTF-8, at
+    the same length: the library refuses to encode such a string itself."""
+    body = req.SerializeToString()
+    assert body.count(marker.encode()) == 1
+    return body.replace(marker.encode(), marker.encode()[:-2] + b"\xff\xfe")
+
+
+def test_invalid_utf8_in_one_span_rejects_that_span_alone(col: CollectorProcess) -> None:
+    req = make_request(4)
+    spans = req.resource_spans[0].scope_spans[0].spans
+    spans[1].attributes.add(key="note", value=AnyValue(string_value="bad-utf8-here"))
+    spans[2].name = "bad-name-too"
+    good = {spans[0].span_id.hex(), spans[3].span_id.hex()}
+    body = _with_bad_utf8(req, "bad-utf8-here")
+    body = body.replace(b"bad-name-too", b"bad-name-t\xc3\x28")
+    status, _, answer = post(col, body)
+    assert status == 200, answer
+    partial = ExportTraceServiceResponse.FromString(answer).partial_success
+    assert partial.rejected_spans == 2
+    assert "spans[1]" in partial.error_message and "UTF-8" in partial.error_message
+    assert spans[1].span_id.hex() in partial.error_message
+    wait_until(lambda: good <= {r["span_id"] for r in landed_rows(col.data_dir)}, what="landed")
+    bad = {spans[1].span_id.hex(), spans[2].span_id.hex()}
+    assert not bad & {r["span_id"] for r in landed_rows(col.data_dir)}
+
+
+def test_invalid_utf8_in_a_resource_costs_only_that_resources_spans(
+    col: CollectorProcess,
+) -> None:
+    req = make_request(2)
+    other = make_request(3).resource_spans[0]
+    other.resource.attributes.add(key="host", value=AnyValue(string_value="bad-host-name"))
+    req.resource_spans.append(other)
+    body = _with_bad_utf8(req, "bad-host-name")
+    status, _, answer = post(col, body)
+    assert status == 200, answer
+    assert ExportTraceServiceResponse.FromString(answer).partial_success.rejected_spans == 3
+    good = {s.span_id.hex() for s in req.resource_spans[0].scope_spans[0].spans}
+    wait_until(lambda: good <= {r["span_id"] for r in landed_rows(col.data_dir)}, what="landed")
+
+
+# --- /metrics ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def in_process(tmp_path: Path) -> Iterator[Running]:
+    running = start(CollectorConfig(data_dir=tmp_path / "data", port=0, workers=0))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _scrape(url: str) -> dict[str, list[Any]]:
+    status, headers, body = request(url, "GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    return {f.name: f.samples for f in text_string_to_metric_families(body.decode())}
+
+
+def test_metrics_counters_are_exact_past_a_million(in_process: Running) -> None:
+    """Six significant digits (1.23457e+07) lost increments past a million."""
+    metrics = in_process.collector.metrics
+    metrics.add("spans_landed_total", 12_345_678)
+    metrics.add("spans_landed_total")
+    samples = _scrape(in_process.url)["tooltrail_collector_spans_landed"]
+    (total,) = [s.value for s in samples if s.name.endswith("_total")]
+    assert total == 12_345_679
+
+
+def test_metrics_label_values_are_escaped(in_process: Running) -> None:
+    metrics = in_process.collector.metrics
+    weird = 'a"b\\c\nd} x{'
+    metrics.add("requests_total", kind=weird, code="200")
+    samples = _scrape(in_process.url)["tooltrail_collector_requests"]
+    assert any(s.labels == {"kind": weird, "code": "200"} and s.value == 1 for s in samples)
+
+
+def test_metrics_include_process_file_descriptors_and_the_set_aside_counter(
+    in_process: Running,
+) -> None:
+    families = _scrape(in_process.url)
+    for name in ("process_open_fds", "process_max_fds", "process_cpu_seconds"):
+        assert name in families, name
+    assert families["process_open_fds"][0].value > 0
+    assert "tooltrail_collector_spans_set_aside" in families
+    assert "tooltrail_collector_spool_backlog_bytes" in families

@@ -380,7 +380,7 @@ def _saddr(running: Running) -> tuple[str, int]:
 
 
 def _open_connections(running: Running) -> float:
-    return running.server.gauges()["open_connections"][1]
+    return running.collector.metrics.get("open_connections")
 
 
 TRACE_POST = (

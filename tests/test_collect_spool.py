@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from collect_support import landed_rows
-from test_collect_http import make_request
+from collect_support import CollectorProcess, landed_rows, metric
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from test_collect_http import _flip, _valid, make_request
 
 from tooltrail.collector.landing import RequestPipeline
 from tooltrail.collector.receiver import Limits, RequestRejected, decompress, read_request
@@ -45,7 +50,7 @@ def test_torn_tail_is_cut_and_acknowledged_records_kept(tmp_path: Path) -> None:
     read = read_segment(segment)
     assert not read.torn
     assert read.payloads == [p for p, _ in records]
-    land_segment(segment, tmp_path, RequestPipeline(None, redact=True).table)
+    land_segment(segment, tmp_path, RequestPipeline(None, redact=True).result)
     assert [r["span_id"] for r in landed_rows(tmp_path)] == sorted(
         i for _, ids in records for i in ids
     )
@@ -77,10 +82,10 @@ def test_crash_between_landing_and_deleting_lands_once(tmp_path: Path) -> None:
     (segment,) = spool.sealed()
     saved = tmp_path / "saved.wal"
     shutil.copy(segment, saved)
-    rows_of = RequestPipeline(None, redact=True).table
-    assert land_segment(segment, tmp_path, rows_of) == (7, 0)
+    rows_of = RequestPipeline(None, redact=True).result
+    assert land_segment(segment, tmp_path, rows_of) == (7, 0, 0)
     shutil.copy(saved, segment)  # as if killed before the unlink
-    assert land_segment(segment, tmp_path, rows_of) == (0, 7)
+    assert land_segment(segment, tmp_path, rows_of) == (0, 7, 0)
     assert len(landed_rows(tmp_path)) == 7
     names = {p.name for p in (tmp_path / "spans").glob("date=*/*.parquet")}
     assert names == {landed_name(segment)}
@@ -144,7 +149,7 @@ def test_failed_append_never_strands_later_records(
     assert len(segments) == 2
     assert [read_segment(s).payloads for s in segments] == [[first], [third]]
     for segment in segments:
-        land_segment(segment, tmp_path, RequestPipeline(None, redact=True).table)
+        land_segment(segment, tmp_path, RequestPipeline(None, redact=True).result)
     assert [r["span_id"] for r in landed_rows(tmp_path)] == sorted(first_ids + third_ids)
 
 
@@ -158,3 +163,81 @@ def test_worker_warm_up_runs_the_landing_path_in_memory(
     monkeypatch.chdir(tmp_path)
     assert landing._ready_job() == os.getpid()
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the quarantine: ids and reasons, never raw values, and a retention ------------------
+
+SECRET = "ghp_" + "Zk4" * 12
+
+
+def _raw_quarantine_bytes(data: Path) -> bytes:
+    qdir = data / "spool" / "quarantine"
+    return b"".join(p.read_bytes() for p in qdir.iterdir()) if qdir.is_dir() else b""
+
+
+def test_an_undecodable_record_costs_itself_and_no_raw_bytes_are_kept(tmp_path: Path) -> None:
+    """A segment left by a crash holds an acknowledged request (with a secret in it), a
+    record that cannot be decoded and one whose request cannot be read: recovery lands the
+    good request, notes the bad record (its place, size and digest) and the unreadable
+    request's span ids, deletes the segment, and keeps no raw byte of any."""
+    data = tmp_path / "data"
+    good = make_request(4, attrs={"custom.secret": f"token {SECRET}"})
+    junk = b"\xff\xff\xff\xff" + SECRET.encode()  # a truncated varint: DecodeError
+    # Decodes, but a span has no start time (the receiver refuses those; an older
+    # release's spool or a flipped bit is how one gets here): the request cannot be read.
+    unreadable = make_request(2, attrs={"custom.secret": f"token {SECRET}"})
+    unreadable.resource_spans[0].scope_spans[0].spans[1].start_time_unix_nano = 0
+    spool = Spool(data)
+    spool.append(good.SerializeToString())
+    spool.append(junk)
+    spool.append(unreadable.SerializeToString())
+    spool.close()
+    with CollectorProcess(data, "--flush-interval", "0.05") as col:
+        assert metric(col.url, "spans_set_aside_total") == 3
+        assert metric(col.url, "segments_quarantined_total") == 0
+    ids = {s.span_id.hex() for s in good.resource_spans[0].scope_spans[0].spans}
+    assert {r["span_id"] for r in landed_rows(data)} == ids
+    assert not list(data.glob("spool/**/*.wal"))
+    notes = [p for p in (data / "spool" / "quarantine").iterdir()]
+    assert [p.suffix for p in notes] == [".jsonl"]
+    first, *rest = [json.loads(line) for line in notes[0].read_text().splitlines()]
+    assert first["reason"].startswith("record 1 (") and "cannot be decoded" in first["reason"]
+    unread = {s.span_id.hex() for s in unreadable.resource_spans[0].scope_spans[0].spans}
+    assert {n["span_id"] for n in rest} == unread
+    assert {n["reason"] for n in rest} == {"the request failed: IngestError"}
+    assert SECRET.encode() not in _raw_quarantine_bytes(data)
+
+
+def test_quarantine_files_past_retention_are_deleted(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    qdir = data / "spool" / "quarantine"
+    qdir.mkdir(parents=True)
+    old_raw = qdir / "seg-00000000000000000001-abcd.wal"  # as an older release kept them
+    old_raw.write_bytes(b"TTSPOOL1 raw " + SECRET.encode())
+    old_note = qdir / "seg-00000000000000000002-abcd.jsonl"
+    old_note.write_text('{"span_id": "1"}\n')
+    fresh = qdir / "seg-00000000000000000003-abcd.jsonl"
+    fresh.write_text('{"span_id": "2"}\n')
+    ten_days_ago = time.time() - 10 * 86_400
+    for path in (old_raw, old_note):
+        os.utime(path, (ten_days_ago, ten_days_ago))
+    with CollectorProcess(data, "--quarantine-retention", "7"):
+        pass
+    assert sorted(p.name for p in qdir.iterdir()) == [fresh.name]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.integers(0, 10_000), min_size=1, max_size=8))
+def test_an_accepted_payload_always_decodes_again(positions: list[int]) -> None:
+    """What is spooled is what was accepted: a body salvaged from bad UTF-8 is spooled
+    re-encoded, never as the body that did not decode (its spans would land as an
+    undecodable record, acknowledged yet not landed)."""
+    body = _flip(_valid, positions)
+    try:
+        accepted = read_request("application/x-protobuf", None, body, Limits())
+    except RequestRejected:
+        return
+    again = ExportTraceServiceRequest.FromString(accepted.payload)
+    assert sum(len(ss.spans) for rs in again.resource_spans for ss in rs.scope_spans) == (
+        accepted.spans
+    )

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from loop_support import Ticker
 
+from tooltrail.collector.server import CollectorConfig, start
 from tooltrail.instrumentation import http_broker
 from tooltrail.instrumentation.http_broker import CollectorSessionError, HttpSessionGate
 
@@ -85,15 +86,33 @@ def test_real_failures_while_paused_end_in_an_error(
         HttpSessionGate(url).wait_while_paused("s")
 
 
-def test_an_older_collector_without_session_control_reads_as_running(
-    scripted: Callable[[Answer, float], str], caplog: pytest.LogCaptureFixture
+def test_a_404_fails_closed_instead_of_reading_as_running(
+    scripted: Callable[[Answer, float], str],
 ) -> None:
+    """A proxy or a misrouted path answering 404 must not turn pause and cancel off."""
     url = scripted(lambda n: (404, b'{"message": "no such endpoint"}'), 0.0)
-    gate = HttpSessionGate(url, refresh_s=0)
-    with caplog.at_level(logging.WARNING):
-        assert gate.state("s") == "running"
-        assert gate.state("s") == "running"
-    assert caplog.text.count("has no session control") == 1
+    gate = HttpSessionGate(url, refresh_s=60)
+    for _ in range(2):  # and nothing is cached as running
+        with pytest.raises(CollectorSessionError, match="HTTP 404") as caught:
+            gate.state("s")
+        assert caught.value.status == 404
+    with pytest.raises(CollectorSessionError, match="HTTP 404"):
+        gate.wait_while_paused("s")
+
+
+def test_a_real_collector_reads_a_new_session_as_running_and_a_wrong_prefix_fails(
+    tmp_path: Path,
+) -> None:
+    """The current collector answers a session it has never seen with 200 running (an
+    agent's first call goes on); the same collector behind a wrong path prefix answers
+    404, which refuses."""
+    running = start(CollectorConfig(data_dir=tmp_path / "data", port=0, workers=0))
+    try:
+        assert HttpSessionGate(running.url).state("never-seen-before") == "running"
+        with pytest.raises(CollectorSessionError, match="HTTP 404"):
+            HttpSessionGate(running.url + "/otlp").state("never-seen-before")
+    finally:
+        running.stop()
 
 
 def test_a_non_http_answer_is_a_session_error(scripted: Callable[[Answer, float], str]) -> None:

@@ -281,7 +281,9 @@ def ingest(data: Path | None, files: tuple[Path, ...], policy: Path | None) -> N
 
     Every file is validated first: a malformed line is reported with its file and line
     number and nothing is landed. A span already landed (or repeated in the input) is
-    skipped, so ingesting a file again adds nothing.
+    skipped, so ingesting a file again adds nothing. A valid span whose values cannot be
+    normalized is set aside alone (named on stderr, never its values; exit 1); the rest
+    lands.
 
     Example:
 
@@ -306,6 +308,13 @@ def ingest(data: Path | None, files: tuple[Path, ...], policy: Path | None) -> N
     click.echo(f"landed {report.rows} spans from {len(files)} file(s) into {root}")
     if report.skipped:
         click.echo(f"skipped {report.skipped} spans already landed (or repeated in the input)")
+    if report.set_aside:
+        # Valid OTLP that could not be normalized: the rest landed; say which (never the
+        # values) and exit 1, as compact does when it skips something.
+        click.echo(f"set aside {len(report.set_aside)} span(s) that could not be landed:", err=True)
+        for item in report.set_aside:
+            click.echo(f"  {item.describe()}", err=True)
+        sys.exit(1)
 
 
 def _landed_span_ids(root: Path) -> Callable[[list[str]], set[tuple[str, str]]] | None:

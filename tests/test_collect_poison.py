@@ -1,0 +1,193 @@
+"""One bad span never costs another: spool mode, direct mode, the in-process exporter.
+
+A *poison* span is valid OTLP whose values make a landing step raise: an argument holding
+a 10 KB JSON text nested 5,000 deep under a credential-like key (the scrubber recursed
+into it), and a matched-rules attribute that is a JSON array nested 5,000 deep (the
+normalizer's parse recursed). A step may stop raising on one of them once it is fixed;
+what must always hold is: every other span lands, a poison span is either landed with no
+raw secret or set aside alone (its ids and reason noted, no value kept), the sender is
+told (direct mode: OTLP partial success) and ``/metrics`` counts it. The in-process test
+uses a value that fails at the Arrow conversion (a lone surrogate) and so always
+exercises the per-span fallback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from collect_support import CollectorProcess, landed_rows, metric, post_traces, wait_until
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from tooltrail import semconv as sc
+from tooltrail.collector import TooltrailSpanExporter
+
+PB = "application/x-protobuf"
+SECRET = "ghp_" + "Q7x" * 12  # a GitHub token shape, 40 characters
+DEEP_TOKEN = '{"token": ' + "[" * 5000 + json.dumps(SECRET) + "]" * 5000 + "}"
+DEEP_MATCHED = "[" * 5000 + "]" * 5000
+POISONS: dict[str, dict[str, str]] = {
+    "deep-token": {sc.GEN_AI_TOOL_CALL_ARGUMENTS: DEEP_TOKEN},
+    "deep-matched-rules": {sc.TT_POLICY_MATCHED: DEEP_MATCHED},
+}
+
+
+def _tool_attrs(agent: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+        sc.GEN_AI_TOOL_NAME: "git_status",
+        sc.GEN_AI_TOOL_CALL_ARGUMENTS: json.dumps({"repo_path": "/srv/app"}),
+        sc.GEN_AI_AGENT_NAME: agent,
+        sc.SESSION_ID: f"sess-{agent}",
+        **(extra or {}),
+    }
+
+
+def _provider(url: str, agent: str) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": agent}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{url}/v1/traces")))
+    return provider
+
+
+def _emit(provider: TracerProvider, agent: str, n: int, poisons: list[str] = ()) -> dict[str, str]:
+    """``n`` good tool spans, then one span per poison; returns span id -> what it is."""
+    tracer = provider.get_tracer("poison-test")
+    made: dict[str, str] = {}
+    for i in range(n):
+        with tracer.start_as_current_span("execute_tool git_status") as span:
+            span.set_attributes(_tool_attrs(agent, {sc.TT_SEQUENCE: str(i)}))
+            made[format(span.get_span_context().span_id, "016x")] = "good"
+    for name in poisons:
+        with tracer.start_as_current_span("execute_tool git_status") as span:
+            span.set_attributes(_tool_attrs(agent, POISONS[name]))
+            made[format(span.get_span_context().span_id, "016x")] = name
+    return made
+
+
+def _quarantine_files(data: Path) -> list[Path]:
+    qdir = data / "spool" / "quarantine"
+    return sorted(p for p in qdir.iterdir() if p.is_file()) if qdir.is_dir() else []
+
+
+def _notes(data: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for path in _quarantine_files(data)
+        if path.suffix == ".jsonl"
+        for line in path.read_text().splitlines()
+    ]
+
+
+def _check_poison_outcome(data: Path, made: dict[str, str], set_aside_counted: float) -> None:
+    """Every good span landed; each poison span landed without its secret or was set
+    aside with a note; the counter and the notes agree; nothing raw in the quarantine."""
+    rows = {r["span_id"]: r for r in landed_rows(data)}
+    good = {s for s, what in made.items() if what == "good"}
+    assert good <= set(rows), f"{len(good - set(rows))} good spans lost"
+    for row in rows.values():
+        assert SECRET not in json.dumps(row, default=str), "a raw secret landed"
+    missing = set(made) - set(rows)
+    assert set_aside_counted == len(missing)
+    noted = {n["span_id"] for n in _notes(data)}
+    assert missing <= noted
+    for note in _notes(data):
+        assert note["reason"] and note["trace_id"]
+    for path in _quarantine_files(data):
+        assert path.suffix == ".jsonl", f"raw data kept in the quarantine: {path.name}"
+        raw = path.read_bytes()
+        assert SECRET.encode() not in raw and b"[[[[" not in raw
+
+
+@pytest.fixture
+def spool_collector(tmp_path: Path) -> Iterator[CollectorProcess]:
+    # A long flush interval: both agents' requests share one segment (idle seal 0.5 s).
+    with CollectorProcess(tmp_path / "data", "--flush-interval", "5") as col:
+        yield col
+
+
+def test_poison_span_never_costs_other_agents_spans_in_spool_mode(
+    spool_collector: CollectorProcess,
+) -> None:
+    col = spool_collector
+    alice, bob = _provider(col.url, "alice"), _provider(col.url, "bob")
+    made = _emit(alice, "alice", 20)
+    assert alice.force_flush()  # acknowledged: now it must land, whatever comes next
+    made |= _emit(bob, "bob", 5, list(POISONS))
+    assert bob.force_flush()
+    alice.shutdown()
+    bob.shutdown()
+    good = {s for s, what in made.items() if what == "good"}
+    wait_until(lambda: good <= {r["span_id"] for r in landed_rows(col.data_dir)}, what="landed")
+    wait_until(
+        lambda: (
+            len(landed_rows(col.data_dir)) + metric(col.url, "spans_set_aside_total") == len(made)
+        ),
+        what="every span landed or set aside",
+    )
+    _check_poison_outcome(col.data_dir, made, metric(col.url, "spans_set_aside_total"))
+    assert metric(col.url, "segments_quarantined_total") == 0
+    assert not list((col.data_dir / "spool").glob("seg-*.wal"))
+    assert SECRET not in col.stderr()  # nor in the log
+
+
+def _request_with(poisons: list[str], good: int) -> tuple[bytes, dict[str, str]]:
+    req = ExportTraceServiceRequest()
+    scope = req.resource_spans.add().scope_spans.add()
+    made: dict[str, str] = {}
+    for k, what in enumerate(["good"] * good + poisons, start=1):
+        span = scope.spans.add()
+        span.trace_id = (0xABC0 + k).to_bytes(16, "big")
+        span.span_id = (0xDEF0 + k).to_bytes(8, "big")
+        span.name = "execute_tool git_status"
+        span.start_time_unix_nano = 1_700_000_000_000_000_000 + k
+        span.end_time_unix_nano = 1_700_000_000_100_000_000 + k
+        extra = POISONS.get(what)
+        for key, value in _tool_attrs("carol", extra).items():
+            span.attributes.add(key=key, value=AnyValue(string_value=value))
+        made[span.span_id.hex()] = what
+    return req.SerializeToString(), made
+
+
+def test_poison_span_in_direct_mode_gets_partial_success_not_500(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    body, made = _request_with(list(POISONS), good=3)
+    with CollectorProcess(data, "--durability", "direct") as col:
+        status, _, answer = post_traces(col.url, body, PB)
+        assert status == 200, answer
+        resp = ExportTraceServiceResponse.FromString(answer)
+        aside = metric(col.url, "spans_set_aside_total")
+        assert resp.partial_success.rejected_spans == aside
+        if aside:
+            assert "set aside" in resp.partial_success.error_message
+        _check_poison_outcome(data, made, aside)
+        assert metric(col.url, "spans_accepted_total") == len(made) - aside
+        assert SECRET not in col.stderr()
+
+
+def test_in_process_exporter_sets_aside_only_the_span_that_cannot_land(tmp_path: Path) -> None:
+    """The real SDK into the in-process exporter (the same BatchPipeline): a lone surrogate
+    fails the Arrow conversion of its span, and that span alone is set aside."""
+    exporter = TooltrailSpanExporter(tmp_path / "data", redact=True)
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))  # one batch of three
+    tracer = provider.get_tracer("poison-test")
+    ids: dict[str, str] = {}
+    for what in ("good", "bad", "good"):
+        with tracer.start_as_current_span("execute_tool git_status") as span:
+            extra = {"custom.note": "half a pair \ud800"} if what == "bad" else {}
+            span.set_attributes(_tool_attrs("dave", extra))
+            ids[format(span.get_span_context().span_id, "016x")] = what
+    provider.shutdown()
+    landed = {r["span_id"] for r in landed_rows(tmp_path / "data")}
+    assert landed == {s for s, what in ids.items() if what == "good"}
