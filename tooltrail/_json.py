@@ -102,9 +102,7 @@ def compact_encoder(
 
 _WS: Final = re.compile(r"[ \t\n\r]*")
 _NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
-_scanstring: Final[Callable[[str, int, bool], tuple[str, int]]] = (
-    json.decoder.scanstring  # type: ignore[attr-defined]
-)
+_scanstring: Final[Callable[[str, int, bool], tuple[str, int]]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
 def _reject_constant(name: str) -> Any:
