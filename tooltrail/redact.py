@@ -187,6 +187,30 @@ def _first_tier(markers: tuple[str, ...]) -> Callable[[str], bool]:
 
 _may_hold_secret: Final = _first_tier(FIRST_TIER)
 
+# First-tier entry -> the rules with a marker holding it: the rules a text can need are those
+# of the entries it holds, found with one scan per entry (a scan per rule marker costs as
+# much again on long text, whose cost is one scan per entry per MiB).
+_TIER_RULES: Final = tuple(
+    (t, frozenset(r.id for r in RULES if any(t in m for m in r.markers))) for t in FIRST_TIER
+)
+# Up to this length the rules found are narrowed by their own markers (a smaller regex);
+# above it each marker scan would cost more than the regex it saves.
+_NARROW_MAX: Final = 4096
+
+
+def _rules_for(low: str) -> tuple[str, ...]:
+    """The rules that can match lower-cased text ``low``, in rule order."""
+    found: set[str] = set()
+    for entry, ids in _TIER_RULES:
+        if entry in low:
+            found |= ids
+    if not found:
+        return ()
+    if len(low) > _NARROW_MAX:
+        return tuple(k for k in _KIND_ORDER if k in found)
+    return tuple(k for k in _KIND_ORDER if k in found and any(m in low for m in _KINDS[k][1]))
+
+
 # Bare tokens: a run of base64 characters (16+) holding upper- and lower-case letters and a
 # digit; hex (git SHAs, ids), words and numbers fail at the run's first character. Looked
 # for where a value is the whole run: a whole string, a quoted string in text (JSON, a
@@ -361,7 +385,7 @@ class Redactor:
         count = 0
         low = s.lower()
         if _may_hold_secret(low):
-            kinds = tuple(k for k in _KIND_ORDER if any(m in low for m in _KINDS[k][1]))
+            kinds = _rules_for(low)
             if kinds:
                 s, count = _substitute(self._regex_for(kinds), s)
         if self._extra is not None:
