@@ -116,14 +116,19 @@ def main() -> None:
         )
 
     print(f"scrub_text, inputs of {size / MIB:.2f} MiB, best of {args.repeats}")
+    if not rows:
+        return
     width = max(len(name) for _, name, _ in rows)
     for group, name, ms in rows:
         print(f"  {group:<11} {name:<{width}}  {ms:8.1f} ms/MiB")
-    worst = max((row for row in rows if row[0] == "adversarial"), key=lambda row: row[2])
+    worst = max(
+        (row for row in rows if row[0] == "adversarial"), key=lambda row: row[2], default=None
+    )
     normal = max(
         (row for row in rows if row[0] == "ordinary"), key=lambda row: row[2], default=None
     )
-    print(f"worst adversarial: {worst[1]} {worst[2]:.1f} ms/MiB  (target <= 50)")
+    if worst is not None:
+        print(f"worst adversarial: {worst[1]} {worst[2]:.1f} ms/MiB  (target <= 50)")
     if normal is not None:
         print(f"worst ordinary:    {normal[1]} {normal[2]:.1f} ms/MiB")
 

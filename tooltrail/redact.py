@@ -384,10 +384,9 @@ class Redactor:
             return s, 0
         count = 0
         low = s.lower()
-        if _may_hold_secret(low):
-            kinds = _rules_for(low)
-            if kinds:
-                s, count = _substitute(self._regex_for(kinds), s)
+        kinds = _rules_for(low)  # the first tier, and which rules it lets through
+        if kinds:
+            s, count = _substitute(self._regex_for(kinds), s)
         if self._extra is not None:
             s, extra = _substitute(self._extra, s, self._extra_kinds)
             count += extra
@@ -433,7 +432,10 @@ class Redactor:
     def _regex_for(self, kinds: tuple[str, ...]) -> re.Pattern[str]:
         regex = self._regex_cache.get(kinds)
         if regex is None:
-            source = "|".join(f"(?P<{k}>{_KINDS[k][0]})" for k in kinds)
+            # The rule's name is an empty group at its end (the last to close, so it is
+            # ``lastgroup``): each alternative then starts with its own first character,
+            # which the engine checks before entering it.
+            source = "|".join(f"(?:{_KINDS[k][0]})(?P<{k}>)" for k in kinds)
             regex = re.compile(source, _FLAGS)
             if len(self._regex_cache) >= _REGEX_CACHE_MAX:
                 self._regex_cache.clear()
@@ -623,15 +625,18 @@ def _substitute(
     def repl(m: re.Match[str]) -> str:
         nonlocal count
         count += 1
-        # lastgroup is the group that closed last: the kind's own group, since a prefix
-        # group ``<kind>_p`` nests inside it and closes first.
+        # lastgroup is the group that closed last: the rule's own (empty) group, which ends
+        # its alternative (the oracle in the tests wraps the rule instead; its keep group
+        # nests inside and closes first).
         group = m.lastgroup or ""
         kind = labels[group] if labels is not None else _RULE_KIND[group]
         mark = REDACTED_TEMPLATE.format(kind)
         if labels is not None or group not in _PREFIXED:
             return mark
-        prefix = m.group(f"{group}_p")
-        value = m.group(0)[len(prefix) :]
+        # Kept: from the match's start to the end of its ``<rule>_p`` group.
+        keep_end = m.end(f"{group}_p")
+        prefix = m.string[m.start() : keep_end]
+        value = m.string[keep_end : m.end()]
         # Keep the quotes around a quoted value, so JSON / YAML text stays well-formed.
         quote = value[:1]
         if quote in ("'", '"'):
