@@ -162,6 +162,66 @@ RULES, FIRST_TIER = _load_rules(RULES_FILE)
 _KINDS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
     r.id: (r.pattern, r.markers) for r in RULES
 }
+
+
+def _leading_group(pattern: str) -> tuple[list[str], str] | None:
+    """For a pattern ``(?:A|B|...)REST``: its alternatives and REST, else None."""
+    if not pattern.startswith("(?:"):
+        return None
+    depth, i, start, parts = 0, 0, 3, []
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":  # a class: skip to its end (a "]" right after "[" or "[^" is literal)
+            i = pattern.index("]", i + (3 if pattern.startswith("[^]", i) else 2)) + 1
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                parts.append(pattern[start:i])
+                return parts, pattern[i + 1 :]
+        elif c == "|" and depth == 1:
+            parts.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    return None
+
+
+_FIRST_CLASS: Final = re.compile(r"\[([A-Za-z]+)\]")
+
+
+def _literal_first(pattern: str) -> list[str]:
+    """``pattern`` as alternatives that each start with one literal character, where it
+    starts with a class of letters (``[bB]earer``) or an alternation of such: a regex whose
+    alternatives all start with a literal lets the engine skip to the positions where one
+    of those characters is, instead of entering every alternative at every position."""
+    group = _leading_group(pattern)
+    if group is not None:
+        alternatives, rest = group
+        return [x for alt in alternatives for x in _literal_first(alt + rest)]
+    m = _FIRST_CLASS.match(pattern)
+    if m is not None:
+        return [c + pattern[m.end() :] for c in m.group(1)]
+    return [pattern]
+
+
+# Rule id -> its alternatives in the combined regex, each named ``<id>__<n>``: an empty group
+# ending it (the last group to close, so it is ``lastgroup``), the kept part ending at
+# ``<id>__<n>_p``.
+_ALTERNATIVES: Final[dict[str, str]] = {
+    r.id: "|".join(
+        f"{alt.replace(f'(?P<{r.id}_p>)', f'(?P<{r.id}__{n}_p>)')}(?P<{r.id}__{n}>)"
+        for n, alt in enumerate(_literal_first(r.pattern))
+    )
+    for r in RULES
+}
+_GROUP_RULE: Final[dict[str, str]] = {
+    f"{r.id}__{n}": r.id for r in RULES for n in range(len(_literal_first(r.pattern)))
+} | {r.id: r.id for r in RULES}
 _RULE_KIND: Final[dict[str, str]] = {r.id: r.kind for r in RULES}
 _PREFIXED: Final = frozenset(r.id for r in RULES if f"<{r.id}_p>" in r.pattern)
 _KIND_ORDER: Final = tuple(_KINDS)
@@ -432,10 +492,7 @@ class Redactor:
     def _regex_for(self, kinds: tuple[str, ...]) -> re.Pattern[str]:
         regex = self._regex_cache.get(kinds)
         if regex is None:
-            # The rule's name is an empty group at its end (the last to close, so it is
-            # ``lastgroup``): each alternative then starts with its own first character,
-            # which the engine checks before entering it.
-            source = "|".join(f"(?:{_KINDS[k][0]})(?P<{k}>)" for k in kinds)
+            source = "|".join(_ALTERNATIVES[k] for k in kinds)
             regex = re.compile(source, _FLAGS)
             if len(self._regex_cache) >= _REGEX_CACHE_MAX:
                 self._regex_cache.clear()
@@ -629,9 +686,10 @@ def _substitute(
         # its alternative (the oracle in the tests wraps the rule instead; its keep group
         # nests inside and closes first).
         group = m.lastgroup or ""
-        kind = labels[group] if labels is not None else _RULE_KIND[group]
+        rule = _GROUP_RULE.get(group, group)
+        kind = labels[group] if labels is not None else _RULE_KIND[rule]
         mark = REDACTED_TEMPLATE.format(kind)
-        if labels is not None or group not in _PREFIXED:
+        if labels is not None or rule not in _PREFIXED:
             return mark
         # Kept: from the match's start to the end of its ``<rule>_p`` group.
         keep_end = m.end(f"{group}_p")
