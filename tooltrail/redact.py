@@ -174,8 +174,8 @@ def _leading_group(pattern: str) -> tuple[list[str], str] | None:
         if c == "\\":
             i += 2
             continue
-        if c == "[":  # a class: skip to its end (a "]" right after "[" or "[^" is literal)
-            i = pattern.index("]", i + (3 if pattern.startswith("[^]", i) else 2)) + 1
+        if c == "[":  # a class: skip to its end ("|" and parentheses are literal inside)
+            i = _class_end(pattern, i)
             continue
         if c == "(":
             depth += 1
@@ -189,6 +189,18 @@ def _leading_group(pattern: str) -> tuple[list[str], str] | None:
             start = i + 1
         i += 1
     return None
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """The index after the class that starts at ``pattern[i]`` ("[")."""
+    i += 1
+    if pattern.startswith("^", i):
+        i += 1
+    if pattern.startswith("]", i):  # a "]" first in a class is literal
+        i += 1
+    while pattern[i] != "]":
+        i += 2 if pattern[i] == "\\" else 1
+    return i + 1
 
 
 _FIRST_CLASS: Final = re.compile(r"\[([A-Za-z]+)\]")
