@@ -388,6 +388,7 @@ class Redactor:
         "_extra_kinds",
         "_key_cache",
         "_key_endings",
+        "_key_text_cache",
         "_regex_cache",
         "enabled",
     )
@@ -405,6 +406,8 @@ class Redactor:
         # piece is a safe pre-check marker for text holding such a key.
         self._extra_key_markers = tuple(max(k.split("_"), key=len) for k in extra)
         self._key_cache: dict[str, bool] = {}
+        # Dict keys repeat (the same argument names in every call): each is scrubbed once.
+        self._key_text_cache: dict[str, tuple[str, int]] = {}
         self._clean_keys: set[str] = set()
         self._regex_cache: dict[tuple[str, ...], re.Pattern[str]] = {}
         self._extra: re.Pattern[str] | None = None
@@ -443,7 +446,8 @@ class Redactor:
         if self._extra is not None:
             return True
         low = s.lower()
-        if _may_hold_secret(low) or _may_hold_bare_token(s):
+        # A bare token holds an upper-case letter: text equal to its lower case holds none.
+        if _may_hold_secret(low) or (low != s and _may_hold_bare_token(s)):
             return True
         return bool(self._extra_key_markers) and any(m in low for m in self._extra_key_markers)
 
@@ -456,13 +460,15 @@ class Redactor:
             return s, 0
         count = 0
         low = s.lower()
+        # A bare token holds an upper-case letter: text equal to its lower case holds none.
+        upper = low != s
         kinds = _rules_for(low)  # the first tier, and which rules it lets through
         if kinds:
             s, count = _substitute(self._regex_for(kinds), s)
         if self._extra is not None:
             s, extra = _substitute(self._extra, s, self._extra_kinds)
             count += extra
-        if depth < _MAX_DECODE_DEPTH and _may_hold_bare_token(s):
+        if upper and depth < _MAX_DECODE_DEPTH and _may_hold_bare_token(s):
             s, bare = self._scrub_runs(s, depth)
             count += bare
         return s, count
@@ -622,7 +628,7 @@ class Redactor:
                         total += 1
                     else:
                         value = copy_of(v)
-                    if isinstance(k, str) and self.maybe_sensitive(k):
+                    if isinstance(k, str):
                         k, n = self._scrub_key(k, out)
                         total += n
                     out[k] = value
@@ -651,7 +657,13 @@ class Redactor:
     def _scrub_key(self, key: str, out: Mapping[str, Any]) -> tuple[str, int]:
         # A credential used as a key (a token-indexed map): scrubbed like any text; two
         # keys scrubbed alike are told apart so neither value is lost.
-        scrubbed, n = self.scrub_text(key)
+        cached = self._key_text_cache.get(key)
+        if cached is None:
+            cached = self.scrub_text(key) if self.maybe_sensitive(key) else (key, 0)
+            if len(self._key_text_cache) >= _KEY_CACHE_MAX:
+                self._key_text_cache.clear()
+            self._key_text_cache[key] = cached
+        scrubbed, n = cached
         if n:
             base, i = scrubbed, 1
             while scrubbed in out:
