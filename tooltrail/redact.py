@@ -107,7 +107,7 @@ class Rule(NamedTuple):
 
     id: str
     kind: str
-    pattern: str  # with the kept prefix group named ``<id>_p``
+    pattern: str  # the kept part (a key or header name) ends at the empty group ``<id>_p``
     markers: tuple[str, ...]
     sample: str  # a text the rule matches
     secret: str  # the part of ``sample`` that must not survive scrubbing
