@@ -105,80 +105,79 @@ _NUMBER: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 _scanstring: Final[Callable[[str, int, bool], tuple[str, int]]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-class _Open:
-    """A container being read: its value, and the key waiting for its value (objects)."""
-
-    __slots__ = ("key", "value")
-
-    def __init__(self, value: dict[str, Any] | list[Any]) -> None:
-        self.value = value
-        self.key: str | None = None
-
-
 def loads_iterative(text: str) -> Any:
     """``json.loads(text)`` (strict JSON: no NaN / Infinity) without recursion.
 
     Raises ``ValueError`` naming the offset of the first error. Numbers read as
-    ``json.loads`` reads them (ints of any size are refused the same way above Python's
-    digit limit).
+    ``json.loads`` reads them (ints above Python's digit limit are refused alike).
     """
-    stack: list[_Open] = []
-    pos = _WS.match(text, 0).end()  # type: ignore[union-attr]
-    result: Any = None
-    done = False
+    # A container is attached to its parent when it opens, so closing one is a pop.
+    stack: list[Any] = []
+    root: Any = None
+    key: str | None = None  # the key waiting for its value, when the top is an object
+    n = len(text)
+    pos = _skip(text, 0)
+    want_value = True
     while True:
-        if done:
-            pos = _WS.match(text, pos).end()  # type: ignore[union-attr]
-            if not stack:
-                if pos != len(text):
-                    raise ValueError(f"extra data at offset {pos}")
-                return result
-            top = stack[-1]
-            if isinstance(top.value, list):
-                top.value.append(result)
-            else:
-                top.value[top.key] = result  # type: ignore[index]
-            done = False
+        if want_value:
             char = text[pos : pos + 1]
-            closing = "]" if isinstance(top.value, list) else "}"
-            if char == ",":
-                pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
-                if isinstance(top.value, dict):
-                    pos = _read_key(text, pos, top)
+            if char == "[" or char == "{":
+                value: Any = [] if char == "[" else {}
+                pos = _skip(text, pos + 1)
+                empty = text[pos : pos + 1] == ("]" if char == "[" else "}")
+            else:
+                value, pos = _scalar(text, pos)
+                empty = True  # nothing to open
+            if not stack:
+                root = value
+            elif type(stack[-1]) is list:
+                stack[-1].append(value)
+            else:
+                stack[-1][key] = value
+            if empty:
+                if char == "[" or char == "{":
+                    pos += 1
+                want_value = False
                 continue
-            if char != closing:
-                raise ValueError(f"expected ',' or {closing!r} at offset {pos}")
-            stack.pop()
-            result, pos, done = top.value, pos + 1, True
-            continue
-        char = text[pos : pos + 1]
-        if char == "{" or char == "[":
-            top = _Open({} if char == "{" else [])
-            pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
-            empty_close = "}" if char == "{" else "]"
-            if text[pos : pos + 1] == empty_close:
-                result, pos, done = top.value, pos + 1, True
-                continue
-            stack.append(top)
+            stack.append(value)
             if char == "{":
-                pos = _read_key(text, pos, top)
+                key, pos = _read_key(text, pos)
             continue
-        result, pos = _scalar(text, pos)
-        done = True
+        pos = _skip(text, pos)
+        if not stack:
+            if pos != n:
+                raise ValueError(f"extra data at offset {pos}")
+            return root
+        top = stack[-1]
+        char = text[pos : pos + 1]
+        if char == ",":
+            pos = _skip(text, pos + 1)
+            if type(top) is dict:
+                key, pos = _read_key(text, pos)
+            want_value = True
+        elif char == ("]" if type(top) is list else "}"):
+            stack.pop()
+            pos += 1
+        else:
+            closing = "]" if type(top) is list else "}"
+            raise ValueError(f"expected ',' or {closing!r} at offset {pos}")
 
 
-def _read_key(text: str, pos: int, top: _Open) -> int:
+def _skip(text: str, pos: int) -> int:
+    # Most positions hold no whitespace: test one character before calling the regex.
+    if pos < len(text) and text[pos] in " \t\n\r":
+        return _WS.match(text, pos).end()  # type: ignore[union-attr]
+    return pos
+
+
+def _read_key(text: str, pos: int) -> tuple[str, int]:
     if text[pos : pos + 1] != '"':
         raise ValueError(f"expected a property name at offset {pos}")
-    top.key, pos = _scanstring(text, pos + 1, True)
-    pos = _WS.match(text, pos).end()  # type: ignore[union-attr]
+    key, pos = _scanstring(text, pos + 1, True)
+    pos = _skip(text, pos)
     if text[pos : pos + 1] != ":":
         raise ValueError(f"expected ':' at offset {pos}")
-    return _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+    return key, _skip(text, pos + 1)
 
 
 _LITERALS: Final = {"true": True, "false": False, "null": None}
@@ -211,19 +210,22 @@ def dumps_iterative(
     out: list[str] = []
     # Work items: a value to write, or a literal piece of text ("]", "}", ",").
     todo: list[tuple[bool, Any]] = [(False, value)]
-    open_ids: list[int] = []  # containers on the current path, for the cycle check
+    # Containers on the current path (a stack, and a set to test in constant time).
+    path: list[int] = []
+    on_path: set[int] = set()
     while todo:
         is_text, item = todo.pop()
         if is_text:
             if item is None:
-                open_ids.pop()
+                on_path.discard(path.pop())
             else:
                 out.append(item)
             continue
         if isinstance(item, Mapping | list | tuple):
-            if id(item) in open_ids:
+            if id(item) in on_path:
                 raise ValueError("circular reference")
-            open_ids.append(id(item))
+            path.append(id(item))
+            on_path.add(id(item))
             todo.append((True, None))  # leaving the container
             if isinstance(item, Mapping):
                 out.append("{")
