@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tooltrail import semconv as sc
+from tooltrail._json import compact_encoder, dumps_iterative
 from tooltrail.redact import Redactor
 from tooltrail.schema import BLAST_RADII, COLUMNS, DECISIONS, Row
 
@@ -445,37 +446,9 @@ def _finite(v: Any) -> Any:
     return v
 
 
-def _make_encode() -> Callable[[Any], str]:
-    # JSONEncoder.encode builds a new C encoder on every call; building it once halves the
-    # cost of serializing a span's few leftover attributes.
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # pure-Python json (other interpreters)
-        return json.JSONEncoder(
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-            default=_json_default,
-        ).encode
-    c_encode = make(
-        None,  # no circular-reference markers: attribute values are trees
-        _json_default,
-        json.encoder.encode_basestring,  # ensure_ascii=False
-        None,  # indent
-        ":",
-        ",",
-        True,  # sort_keys
-        False,  # skipkeys
-        False,  # allow_nan
-    )
-
-    def encode(value: Any) -> str:
-        return "".join(c_encode(value, 0))
-
-    return encode
-
-
-_encode: Final = _make_encode()
+# Built once and self-checked (tooltrail._json): JSONEncoder.encode builds a new C encoder
+# on every call, which costs half of serializing a span's few leftover attributes.
+_encode: Final = compact_encoder(default=_json_default, sort_keys=True, allow_nan=False)
 
 
 def _reject_constant(name: str) -> Any:
@@ -493,8 +466,15 @@ def to_json(value: Any) -> str:
     """Compact JSON with sorted keys; always valid (NaN and infinity become strings)."""
     try:
         return _encode(value)
-    except ValueError:
-        return _encode(_finite(value))
+    except ValueError:  # NaN or infinity inside: spelled as strings
+        try:
+            return _encode(_finite(value))
+        except RecursionError:
+            pass
+    except RecursionError:
+        pass
+    # Nested deeper than the interpreter's stack allows (or circular: ValueError).
+    return dumps_iterative(value, default=_json_default, sort_keys=True)
 
 
 def _parse_json(text: str) -> tuple[bool, Any]:

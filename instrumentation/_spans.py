@@ -38,6 +38,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
+from tooltrail._json import compact_encoder
 from tooltrail.config import (
     ENV_CAPTURE_RESULTS,
     ENV_COLLECTOR_TOKEN,
@@ -1354,38 +1355,12 @@ def _result_preview(inv: Invocation, text: str) -> str:
 
 # Built once: json.dumps with options builds a new encoder on every call.
 _ENCODER: Final = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":"))
-_Encode = Callable[[Any], str]
-
-
-def _fast_encoder() -> _Encode:
-    """``_ENCODER.encode`` without its per-call cost (it builds a new C encoder on every
-    call): the C encoder is built once here, and checked against ``_ENCODER`` on a sample
-    of every kind of value, else ``_ENCODER.encode`` is used.
-
-    It is built without the circular-reference check (``markers=None``): that check keeps
-    state in one dict, which calls on other threads would share. A circular structure then
-    ends in ``RecursionError`` instead of ``ValueError`` (``to_json`` treats both alike) --
-    as long as the interpreter's recursion limit is low enough that the C stack outlasts
-    it; ``to_json`` uses the checking encoder above ``_FAST_RECURSION_LIMIT``."""
-    try:
-        from _json import make_encoder  # what json.encoder.c_make_encoder is, when present
-        from json.encoder import encode_basestring
-
-        make = make_encoder(None, str, encode_basestring, None, ":", ",", False, False, True)
-        join = "".join
-
-        def encode(value: Any) -> str:
-            return join(make(value, 0))
-
-        sample = {"s": 'é\u2028"', "n": [1, 2.5, None, True, float("nan")], 3: b"x", "t": (1,)}
-        if encode(sample) == _ENCODER.encode(sample) and encode("é") == _ENCODER.encode("é"):
-            return encode
-    except Exception:  # no C encoder (another Python): the plain encoder is always right
-        _log.debug("tooltrail: using json.JSONEncoder for arguments", exc_info=True)
-    return _ENCODER.encode
-
-
-_encode: Final = _fast_encoder()
+# ``_ENCODER.encode`` without its per-call cost, built once and checked against json at
+# import (tooltrail._json, shared with the collector). Without the circular-reference check:
+# a circular structure ends in ``RecursionError`` instead of ``ValueError`` (``to_json``
+# treats both alike) -- as long as the interpreter's recursion limit is low enough that the
+# C stack outlasts it; ``to_json`` uses the checking encoder above ``_FAST_RECURSION_LIMIT``.
+_encode: Final = compact_encoder(default=str)
 
 
 # Above this recursion limit a cycle could overflow the C stack before RecursionError

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tooltrail._json import compact_encoder
 from tooltrail.instrumentation import _spans
 from tooltrail.policy import ToolCall
 
@@ -153,15 +154,17 @@ def test_one_value_encoded_on_many_threads_at_once() -> None:
 def test_without_the_c_encoder_the_plain_encoder_is_used(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(sys.modules, "_json", None)  # import _json now raises ImportError
-    encode = _spans._fast_encoder()
-    assert encode == _spans._ENCODER.encode
+    # The encoder comes from tooltrail._json (shared with the collector; its self-check
+    # and fallback are tested in tests/test_redact_json.py).
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)  # another interpreter
+    encode = compact_encoder(default=str)
+    assert isinstance(getattr(encode, "__self__", None), json.JSONEncoder)
     assert encode({"a": [1, "é"]}) == '{"a":[1,"é"]}'
 
 
 def test_the_c_encoder_is_used_here() -> None:
     # Otherwise the tests above compare the plain encoder with itself.
-    assert _spans._encode != _spans._ENCODER.encode
+    assert not isinstance(getattr(_spans._encode, "__self__", None), json.JSONEncoder)
 
 
 # --- the ToolCall constructor ---------------------------------------------------------

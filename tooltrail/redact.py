@@ -2,196 +2,354 @@
 
 Everything free-form that tooltrail lands (tool arguments, results, status messages, action
 summaries, the ``attributes`` / ``resource`` JSON) goes through a :class:`Redactor` first.
-Two rules:
+The rules:
 
-* **shapes**: well-known credential formats anywhere in a string (GitHub / OpenAI /
-  Anthropic / AWS / Slack tokens, Slack webhooks, ``Bearer`` and ``Basic`` authorization
-  headers, PEM private keys, JWTs, passwords in URLs, ``password=...``-style assignments)
-  become ``[REDACTED:<kind>]``;
+* **shapes**: well-known credential formats anywhere in a string become
+  ``[REDACTED:<kind>]``. The families (GitHub, GitLab, OpenAI, Anthropic, AWS, Stripe,
+  Google, Hugging Face, npm, PyPI, Azure, SendGrid, Slack ... tokens, ``Bearer`` and
+  ``Basic`` headers, PEM private keys, JWTs, passwords in URLs, pre-signed URL signatures,
+  ``password=...`` assignments, ``--password value`` flags) are data:
+  ``tooltrail/secret_rules.toml``, each with a sample the tests run;
+* **bare tokens**: a run of base64 characters with upper- and lower-case letters and digits
+  is an AWS secret access key when it is 40 long, and is removed when it decodes to text
+  that holds a secret (``base64_secret``);
 * **key names**: in mappings, the value of a key named like a credential (``password``,
-  ``api_key``, ``GITHUB_TOKEN``, ``Authorization``, ``cookie`` ...) becomes
-  ``[REDACTED:key]`` whatever it looks like.
+  ``pwd``, ``api_key``, ``secretAccessKey``, ``GITHUB_TOKEN``, ``Authorization``,
+  ``cookie`` ...) becomes ``[REDACTED:key]`` whatever it looks like; so does, in a list,
+  the value after a credential-named flag (``["--password", p]``) and the second of a
+  pair whose first names a credential (``["X-Api-Key", v]``, header lists). A key that
+  itself holds a credential shape is scrubbed like any string.
 
 Every replacement is counted, so an auditor sees that something was removed.
 
+Time: every pattern is written to match in time linear in the text (see the rules file's
+header; bench/redact.py measures adversarial input), and nested values are walked with an
+explicit stack, so no input can stall landing or raise ``RecursionError``.
+
 Speed: the exporter scrubs every span on the host's export thread, and nearly all text holds
-no secret. All kinds form one alternation regex, but it only runs on text that passed a
-pre-check: a handful of substring searches for literal markers that every pattern needs
-(``sk-``, ``akia``, ``token``, ``://`` ...). Text with no marker costs about a microsecond
-per few hundred characters. When markers are present, only the kinds they can start are
-compiled into the alternation (cached per combination), so a commit message saying "high"
-pays for the GitHub-token pattern alone. This module needs only the standard library, so
-the agent-side instrumentation can reuse it.
+no secret. The patterns only run on text that passed a pre-check: a handful of substring
+searches for literal markers that every pattern needs (``sk-``, ``akia``, ``token``,
+``://`` ...), plus one scan for a long mixed-case base64 run. Text with neither costs about
+a microsecond per few hundred characters. When markers are present, only the kinds they can
+start are compiled into the alternation (cached per combination). This module needs only
+the standard library, so the agent-side instrumentation can reuse it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
+import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, TypeVar
+from pathlib import Path
+from typing import Any, Final, NamedTuple, TypeVar
 
+from tooltrail._json import dumps_iterative, loads_iterative
 from tooltrail.config import ENV_REDACT, env_flag
 
 REDACTED_TEMPLATE: Final = "[REDACTED:{}]"
 KEY_KIND: Final = "key"
+AWS_SECRET_KIND: Final = "aws_secret_key"
+BASE64_KIND: Final = "base64_secret"
 _KEY_MARK: Final = REDACTED_TEMPLATE.format(KEY_KIND)
 _V = TypeVar("_V")
 
-# Key-name rule: a normalized key (lower case; ``-``, ``.`` and spaces become ``_``) that
-# equals or ends with one of these is a credential. "Ends with" catches GITHUB_TOKEN,
-# client_secret, x-api-key; it deliberately misses ``input_tokens`` / ``max_tokens``
-# (token counts), which end in "tokens".
+# Key-name rule: a normalized key (lower case; ``-``, ``.`` and spaces become ``_``; also
+# read with camelCase split, ``secretAccessKey`` -> ``secret_access_key``) that equals or
+# ends with one of these is a credential. "Ends with" catches GITHUB_TOKEN, client_secret,
+# x-api-key; it deliberately misses ``input_tokens`` / ``max_tokens`` (token counts), which
+# end in "tokens".
 SENSITIVE_KEY_SUFFIXES: Final = (
     "password",
     "passwd",
     "passphrase",
+    "passcode",
+    "pass_code",
     "secret",
     "token",
     "api_key",
     "apikey",
     "access_key",
+    "accesskey",
     "private_key",
+    "privatekey",
     "secret_key",
+    "secretkey",
+    "account_key",
+    "accountkey",
+    "auth_key",
+    "authkey",
+    "signing_key",
+    "encryption_key",
+    "master_key",
+    "session_key",
     "authorization",
     "cookie",
     "credential",
     "credentials",
+    "x_amz_signature",
+    "x_goog_signature",
 )
+# Words that name a credential only whole (the key, or its last ``_`` part): ``pwd``,
+# ``db_pass``, ``sig``; as the end of a longer word they do not (``bypass``, ``design``).
+SENSITIVE_KEY_WORDS: Final = ("pwd", "pass", "sig", "auth")
+_KEY_ENDINGS: Final = SENSITIVE_KEY_SUFFIXES + tuple(f"_{w}" for w in SENSITIVE_KEY_WORDS)
 
-# The same words as they end a key in free text (``key=value``, ``"key": "value"``).
-_KEY_WORDS: Final = (
-    r"password|passwd|passphrase|secret|token|api[_\-]?key|access[_\-]?key"
-    r"|private[_\-]?key|secret[_\-]?key|authorization|cookie|credentials?"
-)
-_NOT_ALNUM_BEFORE: Final = r"(?<![A-Za-z0-9])"
-
-# kind -> (pattern, markers). Markers are lower-case substrings; a text matching the
-# pattern always contains one of them (lower-cased), which is what makes the pre-check
-# safe. A pattern with a group named ``<kind>_p`` keeps that prefix (a key or header name)
-# and redacts only the rest. Order matters where two kinds can match at one position:
-# the first listed wins.
-_KINDS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
-    "private_key": (
-        r"-----BEGIN[A-Z ]*PRIVATE KEY[A-Z ]*-----"
-        # A block cut short (say, a truncated result) is redacted to the end of the text.
-        r"(?s:.*?-----END[A-Z ]*PRIVATE KEY[A-Z ]*-----|.*\Z)",
-        ("private key",),
-    ),
-    "github_token": (
-        _NOT_ALNUM_BEFORE + r"(?:gh[pousr]_[A-Za-z0-9]{30,255}|github_pat_[A-Za-z0-9_]{22,255})",
-        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
-    ),
-    "anthropic_key": (_NOT_ALNUM_BEFORE + r"sk-ant-[A-Za-z0-9_\-]{20,}", ("sk-ant-",)),
-    # Legacy keys have no hyphen after "sk-" (so hyphenated words never match); project,
-    # service-account and admin keys carry their prefix.
-    "openai_key": (
-        _NOT_ALNUM_BEFORE + r"sk-(?:(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{20,}|[A-Za-z0-9]{32,})",
-        ("sk-",),
-    ),
-    "aws_access_key": (
-        _NOT_ALNUM_BEFORE + r"(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])",
-        ("akia", "asia"),
-    ),
-    "aws_secret_key": (
-        r"(?P<aws_secret_key_p>(?i:aws_secret_access_key|aws_secret_key|secret_access_key)"
-        r"[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])",
-        ("secret_access_key", "aws_secret_key"),
-    ),
-    "slack_token": (_NOT_ALNUM_BEFORE + r"xox[abposr]-[A-Za-z0-9\-]{10,}", ("xox",)),
-    "slack_webhook": (
-        r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/\-]+",
-        ("://hooks.slack.com",),
-    ),
-    "basic_auth": (
-        r"(?P<basic_auth_p>(?i:authorization)[\"']?\s*[:=]\s*[\"']?(?i:basic)\s+)"
-        r"[A-Za-z0-9+/]{4,}=*",
-        ("authorization",),
-    ),
-    # 12+ characters with at least one non-letter, so prose such as "the bearer
-    # instrument" is left alone.
-    "bearer_token": (
-        r"(?P<bearer_token_p>" + _NOT_ALNUM_BEFORE + r"(?i:bearer)\s+)"
-        r"(?=[A-Za-z]*[0-9\-._~+/])[A-Za-z0-9\-._~+/]{12,}=*",
-        ("bearer",),
-    ),
-    # Header and payload are base64url JSON objects, so both start "eyJ". The signature
-    # is optional: unsigned tokens and tokens cut by truncation are still caught.
-    "jwt": (
-        _NOT_ALNUM_BEFORE + r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}(?:\.[A-Za-z0-9_\-]*)?",
-        ("eyj",),
-    ),
-    "url_password": (
-        r"(?P<url_password_p>://[^\s/:@\"']+:)[^\s/@\"']+(?=@)",
-        ("://",),
-    ),
-    # key=value, key: value, "key": "value" (the word may end a longer name such as
-    # GITHUB_TOKEN or x-api-key). A quoted value is redacted inside its quotes, so JSON
-    # text stays well-formed; a bare value stops at whitespace, quotes and JSON punctuation.
-    KEY_KIND: (
-        rf"(?P<{KEY_KIND}_p>{_NOT_ALNUM_BEFORE}(?i:{_KEY_WORDS})[\"']?\s*[:=]\s*)"
-        r"(?:\"(?:[^\"\\\n]|\\.)*(?:\"|\Z)|'[^'\n]*(?:'|\Z)"
-        r"|(?:(?i:bearer|basic|token|digest)\s+)?[^\s\"'&,;{}\[\]]+)",
-        (
-            "password",
-            "passwd",
-            "passphrase",
-            "secret",
-            "token",
-            "api_key",
-            "api-key",
-            "apikey",
-            "access_key",
-            "access-key",
-            "private_key",
-            "private-key",
-            "authorization",
-            "cookie",
-            "credential",
-        ),
-    ),
-}
-
-_PREFIXED: Final = frozenset(
-    kind for kind, (pattern, _) in _KINDS.items() if f"<{kind}_p>" in pattern
-)
-_KIND_ORDER: Final = tuple(_KINDS)
-_REGEX_CACHE_MAX: Final = 256
-_KEY_CACHE_MAX: Final = 4096
-_MAX_SECRET_DEPTH: Final = 100
 # Flags for every pattern: ASCII keeps (?i) and \s to ASCII, matching the pre-check, which
 # lower-cases text and looks for ASCII markers.
 _FLAGS: Final = re.ASCII
+RULES_FILE: Final = Path(__file__).with_name("secret_rules.toml")
 
 
-def _may_hold_secret(low: str) -> bool:
-    """First pre-check tier on lower-cased text: one short marker per family of kinds.
+class Rule(NamedTuple):
+    """One credential family from ``secret_rules.toml``."""
 
-    Every kind's markers (second tier) contain one of these, so False here means no
-    pattern can match. Written as one expression: this runs for every landed span.
-    """
-    return (
-        "key" in low  # private key, api_key, apikey, access-key, private_key
-        or "secret" in low
-        or "token" in low
-        or "pass" in low  # password, passwd, passphrase
-        or "auth" in low  # authorization
-        or "bearer" in low
-        or "cookie" in low
-        or "credential" in low
-        or "gh" in low  # ghp_ gho_ ghu_ ghs_ ghr_
-        or "github_pat_" in low
-        or "sk-" in low
-        or "akia" in low
-        or "asia" in low
-        or "xox" in low
-        or "eyj" in low
-        or "://" in low  # URL passwords, Slack webhooks
+    id: str
+    kind: str
+    pattern: str  # the kept part (a key or header name) ends at the empty group ``<id>_p``
+    markers: tuple[str, ...]
+    sample: str  # a text the rule matches
+    secret: str  # the part of ``sample`` that must not survive scrubbing
+
+
+_ALNUM: Final = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_FILL: Final = re.compile(r"@(hex|low)?([0-9]+)")
+
+
+def _fill(piece: str, seed: int) -> str:
+    # Sample pieces "@N" / "@hexN" / "@lowN" stand for generated characters, so the rules
+    # file holds no literal credential for a secret scanner to flag.
+    m = _FILL.fullmatch(piece)
+    if m is None:
+        return piece
+    alphabet = {"hex": "0123456789abcdef", "low": _ALNUM[:26] + _ALNUM[52:]}.get(
+        m.group(1) or "", _ALNUM
     )
+    return "".join(alphabet[(i * 17 + seed * 5) % len(alphabet)] for i in range(int(m[2])))
+
+
+def _load_rules(path: Path) -> tuple[tuple[Rule, ...], tuple[str, ...]]:
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    rules = []
+    for entry in data["rule"]:
+        rid = entry["id"]
+        pieces = [_fill(p, i) for i, p in enumerate(entry["sample"])]
+        lo, hi = entry.get("secret", [0, len(pieces)])
+        pattern = entry["regex"].replace("(?P<keep>", f"(?P<{rid}_p>")
+        try:
+            re.compile(pattern, _FLAGS)
+        except re.error as e:  # a broken rules file is a bug: name the rule
+            raise ValueError(f"{path}: rule {rid!r}: invalid regex: {e}") from e
+        rules.append(
+            Rule(
+                rid,
+                entry.get("kind", rid),
+                pattern,
+                tuple(entry["markers"]),
+                "".join(pieces),
+                "".join(pieces[lo:hi]),
+            )
+        )
+    return tuple(rules), tuple(data["first_tier"])
+
+
+RULES, FIRST_TIER = _load_rules(RULES_FILE)
+
+# rule id -> (pattern, markers). Markers are lower-case substrings; a text matching the
+# pattern always contains one of them (lower-cased), which is what makes the pre-check
+# safe. Order matters where two rules can match at one position: the first listed wins.
+_KINDS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
+    r.id: (r.pattern, r.markers) for r in RULES
+}
+
+
+def _leading_group(pattern: str) -> tuple[list[str], str] | None:
+    """For a pattern ``(?:A|B|...)REST``: its alternatives and REST, else None."""
+    if not pattern.startswith("(?:"):
+        return None
+    depth, i, start, parts = 0, 0, 3, []
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":  # a class: skip to its end ("|" and parentheses are literal inside)
+            i = _class_end(pattern, i)
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                parts.append(pattern[start:i])
+                return parts, pattern[i + 1 :]
+        elif c == "|" and depth == 1:
+            parts.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    return None
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """The index after the class that starts at ``pattern[i]`` ("[")."""
+    i += 1
+    if pattern.startswith("^", i):
+        i += 1
+    if pattern.startswith("]", i):  # a "]" first in a class is literal
+        i += 1
+    while pattern[i] != "]":
+        i += 2 if pattern[i] == "\\" else 1
+    return i + 1
+
+
+_FIRST_CLASS: Final = re.compile(r"\[([A-Za-z]+)\]")
+
+
+def _literal_first(pattern: str) -> list[str]:
+    """``pattern`` as alternatives that each start with one literal character, where it
+    starts with a class of letters (``[bB]earer``) or an alternation of such: a regex whose
+    alternatives all start with a literal lets the engine skip to the positions where one
+    of those characters is, instead of entering every alternative at every position."""
+    group = _leading_group(pattern)
+    if group is not None:
+        alternatives, rest = group
+        return [x for alt in alternatives for x in _literal_first(alt + rest)]
+    m = _FIRST_CLASS.match(pattern)
+    if m is not None:
+        return [c + pattern[m.end() :] for c in m.group(1)]
+    return [pattern]
+
+
+# Rule id -> its alternatives in the combined regex, each named ``<id>__<n>``: an empty group
+# ending it (the last group to close, so it is ``lastgroup``), the kept part ending at
+# ``<id>__<n>_p``.
+_ALTERNATIVES: Final[dict[str, str]] = {
+    r.id: "|".join(
+        f"{alt.replace(f'(?P<{r.id}_p>)', f'(?P<{r.id}__{n}_p>)')}(?P<{r.id}__{n}>)"
+        for n, alt in enumerate(_literal_first(r.pattern))
+    )
+    for r in RULES
+}
+_GROUP_RULE: Final[dict[str, str]] = {
+    f"{r.id}__{n}": r.id for r in RULES for n in range(len(_literal_first(r.pattern)))
+} | {r.id: r.id for r in RULES}
+_RULE_KIND: Final[dict[str, str]] = {r.id: r.kind for r in RULES}
+_PREFIXED: Final = frozenset(r.id for r in RULES if f"<{r.id}_p>" in r.pattern)
+_KIND_ORDER: Final = tuple(_KINDS)
+_REGEX_CACHE_MAX: Final = 256
+_KEY_CACHE_MAX: Final = 4096
+# A list element longer than this is text, not a flag or header name.
+_MAX_NAME_LEN: Final = 64
+
+
+def _first_tier(markers: tuple[str, ...]) -> Callable[[str], bool]:
+    # One ``or`` chain of substring tests, built from the rules file: a loop over the
+    # markers would cost several times more, and this runs for every landed span.
+    source = " or ".join(f"{m!r} in low" for m in markers)
+    namespace: dict[str, Any] = {}
+    exec(f"def _may_hold_secret(low):\n    return {source}\n", namespace)
+    check: Callable[[str], bool] = namespace["_may_hold_secret"]
+    check.__doc__ = """First pre-check tier on lower-cased text: one short marker per family.
+
+    Every rule's markers (second tier) contain one of these, so False here means no
+    pattern can match."""
+    return check
+
+
+_may_hold_secret: Final = _first_tier(FIRST_TIER)
+
+# First-tier entry -> the rules with a marker holding it: the rules a text can need are those
+# of the entries it holds, found with one scan per entry (a scan per rule marker costs as
+# much again on long text, whose cost is one scan per entry per MiB).
+_TIER_RULES: Final = tuple(
+    (t, frozenset(r.id for r in RULES if any(t in m for m in r.markers))) for t in FIRST_TIER
+)
+# Up to this length the rules found are narrowed by their own markers (a smaller regex);
+# above it each marker scan would cost more than the regex it saves.
+_NARROW_MAX: Final = 4096
+
+
+def _rules_for(low: str) -> tuple[str, ...]:
+    """The rules that can match lower-cased text ``low``, in rule order."""
+    found: set[str] = set()
+    for entry, ids in _TIER_RULES:
+        if entry in low:
+            found |= ids
+    if not found:
+        return ()
+    if len(low) > _NARROW_MAX:
+        return tuple(k for k in _KIND_ORDER if k in found)
+    return tuple(k for k in _KIND_ORDER if k in found and any(m in low for m in _KINDS[k][1]))
+
+
+# Bare tokens: a run of base64 characters (16+) holding upper- and lower-case letters and a
+# digit; hex (git SHAs, ids), words and numbers fail at the run's first character. Looked
+# for where a value is the whole run: a whole string, a quoted string in text (JSON, a
+# repr), a value in the pre-check's NUL-joined texts. Each search starts at a literal
+# (a quote, a NUL, the start), which the regex engine finds fast; a base64 run inside prose
+# is not decoded (that would cost a scan on every text). Linear: the possessive lookaheads
+# each read the run once.
+_B64_MIXED: Final = r"(?=[a-z0-9+/]*+[A-Z])(?=[A-Z0-9+/]*+[a-z])(?=[A-Za-z+/]*+[0-9])"
+_B64_BODY: Final = r"[A-Za-z0-9+/]{16,}+={0,2}+"
+_B64_END: Final = r"(?:[\"\x00]|\Z)"
+_B64_GATE_QUOTED: Final = re.compile('"' + _B64_MIXED + _B64_BODY + _B64_END, _FLAGS)
+_B64_GATE_JOINED: Final = re.compile("\x00" + _B64_MIXED + _B64_BODY + _B64_END, _FLAGS)
+_B64_GATE_START: Final = re.compile(_B64_MIXED + _B64_BODY + _B64_END, _FLAGS)
+_B64_WHOLE: Final = re.compile(_B64_MIXED + _B64_BODY, _FLAGS)
+_B64_QUOTED: Final = re.compile('"(' + _B64_BODY + ')"', _FLAGS)
+
+
+def _may_hold_bare_token(s: str) -> bool:
+    return (
+        _B64_GATE_START.match(s) is not None
+        or _B64_GATE_QUOTED.search(s) is not None
+        or ("\x00" in s and _B64_GATE_JOINED.search(s) is not None)
+    )
+
+
+_AWS_SECRET_LEN: Final = 40
+# How many base64 layers are decoded (each is 3/4 the length of the last, so the total
+# work stays linear anyway).
+_MAX_DECODE_DEPTH: Final = 3
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+# A PEM private key split into a list of lines: the header opens a block whose lines up to
+# the END line are redacted with it.
+_PEM_BEGIN: Final = re.compile(r"-----BEGIN[A-Z ]*PRIVATE KEY[A-Z ]*+-----", _FLAGS)
+_PEM_END: Final = re.compile(r"-----END[A-Z ]*PRIVATE KEY[A-Z ]*+-----", _FLAGS)
+_PEM_MARK: Final = REDACTED_TEMPLATE.format("private_key")
+
+
+def _pem_state(item: Any, open_block: bool) -> bool:
+    """Whether a PEM block is open after list element ``item``."""
+    if not isinstance(item, str) or "-----" not in item:
+        return open_block
+    if open_block:
+        return _PEM_END.search(item) is None
+    begin = _PEM_BEGIN.search(item)
+    return begin is not None and _PEM_END.search(item, begin.end()) is None
+
+
+def _decode_base64(run: str) -> str | None:
+    """The text a base64 run encodes, or None (not base64, not UTF-8 text)."""
+    core = run.rstrip("=")
+    if len(core) % 4 == 1:
+        return None
+    try:
+        text = base64.b64decode(core + "=" * (-len(core) % 4), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    return None if _CONTROL.search(text) else text
 
 
 def _normalize_key(key: str) -> str:
     return key.lower().replace("-", "_").replace(".", "_").replace(" ", "_")
+
+
+_CAMEL: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 _MARKER: Final = re.compile(r"\[REDACTED(?::[A-Za-z0-9_.-]+)?\]")
@@ -230,7 +388,8 @@ class Redactor:
         "_extra_key_markers",
         "_extra_kinds",
         "_key_cache",
-        "_key_suffixes",
+        "_key_endings",
+        "_key_text_cache",
         "_regex_cache",
         "enabled",
     )
@@ -243,11 +402,13 @@ class Redactor:
     ) -> None:
         self.enabled = enabled
         extra = tuple(_normalize_key(k) for k in extra_keys if k)
-        self._key_suffixes: tuple[str, ...] = SENSITIVE_KEY_SUFFIXES + extra
+        self._key_endings: tuple[str, ...] = _KEY_ENDINGS + extra
         # A key's text always contains each piece of its normalized name, so the longest
         # piece is a safe pre-check marker for text holding such a key.
         self._extra_key_markers = tuple(max(k.split("_"), key=len) for k in extra)
         self._key_cache: dict[str, bool] = {}
+        # Dict keys repeat (the same argument names in every call): each is scrubbed once.
+        self._key_text_cache: dict[str, tuple[str, int]] = {}
         self._clean_keys: set[str] = set()
         self._regex_cache: dict[tuple[str, ...], re.Pattern[str]] = {}
         self._extra: re.Pattern[str] | None = None
@@ -286,29 +447,74 @@ class Redactor:
         if self._extra is not None:
             return True
         low = s.lower()
-        if _may_hold_secret(low):
+        # A bare token holds an upper-case letter: text equal to its lower case holds none.
+        if _may_hold_secret(low) or (low != s and _may_hold_bare_token(s)):
             return True
         return bool(self._extra_key_markers) and any(m in low for m in self._extra_key_markers)
 
     def scrub_text(self, s: str) -> tuple[str, int]:
         """``s`` with every credential shape replaced, and how many were replaced."""
+        return self._scrub_text(s, 0)
+
+    def _scrub_text(self, s: str, depth: int) -> tuple[str, int]:
         if not self.enabled or not s:
             return s, 0
         count = 0
         low = s.lower()
-        if _may_hold_secret(low):
-            kinds = tuple(k for k in _KIND_ORDER if any(m in low for m in _KINDS[k][1]))
-            if kinds:
-                s, count = _substitute(self._regex_for(kinds), s)
+        # A bare token holds an upper-case letter: text equal to its lower case holds none.
+        upper = low != s
+        # Short text: the first tier's one expression rejects clean text fastest. Long text:
+        # _rules_for scans each entry once whatever it holds (no second pass on a hit).
+        clean = len(low) <= _NARROW_MAX and not _may_hold_secret(low)
+        kinds = () if clean else _rules_for(low)
+        if kinds:
+            s, count = _substitute(self._regex_for(kinds), s)
         if self._extra is not None:
             s, extra = _substitute(self._extra, s, self._extra_kinds)
             count += extra
+        if upper and depth < _MAX_DECODE_DEPTH and _may_hold_bare_token(s):
+            s, bare = self._scrub_runs(s, depth)
+            count += bare
         return s, count
+
+    def _scrub_runs(self, s: str, depth: int) -> tuple[str, int]:
+        """Bare tokens (after the shapes, so what they caught is already a marker), in a
+        whole string or a quoted one: a 40-character mixed base64 run is an AWS secret
+        access key; a run that decodes to text holding a secret goes whole."""
+        kind = self._bare_kind(s, depth)
+        if kind is not None:
+            return REDACTED_TEMPLATE.format(kind), 1
+        count = 0
+
+        def repl(m: re.Match[str]) -> str:
+            nonlocal count
+            kind = self._bare_kind(m.group(1), depth)
+            if kind is None:
+                return m.group()
+            count += 1
+            return f'"{REDACTED_TEMPLATE.format(kind)}"'
+
+        return _B64_QUOTED.sub(repl, s), count
+
+    def _bare_kind(self, run: str, depth: int) -> str | None:
+        if _B64_WHOLE.fullmatch(run) is None:
+            return None
+        if len(run) == _AWS_SECRET_LEN:
+            return AWS_SECRET_KIND
+        text = _decode_base64(run)
+        if text is not None and self._decoded_holds_secret(text, depth + 1):
+            return BASE64_KIND
+        return None
+
+    def _decoded_holds_secret(self, text: str, depth: int) -> bool:
+        if text.lstrip()[:1] in ("{", "[") and self.maybe_sensitive(text):
+            return self.scrub_json(text)[1] > 0
+        return self._scrub_text(text, depth)[1] > 0
 
     def _regex_for(self, kinds: tuple[str, ...]) -> re.Pattern[str]:
         regex = self._regex_cache.get(kinds)
         if regex is None:
-            source = "|".join(f"(?P<{k}>{_KINDS[k][0]})" for k in kinds)
+            source = "|".join(_ALTERNATIVES[k] for k in kinds)
             regex = re.compile(source, _FLAGS)
             if len(self._regex_cache) >= _REGEX_CACHE_MAX:
                 self._regex_cache.clear()
@@ -323,11 +529,26 @@ class Redactor:
             return False
         hit = self._key_cache.get(key)
         if hit is None:
-            hit = _normalize_key(key).endswith(self._key_suffixes)
+            endings = self._key_endings
+            hit = _normalize_key(key).endswith(endings) or (
+                not key.islower() and _normalize_key(_CAMEL.sub("_", key)).endswith(endings)
+            )
+            if not hit:
+                hit = _normalize_key(key) in SENSITIVE_KEY_WORDS
             if len(self._key_cache) >= _KEY_CACHE_MAX:
                 self._key_cache.clear()
             self._key_cache[key] = hit
         return hit
+
+    def _names_secret(self, item: Any, pair: bool) -> bool:
+        """Whether a list element makes the next one a credential: a flag named like one
+        (``--password``), or the first of a pair naming one (``["X-Api-Key", v]``)."""
+        if not isinstance(item, str) or len(item) > _MAX_NAME_LEN:
+            return False
+        if item.startswith("-"):
+            name = item.lstrip("-")
+            return bool(name) and "=" not in name and self.is_sensitive_key(name)
+        return pair and self.is_sensitive_key(item)
 
     def all_keys_clean(self, keys: Iterable[str]) -> bool:
         """True when no key in ``keys`` is credential-named (one set operation when the
@@ -354,69 +575,131 @@ class Redactor:
         return self._walk(obj)
 
     def secret_values(self, obj: Any) -> list[Any]:
-        """The values :meth:`scrub_obj` would replace for their credential-named key: what
-        must not reappear in a result or an error message that quotes them."""
+        """The values :meth:`scrub_obj` would replace for their credential-named key (or
+        flag, or pair): what must not reappear in a result or an error message that
+        quotes them."""
         if not self.enabled:
             return []
         found: list[Any] = []
-        self._secrets(obj, found, 0)
+        todo = [obj]  # an explicit stack: no nesting depth raises RecursionError
+        while todo:
+            node = todo.pop()
+            if isinstance(node, Mapping):
+                for k, v in node.items():
+                    if isinstance(k, str) and self.is_sensitive_key(k) and _holds_secret(v):
+                        found.append(v)
+                    else:
+                        todo.append(v)
+            elif isinstance(node, list | tuple):
+                redact_next = in_pem = False
+                for i, v in enumerate(node):
+                    if (redact_next and _holds_secret(v)) or (in_pem and isinstance(v, str)):
+                        found.append(v)
+                    else:
+                        todo.append(v)
+                    redact_next = self._names_secret(v, i == 0 and len(node) == 2)
+                    in_pem = _pem_state(v, in_pem)
         return found
 
-    def _secrets(self, obj: Any, found: list[Any], depth: int) -> None:
-        if depth > _MAX_SECRET_DEPTH:
-            return
-        if isinstance(obj, Mapping):
-            for k, v in obj.items():
-                if isinstance(k, str) and self.is_sensitive_key(k) and _holds_secret(v):
-                    found.append(v)
-                else:
-                    self._secrets(v, found, depth + 1)
-        elif isinstance(obj, list | tuple):
-            for v in obj:
-                self._secrets(v, found, depth + 1)
-
     def _walk(self, obj: Any) -> tuple[Any, int]:
+        """Scrubbed copy of ``obj``, walked with an explicit stack (any depth)."""
+        if not isinstance(obj, Mapping | list | tuple):
+            return self._leaf(obj)
+        total = 0
+        # (source container, its empty copy to fill); a child container is put in place
+        # in its parent's copy at once and filled when its own entry is popped.
+        todo: list[tuple[Any, Any]] = []
+
+        def copy_of(value: Any) -> Any:
+            nonlocal total
+            if isinstance(value, Mapping):
+                todo.append((value, {}))
+            elif isinstance(value, list | tuple):
+                todo.append((value, []))
+            else:
+                value, n = self._leaf(value)
+                total += n
+                return value
+            return todo[-1][1]
+
+        root = copy_of(obj)
+        while todo:
+            source, out = todo.pop()
+            if isinstance(out, dict):
+                for k, v in source.items():
+                    if isinstance(k, str) and self.is_sensitive_key(k) and _holds_secret(v):
+                        value: Any = _KEY_MARK
+                        total += 1
+                    else:
+                        value = copy_of(v)
+                    if isinstance(k, str):
+                        k, n = self._scrub_key(k, out)
+                        total += n
+                    out[k] = value
+            else:
+                redact_next = in_pem = False
+                pair = len(source) == 2
+                for i, v in enumerate(source):
+                    if redact_next and _holds_secret(v):
+                        out.append(_KEY_MARK)
+                        total += 1
+                    elif in_pem and isinstance(v, str):
+                        out.append(_PEM_MARK)  # counted once, with the block's header
+                    else:
+                        out.append(copy_of(v))
+                    redact_next = self._names_secret(v, pair and i == 0)
+                    in_pem = _pem_state(v, in_pem)
+        return root, total
+
+    def _leaf(self, obj: Any) -> tuple[Any, int]:
         if isinstance(obj, str):
             if obj[:1] in ("{", "[") and self.maybe_sensitive(obj):
                 return self.scrub_json(obj)
             return self.scrub_text(obj)
-        if isinstance(obj, Mapping):
-            out: dict[Any, Any] = {}
-            total = 0
-            for k, v in obj.items():
-                if isinstance(k, str) and self.is_sensitive_key(k) and _holds_secret(v):
-                    out[k] = _KEY_MARK
-                    total += 1
-                    continue
-                out[k], n = self._walk(v)
-                total += n
-            return out, total
-        if isinstance(obj, list | tuple):
-            items: list[Any] = []
-            total = 0
-            for v in obj:
-                item, n = self._walk(v)
-                items.append(item)
-                total += n
-            return items, total
         return obj, 0
+
+    def _scrub_key(self, key: str, out: Mapping[str, Any]) -> tuple[str, int]:
+        # A credential used as a key (a token-indexed map): scrubbed like any text; two
+        # keys scrubbed alike are told apart so neither value is lost.
+        cached = self._key_text_cache.get(key)
+        if cached is None:
+            cached = self.scrub_text(key) if self.maybe_sensitive(key) else (key, 0)
+            if len(self._key_text_cache) >= _KEY_CACHE_MAX:
+                self._key_text_cache.clear()
+            self._key_text_cache[key] = cached
+        scrubbed, n = cached
+        if n:
+            base, i = scrubbed, 1
+            while scrubbed in out:
+                i += 1
+                scrubbed = f"{base}#{i}"
+        return scrubbed, n
 
     def scrub_json(self, text: str) -> tuple[str, int]:
         """Scrub a JSON document given as text; the result is still valid JSON.
 
         The document is parsed and walked (so key names count too) only when the
-        pre-check finds a marker; text that is not JSON is scrubbed as plain text.
+        pre-check finds a marker; text that is not JSON is scrubbed as plain text. A
+        document nested too deep for ``json`` is read and written without recursion.
         """
         if not self.maybe_sensitive(text):
             return text, 0
         try:
             doc = json.loads(text)
+        except RecursionError:
+            try:
+                doc = loads_iterative(text)
+            except ValueError:
+                return self.scrub_text(text)
         except ValueError:
             return self.scrub_text(text)
         scrubbed, count = self._walk(doc)
         if count == 0:
             return text, 0
-        return json.dumps(scrubbed, ensure_ascii=False, separators=(",", ":")), count
+        try:
+            return json.dumps(scrubbed, ensure_ascii=False, separators=(",", ":")), count
+        except RecursionError:
+            return dumps_iterative(scrubbed), count
 
 
 def _substitute(
@@ -426,16 +709,20 @@ def _substitute(
 
     def repl(m: re.Match[str]) -> str:
         nonlocal count
-        # lastgroup is the group that closed last: the kind's own group, since a prefix
-        # group ``<kind>_p`` nests inside it and closes first.
+        # lastgroup is the group that closed last: the rule's own (empty) group, which ends
+        # its alternative (the oracle in the tests wraps the rule instead; its keep group
+        # nests inside and closes first).
         group = m.lastgroup or ""
-        kind = labels[group] if labels is not None else group
+        rule = _GROUP_RULE.get(group, group)
+        kind = labels[group] if labels is not None else _RULE_KIND[rule]
         mark = REDACTED_TEMPLATE.format(kind)
-        if labels is not None or kind not in _PREFIXED:
+        if labels is not None or rule not in _PREFIXED:
             count += 1
             return mark
-        prefix = m.group(f"{kind}_p")
-        value = m.group(0)[len(prefix) :]
+        # Kept: from the match's start to the end of its ``<rule>_p`` group.
+        keep_end = m.end(f"{group}_p")
+        prefix = m.string[m.start() : keep_end]
+        value = m.string[keep_end : m.end()]
         if is_redaction_marker(value.strip("'\"")):
             # Scrubbed before (the instrumentation scrubs as values enter the span, the
             # exporter again as they land): nothing new removed, so nothing counted.
@@ -471,4 +758,15 @@ def scrub_stable(scrub: Callable[[_V], tuple[_V, int]], value: _V) -> tuple[_V, 
     return value, count
 
 
-__all__ = ["KEY_KIND", "REDACTED_TEMPLATE", "SENSITIVE_KEY_SUFFIXES", "Redactor", "scrub_stable"]
+__all__ = [
+    "AWS_SECRET_KIND",
+    "BASE64_KIND",
+    "KEY_KIND",
+    "REDACTED_TEMPLATE",
+    "RULES",
+    "SENSITIVE_KEY_SUFFIXES",
+    "SENSITIVE_KEY_WORDS",
+    "Redactor",
+    "Rule",
+    "scrub_stable",
+]

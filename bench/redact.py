@@ -1,0 +1,137 @@
+"""Credential scrubber cost per MiB, on adversarial and on ordinary text.
+
+    python bench/redact.py [--mib 1] [--repeats 3] [--only NAME]
+
+Each input is about --mib MiB. Adversarial inputs are built to make a backtracking regex
+go quadratic: a prefix that starts a match repeated with nothing to complete it (per
+family in tooltrail/secret_rules.toml: its sample cut short, and its first marker alone),
+``-eyJ`` repeated (issue 14: 100 KB took 1.7 s), long base64-ish runs, long key=value
+chains, and JSON nested thousands deep. Ordinary inputs: prose and tool-call JSON. Target
+from issue 14: <= 50 ms/MiB on adversarial text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import best_of, timed, tool_attributes
+
+from tooltrail.redact import RULES, Redactor
+
+MIB = 1 << 20
+
+
+def repeat_to(unit: str, size: int) -> str:
+    return (unit * (size // max(len(unit), 1) + 1))[:size]
+
+
+def adversarial(size: int) -> dict[str, str]:
+    rng = random.Random(14)
+    b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    inputs = {
+        "-eyJ repeated": repeat_to("-eyJ", size),
+        "eyJ.eyJ repeated": repeat_to("eyJabcdefgh.", size),
+        "base64 run": "".join(rng.choice(b64) for _ in range(size)),
+        "quoted base64 runs": repeat_to(
+            '"' + "".join(rng.choice(b64) for _ in range(60)) + '",', size
+        ),
+        "key=value chain": repeat_to("password=token=secret=", size),
+        "key: spaces": repeat_to("token" + " " * 40, size),
+        "--password flags": repeat_to("--password ", size),
+        "url ://a:b": repeat_to("://a:b", size),
+        "url no @": "https://user:" + repeat_to("pa/ss", size),
+        "bearer spaces": repeat_to("Bearer ", size),
+        "BEGIN no END": repeat_to("-----BEGIN RSA PRIVATE KEY-----x", size),
+        "BEGIN letters": "-----BEGIN " + repeat_to("A ", size),
+        "quote no close": repeat_to('token="' + "x" * 30 + "\n", size),
+    }
+    for rule in RULES:
+        cut = rule.sample[: max(len(rule.sample) - 2, 1)]
+        inputs[f"{rule.id}: sample cut short"] = repeat_to(cut + " ", size)
+        inputs[f"{rule.id}: marker"] = repeat_to(rule.markers[0], size)
+    inputs["every family's marker"] = repeat_to("".join(r.markers[0] for r in RULES), size)
+    inputs["every family's cut sample"] = repeat_to(" ".join(r.sample[:-2] for r in RULES), size)
+    return inputs
+
+
+def ordinary(size: int) -> dict[str, str]:
+    prose = (
+        "The payments service retries a failed charge three times, then files a ticket "
+        "for the on-call engineer; see the runbook in docs/payments/retries.md. "
+    )
+    calls = "\n".join(json.dumps(tool_attributes(i)) for i in range(size // 600 + 1))
+    return {"prose": repeat_to(prose, size), "tool-call JSON": calls[:size]}
+
+
+def deep_json(size: int) -> str:
+    depth = (size - 20) // 2
+    return '{"token": ' + "[" * depth + "]" * depth + "}"
+
+
+def ms_per_mib(fn: Callable[[], object], size: int, repeats: int) -> float:
+    return best_of(repeats, lambda: timed(fn)) * 1000 * MIB / size
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--mib", type=float, default=1.0, help="size of each input")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", help="run only inputs whose name contains this")
+    args = ap.parse_args()
+    size = int(args.mib * MIB)
+    r = Redactor()
+
+    rows: list[tuple[str, str, float]] = []
+    groups = (("adversarial", adversarial(size)), ("ordinary", ordinary(size)))
+    for group, inputs in groups:
+        for name, text in inputs.items():
+            if args.only and args.only not in name:
+                continue
+            rows.append(
+                (group, name, ms_per_mib(lambda t=text: r.scrub_text(t), size, args.repeats))
+            )
+    if not args.only or args.only in "deep JSON":
+        doc = deep_json(size)
+        rows.append(
+            (
+                "adversarial",
+                "deep JSON (scrub_json)",
+                ms_per_mib(lambda: r.scrub_json(doc), size, args.repeats),
+            )
+        )
+        b64 = base64.b64encode(doc.encode()).decode()
+        rows.append(
+            (
+                "adversarial",
+                "base64 of deep JSON",
+                ms_per_mib(lambda: r.scrub_text(b64), len(b64), args.repeats),
+            )
+        )
+
+    print(f"scrub_text, inputs of {size / MIB:.2f} MiB, best of {args.repeats}")
+    if not rows:
+        return
+    width = max(len(name) for _, name, _ in rows)
+    for group, name, ms in rows:
+        print(f"  {group:<11} {name:<{width}}  {ms:8.1f} ms/MiB")
+    worst = max(
+        (row for row in rows if row[0] == "adversarial"), key=lambda row: row[2], default=None
+    )
+    normal = max(
+        (row for row in rows if row[0] == "ordinary"), key=lambda row: row[2], default=None
+    )
+    if worst is not None:
+        print(f"worst adversarial: {worst[1]} {worst[2]:.1f} ms/MiB  (target <= 50)")
+    if normal is not None:
+        print(f"worst ordinary:    {normal[1]} {normal[2]:.1f} ms/MiB")
+
+
+if __name__ == "__main__":
+    main()
