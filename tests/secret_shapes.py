@@ -5,9 +5,8 @@ tests all check the same list. Each shape is the arguments a tool call could car
 (``arguments``) and the substrings that must never be found in anything tooltrail writes
 (``needles``: the secret parts, long and random enough not to occur by chance).
 
-``today``: the shipped ``tooltrail.redact.Redactor`` already detects it. The others are
-the families issue 14 found reaching disk; their tests are marked xfail
-(``needs_families``) until the scrubber learns them, then the mark comes off.
+The first shapes are long-known credential formats; the rest are the families issue 14
+found reaching disk.
 """
 
 from __future__ import annotations
@@ -63,91 +62,75 @@ class SecretShape:
     name: str
     arguments: dict[str, Any]
     needles: tuple[str, ...]
-    today: bool
 
     def param(self) -> Any:
-        """A pytest parameter, marked xfail when today's scrubber does not know the shape."""
-        marks = () if self.today else (needs_families,)
-        return pytest.param(self, id=self.name, marks=marks)
+        """A pytest parameter named after the shape."""
+        return pytest.param(self, id=self.name)
 
-
-needs_families: Final = pytest.mark.xfail(strict=False, reason="needs redact.py families")
 
 SHAPES: Final = (
     # Detected by the shipped scrubber: the neighbours of the families below.
+    SecretShape("github_token_value", {"repo": "acme/app", "note": GITHUB_TOKEN}, (GITHUB_TOKEN,)),
+    SecretShape("openai_key_in_text", {"prompt": f"use {OPENAI_KEY} please"}, (OPENAI_KEY,)),
     SecretShape(
-        "github_token_value", {"repo": "acme/app", "note": GITHUB_TOKEN}, (GITHUB_TOKEN,), True
+        "aws_access_key", {"env": {"AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY}}, (AWS_ACCESS_KEY,)
     ),
-    SecretShape("openai_key_in_text", {"prompt": f"use {OPENAI_KEY} please"}, (OPENAI_KEY,), True),
-    SecretShape(
-        "aws_access_key", {"env": {"AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY}}, (AWS_ACCESS_KEY,), True
-    ),
-    SecretShape("password_key", {"user": "alice", "password": PASSWORD}, (PASSWORD,), True),
-    SecretShape("jwt_in_text", {"header": f"session {JWT}"}, (JWT,), True),
+    SecretShape("password_key", {"user": "alice", "password": PASSWORD}, (PASSWORD,)),
+    SecretShape("jwt_in_text", {"header": f"session {JWT}"}, (JWT,)),
     SecretShape(
         "bearer_header_text",
         {"curl": f"curl -H 'Authorization: Bearer {BEARER}' x"},
         (BEARER,),
-        True,
     ),
     SecretShape(
         "url_password",
         {"remote": f"https://bot:{URL_PASSWORD}@git.example.com/a.git"},
         (URL_PASSWORD,),
-        True,
     ),
-    SecretShape("pem_one_string", {"key": "\n".join(PEM_LINES)}, PEM_BODY, True),
+    SecretShape("pem_one_string", {"key": "\n".join(PEM_LINES)}, PEM_BODY),
     SecretShape(
         "aws_secret_assignment",
         {"cfg": f"aws_secret_access_key = {AWS_SECRET}"},
         (AWS_SECRET,),
-        True,
     ),
     # Issue 14 §3: found reaching Parquet and control.sqlite.
     SecretShape(
         "bare_aws_secret_in_list",
         {"argv": ["aws", "configure", "set", BARE_AWS_SECRET]},
         (BARE_AWS_SECRET,),
-        False,
     ),
     SecretShape(
         "argv_password_flag",
         {"argv": ["mysql", "-u", "root", "--password", ARGV_PASSWORD]},
         (ARGV_PASSWORD,),
-        False,
     ),
-    SecretShape("key_pwd", {"host": "db", "pwd": PWD}, (PWD,), False),
-    SecretShape("key_passcode", {"host": "db", "passcode": PASSCODE}, (PASSCODE,), False),
+    SecretShape("key_pwd", {"host": "db", "pwd": PWD}, (PWD,)),
+    SecretShape("key_passcode", {"host": "db", "passcode": PASSCODE}, (PASSCODE,)),
     SecretShape(
         "key_secretAccessKey",
         {"region": "eu-west-1", "secretAccessKey": SECRET_ACCESS_KEY},
         (SECRET_ACCESS_KEY,),
-        False,
     ),
     SecretShape(
         "header_pairs",
         {"headers": [["X-Api-Key", API_KEY_HEADER], ["Cookie", f"session={COOKIE_SESSION}"]]},
         (API_KEY_HEADER, COOKIE_SESSION),
-        False,
     ),
-    SecretShape("pem_split_lines", {"key_lines": list(PEM_SPLIT)}, PEM_SPLIT[1:3], False),
+    SecretShape("pem_split_lines", {"key_lines": list(PEM_SPLIT)}, PEM_SPLIT[1:3]),
     SecretShape(
         "github_token_as_key",
         {"scopes": {GITHUB_TOKEN_AS_KEY: "repo"}},
         (GITHUB_TOKEN_AS_KEY,),
-        False,
     ),
     SecretShape(
         "url_password_with_slash",
         {"remote": f"https://bot:{URL_PASSWORD_SLASH}@git.example.com/a.git"},
         (URL_PASSWORD_SLASH,),
-        False,
     ),
     SecretShape(
         "azure_sas_sig",
         {"url": f"https://acct.blob.core.windows.net/c/b.txt?sv=2022-11-02&sr=b&sig={AZURE_SIG}"},
         (AZURE_SIG,),
-        False,
     ),
     SecretShape(
         "aws_presigned_signature",
@@ -156,9 +139,8 @@ SHAPES: Final = (
             f"&X-Amz-Expires=300&X-Amz-Signature={AMZ_SIGNATURE}"
         },
         (AMZ_SIGNATURE,),
-        False,
     ),
-    SecretShape("base64_token", {"blob": B64_TOKEN}, (B64_TOKEN,), False),
+    SecretShape("base64_token", {"blob": B64_TOKEN}, (B64_TOKEN,)),
 )
 
 
@@ -174,4 +156,4 @@ def _distinct() -> None:
 
 _distinct()
 
-__all__ = ["SHAPES", "SecretShape", "needs_families"]
+__all__ = ["SHAPES", "SecretShape"]
