@@ -47,7 +47,13 @@ from tooltrail.analytics.engine import (
     span_files,
     spans_glob,
 )
-from tooltrail.analytics.index import SessionIndex, read_index
+from tooltrail.analytics.index import (
+    SessionIndex,
+    delta_spans_view,
+    read_index,
+    session_partials,
+    unique_spans,
+)
 from tooltrail.analytics.sqlfiles import Fragment, ident, literal, literal_list, load, render
 from tooltrail.collector.writer import fsync_path
 from tooltrail.errors import QueryError
@@ -231,29 +237,29 @@ def _define_views(
     index: SessionIndex | None,
     delta: list[Path],
 ) -> None:
+    columns = render("span_columns")
     if files:
-        con.execute(render("spans_view", spans_glob=literal(spans_glob(root))))
+        con.execute(render("spans_view", columns=columns, spans_glob=literal(spans_glob(root))))
     else:
-        con.execute(load("spans_view_empty"))
-    con.execute(load("actions_view"))
+        con.execute(render("spans_view_empty", columns=columns))
+    con.execute(render("actions_view", unique=unique_spans()))
     con.execute(render("session_totals_view", body=_totals_body(con, index, delta)))
     con.execute(load("sessions_view"))
-    con.execute(load("approvals_view"))
+    con.execute(render("approvals_view", unique=unique_spans()))
 
 
 def _totals_body(
     con: duckdb.DuckDBPyConnection, index: SessionIndex | None, delta: list[Path]
 ) -> Fragment:
     if index is None:
-        return render("session_partials", input=ident("spans"))
+        return session_partials("spans")
     index_file = literal(str(index.path))
     if not delta:
         return render("session_index_scan", index_file=index_file)
-    con.execute(render("delta_spans_view", files=literal_list(str(p) for p in delta)))
+    con.execute(delta_spans_view(str(p) for p in delta))
+    con.execute(load("touched_spans_view"))
     return render(
-        "session_merge",
-        index_file=index_file,
-        delta=render("session_partials", input=ident("_delta_spans")),
+        "session_merge", index_file=index_file, touched=session_partials("_touched_spans")
     )
 
 

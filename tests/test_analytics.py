@@ -63,7 +63,7 @@ def test_every_view_exists_and_is_empty(tmp_path: Path, kind: str) -> None:
         names = {v: [c for c, _ in _columns(con, v)] for v in VIEWS}
     finally:
         con.close()
-    assert names["spans"] == [*COLUMNS, "date"]
+    assert names["spans"] == [*COLUMNS, "date", "time_flag"]
     assert names["actions"] == names["spans"]
     assert names["sessions"] == list(analytics.SESSIONS_COLUMNS)
     assert names["approvals"] == list(analytics.APPROVALS_COLUMNS)
@@ -80,7 +80,7 @@ def test_query_functions_return_empty_frames(tmp_path: Path, kind: str) -> None:
     assert analytics.sessions(root).height == 0
     assert analytics.count_sessions(root) == 0
     assert analytics.session(root, "nope") is None
-    assert analytics.session_actions(root, "nope").columns == [*COLUMNS, "date"]
+    assert analytics.session_actions(root, "nope").columns == [*COLUMNS, "date", "time_flag"]
     assert analytics.approval_history(root).columns == list(analytics.APPROVALS_COLUMNS)
     for by in analytics.BLAST_RADIUS_GROUPS:
         stats = analytics.blast_radius_stats(root, by)
@@ -140,8 +140,9 @@ def test_sessions_invariant_and_decision_counts(landed: Land, make_row: MakeRow)
         assert s["rewrites"] == counted["REWRITE"]
         assert s["approvals"] == counted["REQUIRE_APPROVAL"]
         assert s["undecided"] == counted[None]
-        assert s["allows"] + s["denies"] + s["rewrites"] + s["approvals"] == s["action_count"]
-        assert s["action_count"] + s["undecided"] == s["total_actions"] == len(mine)
+        decided = s["allows"] + s["denies"] + s["rewrites"] + s["approvals"]
+        # every tool call counts (issue 14): a session of undecided calls is not "0 actions"
+        assert decided + s["undecided"] == s["action_count"] == s["total_actions"] == len(mine)
 
 
 def test_repos_are_distinct_sorted_and_skip_nulls(landed: Land, make_row: MakeRow) -> None:
@@ -1033,6 +1034,7 @@ def _batch(make_row: MakeRow, sessions: Iterable[str], day: int, n: int = 3) -> 
             make_row(
                 session_id=sid,
                 span_type="llm",
+                agent_name=f"agent-{sid}-{day}",  # no tie with another name at this start
                 input_tokens=day + 1,
                 start_time=BASE_TIME + dt.timedelta(days=day),
             )

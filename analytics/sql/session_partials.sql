@@ -1,21 +1,25 @@
--- Per-session totals over `input` (any relation with the `spans` columns).
--- Every column is mergeable (session_merge.sql combines rows of the same session), so
--- totals over "session index + files landed since" equal totals over all files:
--- counts and token sums add up, first/last values keep the timestamp that orders them,
--- repos and pending approval ids are lists that concatenate.
+-- Per-session totals over `input` (any relation with the `spans` columns, read through
+-- span_columns.sql: implausible times are null and count for nothing here). Each span
+-- counts once: copies of one (session_id, trace_id, span_id) are reduced to the winning
+-- one first (span_unique.sql), so a session's totals must be computed from all of its
+-- spans at once (session_merge.sql recomputes the sessions that files landed since the
+-- index touch).
 SELECT
     session_id,
     min(start_time) AS started_at,
     max(coalesce(end_time, start_time)) AS last_activity_at,
     count(*) AS span_count,
-    -- descriptive columns: the first non-null value by start time
+    -- descriptive columns: the first non-null value by start time (ties: the smallest
+    -- value, so the index and a computation over all spans pick the same one)
     min(start_time) FILTER (WHERE agent_name IS NOT NULL) AS agent_name_at,
-    arg_min(agent_name, start_time) FILTER (WHERE agent_name IS NOT NULL) AS agent_name,
+    arg_min(agent_name, (start_time, agent_name)) FILTER (WHERE agent_name IS NOT NULL)
+        AS agent_name,
     min(start_time) FILTER (WHERE parent_session_id IS NOT NULL) AS parent_session_id_at,
-    arg_min(parent_session_id, start_time) FILTER (WHERE parent_session_id IS NOT NULL)
-        AS parent_session_id,
+    arg_min(parent_session_id, (start_time, parent_session_id))
+        FILTER (WHERE parent_session_id IS NOT NULL) AS parent_session_id,
     min(start_time) FILTER (WHERE "trigger" IS NOT NULL) AS trigger_at,
-    arg_min("trigger", start_time) FILTER (WHERE "trigger" IS NOT NULL) AS "trigger",
+    arg_min("trigger", (start_time, "trigger")) FILTER (WHERE "trigger" IS NOT NULL)
+        AS "trigger",
     -- actions (tool spans) by decision; a null decision is counted by neither
     count(*) FILTER (WHERE span_type = 'tool') AS total_actions,
     count(*) FILTER (WHERE span_type = 'tool' AND decision = 'ALLOW') AS allows,
@@ -35,10 +39,11 @@ SELECT
     ) AS errors,
     -- did the last action error? (kept with its start time so it can be merged)
     max(start_time) FILTER (WHERE span_type = 'tool') AS last_action_at,
-    arg_max(
-        coalesce(status_code = 'ERROR' AND coalesce(error_type, '') <> 'tool_call_denied', false),
-        start_time
-    ) FILTER (WHERE span_type = 'tool') AS last_action_errored,
+    -- (of actions starting at the same instant, an errored one counts as the last)
+    max((
+        start_time,
+        coalesce(status_code = 'ERROR' AND coalesce(error_type, '') <> 'tool_call_denied', false)
+    )) FILTER (WHERE span_type = 'tool' AND start_time IS NOT NULL)[2] AS last_action_errored,
     -- a root span (no parent) that errored; tool spans are excluded: an agent without an
     -- invocation span makes every tool call a root, and only its last one decides
     coalesce(
@@ -65,7 +70,10 @@ SELECT
         ),
         CAST([] AS VARCHAR[])
     ) AS pending_refs
-FROM {{input}}
+FROM (
+    SELECT * FROM {{input}}
+    {{unique}}
+)
 -- A span of no known kind whose session fell back to its trace id (an MCP SDK's own
 -- `initialize` span, an HTTP server span) belongs to no agent session.
 WHERE session_id IS NOT NULL AND NOT (span_type = 'other' AND session_id = trace_id)
