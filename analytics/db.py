@@ -242,25 +242,54 @@ def _define_views(
         con.execute(render("spans_view", columns=columns, spans_glob=literal(spans_glob(root))))
     else:
         con.execute(render("spans_view_empty", columns=columns))
-    con.execute(render("actions_view", unique=unique_spans()))
+    con.execute(load("span_subsets_view"))
     con.execute(render("session_totals_view", body=_totals_body(con, index, delta)))
+    con.execute(render("span_copies_view", body=_copies_body(index, delta)))
+    known = render("span_copies_known")
+    con.execute(render("actions_view", unique=unique_spans("_tool_spans", known)))
     con.execute(load("sessions_view"))
-    con.execute(render("approvals_view", unique=unique_spans()))
+    con.execute(render("approvals_view", unique=unique_spans("_held_spans")))
 
 
 def _totals_body(
     con: duckdb.DuckDBPyConnection, index: SessionIndex | None, delta: list[Path]
 ) -> Fragment:
+    """Session totals: from all spans, the index, or the index and the sessions that the
+    files landed since touch (which also defines `_delta_spans` and `_touched_spans`)."""
     if index is None:
         return session_partials("spans")
     index_file = literal(str(index.path))
     if not delta:
         return render("session_index_scan", index_file=index_file)
     con.execute(delta_spans_view(str(p) for p in delta))
-    con.execute(load("touched_spans_view"))
-    return render(
-        "session_merge", index_file=index_file, touched=session_partials("_touched_spans")
+    con.execute(
+        render("touched_spans_view", copies=render("span_copies", input=ident("_touched_spans")))
     )
+    # Decided once per plan (the files are immutable): in the usual case no touched
+    # session has copies, and the totals do not read `spans` at all.
+    recount = [str(r[0]) for r in con.sql(load("touched_copy_sessions")).fetchall()]
+    if any("\x00" in sid for sid in recount):  # cannot be a SQL literal: use the index
+        return session_partials("spans")  # not at all (slower, never wrong)
+    merged = render(
+        "session_merge",
+        index_file=index_file,
+        delta=session_partials("_delta_spans"),
+        recount=literal_list(recount),
+    )
+    if not recount:
+        return merged
+    con.execute(render("recount_spans_view", ids=literal_list(recount)))
+    return render("session_recount", merged=merged, recounted=session_partials("_recount_spans"))
+
+
+def _copies_body(index: SessionIndex | None, delta: list[Path]) -> Fragment:
+    """The spans landed more than once, found the way :func:`_totals_body` counts."""
+    if index is None:
+        return render("span_copies", input=ident("spans"))
+    indexed = render("index_copies", index_file=literal(str(index.path)))
+    if not delta:
+        return indexed
+    return render("span_copies_merge", indexed=indexed)
 
 
 def _load_control(con: duckdb.DuckDBPyConnection, state: _State) -> None:

@@ -40,24 +40,37 @@ _META_KEY: Final = b"tooltrail.session_index"
 _FORMAT: Final = 1
 
 
-# Every SQL file whose text decides what an index row holds.
-_INDEX_SQL: Final = ("macros", "span_columns", "span_winner", "span_unique", "session_partials")
+# Every SQL file whose text decides what an index row holds; and the DuckDB version,
+# since `copies` are matched through DuckDB's hash() (unique_spans.sql).
+_INDEX_SQL: Final = (
+    "macros",
+    "span_columns",
+    "span_winner",
+    "span_copies",
+    "unique_spans",
+    "session_partials",
+    "session_index_rows",
+)
 
 
 def _sql_version() -> str:
     # An index written by different SQL may have other columns or meanings: ignore it.
-    text = "\n".join([str(_FORMAT), *(load(name) for name in _INDEX_SQL)])
+    text = "\n".join([str(_FORMAT), duckdb.__version__, *(load(name) for name in _INDEX_SQL)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def unique_spans() -> Fragment:
-    """The QUALIFY clause that keeps one row per span (sql/span_unique.sql)."""
-    return render("span_unique", winner=render("span_winner"))
+def unique_spans(relation: str, copies: Fragment | None = None) -> Fragment:
+    """``relation`` reduced to one row per span (sql/unique_spans.sql). ``copies``: a query
+    giving the keys landed more than once; by default found in ``relation`` itself."""
+    source = ident(relation)
+    if copies is None:
+        copies = render("span_copies", input=source)
+    return render("unique_spans", input=source, copies=copies, winner=render("span_winner"))
 
 
 def session_partials(relation: str) -> Fragment:
-    """Per-session totals over ``relation`` (sql/session_partials.sql)."""
-    return render("session_partials", input=ident(relation), unique=unique_spans())
+    """Per-session totals over ``relation``, each span once (sql/session_partials.sql)."""
+    return render("session_partials", unique=unique_spans(relation))
 
 
 def delta_spans_view(files: Iterable[str]) -> Fragment:
@@ -139,7 +152,8 @@ def _session_totals(files: list[tuple[Path, int]]) -> pa.Table:
     con = base_connection()
     try:
         con.execute(delta_spans_view(str(p) for p, _ in files))
-        table = con.sql(session_partials("_delta_spans")).to_arrow_table()
+        rows = render("session_index_rows", partials=session_partials("_delta_spans"))
+        table = con.sql(rows).to_arrow_table()
     except duckdb.Error as e:
         raise_query_error(e, "building the session index")
     finally:

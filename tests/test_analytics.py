@@ -1136,3 +1136,133 @@ def test_render_takes_exactly_its_placeholders() -> None:
             assert con.sql(f"SELECT {literal(value)}").fetchall() == [(value,)]
     finally:
         con.close()
+
+
+# --- issue 14: copies of one span, nonsense times ----------------------------------------
+
+
+def _dup_session(make_row: MakeRow) -> tuple[Row, Row, Row]:
+    """A held call (decided, settled), an undecided after-the-fact copy of the same span,
+    and a second, ordinary call of the session."""
+    held = make_row(
+        session_id="dup",
+        decision="REQUIRE_APPROVAL",
+        policy_rule="needs-ok",
+        approval_id="apr-dup",
+        approval_status="approved",
+        blast_radius="High",
+    )
+    undecided = {**held, "decision": None, "enforced": False, "approval_status": None}
+    other = make_row(session_id="dup", start_time=BASE_TIME + dt.timedelta(seconds=1))
+    return held, undecided, other
+
+
+def _assert_one_action_per_span(source: Any) -> None:
+    s = _by_id(analytics.sessions(source))["dup"]
+    assert (s["action_count"], s["total_actions"], s["span_count"]) == (2, 2, 2)
+    assert (s["allows"], s["approvals"], s["undecided"], s["high"]) == (1, 1, 0, 1)
+    actions = analytics.session_actions(source, "dup")
+    assert actions.height == 2
+    # the decided copy wins over the undecided one
+    assert sorted(actions["decision"].to_list()) == ["ALLOW", "REQUIRE_APPROVAL"]
+    history = analytics.approval_history(source, session_id="dup")
+    assert history["approval_id"].to_list() == ["apr-dup"]
+    assert history["outcome"].to_list() == ["approved"]
+    stats = analytics.blast_radius_stats(source, by="agent").row(0, named=True)
+    assert (stats["agent"], stats["actions"], stats["high"]) == ("agent-a", 2, 1)
+
+
+def test_a_span_landed_three_times_is_one_action_in_every_view(
+    data_dir: Path, landed: Land, make_row: MakeRow
+) -> None:
+    held, undecided, other = _dup_session(make_row)
+    landed([held, other])
+    landed([held])  # the same batch resent (its acknowledgement was lost)
+    landed([undecided])  # and classified again after the fact elsewhere
+    _assert_one_action_per_span(data_dir)
+    # the session index holds the copies' totals once too, and a copy landed after it
+    # (one in an indexed file, one since) is still one action
+    analytics.build_session_index(data_dir)
+    con = analytics.connect(data_dir)
+    try:
+        _assert_one_action_per_span(con)
+        landed([held])
+        _assert_one_action_per_span(con)
+        assert _uses_index(con)
+    finally:
+        con.close()
+
+
+def test_a_copy_in_a_compacted_file_and_one_landed_since_are_one_action(
+    data_dir: Path, landed: Land, make_row: MakeRow
+) -> None:
+    held, _, other = _dup_session(make_row)
+    landed([held, other])
+    landed([held])
+    compact(data_dir, small_file_bytes=1 << 30)
+    analytics.build_session_index(data_dir)
+    landed([held])
+    _assert_one_action_per_span(data_dir)
+
+
+_FAR_FUTURE = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(
+    microseconds=(2**64 - 1) // 1000  # a start of 2^64-1 ns, as a broken clock sends it
+)
+
+
+def _clock_rows(make_row: MakeRow, now: dt.datetime) -> list[Row]:
+    old = BASE_TIME
+    return [
+        make_row(session_id="done", start_time=old),
+        make_row(session_id="done", start_time=_FAR_FUTURE, end_time=_FAR_FUTURE),
+        make_row(
+            session_id="done",
+            start_time=old + dt.timedelta(seconds=2),
+            end_time=old + dt.timedelta(seconds=1),  # ends before it starts
+            duration_ms=-1000.0,
+        ),
+        # a session really at work, with one span from the broken clock
+        make_row(session_id="live", start_time=now - dt.timedelta(seconds=5)),
+        make_row(session_id="live", start_time=_FAR_FUTURE, end_time=_FAR_FUTURE),
+    ]
+
+
+def _assert_sane_times(source: Any, now: dt.datetime) -> None:
+    got = _by_id(analytics.sessions(source))
+    done, live = got["done"], got["live"]
+    assert done["status"] == "completed"  # not "active" until the year 2554
+    assert done["started_at"] == BASE_TIME
+    assert done["last_activity_at"] == BASE_TIME + dt.timedelta(seconds=2)
+    assert done["action_count"] == 3
+    assert live["status"] == "active"
+    assert now - dt.timedelta(seconds=6) <= live["last_activity_at"] <= now
+    # the live session sorts by its real activity, ahead of the old one
+    assert analytics.sessions(source)["session_id"].to_list() == ["live", "done"]
+    actions = analytics.session_actions(source, "done")
+    durations = [d for d in actions["duration_ms"].to_list() if d is not None]
+    assert durations and min(durations) >= 0
+    flags = sorted(f for f in actions["time_flag"].to_list() if f is not None)
+    assert flags == ["end_before_start", "start_in_future"]
+    assert actions.filter(pl.col("time_flag").is_not_null())["duration_ms"].null_count() == 2
+
+
+def test_nonsense_times_keep_no_session_active_and_no_duration_negative(
+    data_dir: Path, landed: Land, make_row: MakeRow
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    landed(_clock_rows(make_row, now))
+    _assert_sane_times(data_dir, now)
+    analytics.build_session_index(data_dir)  # the index is computed the same way
+    con = analytics.connect(data_dir)
+    try:
+        assert _uses_index(con)
+        _assert_sane_times(con, now)
+    finally:
+        con.close()
+    # tooltrail.duckdb (opened with the plain duckdb package) reads them the same way
+    path = analytics.build_duckdb_file(data_dir)
+    with duckdb.connect(str(path), read_only=True) as raw:
+        rows = raw.sql(
+            "SELECT session_id, status FROM sessions ORDER BY session_id"
+        ).fetchall()
+    assert rows == [("done", "completed"), ("live", "active")]

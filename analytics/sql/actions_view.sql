@@ -1,4 +1,3 @@
--- `actions`: the tool-call spans, one row per span (the winning copy, span_unique.sql).
+-- `actions`: the tool-call spans, one row per span (unique_spans.sql over `_span_copies`).
 CREATE OR REPLACE VIEW actions AS
-SELECT * FROM spans WHERE span_type = 'tool'
 {{unique}};

@@ -34,9 +34,7 @@ WITH held AS (
         c.approval_id IS NOT NULL AND coalesce(lower(trim(c.span_id)) = a.span_id, true)
             AS filed_for
     FROM (
-        -- held actions, one row per span (span_unique.sql); reduced among the held rows
-        -- only, so the page does not pay for reducing every action
-        SELECT * FROM spans WHERE span_type = 'tool' AND decision = 'REQUIRE_APPROVAL'
+        -- held actions, one row per span (unique_spans.sql), reduced among the held rows
         {{unique}}
     ) AS a
     LEFT JOIN control_approvals AS c ON c.approval_id = a.approval_id

@@ -1,10 +1,54 @@
 -- Session totals from the session index plus the files landed since (the delta,
--- `_delta_spans`): the index rows of sessions the delta does not touch pass through; the
--- sessions it touches are recomputed from all their spans (`touched`: `spans` restricted
--- to those sessions, a filter DuckDB pushes into the Parquet scan). Recomputing rather
--- than adding the delta's totals to the index row keeps a span landed twice, once in an
--- indexed file and once since, one action.
-SELECT * FROM read_parquet({{index_file}})
-ANTI JOIN (SELECT DISTINCT session_id FROM _delta_spans) AS d USING (session_id)
+-- `_delta_spans`; session_partials.sql over it is `delta`). Sessions the delta does not
+-- touch: their index rows. Touched sessions none of whose spans landed twice (the usual
+-- case): the index row and the delta's totals merged, column by column (every partial is
+-- mergeable: counts add up, first / last values keep the time that orders them, lists
+-- concatenate). Touched sessions with a span landed more than once (e.g. one copy in an
+-- indexed file and one since; `recount`, listed when the views were planned): left out
+-- here and recomputed from all their spans (session_recount.sql), so copies count once. Ties of first / last values are broken
+-- by value, as session_partials.sql does, so every path gives the same row.
+WITH delta AS MATERIALIZED (
+    {{delta}}
+),
+idx AS (
+    SELECT * FROM read_parquet({{index_file}})
+)
+SELECT * FROM idx ANTI JOIN delta USING (session_id)
 UNION ALL BY NAME
-{{touched}}
+SELECT
+    session_id,
+    min(started_at) AS started_at,
+    max(last_activity_at) AS last_activity_at,
+    CAST(sum(span_count) AS BIGINT) AS span_count,
+    min(agent_name_at) AS agent_name_at,
+    arg_min(agent_name, (agent_name_at, agent_name)) AS agent_name,
+    min(parent_session_id_at) AS parent_session_id_at,
+    arg_min(parent_session_id, (parent_session_id_at, parent_session_id))
+        AS parent_session_id,
+    min(trigger_at) AS trigger_at,
+    arg_min("trigger", (trigger_at, "trigger")) AS "trigger",
+    CAST(sum(total_actions) AS BIGINT) AS total_actions,
+    CAST(sum(allows) AS BIGINT) AS allows,
+    CAST(sum(denies) AS BIGINT) AS denies,
+    CAST(sum(rewrites) AS BIGINT) AS rewrites,
+    CAST(sum(approvals) AS BIGINT) AS approvals,
+    CAST(sum(low) AS BIGINT) AS low,
+    CAST(sum(medium) AS BIGINT) AS medium,
+    CAST(sum(high) AS BIGINT) AS high,
+    CAST(sum(critical) AS BIGINT) AS critical,
+    CAST(sum(errors) AS BIGINT) AS errors,
+    max(last_action_at) AS last_action_at,
+    max((last_action_at, last_action_errored)) FILTER (WHERE last_action_at IS NOT NULL)[2]
+        AS last_action_errored,
+    bool_or(root_errored) AS root_errored,
+    CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
+    CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
+    list_sort(list_distinct(flatten(list(repos)))) AS repos,
+    flatten(list(pending_refs)) AS pending_refs
+FROM (
+    SELECT idx.* FROM idx SEMI JOIN delta USING (session_id)
+    UNION ALL BY NAME
+    SELECT * FROM delta
+) AS parts
+WHERE NOT list_contains(CAST({{recount}} AS VARCHAR[]), session_id)
+GROUP BY session_id

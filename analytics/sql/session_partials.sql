@@ -1,9 +1,8 @@
--- Per-session totals over `input` (any relation with the `spans` columns, read through
--- span_columns.sql: implausible times are null and count for nothing here). Each span
--- counts once: copies of one (session_id, trace_id, span_id) are reduced to the winning
--- one first (span_unique.sql), so a session's totals must be computed from all of its
--- spans at once (session_merge.sql recomputes the sessions that files landed since the
--- index touch).
+-- Per-session totals over a relation with the `spans` columns (read through
+-- span_columns.sql: implausible times are null and count for nothing here), given as
+-- `unique`: that relation reduced to one row per span (unique_spans.sql). Since copies
+-- are reduced first, a session's totals are computed from all of its spans at once
+-- (session_merge.sql recomputes the sessions that files landed since the index touch).
 SELECT
     session_id,
     min(start_time) AS started_at,
@@ -70,10 +69,7 @@ SELECT
         ),
         CAST([] AS VARCHAR[])
     ) AS pending_refs
-FROM (
-    SELECT * FROM {{input}}
-    {{unique}}
-)
+FROM ({{unique}}) AS s
 -- A span of no known kind whose session fell back to its trace id (an MCP SDK's own
 -- `initialize` span, an HTTP server span) belongs to no agent session.
 WHERE session_id IS NOT NULL AND NOT (span_type = 'other' AND session_id = trace_id)
