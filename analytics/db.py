@@ -46,6 +46,7 @@ from tooltrail.analytics.engine import (
     raise_query_error,
     span_files,
     spans_glob,
+    vanished_file,
 )
 from tooltrail.analytics.index import (
     SessionIndex,
@@ -60,6 +61,9 @@ from tooltrail.errors import QueryError
 from tooltrail.schema import SPAN_SCHEMA
 
 IDLE_WINDOW: Final = dt.timedelta(minutes=5)
+# Re-planning after a span file vanished under compaction (see refresh).
+_REPLAN_ATTEMPTS: Final = 8
+_REPLAN_PAUSE_S: Final = 0.01
 # Temp files of a build killed midway are hidden; older ones are swept by the next build.
 _STALE_TEMP_S: Final = 3600.0
 
@@ -173,25 +177,43 @@ def connect(
     return con
 
 
-def refresh(con: duckdb.DuckDBPyConnection) -> None:
+def refresh(con: duckdb.DuckDBPyConnection, *, replan: bool = False) -> None:
     """Bring the views of a :func:`connect` connection up to date with the files on disk
-    and the control store. A connection opened otherwise (e.g. on ``tooltrail.duckdb``)
-    has fixed views and is left alone."""
+    and the control store (``replan``: define them again even if no file changed). A
+    connection opened otherwise (e.g. on ``tooltrail.duckdb``) has fixed views and is left
+    alone.
+
+    Planning reads the files it lists (DuckDB opens them to bind a view), and compaction
+    may replace one between the listing and the read: then the files are listed again and
+    the views planned anew, as a query does (queries.py), a few times before giving up.
+    """
     state = _STATES.get(con)
     if state is None:
         return
+    if replan:
+        state.plan = None
+    for attempt in range(_REPLAN_ATTEMPTS):
+        try:
+            _refresh_once(con, state)
+            return
+        except duckdb.Error as e:
+            # Views may be half-defined now: the next attempt (or refresh) defines them all.
+            state.plan = None
+            if not vanished_file(e) or attempt == _REPLAN_ATTEMPTS - 1:
+                raise_query_error(e, f"refreshing the views over {state.root}")
+            time.sleep(_REPLAN_PAUSE_S * attempt)  # another swap under way: let it finish
+
+
+def _refresh_once(con: duckdb.DuckDBPyConnection, state: _State) -> None:
     files = span_files(state.root)
     index = read_index(state.root) if files else None
     delta = index.delta(state.root, files) if index is not None else None
     usable = index if delta is not None else None
     plan = (tuple(files), usable.stamp if usable is not None else None)
-    try:
-        _load_control(con, state)
-        if plan != state.plan:
-            _define_views(con, state.root, files, usable, delta or [])
-            state.plan = plan
-    except duckdb.Error as e:
-        raise_query_error(e, f"refreshing the views over {state.root}")
+    _load_control(con, state)
+    if plan != state.plan:
+        _define_views(con, state.root, files, usable, delta or [])
+        state.plan = plan
 
 
 def build_duckdb_file(data_dir: str | os.PathLike[str] | None = None) -> Path:
