@@ -56,6 +56,7 @@ from tooltrail.analytics.index import (
     unique_spans,
 )
 from tooltrail.analytics.sqlfiles import Fragment, ident, literal, literal_list, load, render
+from tooltrail.collector.duckdb_file import STAMP_FILE, views_stamp
 from tooltrail.collector.writer import fsync_path
 from tooltrail.errors import QueryError
 from tooltrail.schema import SPAN_SCHEMA
@@ -222,14 +223,16 @@ def build_duckdb_file(data_dir: str | os.PathLike[str] | None = None) -> Path:
     Open it read-only from anywhere: ``duckdb.connect(path, read_only=True)``. Its views
     read the span files live (new files show up), but compute sessions from all spans (no
     index) and hold no control-store rows (the live store is joined by :func:`connect`
-    only). Built on an empty directory, its ``spans`` view stays empty until rebuilt.
-    The file is written under a temporary name and renamed over the old one.
+    only). Built on an empty directory, its ``spans`` view stays empty until rebuilt,
+    which the first landing starts (collector/duckdb_file.py, with the stamp written
+    here). The file is written under a temporary name and renamed over the old one.
     """
     root = data_root(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     target = root / config.DUCKDB_FILE
     _sweep_stale_temps(root, target.name)
     tmp = root / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    files = span_files(root)
     try:
         con = base_connection(str(tmp))
         try:
@@ -237,7 +240,7 @@ def build_duckdb_file(data_dir: str | os.PathLike[str] | None = None) -> Path:
             _copy_arrow(con, "control_approvals", CONTROL_APPROVALS_SCHEMA.empty_table())
             _copy_arrow(con, "control_sessions", CONTROL_SESSIONS_SCHEMA.empty_table())
             _copy_arrow(con, "control_events", CONTROL_EVENTS_SCHEMA.empty_table())
-            _define_views(con, root, span_files(root), None, [])
+            _define_views(con, root, files, None, [])
             con.execute("CHECKPOINT")
         except duckdb.Error as e:
             raise_query_error(e, f"building {target}")
@@ -249,7 +252,23 @@ def build_duckdb_file(data_dir: str | os.PathLike[str] | None = None) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
         Path(f"{tmp}.wal").unlink(missing_ok=True)
+    # Built over the glob, the file is current until the SQL or the directory changes.
+    # Built before any span file existed, its `spans` is a fixed empty table: no stamp,
+    # so the first landing rebuilds it (collector/duckdb_file.py).
+    if files:
+        _write_small_atomic(root / STAMP_FILE, views_stamp(root))
+    else:
+        (root / STAMP_FILE).unlink(missing_ok=True)
     return target
+
+
+def _write_small_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _define_views(

@@ -1262,7 +1262,98 @@ def test_nonsense_times_keep_no_session_active_and_no_duration_negative(
     # tooltrail.duckdb (opened with the plain duckdb package) reads them the same way
     path = analytics.build_duckdb_file(data_dir)
     with duckdb.connect(str(path), read_only=True) as raw:
-        rows = raw.sql(
-            "SELECT session_id, status FROM sessions ORDER BY session_id"
-        ).fetchall()
+        rows = raw.sql("SELECT session_id, status FROM sessions ORDER BY session_id").fetchall()
     assert rows == [("done", "completed"), ("live", "active")]
+
+
+# --- tooltrail.duckdb after agents alone ---------------------------------------------------
+
+
+def _wait_current(data: Path, timeout_s: float = 90.0) -> None:
+    """Until the background build has written a current tooltrail.duckdb and let go of its
+    lock (so no builder process is left when the test ends)."""
+    import fcntl
+    import time
+
+    from tooltrail.collector.duckdb_file import LOCK_FILE, is_current
+
+    deadline = time.monotonic() + timeout_s
+    while not is_current(data.resolve()):
+        assert time.monotonic() < deadline, f"no current tooltrail.duckdb in {data}"
+        time.sleep(0.2)
+    fd = os.open(data / LOCK_FILE, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    finally:
+        os.close(fd)
+
+
+_AGENT = """
+import atexit, json, sys
+# registered first, so it runs last: after tooltrail's exit hook has landed the spans
+atexit.register(lambda: print(json.dumps(
+    sorted(m for m in ("duckdb", "polars", "streamlit") if m in sys.modules))))
+import tooltrail.instrumentation as tt
+tt.configure(data_dir=sys.argv[1], agent_name="solo")
+
+@tt.tool
+def lookup(key: str) -> str:
+    return key.upper()
+
+with tt.session(session_id="solo-1"):
+    for key in "abc":
+        lookup(key)
+"""
+
+_ANALYST = """
+import json, sys
+import duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print(json.dumps({
+    "actions": con.sql("SELECT count(*) FROM actions").fetchall()[0][0],
+    "sessions": con.sql("SELECT session_id, action_count FROM sessions").fetchall(),
+}))
+"""
+
+
+def test_an_agent_alone_leaves_a_tooltrail_duckdb_any_cwd_can_open(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    agent_cwd, analyst_cwd = tmp_path / "agent", tmp_path / "analyst"
+    agent_cwd.mkdir()
+    analyst_cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOOLTRAIL_", "OTEL_"))}
+    agent = subprocess.run(
+        [sys.executable, "-c", _AGENT, str(data)],
+        cwd=agent_cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(agent.stdout.strip().splitlines()[-1]) == []  # the agent: no duckdb
+    _wait_current(data)
+    analyst = subprocess.run(
+        [sys.executable, "-c", _ANALYST, str(data / "tooltrail.duckdb")],
+        cwd=analyst_cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(analyst.stdout) == {"actions": 3, "sessions": [["solo-1", 3]]}
+
+
+def test_a_file_built_before_anything_landed_is_rebuilt_by_the_first_landing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_row: MakeRow
+) -> None:
+    from tooltrail.collector.writer import ParquetSpanWriter
+
+    data = tmp_path / "data"
+    analytics.build_duckdb_file(data)  # e.g. `tooltrail compact` on a new directory
+    monkeypatch.setenv("TOOLTRAIL_DUCKDB_FILE", "1")
+    ParquetSpanWriter(data).write([make_row(session_id="late")])
+    _wait_current(data)
+    with duckdb.connect(str(data / "tooltrail.duckdb"), read_only=True) as con:
+        assert con.sql("SELECT session_id FROM sessions").fetchall() == [("late",)]
