@@ -49,6 +49,7 @@ from tooltrail.analytics.engine import (
     vanished_file,
 )
 from tooltrail.analytics.index import (
+    NO_COPIES,
     SessionIndex,
     delta_spans_view,
     read_index,
@@ -240,7 +241,7 @@ def build_duckdb_file(data_dir: str | os.PathLike[str] | None = None) -> Path:
             _copy_arrow(con, "control_approvals", CONTROL_APPROVALS_SCHEMA.empty_table())
             _copy_arrow(con, "control_sessions", CONTROL_SESSIONS_SCHEMA.empty_table())
             _copy_arrow(con, "control_events", CONTROL_EVENTS_SCHEMA.empty_table())
-            _define_views(con, root, files, None, [])
+            _define_views(con, root, files, None, [], materialize=False)
             con.execute("CHECKPOINT")
         except duckdb.Error as e:
             raise_query_error(e, f"building {target}")
@@ -277,40 +278,55 @@ def _define_views(
     files: list[tuple[Path, int]],
     index: SessionIndex | None,
     delta: list[Path],
+    *,
+    materialize: bool = True,
 ) -> None:
+    """Define every view. ``materialize``: keep the spans landed more than once in a
+    table of this connection, found once per plan (the files are immutable) instead of on
+    every query; tooltrail.duckdb (``False``) cannot, its views must follow new files."""
     columns = render("span_columns")
     if files:
         con.execute(render("spans_view", columns=columns, spans_glob=literal(spans_glob(root))))
     else:
         con.execute(render("spans_view_empty", columns=columns))
     con.execute(load("span_subsets_view"))
-    con.execute(render("session_totals_view", body=_totals_body(con, index, delta)))
-    con.execute(render("span_copies_view", body=_copies_body(index, delta)))
-    known = render("span_copies_known")
+    if index is not None and delta:
+        con.execute(delta_spans_view(str(p) for p in delta))
+        touched_copies = render("span_copies", input=ident("_touched_spans"))
+        con.execute(render("touched_spans_view", copies=touched_copies))
+    copies = _copies_body(index, delta)
+    if materialize:
+        con.execute(render("copies_table", body=copies))
+        known = render("copies_table_keys")
+        if not con.sql(load("copies_table_any")).fetchall():
+            known = NO_COPIES  # the usual case: the views read the spans as they are
+    else:
+        con.execute(render("span_copies_view", body=copies))
+        known = render("span_copies_known")
+    con.execute(render("session_totals_view", body=_totals_body(con, index, delta, known)))
     con.execute(render("actions_view", unique=unique_spans("_tool_spans", known)))
     con.execute(load("sessions_view"))
-    con.execute(render("approvals_view", unique=unique_spans("_held_spans")))
+    con.execute(render("approvals_view", unique=unique_spans("_held_spans", known)))
 
 
 def _totals_body(
-    con: duckdb.DuckDBPyConnection, index: SessionIndex | None, delta: list[Path]
+    con: duckdb.DuckDBPyConnection,
+    index: SessionIndex | None,
+    delta: list[Path],
+    known: Fragment,
 ) -> Fragment:
-    """Session totals: from all spans, the index, or the index and the sessions that the
-    files landed since touch (which also defines `_delta_spans` and `_touched_spans`)."""
+    """Session totals: from all spans (``known``: their copies), the index, or the index
+    and the sessions that the files landed since touch."""
     if index is None:
-        return session_partials("spans")
+        return session_partials("spans", known)
     index_file = literal(str(index.path))
     if not delta:
         return render("session_index_scan", index_file=index_file)
-    con.execute(delta_spans_view(str(p) for p in delta))
-    con.execute(
-        render("touched_spans_view", copies=render("span_copies", input=ident("_touched_spans")))
-    )
     # Decided once per plan (the files are immutable): in the usual case no touched
     # session has copies, and the totals do not read `spans` at all.
     recount = [str(r[0]) for r in con.sql(load("touched_copy_sessions")).fetchall()]
-    if any("\x00" in sid for sid in recount):  # cannot be a SQL literal: use the index
-        return session_partials("spans")  # not at all (slower, never wrong)
+    if any("\x00" in sid for sid in recount):  # an id no SQL literal can hold:
+        return session_partials("spans", known)  # without the index (slower, never wrong)
     merged = render(
         "session_merge",
         index_file=index_file,
@@ -324,7 +340,8 @@ def _totals_body(
 
 
 def _copies_body(index: SessionIndex | None, delta: list[Path]) -> Fragment:
-    """The spans landed more than once, found the way :func:`_totals_body` counts."""
+    """The spans landed more than once: found among all spans without an index; else
+    recorded in the index, and among all spans of the sessions touched since."""
     if index is None:
         return render("span_copies", input=ident("spans"))
     indexed = render("index_copies", index_file=literal(str(index.path)))

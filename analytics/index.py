@@ -61,16 +61,24 @@ def _sql_version() -> str:
 
 def unique_spans(relation: str, copies: Fragment | None = None) -> Fragment:
     """``relation`` reduced to one row per span (sql/unique_spans.sql). ``copies``: a query
-    giving the keys landed more than once; by default found in ``relation`` itself."""
+    giving the keys landed more than once (:data:`NO_COPIES`: known to be none); by
+    default found in ``relation`` itself."""
     source = ident(relation)
+    if copies == NO_COPIES:
+        return render("all_rows", input=source)
     if copies is None:
         copies = render("span_copies", input=source)
     return render("unique_spans", input=source, copies=copies, winner=render("span_winner"))
 
 
-def session_partials(relation: str) -> Fragment:
-    """Per-session totals over ``relation``, each span once (sql/session_partials.sql)."""
-    return render("session_partials", unique=unique_spans(relation))
+NO_COPIES: Final = Fragment("-- no copies")
+"""``copies`` of :func:`unique_spans` when the planner found none: no reduction at all."""
+
+
+def session_partials(relation: str, copies: Fragment | None = None) -> Fragment:
+    """Per-session totals over ``relation``, each span once (sql/session_partials.sql);
+    ``copies`` as in :func:`unique_spans`."""
+    return render("session_partials", unique=unique_spans(relation, copies))
 
 
 def delta_spans_view(files: Iterable[str]) -> Fragment:
@@ -152,8 +160,9 @@ def _session_totals(files: list[tuple[Path, int]]) -> pa.Table:
     con = base_connection()
     try:
         con.execute(delta_spans_view(str(p) for p, _ in files))
-        rows = render("session_index_rows", partials=session_partials("_delta_spans"))
-        table = con.sql(rows).to_arrow_table()
+        con.execute(render("copies_table", body=render("span_copies", input=ident("_delta_spans"))))
+        partials = session_partials("_delta_spans", render("copies_table_keys"))
+        table = con.sql(render("session_index_rows", partials=partials)).to_arrow_table()
     except duckdb.Error as e:
         raise_query_error(e, "building the session index")
     finally:
@@ -175,6 +184,7 @@ def _write_atomic(table: pa.Table, target: Path) -> None:
 
 
 __all__ = [
+    "NO_COPIES",
     "SESSION_INDEX_FILE",
     "SessionIndex",
     "build_session_index",

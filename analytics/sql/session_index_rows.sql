@@ -1,14 +1,14 @@
 -- The rows of the session index: session_partials.sql over the covered files, plus
--- `copies`, the (trace_id, span_id) of each span landed more than once in them, so that
--- `actions` can reduce them without grouping every span on every query.
+-- `copies`, the (trace_id, span_id) of each span landed more than once in them (`_copies`,
+-- copies_table.sql), so that `actions` can reduce them without grouping every span on
+-- every query.
 WITH copies AS (
     SELECT session_id, list({'trace_id': trace_id, 'span_id': span_id}) AS copies
     FROM (
-        SELECT session_id, trace_id, span_id
-        FROM _delta_spans
-        WHERE session_id IS NOT NULL
-        GROUP BY ALL
-        HAVING count(*) > 1
+        SELECT DISTINCT r.session_id, r.trace_id, r.span_id
+        FROM _delta_spans AS r
+        SEMI JOIN _copies AS c
+            ON c.session_id = r.session_id AND c.span_key = hash(r.trace_id, r.span_id)
     )
     GROUP BY session_id
 )
