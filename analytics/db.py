@@ -330,7 +330,9 @@ def _totals_body(
     merged = render(
         "session_merge",
         index_file=index_file,
-        delta=session_partials("_delta_spans"),
+        # no copies among them outside the sessions recounted below (`recount` covers
+        # every touched session with one, and the merge leaves those out)
+        delta=session_partials("_delta_spans", NO_COPIES),
         recount=literal_list(recount),
     )
     if not recount:

@@ -231,7 +231,7 @@ def session_actions(source: Source, session_id: str) -> pl.DataFrame:
     with borrow(source) as con:
         return _frame(
             con,
-            render("session_actions", winner=render("span_winner")),
+            load("session_actions"),
             {"session_id": session_id},
             f"reading the actions of session {session_id}",
         )
