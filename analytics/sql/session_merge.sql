@@ -5,8 +5,8 @@
 -- mergeable: counts add up, first / last values keep the time that orders them, lists
 -- concatenate). Touched sessions with a span landed more than once (e.g. one copy in an
 -- indexed file and one since; `recount`, listed when the views were planned): left out
--- here and recomputed from all their spans (session_recount.sql), so copies count once. Ties of first / last values are broken
--- by value, as session_partials.sql does, so every path gives the same row.
+-- here and recomputed from all their spans (session_recount.sql), so copies count once.
+-- The last action's error breaks a tie of start times as session_partials.sql does.
 WITH delta AS MATERIALIZED (
     {{delta}}
 ),
@@ -38,8 +38,10 @@ SELECT
     CAST(sum(critical) AS BIGINT) AS critical,
     CAST(sum(errors) AS BIGINT) AS errors,
     max(last_action_at) AS last_action_at,
-    max((last_action_at, last_action_errored)) FILTER (WHERE last_action_at IS NOT NULL)[2]
-        AS last_action_errored,
+    arg_max(
+        last_action_errored,
+        epoch_us(last_action_at) * 2 + CAST(coalesce(last_action_errored, false) AS BIGINT)
+    ) FILTER (WHERE last_action_at IS NOT NULL) AS last_action_errored,
     bool_or(root_errored) AS root_errored,
     CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
     CAST(sum(output_tokens) AS BIGINT) AS output_tokens,

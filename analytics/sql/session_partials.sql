@@ -8,17 +8,15 @@ SELECT
     min(start_time) AS started_at,
     max(coalesce(end_time, start_time)) AS last_activity_at,
     count(*) AS span_count,
-    -- descriptive columns: the first non-null value by start time (ties: the smallest
-    -- value, so the index and a computation over all spans pick the same one)
+    -- descriptive columns: the first non-null value by start time (two values starting
+    -- at the very same microsecond: either)
     min(start_time) FILTER (WHERE agent_name IS NOT NULL) AS agent_name_at,
-    arg_min(agent_name, (start_time, agent_name)) FILTER (WHERE agent_name IS NOT NULL)
-        AS agent_name,
+    arg_min(agent_name, start_time) FILTER (WHERE agent_name IS NOT NULL) AS agent_name,
     min(start_time) FILTER (WHERE parent_session_id IS NOT NULL) AS parent_session_id_at,
-    arg_min(parent_session_id, (start_time, parent_session_id))
-        FILTER (WHERE parent_session_id IS NOT NULL) AS parent_session_id,
+    arg_min(parent_session_id, start_time) FILTER (WHERE parent_session_id IS NOT NULL)
+        AS parent_session_id,
     min(start_time) FILTER (WHERE "trigger" IS NOT NULL) AS trigger_at,
-    arg_min("trigger", (start_time, "trigger")) FILTER (WHERE "trigger" IS NOT NULL)
-        AS "trigger",
+    arg_min("trigger", start_time) FILTER (WHERE "trigger" IS NOT NULL) AS "trigger",
     -- actions (tool spans) by decision; a null decision is counted by neither
     count(*) FILTER (WHERE span_type = 'tool') AS total_actions,
     count(*) FILTER (WHERE span_type = 'tool' AND decision = 'ALLOW') AS allows,
@@ -38,11 +36,17 @@ SELECT
     ) AS errors,
     -- did the last action error? (kept with its start time so it can be merged)
     max(start_time) FILTER (WHERE span_type = 'tool') AS last_action_at,
-    -- (of actions starting at the same instant, an errored one counts as the last)
-    max((
-        start_time,
-        coalesce(status_code = 'ERROR' AND coalesce(error_type, '') <> 'tool_call_denied', false)
-    )) FILTER (WHERE span_type = 'tool' AND start_time IS NOT NULL)[2] AS last_action_errored,
+    -- (of actions starting at the same microsecond an errored one counts as the last, so
+    -- every path gives the same answer: the key is the start in µs, doubled, plus 1 if
+    -- errored; an integer, cheap to compare)
+    arg_max(
+        coalesce(status_code = 'ERROR' AND coalesce(error_type, '') <> 'tool_call_denied', false),
+        epoch_us(start_time) * 2 + CAST(
+            coalesce(
+                status_code = 'ERROR' AND coalesce(error_type, '') <> 'tool_call_denied', false
+            ) AS BIGINT
+        )
+    ) FILTER (WHERE span_type = 'tool' AND start_time IS NOT NULL) AS last_action_errored,
     -- a root span (no parent) that errored; tool spans are excluded: an agent without an
     -- invocation span makes every tool call a root, and only its last one decides
     coalesce(
