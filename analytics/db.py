@@ -3,12 +3,16 @@
 Views (documented column by column in docs/DATA.md):
 
 - ``spans``: ``read_parquet(<data>/spans/date=*/*.parquet)`` with hive partitioning and
-  union_by_name; a typed zero-row table while no file exists (DuckDB errors on a glob
-  that matches nothing);
-- ``actions``: tool-call spans;
-- ``sessions``: per-session totals (from the session index plus newer files when a valid
-  index exists, else from all spans) joined with the live control store;
-- ``approvals``: REQUIRE_APPROVAL actions joined with the control store's requests;
+  union_by_name, every landed row, times a producer cannot have meant made null
+  (sql/span_columns.sql, ``time_flag``); a typed zero-row table while no file exists
+  (DuckDB errors on a glob that matches nothing);
+- ``actions``: tool-call spans, one row per (session_id, trace_id, span_id): copies
+  landed more than once are reduced to the winning one (sql/unique_spans.sql);
+- ``sessions``: per-session totals, each span once (from the session index plus newer
+  files when a valid index exists, else from all spans) joined with the live control
+  store;
+- ``approvals``: REQUIRE_APPROVAL actions (one row per span) joined with the control
+  store's requests;
 - ``control_approvals`` / ``control_sessions`` / ``control_events``: the control store's
   rows (see control.py).
 
