@@ -3,12 +3,16 @@
 Views (documented column by column in docs/DATA.md):
 
 - ``spans``: ``read_parquet(<data>/spans/date=*/*.parquet)`` with hive partitioning and
-  union_by_name; a typed zero-row table while no file exists (DuckDB errors on a glob
-  that matches nothing);
-- ``actions``: tool-call spans;
-- ``sessions``: per-session totals (from the session index plus newer files when a valid
-  index exists, else from all spans) joined with the live control store;
-- ``approvals``: REQUIRE_APPROVAL actions joined with the control store's requests;
+  union_by_name, every landed row, times a producer cannot have meant made null
+  (sql/span_columns.sql, ``time_flag``); a typed zero-row table while no file exists
+  (DuckDB errors on a glob that matches nothing);
+- ``actions``: tool-call spans, one row per (session_id, trace_id, span_id): copies
+  landed more than once are reduced to the winning one (sql/unique_spans.sql);
+- ``sessions``: per-session totals, each span once (from the session index plus newer
+  files when a valid index exists, else from all spans) joined with the live control
+  store;
+- ``approvals``: REQUIRE_APPROVAL actions (one row per span) joined with the control
+  store's requests;
 - ``control_approvals`` / ``control_sessions`` / ``control_events``: the control store's
   rows (see control.py).
 
@@ -46,14 +50,26 @@ from tooltrail.analytics.engine import (
     raise_query_error,
     span_files,
     spans_glob,
+    vanished_file,
 )
-from tooltrail.analytics.index import SessionIndex, read_index
+from tooltrail.analytics.index import (
+    NO_COPIES,
+    SessionIndex,
+    delta_spans_view,
+    read_index,
+    session_partials,
+    unique_spans,
+)
 from tooltrail.analytics.sqlfiles import Fragment, ident, literal, literal_list, load, render
+from tooltrail.collector.duckdb_file import STAMP_FILE, views_stamp
 from tooltrail.collector.writer import fsync_path
 from tooltrail.errors import QueryError
 from tooltrail.schema import SPAN_SCHEMA
 
 IDLE_WINDOW: Final = dt.timedelta(minutes=5)
+# Re-planning after a span file vanished under compaction (see refresh).
+_REPLAN_ATTEMPTS: Final = 8
+_REPLAN_PAUSE_S: Final = 0.01
 # Temp files of a build killed midway are hidden; older ones are swept by the next build.
 _STALE_TEMP_S: Final = 3600.0
 
@@ -167,25 +183,43 @@ def connect(
     return con
 
 
-def refresh(con: duckdb.DuckDBPyConnection) -> None:
+def refresh(con: duckdb.DuckDBPyConnection, *, replan: bool = False) -> None:
     """Bring the views of a :func:`connect` connection up to date with the files on disk
-    and the control store. A connection opened otherwise (e.g. on ``tooltrail.duckdb``)
-    has fixed views and is left alone."""
+    and the control store (``replan``: define them again even if no file changed). A
+    connection opened otherwise (e.g. on ``tooltrail.duckdb``) has fixed views and is left
+    alone.
+
+    Planning reads the files it lists (DuckDB opens them to bind a view), and compaction
+    may replace one between the listing and the read: then the files are listed again and
+    the views planned anew, as a query does (queries.py), a few times before giving up.
+    """
     state = _STATES.get(con)
     if state is None:
         return
+    if replan:
+        state.plan = None
+    for attempt in range(_REPLAN_ATTEMPTS):
+        try:
+            _refresh_once(con, state)
+            return
+        except duckdb.Error as e:
+            # Views may be half-defined now: the next attempt (or refresh) defines them all.
+            state.plan = None
+            if not vanished_file(e) or attempt == _REPLAN_ATTEMPTS - 1:
+                raise_query_error(e, f"refreshing the views over {state.root}")
+            time.sleep(_REPLAN_PAUSE_S * attempt)  # another swap under way: let it finish
+
+
+def _refresh_once(con: duckdb.DuckDBPyConnection, state: _State) -> None:
     files = span_files(state.root)
     index = read_index(state.root) if files else None
     delta = index.delta(state.root, files) if index is not None else None
     usable = index if delta is not None else None
     plan = (tuple(files), usable.stamp if usable is not None else None)
-    try:
-        _load_control(con, state)
-        if plan != state.plan:
-            _define_views(con, state.root, files, usable, delta or [])
-            state.plan = plan
-    except duckdb.Error as e:
-        raise_query_error(e, f"refreshing the views over {state.root}")
+    _load_control(con, state)
+    if plan != state.plan:
+        _define_views(con, state.root, files, usable, delta or [])
+        state.plan = plan
 
 
 def build_duckdb_file(data_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -194,14 +228,16 @@ def build_duckdb_file(data_dir: str | os.PathLike[str] | None = None) -> Path:
     Open it read-only from anywhere: ``duckdb.connect(path, read_only=True)``. Its views
     read the span files live (new files show up), but compute sessions from all spans (no
     index) and hold no control-store rows (the live store is joined by :func:`connect`
-    only). Built on an empty directory, its ``spans`` view stays empty until rebuilt.
-    The file is written under a temporary name and renamed over the old one.
+    only). Built on an empty directory, its ``spans`` view stays empty until rebuilt,
+    which the first landing starts (collector/duckdb_file.py, with the stamp written
+    here). The file is written under a temporary name and renamed over the old one.
     """
     root = data_root(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     target = root / config.DUCKDB_FILE
     _sweep_stale_temps(root, target.name)
     tmp = root / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    files = span_files(root)
     try:
         con = base_connection(str(tmp))
         try:
@@ -209,7 +245,7 @@ def build_duckdb_file(data_dir: str | os.PathLike[str] | None = None) -> Path:
             _copy_arrow(con, "control_approvals", CONTROL_APPROVALS_SCHEMA.empty_table())
             _copy_arrow(con, "control_sessions", CONTROL_SESSIONS_SCHEMA.empty_table())
             _copy_arrow(con, "control_events", CONTROL_EVENTS_SCHEMA.empty_table())
-            _define_views(con, root, span_files(root), None, [])
+            _define_views(con, root, files, None, [], materialize=False)
             con.execute("CHECKPOINT")
         except duckdb.Error as e:
             raise_query_error(e, f"building {target}")
@@ -221,7 +257,23 @@ def build_duckdb_file(data_dir: str | os.PathLike[str] | None = None) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
         Path(f"{tmp}.wal").unlink(missing_ok=True)
+    # Built over the glob, the file is current until the SQL or the directory changes.
+    # Built before any span file existed, its `spans` is a fixed empty table: no stamp,
+    # so the first landing rebuilds it (collector/duckdb_file.py).
+    if files:
+        _write_small_atomic(root / STAMP_FILE, views_stamp(root))
+    else:
+        (root / STAMP_FILE).unlink(missing_ok=True)
     return target
+
+
+def _write_small_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _define_views(
@@ -230,31 +282,78 @@ def _define_views(
     files: list[tuple[Path, int]],
     index: SessionIndex | None,
     delta: list[Path],
+    *,
+    materialize: bool = True,
 ) -> None:
+    """Define every view. ``materialize``: keep the spans landed more than once in a
+    table of this connection, found once per plan (the files are immutable) instead of on
+    every query; tooltrail.duckdb (``False``) cannot, its views must follow new files."""
+    columns = render("span_columns")
     if files:
-        con.execute(render("spans_view", spans_glob=literal(spans_glob(root))))
+        con.execute(render("spans_view", columns=columns, spans_glob=literal(spans_glob(root))))
     else:
-        con.execute(load("spans_view_empty"))
-    con.execute(load("actions_view"))
-    con.execute(render("session_totals_view", body=_totals_body(con, index, delta)))
+        con.execute(render("spans_view_empty", columns=columns))
+    con.execute(load("span_subsets_view"))
+    if index is not None and delta:
+        con.execute(delta_spans_view(str(p) for p in delta))
+        touched_copies = render("span_copies", input=ident("_touched_spans"))
+        con.execute(render("touched_spans_view", copies=touched_copies))
+    copies = _copies_body(index, delta)
+    if materialize:
+        con.execute(render("copies_table", body=copies))
+        known = render("copies_table_keys")
+        if not con.sql(load("copies_table_any")).fetchall():
+            known = NO_COPIES  # the usual case: the views read the spans as they are
+    else:
+        con.execute(render("span_copies_view", body=copies))
+        known = render("span_copies_known")
+    con.execute(render("session_totals_view", body=_totals_body(con, index, delta, known)))
+    con.execute(render("actions_view", unique=unique_spans("_tool_spans", known)))
     con.execute(load("sessions_view"))
-    con.execute(load("approvals_view"))
+    con.execute(render("approvals_view", unique=unique_spans("_held_spans", known)))
 
 
 def _totals_body(
-    con: duckdb.DuckDBPyConnection, index: SessionIndex | None, delta: list[Path]
+    con: duckdb.DuckDBPyConnection,
+    index: SessionIndex | None,
+    delta: list[Path],
+    known: Fragment,
 ) -> Fragment:
+    """Session totals: from all spans (``known``: their copies), the index, or the index
+    and the sessions that the files landed since touch."""
     if index is None:
-        return render("session_partials", input=ident("spans"))
+        return session_partials("spans", known)
     index_file = literal(str(index.path))
     if not delta:
         return render("session_index_scan", index_file=index_file)
-    con.execute(render("delta_spans_view", files=literal_list(str(p) for p in delta)))
-    return render(
+    # Decided once per plan (the files are immutable): in the usual case no touched
+    # session has copies, and the totals do not read `spans` at all.
+    recount = [str(r[0]) for r in con.sql(load("touched_copy_sessions")).fetchall()]
+    if any("\x00" in sid for sid in recount):  # an id no SQL literal can hold:
+        return session_partials("spans", known)  # without the index (slower, never wrong)
+    merged = render(
         "session_merge",
         index_file=index_file,
-        delta=render("session_partials", input=ident("_delta_spans")),
+        # no copies among them outside the sessions recounted below (`recount` covers
+        # every touched session with one, and the merge leaves those out)
+        delta=session_partials("_delta_spans", NO_COPIES),
+        recount=literal_list(recount),
     )
+    if not recount:
+        return merged
+    con.execute(render("recount_spans_view", ids=literal_list(recount)))
+    return render("session_recount", merged=merged, recounted=session_partials("_recount_spans"))
+
+
+def _copies_body(index: SessionIndex | None, delta: list[Path]) -> Fragment:
+    """The spans landed more than once: found among all spans without an index; else
+    recorded in the index, and among all spans of the sessions touched since."""
+    if index is None:
+        return render("span_copies", input=ident("spans"))
+    indexed = render("index_copies", index_file=literal(str(index.path)))
+    if not delta:
+        return indexed
+    return render("span_copies_merge", indexed=indexed)
 
 
 def _load_control(con: duckdb.DuckDBPyConnection, state: _State) -> None:

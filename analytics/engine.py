@@ -67,10 +67,33 @@ def base_connection(database: str = ":memory:") -> duckdb.DuckDBPyConnection:
     return con
 
 
+# How DuckDB reports a Parquet file that was listed (a glob, a view's file list) but is
+# gone when opened: compaction swapped its partition for merged files meanwhile.
+_VANISHED: Final = ("No files found", "No such file", "Cannot open file")
+
+
+def vanished_file(e: duckdb.Error) -> bool:
+    """Whether ``e`` says a span file listed a moment ago is gone (compaction replaced
+    it; the rows are in the merged files): re-planning and running again is the cure."""
+    text = str(e)
+    return (
+        isinstance(e, duckdb.IOException)
+        and ".parquet" in text
+        and any(m in text for m in _VANISHED)
+    )
+
+
 def raise_query_error(e: duckdb.Error, what: str) -> NoReturn:
     """Re-raise a DuckDB error as our :class:`QueryError`, naming what was being done."""
     message = str(e).strip()
     raise QueryError(f"{what} failed: {message}") from e
 
 
-__all__ = ["base_connection", "data_root", "raise_query_error", "span_files", "spans_glob"]
+__all__ = [
+    "base_connection",
+    "data_root",
+    "raise_query_error",
+    "span_files",
+    "spans_glob",
+    "vanished_file",
+]

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tooltrail.analytics.engine import base_connection, data_root, raise_query_error, span_files
-from tooltrail.analytics.sqlfiles import ident, literal_list, load, render
+from tooltrail.analytics.sqlfiles import Fragment, ident, literal_list, load, render
 from tooltrail.collector.writer import fsync_path
 
 _log = logging.getLogger(__name__)
@@ -40,10 +40,50 @@ _META_KEY: Final = b"tooltrail.session_index"
 _FORMAT: Final = 1
 
 
+# Every SQL file whose text decides what an index row holds; and the DuckDB version,
+# since `copies` are matched through DuckDB's hash() (unique_spans.sql).
+_INDEX_SQL: Final = (
+    "macros",
+    "span_columns",
+    "span_winner",
+    "span_copies",
+    "unique_spans",
+    "session_partials",
+    "session_index_rows",
+)
+
+
 def _sql_version() -> str:
     # An index written by different SQL may have other columns or meanings: ignore it.
-    text = f"{_FORMAT}\n{load('macros')}\n{load('session_partials')}"
+    text = "\n".join([str(_FORMAT), duckdb.__version__, *(load(name) for name in _INDEX_SQL)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def unique_spans(relation: str, copies: Fragment | None = None) -> Fragment:
+    """``relation`` reduced to one row per span (sql/unique_spans.sql). ``copies``: a query
+    giving the keys landed more than once (:data:`NO_COPIES`: known to be none); by
+    default found in ``relation`` itself."""
+    source = ident(relation)
+    if copies == NO_COPIES:
+        return render("all_rows", input=source)
+    if copies is None:
+        copies = render("span_copies", input=source)
+    return render("unique_spans", input=source, copies=copies, winner=render("span_winner"))
+
+
+NO_COPIES: Final = Fragment("-- no copies")
+"""``copies`` of :func:`unique_spans` when the planner found none: no reduction at all."""
+
+
+def session_partials(relation: str, copies: Fragment | None = None) -> Fragment:
+    """Per-session totals over ``relation``, each span once (sql/session_partials.sql);
+    ``copies`` as in :func:`unique_spans`."""
+    return render("session_partials", unique=unique_spans(relation, copies))
+
+
+def delta_spans_view(files: Iterable[str]) -> Fragment:
+    """``_delta_spans``: the spans of ``files``, read as the ``spans`` view reads them."""
+    return render("delta_spans_view", columns=render("span_columns"), files=literal_list(files))
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +159,10 @@ def build_session_index(data_dir: str | os.PathLike[str] | None = None) -> Path 
 def _session_totals(files: list[tuple[Path, int]]) -> pa.Table:
     con = base_connection()
     try:
-        con.execute(render("delta_spans_view", files=literal_list(str(p) for p, _ in files)))
-        body = render("session_partials", input=ident("_delta_spans"))
-        table = con.sql(body).to_arrow_table()
+        con.execute(delta_spans_view(str(p) for p, _ in files))
+        con.execute(render("copies_table", body=render("span_copies", input=ident("_delta_spans"))))
+        partials = session_partials("_delta_spans", render("copies_table_keys"))
+        table = con.sql(render("session_index_rows", partials=partials)).to_arrow_table()
     except duckdb.Error as e:
         raise_query_error(e, "building the session index")
     finally:
@@ -142,4 +183,13 @@ def _write_atomic(table: pa.Table, target: Path) -> None:
     fsync_path(target.parent)
 
 
-__all__ = ["SESSION_INDEX_FILE", "SessionIndex", "build_session_index", "read_index"]
+__all__ = [
+    "NO_COPIES",
+    "SESSION_INDEX_FILE",
+    "SessionIndex",
+    "build_session_index",
+    "delta_spans_view",
+    "read_index",
+    "session_partials",
+    "unique_spans",
+]

@@ -20,7 +20,7 @@ import duckdb
 import polars as pl
 
 from tooltrail.analytics.db import connect, refresh
-from tooltrail.analytics.engine import raise_query_error
+from tooltrail.analytics.engine import raise_query_error, vanished_file
 from tooltrail.analytics.guard import check_read_only
 from tooltrail.analytics.sqlfiles import load, render
 from tooltrail.errors import QueryError
@@ -113,19 +113,21 @@ T = TypeVar("T")
 
 
 def _replanned(con: duckdb.DuckDBPyConnection, run: Callable[[], T]) -> T:
-    """``run()``, once more on views re-planned if a span file they list vanished before
-    it was read: compaction swaps a partition's files for merged ones (the rows are the
+    """``run()``, again on views re-planned if a span file they list vanished before it
+    was read: compaction swaps a partition's files for merged ones (the rows are the
     same), and a query planned just before the swap would otherwise fail."""
-    try:
-        return run()
-    except duckdb.IOException as e:
-        if ".parquet" not in str(e) or not any(m in str(e) for m in _VANISHED):
-            raise
-        refresh(con)
-        return run()
+    for _ in range(_RUN_ATTEMPTS - 1):
+        try:
+            return run()
+        except duckdb.IOException as e:
+            if not vanished_file(e):
+                raise
+            refresh(con, replan=True)
+    return run()
 
 
-_VANISHED: Final = ("No files found", "No such file", "Cannot open file")
+# A query re-planned this often met a compaction swap each time: let the error through.
+_RUN_ATTEMPTS: Final = 4
 
 
 def _choice(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tooltrail.collector.duckdb_file import ensure_duckdb_file
 from tooltrail.config import SPANS_DIR
 from tooltrail.errors import StoreError
 from tooltrail.schema import COLUMNS, SPAN_SCHEMA, Row
@@ -214,6 +215,7 @@ class ParquetSpanWriter:
         self.writer_id = writer_id or new_writer_id()
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
+        self._duckdb_file_checked = False
         if hasattr(os, "register_at_fork"):
             # A forked child must not reuse the parent's id and sequence.
             os.register_at_fork(after_in_child=self._renew_id)
@@ -223,6 +225,7 @@ class ParquetSpanWriter:
         self.writer_id = f"{explicit}-{os.getpid()}" if explicit else new_writer_id()
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
+        self._duckdb_file_checked = False
 
     @property
     def spans_dir(self) -> Path:
@@ -257,6 +260,11 @@ class ParquetSpanWriter:
                     f"could not land {unwritten.num_rows} rows in {self.spans_dir}: {e}",
                     unwritten,
                 ) from e
+        if written and not self._duckdb_file_checked:
+            # Once per writer: whoever lands first makes tooltrail.duckdb exist (in the
+            # background, without importing duckdb; see duckdb_file.py).
+            self._duckdb_file_checked = True
+            ensure_duckdb_file(self.data_dir)
         return written
 
     def write_table(self, table: pa.Table, day: str) -> Path:

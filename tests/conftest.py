@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +19,11 @@ import pytest
 
 from tooltrail.collector.writer import ParquetSpanWriter
 from tooltrail.schema import COLUMNS, Row, empty_row
+
+# A writer's first landing starts a background build of tooltrail.duckdb
+# (collector/duckdb_file.py): off for the suite, whose tests land into hundreds of
+# directories; the tests of that build turn it on.
+os.environ.setdefault("TOOLTRAIL_DUCKDB_FILE", "0")
 
 BASE_TIME = dt.datetime(2024, 6, 3, 12, 0, tzinfo=dt.UTC)
 """Default start time of rows: fixed, so partitions and orderings are reproducible."""

@@ -28,5 +28,7 @@ def init_repo(path: Path) -> Path:
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without TOOLTRAIL_* / OTEL_* settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TOOLTRAIL_", "OTEL_"))}
+    # No background tooltrail.duckdb builds from the suite's agents (see conftest.py).
+    env["TOOLTRAIL_DUCKDB_FILE"] = "0"
     env.update(extra)
     return env

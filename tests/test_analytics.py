@@ -63,7 +63,7 @@ def test_every_view_exists_and_is_empty(tmp_path: Path, kind: str) -> None:
         names = {v: [c for c, _ in _columns(con, v)] for v in VIEWS}
     finally:
         con.close()
-    assert names["spans"] == [*COLUMNS, "date"]
+    assert names["spans"] == [*COLUMNS, "date", "time_flag"]
     assert names["actions"] == names["spans"]
     assert names["sessions"] == list(analytics.SESSIONS_COLUMNS)
     assert names["approvals"] == list(analytics.APPROVALS_COLUMNS)
@@ -83,6 +83,7 @@ def test_query_functions_return_empty_frames(tmp_path: Path, kind: str) -> None:
     assert analytics.session_actions(root, "nope").columns == [
         *COLUMNS,
         "date",
+        "time_flag",
         *analytics.SESSION_ACTION_EXTRA_COLUMNS,
     ]
     assert analytics.approval_history(root).columns == list(analytics.APPROVALS_COLUMNS)
@@ -144,8 +145,9 @@ def test_sessions_invariant_and_decision_counts(landed: Land, make_row: MakeRow)
         assert s["rewrites"] == counted["REWRITE"]
         assert s["approvals"] == counted["REQUIRE_APPROVAL"]
         assert s["undecided"] == counted[None]
-        assert s["allows"] + s["denies"] + s["rewrites"] + s["approvals"] == s["action_count"]
-        assert s["action_count"] + s["undecided"] == s["total_actions"] == len(mine)
+        decided = s["allows"] + s["denies"] + s["rewrites"] + s["approvals"]
+        # every tool call counts (issue 14): a session of undecided calls is not "0 actions"
+        assert decided + s["undecided"] == s["action_count"] == s["total_actions"] == len(mine)
 
 
 def test_repos_are_distinct_sorted_and_skip_nulls(landed: Land, make_row: MakeRow) -> None:
@@ -988,7 +990,7 @@ def test_duckdb_file_rebuild_is_atomic_and_leaves_no_temp(
     assert _count(reader, "sessions") == 0  # the old file stays whole for its reader
     reader.close()
     leftovers = [p.name for p in root.iterdir() if p.name.startswith(".")]
-    assert leftovers == []
+    assert leftovers == [".tooltrail.duckdb.stamp"]  # what it was built for; no temp file
 
 
 def test_data_dir_with_a_quote_in_its_name(tmp_path: Path, make_row: MakeRow) -> None:
@@ -1036,6 +1038,7 @@ def _batch(make_row: MakeRow, sessions: Iterable[str], day: int, n: int = 3) -> 
             make_row(
                 session_id=sid,
                 span_type="llm",
+                agent_name=f"agent-{sid}-{day}",  # no tie with another name at this start
                 input_tokens=day + 1,
                 start_time=BASE_TIME + dt.timedelta(days=day),
             )
@@ -1137,3 +1140,224 @@ def test_render_takes_exactly_its_placeholders() -> None:
             assert con.sql(f"SELECT {literal(value)}").fetchall() == [(value,)]
     finally:
         con.close()
+
+
+# --- issue 14: copies of one span, nonsense times ----------------------------------------
+
+
+def _dup_session(make_row: MakeRow) -> tuple[Row, Row, Row]:
+    """A held call (decided, settled), an undecided after-the-fact copy of the same span,
+    and a second, ordinary call of the session."""
+    held = make_row(
+        session_id="dup",
+        decision="REQUIRE_APPROVAL",
+        policy_rule="needs-ok",
+        approval_id="apr-dup",
+        approval_status="approved",
+        blast_radius="High",
+    )
+    undecided = {**held, "decision": None, "enforced": False, "approval_status": None}
+    other = make_row(session_id="dup", start_time=BASE_TIME + dt.timedelta(seconds=1))
+    return held, undecided, other
+
+
+def _assert_one_action_per_span(source: Any) -> None:
+    s = _by_id(analytics.sessions(source))["dup"]
+    assert (s["action_count"], s["total_actions"], s["span_count"]) == (2, 2, 2)
+    assert (s["allows"], s["approvals"], s["undecided"], s["high"]) == (1, 1, 0, 1)
+    actions = analytics.session_actions(source, "dup")
+    assert actions.height == 2
+    # the decided copy wins over the undecided one
+    assert sorted(actions["decision"].to_list()) == ["ALLOW", "REQUIRE_APPROVAL"]
+    history = analytics.approval_history(source, session_id="dup")
+    assert history["approval_id"].to_list() == ["apr-dup"]
+    assert history["outcome"].to_list() == ["approved"]
+    stats = analytics.blast_radius_stats(source, by="agent").row(0, named=True)
+    assert (stats["agent"], stats["actions"], stats["high"]) == ("agent-a", 2, 1)
+
+
+def test_a_span_landed_three_times_is_one_action_in_every_view(
+    data_dir: Path, landed: Land, make_row: MakeRow
+) -> None:
+    held, undecided, other = _dup_session(make_row)
+    landed([held, other])
+    landed([held])  # the same batch resent (its acknowledgement was lost)
+    landed([undecided])  # and classified again after the fact elsewhere
+    _assert_one_action_per_span(data_dir)
+    # the session index holds the copies' totals once too, and a copy landed after it
+    # (one in an indexed file, one since) is still one action
+    analytics.build_session_index(data_dir)
+    con = analytics.connect(data_dir)
+    try:
+        _assert_one_action_per_span(con)
+        landed([held])
+        _assert_one_action_per_span(con)
+        assert _uses_index(con)
+    finally:
+        con.close()
+
+
+def test_a_copy_in_a_compacted_file_and_one_landed_since_are_one_action(
+    data_dir: Path, landed: Land, make_row: MakeRow
+) -> None:
+    held, _, other = _dup_session(make_row)
+    landed([held, other])
+    landed([held])
+    compact(data_dir, small_file_bytes=1 << 30)
+    analytics.build_session_index(data_dir)
+    landed([held])
+    _assert_one_action_per_span(data_dir)
+
+
+_FAR_FUTURE = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(
+    microseconds=(2**64 - 1) // 1000  # a start of 2^64-1 ns, as a broken clock sends it
+)
+
+
+def _clock_rows(make_row: MakeRow, now: dt.datetime) -> list[Row]:
+    old = BASE_TIME
+    return [
+        make_row(session_id="done", start_time=old),
+        make_row(session_id="done", start_time=_FAR_FUTURE, end_time=_FAR_FUTURE),
+        make_row(
+            session_id="done",
+            start_time=old + dt.timedelta(seconds=2),
+            end_time=old + dt.timedelta(seconds=1),  # ends before it starts
+            duration_ms=-1000.0,
+        ),
+        # a session really at work, with one span from the broken clock
+        make_row(session_id="live", start_time=now - dt.timedelta(seconds=5)),
+        make_row(session_id="live", start_time=_FAR_FUTURE, end_time=_FAR_FUTURE),
+    ]
+
+
+def _assert_sane_times(source: Any, now: dt.datetime) -> None:
+    got = _by_id(analytics.sessions(source))
+    done, live = got["done"], got["live"]
+    assert done["status"] == "completed"  # not "active" until the year 2554
+    assert done["started_at"] == BASE_TIME
+    assert done["last_activity_at"] == BASE_TIME + dt.timedelta(seconds=2)
+    assert done["action_count"] == 3
+    assert live["status"] == "active"
+    assert now - dt.timedelta(seconds=6) <= live["last_activity_at"] <= now
+    # the live session sorts by its real activity, ahead of the old one
+    assert analytics.sessions(source)["session_id"].to_list() == ["live", "done"]
+    actions = analytics.session_actions(source, "done")
+    durations = [d for d in actions["duration_ms"].to_list() if d is not None]
+    assert durations and min(durations) >= 0
+    flags = sorted(f for f in actions["time_flag"].to_list() if f is not None)
+    assert flags == ["end_before_start", "start_in_future"]
+    assert actions.filter(pl.col("time_flag").is_not_null())["duration_ms"].null_count() == 2
+
+
+def test_nonsense_times_keep_no_session_active_and_no_duration_negative(
+    data_dir: Path, landed: Land, make_row: MakeRow
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    landed(_clock_rows(make_row, now))
+    _assert_sane_times(data_dir, now)
+    analytics.build_session_index(data_dir)  # the index is computed the same way
+    con = analytics.connect(data_dir)
+    try:
+        assert _uses_index(con)
+        _assert_sane_times(con, now)
+    finally:
+        con.close()
+    # tooltrail.duckdb (opened with the plain duckdb package) reads them the same way
+    path = analytics.build_duckdb_file(data_dir)
+    with duckdb.connect(str(path), read_only=True) as raw:
+        rows = raw.sql("SELECT session_id, status FROM sessions ORDER BY session_id").fetchall()
+    assert rows == [("done", "completed"), ("live", "active")]
+
+
+# --- tooltrail.duckdb after agents alone ---------------------------------------------------
+
+
+def _wait_current(data: Path, timeout_s: float = 90.0) -> None:
+    """Until the background build has written a current tooltrail.duckdb and let go of its
+    lock (so no builder process is left when the test ends)."""
+    import fcntl
+    import time
+
+    from tooltrail.collector.duckdb_file import LOCK_FILE, is_current
+
+    deadline = time.monotonic() + timeout_s
+    while not is_current(data.resolve()):
+        assert time.monotonic() < deadline, f"no current tooltrail.duckdb in {data}"
+        time.sleep(0.2)
+    fd = os.open(data / LOCK_FILE, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    finally:
+        os.close(fd)
+
+
+_AGENT = """
+import atexit, json, sys
+# registered first, so it runs last: after tooltrail's exit hook has landed the spans
+atexit.register(lambda: print(json.dumps(
+    sorted(m for m in ("duckdb", "polars", "streamlit") if m in sys.modules))))
+import tooltrail.instrumentation as tt
+tt.configure(data_dir=sys.argv[1], agent_name="solo")
+
+@tt.tool
+def lookup(key: str) -> str:
+    return key.upper()
+
+with tt.session(session_id="solo-1"):
+    for key in "abc":
+        lookup(key)
+"""
+
+_ANALYST = """
+import json, sys
+import duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print(json.dumps({
+    "actions": con.sql("SELECT count(*) FROM actions").fetchall()[0][0],
+    "sessions": con.sql("SELECT session_id, action_count FROM sessions").fetchall(),
+}))
+"""
+
+
+def test_an_agent_alone_leaves_a_tooltrail_duckdb_any_cwd_can_open(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    agent_cwd, analyst_cwd = tmp_path / "agent", tmp_path / "analyst"
+    agent_cwd.mkdir()
+    analyst_cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOOLTRAIL_", "OTEL_"))}
+    agent = subprocess.run(
+        [sys.executable, "-c", _AGENT, str(data)],
+        cwd=agent_cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(agent.stdout.strip().splitlines()[-1]) == []  # the agent: no duckdb
+    _wait_current(data)
+    analyst = subprocess.run(
+        [sys.executable, "-c", _ANALYST, str(data / "tooltrail.duckdb")],
+        cwd=analyst_cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(analyst.stdout) == {"actions": 3, "sessions": [["solo-1", 3]]}
+
+
+def test_a_file_built_before_anything_landed_is_rebuilt_by_the_first_landing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_row: MakeRow
+) -> None:
+    from tooltrail.collector.writer import ParquetSpanWriter
+
+    data = tmp_path / "data"
+    analytics.build_duckdb_file(data)  # e.g. `tooltrail compact` on a new directory
+    monkeypatch.setenv("TOOLTRAIL_DUCKDB_FILE", "1")
+    ParquetSpanWriter(data).write([make_row(session_id="late")])
+    _wait_current(data)
+    with duckdb.connect(str(data / "tooltrail.duckdb"), read_only=True) as con:
+        assert con.sql("SELECT session_id FROM sessions").fetchall() == [("late",)]

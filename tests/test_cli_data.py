@@ -71,7 +71,38 @@ def test_sessions_json_and_invariant(landed: Path) -> None:
     assert alpha["action_count"] == 3 and alpha["max_blast_radius"] == "Critical"
     assert alpha["repos"] == ["/r/pay"]
     for r in rows.values():
-        assert r["allows"] + r["denies"] + r["rewrites"] + r["approvals"] == r["action_count"]
+        decided = r["allows"] + r["denies"] + r["rewrites"] + r["approvals"]
+        assert decided + r["undecided"] == r["action_count"]
+
+
+def test_observed_tool_calls_count_as_actions_in_the_list_and_the_detail(tmp_path: Path) -> None:
+    """Three tool calls an agent reported without a policy: the list says 3, as the
+    session's detail does (it said "Actions 0" while the detail page said 3)."""
+    data = tmp_path / "data"
+    exporter = TooltrailSpanExporter(data_dir=data, policy=None)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    for tool in ("git_status", "git_diff", "git_log"):
+        attrs = {
+            sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+            sc.GEN_AI_TOOL_NAME: tool,
+            sc.TT_SESSION_ID: "s-observed",
+            sc.GEN_AI_AGENT_NAME: "watcher",
+        }
+        with tracer.start_as_current_span(f"execute_tool {tool}", attributes=attrs):
+            pass
+    provider.shutdown()
+    code, out = _run("sessions", "--data", str(data), "--format", "json")
+    assert code == 0, out
+    (row,) = json.loads(out)
+    assert (row["action_count"], row["undecided"], row["allows"]) == (3, 3, 0)
+    code, out = _run("show", "s-observed", "--data", str(data), "--format", "json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert len(doc["actions"]) == 3
+    # the dashboard's detail page reads total_actions, its list action_count
+    assert doc["session"]["action_count"] == doc["session"]["total_actions"] == 3
 
 
 def test_sessions_filters_and_formats(landed: Path) -> None:

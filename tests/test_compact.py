@@ -228,3 +228,43 @@ def test_spans_on_another_filesystem_stage_beside_the_partitions(
     assert staging == tmp_path / "spans" / f".{compact_module.STAGING_DIR}"
     assert compact(tmp_path).partitions == 1
     assert _count(tmp_path) == (3, 3)
+
+
+def test_readers_refreshing_their_views_during_compaction_never_fail(tmp_path: Path) -> None:
+    """Planning the views opens the files it listed; a compaction swap between the two
+    failed the refresh ('Cannot open file ...parquet', 4 of 883 polls). Now re-planned."""
+    from tooltrail import analytics
+    from tooltrail.errors import QueryError
+
+    writer = _land_small_files(tmp_path, 20)
+    analytics.build_session_index(tmp_path)
+    stop = threading.Event()
+    failures: list[str] = []
+    polls = [0]
+
+    def read_loop() -> None:
+        con = analytics.connect(tmp_path)  # reused, as the dashboard does: refresh re-plans
+        try:
+            while not stop.is_set():
+                try:
+                    analytics.sessions(con, limit=5)
+                    analytics.count_sessions(tmp_path)  # a new connection plans from scratch
+                    polls[0] += 1
+                except QueryError as e:
+                    failures.append(str(e))
+        finally:
+            con.close()
+
+    reader = threading.Thread(target=read_loop)
+    reader.start()
+    try:
+        for round_ in range(60):
+            for i in range(4):
+                writer.write([_row(f"s{i}", round_ * 4 + i)])
+            compact(tmp_path)
+            analytics.build_session_index(tmp_path)
+    finally:
+        stop.set()
+        reader.join()
+    assert polls[0] >= 20, polls
+    assert failures == []

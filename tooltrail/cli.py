@@ -30,6 +30,7 @@ SESSION_COLUMNS = (
     "denies",
     "rewrites",
     "approvals",
+    "undecided",  # allows + denies + rewrites + approvals + undecided = action_count
     "max_blast_radius",
     "repos",
     "last_action_at",

@@ -1,2 +1,3 @@
--- `actions`: the tool-call spans.
-CREATE OR REPLACE VIEW actions AS SELECT * FROM spans WHERE span_type = 'tool';
+-- `actions`: the tool-call spans, one row per span (unique_spans.sql over `_span_copies`).
+CREATE OR REPLACE VIEW actions AS
+{{unique}};

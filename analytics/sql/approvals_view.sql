@@ -34,9 +34,11 @@ WITH held AS (
         -- span ids land as lower-case hex; a request filed over HTTP may spell it otherwise
         c.approval_id IS NOT NULL AND coalesce(lower(trim(c.span_id)) = a.span_id, true)
             AS filed_for
-    FROM actions AS a
+    FROM (
+        -- held actions, one row per span (unique_spans.sql), reduced among the held rows
+        {{unique}}
+    ) AS a
     LEFT JOIN control_approvals AS c ON c.approval_id = a.approval_id
-    WHERE a.decision = 'REQUIRE_APPROVAL'
 ),
 claims AS (
     SELECT

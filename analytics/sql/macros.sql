@@ -13,3 +13,8 @@ CREATE OR REPLACE MACRO tooltrail_approval_outcome(status, enforced) AS
         WHEN status IS NULL AND enforced IS NOT DISTINCT FROM false THEN 'not_requested'
         ELSE 'pending'
     END;
+
+-- A time the producer cannot have meant: later than now plus a small clock skew. Spans
+-- land after they end, so a start or end beyond that (e.g. 2^64-1 ns, year 2554) is a
+-- broken clock or a forged value; the views treat it as unknown (see span_columns.sql).
+CREATE OR REPLACE MACRO tooltrail_future(t) AS t > now() + INTERVAL 5 MINUTE;

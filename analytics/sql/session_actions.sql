@@ -1,5 +1,6 @@
 -- One session's actions in sequence order; actions without a sequence number come last,
--- in start order. Each carries, besides the span's columns:
+-- in start order (`actions` has one row per span; the session filter reaches the scan).
+-- Each carries, besides the span's columns:
 --   outcome: what happened to the call in words a person uses: denied (tooltrail refused
 --     it), error (it failed), ok (it ran; OpenTelemetry's UNSET and OK both mean that);
 --   approval_outcome / approval_decided_by / approval_reason: for a held call, the

@@ -1,6 +1,12 @@
--- Merge the session index with the totals of the files it does not cover (the delta:
--- session_partials.sql over `_delta_spans`); see session_partials.sql. Only sessions the
--- delta touches need merging: the index rows of all others pass through unchanged.
+-- Session totals from the session index plus the files landed since (the delta,
+-- `_delta_spans`; session_partials.sql over it is `delta`). Sessions the delta does not
+-- touch: their index rows. Touched sessions none of whose spans landed twice (the usual
+-- case): the index row and the delta's totals merged, column by column (every partial is
+-- mergeable: counts add up, first / last values keep the time that orders them, lists
+-- concatenate). Touched sessions with a span landed more than once (e.g. one copy in an
+-- indexed file and one since; `recount`, listed when the views were planned): left out
+-- here and recomputed from all their spans (session_recount.sql), so copies count once.
+-- The last action's error breaks a tie of start times as session_partials.sql does.
 WITH delta AS MATERIALIZED (
     {{delta}}
 ),
@@ -15,11 +21,12 @@ SELECT
     max(last_activity_at) AS last_activity_at,
     CAST(sum(span_count) AS BIGINT) AS span_count,
     min(agent_name_at) AS agent_name_at,
-    arg_min(agent_name, agent_name_at) AS agent_name,
+    arg_min(agent_name, (agent_name_at, agent_name)) AS agent_name,
     min(parent_session_id_at) AS parent_session_id_at,
-    arg_min(parent_session_id, parent_session_id_at) AS parent_session_id,
+    arg_min(parent_session_id, (parent_session_id_at, parent_session_id))
+        AS parent_session_id,
     min(trigger_at) AS trigger_at,
-    arg_min("trigger", trigger_at) AS "trigger",
+    arg_min("trigger", (trigger_at, "trigger")) AS "trigger",
     CAST(sum(total_actions) AS BIGINT) AS total_actions,
     CAST(sum(allows) AS BIGINT) AS allows,
     CAST(sum(denies) AS BIGINT) AS denies,
@@ -31,7 +38,10 @@ SELECT
     CAST(sum(critical) AS BIGINT) AS critical,
     CAST(sum(errors) AS BIGINT) AS errors,
     max(last_action_at) AS last_action_at,
-    arg_max(last_action_errored, last_action_at) AS last_action_errored,
+    arg_max(
+        last_action_errored,
+        epoch_us(last_action_at) * 2 + CAST(coalesce(last_action_errored, false) AS BIGINT)
+    ) FILTER (WHERE last_action_at IS NOT NULL) AS last_action_errored,
     bool_or(root_errored) AS root_errored,
     CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
     CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
@@ -42,4 +52,5 @@ FROM (
     UNION ALL BY NAME
     SELECT * FROM delta
 ) AS parts
+WHERE NOT list_contains(CAST({{recount}} AS VARCHAR[]), session_id)
 GROUP BY session_id

@@ -1,14 +1,15 @@
--- Per-session totals over `input` (any relation with the `spans` columns).
--- Every column is mergeable (session_merge.sql combines rows of the same session), so
--- totals over "session index + files landed since" equal totals over all files:
--- counts and token sums add up, first/last values keep the timestamp that orders them,
--- repos and pending approval ids are lists that concatenate.
+-- Per-session totals over a relation with the `spans` columns (read through
+-- span_columns.sql: implausible times are null and count for nothing here), given as
+-- `unique`: that relation reduced to one row per span (unique_spans.sql). Since copies
+-- are reduced first, a session's totals are computed from all of its spans at once
+-- (session_merge.sql recomputes the sessions that files landed since the index touch).
 SELECT
     session_id,
     min(start_time) AS started_at,
     max(coalesce(end_time, start_time)) AS last_activity_at,
     count(*) AS span_count,
-    -- descriptive columns: the first non-null value by start time
+    -- descriptive columns: the first non-null value by start time (two values starting
+    -- at the very same microsecond: either)
     min(start_time) FILTER (WHERE agent_name IS NOT NULL) AS agent_name_at,
     arg_min(agent_name, start_time) FILTER (WHERE agent_name IS NOT NULL) AS agent_name,
     min(start_time) FILTER (WHERE parent_session_id IS NOT NULL) AS parent_session_id_at,
@@ -35,10 +36,17 @@ SELECT
     ) AS errors,
     -- did the last action error? (kept with its start time so it can be merged)
     max(start_time) FILTER (WHERE span_type = 'tool') AS last_action_at,
+    -- (of actions starting at the same microsecond an errored one counts as the last, so
+    -- every path gives the same answer: the key is the start in µs, doubled, plus 1 if
+    -- errored; an integer, cheap to compare)
     arg_max(
         coalesce(status_code = 'ERROR' AND coalesce(error_type, '') <> 'tool_call_denied', false),
-        start_time
-    ) FILTER (WHERE span_type = 'tool') AS last_action_errored,
+        epoch_us(start_time) * 2 + CAST(
+            coalesce(
+                status_code = 'ERROR' AND coalesce(error_type, '') <> 'tool_call_denied', false
+            ) AS BIGINT
+        )
+    ) FILTER (WHERE span_type = 'tool' AND start_time IS NOT NULL) AS last_action_errored,
     -- a root span (no parent) that errored; tool spans are excluded: an agent without an
     -- invocation span makes every tool call a root, and only its last one decides
     coalesce(
@@ -65,7 +73,7 @@ SELECT
         ),
         CAST([] AS VARCHAR[])
     ) AS pending_refs
-FROM {{input}}
+FROM ({{unique}}) AS s
 -- A span of no known kind whose session fell back to its trace id (an MCP SDK's own
 -- `initialize` span, an HTTP server span) belongs to no agent session.
 WHERE session_id IS NOT NULL AND NOT (span_type = 'other' AND session_id = trace_id)

@@ -1,9 +1,10 @@
 -- `sessions`: one row per session (SPEC §3), from `_session_totals` joined with the live
 -- control store (`control_approvals`, `control_sessions`).
 --
--- action_count counts *decided* actions, so allows + denies + rewrites + approvals =
--- action_count always holds; tool spans without a decision are `undecided`, and
--- total_actions = action_count + undecided.
+-- action_count counts every action (tool call, each span once) of the session, decided
+-- or not: allows + denies + rewrites + approvals + undecided = action_count always holds
+-- (undecided: tool spans without a decision). total_actions is the same number, kept
+-- under its old name for readers written against it.
 --
 -- status, first match wins: canceled / paused (session control), waiting_approval (an
 -- approval is pending), failed (the last action or a root span errored), active (last
@@ -46,7 +47,7 @@ SELECT
             - coalesce(getvariable('tooltrail_idle_window'), INTERVAL 5 MINUTE) THEN 'active'
         ELSE 'completed'
     END AS status,
-    t.allows + t.denies + t.rewrites + t.approvals AS action_count,
+    t.total_actions AS action_count,
     t.started_at,
     t.last_action_at,
     t.last_activity_at,

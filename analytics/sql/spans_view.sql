@@ -1,8 +1,12 @@
 -- `spans`: every landed span (SPEC §3), plus the hive partition column `date` (the UTC
--- day of start_time). `spans_glob` is the absolute glob <data>/spans/date=*/*.parquet.
+-- day of start_time as landed) and `time_flag` (span_columns.sql). `spans_glob` is the
+-- absolute glob <data>/spans/date=*/*.parquet.
 -- union_by_name: files written by older versions may lack newer columns (they read null).
+-- Every landed row is here, copies of one span included (the record); `actions` and the
+-- session totals count each span once.
 CREATE OR REPLACE VIEW spans AS
-SELECT *
+SELECT
+{{columns}}
 FROM read_parquet(
     {{spans_glob}},
     hive_partitioning = true,

@@ -1,0 +1,1 @@
+SELECT session_id, span_key FROM _span_copies
