@@ -444,7 +444,7 @@ def demo(
                 if report.left_pending:
                     click.echo("stopping the demo's agents...", err=True)
         finally:
-            _echo_left_pending_outcome(run.report)
+            _echo_left_pending_outcome(run)
 
 
 def _demo_until_ready(run: Any, sessions: int) -> Any:
@@ -495,12 +495,11 @@ def _echo_demo_report(report: Any, no_dashboard: bool, wait_s: float) -> None:
         click.echo(f"    {approval_id}")
 
 
-def _echo_left_pending_outcome(report: Any) -> None:
+def _echo_left_pending_outcome(run: Any) -> None:
     """How the calls left for the operator ended, once the demo's agents are gone."""
-    if not report.left_pending or not _has_store(report.data_dir):
+    if not run.report.left_pending or not _has_store(run.root):
         return
-    with _store(report.data_dir) as store:
-        ended = [store.get(a) for a in report.left_pending]
+    ended = run.operator_approvals()
     click.echo(
         "calls left for you: "
         + ", ".join(f"{r.approval_id} {r.status}" for r in ended)

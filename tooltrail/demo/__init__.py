@@ -80,6 +80,10 @@ class DemoApprover(threading.Thread):
         with self._lock:
             self._for_operator[session_id] = for_operator
 
+    def operator_sessions(self) -> set[str]:
+        with self._lock:
+            return {s for s, theirs in self._for_operator.items() if theirs}
+
     def run(self) -> None:
         from tooltrail.control import ControlStore
 
@@ -184,6 +188,7 @@ class DemoRun:
         self._stderr: list[str] = []
         self._threads: list[threading.Thread] = []
         self._start = 0.0
+        self._since = time.time()
 
     def __enter__(self) -> DemoRun:
         prepare_data_dir(self.root, self.fresh)
@@ -313,6 +318,19 @@ class DemoRun:
         from tooltrail import analytics
 
         analytics.build_duckdb_file(self.root)
+
+    def operator_approvals(self) -> list[ApprovalRecord]:
+        """Every request the operator's agents filed (the captain's version bump, held
+        once both first calls are decided, too), as the store has it now."""
+        from tooltrail.control import ControlStore
+
+        sessions = self.approver.operator_sessions()
+        with ControlStore(self.root) as store:
+            return [
+                r
+                for r in store.list_approvals("all")
+                if r.session_id in sessions and r.requested_at >= self._since
+            ]
 
     def _stop_approver(self) -> None:
         self.approver.stop.set()
