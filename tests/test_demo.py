@@ -258,9 +258,13 @@ def test_calls_left_for_the_operator_are_live_while_the_dashboard_runs(tmp_path:
         demo.send_signal(signal.SIGTERM)  # as a supervisor stops the dashboard
         rest, _ = demo.communicate(timeout=120)
     finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+        if demo.poll() is None:  # stopped as a person would, so it stops what it started
+            demo.terminate()
+            try:
+                demo.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+                demo.wait()
     assert demo.returncode == 0, rest
     assert f"{bump['approval_id']} abandoned" in rest
     assert _processes_naming(str(data)) == []  # no agent, MCP server or dashboard left
