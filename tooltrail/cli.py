@@ -454,7 +454,7 @@ def _demo_until_ready(run: Any, sessions: int) -> Any:
             if event.get("event") == "plan":
                 # The operator's release is not counted: its sessions end later.
                 bar.length = int(str(event["sessions"]))
-            elif event.get("event") == "session" and bar.pos < bar.length:
+            elif event.get("event") == "session":
                 bar.update(1)
 
         run.on_event = on_event
