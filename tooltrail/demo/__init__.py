@@ -254,6 +254,8 @@ class DemoRun:
         self._stderr.extend(self.proc.stderr)
 
     def _failed(self) -> TooltrailError:
+        for t in self._threads:  # the fleet has exited: its last words are on their way
+            t.join(timeout=5)
         errors = "".join(self._stderr).strip()
         return TooltrailError(f"the demo's agent fleet failed:\n{errors}")
 
