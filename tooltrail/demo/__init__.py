@@ -309,7 +309,8 @@ class DemoRun:
             code = proc.wait(timeout=self.STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # its MCP servers with it
+                # Its MCP servers (in sessions of their own) exit as their stdin closes.
+                os.killpg(proc.pid, signal.SIGKILL)
             code = proc.wait()
         for t in self._threads:
             t.join(timeout=5)
