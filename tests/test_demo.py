@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,25 +111,51 @@ def test_rewrites_changed_what_the_server_did(demo_dir: Path) -> None:
             assert args["message"] in commit_messages(repo)
 
 
-def test_approvals_approved_denied_and_pending(demo_dir: Path) -> None:
+def _approval_story(data: Path, approval_ids: set[str]) -> dict[str, tuple[str, str, str]]:
+    """approval id -> (store status, approvals view outcome, the tool span's status)."""
+    store = {
+        r["approval_id"]: r["status"]
+        for r in _json("approvals", "--status", "all", "--data", str(data), cwd=data)
+    }
+    view = {
+        r["approval_id"]: r["outcome"]
+        for r in _json(
+            "query", "SELECT approval_id, outcome FROM approvals", "--data", str(data), cwd=data
+        )
+    }
+    spans = {
+        r["approval_id"]: r["approval_status"]
+        for r in _json(
+            "query",
+            "SELECT approval_id, approval_status FROM actions WHERE approval_id IS NOT NULL",
+            "--data",
+            str(data),
+            cwd=data,
+        )
+    }
+    return {a: (store[a], view.get(a, ""), spans.get(a, "")) for a in approval_ids}
+
+
+def test_approvals_approved_denied_and_left_for_the_operator(demo_dir: Path) -> None:
     records = _json("approvals", "--status", "all", "--data", str(demo_dir), cwd=demo_dir)
-    assert {r["status"] for r in records} >= {"approved", "denied", "pending"}
-    pending = _json("approvals", "--data", str(demo_dir), cwd=demo_dir)
-    assert pending and all(r["status"] == "pending" for r in pending)
-    # Held calls the agents gave up on still name their request: the view has no orphans.
+    # --no-dashboard without --wait: the operator's agents stopped waiting as the demo
+    # ended, so what was left for the operator is abandoned, and nothing shows pending.
+    assert {r["status"] for r in records} == {"approved", "denied", "abandoned"}
+    assert _json("approvals", "--data", str(demo_dir), cwd=demo_dir) == []
+    abandoned = {r["approval_id"] for r in records if r["status"] == "abandoned"}
+    assert len(abandoned) == 2  # the release left for the operator: two calls held at once
+    # Store, approvals view and tool span tell one story, for every request.
+    story = _approval_story(demo_dir, {r["approval_id"] for r in records})
+    assert all(store == view == span for store, view, span in story.values()), story
     view = _json(
-        "query",
-        "SELECT approval_id, outcome FROM approvals",
-        "--data",
-        str(demo_dir),
-        cwd=demo_dir,
+        "query", "SELECT approval_id FROM approvals", "--data", str(demo_dir), cwd=demo_dir
     )
-    assert view and all(r["approval_id"] for r in view)
     assert {r["approval_id"] for r in view} == {r["approval_id"] for r in records}
     approved_commits = [
         r for r in records if r["status"] == "approved" and r["tool_name"] == "git_commit"
     ]
     (release,) = [p for p in (demo_dir / "sandbox" / "releases").iterdir() if (p / ".git").exists()]
+    assert approved_commits
     for r in approved_commits:  # an approved commit really happened
         assert json.loads(r["arguments"])["message"] in commit_messages(release)
 
@@ -137,17 +165,131 @@ def test_rerun_adds_sessions_and_fresh_starts_over(tmp_path: Path) -> None:
     args = ("demo", "--no-dashboard", "--sessions", "3", "--data", str(data))
     assert _tooltrail(*args, "--seed", "2", cwd=tmp_path).returncode == 0
     first = {s["session_id"] for s in _json("sessions", "--data", str(data), cwd=tmp_path)}
-    left = {r["approval_id"] for r in _json("approvals", "--data", str(data), cwd=tmp_path)}
+    before = {
+        r["approval_id"]: r["status"]
+        for r in _json("approvals", "--status", "all", "--data", str(data), cwd=tmp_path)
+    }
     assert _tooltrail(*args, "--seed", "3", cwd=tmp_path).returncode == 0
     second = {s["session_id"] for s in _json("sessions", "--data", str(data), cwd=tmp_path)}
     assert first < second  # re-running adds sessions
-    # What the first run left pending is the operator's: the second run's approver
-    # decides only its own requests.
-    still = {r["approval_id"] for r in _json("approvals", "--data", str(data), cwd=tmp_path)}
-    assert left and left <= still
+    # The second run's approver decides only its own requests: the first run's keep
+    # the outcome they had.
+    after = {
+        r["approval_id"]: r["status"]
+        for r in _json("approvals", "--status", "all", "--data", str(data), cwd=tmp_path)
+    }
+    assert before and {a: after[a] for a in before} == before and len(after) > len(before)
     assert _tooltrail(*args, "--fresh", cwd=tmp_path).returncode == 0
     fresh = {s["session_id"] for s in _json("sessions", "--data", str(data), cwd=tmp_path)}
     assert fresh and not fresh & second  # --fresh started over
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids of the processes whose command line names ``text`` (the demo's data dir)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if proc.name.isdigit() and text in cmdline and int(proc.name) != os.getpid():
+            found.append(int(proc.name))
+    return found
+
+
+def _wait_for(check: Any, what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _pending(data: Path) -> list[dict[str, Any]]:
+    return list(_json("approvals", "--data", str(data), cwd=data.parent))
+
+
+def test_calls_left_for_the_operator_are_live_while_the_dashboard_runs(tmp_path: Path) -> None:
+    """The demo's promise: the calls it leaves for you wait for you. Approving one with
+    the real CLI while the dashboard runs makes the real git call happen, denying one
+    refuses it, and stopping the demo (SIGTERM) ends what is still pending abandoned,
+    in the store, the span and the view alike, with no process left behind."""
+    from dashboard_support import free_port
+
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLTRAIL_")}
+    cmd = [sys.executable, "-m", "tooltrail.cli", "demo", "--sessions", "3", "--seed", "4"]
+    cmd += ["--port", str(free_port()), "--data", str(data)]
+    demo = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert demo.stdout is not None
+        lines = []
+        for line in demo.stdout:  # up to the dashboard's address: the agents are waiting
+            lines.append(line)
+            if line.startswith("dashboard: http://"):
+                break
+        printed = {w for line in lines for w in line.split() if w.startswith("apr-")}
+        pending = {r["approval_id"]: r for r in _pending(data)}
+        assert len(printed) == 2 and set(pending) == printed, "".join(lines)
+        for r in pending.values():  # their agents are alive and still waiting
+            assert r["status"] == "pending" and Path(f"/proc/{r['agent_pid']}").exists()
+        (commit,) = [r for r in pending.values() if r["tool_name"] == "git_commit"]
+        (branch,) = [r for r in pending.values() if r["tool_name"] == "git_create_branch"]
+        (release,) = (data / "sandbox" / "releases").iterdir()
+        message = json.loads(commit["arguments"])["message"]
+        count = commit_messages(release).count(message)
+
+        result = _tooltrail(
+            "approve", commit["approval_id"], "--by", "alice", "--data", str(data), cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stderr
+        # The real git call happened: one more commit with that message in the repo.
+        _wait_for(lambda: commit_messages(release).count(message) == count + 1, "the commit")
+        result = _tooltrail(
+            "deny", branch["approval_id"], "--by", "dana", "--data", str(data), cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stderr
+        # Both decided, the captain goes on: its version bump is held for the operator.
+        (bump,) = _wait_for(lambda: _pending(data), "the captain's held commit")
+        assert bump["agent_name"] == "release-captain"
+
+        demo.send_signal(signal.SIGTERM)  # as a supervisor stops the dashboard
+        rest, _ = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:  # stopped as a person would, so it stops what it started
+            demo.terminate()
+            try:
+                demo.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+                demo.wait()
+    assert demo.returncode == 0, rest
+    assert f"{bump['approval_id']} abandoned" in rest
+    assert _processes_naming(str(data)) == []  # no agent, MCP server or dashboard left
+    branch_name = json.loads(branch["arguments"])["branch_name"]
+    assert branch_name not in git(release, "branch", "--format=%(refname:short)")
+    ids = {commit["approval_id"], branch["approval_id"], bump["approval_id"]}
+    assert _approval_story(data, ids) == {
+        commit["approval_id"]: ("approved",) * 3,
+        branch["approval_id"]: ("denied",) * 3,
+        bump["approval_id"]: ("abandoned",) * 3,
+    }
+
+
+def test_no_dashboard_wait_keeps_the_agents_waiting_for_a_bounded_time(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    args = ("demo", "--no-dashboard", "--sessions", "3", "--wait", "2", "--data", str(data))
+    result = _tooltrail(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "their agents are waiting for 2s" in result.stdout
+    left = {w for w in result.stdout.split() if w.startswith("apr-")}
+    assert len(left) == 2
+    assert set(_approval_story(data, left).values()) == {("abandoned",) * 3}
+    assert _processes_naming(str(data)) == []
+    refused = _tooltrail("demo", "--wait", "2", "--data", str(data), cwd=tmp_path)
+    assert refused.returncode == 2 and "--no-dashboard" in refused.stderr
 
 
 def test_a_directory_with_other_data_is_refused(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -371,6 +372,7 @@ def _refresh_duckdb_file(root: Path) -> None:
 
 
 DEMO_HOST = "127.0.0.1"
+DEMO_MAX_WAIT_S = 7 * 24 * 3600.0
 
 
 @cli.command()
@@ -382,57 +384,147 @@ DEMO_HOST = "127.0.0.1"
 @click.option(
     "--port", type=click.IntRange(1, 65535), default=8501, show_default=True, help="Dashboard port."
 )
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0, max=DEMO_MAX_WAIT_S),
+    default=None,
+    help="With --no-dashboard: keep the agents of the calls left for you waiting up to"
+    " this many seconds (decide them with `tooltrail approve` / `deny` meanwhile)."
+    "  [default: 0]",
+)
 def demo(
-    data: Path | None, sessions: int, seed: int, fresh: bool, no_dashboard: bool, port: int
+    data: Path | None,
+    sessions: int,
+    seed: int,
+    fresh: bool,
+    no_dashboard: bool,
+    port: int,
+    wait_s: float | None,
 ) -> None:
     """Run the main job end to end: scripted agents do real git work through the real
     mcp-server-git, governed by examples/policy-git.yaml at call time, while a demo
-    approver decides held calls; then show the sessions (and the dashboard).
+    approver approves and denies held calls; then show the sessions (and the dashboard).
+
+    A last release's held calls are left for you: their agents keep waiting (up to the
+    policy's approval timeout) while the dashboard runs, so approving one there or with
+    `tooltrail approve` really runs its git call. Stopping the dashboard (Ctrl-C,
+    SIGTERM) stops those agents: what is still pending ends abandoned. With
+    --no-dashboard they stop when the demo ends, at once unless --wait keeps them
+    waiting.
 
     Re-running adds sessions; --fresh starts over. The agents work only in sandbox
     repositories under the data directory.
 
     Example:
 
-        tooltrail demo --sessions 30 --seed 7 --no-dashboard
+        tooltrail demo --sessions 30 --seed 7 --no-dashboard --wait 120
     """
-    from tooltrail.demo import run_demo
+    from tooltrail.demo import DemoRun
 
+    if wait_s is not None and not no_dashboard:
+        raise CliError(
+            "--wait applies with --no-dashboard; with the dashboard the agents wait while it runs"
+        )
     if not no_dashboard:
         # Refused before the agents run, not after a minute of work.
         _check_can_listen(DEMO_HOST, port)
     root = _data(data)
+    with _stop_signals_raise(), domain_errors():
+        run = DemoRun(root, sessions=sessions, seed=seed, fresh=fresh)
+        try:
+            with run:
+                report = _demo_until_ready(run, sessions)
+                _echo_demo_report(report, no_dashboard, wait_s or 0.0)
+                if not no_dashboard:
+                    from tooltrail.demo import demo_policy_path
+
+                    _serve_dashboard(report.data_dir, port, DEMO_HOST, demo_policy_path())
+                elif wait_s and report.left_pending and run.wait_for_operator(wait_s):
+                    click.echo("every held call was decided: the demo's agents are done")
+                if report.left_pending:
+                    click.echo("stopping the demo's agents...", err=True)
+        finally:
+            _echo_left_pending_outcome(run)
+
+
+def _demo_until_ready(run: Any, sessions: int) -> Any:
     with click.progressbar(length=sessions, label="agent sessions", file=sys.stderr) as bar:
 
         def on_event(event: dict[str, object]) -> None:
             if event.get("event") == "plan":
+                # The operator's release is not counted: its sessions end later.
                 bar.length = int(str(event["sessions"]))
             elif event.get("event") == "session":
                 bar.update(1)
 
-        with domain_errors():
-            report = run_demo(root, sessions=sessions, seed=seed, fresh=fresh, on_event=on_event)
+        run.on_event = on_event
+        report = run.ready()
+    run.on_event = None
+    return report
+
+
+def _echo_demo_report(report: Any, no_dashboard: bool, wait_s: float) -> None:
     click.echo(
         f"{len(report.sessions)} sessions in {report.seconds:.1f}s; approvals: "
         f"{len(report.approved)} approved, {len(report.denied)} denied, "
-        f"{len(report.left_pending)} left pending (tooltrail approvals)"
+        f"{len(report.left_pending)} left for you (tooltrail approvals)"
     )
-    if report.left_pending:
-        # Their agents gave up waiting when the demo ended: a decision is recorded and
-        # shown, but nothing runs. Said here so nobody waits for a call that is gone.
-        click.echo(
-            "  the agents behind the pending ones have stopped waiting: deciding them shows"
-            " the approval flow (CLI or dashboard) but runs nothing"
-        )
     from tooltrail import analytics
 
-    with domain_errors():
-        df = analytics.sessions(report.data_dir, limit=max(len(report.sessions), 1))
+    df = analytics.sessions(report.data_dir, limit=max(len(report.sessions), 1))
     _echo_df(df, "table", SESSION_COLUMNS)
+    if not report.left_pending:
+        return
     if not no_dashboard:
-        from tooltrail.demo import demo_policy_path
+        until = "while the dashboard runs (until Ctrl-C)"
+    elif wait_s:
+        until = f"for {wait_s:g}s"
+    else:
+        # Said here so nobody decides a call that is gone: --wait keeps them waiting.
+        click.echo(
+            f"  {len(report.left_pending)} held calls were left for you; their agents stop"
+            " waiting as the demo ends (--no-dashboard), so they end abandoned."
+            " Use the dashboard, or --wait SECONDS, to decide them live."
+        )
+        return
+    click.echo(
+        f"  their agents are waiting {until}: approving one (dashboard, or"
+        f" `tooltrail approve ID --by NAME --data {report.data_dir}`) runs its git call"
+    )
+    for approval_id in report.left_pending:
+        click.echo(f"    {approval_id}")
 
-        _serve_dashboard(report.data_dir, port, DEMO_HOST, demo_policy_path())
+
+def _echo_left_pending_outcome(run: Any) -> None:
+    """How the calls left for the operator ended, once the demo's agents are gone."""
+    if not run.report.left_pending or not _has_store(run.root):
+        return
+    ended = run.operator_approvals()
+    click.echo(
+        "calls left for you: "
+        + ", ".join(f"{r.approval_id} {r.status}" for r in ended)
+        + (" (their agents stopped waiting)" if any(r.abandoned for r in ended) else "")
+    )
+
+
+@contextlib.contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the demo as Ctrl-C does: by an exception, so the fleet is
+    stopped in order (its waiting agents give up) rather than left without its command."""
+
+    def stop(signum: int, _frame: object) -> None:
+        # Once: a second signal while stopping must not cut the stop short.
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _serve_dashboard(root: Path, port: int, host: str, policy: Path | None) -> None:

@@ -21,8 +21,9 @@ from opentelemetry import trace
 from tooltrail import semconv as sc
 
 HOLD_LIMIT_S: Final = 6.0
-"""How long a scripted agent waits on a held call before it moves on (the request stays
-pending in the store, for an operator to see in the dashboard)."""
+"""How long an agent of a session the demo approver decides waits on a held call before it
+gives up (its request is then abandoned). The approver decides in about a second; this is a
+safety net. The operator's agents wait without it, up to the rule's approval timeout."""
 
 FEATURES: Final = (
     "retry-budget",
@@ -55,11 +56,12 @@ class AgentContext:
     session_id: str
     rng: random.Random
     outcomes: list[CallOutcome] = field(default_factory=list)
+    hold_limit_s: float | None = HOLD_LIMIT_S
 
     async def call(self, tool: str, **arguments: Any) -> CallOutcome:
         arguments = {"repo_path": str(self.repo), **arguments}
         try:
-            result = await asyncio.wait_for(self.call_tool(tool, arguments), HOLD_LIMIT_S)
+            result = await asyncio.wait_for(self.call_tool(tool, arguments), self.hold_limit_s)
         except TimeoutError:
             outcome = CallOutcome(tool, True, "still waiting for approval", held_too_long=True)
         else:
