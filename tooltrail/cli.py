@@ -596,10 +596,12 @@ cli.add_command(
 
 def _register_groups() -> None:
     from tooltrail.collector.cli import collect_cli
+    from tooltrail.gateway.cli import proxy_cli
     from tooltrail.policy.cli import policy_cli
 
     cli.add_command(policy_cli)
     cli.add_command(collect_cli)
+    cli.add_command(proxy_cli)
 
 
 _register_groups()

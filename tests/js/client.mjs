@@ -1,0 +1,52 @@
+// A real MCP client (the official TypeScript SDK's Client + StdioClientTransport) that the
+// gateway tests drive. Usage: node client.mjs PLAN.json
+//
+// PLAN: {"command": "...", "args": [...], "env": {...}, "cwd": "...",
+//        "steps": [{"op": "list"} | {"op": "call", "name": "...", "arguments": {...},
+//                   "progress": true, "timeoutMs": 60000} | {"op": "info"}]}
+// Prints one JSON line per step ({"step": i, "op": ..., "result": ...} or
+// {"step": i, "op": ..., "error": {"code", "message"}}), then {"done": true}.
+import { readFileSync } from "node:fs";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+
+const plan = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+
+const transport = new StdioClientTransport({
+  command: plan.command,
+  args: plan.args ?? [],
+  env: plan.env,
+  cwd: plan.cwd,
+  stderr: "inherit",
+});
+const client = new Client({ name: plan.clientName ?? "ts-test-client", version: "1.2.3" });
+await client.connect(transport);
+
+for (const [i, step] of (plan.steps ?? []).entries()) {
+  try {
+    let result;
+    if (step.op === "list") {
+      result = await client.listTools();
+    } else if (step.op === "info") {
+      result = client.getServerVersion();
+    } else if (step.op === "call") {
+      let progress = 0;
+      const options = { timeout: step.timeoutMs ?? 60000 };
+      if (step.progress) {
+        options.onprogress = () => { progress += 1; };
+        options.resetTimeoutOnProgress = true;
+      }
+      result = await client.callTool({ name: step.name, arguments: step.arguments ?? {} },
+        undefined, options);
+      if (step.progress) result = { ...result, _progressSeen: progress };
+    } else {
+      throw new Error(`unknown op ${step.op}`);
+    }
+    out({ step: i, op: step.op, result });
+  } catch (e) {
+    out({ step: i, op: step.op, error: { code: e.code ?? null, message: String(e.message ?? e) } });
+  }
+}
+out({ done: true });
+await client.close();
