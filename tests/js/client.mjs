@@ -3,7 +3,7 @@
 //
 // PLAN: {"command": "...", "args": [...], "env": {...}, "cwd": "...",
 //        "steps": [{"op": "list"} | {"op": "call", "name": "...", "arguments": {...},
-//                   "progress": true, "timeoutMs": 60000} | {"op": "info"}]}
+//                   "progress": true, "timeoutMs": 60000, "abortAfterMs": 500} | {"op": "info"}]}
 // Prints one JSON line per step ({"step": i, "op": ..., "result": ...} or
 // {"step": i, "op": ..., "error": {"code", "message"}}), then {"done": true}.
 import { readFileSync } from "node:fs";
@@ -36,6 +36,12 @@ for (const [i, step] of (plan.steps ?? []).entries()) {
       if (step.progress) {
         options.onprogress = () => { progress += 1; };
         options.resetTimeoutOnProgress = true;
+      }
+      if (step.abortAfterMs) {
+        // The SDK sends notifications/cancelled for an aborted request.
+        const controller = new AbortController();
+        setTimeout(() => controller.abort("withdrawn by the test"), step.abortAfterMs);
+        options.signal = controller.signal;
       }
       result = await client.callTool({ name: step.name, arguments: step.arguments ?? {} },
         undefined, options);

@@ -1,0 +1,385 @@
+"""``tooltrail proxy`` between real MCP clients and servers that nobody here wrote.
+
+The client is the official TypeScript SDK (npm ``@modelcontextprotocol/sdk``: ``Client`` +
+``StdioClientTransport``, tests/js/client.mjs); the servers are the npm
+``@modelcontextprotocol/server-filesystem`` and ``mcp-server-git``. Each decision is
+checked on the real files and repository, and the spans as the sessions analysts see.
+What no real client sends (malformed JSON) goes through a raw line-level client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from approval_support import pending, run_cli, wait_for
+from gateway_support import (
+    children,
+    client_results,
+    fs_server,
+    git_server,
+    proxy_command,
+    raw_client,
+    require_node,
+    run_client,
+    start_client,
+    text_of,
+    write_plan,
+)
+from git_support import git, init_repo
+
+from tooltrail import analytics
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+CLIENT_NAME = "ts-test-client"
+
+
+@pytest.fixture(autouse=True)
+def _node() -> None:
+    require_node()
+
+
+def _fs_policy(tmp: Path, root: Path) -> Path:
+    policy = tmp / "policy.yaml"
+    policy.write_text(
+        f"""\
+version: 1
+default: ALLOW
+rules:
+  - id: no-secrets
+    when: {{tool: write_file, args: {{path: "*secret*"}}}}
+    decision: DENY
+    reason: secrets stay out of reach
+  - id: drafts-to-inbox
+    when: {{tool: write_file, args: {{path: "*draft*"}}}}
+    decision: REWRITE
+    rewrite: {{set: {{path: "{root}/inbox.txt", content: "rewritten by policy"}}}}
+  - id: approve-reports
+    when: {{tool: write_file, args: {{path: "*report*"}}}}
+    decision: REQUIRE_APPROVAL
+    approval: {{timeout: 2m, on_timeout: DENY}}
+"""
+    )
+    return policy
+
+
+@pytest.fixture
+def fs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(root the server may touch, policy, data directory)."""
+    root = (tmp_path / "root").resolve()
+    root.mkdir()
+    return root, _fs_policy(tmp_path, root), tmp_path / "data"
+
+
+def _write(root: Path, name: str, content: str = "hello", **kw: Any) -> dict[str, Any]:
+    return {
+        "op": "call",
+        "name": "write_file",
+        "arguments": {"path": str(root / name), "content": content},
+        **kw,
+    }
+
+
+def _denial(step: dict[str, Any]) -> dict[str, Any]:
+    assert step["result"]["isError"] is True, step
+    denial: dict[str, Any] = json.loads(text_of(step))
+    assert denial["error"] == "tool_call_denied"
+    return denial
+
+
+def _one_session(data: Path) -> dict[str, Any]:
+    frame = analytics.sessions(data)
+    assert frame.height == 1, frame
+    row: dict[str, Any] = frame.row(0, named=True)
+    return row
+
+
+def _actions(data: Path, session_id: str) -> list[dict[str, Any]]:
+    return list(analytics.session_actions(data, session_id).iter_rows(named=True))
+
+
+def test_filesystem_decisions_change_the_real_files_as_the_policy_says(
+    tmp_path: Path, fs: tuple[Path, Path, Path]
+) -> None:
+    root, policy, data = fs
+    steps = [
+        {"op": "info"},
+        _write(root, "a.txt"),
+        _write(root, "secret.txt"),
+        _write(root, "draft.txt"),
+    ]
+    info, allowed, denied, rewritten = run_client(
+        tmp_path, proxy_command(policy, data, fs_server(root)), steps
+    )
+
+    assert "isError" not in allowed["result"] or allowed["result"]["isError"] is False
+    assert (root / "a.txt").read_text() == "hello"
+    denial = _denial(denied)
+    assert (denial["decision"], denial["rule"]) == ("DENY", "no-secrets")
+    assert denial["reason"] == "secrets stay out of reach"
+    assert not (root / "secret.txt").exists()
+    assert "inbox.txt" in text_of(rewritten)
+    assert not (root / "draft.txt").exists()
+    assert (root / "inbox.txt").read_text() == "rewritten by policy"
+
+    session = _one_session(data)
+    assert session["agent_name"] == CLIENT_NAME
+    assert (session["allows"], session["denies"], session["rewrites"]) == (1, 1, 1)
+    assert denial["session_id"] == session["session_id"]
+    actions = _actions(data, session["session_id"])
+    assert [a["decision"] for a in actions] == ["ALLOW", "DENY", "REWRITE"]
+    for a in actions:
+        assert a["mcp_server"] == info["result"]["name"] == "secure-filesystem-server"
+        assert a["service_name"] == "tooltrail-gateway"
+        assert a["enforced"] is True
+        attributes = json.loads(a["attributes"])
+        assert attributes["tooltrail.gateway"] is True
+        assert attributes["tooltrail.mcp.client.name"] == CLIENT_NAME
+        assert attributes["tooltrail.mcp.client.version"] == "1.2.3"
+        assert attributes["jsonrpc.request.id"]
+    assert json.loads(actions[2]["arguments_rewritten"])["path"] == str(root / "inbox.txt")
+
+
+def test_a_held_call_runs_once_approved_and_not_once_denied(
+    tmp_path: Path, fs: tuple[Path, Path, Path]
+) -> None:
+    root, policy, data = fs
+    steps = [
+        _write(root, "report-1.txt", progress=True),
+        _write(root, "report-2.txt", progress=True),
+    ]
+    client = start_client(write_plan(tmp_path, proxy_command(policy, data, fs_server(root)), steps))
+    try:
+        first = pending(data, 1, timeout=60)[0]
+        assert not (root / "report-1.txt").exists()
+        time.sleep(1.5)  # held long enough for a progress notification
+        done = run_cli(data, "approve", first.approval_id, "--by", "alice", timeout=60)
+        assert done.returncode == 0, done.stderr
+
+        def second_request() -> Any:
+            return [r for r in pending(data, 1, timeout=60) if r.approval_id != first.approval_id]
+
+        second = wait_for(second_request, "the second request", timeout=60)[0]
+        done = run_cli(
+            data, "deny", second.approval_id, "--by", "bob", "--reason", "no", timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        approved, refused = client_results(client)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+
+    assert (root / "report-1.txt").read_text() == "hello"
+    assert approved["result"]["_progressSeen"] >= 1
+    assert not (root / "report-2.txt").exists()
+    denial = _denial(refused)
+    assert denial["decision"] == "REQUIRE_APPROVAL"
+    assert denial["approval"]["status"] == "denied"
+    assert denial["approval"]["decided_by"] == "bob"
+
+    actions = _actions(data, _one_session(data)["session_id"])
+    assert [(a["approval_status"], a["approval_decided_by"]) for a in actions] == [
+        ("approved", "alice"),
+        ("denied", "bob"),
+    ]
+
+
+def test_a_client_cancellation_withdraws_a_held_call(
+    tmp_path: Path, fs: tuple[Path, Path, Path]
+) -> None:
+    root, policy, data = fs
+    steps = [
+        _write(root, "report.txt", abortAfterMs=2000),
+        _write(root, "after.txt"),
+        _write(root, "report-2.txt"),
+    ]
+    client = start_client(
+        write_plan(tmp_path, proxy_command(policy, data, fs_server(root)), steps)
+    )
+    try:
+        withdrawn_request = pending(data, 1, timeout=60)[0]
+
+        def next_request() -> Any:
+            found = pending(data, 1, timeout=60)
+            return [r for r in found if r.approval_id != withdrawn_request.approval_id]
+
+        # The client aborted the first call and went on: its third call is held now.
+        later = wait_for(next_request, "the third call's request", timeout=60)[0]
+        # Approving what the client withdrew runs nothing: the gateway no longer holds it.
+        done = run_cli(data, "approve", withdrawn_request.approval_id, "--by", "a", timeout=60)
+        assert done.returncode == 0, done.stderr
+        time.sleep(1.0)
+        assert not (root / "report.txt").exists()
+        done = run_cli(data, "approve", later.approval_id, "--by", "a", timeout=60)
+        assert done.returncode == 0, done.stderr
+        withdrawn, after, approved = client_results(client)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert "error" in withdrawn, withdrawn  # the SDK reports its own abort
+    assert not after["result"].get("isError")
+    assert (root / "after.txt").read_text() == "hello"  # the session went on
+    assert (root / "report-2.txt").read_text() == "hello"
+    assert not (root / "report.txt").exists()
+    actions = _actions(data, _one_session(data)["session_id"])
+    assert actions[0]["decision"] == "REQUIRE_APPROVAL"
+    assert actions[0]["status_code"] == "ERROR"
+    assert actions[0]["error_type"] == "CancelledError"
+
+
+def test_git_decisions_change_the_real_repository_as_the_policy_says(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo")
+    policy = tmp_path / "git.yaml"
+    policy.write_text(
+        """\
+version: 1
+default: ALLOW
+rules:
+  - id: no-forbidden-branches
+    when: {tool: git_create_branch, args: {branch_name: "forbidden-*"}}
+    decision: DENY
+  - id: namespace-wip
+    when: {tool: git_create_branch, args: {branch_name: wip}}
+    decision: REWRITE
+    rewrite: {set: {branch_name: agent-wip}}
+"""
+    )
+    data = tmp_path / "data"
+
+    def create(branch: str) -> dict[str, Any]:
+        args = {"repo_path": str(repo), "branch_name": branch}
+        return {"op": "call", "name": "git_create_branch", "arguments": args}
+
+    command = proxy_command(
+        policy, data, git_server(repo), "--agent-name", "git-agent", "--session-id", "s-git"
+    )
+    allowed, denied, rewritten = run_client(
+        tmp_path, command, [create("feature"), create("forbidden-x"), create("wip")]
+    )
+
+    branches = set(git(repo, "branch", "--format=%(refname:short)").split())
+    assert branches == {"main", "feature", "agent-wip"}
+    assert "feature" in text_of(allowed)
+    assert _denial(denied)["rule"] == "no-forbidden-branches"
+    assert "agent-wip" in text_of(rewritten)
+
+    session = _one_session(data)
+    assert (session["session_id"], session["agent_name"]) == ("s-git", "git-agent")
+    actions = _actions(data, "s-git")
+    assert [a["decision"] for a in actions] == ["ALLOW", "DENY", "REWRITE"]
+    assert {a["mcp_server"] for a in actions} == {"mcp-git"}
+    assert json.loads(actions[0]["attributes"])["tooltrail.mcp.client.name"] == CLIENT_NAME
+
+
+def test_tool_definitions_and_results_pass_through_unchanged(
+    tmp_path: Path, fs: tuple[Path, Path, Path]
+) -> None:
+    root, policy, data = fs
+    (root / "notes.txt").write_text("line one\nline two\n")
+    steps = [
+        {"op": "list"},
+        {"op": "call", "name": "read_text_file", "arguments": {"path": str(root / "notes.txt")}},
+        {"op": "call", "name": "list_allowed_directories"},
+        {"op": "call", "name": "read_text_file", "arguments": {"path": "/etc/passwd"}},
+    ]
+    direct = run_client(tmp_path, fs_server(root), steps)
+    through = run_client(tmp_path, proxy_command(policy, data, fs_server(root)), steps)
+    assert through == direct
+    assert len(direct[0]["result"]["tools"]) > 5
+    assert "line two" in text_of(direct[1])
+
+
+def test_observe_records_without_enforcing(tmp_path: Path, fs: tuple[Path, Path, Path]) -> None:
+    root, policy, data = fs
+    command = proxy_command(policy, data, fs_server(root), "--observe")
+    (written,) = run_client(tmp_path, command, [_write(root, "secret.txt")])
+    assert (root / "secret.txt").read_text() == "hello"
+    assert not written["result"].get("isError")
+    (action,) = _actions(data, _one_session(data)["session_id"])
+    # Decided after the fact by the exporter: what enforcing would have done.
+    assert (action["decision"], action["policy_rule"], action["enforced"]) == (
+        "DENY",
+        "no-secrets",
+        False,
+    )
+
+
+def test_without_a_policy_every_call_is_denied_with_the_reason(
+    tmp_path: Path, fs: tuple[Path, Path, Path]
+) -> None:
+    root, _policy, data = fs
+    (denied,) = run_client(
+        tmp_path, proxy_command(None, data, fs_server(root)), [_write(root, "a")]
+    )
+    assert "no policy" in _denial(denied)["reason"]
+    assert not (root / "a").exists()
+
+
+def test_malformed_json_from_the_client_gets_a_parse_error_and_the_session_goes_on(
+    tmp_path: Path, fs: tuple[Path, Path, Path]
+) -> None:
+    root, policy, data = fs
+    with raw_client(proxy_command(policy, data, fs_server(root))) as client:
+        client.initialize()
+        client.send_raw(b"{this is not json\n")
+        error = client.receive()
+        assert error is not None
+        assert error["id"] is None and error["error"]["code"] == -32700
+        client.send({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert client.response(1)["result"]["tools"]
+        client.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "write_file", "arguments": {"path": str(root / "secret.txt")}},
+            }
+        )
+        assert client.response(2)["result"]["isError"] is True
+        assert client.close() == 0
+    assert any(b"malformed JSON from the client" in line for line in client.stderr)
+
+
+def test_malformed_json_from_the_server_is_answered_and_logged(
+    tmp_path: Path, fs: tuple[Path, Path, Path]
+) -> None:
+    root, policy, data = fs
+    server = ["sh", "-c", 'echo "this is not json"; exec "$0" "$@"', *fs_server(root)]
+    with raw_client(proxy_command(policy, data, server)) as client:
+        result = client.initialize()
+        assert result["result"]["serverInfo"]["name"] == "secure-filesystem-server"
+        client.send({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert client.response(1)["result"]["tools"]
+        assert client.close() == 0
+    assert any(b"malformed JSON from the server" in line for line in client.stderr)
+
+
+def test_a_dead_server_errors_pending_calls_and_the_proxy_exits_with_its_status(
+    tmp_path: Path, fs: tuple[Path, Path, Path]
+) -> None:
+    root, policy, data = fs
+    with raw_client(proxy_command(policy, data, fs_server(root))) as client:
+        client.initialize()
+        (server_pid,) = children(client.proc.pid)
+        held = {"name": "write_file", "arguments": {"path": str(root / "report.txt")}}
+        client.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": held})
+        pending(data, 1, timeout=60)  # held at the broker: being decided
+        os.kill(server_pid, signal.SIGSTOP)  # cannot answer what is forwarded now
+        client.send({"jsonrpc": "2.0", "id": 8, "method": "tools/list"})
+        time.sleep(0.5)
+        os.kill(server_pid, signal.SIGKILL)
+        answers = {m["id"]: m for m in (client.receive(), client.receive()) if m}
+        assert set(answers) == {7, 8}
+        for answer in answers.values():
+            assert answer["error"]["code"] == -32000
+            assert "exited" in answer["error"]["message"]
+        assert client.proc.wait(timeout=30) == 128 + signal.SIGKILL
+    assert not (root / "report.txt").exists()
