@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from approval_support import pending, run_cli, wait_for
+from collect_support import CollectorProcess, landed_rows, wait_until
 from gateway_support import (
     children,
     client_results,
@@ -200,9 +201,7 @@ def test_a_client_cancellation_withdraws_a_held_call(
         _write(root, "after.txt"),
         _write(root, "report-2.txt"),
     ]
-    client = start_client(
-        write_plan(tmp_path, proxy_command(policy, data, fs_server(root)), steps)
-    )
+    client = start_client(write_plan(tmp_path, proxy_command(policy, data, fs_server(root)), steps))
     try:
         withdrawn_request = pending(data, 1, timeout=60)[0]
 
@@ -227,6 +226,7 @@ def test_a_client_cancellation_withdraws_a_held_call(
     assert "error" in withdrawn, withdrawn  # the SDK reports its own abort
     assert not after["result"].get("isError")
     assert (root / "after.txt").read_text() == "hello"  # the session went on
+    assert not approved["result"].get("isError")
     assert (root / "report-2.txt").read_text() == "hello"
     assert not (root / "report.txt").exists()
     actions = _actions(data, _one_session(data)["session_id"])
@@ -383,3 +383,66 @@ def test_a_dead_server_errors_pending_calls_and_the_proxy_exits_with_its_status(
             assert "exited" in answer["error"]["message"]
         assert client.proc.wait(timeout=30) == 128 + signal.SIGKILL
     assert not (root / "report.txt").exists()
+
+
+def test_pause_holds_the_sessions_calls_resume_runs_them_cancel_denies(
+    tmp_path: Path, fs: tuple[Path, Path, Path]
+) -> None:
+    root, policy, data = fs
+    data.mkdir()
+    command = proxy_command(policy, data, fs_server(root), "--session-id", "s-ctl")
+    done = run_cli(data, "pause", "s-ctl", "--by", "ops", "--force", timeout=60)
+    assert done.returncode == 0, done.stderr
+    client = start_client(write_plan(tmp_path, command, [_write(root, "a.txt")]))
+    try:
+        time.sleep(3.0)  # the client is connected and its call is held by the pause
+        assert client.poll() is None
+        assert not (root / "a.txt").exists()
+        done = run_cli(data, "resume", "s-ctl", "--by", "ops", timeout=60)
+        assert done.returncode == 0, done.stderr
+        (resumed,) = client_results(client)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert not resumed["result"].get("isError")
+    assert (root / "a.txt").read_text() == "hello"
+
+    done = run_cli(data, "cancel", "s-ctl", "--by", "ops", timeout=60)
+    assert done.returncode == 0, done.stderr
+    (canceled,) = run_client(tmp_path, command, [_write(root, "b.txt")])
+    assert _denial(canceled)["rule"] == "session-canceled"
+    assert not (root / "b.txt").exists()
+
+
+def test_with_collector_spans_and_approvals_go_through_tooltrail_collect(
+    tmp_path: Path, fs: tuple[Path, Path, Path]
+) -> None:
+    root, policy, _data = fs
+    collected = tmp_path / "collected"
+    with CollectorProcess(collected) as col:
+        command = proxy_command(
+            policy, tmp_path / "unused", fs_server(root), "--collector", col.url
+        )
+        steps = [_write(root, "a.txt"), _write(root, "secret.txt"), _write(root, "report.txt")]
+        client = start_client(write_plan(tmp_path, command, steps))
+        try:
+            (held,) = pending(collected, 1, timeout=60)
+            done = run_cli(collected, "approve", held.approval_id, "--by", "alice", timeout=60)
+            assert done.returncode == 0, done.stderr
+            allowed, denied, approved = client_results(client)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        assert not allowed["result"].get("isError")
+        assert not approved["result"].get("isError")
+        assert _denial(denied)["rule"] == "no-secrets"
+        assert (root / "a.txt").exists() and (root / "report.txt").exists()
+        assert not (root / "secret.txt").exists()
+        wait_until(lambda: len(landed_rows(collected)) == 3, what="3 spans landed")
+    assert not (tmp_path / "unused").exists()
+    rows = sorted(landed_rows(collected), key=lambda r: r["sequence"])
+    assert [r["decision"] for r in rows] == ["ALLOW", "DENY", "REQUIRE_APPROVAL"]
+    assert {r["agent_name"] for r in rows} == {CLIENT_NAME}
+    assert rows[2]["approval_decided_by"] == "alice"
