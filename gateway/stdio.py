@@ -453,9 +453,10 @@ class Gateway:
             _log.warning("malformed JSON from the server (%s); answered -32700", e)
             await self._forward(_dumps(_error(None, PARSE_ERROR, f"Parse error: {e}")))
             return
+        # Relayed first: the span's bookkeeping is not on the client's critical path.
+        self.client_out.write(line if line.endswith(b"\n") else line + b"\n")
         if isinstance(message, dict) and "method" not in message and "id" in message:
             self._server_response(message)
-        self.client_out.write(line if line.endswith(b"\n") else line + b"\n")
 
     def _server_response(self, message: dict[str, Any]) -> None:
         key = _key(message["id"])
