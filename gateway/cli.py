@@ -5,12 +5,48 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Final
 
 import click
 
 from tooltrail import config
-from tooltrail.cli_common import data_option
+from tooltrail.cli_common import data_option, domain_errors
 from tooltrail.semconv import TRIGGERS
+
+WRAP: Final = "wrap"
+
+
+@click.command(name="proxy wrap")
+@click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--policy",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The policy every wrapped server's calls are decided by.",
+)
+@data_option
+@click.option("--undo", is_flag=True, help="Put the backup made by the first wrap back.")
+def wrap_cli(config_file: Path, policy: Path | None, data: Path | None, undo: bool) -> None:
+    """Route every stdio server of an MCP client's configuration through the gateway."""
+    from tooltrail.gateway.wrap import undo as undo_wrap
+    from tooltrail.gateway.wrap import wrap
+
+    with domain_errors():
+        if undo:
+            undo_wrap(config_file)
+            click.echo(f"restored {config_file} from its backup")
+            return
+        report = wrap(config_file, policy=policy, data=data)
+    if report.wrapped:
+        click.echo(f"wrapped {', '.join(report.wrapped)} (backup: {report.backup})")
+        click.echo(f"spans and approvals: {report.data}")
+        if policy is None:
+            click.echo("no --policy: every call is denied until TOOLTRAIL_POLICY names one")
+    if report.already:
+        click.echo(f"already through the gateway: {', '.join(report.already)}")
+    if report.not_stdio:
+        click.echo(f"not stdio, left as is: {', '.join(report.not_stdio)}")
+    if not report.wrapped:
+        click.echo(f"{config_file} unchanged")
 
 
 @click.command(
@@ -60,11 +96,20 @@ def proxy_cli(
     holds it until `tooltrail approve` / `deny` (or the dashboard) decides. Every call is
     one span in --data. Stdout carries only the protocol; logs go to stderr.
 
+    `tooltrail proxy wrap CONFIG.json [--policy FILE] [--data DIR] [--undo]` rewrites
+    an MCP client's `mcpServers` (Claude Desktop, Claude Code, Cursor) so every stdio
+    server runs through the gateway, keeping a backup; --undo restores it.
+
     \b
     Example:
       tooltrail proxy --policy policy.yaml --data ./tooltrail-data -- \\
           npx -y @modelcontextprotocol/server-filesystem /srv/project
+      tooltrail proxy wrap ~/.cursor/mcp.json --policy policy.yaml
     """
+    if command[0] == WRAP:  # a server named "wrap" is started by path: ./wrap
+        ctx = click.get_current_context()
+        wrap_cli.main(list(command[1:]), prog_name=f"{ctx.command_path} {WRAP}")
+        return
     from tooltrail.gateway.stdio import ProxyOptions, run_proxy
 
     logging.basicConfig(
