@@ -679,11 +679,10 @@ def run_proxy(opts: ProxyOptions) -> int:
     st, land = _tracing(opts)
     if st.policy_error:
         _log.error("every tools/call will be denied: %s", st.policy_error)
-    # A client stopping us (Ctrl-C in a terminal, SIGTERM from the host) ends the server too.
-    with contextlib.suppress(ValueError):
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         status = asyncio.run(_serve(opts, st))
+    except KeyboardInterrupt:  # Ctrl-C in a terminal: the server (same group) got it too
+        status = 128 + signal.SIGINT
     finally:
         try:
             land()

@@ -25,6 +25,7 @@ JS = Path(__file__).parent / "js"
 NODE_MODULES = JS / "node_modules"
 CLIENT = JS / "client.mjs"
 FS_SERVER = NODE_MODULES / ".bin" / "mcp-server-filesystem"
+EVERYTHING = NODE_MODULES / ".bin" / "mcp-server-everything"
 _BIN = Path(sys.executable).parent
 TOOLTRAIL = str(_BIN / "tooltrail")
 
@@ -35,7 +36,11 @@ def require_node() -> None:
     missing = []
     if shutil.which("node") is None:
         missing.append("node is not on PATH")
-    if not FS_SERVER.exists() or not (NODE_MODULES / "@modelcontextprotocol" / "sdk").exists():
+    if (
+        not FS_SERVER.exists()
+        or not EVERYTHING.exists()
+        or not (NODE_MODULES / "@modelcontextprotocol" / "sdk").exists()
+    ):
         missing.append(f"{NODE_MODULES} is not installed (run `npm ci` in {JS})")
     if not missing:
         return

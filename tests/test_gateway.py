@@ -20,6 +20,7 @@ import pytest
 from approval_support import pending, run_cli, wait_for
 from collect_support import CollectorProcess, landed_rows, wait_until
 from gateway_support import (
+    EVERYTHING,
     children,
     client_results,
     fs_server,
@@ -446,3 +447,60 @@ def test_with_collector_spans_and_approvals_go_through_tooltrail_collect(
     assert [r["decision"] for r in rows] == ["ALLOW", "DENY", "REQUIRE_APPROVAL"]
     assert {r["agent_name"] for r in rows} == {CLIENT_NAME}
     assert rows[2]["approval_decided_by"] == "alice"
+
+
+def test_everything_server_behaves_as_on_a_direct_connection(tmp_path: Path) -> None:
+    """npm server-everything: progress, resources, prompts, sampling, roots, elicitation,
+    cancellation and a large result give the same transcript through the gateway as
+    directly."""
+    policy = tmp_path / "allow.yaml"
+    policy.write_text("version: 1\ndefault: ALLOW\n")
+    big = "x" * 1_500_000  # past any 64 KiB line buffer
+    long_running = {"duration": 1, "steps": 4}
+    steps: list[dict[str, Any]] = [
+        {"op": "list"},
+        {"op": "listResources"},
+        {"op": "readResource", "uri": "demo://resource/static/document/features.md"},
+        {"op": "listPrompts"},
+        {"op": "getPrompt", "name": "simple-prompt"},
+        {"op": "ping"},
+        {"op": "call", "name": "get-sum", "arguments": {"a": 2, "b": 40}},
+        {"op": "call", "name": "get-tiny-image"},
+        {"op": "call", "name": "get-structured-content", "arguments": {"location": "New York"}},
+        {"op": "call", "name": "echo", "arguments": {"message": big}},
+        {
+            "op": "call",
+            "name": "trigger-long-running-operation",
+            "arguments": long_running,
+            "progress": True,
+        },
+        {"op": "call", "name": "trigger-sampling-request", "arguments": {"prompt": "hi"}},
+        {"op": "call", "name": "get-roots-list"},
+        {"op": "call", "name": "trigger-elicitation-request"},
+        {
+            "op": "call",
+            "name": "trigger-long-running-operation",
+            "arguments": {"duration": 5, "steps": 5},
+            "abortAfterMs": 300,
+        },
+        {"op": "call", "name": "get-sum", "arguments": {"a": 1, "b": 1}},
+    ]
+    server = [str(EVERYTHING), "stdio"]
+    direct = run_client(tmp_path, server, steps, handlers=True)
+    data = tmp_path / "data"
+    through = run_client(tmp_path, proxy_command(policy, data, server), steps, handlers=True)
+    # The SDK handles notifications a tick after responses: the last progress notification
+    # may be counted or not (either way, direct too). The rest must be equal.
+    seen = [t[10]["result"].pop("_progressSeen") for t in (direct, through)]
+    assert min(seen) >= long_running["steps"] - 1
+    assert through == direct
+    by_op = dict(enumerate(direct))
+    assert "42" in text_of(by_op[6])
+    assert big in text_of(by_op[9])
+    assert "sampled: 1 message(s)" in json.dumps(by_op[11])
+    assert "file:///srv/project" in json.dumps(by_op[12])
+    assert "decline" in json.dumps(by_op[13])
+    assert "error" in by_op[14]
+    actions = _actions(data, _one_session(data)["session_id"])
+    assert len(actions) == 10  # one span per tools/call
+    assert {a["decision"] for a in actions} == {"ALLOW"}

@@ -9,6 +9,11 @@
 import { readFileSync } from "node:fs";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import {
+  CreateMessageRequestSchema,
+  ElicitRequestSchema,
+  ListRootsRequestSchema,
+} from "@modelcontextprotocol/sdk/types.js";
 
 const plan = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
@@ -20,7 +25,27 @@ const transport = new StdioClientTransport({
   cwd: plan.cwd,
   stderr: "inherit",
 });
-const client = new Client({ name: plan.clientName ?? "ts-test-client", version: "1.2.3" });
+// With "handlers": the client answers the server's sampling, roots and elicitation
+// requests (server-to-client requests the gateway must relay), deterministically.
+const capabilities = plan.handlers
+  ? { sampling: {}, roots: { listChanged: true }, elicitation: {} }
+  : {};
+const client = new Client(
+  { name: plan.clientName ?? "ts-test-client", version: "1.2.3" },
+  { capabilities },
+);
+if (plan.handlers) {
+  client.setRequestHandler(CreateMessageRequestSchema, async (request) => ({
+    role: "assistant",
+    content: { type: "text", text: `sampled: ${request.params.messages.length} message(s)` },
+    model: "test-model",
+    stopReason: "endTurn",
+  }));
+  client.setRequestHandler(ListRootsRequestSchema, async () => ({
+    roots: [{ uri: "file:///srv/project", name: "project" }],
+  }));
+  client.setRequestHandler(ElicitRequestSchema, async () => ({ action: "decline" }));
+}
 await client.connect(transport);
 
 for (const [i, step] of (plan.steps ?? []).entries()) {
@@ -30,11 +55,23 @@ for (const [i, step] of (plan.steps ?? []).entries()) {
       result = await client.listTools();
     } else if (step.op === "info") {
       result = client.getServerVersion();
+    } else if (step.op === "listResources") {
+      result = await client.listResources();
+    } else if (step.op === "readResource") {
+      result = await client.readResource({ uri: step.uri });
+    } else if (step.op === "listPrompts") {
+      result = await client.listPrompts();
+    } else if (step.op === "getPrompt") {
+      result = await client.getPrompt({ name: step.name, arguments: step.arguments ?? {} });
+    } else if (step.op === "ping") {
+      result = await client.ping();
     } else if (step.op === "call") {
       let progress = 0;
       const options = { timeout: step.timeoutMs ?? 60000 };
       if (step.progress) {
-        options.onprogress = () => { progress += 1; };
+        options.onprogress = () => {
+          progress += 1;
+        };
         options.resetTimeoutOnProgress = true;
       }
       if (step.abortAfterMs) {
