@@ -49,6 +49,7 @@ from tooltrail.instrumentation._spans import (
     Settings,
     aprepare,
     fail_closed,
+    finish_denied,
     finish_exception,
     finish_result,
     to_json,
@@ -388,8 +389,7 @@ class Gateway:
                 extra[TT_CLIENT_VERSION] = self.client_version
         except Exception as e:  # a call we cannot read cannot be decided: fail closed
             if st.enforce:
-                tool = params.get("name") if isinstance(params, dict) else None
-                return fail_closed(st, tool if isinstance(tool, str) else "<unknown>", e)
+                return self._unreadable(params, request_id, e)
             return None
         return await aprepare(
             st,
@@ -400,6 +400,37 @@ class Gateway:
             annotations=self.annotations.get(name),
             extra=extra,
         )
+
+    def _unreadable(self, params: Any, request_id: Any, error: Exception) -> Denial:
+        """A ``tools/call`` whose name or arguments cannot be read: denied (rule
+        ``policy-error``) and recorded as such, so the audit trail shows the attempt."""
+        tool = params.get("name") if isinstance(params, dict) else None
+        tool = tool if isinstance(tool, str) and tool else "<unknown>"
+        reason = f"tooltrail could not read the call: {error}"
+        try:
+            # Session control's veto is the instrumentation's way to record a call refused
+            # whatever the policy says: the span is a DENY by that rule.
+            inv = _spans.begin(
+                self.st,
+                tool=tool,
+                arguments={},
+                mcp=True,
+                server=self.server_name,
+                extra={
+                    MCP_METHOD_NAME: MCP_METHOD_TOOLS_CALL,
+                    MCP_SESSION_ID: self.connection_id,
+                    JSONRPC_REQUEST_ID: str(request_id),
+                    TT_GATEWAY: True,
+                },
+                session=self.session(),
+                veto=_spans._Veto(_spans.POLICY_ERROR_RULE, reason),
+            )
+            finish_denied(inv)
+        except Exception:
+            _log.exception("could not record the unreadable tools/call")
+            return fail_closed(self.st, tool, error)
+        assert inv.denial is not None
+        return inv.denial
 
     async def _tick(self, token: Any) -> None:
         """Progress notifications while a call is held, so the client knows it is alive

@@ -504,3 +504,89 @@ def test_everything_server_behaves_as_on_a_direct_connection(tmp_path: Path) -> 
     actions = _actions(data, _one_session(data)["session_id"])
     assert len(actions) == 10  # one span per tools/call
     assert {a["decision"] for a in actions} == {"ALLOW"}
+
+
+def test_policy_sees_the_server_name_and_the_annotations_tools_list_gave(tmp_path: Path) -> None:
+    root = (tmp_path / "root").resolve()
+    root.mkdir()
+    policy = tmp_path / "hints.yaml"
+    policy.write_text(
+        """\
+version: 1
+default: ALLOW
+rules:
+  - id: no-destructive-tools
+    when: {destructiveHint: true}
+    decision: DENY
+  - id: no-directories-on-this-server
+    when: {server: "secure-filesystem-*", tool: create_directory}
+    decision: DENY
+"""
+    )
+    data = tmp_path / "data"
+    steps = [
+        _write(root, "before-list.txt"),  # annotations not known yet: the hint cannot match
+        {"op": "list"},
+        _write(root, "after-list.txt"),
+        {"op": "call", "name": "create_directory", "arguments": {"path": str(root / "d")}},
+    ]
+    before, _tools, after, directory = run_client(
+        tmp_path, proxy_command(policy, data, fs_server(root)), steps
+    )
+    assert not before["result"].get("isError")
+    assert (root / "before-list.txt").exists()
+    assert _denial(after)["rule"] == "no-destructive-tools"
+    assert not (root / "after-list.txt").exists()
+    assert _denial(directory)["rule"] == "no-directories-on-this-server"
+    assert not (root / "d").exists()
+    actions = _actions(data, _one_session(data)["session_id"])
+    assert json.loads(actions[1]["attributes"])["tooltrail.tool.annotations"]
+    recorded = json.loads(json.loads(actions[1]["attributes"])["tooltrail.tool.annotations"])
+    assert recorded["destructiveHint"] is True
+
+
+def test_unreadable_calls_are_denied_batches_refused_and_each_connection_is_a_session(
+    tmp_path: Path, fs: tuple[Path, Path, Path]
+) -> None:
+    root, policy, data = fs
+    command = proxy_command(policy, data, fs_server(root))
+    with raw_client(command) as client:
+        client.initialize()
+        client.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"x": 1}})
+        denial = json.loads(client.response(1)["result"]["content"][0]["text"])
+        assert denial["rule"] == "policy-error"
+        assert "params.name is missing" in denial["reason"]
+        bad_args = {"name": "write_file", "arguments": ["not", "an", "object"]}
+        client.send({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": bad_args})
+        denial = json.loads(client.response(2)["result"]["content"][0]["text"])
+        assert "arguments of write_file is not an object" in denial["reason"]
+        call = {"name": "write_file", "arguments": {"path": str(root / "a"), "content": ""}}
+        batch = [
+            {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": call},
+            {"jsonrpc": "2.0", "id": 4, "method": "tools/list"},
+        ]
+        client.send_raw(json.dumps(batch).encode() + b"\n")
+        line = client.lines.get(timeout=30)
+        assert line is not None
+        replies = json.loads(line)
+        assert [(r["id"], r["error"]["code"]) for r in replies] == [(3, -32600), (4, -32600)]
+        assert not (root / "a").exists()
+        client.send({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": call})
+        assert not client.response(5)["result"].get("isError")
+        assert client.close() == 0
+    with raw_client(command) as client:
+        client.initialize()
+        client.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call})
+        assert not client.response(1)["result"].get("isError")
+        assert client.close() == 0
+    frame = analytics.sessions(data)
+    assert frame.height == 2
+    assert set(frame["agent_name"]) == {"raw-client"}
+    first = frame.sort("started_at").row(0, named=True)
+    actions = _actions(data, first["session_id"])
+    # The unreadable calls are on the record too, as the DENYs they were.
+    assert [(a["decision"], a["policy_rule"]) for a in actions] == [
+        ("DENY", "policy-error"),
+        ("DENY", "policy-error"),
+        ("ALLOW", "pass"),
+    ]
