@@ -26,6 +26,7 @@ NODE_MODULES = JS / "node_modules"
 CLIENT = JS / "client.mjs"
 FS_SERVER = NODE_MODULES / ".bin" / "mcp-server-filesystem"
 EVERYTHING = NODE_MODULES / ".bin" / "mcp-server-everything"
+INSPECTOR = NODE_MODULES / ".bin" / "mcp-inspector"
 _BIN = Path(sys.executable).parent
 TOOLTRAIL = str(_BIN / "tooltrail")
 
@@ -100,6 +101,25 @@ def run_client(
     tmp: Path, command: Sequence[str], steps: list[dict[str, Any]], **kw: Any
 ) -> list[dict[str, Any]]:
     return client_results(start_client(write_plan(tmp, command, steps, **kw)))
+
+
+def inspector(home: Path, target: Sequence[str], *args: str) -> tuple[int, Any]:
+    """The MCP Inspector's CLI mode (``--cli``): one method against ``target``; its exit
+    status and the first JSON document it printed. Its catalog lives under ``home``."""
+    proc = subprocess.run(
+        [str(INSPECTOR), "--cli", *target, *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=clean_env(HOME=str(home), MCP_CATALOG_PATH=str(home / "catalog.json")),
+    )
+    try:
+        document, _ = json.JSONDecoder().raw_decode(proc.stdout.lstrip())
+    except ValueError:
+        raise AssertionError(
+            f"no JSON from the inspector: {proc.stdout!r} {proc.stderr!r}"
+        ) from None
+    return proc.returncode, document
 
 
 def text_of(step: Mapping[str, Any]) -> str:

@@ -25,6 +25,7 @@ from gateway_support import (
     client_results,
     fs_server,
     git_server,
+    inspector,
     proxy_command,
     raw_client,
     require_node,
@@ -590,3 +591,33 @@ def test_unreadable_calls_are_denied_batches_refused_and_each_connection_is_a_se
         ("DENY", "policy-error"),
         ("ALLOW", "pass"),
     ]
+
+
+def test_the_mcp_inspector_cli_lists_and_calls_tools_through_the_gateway(
+    tmp_path: Path, fs: tuple[Path, Path, Path]
+) -> None:
+    root, policy, data = fs
+    home = tmp_path / "home"
+    home.mkdir()
+    through = proxy_command(policy, data, fs_server(root))
+    _, direct_tools = inspector(home, fs_server(root), "--method", "tools/list")
+    _, tools = inspector(home, through, "--method", "tools/list")
+    assert tools == direct_tools
+    assert "write_file" in {t["name"] for t in tools["tools"]}
+
+    def write(name: str) -> Any:
+        path = f"path={root / name}"
+        args = ("--method", "tools/call", "--tool-name", "write_file", "--tool-arg", path)
+        return inspector(home, through, *args, "content=hi")[1]
+
+    assert not write("ok.txt").get("isError")
+    assert (root / "ok.txt").read_text() == "hi"
+    denied = write("secret.txt")
+    assert denied["isError"] is True
+    assert json.loads(denied["content"][0]["text"])["rule"] == "no-secrets"
+    assert not (root / "secret.txt").exists()
+    # One session per inspector run that called a tool, named after the inspector's client.
+    frame = analytics.sessions(data)
+    assert frame.height == 2
+    (client_name,) = set(frame["agent_name"])
+    assert client_name and client_name != CLIENT_NAME
