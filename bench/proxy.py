@@ -1,6 +1,6 @@
 """The gateway's cost per tool call, measured in one run on this machine.
 
-    python bench/proxy.py [--calls N] [--tool get_file_info]
+    python bench/proxy.py [--calls N] [--tool get_file_info] [--peer]
 
 1,000 ``tools/call`` of a cheap tool of the real npm ``server-filesystem`` (tests/js, ``npm
 ci``), one after another over stdio from a minimal line-level client in this process:
@@ -9,6 +9,10 @@ ci``), one after another over stdio from a minimal line-level client in this pro
 * gateway: the client starts ``tooltrail proxy --policy P --data D -- <server>``, P a 20-rule
   policy (none matching the call, so every rule is checked; default ALLOW), enforcing,
   spans landing in D.
+
+* peer (``--peer``): the same trip through Lasso's ``mcp-gateway`` from PyPI (pinned below; it
+  needs ``mcp<2``, so it gets its own venv, built once under bench/results/), which exposes
+  the server's tools as ``fs_<tool>``; no policy (its plugins off).
 
 Reported: round-trip latency p50 / p99 each way and the difference (the gateway's added
 latency; target: p50 added <= 0.5 ms), and the gateway process's CPU time per call (user +
@@ -32,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FS_SERVER = ROOT / "tests" / "js" / "node_modules" / ".bin" / "mcp-server-filesystem"
 TOOLTRAIL = Path(sys.executable).with_name("tooltrail")
 WARMUP = 100
+PEER_REQUIREMENTS = ("mcp-gateway==1.2.1", "mcp<2")
+PEER_VENV = ROOT / "bench" / "results" / "lasso-mcp-gateway-venv"
 
 
 def policy_text(root: Path) -> str:
@@ -104,10 +110,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
 
 
+def peer_gateway(tmp: Path, server: list[str]) -> list[str]:
+    """Lasso's mcp-gateway in front of ``server`` (its venv built on first use)."""
+    exe = PEER_VENV / "bin" / "mcp-gateway"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        pip = [str(PEER_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+        subprocess.run([*pip, *PEER_REQUIREMENTS], check=True)
+    config = tmp / "lasso-mcp.json"
+    entry = {
+        "command": str(exe),
+        "args": [],
+        "servers": {"fs": {"command": server[0], "args": server[1:]}},
+    }
+    config.write_text(json.dumps({"mcpServers": {"mcp-gateway": entry}}))
+    return [str(exe), "--mcp-json-path", str(config)]
+
+
+def wait_for_tool(client: Client, tool: str) -> None:
+    """The peer registers the proxied tools a moment after it answers initialize."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        tools = client.request("tools/list")["result"]["tools"]
+        if any(t["name"] == tool for t in tools):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{tool} never appeared")
+
+
 def run(command: list[str], calls: int, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
     client = Client(command)
     try:
         client.initialize()
+        wait_for_tool(client, tool)
         params = {"name": tool, "arguments": arguments}
         for _ in range(WARMUP):
             reply = client.request("tools/call", params)
@@ -136,6 +171,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--tool", default="get_file_info")
+    parser.add_argument("--peer", action="store_true", help="Also measure Lasso's mcp-gateway.")
+    parser.add_argument(
+        "--observe", action="store_true", help="The gateway records without enforcing."
+    )
     opts = parser.parse_args()
     if not FS_SERVER.exists():
         sys.exit(f"bench/proxy.py needs the npm server: run `npm ci` in {FS_SERVER.parents[2]}")
@@ -149,18 +188,28 @@ def main() -> None:
             {"path": str(root / "file.txt")} if opts.tool != "list_allowed_directories" else {}
         )
         server = [str(FS_SERVER), str(root)]
-        gateway = [str(TOOLTRAIL), "proxy", "--policy", str(policy), "--data", f"{tmp}/data", "--"]
+        gateway = [str(TOOLTRAIL), "proxy", "--policy", str(policy), "--data", f"{tmp}/data"]
+        gateway += ["--observe", "--"] if opts.observe else ["--"]
         direct = run(server, opts.calls, opts.tool, arguments)
         through = run([*gateway, *server], opts.calls, opts.tool, arguments)
+        peer = None
+        if opts.peer:
+            command = peer_gateway(Path(tmp), server)
+            peer = run(command, opts.calls, f"fs_{opts.tool}", arguments)
     report = {
         "calls": opts.calls,
         "tool": opts.tool,
+        "gateway_mode": "observe" if opts.observe else "enforce (20 rules)",
         "direct": direct,
         "gateway": through,
         "added_p50_ms": through["p50_ms"] - direct["p50_ms"],
         "added_p99_ms": through["p99_ms"] - direct["p99_ms"],
         "gateway_cpu_ms_per_call": through["process_cpu_ms_per_call"],
     }
+    if peer is not None:
+        report["peer_lasso_mcp_gateway"] = peer
+        report["peer_added_p50_ms"] = peer["p50_ms"] - direct["p50_ms"]
+        report["peer_added_p99_ms"] = peer["p99_ms"] - direct["p99_ms"]
     print(json.dumps(report, indent=2))
 
 
