@@ -155,6 +155,16 @@ class _Out:
             n = os.write(self._fd, view)
             view = view[n:]
 
+    async def flush(self, timeout: float) -> None:
+        """Wait (bounded) until what was written has left for the client: the loop's end
+        would drop what a slow reader has not taken yet (the last errors, say)."""
+        transport = self._transport
+        deadline = asyncio.get_running_loop().time() + timeout
+        while transport is not None and transport.get_write_buffer_size() > 0:
+            if transport.is_closing() or asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.01)
+
 
 async def _client_ends(limit: int) -> tuple[asyncio.StreamReader, _Out]:
     loop = asyncio.get_running_loop()
@@ -613,7 +623,14 @@ async def _serve(opts: ProxyOptions, st: Settings) -> int:
         _log.error("cannot start the MCP server %r: %s", opts.command[0], e)
         return 127 if isinstance(e, FileNotFoundError) else 126
     client_in, client_out = await _client_ends(MAX_LINE)
-    gw = Gateway(opts, st, server, client_in, client_out)
+    try:
+        return await _relay(Gateway(opts, st, server, client_in, client_out))
+    finally:
+        await client_out.flush(SERVER_EXIT_GRACE_S)
+
+
+async def _relay(gw: Gateway) -> int:
+    server = gw.server
     client = asyncio.create_task(gw.pump_client())
     relay = asyncio.create_task(gw.pump_server())
     done, _ = await asyncio.wait({client, relay}, return_when=asyncio.FIRST_COMPLETED)
@@ -635,7 +652,9 @@ async def _serve(opts: ProxyOptions, st: Settings) -> int:
     try:
         await asyncio.wait_for(relay, SERVER_EXIT_GRACE_S)
     except (TimeoutError, asyncio.CancelledError):
-        _log.warning("the MCP server did not exit within %.0f s of the client leaving", 5.0)
+        _log.warning(
+            "the MCP server did not exit within %.0f s of the client leaving", SERVER_EXIT_GRACE_S
+        )
     rc = await _reap(server, SERVER_EXIT_GRACE_S)
     gw.end_inflight("the client left before the server answered")
     return 0 if rc < 0 else rc
