@@ -3,7 +3,8 @@
 Two processes, as in production: the agent fleet (``tooltrail.demo.fleet``: instrumented
 ``ClientSession``s to real ``mcp-server-git`` servers, enforcing ``policy-git.yaml`` at call
 time) and, here, a demo approver that decides held calls through the same control store
-an operator's ``tooltrail approve`` uses.
+an operator's ``tooltrail approve`` uses. Then one more session by a client that knows
+nothing of tooltrail, governed from outside by the gateway (``tooltrail proxy``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -119,6 +121,43 @@ def prepare_data_dir(data_dir: Path, fresh: bool) -> None:
     marker.write_text("created by tooltrail demo; `tooltrail demo --fresh` may delete it\n")
 
 
+def _tooltrail() -> list[str]:
+    beside = Path(sys.executable).with_name("tooltrail")
+    if beside.exists():
+        return [str(beside)]
+    return [sys.executable, "-c", "from tooltrail.cli import cli; cli()"]
+
+
+def gateway_session(root: Path, env: dict[str, str]) -> str:
+    """One session of a client that knows nothing of tooltrail (a plain MCP SDK client,
+    ``tooltrail.demo.plain_client``), governed from outside by ``tooltrail proxy`` in front
+    of the same ``mcp-server-git``; its session id."""
+    from tooltrail.demo.sandbox import RELEASE_REPO, ensure_sandbox
+
+    repo = next(r for r in ensure_sandbox(root) if r.name != RELEASE_REPO)
+    session_id = uuid.uuid4().hex
+    server = [sys.executable, "-m", "mcp_server_git", "--repository", str(repo.path)]
+    proxy = [
+        *_tooltrail(),
+        "proxy",
+        "--policy",
+        str(demo_policy_path()),
+        "--data",
+        str(root),
+        "--session-id",
+        session_id,
+        "--trigger",
+        "manual",
+        "--",
+        *server,
+    ]
+    client = [sys.executable, "-m", "tooltrail.demo.plain_client", str(repo.path), "--", *proxy]
+    done = subprocess.run(client, capture_output=True, text=True, env=env, timeout=120)
+    if done.returncode != 0:
+        raise TooltrailError(f"the demo's gateway client failed:\n{done.stderr.strip()}")
+    return session_id
+
+
 def run_demo(
     data_dir: str | os.PathLike[str] | None = None,
     *,
@@ -161,6 +200,7 @@ def run_demo(
             errors = proc.stderr.read()
             if proc.wait() != 0:
                 raise TooltrailError(f"the demo's agent fleet failed:\n{errors.strip()}")
+        report.sessions.append(gateway_session(root, env))
     finally:
         approver.stop.set()
         approver.join(timeout=10)
