@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from gateway_support import (
     text_of,
     write_plan,
 )
-from git_support import git, init_repo
+from git_support import clean_env, git, init_repo
 
 from tooltrail import analytics
 
@@ -621,3 +622,21 @@ def test_the_mcp_inspector_cli_lists_and_calls_tools_through_the_gateway(
     assert frame.height == 2
     (client_name,) = set(frame["agent_name"])
     assert client_name and client_name != CLIENT_NAME
+
+
+def test_a_server_that_cannot_start_is_reported_on_stderr_with_stdout_left_empty(
+    tmp_path: Path, fs: tuple[Path, Path, Path]
+) -> None:
+    _root, policy, data = fs
+    missing = str(tmp_path / "no-such-server")
+    done = subprocess.run(
+        proxy_command(policy, data, [missing]),
+        input=b"",
+        capture_output=True,
+        timeout=60,
+        env=clean_env(),
+    )
+    assert done.returncode == 127
+    assert done.stdout == b""
+    assert b"cannot start the MCP server" in done.stderr
+    assert missing.encode() in done.stderr
