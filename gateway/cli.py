@@ -72,6 +72,8 @@ def wrap_cli(config_file: Path, policy: Path | None, data: Path | None, undo: bo
 @click.option(
     "--collector",
     metavar="URL",
+    envvar=config.ENV_COLLECTOR_URL,
+    show_envvar=True,
     help="Send spans to `tooltrail collect` at URL; approvals and session control go "
     "through it too.",
 )
