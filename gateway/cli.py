@@ -127,8 +127,6 @@ def proxy_cli(
         collector=collector,
         observe=observe,
     )
-    try:
+    with domain_errors():
         status = run_proxy(opts)
-    except RuntimeError as e:
-        raise click.UsageError(str(e)) from e
     sys.exit(status)

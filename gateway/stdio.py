@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from tooltrail import config
+from tooltrail.errors import BadInputError
 from tooltrail.instrumentation import _spans
 from tooltrail.instrumentation._session import Session, use_session
 from tooltrail.instrumentation._spans import (
@@ -705,7 +706,7 @@ def _collector_tracing(opts: ProxyOptions, enforce: bool) -> tuple[Settings, Cal
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError as e:
-        raise RuntimeError(
+        raise BadInputError(
             "--collector needs the OTLP/HTTP exporter:"
             " pip install opentelemetry-exporter-otlp-proto-http"
         ) from e
