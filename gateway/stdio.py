@@ -656,12 +656,15 @@ async def _relay(gw: Gateway) -> int:
         _log.warning(
             "the MCP server did not exit within %.0f s of the client leaving", SERVER_EXIT_GRACE_S
         )
-    rc = await _reap(server, SERVER_EXIT_GRACE_S)
+    # Its stdout closed or the grace is spent: it has had its time, only SIGTERM's is left.
+    rc = await _reap(server, 1.0)
     gw.end_inflight("the client left before the server answered")
     return 0 if rc < 0 else rc
 
 
 async def _reap(server: asyncio.subprocess.Process, grace: float) -> int:
+    """The server's status: waited for ``grace`` s, then SIGTERM and as long again (at
+    least 2 s), then SIGKILL."""
     try:
         return await asyncio.wait_for(server.wait(), grace)
     except TimeoutError:
@@ -669,7 +672,7 @@ async def _reap(server: asyncio.subprocess.Process, grace: float) -> int:
     with contextlib.suppress(ProcessLookupError):
         server.terminate()
     try:
-        return await asyncio.wait_for(server.wait(), grace)
+        return await asyncio.wait_for(server.wait(), max(grace, 2.0))
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             server.kill()

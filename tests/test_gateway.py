@@ -640,3 +640,23 @@ def test_a_server_that_cannot_start_is_reported_on_stderr_with_stdout_left_empty
     assert done.stdout == b""
     assert b"cannot start the MCP server" in done.stderr
     assert missing.encode() in done.stderr
+
+
+def test_client_eof_ends_a_hung_server_in_bounded_time_and_lands_the_open_call(
+    tmp_path: Path, fs: tuple[Path, Path, Path]
+) -> None:
+    root, policy, data = fs
+    (root / "f.txt").write_text("x")
+    with raw_client(proxy_command(policy, data, fs_server(root))) as client:
+        client.initialize()
+        (server_pid,) = children(client.proc.pid)
+        os.kill(server_pid, signal.SIGSTOP)  # hung: reads nothing, answers nothing
+        call = {"name": "get_file_info", "arguments": {"path": str(root / "f.txt")}}
+        client.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call})
+        time.sleep(0.5)
+        started = time.monotonic()
+        client.close()  # stdin closed: the gateway closes the server's, waits, then ends it
+        assert time.monotonic() - started < 15
+    (action,) = _actions(data, _one_session(data)["session_id"])
+    assert (action["tool_name"], action["status_code"]) == ("get_file_info", "ERROR")
+    assert action["error_type"] == "ServerGone"
