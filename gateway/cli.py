@@ -11,6 +11,7 @@ import click
 
 from tooltrail import config
 from tooltrail.cli_common import data_option, domain_errors
+from tooltrail.output import FORMATS
 from tooltrail.semconv import TRIGGERS
 
 WRAP: Final = "wrap"
@@ -78,6 +79,14 @@ def wrap_cli(config_file: Path, policy: Path | None, data: Path | None, undo: bo
     "through it too.",
 )
 @click.option("--observe", is_flag=True, help="Record every call without enforcing the policy.")
+@click.option(
+    "--pin-tools",
+    type=click.Choice(["deny", "approve", "warn"]),
+    default="approve",
+    show_default=True,
+    help="What calls of a tool whose definition changed since it was pinned get "
+    "(`tooltrail tools` lists them, `tooltrail tools accept` accepts a change).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def proxy_cli(
     policy: Path | None,
@@ -87,6 +96,7 @@ def proxy_cli(
     trigger: str | None,
     collector: str | None,
     observe: bool,
+    pin_tools: str,
     command: tuple[str, ...],
 ) -> None:
     """MCP gateway in front of a stdio server: governs any MCP client.
@@ -126,7 +136,71 @@ def proxy_cli(
         trigger=trigger,
         collector=collector,
         observe=observe,
+        pin_tools=pin_tools,
     )
     with domain_errors():
         status = run_proxy(opts)
     sys.exit(status)
+
+
+PIN_COLUMNS: Final = ("server", "tool", "status", "hash", "changed_to", "pinned_at")
+
+
+@click.group(name="tools", invoke_without_command=True)
+@data_option
+@click.option("--server", help="Only this MCP server's tools.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.pass_context
+def tools_cli(ctx: click.Context, data: Path | None, server: str | None, fmt: str) -> None:
+    """Tool definitions the gateway pinned, and the ones that changed since.
+
+    A changed tool's calls get what `tooltrail proxy --pin-tools` says (default: held for
+    approval) until `tooltrail tools accept SERVER TOOL` pins the new definition.
+
+    \b
+    Example:
+      tooltrail tools --server mcp-git --format json
+    """
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = data  # `tooltrail tools --data D accept ...` means D too
+        return
+    import polars as pl
+
+    from tooltrail.gateway.pins import PinStore
+    from tooltrail.output import render
+
+    with domain_errors():
+        store = PinStore(config.data_dir(data), create=False)
+        try:
+            rows = [r.to_json_dict() for r in store.rows(server)]
+        finally:
+            store.close()
+    frame = pl.DataFrame(
+        rows, schema={c: pl.Utf8 for c in PIN_COLUMNS[:-1]} | {"pinned_at": pl.Float64}
+    )
+    click.echo(render(frame.select(PIN_COLUMNS), fmt))
+
+
+@tools_cli.command(name="accept")
+@data_option
+@click.argument("server")
+@click.argument("tool")
+@click.pass_context
+def tools_accept(ctx: click.Context, data: Path | None, server: str, tool: str) -> None:
+    """Accept a tool's changed definition: pin it, so its calls are decided as before.
+
+    \b
+    Example:
+      tooltrail tools accept secure-filesystem-server write_file
+    """
+    from tooltrail.gateway.pins import PinStore
+
+    data = data or ctx.obj
+
+    with domain_errors():
+        store = PinStore(config.data_dir(data), create=False)
+        try:
+            digest = store.accept(server, tool)
+        finally:
+            store.close()
+    click.echo(f"pinned {server} {tool} at {digest}")

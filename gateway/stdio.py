@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from typing import Any, Final
 
 from tooltrail import config
 from tooltrail.errors import BadInputError
+from tooltrail.gateway.pins import PinStore
 from tooltrail.instrumentation import _spans
 from tooltrail.instrumentation._session import Session, use_session
 from tooltrail.instrumentation._spans import (
@@ -72,6 +74,12 @@ _log = logging.getLogger("tooltrail.gateway")
 TT_GATEWAY: Final = "tooltrail.gateway"
 TT_CLIENT_NAME: Final = "tooltrail.mcp.client.name"
 TT_CLIENT_VERSION: Final = "tooltrail.mcp.client.version"
+TT_TOOL_CHANGED: Final = "tooltrail.tool.definition_changed"
+TT_TOOL_HASH: Final = "tooltrail.tool.definition_hash"
+PIN_RULE: Final = "tool-definition-changed"
+PIN_MODES: Final = ("deny", "approve", "warn")
+# How long a changed tool's call is held for a person's look.
+PIN_APPROVAL_TIMEOUT_S: Final = 600.0
 SERVICE_NAME: Final = "tooltrail-gateway"
 
 PARSE_ERROR: Final = -32700
@@ -97,6 +105,7 @@ class ProxyOptions:
     collector: str | None = None
     observe: bool = False
     progress_interval_s: float = DEFAULT_PROGRESS_S
+    pin_tools: str = "approve"
 
 
 class ClientCancelled(Exception):
@@ -234,6 +243,63 @@ class Gateway:
         self.deciding: dict[str, tuple[asyncio.Task[None], Any]] = {}
         self.inflight: dict[str, Invocation] = {}
         self.server_gone = False
+        # Tools whose definition differs from the pinned one (name -> hash served now).
+        self.changed: dict[str, str] = {}
+        self.pins = _open_pins(opts, st)
+        if st.enforce and self.pins is not None and opts.pin_tools != "warn":
+            self.st = dataclasses.replace(st, decide=self._pinned(st.decide))
+
+    # -- pinned tool definitions -------------------------------------------------------
+
+    def _pinned(self, decide: Any) -> Any:
+        """The policy's decision, made stricter for a tool whose definition changed since
+        it was pinned (``--pin-tools``): DENY, or REQUIRE_APPROVAL for what would run."""
+
+        def pinned_decide(
+            tool: str,
+            arguments: Mapping[str, Any],
+            session: Session,
+            server: str | None,
+            annotations: Mapping[str, Any] | None,
+        ) -> Any:
+            d = decide(tool, arguments, session, server, annotations)
+            if tool not in self.changed or d.decision == _spans.DENY:
+                return d
+            reason = (
+                f"the definition of {tool} changed since it was pinned (accept it with"
+                f" `tooltrail tools accept {server} {tool}`)"
+            )
+            if self.opts.pin_tools == "approve" and d.decision != _spans.REQUIRE_APPROVAL:
+                try:
+                    return _held_for_review(d, reason)
+                except Exception:  # not the engine's Decision: refuse rather than guess
+                    _log.exception("could not hold the changed tool %s; denying", tool)
+            elif self.opts.pin_tools == "approve":
+                return d  # already held for a person
+            return _spans._refused_as(d, PIN_RULE, reason)
+
+        return pinned_decide
+
+    def _observe_tools(self, tools: Any) -> None:
+        if self.pins is None or self.server_name is None or not isinstance(tools, list):
+            return
+        listed = [t for t in tools if isinstance(t, dict)]
+        changed = self.pins.observe(self.server_name, listed)
+        for t in listed:
+            name = t.get("name")
+            if not isinstance(name, str):
+                continue
+            if name in changed:
+                if self.changed.get(name) != changed[name]:
+                    _log.warning(
+                        "the definition of %s on %s changed since it was pinned (%s)",
+                        name,
+                        self.server_name,
+                        self.opts.pin_tools,
+                    )
+                self.changed[name] = changed[name]
+            else:
+                self.changed.pop(name, None)
 
     # -- sessions -------------------------------------------------------------------
 
@@ -398,6 +464,9 @@ class Gateway:
                 extra[TT_CLIENT_NAME] = self.client_name
             if self.client_version is not None:
                 extra[TT_CLIENT_VERSION] = self.client_version
+            if name in self.changed:
+                extra[TT_TOOL_CHANGED] = True
+                extra[TT_TOOL_HASH] = self.changed[name]
         except Exception as e:  # a call we cannot read cannot be decided: fail closed
             if st.enforce:
                 return self._unreadable(params, request_id, e)
@@ -514,6 +583,7 @@ class Gateway:
                 self.server_name = name if isinstance(name, str) and name else None
             elif method == "tools/list" and isinstance(result, dict):
                 self._remember_annotations(result.get("tools"))
+                self._observe_tools(result.get("tools"))
         except Exception:  # reading on the way must never stop the relay
             _log.exception("could not read the server's %s result", method)
         if method == MCP_METHOD_TOOLS_CALL:
@@ -557,6 +627,36 @@ class Gateway:
         for inv in self.inflight.values():
             finish_exception(inv, ServerGone(why))
         self.inflight.clear()
+
+
+def _open_pins(opts: ProxyOptions, st: Settings) -> PinStore | None:
+    if opts.collector:  # pins are local; the collector keeps none yet
+        _log.info("tool definitions are not pinned with --collector")
+        return None
+    try:
+        return PinStore(st.data_dir or config.data_dir(opts.data_dir))
+    except Exception as e:  # pinning off; said loudly, the calls still decided by policy
+        _log.error("tool definitions are not pinned: %s", e)
+        return None
+
+
+def _held_for_review(d: Any, reason: str) -> Any:
+    """``d`` (an ALLOW or REWRITE of the engine) as a REQUIRE_APPROVAL by the pin rule:
+    the call as asked waits for a person."""
+    from tooltrail.policy.model import ApprovalSettings
+
+    approval = ApprovalSettings(
+        timeout_s=PIN_APPROVAL_TIMEOUT_S, on_timeout=_spans.DENY, approvers=("*",)
+    )
+    return dataclasses.replace(
+        d,
+        decision=_spans.REQUIRE_APPROVAL,
+        policy_rule=PIN_RULE,
+        policy_matched=(*d.policy_matched, PIN_RULE),
+        arguments_rewritten=None,
+        reason=reason,
+        approval=approval,
+    )
 
 
 def _progress_token(params: Any) -> Any:
