@@ -103,6 +103,7 @@ def configure(
     broker: ApprovalBroker | None = None,
     service_name: str | None = None,
     session_control: bool | None = None,
+    instrument_mcp: bool = True,
 ) -> Configuration:
     """Turn tooltrail on for this process: spans land in ``data_dir``, MCP is instrumented.
 
@@ -121,6 +122,8 @@ def configure(
         service_name: ``service.name`` of a new provider (default the agent name).
         session_control: check pause / cancel in the control store before each call
             (default ``$TOOLTRAIL_SESSION_CONTROL``, else on when enforcing).
+        instrument_mcp: patch the MCP Python SDK client (False: the process makes its
+            spans itself, as the gateway does, and need not import ``mcp``).
 
     Calling it again replaces the settings; the exporter is not added twice. When the
     provider already lands tooltrail spans elsewhere, ``data_dir`` is that directory (a
@@ -147,7 +150,7 @@ def configure(
         # (e.g. made by other instrumentations); give it the policy already loaded.
         exporter_policy = st.policy if st.policy is not None else policy
         exporter = _add_exporter(provider, root, exporter_policy)
-    instrumented = _instrument_mcp()
+    instrumented = _instrument_mcp() if instrument_mcp else False
     # Not enforcing, the policy is loaded by the exporter only: report its error too.
     policy_error = st.policy_error or (exporter.policy_error if exporter is not None else None)
     return Configuration(

@@ -325,3 +325,22 @@ def test_replaying_the_producing_policy_changes_nothing(demo_dir: Path) -> None:
         cwd=demo_dir,
     )
     assert reads[0]["n"] > 0  # readOnlyHint rules were part of what was replayed
+
+
+def test_a_client_that_knows_nothing_of_tooltrail_is_governed_by_the_gateway(
+    demo_dir: Path,
+) -> None:
+    sql = (
+        "select tool_name, decision, service_name, trigger, attributes from actions"
+        " where agent_name = 'desktop-assistant' order by sequence"
+    )
+    rows = _json("query", sql, "--data", str(demo_dir), cwd=demo_dir)
+    assert [(r["tool_name"], r["decision"]) for r in rows] == [
+        ("git_status", "ALLOW"),
+        ("git_log", "ALLOW"),
+        ("git_branch", "ALLOW"),
+        ("git_reset", "DENY"),
+    ]
+    for r in rows:
+        assert (r["service_name"], r["trigger"]) == ("tooltrail-gateway", "manual")
+        assert json.loads(r["attributes"])["tooltrail.gateway"] is True

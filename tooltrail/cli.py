@@ -768,10 +768,13 @@ cli.add_command(
 
 def _register_groups() -> None:
     from tooltrail.collector.cli import collect_cli
+    from tooltrail.gateway.cli import proxy_cli, tools_cli
     from tooltrail.policy.cli import policy_cli
 
     cli.add_command(policy_cli)
     cli.add_command(collect_cli)
+    cli.add_command(proxy_cli)
+    cli.add_command(tools_cli)
 
 
 _register_groups()

@@ -3,7 +3,8 @@
 Two processes, as in production: the agent fleet (``tooltrail.demo.fleet``: instrumented
 ``ClientSession``s to real ``mcp-server-git`` servers, enforcing ``policy-git.yaml`` at call
 time) and, here, a demo approver that decides held calls through the same control store
-an operator's ``tooltrail approve`` uses.
+an operator's ``tooltrail approve`` uses. Then one more session by a client that knows
+nothing of tooltrail, governed from outside by the gateway (``tooltrail proxy``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -189,6 +191,7 @@ class DemoRun:
         self._threads: list[threading.Thread] = []
         self._start = 0.0
         self._since = time.time()
+        self._env: dict[str, str] = {}
 
     def __enter__(self) -> DemoRun:
         prepare_data_dir(self.root, self.fresh)
@@ -205,6 +208,7 @@ class DemoRun:
         ]
         env = {**os.environ, config.ENV_DATA: str(self.root)}
         env.pop(config.ENV_COLLECTOR_URL, None)  # the demo runs on the embedded store
+        self._env = env
         try:
             # Its own session: the terminal's Ctrl-C reaches this process (and the
             # dashboard), which then stops the fleet in order, after the dashboard.
@@ -282,8 +286,11 @@ class DemoRun:
             raise TooltrailError(
                 f"the demo's agent fleet was not ready after {self.READY_TIMEOUT_S:.0f}s"
             )
-        self.report.seconds = time.monotonic() - self._start
         self._stop_approver()
+        # One more session, from a client that knows nothing of tooltrail, governed from
+        # outside by the gateway (its calls need no approver).
+        self.report.sessions.append(gateway_session(self.root, self._env))
+        self.report.seconds = time.monotonic() - self._start
         from tooltrail import analytics
 
         analytics.build_duckdb_file(self.root)
@@ -339,6 +346,43 @@ class DemoRun:
         self.approver.stop.set()
         if self.approver.is_alive():
             self.approver.join(timeout=10)
+
+
+def _tooltrail() -> list[str]:
+    beside = Path(sys.executable).with_name("tooltrail")
+    if beside.exists():
+        return [str(beside)]
+    return [sys.executable, "-c", "from tooltrail.cli import cli; cli()"]
+
+
+def gateway_session(root: Path, env: dict[str, str]) -> str:
+    """One session of a client that knows nothing of tooltrail (a plain MCP SDK client,
+    ``tooltrail.demo.plain_client``), governed from outside by ``tooltrail proxy`` in front
+    of the same ``mcp-server-git``; its session id."""
+    from tooltrail.demo.sandbox import RELEASE_REPO, ensure_sandbox
+
+    repo = next(r for r in ensure_sandbox(root) if r.name != RELEASE_REPO)
+    session_id = uuid.uuid4().hex
+    server = [sys.executable, "-m", "mcp_server_git", "--repository", str(repo.path)]
+    proxy = [
+        *_tooltrail(),
+        "proxy",
+        "--policy",
+        str(demo_policy_path()),
+        "--data",
+        str(root),
+        "--session-id",
+        session_id,
+        "--trigger",
+        "manual",
+        "--",
+        *server,
+    ]
+    client = [sys.executable, "-m", "tooltrail.demo.plain_client", str(repo.path), "--", *proxy]
+    done = subprocess.run(client, capture_output=True, text=True, env=env, timeout=120)
+    if done.returncode != 0:
+        raise TooltrailError(f"the demo's gateway client failed:\n{done.stderr.strip()}")
+    return session_id
 
 
 def run_demo(

@@ -1,0 +1,846 @@
+"""The stdio gateway: an MCP client on our stdin/stdout, the real server as our child.
+
+MCP's stdio transport is newline-delimited JSON-RPC. Every line is relayed as it came
+(the very bytes), both ways, except:
+
+* a client's ``tools/call`` request, which is decided first (``aprepare``, the path the
+  instrumented MCP client takes): ALLOW forwards the line; DENY answers the client with a
+  ``CallToolResult`` (``isError: true``) whose text is the structured denial; REWRITE and
+  an approved hold forward the reviewed arguments; REQUIRE_APPROVAL waits at the broker
+  (with ``notifications/progress`` to the client when its request carried a
+  ``progressToken``). Each call runs in its own task, so a held call stalls nothing else,
+  and a client's ``notifications/cancelled`` for it withdraws it (the server never sees
+  either). The span of a forwarded call ends when the server's response comes back.
+* a line that is not JSON: the side that sent it gets a JSON-RPC parse error (-32700, id
+  null) and stderr a log line; the session goes on.
+* the server's ``initialize`` and ``tools/list`` responses are read on the way (server
+  name, tool annotations) but relayed unchanged.
+
+When the server's stdout closes, every request it had not answered (and every call still
+being decided) gets a JSON-RPC error, and the gateway exits with the server's status.
+When the client closes stdin, the server's stdin is closed and the server is waited for
+(bounded), then spans are flushed. Stdout carries only protocol messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from tooltrail import config
+from tooltrail.errors import BadInputError
+from tooltrail.gateway.pins import PinStore
+from tooltrail.instrumentation import _spans
+from tooltrail.instrumentation._session import Session, use_session
+from tooltrail.instrumentation._spans import (
+    RESULT_PREVIEW_CHARS,
+    Denial,
+    Invocation,
+    Settings,
+    aprepare,
+    fail_closed,
+    finish_denied,
+    finish_exception,
+    finish_result,
+    to_json,
+)
+from tooltrail.semconv import (
+    JSONRPC_REQUEST_ID,
+    MCP_METHOD_NAME,
+    MCP_METHOD_TOOLS_CALL,
+    MCP_SERVER_NAME,
+    MCP_SESSION_ID,
+)
+
+__all__ = ["ProxyOptions", "run_proxy"]
+
+_log = logging.getLogger("tooltrail.gateway")
+
+# Spans made by the gateway say so: the dashboard tells gateway-governed sessions apart by
+# this attribute (and by the resource's service.name).
+TT_GATEWAY: Final = "tooltrail.gateway"
+TT_CLIENT_NAME: Final = "tooltrail.mcp.client.name"
+TT_CLIENT_VERSION: Final = "tooltrail.mcp.client.version"
+TT_TOOL_CHANGED: Final = "tooltrail.tool.definition_changed"
+TT_TOOL_HASH: Final = "tooltrail.tool.definition_hash"
+PIN_RULE: Final = "tool-definition-changed"
+PIN_MODES: Final = ("deny", "approve", "warn")
+# How long a changed tool's call is held for a person's look.
+PIN_APPROVAL_TIMEOUT_S: Final = 600.0
+SERVICE_NAME: Final = "tooltrail-gateway"
+
+PARSE_ERROR: Final = -32700
+INVALID_REQUEST: Final = -32600
+# JSON-RPC's range for implementation-defined server errors.
+SERVER_GONE: Final = -32000
+# Lines up to this size (a large tool result) are read whole.
+MAX_LINE: Final = 256 * 1024 * 1024
+# After the client hangs up, how long the server gets to exit on its own.
+SERVER_EXIT_GRACE_S: Final = 5.0
+DEFAULT_PROGRESS_S: Final = 1.0
+HELD_MESSAGE: Final = "held by tooltrail: waiting for a decision (approval or a paused session)"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyOptions:
+    command: Sequence[str]
+    policy: Path | None = None
+    data_dir: Path | None = None
+    agent_name: str | None = None
+    session_id: str | None = None
+    trigger: str | None = None
+    collector: str | None = None
+    observe: bool = False
+    progress_interval_s: float = DEFAULT_PROGRESS_S
+    pin_tools: str = "approve"
+
+
+class ClientCancelled(Exception):
+    """The client withdrew a call (``notifications/cancelled``) after it was forwarded."""
+
+
+class ServerGone(Exception):
+    """The MCP server exited before answering."""
+
+
+class JsonRpcError(Exception):
+    """The server answered a ``tools/call`` with a JSON-RPC error."""
+
+
+def _key(request_id: Any) -> str:
+    # 1 and "1" are different ids; the JSON text tells them apart.
+    return json.dumps(request_id, sort_keys=True)
+
+
+def _dumps(message: Mapping[str, Any]) -> bytes:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+
+
+def denied_result(request_id: Any, denial: Denial) -> dict[str, Any]:
+    """The JSON-RPC response to a refused ``tools/call``: the ``CallToolResult`` the
+    instrumented MCP client returns (``isError``, text = the JSON denial)."""
+    text = json.dumps(denial.to_json_dict(), ensure_ascii=False)
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "result": {"content": [{"type": "text", "text": text}], "isError": True},
+    }
+
+
+# --- the two ends ---------------------------------------------------------------------
+
+
+class _Out:
+    """Writes whole lines to a pipe without blocking the loop (a regular file or a
+    terminal: plain writes)."""
+
+    def __init__(self, transport: asyncio.WriteTransport | None, fd: int) -> None:
+        self._transport = transport
+        self._fd = fd
+
+    def write(self, data: bytes) -> None:
+        if self._transport is not None:
+            if not self._transport.is_closing():
+                self._transport.write(data)
+            return
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+    async def flush(self, timeout: float) -> None:
+        """Wait (bounded) until what was written has left for the client: the loop's end
+        would drop what a slow reader has not taken yet (the last errors, say)."""
+        transport = self._transport
+        deadline = asyncio.get_running_loop().time() + timeout
+        while transport is not None and transport.get_write_buffer_size() > 0:
+            if transport.is_closing() or asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.01)
+
+
+async def _client_ends(limit: int) -> tuple[asyncio.StreamReader, _Out]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit)
+    try:
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", closefd=False)
+        )
+    except (ValueError, OSError):  # a regular file: read it in a thread
+        _feed_in_thread(reader, loop)
+    try:
+        transport, _ = await loop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(1, "wb", closefd=False)
+        )
+        return reader, _Out(transport, 1)
+    except (ValueError, OSError):
+        return reader, _Out(None, 1)
+
+
+def _feed_in_thread(reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
+    def pump() -> None:
+        while chunk := os.read(0, 65536):
+            loop.call_soon_threadsafe(reader.feed_data, chunk)
+        loop.call_soon_threadsafe(reader.feed_eof)
+
+    threading.Thread(target=pump, name="tooltrail-proxy-stdin", daemon=True).start()
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes:
+    """The next line (b"" at EOF); a last line without its newline counts."""
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as e:
+        return e.partial
+
+
+# --- the gateway ----------------------------------------------------------------------
+
+
+class Gateway:
+    """One client connection, one server process."""
+
+    def __init__(
+        self,
+        opts: ProxyOptions,
+        st: Settings,
+        server: asyncio.subprocess.Process,
+        client_in: asyncio.StreamReader,
+        client_out: _Out,
+    ) -> None:
+        self.opts = opts
+        self.st = st
+        self.server = server
+        self.client_in = client_in
+        self.client_out = client_out
+        self.connection_id = uuid.uuid4().hex
+        self.session_id = opts.session_id or os.environ.get(config.ENV_SESSION_ID) or None
+        self._session: Session | None = None
+        self.client_name: str | None = None
+        self.client_version: str | None = None
+        self.server_name: str | None = None
+        self.annotations: dict[str, dict[str, Any]] = {}
+        # Client requests forwarded and not yet answered: key -> (method, original id).
+        self.forwarded: dict[str, tuple[str, Any]] = {}
+        # tools/call being decided (not yet forwarded) and in flight at the server.
+        self.deciding: dict[str, tuple[asyncio.Task[None], Any]] = {}
+        self.inflight: dict[str, Invocation] = {}
+        self.server_gone = False
+        # Tools whose definition differs from the pinned one (name -> hash served now).
+        self.changed: dict[str, str] = {}
+        self.pins = _open_pins(opts, st)
+        if st.enforce and self.pins is not None and opts.pin_tools != "warn":
+            self.st = dataclasses.replace(st, decide=self._pinned(st.decide))
+
+    # -- pinned tool definitions -------------------------------------------------------
+
+    def _pinned(self, decide: Any) -> Any:
+        """The policy's decision, made stricter for a tool whose definition changed since
+        it was pinned (``--pin-tools``): DENY, or REQUIRE_APPROVAL for what would run."""
+
+        def pinned_decide(
+            tool: str,
+            arguments: Mapping[str, Any],
+            session: Session,
+            server: str | None,
+            annotations: Mapping[str, Any] | None,
+        ) -> Any:
+            d = decide(tool, arguments, session, server, annotations)
+            if tool not in self.changed or d.decision == _spans.DENY:
+                return d
+            reason = (
+                f"the definition of {tool} changed since it was pinned (accept it with"
+                f" `tooltrail tools accept {server} {tool}`)"
+            )
+            if self.opts.pin_tools == "approve" and d.decision != _spans.REQUIRE_APPROVAL:
+                try:
+                    return _held_for_review(d, reason)
+                except Exception:  # not the engine's Decision: refuse rather than guess
+                    _log.exception("could not hold the changed tool %s; denying", tool)
+            elif self.opts.pin_tools == "approve":
+                return d  # already held for a person
+            return _spans._refused_as(d, PIN_RULE, reason)
+
+        return pinned_decide
+
+    def _observe_tools(self, tools: Any) -> None:
+        if self.pins is None or self.server_name is None or not isinstance(tools, list):
+            return
+        listed = [t for t in tools if isinstance(t, dict)]
+        changed = self.pins.observe(self.server_name, listed)
+        for t in listed:
+            name = t.get("name")
+            if not isinstance(name, str):
+                continue
+            if name in changed:
+                if self.changed.get(name) != changed[name]:
+                    _log.warning(
+                        "the definition of %s on %s changed since it was pinned (%s)",
+                        name,
+                        self.server_name,
+                        self.opts.pin_tools,
+                    )
+                self.changed[name] = changed[name]
+            else:
+                self.changed.pop(name, None)
+
+    # -- sessions -------------------------------------------------------------------
+
+    def session(self) -> Session:
+        """This connection's session, made at its first call (after ``initialize``, so it
+        carries the client's name)."""
+        s = self._session
+        if s is None:
+            s = self._session = Session(
+                session_id=self.session_id or self.connection_id,
+                agent_name=self.opts.agent_name or self.client_name,
+                trigger=self.opts.trigger,
+            )
+        return s
+
+    # -- sending ------------------------------------------------------------------------
+
+    def to_client(self, message: Mapping[str, Any]) -> None:
+        self.client_out.write(_dumps(message))
+
+    async def to_server(self, data: bytes) -> None:
+        stdin = self.server.stdin
+        if stdin is None or self.server_gone or stdin.is_closing():
+            raise ServerGone("the MCP server's stdin is closed")
+        stdin.write(data)
+        await stdin.drain()
+
+    # -- client -> server --------------------------------------------------------------
+
+    async def pump_client(self) -> None:
+        while line := await _read_line(self.client_in):
+            await self.from_client(line)
+
+    async def from_client(self, line: bytes) -> None:
+        text = line.strip()
+        if not text:
+            return
+        try:
+            message = json.loads(text)
+        except ValueError as e:
+            _log.warning("malformed JSON from the client (%s); answered -32700", e)
+            self.to_client(_error(None, PARSE_ERROR, f"Parse error: {e}"))
+            return
+        if isinstance(message, dict):
+            await self.client_message(message, line if line.endswith(b"\n") else line + b"\n")
+        elif isinstance(message, list):
+            await self.client_batch(message, line)
+        else:
+            self.to_client(_error(None, INVALID_REQUEST, "Invalid Request: not an object"))
+
+    async def client_batch(self, batch: list[Any], line: bytes) -> None:
+        """JSON-RPC batches (MCP before 2025-06-18): relayed, unless one holds a tools/call,
+        which cannot be decided apart from the others: every request of it is refused."""
+        calls = [m for m in batch if isinstance(m, dict) and m.get("method") == "tools/call"]
+        if not calls:
+            for m in batch:
+                if isinstance(m, dict) and "method" in m and "id" in m:
+                    self.forwarded[_key(m["id"])] = (str(m["method"]), m["id"])
+            await self._forward(line if line.endswith(b"\n") else line + b"\n")
+            return
+        _log.warning("a JSON-RPC batch with tools/call refused (the gateway decides one by one)")
+        replies = [
+            _error(m["id"], INVALID_REQUEST, "tooltrail: tools/call cannot be batched")
+            for m in batch
+            if isinstance(m, dict) and "method" in m and "id" in m
+        ]
+        if replies:
+            self.client_out.write(json.dumps(replies).encode() + b"\n")
+
+    async def client_message(self, message: dict[str, Any], raw: bytes) -> None:
+        method = message.get("method")
+        if not isinstance(method, str):  # a response to a server-to-client request
+            await self._forward(raw)
+            return
+        if "id" in message:
+            request_id = message["id"]
+            key = _key(request_id)
+            if method == MCP_METHOD_TOOLS_CALL:
+                self._start_deciding(message, raw, key, request_id)
+                return
+            if method == "initialize":
+                self._remember_client(message.get("params"))
+            self.forwarded[key] = (method, request_id)
+        elif method == "notifications/cancelled" and self._withdraw(message.get("params")):
+            return  # the server never saw the request
+        await self._forward(raw)
+
+    async def _forward(self, raw: bytes) -> None:
+        try:
+            await self.to_server(raw)
+        except (ServerGone, ConnectionError) as e:
+            _log.warning("could not relay a message to the server: %s", e)
+
+    def _remember_client(self, params: Any) -> None:
+        info = params.get("clientInfo") if isinstance(params, dict) else None
+        if isinstance(info, dict):
+            name, version = info.get("name"), info.get("version")
+            self.client_name = name if isinstance(name, str) and name else None
+            self.client_version = version if isinstance(version, str) and version else None
+
+    def _withdraw(self, params: Any) -> bool:
+        """A client's cancellation: True when it withdrew a call still being decided."""
+        if not isinstance(params, dict) or "requestId" not in params:
+            return False
+        key = _key(params["requestId"])
+        held = self.deciding.pop(key, None)
+        if held is not None:
+            held[0].cancel()  # aprepare ends the span; MCP: no response to a cancelled request
+            _log.info("the client withdrew tools/call %s while it was being decided", key)
+            return True
+        inv = self.inflight.pop(key, None)
+        if inv is not None:
+            self.forwarded.pop(key, None)
+            reason = params.get("reason")
+            finish_exception(inv, ClientCancelled(f"cancelled by the client: {reason or ''}"))
+        return False
+
+    # -- tools/call ----------------------------------------------------------------------
+
+    def _start_deciding(
+        self, message: dict[str, Any], raw: bytes, key: str, request_id: Any
+    ) -> None:
+        task = asyncio.create_task(self._decide(message, raw, key, request_id))
+        self.deciding[key] = (task, request_id)
+
+    async def _decide(self, message: dict[str, Any], raw: bytes, key: str, request_id: Any) -> None:
+        ticker: asyncio.Task[None] | None = None
+        try:
+            params = message.get("params")
+            token = _progress_token(params)
+            if token is not None:
+                ticker = asyncio.create_task(self._tick(token))
+            with use_session(self.session()):
+                prep = await self._prepare(params, request_id)
+        except asyncio.CancelledError:
+            return  # withdrawn by the client, or the gateway is closing
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+            self.deciding.pop(key, None)
+        if prep is None:  # not enforcing and our code failed: relay the call untraced
+            self.forwarded[key] = (MCP_METHOD_TOOLS_CALL, request_id)
+            await self._forward(raw)
+        elif isinstance(prep, Denial):
+            self.to_client(denied_result(request_id, prep))
+        else:
+            await self._send_call(prep, message, raw, key, request_id)
+
+    async def _prepare(self, params: Any, request_id: Any) -> Invocation | Denial | None:
+        st = self.st
+        try:
+            name, arguments = _call_of(params)
+            extra: dict[str, Any] = {
+                MCP_METHOD_NAME: MCP_METHOD_TOOLS_CALL,
+                MCP_SESSION_ID: self.connection_id,
+                JSONRPC_REQUEST_ID: str(request_id),
+                TT_GATEWAY: True,
+            }
+            if self.server_name is not None:
+                extra[MCP_SERVER_NAME] = self.server_name
+            if self.client_name is not None:
+                extra[TT_CLIENT_NAME] = self.client_name
+            if self.client_version is not None:
+                extra[TT_CLIENT_VERSION] = self.client_version
+            if name in self.changed:
+                extra[TT_TOOL_CHANGED] = True
+                extra[TT_TOOL_HASH] = self.changed[name]
+        except Exception as e:  # a call we cannot read cannot be decided: fail closed
+            if st.enforce:
+                return self._unreadable(params, request_id, e)
+            return None
+        return await aprepare(
+            st,
+            name,
+            lambda: arguments,
+            mcp=True,
+            server=self.server_name,
+            annotations=self.annotations.get(name),
+            extra=extra,
+        )
+
+    def _unreadable(self, params: Any, request_id: Any, error: Exception) -> Denial:
+        """A ``tools/call`` whose name or arguments cannot be read: denied (rule
+        ``policy-error``) and recorded as such, so the audit trail shows the attempt."""
+        tool = params.get("name") if isinstance(params, dict) else None
+        tool = tool if isinstance(tool, str) and tool else "<unknown>"
+        reason = f"tooltrail could not read the call: {error}"
+        try:
+            # Session control's veto is the instrumentation's way to record a call refused
+            # whatever the policy says: the span is a DENY by that rule.
+            inv = _spans.begin(
+                self.st,
+                tool=tool,
+                arguments={},
+                mcp=True,
+                server=self.server_name,
+                extra={
+                    MCP_METHOD_NAME: MCP_METHOD_TOOLS_CALL,
+                    MCP_SESSION_ID: self.connection_id,
+                    JSONRPC_REQUEST_ID: str(request_id),
+                    TT_GATEWAY: True,
+                },
+                session=self.session(),
+                veto=_spans._Veto(_spans.POLICY_ERROR_RULE, reason),
+            )
+            finish_denied(inv)
+        except Exception:
+            _log.exception("could not record the unreadable tools/call")
+            return fail_closed(self.st, tool, error)
+        assert inv.denial is not None
+        return inv.denial
+
+    async def _tick(self, token: Any) -> None:
+        """Progress notifications while a call is held, so the client knows it is alive
+        (and, with ``resetTimeoutOnProgress``, does not time it out)."""
+        n = 0
+        while True:
+            await asyncio.sleep(self.opts.progress_interval_s)
+            n += 1
+            self.to_client(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "notifications/progress",
+                    "params": {"progressToken": token, "progress": n, "message": HELD_MESSAGE},
+                }
+            )
+
+    async def _send_call(
+        self, inv: Invocation, message: dict[str, Any], raw: bytes, key: str, request_id: Any
+    ) -> None:
+        data = raw
+        if inv.rewritten or inv.held:
+            # What the policy or the approver saw is what the server gets: a private copy.
+            params = dict(message["params"])
+            params["arguments"] = copy.deepcopy(dict(inv.arguments))
+            data = _dumps({**message, "params": params})
+        self.inflight[key] = inv
+        self.forwarded[key] = (MCP_METHOD_TOOLS_CALL, request_id)
+        try:
+            await self.to_server(data)
+        except (ServerGone, ConnectionError) as e:
+            self.inflight.pop(key, None)
+            self.forwarded.pop(key, None)
+            finish_exception(inv, ServerGone(str(e)))
+            self.to_client(_error(request_id, SERVER_GONE, f"the MCP server is gone: {e}"))
+
+    # -- server -> client --------------------------------------------------------------
+
+    async def pump_server(self) -> None:
+        stdout = self.server.stdout
+        assert stdout is not None
+        while line := await _read_line(stdout):
+            await self.from_server(line)
+
+    async def from_server(self, line: bytes) -> None:
+        text = line.strip()
+        if not text:
+            return
+        try:
+            message = json.loads(text)
+        except ValueError as e:
+            _log.warning("malformed JSON from the server (%s); answered -32700", e)
+            await self._forward(_dumps(_error(None, PARSE_ERROR, f"Parse error: {e}")))
+            return
+        # Relayed first: the span's bookkeeping is not on the client's critical path.
+        self.client_out.write(line if line.endswith(b"\n") else line + b"\n")
+        if isinstance(message, dict) and "method" not in message and "id" in message:
+            self._server_response(message)
+
+    def _server_response(self, message: dict[str, Any]) -> None:
+        key = _key(message["id"])
+        sent = self.forwarded.pop(key, None)
+        if sent is None:
+            return
+        method = sent[0]
+        result = message.get("result")
+        try:
+            if method == "initialize" and isinstance(result, dict):
+                info = result.get("serverInfo")
+                name = info.get("name") if isinstance(info, dict) else None
+                self.server_name = name if isinstance(name, str) and name else None
+            elif method == "tools/list" and isinstance(result, dict):
+                self._remember_annotations(result.get("tools"))
+                self._observe_tools(result.get("tools"))
+        except Exception:  # reading on the way must never stop the relay
+            _log.exception("could not read the server's %s result", method)
+        if method == MCP_METHOD_TOOLS_CALL:
+            inv = self.inflight.pop(key, None)
+            if inv is not None:
+                _finish(inv, message)
+
+    def _remember_annotations(self, tools: Any) -> None:
+        for t in tools if isinstance(tools, list) else ():
+            if isinstance(t, dict) and isinstance(t.get("name"), str):
+                ann = t.get("annotations")
+                if isinstance(ann, dict):
+                    self.annotations[t["name"]] = ann
+                else:
+                    self.annotations.pop(t["name"], None)
+
+    # -- endings -------------------------------------------------------------------------
+
+    def fail_pending(self, why: str) -> None:
+        """The server is gone: every request it did not answer gets an error, every call
+        still being decided too (its span ends as an error)."""
+        self.server_gone = True
+        for key, (task, request_id) in list(self.deciding.items()):
+            task.cancel()
+            self.to_client(_error(request_id, SERVER_GONE, why))
+            self.deciding.pop(key, None)
+        for key, (_method, request_id) in list(self.forwarded.items()):
+            inv = self.inflight.pop(key, None)
+            if inv is not None:
+                finish_exception(inv, ServerGone(why))
+            self.to_client(_error(request_id, SERVER_GONE, why))
+        self.forwarded.clear()
+
+    def withdraw_all(self) -> None:
+        """The client hung up: calls still being decided are withdrawn."""
+        for task, _ in list(self.deciding.values()):
+            task.cancel()
+        self.deciding.clear()
+
+    def end_inflight(self, why: str) -> None:
+        for inv in self.inflight.values():
+            finish_exception(inv, ServerGone(why))
+        self.inflight.clear()
+
+
+def _open_pins(opts: ProxyOptions, st: Settings) -> PinStore | None:
+    if opts.collector:  # pins are local; the collector keeps none yet
+        _log.info("tool definitions are not pinned with --collector")
+        return None
+    try:
+        return PinStore(st.data_dir or config.data_dir(opts.data_dir))
+    except Exception as e:  # pinning off; said loudly, the calls still decided by policy
+        _log.error("tool definitions are not pinned: %s", e)
+        return None
+
+
+def _held_for_review(d: Any, reason: str) -> Any:
+    """``d`` (an ALLOW or REWRITE of the engine) as a REQUIRE_APPROVAL by the pin rule:
+    the call as asked waits for a person."""
+    from tooltrail.policy.model import ApprovalSettings
+
+    approval = ApprovalSettings(
+        timeout_s=PIN_APPROVAL_TIMEOUT_S, on_timeout=_spans.DENY, approvers=("*",)
+    )
+    return dataclasses.replace(
+        d,
+        decision=_spans.REQUIRE_APPROVAL,
+        policy_rule=PIN_RULE,
+        policy_matched=(*d.policy_matched, PIN_RULE),
+        arguments_rewritten=None,
+        reason=reason,
+        approval=approval,
+    )
+
+
+def _progress_token(params: Any) -> Any:
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return meta.get("progressToken") if isinstance(meta, dict) else None
+
+
+def _call_of(params: Any) -> tuple[str, dict[str, Any]]:
+    """The tool name and arguments of a ``tools/call``; ValueError naming what is wrong."""
+    if not isinstance(params, dict):
+        raise ValueError("tools/call has no params object")
+    name = params.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("tools/call params.name is missing or not a string")
+    arguments = params.get("arguments")
+    if arguments is None:
+        return name, {}
+    if not isinstance(arguments, dict):
+        raise ValueError(f"tools/call params.arguments of {name} is not an object")
+    return name, arguments
+
+
+def _finish(inv: Invocation, message: Mapping[str, Any]) -> None:
+    error = message.get("error")
+    if error is not None:
+        text = error.get("message") if isinstance(error, dict) else error
+        code = error.get("code") if isinstance(error, dict) else None
+        finish_exception(inv, JsonRpcError(f"{code}: {text}"))
+        return
+    result = message.get("result")
+    is_error = isinstance(result, dict) and result.get("isError") is True
+    finish_result(inv, lambda: _result_text(result), is_error=is_error)
+
+
+def _result_text(result: Any) -> str:
+    if not isinstance(result, dict):
+        return to_json(result, RESULT_PREVIEW_CHARS)
+    parts: list[str] = []
+    for block in result.get("content") or ():
+        if isinstance(block, dict):
+            text = block.get("text")
+            parts.append(text if isinstance(text, str) else f"[{block.get('type', 'content')}]")
+    if not parts and result.get("structuredContent") is not None:
+        return to_json(result["structuredContent"], RESULT_PREVIEW_CHARS)
+    return "\n".join(parts)
+
+
+# --- running it -----------------------------------------------------------------------
+
+
+def _exit_status(returncode: int) -> int:
+    # A server ended by a signal: the shell's convention, 128 + the signal number.
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+async def _serve(opts: ProxyOptions, st: Settings) -> int:
+    try:
+        server = await asyncio.create_subprocess_exec(
+            *opts.command,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=MAX_LINE,
+        )
+    except OSError as e:
+        _log.error("cannot start the MCP server %r: %s", opts.command[0], e)
+        return 127 if isinstance(e, FileNotFoundError) else 126
+    client_in, client_out = await _client_ends(MAX_LINE)
+    try:
+        return await _relay(Gateway(opts, st, server, client_in, client_out))
+    finally:
+        await client_out.flush(SERVER_EXIT_GRACE_S)
+
+
+async def _relay(gw: Gateway) -> int:
+    server = gw.server
+    client = asyncio.create_task(gw.pump_client())
+    relay = asyncio.create_task(gw.pump_server())
+    done, _ = await asyncio.wait({client, relay}, return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task.exception() is not None:
+            _log.error("the relay failed: %r", task.exception())
+    if relay in done:  # the server closed its stdout: it is exiting
+        rc = await _reap(server, SERVER_EXIT_GRACE_S)
+        gw.fail_pending(f"the MCP server exited (status {rc}) before answering")
+        client.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await client
+        _log.info("the MCP server exited with status %s", rc)
+        return _exit_status(rc)
+    # The client hung up: let the server finish and answer what it can, then go.
+    gw.withdraw_all()
+    if server.stdin is not None:
+        server.stdin.close()
+    try:
+        await asyncio.wait_for(relay, SERVER_EXIT_GRACE_S)
+    except (TimeoutError, asyncio.CancelledError):
+        _log.warning(
+            "the MCP server did not exit within %.0f s of the client leaving", SERVER_EXIT_GRACE_S
+        )
+    # Its stdout closed or the grace is spent: it has had its time, only SIGTERM's is left.
+    rc = await _reap(server, 1.0)
+    gw.end_inflight("the client left before the server answered")
+    return 0 if rc < 0 else rc
+
+
+async def _reap(server: asyncio.subprocess.Process, grace: float) -> int:
+    """The server's status: waited for ``grace`` s, then SIGTERM and as long again (at
+    least 2 s), then SIGKILL."""
+    try:
+        return await asyncio.wait_for(server.wait(), grace)
+    except TimeoutError:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        server.terminate()
+    try:
+        return await asyncio.wait_for(server.wait(), max(grace, 2.0))
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            server.kill()
+        return await server.wait()
+
+
+def _tracing(opts: ProxyOptions) -> tuple[Settings, Callable[[], None]]:
+    """Settings as ``configure(data_dir, policy, enforce=not observe)`` makes them, and a
+    function that lands every span; with ``--collector``, spans go there over OTLP/HTTP
+    and approvals and session control use its HTTP API."""
+    enforce = not opts.observe
+    if opts.collector:
+        return _collector_tracing(opts, enforce)
+    from tooltrail.instrumentation.config import configure
+
+    conf = configure(
+        data_dir=opts.data_dir,
+        policy=opts.policy,
+        enforce=enforce,
+        service_name=SERVICE_NAME,
+        instrument_mcp=False,
+    )
+    provider = conf.tracer_provider
+    return _spans.settings(), provider.shutdown
+
+
+def _collector_tracing(opts: ProxyOptions, enforce: bool) -> tuple[Settings, Callable[[], None]]:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from tooltrail.instrumentation.sampling import ToolSpanSampler
+
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as e:
+        raise BadInputError(
+            "--collector needs the OTLP/HTTP exporter:"
+            " pip install opentelemetry-exporter-otlp-proto-http"
+        ) from e
+    url = opts.collector.rstrip("/") if opts.collector else ""
+    # The broker and the session gate read these (as for any remote agent).
+    os.environ[config.ENV_COLLECTOR_URL] = url
+    token = os.environ.get(config.ENV_COLLECTOR_TOKEN)
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": SERVICE_NAME}), sampler=ToolSpanSampler()
+    )
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{url}/v1/traces", headers=headers))
+    )
+    st = _spans.install(tracer_provider=provider, policy=opts.policy, enforce=enforce)
+    return st, provider.shutdown
+
+
+def run_proxy(opts: ProxyOptions) -> int:
+    """Run the gateway until the client or the server goes; the exit status."""
+    st, land = _tracing(opts)
+    if st.policy_error:
+        _log.error("every tools/call will be denied: %s", st.policy_error)
+    try:
+        status = asyncio.run(_serve(opts, st))
+    except KeyboardInterrupt:  # Ctrl-C in a terminal: the server (same group) got it too
+        status = 128 + signal.SIGINT
+    finally:
+        try:
+            land()
+        except Exception:
+            _log.exception("landing the spans failed")
+    sys.stdout.flush()
+    return status
