@@ -281,16 +281,20 @@ class TooltrailSpanProcessor(SpanProcessor):
         elif not self._stalled and self._wait_for_landing():
             return True
         elif not self._stalled:
-            self._stalled = True
-            _log.error(
-                "tooltrail: the exporter landed nothing for %g s; tool spans are dropped"
-                " (and counted in %s spans) until it does",
-                self._max_wait,
-                DROPPED_SPANS_NAME,
-            )
+            self._note_stalled()
         if not self._shutdown:
             self._count_drop(span, tool)
         return False
+
+    def _note_stalled(self) -> None:
+        """A wait for landing ran out: until the exporter lands again, nobody waits."""
+        self._stalled = True
+        _log.error(
+            "tooltrail: the exporter landed nothing for %g s; tool spans are dropped"
+            " (and counted in %s spans) until it does",
+            self._max_wait,
+            DROPPED_SPANS_NAME,
+        )
 
     def _caught_up(self) -> bool:
         if self._shutdown:
@@ -318,7 +322,8 @@ class TooltrailSpanProcessor(SpanProcessor):
         while not self._caught_up() and not self._stalled:
             left = deadline - time.monotonic()
             if left <= 0:
-                return  # the span then queues, or is counted (on_end)
+                self._note_stalled()  # later calls do not wait; the span queues (on_end)
+                return
             await asyncio.sleep(min(left, _ASYNC_POLL_S))
 
     def _count_drop(self, span: ReadableSpan, tool: bool) -> None:
