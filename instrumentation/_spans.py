@@ -63,6 +63,7 @@ from tooltrail.instrumentation.broker import (
     ApprovalRequest,
     default_broker,
 )
+from tooltrail.instrumentation.processor import backlog
 from tooltrail.instrumentation.version import __version__
 from tooltrail.redact import Redactor
 from tooltrail.semconv import (
@@ -969,6 +970,9 @@ async def aprepare(
     """``prepare`` for async callers: an approval wait does not block the event loop."""
     inv: Invocation | None = None
     try:
+        waiting = backlog()
+        if waiting is not None:  # the record is behind: this task waits, not the loop
+            await waiting
         sess = current_session()
         veto = await asession_veto(st, sess)  # may wait while the session is paused
         inv = begin(

@@ -24,24 +24,37 @@ over a second of calls. Tool spans are the audit record, so this processor:
   type ``other``; attributes ``tooltrail.dropped.tool_spans`` and
   ``tooltrail.dropped.other_spans``, the dropped spans' session ids and agent name; start
   and end: the first and last dropped span's end) that joins the next batch that lands.
+* **The event loop never waits.** A tool span ended on a thread running an asyncio
+  event loop does not wait (that would stall every task of the loop, MCP keep-alives
+  included): it is queued (or, with ``max_queue_size`` spans queued, counted as dropped).
+  The loop's tool calls get their back-pressure before they start instead: tooltrail's
+  async wrappers (``@tool`` on a coroutine function, the MCP client) ``await``
+  ``backlog()`` while the record is behind, so the *calling task* waits and the loop
+  runs on.
 
-Fork: a child starts with an empty queue and its own background thread (the parent's
-spans are the parent's). ``force_flush`` lands everything queued, and the batch in
-flight, before it returns. Ending a span takes no lock that landing needs (the queue is a
-``deque``): a SIGTERM handler that interrupted the main thread inside ``on_end`` can still
-land everything from another thread.
+Only the background thread lands, and it never waits for a lock a caller can hold: a
+signal handler that interrupted the main thread anywhere in this module (inside
+``on_end``, ``force_flush``...) can still land everything from another thread, as
+tooltrail's SIGTERM handler does. ``force_flush`` asks that thread to land everything
+queued (and the batch in flight) and waits at most ``timeout_millis`` for it;
+``shutdown`` waits at most ``SHUTDOWN_WAIT_S``: a stalled exporter cannot hang the
+process at exit. Fork: a child starts with an empty queue and its own background thread
+(the parent's spans are the parent's).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
+import sys
 import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.resources import Resource
@@ -68,6 +81,7 @@ __all__ = [
     "DROPPED_SPANS_NAME",
     "DROPPED_TOOL_SPANS",
     "TooltrailSpanProcessor",
+    "backlog",
 ]
 
 _log = logging.getLogger("tooltrail.instrumentation")
@@ -85,8 +99,10 @@ MAX_QUEUE_SIZE: Final = 65_536
 # exporter must not hang the host. A healthy one makes room within a batch's landing.
 MAX_WAIT_S: Final = 5.0
 _NEVER: Final = float("inf")
-# Threads waiting for landing look again this often (a flush does not notify them).
+# Threads waiting for landing look again this often (the notice is best effort).
 _POLL_S: Final = 0.05
+# Async tool calls waiting for landing look again this often (a sleep of the task only).
+_ASYNC_POLL_S: Final = 0.01
 # How long shutdown waits for the background thread to land what is queued.
 SHUTDOWN_WAIT_S: Final = 30.0
 
@@ -148,6 +164,24 @@ class _Drops:
         )
 
 
+class _Request:
+    """A ``force_flush`` or ``shutdown`` waiting for the background thread: it lands
+    everything queued when it takes the request, then answers on ``done`` (a
+    ``SimpleQueue``: putting never waits for a lock, whoever holds what)."""
+
+    __slots__ = ("done", "stop")
+
+    def __init__(self, *, stop: bool) -> None:
+        self.stop = stop
+        self.done: queue.SimpleQueue[bool] = queue.SimpleQueue()
+
+    def wait(self, timeout_s: float) -> bool:
+        try:
+            return self.done.get(timeout=max(timeout_s, 0.0))
+        except queue.Empty:
+            return False
+
+
 class TooltrailSpanProcessor(SpanProcessor):
     """Queues ended spans and lands them in batches through ``exporter`` (module doc).
 
@@ -158,7 +192,7 @@ class TooltrailSpanProcessor(SpanProcessor):
         max_lag_s: tool spans wait while the oldest span not yet landed is this old.
         max_batch: the largest batch handed over (a full one is handed over at once).
         max_queue_size: queued spans at which tool spans wait and other spans are dropped.
-        max_wait_s: the longest a tool span's thread waits.
+        max_wait_s: the longest a tool span's thread (or an async call) waits.
     """
 
     def __init__(
@@ -184,6 +218,7 @@ class TooltrailSpanProcessor(SpanProcessor):
         self._max_wait = max_wait_s
         self._shutdown = False
         self._reset()
+        _register(self)
         if hasattr(os, "register_at_fork"):
             # By weak reference, as the SDK's processor does: the hook outlives us.
             reset = weakref.WeakMethod(self._reset)
@@ -198,13 +233,13 @@ class TooltrailSpanProcessor(SpanProcessor):
     def _reset(self) -> None:
         """A fresh state: at start, and in a forked child (locks may have been held)."""
         # (queued at, span), oldest first: appended by any thread, popped by the one
-        # holding _export_lock.
+        # holding _export_lock (the background thread, or a flush when it cannot run).
         self._queue: deque[tuple[float, ReadableSpan]] = deque()
-        # Held while a batch is taken and landed: force_flush returns only after the
-        # background thread's batch in flight has landed too.
         self._export_lock = threading.Lock()
-        # Wakes the background thread early: a full batch, shutdown.
-        self._wake = threading.Event()
+        # To the background thread: None (a full batch: wake up) or a _Request. A
+        # SimpleQueue, because putting into it takes no lock a caller could be holding.
+        self._signals: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._woken = False
         # Notified after each landing, for threads waiting under back-pressure.
         self._landed = threading.Condition(threading.Lock())
         # When tool spans start to wait: the oldest span in flight, queued at + max_lag.
@@ -212,6 +247,7 @@ class TooltrailSpanProcessor(SpanProcessor):
         self._stalled = False
         self._drops_lock = threading.Lock()
         self._drops: dict[tuple[object, ...], _Drops] = {}
+        self._start_lock = threading.Lock()
         self._worker: threading.Thread | None = None
 
     # -- the caller's side -------------------------------------------------------------
@@ -221,12 +257,13 @@ class TooltrailSpanProcessor(SpanProcessor):
         if context is None or not context.trace_flags.sampled or self._shutdown:
             return
         now = time.monotonic()
-        queue = self._queue
-        if (now >= self._due or len(queue) >= self._max_queue) and not self._room_for(span):
+        queue_ = self._queue
+        if (now >= self._due or len(queue_) >= self._max_queue) and not self._room_for(span):
             return
-        queue.append((now, span))
-        if len(queue) >= self._max_batch and not self._wake.is_set():
-            self._wake.set()
+        queue_.append((now, span))
+        if len(queue_) >= self._max_batch and not self._woken:
+            self._woken = True
+            self._signals.put(None)
         if self._worker is None:
             self._start_worker()
 
@@ -234,24 +271,30 @@ class TooltrailSpanProcessor(SpanProcessor):
         """The record is behind: whether ``span`` may be queued (a tool span after waiting
         for the exporter to catch up); a span that may not is counted."""
         tool = is_tool_span(span)
-        if not tool:
-            if len(self._queue) < self._max_queue:
+        full = len(self._queue) >= self._max_queue
+        if not tool or threading.current_thread() is self._worker or _on_event_loop():
+            # Other spans never wait; nor does the landing thread (it would wait for
+            # itself), nor an event loop (every task would stall: async tool calls wait
+            # in ``backlog`` before they start instead).
+            if not full:
                 return True
-        elif threading.current_thread() is self._worker:
-            return True  # ended while landing: waiting for ourselves would deadlock
         elif not self._stalled and self._wait_for_landing():
             return True
         elif not self._stalled:
-            self._stalled = True
-            _log.error(
-                "tooltrail: the exporter landed nothing for %g s; tool spans are dropped"
-                " (and counted in %s spans) until it does",
-                self._max_wait,
-                DROPPED_SPANS_NAME,
-            )
+            self._note_stalled()
         if not self._shutdown:
             self._count_drop(span, tool)
         return False
+
+    def _note_stalled(self) -> None:
+        """A wait for landing ran out: until the exporter lands again, nobody waits."""
+        self._stalled = True
+        _log.error(
+            "tooltrail: the exporter landed nothing for %g s; tool spans are dropped"
+            " (and counted in %s spans) until it does",
+            self._max_wait,
+            DROPPED_SPANS_NAME,
+        )
 
     def _caught_up(self) -> bool:
         if self._shutdown:
@@ -265,9 +308,23 @@ class TooltrailSpanProcessor(SpanProcessor):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                # In slices: a landing by force_flush does not notify.
+                # In slices: the landing thread's notice is best effort (it never waits
+                # for this lock).
                 self._landed.wait(min(left, _POLL_S))
         return True
+
+    async def _room(self) -> None:
+        """Until the record has caught up (at most ``max_wait_s``): what an async tool
+        call awaits before it starts. The loop runs other tasks meanwhile."""
+        import asyncio
+
+        deadline = time.monotonic() + self._max_wait
+        while not self._caught_up() and not self._stalled:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._note_stalled()  # later calls do not wait; the span queues (on_end)
+                return
+            await asyncio.sleep(min(left, _ASYNC_POLL_S))
 
     def _count_drop(self, span: ReadableSpan, tool: bool) -> None:
         attributes = span.attributes or {}
@@ -287,60 +344,104 @@ class TooltrailSpanProcessor(SpanProcessor):
 
     # -- the background thread ---------------------------------------------------------
 
-    def _start_worker(self) -> None:
-        with self._export_lock:
-            if self._worker is not None or self._shutdown:
-                return
-            self._worker = threading.Thread(
-                target=self._work, name="tooltrail-span-processor", daemon=True
-            )
-            self._worker.start()
+    def _start_worker(self) -> bool:
+        """Start the background thread (once); False when there is none."""
+        try:
+            with self._start_lock:
+                if self._worker is None and not self._shutdown:
+                    worker = threading.Thread(
+                        target=self._work, name="tooltrail-span-processor", daemon=True
+                    )
+                    worker.start()
+                    self._worker = worker
+        except RuntimeError:  # no new threads at interpreter exit: flush lands them
+            _log.debug("tooltrail: cannot start the landing thread", exc_info=True)
+        started = self._worker
+        return started is not None and started.is_alive()
 
     def _work(self) -> None:
-        while not self._shutdown:
-            self._wake.wait(self._until_due())
-            self._wake.clear()
-            if self._shutdown or self._until_due() > 0:
-                continue
+        while True:
+            requests = self._next_signals()
+            self._woken = False
             try:
-                with self._export_lock:
-                    self._export(self._take())
+                if requests:
+                    self._land_queued()
+                elif self._until_due() <= 0:
+                    with self._export_lock:
+                        self._export(self._take(self._max_batch)[0])
+                landed = True
             except Exception:  # the landing thread must outlive any bug in a batch
                 _log.exception("tooltrail: landing a batch of spans failed")
-            with self._landed:
-                self._landed.notify_all()
+                landed = False
+            for request in requests:
+                request.done.put(landed)
+            if any(r.stop for r in requests):
+                return
+
+    def _next_signals(self) -> list[_Request]:
+        """Wait until a batch is due or a signal comes; the requests that came."""
+        signals = self._signals
+        timeout = self._until_due()
+        try:
+            first = signals.get(timeout=timeout) if timeout > 0 else signals.get_nowait()
+        except queue.Empty:
+            return []
+        requests = [] if first is None else [first]
+        while True:
+            try:
+                more = signals.get_nowait()
+            except queue.Empty:
+                return requests
+            if more is not None:
+                requests.append(more)
 
     def _until_due(self) -> float:
         """Seconds until the next batch is due (the schedule delay when nothing waits)."""
-        queue = self._queue
-        if len(queue) >= self._max_batch or (self._drops and not self._stalled):
+        queue_ = self._queue
+        if len(queue_) >= self._max_batch or (self._drops and not self._stalled):
             return 0.0
         try:
-            oldest = queue[0][0]
+            oldest = queue_[0][0]
         except IndexError:
             return self.schedule_delay_s
         return max(0.0, oldest + self.schedule_delay_s - time.monotonic())
 
-    def _take(self) -> list[ReadableSpan]:
-        """Holding the export lock: the next batch (oldest first), with counts of drops."""
-        queue = self._queue
-        count = min(len(queue), self._max_batch)
+    def _land_queued(self) -> None:
+        """Land every span queued now (not those queued meanwhile: a caller that keeps
+        ending spans cannot keep a flush from returning), and the counts of drops."""
+        with self._export_lock:
+            self._stalled = False  # a flush is progress: counts may land
+            left = len(self._queue)
+            while True:
+                batch, taken = self._take(min(left, self._max_batch))
+                if not batch:
+                    return  # nothing left (or only counts, whose lock a thread holds)
+                self._export(batch)
+                left -= taken
+                if left <= 0 and not self._drops:
+                    return
+
+    def _take(self, count: int) -> tuple[list[ReadableSpan], int]:
+        """Holding the export lock: the next ``count`` queued spans (oldest first), with
+        the counts of drops; and how many queued spans that is."""
+        queue_ = self._queue
+        count = min(len(queue_), count)
         if count:
-            first, span = queue.popleft()
+            first, span = queue_.popleft()
             self._due = first + self.max_lag_s  # the batch in flight
             batch = [span]
-            batch.extend(queue.popleft()[1] for _ in range(count - 1))
+            batch.extend(queue_.popleft()[1] for _ in range(count - 1))
         else:
             batch = []
-        # Not waiting for the lock: a thread holding it may be the one a SIGTERM
-        # handler interrupted; the counts then land with the next batch.
+        # Not waiting for the lock: a thread holding it may be the one a signal handler
+        # interrupted; the counts then land with the next batch.
         if self._drops and not self._stalled and self._drops_lock.acquire(blocking=False):
             try:
                 batch.extend(d.span() for d in self._drops.values())
                 self._drops = {}
             finally:
                 self._drops_lock.release()
-        return batch
+        return batch, count
 
     def _export(self, batch: list[ReadableSpan]) -> None:
         """Holding the export lock: land ``batch``."""
@@ -360,32 +461,96 @@ class TooltrailSpanProcessor(SpanProcessor):
             self._due = self._queue[0][0] + self.max_lag_s
         except IndexError:
             self._due = _NEVER
+        # Best effort, never waiting: the lock's holder may be a thread a signal handler
+        # interrupted; waiters look again every _POLL_S anyway.
+        if self._landed.acquire(blocking=False):
+            try:
+                self._landed.notify_all()
+            finally:
+                self._landed.release()
 
     # -- flush and shutdown ------------------------------------------------------------
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Land everything queued (and any batch in flight) before returning."""
+        """Land everything queued (and any batch in flight); False when that took longer
+        than ``timeout_millis`` (it goes on landing in the background)."""
         if self._shutdown:
             return False
-        self._drain()
-        return True
+        return self._land_everything(timeout_millis / 1000, stop=False)
 
     def shutdown(self) -> None:
         if self._shutdown:
             return
-        worker = self._worker
         self._shutdown = True
-        self._wake.set()
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(SHUTDOWN_WAIT_S)
-        self._drain()
-        self.span_exporter.shutdown()
+        wait_s = SHUTDOWN_WAIT_S
+        if self._land_everything(wait_s, stop=True):
+            self.span_exporter.shutdown()
+        else:
+            # The exporter is still landing (a stalled disk): shutting it down under the
+            # landing thread would not end that, and the process is not held up for it.
+            _log.error(
+                "tooltrail: spans still landing after %g s at shutdown; %d queued spans"
+                " were not landed",
+                wait_s,
+                len(self._queue),
+            )
 
-    def _drain(self) -> None:
-        with self._export_lock:
-            self._stalled = False  # a flush is progress: counts may land
-            while self._queue or self._drops:
-                batch = self._take()
-                if not batch:
-                    return  # only counts, whose lock another thread holds
-                self._export(batch)
+    def _land_everything(self, timeout_s: float, *, stop: bool) -> bool:
+        """Have everything queued landed within ``timeout_s``: by the background thread,
+        which the caller waits for without holding any lock (the caller may be a signal
+        handler that interrupted a thread of this processor: see the module doc)."""
+        worker = self._worker
+        if worker is threading.current_thread():
+            return not self._queue  # called while landing: it lands right after
+        if worker is None and not self._queue and not self._drops:
+            return True
+        request = _Request(stop=stop)
+        if worker is not None or self._start_worker():
+            self._signals.put(request)
+            worker = self._worker
+            if worker is not None and worker.is_alive():
+                return request.wait(timeout_s)
+        return self._land_here(timeout_s)
+
+    def _land_here(self, timeout_s: float) -> bool:
+        """No background thread (it could not start, or died): land on the caller's
+        thread, waiting for the export lock at most ``timeout_s``."""
+        if not self._export_lock.acquire(timeout=max(timeout_s, 0.0)):
+            return False
+        self._export_lock.release()
+        self._land_queued()
+        return not self._queue
+
+
+def _register(processor: TooltrailSpanProcessor) -> None:
+    global _processors
+    live = [r for r in _processors if r() is not None]
+    _processors = (*live, weakref.ref(processor))
+
+
+# The live processors, for ``backlog`` (a tuple swapped whole: read without a lock).
+_processors: tuple[weakref.ref[TooltrailSpanProcessor], ...] = ()
+
+
+def backlog() -> Coroutine[Any, Any, None] | None:
+    """What an async tool call awaits before it starts while a processor's record is
+    behind (else None, at once): the task waits, the event loop runs on. A tool span
+    ended on the loop's thread never waits (``on_end``), so without this an async agent
+    could outrun the landing thread, and the loss window would grow with the queue."""
+    for ref in _processors:
+        processor = ref()
+        if processor is not None and not processor._caught_up() and not processor._stalled:
+            return processor._room()
+    return None
+
+
+def _on_event_loop() -> bool:
+    """Whether this thread is running an asyncio event loop (asyncio not imported: no)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

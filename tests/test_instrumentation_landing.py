@@ -264,3 +264,228 @@ def test_a_forked_child_lands_its_own_spans_not_its_parents(tmp_path: Path) -> N
     provider.shutdown()
     names = sorted(r["name"] for r in landed(data))
     assert names == ["child's", "parent's"]
+
+
+# -- flush and shutdown never wait on the caller's thread for a lock --------------------
+
+SHUTDOWN_IN_A_SIGNAL_HANDLER = """
+import faulthandler, signal, sys, time
+from opentelemetry.sdk.trace import TracerProvider
+from tooltrail.collector.exporter import TooltrailSpanExporter
+from tooltrail.instrumentation.processor import TooltrailSpanProcessor
+
+class SlowDisk(TooltrailSpanExporter):
+    def export(self, spans):
+        time.sleep(0.5)
+        return super().export(spans)
+
+processor = TooltrailSpanProcessor(SlowDisk(data_dir=sys.argv[1], policy=None))
+provider = TracerProvider(shutdown_on_exit=False)
+provider.add_span_processor(processor)
+tracer = provider.get_tracer("t")
+
+def stop(signum, frame):
+    processor.shutdown()
+
+signal.signal(signal.SIGALRM, stop)
+faulthandler.dump_traceback_later(20, exit=True)  # a hang: the stacks, then exit 1
+for i in range(3):
+    tracer.start_span(f"s{i}").end()
+signal.setitimer(signal.ITIMER_REAL, 0.2)  # while the flush below is landing
+print(processor.force_flush(), flush=True)
+"""
+
+
+def test_a_signal_handler_can_shut_down_while_the_main_thread_flushes(tmp_path: Path) -> None:
+    # force_flush landed on the caller's thread holding a non-reentrant lock: a signal
+    # handler calling shutdown() meanwhile waited for that lock for ever.
+    data = tmp_path / "data"
+    out = subprocess.run(
+        [sys.executable, "-c", SHUTDOWN_IN_A_SIGNAL_HANDLER, str(data)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True"]
+    assert sorted(r["name"] for r in landed(data)) == ["s0", "s1", "s2"]
+
+
+def test_sigterm_during_a_flush_lands_everything(tmp_path: Path) -> None:
+    # tooltrail's SIGTERM handler lands from a thread of its own (bounded: 5 s). The main
+    # thread, interrupted inside force_flush, held the lock that landing needs: the flush
+    # timed out and the queued calls, which ran, had no record.
+    data = tmp_path / "data"
+    code = textwrap.dedent(
+        f"""
+        import os, signal, threading, time
+        from opentelemetry import trace
+        from tooltrail.collector.exporter import TooltrailSpanExporter
+
+        real_export = TooltrailSpanExporter.export
+
+        def slow_disk(self, spans):
+            time.sleep(0.5)
+            return real_export(self, spans)
+
+        TooltrailSpanExporter.export = slow_disk
+        import tooltrail.instrumentation as tt
+        from tooltrail.instrumentation import config
+
+        tt.configure(data_dir={str(data)!r})
+        provider = trace.get_tracer_provider()
+        processor, _ = config._tooltrail_processor(provider)
+        processor.schedule_delay_s = 60  # only the flush below lands
+
+        @tt.tool
+        def act(n: int) -> int:
+            return n
+
+        for i in range(100):
+            act(i)
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        provider.force_flush()
+        time.sleep(30)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=90
+    )
+    assert out.returncode == -signal.SIGTERM, out.stderr
+    tools = [r for r in landed(data) if r["span_type"] == "tool"]
+    assert sorted(r["sequence"] for r in tools) == list(range(1, 101))
+
+
+def _stalled_processor(
+    tmp_path: Path, **settings: Any
+) -> tuple[_StalledExporter, TooltrailSpanProcessor, TracerProvider]:
+    """A processor whose exporter is stuck in its first batch (``entered`` is set)."""
+    exporter = _StalledExporter(tmp_path / "data")
+    processor = TooltrailSpanProcessor(exporter, schedule_delay_s=0.01, **settings)
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    provider.get_tracer("test").start_span("first").end()
+    assert exporter.entered.wait(10)
+    provider.get_tracer("test").start_span("second").end()
+    return exporter, processor, provider
+
+
+def test_force_flush_returns_false_at_its_timeout_while_the_exporter_is_stuck(
+    tmp_path: Path,
+) -> None:
+    # force_flush ignored timeout_millis: force_flush(50 ms) waited for the batch in
+    # flight however long it took.
+    exporter, processor, provider = _stalled_processor(tmp_path)
+    safety = threading.Timer(10, exporter.release.set)
+    safety.start()
+    try:
+        assert processor.force_flush(timeout_millis=50) is False
+        assert not exporter.release.is_set()  # it did not wait for the disk
+    finally:
+        exporter.release.set()
+        safety.cancel()
+    assert processor.force_flush() is True
+    provider.shutdown()
+    assert sorted(r["name"] for r in landed(tmp_path / "data")) == ["first", "second"]
+
+
+def test_shutdown_is_bounded_while_the_exporter_is_stuck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # shutdown waited for the landing thread (bounded), then for the lock of the batch in
+    # flight (unbounded): a stalled exporter hung the process at exit.
+    from tooltrail.instrumentation import processor as processor_module
+
+    monkeypatch.setattr(processor_module, "SHUTDOWN_WAIT_S", 0.2)
+    exporter, processor, _provider = _stalled_processor(tmp_path)
+    safety = threading.Timer(10, exporter.release.set)
+    safety.start()
+    try:
+        processor.shutdown()
+        assert not exporter.release.is_set()  # it did not wait for the disk
+    finally:
+        exporter.release.set()
+        safety.cancel()
+    # Once the disk answers, the landing thread still lands what was queued.
+    worker = processor._worker
+    assert worker is not None
+    worker.join(10)
+    assert not worker.is_alive()
+    exporter.shutdown()
+    assert sorted(r["name"] for r in landed(tmp_path / "data")) == ["first", "second"]
+
+
+# -- an asyncio agent: back-pressure holds the task, never the event loop ---------------
+
+
+@pytest.mark.parametrize("kind", ["async_tool", "sync_tool_on_the_loop"])
+def test_waiting_for_the_record_never_stalls_the_event_loop(tmp_path: Path, kind: str) -> None:
+    # on_end waited (up to 5 s) for landing on the thread that ended the span: in an
+    # asyncio agent, the event loop's, so every task (MCP keep-alives too) stalled. Here
+    # the exporter lands only once a heartbeat task has ticked while it was stuck: with
+    # the loop blocked it never could, the tool calls waited out max_wait_s and were
+    # dropped (counted). Now async calls wait in their task and every call lands.
+    import asyncio
+
+    import tooltrail.instrumentation as tt
+    from tooltrail.instrumentation import _spans
+
+    calls = 20
+    exporter = _StalledExporter(tmp_path / "data")
+    processor = TooltrailSpanProcessor(
+        exporter, schedule_delay_s=0.01, max_lag_s=0.0, max_wait_s=3.0
+    )
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(processor)
+    instrumentor = tt.McpInstrumentor()
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()
+    instrumentor.instrument(tracer_provider=provider)
+    released_before: list[bool] = []
+
+    @tt.tool
+    async def afetch(n: int) -> int:
+        released_before.append(exporter.release.is_set())
+        return n
+
+    @tt.tool
+    def fetch(n: int) -> int:
+        return n
+
+    async def heartbeat() -> None:
+        while not exporter.entered.is_set():
+            await asyncio.sleep(0.005)
+        for _ in range(5):  # the loop runs while the landing is stuck
+            await asyncio.sleep(0.005)
+        exporter.release.set()
+
+    async def agent() -> None:
+        beat = asyncio.create_task(heartbeat())
+        await (afetch(0) if kind == "async_tool" else asyncio.sleep(0, fetch(0)))
+        while not exporter.entered.is_set():  # the first call's batch is landing
+            await asyncio.sleep(0.005)
+        for i in range(1, calls):
+            if kind == "async_tool":
+                await afetch(i)
+            else:
+                fetch(i)
+        await beat
+
+    safety = threading.Timer(20, exporter.release.set)
+    safety.start()
+    try:
+        asyncio.run(asyncio.wait_for(agent(), 60))
+        provider.force_flush()
+    finally:
+        safety.cancel()
+        exporter.release.set()
+        instrumentor.uninstrument()
+        _spans.reset()
+        provider.shutdown()
+    rows = landed(tmp_path / "data")
+    tools = [r for r in rows if r["span_type"] == "tool"]
+    assert dropped_counts(rows) == (0, 0)
+    assert len(tools) == calls
+    if kind == "async_tool":  # back-pressure: the later calls waited for the landing
+        assert released_before[0] is False and all(released_before[1:])
