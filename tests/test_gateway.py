@@ -216,9 +216,9 @@ def test_a_client_cancellation_withdraws_a_held_call(
 
         # The client aborted the first call and went on: its third call is held now.
         later = wait_for(next_request, "the third call's request", timeout=60)[0]
-        # Approving what the client withdrew runs nothing: the gateway no longer holds it.
+        # What the client withdrew is abandoned: approving it is refused, and runs nothing.
         done = run_cli(data, "approve", withdrawn_request.approval_id, "--by", "a", timeout=60)
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 2 and "abandoned" in done.stderr, done.stderr
         time.sleep(1.0)
         assert not (root / "report.txt").exists()
         done = run_cli(data, "approve", later.approval_id, "--by", "a", timeout=60)
