@@ -3,6 +3,9 @@ states, the operator's name and one-shot messages.
 
 Colours are Streamlit theme colour names, so table chips (``MultiselectColumn``), inline
 badges (``:red-badge[...]``) and ``st.badge`` agree; charts use the matching hex values.
+
+One file past 600 lines on purpose: every page imports its look from here, and splitting
+colours, formatting and charts apart would only spread one vocabulary over several modules.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ sorted, durations in seconds; descriptions and inline tests left out because the
 change any decision). Semantic problems the JSON Schema cannot express (duplicate ids, bad
 regexes, a REWRITE without ``rewrite:``, bad timeouts, unknown template placeholders…) are
 collected with the document path they concern; the loader turns paths into file lines.
+
+One file past 600 lines on purpose: one pass builds the compiled matchers and the
+canonical form the policy version hashes, and they must stay in step.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ file-ordered candidate lists for a tool name are cached, so a call evaluates onl
 that can apply to its tool. Combination (SPEC §4): the strictest matching rule wins
 (DENY > REQUIRE_APPROVAL > REWRITE > ALLOW), file order breaks ties; with no match the
 preset or ``default`` decides.
+
+One file past 600 lines on purpose: the decision, its explanation and the candidate
+index are read together whenever the combination rule changes.
 """
 
 from __future__ import annotations
