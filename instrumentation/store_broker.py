@@ -206,7 +206,7 @@ class ControlStoreBroker(_OnStore):
         try:
             if store is not None and store.try_abandon(filed.approval_id, reason) is not None:
                 return
-        except StoreError:
+        except Exception:  # as in _withdraw: the store's trouble never reaches the caller
             _log.warning(
                 "tooltrail: could not mark approval %s abandoned; its lease will lapse",
                 filed.approval_id,
