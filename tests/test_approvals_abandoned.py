@@ -248,6 +248,49 @@ def test_a_waiter_in_another_pid_namespace_is_judged_by_its_lease_alone(tmp_path
     assert (gone.status, gone.decision_reason) == ("abandoned", LEASE_LAPSED)
 
 
+def _in_new_pid_namespace(*argv: str) -> subprocess.CompletedProcess[str] | None:
+    """Run ``argv`` in a new PID namespace with its own /proc (as in a container on the
+    host's network: same host name, other pids); None where that cannot be done here."""
+    unshare = ["unshare", "--pid", "--fork", "--mount-proc"]
+    try:
+        probe = subprocess.run([*unshare, "true"], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if probe.returncode != 0:
+        return None
+    return subprocess.run(
+        [*unshare, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+READ_IN_CONTAINER = """\
+import json, sys
+from tooltrail.control import ControlStore
+with ControlStore(sys.argv[1]) as store:
+    settled = store.expire_due()
+    print(json.dumps([settled, store.get(sys.argv[2]).status]))
+"""
+
+
+@linux_only
+def test_a_reader_in_a_container_on_the_host_network_leaves_a_live_request_pending(
+    tmp_path: Path,
+) -> None:
+    """The real thing: a reader in another PID namespace (same host name) cannot see the
+    waiter's pid; it must not take the live waiter for dead."""
+    with ControlStore(tmp_path) as store:
+        rec = store.file_request(_req(lease_s=30.0))  # this process waits on it, alive
+    done = _in_new_pid_namespace(
+        sys.executable, "-c", READ_IN_CONTAINER, str(tmp_path), rec.approval_id
+    )
+    if done is None:
+        pytest.skip("cannot make a PID namespace here (unshare needs CAP_SYS_ADMIN)")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [0, "pending"]
+    with ControlStore(tmp_path) as store:
+        assert store.get(rec.approval_id).status == "pending"
+
+
 @linux_only
 def test_a_dead_waiter_in_this_pid_namespace_is_seen_at_once(tmp_path: Path) -> None:
     with ControlStore(tmp_path) as store:
