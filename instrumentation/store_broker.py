@@ -21,8 +21,10 @@
   that someone still waits. A waiter cancelled (``asyncio.CancelledError``) or interrupted
   marks its request ``abandoned`` before it goes; one that dies stops renewing, and its
   request is abandoned when the lease runs out (at once, when the reader is on the same
-  host and sees its process gone). A decision on an abandoned request is refused: the
-  call it held never ran.
+  host and in the same PID namespace, and sees its process gone). A decision on an
+  abandoned request is refused: the call it held never ran. A waiter leaving an event
+  loop never waits for SQLite's write lock there: it marks its request at once if the
+  lock is free, else a background thread does (and failing that, the lease lapses).
 * **Failures.** A store that cannot be opened or read is a denial (fail closed), decided
   by ``tooltrail:store-error``, whose reason names the store.
 
@@ -87,6 +89,11 @@ class ThreadStores:
         if store is None:
             store = ControlStore(self.data_dir)
             self._local.store = store
+        return store
+
+    def opened(self) -> ControlStore | None:
+        """This thread's store if it is open already (opening one may wait for a lock)."""
+        store: ControlStore | None = getattr(self._local, "store", None)
         return store
 
 
@@ -159,7 +166,7 @@ class ControlStoreBroker(_OnStore):
         except StoreError as e:
             return self._failed(f"the approval request could not be filed: {e}", started)
         except asyncio.CancelledError:
-            filing.cancel(_CANCELLED)
+            filing.cancel(_CANCELLED)  # on the loop: withdraws without waiting
             raise
         try:
             # Reads in WAL mode never wait for writers: polling on the loop is cheap (the
@@ -170,10 +177,10 @@ class ControlStoreBroker(_OnStore):
         except StoreError as e:
             return self._failed(self._lost(filed, e), started, filed.approval_id)
         except asyncio.CancelledError:
-            self._withdraw(filed, _CANCELLED)
+            self._withdraw_from_loop(filed, _CANCELLED)
             raise
         except BaseException as e:
-            self._withdraw(filed, f"the agent stopped waiting ({type(e).__name__})")
+            self._withdraw_from_loop(filed, f"the agent stopped waiting ({type(e).__name__})")
             raise
         return self._outcome(filed, record, started)
 
@@ -189,6 +196,29 @@ class ControlStoreBroker(_OnStore):
                 filed.approval_id,
                 exc_info=True,
             )
+
+    def _withdraw_from_loop(self, filed: ApprovalRecord, reason: str) -> None:
+        """``_withdraw`` for a waiter on an event loop, which must not block there (SQLite's
+        busy handler waits up to 30 s) and, being cancelled, cannot await: one attempt that
+        does not wait for the write lock, and when the lock is busy (or this thread has no
+        store open yet) the waiting write in a background thread, not awaited."""
+        store = self.stores.opened()
+        try:
+            if store is not None and store.try_abandon(filed.approval_id, reason) is not None:
+                return
+        except Exception:  # as in _withdraw: the store's trouble never reaches the caller
+            _log.warning(
+                "tooltrail: could not mark approval %s abandoned; its lease will lapse",
+                filed.approval_id,
+                exc_info=True,
+            )
+            return
+        threading.Thread(
+            target=self._withdraw,
+            args=(filed, reason),
+            name=f"tooltrail-withdraw-{filed.approval_id}",
+            daemon=True,  # never holds up the agent's exit: the lease covers a lost write
+        ).start()
 
     # -- filing --------------------------------------------------------------------------
 
@@ -289,11 +319,12 @@ class _Filing:
         return filed
 
     def cancel(self, reason: str) -> None:
+        """Called on the event loop (the waiter's call was cancelled): never blocks."""
         with self._lock:
             self._gave_up = reason
             filed = self._filed
         if filed is not None:
-            self._broker._withdraw(filed, reason)
+            self._broker._withdraw_from_loop(filed, reason)
 
 
 def _altered(filed: ApprovalRecord, record: ApprovalRecord) -> str | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -166,6 +168,197 @@ def test_a_store_from_before_abandoned_is_rebuilt_in_place(tmp_path: Path) -> No
     assert {"approvals_status", "approvals_session"} <= indexes
     with ControlStore(tmp_path) as again:  # opening again changes nothing
         assert [r.status for r in again.list_approvals("all")] == ["approved", "abandoned"]
+
+
+# --- whose pid: the same host name is not the same pid space ------------------------------
+
+
+def _dead_pid() -> int:
+    """A pid no process has any more (one that ran and was reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _set_waiter(root: Path, approval_id: str, **columns: object) -> None:
+    """Write the waiter columns of a row as another process would have filed them."""
+    con = sqlite3.connect(root / "control.sqlite")
+    try:
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        con.execute(
+            f"UPDATE approvals SET {assignments} WHERE approval_id = ?",
+            (*columns.values(), approval_id),
+        )
+        con.commit()
+    finally:
+        con.close()
+
+
+def _waiter_columns(root: Path, approval_id: str) -> tuple[Any, ...]:
+    con = sqlite3.connect(root / "control.sqlite")
+    try:
+        row = con.execute(
+            "SELECT agent_host, agent_pid, agent_pidns, agent_started FROM approvals"
+            " WHERE approval_id = ?",
+            (approval_id,),
+        ).fetchone()
+    finally:
+        con.close()
+    return tuple(row)
+
+
+def _proc_start(pid: int) -> int:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text[text.rindex(")") + 2 :].split()[19])
+
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="PID namespaces and /proc are Linux's"
+)
+
+
+@linux_only
+def test_a_request_filed_keeps_the_waiters_pid_namespace_and_start_time(tmp_path: Path) -> None:
+    with ControlStore(tmp_path) as store:
+        rec = store.file_request(_req(lease_s=10.0))
+        remote = store.file_request(_req(lease_s=10.0), waiter_here=False)
+    host, pid, pidns, started = _waiter_columns(tmp_path, rec.approval_id)
+    assert pid == os.getpid()
+    assert pidns == Path("/proc/self/ns/pid").stat().st_ino
+    assert started == _proc_start(os.getpid())
+    assert _waiter_columns(tmp_path, remote.approval_id) == (None, None, None, None)
+    assert host
+
+
+@linux_only
+def test_a_waiter_in_another_pid_namespace_is_judged_by_its_lease_alone(tmp_path: Path) -> None:
+    """A container on ``--network host`` has the host's name but its own pids: its pid
+    means nothing here, so a pid that looks dead must not abandon its live request."""
+    with ControlStore(tmp_path) as store:
+        rec = store.file_request(_req(lease_s=30.0), now=time.time())
+    ours = Path("/proc/self/ns/pid").stat().st_ino
+    _set_waiter(tmp_path, rec.approval_id, agent_pid=_dead_pid(), agent_pidns=ours + 1)
+    with ControlStore(tmp_path) as store:
+        assert store.expire_due() == 0
+        assert [r.approval_id for r in store.list_approvals("pending")] == [rec.approval_id]
+        lease_until = store.get(rec.approval_id).lease_until
+        assert lease_until is not None
+        assert store.expire_due(now=lease_until + 1.0) == 1  # the lease still tells
+        gone = store.get(rec.approval_id)
+    assert (gone.status, gone.decision_reason) == ("abandoned", LEASE_LAPSED)
+
+
+def _in_new_pid_namespace(*argv: str) -> subprocess.CompletedProcess[str] | None:
+    """Run ``argv`` in a new PID namespace with its own /proc (as in a container on the
+    host's network: same host name, other pids); None where that cannot be done here."""
+    unshare = ["unshare", "--pid", "--fork", "--mount-proc"]
+    try:
+        probe = subprocess.run([*unshare, "true"], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if probe.returncode != 0:
+        return None
+    return subprocess.run(
+        [*unshare, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+READ_IN_CONTAINER = """\
+import json, sys
+from tooltrail.control import ControlStore
+with ControlStore(sys.argv[1]) as store:
+    settled = store.expire_due()
+    print(json.dumps([settled, store.get(sys.argv[2]).status]))
+"""
+
+
+@linux_only
+def test_a_reader_in_a_container_on_the_host_network_leaves_a_live_request_pending(
+    tmp_path: Path,
+) -> None:
+    """The real thing: a reader in another PID namespace (same host name) cannot see the
+    waiter's pid; it must not take the live waiter for dead."""
+    with ControlStore(tmp_path) as store:
+        rec = store.file_request(_req(lease_s=30.0))  # this process waits on it, alive
+    done = _in_new_pid_namespace(
+        sys.executable, "-c", READ_IN_CONTAINER, str(tmp_path), rec.approval_id
+    )
+    if done is None:
+        pytest.skip("cannot make a PID namespace here (unshare needs CAP_SYS_ADMIN)")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [0, "pending"]
+    with ControlStore(tmp_path) as store:
+        assert store.get(rec.approval_id).status == "pending"
+
+
+@linux_only
+def test_a_dead_waiter_in_this_pid_namespace_is_seen_at_once(tmp_path: Path) -> None:
+    with ControlStore(tmp_path) as store:
+        rec = store.file_request(_req(lease_s=30.0))
+    _set_waiter(tmp_path, rec.approval_id, agent_pid=_dead_pid())
+    with ControlStore(tmp_path) as store:
+        assert store.expire_due() == 1
+        gone = store.get(rec.approval_id)
+    assert gone.status == "abandoned" and "has exited" in (gone.decision_reason or "")
+
+
+@linux_only
+def test_a_pid_reused_by_another_process_counts_as_gone(tmp_path: Path) -> None:
+    """The pid is alive, but the process behind it started at another time: not the waiter."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with ControlStore(tmp_path) as store:
+            same = store.file_request(_req(lease_s=30.0))
+            reused = store.file_request(_req(lease_s=30.0))
+        start = _proc_start(sleeper.pid)
+        _set_waiter(tmp_path, same.approval_id, agent_pid=sleeper.pid, agent_started=start)
+        _set_waiter(tmp_path, reused.approval_id, agent_pid=sleeper.pid, agent_started=start - 1)
+        with ControlStore(tmp_path) as store:
+            assert store.expire_due() == 1
+            assert store.get(same.approval_id).status == "pending"  # the very process
+            gone = store.get(reused.approval_id)
+        assert gone.status == "abandoned" and "has exited" in (gone.decision_reason or "")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_store_from_before_pid_namespaces_is_upgraded_and_trusts_only_leases(
+    tmp_path: Path,
+) -> None:
+    """A row filed before namespaces were kept cannot say which pid space its pid is in."""
+    con = sqlite3.connect(tmp_path / "control.sqlite")
+    con.executescript(
+        """
+        CREATE TABLE approvals (
+            approval_id TEXT PRIMARY KEY, session_id TEXT, trace_id TEXT, span_id TEXT,
+            agent_name TEXT, tool_name TEXT NOT NULL, mcp_server TEXT, arguments TEXT NOT NULL,
+            arguments_hash TEXT NOT NULL, policy_rule TEXT, reason TEXT, blast_radius TEXT,
+            approvers TEXT NOT NULL, on_timeout TEXT NOT NULL DEFAULT 'DENY',
+            requested_at REAL NOT NULL, expires_at REAL NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'approved', 'denied', 'expired', 'abandoned')),
+            decided_by TEXT, decided_at REAL, decision_reason TEXT, agent_host TEXT,
+            agent_pid INTEGER, run_hash TEXT, lease_s REAL, lease_until REAL);
+        CREATE INDEX approvals_status ON approvals (status, requested_at);
+        CREATE INDEX approvals_session ON approvals (session_id);
+        """
+    )
+    con.execute(
+        "INSERT INTO approvals (approval_id, tool_name, arguments, arguments_hash, approvers,"
+        " requested_at, expires_at, agent_host, agent_pid, lease_s, lease_until)"
+        " VALUES ('apr-old', 't', '{}', 'h', '[\"*\"]', ?, 9e9, ?, ?, 30, ?)",
+        (time.time(), socket.gethostname(), _dead_pid(), time.time() + 30.0),
+    )
+    con.commit()
+    con.close()
+    with ControlStore(tmp_path) as store:
+        assert store.expire_due() == 0
+        assert store.get("apr-old").status == "pending"
+        assert store.expire_due(now=time.time() + 60.0) == 1
+        assert store.get("apr-old").decision_reason == LEASE_LAPSED
+        filed = store.file_request(_req(lease_s=30.0))  # the new columns are there
+    assert _waiter_columns(tmp_path, filed.approval_id)[1] == os.getpid()
 
 
 # --- over HTTP: the long-poll is the heartbeat ----------------------------------------------

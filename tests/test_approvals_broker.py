@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import sqlite3
 import sys
 import threading
 import time
@@ -294,6 +295,70 @@ def test_a_cancelled_waiter_abandons_its_request_and_nobody_can_approve_it(
     span = attrs(tool_spans(spans)[0])
     assert span[ERROR_TYPE] == "CancelledError"
     # The span tells the store's story: the request it names was abandoned.
+    assert (span[TT_APPROVAL_ID], span[TT_APPROVAL_STATUS]) == (approval_id, "abandoned")
+
+
+class WriteLockHolder:
+    """Another process writing: holds the store's write lock (its own connection, in its
+    own thread) until told to let go, or for ``hold_s`` at most."""
+
+    def __init__(self, path: Path, hold_s: float) -> None:
+        self.locked = threading.Event()
+        self.release = threading.Event()
+        self.released = threading.Event()
+        self._thread = threading.Thread(target=self._hold, args=(path, hold_s), daemon=True)
+        self._thread.start()
+        assert self.locked.wait(DEADLINE_S), "could not take the write lock"
+
+    def _hold(self, path: Path, hold_s: float) -> None:
+        con = sqlite3.connect(path, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            self.locked.set()
+            self.release.wait(hold_s)
+            con.execute("ROLLBACK")
+        finally:
+            con.close()
+            self.released.set()
+
+    def let_go(self) -> None:
+        self.release.set()
+        self._thread.join(DEADLINE_S)
+
+
+def test_a_cancelled_waiter_never_waits_for_the_stores_write_lock_on_the_loop(
+    spans: InMemorySpanExporter, data: Path
+) -> None:
+    """Another process holds the write lock as the held call is cancelled: the cancelled
+    task ends without waiting for it (the loop is never parked in SQLite's busy handler,
+    up to 30 s), and the request is marked abandoned all the same once the lock is free."""
+
+    async def main() -> tuple[str, bool]:
+        call = asyncio.create_task(adeploy("prod"))
+        (req,) = await asyncio.to_thread(pending, data)
+        holder = WriteLockHolder(data / "control.sqlite", hold_s=5.0)
+        try:
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            # Held until we say so (or 5 s): the task ended while the lock was still taken.
+            lock_freed_first = holder.released.is_set()
+        finally:
+            holder.let_go()
+        return req.approval_id, lock_freed_first
+
+    approval_id, lock_freed_first = asyncio.run(main())
+    assert not lock_freed_first, "the cancelled waiter waited on the loop for the write lock"
+
+    def abandoned() -> ApprovalRecord | None:
+        with ControlStore(data) as store:
+            record = store.get(approval_id)
+        return record if record.status == "abandoned" else None
+
+    record = wait_for(abandoned, "the request marked abandoned once the lock is free")
+    assert "cancelled" in (record.decision_reason or "")
+    assert ran == []
+    span = attrs(tool_spans(spans)[0])
     assert (span[TT_APPROVAL_ID], span[TT_APPROVAL_STATUS]) == (approval_id, "abandoned")
 
 

@@ -7,7 +7,10 @@ would have it."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -270,6 +273,50 @@ def test_logged_errors_are_scrubbed(tmp_path: Path, caplog: pytest.LogCaptureFix
         assert "approval broker failed" in caplog.text  # the error was logged...
         assert GITHUB_TOKEN not in caplog.text  # ...scrubbed, traceback included
         assert GITHUB_TOKEN not in agent.everything()
+
+
+@contextlib.contextmanager
+def _root_handler() -> Iterator[io.StringIO]:
+    """A real handler on the root logger, as a host application has one: what it writes."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield out
+    finally:
+        root.removeHandler(handler)
+
+
+def test_every_tooltrail_loggers_records_are_scrubbed_before_a_handler_sees_them() -> None:
+    """A child logger's records never pass its parent's filters: the HTTP broker's logger
+    (``tooltrail.instrumentation.http_broker``) and any other ``tooltrail.*`` logger are
+    scrubbed all the same, message and traceback, and the host's own records are not
+    touched."""
+    import tooltrail.instrumentation.http_broker as http_broker
+
+    loggers = [
+        http_broker._log,
+        logging.getLogger("tooltrail.instrumentation.http_broker"),
+        logging.getLogger("tooltrail.collector.made_later"),
+        logging.getLogger("tooltrail"),
+    ]
+    with _root_handler() as out:
+        for log in loggers:
+            log.warning("tooltrail: approval poll failed: %s", f"Bearer {GITHUB_TOKEN}")
+            try:
+                raise RuntimeError(f"the collector said no to {GITHUB_TOKEN}")
+            except RuntimeError:
+                log.exception("tooltrail: approval refused")
+        logging.getLogger("hostapp").warning("its own record: %s", GITHUB_TOKEN)
+    written = out.getvalue()
+    ours = [line for line in written.splitlines() if not line.startswith("hostapp ")]
+    assert all(GITHUB_TOKEN not in line for line in ours), written
+    assert len([line for line in ours if "approval poll failed" in line]) == len(loggers)
+    assert len([line for line in ours if line.startswith("RuntimeError: ")]) == len(loggers)
+    assert "[REDACTED" in written
+    assert f"hostapp WARNING its own record: {GITHUB_TOKEN}" in written
 
 
 def test_a_status_set_by_the_tool_on_our_span_is_scrubbed(agent: Agent) -> None:

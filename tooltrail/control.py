@@ -35,6 +35,7 @@ import os
 import random
 import socket
 import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -98,7 +99,9 @@ CREATE TABLE IF NOT EXISTS {name} (
     agent_pid       INTEGER,
     run_hash        TEXT,
     lease_s         REAL,
-    lease_until     REAL
+    lease_until     REAL,
+    agent_pidns     INTEGER,
+    agent_started   INTEGER
 );
 """
 _APPROVALS_INDEXES: Final = """
@@ -130,7 +133,15 @@ CREATE INDEX IF NOT EXISTS control_events_session ON control_events (session_id,
 
 
 # Columns added after the first release of the schema: (name, declaration).
-_ADDED_COLUMNS: Final = (("run_hash", "TEXT"), ("lease_s", "REAL"), ("lease_until", "REAL"))
+# agent_pidns / agent_started: which process namespace the waiter's pid is in, and when
+# that process started (``_Waiter``); the store's own, not part of ``ApprovalRecord``.
+_ADDED_COLUMNS: Final = (
+    ("run_hash", "TEXT"),
+    ("lease_s", "REAL"),
+    ("lease_until", "REAL"),
+    ("agent_pidns", "INTEGER"),
+    ("agent_started", "INTEGER"),
+)
 # The status check of a store made before 'abandoned' existed must be rebuilt to allow it.
 _ABANDONED_CHECK: Final = "'abandoned'"
 _SCHEMA_OBJECTS: Final = frozenset(
@@ -359,38 +370,118 @@ _ABANDON_ONE: Final = (
     "UPDATE approvals SET status = 'abandoned', decided_at = ?, decided_by = NULL,"
     " decision_reason = ? WHERE approval_id = ? AND status = 'pending'"
 )
-# Pending requests whose waiter holds a lease from a process on this host: their pid tells
-# at once whether the waiter still exists (its lease would tell only when it runs out).
+# Pending requests whose waiter holds a lease from a process whose pid means the same
+# here: same host name AND same PID namespace. Its pid then tells at once whether the
+# waiter still exists (its lease would tell only when it runs out). A container on
+# ``--network host`` shares the host's name but not its pids: there (and for rows from
+# before namespaces were kept, NULL) only the lease tells.
 _LOCAL_WAITERS: Final = (
-    "SELECT approval_id, agent_pid FROM approvals WHERE status = 'pending'"
+    "SELECT approval_id, agent_pid, agent_started FROM approvals WHERE status = 'pending'"
     " AND lease_until IS NOT NULL AND agent_pid IS NOT NULL AND agent_host = ?"
+    " AND agent_pidns = ?"
 )
 
 
-def _pid_alive(pid: int) -> bool:
+_HOST: Final = socket.gethostname()
+# A PID-namespace id for platforms without PID namespaces (one pid space per host).
+_NO_PID_NAMESPACES: Final = 0
+
+
+def _pid_namespace() -> int | None:
+    """This process's PID namespace: the inode of ``/proc/self/ns/pid`` on Linux (None when
+    it cannot be read: no pid check then, only the lease); a constant elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return _NO_PID_NAMESPACES
+    try:
+        return Path("/proc/self/ns/pid").stat().st_ino
+    except OSError:
+        return None
+
+
+def _proc_started(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of ``pid``: field 22 of ``/proc/<pid>/stat``;
+    None where there is no such file (not Linux). Raises OSError (FileNotFoundError: no
+    such process) or ValueError / IndexError (unreadable)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        text = f.read().decode("ascii", "replace")
+    # Field 2 is the command name in parentheses and may hold spaces or ')': cut after
+    # the last ')'. What follows starts at field 3.
+    rest = text[text.rindex(")") + 2 :].split()
+    return int(rest[22 - 3])
+
+
+def _started(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), None where that cannot be read."""
+    try:
+        return _proc_started(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiter:
+    """Who waits on a request filed from this process: enough to tell later, from the
+    same host and PID namespace, whether that very process still exists."""
+
+    host: str
+    pidns: int | None
+    pid: int
+    started: int | None
+
+
+_self: _Waiter | None = None
+
+
+def _this_process() -> _Waiter:
+    """This process as a waiter (kept; found again after a fork, whose child is another
+    process with its own pid and start time)."""
+    global _self
+    me = _self
+    pid = os.getpid()
+    if me is None or me.pid != pid:
+        me = _self = _Waiter(_HOST, _pid_namespace(), pid, _started(pid))
+    return me
+
+
+def _waiter_gone(pid: int, started: int | None) -> bool:
+    """Whether the process that filed with this pid (in this PID namespace) has exited:
+    no such pid, or another process that reused the pid (it started at another time).
+    Anything that cannot be told is not known gone: the lease decides then."""
+    signalled = True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
+        return True
+    except OSError:
+        signalled = False  # it exists (someone else's), or we cannot tell
+    try:
+        start = _proc_started(pid)
+    except FileNotFoundError:
+        # Gone between the two looks; unless /proc hides other users' processes
+        # (hidepid) from us and the kill could not tell either.
+        return signalled
+    except (OSError, ValueError, IndexError):
         return False
-    except (PermissionError, OSError):
-        return True  # it exists (someone else's), or we cannot tell: not known gone
-    return True
+    return started is not None and start is not None and start != started
 
 
 def _settle_due(con: sqlite3.Connection, now: float, session_id: str | None = None) -> int:
     """Inside the caller's transaction, end the pending requests (one session's, or all)
     that nobody can decide any more: abandoned when their waiter is gone (its lease ran
-    out, or its process on this host exited), expired at their deadline. Returns how many."""
+    out, or its process, seen from the same host and PID namespace, exited), expired at
+    their deadline. Returns how many."""
     scope, args = ("", ()) if session_id is None else (" AND session_id = ?", (session_id,))
     changed = con.execute(_ABANDON_LAPSED + scope, (LEASE_LAPSED, now, *args)).rowcount
-    for approval_id, pid in list(con.execute(_LOCAL_WAITERS + scope, (_HOST, *args))):
-        if not _pid_alive(int(pid)):
-            reason = f"the waiting agent (pid {pid} on {_HOST}) has exited"
-            changed += con.execute(_ABANDON_ONE, (now, reason, approval_id)).rowcount
+    me = _this_process()
+    if me.pidns is not None:
+        waiters = list(con.execute(_LOCAL_WAITERS + scope, (me.host, me.pidns, *args)))
+        for approval_id, pid, started in waiters:
+            if _waiter_gone(int(pid), started):
+                reason = f"the waiting agent (pid {pid} on {me.host}) has exited"
+                changed += con.execute(_ABANDON_ONE, (now, reason, approval_id)).rowcount
     return changed + con.execute(_EXPIRE_DUE + scope, (now, *args)).rowcount
-
-
-_HOST: Final = socket.gethostname()
 
 
 # What each session action did, for messages ("paused by ops").
@@ -559,6 +650,7 @@ class ControlStore:
         its exit is seen at once); False when filing for a remote agent (the collector).
         """
         now = time.time() if now is None else now
+        me = _this_process() if waiter_here else None
         approval_id = req.approval_id or new_approval_id()
         # Brokers file scrubbed arguments already (to a fixed point, so this changes
         # nothing and their filed-request check holds); a raw request is scrubbed here.
@@ -568,8 +660,8 @@ class ControlStore:
                 "INSERT INTO approvals (approval_id, session_id, trace_id, span_id, agent_name,"
                 " tool_name, mcp_server, arguments, arguments_hash, policy_rule, reason,"
                 " blast_radius, approvers, on_timeout, requested_at, expires_at, agent_host,"
-                " agent_pid, run_hash, lease_s, lease_until)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " agent_pid, run_hash, lease_s, lease_until, agent_pidns, agent_started)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     approval_id,
                     _optional_key(req.session_id),
@@ -587,11 +679,13 @@ class ControlStore:
                     req.on_timeout,
                     now,
                     now + req.timeout_s,
-                    _HOST if waiter_here else None,
-                    os.getpid() if waiter_here else None,
+                    None if me is None else me.host,
+                    None if me is None else me.pid,
                     req.run_hash,
                     req.lease_s,
                     None if req.lease_s is None else now + req.lease_s,
+                    None if me is None else me.pidns,
+                    None if me is None else me.started,
                 ),
             )
         return self.get(approval_id)
@@ -659,6 +753,20 @@ class ControlStore:
         """``heartbeat`` without waiting for the write lock: None when another connection
         holds it (try again shortly). A waiter renews from its polling loop, which may be
         an event loop: it must never sit in SQLite's busy handler there."""
+        renewed = self._try_write(_RENEW, (time.time() + lease_s, approval_id))
+        return None if renewed is None else renewed > 0
+
+    def try_abandon(self, approval_id: str, reason: str) -> bool | None:
+        """``abandon`` without waiting for the write lock: None when another connection
+        holds it, else whether the request was pending (and now is abandoned). For a
+        waiter leaving from an event loop (its call cancelled): it cannot wait there, and
+        if the lock is busy its lease ends the request all the same."""
+        changed = self._try_write(_ABANDON_ONE, (time.time(), self._text(reason), approval_id))
+        return None if changed is None else changed > 0
+
+    def _try_write(self, sql: str, params: Sequence[Any]) -> int | None:
+        """One statement in its own transaction if the write lock is free at once (busy
+        timeout 0): the rows it changed, or None when another connection holds the lock."""
         con = self._con
         con.execute("PRAGMA busy_timeout = 0")
         try:
@@ -669,14 +777,14 @@ class ControlStore:
                     return None
                 raise StoreError(f"control store {self.path} is unavailable: {e}") from e
             try:
-                renewed = con.execute(_RENEW, (time.time() + lease_s, approval_id)).rowcount
+                changed = con.execute(sql, params).rowcount
                 con.execute("COMMIT")
             except sqlite3.Error as e:
                 con.execute("ROLLBACK")
                 if isinstance(e, sqlite3.OperationalError) and _is_busy(e):
                     return None
                 raise StoreError(f"control store {self.path}: {e}") from e
-            return renewed > 0
+            return int(changed)
         finally:
             con.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
 
