@@ -16,14 +16,14 @@ Speed: clean values cost one pre-check (``Redactor.maybe_sensitive``) over all t
 of a span start joined together; only a span that may hold a secret is walked.
 
 Logs are records too: every record of a ``tooltrail`` logger (``tooltrail.*``, whichever
-module made it) is scrubbed as it is made (``install_log_scrubbing``), before any handler
+module made it) is scrubbed as it is made (``tooltrail.logscrub``, installed on ``import
+tooltrail`` in every process), before any handler
 of the host's sees it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -217,105 +217,9 @@ _NO_REDACTOR: Final = Scrub(None)
 _clean = _NO_REDACTOR
 
 
-class LogScrubber(logging.Filter):
-    """Scrubs log records: their messages and tracebacks can quote an error that quotes a
-    call's arguments (a broker or policy failing on them), and logs are written somewhere
-    too. ``install_log_scrubbing`` applies it to every tooltrail record as it is made; as
-    a filter it is a logger's only (Python applies no logger filter to records that
-    propagate from child loggers), so it is kept on the instrumentation's logger only as
-    a second guard."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._redactor: Redactor | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, _SCRUBBED, False):
-            return True
-        setattr(record, _SCRUBBED, True)
-        try:
-            red = self._redactor
-            if red is None:
-                red = self._redactor = Redactor.from_env()
-            if red.enabled:
-                _scrub_record(red, record)
-        except Exception:  # a record that cannot be scrubbed is still not shown raw
-            record.msg, record.args, record.exc_info, record.exc_text = UNSCRUBBABLE, (), None, None
-        return True
-
-
-# Set on a record once scrubbed, so the second guard does not walk it again.
-_SCRUBBED: Final = "tooltrail_scrubbed"
-
-
-def _scrub_record(red: Redactor, record: logging.LogRecord) -> None:
-    message = record.getMessage()
-    if red.maybe_sensitive(message):
-        scrubbed, n = scrub_stable(red.scrub_text, message)
-        if n:
-            record.msg, record.args = scrubbed, ()
-    if record.exc_info and not record.exc_text:
-        text = logging.Formatter().formatException(record.exc_info)
-        if red.maybe_sensitive(text):
-            text, n = scrub_stable(red.scrub_text, text)
-            if n:
-                # The exception itself still quotes the secret: handlers that format it
-                # again (JSON formatters, OTel's LoggingHandler) get the scrubbed text only.
-                record.exc_info = None
-        record.exc_text = text
-
-
-def _is_tooltrail(name: str) -> bool:
-    return name == "tooltrail" or name.startswith("tooltrail.")
-
-
-class _ScrubbingRecordFactory:
-    """The process's log-record factory, wrapped: records of tooltrail's loggers come out
-    scrubbed, whatever the logger (a child logger's records never pass its parent's
-    filters), before any handler or filter of the host's sees them. Others' records
-    are untouched."""
-
-    def __init__(self, inner: Callable[..., logging.LogRecord]) -> None:
-        self.inner = inner
-        self._scrubber = LogScrubber()
-        self._busy = threading.local()  # scrubbing may log: no scrubbing of those records
-
-    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = self.inner(*args, **kwargs)
-        if _is_tooltrail(record.name) and not getattr(self._busy, "on", False):
-            self._busy.on = True
-            try:
-                self._scrubber.filter(record)
-            finally:
-                self._busy.on = False
-        return record
-
-
-_installed: _ScrubbingRecordFactory | None = None
-_install_lock = threading.Lock()
-
-
-def install_log_scrubbing() -> None:
-    """Scrub every ``tooltrail.*`` log record as it is made (done on import). The factory
-    in place is wrapped, not replaced, so one the host installed keeps working; one the
-    host installs later wraps ours in turn, as record factories do."""
-    global _installed
-    with _install_lock:
-        current = logging.getLogRecordFactory()
-        if _installed is not None and current is _installed:
-            return
-        _installed = _ScrubbingRecordFactory(current)
-        logging.setLogRecordFactory(_installed)
-
-
-install_log_scrubbing()
-_log.addFilter(LogScrubber())
-
 __all__ = [
     "UNSCRUBBABLE",
-    "LogScrubber",
     "Scrub",
     "clean_scrub",
-    "install_log_scrubbing",
     "scrub_start",
 ]
