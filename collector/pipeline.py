@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 from tooltrail import config
+from tooltrail import semconv as sc
 from tooltrail.collector.columnar import (
     Columns,
     SpanColumns,
@@ -31,7 +34,12 @@ from tooltrail.collector.columnar import (
     row_at,
     set_row,
 )
-from tooltrail.collector.normalize import SPAN_TYPE_TOOL, Normalizer
+from tooltrail.collector.normalize import SPAN_TYPE_TOOL, Normalizer, classify
+from tooltrail.instrumentation.processor import (
+    DROPPED_OTHER_SPANS,
+    DROPPED_SPANS_NAME,
+    DROPPED_TOOL_SPANS,
+)
 from tooltrail.redact import Redactor
 from tooltrail.schema import SPAN_SCHEMA, Row
 
@@ -41,6 +49,12 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 RowHook = Callable[[Row], None]
+
+# The span ids of the spans a ``tooltrail.dropped_spans`` row counts as set aside (at most
+# _MAX_COUNTED_IDS of them): an auditor can tell which calls are missing.
+SET_ASIDE_SPAN_IDS: Final = "tooltrail.dropped.set_aside_span_ids"
+_MAX_COUNTED_IDS: Final = 100
+_ids: Final = RandomIdGenerator()
 
 # Not a span's fault: retrying span by span would only fail 512 times (and mark the whole
 # batch as bad data). They propagate; the caller retries the batch or keeps it.
@@ -147,9 +161,20 @@ class BatchPipeline:
         """The landed Arrow table of a batch, decided; spans that cannot land are set
         aside and logged (ids and reason only). See :meth:`result`."""
         result = self.result(src)
+        if not result.set_aside:
+            return result.table
         for item in result.set_aside:
             _log.error("tooltrail: set aside a span that cannot land: %s", item.describe())
-        return result.table
+        # No quarantine here (the in-process exporter has no place for one): the count
+        # lands with the batch, where an auditor sees it.
+        try:
+            count = self._table(_set_aside_count(src, result.set_aside))
+        except _NOT_A_SPAN_FAULT:
+            raise
+        except Exception:  # pragma: no cover - the count row is built from our own values
+            _log.exception("tooltrail: could not count %d set-aside spans", len(result.set_aside))
+            return result.table
+        return pa.concat_tables([result.table, count])
 
     def result(self, src: SpanColumns) -> BatchResult:
         """The landed table of a batch, and the spans set aside because they alone fail.
@@ -188,14 +213,143 @@ class BatchPipeline:
             step = _Step()
             try:
                 tables.append(self._table(_one(src, i), step))
+                continue
             except _NOT_A_SPAN_FAULT:
                 raise
             except Exception as e:
                 # The type and the step only: an exception's text may quote the value.
                 reason = f"{type(e).__name__} while {step.name}"
+            reduced = self._reduced(src, i, reason)
+            if reduced is not None:
+                tables.append(reduced)
+            else:
                 aside.append(SetAside(str(src.trace_id[i]), str(src.span_id[i]), reason))
         table = pa.concat_tables(tables) if tables else SPAN_SCHEMA.empty_table()
         return BatchResult(table, tuple(aside))
+
+    def _reduced(self, src: SpanColumns, i: int, reason: str) -> pa.Table | None:
+        """The minimal row of a tool span whose full normalization failed, or None.
+
+        A tool span is the audit record of a call: a value that makes a step raise must
+        not keep the call out of the record. Its row keeps the ids, times, status, tool,
+        session, agent and the decision attributes as sent (scalars only, strings
+        capped); the arguments become :data:`REDUCED_ARGUMENTS`, the result is left out,
+        and :data:`REDUCED_ATTRIBUTE` (in ``attributes``) says why. The policy is not run
+        on it: it would judge the marker, not the call. Other spans are set aside.
+        """
+        try:
+            attrs = src.attributes[i]
+            if classify(attrs) != SPAN_TYPE_TOOL:
+                return None
+            one = _one(src, i)
+            one.attributes = [_reduced_attributes(attrs, reason)]
+            one.resources = [_reduced_attributes(src.resources[i], reason="")]
+            one.resource_keys = [object()]  # not the batch's resource: its JSON differs
+            one.exception_types = [None]
+            return columns_to_table(normalize_batch(self.normalizer, one), 1)
+        except _NOT_A_SPAN_FAULT:
+            raise
+        except Exception:
+            return None
+
+
+# The arguments of a tool span landed reduced (see BatchPipeline._reduced), and the
+# attribute (in the landed ``attributes`` JSON) saying why it was reduced.
+REDUCED_ARGUMENTS: Final = "[REDACTED:unparseable]"
+REDUCED_ATTRIBUTE: Final = "tooltrail.reduced"
+# What a reduced row keeps: who, what and the decision, never a payload.
+_REDUCED_KEYS: Final = frozenset(
+    {
+        sc.GEN_AI_OPERATION_NAME,
+        sc.GEN_AI_TOOL_NAME,
+        sc.GEN_AI_TOOL_CALL_ID,
+        sc.GEN_AI_CONVERSATION_ID,
+        sc.GEN_AI_AGENT_NAME,
+        sc.GEN_AI_AGENT_ID,
+        sc.MCP_METHOD_NAME,
+        sc.MCP_SESSION_ID,
+        sc.MCP_SERVER_NAME,
+        sc.SESSION_ID,
+        sc.SERVICE_NAME,
+        sc.ERROR_TYPE,
+        sc.OPENINFERENCE_SPAN_KIND,
+        sc.OI_TOOL_NAME,
+        sc.TRACELOOP_SPAN_KIND,
+        sc.TRACELOOP_ENTITY_NAME,
+        sc.TRACELOOP_SESSION_ID,
+        sc.TT_SESSION_ID,
+        sc.TT_PARENT_SESSION_ID,
+        sc.TT_DECISION,
+        sc.TT_POLICY_RULE,
+        sc.TT_POLICY_VERSION,
+        sc.TT_POLICY_REASON,
+        sc.TT_ENFORCED,
+        sc.TT_BLAST_RADIUS,
+        sc.TT_SEQUENCE,
+        sc.TT_APPROVAL_ID,
+        sc.TT_APPROVAL_STATUS,
+        sc.TT_APPROVAL_DECIDED_BY,
+        sc.TT_APPROVAL_WAIT_MS,
+        sc.TT_TRIGGER,
+    }
+)
+_REDUCED_MAX_CHARS: Final = 1024
+
+
+def _reduced_attributes(attrs: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """The kept attributes of a reduced row: scalars of :data:`_REDUCED_KEYS`, strings cut
+    to ``_REDUCED_MAX_CHARS``; with a ``reason``, the arguments marker and the flag."""
+    out: dict[str, Any] = {}
+    for key in _REDUCED_KEYS:
+        value = attrs.get(key)
+        if type(value) is str:
+            out[key] = value[:_REDUCED_MAX_CHARS]
+        elif type(value) in (bool, int, float):
+            out[key] = value
+    if reason:
+        out[sc.GEN_AI_TOOL_CALL_ARGUMENTS] = REDUCED_ARGUMENTS
+        out[REDUCED_ATTRIBUTE] = reason
+    return out
+
+
+def _set_aside_count(src: SpanColumns, items: tuple[SetAside, ...]) -> SpanColumns:
+    """One ``tooltrail.dropped_spans`` row (as the span processor lands for queue drops)
+    counting the spans of ``src`` set aside: tool and other spans, their span ids, and
+    ``start_time``/``end_time`` the first and last set-aside span's end."""
+    aside = {(item.trace_id, item.span_id) for item in items}
+    tool = other = 0
+    ends: list[int] = []
+    for i in range(len(src)):
+        if (str(src.trace_id[i]), str(src.span_id[i])) not in aside:
+            continue
+        try:
+            is_tool = classify(src.attributes[i]) == SPAN_TYPE_TOOL
+        except Exception:  # the span's attributes are what failed: count it as a tool call
+            is_tool = True
+        tool, other = (tool + 1, other) if is_tool else (tool, other + 1)
+        end = src.end_ns[i]
+        ends.append(end if type(end) is int else src.start_ns[i])
+    ends = ends or [time.time_ns()]
+    attributes: dict[str, Any] = {
+        DROPPED_TOOL_SPANS: tool,
+        DROPPED_OTHER_SPANS: other,
+        SET_ASIDE_SPAN_IDS: [item.span_id for item in items[:_MAX_COUNTED_IDS]],
+    }
+    return SpanColumns(
+        trace_id=[_ids.generate_trace_id().to_bytes(16, "big").hex()],
+        span_id=[_ids.generate_span_id().to_bytes(8, "big").hex()],
+        parent_span_id=[None],
+        name=[DROPPED_SPANS_NAME],
+        kind=["INTERNAL"],
+        start_ns=[min(ends)],
+        end_ns=[max(ends)],
+        status_code=["UNSET"],
+        status_message=[None],
+        attributes=[attributes],
+        resource_keys=[src.resource_keys[0] if len(src) else None],
+        resources=[src.resources[0] if len(src) else {}],
+        exception_types=[None],
+    )
 
 
 class _Step:
@@ -231,6 +385,9 @@ def _decide(hook: RowHook, columns: Columns, n: int) -> None:
 
 
 __all__ = [
+    "REDUCED_ARGUMENTS",
+    "REDUCED_ATTRIBUTE",
+    "SET_ASIDE_SPAN_IDS",
     "BatchPipeline",
     "BatchResult",
     "RowHook",
