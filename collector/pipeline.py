@@ -159,28 +159,21 @@ class BatchPipeline:
 
     def table(self, src: SpanColumns) -> pa.Table:
         """The landed Arrow table of a batch, decided; spans that cannot land are set
-        aside and logged (ids and reason only). See :meth:`result`."""
-        result = self.result(src)
-        if not result.set_aside:
-            return result.table
+        aside, logged (ids and reason only) and counted in a landed
+        ``tooltrail.dropped_spans`` row: the in-process exporter has no quarantine, so the
+        count lands with the batch, where an auditor sees it. See :meth:`result`."""
+        result = self.result(src, count_set_aside=True)
         for item in result.set_aside:
             _log.error("tooltrail: set aside a span that cannot land: %s", item.describe())
-        # No quarantine here (the in-process exporter has no place for one): the count
-        # lands with the batch, where an auditor sees it.
-        try:
-            count = self._table(_set_aside_count(src, result.set_aside))
-        except _NOT_A_SPAN_FAULT:
-            raise
-        except Exception:  # pragma: no cover - the count row is built from our own values
-            _log.exception("tooltrail: could not count %d set-aside spans", len(result.set_aside))
-            return result.table
-        return pa.concat_tables([result.table, count])
+        return result.table
 
-    def result(self, src: SpanColumns) -> BatchResult:
+    def result(self, src: SpanColumns, *, count_set_aside: bool = False) -> BatchResult:
         """The landed table of a batch, and the spans set aside because they alone fail.
 
         The whole batch is tried first (the fast path); if anything in it raises, each
         span is tried alone, so a value that makes a step raise costs its own span only.
+        With ``count_set_aside``, a ``tooltrail.dropped_spans`` row counting the spans set
+        aside lands in the table too (see :func:`_set_aside_count`).
         """
         spare = _copy(src)  # normalize_batch consumes its input
         try:
@@ -193,7 +186,21 @@ class BatchPipeline:
                 len(spare),
                 type(e).__name__,
             )
-        return self._span_by_span(spare)
+        result = self._span_by_span(spare)
+        if not (count_set_aside and result.set_aside):
+            return result
+        # spare is intact: _span_by_span normalized one-span copies of it. The count keeps
+        # the first set-aside span's service name; if even that fails, it goes without.
+        for service in (True, False):
+            try:
+                count = self._table(_set_aside_count(spare, result.set_aside, service))
+            except _NOT_A_SPAN_FAULT:
+                raise
+            except Exception:
+                continue
+            return BatchResult(pa.concat_tables([result.table, count]), result.set_aside)
+        _log.error("tooltrail: could not count %d set-aside spans", len(result.set_aside))
+        return result  # pragma: no cover - the count row without a resource is ours alone
 
     def _table(self, src: SpanColumns, step: _Step | None = None) -> pa.Table:
         n = len(src)
@@ -312,16 +319,22 @@ def _reduced_attributes(attrs: Mapping[str, Any], reason: str) -> dict[str, Any]
     return out
 
 
-def _set_aside_count(src: SpanColumns, items: tuple[SetAside, ...]) -> SpanColumns:
+def _set_aside_count(
+    src: SpanColumns, items: tuple[SetAside, ...], service: bool = True
+) -> SpanColumns:
     """One ``tooltrail.dropped_spans`` row (as the span processor lands for queue drops)
     counting the spans of ``src`` set aside: tool and other spans, their span ids, and
-    ``start_time``/``end_time`` the first and last set-aside span's end."""
+    ``start_time``/``end_time`` the first and last set-aside span's end; with ``service``,
+    the first set-aside span's ``service.name``."""
     aside = {(item.trace_id, item.span_id) for item in items}
     tool = other = 0
     ends: list[int] = []
+    resource: dict[str, Any] = {}
     for i in range(len(src)):
         if (str(src.trace_id[i]), str(src.span_id[i])) not in aside:
             continue
+        if service and not ends:  # the first's (the rest of its resource may be bad)
+            resource = _reduced_attributes(src.resources[i], reason="")
         try:
             is_tool = classify(src.attributes[i]) == SPAN_TYPE_TOOL
         except Exception:  # the span's attributes are what failed: count it as a tool call
@@ -346,8 +359,8 @@ def _set_aside_count(src: SpanColumns, items: tuple[SetAside, ...]) -> SpanColum
         status_code=["UNSET"],
         status_message=[None],
         attributes=[attributes],
-        resource_keys=[src.resource_keys[0] if len(src) else None],
-        resources=[src.resources[0] if len(src) else {}],
+        resource_keys=[object()],
+        resources=[resource],
         exception_types=[None],
     )
 
