@@ -264,3 +264,35 @@ def test_deeply_nested_arguments_land_in_full(tmp_path: Path) -> None:
     assert set(rows) == set(ids)
     (deep_id,) = (s for s, what in ids.items() if what == "deep")
     assert rows[deep_id]["arguments"].endswith('"cmd":"rm -rf /"}')  # too deep for json.loads
+
+
+def test_a_deeply_nested_tool_call_lands_through_the_collector_with_a_policy(
+    tmp_path: Path,
+) -> None:
+    """The reviewer's case over real HTTP (direct mode, a policy deciding after the fact):
+    arguments nested 5,000 deep beside the command once kept the call out of the record.
+    The row lands: whole, or (while a later step such as the policy still cannot read
+    such nesting) reduced, flagged, with its arguments replaced by the marker."""
+    deep = '{"pad":' + "[" * 5000 + "]" * 5000 + ',"repo_path":"/srv/app"}'
+    POISONS["deep-args"] = {sc.GEN_AI_TOOL_CALL_ARGUMENTS: deep}
+    try:
+        body, made = _request_with(["deep-args"], good=1)
+    finally:
+        del POISONS["deep-args"]
+    policy = Path(__file__).resolve().parents[1] / "examples" / "policy-git.yaml"
+    data = tmp_path / "data"
+    with CollectorProcess(data, "--durability", "direct", "--policy", str(policy)) as col:
+        status, _, answer = post_traces(col.url, body, PB)
+        assert status == 200, answer
+        assert ExportTraceServiceResponse.FromString(answer).partial_success.rejected_spans == 0
+    rows = {r["span_id"]: r for r in landed_rows(data)}
+    assert set(rows) == set(made)
+    (deep_id,) = (s for s, what in made.items() if what == "deep-args")
+    row = rows[deep_id]
+    assert row["span_type"] == "tool" and row["tool_name"] == "git_status"
+    assert row["agent_name"] == "carol" and row["session_id"] == "sess-carol"
+    reduced = json.loads(row["attributes"] or "{}").get("tooltrail.reduced")
+    if reduced is None:
+        assert row["arguments"].endswith('"repo_path":"/srv/app"}')
+    else:
+        assert row["arguments"] == '"[REDACTED:unparseable]"' and row["decision"] is None
