@@ -6,10 +6,12 @@ by :func:`~tooltrail.collector.columnar.normalize_batch`, then, with a policy, u
 tool spans are decided after the fact by the single :func:`policy_row_hook`.
 
 One bad span never costs another: when a batch fails (the scrubber, the normalizer, the
-policy or the Arrow conversion raises on some value), it is retried span by span, and only
-the spans that fail again are set aside, as :class:`SetAside` notes (ids and the kind of
-failure, never a value: the value may be the very secret the scrubber choked on). The
-good path pays for one shallow copy of the batch's lists.
+policy or the Arrow conversion raises on some value), it is retried span by span. A tool
+span that fails again lands reduced (its identity and decision, arguments replaced by a
+marker: a call never keeps itself out of the record); other spans that fail again, and
+tool spans whose reduced row fails too, are set aside, as :class:`SetAside` notes (ids and
+the kind of failure, never a value: the value may be the very secret the scrubber choked
+on). The good path pays for one shallow copy of the batch's lists.
 """
 
 from __future__ import annotations
