@@ -30,6 +30,8 @@ statuses by ``status_of``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import math
 import threading
@@ -77,8 +79,22 @@ _OPTIONAL_TEXT: Final = (
 )
 
 
+class WithdrawRefusedError(BadInputError):
+    """A withdrawal without the filer's proof (the request's withdraw secret)."""
+
+
+def withdraw_secret(key: bytes, approval_id: str) -> str:
+    """The proof of having filed ``approval_id``: returned only in the filing answer, asked
+    for by :func:`withdraw`. Derived (HMAC-SHA256 under the collector's key, random per
+    collector process), so nothing secret is stored: another agent, or anyone when the
+    collector has no token, cannot withdraw someone else's request."""
+    return hmac.new(key, approval_id.encode(), hashlib.sha256).hexdigest()
+
+
 def status_of(error: Exception) -> int:
     """The HTTP status for an error of the control store."""
+    if isinstance(error, WithdrawRefusedError):
+        return 403
     if isinstance(error, UnknownIdError):
         return 404
     if isinstance(error, AlreadyDecidedError | InvalidTransitionError):
@@ -232,9 +248,19 @@ def wait_for(
             stop.wait(min(POLL_S, left, max(until_expiry, 0.0) + 0.001))
 
 
-def withdraw(data_dir: Path, approval_id: str) -> ApprovalRecord:
-    """The agent stops waiting: its pending request becomes ``abandoned`` (one already
-    decided is returned as it is)."""
+def withdraw(
+    data_dir: Path, approval_id: str, doc: Mapping[str, Any], key: bytes
+) -> ApprovalRecord:
+    """The agent that filed the request stops waiting: its pending request becomes
+    ``abandoned`` (one already decided is returned as it is). ``doc`` must carry the
+    ``withdraw_secret`` the filing answer gave (:func:`withdraw_secret`); it is checked
+    before the store is read, so a refusal says nothing about whether the id exists."""
+    given = doc.get("withdraw_secret")
+    wanted = withdraw_secret(key, approval_id).encode()
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), wanted):
+        raise WithdrawRefusedError(
+            "withdrawing a request needs the 'withdraw_secret' its filing answer returned"
+        )
     with ControlStore(data_dir) as store, _known(approval_id):
         store.get(approval_id)  # an unknown id is a 404, not a silent no-op
         return store.abandon(approval_id, WITHDRAWN)
@@ -337,6 +363,7 @@ def _session_reported(store: ControlStore, data_dir: Path, session_id: str) -> b
 __all__ = [
     "MAX_WAIT_S",
     "SESSION_ACTIONS",
+    "WithdrawRefusedError",
     "decide",
     "file_approval",
     "list_approvals",
@@ -350,4 +377,5 @@ __all__ = [
     "status_of",
     "wait_for",
     "withdraw",
+    "withdraw_secret",
 ]

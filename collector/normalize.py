@@ -40,7 +40,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tooltrail import semconv as sc
-from tooltrail._json import compact_encoder, dumps_iterative
+from tooltrail._json import compact_encoder, dumps_iterative, loads_iterative
 from tooltrail.redact import Redactor
 from tooltrail.schema import BLAST_RADII, COLUMNS, DECISIONS, Row
 
@@ -485,9 +485,23 @@ def _parse_json(text: str) -> tuple[bool, Any]:
             value, end = _scan_once(text, 0)
         except (StopIteration, ValueError):
             return False, None
+        except RecursionError:  # nested past the C scanner's depth: read it without recursion
+            return _parse_deep(text)
         return end == len(text), value
     try:
         return True, _decoder.decode(text)
+    except ValueError:
+        return False, None
+    except RecursionError:
+        return _parse_deep(text)
+
+
+def _parse_deep(text: str) -> tuple[bool, Any]:
+    """:func:`_parse_json` for a document nested too deeply for the C scanner: a sender
+    must not keep its arguments out of the record (and out of the policy's and the
+    scrubber's sight) by nesting them 5,000 deep."""
+    try:
+        return True, loads_iterative(text)
     except ValueError:
         return False, None
 

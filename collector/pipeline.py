@@ -6,23 +6,28 @@ by :func:`~tooltrail.collector.columnar.normalize_batch`, then, with a policy, u
 tool spans are decided after the fact by the single :func:`policy_row_hook`.
 
 One bad span never costs another: when a batch fails (the scrubber, the normalizer, the
-policy or the Arrow conversion raises on some value), it is retried span by span, and only
-the spans that fail again are set aside, as :class:`SetAside` notes (ids and the kind of
-failure, never a value: the value may be the very secret the scrubber choked on). The
-good path pays for one shallow copy of the batch's lists.
+policy or the Arrow conversion raises on some value), it is retried span by span. A tool
+span that fails again lands reduced (its identity and decision, arguments replaced by a
+marker: a call never keeps itself out of the record); other spans that fail again, and
+tool spans whose reduced row fails too, are set aside, as :class:`SetAside` notes (ids and
+the kind of failure, never a value: the value may be the very secret the scrubber choked
+on). The good path pays for one shallow copy of the batch's lists.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 from tooltrail import config
+from tooltrail import semconv as sc
 from tooltrail.collector.columnar import (
     Columns,
     SpanColumns,
@@ -31,7 +36,12 @@ from tooltrail.collector.columnar import (
     row_at,
     set_row,
 )
-from tooltrail.collector.normalize import SPAN_TYPE_TOOL, Normalizer
+from tooltrail.collector.normalize import SPAN_TYPE_TOOL, Normalizer, classify
+from tooltrail.instrumentation.processor import (
+    DROPPED_OTHER_SPANS,
+    DROPPED_SPANS_NAME,
+    DROPPED_TOOL_SPANS,
+)
 from tooltrail.redact import Redactor
 from tooltrail.schema import SPAN_SCHEMA, Row
 
@@ -41,6 +51,12 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 RowHook = Callable[[Row], None]
+
+# The span ids of the spans a ``tooltrail.dropped_spans`` row counts as set aside (at most
+# _MAX_COUNTED_IDS of them): an auditor can tell which calls are missing.
+SET_ASIDE_SPAN_IDS: Final = "tooltrail.dropped.set_aside_span_ids"
+_MAX_COUNTED_IDS: Final = 100
+_ids: Final = RandomIdGenerator()
 
 # Not a span's fault: retrying span by span would only fail 512 times (and mark the whole
 # batch as bad data). They propagate; the caller retries the batch or keeps it.
@@ -145,17 +161,21 @@ class BatchPipeline:
 
     def table(self, src: SpanColumns) -> pa.Table:
         """The landed Arrow table of a batch, decided; spans that cannot land are set
-        aside and logged (ids and reason only). See :meth:`result`."""
-        result = self.result(src)
+        aside, logged (ids and reason only) and counted in a landed
+        ``tooltrail.dropped_spans`` row: the in-process exporter has no quarantine, so the
+        count lands with the batch, where an auditor sees it. See :meth:`result`."""
+        result = self.result(src, count_set_aside=True)
         for item in result.set_aside:
             _log.error("tooltrail: set aside a span that cannot land: %s", item.describe())
         return result.table
 
-    def result(self, src: SpanColumns) -> BatchResult:
+    def result(self, src: SpanColumns, *, count_set_aside: bool = False) -> BatchResult:
         """The landed table of a batch, and the spans set aside because they alone fail.
 
         The whole batch is tried first (the fast path); if anything in it raises, each
         span is tried alone, so a value that makes a step raise costs its own span only.
+        With ``count_set_aside``, a ``tooltrail.dropped_spans`` row counting the spans set
+        aside lands in the table too (see :func:`_set_aside_count`).
         """
         spare = _copy(src)  # normalize_batch consumes its input
         try:
@@ -168,7 +188,21 @@ class BatchPipeline:
                 len(spare),
                 type(e).__name__,
             )
-        return self._span_by_span(spare)
+        result = self._span_by_span(spare)
+        if not (count_set_aside and result.set_aside):
+            return result
+        # spare is intact: _span_by_span normalized one-span copies of it. The count keeps
+        # the first set-aside span's service name; if even that fails, it goes without.
+        for service in (True, False):
+            try:
+                count = self._table(_set_aside_count(spare, result.set_aside, service))
+            except _NOT_A_SPAN_FAULT:
+                raise
+            except Exception:
+                continue
+            return BatchResult(pa.concat_tables([result.table, count]), result.set_aside)
+        _log.error("tooltrail: could not count %d set-aside spans", len(result.set_aside))
+        return result  # pragma: no cover - the count row without a resource is ours alone
 
     def _table(self, src: SpanColumns, step: _Step | None = None) -> pa.Table:
         n = len(src)
@@ -188,14 +222,149 @@ class BatchPipeline:
             step = _Step()
             try:
                 tables.append(self._table(_one(src, i), step))
+                continue
             except _NOT_A_SPAN_FAULT:
                 raise
             except Exception as e:
                 # The type and the step only: an exception's text may quote the value.
                 reason = f"{type(e).__name__} while {step.name}"
+            reduced = self._reduced(src, i, reason)
+            if reduced is not None:
+                tables.append(reduced)
+            else:
                 aside.append(SetAside(str(src.trace_id[i]), str(src.span_id[i]), reason))
         table = pa.concat_tables(tables) if tables else SPAN_SCHEMA.empty_table()
         return BatchResult(table, tuple(aside))
+
+    def _reduced(self, src: SpanColumns, i: int, reason: str) -> pa.Table | None:
+        """The minimal row of a tool span whose full normalization failed, or None.
+
+        A tool span is the audit record of a call: a value that makes a step raise must
+        not keep the call out of the record. Its row keeps the ids, times, status, tool,
+        session, agent and the decision attributes as sent (scalars only, strings
+        capped); the arguments become :data:`REDUCED_ARGUMENTS`, the result is left out,
+        and :data:`REDUCED_ATTRIBUTE` (in ``attributes``) says why. The policy is not run
+        on it: it would judge the marker, not the call. Other spans are set aside.
+        """
+        try:
+            attrs = src.attributes[i]
+            if classify(attrs) != SPAN_TYPE_TOOL:
+                return None
+            one = _one(src, i)
+            one.attributes = [_reduced_attributes(attrs, reason)]
+            one.resources = [_reduced_attributes(src.resources[i], reason="")]
+            one.resource_keys = [object()]  # not the batch's resource: its JSON differs
+            one.exception_types = [None]
+            return columns_to_table(normalize_batch(self.normalizer, one), 1)
+        except _NOT_A_SPAN_FAULT:
+            raise
+        except Exception:
+            return None
+
+
+# The arguments of a tool span landed reduced (see BatchPipeline._reduced), and the
+# attribute (in the landed ``attributes`` JSON) saying why it was reduced.
+REDUCED_ARGUMENTS: Final = "[REDACTED:unparseable]"
+REDUCED_ATTRIBUTE: Final = "tooltrail.reduced"
+# What a reduced row keeps: who, what and the decision, never a payload.
+_REDUCED_KEYS: Final = frozenset(
+    {
+        sc.GEN_AI_OPERATION_NAME,
+        sc.GEN_AI_TOOL_NAME,
+        sc.GEN_AI_TOOL_CALL_ID,
+        sc.GEN_AI_CONVERSATION_ID,
+        sc.GEN_AI_AGENT_NAME,
+        sc.GEN_AI_AGENT_ID,
+        sc.MCP_METHOD_NAME,
+        sc.MCP_SESSION_ID,
+        sc.MCP_SERVER_NAME,
+        sc.SESSION_ID,
+        sc.SERVICE_NAME,
+        sc.ERROR_TYPE,
+        sc.OPENINFERENCE_SPAN_KIND,
+        sc.OI_TOOL_NAME,
+        sc.TRACELOOP_SPAN_KIND,
+        sc.TRACELOOP_ENTITY_NAME,
+        sc.TRACELOOP_SESSION_ID,
+        sc.TT_SESSION_ID,
+        sc.TT_PARENT_SESSION_ID,
+        sc.TT_DECISION,
+        sc.TT_POLICY_RULE,
+        sc.TT_POLICY_VERSION,
+        sc.TT_POLICY_REASON,
+        sc.TT_ENFORCED,
+        sc.TT_BLAST_RADIUS,
+        sc.TT_SEQUENCE,
+        sc.TT_APPROVAL_ID,
+        sc.TT_APPROVAL_STATUS,
+        sc.TT_APPROVAL_DECIDED_BY,
+        sc.TT_APPROVAL_WAIT_MS,
+        sc.TT_TRIGGER,
+    }
+)
+_REDUCED_MAX_CHARS: Final = 1024
+
+
+def _reduced_attributes(attrs: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """The kept attributes of a reduced row: scalars of :data:`_REDUCED_KEYS`, strings cut
+    to ``_REDUCED_MAX_CHARS``; with a ``reason``, the arguments marker and the flag."""
+    out: dict[str, Any] = {}
+    for key in _REDUCED_KEYS:
+        value = attrs.get(key)
+        if type(value) is str:
+            out[key] = value[:_REDUCED_MAX_CHARS]
+        elif type(value) in (bool, int, float):
+            out[key] = value
+    if reason:
+        out[sc.GEN_AI_TOOL_CALL_ARGUMENTS] = REDUCED_ARGUMENTS
+        out[REDUCED_ATTRIBUTE] = reason
+    return out
+
+
+def _set_aside_count(
+    src: SpanColumns, items: tuple[SetAside, ...], service: bool = True
+) -> SpanColumns:
+    """One ``tooltrail.dropped_spans`` row (as the span processor lands for queue drops)
+    counting the spans of ``src`` set aside: tool and other spans, their span ids, and
+    ``start_time``/``end_time`` the first and last set-aside span's end; with ``service``,
+    the first set-aside span's ``service.name``."""
+    aside = {(item.trace_id, item.span_id) for item in items}
+    tool = other = 0
+    ends: list[int] = []
+    resource: dict[str, Any] = {}
+    for i in range(len(src)):
+        if (str(src.trace_id[i]), str(src.span_id[i])) not in aside:
+            continue
+        if service and not ends:  # the first's (the rest of its resource may be bad)
+            resource = _reduced_attributes(src.resources[i], reason="")
+        try:
+            is_tool = classify(src.attributes[i]) == SPAN_TYPE_TOOL
+        except Exception:  # the span's attributes are what failed: count it as a tool call
+            is_tool = True
+        tool, other = (tool + 1, other) if is_tool else (tool, other + 1)
+        end = src.end_ns[i]
+        ends.append(end if type(end) is int else src.start_ns[i])
+    ends = ends or [time.time_ns()]
+    attributes: dict[str, Any] = {
+        DROPPED_TOOL_SPANS: tool,
+        DROPPED_OTHER_SPANS: other,
+        SET_ASIDE_SPAN_IDS: [item.span_id for item in items[:_MAX_COUNTED_IDS]],
+    }
+    return SpanColumns(
+        trace_id=[_ids.generate_trace_id().to_bytes(16, "big").hex()],
+        span_id=[_ids.generate_span_id().to_bytes(8, "big").hex()],
+        parent_span_id=[None],
+        name=[DROPPED_SPANS_NAME],
+        kind=["INTERNAL"],
+        start_ns=[min(ends)],
+        end_ns=[max(ends)],
+        status_code=["UNSET"],
+        status_message=[None],
+        attributes=[attributes],
+        resource_keys=[object()],
+        resources=[resource],
+        exception_types=[None],
+    )
 
 
 class _Step:
@@ -231,6 +400,9 @@ def _decide(hook: RowHook, columns: Columns, n: int) -> None:
 
 
 __all__ = [
+    "REDUCED_ARGUMENTS",
+    "REDUCED_ATTRIBUTE",
+    "SET_ASIDE_SPAN_IDS",
     "BatchPipeline",
     "BatchResult",
     "RowHook",

@@ -36,7 +36,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from tooltrail.collector import jsontext
 from tooltrail.collector.otlp import SPAN_ID_BYTES, TRACE_ID_BYTES, request_from_json
-from tooltrail.collector.salvage import Salvaged, salvage
+from tooltrail.collector.salvage import Salvaged, SalvageRefused, salvage
 from tooltrail.errors import IngestError
 
 CT_PROTOBUF: Final = "application/x-protobuf"
@@ -147,7 +147,12 @@ def decode_salvaging(media: str, data: bytes) -> Salvaged:
         try:
             return Salvaged(ExportTraceServiceRequest.FromString(data), 0, "", whole=True)
         except DecodeError as e:
-            salvaged = salvage(data) if "utf-8" in str(e).lower() else None
+            try:
+                salvaged = salvage(data) if "utf-8" in str(e).lower() else None
+            except SalvageRefused as refused:
+                raise RequestRejected(
+                    400, f"protobuf ExportTraceServiceRequest refused: {refused}"
+                ) from e
             if salvaged is None:
                 raise RequestRejected(
                     400, f"malformed protobuf ExportTraceServiceRequest: {e}"

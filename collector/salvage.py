@@ -28,6 +28,8 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 _LEN: Final = 2  # the length-delimited wire type
+# The most fields a salvage walks before it refuses the request (see _Budget).
+MAX_FIELDS: Final = 100_000
 
 
 def _why(error: DecodeError) -> str:
@@ -64,10 +66,37 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(field number, bytes) of each length-delimited field; other fields are skipped."""
+class SalvageRefused(Exception):
+    """The request is too costly to salvage (the message says why): refuse it whole."""
+
+
+class _Budget:
+    """The fields one salvage may walk, all levels together: the walk is Python, on the
+    request's thread, holding the GIL. 16 MiB of one-byte varint fields took 3.8 s; no
+    real request needs anywhere near ``MAX_FIELDS`` fields (one per span, resource and
+    scope, plus the ids of the first dropped span)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = MAX_FIELDS
+
+    def take(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise SalvageRefused(
+                f"a string is not valid UTF-8, and keeping the other spans would mean"
+                f" walking more than {MAX_FIELDS} protobuf fields: send valid UTF-8, or"
+                " fewer spans per request"
+            )
+
+
+def _fields(data: bytes, budget: _Budget) -> Iterator[tuple[int, bytes]]:
+    """(field number, bytes) of each length-delimited field; other fields are skipped
+    (each costs the budget all the same)."""
     pos, size = 0, len(data)
     while pos < size:
+        budget.take()
         key, pos = _varint(data, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
@@ -89,8 +118,8 @@ def _fields(data: bytes) -> Iterator[tuple[int, bytes]]:
         pos = end
 
 
-def _span_ids(span: bytes) -> str:
-    ids = {number: value.hex() for number, value in _fields(span) if number in (1, 2)}
+def _span_ids(span: bytes, budget: _Budget) -> str:
+    ids = {number: value.hex() for number, value in _fields(span, budget) if number in (1, 2)}
     return f"trace {ids.get(1, '?')} span {ids.get(2, '?')}"
 
 
@@ -99,10 +128,11 @@ class _Salvage:
         self.request = ExportTraceServiceRequest()
         self.dropped = 0
         self.first_error = ""
+        self.budget = _Budget()
 
     def drop(self, spans: list[bytes], where: str, why: str) -> None:
         if spans and not self.first_error:
-            self.first_error = f"{where} ({_span_ids(spans[0])}): {why}"
+            self.first_error = f"{where} ({_span_ids(spans[0], self.budget)}): {why}"
         self.dropped += len(spans)
 
     def resource_spans(self, r: int, data: bytes) -> None:
@@ -113,7 +143,7 @@ class _Salvage:
         else:
             self.request.resource_spans.add().CopyFrom(whole)
             return
-        fields = list(_fields(data))
+        fields = list(_fields(data, self.budget))
         out = ResourceSpans()
         where = f"resourceSpans[{r}]"
         for number, value in fields:
@@ -121,7 +151,7 @@ class _Salvage:
                 try:
                     out.resource.CopyFrom(Resource.FromString(value))
                 except DecodeError as e:
-                    spans = [s for n, v in fields if n == 2 for s in _spans_of(v)]
+                    spans = [s for n, v in fields if n == 2 for s in _spans_of(v, self.budget)]
                     self.drop(spans, f"{where}.resource", _why(e))
                     return
             elif number == 3:
@@ -139,7 +169,7 @@ class _Salvage:
         else:
             out.scope_spans.add().CopyFrom(whole)
             return
-        fields = list(_fields(data))
+        fields = list(_fields(data, self.budget))
         scope = ScopeSpans()
         for number, value in fields:
             if number == 1:
@@ -161,20 +191,21 @@ class _Salvage:
             out.scope_spans.add().CopyFrom(scope)
 
 
-def _spans_of(scope_spans: bytes) -> list[bytes]:
-    return [v for n, v in _fields(scope_spans) if n == 2]
+def _spans_of(scope_spans: bytes, budget: _Budget) -> list[bytes]:
+    return [v for n, v in _fields(scope_spans, budget) if n == 2]
 
 
 def salvage(data: bytes) -> Salvaged | None:
     """The request without the spans that do not decode; None when the wire format itself
-    is broken (then the whole body is malformed)."""
+    is broken (then the whole body is malformed). Raises :class:`SalvageRefused` when the
+    request has more than ``MAX_FIELDS`` fields to walk."""
     work = _Salvage()
     try:
-        for r, value in enumerate(v for n, v in _fields(data) if n == 1):
+        for r, value in enumerate(v for n, v in _fields(data, work.budget) if n == 1):
             work.resource_spans(r, value)
     except _Malformed:
         return None
     return Salvaged(work.request, work.dropped, work.first_error)
 
 
-__all__ = ["Salvaged", "salvage"]
+__all__ = ["MAX_FIELDS", "SalvageRefused", "Salvaged", "salvage"]

@@ -41,6 +41,7 @@ import logging
 import os
 import re
 import resource
+import secrets
 import select
 import socket
 import threading
@@ -338,6 +339,9 @@ class Collector:
         self.cfg = cfg
         self.data_dir = cfg.data_dir
         self.metrics = Metrics()
+        # Derives each approval request's withdraw secret (apr.withdraw_secret); random per
+        # process: after a restart an agent's withdrawal is refused and its lease lapses.
+        self.withdraw_key = secrets.token_bytes(32)
         self.lander = Lander(cfg.data_dir, cfg.policy, cfg.redact, cfg.workers)
         self.stop = threading.Event()
         self._lock = InstanceLock(cfg.data_dir)
@@ -1055,7 +1059,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _post_approval(self) -> None:
         # Filing a request is an agent's act: the agents' token is enough.
         def act(doc: dict[str, Any]) -> dict[str, Any]:
-            return apr.record_json(apr.file_approval(self.collector.data_dir, doc))
+            record = apr.file_approval(self.collector.data_dir, doc)
+            answer = apr.record_json(record)
+            # Only the filer learns it: it is what proves a withdrawal comes from the filer.
+            key = self.collector.withdraw_key
+            answer["withdraw_secret"] = apr.withdraw_secret(key, record.approval_id)
+            return answer
 
         self._post_json(
             "approvals", "approval request", act, "approvals_filed_total", self._authorized, 201
@@ -1070,9 +1079,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._long_poll("approvals", query, read)
 
     def _post_withdrawal(self, approval_id: str) -> None:
-        # The agent that filed the request stops waiting: the agents' token is enough.
+        # The agent that filed the request stops waiting: the agents' token (when one is
+        # set) and the request's withdraw secret, which only its filer got (else 403).
         def act(doc: dict[str, Any]) -> dict[str, Any]:
-            return apr.record_json(apr.withdraw(self.collector.data_dir, approval_id))
+            c = self.collector
+            return apr.record_json(apr.withdraw(c.data_dir, approval_id, doc, c.withdraw_key))
 
         self._post_json(
             "approvals", "withdrawal", act, "approvals_withdrawn_total", self._authorized, 200

@@ -275,8 +275,10 @@ class HttpApprovalBroker(_CollectorPeer):
         """Tell the collector this agent stopped waiting (the request becomes abandoned).
         Best effort: if it cannot be told, the request's lease lapses all the same."""
         path = f"{APPROVALS_PATH}/{quote(filed.approval_id, safe='')}/withdraw"
+        # The secret the filing answer gave: the collector takes a withdrawal from the filer only.
+        body = {"withdraw_secret": filed.record.get("withdraw_secret")}
         try:
-            self._client.call("POST", path, {}, min(self.http_timeout_s, _WITHDRAW_TIMEOUT_S))
+            self._client.call("POST", path, body, min(self.http_timeout_s, _WITHDRAW_TIMEOUT_S))
         except Exception as e:
             _log.warning(
                 "tooltrail: could not withdraw approval %s (%s); its lease will lapse",

@@ -482,8 +482,40 @@ def test_a_remote_agent_that_gives_up_withdraws_its_request_at_once(
     decision = {"outcome": "approved", "by": "alice"}
     status, doc = _json(col.url, "POST", path + "/decision", DECIDER, decision)
     assert status == 409 and "abandoned" in doc["message"], doc
-    # Withdrawing takes the agents' token and a request that exists.
+    # Withdrawing takes the agents' token, and then the filer's secret (next test).
     assert _json(col.url, "POST", path + "/withdraw", "wrong-token", {})[0] == 401
-    assert _json(col.url, "POST", "/v1/approvals/apr-nope/withdraw", TOKEN, {})[0] == 404
-    status, again = _json(col.url, "POST", path + "/withdraw", TOKEN, {})
-    assert status == 200 and again["status"] == "abandoned"  # the same story, once
+    assert _json(col.url, "POST", path + "/withdraw", TOKEN, {})[0] == 403
+
+
+FILED = {"tool_name": "git_push", "arguments": {"force": True}, "session_id": "s", "timeout_s": 120}
+
+
+def _file(url: str) -> dict[str, Any]:
+    status, doc = _json(url, "POST", "/v1/approvals", TOKEN, FILED)
+    assert status == 201, doc
+    return dict(doc)
+
+
+@pytest.mark.parametrize("token", [True, False], ids=["agents-token", "no-token"])
+def test_only_the_agent_that_filed_a_request_can_withdraw_it(tmp_path: Path, token: bool) -> None:
+    """Withdrawing needs the secret the filing answer gave: another agent (with the same
+    agents' token), or anyone when the collector has no token, could abandon someone
+    else's pending request and so keep it from ever being approved."""
+    args = ("--token", TOKEN, "--decision-token", DECIDER) if token else ()
+    with CollectorProcess(tmp_path / "data", *args) as col:
+        mine, other = _file(col.url), _file(col.url)
+        secret = mine["withdraw_secret"]
+        assert isinstance(secret, str) and len(secret) >= 32
+        assert secret != other["withdraw_secret"]
+        path = f"/v1/approvals/{mine['approval_id']}/withdraw"
+        for body in ({}, {"withdraw_secret": other["withdraw_secret"]}, {"withdraw_secret": 1}):
+            status, doc = _json(col.url, "POST", path, TOKEN, body)
+            assert status == 403 and "withdraw_secret" in doc["message"], doc
+        # No oracle: an unknown id without its secret is refused the same way.
+        assert _json(col.url, "POST", "/v1/approvals/apr-nope/withdraw", TOKEN, {})[0] == 403
+        status, doc = _json(col.url, "GET", f"/v1/approvals/{mine['approval_id']}", TOKEN)
+        assert status == 200 and doc["status"] == "pending" and "withdraw_secret" not in doc
+        status, doc = _json(col.url, "POST", path, TOKEN, {"withdraw_secret": secret})
+        assert status == 200 and doc["status"] == "abandoned", doc
+        status, again = _json(col.url, "POST", path, TOKEN, {"withdraw_secret": secret})
+        assert status == 200 and again["status"] == "abandoned"  # the same story, once

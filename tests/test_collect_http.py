@@ -500,6 +500,21 @@ def test_invalid_utf8_in_a_resource_costs_only_that_resources_spans(
     wait_until(lambda: good <= {r["span_id"] for r in landed_rows(col.data_dir)}, what="landed")
 
 
+def test_a_bad_utf8_request_too_costly_to_salvage_is_a_clear_400(col: CollectorProcess) -> None:
+    """Salvaging walks the wire format in Python on the request's thread: 16 MiB of
+    one-byte unknown fields beside one bad string held the GIL 3.8 s. Past the field
+    budget the request is refused whole, with a 400 saying why."""
+    req = make_request(2)
+    req.resource_spans[0].scope_spans[0].spans[0].name = "bad-name-here"
+    filler = b"\x78\x01" * 110_000  # field 15, varint 1 (the test body limit is 256 KiB)
+    body = _with_bad_utf8(req, "bad-name-here") + filler
+    before = accepted_total(col)
+    status, _, answer = post(col, body)
+    assert status == 400, answer
+    assert b"not valid UTF-8" in answer and b"100000 protobuf fields" in answer  # rpc Status
+    assert_alive_and_unchanged(col, before)
+
+
 # --- /metrics ----------------------------------------------------------------------------
 
 

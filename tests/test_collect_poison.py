@@ -175,19 +175,124 @@ def test_poison_span_in_direct_mode_gets_partial_success_not_500(tmp_path: Path)
         assert SECRET not in col.stderr()
 
 
-def test_in_process_exporter_sets_aside_only_the_span_that_cannot_land(tmp_path: Path) -> None:
-    """The real SDK into the in-process exporter (the same BatchPipeline): a lone surrogate
-    fails the Arrow conversion of its span, and that span alone is set aside."""
-    exporter = TooltrailSpanExporter(tmp_path / "data", redact=True)
+def _land_in_process(data: Path, spans: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    """The real SDK into the in-process exporter (the same BatchPipeline), one batch:
+    ``(what, attributes)`` per span; returns span id -> what."""
+    exporter = TooltrailSpanExporter(data, redact=True)
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(exporter))  # one batch of three
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     tracer = provider.get_tracer("poison-test")
     ids: dict[str, str] = {}
-    for what in ("good", "bad", "good"):
+    for what, attrs in spans:
         with tracer.start_as_current_span("execute_tool git_status") as span:
-            extra = {"custom.note": "half a pair \ud800"} if what == "bad" else {}
-            span.set_attributes(_tool_attrs("dave", extra))
+            span.set_attributes(attrs)
             ids[format(span.get_span_context().span_id, "016x")] = what
     provider.shutdown()
-    landed = {r["span_id"] for r in landed_rows(tmp_path / "data")}
-    assert landed == {s for s, what in ids.items() if what == "good"}
+    return ids
+
+
+def test_in_process_exporter_lands_a_tool_span_that_cannot_land_in_full_reduced(
+    tmp_path: Path,
+) -> None:
+    """A lone surrogate fails the Arrow conversion of its span: a tool call must still
+    leave a row (ids, tool, session, agent, decision as sent; arguments replaced by the
+    marker; flagged in ``attributes``), and the other spans land whole."""
+    bad = _tool_attrs(
+        "dave",
+        {
+            "custom.note": "half a pair \ud800",
+            sc.GEN_AI_TOOL_CALL_ARGUMENTS: json.dumps({"cmd": "rm -rf / \ud800"}),
+            sc.TT_DECISION: "DENY",
+            sc.TT_POLICY_RULE: "no-rm",
+        },
+    )
+    ids = _land_in_process(
+        tmp_path / "data",
+        [("good", _tool_attrs("dave")), ("bad", bad), ("good", _tool_attrs("dave"))],
+    )
+    rows = {r["span_id"]: r for r in landed_rows(tmp_path / "data")}
+    assert set(rows) == set(ids)
+    for span_id, what in ids.items():
+        row = rows[span_id]
+        attributes = json.loads(row["attributes"] or "{}")
+        if what == "good":
+            assert "tooltrail.reduced" not in attributes
+            continue
+        assert row["span_type"] == "tool" and row["tool_name"] == "git_status"
+        assert row["agent_name"] == "dave" and row["session_id"] == "sess-dave"
+        assert row["decision"] == "DENY" and row["policy_rule"] == "no-rm"
+        assert json.loads(row["arguments"]) == "[REDACTED:unparseable]"
+        assert attributes["tooltrail.reduced"] == "UnicodeEncodeError while converting to Arrow"
+        assert "custom.note" not in attributes and "rm -rf" not in json.dumps(row, default=str)
+
+
+def test_in_process_exporter_counts_the_spans_it_sets_aside_in_landed_data(
+    tmp_path: Path,
+) -> None:
+    """A span that cannot land even reduced (its tool name is a lone surrogate) and an
+    other span that cannot land are set aside: a ``tooltrail.dropped_spans`` row lands
+    with the batch and counts them, naming their span ids (the collector notes them in
+    its quarantine; the in-process exporter has only the landed data)."""
+    ids = _land_in_process(
+        tmp_path / "data",
+        [
+            ("good", _tool_attrs("dave")),
+            ("bad-tool", {**_tool_attrs("dave"), sc.GEN_AI_TOOL_NAME: "git \ud800"}),
+            ("bad-other", {"custom.note": "half a pair \ud800"}),
+        ],
+    )
+    rows = landed_rows(tmp_path / "data")
+    landed = {r["span_id"] for r in rows}
+    good = {s for s, what in ids.items() if what == "good"}
+    assert good <= landed and not (set(ids) - good) & landed
+    counts = [r for r in rows if r["name"] == "tooltrail.dropped_spans"]
+    assert len(counts) == 1, rows
+    attributes = json.loads(counts[0]["attributes"])
+    assert attributes["tooltrail.dropped.tool_spans"] == 1
+    assert attributes["tooltrail.dropped.other_spans"] == 1
+    assert set(attributes["tooltrail.dropped.set_aside_span_ids"]) == set(ids) - good
+
+
+def test_deeply_nested_arguments_land_in_full(tmp_path: Path) -> None:
+    """Arguments nested 5,000 deep beside the command (the C JSON scanner recurses past
+    its limit) must not keep the call out of the record: the row lands, the command in
+    its arguments."""
+    deep = '{"pad":' + "[" * 5000 + "]" * 5000 + ',"cmd":"rm -rf /"}'
+    attrs = _tool_attrs("dave", {sc.GEN_AI_TOOL_CALL_ARGUMENTS: deep})
+    ids = _land_in_process(tmp_path / "data", [("deep", attrs), ("good", _tool_attrs("dave"))])
+    rows = {r["span_id"]: r for r in landed_rows(tmp_path / "data")}
+    assert set(rows) == set(ids)
+    (deep_id,) = (s for s, what in ids.items() if what == "deep")
+    assert rows[deep_id]["arguments"].endswith('"cmd":"rm -rf /"}')  # too deep for json.loads
+
+
+def test_a_deeply_nested_tool_call_lands_through_the_collector_with_a_policy(
+    tmp_path: Path,
+) -> None:
+    """The reviewer's case over real HTTP (direct mode, a policy deciding after the fact):
+    arguments nested 5,000 deep beside the command once kept the call out of the record.
+    The row lands: whole, or (while a later step such as the policy still cannot read
+    such nesting) reduced, flagged, with its arguments replaced by the marker."""
+    deep = '{"pad":' + "[" * 5000 + "]" * 5000 + ',"repo_path":"/srv/app"}'
+    POISONS["deep-args"] = {sc.GEN_AI_TOOL_CALL_ARGUMENTS: deep}
+    try:
+        body, made = _request_with(["deep-args"], good=1)
+    finally:
+        del POISONS["deep-args"]
+    policy = Path(__file__).resolve().parents[1] / "examples" / "policy-git.yaml"
+    data = tmp_path / "data"
+    with CollectorProcess(data, "--durability", "direct", "--policy", str(policy)) as col:
+        status, _, answer = post_traces(col.url, body, PB)
+        assert status == 200, answer
+        assert ExportTraceServiceResponse.FromString(answer).partial_success.rejected_spans == 0
+    rows = {r["span_id"]: r for r in landed_rows(data)}
+    assert set(rows) == set(made)
+    (deep_id,) = (s for s, what in made.items() if what == "deep-args")
+    row = rows[deep_id]
+    assert row["span_type"] == "tool" and row["tool_name"] == "git_status"
+    assert row["agent_name"] == "carol" and row["session_id"] == "sess-carol"
+    reduced = json.loads(row["attributes"] or "{}").get("tooltrail.reduced")
+    if reduced is None:
+        assert row["arguments"].endswith('"repo_path":"/srv/app"}')
+    else:
+        assert row["arguments"] == '"[REDACTED:unparseable]"' and row["decision"] is None

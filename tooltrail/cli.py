@@ -287,8 +287,8 @@ def ingest(data: Path | None, files: tuple[Path, ...], policy: Path | None) -> N
     Every file is validated first: a malformed line is reported with its file and line
     number and nothing is landed. A span already landed (or repeated in the input) is
     skipped, so ingesting a file again adds nothing. A valid span whose values cannot be
-    normalized is set aside alone (named on stderr, never its values; exit 1); the rest
-    lands.
+    normalized is set aside alone (named on stderr, never its values; exit 1), except a
+    tool call: it lands reduced, its arguments replaced (docs/DATA.md); the rest lands.
 
     Example:
 
