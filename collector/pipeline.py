@@ -37,13 +37,13 @@ from tooltrail.collector.columnar import (
     set_row,
 )
 from tooltrail.collector.normalize import SPAN_TYPE_TOOL, Normalizer, classify
-from tooltrail.instrumentation.processor import (
+from tooltrail.redact import Redactor
+from tooltrail.schema import SPAN_SCHEMA, Row
+from tooltrail.semconv import (
     DROPPED_OTHER_SPANS,
     DROPPED_SPANS_NAME,
     DROPPED_TOOL_SPANS,
 )
-from tooltrail.redact import Redactor
-from tooltrail.schema import SPAN_SCHEMA, Row
 
 if TYPE_CHECKING:
     from tooltrail.policy import Policy

@@ -65,6 +65,9 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
 from tooltrail.semconv import (
+    DROPPED_OTHER_SPANS,
+    DROPPED_SPANS_NAME,
+    DROPPED_TOOL_SPANS,
     GEN_AI_AGENT_NAME,
     GEN_AI_CONVERSATION_ID,
     GEN_AI_OPERATION_NAME,
@@ -106,9 +109,6 @@ _ASYNC_POLL_S: Final = 0.01
 # How long shutdown waits for the background thread to land what is queued.
 SHUTDOWN_WAIT_S: Final = 30.0
 
-DROPPED_SPANS_NAME: Final = "tooltrail.dropped_spans"
-DROPPED_TOOL_SPANS: Final = "tooltrail.dropped.tool_spans"
-DROPPED_OTHER_SPANS: Final = "tooltrail.dropped.other_spans"
 # Copied from a dropped span onto its count, so the count lands in the same session.
 _SESSION_KEYS: Final = (
     TT_SESSION_ID,

@@ -26,12 +26,8 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tooltrail import semconv as sc
 from tooltrail.collector.exporter import TooltrailSpanExporter
-from tooltrail.instrumentation.processor import (
-    DROPPED_OTHER_SPANS,
-    DROPPED_SPANS_NAME,
-    DROPPED_TOOL_SPANS,
-    TooltrailSpanProcessor,
-)
+from tooltrail.instrumentation.processor import TooltrailSpanProcessor
+from tooltrail.semconv import DROPPED_OTHER_SPANS, DROPPED_SPANS_NAME, DROPPED_TOOL_SPANS
 
 BIN = Path(sys.executable).parent
 CALLS = 100_000

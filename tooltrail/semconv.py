@@ -100,6 +100,13 @@ TT_REDACTIONS: Final = "tooltrail.redactions"
 
 TRIGGERS: Final = ("manual", "api", "schedule", "event", "agent")
 
+# --- the count of spans that could not land whole (docs/DATA.md, "Dropped spans") -------
+# One row of this name per session (the agent's span processor, for a queue drop) or per
+# batch (the exporter, for spans it set aside), so a thinner record is visible in the data.
+DROPPED_SPANS_NAME: Final = "tooltrail.dropped_spans"
+DROPPED_TOOL_SPANS: Final = "tooltrail.dropped.tool_spans"
+DROPPED_OTHER_SPANS: Final = "tooltrail.dropped.other_spans"
+
 # --- values of tooltrail.decision / tooltrail.blast_radius ------------------------------
 # Here rather than in tooltrail.schema (which loads pyarrow) so that the agent side shares
 # the one definition.
