@@ -7,9 +7,12 @@ characters, so a policy regex could hang the agent it guards. They run on RE2 in
 no backreferences, lookaround, atomic groups or possessive repeats (the constructs that
 need backtracking); a pattern using one is refused when the policy loads, naming it.
 
-Semantics a policy author may notice (docs/POLICY.md "Regexes"): ``$`` matches only at the
-very end of the text (Python's also before a final newline), ``\\d``, ``\\w``, ``\\s`` and
-``\\b`` are ASCII (``\\pN``, ``\\pL`` are the Unicode classes); ``(?i)`` folds Unicode case.
+Semantics are Python's ``re`` for the syntax a policy may use (docs/POLICY.md "Regexes"): a
+DENY rule written and tested under ``re`` must not quietly match less on RE2. Where the two
+engines differ the pattern is translated before RE2 compiles it (``translate``): ``$``
+outside ``(?m)`` also matches before a final newline, and ``\\s``, ``\\d``, ``\\w`` (and
+their negations) are Unicode classes holding exactly the characters Python's ``re`` puts in
+them. ``\\b`` and ``\\B`` (Unicode word boundaries) have no RE2 equivalent: refused.
 
 Text is matched as UTF-8; a lone surrogate (which JSON can carry, ``"\\ud800"``) is encoded
 as is (``surrogatepass``) rather than failing the call: it is simply a character no
@@ -18,7 +21,10 @@ pattern but ``.`` or a negated class matches.
 
 from __future__ import annotations
 
+import array
 import re
+import unicodedata
+from functools import lru_cache
 from typing import Final, Protocol
 
 import re2
@@ -63,7 +69,8 @@ class PolicyRegex:
             # Compiled as UTF-8 bytes (RE2's UTF-8 mode, so `.` and classes are per
             # character): matching bytes skips the wrapper's str offset bookkeeping, and
             # lets text with a lone surrogate be matched instead of raising.
-            self._rx = re2.compile(pattern.encode(_ENCODING, _ERRORS), _OPTIONS)
+            translated = translate(pattern)
+            self._rx = re2.compile(translated.encode(_ENCODING, _ERRORS), _OPTIONS)
         except re2.error as e:
             raise RegexError(_explain(pattern, e)) from None
 
@@ -142,6 +149,10 @@ def _construct(message: str, pattern: str) -> str | None:
         # RE2 bounds a repeat (nested repeats multiplied) at 1000 copies: larger ones
         # would compile to huge programs.
         return f"a repeat of more than 1000 in all ({message.split(': ', 1)[1]})"
+    if message.startswith("pattern too large"):
+        # RE2 bounds a compiled program's memory; Unicode classes (\w is ~700 ranges,
+        # as Python's is) repeated many times pass it.
+        return "a pattern too large to compile (repeat a smaller class, or fewer times)"
     if m := _BACKREF.search(message):
         return f"a backreference (\\{m.group(1)})"
     if m := _ESCAPE.search(message):
@@ -155,3 +166,211 @@ def _construct(message: str, pattern: str) -> str | None:
 def compile_regex(pattern: str) -> PolicyRegex:
     """Compile a policy regex; ``RegexError`` names an unsupported construct."""
     return PolicyRegex(pattern)
+
+
+# --- Python's `re` semantics in RE2 syntax -------------------------------------------------
+#
+# A small tokenizer walks the pattern once, keeping track of what changes meaning: an
+# escape (the next character is taken with it), a character class (`[...]`: `$` and groups
+# are literal there, `\\s` is spliced in without brackets) and groups with their `(?m)`
+# flag (which decides what `$` means). Everything it does not translate is copied as is,
+# and RE2 reports what it cannot parse (``_explain`` names the construct).
+
+_LAST_CHAR: Final = 0x10FFFF
+_SURROGATES: Final = (0xD800, 0xDFFF)
+_CLASS_ESCAPES: Final = frozenset("sSdDwW")
+_WORD_BOUNDARY: Final = (
+    "{escape} (a word boundary), which is not supported: Python's is Unicode-aware and RE2 "
+    "has only an ASCII one, so the rule would match other text than it was tested on; "
+    "write (?:^|\\W) before or (?:\\W|$) after the word instead"
+)
+_HEX: Final = frozenset("0123456789abcdefABCDEF")
+
+
+@lru_cache(maxsize=1)
+def _every_character() -> str:
+    """Every code point in one string (surrogates too: Python's str holds them)."""
+    codes = array.array("I", range(_LAST_CHAR + 1))
+    if codes.itemsize != 4:  # pragma: no cover - "I" is 32 bits on every platform we run
+        return "".join(map(chr, range(_LAST_CHAR + 1)))
+    return codes.tobytes().decode("utf-32-le", "surrogatepass")
+
+
+def _ranges(escape: str) -> list[tuple[int, int]]:
+    """The code point ranges Python's ``re`` matches with ``\\<escape>`` (str pattern,
+    Unicode): asked of ``re`` itself, so they hold on this Python's Unicode version."""
+    found = re.finditer(f"\\{escape}+", _every_character())
+    return [(m.start(), m.end() - 1) for m in found]
+
+
+def _without_surrogates(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    # RE2 matches UTF-8, where a surrogate is no character: leave them out of classes.
+    low, high = _SURROGATES
+    out: list[tuple[int, int]] = []
+    for start, end in ranges:
+        if end < low or start > high:
+            out.append((start, end))
+            continue
+        if start < low:
+            out.append((start, low - 1))
+        if end > high:
+            out.append((high + 1, end))
+    return out
+
+
+@lru_cache(maxsize=6)
+def _class_body(escape: str) -> str:
+    """RE2 class items (no brackets) for exactly the characters Python's ``\\<escape>``
+    matches (a negation is the complement of the positive class)."""
+    ranges = _ranges(escape.lower())
+    if escape.isupper():
+        complement: list[tuple[int, int]] = []
+        nxt = 0
+        for start, end in ranges:
+            if start > nxt:
+                complement.append((nxt, start - 1))
+            nxt = end + 1
+        if nxt <= _LAST_CHAR:
+            complement.append((nxt, _LAST_CHAR))
+        ranges = complement
+    return "".join(
+        f"\\x{{{start:x}}}" if start == end else f"\\x{{{start:x}}}-\\x{{{end:x}}}"
+        for start, end in _without_surrogates(ranges)
+    )
+
+
+def _flag_group(pattern: str, i: int) -> tuple[int, bool | None, bool] | None:
+    """At ``(?flags)`` / ``(?flags-flags:``: (the end of the prefix, what it sets the
+    multiline flag to (None: unchanged), whether it opens a group); None for other groups."""
+    j = i + 2
+    on = off = ""
+    target = "on"
+    while j < len(pattern) and (pattern[j].isalpha() or pattern[j] == "-"):
+        if pattern[j] == "-":
+            target = "off"
+        elif target == "on":
+            on += pattern[j]
+        else:
+            off += pattern[j]
+        j += 1
+    if j >= len(pattern) or pattern[j] not in ":)" or j == i + 2:
+        return None
+    multiline = True if "m" in on else False if "m" in off else None
+    return j + 1, multiline, pattern[j] == ":"
+
+
+def _hex_escape(pattern: str, i: int, digits: int) -> tuple[str, int] | None:
+    """``\\uXXXX`` / ``\\UXXXXXXXX`` at ``i`` as RE2's ``\\x{...}`` (RE2 has no \\u)."""
+    text = pattern[i + 2 : i + 2 + digits]
+    if len(text) != digits or not set(text) <= _HEX:
+        return None
+    return f"\\x{{{text}}}", i + 2 + digits
+
+
+def _named_escape(pattern: str, i: int) -> tuple[str, int] | None:
+    """``\\N{NAME}`` as ``\\x{...}``."""
+    if not pattern.startswith("{", i + 2):
+        return None
+    end = pattern.find("}", i + 3)
+    if end < 0:
+        return None
+    try:
+        char = unicodedata.lookup(pattern[i + 3 : end])
+    except KeyError:
+        return None
+    return f"\\x{{{ord(char):x}}}", end + 1
+
+
+def _escape(pattern: str, i: int, in_class: bool) -> tuple[str, int]:
+    """The RE2 text for the escape at ``pattern[i]`` (a backslash), and where it ends."""
+    if i + 1 >= len(pattern):
+        return "\\", i + 1  # a trailing backslash: RE2 reports it
+    char = pattern[i + 1]
+    if char in _CLASS_ESCAPES:
+        body = _class_body(char)
+        return (body if in_class else f"[{body}]"), i + 2
+    if char in "bB":
+        if in_class and char == "b":
+            return "\\x08", i + 2  # [\b] is a backspace in Python
+        if not in_class:
+            raise RegexError(f"regex {pattern!r} uses " + _WORD_BOUNDARY.format(escape=f"\\{char}"))
+    if char == "Z" and not in_class:
+        return "\\z", i + 2  # Python's \Z is the very end: RE2's \z
+    translated = None
+    if char in "uU":
+        translated = _hex_escape(pattern, i, 4 if char == "u" else 8)
+    elif char == "N":
+        translated = _named_escape(pattern, i)
+    if translated is not None:
+        return translated
+    return pattern[i : i + 2], i + 2
+
+
+def translate(pattern: str) -> str:
+    """``pattern`` (Python ``re`` syntax) rewritten for RE2 so that it matches what Python's
+    ``re`` matches: ``$`` (outside ``(?m)``) as ``(?:\\n?\\z)``, ``\\s \\d \\w`` and their
+    negations as Python's Unicode classes, ``\\Z`` as ``\\z``, ``\\u``/``\\U``/``\\N{}`` as
+    ``\\x{}``, ``{,n}`` as ``{0,n}``, a ``[`` or ``]`` literal inside a class escaped (RE2
+    reads ``[[:alpha:]]`` as a POSIX class, Python as a set of characters). Raises
+    ``RegexError`` for ``\\b`` and ``\\B``."""
+    out: list[str] = []
+    multiline = [False]  # per open group: does (?m) apply
+    in_class = False
+    class_start = 0  # where a "]" is still a literal member of the class
+    i, n = 0, len(pattern)
+    while i < n:
+        char = pattern[i]
+        if char == "\\":
+            text, i = _escape(pattern, i, in_class)
+            out.append(text)
+            continue
+        if in_class:
+            if char == "]" and i != class_start:
+                in_class = False
+                out.append(char)
+            elif char in "[]":
+                out.append("\\" + char)
+            else:
+                out.append(char)
+            i += 1
+            continue
+        if char == "[":
+            in_class = True
+            i += 1
+            if pattern.startswith("^", i):
+                i += 1
+                out.append("[^")
+            else:
+                out.append("[")
+            class_start = i
+            continue
+        if char == "(":
+            flags = _flag_group(pattern, i) if pattern.startswith("(?", i) else None
+            if flags is None:
+                multiline.append(multiline[-1])
+                out.append(char)
+                i += 1
+                continue
+            end, sets, opens = flags
+            state = multiline[-1] if sets is None else sets
+            if opens:
+                multiline.append(state)
+            else:
+                multiline[-1] = state
+            out.append(pattern[i:end])
+            i = end
+            continue
+        if char == ")":
+            if len(multiline) > 1:
+                multiline.pop()
+        elif char == "$" and not multiline[-1]:
+            char = "(?:\\n?\\z)"
+        elif char == "{" and (m := _OMITTED_MIN.match(pattern, i)):
+            char = "{0," + m.group(1) + "}"  # Python's {,n} is {0,n}; RE2's a literal
+            i = m.end() - 1
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+_OMITTED_MIN: Final = re.compile(r"\{,([0-9]+)\}")
