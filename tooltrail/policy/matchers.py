@@ -19,7 +19,7 @@ from operator import attrgetter
 from typing import Any, Final
 
 from tooltrail.policy.model import ToolCall
-from tooltrail.policy.numbers import fits_decimal
+from tooltrail.policy.numbers import decimal_text
 from tooltrail.policy.regex import PolicyRegex
 
 
@@ -187,9 +187,9 @@ def scalar_text(value: Any) -> str | None:
     if isinstance(value, float):
         return str(value)
     if isinstance(value, int):
-        # Past 4,300 digits Python will not write an int in decimal (ValueError): no
-        # glob or regex sees such a number, as none sees a boolean.
-        return str(value) if fits_decimal(value) else None
+        # Past 4,300 digits ``str()`` refuses an int (ValueError), but a DENY rule must
+        # still see its digits: written without that limit.
+        return decimal_text(value)
     return None
 
 
