@@ -224,3 +224,27 @@ def test_a_row_with_deeply_nested_arguments_is_decided(depth: int) -> None:
     row = _deep_row(depth)
     apply_to_row(allow, row)
     assert row["decision"] == "ALLOW"
+
+
+def test_a_reason_lands_in_deeply_nested_attributes() -> None:
+    """The policy's reason is added to the row's attributes, written back as JSON: that
+    too must not recurse (json.dumps raised RecursionError and dropped the row)."""
+    policy = loads_policy(deny_policy("{regex: '^rm'}").replace("DENY\n", "DENY\n    reason: no\n"))
+    row = _deep_row(5_000)
+    row["attributes"] = '{"a":' + "[" * 5_000 + "]" * 5_000 + "}"
+    apply_to_row(policy, row)
+    assert row["decision"] == "DENY"
+    attributes = json.loads(row["attributes"].replace("[" * 5_000 + "]" * 5_000, "[]"))
+    assert attributes == {"a": [], "tooltrail.policy.reason": "no"}
+
+
+def test_a_rewrite_of_deeply_nested_arguments_fails_closed() -> None:
+    """Rewriting walks the arguments; past the depth it can walk, the call is denied as a
+    policy error (never ALLOW with the secret, never an exception that drops the row)."""
+    policy = loads_policy(
+        "version: 1\nrules:\n  - id: scrub\n    when: {tool: t}\n    decision: REWRITE\n"
+        "    rewrite: {redact: [{regex: 'rm'}]}\n"
+    )
+    row = _deep_row(5_000)
+    apply_to_row(policy, row)
+    assert row["decision"] == "DENY" and row["policy_rule"] == "policy-error"
