@@ -15,8 +15,8 @@ their negations) are Unicode classes holding exactly the characters Python's ``r
 them. ``\\b`` and ``\\B`` (Unicode word boundaries) have no RE2 equivalent: refused.
 
 Text is matched as UTF-8; a lone surrogate (which JSON can carry, ``"\\ud800"``) is encoded
-as is (``surrogatepass``) rather than failing the call: it is simply a character no
-pattern but ``.`` or a negated class matches.
+as is (``surrogatepass``) rather than failing the call: RE2 reads it as that code point,
+so ``.``, negated classes and ``\\S``/``\\W``/``\\D`` match it, as in Python.
 """
 
 from __future__ import annotations
@@ -177,7 +177,6 @@ def compile_regex(pattern: str) -> PolicyRegex:
 # and RE2 reports what it cannot parse (``_explain`` names the construct).
 
 _LAST_CHAR: Final = 0x10FFFF
-_SURROGATES: Final = (0xD800, 0xDFFF)
 _CLASS_ESCAPES: Final = frozenset("sSdDwW")
 _WORD_BOUNDARY: Final = (
     "{escape} (a word boundary), which is not supported: Python's is Unicode-aware and RE2 "
@@ -198,24 +197,11 @@ def _every_character() -> str:
 
 def _ranges(escape: str) -> list[tuple[int, int]]:
     """The code point ranges Python's ``re`` matches with ``\\<escape>`` (str pattern,
-    Unicode): asked of ``re`` itself, so they hold on this Python's Unicode version."""
+    Unicode): asked of ``re`` itself, so they hold on this Python's Unicode version.
+    Surrogates stay in (``\\S`` matches a lone one in Python): text is encoded with
+    ``surrogatepass`` and RE2 reads such a sequence as that code point."""
     found = re.finditer(f"\\{escape}+", _every_character())
     return [(m.start(), m.end() - 1) for m in found]
-
-
-def _without_surrogates(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    # RE2 matches UTF-8, where a surrogate is no character: leave them out of classes.
-    low, high = _SURROGATES
-    out: list[tuple[int, int]] = []
-    for start, end in ranges:
-        if end < low or start > high:
-            out.append((start, end))
-            continue
-        if start < low:
-            out.append((start, low - 1))
-        if end > high:
-            out.append((high + 1, end))
-    return out
 
 
 @lru_cache(maxsize=6)
@@ -235,7 +221,7 @@ def _class_body(escape: str) -> str:
         ranges = complement
     return "".join(
         f"\\x{{{start:x}}}" if start == end else f"\\x{{{start:x}}}-\\x{{{end:x}}}"
-        for start, end in _without_surrogates(ranges)
+        for start, end in ranges
     )
 
 
