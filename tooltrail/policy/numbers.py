@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import decimal
 import json
+import re
 import sys
 from collections.abc import Callable
 from functools import lru_cache
@@ -117,7 +118,37 @@ def loads(
         # stack instead, so a deep argument is decided, not a crash that drops its span.
         if parse_constant is not None or parse_float is not None:
             raise  # the iterative reader has no hooks: the caller reports the depth
-        return loads_iterative(text.decode() if isinstance(text, bytes) else text)
+        return _loads_deep(text.decode() if isinstance(text, bytes) else text, long_int)
+
+
+# A JSON string (skipped whole, so digits inside one are left alone), a quote that opens
+# no complete string (the text is not JSON: stop there, so no quote is scanned to the end
+# twice and the pass stays linear), or an integer longer than the digit limit (not part
+# of a float: no "." or exponent next to it).
+_STRING_OR_LONG_INT: Final = r'("(?:[^"\\]|\\.)*+")|(")|(?<![\d.eE+-])(-?\d{%d,})(?![\d.eE])'
+
+
+def _loads_deep(text: str, long_int: Callable[[str], str]) -> Any:
+    """``loads`` for a document nested too deep for ``json``: the iterative reader, with
+    too-long integers kept as text as ``loads`` keeps them (the reader has no hook)."""
+    try:
+        return loads_iterative(text)
+    except ValueError as e:
+        limit = max_digits()
+        if "integer string conversion" not in str(e) or long_int is not str or not limit:
+            raise
+    # Quote each too-long integer: it then reads as the string of its digits, which is
+    # what long_int=str makes of it.
+    pattern = re.compile(_STRING_OR_LONG_INT % (limit + 1))
+    return loads_iterative(pattern.sub(_quote_long_int, text))
+
+
+def _quote_long_int(m: re.Match[str]) -> str:
+    if m.group(1) is not None:
+        return m.group(1)
+    if m.group(2) is not None:
+        raise ValueError(f"unterminated string at offset {m.start()}")
+    return f'"{m.group(3)}"'
 
 
 def find_long_int(value: Any) -> tuple[JsonPath, LongInt] | None:

@@ -298,65 +298,110 @@ def translate(pattern: str) -> str:
     negations as Python's Unicode classes, ``\\Z`` as ``\\z``, ``\\u``/``\\U``/``\\N{}`` as
     ``\\x{}``, ``{,n}`` as ``{0,n}``, a ``[`` or ``]`` literal inside a class escaped (RE2
     reads ``[[:alpha:]]`` as a POSIX class, Python as a set of characters). Raises
-    ``RegexError`` for ``\\b`` and ``\\B``."""
-    out: list[str] = []
-    multiline = [False]  # per open group: does (?m) apply
-    in_class = False
-    class_start = 0  # where a "]" is still a literal member of the class
-    i, n = 0, len(pattern)
-    while i < n:
-        char = pattern[i]
-        if char == "\\":
-            text, i = _escape(pattern, i, in_class)
-            out.append(text)
-            continue
-        if in_class:
-            if char == "]" and i != class_start:
-                in_class = False
-                out.append(char)
-            elif char in "[]":
-                out.append("\\" + char)
-            else:
-                out.append(char)
-            i += 1
-            continue
-        if char == "[":
-            in_class = True
-            i += 1
-            if pattern.startswith("^", i):
-                i += 1
-                out.append("[^")
-            else:
-                out.append("[")
-            class_start = i
-            continue
-        if char == "(":
-            flags = _flag_group(pattern, i) if pattern.startswith("(?", i) else None
-            if flags is None:
-                multiline.append(multiline[-1])
-                out.append(char)
+    ``RegexError`` for ``\\b``, ``\\B`` and for a ``$`` followed by more pattern."""
+    return _Translator(pattern).run()
+
+
+class _Translator:
+    """One pass over a pattern (see ``translate``). Per open group it keeps whether
+    ``(?m)`` applies (what ``$`` means) and whether a translated ``$`` was passed in the
+    current branch: Python's ``$`` does not consume the final newline, ``(?:\\n?\\z)``
+    does, which is exact only when nothing that consumes text follows it in its branch
+    (``^a$``, ``(a$|b)``); ``a$\\n`` cannot be written in RE2 and is refused."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.out: list[str] = []
+        self.multiline = [False]  # per open group: does (?m) apply
+        self.after_dollar = [False]  # per open group: a translated $ earlier in the branch
+
+    def consume(self) -> None:
+        if any(self.after_dollar):
+            raise RegexError(
+                f"regex {self.pattern!r} has more pattern after $, which is not supported: "
+                "Python's $ also matches before a final newline without taking it, which "
+                "RE2 cannot express; end the branch at $, or write \\n?\\z or (?m)$"
+            )
+
+    def run(self) -> str:
+        pattern, out = self.pattern, self.out
+        in_class = False
+        class_start = 0  # where a "]" is still a literal member of the class
+        i, n = 0, len(pattern)
+        while i < n:
+            char = pattern[i]
+            if char == "\\":
+                if not in_class and pattern[i + 1 : i + 2] != "A":  # \z after $ differs too
+                    self.consume()
+                text, i = _escape(pattern, i, in_class)
+                out.append(text)
+                continue
+            if in_class:
+                if char == "]" and i != class_start:
+                    in_class = False
+                    out.append(char)
+                elif char in "[]":
+                    out.append("\\" + char)
+                else:
+                    out.append(char)
                 i += 1
                 continue
-            end, sets, opens = flags
-            state = multiline[-1] if sets is None else sets
-            if opens:
-                multiline.append(state)
-            else:
-                multiline[-1] = state
-            out.append(pattern[i:end])
-            i = end
-            continue
+            if char == "[":
+                self.consume()
+                in_class = True
+                i += 1
+                if pattern.startswith("^", i):
+                    i += 1
+                    out.append("[^")
+                else:
+                    out.append("[")
+                class_start = i
+                continue
+            if char == "(":
+                i = self.open_group(i)
+                continue
+            i = self.other(char, i)
+        return "".join(out)
+
+    def open_group(self, i: int) -> int:
+        pattern = self.pattern
+        flags = _flag_group(pattern, i) if pattern.startswith("(?", i) else None
+        if flags is None:
+            self.multiline.append(self.multiline[-1])
+            self.after_dollar.append(False)
+            self.out.append("(")
+            return i + 1
+        end, sets, opens = flags
+        state = self.multiline[-1] if sets is None else sets
+        if opens:
+            self.multiline.append(state)
+            self.after_dollar.append(False)
+        else:
+            self.multiline[-1] = state
+        self.out.append(pattern[i:end])
+        return end
+
+    def other(self, char: str, i: int) -> int:
+        """Outside classes: everything but escapes, classes and group openings."""
         if char == ")":
-            if len(multiline) > 1:
-                multiline.pop()
-        elif char == "$" and not multiline[-1]:
+            if len(self.multiline) > 1:
+                self.multiline.pop()
+                # A $ inside the group is followed by what follows the group.
+                passed = self.after_dollar.pop()
+                self.after_dollar[-1] = self.after_dollar[-1] or passed
+        elif char == "|":
+            self.after_dollar[-1] = False  # a new branch
+        elif char == "$" and not self.multiline[-1]:
+            self.after_dollar[-1] = True
             char = "(?:\\n?\\z)"
-        elif char == "{" and (m := _OMITTED_MIN.match(pattern, i)):
-            char = "{0," + m.group(1) + "}"  # Python's {,n} is {0,n}; RE2's a literal
+        elif char == "{" and (m := _REPEAT.match(self.pattern, i)):
+            # Python's {,n} is {0,n}; RE2 reads it as literal text.
+            char = m.group(0) if m.group(1) is None else "{0," + m.group(1) + "}"
             i = m.end() - 1
-        out.append(char)
-        i += 1
-    return "".join(out)
+        elif char not in "*+?^$":
+            self.consume()  # a literal character or "."
+        self.out.append(char)
+        return i + 1
 
 
-_OMITTED_MIN: Final = re.compile(r"\{,([0-9]+)\}")
+_REPEAT: Final = re.compile(r"\{,([0-9]+)\}|\{[0-9]+(?:,[0-9]*)?\}")
