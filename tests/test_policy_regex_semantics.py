@@ -286,3 +286,17 @@ def test_deep_arguments_with_a_too_long_integer_are_still_decided() -> None:
 
     parsed = json_object(row["arguments"])
     assert parsed["n"] == long_int and parsed["s"] == "1" + "2" * 5_000 and parsed["f"] == 1.0
+
+
+def test_an_in_condition_on_a_deep_argument_is_evaluated() -> None:
+    """`in` keyed a deep value with json.dumps (RecursionError: the whole call was denied
+    as a policy error instead of being decided by its rules)."""
+    policy = loads_policy(
+        "version: 1\nrules:\n  - id: ok\n"
+        "    when: {tool: t, args: {x: {in: [1, [[]]]}}}\n    decision: ALLOW\n"
+        "  - id: block\n    when: {tool: t, args: {cmd: {regex: '^rm'}}}\n    decision: DENY\n"
+    )
+    row = _deep_row(5_000)
+    apply_to_row(policy, row)
+    assert row["decision"] == "DENY" and row["policy_rule"] == "block"
+    assert policy.decide(ToolCall("t", {"cmd": "ls", "x": [[]]})).decision == "ALLOW"

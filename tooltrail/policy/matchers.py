@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, Final
 
+from tooltrail._json import dumps_iterative
 from tooltrail.policy.model import ToolCall
 from tooltrail.policy.numbers import decimal_text
 from tooltrail.policy.regex import PolicyRegex
@@ -218,7 +219,13 @@ def json_key(value: Any) -> tuple[str, Any]:
         return ("n", value)
     if isinstance(value, str):
         return ("s", value)
-    return ("j", json.dumps(value, sort_keys=True, default=str))
+    try:
+        return ("j", json.dumps(value, sort_keys=True, default=str))
+    except RecursionError:
+        # An argument nested deeper than json.dumps recurses (landed rows are read without
+        # a depth limit): written with an explicit stack. It equals a policy value only if
+        # the text is the same, and a policy's own values are never this deep.
+        return ("j", dumps_iterative(value, sort_keys=True))
 
 
 def json_equal(a: Any, b: Any) -> bool:
