@@ -90,6 +90,21 @@ def test_a_dollar_followed_by_more_pattern_is_refused(pattern: str) -> None:
     assert compile_regex("(a$|b)c").search("bc")  # another branch may go on
 
 
+@pytest.mark.parametrize(
+    ("pattern", "text", "expected"),
+    [("(?i)admin", "adm\u0130n", True), ("(?i)ADMIN", "adm\u0131n", True),
+     ("(?i)[a-z]min", "ad\u0130min", True), ("(?i:[^h-j])", "\u0130", False),
+     (r"(?i)\w", "\u0345", False)],
+)  # fmt: skip
+def test_ignorecase_folds_the_dotted_and_dotless_i_as_python_does(
+    pattern: str, text: str, expected: bool
+) -> None:
+    """Python's (?i) puts i, I, İ and ı in one class; RE2's only i and I: a DENY on
+    `(?i)admin` must still see "admİn"."""
+    assert bool(re.search(pattern, text)) is expected
+    assert compile_regex(pattern).search(text) is expected
+
+
 def test_multiline_dollar_keeps_its_meaning() -> None:
     assert compile_regex("(?m)^a$").search("a\nb")
     assert compile_regex("(?m:a$)").search("a\nb")
@@ -133,7 +148,7 @@ def test_a_pattern_too_large_is_named() -> None:
 # A differential test: Python's `re` and the translated RE2 pattern agree on random patterns
 # of the supported syntax over text rich in newlines, Unicode spaces, digits and letters.
 _ATOMS = [
-    "a", "1", "_", " ", "é", "٣", ".", "\\n", "\\.",
+    "a", "1", "_", " ", "é", "٣", ".", "\\n", "\\.", "i", "I", "[h-j]", "[^I]", "(?i:i)",
     r"\s", r"\S", r"\d", r"\D", r"\w", r"\W",
     r"[\s1]", r"[^\d]", r"[\w ]", r"[^\W_]", r"[a-z\d]", r"[\S\n]", r"[$]", r"\$",
 ]  # fmt: skip
@@ -141,7 +156,8 @@ _QUANTIFIERS = ["", "", "*", "+", "?", "{0,2}", "{2}", "*?", "+?", "{,2}"]
 _TEXT = st.text(
     alphabet=st.sampled_from(
         ["a", "1", "_", " ", "\n", "\r", "\t", "\xa0", "\u2028", "\x1c", "\x85", "\u3000",
-         "٣", "é", "😀", "Ⅻ", "²", "-", "$", ".", "\u200b", "\ud800"]
+         "٣", "é", "😀", "Ⅻ", "²", "-", "$", ".", "\u200b", "\ud800",
+         "i", "I", "\u0130", "\u0131", "A", "\u212a", "k"]
     ),
     max_size=10,
 )  # fmt: skip
@@ -164,7 +180,7 @@ def _patterns(draw: st.DrawFn) -> str:
             k = draw(st.integers(0, len(parts) - 1))
             parts[k] = "(" + parts[k] + ")" + draw(st.sampled_from(_QUANTIFIERS[:4]))
         branches.append(("^" if draw(st.booleans()) else "") + "".join(parts))
-    flags = draw(st.sampled_from(["", "", "(?m)", "(?s)", "(?ms)"]))
+    flags = draw(st.sampled_from(["", "", "(?m)", "(?s)", "(?ms)", "(?i)", "(?im)"]))
     return flags + "|".join(branches)
 
 

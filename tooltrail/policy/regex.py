@@ -24,6 +24,7 @@ from __future__ import annotations
 import array
 import re
 import unicodedata
+import warnings
 from functools import lru_cache
 from typing import Final, Protocol
 
@@ -184,6 +185,7 @@ _WORD_BOUNDARY: Final = (
     "write (?:^|\\W) before or (?:\\W|$) after the word instead"
 )
 _HEX: Final = frozenset("0123456789abcdefABCDEF")
+_DOTTED_I: Final = "iI\u0130\u0131"  # one class under Python's (?i), two under RE2's
 
 
 @lru_cache(maxsize=1)
@@ -225,9 +227,9 @@ def _class_body(escape: str) -> str:
     )
 
 
-def _flag_group(pattern: str, i: int) -> tuple[int, bool | None, bool] | None:
-    """At ``(?flags)`` / ``(?flags-flags:``: (the end of the prefix, what it sets the
-    multiline flag to (None: unchanged), whether it opens a group); None for other groups."""
+def _flag_group(pattern: str, i: int) -> tuple[int, str, str, bool] | None:
+    """At ``(?flags)`` / ``(?flags-flags:``: (the end of the prefix, the flags it sets and
+    clears, whether it opens a group); None for other groups."""
     j = i + 2
     on = off = ""
     target = "on"
@@ -241,8 +243,7 @@ def _flag_group(pattern: str, i: int) -> tuple[int, bool | None, bool] | None:
         j += 1
     if j >= len(pattern) or pattern[j] not in ":)" or j == i + 2:
         return None
-    multiline = True if "m" in on else False if "m" in off else None
-    return j + 1, multiline, pattern[j] == ":"
+    return j + 1, on, off, pattern[j] == ":"
 
 
 def _hex_escape(pattern: str, i: int, digits: int) -> tuple[str, int] | None:
@@ -274,7 +275,9 @@ def _escape(pattern: str, i: int, in_class: bool) -> tuple[str, int]:
     char = pattern[i + 1]
     if char in _CLASS_ESCAPES:
         body = _class_body(char)
-        return (body if in_class else f"[{body}]"), i + 2
+        # Outside a class: not case-folded, as Python tests \w on the character itself
+        # (RE2's (?i) would fold the ranges: U+0345 in \W stands for every iota).
+        return (body if in_class else f"(?-i:[{body}])"), i + 2
     if char in "bB":
         if in_class and char == "b":
             return "\\x08", i + 2  # [\b] is a backspace in Python
@@ -312,7 +315,7 @@ class _Translator:
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
         self.out: list[str] = []
-        self.multiline = [False]  # per open group: does (?m) apply
+        self.flags: list[frozenset[str]] = [frozenset()]  # per open group: (?m), (?i) on
         self.after_dollar = [False]  # per open group: a translated $ earlier in the branch
 
     def consume(self) -> None:
@@ -326,6 +329,7 @@ class _Translator:
     def run(self) -> str:
         pattern, out = self.pattern, self.out
         in_class = False
+        class_open = 0  # where the class began
         class_start = 0  # where a "]" is still a literal member of the class
         i, n = 0, len(pattern)
         while i < n:
@@ -339,7 +343,7 @@ class _Translator:
             if in_class:
                 if char == "]" and i != class_start:
                     in_class = False
-                    out.append(char)
+                    out.append(self.case_fold_extra(pattern[class_open : i + 1]) + char)
                 elif char in "[]":
                     out.append("\\" + char)
                 else:
@@ -349,6 +353,7 @@ class _Translator:
             if char == "[":
                 self.consume()
                 in_class = True
+                class_open = i
                 i += 1
                 if pattern.startswith("^", i):
                     i += 1
@@ -363,35 +368,50 @@ class _Translator:
             i = self.other(char, i)
         return "".join(out)
 
+    def case_fold_extra(self, source: str) -> str:
+        """Under ``(?i)`` Python folds i, I, İ (U+0130) and ı (U+0131) into one class, RE2
+        only i and I: a class Python's ``re`` says holds one of them gets all four (asked
+        of ``re`` itself, on the class without its ``^``, so ranges count too)."""
+        if "i" not in self.flags[-1]:
+            return ""
+        positive = "[" + source[2:] if source.startswith("[^") else source
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "possible nested set" and the like
+                holds = re.search("(?i)" + positive, "i") is not None
+        except re.error:
+            return ""  # not a class Python reads: RE2 reports the pattern
+        return _DOTTED_I if holds else ""
+
     def open_group(self, i: int) -> int:
         pattern = self.pattern
         flags = _flag_group(pattern, i) if pattern.startswith("(?", i) else None
         if flags is None:
-            self.multiline.append(self.multiline[-1])
+            self.flags.append(self.flags[-1])
             self.after_dollar.append(False)
             self.out.append("(")
             return i + 1
-        end, sets, opens = flags
-        state = self.multiline[-1] if sets is None else sets
+        end, on, off, opens = flags
+        state = (self.flags[-1] | set(on)) - set(off)
         if opens:
-            self.multiline.append(state)
+            self.flags.append(state)
             self.after_dollar.append(False)
         else:
-            self.multiline[-1] = state
+            self.flags[-1] = state
         self.out.append(pattern[i:end])
         return end
 
     def other(self, char: str, i: int) -> int:
         """Outside classes: everything but escapes, classes and group openings."""
         if char == ")":
-            if len(self.multiline) > 1:
-                self.multiline.pop()
+            if len(self.flags) > 1:
+                self.flags.pop()
                 # A $ inside the group is followed by what follows the group.
                 passed = self.after_dollar.pop()
                 self.after_dollar[-1] = self.after_dollar[-1] or passed
         elif char == "|":
             self.after_dollar[-1] = False  # a new branch
-        elif char == "$" and not self.multiline[-1]:
+        elif char == "$" and "m" not in self.flags[-1]:
             self.after_dollar[-1] = True
             char = "(?:\\n?\\z)"
         elif char == "{" and (m := _REPEAT.match(self.pattern, i)):
@@ -400,6 +420,8 @@ class _Translator:
             i = m.end() - 1
         elif char not in "*+?^$":
             self.consume()  # a literal character or "."
+            if char in _DOTTED_I and "i" in self.flags[-1]:
+                char = f"[{_DOTTED_I}]"
         self.out.append(char)
         return i + 1
 
