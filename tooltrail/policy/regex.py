@@ -12,7 +12,9 @@ DENY rule written and tested under ``re`` must not quietly match less on RE2. Wh
 engines differ the pattern is translated before RE2 compiles it (``translate``): ``$``
 outside ``(?m)`` also matches before a final newline, and ``\\s``, ``\\d``, ``\\w`` (and
 their negations) are Unicode classes holding exactly the characters Python's ``re`` puts in
-them. ``\\b`` and ``\\B`` (Unicode word boundaries) have no RE2 equivalent: refused.
+them (unfolded by ``(?i)``, as in Python), and ``(?i)`` puts i, I, İ and ı in one class
+as Python does. ``\\b`` and ``\\B`` (Unicode word boundaries) have no RE2 equivalent, nor
+has a ``$`` followed by more pattern in its branch: refused, naming the construct.
 
 Text is matched as UTF-8; a lone surrogate (which JSON can carry, ``"\\ud800"``) is encoded
 as is (``surrogatepass``) rather than failing the call: RE2 reads it as that code point,
@@ -300,17 +302,19 @@ def translate(pattern: str) -> str:
     ``re`` matches: ``$`` (outside ``(?m)``) as ``(?:\\n?\\z)``, ``\\s \\d \\w`` and their
     negations as Python's Unicode classes, ``\\Z`` as ``\\z``, ``\\u``/``\\U``/``\\N{}`` as
     ``\\x{}``, ``{,n}`` as ``{0,n}``, a ``[`` or ``]`` literal inside a class escaped (RE2
-    reads ``[[:alpha:]]`` as a POSIX class, Python as a set of characters). Raises
-    ``RegexError`` for ``\\b``, ``\\B`` and for a ``$`` followed by more pattern."""
+    reads ``[[:alpha:]]`` as a POSIX class, Python as a set of characters), under ``(?i)``
+    the i-family as one class. Raises ``RegexError`` for ``\\b``, ``\\B`` and for a ``$``
+    followed by more pattern."""
     return _Translator(pattern).run()
 
 
 class _Translator:
-    """One pass over a pattern (see ``translate``). Per open group it keeps whether
-    ``(?m)`` applies (what ``$`` means) and whether a translated ``$`` was passed in the
-    current branch: Python's ``$`` does not consume the final newline, ``(?:\\n?\\z)``
-    does, which is exact only when nothing that consumes text follows it in its branch
-    (``^a$``, ``(a$|b)``); ``a$\\n`` cannot be written in RE2 and is refused."""
+    """One pass over a pattern (see ``translate``). Per open group it keeps the flags
+    ``(?m)`` (what ``$`` means) and ``(?i)`` (the i-family), and whether a translated
+    ``$`` was passed in the current branch: Python's ``$`` does not consume the final
+    newline, ``(?:\\n?\\z)`` does, which is exact only when nothing that consumes text
+    follows it in its branch (``^a$``, ``(a$|b)``); ``a$\\n`` cannot be written in RE2
+    and is refused."""
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
