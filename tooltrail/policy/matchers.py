@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, Final
 
+from tooltrail._json import dumps_iterative
 from tooltrail.policy.model import ToolCall
-from tooltrail.policy.numbers import fits_decimal
+from tooltrail.policy.numbers import decimal_text
 from tooltrail.policy.regex import PolicyRegex
 
 
@@ -187,9 +188,9 @@ def scalar_text(value: Any) -> str | None:
     if isinstance(value, float):
         return str(value)
     if isinstance(value, int):
-        # Past 4,300 digits Python will not write an int in decimal (ValueError): no
-        # glob or regex sees such a number, as none sees a boolean.
-        return str(value) if fits_decimal(value) else None
+        # Past 4,300 digits ``str()`` refuses an int (ValueError), but a DENY rule must
+        # still see its digits: written without that limit.
+        return decimal_text(value)
     return None
 
 
@@ -218,7 +219,13 @@ def json_key(value: Any) -> tuple[str, Any]:
         return ("n", value)
     if isinstance(value, str):
         return ("s", value)
-    return ("j", json.dumps(value, sort_keys=True, default=str))
+    try:
+        return ("j", json.dumps(value, sort_keys=True, default=str))
+    except RecursionError:
+        # An argument nested deeper than json.dumps recurses (landed rows are read without
+        # a depth limit): written with an explicit stack. It equals a policy value only if
+        # the text is the same, and a policy's own values are never this deep.
+        return ("j", dumps_iterative(value, sort_keys=True))
 
 
 def json_equal(a: Any, b: Any) -> bool:

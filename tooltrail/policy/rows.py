@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from tooltrail._json import dumps_iterative
 from tooltrail.policy import numbers
 from tooltrail.policy.engine import Policy
 from tooltrail.policy.model import VERDICT_POLICY_ERROR, Decision, TextRedaction, ToolCall
@@ -22,7 +23,12 @@ SPAN_TYPE_TOOL = "tool"
 
 def dumps(value: Any) -> str:
     """Compact JSON as landed in the ``arguments`` / ``arguments_rewritten`` columns."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    except RecursionError:
+        # Nested deeper than json.dumps recurses (a landed row's attributes or arguments
+        # read by numbers.loads's iterative fallback): write it with an explicit stack.
+        return dumps_iterative(value)
 
 
 def json_object(value: Any) -> dict[str, Any]:
