@@ -152,7 +152,10 @@ def _load_rules(path: Path) -> tuple[tuple[Rule, ...], tuple[str, ...]]:
                 "".join(pieces[lo:hi]),
             )
         )
-    return tuple(rules), tuple(data["first_tier"])
+    tier = data["first_tier"]
+    if not isinstance(tier, list) or not all(isinstance(m, str) and m for m in tier):
+        raise ValueError(f"{path}: first_tier must be a list of non-empty strings")
+    return tuple(rules), tuple(tier)
 
 
 RULES, FIRST_TIER = _load_rules(RULES_FILE)
@@ -245,8 +248,13 @@ _MAX_NAME_LEN: Final = 64
 
 
 def _first_tier(markers: tuple[str, ...]) -> Callable[[str], bool]:
-    # One ``or`` chain of substring tests, built from the rules file: a loop over the
-    # markers would cost several times more, and this runs for every landed span.
+    # One ``or`` chain of substring tests, built from the rules file with exec. Kept on
+    # purpose: it runs for every landed string, and the constructions without exec cost
+    # more on short text (maybe_sensitive on a 57-byte clean text, bench/redact.py
+    # --precheck, same 30 entries): a plain loop +19..40%, any() over a generator
+    # +52..59%, one regex alternation of the literals about 2x. Safe: the source holds
+    # only repr() of str literals (checked in _load_rules), so the rules file cannot
+    # inject code.
     source = " or ".join(f"{m!r} in low" for m in markers)
     namespace: dict[str, Any] = {}
     exec(f"def _may_hold_secret(low):\n    return {source}\n", namespace)
@@ -271,17 +279,60 @@ _TIER_RULES: Final = tuple(
 _NARROW_MAX: Final = 4096
 
 
-def _rules_for(low: str) -> tuple[str, ...]:
-    """The rules that can match lower-cased text ``low``, in rule order."""
+def _rules_for(low: str) -> tuple[tuple[str, ...], bool]:
+    """The rules that can match lower-cased text ``low``, in rule order, and whether it
+    can hold a quoted credential name (see ``_QUOTED_NAME``)."""
     found: set[str] = set()
+    names = False
     for entry, ids in _TIER_RULES:
         if entry in low:
             found |= ids
+            names = names or entry in _NAME_TIER
     if not found:
-        return ()
+        return (), names
     if len(low) > _NARROW_MAX:
-        return tuple(k for k in _KIND_ORDER if k in found)
-    return tuple(k for k in _KIND_ORDER if k in found and any(m in low for m in _KINDS[k][1]))
+        return tuple(k for k in _KIND_ORDER if k in found), names
+    kinds = tuple(k for k in _KIND_ORDER if k in found and any(m in low for m in _KINDS[k][1]))
+    return kinds, names
+
+
+# Quoted names in text: what the list and pair rules of ``scrub_obj`` see in a parsed value,
+# seen where the value is quoted inside free text (a decider's reason "saw {...}", a result
+# or error message that prints the arguments, JSON or a Python repr): a quoted name, a
+# separator and a quoted value, ``"--password", "p"``, ``["X-Api-Key", "v"]``,
+# ``'pwd': 'v'``. Whether the name names a credential is the key-name rule's call
+# (``Redactor.is_sensitive_key``), so text and objects agree.
+#
+# Linear: the search starts only at a quote (a literal class the engine skips to); the name
+# is at most _MAX_NAME_LEN characters of a class without quotes; the value is read in a
+# lookahead from its opening quote to its closing one (not consumed, so it can be the next
+# name: ``"a", "--password", "p"``). A value starts right after a separator, and a quote
+# inside another value of its kind is escaped (``\"``), so no two value reads of one quote
+# kind overlap: each character is read at most twice (once per kind) plus the bounded names.
+_QUOTED_NAME: Final = re.compile(
+    r"""(?P<q>["'])(?P<name>[A-Za-z0-9_.\- ]{1,"""
+    + str(_MAX_NAME_LEN)
+    + r"""}+)(?P=q)\s*+(?P<sep>[,:=])\s*+"""
+    r"""(?=(?:"(?P<dq>(?:[^"\\\n]|\\.)*+)"|'(?P<sq>(?:[^'\\\n]|\\.)*+)')(?P<close>\s*+\])?)""",
+    _FLAGS,
+)
+# The first-tier entries that a credential key name, spelled any way (snake, kebab, camel,
+# dotted, upper case) and followed by its closing quote, always contains: text holding none
+# of them holds no quoted credential name (tests/test_redact_in_prose.py checks every name).
+_NAME_TIER: Final = frozenset(
+    {"key", "secret", "token", "pass", "pwd", "auth", "cookie", "credential", "signature"}
+    | {'sig"', "sig'"}
+)
+_SPACE: Final = frozenset(" \t\r\n")
+
+
+def _opens_list(s: str, start: int) -> bool:
+    """Whether the quoted name at ``s[start]`` is a list's first element (``[`` before it,
+    maybe after white space). Reads back over white space only, which no other name shares."""
+    i = start - 1
+    while i >= 0 and s[i] in _SPACE:
+        i -= 1
+    return i >= 0 and s[i] == "["
 
 
 # Bare tokens: a run of base64 characters (16+) holding upper- and lower-case letters and a
@@ -293,12 +344,14 @@ def _rules_for(low: str) -> tuple[str, ...]:
 # each read the run once.
 _B64_MIXED: Final = r"(?=[a-z0-9+/]*+[A-Z])(?=[A-Z0-9+/]*+[a-z])(?=[A-Za-z+/]*+[0-9])"
 _B64_BODY: Final = r"[A-Za-z0-9+/]{16,}+={0,2}+"
-_B64_END: Final = r"(?:[\"\x00]|\Z)"
-_B64_GATE_QUOTED: Final = re.compile('"' + _B64_MIXED + _B64_BODY + _B64_END, _FLAGS)
+_B64_END: Final = r"(?:[\"'\x00]|\Z)"
+# Quoted: in JSON ("...") or in a Python repr ('...'), such as an error message or a
+# result that prints the arguments.
+_B64_GATE_QUOTED: Final = re.compile("[\"']" + _B64_MIXED + _B64_BODY + _B64_END, _FLAGS)
 _B64_GATE_JOINED: Final = re.compile("\x00" + _B64_MIXED + _B64_BODY + _B64_END, _FLAGS)
 _B64_GATE_START: Final = re.compile(_B64_MIXED + _B64_BODY + _B64_END, _FLAGS)
 _B64_WHOLE: Final = re.compile(_B64_MIXED + _B64_BODY, _FLAGS)
-_B64_QUOTED: Final = re.compile('"(' + _B64_BODY + ')"', _FLAGS)
+_B64_QUOTED: Final = re.compile("([\"'])(" + _B64_BODY + ")\\1", _FLAGS)
 
 
 def _may_hold_bare_token(s: str) -> bool:
@@ -466,9 +519,15 @@ class Redactor:
         # Short text: the first tier's one expression rejects clean text fastest. Long text:
         # _rules_for scans each entry once whatever it holds (no second pass on a hit).
         clean = len(low) <= _NARROW_MAX and not _may_hold_secret(low)
-        kinds = () if clean else _rules_for(low)
+        kinds, names = ((), False) if clean else _rules_for(low)
         if kinds:
             s, count = _substitute(self._regex_for(kinds), s)
+        if self._extra_key_markers and not names:
+            names = any(m in low for m in self._extra_key_markers)
+        # After the shapes: a value the ``key`` rule took is a marker now, not counted again.
+        if names and ('"' in s or "'" in s):
+            s, quoted = self._scrub_quoted_names(s)
+            count += quoted
         if self._extra is not None:
             s, extra = _substitute(self._extra, s, self._extra_kinds)
             count += extra
@@ -476,6 +535,42 @@ class Redactor:
             s, bare = self._scrub_runs(s, depth)
             count += bare
         return s, count
+
+    def _scrub_quoted_names(self, s: str) -> tuple[str, int]:
+        """Quoted values that a quoted credential name before them names (``_QUOTED_NAME``)
+        become ``[REDACTED:key]``, inside their quotes."""
+        pieces: list[str] = []
+        done = 0  # s[:done] is in pieces
+        for m in _QUOTED_NAME.finditer(s):
+            group = "dq" if m.start("dq") >= 0 else "sq"
+            start, end = m.span(group)
+            if start < done or not self._quoted_name_hits(m, s):
+                continue
+            if not _holds_secret(m.group(group)):
+                continue
+            pieces.append(s[done:start])
+            pieces.append(_KEY_MARK)
+            done = end
+        if not pieces:
+            return s, 0
+        count = len(pieces) // 2
+        pieces.append(s[done:])
+        return "".join(pieces), count
+
+    def _quoted_name_hits(self, m: re.Match[str], s: str) -> bool:
+        """The list and pair rules of ``_walk`` for a quoted name in text: a key before ``:``
+        or ``=``; before ``,``, a flag (``"--password", p``) or the first of a pair
+        (``["X-Api-Key", v]``, the list closing after the value)."""
+        name = m.group("name")
+        if m.group("sep") != ",":
+            return self.is_sensitive_key(name)
+        if name.startswith("-"):
+            return self._names_secret(name, False)
+        return (
+            m.group("close") is not None
+            and _opens_list(s, m.start())
+            and self.is_sensitive_key(name)
+        )
 
     def _scrub_runs(self, s: str, depth: int) -> tuple[str, int]:
         """Bare tokens (after the shapes, so what they caught is already a marker), in a
@@ -488,11 +583,12 @@ class Redactor:
 
         def repl(m: re.Match[str]) -> str:
             nonlocal count
-            kind = self._bare_kind(m.group(1), depth)
+            kind = self._bare_kind(m.group(2), depth)
             if kind is None:
                 return m.group()
             count += 1
-            return f'"{REDACTED_TEMPLATE.format(kind)}"'
+            quote = m.group(1)
+            return f"{quote}{REDACTED_TEMPLATE.format(kind)}{quote}"
 
         return _B64_QUOTED.sub(repl, s), count
 
