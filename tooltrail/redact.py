@@ -309,13 +309,27 @@ def _rules_for(low: str) -> tuple[tuple[str, ...], bool]:
 # name: ``"a", "--password", "p"``). A value starts right after a separator, and a quote
 # inside another value of its kind is escaped (``\"``), so no two value reads of one quote
 # kind overlap: each character is read at most twice (once per kind) plus the bounded names.
-_QUOTED_NAME: Final = re.compile(
+_QUOTED_NAME_BODY: Final = (
     r"""(?P<q>["'])(?P<name>[A-Za-z0-9_.\- ]{1,"""
     + str(_MAX_NAME_LEN)
-    + r"""}+)(?P=q)\s*+(?P<sep>[,:=])\s*+"""
-    r"""(?=(?:"(?P<dq>(?:[^"\\\n]|\\.)*+)"|'(?P<sq>(?:[^'\\\n]|\\.)*+)')(?P<close>\s*+\])?)""",
+    + r"""}+){ending}(?P=q)\s*+(?P<sep>[,:=])\s*+"""
+    r"""(?=(?P<v>"(?:[^"\\\n]|\\.)*+"|'(?:[^'\\\n]|\\.)*+')(?P<close>\s*+\])?)"""
+)
+# Every credential name (``_KEY_ENDINGS``, ``SENSITIVE_KEY_WORDS``, in any spelling) ends
+# with one of these, so names that cannot be one (nearly every JSON key) fail inside the
+# regex engine instead of costing a call of the key-name rule each; a Redactor with extra
+# key names uses the pattern without this filter.
+_NAME_TAILS: Final = (
+    "word", "wd", "phrase", "code", "secret", "token", "key", "tion", "cookie", "tial",
+    "tials", "ture", "pass", "sig", "auth",
+)  # fmt: skip
+_QUOTED_NAME: Final = re.compile(
+    _QUOTED_NAME_BODY.replace(
+        "{ending}", "(?i:" + "|".join(f"(?<={t})" for t in _NAME_TAILS) + ")"
+    ),
     _FLAGS,
 )
+_QUOTED_ANY_NAME: Final = re.compile(_QUOTED_NAME_BODY.replace("{ending}", ""), _FLAGS)
 # The first-tier entries that a credential key name, spelled any way (snake, kebab, camel,
 # dotted, upper case) and followed by its closing quote, always contains: text holding none
 # of them holds no quoted credential name (tests/test_redact_in_prose.py checks every name).
@@ -541,12 +555,13 @@ class Redactor:
         become ``[REDACTED:key]``, inside their quotes."""
         pieces: list[str] = []
         done = 0  # s[:done] is in pieces
-        for m in _QUOTED_NAME.finditer(s):
-            group = "dq" if m.start("dq") >= 0 else "sq"
-            start, end = m.span(group)
+        regex = _QUOTED_ANY_NAME if self._extra_key_markers else _QUOTED_NAME
+        for m in regex.finditer(s):
+            start, end = m.span("v")
+            start, end = start + 1, end - 1  # inside the quotes
             if start < done or not self._quoted_name_hits(m, s):
                 continue
-            if not _holds_secret(m.group(group)):
+            if not _holds_secret(s[start:end]):
                 continue
             pieces.append(s[done:start])
             pieces.append(_KEY_MARK)
