@@ -552,17 +552,33 @@ class Redactor:
 
     def _scrub_quoted_names(self, s: str) -> tuple[str, int]:
         """Quoted values that a quoted credential name before them names (``_QUOTED_NAME``)
-        become ``[REDACTED:key]``, inside their quotes."""
+        become ``[REDACTED:key]``, inside their quotes.
+
+        The rules are ``_walk``'s for a parsed value: a key before ``:`` or ``=``; before
+        ``,``, a flag (``"--password", p``) or the first of a pair (``["X-Api-Key", v]``,
+        the list closing after the value). One loop, no call per match but the cached
+        key-name rule: text where every element matches costs one pass of this loop."""
         pieces: list[str] = []
         done = 0  # s[:done] is in pieces
         regex = _QUOTED_ANY_NAME if self._extra_key_markers else _QUOTED_NAME
+        is_key = self.is_sensitive_key
         for m in regex.finditer(s):
+            name, sep, close = m.group("name", "sep", "close")
+            if sep != ",":
+                hit = is_key(name)
+            elif name[0] == "-":
+                hit = self._names_secret(name, False)
+            else:
+                hit = close is not None and is_key(name) and _opens_list(s, m.start())
+            if not hit:
+                continue
             start, end = m.span("v")
             start, end = start + 1, end - 1  # inside the quotes
-            if start < done or not self._quoted_name_hits(m, s):
+            if start < done or start == end:
                 continue
-            if not _holds_secret(s[start:end]):
-                continue
+            value = s[start:end]
+            if value.startswith("[REDACTED") and is_redaction_marker(value):
+                continue  # scrubbed before: nothing new, nothing counted
             pieces.append(s[done:start])
             pieces.append(_KEY_MARK)
             done = end
@@ -571,21 +587,6 @@ class Redactor:
         count = len(pieces) // 2
         pieces.append(s[done:])
         return "".join(pieces), count
-
-    def _quoted_name_hits(self, m: re.Match[str], s: str) -> bool:
-        """The list and pair rules of ``_walk`` for a quoted name in text: a key before ``:``
-        or ``=``; before ``,``, a flag (``"--password", p``) or the first of a pair
-        (``["X-Api-Key", v]``, the list closing after the value)."""
-        name = m.group("name")
-        if m.group("sep") != ",":
-            return self.is_sensitive_key(name)
-        if name.startswith("-"):
-            return self._names_secret(name, False)
-        return (
-            m.group("close") is not None
-            and _opens_list(s, m.start())
-            and self.is_sensitive_key(name)
-        )
 
     def _scrub_runs(self, s: str, depth: int) -> tuple[str, int]:
         """Bare tokens (after the shapes, so what they caught is already a marker), in a
