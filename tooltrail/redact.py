@@ -18,7 +18,9 @@ The rules:
   ``cookie`` ...) becomes ``[REDACTED:key]`` whatever it looks like; so does, in a list,
   the value after a credential-named flag (``["--password", p]``) and the second of a
   pair whose first names a credential (``["X-Api-Key", v]``, header lists). A key that
-  itself holds a credential shape is scrubbed like any string.
+  itself holds a credential shape is scrubbed like any string. In free text that quotes a
+  value (JSON or a Python repr in a reason, an error, a result), the same rules apply to
+  a quoted name, a separator and a quoted value (``"--password", "p"``, ``'pwd': 'v'``).
 
 Every replacement is counted, so an auditor sees that something was removed.
 
