@@ -129,7 +129,8 @@ def test_every_credential_name_passes_the_quoted_name_tier(name: str) -> None:
 
 @pytest.mark.parametrize("tier", ["[1]", '["x", ""]', '"key"'])
 def test_a_first_tier_that_is_not_strings_is_a_clear_error(tmp_path: Path, tier: str) -> None:
-    """The first tier becomes code (an ``or`` chain of literals): only non-empty strings."""
+    """The first tier is searched for as substrings: only non-empty strings (an empty one
+    would admit every text, a number would fail on every call)."""
     bad = tmp_path / "rules.toml"
     bad.write_text(
         f'first_tier = {tier}\n[[rule]]\nid = "ok"\nregex = "x"\nmarkers = ["x"]\nsample = ["x"]\n',
@@ -137,3 +138,11 @@ def test_a_first_tier_that_is_not_strings_is_a_clear_error(tmp_path: Path, tier:
     )
     with pytest.raises(ValueError, match=r"rules\.toml: first_tier must be a list of non-empty"):
         redact._load_rules(bad)
+
+
+def test_the_first_tier_is_not_generated_code() -> None:
+    """The pre-check is code of redact.py itself, not source built from the rules file and
+    exec'd (its code would come from "<string>")."""
+    code = redact._may_hold_secret.__code__
+    assert Path(code.co_filename) == Path(redact.__file__)
+    assert redact._may_hold_secret("x-api-key") and not redact._may_hold_secret("hello")
