@@ -1,6 +1,7 @@
 """Credential scrubber cost per MiB, on adversarial and on ordinary text.
 
     python bench/redact.py [--mib 1] [--repeats 3] [--only NAME]
+    python bench/redact.py --precheck   # maybe_sensitive on small and 100 KB clean text
 
 Each input is about --mib MiB. Adversarial inputs are built to make a backtracking regex
 go quadratic: a prefix that starts a match repeated with nothing to complete it (per
@@ -17,6 +18,7 @@ import base64
 import json
 import random
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +53,13 @@ def adversarial(size: int) -> dict[str, str]:
         "BEGIN no END": repeat_to("-----BEGIN RSA PRIVATE KEY-----x", size),
         "BEGIN letters": "-----BEGIN " + repeat_to("A ", size),
         "quote no close": repeat_to('token="' + "x" * 30 + "\n", size),
+        # Quoted names in text (a reason or a repr quoting arguments): every quote starts a
+        # name, every name is followed by a value, values never close or hold escapes.
+        "quoted names, values": repeat_to('["--password", "token", ', size),
+        "quoted pairs": repeat_to("['X-Api-Key', 'v'], ", size),
+        "quoted value no close": repeat_to('"password": "' + "x" * 30 + "\n", size),
+        "quoted escapes": '"token": "' + repeat_to('\\"a\\", ', size),
+        "quotes and names": repeat_to("'key'", size),
     }
     for rule in RULES:
         cut = rule.sample[: max(len(rule.sample) - 2, 1)]
@@ -75,6 +84,24 @@ def deep_json(size: int) -> str:
     return '{"token": ' + "[" * depth + "]" * depth + "}"
 
 
+def precheck(repeats: int) -> None:
+    """The pre-check every landed string pays: maybe_sensitive on clean text."""
+    r = Redactor()
+    small = "The payments service retries a failed charge three times."
+    big = repeat_to(ordinary(100_000)["prose"], 100_000)
+    for label, text, number in (("57 B", small, 200_000), ("100 KB", big, 200)):
+        assert not r.maybe_sensitive(text)
+        best = best_of(repeats, lambda t=text, n=number: _loop(r.maybe_sensitive, t, n)) / number
+        print(f"maybe_sensitive, clean text of {label:>6}: {best * 1e6:9.3f} us")
+
+
+def _loop(fn: Callable[[str], object], text: str, number: int) -> float:
+    start = time.perf_counter()
+    for _ in range(number):
+        fn(text)
+    return time.perf_counter() - start
+
+
 def ms_per_mib(fn: Callable[[], object], size: int, repeats: int) -> float:
     return best_of(repeats, lambda: timed(fn)) * 1000 * MIB / size
 
@@ -84,7 +111,11 @@ def main() -> None:
     ap.add_argument("--mib", type=float, default=1.0, help="size of each input")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", help="run only inputs whose name contains this")
+    ap.add_argument("--precheck", action="store_true", help="time maybe_sensitive only")
     args = ap.parse_args()
+    if args.precheck:
+        precheck(args.repeats)
+        return
     size = int(args.mib * MIB)
     r = Redactor()
 
