@@ -84,6 +84,13 @@ def deep_json(size: int) -> str:
     return '{"token": ' + "[" * depth + "]" * depth + "}"
 
 
+def token_keys(size: int) -> str:
+    """A JSON object whose keys are all tokens (a token-indexed map): each scrubbed key
+    must be told apart from the others (``#2``, ``#3``...) without re-counting."""
+    n = size // 60
+    return json.dumps({f"ghp_{i:036d}": i for i in range(n)})
+
+
 def precheck(repeats: int) -> None:
     """The pre-check every landed string pays: maybe_sensitive on clean text."""
     r = Redactor()
@@ -143,6 +150,16 @@ def main() -> None:
                 "adversarial",
                 "base64 of deep JSON",
                 ms_per_mib(lambda: r.scrub_text(b64), len(b64), args.repeats),
+            )
+        )
+
+    if not args.only or args.only in "token keys (scrub_json)":
+        keyed = token_keys(size)
+        rows.append(
+            (
+                "adversarial",
+                "token keys (scrub_json)",
+                ms_per_mib(lambda: r.scrub_json(keyed), len(keyed), args.repeats),
             )
         )
 

@@ -235,3 +235,16 @@ CLEAN_LISTS = [
 @pytest.mark.parametrize("value", CLEAN_LISTS)
 def test_ordinary_lists_are_untouched(value: list[str]) -> None:
     assert Redactor().scrub_obj(value) == (value, 0)
+
+
+def test_token_keys_scrubbed_alike_are_told_apart_even_beside_a_literal_suffix() -> None:
+    r = Redactor()
+    tokens = [f"ghp_{i:036d}" for i in range(5)]
+    mark = "[REDACTED:github_token]"
+    doc = {tokens[0]: 0, f"{mark}#3": "literal", **{t: i for i, t in enumerate(tokens[1:], 1)}}
+    out, count = r.scrub_obj(doc)
+    assert count == 5
+    assert len(out) == len(doc)  # no value lost to a clash
+    assert out[f"{mark}#3"] == "literal"
+    assert sorted(v for k, v in out.items() if k != f"{mark}#3") == [0, 1, 2, 3, 4]
+    assert not any(t in json.dumps(out) for t in tokens)

@@ -740,6 +740,7 @@ class Redactor:
         while todo:
             source, out = todo.pop()
             if isinstance(out, dict):
+                suffixes: dict[str, int] = {}  # last "#N" given per scrubbed key here
                 for k, v in source.items():
                     if isinstance(k, str) and self.is_sensitive_key(k) and _holds_secret(v):
                         value: Any = _KEY_MARK
@@ -747,7 +748,7 @@ class Redactor:
                     else:
                         value = copy_of(v)
                     if isinstance(k, str):
-                        k, n = self._scrub_key(k, out)
+                        k, n = self._scrub_key(k, out, suffixes)
                         total += n
                     out[k] = value
             else:
@@ -772,9 +773,13 @@ class Redactor:
             return self.scrub_text(obj)
         return obj, 0
 
-    def _scrub_key(self, key: str, out: Mapping[str, Any]) -> tuple[str, int]:
+    def _scrub_key(
+        self, key: str, out: Mapping[str, Any], suffixes: dict[str, int]
+    ) -> tuple[str, int]:
         # A credential used as a key (a token-indexed map): scrubbed like any text; two
-        # keys scrubbed alike are told apart so neither value is lost.
+        # keys scrubbed alike are told apart so neither value is lost. ``suffixes`` keeps
+        # the last number given per scrubbed key of this mapping, so N token keys cost
+        # O(N), not O(N^2) (each new key would otherwise count up from #2 again).
         cached = self._key_text_cache.get(key)
         if cached is None:
             cached = self.scrub_text(key) if self.maybe_sensitive(key) else (key, 0)
@@ -782,11 +787,12 @@ class Redactor:
                 self._key_text_cache.clear()
             self._key_text_cache[key] = cached
         scrubbed, n = cached
-        if n:
-            base, i = scrubbed, 1
+        if n and scrubbed in out:
+            base, i = scrubbed, suffixes.get(scrubbed, 1)
             while scrubbed in out:
                 i += 1
                 scrubbed = f"{base}#{i}"
+            suffixes[base] = i
         return scrubbed, n
 
     def scrub_json(self, text: str) -> tuple[str, int]:
