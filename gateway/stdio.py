@@ -91,6 +91,8 @@ MAX_LINE: Final = 256 * 1024 * 1024
 # After the client hangs up, how long the server gets to exit on its own.
 SERVER_EXIT_GRACE_S: Final = 5.0
 DEFAULT_PROGRESS_S: Final = 1.0
+# How long a tools/call sent ahead of the server's initialize answer waits for it.
+INITIALIZE_WAIT_S: Final = 30.0
 HELD_MESSAGE: Final = "held by tooltrail: waiting for a decision (approval or a paused session)"
 
 
@@ -127,6 +129,31 @@ def _key(request_id: Any) -> str:
 
 def _dumps(message: Mapping[str, Any]) -> bytes:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+class DuplicateKey(ValueError):
+    """A JSON object naming one key twice: readers disagree on which value counts."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise DuplicateKey("an object names a key twice")
+    return out
+
+
+def _read_client(text: bytes) -> Any:
+    """A client's message as the gateway decides it. Duplicate keys are refused: the
+    gateway must not read ``method`` or ``arguments`` otherwise than the server does."""
+    return json.loads(text, object_pairs_hook=_no_duplicates)
+
+
+def _canonical(message: Any) -> bytes:
+    """The one line the server gets for a client's message: the object the gateway read,
+    written again (ASCII, compact), never the client's own bytes. A bare CR or a U+2028
+    inside a line, legal JSON whitespace to us, is a line break to some servers' readers:
+    relaying the raw bytes would let a second request ride past the gate."""
+    return json.dumps(message, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
 
 
 def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:
@@ -236,6 +263,9 @@ class Gateway:
         self.client_name: str | None = None
         self.client_version: str | None = None
         self.server_name: str | None = None
+        # Set once the server answered initialize: a tools/call waits for it, so rules
+        # that name the server are never skipped by a call sent right behind initialize.
+        self.initialized = asyncio.Event()
         self.annotations: dict[str, dict[str, Any]] = {}
         # Client requests forwarded and not yet answered: key -> (method, original id).
         self.forwarded: dict[str, tuple[str, Any]] = {}
@@ -338,15 +368,18 @@ class Gateway:
         if not text:
             return
         try:
-            message = json.loads(text)
-        except ValueError as e:
+            message = _read_client(text)
+            raw = _canonical(message)
+        except (ValueError, RecursionError) as e:
+            # RecursionError: nested deeper than the reader goes; one line must not end
+            # the session.
             _log.warning("malformed JSON from the client (%s); answered -32700", e)
             self.to_client(_error(None, PARSE_ERROR, f"Parse error: {e}"))
             return
         if isinstance(message, dict):
-            await self.client_message(message, line if line.endswith(b"\n") else line + b"\n")
+            await self.client_message(message, raw)
         elif isinstance(message, list):
-            await self.client_batch(message, line)
+            await self.client_batch(message, raw)
         else:
             self.to_client(_error(None, INVALID_REQUEST, "Invalid Request: not an object"))
 
@@ -358,7 +391,7 @@ class Gateway:
             for m in batch:
                 if isinstance(m, dict) and "method" in m and "id" in m:
                     self.forwarded[_key(m["id"])] = (str(m["method"]), m["id"])
-            await self._forward(line if line.endswith(b"\n") else line + b"\n")
+            await self._forward(line)
             return
         _log.warning("a JSON-RPC batch with tools/call refused (the gateway decides one by one)")
         replies = [
@@ -377,12 +410,23 @@ class Gateway:
         if "id" in message:
             request_id = message["id"]
             key = _key(request_id)
+            if key in self.forwarded or key in self.deciding or key in self.inflight:
+                # A second request under a pending id would take the first one's place in
+                # the bookkeeping: its span would never end, its answer go astray.
+                _log.warning("request id %s is already pending; answered -32600", key)
+                self.to_client(_error(request_id, INVALID_REQUEST, "request id already in use"))
+                return
             if method == MCP_METHOD_TOOLS_CALL:
                 self._start_deciding(message, raw, key, request_id)
                 return
             if method == "initialize":
                 self._remember_client(message.get("params"))
             self.forwarded[key] = (method, request_id)
+        elif method == MCP_METHOD_TOOLS_CALL:
+            # A call without an id is a notification nobody answers: never relayed (a
+            # lenient server would run it undecided).
+            _log.warning("a tools/call without an id was dropped")
+            return
         elif method == "notifications/cancelled" and self._withdraw(message.get("params")):
             return  # the server never saw the request
         await self._forward(raw)
@@ -433,7 +477,7 @@ class Gateway:
             if token is not None:
                 ticker = asyncio.create_task(self._tick(token))
             with use_session(self.session()):
-                prep = await self._prepare(params, request_id)
+                prep = await self._prepare_initialized(params, request_id)
         except asyncio.CancelledError:
             return  # withdrawn by the client, or the gateway is closing
         finally:
@@ -447,6 +491,19 @@ class Gateway:
             self.to_client(denied_result(request_id, prep))
         else:
             await self._send_call(prep, message, raw, key, request_id)
+
+    async def _prepare_initialized(
+        self, params: Any, request_id: Any
+    ) -> Invocation | Denial | None:
+        """``_prepare`` once the server has answered initialize (its name decides rules);
+        a call that comes before it, and stays unanswered, is refused when enforcing."""
+        if not self.initialized.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.initialized.wait(), INITIALIZE_WAIT_S)
+            if not self.initialized.is_set() and self.st.enforce:
+                error = RuntimeError("it came before the server answered initialize")
+                return self._unreadable(params, request_id, error)
+        return await self._prepare(params, request_id)
 
     async def _prepare(self, params: Any, request_id: Any) -> Invocation | Denial | None:
         st = self.st
@@ -560,7 +617,7 @@ class Gateway:
             return
         try:
             message = json.loads(text)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             _log.warning("malformed JSON from the server (%s); answered -32700", e)
             await self._forward(_dumps(_error(None, PARSE_ERROR, f"Parse error: {e}")))
             return
@@ -581,6 +638,7 @@ class Gateway:
                 info = result.get("serverInfo")
                 name = info.get("name") if isinstance(info, dict) else None
                 self.server_name = name if isinstance(name, str) and name else None
+                self.initialized.set()
             elif method == "tools/list" and isinstance(result, dict):
                 self._remember_annotations(result.get("tools"))
                 self._observe_tools(result.get("tools"))

@@ -731,3 +731,105 @@ def test_a_tool_whose_definition_changed_is_flagged_and_handled_per_pin_tools(
         for a in _actions(data, s)
     }
     assert flagged == {"first": None, "second": True, "third": True, "fourth": True, "fifth": None}
+
+
+GATE_POLICY = """\
+version: 1
+default: ALLOW
+rules:
+  - id: no-branches
+    when: {tool: git_create_branch}
+    decision: DENY
+  - id: not-on-this-server
+    when: {tool: git_create_branch, server: mcp-git}
+    decision: DENY
+"""
+
+
+def _branch_call(request_id: int, repo: Path, name: str) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {
+            "name": "git_create_branch",
+            "arguments": {"repo_path": str(repo), "branch_name": name},
+        },
+    }
+
+
+def test_a_request_hidden_behind_a_bare_cr_never_reaches_the_server(tmp_path: Path) -> None:
+    # The Python SDK's stdio reader splits lines on a bare CR too: a second request inside
+    # one JSON line (CR is JSON whitespace) must not ride past the gate.
+    repo = init_repo(tmp_path / "repo")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(GATE_POLICY)
+    with raw_client(proxy_command(policy, tmp_path / "data", git_server(repo))) as client:
+        client.initialize()
+        hidden = json.dumps(_branch_call(7, repo, "smuggled")).encode()
+        # One JSON object to the gateway (a notification whose params is the hidden
+        # request), three lines to a reader that also breaks lines at CR.
+        client.send_raw(
+            b'{"jsonrpc":"2.0","method":"notifications/progress","params":\r' + hidden + b"\r}\n"
+        )
+        client.send({"jsonrpc": "2.0", "id": 8, "method": "tools/list"})
+        assert client.response(8)["result"]["tools"]
+        client.send(_branch_call(9, repo, "asked"))
+        assert client.response(9)["result"]["isError"] is True  # denied, as a control
+        assert client.close() == 0
+    assert "smuggled" not in git(repo, "branch", "--format=%(refname:short)")
+
+
+def test_duplicate_keys_and_reused_request_ids_are_refused(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "repo")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(GATE_POLICY)
+    with raw_client(proxy_command(policy, tmp_path / "data", git_server(repo))) as client:
+        client.initialize()
+        # Read last-wins here but first-wins by some servers: refused, not guessed.
+        call = json.dumps(_branch_call(3, repo, "dup"))
+        client.send_raw(call[:-1].encode() + b',"method":"ping"}\n')
+        error = client.receive()
+        assert error is not None and error["error"]["code"] == -32700, error
+        # A tools/call with no id is a notification: dropped, never relayed undecided.
+        note = _branch_call(0, repo, "noted")
+        del note["id"]
+        client.send(note)
+        client.send(_branch_call(4, repo, "held-id"))
+        client.send({"jsonrpc": "2.0", "id": 4, "method": "ping"})  # while 4 is pending
+        answers = [client.response(4), client.response(4)]
+        assert any(a.get("error", {}).get("code") == -32600 for a in answers), answers
+        assert client.close() == 0
+    assert set(git(repo, "branch", "--format=%(refname:short)").split()) <= {"main", "master"}
+
+
+def test_a_call_sent_before_the_initialize_answer_is_decided_with_the_server_known(
+    tmp_path: Path,
+) -> None:
+    repo = init_repo(tmp_path / "repo")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        GATE_POLICY.replace(
+            "tool: git_create_branch}\n    decision: DENY\n  - id: not",
+            "tool: nothing}\n    decision: DENY\n  - id: not",
+            1,
+        )
+    )
+    with raw_client(proxy_command(policy, tmp_path / "data", git_server(repo))) as client:
+        init = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "raw-client", "version": "0.1"},
+            },
+        }
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        lines = [init, initialized, _branch_call(1, repo, "early")]
+        client.send_raw(b"".join(json.dumps(m).encode() + b"\n" for m in lines))
+        answer = client.response(1)
+        assert answer["result"]["isError"] is True, answer  # the server-scoped DENY held
+        assert client.close() == 0
+    assert "early" not in git(repo, "branch", "--format=%(refname:short)")
