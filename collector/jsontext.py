@@ -4,8 +4,8 @@
 longer than ``sys.get_int_max_str_digits()`` (4,300 by default) with a bare ValueError, not
 a JSONDecodeError: every caller that caught only the latter answered 500 or printed a
 traceback. :func:`loads` parses as ``json.loads`` does (no extra cost when nothing is
-wrong); only when that limit is hit does it parse again, keeping the huge literal as text,
-to name where it is.
+wrong); only when that limit is hit does it parse again, keeping the huge literal as text
+(``tooltrail.policy.numbers``, which the policy's own readers use too), to name where it is.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 from typing import Any, Final
 
 from tooltrail.errors import BadInputError
+from tooltrail.policy import numbers
 
 _MAX_PATH: Final = 200
 
@@ -23,20 +24,8 @@ class HugeIntegerError(BadInputError):
     """A JSON integer too long to convert; the message names its path in the document."""
 
 
-class _Huge(str):
-    """A JSON integer literal kept as text because it is too long to convert."""
-
-    __slots__ = ()
-
-
 def _digit_limit() -> int:
     return sys.get_int_max_str_digits() or sys.maxsize  # 0 means no limit
-
-
-def _keep_huge(text: str) -> Any:
-    if len(text.lstrip("-")) > _digit_limit():
-        return _Huge(text)
-    return int(text)
 
 
 def loads(data: str | bytes) -> Any:
@@ -49,48 +38,26 @@ def loads(data: str | bytes) -> Any:
     except ValueError as e:
         if "integer string conversion" not in str(e):
             raise
-    doc = json.loads(data, parse_int=_keep_huge)
-    where, digits = _find_huge(doc)  # at most _MAX_PATH characters: the keys are the sender's
-    limit = _digit_limit()
+    found = numbers.find_long_int(numbers.loads(data))
+    path, digits = found if found is not None else ((), numbers.LongInt(""))
+    where = _path_text(path)  # at most _MAX_PATH characters: the keys are the sender's
     raise HugeIntegerError(
-        f"{where or 'the document'}: an integer of {digits} digits, over the {limit}-digit"
-        " limit (send it as a string if it is an id)"
+        f"{where or 'the document'}: an integer of {len(digits.lstrip('-'))} digits, over the"
+        f" {_digit_limit()}-digit limit (send it as a string if it is an id)"
     )
 
 
-def _find_huge(doc: Any) -> tuple[str, int]:
-    """The path (``a.b[2].c``) and digit count of the first huge integer (breadth-first,
-    without recursion: the document may nest deeply).
-
-    Each node keeps only its parent's index and its own key: building every node's full
-    path would cost key length x depth^2 (a 0.9 MB body reached 400 MB). Only the found
-    integer's path is built, from the leaf up, and at most ``_MAX_PATH`` characters of it.
-    """
-    # (index of the parent in the queue, key or list index, value); the root has parent -1
-    queue: list[tuple[int, str | int, Any]] = [(-1, "", doc)]
-    for at, (_, _, value) in enumerate(queue):  # the list grows while it is walked
-        if isinstance(value, _Huge):
-            return _path_to(queue, at), len(value.lstrip("-"))
-        if isinstance(value, dict):
-            queue.extend((at, str(k), v) for k, v in value.items())
-        elif isinstance(value, list):
-            queue.extend((at, i, v) for i, v in enumerate(value))
-    return "", 0  # pragma: no cover - loads found one
-
-
-def _path_to(queue: list[tuple[int, str | int, Any]], at: int) -> str:
-    """The path of ``queue[at]``, built from the leaf up and cut once it passes
-    ``_MAX_PATH`` characters (then it starts with ``...``)."""
+def _path_text(path: numbers.JsonPath) -> str:
+    """``a.b[2].c``, cut to its last ``_MAX_PATH`` characters (then it starts with ``...``),
+    built from the leaf up so a deep path costs no more than that."""
     parts: list[str] = []
     size = 0
-    while at > 0:
-        parent, key, _ = queue[at]
+    for key in reversed(path):
         part = f"[{key}]" if isinstance(key, int) else f".{key}"
         parts.append(part)
         size += len(part)
         if size > _MAX_PATH:
             return "..." + "".join(reversed(parts))[-_MAX_PATH:]
-        at = parent
     return "".join(reversed(parts)).removeprefix(".")
 
 

@@ -153,14 +153,36 @@ def _quote_long_int(m: re.Match[str]) -> str:
 
 def find_long_int(value: Any) -> tuple[JsonPath, LongInt] | None:
     """The first ``LongInt`` inside a parsed document and where it is (iterative: JSON
-    nests as deep as the parser allows)."""
-    stack: list[tuple[JsonPath, Any]] = [((), value)]
+    nests as deep as the parser allows).
+
+    Each node visited keeps only its parent's place and its own key; the path is built for
+    the one found. Building every node's path would cost key length x depth^2 (a 0.9 MB
+    body nested 900 deep reached 400 MB)."""
+    # (index of the parent in `seen`, key or list index, value); the root's parent is -1
+    seen: list[tuple[int, str | int, Any]] = [(-1, "", value)]
+    stack = [0]
     while stack:
-        path, node = stack.pop()
+        at = stack.pop()
+        node = seen[at][2]
         if isinstance(node, LongInt):
-            return path, node
-        if isinstance(node, dict):
-            stack.extend(((*path, k), v) for k, v in reversed(node.items()))
-        elif isinstance(node, list):
-            stack.extend(((*path, i), v) for i, v in reversed(list(enumerate(node))))
+            return _path_of(seen, at), node
+        children = (
+            node.items()
+            if isinstance(node, dict)
+            else enumerate(node)
+            if isinstance(node, list)
+            else ()
+        )
+        first = len(seen)
+        seen.extend((at, k, v) for k, v in children)
+        stack.extend(reversed(range(first, len(seen))))  # document order
     return None
+
+
+def _path_of(seen: list[tuple[int, str | int, Any]], at: int) -> JsonPath:
+    path: list[str | int] = []
+    while at > 0:
+        parent, key, _ = seen[at]
+        path.append(key)
+        at = parent
+    return tuple(reversed(path))
