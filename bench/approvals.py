@@ -193,7 +193,7 @@ def session_check(root: Path, calls: int, repeats: int = 7) -> None:
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
     import tooltrail.instrumentation as tt
-    from tooltrail.instrumentation import _spans
+    from tooltrail.instrumentation import _settings
 
     policy = root / "nomatch.yaml"
     policy.write_text(
@@ -208,7 +208,7 @@ def session_check(root: Path, calls: int, repeats: int = 7) -> None:
     decorated = tt.tool(status)
     results: dict[str, float] = {}
     for label, on in (("off", False), ("on", True)):
-        _spans.install(
+        _settings.install(
             tracer_provider=provider,
             enforce=True,
             policy=policy,
@@ -225,7 +225,7 @@ def session_check(root: Path, calls: int, repeats: int = 7) -> None:
                     decorated("x")
                 samples.append((time.perf_counter() - t0) / calls * 1e6)
         results[label] = statistics.median(samples)
-    _spans.reset()
+    _settings.reset()
     print(
         f"3. @tool call under enforcement: session control off {results['off']:6.1f} us,"
         f" on {results['on']:6.1f} us (+{results['on'] - results['off']:.1f} us per call)"

@@ -43,20 +43,25 @@ from typing import Any, Final
 from tooltrail import config
 from tooltrail.errors import BadInputError
 from tooltrail.gateway.pins import PinStore
-from tooltrail.instrumentation import _spans
-from tooltrail.instrumentation._session import Session, use_session
-from tooltrail.instrumentation._spans import (
-    RESULT_PREVIEW_CHARS,
-    Denial,
+from tooltrail.instrumentation._call import (
     Invocation,
-    Settings,
-    aprepare,
-    fail_closed,
+    begin,
     finish_denied,
     finish_exception,
     finish_result,
-    to_json,
 )
+from tooltrail.instrumentation._decision import (
+    DENY,
+    POLICY_ERROR_RULE,
+    REQUIRE_APPROVAL,
+    Denial,
+    refused_as,
+)
+from tooltrail.instrumentation._gate import Veto
+from tooltrail.instrumentation._prepare import aprepare, fail_closed
+from tooltrail.instrumentation._session import Session, use_session
+from tooltrail.instrumentation._settings import Settings, install, settings
+from tooltrail.instrumentation._shorten import RESULT_PREVIEW_CHARS, to_json
 from tooltrail.semconv import (
     JSONRPC_REQUEST_ID,
     MCP_METHOD_NAME,
@@ -293,20 +298,20 @@ class Gateway:
             annotations: Mapping[str, Any] | None,
         ) -> Any:
             d = decide(tool, arguments, session, server, annotations)
-            if tool not in self.changed or d.decision == _spans.DENY:
+            if tool not in self.changed or d.decision == DENY:
                 return d
             reason = (
                 f"the definition of {tool} changed since it was pinned (accept it with"
                 f" `tooltrail tools accept {server} {tool}`)"
             )
-            if self.opts.pin_tools == "approve" and d.decision != _spans.REQUIRE_APPROVAL:
+            if self.opts.pin_tools == "approve" and d.decision != REQUIRE_APPROVAL:
                 try:
                     return _held_for_review(d, reason)
                 except Exception:  # not the engine's Decision: refuse rather than guess
                     _log.exception("could not hold the changed tool %s; denying", tool)
             elif self.opts.pin_tools == "approve":
                 return d  # already held for a person
-            return _spans._refused_as(d, PIN_RULE, reason)
+            return refused_as(d, PIN_RULE, reason)
 
         return pinned_decide
 
@@ -547,7 +552,7 @@ class Gateway:
         try:
             # Session control's veto is the instrumentation's way to record a call refused
             # whatever the policy says: the span is a DENY by that rule.
-            inv = _spans.begin(
+            inv = begin(
                 self.st,
                 tool=tool,
                 arguments={},
@@ -560,7 +565,7 @@ class Gateway:
                     TT_GATEWAY: True,
                 },
                 session=self.session(),
-                veto=_spans._Veto(_spans.POLICY_ERROR_RULE, reason),
+                veto=Veto(POLICY_ERROR_RULE, reason),
             )
             finish_denied(inv)
         except Exception:
@@ -703,12 +708,10 @@ def _held_for_review(d: Any, reason: str) -> Any:
     the call as asked waits for a person."""
     from tooltrail.policy.model import ApprovalSettings
 
-    approval = ApprovalSettings(
-        timeout_s=PIN_APPROVAL_TIMEOUT_S, on_timeout=_spans.DENY, approvers=("*",)
-    )
+    approval = ApprovalSettings(timeout_s=PIN_APPROVAL_TIMEOUT_S, on_timeout=DENY, approvers=("*",))
     return dataclasses.replace(
         d,
-        decision=_spans.REQUIRE_APPROVAL,
+        decision=REQUIRE_APPROVAL,
         policy_rule=PIN_RULE,
         policy_matched=(*d.policy_matched, PIN_RULE),
         arguments_rewritten=None,
@@ -854,7 +857,7 @@ def _tracing(opts: ProxyOptions) -> tuple[Settings, Callable[[], None]]:
         instrument_mcp=False,
     )
     provider = conf.tracer_provider
-    return _spans.settings(), provider.shutdown
+    return settings(), provider.shutdown
 
 
 def _collector_tracing(opts: ProxyOptions, enforce: bool) -> tuple[Settings, Callable[[], None]]:
@@ -882,7 +885,7 @@ def _collector_tracing(opts: ProxyOptions, enforce: bool) -> tuple[Settings, Cal
     provider.add_span_processor(
         BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{url}/v1/traces", headers=headers))
     )
-    st = _spans.install(tracer_provider=provider, policy=opts.policy, enforce=enforce)
+    st = install(tracer_provider=provider, policy=opts.policy, enforce=enforce)
     return st, provider.shutdown
 
 

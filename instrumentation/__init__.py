@@ -10,8 +10,8 @@ or none at all: ``opentelemetry-instrument python agent.py`` (see docs/INSTRUMEN
 
 from __future__ import annotations
 
+from tooltrail.instrumentation._decision import ToolCallDenied
 from tooltrail.instrumentation._session import Session, current_session, session, use_session
-from tooltrail.instrumentation._spans import ToolCallDenied
 from tooltrail.instrumentation.config import configure
 from tooltrail.instrumentation.decorator import tool
 from tooltrail.instrumentation.mcp import McpInstrumentor

@@ -50,7 +50,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from tooltrail import config
-from tooltrail.instrumentation import _session, _spans
+from tooltrail.instrumentation import _session, _settings
 from tooltrail.instrumentation.broker import ApprovalBroker
 from tooltrail.instrumentation.processor import TooltrailSpanProcessor
 from tooltrail.instrumentation.sampling import ToolSpanSampler, keeps_tool_spans
@@ -137,7 +137,7 @@ def configure(
         if not created:
             _warn_if_sampler_drops(provider)
         root = _landing_dir(provider, requested)
-        st = _spans.install(
+        st = _settings.install(
             tracer_provider=provider,
             policy=policy,
             enforce=enforce,

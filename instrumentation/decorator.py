@@ -18,21 +18,12 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
+from tooltrail.instrumentation._call import Invocation, enter, finish_exception, finish_result
+from tooltrail.instrumentation._decision import Denial, ToolCallDenied
 from tooltrail.instrumentation._plain import plain_arguments
-from tooltrail.instrumentation._spans import (
-    RESULT_PREVIEW_CHARS,
-    Denial,
-    Invocation,
-    ToolCallDenied,
-    aprepare,
-    enter,
-    finish_exception,
-    finish_result,
-    prepare,
-    refuse,
-    settings,
-    to_json,
-)
+from tooltrail.instrumentation._prepare import aprepare, prepare, refuse
+from tooltrail.instrumentation._settings import settings
+from tooltrail.instrumentation._shorten import RESULT_PREVIEW_CHARS, to_json
 
 __all__ = ["ToolCallDenied", "tool"]
 

@@ -48,19 +48,12 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
-from tooltrail.instrumentation import _spans
+from tooltrail.instrumentation import _settings
+from tooltrail.instrumentation._call import Invocation, enter, finish_exception, finish_result
+from tooltrail.instrumentation._decision import Denial
 from tooltrail.instrumentation._plain import plain_arguments
-from tooltrail.instrumentation._spans import (
-    RESULT_PREVIEW_CHARS,
-    Denial,
-    Invocation,
-    aprepare,
-    enter,
-    finish_exception,
-    finish_result,
-    refuse,
-    to_json,
-)
+from tooltrail.instrumentation._prepare import aprepare, fail_closed, refuse
+from tooltrail.instrumentation._shorten import RESULT_PREVIEW_CHARS, to_json
 from tooltrail.instrumentation.package import _instruments
 from tooltrail.semconv import (
     JSONRPC_REQUEST_ID,
@@ -109,8 +102,8 @@ class McpInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         # configure() installs settings first and then instruments with no arguments; an
         # argument-less instrument() must not clobber them with the environment's.
-        if any(k in kwargs for k in _SETTINGS_KWARGS) or not _spans.is_installed():
-            _spans.install(
+        if any(k in kwargs for k in _SETTINGS_KWARGS) or not _settings.is_installed():
+            _settings.install(
                 tracer_provider=kwargs.get("tracer_provider"),
                 policy=kwargs.get("policy"),
                 enforce=kwargs.get("enforce"),
@@ -139,7 +132,7 @@ class McpInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 async def _wrap_call_tool(
     wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    st = _spans.settings()
+    st = _settings.settings()
     try:
         name = args[0] if args else kwargs["name"]
         if not isinstance(name, str):
@@ -151,7 +144,7 @@ async def _wrap_call_tool(
         annotations = _ANNOTATIONS.get(instance, {}).get(name)
     except Exception as e:
         if st.enforce:
-            return denied_result(_spans.fail_closed(st, "<unknown>", e))
+            return denied_result(fail_closed(st, "<unknown>", e))
         _log.exception("tooltrail: could not read the tools/call; running it untraced")
         return await wrapped(*args, **kwargs)
 

@@ -15,7 +15,7 @@
   filed: tool, stored arguments, both hashes. If anything differs (the row was edited after
   filing, so a person may have approved something other than what would run) the outcome
   carries a refusal and the call does not run. The instrumentation then checks that the
-  arguments in memory still match ``run_hash`` (see ``_spans``).
+  arguments in memory still match ``run_hash`` (see ``_approvals``).
 * **Liveness.** While it waits the agent renews a lease on its request every
   ``heartbeat_s`` (2 s; the lease runs ``lease_s``, 10 s), so everyone else can tell
   that someone still waits. A waiter cancelled (``asyncio.CancelledError``) or interrupted

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import tooltrail.instrumentation as tt
-from tooltrail.instrumentation import _spans
+from tooltrail.instrumentation import _settings
 
 
 def instrument(exporter: InMemorySpanExporter, **settings: Any) -> None:
@@ -35,7 +35,7 @@ def instrumented(**settings: Any) -> Iterator[InMemorySpanExporter]:
         yield exporter
     finally:
         tt.McpInstrumentor().uninstrument()
-        _spans.reset()  # uninstrument() keeps the settings; the next test starts afresh
+        _settings.reset()  # uninstrument() keeps the settings; the next test starts afresh
 
 
 def attrs(span: ReadableSpan) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from tooltrail.control import (
     RequesterGoneError,
     arguments_hash,
 )
-from tooltrail.instrumentation import _spans
+from tooltrail.instrumentation import _approvals, _settings
 from tooltrail.instrumentation.broker import FailClosedBroker, default_broker
 from tooltrail.instrumentation.store_broker import ControlStoreBroker, StoreSessionGate
 from tooltrail.semconv import (
@@ -248,7 +248,7 @@ def test_arguments_changed_while_held_are_refused(spans: InMemorySpanExporter, d
         await asyncio.to_thread(decide, data, req.approval_id, "approved", "alice")
         with pytest.raises(tt.ToolCallDenied) as info:
             await call
-        assert info.value.reason == _spans.ARGUMENTS_CHANGED_REASON
+        assert info.value.reason == _approvals.ARGUMENTS_CHANGED_REASON
         assert info.value.approval_status == "approved"
 
     asyncio.run(main())
@@ -459,10 +459,10 @@ def test_default_broker_follows_the_data_directory_and_collector_url(
     monkeypatch.delitem(sys.modules, "tooltrail.instrumentation.http_broker")
     from tooltrail.instrumentation.http_broker import HttpSessionGate
 
-    gate = _spans.install(enforce=False, data_dir=tmp_path, session_control=True).session_gate
+    gate = _settings.install(enforce=False, data_dir=tmp_path, session_control=True).session_gate
     assert isinstance(gate, HttpSessionGate) and gate.base_url == "http://collector:4318"
     assert gate._client._token == "t0k"
-    _spans.reset()
+    _settings.reset()
 
 
 def test_missing_http_broker_fails_closed_saying_why(
@@ -481,12 +481,12 @@ def test_session_control_needs_a_data_directory(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("TOOLTRAIL_DATA", raising=False)
     monkeypatch.delenv("TOOLTRAIL_COLLECTOR_URL", raising=False)
     try:
-        assert _spans.install(enforce=True, policy={"version": 1}).session_gate is None
-        st = _spans.install(enforce=True, policy={"version": 1}, data_dir="somewhere")
+        assert _settings.install(enforce=True, policy={"version": 1}).session_gate is None
+        st = _settings.install(enforce=True, policy={"version": 1}, data_dir="somewhere")
         assert isinstance(st.session_gate, StoreSessionGate)
-        assert _spans.install(enforce=False, data_dir="somewhere").session_gate is None
+        assert _settings.install(enforce=False, data_dir="somewhere").session_gate is None
     finally:
-        _spans.reset()
+        _settings.reset()
 
 
 # --- session control -----------------------------------------------------------------------

@@ -467,7 +467,7 @@ def test_unreachable_collector_denies_enforced_calls(monkeypatch: pytest.MonkeyP
     import socket
 
     import tooltrail.instrumentation as tt
-    from tooltrail.instrumentation import _spans
+    from tooltrail.instrumentation import _settings
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -483,12 +483,12 @@ def test_unreachable_collector_denies_enforced_calls(monkeypatch: pytest.MonkeyP
     try:
         for url in (f"http://127.0.0.1:{port}", "ftp://nowhere"):  # unreachable; unusable
             monkeypatch.setenv("TOOLTRAIL_COLLECTOR_URL", url)
-            _spans.install(enforce=True, policy=allow_all)
+            _settings.install(enforce=True, policy=allow_all)
             with tt.session("s-unreachable"), pytest.raises(tt.ToolCallDenied) as denied:
                 git_status("/srv/app")
             assert denied.value.rule == "session-control-error" and not ran
     finally:
-        _spans.reset()
+        _settings.reset()
 
 
 def test_async_wait_while_paused_does_not_block_the_loop(col: CollectorProcess) -> None:

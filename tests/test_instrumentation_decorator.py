@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import tooltrail.instrumentation as tt
-from tooltrail.instrumentation import _spans
+from tooltrail.instrumentation import _prepare, _shorten
 from tooltrail.instrumentation.broker import ApprovalOutcome, ApprovalRequest
 from tooltrail.semconv import (
     ERROR_TYPE,
@@ -223,8 +223,8 @@ def test_result_preview_is_opt_in_and_truncated(spans: InMemorySpanExporter, cap
         assert GEN_AI_TOOL_CALL_RESULT not in a
     else:
         preview = a[GEN_AI_TOOL_CALL_RESULT]
-        assert len(preview) == _spans.RESULT_PREVIEW_CHARS
-        assert preview.endswith(_spans.TRUNCATION_MARK)
+        assert len(preview) == _shorten.RESULT_PREVIEW_CHARS
+        assert preview.endswith(_shorten.TRUNCATION_MARK)
 
 
 # --- never break the host -----------------------------------------------------------------
@@ -236,7 +236,7 @@ def test_instrumentation_failure_runs_the_call_once_untraced(
     def broken() -> None:
         raise RuntimeError("instrumentation bug")
 
-    monkeypatch.setattr(_spans, "current_session", broken)
+    monkeypatch.setattr(_prepare, "current_session", broken)
     with caplog.at_level(logging.ERROR, logger="tooltrail.instrumentation"):
         assert deploy("/r", "feature") == "deployed feature to dev"
     assert calls == [("feature", "dev")]
@@ -265,7 +265,7 @@ def test_instrumentation_failure_while_enforcing_fails_closed(
     def broken() -> None:
         raise RuntimeError("instrumentation bug")
 
-    monkeypatch.setattr(_spans, "current_session", broken)
+    monkeypatch.setattr(_prepare, "current_session", broken)
     with pytest.raises(tt.ToolCallDenied) as info:
         deploy("/r", "feature")
     assert info.value.rule == "policy-error"
@@ -659,7 +659,7 @@ def test_oversized_arguments_land_as_an_object_and_are_decided_on_them(
     decision, rule, was_enforced, kind, env, notes_chars = got[0]
     assert (decision, rule, was_enforced) == ("DENY", "deploy-prod", enforcing)
     assert (kind, env) == ("OBJECT", "prod")
-    assert 1000 < notes_chars < _spans.MAX_ARGUMENTS_CHARS
+    assert 1000 < notes_chars < _shorten.MAX_ARGUMENTS_CHARS
     report = replay(load_policy(policy_path), data, since_s=None)
     assert (report.actions, report.changed) == (1, 0)
 

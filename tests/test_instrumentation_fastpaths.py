@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tooltrail._json import compact_encoder
-from tooltrail.instrumentation import _spans
+from tooltrail.instrumentation import _settings, _shorten
 from tooltrail.policy import ToolCall
 
-LIMIT = _spans.MAX_ARGUMENTS_CHARS
+LIMIT = _shorten.MAX_ARGUMENTS_CHARS
 
 
 def reference(value: Any, limit: int = LIMIT) -> str:
@@ -30,7 +30,7 @@ def reference(value: Any, limit: int = LIMIT) -> str:
         text = json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError):
         text = json.dumps(repr(value), ensure_ascii=False)
-    return _spans.truncate(text, limit)
+    return _shorten.truncate(text, limit)
 
 
 class Opaque:
@@ -64,7 +64,7 @@ values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(value=values)
 def test_to_json_is_what_json_dumps_gives(value: Any) -> None:
-    assert _spans.to_json(value, LIMIT) == reference(value)
+    assert _shorten.to_json(value, LIMIT) == reference(value)
 
 
 @pytest.mark.parametrize(
@@ -79,17 +79,17 @@ def test_to_json_is_what_json_dumps_gives(value: Any) -> None:
     ],
 )
 def test_to_json_known_values(value: Any) -> None:
-    assert _spans.to_json(value, LIMIT) == reference(value)
+    assert _shorten.to_json(value, LIMIT) == reference(value)
 
 
-MARK = _spans.TRUNCATION_MARK
+MARK = _shorten.TRUNCATION_MARK
 
 
 def test_oversized_arguments_stay_a_json_object_with_their_short_values() -> None:
     # A policy decides after the fact (and replays) from the recorded arguments: a long
     # note must not cost it the `env` it matches on.
     value = {"service": "api", "env": "prod", "notes": "n" * 70_000, "tags": ["t" * 40_000]}
-    text = _spans.to_json(value, LIMIT)
+    text = _shorten.to_json(value, LIMIT)
     assert len(text) <= LIMIT
     got = json.loads(text)
     assert (got["service"], got["env"]) == ("api", "prod")
@@ -102,7 +102,7 @@ def test_oversized_values_json_cannot_hold_are_cut_as_their_str() -> None:
         def __str__(self) -> str:
             return "b" * 100_000
 
-    got = json.loads(_spans.to_json({"blob": Big(), "n": 1, "raw": b"x" * 80_000}, LIMIT))
+    got = json.loads(_shorten.to_json({"blob": Big(), "n": 1, "raw": b"x" * 80_000}, LIMIT))
     assert got["n"] == 1
     assert got["blob"].startswith("bbb") and got["blob"].endswith(MARK)
     assert got["raw"].startswith("b'xxx") and got["raw"].endswith(MARK)
@@ -111,13 +111,13 @@ def test_oversized_values_json_cannot_hold_are_cut_as_their_str() -> None:
 def test_arguments_too_many_to_fit_are_cut_as_text() -> None:
     # Cutting strings cannot shrink 20,000 keys below the limit: the text is cut instead.
     value = {f"key-{i:05d}": i for i in range(20_000)}
-    text = _spans.to_json(value, LIMIT)
+    text = _shorten.to_json(value, LIMIT)
     assert text == reference(value)
     assert len(text) == LIMIT and text.endswith(MARK)
 
 
 def test_an_oversized_plain_string_stays_a_json_string() -> None:
-    got = json.loads(_spans.to_json("y" * (LIMIT + 10), LIMIT))
+    got = json.loads(_shorten.to_json("y" * (LIMIT + 10), LIMIT))
     assert got.startswith("yyy") and got.endswith(MARK)
 
 
@@ -125,7 +125,7 @@ def test_circular_arguments_are_recorded_as_their_repr() -> None:
     loop: list[Any] = []
     loop.append(loop)
     value = {"path": "/x", "rest": loop}
-    assert _spans.to_json(value, LIMIT) == json.dumps(repr(value), ensure_ascii=False)
+    assert _shorten.to_json(value, LIMIT) == json.dumps(repr(value), ensure_ascii=False)
 
 
 def test_one_value_encoded_on_many_threads_at_once() -> None:
@@ -141,7 +141,7 @@ def test_one_value_encoded_on_many_threads_at_once() -> None:
     got: list[str] = []
 
     def work() -> None:
-        got.extend(_spans.to_json(shared, LIMIT) for _ in range(20))
+        got.extend(_shorten.to_json(shared, LIMIT) for _ in range(20))
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
@@ -164,14 +164,14 @@ def test_without_the_c_encoder_the_plain_encoder_is_used(
 
 def test_the_c_encoder_is_used_here() -> None:
     # Otherwise the tests above compare the plain encoder with itself.
-    assert not isinstance(getattr(_spans._encode, "__self__", None), json.JSONEncoder)
+    assert not isinstance(getattr(_shorten._encode, "__self__", None), json.JSONEncoder)
 
 
 # --- the ToolCall constructor ---------------------------------------------------------
 
 
 def test_fast_tool_call_equals_the_dataclass() -> None:
-    make = _spans._call_constructor(ToolCall)
+    make = _settings._call_constructor(ToolCall)
     assert make is not ToolCall
     args = {"branch": "main"}
     hints = {"readOnlyHint": True}
@@ -217,14 +217,14 @@ class CheckedCall:
 @pytest.mark.parametrize("cls", [ReorderedCall, CheckedCall])
 def test_a_call_type_of_another_shape_is_built_by_its_own_init(cls: type[Any]) -> None:
     # The shortcut assumes ToolCall's fields in order and no __post_init__ to skip.
-    assert _spans._call_constructor(cls) is cls
+    assert _settings._call_constructor(cls) is cls
 
 
 def test_a_circular_argument_under_a_high_recursion_limit_does_not_crash() -> None:
     """With a recursion limit the C stack cannot back, a cycle must not reach the C
     encoder's recursion (it would segfault the host): run in a child to survive a crash."""
     code = (
-        "import sys; from tooltrail.instrumentation._spans import to_json\n"
+        "import sys; from tooltrail.instrumentation._shorten import to_json\n"
         "a = []; a.append(a); sys.setrecursionlimit(200000)\n"
         "print(to_json(a, 200))\n"
     )
@@ -238,19 +238,19 @@ def test_shortening_encodes_a_large_value_at_most_a_few_times(
 ) -> None:
     # Guessing the cap by halving re-encoded the whole value a dozen times.
     encodes: list[int] = []
-    real = _spans._ENCODER.encode
+    real = _shorten._ENCODER.encode
 
     class Counting:
         def encode(self, value: Any) -> str:
             encodes.append(1)
             return real(value)
 
-    monkeypatch.setattr(_spans, "_ENCODER", Counting())
+    monkeypatch.setattr(_shorten, "_ENCODER", Counting())
     value = {"env": "prod", "blob": "x" * 200_000, "ids": list(range(5_000))}
-    got = json.loads(_spans.to_json(value, LIMIT))
+    got = json.loads(_shorten.to_json(value, LIMIT))
     assert got["env"] == "prod" and got["blob"].endswith(MARK)
     assert len(encodes) <= 2
     encodes.clear()
     bulk = {"ids": list(range(300_000))}  # no string to cut: straight to the text cut
-    assert _spans.to_json(bulk, LIMIT).endswith(MARK)
+    assert _shorten.to_json(bulk, LIMIT).endswith(MARK)
     assert encodes == []

@@ -425,7 +425,7 @@ def test_waiting_for_the_record_never_stalls_the_event_loop(tmp_path: Path, kind
     import asyncio
 
     import tooltrail.instrumentation as tt
-    from tooltrail.instrumentation import _spans
+    from tooltrail.instrumentation import _settings
 
     calls = 20
     exporter = _StalledExporter(tmp_path / "data")
@@ -477,7 +477,7 @@ def test_waiting_for_the_record_never_stalls_the_event_loop(tmp_path: Path, kind
         safety.cancel()
         exporter.release.set()
         instrumentor.uninstrument()
-        _spans.reset()
+        _settings.reset()
         provider.shutdown()
     rows = landed(tmp_path / "data")
     tools = [r for r in rows if r["span_type"] == "tool"]

@@ -27,7 +27,7 @@ from secret_shapes import GITHUB_TOKEN, PASSWORD, SHAPES, URL_PASSWORD
 import tooltrail.instrumentation as tt
 import tooltrail.redact as redact
 from tooltrail.collector.exporter import TooltrailSpanExporter
-from tooltrail.instrumentation import _spans
+from tooltrail.instrumentation import _settings
 from tooltrail.redact import Redactor
 from tooltrail.semconv import (
     GEN_AI_TOOL_CALL_ARGUMENTS,
@@ -92,7 +92,7 @@ def _agent(tmp_path: Path, **settings: Any) -> Iterator[Agent]:
         yield Agent(memory, data, provider)
     finally:
         instrumentor.uninstrument()
-        _spans.reset()
+        _settings.reset()
         provider.shutdown()
 
 

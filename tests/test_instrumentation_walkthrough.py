@@ -27,7 +27,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Trace
 import tooltrail.instrumentation as tt
 from tooltrail.collector.exporter import TooltrailSpanExporter
 from tooltrail.control import ControlStore
-from tooltrail.instrumentation import _spans
+from tooltrail.instrumentation import _settings
 from tooltrail.instrumentation.sampling import ToolSpanSampler
 from tooltrail.semconv import (
     GEN_AI_OPERATION_NAME,
@@ -293,7 +293,7 @@ def test_mcp_uninstrument_keeps_the_enforcement_configure_set(policy_file: Path)
         mcp.instrument()  # no arguments: the settings in force stay
         with pytest.raises(tt.ToolCallDenied):
             rm("/x")
-        assert _spans.settings().enforce
+        assert _settings.settings().enforce
         assert [attrs(s)[TT_DECISION] for s in exporter.get_finished_spans()] == ["DENY"] * 3
 
 
@@ -459,7 +459,7 @@ def test_a_rewrite_the_function_cannot_take_lands_as_a_deny(tmp_path: Path) -> N
     provider.add_span_processor(
         SimpleSpanProcessor(TooltrailSpanExporter(data_dir=data, buffer_rows=0))
     )
-    _spans.install(tracer_provider=provider, enforce=True, policy=str(policy))
+    _settings.install(tracer_provider=provider, enforce=True, policy=str(policy))
     try:
         with pytest.raises(tt.ToolCallDenied) as unknown:
             run()
@@ -467,7 +467,7 @@ def test_a_rewrite_the_function_cannot_take_lands_as_a_deny(tmp_path: Path) -> N
             need(1)
         assert asyncio.run(ok()) == 5  # a rewrite that applies still runs rewritten
     finally:
-        _spans.reset()
+        _settings.reset()
         provider.shutdown()
     assert (unknown.value.decision, unknown.value.rule) == ("DENY", "unknown-param")
     assert "'nope'" in unknown.value.reason and "does not take" in unknown.value.reason

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tooltrail import _json
 from tooltrail._json import compact_encoder, dumps_iterative, loads_iterative
 from tooltrail.collector import normalize
-from tooltrail.instrumentation import _spans
+from tooltrail.instrumentation import _shorten
 
 
 def _reference(**options: Any) -> Callable[[Any], str]:
@@ -58,10 +58,10 @@ def test_a_c_encoder_that_fails_its_check_falls_back_to_json(
 
 def test_collector_and_instrumentation_use_the_guarded_helper() -> None:
     # Both encoders come from compact_encoder (the closure it builds), with their options.
-    for module in (normalize, _spans):
+    for module in (normalize, _shorten):
         assert module._encode.__module__ == _json.__name__
     assert normalize.to_json({"b": 1, "a": float("nan")}) == '{"a":"nan","b":1}'
-    assert _spans._encode({"b": 1, "a": "é"}) == '{"b":1,"a":"é"}'
+    assert _shorten._encode({"b": 1, "a": "é"}) == '{"b":1,"a":"é"}'
 
 
 def test_normalize_to_json_survives_any_depth() -> None:

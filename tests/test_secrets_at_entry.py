@@ -42,7 +42,7 @@ from secret_shapes import SHAPES, SecretShape
 import tooltrail.instrumentation as tt
 from tooltrail.collector.exporter import TooltrailSpanExporter
 from tooltrail.control import ControlStore
-from tooltrail.instrumentation import _spans
+from tooltrail.instrumentation import _settings
 
 pytestmark = pytest.mark.mcp
 
@@ -215,7 +215,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Written]:
         stop.set()
         decider.join(timeout=10)
         instrumentor.uninstrument()
-        _spans.reset()
+        _settings.reset()
         provider.shutdown()
         logger.removeHandler(capture)
         logger.setLevel(old_level)

@@ -166,7 +166,7 @@ def test_an_async_tool_call_checks_session_control_off_the_loop(
 ) -> None:
     """The wiring: an async @tool's pre-call check goes through the async path."""
     import tooltrail.instrumentation as tt
-    from tooltrail.instrumentation import _spans
+    from tooltrail.instrumentation import _settings
 
     url = scripted(lambda n: _state("running"), 0.8)
     monkeypatch.setenv("TOOLTRAIL_COLLECTOR_URL", url)
@@ -182,9 +182,9 @@ def test_an_async_tool_call_checks_session_control_off_the_loop(
         return result, ticker.ticks
 
     try:
-        _spans.install(enforce=True, policy={"version": 1, "default": "ALLOW", "rules": []})
+        _settings.install(enforce=True, policy={"version": 1, "default": "ALLOW", "rules": []})
         result, ticks = asyncio.run(main())
         assert result == "clean"
         assert ticks >= 10
     finally:
-        _spans.reset()
+        _settings.reset()
