@@ -82,10 +82,24 @@ def wrap_cli(config_file: Path, policy: Path | None, data: Path | None, undo: bo
 @click.option(
     "--pin-tools",
     type=click.Choice(["deny", "approve", "warn"]),
-    default="approve",
-    show_default=True,
+    default=None,
     help="What calls of a tool whose definition changed since it was pinned get "
-    "(`tooltrail tools` lists them, `tooltrail tools accept` accepts a change).",
+    "(default: the policy's pin_tools, else approve; `tooltrail tools` lists changes, "
+    "`tooltrail tools accept` accepts one).",
+)
+@click.option(
+    "--server-name",
+    metavar="NAME",
+    help="The name pins and the policy's `server` conditions know this server by "
+    "(default: derived from COMMAND; never the server's own serverInfo name).",
+)
+@click.option(
+    "--max-held",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Calls that may wait for a decision at once on one connection; more are denied "
+    "(rule gateway-limit).",
 )
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def proxy_cli(
@@ -96,7 +110,9 @@ def proxy_cli(
     trigger: str | None,
     collector: str | None,
     observe: bool,
-    pin_tools: str,
+    pin_tools: str | None,
+    server_name: str | None,
+    max_held: int,
     command: tuple[str, ...],
 ) -> None:
     """MCP gateway in front of a stdio server: governs any MCP client.
@@ -137,6 +153,8 @@ def proxy_cli(
         collector=collector,
         observe=observe,
         pin_tools=pin_tools,
+        server_name=server_name,
+        max_held=max_held,
     )
     with domain_errors():
         status = run_proxy(opts)
@@ -154,12 +172,13 @@ PIN_COLUMNS: Final = ("server", "tool", "status", "hash", "changed_to", "pinned_
 def tools_cli(ctx: click.Context, data: Path | None, server: str | None, fmt: str) -> None:
     """Tool definitions the gateway pinned, and the ones that changed since.
 
-    A changed tool's calls get what `tooltrail proxy --pin-tools` says (default: held for
-    approval) until `tooltrail tools accept SERVER TOOL` pins the new definition.
+    A changed tool's calls get what the policy's `pin_tools` (or `tooltrail proxy
+    --pin-tools`) says (default: held for approval) until `tooltrail tools accept SERVER
+    TOOL --hash H` pins the reviewed definition (`tooltrail tools show SERVER TOOL`).
 
     \b
     Example:
-      tooltrail tools --server mcp-git --format json
+      tooltrail tools --server server-filesystem --format json
     """
     if ctx.invoked_subcommand is not None:
         ctx.obj = data  # `tooltrail tools --data D accept ...` means D too
@@ -181,17 +200,57 @@ def tools_cli(ctx: click.Context, data: Path | None, server: str | None, fmt: st
     click.echo(render(frame.select(PIN_COLUMNS), fmt))
 
 
-@tools_cli.command(name="accept")
+@tools_cli.command(name="show")
 @data_option
 @click.argument("server")
 @click.argument("tool")
 @click.pass_context
-def tools_accept(ctx: click.Context, data: Path | None, server: str, tool: str) -> None:
+def tools_show(ctx: click.Context, data: Path | None, server: str, tool: str) -> None:
+    """A pinned tool's definition and every change not yet accepted, as JSON.
+
+    Read the changed definition (its description and schema are what the model will be
+    shown) before accepting it by its hash.
+
+    \b
+    Example:
+      tooltrail tools show server-filesystem write_file
+    """
+    import json
+
+    from tooltrail.gateway.pins import PinStore
+
+    data = data or ctx.obj
+    with domain_errors():
+        store = PinStore(config.data_dir(data), create=False)
+        try:
+            shown = store.show(server, tool)
+        finally:
+            store.close()
+    click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
+
+
+@tools_cli.command(name="accept")
+@data_option
+@click.argument("server")
+@click.argument("tool")
+@click.option(
+    "--hash",
+    "reviewed",
+    required=True,
+    metavar="HASH",
+    help="The changed definition's hash (`tooltrail tools` column changed_to; at least 16 "
+    "hex digits): only the definition you reviewed is pinned.",
+)
+@click.pass_context
+def tools_accept(
+    ctx: click.Context, data: Path | None, server: str, tool: str, reviewed: str
+) -> None:
     """Accept a tool's changed definition: pin it, so its calls are decided as before.
 
     \b
     Example:
-      tooltrail tools accept secure-filesystem-server write_file
+      tooltrail tools show server-filesystem write_file
+      tooltrail tools accept server-filesystem write_file --hash 3f1c9a0b7d2e4f5a
     """
     from tooltrail.gateway.pins import PinStore
 
@@ -200,7 +259,7 @@ def tools_accept(ctx: click.Context, data: Path | None, server: str, tool: str) 
     with domain_errors():
         store = PinStore(config.data_dir(data), create=False)
         try:
-            digest = store.accept(server, tool)
+            digest = store.accept(server, tool, reviewed)
         finally:
             store.close()
     click.echo(f"pinned {server} {tool} at {digest}")

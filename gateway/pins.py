@@ -2,11 +2,14 @@
 
 A server can change a tool after the user trusted it (a "rug pull"), or describe it so as to
 steer the model (tool poisoning). The gateway keeps, per server and tool, the definition it
-first saw (name, title, description, input and output schema, annotations) and its hash, in
-``<data>/tool-pins.sqlite``. A later ``tools/list`` that shows another definition records a
-change; the tool stays *changed* until someone accepts it (``tooltrail tools accept SERVER
-TOOL``), which pins the new definition. What a changed tool's calls get is the gateway's
-``--pin-tools`` (deny, approve, warn).
+first saw (the whole tool object: name, title, description, schemas, annotations, icons,
+``_meta`` and anything else a model could be shown) and its SHA-256, in
+``<data>/tool-pins.sqlite``. Servers are keyed by the operator's name for them
+(tooltrail.gateway.naming), never by the name a server gives itself. A later ``tools/list``
+that shows another definition records a change; the tool stays *changed* until someone
+accepts it (``tooltrail tools accept SERVER TOOL --hash H``, naming the definition
+reviewed), which pins that definition. What a changed tool's calls get is the policy's
+``pin_tools`` or the gateway's ``--pin-tools`` (deny, approve, warn).
 """
 
 from __future__ import annotations
@@ -24,15 +27,12 @@ from typing import Any, Final
 from tooltrail.errors import BadInputError, StoreError
 
 PINS_FILE: Final = "tool-pins.sqlite"
-# The parts of a tool definition a model reads or a call depends on.
-DEFINITION_KEYS: Final = (
-    "name",
-    "title",
-    "description",
-    "inputSchema",
-    "outputSchema",
-    "annotations",
-)
+# Pins made before the whole definition was hashed covered only these keys, cut to 64 bits:
+# such a pin is renewed in place when the tool still matches it (no false "changed").
+LEGACY_KEYS: Final = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
+LEGACY_HASH_CHARS: Final = 16
+# `tools accept --hash` takes a prefix this long or more (64 bits: not guessable by chance).
+MIN_ACCEPT_PREFIX: Final = 16
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS tool_pins (
@@ -64,12 +64,18 @@ class PinRow:
 
 
 def definition_of(tool: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: tool[k] for k in DEFINITION_KEYS if k in tool}
+    """Everything the server says about a tool: a field left out of the hash is a field a
+    rug pull could change unnoticed (``_meta``, ``icons``, a future key)."""
+    return dict(tool)
 
 
 def definition_hash(definition: Mapping[str, Any]) -> str:
     text = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _legacy_hash(tool: Mapping[str, Any]) -> str:
+    return definition_hash({k: tool[k] for k in LEGACY_KEYS if k in tool})[:LEGACY_HASH_CHARS]
 
 
 class PinStore:
@@ -121,6 +127,12 @@ class PinStore:
                         "INSERT INTO tool_pins VALUES (?, ?, ?, ?, ?)",
                         (server, name, digest, text, now),
                     )
+                elif len(row[0]) == LEGACY_HASH_CHARS and row[0] == _legacy_hash(tool):
+                    con.execute(
+                        "UPDATE tool_pins SET hash = ?, definition = ?"
+                        " WHERE server = ? AND tool = ?",
+                        (digest, text, server, name),
+                    )
                 elif row[0] != digest:
                     con.execute(
                         "INSERT OR IGNORE INTO tool_changes VALUES (?, ?, ?, ?, ?)",
@@ -129,16 +141,32 @@ class PinStore:
                     changed[name] = digest
         return changed
 
-    def accept(self, server: str, tool: str) -> str:
-        """Pin the latest changed definition of ``tool``; its hash."""
+    def accept(self, server: str, tool: str, reviewed: str) -> str:
+        """Pin the changed definition of ``tool`` whose hash starts with ``reviewed`` (the
+        one a person looked at: a later change is not accepted by accident); its hash."""
+        reviewed = reviewed.strip().lower()
+        if len(reviewed) < MIN_ACCEPT_PREFIX or not all(c in "0123456789abcdef" for c in reviewed):
+            raise BadInputError(
+                f"--hash: give the reviewed definition's hash (at least {MIN_ACCEPT_PREFIX}"
+                " hex digits, as `tooltrail tools --format json` shows it in changed_to)"
+            )
         with self._write() as con:
-            row = con.execute(
+            rows = con.execute(
                 "SELECT hash, definition FROM tool_changes WHERE server = ? AND tool = ?"
-                " ORDER BY seen_at DESC LIMIT 1",
+                " ORDER BY seen_at DESC",
                 (server, tool),
-            ).fetchone()
-            if row is None:
+            ).fetchall()
+            if not rows:
                 raise BadInputError(f"no changed definition of {tool!r} on server {server!r}")
+            matching = [r for r in rows if r[0].startswith(reviewed)]
+            if len(matching) != 1:
+                latest = rows[0][0]
+                raise BadInputError(
+                    f"--hash {reviewed}: no changed definition of {tool!r} on {server!r} has"
+                    f" that hash (the latest is {latest}; review it with"
+                    f" `tooltrail tools show {server} {tool}`)"
+                )
+            row = matching[0]
             con.execute(
                 "UPDATE tool_pins SET hash = ?, definition = ?, pinned_at = ?"
                 " WHERE server = ? AND tool = ?",
@@ -146,6 +174,31 @@ class PinStore:
             )
             con.execute("DELETE FROM tool_changes WHERE server = ? AND tool = ?", (server, tool))
         return str(row[0])
+
+    def show(self, server: str, tool: str) -> dict[str, Any]:
+        """The pinned definition of ``tool`` and every unaccepted change (newest first)."""
+        try:
+            pin = self._con.execute(
+                "SELECT hash, definition, pinned_at FROM tool_pins WHERE server = ? AND tool = ?",
+                (server, tool),
+            ).fetchone()
+            changes = self._con.execute(
+                "SELECT hash, definition, seen_at FROM tool_changes WHERE server = ? AND tool = ?"
+                " ORDER BY seen_at DESC",
+                (server, tool),
+            ).fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(f"reading the tool pins failed: {e}") from e
+        if pin is None:
+            raise BadInputError(f"no pinned tool {tool!r} on server {server!r}")
+        return {
+            "server": server,
+            "tool": tool,
+            "pinned": {"hash": pin[0], "pinned_at": pin[2], "definition": json.loads(pin[1])},
+            "changes": [
+                {"hash": h, "seen_at": at, "definition": json.loads(d)} for h, d, at in changes
+            ],
+        }
 
     def rows(self, server: str | None = None) -> list[PinRow]:
         sql = (

@@ -42,6 +42,7 @@ from typing import Any, Final
 
 from tooltrail import config
 from tooltrail.errors import BadInputError
+from tooltrail.gateway.naming import check_server_name, server_name_of
 from tooltrail.gateway.pins import PinStore
 from tooltrail.instrumentation._call import (
     Invocation,
@@ -79,10 +80,15 @@ _log = logging.getLogger("tooltrail.gateway")
 TT_GATEWAY: Final = "tooltrail.gateway"
 TT_CLIENT_NAME: Final = "tooltrail.mcp.client.name"
 TT_CLIENT_VERSION: Final = "tooltrail.mcp.client.version"
+# What the server calls itself (serverInfo.name): recorded, never trusted as its name.
+TT_SERVER_REPORTED: Final = "tooltrail.mcp.server.reported_name"
 TT_TOOL_CHANGED: Final = "tooltrail.tool.definition_changed"
 TT_TOOL_HASH: Final = "tooltrail.tool.definition_hash"
 PIN_RULE: Final = "tool-definition-changed"
 PIN_MODES: Final = ("deny", "approve", "warn")
+DEFAULT_PIN_MODE: Final = "approve"
+# A call refused because the gateway's own limits are reached (held calls).
+LIMIT_RULE: Final = "gateway-limit"
 # How long a changed tool's call is held for a person's look.
 PIN_APPROVAL_TIMEOUT_S: Final = 600.0
 SERVICE_NAME: Final = "tooltrail-gateway"
@@ -91,8 +97,22 @@ PARSE_ERROR: Final = -32700
 INVALID_REQUEST: Final = -32600
 # JSON-RPC's range for implementation-defined server errors.
 SERVER_GONE: Final = -32000
-# Lines up to this size (a large tool result) are read whole.
+# Lines up to this size (a large tool result) are read whole; a longer one is skipped.
 MAX_LINE: Final = 256 * 1024 * 1024
+# A client's message (tool arguments: a file to write, say) up to this size is read; a
+# longer one is answered with an error and skipped, so one client cannot balloon us.
+MAX_CLIENT_MESSAGE: Final = 64 * 1024 * 1024
+# Calls held at once (approvals, a paused session) per connection; more are refused.
+MAX_HELD: Final = 256
+# Bytes written to a client that is not reading, before the server's output waits.
+CLIENT_HIGH_WATER: Final = 16 * 1024 * 1024
+# A call the client cancelled after it went to the server: how long its answer is waited
+# for (servers may finish it anyway) before its span says it may have run.
+CANCEL_GRACE_S: Final = 10.0
+# How long the gateway's own tools/list (before a first call) may take.
+TOOLS_LIST_WAIT_S: Final = 30.0
+MAX_LIST_PAGES: Final = 100
+LIST_CHANGED: Final = "notifications/tools/list_changed"
 # After the client hangs up, how long the server gets to exit on its own.
 SERVER_EXIT_GRACE_S: Final = 5.0
 DEFAULT_PROGRESS_S: Final = 1.0
@@ -112,7 +132,19 @@ class ProxyOptions:
     collector: str | None = None
     observe: bool = False
     progress_interval_s: float = DEFAULT_PROGRESS_S
-    pin_tools: str = "approve"
+    # None: the policy's ``pin_tools``, else approve.
+    pin_tools: str | None = None
+    # The operator's name for the server (pins, policy ``server`` conditions, spans);
+    # None: derived from ``command`` (tooltrail.gateway.naming).
+    server_name: str | None = None
+    max_message_bytes: int = MAX_CLIENT_MESSAGE
+    max_held: int = MAX_HELD
+
+    def named(self) -> ProxyOptions:
+        """These options with ``server_name`` set (BadInputError when none can be had)."""
+        if self.server_name is not None:
+            return dataclasses.replace(self, server_name=check_server_name(self.server_name))
+        return dataclasses.replace(self, server_name=server_name_of(self.command))
 
 
 class ClientCancelled(Exception):
@@ -125,6 +157,18 @@ class ServerGone(Exception):
 
 class JsonRpcError(Exception):
     """The server answered a ``tools/call`` with a JSON-RPC error."""
+
+
+class LineTooLong(Exception):
+    """A line longer than its side's limit: skipped whole."""
+
+
+def _valid_id(request_id: Any) -> bool:
+    """JSON-RPC ids the gateway keeps books by: strings and integers (MCP forbids null;
+    a float or an object would compare otherwise at the server)."""
+    return isinstance(request_id, str) or (
+        isinstance(request_id, int) and not isinstance(request_id, bool)
+    )
 
 
 def _key(request_id: Any) -> str:
@@ -197,6 +241,17 @@ class _Out:
             n = os.write(self._fd, view)
             view = view[n:]
 
+    async def drain(self) -> None:
+        """Wait while the client has more than ``CLIENT_HIGH_WATER`` bytes unread: the
+        server's output then waits in its pipe, not in our memory."""
+        transport = self._transport
+        while (
+            transport is not None
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() > CLIENT_HIGH_WATER
+        ):
+            await asyncio.sleep(0.005)
+
     async def flush(self, timeout: float) -> None:
         """Wait (bounded) until what was written has left for the client: the loop's end
         would drop what a slow reader has not taken yet (the last errors, say)."""
@@ -236,11 +291,29 @@ def _feed_in_thread(reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoo
 
 
 async def _read_line(reader: asyncio.StreamReader) -> bytes:
-    """The next line (b"" at EOF); a last line without its newline counts."""
+    """The next line (b"" at EOF); a last line without its newline counts. A line longer
+    than the reader's limit is read past and dropped: LineTooLong."""
     try:
         return await reader.readuntil(b"\n")
     except asyncio.IncompleteReadError as e:
         return e.partial
+    except asyncio.LimitOverrunError as e:
+        await _skip_line(reader, e.consumed)
+        raise LineTooLong("a line longer than the limit was dropped") from None
+
+
+async def _skip_line(reader: asyncio.StreamReader, consumed: int) -> None:
+    """Drop the rest of an over-long line, never holding more than the limit."""
+    while True:
+        if consumed:
+            await reader.readexactly(consumed)
+        try:
+            await reader.readuntil(b"\n")  # the line's tail: dropped
+            return
+        except asyncio.IncompleteReadError:
+            return
+        except asyncio.LimitOverrunError as e:
+            consumed = e.consumed
 
 
 # --- the gateway ----------------------------------------------------------------------
@@ -267,11 +340,22 @@ class Gateway:
         self._session: Session | None = None
         self.client_name: str | None = None
         self.client_version: str | None = None
-        self.server_name: str | None = None
-        # Set once the server answered initialize: a tools/call waits for it, so rules
-        # that name the server are never skipped by a call sent right behind initialize.
+        # The operator's name for the server (ProxyOptions.named); what it calls itself.
+        self.server_name: str = opts.server_name or server_name_of(opts.command)
+        self.reported_name: str | None = None
+        # Set once the server answered initialize: a tools/call waits for it (the tools
+        # are listed after it, and a call must not overtake the handshake).
         self.initialized = asyncio.Event()
+        # Set once this connection knows the server's tools (the client's tools/list, or
+        # the gateway's own before a first call): pins and annotations are then current.
+        self.tools_known = asyncio.Event()
+        self._listing: asyncio.Task[None] | None = None
+        self.paged = False
+        # The gateway's own requests to the server: key -> the future of its answer.
+        self.own: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.annotations: dict[str, dict[str, Any]] = {}
+        # Forwarded calls the client cancelled: key -> the timer that ends their span.
+        self.cancelled: dict[str, asyncio.TimerHandle] = {}
         # Client requests forwarded and not yet answered: key -> (method, original id).
         self.forwarded: dict[str, tuple[str, Any]] = {}
         # tools/call being decided (not yet forwarded) and in flight at the server.
@@ -281,7 +365,9 @@ class Gateway:
         # Tools whose definition differs from the pinned one (name -> hash served now).
         self.changed: dict[str, str] = {}
         self.pins = _open_pins(opts, st)
-        if st.enforce and self.pins is not None and opts.pin_tools != "warn":
+        policy_mode = st.policy.pin_tools if st.policy is not None else None
+        self.pin_mode: str = opts.pin_tools or policy_mode or DEFAULT_PIN_MODE
+        if st.enforce and self.pins is not None and self.pin_mode != "warn":
             self.st = dataclasses.replace(st, decide=self._pinned(st.decide))
 
     # -- pinned tool definitions -------------------------------------------------------
@@ -300,23 +386,28 @@ class Gateway:
             d = decide(tool, arguments, session, server, annotations)
             if tool not in self.changed or d.decision == DENY:
                 return d
-            reason = (
-                f"the definition of {tool} changed since it was pinned (accept it with"
-                f" `tooltrail tools accept {server} {tool}`)"
-            )
-            if self.opts.pin_tools == "approve" and d.decision != REQUIRE_APPROVAL:
+            digest = self.changed[tool]
+            if digest:
+                reason = (
+                    f"the definition of {tool} changed since it was pinned (review it with"
+                    f" `tooltrail tools show {server} {tool}`, accept it with"
+                    f" `tooltrail tools accept {server} {tool} --hash {digest[:16]}`)"
+                )
+            else:
+                reason = f"the tools of {server} could not be listed: {tool} is not known"
+            if self.pin_mode == "approve" and d.decision != REQUIRE_APPROVAL:
                 try:
                     return _held_for_review(d, reason)
                 except Exception:  # not the engine's Decision: refuse rather than guess
                     _log.exception("could not hold the changed tool %s; denying", tool)
-            elif self.opts.pin_tools == "approve":
+            elif self.pin_mode == "approve":
                 return d  # already held for a person
             return refused_as(d, PIN_RULE, reason)
 
         return pinned_decide
 
     def _observe_tools(self, tools: Any) -> None:
-        if self.pins is None or self.server_name is None or not isinstance(tools, list):
+        if self.pins is None or not isinstance(tools, list):
             return
         listed = [t for t in tools if isinstance(t, dict)]
         changed = self.pins.observe(self.server_name, listed)
@@ -330,7 +421,7 @@ class Gateway:
                         "the definition of %s on %s changed since it was pinned (%s)",
                         name,
                         self.server_name,
-                        self.opts.pin_tools,
+                        self.pin_mode,
                     )
                 self.changed[name] = changed[name]
             else:
@@ -365,7 +456,16 @@ class Gateway:
     # -- client -> server --------------------------------------------------------------
 
     async def pump_client(self) -> None:
-        while line := await _read_line(self.client_in):
+        while True:
+            try:
+                line = await _read_line(self.client_in)
+            except LineTooLong:
+                limit = self.opts.max_message_bytes
+                _log.warning("a client message over %d bytes was dropped", limit)
+                self.to_client(_error(None, INVALID_REQUEST, "message too large for tooltrail"))
+                continue
+            if not line:
+                return
             await self.from_client(line)
 
     async def from_client(self, line: bytes) -> None:
@@ -414,6 +514,10 @@ class Gateway:
             return
         if "id" in message:
             request_id = message["id"]
+            if not _valid_id(request_id):
+                _log.warning("a request with id %r refused (strings and integers only)", request_id)
+                self.to_client(_error(None, INVALID_REQUEST, "Invalid Request: bad id"))
+                return
             key = _key(request_id)
             if key in self.forwarded or key in self.deciding or key in self.inflight:
                 # A second request under a pending id would take the first one's place in
@@ -422,6 +526,15 @@ class Gateway:
                 self.to_client(_error(request_id, INVALID_REQUEST, "request id already in use"))
                 return
             if method == MCP_METHOD_TOOLS_CALL:
+                if len(self.deciding) >= self.opts.max_held:
+                    reason = f"{len(self.deciding)} calls are already waiting for a decision"
+                    self.to_client(
+                        denied_result(
+                            request_id,
+                            self._refused(message.get("params"), request_id, LIMIT_RULE, reason),
+                        )
+                    )
+                    return
                 self._start_deciding(message, raw, key, request_id)
                 return
             if method == "initialize":
@@ -459,12 +572,24 @@ class Gateway:
             held[0].cancel()  # aprepare ends the span; MCP: no response to a cancelled request
             _log.info("the client withdrew tools/call %s while it was being decided", key)
             return True
+        if key in self.inflight and key not in self.cancelled:
+            # The server has it and may finish it anyway: its answer, if one comes, is
+            # what the span records; only without one is the call "cancelled".
+            reason = params.get("reason")
+            why = (
+                f"cancelled by the client after it went to the server ({reason or 'no reason'});"
+                " the server may have run it"
+            )
+            loop = asyncio.get_running_loop()
+            self.cancelled[key] = loop.call_later(CANCEL_GRACE_S, self._cancel_ends, key, why)
+        return False
+
+    def _cancel_ends(self, key: str, why: str) -> None:
+        self.cancelled.pop(key, None)
         inv = self.inflight.pop(key, None)
         if inv is not None:
             self.forwarded.pop(key, None)
-            reason = params.get("reason")
-            finish_exception(inv, ClientCancelled(f"cancelled by the client: {reason or ''}"))
-        return False
+            finish_exception(inv, ClientCancelled(why))
 
     # -- tools/call ----------------------------------------------------------------------
 
@@ -502,33 +627,97 @@ class Gateway:
     ) -> Invocation | Denial | None:
         """``_prepare`` once the server has answered initialize (its name decides rules);
         a call that comes before it, and stays unanswered, is refused when enforcing."""
-        if not self.initialized.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.initialized.wait(), INITIALIZE_WAIT_S)
-            if not self.initialized.is_set() and self.st.enforce:
-                error = RuntimeError("it came before the server answered initialize")
-                return self._unreadable(params, request_id, error)
+        try:
+            if not self.initialized.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.initialized.wait(), INITIALIZE_WAIT_S)
+                if not self.initialized.is_set() and self.st.enforce:
+                    error = RuntimeError("it came before the server answered initialize")
+                    return self._unreadable(params, request_id, error)
+            if not self.tools_known.is_set():
+                await self._know_tools()
+        except asyncio.CancelledError:
+            # Withdrawn (or the client left) while the server was still being asked:
+            # never sent, but recorded, as every call is.
+            self._record_withdrawn(params, request_id)
+            raise
         return await self._prepare(params, request_id)
+
+    def _record_withdrawn(self, params: Any, request_id: Any) -> None:
+        try:
+            name, arguments = _call_of(params)
+            inv = begin(
+                self.st,
+                tool=name,
+                arguments=arguments,
+                mcp=True,
+                server=self.server_name,
+                annotations=self.annotations.get(name, {}),
+                extra=self._call_attributes(name, request_id),
+                session=self.session(),
+            )
+            if inv.denial is not None:
+                finish_denied(inv)
+            else:
+                why = "withdrawn before it was decided (the server had not answered yet)"
+                finish_exception(inv, ClientCancelled(why))
+        except Exception:
+            _log.exception("could not record the withdrawn tools/call")
+
+    # -- the gateway's own tools/list ---------------------------------------------------
+
+    async def _know_tools(self) -> None:
+        """List the server's tools before deciding a first call (one listing per
+        connection, shared): a client that never lists would otherwise be decided without
+        annotations, and a tool changed since an earlier session would pass as pinned.
+        Tools that stay unknown count as changed (pins) with MCP's default annotations."""
+        if self._listing is None:
+            self._listing = asyncio.create_task(self._list_tools())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._listing), TOOLS_LIST_WAIT_S)
+        except Exception as e:  # an unlisted server's calls are decided as unknown
+            _log.warning("could not list the tools of %s: %s", self.server_name, e)
+
+    async def _list_tools(self) -> None:
+        tools: list[Any] = []
+        cursor: Any = None
+        for _ in range(MAX_LIST_PAGES):
+            params = {} if cursor is None else {"cursor": cursor}
+            answer = await self._ask_server("tools/list", params)
+            result = answer.get("result")
+            if not isinstance(result, dict):
+                raise RuntimeError(f"tools/list answered {answer.get('error')!r}")
+            page = result.get("tools")
+            tools += page if isinstance(page, list) else []
+            cursor = result.get("nextCursor")
+            if not isinstance(cursor, str) or not cursor:
+                break
+        self._remember_annotations(tools)
+        self._observe_tools(tools)
+        self.tools_known.set()
+
+    async def _ask_server(self, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A request of the gateway's own (an id no client uses); its answer is not
+        relayed."""
+        request_id = f"tooltrail-{uuid.uuid4().hex}"
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        key = _key(request_id)
+        self.own[key] = future
+        try:
+            await self.to_server(
+                _dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+            )
+            return await future
+        finally:
+            self.own.pop(key, None)
 
     async def _prepare(self, params: Any, request_id: Any) -> Invocation | Denial | None:
         st = self.st
         try:
             name, arguments = _call_of(params)
-            extra: dict[str, Any] = {
-                MCP_METHOD_NAME: MCP_METHOD_TOOLS_CALL,
-                MCP_SESSION_ID: self.connection_id,
-                JSONRPC_REQUEST_ID: str(request_id),
-                TT_GATEWAY: True,
-            }
-            if self.server_name is not None:
-                extra[MCP_SERVER_NAME] = self.server_name
-            if self.client_name is not None:
-                extra[TT_CLIENT_NAME] = self.client_name
-            if self.client_version is not None:
-                extra[TT_CLIENT_VERSION] = self.client_version
-            if name in self.changed:
-                extra[TT_TOOL_CHANGED] = True
-                extra[TT_TOOL_HASH] = self.changed[name]
+            if self.pins is not None and not self.tools_known.is_set():
+                self.changed.setdefault(name, "")  # could not be listed: not known
+            extra = self._call_attributes(name, request_id)
         except Exception as e:  # a call we cannot read cannot be decided: fail closed
             if st.enforce:
                 return self._unreadable(params, request_id, e)
@@ -539,16 +728,42 @@ class Gateway:
             lambda: arguments,
             mcp=True,
             server=self.server_name,
-            annotations=self.annotations.get(name),
+            # Unlisted or unannotated: MCP's defaults (not read-only, destructive, open
+            # world), the worst case, rather than "unknown", which no rule matches.
+            annotations=self.annotations.get(name, {}),
             extra=extra,
         )
+
+    def _call_attributes(self, name: str, request_id: Any) -> dict[str, Any]:
+        extra: dict[str, Any] = {
+            MCP_METHOD_NAME: MCP_METHOD_TOOLS_CALL,
+            MCP_SESSION_ID: self.connection_id,
+            JSONRPC_REQUEST_ID: str(request_id),
+            TT_GATEWAY: True,
+            MCP_SERVER_NAME: self.server_name,
+        }
+        if self.reported_name is not None:
+            extra[TT_SERVER_REPORTED] = self.reported_name
+        if self.client_name is not None:
+            extra[TT_CLIENT_NAME] = self.client_name
+        if self.client_version is not None:
+            extra[TT_CLIENT_VERSION] = self.client_version
+        if name in self.changed:
+            extra[TT_TOOL_CHANGED] = True
+            if self.changed[name]:
+                extra[TT_TOOL_HASH] = self.changed[name]
+        return extra
 
     def _unreadable(self, params: Any, request_id: Any, error: Exception) -> Denial:
         """A ``tools/call`` whose name or arguments cannot be read: denied (rule
         ``policy-error``) and recorded as such, so the audit trail shows the attempt."""
+        reason = f"tooltrail could not read the call: {error}"
+        return self._refused(params, request_id, POLICY_ERROR_RULE, reason)
+
+    def _refused(self, params: Any, request_id: Any, rule: str, reason: str) -> Denial:
+        """A ``tools/call`` refused whatever the policy says (by ``rule``), recorded."""
         tool = params.get("name") if isinstance(params, dict) else None
         tool = tool if isinstance(tool, str) and tool else "<unknown>"
-        reason = f"tooltrail could not read the call: {error}"
         try:
             # Session control's veto is the instrumentation's way to record a call refused
             # whatever the policy says: the span is a DENY by that rule.
@@ -558,19 +773,14 @@ class Gateway:
                 arguments={},
                 mcp=True,
                 server=self.server_name,
-                extra={
-                    MCP_METHOD_NAME: MCP_METHOD_TOOLS_CALL,
-                    MCP_SESSION_ID: self.connection_id,
-                    JSONRPC_REQUEST_ID: str(request_id),
-                    TT_GATEWAY: True,
-                },
+                extra=self._call_attributes(tool, request_id),
                 session=self.session(),
-                veto=Veto(POLICY_ERROR_RULE, reason),
+                veto=Veto(rule, reason),
             )
             finish_denied(inv)
-        except Exception:
-            _log.exception("could not record the unreadable tools/call")
-            return fail_closed(self.st, tool, error)
+        except Exception as e:
+            _log.exception("could not record the refused tools/call")
+            return fail_closed(self.st, tool, e)
         assert inv.denial is not None
         return inv.denial
 
@@ -613,8 +823,16 @@ class Gateway:
     async def pump_server(self) -> None:
         stdout = self.server.stdout
         assert stdout is not None
-        while line := await _read_line(stdout):
+        while True:
+            try:
+                line = await _read_line(stdout)
+            except LineTooLong:
+                _log.error("a server message over %d bytes was dropped", MAX_LINE)
+                continue
+            if not line:
+                return
             await self.from_server(line)
+            await self.client_out.drain()
 
     async def from_server(self, line: bytes) -> None:
         text = line.strip()
@@ -626,6 +844,15 @@ class Gateway:
             _log.warning("malformed JSON from the server (%s); answered -32700", e)
             await self._forward(_dumps(_error(None, PARSE_ERROR, f"Parse error: {e}")))
             return
+        if isinstance(message, dict) and "method" not in message and "id" in message:
+            own = self.own.get(_key(message["id"]))
+            if own is not None:  # the answer to the gateway's own request: not relayed
+                if not own.done():
+                    own.set_result(message)
+                return
+        elif isinstance(message, dict) and message.get("method") == LIST_CHANGED:
+            self.tools_known.clear()  # list again before the next decision
+            self._listing = None
         # Relayed first: the span's bookkeeping is not on the client's critical path.
         self.client_out.write(line if line.endswith(b"\n") else line + b"\n")
         if isinstance(message, dict) and "method" not in message and "id" in message:
@@ -639,17 +866,25 @@ class Gateway:
         method = sent[0]
         result = message.get("result")
         try:
-            if method == "initialize" and isinstance(result, dict):
-                info = result.get("serverInfo")
+            if method == "initialize":
+                info = result.get("serverInfo") if isinstance(result, dict) else None
                 name = info.get("name") if isinstance(info, dict) else None
-                self.server_name = name if isinstance(name, str) and name else None
-                self.initialized.set()
+                self.reported_name = name if isinstance(name, str) and name else None
             elif method == "tools/list" and isinstance(result, dict):
                 self._remember_annotations(result.get("tools"))
                 self._observe_tools(result.get("tools"))
+                # A listing in pages: the gateway lists whole itself before a decision.
+                self.paged = self.paged or bool(result.get("nextCursor"))
+                if not self.paged:
+                    self.tools_known.set()
         except Exception:  # reading on the way must never stop the relay
             _log.exception("could not read the server's %s result", method)
+        if method == "initialize":
+            self.initialized.set()  # answered (even with an error): calls may go on
         if method == MCP_METHOD_TOOLS_CALL:
+            timer = self.cancelled.pop(key, None)
+            if timer is not None:
+                timer.cancel()
             inv = self.inflight.pop(key, None)
             if inv is not None:
                 _finish(inv, message)
@@ -669,6 +904,9 @@ class Gateway:
         """The server is gone: every request it did not answer gets an error, every call
         still being decided too (its span ends as an error)."""
         self.server_gone = True
+        for future in self.own.values():
+            if not future.done():
+                future.set_exception(ServerGone(why))
         for key, (task, request_id) in list(self.deciding.items()):
             task.cancel()
             self.to_client(_error(request_id, SERVER_GONE, why))
@@ -676,9 +914,19 @@ class Gateway:
         for key, (_method, request_id) in list(self.forwarded.items()):
             inv = self.inflight.pop(key, None)
             if inv is not None:
-                finish_exception(inv, ServerGone(why))
+                finish_exception(inv, self._ended(key, ServerGone(why)))
             self.to_client(_error(request_id, SERVER_GONE, why))
         self.forwarded.clear()
+
+    def _ended(self, key: str, error: Exception) -> Exception:
+        """Why an unanswered call ended: the client's cancellation when it had one."""
+        timer = self.cancelled.pop(key, None)
+        if timer is None:
+            return error
+        timer.cancel()
+        return ClientCancelled(
+            f"cancelled by the client, and then {error}; the server may have run it"
+        )
 
     def withdraw_all(self) -> None:
         """The client hung up: calls still being decided are withdrawn."""
@@ -687,8 +935,8 @@ class Gateway:
         self.deciding.clear()
 
     def end_inflight(self, why: str) -> None:
-        for inv in self.inflight.values():
-            finish_exception(inv, ServerGone(why))
+        for key, inv in self.inflight.items():
+            finish_exception(inv, self._ended(key, ServerGone(why)))
         self.inflight.clear()
 
 
@@ -784,7 +1032,7 @@ async def _serve(opts: ProxyOptions, st: Settings) -> int:
     except OSError as e:
         _log.error("cannot start the MCP server %r: %s", opts.command[0], e)
         return 127 if isinstance(e, FileNotFoundError) else 126
-    client_in, client_out = await _client_ends(MAX_LINE)
+    client_in, client_out = await _client_ends(opts.max_message_bytes)
     try:
         return await _relay(Gateway(opts, st, server, client_in, client_out))
     finally:
@@ -795,10 +1043,29 @@ async def _relay(gw: Gateway) -> int:
     server = gw.server
     client = asyncio.create_task(gw.pump_client())
     relay = asyncio.create_task(gw.pump_server())
-    done, _ = await asyncio.wait({client, relay}, return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
+    # SIGTERM (a client closing us, a supervisor): end what is open, so its spans land.
+    stopped = asyncio.create_task(_terminated())
+    try:
+        return await _relay_until_done(gw, server, client, relay, stopped)
+    finally:
+        stopped.cancel()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+
+
+async def _relay_until_done(
+    gw: Gateway,
+    server: asyncio.subprocess.Process,
+    client: asyncio.Task[None],
+    relay: asyncio.Task[None],
+    stopped: asyncio.Task[None],
+) -> int:
+    done, _ = await asyncio.wait({client, relay, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    for task in done - {stopped}:
         if task.exception() is not None:
             _log.error("the relay failed: %r", task.exception())
+    if stopped in done:
+        return await _stop(gw, server, client)
     if relay in done:  # the server closed its stdout: it is exiting
         rc = await _reap(server, SERVER_EXIT_GRACE_S)
         gw.fail_pending(f"the MCP server exited (status {rc}) before answering")
@@ -811,9 +1078,12 @@ async def _relay(gw: Gateway) -> int:
     gw.withdraw_all()
     if server.stdin is not None:
         server.stdin.close()
-    try:
-        await asyncio.wait_for(relay, SERVER_EXIT_GRACE_S)
-    except (TimeoutError, asyncio.CancelledError):
+    done, _ = await asyncio.wait(
+        {relay, stopped}, timeout=SERVER_EXIT_GRACE_S, return_when=asyncio.FIRST_COMPLETED
+    )
+    if stopped in done:
+        return await _stop(gw, server, client)
+    if relay not in done:
         _log.warning(
             "the MCP server did not exit within %.0f s of the client leaving", SERVER_EXIT_GRACE_S
         )
@@ -821,6 +1091,35 @@ async def _relay(gw: Gateway) -> int:
     rc = await _reap(server, 1.0)
     gw.end_inflight("the client left before the server answered")
     return 0 if rc < 0 else rc
+
+
+async def _terminated() -> None:
+    stop = asyncio.Event()
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    except (NotImplementedError, RuntimeError):  # not the main thread: no handler to add
+        await asyncio.Event().wait()
+    await stop.wait()
+
+
+async def _stop(gw: Gateway, server: asyncio.subprocess.Process, client: asyncio.Task[None]) -> int:
+    """SIGTERM: whoever sent it may SIGKILL soon (the TypeScript SDK does after 2 s), so
+    the open calls are ended first, then the server is given half a second."""
+    _log.warning("terminated (SIGTERM): ending the calls still open and the server")
+    gw.withdraw_all()
+    gw.end_inflight("the gateway was terminated before the server answered")
+    client.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await client
+    with contextlib.suppress(ProcessLookupError):
+        server.terminate()
+    try:
+        await asyncio.wait_for(server.wait(), 0.5)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            server.kill()
+        await server.wait()
+    return 128 + signal.SIGTERM
 
 
 async def _reap(server: asyncio.subprocess.Process, grace: float) -> int:
@@ -891,6 +1190,7 @@ def _collector_tracing(opts: ProxyOptions, enforce: bool) -> tuple[Settings, Cal
 
 def run_proxy(opts: ProxyOptions) -> int:
     """Run the gateway until the client or the server goes; the exit status."""
+    opts = opts.named()  # before anything starts: a bad name is the operator's error
     st, land = _tracing(opts)
     if st.policy_error:
         _log.error("every tools/call will be denied: %s", st.policy_error)

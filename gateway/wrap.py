@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from typing import Any, Final
 
 from tooltrail import config as config_module
 from tooltrail.errors import BadInputError
+from tooltrail.gateway.naming import check_server_name
 
 BACKUP_SUFFIX: Final = ".tooltrail-backup"
 
@@ -94,6 +96,12 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def server_name_from_key(key: str) -> str:
+    """A configuration key as a server name (characters a name cannot hold become -)."""
+    name = re.sub(r"[^A-Za-z0-9._:/@+-]", "-", key).strip("-")[:127] or "server"
+    return check_server_name(name if name[0].isalnum() else f"s{name}")
+
+
 def wrap(config: Path, policy: Path | None = None, data: Path | None = None) -> WrapReport:
     """Wrap every stdio server of ``config`` (see the module docstring)."""
     original, doc = _load(config)
@@ -118,10 +126,13 @@ def wrap(config: Path, policy: Path | None = None, data: Path | None = None) -> 
         args = entry.get("args", [])
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             raise BadInputError(f"{config}: mcpServers.{name}.args is not a list of strings")
+        # The configuration's key names the server for pins and policy rules: the
+        # operator's word, not the one the server gives itself.
+        named = ["--server-name", server_name_from_key(name)]
         servers[name] = {
             **entry,
             "command": command,
-            "args": [*head, "--", entry["command"], *args],
+            "args": [*head, *named, "--", entry["command"], *args],
         }
         report.wrapped.append(name)
     if not report.wrapped:

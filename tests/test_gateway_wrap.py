@@ -53,6 +53,8 @@ def test_wrap_routes_every_stdio_server_through_the_gateway_and_undo_restores(
         str(policy.resolve()),
         "--data",
         str((tmp_path / "d").resolve()),
+        "--server-name",  # the configuration's key: the operator's name for the server
+        "filesystem",
         "--",
         "npx",
         "-y",

@@ -169,6 +169,8 @@ class Compiled:
     rules: tuple[CompiledRule, ...]
     tests: tuple[InlineTest, ...]
     warnings: tuple[Problem, ...] = ()  # legal but surely a mistake (a dead condition)
+    # The gateway's answer to a changed tool definition (None: not set, the gateway's default).
+    pin_tools: str | None = None
 
 
 Locate = Callable[[DocPath], int | None]
@@ -502,6 +504,8 @@ class _Builder:
             reads = GlobSet(canon["reads"])
         self.default_approval = self.approval(doc.get("approval"), ("approval",))
         canon["approval"] = _canon_approval(self.default_approval)
+        if "pin_tools" in doc:  # only when set: policies without it keep their version
+            canon["pin_tools"] = doc["pin_tools"]
         targets = self.targets(canon)
         blasts = self.blasts(canon)
         rules: list[CompiledRule] = []
@@ -532,6 +536,7 @@ class _Builder:
             rules=tuple(rules),
             tests=tests,
             warnings=tuple(warnings),
+            pin_tools=canon.get("pin_tools"),
         )
 
     def base_layer(self) -> None:

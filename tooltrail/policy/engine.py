@@ -257,6 +257,11 @@ class Policy:
         return self._c.default
 
     @property
+    def pin_tools(self) -> str | None:
+        """``pin_tools:`` (deny, approve, warn) when the policy sets it."""
+        return self._c.pin_tools
+
+    @property
     def canonical(self) -> dict[str, Any]:
         """The normalized policy whose hash is ``version`` (a copy)."""
         result: dict[str, Any] = copy_json(self._c.canonical)
