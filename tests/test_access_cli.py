@@ -211,7 +211,7 @@ def test_by_cannot_name_someone_else(root: Path) -> None:
     with ControlStore(root) as store:
         assert store.session_state("s1") == "running"
     # --by repeating the credential's own name is fine.
-    code, out, _ = invoke(root, "approve", apr, "--by", "bob", token=creds["bob"])
+    code, _, _ = invoke(root, "approve", apr, "--by", "bob", token=creds["bob"])
     assert code == 0 and _status(root, apr) == ("approved", "bob")
 
 

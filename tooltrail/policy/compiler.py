@@ -297,10 +297,8 @@ class _Builder:
             # `role:NAME` names every user holding that role or a higher one
             # (tooltrail.access); a misspelt role would match nobody, silently.
             if entry.startswith(ROLE_PREFIX) and entry[len(ROLE_PREFIX) :] not in ROLES:
-                self.problem(
-                    (*path, "approvers", i),
-                    f"unknown role in {entry!r}: one of {', '.join(ROLE_PREFIX + r for r in ROLES)}",
-                )
+                known = ", ".join(ROLE_PREFIX + r for r in ROLES)
+                self.problem((*path, "approvers", i), f"unknown role in {entry!r}: one of {known}")
         return ApprovalSettings(
             timeout_s=timeout_s,
             on_timeout=str(node.get("on_timeout", base.on_timeout)),
