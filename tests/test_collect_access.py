@@ -197,7 +197,7 @@ def test_disabled_and_rotated_credentials_are_refused_at_once(
     assert _call(col, "GET", listing, carol)[0] == 200  # verified once, then cached
     assert invoke(root, "users", "rotate", "carol", token=creds["admin"])[0] == 0
     assert _call(col, "GET", listing, carol)[0] == 401  # the cache holds no stale credential
-    code, out, _ = invoke(root, "users", "rotate", "carol", token=creds["admin"])
+    out = invoke(root, "users", "rotate", "carol", token=creds["admin"])[1]
     carol = credential_of(out)
     assert _call(col, "GET", listing, carol)[0] == 200
     assert invoke(root, "users", "disable", "carol", token=creds["admin"])[0] == 0
