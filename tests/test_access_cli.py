@@ -278,3 +278,30 @@ def test_login_keeps_the_credential_owner_only_and_the_environment_wins(
     code, out, _ = invoke(root, "approve", apr)
     assert code == 0 and "approved by alice" in out
     assert os.environ.get("TOOLTRAIL_TOKEN") is None
+
+
+def test_role_entries_match_nobody_in_single_user_mode(root: Path) -> None:
+    apr = _file(root, approvers=("role:approver",))
+    code, _, err = invoke(root, "approve", apr, "--by", "approver")
+    assert code == 2 and "'approver' may not decide" in err
+    assert _status(root, apr) == ("pending", None)
+
+
+def test_policy_check_refuses_an_unknown_role(tmp_path: Path) -> None:
+    from tooltrail.errors import PolicyError
+    from tooltrail.policy import load_policy
+
+    def policy(approvers: list[str]) -> dict[str, object]:
+        rule = {
+            "id": "r",
+            "when": {"tool": "git_commit"},
+            "decision": "REQUIRE_APPROVAL",
+            "approval": {"approvers": approvers},
+        }
+        return {"version": 1, "rules": [rule]}
+
+    assert load_policy(policy(["alice", "role:operator"])).rules
+    with pytest.raises(PolicyError) as info:
+        load_policy(policy(["alice", "role:aprover"]))
+    assert "approval.approvers[1]" in str(info.value)
+    assert "unknown role in 'role:aprover'" in str(info.value)
