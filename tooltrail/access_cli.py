@@ -68,6 +68,12 @@ def _list(root: Path, kind: str, fmt: str) -> None:
 
         click.echo(json.dumps(rows, indent=2))
         return
+    import datetime as dt
+
+    for row in rows:  # times as UTC timestamps, as `tooltrail approvals` shows them
+        for key in ("created_at", "rotated_at", "disabled_at"):
+            value = row[key]
+            row[key] = None if value is None else dt.datetime.fromtimestamp(value, tz=dt.UTC)
     df = pl.DataFrame(rows) if rows else pl.DataFrame(schema=columns)
     click.echo(render(df, fmt, tuple(columns)))
 
