@@ -63,6 +63,9 @@ def test_first_user_must_be_an_admin_and_then_only_admins_manage(root: Path) -> 
     assert not access.enabled(root)  # nothing was added
     code, out, err = invoke(root, "agents", "add", "bot")
     assert code == 2 and "the first must be an admin" in err
+    for bad in ("two words", "a/b", "ghp_" + "a1B2" * 9):
+        code, _, err = invoke(root, "users", "add", bad, "--role", "admin")
+        assert code == 2 and repr(bad) in err, err
     code, out, _ = invoke(root, "users", "add", "root", "--role", "admin")
     assert code == 0
     admin = credential_of(out)

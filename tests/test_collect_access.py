@@ -270,3 +270,14 @@ def test_a_remote_agent_with_its_credential_is_released_by_the_listed_approver(
         "result": "committed 'ship it' in /srv/app"
     }, err
     assert _status(col, apr) == ("approved", "alice")
+
+
+def test_off_loopback_needs_a_token_or_access_control(tmp_path: Path) -> None:
+    from tooltrail.collector.server import CollectorConfig
+    from tooltrail.errors import BadInputError
+
+    data = tmp_path / "data"
+    with pytest.raises(BadInputError, match="without --token or access control"):
+        CollectorConfig(data, host="0.0.0.0").check()  # checked, never bound
+    add(data, "user", "root", "admin", None)
+    CollectorConfig(data, host="0.0.0.0").check()  # checked, never bound
