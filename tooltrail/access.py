@@ -347,8 +347,9 @@ class AccessStore:
         return None if not rows else (_principal(rows[0]), str(rows[0]["credential_hash"]))
 
     def authenticate(self, credential: str) -> Principal:
-        """The enabled principal whose credential this is; NotAuthenticatedError when there
-        is none (unknown, rotated since, disabled): the same words whichever it is."""
+        """The enabled principal whose credential this is; NotAuthenticatedError otherwise:
+        the same words for unknown, rotated and mistyped; "disabled" only to whoever holds
+        the disabled principal's valid credential."""
         return check_found(credential, self.row_by_key(parse_credential(credential)[1]))
 
     # -- writes ---------------------------------------------------------------------------
@@ -430,7 +431,11 @@ class AccessStore:
 
     def claim_session(self, agent: str, session_id: str) -> bool:
         """Bind a session to the agent that first uses it (files a request or reads its
-        control state); True when the session is this agent's (now or before)."""
+        control state); True when the session is this agent's (now or before). A read
+        first: agents ask about their session every second, and only the first ask writes."""
+        rows = self._rows("SELECT agent FROM session_owners WHERE session_id = ?", (session_id,))
+        if rows:
+            return bool(rows[0][0] == agent)
         with self._tx() as con:
             con.execute(
                 "INSERT INTO session_owners (session_id, agent, claimed_at) VALUES (?,?,?)"
