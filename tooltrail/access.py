@@ -23,6 +23,10 @@ their own sessions' control state; nothing else.
 The later parts of issue 16 attach here: a decider's Ed25519 public key will be a row of
 ``decider_keys`` naming the principal it belongs to, so a signed decision names a user
 this store knows and whose role may take it.
+
+One file past 600 lines on purpose: the credential format, its hashing, the store, the
+role checks and the credential a command presents are one trust boundary, reviewed
+together; every surface (CLI, collector, dashboard) calls into it and nothing else.
 """
 
 from __future__ import annotations
