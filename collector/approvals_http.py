@@ -30,6 +30,7 @@ statuses by ``status_of``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -40,6 +41,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from tooltrail.access import Principal, check_acting_as
 from tooltrail.collector import jsontext
 from tooltrail.control import (
     PAUSED,
@@ -53,7 +55,7 @@ from tooltrail.control import (
     UnknownIdError,
     arguments_hash,
 )
-from tooltrail.errors import BadInputError, StoreError
+from tooltrail.errors import AccessDeniedError, BadInputError, NotAuthenticatedError, StoreError
 
 MAX_WAIT_S: Final = 60.0
 POLL_S: Final = 0.05
@@ -93,7 +95,9 @@ def withdraw_secret(key: bytes, approval_id: str) -> str:
 
 def status_of(error: Exception) -> int:
     """The HTTP status for an error of the control store."""
-    if isinstance(error, WithdrawRefusedError):
+    if isinstance(error, NotAuthenticatedError):
+        return 401
+    if isinstance(error, WithdrawRefusedError | AccessDeniedError):
         return 403
     if isinstance(error, UnknownIdError):
         return 404
@@ -195,8 +199,29 @@ def record_json(record: ApprovalRecord) -> dict[str, Any]:
     return doc
 
 
-def file_approval(data_dir: Path, doc: Mapping[str, Any]) -> ApprovalRecord:
+def file_approval(
+    data_dir: Path,
+    doc: Mapping[str, Any],
+    *,
+    agent: str | None = None,
+    owns_session: Callable[[str], bool] | None = None,
+) -> ApprovalRecord:
+    """File a request from a ``POST /v1/approvals`` body. With access control on, ``agent``
+    is the credential's agent: the request is filed under its name (a body naming another
+    agent is refused), in a session it holds (``owns_session``)."""
     req = request_from_body(doc)
+    if agent is not None:
+        if req.agent_name not in (None, agent):
+            raise AccessDeniedError(
+                f"agent {agent!r} may not file a request as agent {req.agent_name!r}: the"
+                " agent name comes from the credential"
+            )
+        req = dataclasses.replace(req, agent_name=agent)
+        if req.session_id and owns_session is not None and not owns_session(req.session_id):
+            raise AccessDeniedError(
+                f"session {req.session_id!r} belongs to another agent: agent {agent!r} may"
+                " not file requests in it"
+            )
     with ControlStore(data_dir) as store:
         # The agent waits elsewhere: this process's pid says nothing about it.
         return store.file_request(req, waiter_here=False)
@@ -266,25 +291,51 @@ def withdraw(
         return store.abandon(approval_id, WITHDRAWN)
 
 
-def decide(data_dir: Path, approval_id: str, doc: Mapping[str, Any]) -> ApprovalRecord:
+def _decider(doc: Mapping[str, Any], who: Principal | None) -> tuple[str, str | None]:
+    """Who a change is recorded as, and their role: the body's ``by`` without access
+    control; the credential's user with it, whom ``by`` or ``decided_by`` may repeat but
+    never replace (refused: 403)."""
+    if who is None:
+        by = _text(doc, "by", required=True)
+        assert by is not None
+        return by, None
+    for field in ("by", "decided_by"):
+        check_acting_as(who, _text(doc, field), f"field {field!r}")
+    return who.name, who.role
+
+
+def own_request(data_dir: Path, approval_id: str, agent: str) -> ApprovalRecord:
+    """The request when ``agent`` filed it; to any other agent it does not exist (404, the
+    same answer as an unknown id: no way to learn other agents' ids)."""
+    with ControlStore(data_dir) as store, _known(approval_id):
+        record = store.get(approval_id)
+    if record.agent_name != agent:
+        raise UnknownIdError(f"no approval request {approval_id!r}")
+    return record
+
+
+def decide(
+    data_dir: Path, approval_id: str, doc: Mapping[str, Any], who: Principal | None = None
+) -> ApprovalRecord:
     outcome = doc.get("outcome")
     if outcome not in ("approved", "denied"):
         raise BadInputError("field 'outcome' must be 'approved' or 'denied'")
-    by = _text(doc, "by", required=True)
-    assert by is not None
+    by, role = _decider(doc, who)
     reason = _text(doc, "reason")
     with ControlStore(data_dir) as store, _known(approval_id):
-        return store.decide(approval_id, outcome, by=by, reason=reason)
+        return store.decide(approval_id, outcome, by=by, reason=reason, role=role)
 
 
 LIST_STATUSES: Final = ("pending", "approved", "denied", "expired", "abandoned", "all")
 
 
-def list_approvals(data_dir: Path, status: str) -> list[ApprovalRecord]:
+def list_approvals(data_dir: Path, status: str, agent: str | None = None) -> list[ApprovalRecord]:
+    """Requests in ``status``; only ``agent``'s own when an agent asks."""
     if status not in LIST_STATUSES:
         raise BadInputError(f"query parameter status must be one of {', '.join(LIST_STATUSES)}")
     with ControlStore(data_dir) as store:
-        return store.list_approvals(status)
+        records = store.list_approvals(status)
+    return records if agent is None else [r for r in records if r.agent_name == agent]
 
 
 def parse_wait(raw: str | None) -> float:
@@ -330,13 +381,15 @@ def session_wait(
             stop.wait(min(POLL_S, left))
 
 
-def set_session(data_dir: Path, session_id: str, doc: Mapping[str, Any]) -> SessionControl:
-    """pause / resume / cancel from a ``POST /v1/sessions/{id}/control`` body."""
+def set_session(
+    data_dir: Path, session_id: str, doc: Mapping[str, Any], who: Principal | None = None
+) -> SessionControl:
+    """pause / resume / cancel from a ``POST /v1/sessions/{id}/control`` body (``who``: the
+    credential's user, with access control on)."""
     action = doc.get("action")
     if action not in SESSION_ACTIONS:
         raise BadInputError(f"field 'action' must be one of {', '.join(SESSION_ACTIONS)}")
-    by = _text(doc, "by", required=True)
-    assert by is not None
+    by, _ = _decider(doc, who)
     reason = _text(doc, "reason")
     force = doc.get("force", False)
     if not isinstance(force, bool):
@@ -367,6 +420,7 @@ __all__ = [
     "decide",
     "file_approval",
     "list_approvals",
+    "own_request",
     "parse_json_object",
     "parse_wait",
     "record_json",

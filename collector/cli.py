@@ -171,10 +171,15 @@ def collect_cli(
         )
 
         def ready(running: Running) -> None:
+            if running.collector.access.on():
+                guard = "access control: users' and agents' own credentials"
+            elif cfg.token:
+                guard = "token required"
+            else:
+                guard = "no token: any local process may post"
             click.echo(
                 f"tooltrail collect listening on {running.url} "
-                f"(data {cfg.data_dir}, durability {cfg.durability}, "
-                f"{'token required' if cfg.token else 'no token: any local process may post'})"
+                f"(data {cfg.data_dir}, durability {cfg.durability}, {guard})"
             )
             sys.stdout.flush()
 

@@ -58,7 +58,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 
+from tooltrail import access
+from tooltrail.access import Principal
 from tooltrail.collector import approvals_http as apr
+from tooltrail.collector.access_http import AccessGate
 from tooltrail.collector.landing import Lander, RequestPipeline, wait_for_old_workers
 from tooltrail.collector.receiver import (
     CT_JSON,
@@ -79,7 +82,7 @@ from tooltrail.collector.spool import (
     quarantine_dir,
     sweep_quarantine,
 )
-from tooltrail.errors import BadInputError, StoreError, TooltrailError
+from tooltrail.errors import BadInputError, NotAuthenticatedError, StoreError, TooltrailError
 
 if TYPE_CHECKING:
     from socketserver import _RequestType
@@ -185,10 +188,11 @@ class CollectorConfig:
         """Refuse unsafe or impossible settings with a message naming the option."""
         if self.durability not in DURABILITY_MODES:
             raise BadInputError(f"--durability must be one of {', '.join(DURABILITY_MODES)}")
-        if not is_loopback(self.host) and not self.token:
+        if not is_loopback(self.host) and not self.token and not access.enabled(self.data_dir):
             raise BadInputError(
-                f"refusing to listen on non-loopback address {self.host!r} without --token: "
-                "anyone who can reach it could write spans and file approvals"
+                f"refusing to listen on non-loopback address {self.host!r} without --token"
+                " or access control (tooltrail users add): anyone who can reach it could"
+                " write spans and file approvals"
             )
         if self.workers < 0:
             raise BadInputError("--workers must be 0 or more")
@@ -342,6 +346,7 @@ class Collector:
         # Derives each approval request's withdraw secret (apr.withdraw_secret); random per
         # process: after a restart an agent's withdrawal is refused and its lease lapses.
         self.withdraw_key = secrets.token_bytes(32)
+        self.access = AccessGate(cfg.data_dir)
         self.lander = Lander(cfg.data_dir, cfg.policy, cfg.redact, cfg.workers)
         self.stop = threading.Event()
         self._lock = InstanceLock(cfg.data_dir)
@@ -1035,7 +1040,7 @@ class _Handler(BaseHTTPRequestHandler):
         media = (
             CT_PROTOBUF if media_type(self.headers.get("Content-Type")) == CT_PROTOBUF else CT_JSON
         )
-        if not self._authorized(kind, media):
+        if not self._sender_ok(kind, media):
             return
         collector = self.collector
         body = self._read_body(collector.cfg.limits.max_body_bytes, kind, media)
@@ -1056,38 +1061,129 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- approvals -------------------------------------------------------------------------
 
+    # -- access control --------------------------------------------------------------------
+
+    def _access_on(self) -> bool:
+        return self.collector.access.on()
+
+    def _who(self, kind: str, media: str = CT_JSON) -> Principal | None:
+        """The bearer credential's user or agent (access control on); None once a 401
+        (or a 503: the access store cannot be read) is answered."""
+        try:
+            return self.collector.access.authenticate(self._bearer())
+        except NotAuthenticatedError as e:
+            self.close_connection = True
+            self._discard_body(_UNAUTH_DRAIN_CAP)
+            self._error(401, str(e), kind=kind, media=media)
+        except StoreError as e:
+            self._discard_body(_UNAUTH_DRAIN_CAP)
+            self._error(503, self.collector.public(str(e)), kind=kind, media=media)
+        return None
+
+    def _forbid(self, kind: str, message: str, media: str = CT_JSON) -> None:
+        self._discard_body(_UNAUTH_DRAIN_CAP)
+        self._error(403, message, kind=kind, media=media)
+
+    def _agent(self, kind: str) -> Principal | None:
+        """An agent's credential (filing and withdrawing requests are an agent's acts)."""
+        who = self._who(kind)
+        if who is not None and not who.is_agent:
+            self._forbid(kind, f"{who.name!r} is a user: {kind} are filed by agents")
+            return None
+        return who
+
+    def _user(self, kind: str, action: access.Action) -> Principal | None:
+        """A user whose role may take ``action`` (403 for an agent or a lesser role)."""
+        who = self._who(kind)
+        if who is None:
+            return None
+        try:
+            return access.require(who, action)
+        except TooltrailError as e:
+            self._forbid(kind, str(e))
+            return None
+
+    def _sender_ok(self, kind: str, media: str) -> bool:
+        """Spans: without access control the token check; with it an agent's credential
+        (or the shared --token, so a fleet keeps landing while it moves to its own)."""
+        if not self._access_on():
+            return self._authorized(kind, media)
+        token = self.collector.cfg.token
+        if token and self._token_ok(token):
+            return True
+        who = self._who(kind, media)
+        if who is not None and not who.is_agent:
+            self._forbid(kind, f"{who.name!r} is a user: spans are sent by agents", media)
+            return False
+        return who is not None
+
+    # -- approvals -------------------------------------------------------------------------
+
     def _post_approval(self) -> None:
-        # Filing a request is an agent's act: the agents' token is enough.
+        # Filing a request is an agent's act: the agents' token is enough; with access
+        # control on, an agent's credential, and the request is filed under its name.
+        agent: Principal | None = None
+        if self._access_on():
+            agent = self._agent("approvals")
+            if agent is None:
+                return
+
         def act(doc: dict[str, Any]) -> dict[str, Any]:
-            record = apr.file_approval(self.collector.data_dir, doc)
+            gate = self.collector.access
+            record = apr.file_approval(
+                self.collector.data_dir,
+                doc,
+                agent=None if agent is None else agent.name,
+                owns_session=None
+                if agent is None
+                else functools.partial(gate.owns_session, agent.name),
+            )
             answer = apr.record_json(record)
             # Only the filer learns it: it is what proves a withdrawal comes from the filer.
             key = self.collector.withdraw_key
             answer["withdraw_secret"] = apr.withdraw_secret(key, record.approval_id)
             return answer
 
-        self._post_json(
-            "approvals", "approval request", act, "approvals_filed_total", self._authorized, 201
-        )
+        allowed = self._authorized if agent is None else self._checked
+        self._post_json("approvals", "approval request", act, "approvals_filed_total", allowed, 201)
+
+    def _checked(self, kind: str) -> bool:
+        """Who asks was checked already (access control)."""
+        return True
 
     def _get_approval(self, approval_id: str, query: str) -> None:
+        who: Principal | None = None
+        if self._access_on():
+            who = self._who("approvals")
+            if who is None:
+                return
+
         def read(wait_s: float) -> dict[str, Any]:
             c = self.collector
+            if who is not None and who.is_agent:
+                apr.own_request(c.data_dir, approval_id, who.name)  # else 404
             record = apr.wait_for(c.data_dir, approval_id, wait_s, c.stop, self._client_gone)
             return apr.record_json(record)
 
-        self._long_poll("approvals", query, read)
+        self._long_poll("approvals", query, read, checked=who is not None)
 
     def _post_withdrawal(self, approval_id: str) -> None:
         # The agent that filed the request stops waiting: the agents' token (when one is
         # set) and the request's withdraw secret, which only its filer got (else 403).
+        agent: Principal | None = None
+        if self._access_on():
+            agent = self._agent("approvals")
+            if agent is None:
+                return
+
         def act(doc: dict[str, Any]) -> dict[str, Any]:
             c = self.collector
+            if agent is not None:
+                apr.own_request(c.data_dir, approval_id, agent.name)  # else 404
             return apr.record_json(apr.withdraw(c.data_dir, approval_id, doc, c.withdraw_key))
 
-        self._post_json(
-            "approvals", "withdrawal", act, "approvals_withdrawn_total", self._authorized, 200
-        )
+        allowed = self._authorized if agent is None else self._checked
+        self._post_json("approvals", "withdrawal", act, "approvals_withdrawn_total", allowed, 200)
 
     def _client_gone(self) -> bool:
         """Whether the client closed its connection while its long-poll is parked (a
@@ -1101,9 +1197,17 @@ class _Handler(BaseHTTPRequestHandler):
         except (OSError, ValueError):
             return False  # cannot tell (e.g. a TLS socket refuses MSG_PEEK): the lease will
 
-    def _long_poll(self, kind: str, query: str, read: Callable[[float], dict[str, Any]]) -> None:
-        """A GET that may wait (``?wait=S``): each waiter holds one bounded slot."""
-        if not self._authorized(kind):
+    def _long_poll(
+        self,
+        kind: str,
+        query: str,
+        read: Callable[[float], dict[str, Any]],
+        *,
+        checked: bool = False,
+    ) -> None:
+        """A GET that may wait (``?wait=S``): each waiter holds one bounded slot.
+        ``checked``: who asks was checked already (access control on)."""
+        if not checked and not self._authorized(kind):
             return
         collector = self.collector
         try:
@@ -1126,11 +1230,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _list_approvals(self, query: str) -> None:
         kind = "approvals"
-        if not self._authorized(kind):
+        agent: str | None = None
+        if self._access_on():
+            who = self._who(kind)
+            if who is None:
+                return
+            agent = who.name if who.is_agent else None  # an agent sees its own only
+        elif not self._authorized(kind):
             return
         status = parse_qs(query).get("status", ["pending"])[0]
         try:
-            records = apr.list_approvals(self.collector.data_dir, status)
+            records = apr.list_approvals(self.collector.data_dir, status, agent)
         except TooltrailError as e:
             self._error(apr.status_of(e), str(e), kind=kind)
             return
@@ -1152,16 +1262,29 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _post_decision(self, approval_id: str) -> None:
-        def act(doc: dict[str, Any]) -> dict[str, Any]:
-            return apr.record_json(apr.decide(self.collector.data_dir, approval_id, doc))
+        who: Principal | None = None
+        if self._access_on():
+            who = self._user("decisions", "decide")
+            if who is None:
+                return
 
-        self._operator_post("decisions", "decision", act, "approval_decisions_total")
+        def act(doc: dict[str, Any]) -> dict[str, Any]:
+            return apr.record_json(apr.decide(self.collector.data_dir, approval_id, doc, who))
+
+        self._operator_post("decisions", "decision", act, "approval_decisions_total", who)
 
     def _operator_post(
-        self, kind: str, what: str, act: Callable[[dict[str, Any]], dict[str, Any]], counter: str
+        self,
+        kind: str,
+        what: str,
+        act: Callable[[dict[str, Any]], dict[str, Any]],
+        counter: str,
+        who: Principal | None,
     ) -> None:
-        """An operator's change (a decision, a session control)."""
-        self._post_json(kind, what, act, counter, self._operator_ok, 200)
+        """An operator's change (a decision, a session control): the decision token, or
+        with access control on a user's credential (``who``, checked already)."""
+        allowed = self._operator_ok if who is None else self._checked
+        self._post_json(kind, what, act, counter, allowed, 200)
 
     def _post_json(
         self,
@@ -1189,19 +1312,35 @@ class _Handler(BaseHTTPRequestHandler):
     # -- session control -------------------------------------------------------------------
 
     def _get_session_control(self, session_id: str, query: str) -> None:
+        who: Principal | None = None
+        if self._access_on():
+            who = self._who("sessions")
+            if who is None:
+                return
+            if who.is_agent and not self.collector.access.owns_session(who.name, session_id):
+                self._forbid("sessions", f"session {session_id!r} belongs to another agent")
+                return
+
         def read(wait_s: float) -> dict[str, Any]:
             c = self.collector
             return apr.session_json(apr.session_wait(c.data_dir, session_id, wait_s, c.stop))
 
-        self._long_poll("sessions", query, read)
+        self._long_poll("sessions", query, read, checked=who is not None)
 
     def _post_session_control(self, session_id: str) -> None:
         # Pausing or canceling someone's agent is an operator's act, like a decision: it
         # needs the decision token (or the token when only one is set).
-        def act(doc: dict[str, Any]) -> dict[str, Any]:
-            return apr.session_json(apr.set_session(self.collector.data_dir, session_id, doc))
+        who: Principal | None = None
+        if self._access_on():
+            who = self._user("sessions", "control")
+            if who is None:
+                return
 
-        self._operator_post("sessions", "session control", act, "session_controls_total")
+        def act(doc: dict[str, Any]) -> dict[str, Any]:
+            c = self.collector
+            return apr.session_json(apr.set_session(c.data_dir, session_id, doc, who))
+
+        self._operator_post("sessions", "session control", act, "session_controls_total", who)
 
 
 def _session_of(path: str) -> str | None:

@@ -401,10 +401,28 @@ def active_policy(path: Path | None) -> Policy | None:
 # --- writes (the control store only) -----------------------------------------------------
 
 
+# The dashboard has no sign-in of its own yet (issue 16, another part): with access control
+# on, nothing it could name as the decider is authenticated, so it decides nothing.
+SIGN_IN_MISSING: Final = (
+    "access control is on for this data directory, and dashboard sign-in is not built yet:"
+    " decide with `tooltrail approve` / `deny` (or pause, resume, cancel) and your credential"
+)
+
+
+def _refuse_without_sign_in(root: Path) -> None:
+    """Fail closed: a browser must not decide as whoever it names (AccessDeniedError)."""
+    from tooltrail import access
+    from tooltrail.errors import AccessDeniedError
+
+    if access.enabled(root):
+        raise AccessDeniedError(SIGN_IN_MISSING)
+
+
 def decide(
     root: Path, approval_id: str, outcome: Outcome, by: str, reason: str | None
 ) -> ApprovalRecord:
     """Approve or deny one pending request (refusals raise the store's errors)."""
+    _refuse_without_sign_in(root)
     try:
         with ControlStore(root) as store:
             return store.decide(approval_id, outcome, by, reason or None)
@@ -416,6 +434,7 @@ def control_session(
     root: Path, session_id: str, action: SessionAction, by: str, reason: str | None
 ) -> SessionControl:
     """Pause, resume or cancel a session (invalid transitions raise the store's errors)."""
+    _refuse_without_sign_in(root)
     try:
         with ControlStore(root) as store:
             return store.set_session_state(session_id, action, by, reason or None)

@@ -26,7 +26,9 @@ def _file(tmp_path: Path, **kw: object) -> str:
 
 def _run(tmp_path: Path, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, [*args[:1], "--data", str(tmp_path), *args[1:]])
-    return result.exit_code, result.output
+    # Standard output when it worked (the single-user notice goes to standard error, so
+    # scripts parse what they did before); the error (on standard error) when it did not.
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
 
 
 def test_list_approve_and_refuse_second_decision(tmp_path: Path) -> None:

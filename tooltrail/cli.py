@@ -629,6 +629,7 @@ def approvals(data: Path | None, fmt: str, status: str) -> None:
     from tooltrail.control import ApprovalRecord
 
     root = _existing_data(data)
+    _notice_single_user(root)
     records: list[ApprovalRecord] = []
     if _has_store(root):
         with domain_errors(), _store(root) as store:
@@ -647,7 +648,12 @@ def _epoch(value: float | None) -> Any:
     return None if value is None else dt.datetime.fromtimestamp(value, tz=dt.UTC)
 
 
-_by_option = click.option("--by", "by", required=True, help="Who decides (recorded).")
+_by_option = click.option(
+    "--by",
+    "by",
+    help="Who decides (recorded). Required in single-user mode; with access control on, the"
+    " credential's user decides and --by may only repeat that name.",
+)
 _reason_option = click.option("--reason", help="Why (recorded, shown to the agent).")
 
 
@@ -668,16 +674,51 @@ def _control_command(
     return click.command(name=name)(params)
 
 
+def _notice_single_user(root: Path) -> None:
+    """Say on standard error (scripts read standard output) when names are not checked."""
+    from tooltrail import access
+
+    with domain_errors():
+        on = access.enabled(root)
+    if not on:
+        click.echo(access.single_user_notice(root), err=True)
+
+
+def _acting_as(root: Path, by: str | None, action: Any) -> tuple[str, str | None]:
+    """Who a decision or session change is recorded as, and their role: in single-user
+    mode the typed ``--by`` (role None); with access control on the credential's user,
+    whose role must allow ``action`` (``--by`` naming anyone else is refused)."""
+    from tooltrail import access
+    from tooltrail.errors import AccessDeniedError
+
+    with domain_errors():
+        who = access.identify(root)
+        if who is not None:
+            if who.is_agent:
+                raise AccessDeniedError(
+                    f"agent {who.name!r} may not {access.ACTION_WORDS[action]}: that needs a"
+                    " user's credential"
+                )
+            access.check_acting_as(who, by, "--by")
+            access.require(who, action)
+            return who.name, who.role
+    click.echo(access.single_user_notice(root), err=True)
+    if not by or not by.strip():
+        raise CliError("--by is required in single-user mode: who decides is recorded")
+    return by, None
+
+
 def _decision_command(name: str, outcome: str, summary: str, example: str) -> click.Command:
-    def command(data: Path | None, approval_id: str, by: str, reason: str | None) -> None:
+    def command(data: Path | None, approval_id: str, by: str | None, reason: str | None) -> None:
         root = _existing_data(data)
+        who, role = _acting_as(root, by, "decide")
         if not _has_store(root):
             raise CliError(
                 f"no approval request {approval_id!r} in {root}: it holds no control store"
                 f" ({config.CONTROL_FILE}); is --data the directory your agents use?"
             )
         with domain_errors(), _store(root) as store:
-            record = store.decide(approval_id, outcome, by=by, reason=reason)
+            record = store.decide(approval_id, outcome, by=who, reason=reason, role=role)
         click.echo(f"{record.approval_id} {record.status} by {record.decided_by}")
 
     return _control_command(name, "approval_id", command, summary, example)
@@ -710,15 +751,16 @@ _force_option = click.option(
 
 def _session_command(action: str, summary: str, example: str) -> click.Command:
     def command(
-        data: Path | None, session_id: str, by: str, reason: str | None, force: bool
+        data: Path | None, session_id: str, by: str | None, reason: str | None, force: bool
     ) -> None:
         from tooltrail.control import SESSION_ACTION_DONE
 
         root = _existing_data(data)
+        who, _ = _acting_as(root, by, "control")
         if not force:
             _require_known_session(root, session_id)
         with domain_errors(), _store(root) as store:
-            control = store.set_session_state(session_id, action, by=by, reason=reason)
+            control = store.set_session_state(session_id, action, by=who, reason=reason)
         click.echo(
             f"session {control.session_id} {SESSION_ACTION_DONE[action]} by {control.changed_by}"
         )
@@ -770,6 +812,7 @@ cli.add_command(
 
 
 def _register_groups() -> None:
+    from tooltrail.access_cli import agents_cli, login_cli, users_cli
     from tooltrail.collector.cli import collect_cli
     from tooltrail.gateway.cli import proxy_cli, tools_cli
     from tooltrail.policy.cli import policy_cli
@@ -778,6 +821,9 @@ def _register_groups() -> None:
     cli.add_command(collect_cli)
     cli.add_command(proxy_cli)
     cli.add_command(tools_cli)
+    cli.add_command(users_cli)
+    cli.add_command(agents_cli)
+    cli.add_command(login_cli)
 
 
 _register_groups()

@@ -17,6 +17,10 @@ ENV_CAPTURE_RESULTS: Final = "TOOLTRAIL_CAPTURE_RESULTS"
 ENV_SESSION_CONTROL: Final = "TOOLTRAIL_SESSION_CONTROL"
 ENV_COLLECTOR_URL: Final = "TOOLTRAIL_COLLECTOR_URL"
 ENV_COLLECTOR_TOKEN: Final = "TOOLTRAIL_COLLECTOR_TOKEN"
+# A user's credential for the CLI when access control is on (wins over `tooltrail login`).
+ENV_TOKEN: Final = "TOOLTRAIL_TOKEN"
+# Where `tooltrail login` keeps credentials (default $XDG_CONFIG_HOME/tooltrail).
+ENV_CONFIG_DIR: Final = "TOOLTRAIL_CONFIG_DIR"
 # "0" leaves SIGTERM alone (see docs/INSTRUMENTATION.md, "Processes"): a Python handler runs
 # only when the main thread runs Python code, so a process blocked in C code would outlive
 # SIGTERM until that call returns.
@@ -28,6 +32,7 @@ _log = logging.getLogger(__name__)
 SPANS_DIR: Final = "spans"
 DUCKDB_FILE: Final = "tooltrail.duckdb"
 CONTROL_FILE: Final = "control.sqlite"
+ACCESS_FILE: Final = "access.sqlite"
 
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -35,6 +40,16 @@ def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     if explicit is not None and str(explicit) != "":
         return Path(explicit)
     return Path(os.environ.get(ENV_DATA) or DEFAULT_DATA_DIR)
+
+
+def config_dir() -> Path:
+    """``$TOOLTRAIL_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/tooltrail``, else
+    ``~/.config/tooltrail``: per-user settings (the credentials `tooltrail login` keeps)."""
+    explicit = os.environ.get(ENV_CONFIG_DIR)
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "tooltrail"
 
 
 def spans_dir(root: Path) -> Path:

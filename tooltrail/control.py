@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 from tooltrail import config
+from tooltrail.access import approver_allowed
 from tooltrail.errors import BadInputError, StoreError
 from tooltrail.redact import Redactor, scrub_stable
 
@@ -345,10 +346,6 @@ def _refusal(current: ApprovalRecord) -> AlreadyDecidedError:
         + (f" by {current.decided_by}" if current.decided_by else "")
         + "; a decision is never overwritten"
     )
-
-
-def _approver_allowed(approvers: Sequence[str], who: str) -> bool:
-    return "*" in approvers or who in approvers
 
 
 # A lease that ran out before the deadline: the requester was gone from then on, so the
@@ -704,9 +701,13 @@ class ControlStore:
         reason: str | None = None,
         *,
         now: float | None = None,
+        role: str | None = None,
     ) -> ApprovalRecord:
         """Approve or deny a pending request, once. Refusals raise and change nothing
-        (but a request found expired or abandoned on the way is recorded as such)."""
+        (but a request found expired or abandoned on the way is recorded as such).
+
+        ``role``: the decider's authenticated role (access control on), matched against the
+        rule's ``role:NAME`` approvers; None in single-user mode (names and ``*`` only)."""
         if outcome not in (APPROVED, DENIED):
             raise BadInputError(f"outcome must be approved or denied, not {outcome!r}")
         if not by or not by.strip():
@@ -727,7 +728,7 @@ class ControlStore:
             if current.decided:
                 # Not raised here: what _settle_due recorded on the way must be committed.
                 refusal = _refusal(current)
-            elif not _approver_allowed(current.approvers, by):
+            elif not approver_allowed(current.approvers, by, role):
                 raise NotAnApproverError(
                     f"{by!r} may not decide approval {approval_id} "
                     f"(rule {current.policy_rule}: approvers {', '.join(current.approvers)})"

@@ -30,3 +30,11 @@ class PolicyError(BadInputError):
 
 class StoreError(TooltrailError):
     """The data directory or control store cannot be read or written."""
+
+
+class AccessDeniedError(BadInputError):
+    """An authenticated identity whose role may not do what it asked (HTTP 403, exit 2)."""
+
+
+class NotAuthenticatedError(AccessDeniedError):
+    """No credential, or one that does not verify (unknown, disabled, rotated: HTTP 401)."""

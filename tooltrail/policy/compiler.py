@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from tooltrail.access import ROLE_PREFIX, ROLES
 from tooltrail.policy.durations import parse_duration
 from tooltrail.policy.matchers import (
     ArgPath,
@@ -293,10 +294,17 @@ class _Builder:
                         (*path, "timeout"),
                         f"approval timeout {node['timeout']!r} is longer than the maximum 7d",
                     )
+        approvers = tuple(node.get("approvers", base.approvers))
+        for i, entry in enumerate(approvers):
+            # `role:NAME` names every user holding that role or a higher one
+            # (tooltrail.access); a misspelt role would match nobody, silently.
+            if entry.startswith(ROLE_PREFIX) and entry[len(ROLE_PREFIX) :] not in ROLES:
+                known = ", ".join(ROLE_PREFIX + r for r in ROLES)
+                self.problem((*path, "approvers", i), f"unknown role in {entry!r}: one of {known}")
         return ApprovalSettings(
             timeout_s=timeout_s,
             on_timeout=str(node.get("on_timeout", base.on_timeout)),
-            approvers=tuple(node.get("approvers", base.approvers)),
+            approvers=approvers,
         )
 
     def targets(self, canon: dict[str, Any]) -> tuple[CompiledTarget, ...]:

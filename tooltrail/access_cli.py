@@ -1,0 +1,226 @@
+"""``tooltrail users``, ``tooltrail agents`` and ``tooltrail login``: who may act on a data
+directory (docs/SECURITY.md, "Access control").
+
+A credential is printed once, as the last line of standard output, and never kept in
+clear (``tooltrail.access``). Managing users and agents needs an admin's credential
+(``$TOOLTRAIL_TOKEN`` or ``tooltrail login``), except for the directory's first user,
+who must be an admin.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tooltrail import config
+from tooltrail.cli_common import CliError, data_option, domain_errors
+
+
+def _format_option(fn: Any) -> Any:
+    from tooltrail.output import FORMATS
+
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default="table",
+        show_default=True,
+        help="Output format.",
+    )(fn)
+
+
+def _acting(root: Path) -> Any:
+    """The presented credential's principal (None when none is presented and the
+    directory has no users yet: adding the first user needs none)."""
+    from tooltrail import access
+
+    if not access.enabled(root):
+        return None
+    return access.identify(root)
+
+
+def _print_credential(what: str, principal: Any, credential: str) -> None:
+    click.echo(
+        f"{what} {principal.kind} {principal.name} ({principal.role}); its credential, shown"
+        " only now (keep it secret; `rotate` issues a new one):"
+    )
+    click.echo(credential)
+
+
+def _list(root: Path, kind: str, fmt: str) -> None:
+    import polars as pl
+
+    from tooltrail import access
+    from tooltrail.output import render
+
+    columns = ["name", "kind", "role", "disabled", "created_at", "created_by", "rotated_at"]
+    rows: list[dict[str, Any]] = []
+    if access.access_path(root).exists():
+        with domain_errors():
+            _acting_reader(root)
+            with access.AccessStore(root) as store:
+                rows = [p.to_dict() for p in store.principals(kind)]  # type: ignore[arg-type]
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(rows, indent=2))
+        return
+    import datetime as dt
+
+    for row in rows:  # times as UTC timestamps, as `tooltrail approvals` shows them
+        for key in ("created_at", "rotated_at", "disabled_at"):
+            value = row[key]
+            row[key] = None if value is None else dt.datetime.fromtimestamp(value, tz=dt.UTC)
+    df = pl.DataFrame(rows) if rows else pl.DataFrame(schema=columns)
+    click.echo(render(df, fmt, tuple(columns)))
+
+
+def _acting_reader(root: Path) -> None:
+    """Listing needs an admin's credential once access control is on (it names everyone
+    who may act, and who is disabled)."""
+    from tooltrail import access
+
+    who = _acting(root)
+    if who is not None:
+        access.require(who, "admin")
+
+
+def _group(kind: str) -> click.Group:
+    plural = f"{kind}s"
+    role_help = (
+        "viewer (read), approver (decide), operator (+ pause/resume/cancel), admin (+ users)"
+    )
+
+    @click.group(name=plural)
+    def group() -> None:
+        pass
+
+    group.help = (
+        f"Manage the {plural} who may act on a data directory (docs/SECURITY.md).\n\n"
+        f"    Example:\n\n        tooltrail {plural} add "
+        + ("alice --role admin" if kind == "user" else "release-bot")
+        + "\n"
+    )
+
+    def add(data: Path | None, name: str, role: str) -> None:
+        from tooltrail import access
+
+        root = config.data_dir(data)
+        with domain_errors():
+            by = _acting(root)
+            with access.AccessStore(root) as store:
+                principal, credential = store.add(name, kind, role, by=by)  # type: ignore[arg-type]
+        _print_credential("added", principal, credential)
+
+    add.__doc__ = (
+        f"Add a {kind} and print its credential once, as the last line of standard output."
+        + (" The first user of a data directory must be an admin." if kind == "user" else "")
+        + f"\n\n    Example:\n\n        tooltrail {plural} add "
+        + ("alice --role approver" if kind == "user" else "release-bot")
+        + "\n"
+    )
+    params: Any = click.argument("name")(add)
+    if kind == "user":
+        params = click.option(
+            "--role",
+            type=click.Choice(["viewer", "approver", "operator", "admin"]),
+            required=True,
+            help=role_help,
+        )(params)
+    else:
+        params = click.option("--role", default="agent", hidden=True)(params)
+    group.add_command(click.command(name="add")(data_option(params)))
+
+    def list_cmd(data: Path | None, fmt: str) -> None:
+        _list(config.data_dir(data), kind, fmt)
+
+    list_cmd.__doc__ = (
+        f"List the {plural} (never their credentials); needs an admin once access control"
+        f" is on.\n\n    Example:\n\n        tooltrail {plural} list --format json\n"
+    )
+    group.add_command(click.command(name="list")(data_option(_format_option(list_cmd))))
+
+    def disable(data: Path | None, name: str) -> None:
+        from tooltrail import access
+
+        root = config.data_dir(data)
+        with domain_errors():
+            by = _need_identity(root)
+            with access.AccessStore(root) as store:
+                principal = store.disable(name, kind, by=by)  # type: ignore[arg-type]
+        click.echo(f"disabled {principal.kind} {principal.name}: its credential no longer works")
+
+    disable.__doc__ = (
+        f"Disable a {kind}: its credential stops working at once.\n\n    Example:\n\n"
+        f"        tooltrail {plural} disable {'alice' if kind == 'user' else 'release-bot'}\n"
+    )
+    group.add_command(click.command(name="disable")(data_option(click.argument("name")(disable))))
+
+    def rotate(data: Path | None, name: str) -> None:
+        from tooltrail import access
+
+        root = config.data_dir(data)
+        with domain_errors():
+            by = _need_identity(root)
+            with access.AccessStore(root) as store:
+                principal, credential = store.rotate(name, kind, by=by)  # type: ignore[arg-type]
+        _print_credential("rotated", principal, credential)
+
+    rotate.__doc__ = (
+        f"Issue a new credential for a {kind} (the old one stops working) and print it once,"
+        " as the last line of standard output. An admin rotates anyone's; a user their own."
+        f"\n\n    Example:\n\n        tooltrail {plural} rotate"
+        f" {'alice' if kind == 'user' else 'release-bot'}\n"
+    )
+    group.add_command(click.command(name="rotate")(data_option(click.argument("name")(rotate))))
+    return group
+
+
+def _need_identity(root: Path) -> Any:
+    who = _acting(root)
+    if who is None:
+        raise CliError(
+            f"{root} has no users: add the first with `tooltrail users add NAME --role admin`"
+        )
+    return who
+
+
+users_cli = _group("user")
+agents_cli = _group("agent")
+
+
+@click.command(name="login")
+@data_option
+def login_cli(data: Path | None) -> None:
+    """Check a credential against a data directory and keep it for the commands that act
+    (approve, deny, pause, resume, cancel, users): read from standard input, or prompted
+    for without echo. Kept owner-only (0600) in $TOOLTRAIL_CONFIG_DIR (default
+    ~/.config/tooltrail/credentials.json); $TOOLTRAIL_TOKEN, when set, wins over it.
+
+    Example:
+
+        tooltrail login --data ./tooltrail-data < alice.credential
+    """
+    from tooltrail import access
+
+    root = config.data_dir(data)
+    if sys.stdin.isatty():
+        credential = click.prompt("credential", hide_input=True)
+    else:
+        credential = sys.stdin.readline()
+    credential = credential.strip()
+    with domain_errors():
+        if not access.enabled(root):
+            raise CliError(f"{root} has no users (single-user mode): there is nothing to log in to")
+        with access.AccessStore(root) as store:
+            principal = store.authenticate(credential)
+        if principal.is_agent:
+            raise CliError(
+                f"that is agent {principal.name!r}'s credential: agents present theirs as"
+                f" ${config.ENV_COLLECTOR_TOKEN}, they do not log in"
+            )
+        path = access.save_credential(root, credential)
+    click.echo(f"logged in to {root} as {principal.name} ({principal.role}); kept in {path}")
