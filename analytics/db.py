@@ -185,6 +185,12 @@ def connect(
     return con
 
 
+def data_dir_of(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """The data directory a :func:`connect` connection reads (None for any other)."""
+    state = _STATES.get(con)
+    return state.root if state is not None else None
+
+
 def refresh(con: duckdb.DuckDBPyConnection, *, replan: bool = False) -> None:
     """Bring the views of a :func:`connect` connection up to date with the files on disk
     and the control store (``replan``: define them again even if no file changed). A
@@ -383,5 +389,6 @@ __all__ = [
     "SPANS_VIEW_SCHEMA",
     "build_duckdb_file",
     "connect",
+    "data_dir_of",
     "refresh",
 ]
