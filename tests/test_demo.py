@@ -331,8 +331,8 @@ def test_a_client_that_knows_nothing_of_tooltrail_is_governed_by_the_gateway(
     demo_dir: Path,
 ) -> None:
     sql = (
-        "select tool_name, decision, service_name, trigger, attributes from actions"
-        " where agent_name = 'desktop-assistant' order by sequence"
+        "select tool_name, decision, service_name, trigger, governed_by, mcp_client_name,"
+        " attributes from actions where agent_name = 'desktop-assistant' order by sequence"
     )
     rows = _json("query", sql, "--data", str(demo_dir), cwd=demo_dir)
     assert [(r["tool_name"], r["decision"]) for r in rows] == [
@@ -343,4 +343,5 @@ def test_a_client_that_knows_nothing_of_tooltrail_is_governed_by_the_gateway(
     ]
     for r in rows:
         assert (r["service_name"], r["trigger"]) == ("tooltrail-gateway", "manual")
-        assert json.loads(r["attributes"])["tooltrail.gateway"] is True
+        assert (r["governed_by"], r["mcp_client_name"]) == ("gateway", "desktop-assistant")
+        assert "tooltrail.gateway" not in json.loads(r["attributes"])  # landed in its column
