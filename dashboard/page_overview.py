@@ -93,7 +93,7 @@ def _tool_changes(ctx: nav.Context, since: str | None) -> None:
             "calls": ui.count_column("Calls since", width="small"),
             "got": st.column_config.TextColumn("What they got", width="medium"),
             "clients": st.column_config.ListColumn("MCP clients"),
-            "pin_status": ui.chip_column("Pin", ui.PIN_STATUS_COLORS),
+            "pin_status": ui.chip_column("Pin", ui.PIN_STATUS_HEX),
             "definition_hash": st.column_config.TextColumn("Definition"),
         },
     )

@@ -117,8 +117,9 @@ def _header(ctx: nav.Context, head: Mapping[str, Any]) -> None:
     if head.get("parent_session_id"):
         facts.append(f"sub-agent of {ui.code(head['parent_session_id'])}")
     governed = ui.governed_by_text(head)
-    if governed:
-        facts.append(ui.md(governed))
+    if governed:  # the gateway's sessions say so in bold: governed from outside the agent
+        gateway = head.get("governed_by") == "gateway"
+        facts.append(f"**{ui.md(governed)}**" if gateway else ui.md(governed))
     st.markdown(" · ".join(facts))
     changed = int(head.get("changed_tool_calls") or 0)
     if changed:
@@ -217,7 +218,7 @@ def _actions(ctx: nav.Context, session_id: str, actions: pl.DataFrame) -> None:
             ),
             "tool_changed": ui.chip_column(
                 "Tool definition",
-                ui.CHANGED_TOOL_COLORS,
+                ui.CHANGED_TOOL_HEX,
                 help="changed: the tool's definition differed from the one pinned for it",
             ),
         },

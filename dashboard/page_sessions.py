@@ -88,7 +88,7 @@ def _column_config() -> dict[str, Any]:
         "max_blast_radius": ui.radius_column("Max blast"),
         "governed_by": ui.chip_column(
             "Governed by",
-            ui.GOVERNED_COLORS,
+            ui.GOVERNED_HEX,
             help="gateway: through the MCP gateway (tooltrail proxy); instrumentation:"
             " tooltrail in the agent's process; empty: third-party spans only",
         ),

@@ -45,12 +45,14 @@ OUTCOME_COLORS: Final = {
     "abandoned": "orange",
     "not_requested": "gray",
 }
-# Who governed a session's calls (the `governed_by` column): the MCP gateway stands out.
-GOVERNED_COLORS: Final = {"gateway": "violet", "instrumentation": "blue"}
-# A call to a tool whose definition changed since it was pinned (tool_definition_changed).
+# Who governed a session's calls (the `governed_by` column): the MCP gateway's sessions
+# stand out (solid), the common in-process case stays quiet.
+GOVERNED_HEX: Final = {"gateway": "#7048e8", "instrumentation": "#e9ecef"}
+# A call to a tool whose definition changed since it was pinned (tool_definition_changed):
+# crimson, a red of its own (a DENY's red sits in the same table).
 CHANGED_TOOL: Final = "changed"
-CHANGED_TOOL_COLORS: Final = {CHANGED_TOOL: "red"}
-PIN_STATUS_COLORS: Final = {"changed": "red", "accepted": "green", "superseded": "gray"}
+CHANGED_TOOL_HEX: Final = {CHANGED_TOOL: "#c2255c"}
+PIN_STATUS_HEX: Final = {"changed": "#c2255c", "accepted": "#2f9e44", "superseded": "#adb5bd"}
 HEX: Final = {
     "green": "#2f9e44",
     "red": "#e03131",
@@ -808,16 +810,16 @@ def wait_chart(frame: pl.DataFrame, key: str) -> alt.Chart:
 __all__ = [
     "BAR_PX",
     "CHANGED_TOOL",
-    "CHANGED_TOOL_COLORS",
+    "CHANGED_TOOL_HEX",
     "DECISION_COLORS",
     "DECISION_HEX",
-    "GOVERNED_COLORS",
+    "GOVERNED_HEX",
     "HEX",
     "MISSING",
     "NEED_OPERATOR",
     "OPERATOR_KEY",
     "OUTCOME_COLORS",
-    "PIN_STATUS_COLORS",
+    "PIN_STATUS_HEX",
     "RADIUS_COLORS",
     "RADIUS_HEX",
     "STATUS_COLORS",

@@ -587,7 +587,7 @@ def land_gateway(root: Path, now: dt.datetime) -> str:
         span = tracer.start_span(
             f"tools/call {tool}", kind=SpanKind.CLIENT, attributes=attrs, start_time=_ns(at)
         )
-        if decision == "DENY":
+        if decision != "ALLOW":  # denied, or held until it expired: the call never ran
             span.set_attribute(sc.ERROR_TYPE, "tool_call_denied")
             span.set_status(Status(StatusCode.ERROR, "denied: tool definition changed"))
         span.end(end_time=_ns(at + dt.timedelta(milliseconds=80)))
