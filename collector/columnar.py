@@ -215,9 +215,8 @@ def _convert(values: list[Any], conv: Converter) -> list[Any]:
             pass
     elif conv is _to_any:
         return values
-    elif conv is _to_gateway:
-        if _only(values, bool) and all(values):
-            return [sc.GOVERNED_BY_GATEWAY] * len(values)
+    elif conv is _to_gateway and _only(values, bool) and all(values):
+        return [sc.GOVERNED_BY_GATEWAY] * len(values)
     return [conv(v) for v in values]
 
 

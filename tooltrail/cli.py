@@ -223,8 +223,7 @@ def _shown_action_columns(actions: Any) -> list[str]:
     return [
         c
         for c in ACTION_COLUMNS
-        if (held or not c.startswith("approval_"))
-        and (changed or c != "tool_definition_changed")
+        if (held or not c.startswith("approval_")) and (changed or c != "tool_definition_changed")
     ]
 
 
