@@ -1,7 +1,8 @@
 // A real MCP client (the official TypeScript SDK's Client + StdioClientTransport) that the
 // gateway tests drive. Usage: node client.mjs PLAN.json
 //
-// PLAN: {"command": "...", "args": [...], "env": {...}, "cwd": "...",
+// PLAN: {"command": "...", "args": [...], "env": {...}, "cwd": "...",  (stdio) or
+//        {"url": "http://127.0.0.1:PORT/mcp", "headers": {...}}          (streamable HTTP)
 //        "steps": [{"op": "list"} | {"op": "call", "name": "...", "arguments": {...},
 //                   "progress": true, "timeoutMs": 60000, "abortAfterMs": 500} | {"op": "info"}]}
 // Prints one JSON line per step ({"step": i, "op": ..., "result": ...} or
@@ -9,6 +10,7 @@
 import { readFileSync } from "node:fs";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import {
   CreateMessageRequestSchema,
   ElicitRequestSchema,
@@ -18,13 +20,18 @@ import {
 const plan = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 
-const transport = new StdioClientTransport({
-  command: plan.command,
-  args: plan.args ?? [],
-  env: plan.env,
-  cwd: plan.cwd,
-  stderr: "inherit",
-});
+// "url": the streamable HTTP transport (optional "headers", e.g. a bearer token).
+const transport = plan.url
+  ? new StreamableHTTPClientTransport(new URL(plan.url), {
+      requestInit: { headers: plan.headers ?? {} },
+    })
+  : new StdioClientTransport({
+      command: plan.command,
+      args: plan.args ?? [],
+      env: plan.env,
+      cwd: plan.cwd,
+      stderr: "inherit",
+    });
 // With "handlers": the client answers the server's sampling, roots and elicitation
 // requests (server-to-client requests the gateway must relay), deterministically.
 const capabilities = plan.handlers
@@ -92,4 +99,6 @@ for (const [i, step] of (plan.steps ?? []).entries()) {
   }
 }
 out({ done: true });
+// Over HTTP the session ends with a DELETE (the gateway then ends its server).
+if (plan.url) await transport.terminateSession();
 await client.close();
