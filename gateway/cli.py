@@ -13,6 +13,7 @@ from click.core import ParameterSource
 
 from tooltrail import config
 from tooltrail.cli_common import data_option, domain_errors
+from tooltrail.errors import BadInputError
 from tooltrail.output import FORMATS
 from tooltrail.semconv import TRIGGERS
 
@@ -231,7 +232,12 @@ def _http_options(
     upstream: str | None,
     servers_file: Path | None,
 ) -> HttpOptions:
-    from tooltrail.gateway.http import HttpOptions
+    try:
+        from tooltrail.gateway.http import HttpOptions
+    except ImportError as e:
+        raise BadInputError(
+            f"--listen needs the HTTP server libraries ({e.name}): pip install 'tooltrail[mcp]'"
+        ) from e
     from tooltrail.gateway.servers import ServerSpec, check_url, load_servers
 
     given = [v for v in (opts.command, upstream, servers_file) if v]

@@ -606,11 +606,15 @@ def run_http(opts: HttpOptions) -> int:
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S),
     )
     server = uvicorn.Server(config)
+    # uvicorn shuts down on SIGTERM, then raises it again under the handler it found:
+    # this one lets the spans land and the gateway exit 0 (a requested stop).
+    previous = signal.signal(signal.SIGTERM, lambda _sig, _frame: None)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
     finally:
+        signal.signal(signal.SIGTERM, previous)
         sock.close()
         try:
             land()

@@ -97,7 +97,10 @@ class UpstreamLink:
                 _log.warning("%s", why)
                 self._fail(message, why)
             elif media == "application/json":
-                self._put(json.loads(await response.aread()))
+                raw = await response.aread()
+                parsed = json.loads(raw)
+                for m in parsed if isinstance(parsed, list) else [parsed]:
+                    self._put(m, raw if m is parsed else None)  # one message: its bytes
             else:
                 await self._events(response)
         except (httpx2.HTTPError, ValueError) as e:

@@ -4,7 +4,8 @@
 // PLAN: {"command": "...", "args": [...], "env": {...}, "cwd": "...",  (stdio) or
 //        {"url": "http://127.0.0.1:PORT/mcp", "headers": {...}}          (streamable HTTP)
 //        "steps": [{"op": "list"} | {"op": "call", "name": "...", "arguments": {...},
-//                   "progress": true, "timeoutMs": 60000, "abortAfterMs": 500} | {"op": "info"}]}
+//                   "progress": true, "timeoutMs": 60000, "abortAfterMs": 500} | {"op": "info"}
+//                 | {"op": "sessionId"} (the Mcp-Session-Id over HTTP)]}
 // Prints one JSON line per step ({"step": i, "op": ..., "result": ...} or
 // {"step": i, "op": ..., "error": {"code", "message"}}), then {"done": true}.
 import { readFileSync } from "node:fs";
@@ -62,6 +63,8 @@ for (const [i, step] of (plan.steps ?? []).entries()) {
       result = await client.listTools();
     } else if (step.op === "info") {
       result = client.getServerVersion();
+    } else if (step.op === "sessionId") {
+      result = { sessionId: transport.sessionId ?? null };
     } else if (step.op === "listResources") {
       result = await client.listResources();
     } else if (step.op === "readResource") {
