@@ -256,9 +256,12 @@ def run_http(
             runs = [asyncio.create_task(http_session(url, tool, arguments, n, go)) for n in share]
             await go.wait()
             start = time.perf_counter()
+            cpu0 = cpu_seconds(proc.pid)
             results = await asyncio.gather(*runs)
+            cpu.append(cpu_seconds(proc.pid) - cpu0)
             return [t for t, _ in results], max(e for _, e in results) - start
 
+        cpu: list[float] = []
         results, wall = asyncio.run(all_sessions())
     finally:
         proc.terminate()
@@ -270,6 +273,8 @@ def run_http(
         "calls_per_s": len(times) / wall,
         "p50_ms": statistics.median(times),
         "p99_ms": times[int(len(times) * 0.99) - 1],
+        # The gateway process alone (its servers and the clients excluded).
+        "gateway_cpu_ms_per_call": cpu[0] * 1000.0 / len(times),
     }
 
 

@@ -393,3 +393,28 @@ servers:
         f"{servers}:12: servers.e.policy: {tmp_path / 'missing.yaml'} is not a file",
     ):
         assert expected in done.stderr, done.stderr
+
+
+def test_an_idle_session_ends_its_server_and_unknown_versions_are_refused(tmp_path: Path) -> None:
+    root = (tmp_path / "root").resolve()
+    root.mkdir()
+    args = ["--listen", "127.0.0.1:0", "--data", str(tmp_path / "data"), "--idle-timeout", "1"]
+    with listener([*args, "--", *fs_server(root)]) as gw:
+        answer = httpx2.post(gw.url, json=INIT, headers=HEADERS, timeout=30)
+        assert answer.status_code == 200, answer.text
+        session = {**HEADERS, "mcp-session-id": answer.headers["mcp-session-id"]}
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        old = httpx2.post(
+            gw.url, json=ping, headers={**session, "mcp-protocol-version": "1999-01-01"}
+        )
+        assert old.status_code == 400 and "1999-01-01" in old.text
+        known = httpx2.post(
+            gw.url, json=ping, headers={**session, "mcp-protocol-version": "2025-06-18"}
+        )
+        assert known.status_code == 200 and '"result":{}' in known.text.replace(" ", "")
+        assert len(children(gw.proc.pid)) == 1
+        # No request and no open stream for longer than --idle-timeout: the session ends.
+        wait_until(lambda: children(gw.proc.pid) == [], 20, "the idle session's server to end")
+        gone = httpx2.post(gw.url, json=ping, headers=session, timeout=30)
+        assert gone.status_code == 404
+        assert any("idle for longer than --idle-timeout" in line for line in gw.log)
