@@ -223,6 +223,18 @@ class McpSession:
         if self.get_stream is stream:
             self.get_stream = None
 
+    def cancelled(self, params: Any) -> None:
+        """The client withdrew a request: MCP gives it no answer, so its POST stream
+        stops waiting for one (and closes when nothing else is awaited on it)."""
+        if not isinstance(params, dict) or "requestId" not in params:
+            return
+        key = _key(params["requestId"])
+        stream = self.by_request.pop(key, None)
+        if stream is not None:
+            stream.waiting.discard(key)
+            if not stream.waiting:
+                self._forget(stream)
+
     def busy(self) -> bool:
         return bool(self.posts or self.get_stream or self.by_request)
 
@@ -364,6 +376,9 @@ class HttpGateway:
         requests = [m for m in messages if "method" in m and "id" in m]
         if not requests:  # notifications and responses: accepted, nothing to wait for
             await gw.from_client(body)
+            for m in messages:
+                if m.get("method") == "notifications/cancelled":
+                    session.cancelled(m.get("params"))
             return Response(status_code=202, headers=headers)
         keys = [_key(m["id"]) for m in requests]
         if len(set(keys)) != len(keys) or any(k in session.by_request for k in keys):

@@ -418,3 +418,32 @@ def test_an_idle_session_ends_its_server_and_unknown_versions_are_refused(tmp_pa
         gone = httpx2.post(gw.url, json=ping, headers=session, timeout=30)
         assert gone.status_code == 404
         assert any("idle for longer than --idle-timeout" in line for line in gw.log)
+
+
+def test_a_client_cancellation_over_http_withdraws_a_held_call(tmp_path: Path) -> None:
+    root = (tmp_path / "root").resolve()
+    root.mkdir()
+    data = tmp_path / "data"
+    policy = _policy(tmp_path, FS_POLICY)
+    args = ["--listen", "127.0.0.1:0", "--data", str(data), "--policy", str(policy)]
+    steps = [
+        _write(root, "report.txt", abortAfterMs=1500),
+        _write(root, "after.txt"),
+        {"op": "sessionId"},
+    ]
+    with listener([*args, "--", *fs_server(root)]) as gw:
+        client = start_http_client(http_plan(tmp_path, gw.url, steps))
+        withdrawn_request = pending(data, 1, timeout=60)[0]
+        withdrawn, after, sid = _finish(client)
+        # What the client withdrew is abandoned: approving it is refused, and runs nothing.
+        done = run_cli(data, "approve", withdrawn_request.approval_id, "--by", "a", timeout=60)
+        assert done.returncode == 2 and "abandoned" in done.stderr, done.stderr
+        wait_until(lambda: children(gw.proc.pid) == [], 20, "the session's server to end")
+        assert gw.stop() == 0
+    assert "error" in withdrawn, withdrawn  # the SDK reports its own abort
+    assert not after["result"].get("isError")
+    assert (root / "after.txt").read_text() == "hello"  # the session went on
+    assert not (root / "report.txt").exists()
+    actions = _actions(data, sid["result"]["sessionId"])
+    assert actions[0]["decision"] == "REQUIRE_APPROVAL"
+    assert actions[0]["error_type"] == "CancelledError"
