@@ -210,8 +210,10 @@ class McpSession:
         return stream
 
     def _forget(self, stream: _Stream) -> None:
-        """A stream closes (all answered, or the client went): unlink it."""
+        """A stream closes (all answered, or the client went): unlink it. The session is
+        idle from here, not from when the request came (a long call is not idleness)."""
         stream.close()
+        self.last_seen = time.monotonic()
         for key in stream.waiting:
             if self.by_request.get(key) is stream:
                 del self.by_request[key]

@@ -8,6 +8,8 @@ remote ``--upstream``). The gateway runs as the real command, on a free port.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -398,7 +400,7 @@ servers:
 def test_an_idle_session_ends_its_server_and_unknown_versions_are_refused(tmp_path: Path) -> None:
     root = (tmp_path / "root").resolve()
     root.mkdir()
-    args = ["--listen", "127.0.0.1:0", "--data", str(tmp_path / "data"), "--idle-timeout", "1"]
+    args = ["--listen", "127.0.0.1:0", "--data", str(tmp_path / "data"), "--idle-timeout", "3"]
     with listener([*args, "--", *fs_server(root)]) as gw:
         answer = httpx2.post(gw.url, json=INIT, headers=HEADERS, timeout=30)
         assert answer.status_code == 200, answer.text
@@ -447,3 +449,26 @@ def test_a_client_cancellation_over_http_withdraws_a_held_call(tmp_path: Path) -
     actions = _actions(data, sid["result"]["sessionId"])
     assert actions[0]["decision"] == "REQUIRE_APPROVAL"
     assert actions[0]["error_type"] == "CancelledError"
+
+
+def test_a_session_whose_server_dies_is_ended_and_its_id_forgotten(tmp_path: Path) -> None:
+    root = (tmp_path / "root").resolve()
+    root.mkdir()
+    args = ["--listen", "127.0.0.1:0", "--data", str(tmp_path / "data")]
+    with listener([*args, "--", *fs_server(root)]) as gw:
+        answer = httpx2.post(gw.url, json=INIT, headers=HEADERS, timeout=30)
+        assert answer.status_code == 200, answer.text
+        session = {**HEADERS, "mcp-session-id": answer.headers["mcp-session-id"]}
+        (server,) = children(gw.proc.pid)
+        os.kill(server, signal.SIGKILL)
+        wait_until(
+            lambda: any("the MCP server exited (status -9)" in line for line in gw.log),
+            20,
+            "the gateway to notice",
+        )
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        assert httpx2.post(gw.url, json=ping, headers=session, timeout=30).status_code == 404
+        # The gateway goes on: a new session gets a new server.
+        again = httpx2.post(gw.url, json=INIT, headers=HEADERS, timeout=30)
+        assert again.status_code == 200 and len(children(gw.proc.pid)) == 1
+        assert gw.stop() == 0
