@@ -472,3 +472,62 @@ def test_a_session_whose_server_dies_is_ended_and_its_id_forgotten(tmp_path: Pat
         again = httpx2.post(gw.url, json=INIT, headers=HEADERS, timeout=30)
         assert again.status_code == 200 and len(children(gw.proc.pid)) == 1
         assert gw.stop() == 0
+
+
+def test_everything_server_over_http_behaves_as_on_a_direct_connection(tmp_path: Path) -> None:
+    """npm server-everything (stdio) behind --listen: progress, resources, prompts,
+    sampling, roots and elicitation (server-to-client requests, answered in their own POSTs),
+    cancellation and a large result give the transcript of a direct stdio connection."""
+    policy = _policy(tmp_path, "version: 1\ndefault: ALLOW\n")
+    big = "x" * 1_500_000
+    long_running = {"duration": 1, "steps": 4}
+    steps: list[dict[str, Any]] = [
+        {"op": "list"},
+        {"op": "listResources"},
+        {"op": "readResource", "uri": "demo://resource/static/document/features.md"},
+        {"op": "listPrompts"},
+        {"op": "getPrompt", "name": "simple-prompt"},
+        {"op": "ping"},
+        {"op": "call", "name": "get-sum", "arguments": {"a": 2, "b": 40}},
+        {"op": "call", "name": "get-tiny-image"},
+        {"op": "call", "name": "get-structured-content", "arguments": {"location": "New York"}},
+        {"op": "call", "name": "echo", "arguments": {"message": big}},
+        {
+            "op": "call",
+            "name": "trigger-long-running-operation",
+            "arguments": long_running,
+            "progress": True,
+        },
+        {"op": "call", "name": "trigger-sampling-request", "arguments": {"prompt": "hi"}},
+        {"op": "call", "name": "get-roots-list"},
+        {"op": "call", "name": "trigger-elicitation-request"},
+        {
+            "op": "call",
+            "name": "trigger-long-running-operation",
+            "arguments": {"duration": 5, "steps": 5},
+            "abortAfterMs": 300,
+        },
+        {"op": "call", "name": "get-sum", "arguments": {"a": 1, "b": 1}},
+    ]
+    server = [str(EVERYTHING), "stdio"]
+    plan = tmp_path / "direct.json"
+    plan.write_text(
+        json.dumps({"command": server[0], "args": server[1:], "steps": steps, "handlers": True})
+    )
+    direct = _finish(start_http_client(plan))  # client.mjs over stdio: no url in the plan
+    data = tmp_path / "data"
+    args = ["--listen", "127.0.0.1:0", "--data", str(data), "--policy", str(policy)]
+    with listener([*args, "--", *server]) as gw:
+        through = _finish(start_http_client(http_plan(tmp_path, gw.url, steps, handlers=True)))
+        assert gw.stop() == 0
+    seen = [t[10]["result"].pop("_progressSeen") for t in (direct, through)]
+    assert min(seen) >= long_running["steps"] - 1
+    assert through == direct
+    by_op = dict(enumerate(direct))
+    assert big in text_of(by_op[9])
+    assert "sampled: 1 message(s)" in json.dumps(by_op[11])
+    assert "file:///srv/project" in json.dumps(by_op[12])
+    assert "decline" in json.dumps(by_op[13])
+    assert "error" in by_op[14]
+    (session,) = _sessions(data)
+    assert len(_actions(data, session)) == 10  # one span per tools/call
