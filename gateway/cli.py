@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -243,6 +244,9 @@ def _http_options(
     given = [v for v in (opts.command, upstream, servers_file) if v]
     if len(given) != 1:
         raise click.UsageError("--listen serves one of: -- COMMAND, --upstream URL, --servers FILE")
+    if token is None and os.environ.get(ENV_PROXY_TOKEN) is not None:
+        # click reads an empty variable as unset: `TOOLTRAIL_PROXY_TOKEN= ...` meant a token.
+        token = os.environ[ENV_PROXY_TOKEN]
     if token is not None and not token.strip():
         raise click.BadParameter(
             f"is empty (an unset shell variable? ${ENV_PROXY_TOKEN} counts too)",

@@ -531,3 +531,28 @@ def test_everything_server_over_http_behaves_as_on_a_direct_connection(tmp_path:
     assert "error" in by_op[14]
     (session,) = _sessions(data)
     assert len(_actions(data, session)) == 10  # one span per tools/call
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--listen", "127.0.0.1:0", "--upstream", "http://x/mcp", "--", "srv"], {}, "one of"),
+        (["--listen", "127.0.0.1:0"], {}, "one of"),
+        (["--listen", "nonsense", "--", "srv"], {}, "is not HOST:PORT"),
+        (["--listen", "127.0.0.1:0", "--upstream", "ftp://x/mcp"], {}, "--upstream: 'ftp"),
+        (["--upstream", "http://x/mcp", "--", "srv"], {}, "go with --listen"),
+        (["--token", "t", "--", "srv"], {}, "--token goes with --listen"),
+        (["--listen", "127.0.0.1:0", "--session-id", "s", "--", "srv"], {}, "each MCP session"),
+        (["--listen", "127.0.0.1:0", "--", "srv"], {"TOOLTRAIL_PROXY_TOKEN": ""}, "is empty"),
+    ],
+)
+def test_listen_options_are_checked_before_anything_starts(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    from click.testing import CliRunner
+
+    from tooltrail.cli import cli
+
+    result = CliRunner().invoke(cli, ["proxy", *args], env=env)
+    assert result.exit_code == 2, result.output
+    assert message in result.output, result.output
