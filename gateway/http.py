@@ -24,15 +24,13 @@ import asyncio
 import contextlib
 import dataclasses
 import hmac
-import json
 import logging
 import os
 import signal
 import socket
 import time
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -47,6 +45,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tooltrail.errors import BadInputError
+from tooltrail.gateway.http_session import McpSession, collect, events
 from tooltrail.gateway.servers import ServerSpec
 from tooltrail.gateway.stdio import (
     INVALID_REQUEST,
@@ -75,8 +74,6 @@ VERSION_HEADER: Final = "mcp-protocol-version"
 VERSIONS: Final = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 DEFAULT_IDLE_S: Final = 1800.0
 DEFAULT_MAX_SESSIONS: Final = 64
-# Server messages kept for a GET stream not open yet; past this the oldest are dropped.
-BACKLOG: Final = 1000
 # How long uvicorn waits for open streams at shutdown before closing them.
 SHUTDOWN_GRACE_S: Final = 3.0
 
@@ -107,148 +104,6 @@ class HttpOptions:
             raise BadInputError("--idle-timeout must be more than 0 seconds")
         if self.max_sessions < 1:
             raise BadInputError("--max-sessions must be 1 or more")
-
-
-# --- one MCP session --------------------------------------------------------------------
-
-
-class _Stream:
-    """One POST's SSE (or JSON) answer, or the GET stream: lines queued for the client."""
-
-    def __init__(self, waiting: set[str], tokens: Sequence[str] = (), sse: bool = True) -> None:
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self.waiting = waiting
-        self.tokens = tuple(tokens)
-        # A JSON answer holds responses only; notifications need a stream.
-        self.sse = sse
-        self.open = True
-
-    def put(self, line: bytes) -> None:
-        if self.open:
-            self.queue.put_nowait(line)
-
-    def close(self) -> None:
-        if self.open:
-            self.open = False
-            self.queue.put_nowait(None)
-
-
-class McpSession:
-    """One ``Mcp-Session-Id``: one Gateway, one server, the streams to the client."""
-
-    def __init__(self, sid: str, spec: ServerSpec, version: str | None) -> None:
-        self.sid = sid
-        self.spec = spec
-        self.client_version = version
-        self.gw: Gateway | None = None
-        self.process: asyncio.subprocess.Process | None = None
-        self.upstream: UpstreamLink | None = None
-        self.pump: asyncio.Task[None] | None = None
-        self.by_request: dict[str, _Stream] = {}
-        self.by_token: dict[str, _Stream] = {}
-        self.posts: list[_Stream] = []
-        self.get_stream: _Stream | None = None
-        self.backlog: deque[bytes] = deque(maxlen=BACKLOG)
-        self.last_seen = time.monotonic()
-        self.closed = False
-
-    # The gateway's ClientOut: every message it writes for the client comes here.
-    def write(self, data: bytes) -> None:
-        try:
-            message = json.loads(data)
-        except ValueError:
-            _log.warning("session %s: a line for the client is not JSON; dropped", self.sid)
-            return
-        if isinstance(message, list):  # the gateway's answer to a batch: one per request
-            for m in message:
-                self._route(m, json.dumps(m, separators=(",", ":")).encode())
-        else:
-            self._route(message, data.strip())
-
-    def _route(self, message: Any, line: bytes) -> None:
-        if not isinstance(message, dict):
-            return
-        if "method" not in message and "id" in message:
-            key = _key(message["id"])
-            stream = self.by_request.pop(key, None)
-            if stream is None:
-                _log.warning("session %s: no open request %s for an answer; dropped", self.sid, key)
-                return
-            stream.put(line)
-            stream.waiting.discard(key)
-            if not stream.waiting:
-                self._forget(stream)
-            return
-        if message.get("method") == "notifications/progress":
-            params = message.get("params")
-            token = params.get("progressToken") if isinstance(params, dict) else None
-            stream = self.by_token.get(_key(token))
-            if stream is not None:
-                stream.put(line)
-                return
-        target = self.get_stream or next((s for s in reversed(self.posts) if s.sse), None)
-        if target is not None:
-            target.put(line)
-        else:
-            self.backlog.append(line)
-
-    def open_post(self, requests: Sequence[Mapping[str, Any]], sse: bool) -> _Stream:
-        keys = {_key(m["id"]) for m in requests}
-        tokens = [_key(t) for m in requests if sse and (t := _token(m)) is not None]
-        stream = _Stream(keys, tokens, sse)
-        for key in keys:
-            self.by_request[key] = stream
-        for token in tokens:
-            self.by_token[token] = stream
-        self.posts.append(stream)
-        return stream
-
-    def open_get(self) -> _Stream:
-        stream = self.get_stream = _Stream(set())
-        while self.backlog:
-            stream.put(self.backlog.popleft())
-        return stream
-
-    def _forget(self, stream: _Stream) -> None:
-        """A stream closes (all answered, or the client went): unlink it. The session is
-        idle from here, not from when the request came (a long call is not idleness)."""
-        stream.close()
-        self.last_seen = time.monotonic()
-        for key in stream.waiting:
-            if self.by_request.get(key) is stream:
-                del self.by_request[key]
-        for token in stream.tokens:
-            if self.by_token.get(token) is stream:
-                del self.by_token[token]
-        if stream in self.posts:
-            self.posts.remove(stream)
-        if self.get_stream is stream:
-            self.get_stream = None
-
-    def cancelled(self, params: Any) -> None:
-        """The client withdrew a request: MCP gives it no answer, so its POST stream
-        stops waiting for one (and closes when nothing else is awaited on it)."""
-        if not isinstance(params, dict) or "requestId" not in params:
-            return
-        key = _key(params["requestId"])
-        stream = self.by_request.pop(key, None)
-        if stream is not None:
-            stream.waiting.discard(key)
-            if not stream.waiting:
-                self._forget(stream)
-
-    def busy(self) -> bool:
-        return bool(self.posts or self.get_stream or self.by_request)
-
-    def close_streams(self) -> None:
-        for stream in [*self.posts, *([self.get_stream] if self.get_stream else [])]:
-            self._forget(stream)
-
-
-def _token(message: Mapping[str, Any]) -> Any:
-    params = message.get("params")
-    meta = params.get("_meta") if isinstance(params, dict) else None
-    return meta.get("progressToken") if isinstance(meta, dict) else None
 
 
 # --- the listener -----------------------------------------------------------------------
@@ -394,9 +249,9 @@ class HttpGateway:
         await gw.from_client(body)
         if sse:
             return EventSourceResponse(
-                _events(session, stream), headers=headers, send_timeout=30, ping=15
+                events(session, stream), headers=headers, send_timeout=30, ping=15
             )
-        lines = await _collect(session, stream)
+        lines = await collect(session, stream)
         answer = lines[0] if len(lines) == 1 else b"[" + b",".join(lines) + b"]"
         return Response(answer, media_type="application/json", headers=headers)
 
@@ -459,7 +314,7 @@ class HttpGateway:
         session.last_seen = time.monotonic()
         stream = session.open_get()
         return EventSourceResponse(
-            _events(session, stream), headers={SESSION_HEADER: session.sid}, ping=15
+            events(session, stream), headers={SESSION_HEADER: session.sid}, ping=15
         )
 
     async def delete(self, request: Request, spec: ServerSpec) -> Response:
@@ -523,24 +378,6 @@ class HttpGateway:
                 idle = now - session.last_seen > self.opts.idle_timeout_s
                 if idle and not session.busy():
                     await self.end(session, "idle for longer than --idle-timeout")
-
-
-async def _events(session: McpSession, stream: _Stream) -> AsyncIterator[dict[str, str]]:
-    try:
-        while (line := await stream.queue.get()) is not None:
-            yield {"event": "message", "data": line.decode()}
-    finally:  # all answered, or the client went away (not a cancellation, per MCP)
-        session._forget(stream)
-
-
-async def _collect(session: McpSession, stream: _Stream) -> list[bytes]:
-    lines: list[bytes] = []
-    try:
-        while (line := await stream.queue.get()) is not None:
-            lines.append(line)
-    finally:
-        session._forget(stream)
-    return lines
 
 
 async def _body(request: Request, limit: int) -> bytes:
