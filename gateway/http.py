@@ -44,6 +44,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tooltrail.collector.server import is_loopback
 from tooltrail.errors import BadInputError
 from tooltrail.gateway.http_session import McpSession, collect, events
 from tooltrail.gateway.servers import ServerSpec
@@ -91,8 +92,6 @@ class HttpOptions:
 
     def check(self) -> None:
         """Refuse unsafe or impossible settings with a message naming the option."""
-        from tooltrail.collector.server import is_loopback
-
         if not is_loopback(self.host) and not self.token:
             raise BadInputError(
                 f"refusing to listen on non-loopback address {self.host!r} without --token: "
@@ -113,8 +112,6 @@ class HttpGateway:
     """Every MCP session of one listener, and the starlette app that serves them."""
 
     def __init__(self, opts: HttpOptions, st: Settings) -> None:
-        from tooltrail.collector.server import is_loopback
-
         self.opts = opts
         self.loopback = is_loopback(opts.host)
         self.token = opts.token.encode() if opts.token else None
@@ -158,8 +155,6 @@ class HttpGateway:
     # -- who may ask -------------------------------------------------------------------
 
     def _refused(self, request: Request) -> Response | None:
-        from tooltrail.collector.server import is_loopback
-
         if self.loopback:
             # DNS rebinding: a web page whose name now points at 127.0.0.1 sends its own
             # Host and Origin; only loopback names reach a loopback-bound gateway.
