@@ -409,7 +409,8 @@ def server_name_for(spec: ServerSpec, given: str | None) -> str:
     if given is not None:
         return check_server_name(given)
     if spec.url is not None:
-        host = urlsplit(spec.url).hostname or ""
+        url = urlsplit(spec.url)  # host and port: two upstreams on one host are two servers
+        host = (url.hostname or "") + (f":{url.port}" if url.port else "")
         return check_server_name(host, f"the server name derived from --upstream {spec.url}")
     return server_name_of(spec.command)
 

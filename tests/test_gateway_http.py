@@ -13,6 +13,7 @@ import signal
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
@@ -179,9 +180,11 @@ def test_two_clients_get_two_sessions_and_a_hold_stalls_only_its_own(tmp_path: P
     b_actions = _actions(data, held_b.session_id)
     assert [x["decision"] for x in b_actions] == ["ALLOW", "DENY", "REQUIRE_APPROVAL"]
     for action in [*b_actions, *_actions(data, held_a.session_id)]:
-        attributes = json.loads(action["attributes"])
-        assert attributes["tooltrail.gateway"] is True
-        assert action["mcp_server"] == "secure-filesystem-server"
+        assert action["governed_by"] == "gateway"
+        # the operator's name for the server (from the command), not its serverInfo name
+        assert action["mcp_server"] == "mcp-server-filesystem"
+        reported = json.loads(action["attributes"])["tooltrail.mcp.server.reported_name"]
+        assert reported == "secure-filesystem-server"
 
 
 def test_a_non_loopback_bind_needs_a_token_and_every_request_its_bearer(tmp_path: Path) -> None:
@@ -285,6 +288,7 @@ def test_a_remote_upstream_is_governed_and_passed_through_unchanged(tmp_path: Pa
         {"op": "call", "name": "get-sum", "arguments": {"a": 1, "b": 2}},
     ]
     with everything_http() as upstream:
+        upstream_port = urlsplit(upstream).port
         direct = _finish(start_http_client(http_plan(tmp_path, upstream, steps)))
         args = ["--listen", "127.0.0.1:0", "--data", str(data), "--policy", str(policy)]
         with listener([*args, "--upstream", upstream]) as gw:
@@ -305,7 +309,10 @@ def test_a_remote_upstream_is_governed_and_passed_through_unchanged(tmp_path: Pa
         ("echo", "ALLOW"),
         ("get-sum", "DENY"),
     ]
-    assert {a["mcp_server"] for a in actions} == {info["result"]["name"]}
+    # named by the operator (the --upstream URL's host and port), its own name recorded
+    assert {a["mcp_server"] for a in actions} == {f"127.0.0.1:{upstream_port}"}
+    reported = {json.loads(a["attributes"])["tooltrail.mcp.server.reported_name"] for a in actions}
+    assert reported == {info["result"]["name"]}
 
 
 def test_servers_file_serves_each_server_at_its_own_path_with_its_own_policy(
