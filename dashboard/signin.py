@@ -35,6 +35,7 @@ def page(root: Path) -> None:
             )
             st.form_submit_button(
                 "Sign in",
+                key="signin-submit",
                 type="primary",
                 icon=":material/login:",
                 on_click=_submit,

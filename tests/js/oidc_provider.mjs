@@ -28,6 +28,9 @@ const provider = new Provider(issuer, {
     },
   ],
   claims: { openid: ["sub"], email: ["email", "email_verified"], profile: ["name"] },
+  // Put the requested claims in the ID token, as Google, Okta or Entra do: Streamlit's
+  // st.user is the ID token's claims.
+  conformIdTokenClaims: false,
   async findAccount(_ctx, id) {
     return {
       accountId: id,
