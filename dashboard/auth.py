@@ -145,6 +145,15 @@ def _oidc_user() -> dict[str, Any] | None:
     return {key: user.get(key) for key in ("email", "email_verified", "name")}
 
 
+def oidc_email() -> str | None:
+    """The e-mail (or "your account") Streamlit's OpenID cookie signs in, mapped or not."""
+    user = _oidc_user()
+    if user is None:
+        return None
+    email = user.get("email")
+    return email if isinstance(email, str) and email else "your account"
+
+
 def _oidc(root: Path) -> Identity | None:
     user = _oidc_user()
     if user is None:
@@ -187,6 +196,7 @@ __all__ = [
     "NAME_KEY",
     "Identity",
     "current",
+    "oidc_email",
     "oidc_providers",
     "problem",
     "required",

@@ -41,6 +41,12 @@ def page(root: Path) -> None:
                 on_click=_submit,
                 args=(str(root),),
             )
+        stranger = auth.oidc_email()
+        if stranger is not None:
+            # Signed in at the provider as someone with no role here: let them switch.
+            if st.button(f"Sign out of {stranger}", key="oidc-signout", icon=":material/logout:"):
+                st.logout()
+            return
         for provider in auth.oidc_providers():
             label = f"Sign in with {provider}" if provider else "Sign in with your organisation"
             if st.button(label, key=f"oidc-{provider or 'default'}", icon=":material/key:"):

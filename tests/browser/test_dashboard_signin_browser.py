@@ -191,7 +191,11 @@ def test_oidc_sign_in_maps_the_email_to_its_role_and_sign_out_ends_it(
             _sign_in_at_provider(page, "mallory@example.com")
             expect(page.get_by_text("mallory@example.com has no role").first).to_be_visible()
             expect(page.get_by_test_id("stMetric")).to_have_count(0)
-            page.context.clear_cookies()
+            page.get_by_role("button", name="Sign out of mallory@example.com").click()
+            page.get_by_role("button", name="Yes, sign me out").click()
+            expect(
+                page.get_by_role("button", name="Sign in with your organisation")
+            ).to_be_visible()
 
             page.goto(f"{url}/")
             _sign_in_at_provider(page, "carol@example.com")
