@@ -10,6 +10,7 @@ This module imports neither Streamlit nor DuckDB: the CLI loads it cheaply.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -84,12 +85,22 @@ def command(
     return cmd
 
 
+def _is_loopback(host: str) -> bool:
+    """As ``collector.server.is_loopback`` (not imported: that module pulls in pyarrow,
+    1.5 s before the dashboard command prints anything)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def check_bind(data_dir: str | os.PathLike[str] | None, host: str) -> None:
     """Refuse to serve off loopback without access control, as ``collect`` does."""
     from tooltrail import access
-    from tooltrail.collector.server import is_loopback
 
-    if not is_loopback(host.strip()) and not access.enabled(data_dir):
+    if not _is_loopback(host.strip()) and not access.enabled(data_dir):
         raise BadInputError(
             f"refusing to serve the dashboard on non-loopback address {host!r}: the data"
             " directory has no users, so anyone who can reach the port could approve, deny,"

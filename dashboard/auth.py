@@ -9,7 +9,8 @@ the browser out at its next click:
   verified with :mod:`tooltrail.access` (scrypt). The browser session then keeps the
   credential's key id and the stored hash it verified against, in server-side session
   state (never in the URL, never the credential itself); each run re-reads that row by
-  key id and signs out when the hash changed (rotated) or the user is disabled. A reload
+  key id and signs out when it is gone (a rotation issues a new key id), its hash
+  changed or the user is disabled. A reload
   of the page starts a new session: sign in again.
 - *OpenID Connect* through Streamlit's own ``st.login`` when ``secrets.toml`` has an
   ``[auth]`` section (Streamlit keeps the identity in its signed cookie). The provider's

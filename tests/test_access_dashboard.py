@@ -180,3 +180,64 @@ def test_the_dashboard_serves_off_loopback_only_with_access_control(tmp_path: Pa
     add(root, "user", "admin", "admin", None)
     cmd = dashboard.command(root, 8501, "0.0.0.0")
     assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0"
+
+
+def test_the_write_checks_the_role_again_whatever_the_page_offered(seeded: Seeded) -> None:
+    """``dashboard.data`` is the one call into the control store: a viewer's identity, or
+    a typed name (no role) while access control is on, decides nothing there either."""
+    from tooltrail.dashboard import data
+    from tooltrail.dashboard.auth import Identity
+    from tooltrail.errors import AccessDeniedError
+
+    people(seeded.root)
+    for who in (Identity("vic", "viewer", "local"), Identity("alice", None, "single-user")):
+        with pytest.raises(AccessDeniedError):
+            data.decide(seeded.root, PENDING_ANYONE, "approved", who, None)
+    with pytest.raises(AccessDeniedError, match="may not pause"):
+        data.control_session(
+            seeded.root, TRIAGE, "pause", Identity("alice", "approver", "local"), None
+        )
+    assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
+    record = data.decide(
+        seeded.root, PENDING_ANYONE, "denied", Identity("alice", "approver", "local"), "no"
+    )
+    assert (record.status, record.decided_by) == ("denied", "alice")
+
+
+def test_email_roles_are_managed_by_admins_only(seeded: Seeded) -> None:
+    import json
+
+    creds = people(seeded.root)
+    code, out, err = invoke(
+        seeded.root,
+        "users",
+        "map-email",
+        "Carol@Example.COM",
+        "--role",
+        "operator",
+        token=creds["admin"],
+    )
+    assert code == 0 and "carol@example.com" in out, err
+    for token in (creds["alice"], None):  # not an admin; no credential
+        code, _, err = invoke(
+            seeded.root, "users", "map-email", "eve@example.com", "--role", "admin", token=token
+        )
+        assert code == 2, err
+    code, _, err = invoke(
+        seeded.root, "users", "map-email", "not-an-email", "--role", "viewer", token=creds["admin"]
+    )
+    assert code == 2 and "expected local-part@domain" in err
+    code, out, _ = invoke(seeded.root, "users", "emails", "--format", "json", token=creds["admin"])
+    assert [(m["email"], m["role"], m["created_by"]) for m in json.loads(out)] == [
+        ("carol@example.com", "operator", "admin")
+    ]
+    code, _, err = invoke(
+        seeded.root, "users", "unmap-email", "carol@example.com", token=creds["admin"]
+    )
+    assert code == 0, err
+    code, out, _ = invoke(seeded.root, "users", "emails", "--format", "json", token=creds["admin"])
+    assert json.loads(out) == []
+    code, _, err = invoke(
+        seeded.root, "users", "unmap-email", "carol@example.com", token=creds["admin"]
+    )
+    assert code == 2 and "no e-mail" in err
