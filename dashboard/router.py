@@ -63,13 +63,12 @@ def _signed_in(root: Path) -> auth.Identity | Literal[False] | None:
     access control is on and nobody is: then only the sign-in page was drawn (fails
     closed: an unreadable access store shows nothing else either)."""
     try:
-        if not auth.required(root):
-            return auth.current(root)
+        required = auth.required(root)
         who = auth.current(root)
     except TooltrailError as e:
         st.error(f"Cannot read who may use {root}: {e}")
         return False
-    if who is not None:
+    if who is not None or not required:
         return who
     signin.page(root)
     return False

@@ -241,3 +241,14 @@ def test_email_roles_are_managed_by_admins_only(seeded: Seeded) -> None:
         seeded.root, "users", "unmap-email", "carol@example.com", token=creds["admin"]
     )
     assert code == 2 and "no e-mail" in err
+
+
+def test_an_unreadable_access_store_shows_nothing_but_the_error(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never read as "no access control": a damaged access.sqlite is not single-user mode."""
+    (seeded.root / "access.sqlite").write_bytes(b"this is not a database" * 100)
+    at = app_test(seeded.root, seeded.policy_path, monkeypatch)
+    assert any("Cannot read who may use" in e for e in texts(at.error))
+    assert not at.metric and not at.dataframe
+    assert not [k for k in _keys(at) if "approve" in k]
