@@ -1,6 +1,6 @@
 """Who is at the dashboard: sign-in, sign-out, and what their role lets them do.
 
-With access control on (``<data>/access.sqlite`` holds a user, docs/SECURITY.md §5) every
+With access control on (``<data>/access.sqlite`` holds a user, docs/SECURITY.md §6) every
 page needs a signed-in identity, found fresh on every run (and in every button callback,
 which runs before the script) so that a rotation, a disable or an unmapped e-mail signs
 the browser out at its next click:
