@@ -10,6 +10,7 @@ This module imports neither Streamlit nor DuckDB: the CLI loads it cheaply.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -44,18 +45,25 @@ def command(
     headless: bool = True,
     *,
     policy: str | os.PathLike[str] | None = None,
+    secrets: str | os.PathLike[str] | None = None,
 ) -> list[str]:
     """The command line of the dashboard's server: ``python -m streamlit run``, through
     ``tooltrail.dashboard.serve``, which stops the server if this process dies.
 
     ``data_dir`` / ``policy`` are passed to the app after ``--`` (absolute, so the
     server's working directory does not matter); when omitted the app falls back to
-    ``$TOOLTRAIL_DATA`` / ``$TOOLTRAIL_POLICY``.
+    ``$TOOLTRAIL_DATA`` / ``$TOOLTRAIL_POLICY``. ``secrets``: a secrets.toml whose
+    ``[auth]`` section configures OpenID sign-in (``st.login``); without it Streamlit
+    reads ``.streamlit/secrets.toml`` of the working directory or of ``~``.
+
+    Refuses (BadInputError) a non-loopback ``host`` while the data directory has no
+    access control: anyone reaching the port could approve, deny and cancel.
     """
     if isinstance(port, bool) or not 0 < int(port) < 65536:
         raise BadInputError(f"--port must be between 1 and 65535, got {port!r}")
     if not host or not host.strip():
         raise BadInputError("the dashboard needs a host address to listen on")
+    check_bind(data_dir, host)
     cmd = [sys.executable, "-m", SERVE_MODULE, "run", str(ENTRY)]
     options = {
         "server.port": str(int(port)),
@@ -63,6 +71,8 @@ def command(
         "server.headless": "true" if headless else "false",
         **SERVER_OPTIONS,
     }
+    if secrets is not None:
+        options["secrets.files"] = str(Path(secrets).expanduser().resolve())
     for name, value in options.items():
         cmd += [f"--{name}", value]
     script_args: list[str] = []
@@ -75,6 +85,30 @@ def command(
     return cmd
 
 
+def _is_loopback(host: str) -> bool:
+    """As ``collector.server.is_loopback`` (not imported: that module pulls in pyarrow,
+    1.5 s before the dashboard command prints anything)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(data_dir: str | os.PathLike[str] | None, host: str) -> None:
+    """Refuse to serve off loopback without access control, as ``collect`` does."""
+    from tooltrail import access
+
+    if not _is_loopback(host.strip()) and not access.enabled(data_dir):
+        raise BadInputError(
+            f"refusing to serve the dashboard on non-loopback address {host!r}: the data"
+            " directory has no users, so anyone who can reach the port could approve, deny,"
+            " pause and cancel. Add users first (`tooltrail users add NAME --role admin`)"
+            " or listen on 127.0.0.1"
+        )
+
+
 def launch(
     data_dir: str | os.PathLike[str] | None = None,
     port: int = DEFAULT_PORT,
@@ -82,6 +116,7 @@ def launch(
     headless: bool = True,
     *,
     policy: str | os.PathLike[str] | None = None,
+    secrets: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     new_session: bool = False,
     output: int | IO[Any] | None = None,
@@ -91,7 +126,7 @@ def launch(
     (tests kill the group); ``output`` receives its stdout and stderr (a file, or
     ``subprocess.DEVNULL``; default: this process's)."""
     return subprocess.Popen(
-        command(data_dir, port, host, headless, policy=policy),
+        command(data_dir, port, host, headless, policy=policy, secrets=secrets),
         env=dict(env) if env is not None else None,
         stdout=output,
         stderr=subprocess.STDOUT if output is not None else None,
@@ -106,6 +141,7 @@ def run(
     headless: bool = True,
     *,
     policy: str | os.PathLike[str] | None = None,
+    secrets: str | os.PathLike[str] | None = None,
 ) -> int:
     """Run the dashboard in the foreground until it exits, Ctrl-C, SIGTERM or SIGHUP;
     returns its exit code (0 when stopped by one of those).
@@ -126,7 +162,7 @@ def run(
     # Installed before the server starts: a SIGTERM in between must not orphan it.
     previous = _handle_stop_signals(forward)
     try:
-        proc = launch(data_dir, port, host, headless, policy=policy)
+        proc = launch(data_dir, port, host, headless, policy=policy, secrets=secrets)
     except BaseException:
         _restore(previous)
         raise
@@ -174,4 +210,4 @@ def _stop(proc: subprocess.Popen[Any]) -> int:
     return proc.wait()
 
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ENTRY", "command", "launch", "run"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ENTRY", "check_bind", "command", "launch", "run"]

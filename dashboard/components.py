@@ -18,8 +18,9 @@ from typing import Any, Final
 
 import streamlit as st
 
+from tooltrail import access
 from tooltrail.collector.normalize import derive_summary
-from tooltrail.dashboard import data, nav, ui
+from tooltrail.dashboard import auth, data, nav, ui
 from tooltrail.errors import TooltrailError
 
 SESSION_ACTIONS: Final = ("pause", "resume", "cancel")
@@ -49,28 +50,45 @@ def summary_of(row: Mapping[str, Any]) -> str:
     )
 
 
-def why_not_decidable(row: Mapping[str, Any], who: str | None) -> str | None:
-    """Why this operator cannot decide this pending request now, or None if they can."""
-    if not who:
+def why_not_decidable(row: Mapping[str, Any], who: auth.Identity | None) -> str | None:
+    """Why this identity cannot decide this pending request now, or None if it can: the
+    rule's approvers are matched as the store matches them (name, ``role:NAME``, ``*``)."""
+    if who is None:
         return ui.NEED_OPERATOR
     approvers = list(row.get("approvers") or [])
     if not approvers:
         return "This request is not in the control store, so it cannot be decided here."
-    if "*" not in approvers and who not in approvers:
+    if not access.approver_allowed(approvers, who.name, who.role):
         return f"Only {', '.join(approvers)} may decide this request."
     return None
 
 
+def _identity(root: Path) -> auth.Identity | None:
+    """Who acts in this run; None (shown as an error) when the access store is unreadable:
+    a decision surface fails closed."""
+    try:
+        return auth.current(root)
+    except TooltrailError as e:
+        st.error(f"Cannot read who may act on {root}: {e}")
+        return None
+
+
 def _apply_each(
+    root: str,
     ids: Sequence[str],
     reason_key: str,
-    apply: Callable[[str, str, str | None], object],
+    apply: Callable[[str, auth.Identity, str | None], object],
     past: str,
 ) -> None:
-    """Apply one operator action to each selected id, recording who and why; report
-    what was done and, per id, what the store refused."""
-    who = ui.operator()
-    if not who:
+    """Apply one action to each selected id as whoever is acting now (found again here:
+    a callback runs before the script, and a sign-out or disable since the page was drawn
+    must count); report what was done and, per id, what was refused."""
+    try:
+        who = auth.current(Path(root))
+    except TooltrailError as e:
+        ui.flash(str(e), "error")
+        return
+    if who is None:
         ui.flash(ui.NEED_OPERATOR, "error")
         return
     reason = st.session_state.get(reason_key) or None
@@ -83,12 +101,13 @@ def _apply_each(
         else:
             done.append(item)
     if done:
-        ui.flash(f"{past} {', '.join(done)} as {who}")
+        ui.flash(f"{past} {', '.join(done)} as {who.name}")
 
 
 def decide_callback(root: str, ids: Sequence[str], outcome: data.Outcome, reason_key: str) -> None:
-    """Approve or deny each request in ``ids`` as the current operator."""
+    """Approve or deny each request in ``ids`` as the current identity."""
     _apply_each(
+        root,
         ids,
         reason_key,
         lambda approval_id, who, reason: data.decide(Path(root), approval_id, outcome, who, reason),
@@ -102,7 +121,7 @@ def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
     call never ran, so no decision can take effect."""
     approval_id = str(row["approval_id"])
     gone = row.get("outcome") == "abandoned"
-    who = ui.operator()
+    who = _identity(root)
     blocked = why_not_decidable(row, who)
     # A request the store holds is one card per id; any other held call (its request never
     # reached the store, or its span cites an id the store filed for another span) is keyed
@@ -136,6 +155,9 @@ def approval_card(row: Mapping[str, Any], root: Path, key: str) -> None:
         with right:
             if gone:
                 _gone_notice(row)
+            elif who is not None and not who.may("decide"):
+                # No button at all for a role that may not decide (a viewer).
+                st.caption(f"Signed in as {ui.md(who.label)}: your role may not decide.")
             else:
                 _decision_controls(row, root, key, str(card), blocked)
         with st.expander("Arguments shown for approval"):
@@ -191,8 +213,20 @@ def _decision_controls(
 
 
 def operator_hint() -> None:
-    """One visible reminder (instead of a disabled-button tooltip per card)."""
-    if ui.operator() is None:
+    """One visible note above the decision cards (instead of a disabled-button tooltip
+    per card): single-user mode, and the name it still needs; or a role that may not
+    decide."""
+    root = data.app_config().data_dir
+    who = _identity(root)
+    if who is not None and who.via != "single-user":
+        if not who.may("decide"):
+            st.info(
+                f"Signed in as {ui.md(who.label)}: your role may read, not decide.",
+                icon=":material/visibility:",
+            )
+        return
+    st.caption(ui.SINGLE_USER)
+    if who is None:
         st.info(
             "Enter your name in the sidebar to approve or deny: every decision records who "
             "made it.",
@@ -203,10 +237,12 @@ def operator_hint() -> None:
 def approvals_bulk_bar(rows: Sequence[Mapping[str, Any]], root: Path, key: str) -> None:
     """Approve or deny every selected request at once (offered only when the operator may
     decide each of them)."""
+    who = _identity(root)
+    if who is not None and not who.may("decide"):
+        return
     if not rows:
         st.caption("Select requests in the table to approve or deny several at once.")
         return
-    who = ui.operator()
     reasons = [why_not_decidable(r, who) for r in rows]
     blocked = next((r for r in reasons if r is not None), None)
     ids = [str(r["approval_id"]) for r in rows]
@@ -261,8 +297,9 @@ def common_session_actions(states: Sequence[str | None]) -> list[str]:
 def control_callback(
     root: str, session_ids: Sequence[str], action: data.SessionAction, reason_key: str
 ) -> None:
-    """Pause, resume or cancel each session in ``session_ids`` as the current operator."""
+    """Pause, resume or cancel each session in ``session_ids`` as the current identity."""
     _apply_each(
+        root,
         session_ids,
         reason_key,
         lambda sid, who, reason: data.control_session(Path(root), sid, action, who, reason),
@@ -273,9 +310,15 @@ def control_callback(
 def session_control_bar(
     session_ids: Sequence[str], states: Sequence[str | None], root: Path, key: str
 ) -> None:
-    """Pause / Resume / Cancel for one or several sessions (only common valid actions)."""
+    """Pause / Resume / Cancel for one or several sessions (only common valid actions;
+    none for a role that may not control sessions)."""
     actions = common_session_actions(states)
-    who = ui.operator()
+    who = _identity(root)
+    if who is not None and not who.may("control"):
+        st.caption(f"Signed in as {ui.md(who.label)}: your role may not pause, resume or cancel.")
+        return
+    if who is None or who.via == "single-user":
+        st.caption(ui.SINGLE_USER)
     if not actions:
         if len(session_ids) == 1:
             st.caption("No control action applies to this session: canceled is final.")

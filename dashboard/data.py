@@ -12,7 +12,9 @@ and scans nothing. Times that move by themselves (a session turning from active 
 completed, "since 24h") are bounded by the TTL.
 
 Writes go only through :class:`tooltrail.control.ControlStore` (approve / deny,
-pause / resume / cancel); each one clears the result cache so the next run shows it.
+pause / resume / cancel), as the signed-in identity (``auth.Identity``: with access
+control on, its role is checked here and by the store); each one clears the result cache
+so the next run shows it.
 The store is also read for the two things the views do not carry: who may decide a
 request (its approvers) and a session's control history. It is not created just by
 looking: without ``control.sqlite`` those reads are empty.
@@ -37,10 +39,12 @@ import polars as pl
 import streamlit as st
 
 from tooltrail import analytics, config
+from tooltrail.access import Action
 from tooltrail.analytics import SESSION_INDEX_FILE
 from tooltrail.analytics.engine import SPANS_GLOB
 from tooltrail.control import ApprovalRecord, ControlEvent, ControlStore, SessionControl
 from tooltrail.dashboard import queries
+from tooltrail.dashboard.auth import Identity
 from tooltrail.errors import TooltrailError
 from tooltrail.policy import Policy, load_policy, loads_policy
 
@@ -419,43 +423,47 @@ def active_policy(path: Path | None) -> Policy | None:
 # --- writes (the control store only) -----------------------------------------------------
 
 
-# The dashboard has no sign-in of its own yet (issue 16, another part): with access control
-# on, nothing it could name as the decider is authenticated, so it decides nothing.
-SIGN_IN_MISSING: Final = (
-    "access control is on for this data directory, and dashboard sign-in is not built yet:"
-    " decide with `tooltrail approve` / `deny` (or pause, resume, cancel) and your credential"
-)
-
-
-def _refuse_without_sign_in(root: Path) -> None:
-    """Fail closed: a browser must not decide as whoever it names (AccessDeniedError)."""
+def _acting(root: Path, who: Identity, action: Action) -> tuple[str, str | None]:
+    """The name a write is recorded as and the role it is checked with. With access
+    control on only a signed-in identity (a role) whose role allows ``action`` acts; a
+    name typed in single-user mode acts with no role (names and ``*`` only), as the
+    command line's ``--by`` does. Refusals raise AccessDeniedError and change nothing."""
     from tooltrail import access
     from tooltrail.errors import AccessDeniedError
 
     if access.enabled(root):
-        raise AccessDeniedError(SIGN_IN_MISSING)
+        if who.role is None:
+            raise AccessDeniedError(
+                "access control is on for this data directory: sign in to decide"
+            )
+        if not who.may(action):
+            raise AccessDeniedError(f"{who.label} may not {access.ACTION_WORDS[action]}")
+        return who.name, who.role
+    return who.name, None
 
 
 def decide(
-    root: Path, approval_id: str, outcome: Outcome, by: str, reason: str | None
+    root: Path, approval_id: str, outcome: Outcome, who: Identity, reason: str | None
 ) -> ApprovalRecord:
-    """Approve or deny one pending request (refusals raise the store's errors)."""
-    _refuse_without_sign_in(root)
+    """Approve or deny one pending request as ``who`` (refusals raise the store's errors).
+    The one call into the control store's decisions."""
+    name, role = _acting(root, who, "decide")
     try:
         with ControlStore(root) as store:
-            return store.decide(approval_id, outcome, by, reason or None)
+            return store.decide(approval_id, outcome, name, reason or None, role=role)
     finally:
         invalidate()
 
 
 def control_session(
-    root: Path, session_id: str, action: SessionAction, by: str, reason: str | None
+    root: Path, session_id: str, action: SessionAction, who: Identity, reason: str | None
 ) -> SessionControl:
-    """Pause, resume or cancel a session (invalid transitions raise the store's errors)."""
-    _refuse_without_sign_in(root)
+    """Pause, resume or cancel a session as ``who`` (invalid transitions raise the
+    store's errors)."""
+    name, _ = _acting(root, who, "control")
     try:
         with ControlStore(root) as store:
-            return store.set_session_state(session_id, action, by, reason or None)
+            return store.set_session_state(session_id, action, name, reason or None)
     finally:
         invalidate()
 

@@ -1,20 +1,23 @@
 """The app's router: page setup, the sidebar every page shares, deep links, auto-refresh.
 
 ``main()`` is what ``app.py`` (``streamlit run app.py``) and the packaged entry script
-(``tooltrail dashboard``) run. The sidebar carries the pending-approvals badge, the
-operator's name (required before any decision), the auto-refresh toggle and where the
-data comes from.
+(``tooltrail dashboard``) run. With access control on, nothing but the sign-in page is
+shown until someone signs in (``auth``). The sidebar carries the pending-approvals
+badge, who is signed in and Sign out (in single-user mode: the typed name every decision
+records, and a note that it is not checked), the auto-refresh toggle and where the data
+comes from.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Final
+from pathlib import Path
+from typing import Final, Literal
 
 import streamlit as st
 
-from tooltrail.dashboard import nav, ui
-from tooltrail.dashboard.data import Data
+from tooltrail.dashboard import auth, nav, signin, ui
+from tooltrail.dashboard.data import Data, app_config
 from tooltrail.errors import TooltrailError
 
 REFRESH_CHOICES: Final = (5, 10, 30, 60)
@@ -38,6 +41,9 @@ def main() -> None:
         initial_sidebar_state="expanded",
     )
     st.logo(LOGO, size="large")
+    who = _signed_in(app_config().data_dir)
+    if who is False:
+        return
     ctx = nav.context()
     pending = _pending_count(ctx.data)
     approvals_title = f"Approvals · {pending}" if pending else "Approvals"
@@ -47,9 +53,25 @@ def main() -> None:
     }
     current = st.navigation(pages, position="sidebar", expanded=True)
     _deep_link(current)
-    _sidebar(ctx, pending)
+    _sidebar(ctx, pending, who)
     ui.show_flash()
     current.run()
+
+
+def _signed_in(root: Path) -> auth.Identity | Literal[False] | None:
+    """Who is signed in (None in single-user mode until a name is typed); False when
+    access control is on and nobody is: then only the sign-in page was drawn (fails
+    closed: an unreadable access store shows nothing else either)."""
+    try:
+        required = auth.required(root)
+        who = auth.current(root)
+    except TooltrailError as e:
+        st.error(f"Cannot read who may use {root}: {e}")
+        return False
+    if who is not None or not required:
+        return who
+    signin.page(root)
+    return False
 
 
 def _pending_count(data: Data) -> int:
@@ -67,7 +89,7 @@ def _deep_link(current: st.Page) -> None:
         nav.open_session(session_id)
 
 
-def _sidebar(ctx: nav.Context, pending: int) -> None:
+def _sidebar(ctx: nav.Context, pending: int, who: auth.Identity | None) -> None:
     with st.sidebar:
         if pending:
             st.badge(
@@ -77,16 +99,15 @@ def _sidebar(ctx: nav.Context, pending: int) -> None:
             )
         else:
             st.badge("No pending approvals", icon=":material/check:", color="green")
-        user = ui.auth_user()
-        if user:
-            st.markdown(f"Signed in as **{user}**")
+        if who is not None and who.via != "single-user":
+            signin.signed_in_box(who)
         else:
             st.text_input(
                 "Your name",
                 key=ui.OPERATOR_KEY,
                 placeholder="e.g. alice",
                 help="Recorded with every approval, denial, pause, resume and cancel. "
-                "Required before deciding.",
+                "Required before deciding. Single-user mode: not checked.",
             )
         if st.toggle("Auto-refresh", key="auto_refresh", help="Re-read live sessions."):
             every = st.selectbox(

@@ -369,27 +369,13 @@ def bucket_for(since: str | None) -> dt.timedelta:
 # --- the operator and messages -------------------------------------------------------------
 
 
-def auth_user() -> str | None:
-    """The signed-in user's e-mail or name when Streamlit authentication is configured."""
-    try:
-        if st.user.get("is_logged_in") is True:
-            name = st.user.get("email") or st.user.get("name")
-            return str(name) if name else None
-    except Exception:  # st.user is unavailable outside a configured deployment
-        return None
-    return None
-
-
-def operator() -> str | None:
-    """Who is deciding: the signed-in user, else the sidebar field; None until given."""
-    user = auth_user()
-    if user:
-        return user
-    value = st.session_state.get(OPERATOR_KEY)
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
 NEED_OPERATOR: Final = "Enter your name in the sidebar first: every decision records who made it."
+# Below a decision surface when nobody is signed in because there are no users at all.
+SINGLE_USER: Final = (
+    "**Single-user mode**: this data directory has no users, so the name you type is not"
+    " checked. `tooltrail users add NAME --role admin` turns access control on; then"
+    " everyone signs in and decides as themselves."
+)
 
 
 def flash(message: str, kind: str = "success") -> None:
@@ -822,11 +808,11 @@ __all__ = [
     "PIN_STATUS_HEX",
     "RADIUS_COLORS",
     "RADIUS_HEX",
+    "SINGLE_USER",
     "STATUS_COLORS",
     "TIME_RANGES",
     "UNKNOWN",
     "as_chips",
-    "auth_user",
     "bucket_for",
     "changed_tool_marks",
     "chip",
@@ -847,7 +833,6 @@ __all__ = [
     "labelled",
     "md",
     "no_data_hint",
-    "operator",
     "pretty_json",
     "radius_chart",
     "radius_column",

@@ -88,6 +88,8 @@ SCRYPT_P: Final = 1
 _SALT_BYTES: Final = 16
 _HASH_BYTES: Final = 32
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+# An e-mail an OpenID provider vouches for (dashboard sign-in): local@domain, no spaces.
+_EMAIL_RE: Final = re.compile(r"[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253})")
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS principals (
@@ -107,6 +109,12 @@ CREATE TABLE IF NOT EXISTS session_owners (
     session_id  TEXT PRIMARY KEY,
     agent       TEXT NOT NULL,
     claimed_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS email_roles (
+    email       TEXT PRIMARY KEY,
+    role        TEXT NOT NULL CHECK (role IN ('viewer', 'approver', 'operator', 'admin')),
+    created_at  REAL NOT NULL,
+    created_by  TEXT
 );
 CREATE TABLE IF NOT EXISTS access_events (
     event_id    INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -143,6 +151,19 @@ class Principal:
         return asdict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class EmailRole:
+    """An e-mail the dashboard's OpenID provider may vouch for, and the role it holds."""
+
+    email: str
+    role: str
+    created_at: float
+    created_by: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def role_at_least(role: str, least: str) -> bool:
     """Whether ``role`` holds the powers of ``least`` (roles are ordered, ``ROLES``)."""
     if role not in ROLES or least not in ROLES:
@@ -163,6 +184,20 @@ def approver_allowed(approvers: Sequence[str], who: str, role: str | None = None
         ):
             return True
     return False
+
+
+def role_may(role: str, action: Action) -> bool:
+    """Whether a user holding ``role`` may take ``action`` (the dashboard's OIDC users hold
+    a role through their e-mail, not a principal)."""
+    return role_at_least(role, _ACTION_ROLE[action])
+
+
+def check_email(email: str) -> str:
+    """An e-mail as mapped and compared: trimmed and lower-cased (providers differ in case)."""
+    value = email.strip().lower()
+    if not _EMAIL_RE.fullmatch(value) or ".." in value:
+        raise BadInputError(f"e-mail {email!r}: expected local-part@domain")
+    return value
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -293,7 +328,7 @@ class AccessStore:
         self._con.row_factory = sqlite3.Row
         try:
             names = {r[0] for r in self._con.execute("SELECT name FROM sqlite_master")}
-            if not {"principals", "session_owners", "access_events"} <= names:
+            if not {"principals", "session_owners", "access_events", "email_roles"} <= names:
                 self._con.executescript(_SCHEMA)
         except sqlite3.Error as e:
             self._con.close()
@@ -450,6 +485,52 @@ class AccessStore:
                 "SELECT agent FROM session_owners WHERE session_id = ?", (session_id,)
             ).fetchone()
         return row is not None and row[0] == agent
+
+    # -- e-mails of people who sign in to the dashboard through an OpenID provider --------
+
+    def map_email(self, email: str, role: str, *, by: Principal | None) -> EmailRole:
+        """Give whoever the dashboard's OpenID provider vouches for as ``email`` a role
+        (replacing an earlier one). Needs an enabled admin."""
+        email = check_email(email)
+        if role not in ROLES:
+            raise BadInputError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+        now = time.time()
+        with self._tx() as con:
+            _require_admin(by)
+            con.execute(
+                "INSERT INTO email_roles (email, role, created_at, created_by) VALUES (?,?,?,?)"
+                " ON CONFLICT (email) DO UPDATE SET role = excluded.role,"
+                " created_at = excluded.created_at, created_by = excluded.created_by",
+                (email, role, now, None if by is None else by.name),
+            )
+            _event(con, now, by, f"map e-mail ({role})", email)
+        found = self.email_role(email)
+        assert found is not None
+        return found
+
+    def unmap_email(self, email: str, *, by: Principal | None) -> None:
+        """Remove an e-mail's role: its next dashboard run is signed out."""
+        email = check_email(email)
+        now = time.time()
+        with self._tx() as con:
+            _require_admin(by)
+            if not con.execute("DELETE FROM email_roles WHERE email = ?", (email,)).rowcount:
+                raise BadInputError(f"no e-mail {email!r} is mapped in {self.path}")
+            _event(con, now, by, "unmap e-mail", email)
+
+    def email_role(self, email: str) -> EmailRole | None:
+        """The role mapped to ``email`` (compared lower-cased), if any."""
+        try:
+            email = check_email(email)
+        except BadInputError:
+            return None
+        rows = self._rows("SELECT * FROM email_roles WHERE email = ?", (email,))
+        return EmailRole(**dict(rows[0])) if rows else None
+
+    def email_roles(self) -> list[EmailRole]:
+        return [
+            EmailRole(**dict(r)) for r in self._rows("SELECT * FROM email_roles ORDER BY email")
+        ]
 
     def events(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._rows("SELECT * FROM access_events ORDER BY event_id")]
@@ -623,11 +704,14 @@ __all__ = [
     "ROLES",
     "AccessStore",
     "CredentialCache",
+    "EmailRole",
     "Principal",
     "approver_allowed",
     "check_acting_as",
+    "check_email",
     "enabled",
     "identify",
     "require",
     "role_at_least",
+    "role_may",
 ]

@@ -192,6 +192,93 @@ users_cli = _group("user")
 agents_cli = _group("agent")
 
 
+@users_cli.command(name="map-email")
+@data_option
+@click.argument("email")
+@click.option(
+    "--role",
+    type=click.Choice(["viewer", "approver", "operator", "admin"]),
+    required=True,
+    help="The role of whoever the dashboard's OpenID provider signs in with this e-mail.",
+)
+def map_email_cli(data: Path | None, email: str, role: str) -> None:
+    """Give a role to whoever signs in to the dashboard through its OpenID provider
+    (st.login) with this e-mail; they decide as that e-mail. Replaces an earlier role;
+    needs an admin's credential.
+
+    Example:
+
+        tooltrail users map-email carol@example.com --role approver
+    """
+    from tooltrail import access
+
+    root = config.data_dir(data)
+    with domain_errors():
+        by = _need_identity(root)
+        with access.AccessStore(root) as store:
+            mapped = store.map_email(email, role, by=by)
+    click.echo(f"mapped {mapped.email} to {mapped.role} (dashboard sign-in through OpenID)")
+
+
+@users_cli.command(name="unmap-email")
+@data_option
+@click.argument("email")
+def unmap_email_cli(data: Path | None, email: str) -> None:
+    """Take an e-mail's role away: its dashboard session is signed out on its next run.
+    Needs an admin's credential.
+
+    Example:
+
+        tooltrail users unmap-email carol@example.com
+    """
+    from tooltrail import access
+
+    root = config.data_dir(data)
+    with domain_errors():
+        by = _need_identity(root)
+        with access.AccessStore(root) as store:
+            store.unmap_email(email, by=by)
+    click.echo(f"unmapped {access.check_email(email)}")
+
+
+@users_cli.command(name="emails")
+@data_option
+@_format_option
+def emails_cli(data: Path | None, fmt: str) -> None:
+    """List the e-mails mapped to roles for OpenID sign-in; needs an admin once access
+    control is on.
+
+    Example:
+
+        tooltrail users emails --format json
+    """
+    import polars as pl
+
+    from tooltrail import access
+    from tooltrail.output import render
+
+    root = config.data_dir(data)
+    rows: list[dict[str, Any]] = []
+    if access.access_path(root).exists():
+        with domain_errors():
+            _acting_reader(root)
+            with access.AccessStore(root) as store:
+                rows = [m.to_dict() for m in store.email_roles()]
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(rows, indent=2))
+        return
+    import datetime as dt
+
+    for row in rows:
+        row["created_at"] = dt.datetime.fromtimestamp(row["created_at"], tz=dt.UTC)
+    columns = ("email", "role", "created_at", "created_by")
+    click.echo(
+        render(pl.DataFrame(rows) if rows else pl.DataFrame(schema=list(columns)), fmt, columns)
+    )
+
+
 @click.command(name="login")
 @data_option
 def login_cli(data: Path | None) -> None:

@@ -553,13 +553,17 @@ def _stop_signals_raise() -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def _serve_dashboard(root: Path, port: int, host: str, policy: Path | None) -> None:
-    from tooltrail.dashboard import run
+def _serve_dashboard(
+    root: Path, port: int, host: str, policy: Path | None, secrets: Path | None = None
+) -> None:
+    from tooltrail.dashboard import check_bind, run
 
+    with domain_errors():
+        check_bind(root, host)
     _check_can_listen(host, port)  # before printing a URL that may be another server's
     click.echo(f"dashboard: http://{host}:{port}  (Ctrl-C to stop)")
     with domain_errors():
-        code = run(root, port=port, host=host, policy=policy)
+        code = run(root, port=port, host=host, policy=policy, secrets=secrets)
     if code not in (0, -2, 130):  # a clean stop or Ctrl-C
         raise click.ClickException(f"the dashboard exited with code {code}")
 
@@ -588,15 +592,25 @@ def _check_can_listen(host: str, port: int) -> None:
     envvar=config.ENV_POLICY,
     help="The active policy, for the Policy page.",
 )
-def dashboard(data: Path | None, port: int, host: str, policy: Path | None) -> None:
+@click.option(
+    "--secrets",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A secrets.toml whose [auth] section configures OpenID sign-in (st.login);"
+    " default: Streamlit's .streamlit/secrets.toml.",
+)
+def dashboard(
+    data: Path | None, port: int, host: str, policy: Path | None, secrets: Path | None
+) -> None:
     """Open the Streamlit dashboard over the data directory: sessions, session detail,
-    approvals (approve / deny), blast radius, policy replay and SQL.
+    approvals (approve / deny), blast radius, policy replay and SQL. With access control
+    on, everyone signs in (local account, or OpenID); without it, only a loopback --host
+    is served.
 
     Example:
 
         tooltrail dashboard --data ./tooltrail-data --port 8501
     """
-    _serve_dashboard(_existing_data(data), port, host, policy)
+    _serve_dashboard(_existing_data(data), port, host, policy, secrets)
 
 
 APPROVAL_COLUMNS = (

@@ -1,0 +1,224 @@
+"""Dashboard sign-in in a real browser (issue 16): Debian's chromium driven by Playwright
+against a real ``streamlit run`` server with access control on.
+
+- Local accounts: a viewer signs in and is offered no Approve button; an approver the
+  rule lists signs in, approves, and the store records that user as the decider.
+- OpenID Connect: a real OpenID provider (npm ``oidc-provider``, a certified
+  implementation, started here on loopback with its development login pages) behind
+  Streamlit's own ``st.login``; ``tooltrail users map-email`` gives the e-mail its role;
+  an unmapped e-mail is not let in; sign-out ends the session (at the provider too).
+
+Every process and port is the test's own and is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from access_support import add, invoke, people
+from browser_support import (
+    browser_page,
+    needs_chromium,
+    oidc_provider,
+    require_oidc_provider,
+    settled,
+    wait_healthy,
+)
+from dashboard_support import (
+    PENDING_ANYONE,
+    PENDING_MANAGERS,
+    Seeded,
+    free_port,
+    seed,
+    stop_server,
+)
+
+from tooltrail.control import ControlStore
+from tooltrail.dashboard import launch
+
+pytestmark = [needs_chromium, pytest.mark.slow]
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> Seeded:
+    return seed(tmp_path / "data")
+
+
+def _serve(seeded: Seeded, tmp_path: Path, port: int, secrets_file: Path | None) -> Any:
+    log = tmp_path / "streamlit.log"
+    with log.open("wb") as out:
+        proc = launch(
+            seeded.root,
+            port,
+            policy=seeded.policy_path,
+            secrets=secrets_file,
+            new_session=True,
+            output=out,
+        )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, log)
+    except BaseException:
+        stop_server(proc)
+        raise
+    return proc
+
+
+@pytest.fixture
+def page() -> Iterator[Any]:
+    with browser_page() as tab:
+        yield tab
+
+
+def _decided(seeded: Seeded, approval_id: str) -> tuple[str, str | None]:
+    with ControlStore(seeded.root) as store:
+        record = store.get(approval_id)
+    return record.status, record.decided_by
+
+
+def _sign_in_locally(page: Any, url: str, name: str, credential: str) -> None:
+    expect = playwright_api.expect
+    page.goto(f"{url}/approvals")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_role("textbox", name="User name").fill(name)
+    page.get_by_role("textbox", name="Credential").fill(credential)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_text(f"Signed in as {name}").first).to_be_visible()
+    settled(page)
+
+
+def test_a_viewer_gets_no_approve_button_and_a_listed_approver_decides_as_themselves(
+    seeded: Seeded, tmp_path: Path, page: Any
+) -> None:
+    expect = playwright_api.expect
+    creds = people(seeded.root)
+    creds["dana"] = add(seeded.root, "user", "dana", "approver", creds["admin"])
+    port = free_port()
+    proc = _serve(seeded, tmp_path, port, None)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        page.goto(f"{url}/")
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        expect(page.get_by_test_id("stMetric")).to_have_count(0)  # nothing before sign-in
+        expect(page.get_by_role("textbox", name="Your name")).to_have_count(0)
+
+        # A viewer: the pending requests are listed, no Approve or Deny anywhere.
+        _sign_in_locally(page, url, "vic", creds["vic"])
+        page.get_by_role("link", name="Approvals · 2").click()
+        card = page.locator(f".st-key-approvals-card-{PENDING_MANAGERS}")
+        expect(card).to_be_visible()
+        expect(card.get_by_text("your role may not decide")).to_be_visible()
+        expect(page.get_by_role("button", name="Approve")).to_have_count(0)
+        expect(page.get_by_role("button", name="Deny")).to_have_count(0)
+        assert "ttu_" not in page.url  # the credential never travels in the URL
+
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+        # dana, whom PENDING_MANAGERS' rule lists (approvers: dana, lee), approves it.
+        _sign_in_locally(page, url, "dana", creds["dana"])
+        page.get_by_role("link", name="Approvals · 2").click()
+        card = page.locator(f".st-key-approvals-card-{PENDING_MANAGERS}")
+        approve = card.get_by_role("button", name="Approve")
+        expect(approve).to_be_enabled()
+        approve.click()
+        expect(page.get_by_text(f"Approved {PENDING_MANAGERS} as dana").first).to_be_visible()
+        expect(card).to_have_count(0)
+        assert _decided(seeded, PENDING_MANAGERS) == ("approved", "dana")
+        assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
+    finally:
+        stop_server(proc)
+
+
+def _secrets(tmp_path: Path, port: int, issuer: str, client_id: str, secret: str) -> Path:
+    path = tmp_path / "secrets.toml"
+    path.write_text(
+        "[auth]\n"
+        f'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
+        f'cookie_secret = "{secrets.token_hex(32)}"\n'
+        f'client_id = "{client_id}"\n'
+        f'client_secret = "{secret}"\n'
+        f'server_metadata_url = "{issuer}/.well-known/openid-configuration"\n'
+        # oidc-provider knows prompt=login, not Streamlit's default select_account
+        'client_kwargs = { prompt = "login" }\n'
+    )
+    path.chmod(0o600)
+    return path
+
+
+def _sign_in_at_provider(page: Any, email: str) -> None:
+    """The provider's own development pages: any login name and password, then consent."""
+    expect = playwright_api.expect
+    page.get_by_role("button", name="Sign in with your organisation").click()
+    page.wait_for_selector("input[name=login]")
+    page.fill("input[name=login]", email)
+    page.fill("input[name=password]", "any password")
+    page.get_by_role("button", name="Sign-in").click()
+    consent = page.get_by_role("button", name="Continue")
+    expect(consent).to_be_visible()
+    consent.click()
+
+
+def test_oidc_sign_in_maps_the_email_to_its_role_and_sign_out_ends_it(
+    seeded: Seeded, tmp_path: Path, page: Any
+) -> None:
+    require_oidc_provider()
+    expect = playwright_api.expect
+    creds = people(seeded.root)
+    code, _, err = invoke(
+        seeded.root,
+        "users",
+        "map-email",
+        "Carol@Example.com",
+        "--role",
+        "approver",
+        token=creds["admin"],
+    )
+    assert code == 0, err
+    port = free_port()
+    client_id, secret = "tooltrail-dashboard", secrets.token_urlsafe(24)
+    redirect = f"http://127.0.0.1:{port}/oauth2callback"
+    with oidc_provider(tmp_path / "op", client_id, secret, [redirect]) as issuer:
+        proc = _serve(seeded, tmp_path, port, _secrets(tmp_path, port, issuer, client_id, secret))
+        try:
+            url = f"http://127.0.0.1:{port}"
+            # An e-mail nobody mapped: signed in at the provider, let in to nothing here.
+            page.goto(f"{url}/")
+            _sign_in_at_provider(page, "mallory@example.com")
+            expect(page.get_by_text("mallory@example.com has no role").first).to_be_visible()
+            expect(page.get_by_test_id("stMetric")).to_have_count(0)
+            page.get_by_role("button", name="Sign out of mallory@example.com").click()
+            page.get_by_role("button", name="Yes, sign me out").click()
+            expect(
+                page.get_by_role("button", name="Sign in with your organisation")
+            ).to_be_visible()
+
+            page.goto(f"{url}/")
+            _sign_in_at_provider(page, "carol@example.com")
+            expect(page.get_by_text("Signed in as carol@example.com").first).to_be_visible()
+            expect(page.get_by_text("Role: approver · OpenID").first).to_be_visible()
+            settled(page)
+            page.get_by_role("link", name="Approvals · 2").click()
+            card = page.locator(f".st-key-approvals-card-{PENDING_ANYONE}")
+            card.get_by_role("button", name="Approve").click()
+            expect(
+                page.get_by_text(f"Approved {PENDING_ANYONE} as carol@example.com").first
+            ).to_be_visible()
+            assert _decided(seeded, PENDING_ANYONE) == ("approved", "carol@example.com")
+            # PENDING_MANAGERS lists dana and lee only: carol's Approve stays disabled.
+            other = page.locator(f".st-key-approvals-card-{PENDING_MANAGERS}")
+            expect(other.get_by_role("button", name="Approve")).to_be_disabled()
+
+            # Sign out: Streamlit drops its cookie and ends the session at the provider.
+            page.get_by_role("button", name="Sign out").click()
+            page.get_by_role("button", name="Yes, sign me out").click()
+            expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+            page.goto(f"{url}/approvals")
+            expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+            expect(page.get_by_text("Signed in as")).to_have_count(0)
+        finally:
+            stop_server(proc)
