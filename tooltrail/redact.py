@@ -50,6 +50,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from tooltrail._json import dumps_iterative, loads_iterative
 from tooltrail.config import ENV_REDACT, env_flag
+from tooltrail.redact_prefilter import RuleSet, superset
 
 REDACTED_TEMPLATE: Final = "[REDACTED:{}]"
 KEY_KIND: Final = "key"
@@ -341,6 +342,30 @@ _NAME_TIER: Final = frozenset(
 )
 _SPACE: Final = frozenset(" \t\r\n")
 
+# Long text: which rules can match, and whether a quoted credential name can, from one RE2
+# pass (tooltrail/redact_prefilter.py: each RE2 pattern matches wherever its rule does).
+# The quoted-name one is written here: a quote, up to 63 name characters and a tail (the
+# tails are letters, so inside the name, which is at most 64 long), a quote, a separator
+# and the value's opening quote; the rest of _QUOTED_NAME only adds conditions.
+_QUOTED_NAME_SUPERSET: Final = (
+    r"""["'][A-Za-z0-9_.\- ]{0,63}(?i:"""
+    + "|".join(_NAME_TAILS)
+    + r""")["'][\t\n\x{b}\x{c}\r ]*[,:=][\t\n\x{b}\x{c}\r ]*["']"""
+)
+_PREFILTER: Final = RuleSet([superset(r.pattern, _FLAGS) for r in RULES] + [_QUOTED_NAME_SUPERSET])
+# Above this length the RE2 pass is cheaper than the substring pre-check's scans.
+_PREFILTER_MIN: Final = _NARROW_MAX
+
+
+def _rules_in(s: str, low: str) -> tuple[tuple[str, ...], bool]:
+    """``_rules_for``, from the RE2 pass on long text (exact per rule, not per marker)."""
+    if len(s) > _PREFILTER_MIN:
+        found = _PREFILTER.matching(s)
+        if found is not None:
+            kinds = tuple(_KIND_ORDER[i] for i in found if i < len(_KIND_ORDER))
+            return kinds, len(_KIND_ORDER) in found
+    return _rules_for(low)
+
 
 def _opens_list(s: str, start: int) -> bool:
     """Whether the quoted name at ``s[start]`` is a list's first element (``[`` before it,
@@ -535,7 +560,7 @@ class Redactor:
         # Short text: the first tier's one expression rejects clean text fastest. Long text:
         # _rules_for scans each entry once whatever it holds (no second pass on a hit).
         clean = len(low) <= _NARROW_MAX and not _may_hold_secret(low)
-        kinds, names = ((), False) if clean else _rules_for(low)
+        kinds, names = ((), False) if clean else _rules_in(s, low)
         if kinds:
             s, count = _substitute(self._regex_for(kinds), s)
         if self._extra_key_markers and not names:
@@ -808,7 +833,10 @@ class Redactor:
             doc = json.loads(text)
         except RecursionError:
             try:
-                doc = loads_iterative(text)
+                # A container under a credential-named key is replaced whole by _walk
+                # (_holds_secret is true of every list and dict), so it is checked, not
+                # built: the empty list it reads as is replaced the same way.
+                doc = loads_iterative(text, opaque=self.is_sensitive_key)
             except ValueError:
                 return self.scrub_text(text)
         except ValueError:
