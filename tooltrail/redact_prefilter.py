@@ -148,23 +148,25 @@ class RuleSet:
         # The DFA's cache: a larger one is rebuilt less often on varied text.
         options.max_mem = 32 << 20
         self._set = re2.Set.SearchSet(options)
-        self._set.Add("")  # index 0 matches every text: its absence means RE2 gave up
         for pattern in patterns:
             self._set.Add(pattern)
-        self._set.Compile()
         self._count = len(patterns)
+        # Last, a pattern that matches every text: its absence means RE2 gave up.
+        self._set.Add("")
+        self._set.Compile()
 
-    def matching(self, text: str) -> list[int] | None:
-        """Indices (into the patterns given) of those that match somewhere in ``text``,
-        ascending; None when RE2 could not tell (the caller must assume all may)."""
+    def matching(self, text: str) -> frozenset[int] | None:
+        """Indices (into the patterns given) of those that match somewhere in ``text``
+        (the set may also hold ``len(patterns)``, the sentinel); None when RE2 could not
+        tell (the caller must then assume that any may match)."""
         try:
             data = text.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate: RE2 takes UTF-8 only
             return None
         found = self._set.Match(data)
-        if not found or 0 not in found:
+        if not found or self._count not in found:
             return None
-        return sorted(i - 1 for i in found if i)
+        return frozenset(found)
 
 
 __all__ = ["RuleSet", "superset"]
