@@ -316,18 +316,26 @@ def _rules_for(low: str) -> tuple[tuple[str, ...], bool]:
 # sre repeats a group per iteration, 3-10x slower than a class.)
 #
 # Only the candidates ``_scrub_quoted_names`` can take reach Python (text quoting names
-# at every element would otherwise cost a loop step each): a name after "[" and white
-# space (``open``: a list's first element, the pair rule; consumed, so the match starts at
-# the "["), a flag (a name starting with "-"), or a name before ":" or "=". The check is a
-# lookahead bounded by the name's length.
+# at every element would otherwise cost a loop step each): right after the quote, a
+# lookahead asks for a flag (a name starting with "-"), a name before ":" or "=", or a name,
+# "," and a value the list closes after (the pair rule). It reads the name (bounded) and,
+# for "," only, the value, which the pattern then reads again: twice per value at most.
+_QUOTED_NAME_VALUE: Final = (
+    r"""(?:"[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"|'[^'\\\n]*+(?:\\.[^'\\\n]*+)*+')"""
+)
+_QUOTED_NAME_CHARS: Final = r"[A-Za-z0-9_.\- ]{1," + str(_MAX_NAME_LEN) + "}+"
 _QUOTED_NAME_BODY: Final = (
-    r"""(?:(?P<open>\[[ \t\r\n]*+)|(?=["'](?:-|[A-Za-z0-9_.\- ]{1,"""
-    + str(_MAX_NAME_LEN)
-    + r"""}+["']\s*+[:=])))"""
-    r"""(?P<q>["'])(?P<name>[A-Za-z0-9_.\- ]{1,"""
-    + str(_MAX_NAME_LEN)
-    + r"""}+){ending}(?P=q)\s*+(?P<sep>[,:=])\s*+"""
-    r"""(?=(?P<v>"[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"|'[^'\\\n]*+(?:\\.[^'\\\n]*+)*+')(?P<close>\s*+\])?)"""
+    r"""(?P<q>["'])(?=-|"""
+    + _QUOTED_NAME_CHARS
+    + r"""["']\s*+(?:[:=]|,\s*+"""
+    + _QUOTED_NAME_VALUE
+    + r"""\s*+\]))(?P<name>"""
+    + _QUOTED_NAME_CHARS
+    + r""")"""
+    + r"""{ending}(?P=q)\s*+(?P<sep>[,:=])\s*+"""
+    + r"""(?=(?P<v>"""
+    + _QUOTED_NAME_VALUE
+    + r""")(?P<close>\s*+\])?)"""
 )
 # Every credential name (``_KEY_ENDINGS``, ``SENSITIVE_KEY_WORDS``, in any spelling) ends
 # with one of these, so names that cannot be one (nearly every JSON key) fail inside the
@@ -346,9 +354,7 @@ _QUOTED_NAME: Final = re.compile(
 _QUOTED_ANY_NAME: Final = re.compile(_QUOTED_NAME_BODY.replace("{ending}", ""), _FLAGS)
 # Group numbers (read by number: faster than by name, once per element); the same in both
 # patterns ({ending} adds no capturing group).
-_QUOTED_GROUPS: Final = tuple(
-    _QUOTED_NAME.groupindex[g] for g in ("name", "sep", "close", "open", "v")
-)
+_QUOTED_GROUPS: Final = tuple(_QUOTED_NAME.groupindex[g] for g in ("name", "sep", "close", "v"))
 # The first-tier entries that a credential key name, spelled any way (snake, kebab, camel,
 # dotted, upper case) and followed by its closing quote, always contains: text holding none
 # of them holds no quoted credential name (tests/test_redact_in_prose.py checks every name).
@@ -356,6 +362,18 @@ _NAME_TIER: Final = frozenset(
     {"key", "secret", "token", "pass", "pwd", "auth", "cookie", "credential", "signature"}
     | {'sig"', "sig'"}
 )
+
+_SPACE: Final = frozenset(" \t\r\n")
+
+
+def _opens_list(s: str, start: int) -> bool:
+    """Whether the quoted name at ``s[start]`` is a list's first element (``[`` before it,
+    maybe after white space). Reads back over white space only, which no other name shares."""
+    i = start - 1
+    while i >= 0 and s[i] in _SPACE:
+        i -= 1
+    return i >= 0 and s[i] == "["
+
 
 # Bare tokens: a run of base64 characters (16+) holding upper- and lower-case letters and a
 # digit; hex (git SHAs, ids), words and numbers fail at the run's first character. Looked
@@ -612,31 +630,41 @@ class Redactor:
         the list closing after the value). One loop, no call per match but the cached
         key-name rule: text where every element matches costs one pass of this loop."""
         pieces: list[str] = []
+        add = pieces.append
         done = 0  # s[:done] is in pieces
         regex = _QUOTED_ANY_NAME if self._extra_key_markers else _QUOTED_NAME
+        # Text dense with quoted names costs one step of this loop per name: the key-name
+        # rule's cache is read here first, and the list test reads one character first.
         is_key = self.is_sensitive_key
-        groups = _QUOTED_GROUPS  # the same numbers in both patterns
-        value_group = groups[-1]
+        known = self._key_cache
+        name_group, sep_group, close_group, value_group = _QUOTED_GROUPS
         for m in regex.finditer(s):
-            name, sep, close, opened = m.group(*groups[:4])
+            name, sep, close = m.group(name_group, sep_group, close_group)
             if sep != ",":
-                hit = is_key(name)
-            elif name[0] == "-":  # a flag: _names_secret(name, False), inlined (hot)
+                hit = known.get(name)
+                if hit is None:
+                    hit = is_key(name)
+            elif name[0] == "-":  # a flag: _names_secret(name, False)
                 flag = name.lstrip("-")
                 hit = bool(flag) and "=" not in flag and is_key(flag)
             else:  # the first of a pair: a list opens before it, and closes after the value
-                hit = close is not None and opened is not None and is_key(name)
+                at = m.start()
+                hit = (
+                    close is not None
+                    and at > 0
+                    and (s[at - 1] == "[" or _opens_list(s, at))
+                    and is_key(name)
+                )
             if not hit:
                 continue
             start, end = m.span(value_group)
             start, end = start + 1, end - 1  # inside the quotes
             if start < done or start == end:
                 continue
-            value = s[start:end]
-            if value.startswith("[REDACTED") and is_redaction_marker(value):
+            if s.startswith("[REDACTED", start) and is_redaction_marker(s[start:end]):
                 continue  # scrubbed before: nothing new, nothing counted
-            pieces.append(s[done:start])
-            pieces.append(_KEY_MARK)
+            add(s[done:start])
+            add(_KEY_MARK)
             done = end
         if not pieces:
             return s, 0
