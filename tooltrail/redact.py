@@ -246,6 +246,10 @@ _PREFIXED: Final = frozenset(r.id for r in RULES if f"<{r.id}_p>" in r.pattern)
 _KIND_ORDER: Final = tuple(_KINDS)
 _REGEX_CACHE_MAX: Final = 256
 _KEY_CACHE_MAX: Final = 4096
+# Values _leaf returns as they are (exact types: a subclass goes the long way).
+_PLAIN: Final = frozenset({int, float, bool, type(None)})
+# A mapping with this many keys not seen before has them checked in one RE2 pass.
+_KEYS_TOGETHER: Final = 16
 # A list element longer than this is text, not a flag or header name.
 _MAX_NAME_LEN: Final = 64
 
@@ -430,9 +434,19 @@ def _rules_in(s: str, low: str) -> tuple[tuple[str, ...], bool, bool]:
     """``_rules_for``, from the RE2 pass (per rule, not per marker; on 40 characters
     1.2 us against 2.9 for the marker scans, on 1 MiB 2-6 ms against 15-20), and whether
     a bare token's gate can match."""
+    found = _rules_found(s)
+    return (*_rules_for(low), True) if found is None else found
+
+
+_Found = tuple[tuple[str, ...], bool, bool]
+
+
+def _rules_found(s: str) -> _Found | None:
+    """The rules the RE2 pass finds can match in ``s``, whether a quoted credential name
+    can, and whether a bare token's gate can; None when RE2 could not tell."""
     found = _PREFILTER.matching(s)
     if found is None:
-        return (*_rules_for(low), True)
+        return None
     hit = _FOUND_RULES.get(found)
     if hit is None:
         kinds = tuple(k for i, k in enumerate(_KIND_ORDER) if i in found)
@@ -443,8 +457,8 @@ def _rules_in(s: str, low: str) -> tuple[tuple[str, ...], bool, bool]:
     return hit
 
 
-# The RE2 pass's answer -> (rules, quoted names): few combinations recur.
-_FOUND_RULES: dict[frozenset[int], tuple[tuple[str, ...], bool, bool]] = {}
+# The RE2 pass's answer -> _Found: few combinations recur.
+_FOUND_RULES: dict[frozenset[int], _Found] = {}
 
 
 _AWS_SECRET_LEN: Final = 40
@@ -594,17 +608,22 @@ class Redactor:
         """``s`` with every credential shape replaced, and how many were replaced."""
         return self._scrub_text(s, 0)
 
-    def _scrub_text(self, s: str, depth: int) -> tuple[str, int]:
+    def _scrub_text(self, s: str, depth: int, found: _Found | None = None) -> tuple[str, int]:
+        """``found``: what the RE2 pass found in a text holding ``s`` (a superset of what
+        it would find in ``s``: the keys of one mapping are checked in one pass)."""
         if not self.enabled or not s:
             return s, 0
         count = 0
         low = s.lower()
         # A bare token holds an upper-case letter: text equal to its lower case holds none.
         upper = low != s
-        # Short text: the first tier's one expression rejects clean text fastest. Long text:
-        # _rules_for scans each entry once whatever it holds (no second pass on a hit).
-        clean = len(low) <= _NARROW_MAX and not _may_hold_secret(low)
-        kinds, names, bare = ((), False, True) if clean else _rules_in(s, low)
+        if found is not None:
+            kinds, names, bare = found
+        elif len(low) <= _NARROW_MAX and not _may_hold_secret(low):
+            # Short text: the first tier's substring scans reject clean text fastest.
+            kinds, names, bare = (), False, True
+        else:
+            kinds, names, bare = _rules_in(s, low)
         if kinds:
             s, count = _substitute(self._regex_for(kinds), s)
         if self._extra_key_markers and not names:
@@ -824,14 +843,17 @@ class Redactor:
             source, out = todo.pop()
             if isinstance(out, dict):
                 suffixes: dict[str, int] = {}  # last "#N" given per scrubbed key here
+                found = self._keys_found(source) if len(source) >= _KEYS_TOGETHER else None
                 for k, v in source.items():
                     if isinstance(k, str) and self.is_sensitive_key(k) and _holds_secret(v):
                         value: Any = _KEY_MARK
                         total += 1
+                    elif type(v) in _PLAIN:  # nothing to scrub (most values): no call
+                        value = v
                     else:
                         value = copy_of(v)
                     if isinstance(k, str):
-                        k, n = self._scrub_key(k, out, suffixes)
+                        k, n = self._scrub_key(k, out, suffixes, found)
                         total += n
                     out[k] = value
             else:
@@ -856,8 +878,21 @@ class Redactor:
             return self.scrub_text(obj)
         return obj, 0
 
+    def _keys_found(self, keys: Iterable[Any]) -> _Found | None:
+        """What the RE2 pass finds in a mapping's keys not scrubbed before, all in one
+        pass (a match in one key is one in their joined text too): a key then pays its
+        rules' regex, not a pre-check of its own (a token-indexed map has thousands)."""
+        todo = [k for k in keys if isinstance(k, str) and k not in self._key_text_cache]
+        if len(todo) < _KEYS_TOGETHER:
+            return None
+        return _rules_found("\x00".join(todo))
+
     def _scrub_key(
-        self, key: str, out: Mapping[str, Any], suffixes: dict[str, int]
+        self,
+        key: str,
+        out: Mapping[str, Any],
+        suffixes: dict[str, int],
+        found: _Found | None = None,
     ) -> tuple[str, int]:
         # A credential used as a key (a token-indexed map): scrubbed like any text; two
         # keys scrubbed alike are told apart so neither value is lost. ``suffixes`` keeps
@@ -865,7 +900,7 @@ class Redactor:
         # O(N), not O(N^2) (each new key would otherwise count up from #2 again).
         cached = self._key_text_cache.get(key)
         if cached is None:
-            cached = self.scrub_text(key)  # its own pre-check: no maybe_sensitive first
+            cached = self._scrub_text(key, 0, found)  # (no maybe_sensitive: the same check)
             if len(self._key_text_cache) >= _KEY_CACHE_MAX:
                 self._key_text_cache.clear()
             self._key_text_cache[key] = cached
