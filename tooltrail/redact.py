@@ -408,13 +408,37 @@ def _may_hold_bare_token(s: str) -> bool:
 
 # Long text: which rules can match, and whether a quoted credential name can, from one RE2
 # pass (tooltrail/redact_prefilter.py: each RE2 pattern matches wherever its rule does).
-# The quoted-name one is written here: a quote, up to 63 name characters and a tail (the
-# tails are letters, so inside the name, which is at most 64 long), a quote, a separator
-# and the value's opening quote; the rest of _QUOTED_NAME only adds conditions.
+# The quoted-name one is written here: a quote, up to 63 name characters and a last word
+# (letters, so inside the name, which is at most 64 long), a quote, a separator and the
+# value's opening quote; the rest of _QUOTED_NAME only adds conditions.
+#
+# Finer than the tails: a name is a credential's when, normalized, it ends with an ending
+# (or is a word); the ending's last word (after its last "_") has no "_", so its letters
+# are the name's last characters in every spelling (case, "-", ".", " ", camelCase only
+# change or add separators), e.g. "authorization", not just "tion": a JSON document with
+# a "decision" key is then not searched for quoted names at all.
+_NAME_LAST_WORDS: Final = tuple(
+    sorted({e.rsplit("_", 1)[-1] for e in _KEY_ENDINGS + SENSITIVE_KEY_WORDS})
+)
+# As in _QUOTED_NAME's own filter: "," only after a flag, or before a value the list
+# closes after.
+_RE2_SPACE: Final = r"[\t\n\x{b}\x{c}\r ]*"
+_RE2_WORD: Final = "(?i:" + "|".join(_NAME_LAST_WORDS) + ")"
+_RE2_VALUE: Final = r"""(?:"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')"""
 _QUOTED_NAME_SUPERSET: Final = (
-    r"""["'][A-Za-z0-9_.\- ]{0,63}(?i:"""
-    + "|".join(_NAME_TAILS)
-    + r""")["'][\t\n\x{b}\x{c}\r ]*[,:=][\t\n\x{b}\x{c}\r ]*["']"""
+    r"""["'](?:-[A-Za-z0-9_.\- ]{0,62}"""
+    + _RE2_WORD
+    + r"""["']"""
+    + _RE2_SPACE
+    + r"""[,:=]|[A-Za-z0-9_.\- ]{0,63}"""
+    + _RE2_WORD
+    + r"""["']"""
+    + _RE2_SPACE
+    + r"""(?:[:=]|,"""
+    + _RE2_SPACE
+    + _RE2_VALUE
+    + _RE2_SPACE
+    + r"""\]))"""
 )
 # Then the bare-token gates (_may_hold_bare_token). Scrubbing never adds a gate match to a
 # text: what it inserts is a marker, "[" to "]", which no base64 run holds, starts or ends
