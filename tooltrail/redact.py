@@ -490,6 +490,7 @@ _AWS_SECRET_LEN: Final = 40
 # work stays linear anyway).
 _MAX_DECODE_DEPTH: Final = 3
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_BYTES: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 # A PEM private key split into a list of lines: the header opens a block whose lines up to
@@ -515,8 +516,17 @@ def _decode_base64(run: str) -> str | None:
     if len(core) % 4 == 1:
         return None
     try:
-        text = base64.b64decode(core + "=" * (-len(core) % 4), validate=True).decode("utf-8")
+        raw = base64.b64decode(core + "=" * (-len(core) % 4), validate=True)
     except (binascii.Error, ValueError):
+        return None
+    # A control byte is a control character in UTF-8 (or no UTF-8 at all): refused before
+    # decoding, since random runs (nearly all) would raise UnicodeDecodeError, which
+    # costs more than the rest of the check.
+    if _CONTROL_BYTES.search(raw) is not None:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
         return None
     return None if _CONTROL.search(text) else text
 
