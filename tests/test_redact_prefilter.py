@@ -206,3 +206,33 @@ def test_quoted_names_dense_text_is_scrubbed_like_before(text: str) -> None:
     r = Redactor()
     assert r._scrub_quoted_names(text) == _old_scrub_quoted_names(r, text)
     assert r._scrub_quoted_names(text)[1] >= 1
+
+
+# --- the key-name rule's last-character shortcut ---------------------------------------
+
+
+def _key_rule(r: Redactor, key: str) -> bool:
+    """The key-name rule as written before the shortcut (normalize, then compare)."""
+    endings = r._key_endings
+    name = redact._normalize_key(key)
+    camel = redact._normalize_key(redact._CAMEL.sub("_", key))
+    return (
+        name.endswith(endings)
+        or (not key.islower() and camel.endswith(endings))
+        or name in redact.SENSITIVE_KEY_WORDS
+    )
+
+
+_NAME_PIECES = [
+    *redact.SENSITIVE_KEY_SUFFIXES,
+    *redact.SENSITIVE_KEY_WORDS,
+    "Password", "API-KEY", "secretAccessKey", "x.amz.signature", "Pin", "card pin", "x-",
+    "_", "-", ".", " ", "a", "Z", "0", "İ", "\u212a", "ſ", "Σ", "",
+]  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(key=st.lists(st.sampled_from(_NAME_PIECES), max_size=4).map("".join))
+def test_the_key_name_shortcut_decides_as_the_rule(key: str) -> None:
+    for r in (Redactor(), Redactor(extra_keys=["pin", "x-"])):
+        assert r.is_sensitive_key(key) == _key_rule(r, key), key

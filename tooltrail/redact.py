@@ -575,6 +575,7 @@ class Redactor:
         "_extra_kinds",
         "_key_cache",
         "_key_endings",
+        "_key_last",
         "_key_text_cache",
         "_regex_cache",
         "enabled",
@@ -589,6 +590,12 @@ class Redactor:
         self.enabled = enabled
         extra = tuple(_normalize_key(k) for k in extra_keys if k)
         self._key_endings: tuple[str, ...] = _KEY_ENDINGS + extra
+        # The last characters a credential name can have (an ending's "_" is any separator).
+        self._key_last = frozenset(
+            c
+            for e in self._key_endings + SENSITIVE_KEY_WORDS
+            for c in ("_-. " if e[-1] == "_" else e[-1])
+        )
         # A key's text always contains each piece of its normalized name, so the longest
         # piece is a safe pre-check marker for text holding such a key.
         self._extra_key_markers = tuple(max(k.split("_"), key=len) for k in extra)
@@ -777,17 +784,23 @@ class Redactor:
         if not self.enabled:
             return False
         hit = self._key_cache.get(key)
-        if hit is None:
-            endings = self._key_endings
-            name = _normalize_key(key)
-            hit = (
-                name.endswith(endings)
-                or (not key.islower() and _normalize_key(_CAMEL.sub("_", key)).endswith(endings))
-                or name in SENSITIVE_KEY_WORDS
-            )
-            if len(self._key_cache) >= _KEY_CACHE_MAX:
-                self._key_cache.clear()
-            self._key_cache[key] = hit
+        if hit is not None:
+            return hit
+        if key[-1:].lower()[-1:] not in self._key_last:
+            # Every ending and word ends with a character of _key_last, and normalizing
+            # (lower case, separators, camelCase) keeps a name's last character: most
+            # names (and a token-indexed map's keys) are settled here.
+            return False
+        endings = self._key_endings
+        name = _normalize_key(key)
+        hit = (
+            name.endswith(endings)
+            or (not key.islower() and _normalize_key(_CAMEL.sub("_", key)).endswith(endings))
+            or name in SENSITIVE_KEY_WORDS
+        )
+        if len(self._key_cache) >= _KEY_CACHE_MAX:
+            self._key_cache.clear()
+        self._key_cache[key] = hit
         return hit
 
     def _names_secret(self, item: Any, pair: bool) -> bool:
