@@ -32,9 +32,18 @@ Speed: the exporter scrubs every span on the host's export thread, and nearly al
 no secret. The patterns only run on text that passed a pre-check: a handful of substring
 searches for literal markers that every pattern needs (``sk-``, ``akia``, ``token``,
 ``://`` ...), plus one scan for a long mixed-case base64 run. Text with neither costs about
-a microsecond per few hundred characters. When markers are present, only the kinds they can
-start are compiled into the alternation (cached per combination). This module needs only
-the standard library, so the agent-side instrumentation can reuse it.
+a microsecond per few hundred characters. Text with a marker gets one RE2 pass
+(``tooltrail/redact_prefilter.py``: each rule translated into an RE2 pattern that matches
+wherever the rule does) that says which rules, and whether the quoted-name rule and the
+bare-token search, can match at all: only those run (``re`` pays per position where a rule
+can start, RE2 a few ms per MiB whatever the text), their alternation cached per
+combination. A mapping's keys get one such pass together. A container under a
+credential-named key is replaced whole, so a JSON document's is checked, not built. The
+agent-side instrumentation uses this module: it needs the standard library and
+``google-re2`` (a dependency already, for policy regexes).
+
+One file past 600 lines: the text rules, the object walk and the pre-checks share the rule
+tables and the per-Redactor caches, and every writer imports this one module.
 """
 
 from __future__ import annotations
@@ -677,8 +686,8 @@ class Redactor:
             s, extra = _substitute(self._extra, s, self._extra_kinds)
             count += extra
         if upper and bare and depth < _MAX_DECODE_DEPTH and _may_hold_bare_token(s):
-            s, bare = self._scrub_runs(s, depth)
-            count += bare
+            s, runs = self._scrub_runs(s, depth)
+            count += runs
         return s, count
 
     def _scrub_quoted_names(self, s: str) -> tuple[str, int]:
@@ -713,7 +722,7 @@ class Redactor:
                     close is not None
                     and at > 0
                     and (s[at - 1] == "[" or _opens_list(s, at))
-                    and is_key(name)
+                    and (known.get(name) or is_key(name))
                 )
             if not hit:
                 continue
