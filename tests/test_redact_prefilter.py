@@ -236,3 +236,54 @@ _NAME_PIECES = [
 def test_the_key_name_shortcut_decides_as_the_rule(key: str) -> None:
     for r in (Redactor(), Redactor(extra_keys=["pin", "x-"])):
         assert r.is_sensitive_key(key) == _key_rule(r, key), key
+
+
+# --- a mapping's keys scrubbed together -------------------------------------------------
+
+KEY_FRAGMENTS = [
+    "ghp_" + "0" * 36, "ghp_p2GbDqvIjUmMxaS6iWIn610aC4KIFhOg21v1", "AKIAKSWUQLDMHDIB5MAL",
+    "sk-proj-UyzCnQXImlROkFEF78KtnaECa33smE5y", "dXNlcjpodW50ZXIy", "Bearer ", "x", "Q",
+    "q2MEffRJjgZ4mVVnK2tgKSbF2rIZ1JJe4ysO/Sfz", "password=", "\x00", "'", " ", "-", "é",
+]  # fmt: skip
+# Without "password=" (the key rule reads past a NUL), a quote or a NUL, the keys are
+# scrubbed together whenever a shape can match: the first strategy checks that path.
+TOGETHER_FRAGMENTS = [f for f in KEY_FRAGMENTS if f not in ("password=", "\x00", "'")]
+
+
+def _key_lists(fragments: list[str]) -> st.SearchStrategy[list[str]]:
+    return st.lists(
+        st.lists(st.sampled_from(fragments), max_size=3).map("".join),
+        min_size=redact._KEYS_TOGETHER,
+        max_size=40,
+        unique=True,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=_key_lists(TOGETHER_FRAGMENTS))
+def test_keys_scrubbed_together_are_scrubbed_as_alone(keys: list[str]) -> None:
+    found, ahead = Redactor()._keys_ahead(keys)
+    assert found is not None
+    assert set(ahead) == (set(keys) if found[0] else set())
+    for key, result in ahead.items():
+        assert result == Redactor().scrub_text(key), key
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=_key_lists(KEY_FRAGMENTS))
+def test_keys_that_cannot_be_scrubbed_together_are_scrubbed_alone(keys: list[str]) -> None:
+    _, ahead = Redactor()._keys_ahead(keys)
+    for key, result in ahead.items():
+        assert result == Redactor().scrub_text(key), key
+    mapping = {k: 1 for k in keys}
+    _, count = Redactor().scrub_obj(mapping)
+    assert count == sum(Redactor().scrub_text(k)[1] for k in keys)
+
+
+def test_a_token_indexed_map_is_scrubbed_together() -> None:
+    keys = [f"ghp_{i:036d}" for i in range(100)] + ["ghp_p2GbDqvIjUmMxaS6iWIn610aC4KIFhOg21v1"]
+    _, ahead = Redactor()._keys_ahead(keys)
+    assert set(ahead) == set(keys)  # the batch ran (the test above is not vacuous)
+    out, count = Redactor().scrub_obj({k: i for i, k in enumerate(keys)})
+    assert count == len(keys) and not any(k in out for k in keys)
+    assert sorted(out.values()) == list(range(len(keys)))  # no value lost to a collision

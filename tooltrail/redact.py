@@ -59,7 +59,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from tooltrail._json import dumps_iterative, loads_iterative
 from tooltrail.config import ENV_REDACT, env_flag
-from tooltrail.redact_prefilter import RuleSet, superset
+from tooltrail.redact_prefilter import RuleSet, never_reads, superset
 
 REDACTED_TEMPLATE: Final = "[REDACTED:{}]"
 KEY_KIND: Final = "key"
@@ -895,21 +895,25 @@ class Redactor:
             return todo[-1][1]
 
         root = copy_of(obj)
+        is_key, scrub_key = self.is_sensitive_key, self._scrub_key  # once per key: bound once
         while todo:
             source, out = todo.pop()
             if isinstance(out, dict):
                 suffixes: dict[str, int] = {}  # last "#N" given per scrubbed key here
-                found = self._keys_found(source) if len(source) >= _KEYS_TOGETHER else None
+                found, ahead = (
+                    self._keys_ahead(source) if len(source) >= _KEYS_TOGETHER else (None, {})
+                )
                 for k, v in source.items():
-                    if isinstance(k, str) and self.is_sensitive_key(k) and _holds_secret(v):
+                    text_key = isinstance(k, str)
+                    if text_key and is_key(k) and _holds_secret(v):
                         value: Any = _KEY_MARK
                         total += 1
                     elif type(v) in _PLAIN:  # nothing to scrub (most values): no call
                         value = v
                     else:
                         value = copy_of(v)
-                    if isinstance(k, str):
-                        k, n = self._scrub_key(k, out, suffixes, found)
+                    if text_key:
+                        k, n = scrub_key(k, out, suffixes, found, ahead)
                         total += n
                     out[k] = value
             else:
@@ -934,14 +938,45 @@ class Redactor:
             return self.scrub_text(obj)
         return obj, 0
 
-    def _keys_found(self, keys: Iterable[Any]) -> _Found | None:
-        """What the RE2 pass finds in a mapping's keys not scrubbed before, all in one
-        pass (a match in one key is one in their joined text too): a key then pays its
-        rules' regex, not a pre-check of its own (a token-indexed map has thousands)."""
+    def _keys_ahead(self, keys: Iterable[Any]) -> tuple[_Found | None, dict[str, _Scrubbed]]:
+        """A mapping's keys not scrubbed before, all at once: what the RE2 pass finds in
+        them (one pass: a match in one key is one in their joined text too), and, when
+        only shapes can match and their regex never reads the NUL that joins the keys
+        (``never_reads``: then it finds in each key what it finds in it alone), every
+        key scrubbed in one substitution. A token-indexed map has thousands of keys."""
         todo = [k for k in keys if isinstance(k, str) and k not in self._key_text_cache]
         if len(todo) < _KEYS_TOGETHER:
-            return None
-        return _rules_found("\x00".join(todo))
+            return None, {}
+        joined = "\x00".join(todo)
+        found = _rules_found(joined)
+        if found is None:
+            return None, {}
+        kinds, names, bare = found
+        if (
+            not kinds
+            or names
+            or self._extra is not None
+            or self._extra_key_markers
+            or joined.count("\x00") != len(todo) - 1  # a key holding a NUL
+            or not _joinable(kinds, self._regex_for(kinds))
+        ):
+            return found, {}
+        starts: list[int] = []
+        scrubbed, _ = _substitute(self._regex_for(kinds), joined, starts=starts)
+        counts = [0] * len(todo)
+        key, end = 0, len(todo[0])  # the key holding position ``end - 1`` and its end
+        for start in starts:
+            while start >= end:
+                key += 1
+                end += 1 + len(todo[key])
+            counts[key] += 1
+        ahead = dict(zip(todo, zip(scrubbed.split("\x00"), counts, strict=True), strict=True))
+        if bare and joined.lower() != joined:  # then as _scrub_text goes on: bare tokens
+            for key, (text, count) in ahead.items():
+                if key.lower() != key and _may_hold_bare_token(text):
+                    text, runs = self._scrub_runs(text, 0)
+                    ahead[key] = text, count + runs
+        return found, ahead
 
     def _scrub_key(
         self,
@@ -949,12 +984,15 @@ class Redactor:
         out: Mapping[str, Any],
         suffixes: dict[str, int],
         found: _Found | None = None,
+        ahead: Mapping[str, _Scrubbed] | None = None,
     ) -> tuple[str, int]:
         # A credential used as a key (a token-indexed map): scrubbed like any text; two
         # keys scrubbed alike are told apart so neither value is lost. ``suffixes`` keeps
         # the last number given per scrubbed key of this mapping, so N token keys cost
         # O(N), not O(N^2) (each new key would otherwise count up from #2 again).
-        cached = self._key_text_cache.get(key)
+        cached = ahead.get(key) if ahead else None
+        if cached is None:
+            cached = self._key_text_cache.get(key)
         if cached is None:
             cached = self._scrub_text(key, 0, found)  # (no maybe_sensitive: the same check)
             if len(self._key_text_cache) >= _KEY_CACHE_MAX:
@@ -1000,8 +1038,13 @@ class Redactor:
 
 
 def _substitute(
-    regex: re.Pattern[str], s: str, labels: Mapping[str, str] | None = None
+    regex: re.Pattern[str],
+    s: str,
+    labels: Mapping[str, str] | None = None,
+    starts: list[int] | None = None,
 ) -> tuple[str, int]:
+    """``s`` with ``regex``'s matches replaced, and how many; ``starts`` (when given)
+    receives where each counted match starts."""
     # Called once per match (text dense with secrets: one every ~25 characters), so the
     # per-group work is looked up, not rebuilt: (marker, the kept part's group or None).
     actions = _extra_actions(labels) if labels is not None else _GROUP_ACTIONS
@@ -1015,6 +1058,8 @@ def _substitute(
         mark, keep = actions[m.lastgroup or ""]
         if keep is None:
             count += 1
+            if starts is not None:
+                starts.append(m.start())
             return mark
         # Kept: from the match's start to the end of its ``<rule>_p`` group.
         whole = m.group()
@@ -1025,6 +1070,8 @@ def _substitute(
             # exporter again as they land): nothing new removed, so nothing counted.
             return whole
         count += 1
+        if starts is not None:
+            starts.append(m.start())
         # Keep the quotes around a quoted value, so JSON / YAML text stays well-formed.
         quote = value[:1]
         if quote == "'" or quote == '"':
@@ -1033,6 +1080,22 @@ def _substitute(
         return whole[:cut] + mark
 
     return regex.sub(repl, s), count
+
+
+_Scrubbed = tuple[str, int]
+# Rules -> whether their regex never reads a NUL (texts joined with one are then scrubbed
+# together, each as if alone).
+_JOINABLE: dict[tuple[str, ...], bool] = {}
+
+
+def _joinable(kinds: tuple[str, ...], regex: re.Pattern[str]) -> bool:
+    hit = _JOINABLE.get(kinds)
+    if hit is None:
+        hit = never_reads(regex.pattern, "\x00", _FLAGS)
+        if len(_JOINABLE) >= _REGEX_CACHE_MAX:
+            _JOINABLE.clear()
+        _JOINABLE[kinds] = hit
+    return hit
 
 
 def _group_actions() -> dict[str, tuple[str, str | None]]:

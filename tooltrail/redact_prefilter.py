@@ -46,6 +46,14 @@ _CATEGORIES: Final = {
     "CATEGORY_WORD": ("A-Za-z0-9_", False),
     "CATEGORY_NOT_WORD": ("A-Za-z0-9_", True),
 }
+_ESCAPES: Final = {
+    "CATEGORY_SPACE": r"\s",
+    "CATEGORY_NOT_SPACE": r"\S",
+    "CATEGORY_DIGIT": r"\d",
+    "CATEGORY_NOT_DIGIT": r"\D",
+    "CATEGORY_WORD": r"\w",
+    "CATEGORY_NOT_WORD": r"\W",
+}
 _REPEATS: Final = frozenset({"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"})
 _ASSERTIONS: Final = frozenset({"AT", "ASSERT", "ASSERT_NOT"})
 _RE2_MAX_REPEAT: Final = 1000
@@ -137,6 +145,65 @@ def _class(items: Sequence[tuple[Any, Any]]) -> str:
     return "[" + ("^" if negate else "") + "".join(parts) + "]"
 
 
+def never_reads(pattern: str, char: str, flags: int = re.ASCII) -> bool:
+    """Whether no part of ``pattern`` (lookarounds included) can match ``char``, and it has
+    no anchor or boundary: then, in texts joined with ``char``, the pattern finds in each
+    text exactly what it finds in that text alone (a match cannot reach ``char``, and a
+    lookaround that meets it fails there as it fails at the end or start of a text).
+
+    >>> never_reads(r"g(?<![A-Za-z0-9]g)h[pous]_[A-Za-z0-9]{30,}+", "\\x00")
+    True
+    >>> never_reads(r"x[^a]", "\\x00"), never_reads(r"x\\Z", "\\x00")
+    (False, False)
+    """
+    return _never_reads(_parser.parse(pattern, flags).data, ord(char))
+
+
+def _never_reads(items: Sequence[tuple[Any, Any]], code: int) -> bool:
+    for op, arg in items:
+        name = str(op)
+        if name == "LITERAL":
+            ok = arg != code
+        elif name == "IN":
+            ok = not _class_holds(arg, code)
+        elif name in ("NOT_LITERAL", "ANY", "AT"):
+            ok = False  # NOT_LITERAL could be refined; the rules do not use it
+        elif name == "BRANCH":
+            ok = all(_never_reads(b, code) for b in arg[1])
+        elif name == "SUBPATTERN":
+            ok = _never_reads(arg[3], code)
+        elif name in _REPEATS:
+            ok = _never_reads(arg[2], code)
+        elif name == "ATOMIC_GROUP":
+            ok = _never_reads(arg, code)
+        elif name in ("ASSERT", "ASSERT_NOT"):
+            ok = _never_reads(arg[1], code)
+        elif name == "GROUPREF":
+            ok = True  # repeats text its group matched, which was checked
+        else:
+            ok = False
+        if not ok:
+            return False
+    return True
+
+
+def _class_holds(items: Sequence[tuple[Any, Any]], code: int) -> bool:
+    negate, held = False, False
+    for op, arg in items:
+        name = str(op)
+        if name == "NEGATE":
+            negate = True
+        elif name == "LITERAL":
+            held = held or arg == code
+        elif name == "RANGE":
+            held = held or arg[0] <= code <= arg[1]
+        elif name == "CATEGORY" and str(arg) in _ESCAPES:  # ask re itself (ASCII classes)
+            held = held or re.fullmatch(_ESCAPES[str(arg)], chr(code), re.ASCII) is not None
+        else:
+            return True  # unknown: assume it may
+    return held != negate
+
+
 class RuleSet:
     """Patterns (RE2 syntax) searched for together in one pass."""
 
@@ -169,4 +236,4 @@ class RuleSet:
         return frozenset(found)
 
 
-__all__ = ["RuleSet", "superset"]
+__all__ = ["RuleSet", "never_reads", "superset"]
