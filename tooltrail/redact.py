@@ -964,12 +964,12 @@ class Redactor:
         starts: list[int] = []
         scrubbed, _ = _substitute(self._regex_for(kinds), joined, starts=starts)
         counts = [0] * len(todo)
-        key, end = 0, len(todo[0])  # the key holding position ``end - 1`` and its end
+        at, end = 0, len(todo[0])  # the key holding position ``end - 1``, and its end
         for start in starts:
             while start >= end:
-                key += 1
-                end += 1 + len(todo[key])
-            counts[key] += 1
+                at += 1
+                end += 1 + len(todo[at])
+            counts[at] += 1
         ahead = dict(zip(todo, zip(scrubbed.split("\x00"), counts, strict=True), strict=True))
         if bare and joined.lower() != joined:  # then as _scrub_text goes on: bare tokens
             for key, (text, count) in ahead.items():
