@@ -11,6 +11,7 @@ replaced: the same matches, the same secrets removed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -39,15 +40,32 @@ FRAGMENTS = sorted(
     | {r.sample[: len(r.sample) // 2] for r in RULES}
     | {r.sample[len(r.sample) // 2 :] for r in RULES}
     | {'"', "'", "\\", '\\"', ":", "=", ",", "[", "]", "{", "}", "@", "/", "-", "--", "_"}
-    | {" ", "\n", "\t", "\x0b", "\x00", "é", "K", "Bearer ", "Basic ", "://u:p@h"}
+    | {
+        " ",
+        "\n",
+        "\t",
+        "\x0b",
+        "\x00",
+        "é",
+        "K",
+        "\u212a",
+        "İ",
+        "ſ",
+        "Bearer ",
+        "Basic ",
+        "://u:p@h",
+    }
     | {"token", "Password", "X-Api-Key", "pwd", "sig", "AccessKey", "aws_secret_access_key"}
     | {"ABCDEFGHabcdefgh0123456789+/", "dXNlcjpodW50ZXIy", "eyJ", "AKIA", "ghp_"}
 )
 texts = st.lists(st.sampled_from(FRAGMENTS), max_size=30).map("".join)
+# (name, how the scrubber looks for it, its index in the RE2 set): the first bare-token
+# gate is used with .match (at the start), the rest with .search.
 PATTERNS = (
-    [(r.id, re.compile(r.pattern, redact._FLAGS), i) for i, r in enumerate(RULES)]
-    + [("quoted name", redact._QUOTED_NAME, redact._NAMES_AT)]
-    + [(f"gate {i}", g, redact._NAMES_AT + 1 + i) for i, g in enumerate(redact._GATES)]
+    [(r.id, re.compile(r.pattern, redact._FLAGS).search, i) for i, r in enumerate(RULES)]
+    + [("quoted name", redact._QUOTED_NAME.search, redact._NAMES_AT)]
+    + [("gate at start", redact._B64_GATE_START.match, redact._NAMES_AT + 1)]
+    + [(f"gate {i}", g.search, redact._NAMES_AT + 1 + i) for i, g in enumerate(redact._GATES)][1:]
 )
 
 
@@ -56,9 +74,26 @@ PATTERNS = (
 def test_a_rule_that_matches_is_always_found(text: str) -> None:
     found = PREFILTER.matching(text)
     assert found is not None
-    for name, pattern, index in PATTERNS:
-        if pattern.search(text) is not None:
+    for name, find, index in PATTERNS:
+        if find(text) is not None:
             assert index in found, (name, text)
+
+
+def _old_maybe_sensitive(s: str) -> bool:
+    low = s.lower()
+    return redact._may_hold_secret(low) or (low != s and redact._may_hold_bare_token(s))
+
+
+@settings(max_examples=800, deadline=None)
+@given(text=texts, case=st.sampled_from([str, str.upper, str.title]))
+def test_the_long_text_precheck_says_yes_wherever_the_scans_do(
+    text: str, case: Callable[[str], str]
+) -> None:
+    """maybe_sensitive on long text asks RE2 for the first-tier entries in any case (and
+    the gates): wherever a scan of the lower-cased text finds an entry, so does it."""
+    long = "." * redact._NARROW_MAX + case(text)
+    if _old_maybe_sensitive(long):
+        assert Redactor().maybe_sensitive(long), long[redact._NARROW_MAX :]
 
 
 def test_what_re2_cannot_read_falls_back_to_every_rule() -> None:

@@ -454,13 +454,23 @@ _QUOTED_NAME_SUPERSET: Final = (
 # at, and the quotes it keeps stay next to what they were next to; so a text whose RE2
 # pass finds no gate needs no gate search after its shapes are replaced.
 _GATES: Final = (_B64_GATE_START, _B64_GATE_QUOTED, _B64_GATE_JOINED)
+# (The first is used with .match: its superset is anchored at the start too.)
+_GATE_SUPERSETS: Final = [rf"\A(?:{superset(_B64_GATE_START.pattern, _FLAGS)})"] + [
+    superset(g.pattern, _FLAGS) for g in _GATES[1:]
+]
 _PREFILTER: Final = RuleSet(
-    [superset(r.pattern, _FLAGS) for r in RULES]
-    + [_QUOTED_NAME_SUPERSET]
-    + [superset(g.pattern, _FLAGS) for g in _GATES]
+    [superset(r.pattern, _FLAGS) for r in RULES] + [_QUOTED_NAME_SUPERSET] + _GATE_SUPERSETS
 )
 _NAMES_AT: Final = len(RULES)
 _GATES_AT: Final = frozenset(range(_NAMES_AT + 1, _NAMES_AT + 1 + len(_GATES)))
+# maybe_sensitive on long text, in one RE2 pass: a first-tier entry in any case (RE2 folds
+# case at least as wide as str.lower: "K" (Kelvin) is "k" to both; "İ" lowers to "i" and a
+# combining dot, which no entry holds) or a bare-token gate (a superset of the gate).
+_TIER_SET: Final = RuleSet(
+    [superset(re.escape(t), _FLAGS | re.IGNORECASE) for t in FIRST_TIER] + _GATE_SUPERSETS
+)
+_TIER_ENTRIES: Final = frozenset(range(len(FIRST_TIER)))
+_TIER_GATES: Final = frozenset(range(len(FIRST_TIER), len(FIRST_TIER) + len(_GATES)))
 
 
 def _rules_in(s: str, low: str) -> tuple[tuple[str, ...], bool, bool]:
@@ -648,6 +658,15 @@ class Redactor:
             return False
         if self._extra is not None:
             return True
+        if len(s) > _NARROW_MAX and not self._extra_key_markers:
+            # Long text: one RE2 pass instead of a scan per first-tier entry.
+            found = _TIER_SET.matching(s)
+            if found is not None:
+                if not found.isdisjoint(_TIER_ENTRIES):
+                    return True
+                if found.isdisjoint(_TIER_GATES):
+                    return False
+                return s.lower() != s and _may_hold_bare_token(s)  # the gates exactly
         low = s.lower()
         # A bare token holds an upper-case letter: text equal to its lower case holds none.
         if _may_hold_secret(low) or (low != s and _may_hold_bare_token(s)):
