@@ -726,15 +726,18 @@ class Redactor:
         is_key = self.is_sensitive_key
         known = self._key_cache
         name_group, sep_group, close_group, value_group = _QUOTED_GROUPS
+        flags: dict[str, bool] = {}
         for m in regex.finditer(s):
             name, sep, close = m.group(name_group, sep_group, close_group)
             if sep != ",":
                 hit = known.get(name)
                 if hit is None:
                     hit = is_key(name)
-            elif name[0] == "-":  # a flag: _names_secret(name, False)
-                flag = name.lstrip("-")
-                hit = bool(flag) and "=" not in flag and is_key(flag)
+            elif name[0] == "-":  # a flag: _names_secret(name, False), once per name
+                hit = flags.get(name)
+                if hit is None:
+                    flag = name.lstrip("-")
+                    hit = flags[name] = bool(flag) and "=" not in flag and is_key(flag)
             else:  # the first of a pair: a list opens before it, and closes after the value
                 at = m.start()
                 hit = (
