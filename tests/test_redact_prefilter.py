@@ -63,7 +63,6 @@ texts = st.lists(st.sampled_from(FRAGMENTS), max_size=30).map("".join)
 # gate is used with .match (at the start), the rest with .search.
 PATTERNS = (
     [(r.id, re.compile(r.pattern, redact._FLAGS).search, i) for i, r in enumerate(RULES)]
-    + [("quoted name", redact._QUOTED_NAME.search, redact._NAMES_AT)]
     + [("gate at start", redact._B64_GATE_START.match, redact._NAMES_AT + 1)]
     + [(f"gate {i}", g.search, redact._NAMES_AT + 1 + i) for i, g in enumerate(redact._GATES)][1:]
 )
@@ -77,6 +76,8 @@ def test_a_rule_that_matches_is_always_found(text: str) -> None:
     for name, find, index in PATTERNS:
         if find(text) is not None:
             assert index in found, (name, text)
+    if Redactor()._scrub_quoted_names(text)[0] != text:  # a quoted name that names a secret
+        assert redact._NAMES_AT in found, text
 
 
 def _old_maybe_sensitive(s: str) -> bool:
@@ -214,6 +215,7 @@ def _old_scrub_quoted_names(r: Redactor, s: str) -> tuple[str, int]:
 NAME_FRAGMENTS = [
     '"', "'", '"', "'", ", ", ": ", "=", "[", "]", " ", "\n", "\\", '\\"', "--password",
     "-", "token", "X-Api-Key", "pwd", "decision", "v4lue", "Cookie", "a", "[REDACTED:key]",
+    "option", "Authorization", "x-amz-signature", "db.PASS", "apiKey", "Pass_Code",
 ]  # fmt: skip
 name_texts = st.lists(st.sampled_from(NAME_FRAGMENTS), max_size=25).map("".join)
 
@@ -222,8 +224,9 @@ name_texts = st.lists(st.sampled_from(NAME_FRAGMENTS), max_size=25).map("".join)
 @given(text=name_texts)
 def test_the_quoted_name_rule_removes_what_it_removed_before(text: str) -> None:
     r = Redactor()
-    assert r._scrub_quoted_names(text) == _old_scrub_quoted_names(r, text), text
-    if _OLD_QUOTED_NAME.search(text) is not None:
+    scrubbed = _old_scrub_quoted_names(r, text)
+    assert r._scrub_quoted_names(text) == scrubbed, text
+    if scrubbed[0] != text:  # the RE2 pass must not skip a text the rule changes
         found = PREFILTER.matching(text)
         assert found is not None and redact._NAMES_AT in found, text
 
@@ -241,6 +244,25 @@ def test_quoted_names_dense_text_is_scrubbed_like_before(text: str) -> None:
     r = Redactor()
     assert r._scrub_quoted_names(text) == _old_scrub_quoted_names(r, text)
     assert r._scrub_quoted_names(text)[1] >= 1
+    found = PREFILTER.matching(text)
+    assert found is not None and redact._NAMES_AT in found
+
+
+@pytest.mark.parametrize("name", redact.SENSITIVE_KEY_SUFFIXES + redact.SENSITIVE_KEY_WORDS)
+def test_every_credential_name_is_found_by_the_re2_pass(name: str) -> None:
+    """The RE2 pass looks for a credential name's last word: every spelling of every name,
+    as a key, a flag and the first of a pair, is found, and then scrubbed."""
+    words = name.split("_")
+    camel = words[0] + "".join(w.capitalize() for w in words[1:])
+    for spelling in {name, name.upper(), name.replace("_", "-"), name.replace("_", "."), camel}:
+        for text in (
+            f'saw {{"{spelling}": "v4lue"}}',
+            f"saw ['--{spelling}', 'v4lue']",
+            f'saw ["{spelling}", "v4lue"]',
+        ):
+            found = PREFILTER.matching(text)
+            assert found is not None and redact._NAMES_AT in found, text
+            assert "v4lue" not in Redactor().scrub_text(text)[0], text
 
 
 # --- the key-name rule's last-character shortcut ---------------------------------------
