@@ -111,3 +111,76 @@ def test_iterative_reader_and_writer_agree_with_json(value: Any, sort_keys: bool
     assert loads_iterative(text) == json.loads(text)
     spaced = json.dumps(value, indent=1)
     assert loads_iterative(spaced) == json.loads(spaced)
+
+
+# --- opaque: a container under a named key is checked, not built ----------------------
+
+
+def _opaque(key: str) -> bool:
+    return key.startswith("t")
+
+
+def _replaced(value: Any) -> Any:
+    """``value`` with every container under an opaque key replaced by ``[]``."""
+    if isinstance(value, dict):
+        return {
+            k: [] if _opaque(k) and isinstance(v, list | dict) else _replaced(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_replaced(v) for v in value]
+    return value
+
+
+keyed_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(["t", "tb", "a", "b"]), children, max_size=3)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=keyed_values, indent=st.sampled_from([None, 0, 2]))
+def test_opaque_values_read_as_empty_lists(value: Any, indent: int | None) -> None:
+    text = json.dumps(value, indent=indent)
+    assert loads_iterative(text, opaque=_opaque) == _replaced(json.loads(text))
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    value=keyed_values,
+    at=st.integers(min_value=0),
+    edit=st.sampled_from(["[", "]", "{", "}", ",", ":", " ", '"', "1", "", "]]", "[["]),
+)
+def test_opaque_values_are_checked_like_any_other(value: Any, at: int, edit: str) -> None:
+    """A broken document is refused whether or not the broken part is under an opaque
+    key, and a sound one is read: checking is not building, but it is not skipping."""
+    text = json.dumps(value)
+    at %= len(text)
+    broken = text[:at] + edit + text[at + 1 :]
+    try:
+        expected: Any = _replaced(loads_iterative(broken))
+    except ValueError:
+        with pytest.raises(ValueError):
+            loads_iterative(broken, opaque=_opaque)
+    else:
+        assert loads_iterative(broken, opaque=_opaque) == expected
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ['{"t": [[[]]}', '{"t": [[[]]]]', '{"t": [ [ [ ] ] } ]', '{"t": [[{]]]}', '{"t": [1 2]}'],
+)
+def test_opaque_refuses_unbalanced_brackets_naming_the_offset(bad: str) -> None:
+    with pytest.raises(ValueError, match="offset"):
+        loads_iterative(bad, opaque=_opaque)
+
+
+@pytest.mark.parametrize("unit", ["[", "[ ", "[\n"])
+def test_a_million_levels_under_an_opaque_key(unit: str) -> None:
+    closer = unit.replace("[", "]")
+    text = '{"token": ' + unit * 1_000_000 + closer * 1_000_000 + ', "after": 1}'
+    assert loads_iterative(text, opaque=_opaque) == {"token": [], "after": 1}

@@ -32,9 +32,18 @@ Speed: the exporter scrubs every span on the host's export thread, and nearly al
 no secret. The patterns only run on text that passed a pre-check: a handful of substring
 searches for literal markers that every pattern needs (``sk-``, ``akia``, ``token``,
 ``://`` ...), plus one scan for a long mixed-case base64 run. Text with neither costs about
-a microsecond per few hundred characters. When markers are present, only the kinds they can
-start are compiled into the alternation (cached per combination). This module needs only
-the standard library, so the agent-side instrumentation can reuse it.
+a microsecond per few hundred characters. Text with a marker gets one RE2 pass
+(``tooltrail/redact_prefilter.py``: each rule translated into an RE2 pattern that matches
+wherever the rule does) that says which rules, and whether the quoted-name rule and the
+bare-token search, can match at all: only those run (``re`` pays per position where a rule
+can start, RE2 a few ms per MiB whatever the text), their alternation cached per
+combination. A mapping's keys get one such pass together. A container under a
+credential-named key is replaced whole, so a JSON document's is checked, not built. The
+agent-side instrumentation uses this module: it needs the standard library and
+``google-re2`` (a dependency already, for policy regexes).
+
+One file past 600 lines: the text rules, the object walk and the pre-checks share the rule
+tables and the per-Redactor caches, and every writer imports this one module.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from tooltrail._json import dumps_iterative, loads_iterative
 from tooltrail.config import ENV_REDACT, env_flag
+from tooltrail.redact_prefilter import RuleSet, never_reads, superset
 
 REDACTED_TEMPLATE: Final = "[REDACTED:{}]"
 KEY_KIND: Final = "key"
@@ -245,6 +255,10 @@ _PREFIXED: Final = frozenset(r.id for r in RULES if f"<{r.id}_p>" in r.pattern)
 _KIND_ORDER: Final = tuple(_KINDS)
 _REGEX_CACHE_MAX: Final = 256
 _KEY_CACHE_MAX: Final = 4096
+# Values _leaf returns as they are (exact types: a subclass goes the long way).
+_PLAIN: Final = frozenset({int, float, bool, type(None)})
+# A mapping with this many keys not seen before has them checked in one RE2 pass.
+_KEYS_TOGETHER: Final = 16
 # A list element longer than this is text, not a flag or header name.
 _MAX_NAME_LEN: Final = 64
 
@@ -311,11 +325,30 @@ def _rules_for(low: str) -> tuple[tuple[str, ...], bool]:
 # name: ``"a", "--password", "p"``). A value starts right after a separator, and a quote
 # inside another value of its kind is escaped (``\"``), so no two value reads of one quote
 # kind overlap: each character is read at most twice (once per kind) plus the bounded names.
+# (A quoted value is read as runs of a class between escapes, not a character at a time:
+# sre repeats a group per iteration, 3-10x slower than a class.)
+#
+# Only the candidates ``_scrub_quoted_names`` can take reach Python (text quoting names
+# at every element would otherwise cost a loop step each): right after the quote, a
+# lookahead asks for a flag (a name starting with "-"), a name before ":" or "=", or a name,
+# "," and a value the list closes after (the pair rule). It reads the name (bounded) and,
+# for "," only, the value, which the pattern then reads again: twice per value at most.
+_QUOTED_NAME_VALUE: Final = (
+    r"""(?:"[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"|'[^'\\\n]*+(?:\\.[^'\\\n]*+)*+')"""
+)
+_QUOTED_NAME_CHARS: Final = r"[A-Za-z0-9_.\- ]{1," + str(_MAX_NAME_LEN) + "}+"
 _QUOTED_NAME_BODY: Final = (
-    r"""(?P<q>["'])(?P<name>[A-Za-z0-9_.\- ]{1,"""
-    + str(_MAX_NAME_LEN)
-    + r"""}+){ending}(?P=q)\s*+(?P<sep>[,:=])\s*+"""
-    r"""(?=(?P<v>"(?:[^"\\\n]|\\.)*+"|'(?:[^'\\\n]|\\.)*+')(?P<close>\s*+\])?)"""
+    r"""(?P<q>["'])(?=-|"""
+    + _QUOTED_NAME_CHARS
+    + r"""["']\s*+(?:[:=]|,\s*+"""
+    + _QUOTED_NAME_VALUE
+    + r"""\s*+\]))(?P<name>"""
+    + _QUOTED_NAME_CHARS
+    + r""")"""
+    + r"""{ending}(?P=q)\s*+(?P<sep>[,:=])\s*+"""
+    + r"""(?=(?P<v>"""
+    + _QUOTED_NAME_VALUE
+    + r""")(?P<close>\s*+\])?)"""
 )
 # Every credential name (``_KEY_ENDINGS``, ``SENSITIVE_KEY_WORDS``, in any spelling) ends
 # with one of these, so names that cannot be one (nearly every JSON key) fail inside the
@@ -332,6 +365,9 @@ _QUOTED_NAME: Final = re.compile(
     _FLAGS,
 )
 _QUOTED_ANY_NAME: Final = re.compile(_QUOTED_NAME_BODY.replace("{ending}", ""), _FLAGS)
+# Group numbers (read by number: faster than by name, once per element); the same in both
+# patterns ({ending} adds no capturing group).
+_QUOTED_GROUPS: Final = tuple(_QUOTED_NAME.groupindex[g] for g in ("name", "sep", "close", "v"))
 # The first-tier entries that a credential key name, spelled any way (snake, kebab, camel,
 # dotted, upper case) and followed by its closing quote, always contains: text holding none
 # of them holds no quoted credential name (tests/test_redact_in_prose.py checks every name).
@@ -339,6 +375,7 @@ _NAME_TIER: Final = frozenset(
     {"key", "secret", "token", "pass", "pwd", "auth", "cookie", "credential", "signature"}
     | {'sig"', "sig'"}
 )
+
 _SPACE: Final = frozenset(" \t\r\n")
 
 
@@ -378,11 +415,101 @@ def _may_hold_bare_token(s: str) -> bool:
     )
 
 
+# Long text: which rules can match, and whether a quoted credential name can, from one RE2
+# pass (tooltrail/redact_prefilter.py: each RE2 pattern matches wherever its rule does).
+# The quoted-name one is written here: a quote, up to 63 name characters and a last word
+# (letters, so inside the name, which is at most 64 long), a quote, a separator and the
+# value's opening quote; the rest of _QUOTED_NAME only adds conditions.
+#
+# Finer than the tails: a name is a credential's when, normalized, it ends with an ending
+# (or is a word); the ending's last word (after its last "_") has no "_", so its letters
+# are the name's last characters in every spelling (case, "-", ".", " ", camelCase only
+# change or add separators), e.g. "authorization", not just "tion": a JSON document with
+# a "decision" key is then not searched for quoted names at all.
+_NAME_LAST_WORDS: Final = tuple(
+    sorted({e.rsplit("_", 1)[-1] for e in _KEY_ENDINGS + SENSITIVE_KEY_WORDS})
+)
+# As in _QUOTED_NAME's own filter: "," only after a flag, or before a value the list
+# closes after.
+_RE2_SPACE: Final = r"[\t\n\x{b}\x{c}\r ]*"
+_RE2_WORD: Final = "(?i:" + "|".join(_NAME_LAST_WORDS) + ")"
+_RE2_VALUE: Final = r"""(?:"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')"""
+_QUOTED_NAME_SUPERSET: Final = (
+    r"""["'](?:-[A-Za-z0-9_.\- ]{0,62}"""
+    + _RE2_WORD
+    + r"""["']"""
+    + _RE2_SPACE
+    + r"""[,:=]|[A-Za-z0-9_.\- ]{0,63}"""
+    + _RE2_WORD
+    + r"""["']"""
+    + _RE2_SPACE
+    + r"""(?:[:=]|,"""
+    + _RE2_SPACE
+    + _RE2_VALUE
+    + _RE2_SPACE
+    + r"""\]))"""
+)
+# Then the bare-token gates (_may_hold_bare_token). Scrubbing never adds a gate match to a
+# text: what it inserts is a marker, "[" to "]", which no base64 run holds, starts or ends
+# at, and the quotes it keeps stay next to what they were next to; so a text whose RE2
+# pass finds no gate needs no gate search after its shapes are replaced.
+_GATES: Final = (_B64_GATE_START, _B64_GATE_QUOTED, _B64_GATE_JOINED)
+# (The first is used with .match: its superset is anchored at the start too.)
+_GATE_SUPERSETS: Final = [rf"\A(?:{superset(_B64_GATE_START.pattern, _FLAGS)})"] + [
+    superset(g.pattern, _FLAGS) for g in _GATES[1:]
+]
+_PREFILTER: Final = RuleSet(
+    [superset(r.pattern, _FLAGS) for r in RULES] + [_QUOTED_NAME_SUPERSET] + _GATE_SUPERSETS
+)
+_NAMES_AT: Final = len(RULES)
+_GATES_AT: Final = frozenset(range(_NAMES_AT + 1, _NAMES_AT + 1 + len(_GATES)))
+# maybe_sensitive on long text, in one RE2 pass: a first-tier entry in any case (RE2 folds
+# case at least as wide as str.lower: "K" (Kelvin) is "k" to both; "İ" lowers to "i" and a
+# combining dot, which no entry holds) or a bare-token gate (a superset of the gate).
+_TIER_SET: Final = RuleSet(
+    [superset(re.escape(t), _FLAGS | re.IGNORECASE) for t in FIRST_TIER] + _GATE_SUPERSETS
+)
+_TIER_ENTRIES: Final = frozenset(range(len(FIRST_TIER)))
+_TIER_GATES: Final = frozenset(range(len(FIRST_TIER), len(FIRST_TIER) + len(_GATES)))
+
+
+def _rules_in(s: str, low: str) -> tuple[tuple[str, ...], bool, bool]:
+    """``_rules_for``, from the RE2 pass (per rule, not per marker; on 40 characters
+    1.2 us against 2.9 for the marker scans, on 1 MiB 2-6 ms against 15-20), and whether
+    a bare token's gate can match."""
+    found = _rules_found(s)
+    return (*_rules_for(low), True) if found is None else found
+
+
+_Found = tuple[tuple[str, ...], bool, bool]
+
+
+def _rules_found(s: str) -> _Found | None:
+    """The rules the RE2 pass finds can match in ``s``, whether a quoted credential name
+    can, and whether a bare token's gate can; None when RE2 could not tell."""
+    found = _PREFILTER.matching(s)
+    if found is None:
+        return None
+    hit = _FOUND_RULES.get(found)
+    if hit is None:
+        kinds = tuple(k for i, k in enumerate(_KIND_ORDER) if i in found)
+        hit = kinds, _NAMES_AT in found, not _GATES_AT.isdisjoint(found)
+        if len(_FOUND_RULES) >= _REGEX_CACHE_MAX:
+            _FOUND_RULES.clear()
+        _FOUND_RULES[found] = hit
+    return hit
+
+
+# The RE2 pass's answer -> _Found: few combinations recur.
+_FOUND_RULES: dict[frozenset[int], _Found] = {}
+
+
 _AWS_SECRET_LEN: Final = 40
 # How many base64 layers are decoded (each is 3/4 the length of the last, so the total
 # work stays linear anyway).
 _MAX_DECODE_DEPTH: Final = 3
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_BYTES: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 # A PEM private key split into a list of lines: the header opens a block whose lines up to
@@ -408,8 +535,17 @@ def _decode_base64(run: str) -> str | None:
     if len(core) % 4 == 1:
         return None
     try:
-        text = base64.b64decode(core + "=" * (-len(core) % 4), validate=True).decode("utf-8")
+        raw = base64.b64decode(core + "=" * (-len(core) % 4), validate=True)
     except (binascii.Error, ValueError):
+        return None
+    # A control byte is a control character in UTF-8 (or no UTF-8 at all): refused before
+    # decoding, since random runs (nearly all) would raise UnicodeDecodeError, which
+    # costs more than the rest of the check.
+    if _CONTROL_BYTES.search(raw) is not None:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
         return None
     return None if _CONTROL.search(text) else text
 
@@ -458,6 +594,7 @@ class Redactor:
         "_extra_kinds",
         "_key_cache",
         "_key_endings",
+        "_key_last",
         "_key_text_cache",
         "_regex_cache",
         "enabled",
@@ -472,6 +609,12 @@ class Redactor:
         self.enabled = enabled
         extra = tuple(_normalize_key(k) for k in extra_keys if k)
         self._key_endings: tuple[str, ...] = _KEY_ENDINGS + extra
+        # The last characters a credential name can have (an ending's "_" is any separator).
+        self._key_last = frozenset(
+            c
+            for e in self._key_endings + SENSITIVE_KEY_WORDS
+            for c in ("_-. " if e[-1] == "_" else e[-1])
+        )
         # A key's text always contains each piece of its normalized name, so the longest
         # piece is a safe pre-check marker for text holding such a key.
         self._extra_key_markers = tuple(max(k.split("_"), key=len) for k in extra)
@@ -515,6 +658,15 @@ class Redactor:
             return False
         if self._extra is not None:
             return True
+        if len(s) > _NARROW_MAX and not self._extra_key_markers:
+            # Long text: one RE2 pass instead of a scan per first-tier entry.
+            found = _TIER_SET.matching(s)
+            if found is not None:
+                if not found.isdisjoint(_TIER_ENTRIES):
+                    return True
+                if found.isdisjoint(_TIER_GATES):
+                    return False
+                return s.lower() != s and _may_hold_bare_token(s)  # the gates exactly
         low = s.lower()
         # A bare token holds an upper-case letter: text equal to its lower case holds none.
         if _may_hold_secret(low) or (low != s and _may_hold_bare_token(s)):
@@ -525,17 +677,22 @@ class Redactor:
         """``s`` with every credential shape replaced, and how many were replaced."""
         return self._scrub_text(s, 0)
 
-    def _scrub_text(self, s: str, depth: int) -> tuple[str, int]:
+    def _scrub_text(self, s: str, depth: int, found: _Found | None = None) -> tuple[str, int]:
+        """``found``: what the RE2 pass found in a text holding ``s`` (a superset of what
+        it would find in ``s``: the keys of one mapping are checked in one pass)."""
         if not self.enabled or not s:
             return s, 0
         count = 0
         low = s.lower()
         # A bare token holds an upper-case letter: text equal to its lower case holds none.
         upper = low != s
-        # Short text: the first tier's one expression rejects clean text fastest. Long text:
-        # _rules_for scans each entry once whatever it holds (no second pass on a hit).
-        clean = len(low) <= _NARROW_MAX and not _may_hold_secret(low)
-        kinds, names = ((), False) if clean else _rules_for(low)
+        if found is not None:
+            kinds, names, bare = found
+        elif len(low) <= _NARROW_MAX and not _may_hold_secret(low):
+            # Short text: the first tier's substring scans reject clean text fastest.
+            kinds, names, bare = (), False, True
+        else:
+            kinds, names, bare = _rules_in(s, low)
         if kinds:
             s, count = _substitute(self._regex_for(kinds), s)
         if self._extra_key_markers and not names:
@@ -547,9 +704,9 @@ class Redactor:
         if self._extra is not None:
             s, extra = _substitute(self._extra, s, self._extra_kinds)
             count += extra
-        if upper and depth < _MAX_DECODE_DEPTH and _may_hold_bare_token(s):
-            s, bare = self._scrub_runs(s, depth)
-            count += bare
+        if upper and bare and depth < _MAX_DECODE_DEPTH and _may_hold_bare_token(s):
+            s, runs = self._scrub_runs(s, depth)
+            count += runs
         return s, count
 
     def _scrub_quoted_names(self, s: str) -> tuple[str, int]:
@@ -561,28 +718,44 @@ class Redactor:
         the list closing after the value). One loop, no call per match but the cached
         key-name rule: text where every element matches costs one pass of this loop."""
         pieces: list[str] = []
+        add = pieces.append
         done = 0  # s[:done] is in pieces
         regex = _QUOTED_ANY_NAME if self._extra_key_markers else _QUOTED_NAME
+        # Text dense with quoted names costs one step of this loop per name: the key-name
+        # rule's cache is read here first, and the list test reads one character first.
         is_key = self.is_sensitive_key
+        known = self._key_cache
+        name_group, sep_group, close_group, value_group = _QUOTED_GROUPS
+        flags: dict[str, bool] = {}
         for m in regex.finditer(s):
-            name, sep, close = m.group("name", "sep", "close")
+            name, sep, close = m.group(name_group, sep_group, close_group)
             if sep != ",":
-                hit = is_key(name)
-            elif name[0] == "-":
-                hit = self._names_secret(name, False)
-            else:
-                hit = close is not None and is_key(name) and _opens_list(s, m.start())
+                hit = known.get(name)
+                if hit is None:
+                    hit = is_key(name)
+            elif name[0] == "-":  # a flag: _names_secret(name, False), once per name
+                hit = flags.get(name)
+                if hit is None:
+                    flag = name.lstrip("-")
+                    hit = flags[name] = bool(flag) and "=" not in flag and is_key(flag)
+            else:  # the first of a pair: a list opens before it, and closes after the value
+                at = m.start()
+                hit = (
+                    close is not None
+                    and at > 0
+                    and (s[at - 1] == "[" or _opens_list(s, at))
+                    and (known.get(name) or is_key(name))
+                )
             if not hit:
                 continue
-            start, end = m.span("v")
+            start, end = m.span(value_group)
             start, end = start + 1, end - 1  # inside the quotes
             if start < done or start == end:
                 continue
-            value = s[start:end]
-            if value.startswith("[REDACTED") and is_redaction_marker(value):
+            if s.startswith("[REDACTED", start) and is_redaction_marker(s[start:end]):
                 continue  # scrubbed before: nothing new, nothing counted
-            pieces.append(s[done:start])
-            pieces.append(_KEY_MARK)
+            add(s[done:start])
+            add(_KEY_MARK)
             done = end
         if not pieces:
             return s, 0
@@ -642,16 +815,23 @@ class Redactor:
         if not self.enabled:
             return False
         hit = self._key_cache.get(key)
-        if hit is None:
-            endings = self._key_endings
-            hit = _normalize_key(key).endswith(endings) or (
-                not key.islower() and _normalize_key(_CAMEL.sub("_", key)).endswith(endings)
-            )
-            if not hit:
-                hit = _normalize_key(key) in SENSITIVE_KEY_WORDS
-            if len(self._key_cache) >= _KEY_CACHE_MAX:
-                self._key_cache.clear()
-            self._key_cache[key] = hit
+        if hit is not None:
+            return hit
+        if key[-1:].lower()[-1:] not in self._key_last:
+            # Every ending and word ends with a character of _key_last, and normalizing
+            # (lower case, separators, camelCase) keeps a name's last character: most
+            # names (and a token-indexed map's keys) are settled here.
+            return False
+        endings = self._key_endings
+        name = _normalize_key(key)
+        hit = (
+            name.endswith(endings)
+            or (not key.islower() and _normalize_key(_CAMEL.sub("_", key)).endswith(endings))
+            or name in SENSITIVE_KEY_WORDS
+        )
+        if len(self._key_cache) >= _KEY_CACHE_MAX:
+            self._key_cache.clear()
+        self._key_cache[key] = hit
         return hit
 
     def _names_secret(self, item: Any, pair: bool) -> bool:
@@ -737,18 +917,25 @@ class Redactor:
             return todo[-1][1]
 
         root = copy_of(obj)
+        is_key, scrub_key = self.is_sensitive_key, self._scrub_key  # once per key: bound once
         while todo:
             source, out = todo.pop()
             if isinstance(out, dict):
                 suffixes: dict[str, int] = {}  # last "#N" given per scrubbed key here
+                found, ahead = (
+                    self._keys_ahead(source) if len(source) >= _KEYS_TOGETHER else (None, {})
+                )
                 for k, v in source.items():
-                    if isinstance(k, str) and self.is_sensitive_key(k) and _holds_secret(v):
+                    text_key = isinstance(k, str)
+                    if text_key and is_key(k) and _holds_secret(v):
                         value: Any = _KEY_MARK
                         total += 1
+                    elif type(v) in _PLAIN:  # nothing to scrub (most values): no call
+                        value = v
                     else:
                         value = copy_of(v)
-                    if isinstance(k, str):
-                        k, n = self._scrub_key(k, out, suffixes)
+                    if text_key:
+                        k, n = scrub_key(k, out, suffixes, found, ahead)
                         total += n
                     out[k] = value
             else:
@@ -773,16 +960,63 @@ class Redactor:
             return self.scrub_text(obj)
         return obj, 0
 
+    def _keys_ahead(self, keys: Iterable[Any]) -> tuple[_Found | None, dict[str, _Scrubbed]]:
+        """A mapping's keys not scrubbed before, all at once: what the RE2 pass finds in
+        them (one pass: a match in one key is one in their joined text too), and, when
+        only shapes can match and their regex never reads the NUL that joins the keys
+        (``never_reads``: then it finds in each key what it finds in it alone), every
+        key scrubbed in one substitution. A token-indexed map has thousands of keys."""
+        todo = [k for k in keys if isinstance(k, str) and k not in self._key_text_cache]
+        if len(todo) < _KEYS_TOGETHER:
+            return None, {}
+        joined = "\x00".join(todo)
+        found = _rules_found(joined)
+        if found is None:
+            return None, {}
+        kinds, names, bare = found
+        if (
+            not kinds
+            or names
+            or self._extra is not None
+            or self._extra_key_markers
+            or joined.count("\x00") != len(todo) - 1  # a key holding a NUL
+            or not _joinable(kinds, self._regex_for(kinds))
+        ):
+            return found, {}
+        starts: list[int] = []
+        scrubbed, _ = _substitute(self._regex_for(kinds), joined, starts=starts)
+        counts = [0] * len(todo)
+        at, end = 0, len(todo[0])  # the key holding position ``end - 1``, and its end
+        for start in starts:
+            while start >= end:
+                at += 1
+                end += 1 + len(todo[at])
+            counts[at] += 1
+        ahead = dict(zip(todo, zip(scrubbed.split("\x00"), counts, strict=True), strict=True))
+        if bare and joined.lower() != joined:  # then as _scrub_text goes on: bare tokens
+            for key, (text, count) in ahead.items():
+                if key.lower() != key and _may_hold_bare_token(text):
+                    text, runs = self._scrub_runs(text, 0)
+                    ahead[key] = text, count + runs
+        return found, ahead
+
     def _scrub_key(
-        self, key: str, out: Mapping[str, Any], suffixes: dict[str, int]
+        self,
+        key: str,
+        out: Mapping[str, Any],
+        suffixes: dict[str, int],
+        found: _Found | None = None,
+        ahead: Mapping[str, _Scrubbed] | None = None,
     ) -> tuple[str, int]:
         # A credential used as a key (a token-indexed map): scrubbed like any text; two
         # keys scrubbed alike are told apart so neither value is lost. ``suffixes`` keeps
         # the last number given per scrubbed key of this mapping, so N token keys cost
         # O(N), not O(N^2) (each new key would otherwise count up from #2 again).
-        cached = self._key_text_cache.get(key)
+        cached = ahead.get(key) if ahead else None
         if cached is None:
-            cached = self.scrub_text(key) if self.maybe_sensitive(key) else (key, 0)
+            cached = self._key_text_cache.get(key)
+        if cached is None:
+            cached = self._scrub_text(key, 0, found)  # (no maybe_sensitive: the same check)
             if len(self._key_text_cache) >= _KEY_CACHE_MAX:
                 self._key_text_cache.clear()
             self._key_text_cache[key] = cached
@@ -808,7 +1042,10 @@ class Redactor:
             doc = json.loads(text)
         except RecursionError:
             try:
-                doc = loads_iterative(text)
+                # A container under a credential-named key is replaced whole by _walk
+                # (_holds_secret is true of every list and dict), so it is checked, not
+                # built: the empty list it reads as is replaced the same way.
+                doc = loads_iterative(text, opaque=self.is_sensitive_key)
             except ValueError:
                 return self.scrub_text(text)
         except ValueError:
@@ -823,8 +1060,16 @@ class Redactor:
 
 
 def _substitute(
-    regex: re.Pattern[str], s: str, labels: Mapping[str, str] | None = None
+    regex: re.Pattern[str],
+    s: str,
+    labels: Mapping[str, str] | None = None,
+    starts: list[int] | None = None,
 ) -> tuple[str, int]:
+    """``s`` with ``regex``'s matches replaced, and how many; ``starts`` (when given)
+    receives where each counted match starts."""
+    # Called once per match (text dense with secrets: one every ~25 characters), so the
+    # per-group work is looked up, not rebuilt: (marker, the kept part's group or None).
+    actions = _extra_actions(labels) if labels is not None else _GROUP_ACTIONS
     count = 0
 
     def repl(m: re.Match[str]) -> str:
@@ -832,30 +1077,63 @@ def _substitute(
         # lastgroup is the group that closed last: the rule's own (empty) group, which ends
         # its alternative (the oracle in the tests wraps the rule instead; its keep group
         # nests inside and closes first).
-        group = m.lastgroup or ""
-        rule = _GROUP_RULE.get(group, group)
-        kind = labels[group] if labels is not None else _RULE_KIND[rule]
-        mark = REDACTED_TEMPLATE.format(kind)
-        if labels is not None or rule not in _PREFIXED:
+        mark, keep = actions[m.lastgroup or ""]
+        if keep is None:
             count += 1
+            if starts is not None:
+                starts.append(m.start())
             return mark
         # Kept: from the match's start to the end of its ``<rule>_p`` group.
-        keep_end = m.end(f"{group}_p")
-        prefix = m.string[m.start() : keep_end]
-        value = m.string[keep_end : m.end()]
-        if is_redaction_marker(value.strip("'\"")):
+        whole = m.group()
+        cut = m.end(keep) - m.start()
+        value = whole[cut:]
+        if "[REDACTED" in value and is_redaction_marker(value.strip("'\"")):
             # Scrubbed before (the instrumentation scrubs as values enter the span, the
             # exporter again as they land): nothing new removed, so nothing counted.
-            return m.group(0)
+            return whole
         count += 1
+        if starts is not None:
+            starts.append(m.start())
         # Keep the quotes around a quoted value, so JSON / YAML text stays well-formed.
         quote = value[:1]
-        if quote in ("'", '"'):
-            closed = len(value) >= 2 and value.endswith(quote)
-            return f"{prefix}{quote}{mark}{quote if closed else ''}"
-        return prefix + mark
+        if quote == "'" or quote == '"':
+            closed = len(value) >= 2 and value[-1] == quote
+            return f"{whole[:cut]}{quote}{mark}{quote if closed else ''}"
+        return whole[:cut] + mark
 
     return regex.sub(repl, s), count
+
+
+_Scrubbed = tuple[str, int]
+# Rules -> whether their regex never reads a NUL (texts joined with one are then scrubbed
+# together, each as if alone).
+_JOINABLE: dict[tuple[str, ...], bool] = {}
+
+
+def _joinable(kinds: tuple[str, ...], regex: re.Pattern[str]) -> bool:
+    hit = _JOINABLE.get(kinds)
+    if hit is None:
+        hit = never_reads(regex.pattern, "\x00", _FLAGS)
+        if len(_JOINABLE) >= _REGEX_CACHE_MAX:
+            _JOINABLE.clear()
+        _JOINABLE[kinds] = hit
+    return hit
+
+
+def _group_actions() -> dict[str, tuple[str, str | None]]:
+    """Group that ends a rule's alternative -> (its marker, its kept part's group)."""
+    actions: dict[str, tuple[str, str | None]] = {}
+    for group, rule in _GROUP_RULE.items():
+        keep = f"{group}_p" if rule in _PREFIXED else None
+        actions[group] = (REDACTED_TEMPLATE.format(_RULE_KIND[rule]), keep)
+    return actions
+
+
+_GROUP_ACTIONS: Final = _group_actions()
+
+
+def _extra_actions(labels: Mapping[str, str]) -> dict[str, tuple[str, str | None]]:
+    return {group: (REDACTED_TEMPLATE.format(kind), None) for group, kind in labels.items()}
 
 
 _STABLE_PASSES: Final = 4
