@@ -16,6 +16,7 @@ from tooltrail import _json
 from tooltrail._json import compact_encoder, dumps_iterative, loads_iterative
 from tooltrail.collector import normalize
 from tooltrail.instrumentation import _shorten
+from tooltrail.redact import Redactor
 
 
 def _reference(**options: Any) -> Callable[[Any], str]:
@@ -184,3 +185,24 @@ def test_a_million_levels_under_an_opaque_key(unit: str) -> None:
     closer = unit.replace("[", "]")
     text = '{"token": ' + unit * 1_000_000 + closer * 1_000_000 + ', "after": 1}'
     assert loads_iterative(text, opaque=_opaque) == {"token": [], "after": 1}
+
+
+@pytest.mark.parametrize(
+    ("document", "kept", "gone"),
+    [
+        ('{"\\u0070assword": "hunter2"}', "password", "hunter2"),
+        ('{"api_\\u006bey": "sk-live-abcdef"}', "api_key", "sk-live-abcdef"),
+        (
+            '{"url": "https:\\/\\/bob:hunter2secret@example.com\\/x"}',
+            "example.com",
+            "hunter2secret",
+        ),
+    ],
+)
+def test_json_escapes_cannot_hide_a_credential_from_the_pre_check(
+    document: str, kept: str, gone: str
+) -> None:
+    """The cheap pre-check reads raw text; a JSON escape spells a marker it cannot see, so
+    text holding one is always walked (where keys and values are read decoded)."""
+    scrubbed, count = Redactor().scrub_json(document)
+    assert count == 1 and gone not in scrubbed and kept in scrubbed

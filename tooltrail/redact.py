@@ -658,6 +658,10 @@ class Redactor:
             return False
         if self._extra is not None:
             return True
+        if "\\u" in s or "\\/" in s:
+            # A JSON escape can spell any marker (``"\\u0070assword"`` reads "password",
+            # ``:\\/\\/`` reads "://"): such text is walked, where keys are read decoded.
+            return True
         if len(s) > _NARROW_MAX and not self._extra_key_markers:
             # Long text: one RE2 pass instead of a scan per first-tier entry.
             found = _TIER_SET.matching(s)
