@@ -111,6 +111,14 @@ ENV_DECISION_TOKEN = "TOOLTRAIL_COLLECTOR_DECISION_TOKEN"
     "connections); more get 503.",
 )
 @click.option(
+    "--events-heartbeat",
+    "events_heartbeat",
+    type=click.FloatRange(min=0.1),
+    default=15.0,
+    show_default=True,
+    help="Seconds of silence after which an event stream sends a keep-alive comment.",
+)
+@click.option(
     "--webhooks/--no-webhooks",
     "webhooks",
     default=True,
@@ -133,6 +141,7 @@ def collect_cli(
     header_timeout: float,
     quarantine_days: float,
     max_streams: int,
+    events_heartbeat: float,
     webhooks: bool,
 ) -> None:
     """Receive OTLP/HTTP spans from remote agents and land them (and serve approvals).
@@ -187,6 +196,7 @@ def collect_cli(
             header_timeout_s=header_timeout,
             quarantine_retention_s=quarantine_days * 86400.0,
             max_streams=max_streams,
+            events_heartbeat_s=events_heartbeat,
             webhooks=webhooks,
         )
 

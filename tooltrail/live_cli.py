@@ -122,8 +122,11 @@ def tail_cli(
     from tooltrail.events import make_filter
 
     filters = {"sessions": sessions, "agents": agents, "decisions": decisions, "kinds": kinds}
-    with domain_errors():
-        make_filter(kinds=kinds)  # a bad --kind is refused before anything is printed
+    from tooltrail.policy.durations import parse_since_seconds
+
+    with domain_errors():  # bad --kind or --since: refused before anything is printed
+        make_filter(kinds=kinds)
+        parse_since_seconds(since)
     if fmt == "table":
         click.echo(_table_line({c: c for c in _TAIL_COLUMNS}))
     with domain_errors(), _stop_on_sigterm():

@@ -223,7 +223,12 @@ class WebhookStore:
             created_at=time.time(),
         )
         secret = "whsec_" + secrets.token_urlsafe(32)
+        # The first hook fixes where delivery starts: what happens from now on is sent,
+        # even when no deliverer runs yet (it catches up when it starts).
+        start = None if self.cursor() is not None else head(self.path.parent)
         with self._tx() as con:
+            if start is not None:
+                self._save_cursor(con, start)
             con.execute(
                 "INSERT INTO hooks VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -296,12 +301,16 @@ class WebhookStore:
                             (hook.hook_id, topic, event.id, body, now, now),
                         )
                         queued += 1
-            con.execute(
-                "INSERT INTO state VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (_CURSOR_KEY, cursor.encode()),
-            )
+            self._save_cursor(con, cursor)
         return queued
+
+    @staticmethod
+    def _save_cursor(con: sqlite3.Connection, cursor: Cursor) -> None:
+        con.execute(
+            "INSERT INTO state VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (_CURSOR_KEY, cursor.encode()),
+        )
 
     def due(self, now: float, limit: int = 32) -> list[dict[str, Any]]:
         rows = self._con.execute(
@@ -400,8 +409,12 @@ class Deliverer:
         self._lock_fd = fd
 
     def start(self) -> None:
-        """Take the lock (DelivererLockedError when held) and deliver in a thread."""
+        """Take the lock (DelivererLockedError when held), fix where delivery starts (the
+        saved position, else now), and deliver in a thread."""
         self.lock()
+        with WebhookStore(self.data_dir) as store:
+            if store.cursor() is None:
+                store.enqueue([], head(self.data_dir))
         self._thread = threading.Thread(target=self.run, name="tooltrail-webhooks", daemon=True)
         self._thread.start()
 
