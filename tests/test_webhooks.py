@@ -345,3 +345,21 @@ def test_cli_add_list_remove_and_deliveries(tmp_path: Path) -> None:
     assert again.exit_code == 2 and hook["hook_id"] in again.stderr
     shown = runner.invoke(cli, ["webhooks", "deliveries", "--data", data, "--format", "json"])
     assert shown.exit_code == 0 and json.loads(shown.stdout) == []
+
+
+def test_the_documented_receiver_check_runs_and_accepts_our_signatures() -> None:
+    from tooltrail.webhooks import sign, verify
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "EVENTS.md").read_text()
+    (example,) = [
+        block.split("```", 1)[0] for block in doc.split("```python\n")[1:] if "def verify" in block
+    ]
+    namespace: dict[str, Any] = {}
+    exec(compile(example, "docs/EVENTS.md", "exec"), namespace)  # its own asserts run
+    body = b'{"topic": "tool.changed", "event": {}}'
+    header = sign("whsec_x", body, int(time.time()))
+    assert namespace["verify"]("whsec_x", header, body)
+    assert not namespace["verify"]("whsec_y", header, body)
+    assert verify("whsec_x", header, body) and not verify("whsec_x", header, body + b"!")
+    old = sign("whsec_x", body, int(time.time()) - 600)
+    assert not verify("whsec_x", old, body)
