@@ -9,8 +9,11 @@ access control a viewer reads everything, an agent only its own sessions.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +22,13 @@ from urllib.parse import urlsplit
 import pytest
 from access_support import people
 from collect_support import CollectorProcess, metric, post_traces, request, wait_until
+from webhook_support import Receiver
 
 from tooltrail import semconv as sc
+from tooltrail.webhooks import WebhookStore
 
 TOKEN = "events-token-0123456789abcdef"
+BIN = Path(sys.executable).parent
 
 
 def span_body(session: str, agent: str, decision: str, radius: str = "Low") -> bytes:
@@ -157,6 +163,35 @@ def test_filters_follow_0_and_bad_input(col: CollectorProcess) -> None:
     assert {d["agent"] for d in history("&session=s-2")} == {"bot-b"}
     assert len(history("&agent=bot-a&kind=action")) == 1
     assert history("&kind=approval") == []
+    # tooltrail tail --url reads the same stream (the token from the environment).
+    tail = subprocess.run(
+        [
+            str(BIN / "tooltrail"),
+            "tail",
+            "--url",
+            col.url,
+            "--since",
+            "all",
+            "--format",
+            "json",
+            "--decision",
+            "DENY",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TOOLTRAIL_TOKEN": TOKEN},
+    )
+    assert tail.returncode == 0, tail.stderr
+    assert [json.loads(line)["session"] for line in tail.stdout.splitlines()] == ["s-2"]
+    refused = subprocess.run(
+        [str(BIN / "tooltrail"), "tail", "--url", col.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TOOLTRAIL_TOKEN": "wrong-token-0123456789"},
+    )
+    assert refused.returncode == 2 and "HTTP 401" in refused.stderr
     status, _, raw = request(col.url, "GET", "/v1/events?kind=nope", None, AUTH)
     assert status == 400 and b"nope" in raw
     bad_id = {**AUTH, "Last-Event-ID": "garbage"}
@@ -224,3 +259,24 @@ def test_with_access_control_viewers_read_all_and_agents_their_own(tmp_path: Pat
         assert {d["session"] for d in mine} == {"s-a"} and len(mine) == 2
         assert read(None)[0] == 401
         assert read(TOKEN)[0] == 401  # the shared agents' token reads nothing once users exist
+
+
+def test_the_collector_delivers_webhooks_for_its_directory(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    receiver = Receiver()
+    try:
+        with WebhookStore(data) as store:
+            _, secret = store.add(receiver.url, ["session.paused"])
+        receiver.secrets.append(secret)
+        with CollectorProcess(data, "--token", TOKEN) as col:
+            filed = {"tool_name": "deploy", "arguments": {}, "session_id": "s-1"}
+            body = json.dumps(filed).encode()
+            assert request(col.url, "POST", "/v1/approvals", body, AUTH)[0] == 201
+            pause = json.dumps({"action": "pause", "by": "olga"}).encode()
+            status, _, raw = request(col.url, "POST", "/v1/sessions/s-1/control", pause, AUTH)
+            assert status == 200, raw
+            wait_until(lambda: len(receiver.received) == 1, what="the pause delivered")
+        assert receiver.received[0]["event"]["summary"] == "session paused by olga"
+        assert receiver.bad_signatures == 0
+    finally:
+        receiver.close()

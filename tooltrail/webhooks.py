@@ -412,9 +412,10 @@ class Deliverer:
         """Take the lock (DelivererLockedError when held), fix where delivery starts (the
         saved position, else now), and deliver in a thread."""
         self.lock()
-        with WebhookStore(self.data_dir) as store:
-            if store.cursor() is None:
-                store.enqueue([], head(self.data_dir))
+        if (self.data_dir / WEBHOOKS_FILE).exists():
+            with WebhookStore(self.data_dir) as store:
+                if store.cursor() is None:
+                    store.enqueue([], head(self.data_dir))
         self._thread = threading.Thread(target=self.run, name="tooltrail-webhooks", daemon=True)
         self._thread.start()
 
@@ -428,7 +429,11 @@ class Deliverer:
             self._lock_fd = None
 
     def run(self) -> None:
-        """Until ``stop_event``: queue new events' deliveries, send the due ones."""
+        """Until ``stop_event``: queue new events' deliveries, send the due ones. Idle
+        (creating nothing) until the directory has a webhooks store (the first hook)."""
+        while not (self.data_dir / WEBHOOKS_FILE).exists():
+            if self.stop_event.wait(1.0):
+                return
         with WebhookStore(self.data_dir) as store:
             source = EventSource(self.data_dir, store.cursor() or head(self.data_dir), settle=True)
             while not self.stop_event.is_set():
