@@ -1451,14 +1451,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not collector.try_stream_slot():
             self._error(503, "too many event streams open; retry", kind=kind)
             return
+        source = EventSource(collector.data_dir, cursor, settle=True)
         try:
-            self._stream(
-                kind,
-                EventSource(collector.data_dir, cursor, settle=True),
-                event_filter,
-                keep_following,
-            )
+            self._stream(kind, source, event_filter, keep_following)
         finally:
+            source.close()
             collector.release_stream_slot()
 
     def _stream(

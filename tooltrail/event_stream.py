@@ -87,23 +87,64 @@ def owned_sessions(data_dir: Path, agent: str) -> frozenset[str]:
 
 
 def _read_rows(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-    """Rows of a query on a store opened read-only; none when the store (or its table) is
-    not there yet (a data directory no agent has used)."""
-    if not path.exists():
-        return []
+    """Rows of one query on a store opened read-only for it (see _StoreReader)."""
+    reader = _StoreReader(path)
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
-        return []
-    try:
-        con.row_factory = sqlite3.Row
-        return list(con.execute(sql, params))
-    except sqlite3.OperationalError as e:
-        if "no such table" in str(e) or "no such column" in str(e):
-            return []
-        raise
+        return reader.rows(sql, params)
     finally:
-        con.close()
+        reader.close()
+
+
+class _StoreReader:
+    """A SQLite store read by a follower: one read-only connection kept open, and queries
+    skipped while the store's files are unchanged (a poll of an idle store costs a stat,
+    not a query). Asked again at least once a second whatever the files say: a commit
+    into a reset WAL can leave its size, and its mtime within the clock's tick, as they
+    were. No rows when the store (or its table) is not there yet."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._con: sqlite3.Connection | None = None
+        self._signature: tuple[int, ...] | None = None
+        self._asked = 0.0
+
+    def changed(self) -> bool:
+        signature: tuple[int, ...] = ()
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                signature += (0, 0, 0)
+                continue
+            signature += (st.st_ino, st.st_mtime_ns, st.st_size)
+        now = time.monotonic()
+        if signature == self._signature and now - self._asked < 1.0:
+            return False
+        self._signature, self._asked = signature, now
+        return True
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        if self._con is None:
+            if not self.path.exists():
+                return []
+            try:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                self._con = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False)
+            except sqlite3.Error:
+                return []
+            self._con.row_factory = sqlite3.Row
+        try:
+            return list(self._con.execute(sql, params))
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e) or "no such column" in str(e):
+                self.close()  # not made yet: ask again with a fresh connection
+                return []
+            raise
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
 
 
 class _Watermark:
@@ -294,12 +335,23 @@ class EventSource:
         self._settled = _Watermark(c.settled)
         self._pinned = _Watermark(c.pinned)
         self._changed = _Watermark(c.changed)
+        self._control = _StoreReader(data_dir / CONTROL_FILE)
+        self._pins = _StoreReader(data_dir / PINS_FILE)
+
+    def close(self) -> None:
+        """Close the stores' connections (a source is also closed when collected)."""
+        self._control.close()
+        self._pins.close()
 
     def poll(self) -> list[Event]:
         """Every event that landed since the last poll, in time order across sources (each
         source's own order kept); each event's id is the cursor just past it."""
         self._settle_due()
-        sources = [self._actions(), self._controls(), *self._approvals(), *self._tools()]
+        sources = [self._actions()]
+        if self._control.changed():
+            sources += [self._controls(), *self._approvals()]
+        if self._pins.changed():
+            sources += self._tools()
         out = []
         cursor = self.cursor
         for item in heapq.merge(*sources, key=lambda p: p.event.time):
@@ -313,7 +365,13 @@ class EventSource:
         if not self._settle or now - self._settled_at < _SETTLE_EVERY_S:
             return
         self._settled_at = now
-        if not (self.data_dir / CONTROL_FILE).exists():
+        # Only when a request is due: settling opens the store for writing.
+        due = self._control.rows(
+            "SELECT 1 FROM approvals WHERE status = 'pending' AND (expires_at <= ?"
+            " OR (lease_until IS NOT NULL AND lease_until < ?)) LIMIT 1",
+            (time.time(), time.time()),
+        )
+        if not due:
             return
         from tooltrail.control import ControlStore
         from tooltrail.errors import TooltrailError
@@ -343,8 +401,7 @@ class EventSource:
         return out
 
     def _controls(self) -> list[_Pending]:
-        rows = _read_rows(
-            self.data_dir / CONTROL_FILE,
+        rows = self._control.rows(
             "SELECT event_id, session_id, action, actor, at, reason FROM control_events"
             " WHERE event_id > ? ORDER BY event_id LIMIT 10000",
             (self.cursor.control,),
@@ -366,14 +423,11 @@ class EventSource:
         return out
 
     def _approvals(self) -> list[list[_Pending]]:
-        path = self.data_dir / CONTROL_FILE
-        requested = _read_rows(
-            path,
+        requested = self._control.rows(
             "SELECT * FROM approvals WHERE requested_at >= ? ORDER BY requested_at",
             (self._requested.floor(),),
         )
-        settled = _read_rows(
-            path,
+        settled = self._control.rows(
             "SELECT * FROM approvals WHERE decided_at IS NOT NULL AND decided_at >= ?"
             " AND status != 'pending' ORDER BY decided_at",
             (self._settled.floor(),),
@@ -390,14 +444,11 @@ class EventSource:
         ]
 
     def _tools(self) -> list[list[_Pending]]:
-        path = self.data_dir / PINS_FILE
-        pinned = _read_rows(
-            path,
+        pinned = self._pins.rows(
             "SELECT server, tool, hash, pinned_at FROM tool_pins WHERE pinned_at >= ?",
             (self._pinned.floor(),),
         )
-        changed = _read_rows(
-            path,
+        changed = self._pins.rows(
             "SELECT server, tool, hash, seen_at FROM tool_changes WHERE seen_at >= ?",
             (self._changed.floor(),),
         )

@@ -51,9 +51,12 @@ def _local_events(
         kinds=filters["kinds"],
     )
     source = EventSource(root, start_cursor(None, since, root), settle=True)
-    for event in follow(source, event_filter, keep_following=keep_following):
-        if event is not None:
-            yield event.to_json_dict()
+    try:
+        for event in follow(source, event_filter, keep_following=keep_following):
+            if event is not None:
+                yield event.to_json_dict()
+    finally:
+        source.close()
 
 
 @click.command("tail")

@@ -436,12 +436,15 @@ class Deliverer:
                 return
         with WebhookStore(self.data_dir) as store:
             source = EventSource(self.data_dir, store.cursor() or head(self.data_dir), settle=True)
-            while not self.stop_event.is_set():
-                try:
-                    self.step(store, source)
-                except Exception:  # keep delivering: one bad step must not end notifications
-                    _log.exception("tooltrail webhooks: delivery step failed")
-                self.stop_event.wait(self.poll_s)
+            try:
+                while not self.stop_event.is_set():
+                    try:
+                        self.step(store, source)
+                    except Exception:  # one bad step must not end notifications
+                        _log.exception("tooltrail webhooks: delivery step failed")
+                    self.stop_event.wait(self.poll_s)
+            finally:
+                source.close()
 
     def step(self, store: WebhookStore, source: EventSource) -> None:
         events = source.poll()
