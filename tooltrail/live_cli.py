@@ -262,11 +262,13 @@ def list_cli(data: Path | None, fmt: str) -> None:
         tooltrail webhooks list --format json
     """
     from tooltrail.output import table
-    from tooltrail.webhooks import WebhookStore
+    from tooltrail.webhooks import WEBHOOKS_FILE, WebhookStore
 
     root = config.data_dir(data)
-    with domain_errors(), WebhookStore(root) as store:
-        rows = [h.to_dict() for h in store.hooks()]
+    rows: list[dict[str, Any]] = []
+    if (root / WEBHOOKS_FILE).exists():  # listing creates nothing
+        with domain_errors(), WebhookStore(root) as store:
+            rows = [h.to_dict() for h in store.hooks()]
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return
@@ -313,11 +315,13 @@ def deliveries_cli(
     """
     from tooltrail.events import iso
     from tooltrail.output import table
-    from tooltrail.webhooks import WebhookStore
+    from tooltrail.webhooks import WEBHOOKS_FILE, WebhookStore
 
     root = config.data_dir(data)
-    with domain_errors(), WebhookStore(root) as store:
-        rows = store.deliveries(hook_id, status, limit)
+    rows: list[dict[str, Any]] = []
+    if (root / WEBHOOKS_FILE).exists():
+        with domain_errors(), WebhookStore(root) as store:
+            rows = store.deliveries(hook_id, status, limit)
     for row in rows:
         for key in ("created_at", "next_at", "done_at"):
             row[key] = None if row[key] is None else iso(row[key])

@@ -487,6 +487,7 @@ class Deliverer:
 __all__ = [
     "SIGNATURE_HEADER",
     "TOPICS",
+    "WEBHOOKS_FILE",
     "Deliverer",
     "DelivererLockedError",
     "Hook",
