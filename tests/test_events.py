@@ -1,6 +1,7 @@
 """The live event source over a real data directory (issue 17, "Live").
 
-A real instrumented agent process lands tool calls through the real exporter; the control
+A real instrumented agent process (or, where only landing matters, the real SDK in the test)
+lands tool calls through the real exporter; the control
 store and the gateway's pin store are written through their own APIs; the source follows
 them, resumes exactly from an event id, and filters. `tooltrail tail` runs as a process.
 """
@@ -19,8 +20,12 @@ from typing import Any
 
 import pytest
 from collect_support import wait_until
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from secret_shapes import GITHUB_TOKEN
 
+from tooltrail import semconv as sc
+from tooltrail.collector.exporter import TooltrailSpanExporter
 from tooltrail.control import ApprovalRequest, ControlStore
 from tooltrail.event_stream import EventSource, follow, head
 from tooltrail.events import Cursor, Event, make_filter
@@ -52,6 +57,25 @@ def run_agent(data: Path, agent: str, session: str, calls: int) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+
+
+def land(data: Path, agent: str, session: str, calls: int) -> None:
+    """``calls`` tool spans through the real SDK and the real exporter, a file each (what
+    an agent's processor does; in-process, without an agent's start-up)."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(TooltrailSpanExporter(data)))
+    tracer = provider.get_tracer("test")
+    for i in range(calls):
+        attrs = {
+            sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+            sc.GEN_AI_TOOL_NAME: "deploy",
+            sc.TT_SESSION_ID: session,
+            sc.GEN_AI_AGENT_NAME: agent,
+            sc.TT_SEQUENCE: i,
+        }
+        with tracer.start_as_current_span("execute_tool deploy", attributes=attrs):
+            pass
+    provider.shutdown()
 
 
 def poll_until(source: EventSource, count: int, timeout: float = 20.0) -> list[Event]:
@@ -87,10 +111,10 @@ def test_actions_carry_the_scrubbed_record_and_resume_exactly_from_an_id(landed:
 
 def test_a_follower_gets_each_new_landing_once_and_nothing_from_before(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    run_agent(data, "bot-a", "before", 2)
+    land(data, "bot-a", "before", 2)
     source = EventSource(data, head(data))  # "from now"
     assert source.poll() == []
-    run_agent(data, "bot-b", "after", 3)
+    land(data, "bot-b", "after", 3)
     events = poll_until(source, 3)
     assert [(e.session, e.agent) for e in events] == [("after", "bot-b")] * 3
     time.sleep(0.3)
@@ -155,10 +179,10 @@ def test_control_approvals_and_tool_changes_become_events(tmp_path: Path) -> Non
     assert len(after) == len(events) - 1 - kinds.index("approval.decided")
 
 
-def test_filters_by_session_agent_decision_and_kind(landed: Path, tmp_path: Path) -> None:
+def test_filters_by_session_agent_decision_and_kind(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    run_agent(data, "bot-a", "s-1", 2)
-    run_agent(data, "bot-b", "s-2", 3)
+    land(data, "bot-a", "s-1", 2)
+    land(data, "bot-b", "s-2", 3)
     with ControlStore(data) as store:
         store.set_session_state("s-2", "pause", "olga")
 
@@ -185,12 +209,12 @@ def _tail(*args: str) -> subprocess.Popen[str]:
 
 def test_tail_follows_a_data_directory_as_json_lines(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    run_agent(data, "bot-a", "old", 1)
+    land(data, "bot-a", "old", 1)
     tail = _tail("--data", str(data), "--follow", "--format", "json", "--session", "new")
     try:
         lines: list[dict[str, Any]] = []
         time.sleep(1.0)  # the follower is up (an earlier session is filtered out)
-        run_agent(data, "bot-a", "new", 2)
+        land(data, "bot-a", "new", 2)
         assert tail.stdout is not None
         os.set_blocking(tail.stdout.fileno(), False)
 
@@ -234,8 +258,7 @@ def test_tail_without_follow_prints_history_and_refuses_bad_input(landed: Path) 
 
 def test_a_compaction_sends_nothing_again(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    run_agent(data, "bot-a", "s-1", 2)
-    run_agent(data, "bot-a", "s-1", 2)
+    land(data, "bot-a", "s-1", 4)
     source = EventSource(data, Cursor())
     assert len(source.poll()) == 4
     done = subprocess.run(
@@ -248,7 +271,7 @@ def test_a_compaction_sends_nothing_again(tmp_path: Path) -> None:
     assert any(p.name.startswith("compact-") for p in (data / "spans").rglob("*.parquet"))
     time.sleep(0.2)
     assert source.poll() == []
-    run_agent(data, "bot-a", "s-1", 1)
+    land(data, "bot-a", "s-1", 1)
     assert len(poll_until(source, 1)) == 1
 
 
