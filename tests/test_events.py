@@ -20,12 +20,9 @@ from typing import Any
 
 import pytest
 from collect_support import wait_until
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from events_support import land
 from secret_shapes import GITHUB_TOKEN
 
-from tooltrail import semconv as sc
-from tooltrail.collector.exporter import TooltrailSpanExporter
 from tooltrail.control import ApprovalRequest, ControlStore
 from tooltrail.event_stream import EventSource, follow, head
 from tooltrail.events import Cursor, Event, make_filter
@@ -57,25 +54,6 @@ def run_agent(data: Path, agent: str, session: str, calls: int) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-
-
-def land(data: Path, agent: str, session: str, calls: int) -> None:
-    """``calls`` tool spans through the real SDK and the real exporter, a file each (what
-    an agent's processor does; in-process, without an agent's start-up)."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(TooltrailSpanExporter(data)))
-    tracer = provider.get_tracer("test")
-    for i in range(calls):
-        attrs = {
-            sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
-            sc.GEN_AI_TOOL_NAME: "deploy",
-            sc.TT_SESSION_ID: session,
-            sc.GEN_AI_AGENT_NAME: agent,
-            sc.TT_SEQUENCE: i,
-        }
-        with tracer.start_as_current_span("execute_tool deploy", attributes=attrs):
-            pass
-    provider.shutdown()
 
 
 def poll_until(source: EventSource, count: int, timeout: float = 20.0) -> list[Event]:
