@@ -258,3 +258,21 @@ def test_a_bad_event_id_is_refused_naming_it() -> None:
 
     with pytest.raises(BadInputError, match="is not one this stream gave"):
         Cursor.decode("1.not-base64-json")
+
+
+def test_since_starts_every_source_at_that_time(tmp_path: Path) -> None:
+    from tooltrail.event_stream import start_cursor
+
+    data = tmp_path / "data"
+    with ControlStore(data) as store:
+        store.set_session_state("early", "pause", "olga")
+        store.file_request(ApprovalRequest("x", {}, session_id="early"))
+    land(data, "bot-a", "early", 1)
+    time.sleep(1.5)
+    with ControlStore(data) as store:
+        store.set_session_state("late", "pause", "olga")
+    land(data, "bot-a", "late", 1)
+    recent = EventSource(data, start_cursor(None, "1s", data)).poll()
+    assert {(e.kind, e.session) for e in recent} == {("session.paused", "late"), ("action", "late")}
+    everything = EventSource(data, start_cursor(None, "all", data)).poll()
+    assert len(everything) == 5

@@ -612,7 +612,17 @@ def start_cursor(last_event_id: str | None, since: str | None, data_dir: Path) -
         return Cursor.decode(last_event_id)
     if since:
         seconds = parse_since_seconds(since)
-        return Cursor() if seconds is None else Cursor.at(time.time() - seconds)
+        if seconds is None:
+            return Cursor()
+        start = time.time() - seconds
+        # Control events are positioned by id: the last one before the start.
+        before = _read_rows(
+            data_dir / CONTROL_FILE,
+            "SELECT max(event_id) FROM control_events WHERE at < ?",
+            (start,),
+        )
+        last = int(before[0][0] or 0) if before else 0
+        return replace(Cursor.at(start), control=last)
     return head(data_dir)
 
 

@@ -119,10 +119,12 @@ class Cursor:
 
     @classmethod
     def at(cls, seconds: float) -> Cursor:
-        """Everything that happened (landed, for actions) at ``seconds`` or later."""
+        """Everything that happened (landed, for actions) at ``seconds`` or later; control
+        events, positioned by id, from the first (``event_stream.start_cursor`` finds the
+        id that goes with the time)."""
         ns = int(seconds * 1e9)
         mark = (seconds, "")
-        return cls((ns, "", -1), -1, mark, mark, mark, mark)
+        return cls((ns, "", -1), 0, mark, mark, mark, mark)
 
 
 def _mark(value: Any) -> tuple[float, str]:
