@@ -280,3 +280,16 @@ def test_the_collector_delivers_webhooks_for_its_directory(tmp_path: Path) -> No
         assert receiver.bad_signatures == 0
     finally:
         receiver.close()
+
+
+def test_a_client_gone_while_nothing_happens_frees_its_stream_at_once(tmp_path: Path) -> None:
+    # The default heartbeat (15 s): no write would notice the client gone for 15 s or more;
+    # the once-a-second look at the socket does.
+    with CollectorProcess(tmp_path / "data", "--token", TOKEN) as col:
+        stream = Stream(col.url, "", AUTH)
+        assert stream.status == 200
+        wait_until(lambda: metric(col.url, "event_streams_open") == 1, what="the stream open")
+        stream.close()
+        started = time.monotonic()
+        wait_until(lambda: metric(col.url, "event_streams_open") == 0, what="the stream freed")
+        assert time.monotonic() - started < 5
