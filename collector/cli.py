@@ -102,6 +102,29 @@ ENV_DECISION_TOKEN = "TOOLTRAIL_COLLECTOR_DECISION_TOKEN"
     help="Days the notes of spans set aside (ids and reasons, no values) are kept in "
     "spool/quarantine.",
 )
+@click.option(
+    "--max-streams",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Event streams (GET /v1/events) open at once (at most a quarter of the "
+    "connections); more get 503.",
+)
+@click.option(
+    "--events-heartbeat",
+    "events_heartbeat",
+    type=click.FloatRange(min=0.1),
+    default=15.0,
+    show_default=True,
+    help="Seconds of silence after which an event stream sends a keep-alive comment.",
+)
+@click.option(
+    "--webhooks/--no-webhooks",
+    "webhooks",
+    default=True,
+    show_default=True,
+    help="Deliver the data directory's webhooks (tooltrail webhooks add) from this process.",
+)
 def collect_cli(
     data: Path | None,
     host: str,
@@ -117,11 +140,15 @@ def collect_cli(
     max_connections: int,
     header_timeout: float,
     quarantine_days: float,
+    max_streams: int,
+    events_heartbeat: float,
+    webhooks: bool,
 ) -> None:
     """Receive OTLP/HTTP spans from remote agents and land them (and serve approvals).
 
-    POST /v1/traces (protobuf or JSON, gzip), approvals under /v1/approvals, GET /metrics
-    and /healthz. Runs until Ctrl-C / SIGTERM, then lands what is spooled.
+    POST /v1/traces (protobuf or JSON, gzip), approvals under /v1/approvals, the live
+    event stream GET /v1/events (Server-Sent Events), GET /metrics and /healthz; delivers
+    webhooks. Runs until Ctrl-C / SIGTERM, then lands what is spooled.
 
     Example:
 
@@ -168,6 +195,9 @@ def collect_cli(
             max_connections=max_connections,
             header_timeout_s=header_timeout,
             quarantine_retention_s=quarantine_days * 86400.0,
+            max_streams=max_streams,
+            events_heartbeat_s=events_heartbeat,
+            webhooks=webhooks,
         )
 
         def ready(running: Running) -> None:

@@ -83,6 +83,9 @@ from tooltrail.collector.spool import (
     sweep_quarantine,
 )
 from tooltrail.errors import BadInputError, NotAuthenticatedError, StoreError, TooltrailError
+from tooltrail.event_stream import EventSource, sse_stream, start_cursor
+from tooltrail.events import EventFilter, make_filter
+from tooltrail.webhooks import Deliverer
 
 if TYPE_CHECKING:
     from socketserver import _RequestType
@@ -102,6 +105,8 @@ APPROVALS_PATH: Final = "/v1/approvals"
 DECISION_SUFFIX: Final = "/decision"
 WITHDRAW_SUFFIX: Final = "/withdraw"
 SESSIONS_PATH: Final = "/v1/sessions"
+EVENTS_PATH: Final = "/v1/events"
+CT_EVENT_STREAM: Final = "text/event-stream; charset=utf-8"
 CONTROL_SUFFIX: Final = "/control"
 METRICS_PATH: Final = "/metrics"
 HEALTH_PATH: Final = "/healthz"
@@ -183,6 +188,13 @@ class CollectorConfig:
     quarantine_retention_s: float = DEFAULT_QUARANTINE_RETENTION_S
     # Processes that normalize and write Parquet (0: in the collector process itself).
     workers: int = field(default_factory=default_workers)
+    # Event streams (GET /v1/events) open at once; each holds a connection thread for as
+    # long as its client reads (see stream_cap). More are answered 503.
+    max_streams: int = 32
+    # Seconds of silence after which a stream sends a keep-alive comment.
+    events_heartbeat_s: float = 15.0
+    # Deliver webhooks (tooltrail webhooks add) from this process.
+    webhooks: bool = True
 
     def check(self) -> None:
         """Refuse unsafe or impossible settings with a message naming the option."""
@@ -196,6 +208,10 @@ class CollectorConfig:
             )
         if self.workers < 0:
             raise BadInputError("--workers must be 0 or more")
+        if self.max_streams < 1:
+            raise BadInputError("max_streams must be 1 or more")
+        if not self.events_heartbeat_s > 0:
+            raise BadInputError("events_heartbeat_s must be more than 0 seconds")
         if self.max_connections < 2:
             raise BadInputError("max_connections must be 2 or more")
         if not self.header_timeout_s > 0:
@@ -215,6 +231,11 @@ class CollectorConfig:
         if soft == resource.RLIM_INFINITY:
             return self.max_connections
         return max(2, min(self.max_connections, (soft - _FILES_RESERVED) // 2))
+
+    def stream_cap(self) -> int:
+        """Event streams open at once: at most a quarter of the connections (as waiters),
+        so that streams never hold the threads senders and approvers need."""
+        return max(1, min(self.max_streams, self.connection_cap() // 4))
 
     def waiter_cap(self) -> int:
         """Long-polls parked at once: at most a quarter of the connections, so they never
@@ -251,6 +272,8 @@ _COUNTERS: Final = {
     "approval_decisions_total": "Approval decisions made over HTTP.",
     "approvals_withdrawn_total": "Approval requests withdrawn over HTTP by their agent.",
     "connections_refused_total": "Connections answered 503 and closed: too many were open.",
+    "event_streams_total": "Event streams (GET /v1/events) opened.",
+    "events_sent_total": "Events written to event streams.",
 }
 _LABELS: Final = {"requests_total": ("kind", "code")}
 METRIC_PREFIX: Final = "tooltrail_collector_"
@@ -355,6 +378,10 @@ class Collector:
         self._swept = 0.0  # monotonic time of the last quarantine sweep
         self._inflight = threading.BoundedSemaphore(cfg.max_inflight)
         self._waiters = threading.BoundedSemaphore(cfg.waiter_cap())
+        self._streams = threading.BoundedSemaphore(cfg.stream_cap())
+        self._open_streams = 0
+        self._streams_lock = threading.Lock()
+        self.deliverer: Deliverer | None = None
         self._lander: threading.Thread | None = None
         self._wake = threading.Event()
         self.last_landing_error: str | None = None
@@ -383,15 +410,31 @@ class Collector:
                     target=self._land_loop, name="tooltrail-lander", daemon=True
                 )
                 self._lander.start()
+            self._start_deliverer()
         except BaseException:
             self.lander.close()
             self._lock.release()
             raise
 
+    def _start_deliverer(self) -> None:
+        """Webhooks are delivered from here unless another process does it already."""
+        if not self.cfg.webhooks:
+            return
+        deliverer = Deliverer(self.data_dir)
+        try:
+            deliverer.start()
+        except StoreError as e:
+            _log.warning("tooltrail collect: not delivering webhooks: %s", e)
+            deliverer.close()
+            return
+        self.deliverer = deliverer
+
     def close(self) -> None:
         """Stop landing in the background, land what is spooled, release the lock."""
         self.stop.set()
         self._wake.set()
+        if self.deliverer is not None:
+            self.deliverer.close()
         if self._lander is not None:
             self._lander.join()
         if self._spool is not None:
@@ -573,6 +616,7 @@ class Collector:
             "spool_backlog_bytes": ("Bytes acknowledged and not yet landed.", self.backlog_bytes),
             "spool_sealed_segments": ("Sealed spool segments waiting to land.", sealed),
             "uptime_seconds": ("Seconds since start.", lambda: time.time() - self.metrics.started),
+            "event_streams_open": ("Event streams (GET /v1/events) open.", self.open_streams),
         }
 
     def health(self) -> tuple[int, dict[str, Any]]:
@@ -610,6 +654,24 @@ class Collector:
 
     def release_wait_slot(self) -> None:
         self._waiters.release()
+
+    # -- event streams ---------------------------------------------------------------------
+
+    def try_stream_slot(self) -> bool:
+        if not self._streams.acquire(blocking=False):
+            return False
+        with self._streams_lock:
+            self._open_streams += 1
+        return True
+
+    def release_stream_slot(self) -> None:
+        with self._streams_lock:
+            self._open_streams -= 1
+        self._streams.release()
+
+    def open_streams(self) -> float:
+        with self._streams_lock:
+            return self._open_streams
 
 
 # --- HTTP -----------------------------------------------------------------------------------
@@ -1005,6 +1067,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._get_approval(approval_id, parts.query)
         elif (session_id := _session_of(path)) is not None:
             self._get_session_control(session_id, parts.query)
+        elif path == EVENTS_PATH:
+            self._get_events(parts.query)
         else:
             self._no_route()
 
@@ -1342,6 +1406,96 @@ class _Handler(BaseHTTPRequestHandler):
 
         self._operator_post("sessions", "session control", act, "session_controls_total", who)
 
+    # -- events ----------------------------------------------------------------------------
+
+    def _events_reader(self, kind: str) -> tuple[bool, str | None]:
+        """Who may read the stream: without access control the token (when one is set);
+        with it a viewer or above, or an agent (its own sessions only: the name returned).
+        The shared --token is not enough once access control is on (it is an agents' token,
+        and would read every agent's sessions)."""
+        if not self._access_on():
+            return self._authorized(kind), None
+        who = self._who(kind)
+        if who is None:
+            return False, None
+        if who.is_agent:
+            return True, who.name
+        try:
+            access.require(who, "read")
+        except TooltrailError as e:
+            self._forbid(kind, str(e))
+            return False, None
+        return True, None
+
+    def _get_events(self, query: str) -> None:
+        kind = "events"
+        allowed, owned_by = self._events_reader(kind)
+        if not allowed:
+            return
+        collector = self.collector
+        params = parse_qs(query)
+        last = self.headers.get("Last-Event-ID") or _one(params, "last_event_id")
+        try:
+            event_filter = make_filter(
+                sessions=params.get("session", []),
+                agents=params.get("agent", []),
+                decisions=params.get("decision", []),
+                kinds=params.get("kind", []),
+                owned_by=owned_by,
+            )
+            cursor = start_cursor(last, _one(params, "since"), collector.data_dir)
+        except BadInputError as e:
+            self._error(400, str(e), kind=kind)
+            return
+        keep_following = _one(params, "follow") not in ("0", "false", "no")
+        if not collector.try_stream_slot():
+            self._error(503, "too many event streams open; retry", kind=kind)
+            return
+        source = EventSource(collector.data_dir, cursor, settle=True)
+        try:
+            self._stream(kind, source, event_filter, keep_following)
+        finally:
+            source.close()
+            collector.release_stream_slot()
+
+    def _stream(
+        self, kind: str, source: EventSource, event_filter: EventFilter, keep_following: bool
+    ) -> None:
+        """Write the stream until the client goes (a failed write, or the socket reads as
+        ended), the collector stops, or (``follow=0``) what is there has been sent. The
+        body is delimited by closing the connection (no Content-Length)."""
+        collector = self.collector
+        self._answered = True
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", CT_EVENT_STREAM)
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Accel-Buffering", "no")  # a proxy in front must not buffer it
+        self.send_header("Connection", "close")
+        self.end_headers()
+        collector.metrics.add("requests_total", kind=kind, code="200")
+        collector.metrics.add("event_streams_total")
+        if self.command == "HEAD":
+            return
+        chunks = sse_stream(
+            source,
+            event_filter,
+            keep_following=keep_following,
+            heartbeat_s=collector.cfg.events_heartbeat_s,
+            client_gone=self._client_gone,
+            stop=collector.stop,
+        )
+        for chunk in chunks:
+            self.wfile.write(chunk)
+            self.wfile.flush()
+            if chunk.startswith(b"id:"):
+                collector.metrics.add("events_sent_total")
+
+
+def _one(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    return values[-1] if values else None
+
 
 def _session_of(path: str) -> str | None:
     """The session id of a ``/v1/sessions/{id}/control`` path (None for other paths)."""
@@ -1387,7 +1541,7 @@ def _allowed_methods(path: str) -> tuple[str, ...] | None:
         return _WRITE_ONLY
     if _withdrawal_of(path) is not None:
         return _WRITE_ONLY
-    if path in (HEALTH_PATH, METRICS_PATH) or _approval_of(path) is not None:
+    if path in (HEALTH_PATH, METRICS_PATH, EVENTS_PATH) or _approval_of(path) is not None:
         return _READ_ONLY
     if path == APPROVALS_PATH or _session_of(path) is not None:
         return _READ_WRITE

@@ -852,6 +852,7 @@ def _register_groups() -> None:
     from tooltrail.access_cli import agents_cli, login_cli, users_cli
     from tooltrail.collector.cli import collect_cli
     from tooltrail.gateway.cli import proxy_cli, tools_cli
+    from tooltrail.live_cli import tail_cli, webhooks_cli
     from tooltrail.policy.cli import policy_cli
 
     cli.add_command(policy_cli)
@@ -861,6 +862,8 @@ def _register_groups() -> None:
     cli.add_command(users_cli)
     cli.add_command(agents_cli)
     cli.add_command(login_cli)
+    cli.add_command(tail_cli)
+    cli.add_command(webhooks_cli)
 
 
 _register_groups()
