@@ -50,10 +50,12 @@ from tooltrail.analytics.queries import (
     session_actions,
     session_control_history,
     sessions,
+    terminal_sessions,
     tool_changes,
 )
 
 __all__ = [
+    "terminal_sessions",
     "APPROVALS_COLUMNS",
     "APPROVAL_GROUPS",
     "APPROVAL_STATUSES",
