@@ -55,7 +55,6 @@ from tooltrail.analytics.queries import (
 )
 
 __all__ = [
-    "terminal_sessions",
     "APPROVALS_COLUMNS",
     "APPROVAL_GROUPS",
     "APPROVAL_STATUSES",
@@ -93,5 +92,6 @@ __all__ = [
     "session_actions",
     "session_control_history",
     "sessions",
+    "terminal_sessions",
     "tool_changes",
 ]

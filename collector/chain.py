@@ -29,6 +29,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -112,7 +113,7 @@ def row_digests(table: pa.Table) -> list[bytes]:
         assert offsets_buf is not None and data_buf is not None
         offs = memoryview(offsets_buf).cast("q")[joined.offset : joined.offset + len(joined) + 1]
         data = memoryview(data_buf)
-        out.extend([sha(data[a:b]).digest() for a, b in zip(offs, offs[1:], strict=False)])
+        out.extend([sha(data[a:b]).digest() for a, b in itertools.pairwise(offs)])
     return out
 
 

@@ -170,7 +170,9 @@ def compact_partition(part: Path, small_file_bytes: int = DEFAULT_SMALL_FILE_BYT
     return int(table.num_rows)
 
 
-def _record_compacted(part: Path, written: list[tuple[str, pa.Table]], replaces: list[str] | None) -> None:
+def _record_compacted(
+    part: Path, written: list[tuple[str, pa.Table]], replaces: list[str] | None
+) -> None:
     data_dir = part.parent.parent
     for name, chunk in written:
         path = part / name

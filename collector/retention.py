@@ -116,9 +116,11 @@ def delete_sessions(
 
 
 def _plan(data_dir: Path, targets: set[str]) -> list[_Rewrite]:
-    live = chain.live_records(chain.read_ledger(data_dir)) if chain.ledger_path(
-        data_dir
-    ).exists() else {}
+    live = (
+        chain.live_records(chain.read_ledger(data_dir))
+        if chain.ledger_path(data_dir).exists()
+        else {}
+    )
     wanted = pa.array(sorted(targets), pa.string())
     out: list[_Rewrite] = []
     for path in iter_span_files(data_dir):
@@ -236,4 +238,4 @@ def apply_retention(
     )
 
 
-__all__ = ["DeleteReport", "apply_retention", "delete_sessions", "deletable_sessions"]
+__all__ = ["DeleteReport", "apply_retention", "deletable_sessions", "delete_sessions"]

@@ -149,7 +149,12 @@ def diff_sessions(
         before_after = f"decisions {_counts(r.decisions)} recorded, {_counts(a.decisions)} now"
         if a.rows < r.rows:
             out.append(
-                (sid, "rows_deleted", f"{r.rows - a.rows} of {r.rows} rows gone; {before_after}", where)
+                (
+                    sid,
+                    "rows_deleted",
+                    f"{r.rows - a.rows} of {r.rows} rows gone; {before_after}",
+                    where,
+                )
             )
         elif a.rows > r.rows:
             out.append((sid, "rows_added", f"{a.rows - r.rows} rows added; {before_after}", where))
@@ -237,7 +242,9 @@ class _Verifier:
 
     def files(self, lines: list[LedgerLine]) -> None:
         live = live_records(lines)
-        on_disk = {p.relative_to(self.data_dir).as_posix(): p for p in iter_span_files(self.data_dir)}
+        on_disk = {
+            p.relative_to(self.data_dir).as_posix(): p for p in iter_span_files(self.data_dir)
+        }
         for rel, path in sorted(on_disk.items()):
             if not self._in_scope_file(rel):
                 continue
@@ -365,10 +372,15 @@ class _Verifier:
             )
         for sid in sorted(set(before) | set(after), key=lambda s: s or ""):
             b, a = before.get(sid), after.get(sid)
-            if b is None or a is None or (b.rows, b.total, b.decisions) != (
-                a.rows,
-                a.total,
-                a.decisions,
+            if (
+                b is None
+                or a is None
+                or (b.rows, b.total, b.decisions)
+                != (
+                    a.rows,
+                    a.total,
+                    a.decisions,
+                )
             ):
                 self.add(
                     Break(
@@ -406,7 +418,11 @@ class _Verifier:
         after = {e.session_id: (e.rows, e.total, e.ordered, e.decisions) for e in _entries(rec)}
         if before != after:
             changed = sorted(
-                (str(s) for s in set(before) ^ set(after) | {s for s in before if before[s] != after.get(s)}),
+                (
+                    str(s)
+                    for s in set(before) ^ set(after)
+                    | {s for s in before if before[s] != after.get(s)}
+                ),
             )
             self.add(
                 Break(

@@ -273,7 +273,8 @@ def test_a_sanctioned_deletion_verifies_clean_and_the_same_edit_without_it_does_
     data = two_sessions.parents[2]
     runner = CliRunner()
     result = runner.invoke(
-        cli, ["delete", "--data", str(data), "--session", "risky", "--by", "alice", "--format", "json"]
+        cli,
+        ["delete", "--data", str(data), "--session", "risky", "--by", "alice", "--format", "json"],
     )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
@@ -281,9 +282,15 @@ def test_a_sanctioned_deletion_verifies_clean_and_the_same_edit_without_it_does_
     report = verify(data)
     assert report.ok, report.breaks
     assert report.tombstones == 1
-    tomb = next(ln.record for ln in chain.read_ledger(data) if ln.record and ln.record["kind"] == "tombstone")
+    tomb = next(
+        ln.record
+        for ln in chain.read_ledger(data)
+        if ln.record and ln.record["kind"] == "tombstone"
+    )
     assert (tomb["by"], tomb["sessions"], tomb["rows"]) == ("alice", ["risky"], 48)
-    remaining = {r for p in iter_span_files(data) for r in pq.read_table(p)["session_id"].to_pylist()}
+    remaining = {
+        r for p in iter_span_files(data) for r in pq.read_table(p)["session_id"].to_pylist()
+    }
     assert remaining == {"quiet", "other"}
 
     # The same kind of removal without a tombstone: tampering.
@@ -296,7 +303,9 @@ def test_a_sanctioned_deletion_verifies_clean_and_the_same_edit_without_it_does_
 
 def test_only_terminal_sessions_are_deleted(data: Path) -> None:
     _land(data, "live", ["ALLOW"], dt.datetime.now(dt.UTC))
-    result = CliRunner().invoke(cli, ["delete", "--data", str(data), "--session", "live", "--by", "a"])
+    result = CliRunner().invoke(
+        cli, ["delete", "--data", str(data), "--session", "live", "--by", "a"]
+    )
     assert result.exit_code == 2 and "not a terminal session" in result.output
     assert verify(data).ok and verify(data).tombstones == 0
 
@@ -312,6 +321,8 @@ def test_retention_by_age(data: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "deleted 1 session(s), 2 rows" in result.stdout
-    remaining = {r for p in iter_span_files(data) for r in pq.read_table(p)["session_id"].to_pylist()}
+    remaining = {
+        r for p in iter_span_files(data) for r in pq.read_table(p)["session_id"].to_pylist()
+    }
     assert remaining == {"recent"}
     assert verify(data).ok

@@ -139,7 +139,9 @@ _reason = click.option("--reason", help="Why (recorded in the tombstone).")
 
 @click.command("delete")
 @data_option
-@click.option("--session", "sessions", multiple=True, required=True, help="Session id (repeatable).")
+@click.option(
+    "--session", "sessions", multiple=True, required=True, help="Session id (repeatable)."
+)
 @_by
 @_reason
 @_fmt(("table", "json"))

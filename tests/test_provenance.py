@@ -1,0 +1,158 @@
+"""Provenance (issue 17): a decision is tooltrail's only if tooltrail made it.
+
+A real `tooltrail collect` with access control, spans sent by the official OTLP/HTTP
+exporter: decision attributes from a sender without an agent credential land claimed
+(`verified` false, `source` otlp), never enforced in the views; the same spans sent with an
+agent's `tta_` credential land verified. In-process exporter rows are tooltrail's own;
+`tooltrail ingest` rows are claimed unless the policy decided them there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from access_support import add, invoke, people
+from collect_support import CollectorProcess, landed_rows, wait_until
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from tooltrail import analytics
+from tooltrail import semconv as sc
+from tooltrail.collector.exporter import TooltrailSpanExporter
+from tooltrail.collector.verify import verify
+
+SHARED_TOKEN = "shared-span-token-0123456789"
+
+CLAIMS = {
+    sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+    sc.GEN_AI_TOOL_NAME: "git_push",
+    sc.TT_DECISION: "ALLOW",
+    sc.TT_ENFORCED: True,
+    sc.TT_POLICY_RULE: "pass",
+    sc.TT_APPROVAL_DECIDED_BY: "alice",
+    sc.TT_SEQUENCE: 1,
+}
+
+
+@pytest.fixture(autouse=True)
+def _own_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOOLTRAIL_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[tuple[CollectorProcess, str]]:
+    data = tmp_path / "data"
+    data.mkdir()
+    creds = people(data)
+    agent = add(data, "agent", "remote-bot", None, creds["admin"])
+    env = {"TOOLTRAIL_CONFIG_DIR": str(tmp_path / "config")}
+    with CollectorProcess(data, "--token", SHARED_TOKEN, env=env) as proc:
+        yield proc, agent
+
+
+def _send(url: str, token: str, session: str, resource: dict[str, str] | None = None) -> None:
+    exporter = OTLPSpanExporter(
+        endpoint=f"{url}/v1/traces", headers={"Authorization": f"Bearer {token}"}
+    )
+    provider = TracerProvider(resource=Resource.create(resource or {}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    span = provider.get_tracer("claims").start_span(
+        "execute_tool git_push", attributes={**CLAIMS, sc.TT_SESSION_ID: session}
+    )
+    span.end()
+    provider.shutdown()
+
+
+def _by_session(data: Path) -> dict[str, dict[str, object]]:
+    return {str(r["session_id"]): r for r in landed_rows(data) if r["span_type"] == "tool"}
+
+
+def test_claims_without_an_agent_credential_land_claimed_and_never_enforced(
+    collector: tuple[CollectorProcess, str],
+) -> None:
+    proc, agent = collector
+    _send(proc.url, SHARED_TOKEN, "claimed")
+    # Forging the collector's own stamp changes nothing: the collector overwrites it.
+    _send(proc.url, SHARED_TOKEN, "forged", {sc.TT_COLLECTOR_SENDER: "agent:remote-bot"})
+    _send(proc.url, agent, "credentialed")
+    wait_until(lambda: len(_by_session(proc.data_dir)) == 3, what="three tool rows landed")
+
+    rows = _by_session(proc.data_dir)
+    for sid in ("claimed", "forged"):
+        r = rows[sid]
+        assert (r["source"], r["verified"]) == ("otlp", False), sid
+        # The file keeps what was claimed (the record); the views do not believe it.
+        assert (r["decision"], r["enforced"], r["approval_decided_by"]) == ("ALLOW", True, "alice")
+    good = rows["credentialed"]
+    assert (good["source"], good["verified"], good["enforced"]) == ("agent:remote-bot", True, True)
+
+    data = proc.data_dir
+    with analytics.connect(data) as con:
+        enforced = dict(
+            con.sql("SELECT session_id, enforced FROM actions ORDER BY session_id").fetchall()
+        )
+    assert enforced == {"claimed": False, "credentialed": True, "forged": False}
+    sessions = analytics.sessions(data)
+    claimed = dict(zip(sessions["session_id"], sessions["claimed_calls"], strict=True))
+    assert claimed == {"claimed": 1, "credentialed": 0, "forged": 1}
+    assert verify(data).ok  # the collector's landed files are chained too
+
+
+def test_in_process_exporter_rows_are_tooltrails_own(tmp_path: Path) -> None:
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+
+    kept: list[ReadableSpan] = []
+
+    class Keep(SpanProcessor):
+        def on_end(self, span: ReadableSpan) -> None:
+            kept.append(span)
+
+    provider = TracerProvider()
+    provider.add_span_processor(Keep())
+    tracer = provider.get_tracer("t")
+    tracer.start_span("execute_tool git_push", attributes={**CLAIMS, sc.TT_SESSION_ID: "s"}).end()
+    tracer.start_span("llm call").end()
+    data = tmp_path / "data"
+    exporter = TooltrailSpanExporter(data, buffer_rows=0)
+    exporter.export(kept)
+    exporter.shutdown()
+    rows = sorted(landed_rows(data), key=lambda r: str(r["span_type"]))
+    assert [(r["span_type"], r["source"], r["verified"]) for r in rows] == [
+        ("other", "exporter", None),
+        ("tool", "exporter", True),
+    ]
+
+
+def test_ingested_claims_are_claimed_and_the_policy_decides_verified(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    spans = [
+        {
+            "traceId": "ab" * 16,
+            "spanId": f"{i:016x}",
+            "name": "execute_tool git_push",
+            "startTimeUnixNano": "1700000000000000000",
+            "endTimeUnixNano": "1700000000500000000",
+            "attributes": [
+                {"key": sc.GEN_AI_OPERATION_NAME, "value": {"stringValue": sc.OP_EXECUTE_TOOL}},
+                {"key": sc.GEN_AI_TOOL_NAME, "value": {"stringValue": "git_push"}},
+                {"key": sc.TT_SESSION_ID, "value": {"stringValue": f"s{i}"}},
+                *([{"key": sc.TT_DECISION, "value": {"stringValue": "ALLOW"}}] if i == 1 else []),
+            ],
+        }
+        for i in (1, 2)
+    ]
+    doc = {"resourceSpans": [{"resource": {}, "scopeSpans": [{"spans": spans}]}]}
+    src = tmp_path / "traces.jsonl"
+    src.write_text(json.dumps(doc) + "\n")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\ndefault: DENY\nrules: []\n")
+    code, _, err = invoke(data, "ingest", str(src), "--policy", str(policy))
+    assert code == 0, err
+    rows = {r["session_id"]: r for r in landed_rows(data)}
+    assert (rows["s1"]["source"], rows["s1"]["verified"]) == ("ingest", False)
+    assert (rows["s2"]["decision"], rows["s2"]["verified"]) == ("DENY", True)
