@@ -5,16 +5,16 @@ Checks, in order:
 1. The ledger itself: each record links to the SHA-256 of the line before it, numbers
    run without a gap, and each is signed by a trusted key (a removed, edited, inserted or
    reordered record breaks the links after it).
-2. Each landed file against the record that covers it: its bytes (SHA-256) and its rows,
-   recomputed (collector/chain.py): per session the row count, the order-free sum of
-   row digests, the ordered digest and the decision counts. A mismatch is named per
-   session: rows deleted or added (with the decisions before and after), values edited,
-   rows reordered.
+2. Each landed file against the record that covers it: its bytes (SHA-256). A file whose
+   bytes differ has its rows recomputed (collector/chain.py: per session the row count,
+   a digest of its values in order and the decision counts; a digest per column) and the
+   difference is named per session: rows deleted or added (with the decisions before and
+   after), values edited (and in which column), rows reordered.
 3. Every file a live record names still exists (a deleted file), and no file lands
    without a record (a planted file, or one landed before the chain existed).
-4. Compaction and retention: a compacted file's sessions add up exactly to the files it
-   replaced; a file rewritten by retention keeps every other session's rows bit for bit
-   and drops only the sessions its signed tombstone names.
+4. Compaction and retention: a compacted file's sessions (rows and decisions) add up to
+   the files it replaced; a file rewritten by retention keeps every other session's rows
+   bit for bit (same digests) and drops only the sessions its signed tombstone names.
 5. Control events, when the control store offers ``tooltrail.control.verify_control``.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,6 @@ from tooltrail.collector.chain import (
     GENESIS,
     LedgerLine,
     SessionEntry,
-    add_totals,
     file_sha256,
     live_records,
     read_ledger,
@@ -90,9 +90,8 @@ class VerifyReport:
 @dataclass(frozen=True, slots=True)
 class _Agg:
     rows: int
-    total: str
     decisions: dict[str, int]
-    ordered: tuple[str, ...]
+    digests: tuple[str, ...]
     first_row: int
     last_row: int
 
@@ -103,7 +102,7 @@ def _aggregate(entries: Iterable[SessionEntry]) -> dict[str | None, _Agg]:
         prev = out.get(e.session_id)
         if prev is None:
             out[e.session_id] = _Agg(
-                e.rows, e.total, dict(e.decisions), (e.ordered,), e.first_row, e.first_row + e.rows
+                e.rows, dict(e.decisions), (e.digest,), e.first_row, e.first_row + e.rows
             )
             continue
         decisions = dict(prev.decisions)
@@ -111,9 +110,8 @@ def _aggregate(entries: Iterable[SessionEntry]) -> dict[str | None, _Agg]:
             decisions[k] = decisions.get(k, 0) + v
         out[e.session_id] = _Agg(
             prev.rows + e.rows,
-            add_totals(prev.total, e.total),
             decisions,
-            (*prev.ordered, e.ordered),
+            (*prev.digests, e.digest),
             min(prev.first_row, e.first_row),
             max(prev.last_row, e.first_row + e.rows),
         )
@@ -128,10 +126,17 @@ def _entries(record: dict[str, Any]) -> list[SessionEntry]:
     return [SessionEntry.from_json(v) for v in record.get("sessions", [])]
 
 
+def _out_of_order(times: list[Any], first: int, last: int) -> bool:
+    run = [t for t in times[first:last] if t is not None]
+    return any(b < a for a, b in itertools.pairwise(run))
+
+
 def diff_sessions(
-    recorded: list[SessionEntry], actual: list[SessionEntry]
+    recorded: list[SessionEntry], actual: list[SessionEntry], times: list[Any]
 ) -> list[tuple[str | None, str, str, str]]:
-    """(session, kind, what, rows) for each session whose rows differ from the record."""
+    """(session, kind, what, rows) for each session whose rows differ from the record;
+    ``times``: the file's start times in file order (a reordered session is out of the
+    landed order, which sorts a session's rows by start time)."""
     rec, act = _aggregate(recorded), _aggregate(actual)
     out: list[tuple[str | None, str, str, str]] = []
     for sid in sorted(set(rec) | set(act), key=lambda s: s or ""):
@@ -148,23 +153,18 @@ def diff_sessions(
         where = f"rows {a.first_row}-{a.last_row - 1}"
         before_after = f"decisions {_counts(r.decisions)} recorded, {_counts(a.decisions)} now"
         if a.rows < r.rows:
-            out.append(
-                (
-                    sid,
-                    "rows_deleted",
-                    f"{r.rows - a.rows} of {r.rows} rows gone; {before_after}",
-                    where,
-                )
-            )
+            what = f"{r.rows - a.rows} of {r.rows} rows gone; {before_after}"
+            out.append((sid, "rows_deleted", what, where))
         elif a.rows > r.rows:
             out.append((sid, "rows_added", f"{a.rows - r.rows} rows added; {before_after}", where))
-        elif a.total != r.total:
-            what = f"values edited in its {r.rows} rows"
+        elif a.digests != r.digests:
             if a.decisions != r.decisions:
-                what += f"; {before_after}"
-            out.append((sid, "edited", what, where))
-        elif a.ordered != r.ordered:
-            out.append((sid, "reordered", f"its {r.rows} rows are in another order", where))
+                out.append((sid, "edited", f"values edited; {before_after}", where))
+            elif _out_of_order(times, a.first_row, a.last_row):
+                what = f"its {r.rows} rows are out of their landed (time) order"
+                out.append((sid, "reordered", what, where))
+            else:
+                out.append((sid, "edited", f"values edited in its {r.rows} rows", where))
     return out
 
 
@@ -175,8 +175,10 @@ class _Verifier:
         since: dt.date | None,
         session: str | None,
         trust: Sequence[Path],
+        deep: bool = False,
     ) -> None:
         self.data_dir = data_dir
+        self.deep = deep
         self.since = since
         self.session = session
         self.keys = trusted_keys(trust)
@@ -275,40 +277,50 @@ class _Verifier:
                 )
 
     def _unrecorded(self, rel: str, path: Path) -> None:
-        table = pq.read_table(path, partitioning=None)
-        summary = summarize(table)
+        sessions = pq.read_table(path, columns=["session_id"], partitioning=None)
+        names = sorted({str(s) for s in sessions["session_id"].to_pylist()})
         self.report.files += 1
-        self.report.rows += summary.rows
+        self.report.rows += sessions.num_rows
         self.add(
             Break(
                 "unrecorded",
-                f"no record covers this file's {summary.rows} rows (planted, or landed "
-                "before the chain existed)",
+                f"no record covers this file's {sessions.num_rows} rows (sessions"
+                f" {', '.join(names[:5])}{' …' if len(names) > 5 else ''}): planted, or landed"
+                " before the chain existed",
                 rel,
-                summary.sessions[0].session_id if len(summary.sessions) == 1 else None,
+                names[0] if len(names) == 1 else None,
             ),
-            [e.session_id for e in summary.sessions],
+            names,
         )
 
     def _check_file(self, rel: str, path: Path, rid: str, rec: dict[str, Any]) -> None:
         seq = self.seq_of[rid]
+        self.report.files += 1
+        same_bytes = file_sha256(path) == rec.get("sha256")
+        if same_bytes and not self.deep:
+            # The same bytes are the same rows: nothing to recompute.
+            self.report.rows += int(rec.get("rows") or 0)
+            return
         table = pq.read_table(path, partitioning=None)
         summary = summarize(table)
-        self.report.files += 1
         self.report.rows += summary.rows
         recorded = _entries(rec)
         names = [e.session_id for e in recorded] + [e.session_id for e in summary.sessions]
-        diffs = diff_sessions(recorded, summary.sessions)
+        times = _column_values(table, "start_time")
+        diffs = diff_sessions(recorded, summary.sessions, times)
+        changed = _changed_columns(rec.get("columns") or {}, summary.columns)
         for sid, kind, what, rows in diffs:
+            if kind == "edited" and changed:
+                what += f" (column {', '.join(changed)})"
             self.add(Break(kind, f"session {sid}: {what}", rel, sid, f"{seq}, {rows}"), names)
         if diffs:
             return
         if summary.rows_digest != rec.get("rows_digest"):
-            self.add(
-                Break("reordered", "the file's rows are in another order", rel, sequence=seq),
-                names,
-            )
-        elif file_sha256(path) != rec.get("sha256"):
+            what = "the file's rows are in another order"
+            if changed:
+                what = f"values of column {', '.join(changed)} differ from the recorded ones"
+            self.add(Break("edited", what, rel, sequence=seq), names)
+        elif not same_bytes:
             self.add(
                 Break(
                     "replaced",
@@ -372,16 +384,7 @@ class _Verifier:
             )
         for sid in sorted(set(before) | set(after), key=lambda s: s or ""):
             b, a = before.get(sid), after.get(sid)
-            if (
-                b is None
-                or a is None
-                or (b.rows, b.total, b.decisions)
-                != (
-                    a.rows,
-                    a.total,
-                    a.decisions,
-                )
-            ):
+            if b is None or a is None or (b.rows, b.decisions) != (a.rows, a.decisions):
                 self.add(
                     Break(
                         "compaction",
@@ -410,12 +413,12 @@ class _Verifier:
             return
         removed = set(tomb.get("sessions", []))
         before = {
-            e.session_id: (e.rows, e.total, e.ordered, e.decisions)
+            e.session_id: (e.rows, e.digest, e.decisions)
             for old in olds
             for e in _entries(old)
             if e.session_id not in removed
         }
-        after = {e.session_id: (e.rows, e.total, e.ordered, e.decisions) for e in _entries(rec)}
+        after = {e.session_id: (e.rows, e.digest, e.decisions) for e in _entries(rec)}
         if before != after:
             changed = sorted(
                 (
@@ -465,6 +468,16 @@ class _Verifier:
             self.add(_control_break(item))
 
 
+def _column_values(table: Any, name: str) -> list[Any]:
+    if name not in table.column_names:
+        return [None] * table.num_rows
+    return list(table.column(name).cast("int64").to_pylist())
+
+
+def _changed_columns(recorded: dict[str, str], actual: dict[str, str]) -> list[str]:
+    return sorted(k for k in set(recorded) | set(actual) if recorded.get(k) != actual.get(k))
+
+
 def _control_break(item: Any) -> Break:
     if isinstance(item, Break):
         return item
@@ -492,8 +505,12 @@ def verify(
     since: dt.date | None = None,
     session: str | None = None,
     trust: Sequence[Path] = (),
+    deep: bool = False,
 ) -> VerifyReport:
     """Recompute the chain of ``data_dir`` and report every break.
+
+    Every file's SHA-256 is recomputed; a file whose bytes differ from its record has
+    its rows recomputed to name what changed. ``deep`` recomputes every file's rows.
 
     Example:
 
@@ -503,7 +520,7 @@ def verify(
     if not data_dir.is_dir():
         raise BadInputError(f"{data_dir}: no such data directory")
     started = time.perf_counter()
-    v = _Verifier(data_dir, since, session, trust)
+    v = _Verifier(data_dir, since, session, trust, deep)
     lines = v.ledger()
     v.files(lines)
     v.rewrites()
