@@ -93,9 +93,14 @@ def main() -> None:
         report = verify(data)
         verify_s = time.perf_counter() - t0
         assert report.ok, report.breaks[:3]
+        t0 = time.perf_counter()
+        deep = verify(data, deep=True)
+        deep_s = time.perf_counter() - t0
+        assert deep.ok, deep.breaks[:3]
         print(f"actions={report.rows} files={report.files} records={report.records}")
         print(f"landing (Parquet + chain): {land_s:6.2f} s")
         print(f"verify:                    {verify_s:6.2f} s  (target <= 10 s)")
+        print(f"verify --deep:             {deep_s:6.2f} s  (every file's rows recomputed)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

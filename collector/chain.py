@@ -123,8 +123,9 @@ def _canonical(name: str, col: pa.ChunkedArray) -> _Col:
         # empty); the mask tells it from "".
         lens = _fixed(pc.cast(pc.binary_length(arr), pa.int32()), 4)
         _, offsets, data = arr.buffers()
-        code = "q" if pa.types.is_large_string(t) else "i"
-        offs = memoryview(offsets).cast(code)[arr.offset : arr.offset + len(arr) + 1]
+        view = memoryview(offsets)
+        ints = view.cast("q") if pa.types.is_large_string(t) else view.cast("i")
+        offs = ints[arr.offset : arr.offset + len(arr) + 1]
         raw = memoryview(data) if data is not None else memoryview(b"")
         return _Col(name, mask, raw[offs[0] :], lens, offs)
     if pa.types.is_timestamp(t):
@@ -207,7 +208,8 @@ def _runs(table: pa.Table, name: str) -> list[tuple[Any, int]]:
 def _column(table: pa.Table, name: str) -> list[Any]:
     if name not in table.column_names:
         return [None] * table.num_rows
-    return table.column(name).to_pylist()
+    values: list[Any] = table.column(name).to_pylist()
+    return values
 
 
 def header_of(names: Sequence[str]) -> bytes:

@@ -7,13 +7,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from tooltrail import config
 from tooltrail.cli_common import CliError, data_option, domain_errors
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _existing(data: Path | None) -> Path:
@@ -23,7 +26,7 @@ def _existing(data: Path | None) -> Path:
     return root
 
 
-def _fmt(choices: tuple[str, ...]) -> Any:
+def _fmt(choices: tuple[str, ...]) -> Callable[[F], F]:
     return click.option(
         "--format",
         "fmt",
@@ -44,9 +47,19 @@ def _fmt(choices: tuple[str, ...]) -> Any:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Also accept records signed by this public key (.pub; repeatable).",
 )
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="Recompute every file's row summary too, not only files whose bytes changed.",
+)
 @_fmt(("table", "json"))
 def verify_cli(
-    data: Path | None, since: str | None, session: str | None, trust: tuple[Path, ...], fmt: str
+    data: Path | None,
+    since: str | None,
+    session: str | None,
+    trust: tuple[Path, ...],
+    deep: bool,
+    fmt: str,
 ) -> None:
     """Recompute the hash chain and signed manifests; report every break.
 
@@ -68,7 +81,7 @@ def verify_cli(
         except ValueError as e:
             raise CliError(f"--since {since!r}: expected a day, YYYY-MM-DD") from e
     with domain_errors():
-        report = verify(root, since=day, session=session, trust=trust)
+        report = verify(root, since=day, session=session, trust=trust, deep=deep)
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
