@@ -326,3 +326,40 @@ def test_retention_by_age(data: Path) -> None:
     }
     assert remaining == {"recent"}
     assert verify(data).ok
+
+
+def test_deletion_needs_an_admin_when_access_control_is_on(two_sessions: Path) -> None:
+    from access_support import invoke, people
+
+    data = two_sessions.parents[2]
+    creds = people(data)
+    code, _, err = invoke(data, "delete", "--session", "risky", token=creds["olga"])
+    assert code == 2 and "may not delete sessions" in err
+    code, _, err = invoke(data, "delete", "--session", "risky", "--by", "bob", token=creds["admin"])
+    assert code == 2 and "differs from the credential's user" in err
+    code, out, err = invoke(data, "delete", "--session", "risky", token=creds["admin"])
+    assert code == 0, err
+    tomb = next(
+        ln.record
+        for ln in chain.read_ledger(data)
+        if ln.record and ln.record["kind"] == "tombstone"
+    )
+    assert tomb["by"] == "admin"
+    assert verify(data).ok
+
+
+def test_verify_reports_what_the_control_store_checker_finds(
+    two_sessions: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The control store's checker is built on another branch (tooltrail.control.
+    # verify_control); until it is merged this stands in for it, to prove the hook.
+    from tooltrail import control
+
+    data = two_sessions.parents[2]
+    assert verify(data).control_checked is hasattr(control, "verify_control")
+    found = [{"what": "approval decision edited", "session_id": "risky", "id": 7}]
+    monkeypatch.setattr(control, "verify_control", lambda _d: found, raising=False)
+    report = verify(data)
+    assert report.control_checked
+    (b,) = report.breaks
+    assert (b.kind, b.file, b.session, b.sequence) == ("control", "control.sqlite", "risky", "7")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from access_support import add, invoke, people
 from collect_support import CollectorProcess, landed_rows, wait_until
+from conftest import MakeRow
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -156,3 +157,53 @@ def test_ingested_claims_are_claimed_and_the_policy_decides_verified(tmp_path: P
     rows = {r["session_id"]: r for r in landed_rows(data)}
     assert (rows["s1"]["source"], rows["s1"]["verified"]) == ("ingest", False)
     assert (rows["s2"]["decision"], rows["s2"]["verified"]) == ("DENY", True)
+
+
+# --- files landed before the provenance columns -------------------------------------------
+
+
+def _land_without_provenance(data: Path, rows: list[dict[str, object]]) -> None:
+    """A span file as a version before `source`/`verified` wrote it."""
+    import pyarrow.parquet as pq
+
+    from tooltrail.collector.writer import rows_to_table, sort_landed
+
+    table = sort_landed(rows_to_table(rows)).drop_columns(["source", "verified"])
+    part = data / "spans" / "date=2026-03-01"
+    part.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, part / "old-1.parquet")
+
+
+def _views(data: Path) -> tuple[dict[str, int], dict[str, object]]:
+    with analytics.connect(data) as con:
+        sessions = con.sql("SELECT session_id, claimed_calls FROM sessions").fetchall()
+        actions = con.sql("SELECT session_id, enforced FROM actions").fetchall()
+    return dict(sessions), dict(actions)
+
+
+@pytest.mark.parametrize("index", [False, True])
+def test_old_files_read_null_and_every_path_counts_claims_alike(
+    tmp_path: Path, make_row: MakeRow, index: bool
+) -> None:
+    import datetime as dt
+
+    from tooltrail.collector.writer import ParquetSpanWriter
+
+    day = dt.datetime(2026, 3, 1, 9, tzinfo=dt.UTC)
+    data = tmp_path / "data"
+    _land_without_provenance(data, [make_row(session_id="old", start_time=day)])
+    if index:
+        analytics.build_session_index(data)
+    claimed = make_row(
+        session_id="new", start_time=day, enforced=True, source="otlp", verified=False
+    )
+    ParquetSpanWriter(data).write([claimed])
+    sessions, actions = _views(data)
+    assert sessions == {"old": 0, "new": 1}
+    assert actions == {"old": True, "new": False}  # old rows (verified null) as before
+    with analytics.connect(data) as con:
+        (old,) = con.sql("SELECT source, verified FROM spans WHERE session_id = 'old'").fetchall()
+    assert old == (None, None)
+    if index:  # the index (built on the old file) and its delta agree with a full rebuild
+        analytics.build_session_index(data)
+        assert _views(data) == (sessions, actions)
