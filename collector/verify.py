@@ -68,6 +68,7 @@ class VerifyReport:
     tombstones: int = 0
     control_checked: bool = False
     seconds: float = 0.0
+    head: str | None = None  # the last record's id: keep it elsewhere to anchor the ledger
     breaks: list[Break] = field(default_factory=list)
 
     @property
@@ -82,6 +83,7 @@ class VerifyReport:
             "rows": self.rows,
             "tombstones": self.tombstones,
             "control_checked": self.control_checked,
+            "head": self.head,
             "seconds": round(self.seconds, 3),
             "breaks": [b.to_dict() for b in self.breaks],
         }
@@ -238,7 +240,21 @@ class _Verifier:
             self.seq_of[line.id] = seq
             prev, expected = line.id, expected + 1
         self.report.records = len(lines)
+        self.report.head = lines[-1].id if lines else None
         return lines
+
+    def anchors(self, lines: list[LedgerLine], anchors: Sequence[str]) -> None:
+        """Each anchor (a head saved elsewhere earlier) must still be in the ledger."""
+        ids = {line.id for line in lines}
+        for anchor in anchors:
+            if anchor not in ids:
+                self.add(
+                    Break(
+                        "ledger",
+                        f"the anchored record {anchor[:16]}… is not in the ledger: it was"
+                        " truncated or rewritten after that head was saved",
+                    )
+                )
 
     # -- 2/3. files -----------------------------------------------------------------------
 
@@ -506,11 +522,14 @@ def verify(
     session: str | None = None,
     trust: Sequence[Path] = (),
     deep: bool = False,
+    anchors: Sequence[str] = (),
 ) -> VerifyReport:
     """Recompute the chain of ``data_dir`` and report every break.
 
     Every file's SHA-256 is recomputed; a file whose bytes differ from its record has
     its rows recomputed to name what changed. ``deep`` recomputes every file's rows.
+    ``anchors``: ledger heads saved earlier (``report.head``), each of which must still be
+    in the ledger.
 
     Example:
 
@@ -522,6 +541,7 @@ def verify(
     started = time.perf_counter()
     v = _Verifier(data_dir, since, session, trust, deep)
     lines = v.ledger()
+    v.anchors(lines, anchors)
     v.files(lines)
     v.rewrites()
     v.control()

@@ -363,3 +363,20 @@ def test_verify_reports_what_the_control_store_checker_finds(
     assert report.control_checked
     (b,) = report.breaks
     assert (b.kind, b.file, b.session, b.sequence) == ("control", "control.sqlite", "risky", "7")
+
+
+def test_an_anchored_head_catches_a_truncated_ledger(data: Path) -> None:
+    _land(data, "a", ["ALLOW"])
+    _land(data, "b", ["DENY"], DAY + dt.timedelta(hours=2))
+    report = verify(data)
+    assert report.ok and report.head is not None
+    ledger = chain.ledger_path(data)
+    first = ledger.read_bytes().splitlines(keepends=True)[0]
+    ledger.write_bytes(first)  # the last record cut off: unnoticed by the chain itself ...
+    (path,) = [
+        p for p in iter_span_files(data) if "b" in pq.read_table(p)["session_id"].to_pylist()
+    ]
+    path.unlink()  # ... with its file
+    assert verify(data).ok
+    (b,) = verify(data, anchors=[report.head]).breaks  # ... but not by the saved head
+    assert b.kind == "ledger" and "truncated or rewritten" in b.what

@@ -48,6 +48,12 @@ def _fmt(choices: tuple[str, ...]) -> Callable[[F], F]:
     help="Also accept records signed by this public key (.pub; repeatable).",
 )
 @click.option(
+    "--anchor",
+    "anchors",
+    multiple=True,
+    help="A head printed by an earlier verify, kept elsewhere: it must still be in the ledger.",
+)
+@click.option(
     "--deep",
     is_flag=True,
     help="Recompute every file's row summary too, not only files whose bytes changed.",
@@ -58,6 +64,7 @@ def verify_cli(
     since: str | None,
     session: str | None,
     trust: tuple[Path, ...],
+    anchors: tuple[str, ...],
     deep: bool,
     fmt: str,
 ) -> None:
@@ -81,7 +88,7 @@ def verify_cli(
         except ValueError as e:
             raise CliError(f"--since {since!r}: expected a day, YYYY-MM-DD") from e
     with domain_errors():
-        report = verify(root, since=day, session=session, trust=trust, deep=deep)
+        report = verify(root, since=day, session=session, trust=trust, deep=deep, anchors=anchors)
     if fmt == "json":
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -104,6 +111,8 @@ def _echo_report(report: Any) -> None:
         f"{status}: {report.records} records, {report.files} files, {report.rows} rows,"
         f" {report.tombstones} tombstone(s); control events {control}; {report.seconds:.2f}s"
     )
+    if report.head:
+        click.echo(f"head {report.head} (keep it elsewhere; verify --anchor checks it)")
 
 
 def _admin(root: Path, by: str | None) -> str:
