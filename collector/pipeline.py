@@ -421,10 +421,23 @@ PROVENANCES: Final = (sc.SOURCE_EXPORTER, sc.SOURCE_INGEST, PROVENANCE_COLLECTOR
 
 
 def _senders(src: SpanColumns, provenance: str) -> list[Any] | None:
-    # Read before normalize_batch consumes ``src``.
+    """Each span's sender as the collector stamped it, the stamp taken out of its
+    resource (it lands as ``source``, not in the ``resource`` JSON). Read before
+    normalize_batch consumes ``src``."""
     if provenance != PROVENANCE_COLLECTOR:
         return None
-    return [r.get(sc.TT_COLLECTOR_SENDER) for r in src.resources]
+    senders: list[Any] = []
+    stripped: dict[int, Mapping[str, Any]] = {}  # spans of one resource share one copy
+    resources: list[Mapping[str, Any]] = []
+    for r in src.resources:
+        senders.append(r.get(sc.TT_COLLECTOR_SENDER))
+        copy = stripped.get(id(r))
+        if copy is None:
+            copy = {k: v for k, v in r.items() if k != sc.TT_COLLECTOR_SENDER}
+            stripped[id(r)] = copy
+        resources.append(copy)
+    src.resources = resources
+    return senders
 
 
 def _decided(columns: Columns, n: int) -> list[bool]:
