@@ -310,15 +310,15 @@ def test_only_terminal_sessions_are_deleted(data: Path) -> None:
     assert verify(data).ok and verify(data).tombstones == 0
 
 
-def test_retention_by_age(data: Path) -> None:
+def test_retention_by_age(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _land(data, "old", ["ALLOW", "DENY"], dt.datetime.now(dt.UTC) - dt.timedelta(days=100))
     _land(data, "recent", ["ALLOW"], dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
     runner = CliRunner()
     bad = runner.invoke(cli, ["retention", "--data", str(data), "--older-than", "90", "--by", "a"])
     assert bad.exit_code == 2
-    result = runner.invoke(
-        cli, ["retention", "--data", str(data), "--older-than", "90d", "--by", "ops"]
-    )
+    assert runner.invoke(cli, ["retention", "--data", str(data), "--by", "a"]).exit_code == 2
+    monkeypatch.setenv("TOOLTRAIL_RETENTION", "90d")  # configured retention
+    result = runner.invoke(cli, ["retention", "--data", str(data), "--by", "ops"])
     assert result.exit_code == 0, result.output
     assert "deleted 1 session(s), 2 rows" in result.stdout
     remaining = {
@@ -380,3 +380,36 @@ def test_an_anchored_head_catches_a_truncated_ledger(data: Path) -> None:
     assert verify(data).ok
     (b,) = verify(data, anchors=[report.head]).breaks  # ... but not by the saved head
     assert b.kind == "ledger" and "truncated or rewritten" in b.what
+
+
+_LANDER = """
+import datetime as dt, sys
+from tooltrail.collector.writer import ParquetSpanWriter
+from tooltrail.schema import empty_row
+w = ParquetSpanWriter(sys.argv[1])
+for i in range(int(sys.argv[3])):
+    r = empty_row()
+    r.update(trace_id="t" + sys.argv[2], span_id=f"{i:016x}", session_id="s" + sys.argv[2],
+             start_time=dt.datetime(2026, 3, 1, tzinfo=dt.UTC), decision="ALLOW")
+    w.write([r])
+"""
+
+
+def test_concurrent_writers_share_one_unbroken_ledger(data: Path) -> None:
+    import subprocess
+    import sys
+
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _LANDER, str(data), str(k), "15"]) for k in range(4)
+    ]
+    try:
+        assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    finally:
+        for p in procs:
+            p.kill()
+    report = verify(data)
+    assert report.ok, report.breaks
+    assert (report.records, report.files) == (60, 60)
+    records = [ln.record for ln in chain.read_ledger(data)]
+    assert [r["n"] for r in records if r] == list(range(60))
+    assert len({r["writer"] for r in records if r}) == 4

@@ -207,3 +207,33 @@ def test_old_files_read_null_and_every_path_counts_claims_alike(
     if index:  # the index (built on the old file) and its delta agree with a full rebuild
         analytics.build_session_index(data)
         assert _views(data) == (sessions, actions)
+
+
+def test_the_dashboard_marks_claimed_decisions(
+    tmp_path: Path, make_row: MakeRow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime as dt
+
+    from dashboard_support import app_test, goto, table, texts
+
+    from tooltrail.collector.writer import ParquetSpanWriter
+
+    day = dt.datetime(2026, 3, 1, 9, tzinfo=dt.UTC)
+    data = tmp_path / "data"
+    claimed = dict(start_time=day, enforced=True, source="otlp", verified=False)
+    own = dict(start_time=day, enforced=True, source="exporter", verified=True)
+    ParquetSpanWriter(data).write(
+        [make_row(session_id="claimed", **claimed), make_row(session_id="own", **own)]
+    )
+    app = app_test(data, None, monkeypatch)
+    at = goto(app, "sessions")
+    assert not at.exception
+    frame = table(at, "sessions_table_").value.set_index("session_id")
+    assert (frame.loc["claimed", "claimed_calls"], frame.loc["own", "claimed_calls"]) == (1, 0)
+    at = goto(app, "session", session="claimed")
+    assert not at.exception
+    assert any("1 decision only claimed" in w.value for w in at.warning)
+    at.selectbox(key="inspect_action_claimed").set_value(0).run()
+    assert any("claimed (unverified sender)" in m for m in texts(at.markdown))
+    at = goto(app, "session", session="own")
+    assert not any("claimed" in w.value for w in at.warning)
