@@ -198,10 +198,19 @@ def _record(path: Path, table: pa.Table) -> None:
     # unrecorded, which is what it is.
     from tooltrail.collector.chain import record_file
 
+    global _record_failed
     try:
         record_file(path, table)
-    except Exception:
-        _log.exception("tooltrail: landed %s but could not record it in the chain", path)
+    except Exception as e:
+        # Once with the traceback (a read-only home for the key, say), then one line each.
+        if not _record_failed:
+            _record_failed = True
+            _log.exception("tooltrail: landed %s but could not record it in the chain", path)
+        else:
+            _log.error("tooltrail: landed %s but could not record it in the chain: %s", path, e)
+
+
+_record_failed = False
 
 
 @contextlib.contextmanager
