@@ -337,7 +337,7 @@ def test_deletion_needs_an_admin_when_access_control_is_on(two_sessions: Path) -
     assert code == 2 and "may not delete sessions" in err
     code, _, err = invoke(data, "delete", "--session", "risky", "--by", "bob", token=creds["admin"])
     assert code == 2 and "differs from the credential's user" in err
-    code, _, err = invoke(data, "delete", "--session", "risky", token=creds["admin"])
+    code, _, err = invoke(data, "delete", "risky", token=creds["admin"])
     assert code == 0, err
     tomb = next(
         ln.record

@@ -161,14 +161,18 @@ _reason = click.option("--reason", help="Why (recorded in the tombstone).")
 
 @click.command("delete")
 @data_option
-@click.option(
-    "--session", "sessions", multiple=True, required=True, help="Session id (repeatable)."
-)
+@click.argument("session_ids", nargs=-1)
+@click.option("--session", "sessions", multiple=True, help="Session id (repeatable).")
 @_by
 @_reason
 @_fmt(("table", "json"))
 def delete_cli(
-    data: Path | None, sessions: tuple[str, ...], by: str | None, reason: str | None, fmt: str
+    data: Path | None,
+    session_ids: tuple[str, ...],
+    sessions: tuple[str, ...],
+    by: str | None,
+    reason: str | None,
+    fmt: str,
 ) -> None:
     """Delete terminal sessions (admin only), leaving a signed tombstone in the chain.
 
@@ -177,14 +181,17 @@ def delete_cli(
 
     Example:
 
-        tooltrail delete --session 3f2a9c6e0b7d --by alice --reason "customer request"
+        tooltrail delete 3f2a9c6e0b7d --by alice --reason "customer request"
     """
     from tooltrail.collector.retention import delete_sessions
 
+    wanted = [*session_ids, *sessions]
+    if not wanted:
+        raise CliError("name the sessions to delete: SESSION_ID... or --session S")
     root = _existing(data)
     who = _admin(root, by)
     with domain_errors():
-        report = delete_sessions(root, list(sessions), by=who, reason=reason)
+        report = delete_sessions(root, wanted, by=who, reason=reason)
         _refresh(root)
     _echo_deleted(report, fmt)
 
