@@ -241,7 +241,9 @@ def manifest(table: pa.Table, path: Path, data_dir: Path) -> dict[str, Any]:
 
 
 def relative(path: Path, data_dir: Path) -> str:
-    return path.resolve().relative_to(data_dir.resolve()).as_posix()
+    """``path`` (built from ``data_dir``) as the ledger names it. Not resolved: ``spans``
+    may be a symlink to another filesystem."""
+    return path.relative_to(data_dir).as_posix()
 
 
 def data_dir_of(landed: Path) -> Path | None:
