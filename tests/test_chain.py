@@ -413,3 +413,15 @@ def test_concurrent_writers_share_one_unbroken_ledger(data: Path) -> None:
     records = [ln.record for ln in chain.read_ledger(data)]
     assert [r["n"] for r in records if r] == list(range(60))
     assert len({r["writer"] for r in records if r}) == 4
+
+
+def test_a_data_directory_from_before_the_chain_is_recorded_by_its_first_compaction(
+    data: Path,
+) -> None:
+    for i in range(2):
+        _land(data, f"s{i}", ["ALLOW", "DENY"], DAY + dt.timedelta(minutes=i))
+    shutil.rmtree(data / "chain")  # as landed by a version without the chain
+    assert _kinds(verify(data).breaks) == {"unrecorded"}
+    assert compact(data, small_file_bytes=1 << 30).rows == 4
+    report = verify(data)
+    assert report.ok and report.records == 1
