@@ -50,6 +50,7 @@ from tooltrail.analytics.queries import (
     session_actions,
     session_control_history,
     sessions,
+    terminal_sessions,
     tool_changes,
 )
 
@@ -91,5 +92,6 @@ __all__ = [
     "session_actions",
     "session_control_history",
     "sessions",
+    "terminal_sessions",
     "tool_changes",
 ]

@@ -103,6 +103,7 @@ SESSIONS_COLUMNS: Final = (
     "mcp_client_name",
     "mcp_client_version",
     "changed_tool_calls",
+    "claimed_calls",
     "pending_approvals",
     "span_count",
     "control_state",

@@ -246,6 +246,24 @@ def session(source: Source, session_id: str) -> pl.DataFrame | None:
     return frame if frame.height else None
 
 
+TERMINAL_STATUSES: Final = ("completed", "failed", "canceled", "abandoned")
+
+
+def terminal_sessions(
+    source: Source, *, before: dt.datetime | None = None, session_id: str | None = None
+) -> pl.DataFrame:
+    """Sessions in a terminal status (TERMINAL_STATUSES) whose last activity is before
+    ``before`` (any age when None), optionally one ``session_id``: what retention may
+    delete (terminal_sessions.sql)."""
+    with borrow(source) as con:
+        return _frame(
+            con,
+            load("terminal_sessions"),
+            {"before": before, "session_id": session_id},
+            "reading terminal sessions",
+        )
+
+
 def session_actions(source: Source, session_id: str) -> pl.DataFrame:
     """One session's actions by sequence, unnumbered ones last: the ``actions`` columns,
     then ``SESSION_ACTION_EXTRA_COLUMNS`` (how the call ended in words, and a held call's

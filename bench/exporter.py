@@ -6,15 +6,21 @@ Creation: N tool spans (the instrumentation's attribute set) with the bare SDK, 
 processor. Export: the same N spans, already ended, landed by TooltrailSpanExporter in
 BatchSpanProcessor-sized batches (batch normalize + redact + Arrow + zstd Parquet + fsync
 + atomic link). Target from issue 2: export cost <= 0.5x creation cost.
+
+The chain (issue 17: each landed file's signed, chained record) is measured in the same
+run: the export is timed with the chain and with the writer's record step skipped, in
+alternating rounds. Target: <= 10% more exporter time per span.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -22,6 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import best_of, timed, tool_attributes
 
+from tooltrail.collector import writer
 from tooltrail.collector.columnar import columns_to_table
 from tooltrail.collector.exporter import TooltrailSpanExporter
 
@@ -40,6 +47,13 @@ def create_spans(n: int, provider: TracerProvider) -> None:
     for a in attrs:
         with tracer.start_as_current_span("tools/call git_commit", attributes=a):
             pass
+
+
+def timed_both(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def batches(spans: Sequence[ReadableSpan], size: int) -> list[Sequence[ReadableSpan]]:
@@ -73,6 +87,32 @@ def main() -> None:
             exporter.force_flush()  # everything landed, as after the queue drains
 
         export_s = best_of(args.repeats, lambda: timed(export_all))
+        # Wall and CPU time: on a shared machine the CPU time of this process is the
+        # steadier measure of what the chain costs.
+        with_chain: list[tuple[float, float]] = []
+        without_chain: list[tuple[float, float]] = []
+        record = writer._record
+        in_chain: list[float] = []  # seconds spent recording, per "with" round
+
+        def timed_record(path: Path, table: object) -> None:
+            start = time.perf_counter()
+            record(path, table)
+            in_chain[-1] += time.perf_counter() - start
+
+        shares: list[float] = []
+        for _ in range(max(args.repeats, 5)):
+            in_chain.append(0.0)
+            writer._record = timed_record
+            try:
+                with_chain.append(timed_both(export_all))
+            finally:
+                writer._record = record
+            shares.append(in_chain[-1] / (with_chain[-1][0] - in_chain[-1]))
+            writer._record = lambda *_args: None  # the same landing, no chain record
+            try:
+                without_chain.append(timed_both(export_all))
+            finally:
+                writer._record = record
         columns = [exporter.to_columns(p) for p in parts]
         normalize_s = best_of(
             args.repeats, lambda: timed(lambda: [exporter.to_columns(p) for p in parts])
@@ -102,6 +142,17 @@ def main() -> None:
     print(f"  Parquet write+fsync+link:      {rest * per:8.2f} us/span")
     print(f"(per-span normalize, for scale:  {per_span_s * per:8.2f} us/span)")
     print(f"ratio export/create = {export_s / create_s:.2f}  (target <= 0.5)")
+    print(
+        f"time inside the chain's record step / the rest of the export (wall, median of"
+        f" {len(shares)} rounds): {statistics.median(shares) * 100:+.1f}%  (target <= +10%)"
+    )
+    for i, what in ((0, "wall"), (1, "CPU")):
+        chained = min(t[i] for t in with_chain)
+        bare = min(t[i] for t in without_chain)
+        print(
+            f"export {what:4s} with / without the chain: {chained * per:7.2f} /"
+            f" {bare * per:7.2f} us/span = {(chained / bare - 1) * 100:+.1f}%  (target <= +10%)"
+        )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tooltrail.collector import chain
 from tooltrail.collector.spool import LANDED_PREFIX, SEGMENT_SUFFIX, SPOOL_DIR
 from tooltrail.collector.writer import (
     TEMP_SUFFIX,
@@ -94,22 +95,65 @@ def _awaiting_spool_cleanup(path: Path) -> bool:
     return (path.parents[2] / SPOOL_DIR / segment).exists()
 
 
+def _chained_sources(part: Path, sources: list[Path]) -> tuple[list[Path], list[str]] | None:
+    """The sources compaction may merge and the ids of their records.
+
+    A data directory without a ledger predates the chain: everything merges, and the
+    result is recorded as a plain landed file. Otherwise only files the chain covers
+    merge, each checked against its record first (a mismatch stops this partition: the
+    compacted file would launder the edit); a file no record covers stays as it is, for
+    verify to report.
+    """
+    data_dir = part.parent.parent
+    if not chain.ledger_path(data_dir).exists():
+        return None
+    live = chain.live_records(chain.read_ledger(data_dir))
+    kept: list[Path] = []
+    ids: list[str] = []
+    for src in sources:
+        found = live.get(chain.relative(src, data_dir))
+        if found is None:
+            continue
+        if chain.file_sha256(src) != found[1].get("sha256"):
+            raise StoreError(
+                f"{src} does not match its record in the chain (run tooltrail verify);"
+                " not compacted"
+            )
+        kept.append(src)
+        ids.append(found[0])
+    return kept, ids
+
+
 def compact_partition(part: Path, small_file_bytes: int = DEFAULT_SMALL_FILE_BYTES) -> int:
-    """Compact one ``date=`` directory; returns the number of rows rewritten (0 if skipped)."""
+    """Compact one ``date=`` directory; returns the number of rows rewritten (0 if skipped).
+
+    The chain is carried forward: the sources are verified first, and each compacted
+    file's signed record names the records it replaced (verify checks that its sessions
+    add up to theirs).
+    """
     sources = sorted(p for p in part.glob("*.parquet") if not _awaiting_spool_cleanup(p))
     if not _needs_compaction(sources, small_file_bytes):
         return 0
+    chained = _chained_sources(part, sources)
+    replaces: list[str] | None = None
+    if chained is not None:
+        sources, replaces = chained
+        if not _needs_compaction(sources, small_file_bytes):
+            return 0
     table = pq.read_table(sources, schema=SPAN_SCHEMA, partitioning=None)
     table = sort_landed(table)  # whole-partition order, so the files split it in order
     # Outside spans/: a reader's own glob (`spans/*/*.parquet` in polars or DuckDB matches
     # hidden directories too) must never reach the staged or the swapped-out files.
     staging = _staging_root(part) / f"{part.name}.compact-{secrets.token_hex(4)}"
     staging.mkdir(parents=True)
+    written: list[tuple[str, pa.Table]] = []
     try:
         writer_id = new_writer_id()
         for i, offset in enumerate(range(0, max(table.num_rows, 1), ROWS_PER_FILE)):
             chunk = table.slice(offset, ROWS_PER_FILE)
-            write_table_atomic(chunk, staging / f"compact-{writer_id}-{i:04d}.parquet")
+            name = f"compact-{writer_id}-{i:04d}.parquet"
+            write_table_atomic(chunk, staging / name, record=False)
+            written.append((name, chunk))
         with spans_lock(part.parent, exclusive=True):
             source_names = {p.name for p in sources}
             for late in part.glob("*.parquet"):  # landed meanwhile, or left out: carry over
@@ -122,7 +166,21 @@ def compact_partition(part: Path, small_file_bytes: int = DEFAULT_SMALL_FILE_BYT
         # Before the swap, staging holds only unpublished new files.
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _record_compacted(part, written, replaces)
     return int(table.num_rows)
+
+
+def _record_compacted(
+    part: Path, written: list[tuple[str, pa.Table]], replaces: list[str] | None
+) -> None:
+    data_dir = part.parent.parent
+    for name, chunk in written:
+        path = part / name
+        body = chain.manifest(chunk, path, data_dir)
+        if replaces is not None:
+            # Every output names every source: verify sums the group's sessions.
+            body.update(kind="compact", replaces=replaces, outputs=len(written))
+        chain.append(data_dir, body)
 
 
 def compact(
@@ -167,7 +225,7 @@ def _compact_all(
         report.files_before += len(before)
         try:
             rows = compact_partition(part, small_file_bytes)
-        except (OSError, pa.ArrowException) as e:
+        except (OSError, pa.ArrowException, StoreError) as e:
             _log.error("compaction of %s failed: %s", part, e)
             report.skipped.append(f"{part.name}: {e}")
             rows = 0
@@ -195,6 +253,7 @@ def _remove_stale_staging(root: Path) -> None:
     # leaves a staging dir (in spans/ itself, before staging moved out of it).
     for stale in (
         *(root.parent / STAGING_DIR).glob("date=*.compact-*"),
+        *(root.parent / STAGING_DIR).glob("date=*.retain-*"),
         *(root / f".{STAGING_DIR}").glob("date=*.compact-*"),
         *root.glob(".date=*.compact-*"),
     ):

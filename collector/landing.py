@@ -40,7 +40,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from tooltrail.collector.columnar import columns_of_records
 from tooltrail.collector.otlp import records_from_request
-from tooltrail.collector.pipeline import BatchPipeline, BatchResult
+from tooltrail.collector.pipeline import PROVENANCE_COLLECTOR, BatchPipeline, BatchResult
 from tooltrail.collector.spool import Landed, land_named, land_segment, note_set_aside
 from tooltrail.collector.writer import spans_lock, split_by_date, write_sorted_parquet
 from tooltrail.config import SPANS_DIR
@@ -60,7 +60,8 @@ class RequestPipeline:
     """OTLP request -> records -> batch normalizer -> policy hook: the exporter's steps."""
 
     def __init__(self, policy: str | os.PathLike[str] | Policy | None, redact: bool | None):
-        self._pipeline = BatchPipeline.build(policy, redact)
+        # Each row's `source` is the sender the collector stamped on its request.
+        self._pipeline = BatchPipeline.build(policy, redact, PROVENANCE_COLLECTOR)
 
     def result(self, request: ExportTraceServiceRequest) -> BatchResult:
         """The request's landed table and the spans set aside from it."""

@@ -33,6 +33,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
+from tooltrail import semconv as sc
 from tooltrail.collector import jsontext
 from tooltrail.collector.columnar import columns_of_records
 from tooltrail.collector.normalize import Normalizer, SpanRecord
@@ -370,7 +371,7 @@ def ingest_files(
             seen.add(key)
             fresh.append(record)
     norm = normalizer if normalizer is not None else Normalizer(Redactor.from_env())
-    pipeline = BatchPipeline(norm, row_hook)
+    pipeline = BatchPipeline(norm, row_hook, provenance=sc.SOURCE_INGEST)
     tables: list[pa.Table] = []
     aside: list[SetAside] = []
     # The collector's batch pipeline: normalized a batch at a time, and a span that makes

@@ -129,34 +129,48 @@ def load_row_hook(
 class BatchPipeline:
     """A normalizer and an optional row hook (the policy), applied to whole batches."""
 
-    __slots__ = ("_hook", "normalizer", "policy_error")
+    __slots__ = ("_hook", "normalizer", "policy_error", "provenance")
 
     def __init__(
-        self, normalizer: Normalizer, hook: RowHook | None, policy_error: str | None = None
+        self,
+        normalizer: Normalizer,
+        hook: RowHook | None,
+        policy_error: str | None = None,
+        *,
+        provenance: str = sc.SOURCE_EXPORTER,
     ) -> None:
         self.normalizer = normalizer
         self._hook = hook
         self.policy_error = policy_error  # why the policy did not load, if it did not
+        # Who lands through this pipeline (the `source` column): PROVENANCES.
+        self.provenance = provenance
 
     @classmethod
     def build(
-        cls, policy: str | os.PathLike[str] | Policy | None, redact: bool | None
+        cls,
+        policy: str | os.PathLike[str] | Policy | None,
+        redact: bool | None,
+        provenance: str = sc.SOURCE_EXPORTER,
     ) -> BatchPipeline:
         """The landing pipeline of the exporter and the collector: ``redact`` None means
         ``$TOOLTRAIL_REDACT`` decides (on unless turned off); ``policy`` as in
-        :func:`policy_row_hook`."""
+        :func:`policy_row_hook`; ``provenance`` one of PROVENANCES."""
         redactor = Redactor.from_env() if redact is None else Redactor(enabled=redact)
-        return cls(Normalizer(redactor), *load_row_hook(policy))
+        return cls(Normalizer(redactor), *load_row_hook(policy), provenance=provenance)
 
     def with_policy(self, policy: str | os.PathLike[str] | Policy | None) -> BatchPipeline:
         """The same normalizer with another policy (as :func:`policy_row_hook` reads it)."""
-        return BatchPipeline(self.normalizer, *load_row_hook(policy))
+        return BatchPipeline(self.normalizer, *load_row_hook(policy), provenance=self.provenance)
 
     def columns(self, src: SpanColumns) -> Columns:
         """The landed columns of a batch, decided."""
+        n = len(src)
+        senders = _senders(src, self.provenance)
         columns = normalize_batch(self.normalizer, src)
+        claimed = _decided(columns, n)
         if self._hook is not None:
-            _decide(self._hook, columns, len(src))
+            _decide(self._hook, columns, n)
+        stamp_provenance(columns, n, self.provenance, senders, claimed)
         return columns
 
     def table(self, src: SpanColumns) -> pa.Table:
@@ -208,10 +222,13 @@ class BatchPipeline:
         n = len(src)
         at = step if step is not None else _Step()
         at.name = "normalizing"
+        senders = _senders(src, self.provenance)
         columns = normalize_batch(self.normalizer, src)
+        claimed = _decided(columns, n)
         if self._hook is not None:
             at.name = "deciding (policy)"
             _decide(self._hook, columns, n)
+        stamp_provenance(columns, n, self.provenance, senders, claimed)
         at.name = "converting to Arrow"
         return columns_to_table(columns, n)
 
@@ -255,7 +272,10 @@ class BatchPipeline:
             one.resources = [_reduced_attributes(src.resources[i], reason="")]
             one.resource_keys = [object()]  # not the batch's resource: its JSON differs
             one.exception_types = [None]
-            return columns_to_table(normalize_batch(self.normalizer, one), 1)
+            senders = _senders(one, self.provenance)
+            columns = normalize_batch(self.normalizer, one)
+            stamp_provenance(columns, 1, self.provenance, senders, _decided(columns, 1))
+            return columns_to_table(columns, 1)
         except _NOT_A_SPAN_FAULT:
             raise
         except Exception:
@@ -394,6 +414,70 @@ def _one(src: SpanColumns, i: int) -> SpanColumns:
     return SpanColumns(**{f: [getattr(src, f)[i]] for f in _SRC_FIELDS})
 
 
+# Who lands through a pipeline: the in-process exporter, `tooltrail ingest`, or the
+# collector (then each row's sender is the stamp on its resource, sc.TT_COLLECTOR_SENDER).
+PROVENANCE_COLLECTOR: Final = "collector"
+PROVENANCES: Final = (sc.SOURCE_EXPORTER, sc.SOURCE_INGEST, PROVENANCE_COLLECTOR)
+
+
+def _senders(src: SpanColumns, provenance: str) -> list[Any] | None:
+    """Each span's sender as the collector stamped it, the stamp taken out of its
+    resource (it lands as ``source``, not in the ``resource`` JSON). Read before
+    normalize_batch consumes ``src``."""
+    if provenance != PROVENANCE_COLLECTOR:
+        return None
+    senders: list[Any] = []
+    stripped: dict[int, Mapping[str, Any]] = {}  # spans of one resource share one copy
+    resources: list[Mapping[str, Any]] = []
+    for r in src.resources:
+        senders.append(r.get(sc.TT_COLLECTOR_SENDER))
+        copy = stripped.get(id(r))
+        if copy is None:
+            copy = {k: v for k, v in r.items() if k != sc.TT_COLLECTOR_SENDER}
+            stripped[id(r)] = copy
+        resources.append(copy)
+    src.resources = resources
+    return senders
+
+
+def _decided(columns: Columns, n: int) -> list[bool]:
+    """Which rows carry a decision from the span itself (before the policy hook)."""
+    return [d is not None for d in (columns["decision"] or [None] * n)]
+
+
+def stamp_provenance(
+    columns: Columns,
+    n: int,
+    provenance: str,
+    senders: list[Any] | None,
+    from_span: list[bool],
+) -> None:
+    """Fill ``source`` and ``verified``.
+
+    A decision is tooltrail's (verified) when tooltrail made it: the in-process exporter
+    (the instrumentation or the gateway decided), an agent holding an agent credential
+    (the collector stamped ``agent:<name>``), or the policy run here. A decision the span
+    carried in from an unauthenticated sender (``otlp``) or a file (``ingest``) is only
+    claimed (false). Rows without a decision: null.
+    """
+    if senders is None:
+        sources: list[str] = [provenance] * n
+    else:
+        sources = [
+            s if isinstance(s, str) and s.startswith(sc.SOURCE_AGENT_PREFIX) else sc.SOURCE_OTLP
+            for s in senders
+        ]
+    decisions = columns["decision"] or [None] * n
+    verified: list[bool | None] = []
+    for source, decision, spanned in zip(sources, decisions, from_span, strict=True):
+        if decision is None:
+            verified.append(None)
+        else:
+            verified.append(not spanned or source not in (sc.SOURCE_OTLP, sc.SOURCE_INGEST))
+    columns["source"] = sources
+    columns["verified"] = verified
+
+
 def _decide(hook: RowHook, columns: Columns, n: int) -> None:
     # The policy looks at undecided tool spans only: the others never become rows.
     types = columns["span_type"] or []
@@ -406,6 +490,8 @@ def _decide(hook: RowHook, columns: Columns, n: int) -> None:
 
 
 __all__ = [
+    "PROVENANCES",
+    "PROVENANCE_COLLECTOR",
     "REDUCED_ARGUMENTS",
     "REDUCED_ATTRIBUTE",
     "SET_ASIDE_SPAN_IDS",
@@ -415,4 +501,5 @@ __all__ = [
     "SetAside",
     "load_row_hook",
     "policy_row_hook",
+    "stamp_provenance",
 ]

@@ -22,6 +22,7 @@ JSON), as the specification asks.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import zlib
@@ -34,6 +35,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from tooltrail import semconv as sc
 from tooltrail.collector import jsontext
 from tooltrail.collector.otlp import SPAN_ID_BYTES, TRACE_ID_BYTES, request_from_json
 from tooltrail.collector.salvage import Salvaged, SalvageRefused, salvage
@@ -234,6 +236,22 @@ def validate(
     if rejected:
         message = f"{rejected} of {total} spans rejected; first: {first_error}"
     return Accepted(req, payload, total - rejected, rejected, message)
+
+
+def stamp_sender(accepted: Accepted, sender: str) -> Accepted:
+    """``accepted`` with every resource stamped ``tooltrail.collector.sender = sender``,
+    replacing any value the sender set itself (a sender cannot vouch for itself), and
+    its payload re-encoded to hold the stamp (issue 17, provenance)."""
+    req = accepted.request
+    for rs in req.resource_spans:
+        attrs = rs.resource.attributes
+        for i in reversed(range(len(attrs))):
+            if attrs[i].key == sc.TT_COLLECTOR_SENDER:
+                del attrs[i]
+        kv = attrs.add()
+        kv.key = sc.TT_COLLECTOR_SENDER
+        kv.value.string_value = sender
+    return dataclasses.replace(accepted, payload=req.SerializeToString())
 
 
 def read_request(

@@ -59,6 +59,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 
 from tooltrail import access
+from tooltrail import semconv as sc
 from tooltrail.access import Principal
 from tooltrail.collector import approvals_http as apr
 from tooltrail.collector.access_http import AccessGate
@@ -70,6 +71,7 @@ from tooltrail.collector.receiver import (
     RequestRejected,
     media_type,
     read_request,
+    stamp_sender,
     status_body,
     success_body,
 )
@@ -450,9 +452,19 @@ class Collector:
         spool = self._spool
         return spool is not None and spool.backlog_bytes >= self.cfg.max_backlog_bytes
 
-    def ingest(self, content_type: str | None, encoding: str | None, body: bytes) -> bytes:
-        """Decode, validate, make durable; returns the 200 body. Raises RequestRejected."""
-        accepted = read_request(content_type, encoding, body, self.cfg.limits)
+    def ingest(
+        self,
+        content_type: str | None,
+        encoding: str | None,
+        body: bytes,
+        *,
+        sender: str = sc.SOURCE_OTLP,
+    ) -> bytes:
+        """Decode, validate, make durable; returns the 200 body. Raises RequestRejected.
+
+        ``sender`` is stamped on every resource of the request (stamp_sender), so the
+        landed rows say who sent them whichever process lands them."""
+        accepted = stamp_sender(read_request(content_type, encoding, body, self.cfg.limits), sender)
         self.metrics.add("spans_received_total", accepted.spans + accepted.rejected)
         self.metrics.add("spans_rejected_total", accepted.rejected)
         rejected, message = accepted.rejected, accepted.error_message
@@ -1104,7 +1116,8 @@ class _Handler(BaseHTTPRequestHandler):
         media = (
             CT_PROTOBUF if media_type(self.headers.get("Content-Type")) == CT_PROTOBUF else CT_JSON
         )
-        if not self._sender_ok(kind, media):
+        sender = self._sender(kind, media)
+        if sender is None:
             return
         collector = self.collector
         body = self._read_body(collector.cfg.limits.max_body_bytes, kind, media)
@@ -1116,7 +1129,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             answer = collector.ingest(
-                self.headers.get("Content-Type"), self.headers.get("Content-Encoding"), body
+                self.headers.get("Content-Type"),
+                self.headers.get("Content-Encoding"),
+                body,
+                sender=sender,
             )
         except RequestRejected as e:
             self._error(e.status, e.message, kind=kind, media=media)
@@ -1167,19 +1183,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._forbid(kind, str(e))
             return None
 
-    def _sender_ok(self, kind: str, media: str) -> bool:
-        """Spans: without access control the token check; with it an agent's credential
-        (or the shared --token, so a fleet keeps landing while it moves to its own)."""
+    def _sender(self, kind: str, media: str) -> str | None:
+        """Who sends spans (the provenance stamped on them), or None once refused.
+
+        Without access control the token check; with it an agent's credential (or the
+        shared --token, so a fleet keeps landing while it moves to its own). Only an
+        agent's own credential makes its decisions tooltrail's: ``agent:<name>``; any
+        other accepted sender is ``otlp`` (its decision attributes land as claimed)."""
         if not self._access_on():
-            return self._authorized(kind, media)
+            return sc.SOURCE_OTLP if self._authorized(kind, media) else None
         token = self.collector.cfg.token
         if token and self._token_ok(token):
-            return True
+            return sc.SOURCE_OTLP
         who = self._who(kind, media)
         if who is not None and not who.is_agent:
             self._forbid(kind, f"{who.name!r} is a user: spans are sent by agents", media)
-            return False
-        return who is not None
+            return None
+        return None if who is None else f"{sc.SOURCE_AGENT_PREFIX}{who.name}"
 
     # -- approvals -------------------------------------------------------------------------
 

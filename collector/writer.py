@@ -152,10 +152,11 @@ def sort_landed(table: pa.Table) -> pa.Table:
     return table.sort_by([(c, "ascending") for c in _SORTING])
 
 
-def write_sorted_parquet(table: pa.Table, sink: Any) -> None:
+def write_sorted_parquet(table: pa.Table, sink: Any, *, presorted: bool = False) -> None:
     """The landed file format: rows sorted by session then time, zstd, a session_id bloom
     filter sized to the file, the page index; ``sink`` is a path or a binary file."""
-    table = sort_landed(table)
+    if not presorted:
+        table = sort_landed(table)
     pq.write_table(
         table,
         sink,
@@ -167,20 +168,49 @@ def write_sorted_parquet(table: pa.Table, sink: Any) -> None:
     )
 
 
-def write_table_atomic(table: pa.Table, final_path: Path) -> Path:
-    """Write ``table`` to ``final_path`` so that no reader ever sees a partial file."""
+def write_table_atomic(table: pa.Table, final_path: Path, *, record: bool = True) -> Path:
+    """Write ``table`` to ``final_path`` so that no reader ever sees a partial file.
+
+    ``record``: a file landed under ``<data>/spans`` gets its signed manifest in the
+    chain's ledger once it is visible (collector/chain.py). Compaction and retention,
+    which publish files by swapping a directory, record theirs after the swap.
+    """
     final_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = final_path.with_name(f".{final_path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    table = sort_landed(table)  # once: the chain hashes the rows in the file's order
     try:
         with open(tmp, "wb") as fh:
-            write_sorted_parquet(table, fh)
+            write_sorted_parquet(table, fh, presorted=True)
             fh.flush()
             os.fsync(fh.fileno())
         os.link(tmp, final_path)  # fails instead of clobbering an existing file
     finally:
         tmp.unlink(missing_ok=True)
     fsync_path(final_path.parent)
+    if record:
+        _record(final_path, table)
     return final_path
+
+
+def _record(path: Path, table: pa.Table) -> None:
+    # The file is landed (its rows are on disk and visible): a failure to record it must
+    # not make a caller land the rows again. It is logged; verify reports the file as
+    # unrecorded, which is what it is.
+    from tooltrail.collector.chain import record_file
+
+    global _record_failed
+    try:
+        record_file(path, table)
+    except Exception as e:
+        # Once with the traceback (a read-only home for the key, say), then one line each.
+        if not _record_failed:
+            _record_failed = True
+            _log.exception("tooltrail: landed %s but could not record it in the chain", path)
+        else:
+            _log.error("tooltrail: landed %s but could not record it in the chain: %s", path, e)
+
+
+_record_failed = False
 
 
 @contextlib.contextmanager

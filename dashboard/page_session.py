@@ -121,6 +121,13 @@ def _header(ctx: nav.Context, head: Mapping[str, Any]) -> None:
         gateway = head.get("governed_by") == "gateway"
         facts.append(f"**{ui.md(governed)}**" if gateway else ui.md(governed))
     st.markdown(" · ".join(facts))
+    claimed = int(head.get("claimed_calls") or 0)
+    if claimed:  # issue 17: decisions tooltrail did not make are shown as claimed
+        st.warning(
+            f"{claimed} decision{'s' if claimed != 1 else ''} only claimed by an"
+            " unauthenticated sender (not tooltrail's; never counted as enforced).",
+            icon=":material/gpp_maybe:",
+        )
     changed = int(head.get("changed_tool_calls") or 0)
     if changed:
         st.warning(
@@ -288,7 +295,15 @@ def _action_detail(
         enforced = row.get("enforced")
         cols[3].markdown(
             "Enforced\n\n"
-            + ("at call time" if enforced else "after the fact" if enforced is False else "–")
+            + (
+                "claimed (unverified sender)"
+                if row.get("verified") is False
+                else "at call time"
+                if enforced
+                else "after the fact"
+                if enforced is False
+                else "–"
+            )
         )
         cols[4].markdown(f"Execution\n\n{ui.fmt_ms(row.get('duration_ms'))} · {outcome}")
         if row.get("status_message"):

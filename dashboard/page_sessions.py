@@ -34,6 +34,7 @@ COLUMNS: Final = (
     "denies",
     "rewrites",
     "approvals",
+    "claimed_calls",
     "last_action_at",
     "started_at",
     "mcp_client_name",
@@ -86,6 +87,11 @@ def _column_config() -> dict[str, Any]:
         "rewrites": ui.count_column("Rewritten", width="small"),
         "approvals": ui.count_column("Approvals", width="small"),
         "max_blast_radius": ui.radius_column("Max blast"),
+        "claimed_calls": ui.count_column(
+            "Claimed",
+            width="small",
+            help="Decisions only claimed by an unauthenticated sender: never enforced",
+        ),
         "governed_by": ui.chip_column(
             "Governed by",
             ui.GOVERNED_HEX,

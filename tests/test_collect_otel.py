@@ -115,8 +115,17 @@ def _assert_same_rows(local: Path, remote: Path, n: int) -> None:
     assert len(a) == n
     assert span_keys(b) == span_keys(a), "every span lands once"
     assert len(set(span_keys(b))) == n
+    # Who landed a row is recorded (issue 17): the in-process exporter's rows are its
+    # own; the same spans from a sender without an agent credential land `otlp`, their
+    # own decisions only claimed, the collector policy's decisions verified.
+    provenance = ("source", "verified")
     for ra, rb in zip(a, b, strict=True):
-        assert rb == ra
+        assert {k: v for k, v in rb.items() if k not in provenance} == {
+            k: v for k, v in ra.items() if k not in provenance
+        }
+        assert (ra["source"], rb["source"]) == ("exporter", "otlp")
+        assert ra["verified"] is (None if ra["decision"] is None else True)
+        assert rb["verified"] is (None if rb["decision"] is None else rb["enforced"] is False)
     decided = [r for r in b if r["span_type"] == "tool" and r["enforced"] is False]
     assert decided, "the policy hook decided undecided tool spans"
     assert {r["decision"] for r in decided} >= {"DENY", "ALLOW"}

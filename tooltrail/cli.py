@@ -850,6 +850,7 @@ cli.add_command(
 
 def _register_groups() -> None:
     from tooltrail.access_cli import agents_cli, login_cli, users_cli
+    from tooltrail.chain_cli import delete_cli, retention_cli, verify_cli
     from tooltrail.collector.cli import collect_cli
     from tooltrail.gateway.cli import proxy_cli, tools_cli
     from tooltrail.live_cli import tail_cli, webhooks_cli
@@ -864,6 +865,9 @@ def _register_groups() -> None:
     cli.add_command(login_cli)
     cli.add_command(tail_cli)
     cli.add_command(webhooks_cli)
+    cli.add_command(verify_cli)
+    cli.add_command(delete_cli)
+    cli.add_command(retention_cli)
 
 
 _register_groups()

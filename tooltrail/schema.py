@@ -69,6 +69,11 @@ SPAN_SCHEMA: Final = pa.schema(
         pa.field("mcp_client_version", pa.string()),
         pa.field("tool_definition_changed", pa.bool_()),
         pa.field("tool_definition_hash", pa.string()),
+        # Added with provenance (issue 17): who landed the row, and whether its decision
+        # is tooltrail's own (true), only claimed by an unauthenticated sender (false), or
+        # absent (null). Files landed before them read null.
+        pa.field("source", pa.string()),
+        pa.field("verified", pa.bool_()),
         pa.field("attributes", pa.string()),
         pa.field("resource", pa.string()),
     ]

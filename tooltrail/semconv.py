@@ -111,6 +111,17 @@ TT_TOOL_DEFINITION_HASH: Final = "tooltrail.tool.definition_hash"
 GOVERNED_BY_GATEWAY: Final = "gateway"
 GOVERNED_BY_INSTRUMENTATION: Final = "instrumentation"
 
+# Provenance (issue 17). The collector stamps every request's resources with who sent it,
+# overwriting whatever the sender put there: ``agent:<name>`` for an agent's credential,
+# ``otlp`` for anyone else (no access control, or the shared --token). The landed
+# ``source`` column: that value, or ``exporter`` (landed in-process by an instrumented
+# agent or the gateway) or ``ingest`` (`tooltrail ingest`).
+TT_COLLECTOR_SENDER: Final = "tooltrail.collector.sender"
+SOURCE_EXPORTER: Final = "exporter"
+SOURCE_INGEST: Final = "ingest"
+SOURCE_OTLP: Final = "otlp"
+SOURCE_AGENT_PREFIX: Final = "agent:"
+
 TRIGGERS: Final = ("manual", "api", "schedule", "event", "agent")
 
 # --- the count of spans that could not land whole (docs/DATA.md, "Dropped spans") -------

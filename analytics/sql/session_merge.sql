@@ -35,6 +35,7 @@ SELECT
     arg_min(mcp_client_name, (mcp_client_at, mcp_client_name)) AS mcp_client_name,
     arg_min(mcp_client_version, (mcp_client_at, mcp_client_name)) AS mcp_client_version,
     CAST(sum(changed_tool_calls) AS BIGINT) AS changed_tool_calls,
+    CAST(sum(claimed_calls) AS BIGINT) AS claimed_calls,
     CAST(sum(total_actions) AS BIGINT) AS total_actions,
     CAST(sum(allows) AS BIGINT) AS allows,
     CAST(sum(denies) AS BIGINT) AS denies,

@@ -31,6 +31,8 @@ SELECT
         AS mcp_client_version,
     -- actions on a tool whose definition had changed since it was pinned
     count(*) FILTER (WHERE span_type = 'tool' AND tool_definition_changed) AS changed_tool_calls,
+    -- actions whose decision an unauthenticated sender only claimed (verified = false)
+    count(*) FILTER (WHERE span_type = 'tool' AND verified IS FALSE) AS claimed_calls,
     -- actions (tool spans) by decision; a null decision is counted by neither
     count(*) FILTER (WHERE span_type = 'tool') AS total_actions,
     count(*) FILTER (WHERE span_type = 'tool' AND decision = 'ALLOW') AS allows,

@@ -10,6 +10,8 @@
 -- (mcp_client_name / mcp_client_version: the client it served), else 'instrumentation'
 -- when tooltrail's in-process instrumentation made them, else null (third-party spans).
 -- changed_tool_calls: actions on a tool whose definition differed from its pinned one.
+-- claimed_calls: actions whose decision an unauthenticated sender only claimed (landed
+-- verified = false): shown as claimed, never counted as enforced.
 --
 -- status, first match wins: canceled / paused (session control), waiting_approval (an
 -- approval is pending), failed (the last action or a root span errored), active (last
@@ -82,6 +84,7 @@ SELECT
     t.mcp_client_name,
     t.mcp_client_version,
     t.changed_tool_calls,
+    t.claimed_calls,
     pending_approvals,
     t.span_count,
     ctl.state AS control_state,
@@ -111,6 +114,7 @@ FROM (
             coalesce(t.critical, 0) AS critical,
             coalesce(t.errors, 0) AS errors,
             coalesce(t.changed_tool_calls, 0) AS changed_tool_calls,
+            coalesce(t.claimed_calls, 0) AS claimed_calls,
             coalesce(t.root_errored, false) AS root_errored,
             coalesce(t.input_tokens, 0) AS input_tokens,
             coalesce(t.output_tokens, 0) AS output_tokens,

@@ -6,7 +6,10 @@
 --   * end_time before start_time (both plausible): end_time null;
 --   * duration_ms: null when negative or when either time was made unknown.
 -- A null time never counts for a session's start, last activity or `active` status.
+-- A decision only claimed by an unauthenticated sender (verified = false, issue 17) never
+-- reads as enforced: the file keeps what was claimed, the views do not believe it.
 * REPLACE (
+    CASE WHEN verified IS FALSE THEN false ELSE enforced END AS enforced,
     CASE WHEN NOT tooltrail_future(start_time) THEN start_time END AS start_time,
     CASE
         WHEN NOT tooltrail_future(end_time)

@@ -1,0 +1,241 @@
+"""Deleting terminal sessions: ``tooltrail delete`` and ``tooltrail retention`` (issue 17).
+
+Landed files are immutable, so deleting a session rewrites each file holding its rows
+without them, the way compaction publishes files: the partition is rebuilt in a staging
+directory (the untouched files hard-linked, the rewritten ones new) and swapped in with
+one ``renameat2(RENAME_EXCHANGE)`` under the exclusive spans lock, so a reader sees the
+old partition or the new one, never a half-deleted session.
+
+Then the chain records it: one signed **tombstone** (who, when, why, which sessions, how
+many rows, which records it replaced) and, per rewritten file, a ``retain`` record naming
+the record it replaced and the tombstone. ``tooltrail verify`` checks that a rewritten
+file kept every other session's rows bit for bit (same ordered digests), so a sanctioned
+deletion verifies clean while the same rows removed without a tombstone are tampering.
+
+Who may delete is checked by the caller (the CLI: an admin when access control is on).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tooltrail.collector import chain
+from tooltrail.collector.compact import _exchange, _single_compactor, _staging_root
+from tooltrail.collector.writer import (
+    iter_span_files,
+    new_writer_id,
+    spans_lock,
+    write_table_atomic,
+)
+from tooltrail.config import SPANS_DIR
+from tooltrail.errors import BadInputError, StoreError
+
+# Retention configured for a data directory when `tooltrail retention` has no --older-than.
+ENV_RETENTION = "TOOLTRAIL_RETENTION"
+
+
+@dataclass
+class DeleteReport:
+    sessions: list[str] = field(default_factory=list)
+    rows: int = 0
+    files_rewritten: int = 0
+    files_removed: int = 0
+    tombstone: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sessions": self.sessions,
+            "rows": self.rows,
+            "files_rewritten": self.files_rewritten,
+            "files_removed": self.files_removed,
+            "tombstone": self.tombstone,
+        }
+
+
+@dataclass
+class _Rewrite:
+    part: Path
+    old: Path
+    kept: pa.Table | None  # None: every row of the file goes
+    removed: int
+    record_id: str | None
+    new_name: str | None = None
+
+
+def deletable_sessions(
+    data_dir: Path, *, session_id: str | None = None, before: dt.datetime | None = None
+) -> list[str]:
+    """Terminal sessions (completed, failed, canceled, abandoned), optionally one id or
+    those idle since before ``before``."""
+    from tooltrail import analytics
+
+    frame = analytics.terminal_sessions(data_dir, before=before, session_id=session_id)
+    return [str(s) for s in frame["session_id"].to_list()]
+
+
+def delete_sessions(
+    data_dir: Path, session_ids: Sequence[str], *, by: str, reason: str | None = None
+) -> DeleteReport:
+    """Delete every landed row of ``session_ids`` (terminal sessions only) and leave a
+    signed tombstone in the chain.
+
+    Example:
+
+        delete_sessions(Path("tooltrail-data"), ["s-123"], by="alice", reason="GDPR")
+    """
+    report = DeleteReport(sessions=sorted(set(session_ids)))
+    if not report.sessions:
+        return report
+    terminal = set(deletable_sessions(data_dir))
+    for sid in report.sessions:
+        if sid not in terminal:
+            raise BadInputError(
+                f"session {sid!r} is not a terminal session in {data_dir} (only completed,"
+                " failed, canceled or abandoned sessions can be deleted)"
+            )
+    root = data_dir / SPANS_DIR
+    with _single_compactor(root):
+        rewrites = _plan(data_dir, set(report.sessions))
+        by_part: dict[Path, list[_Rewrite]] = {}
+        for rw in rewrites:
+            by_part.setdefault(rw.part, []).append(rw)
+        for part, items in sorted(by_part.items()):
+            _swap_partition(part, items)
+    _record(data_dir, report, rewrites, by, reason)
+    return report
+
+
+def _plan(data_dir: Path, targets: set[str]) -> list[_Rewrite]:
+    live = (
+        chain.live_records(chain.read_ledger(data_dir))
+        if chain.ledger_path(data_dir).exists()
+        else {}
+    )
+    wanted = pa.array(sorted(targets), pa.string())
+    out: list[_Rewrite] = []
+    for path in iter_span_files(data_dir):
+        rel = chain.relative(path, data_dir)
+        found = live.get(rel)
+        if found is not None:
+            named = {e[0] for e in found[1].get("sessions", [])}
+            if not named & targets:
+                continue
+            if chain.file_sha256(path) != found[1].get("sha256"):
+                raise StoreError(
+                    f"{rel} does not match its record in the chain (run tooltrail verify);"
+                    " nothing deleted"
+                )
+        table = pq.read_table(path, partitioning=None)
+        hit = pc.is_in(table["session_id"], value_set=wanted)
+        removed = int(pc.sum(hit).as_py() or 0)
+        if not removed:
+            continue
+        kept = table.filter(pc.invert(pc.fill_null(hit, False)))
+        out.append(
+            _Rewrite(
+                path.parent,
+                path,
+                kept if kept.num_rows else None,
+                removed,
+                None if found is None else found[0],
+            )
+        )
+    return out
+
+
+def _swap_partition(part: Path, items: list[_Rewrite]) -> None:
+    staging = _staging_root(part) / f"{part.name}.retain-{os.urandom(4).hex()}"
+    staging.mkdir(parents=True)
+    try:
+        writer_id = new_writer_id()
+        for i, rw in enumerate(items):
+            if rw.kept is not None:
+                rw.new_name = f"retained-{writer_id}-{i:04d}.parquet"
+                # The kept rows in their landed order: every other session's ordered
+                # digest stays the same (verify checks it).
+                write_table_atomic(rw.kept, staging / rw.new_name, record=False)
+        gone = {rw.old.name for rw in items}
+        with spans_lock(part.parent, exclusive=True):
+            for f in part.glob("*.parquet"):
+                if f.name not in gone:
+                    os.link(f, staging / f.name)
+            _exchange(part, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _record(
+    data_dir: Path, report: DeleteReport, rewrites: list[_Rewrite], by: str, reason: str | None
+) -> None:
+    report.rows = sum(rw.removed for rw in rewrites)
+    report.files_rewritten = sum(1 for rw in rewrites if rw.kept is not None)
+    report.files_removed = sum(1 for rw in rewrites if rw.kept is None)
+    tomb = chain.append(
+        data_dir,
+        {
+            "kind": "tombstone",
+            "by": by,
+            "reason": reason,
+            "sessions": report.sessions,
+            "rows": report.rows,
+            "replaces": [rw.record_id for rw in rewrites if rw.record_id is not None],
+            "files": [chain.relative(rw.old, data_dir) for rw in rewrites],
+        },
+    )
+    report.tombstone = str(tomb["id"])
+    for rw in rewrites:
+        if rw.kept is None or rw.new_name is None:
+            continue
+        path = rw.part / rw.new_name
+        body = chain.manifest(rw.kept, path, data_dir)
+        body.update(
+            kind="retain",
+            replaces=[] if rw.record_id is None else [rw.record_id],
+            tombstone=report.tombstone,
+        )
+        chain.append(data_dir, body)
+
+
+def retention_cutoff(older_than: str | None, *, now: dt.datetime | None = None) -> dt.datetime:
+    """The instant ``--older-than`` (or $TOOLTRAIL_RETENTION) means: ``90d``, ``12w``..."""
+    from tooltrail.policy.durations import parse_since_seconds
+
+    text = older_than or os.environ.get(ENV_RETENTION)
+    if not text:
+        raise BadInputError(
+            f"--older-than is required (or set {ENV_RETENTION}, e.g. 90d): how old a"
+            " session must be to be deleted"
+        )
+    seconds = parse_since_seconds(text, option="--older-than")
+    if seconds is None:
+        raise BadInputError("--older-than all would delete every session: give an age (90d)")
+    return (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=seconds)
+
+
+def apply_retention(
+    data_dir: Path, older_than: str | None, *, by: str, reason: str | None = None
+) -> DeleteReport:
+    """Delete every terminal session idle for longer than ``older_than``.
+
+    Example:
+
+        apply_retention(Path("tooltrail-data"), "90d", by="alice")
+    """
+    cutoff = retention_cutoff(older_than)
+    sessions = deletable_sessions(data_dir, before=cutoff)
+    return delete_sessions(
+        data_dir, sessions, by=by, reason=reason or f"retention: idle before {cutoff:%Y-%m-%d}"
+    )
+
+
+__all__ = ["DeleteReport", "apply_retention", "deletable_sessions", "delete_sessions"]
