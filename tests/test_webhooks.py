@@ -298,3 +298,26 @@ def test_the_documented_receiver_check_runs_and_accepts_our_signatures() -> None
     assert verify("whsec_x", header, body) and not verify("whsec_x", header, body + b"!")
     old = sign("whsec_x", body, int(time.time()) - 600)
     assert not verify("whsec_x", old, body)
+
+
+def test_a_claimed_deny_pages_no_one_a_verified_one_does() -> None:
+    """Provenance: a DENY an unauthenticated OTLP sender claims (verified false) is not
+    tooltrail's decision, so deny.high does not fire for it."""
+    from tooltrail.events import Event
+    from tooltrail.webhooks import topic_of
+
+    def deny(verified: bool | None) -> Event:
+        detail = {"blast_radius": "Critical", "verified": verified}
+        return Event(
+            kind="action",
+            time=0.0,
+            session="s",
+            agent="a",
+            decision="DENY",
+            summary="x",
+            detail=detail,
+        )
+
+    assert topic_of(deny(True)) == "deny.high"
+    assert topic_of(deny(None)) == "deny.high"  # landed before provenance: as before
+    assert topic_of(deny(False)) is None

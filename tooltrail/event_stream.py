@@ -70,6 +70,8 @@ _ACTION_COLUMNS: Final = (
     "span_id",
     "sequence",
 )
+# Read when the file has them (landed before they existed: absent).
+_OPTIONAL_COLUMNS: Final = ("source", "verified")
 _SESSION_KINDS: Final = {"pause": "session.paused", "resume": "session.resumed"}
 
 
@@ -262,6 +264,9 @@ def _action(row: dict[str, Any]) -> Event:
         "sequence": row.get("sequence"),
         "trace_id": row.get("trace_id"),
         "span_id": row.get("span_id"),
+        # provenance: False for a decision an unauthenticated sender claimed
+        "verified": row.get("verified"),
+        "source": row.get("source"),
     }
     return Event(
         kind="action",
@@ -390,7 +395,9 @@ class EventSource:
         for mtime, rel, first in self._files.new():
             path = self.data_dir / SPANS_DIR / rel
             try:
-                table = pq.read_table(path, columns=list(_ACTION_COLUMNS))
+                names = set(pq.read_schema(path).names)
+                wanted = [c for c in (*_ACTION_COLUMNS, *_OPTIONAL_COLUMNS) if c in names]
+                table = pq.read_table(path, columns=wanted)
             except (FileNotFoundError, OSError, ValueError):
                 continue  # removed meanwhile (compaction), or not readable: nothing to send
             # In file order: the position is a row index, so a resumed reader goes on

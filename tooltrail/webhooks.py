@@ -112,7 +112,10 @@ def topic_of(event: Event) -> str | None:
     """The webhook topic an event is, or None when no hook is told of it."""
     if event.kind == "action":
         high = event.detail.get("blast_radius") in ("High", "Critical")
-        return "deny.high" if event.decision == "DENY" and high else None
+        # A decision an unauthenticated sender claims (provenance: verified false) is not
+        # tooltrail's: no one is paged for it.
+        claimed = event.detail.get("verified") is False
+        return "deny.high" if event.decision == "DENY" and high and not claimed else None
     return event.kind if event.kind in TOPICS else None
 
 
