@@ -9,6 +9,7 @@ making, nothing above them.
 
 from __future__ import annotations
 
-from tooltrail.gateway.stdio import ProxyOptions, run_proxy
+from tooltrail.gateway.connection import ProxyOptions
+from tooltrail.gateway.stdio import run_proxy
 
 __all__ = ["ProxyOptions", "run_proxy"]

@@ -19,8 +19,8 @@ from tooltrail.output import FORMATS
 from tooltrail.semconv import TRIGGERS
 
 if TYPE_CHECKING:
+    from tooltrail.gateway.connection import ProxyOptions
     from tooltrail.gateway.http import HttpOptions
-    from tooltrail.gateway.stdio import ProxyOptions
 
 WRAP: Final = "wrap"
 # The bearer token of `proxy --listen` (as $TOOLTRAIL_COLLECTOR_TOKEN is `collect`'s).
@@ -202,7 +202,8 @@ def proxy_cli(
     if command and command[0] == WRAP:  # a server named "wrap" is started by path: ./wrap
         wrap_cli.main(list(command[1:]), prog_name=f"{ctx.command_path} {WRAP}")
         return
-    from tooltrail.gateway.stdio import ProxyOptions, run_proxy
+    from tooltrail.gateway.connection import ProxyOptions
+    from tooltrail.gateway.stdio import run_proxy
 
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="tooltrail proxy: %(levelname)s %(message)s"

@@ -46,22 +46,18 @@ from starlette.routing import Route
 
 from tooltrail.collector.server import is_loopback
 from tooltrail.errors import BadInputError
+from tooltrail.gateway.connection import MAX_LINE, Gateway, ProxyOptions
 from tooltrail.gateway.http_session import McpSession, collect, events
+from tooltrail.gateway.jsonrpc import (
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    SERVER_GONE,
+    read_client,
+    request_key,
+)
 from tooltrail.gateway.naming import check_server_name, server_name_of
 from tooltrail.gateway.servers import ServerSpec
-from tooltrail.gateway.stdio import (
-    INVALID_REQUEST,
-    MAX_LINE,
-    PARSE_ERROR,
-    SERVER_EXIT_GRACE_S,
-    SERVER_GONE,
-    Gateway,
-    ProxyOptions,
-    _key,
-    _read_client,
-    _reap,
-    _tracing,
-)
+from tooltrail.gateway.stdio import SERVER_EXIT_GRACE_S, reap, tracing
 from tooltrail.gateway.upstream import TIMEOUT, UpstreamLink
 from tooltrail.instrumentation._settings import Settings, policy_decider
 
@@ -191,7 +187,7 @@ class HttpGateway:
         except ClientDisconnect:
             return Response(status_code=400)
         try:
-            parsed = _read_client(body)
+            parsed = read_client(body)
         except (ValueError, RecursionError) as e:
             return _rpc_error(400, PARSE_ERROR, f"Parse error: {e}")
         messages = parsed if isinstance(parsed, list) else [parsed]
@@ -234,7 +230,7 @@ class HttpGateway:
                 if m.get("method") == "notifications/cancelled":
                     session.cancelled(m.get("params"))
             return Response(status_code=202, headers=headers)
-        keys = [_key(m["id"]) for m in requests]
+        keys = [request_key(m["id"]) for m in requests]
         if len(set(keys)) != len(keys) or any(k in session.by_request for k in keys):
             # The gateway would answer -32600 under an id another POST is waiting for.
             errors = [
@@ -357,7 +353,7 @@ class HttpGateway:
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(session.pump), SERVER_EXIT_GRACE_S)
         if session.process is not None:
-            rc = await _reap(session.process, SERVER_EXIT_GRACE_S if why is None else 1.0)
+            rc = await reap(session.process, SERVER_EXIT_GRACE_S if why is None else 1.0)
         if why is None:
             why = "the MCP server exited" + (f" (status {rc})" if rc is not None else "")
             if session.upstream is not None:
@@ -460,7 +456,7 @@ def run_http(opts: HttpOptions) -> int:
     """
     opts.check()
     sock = _bind(opts.host, opts.port)
-    st, land = _tracing(opts.proxy)
+    st, land = tracing(opts.proxy)
     if st.policy_error:
         _log.error("every tools/call will be denied: %s", st.policy_error)
     gateway = HttpGateway(opts, st)

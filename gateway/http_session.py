@@ -17,8 +17,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 
+from tooltrail.gateway.connection import Gateway
+from tooltrail.gateway.jsonrpc import request_key
 from tooltrail.gateway.servers import ServerSpec
-from tooltrail.gateway.stdio import Gateway, _key
 from tooltrail.gateway.upstream import UpstreamLink
 
 __all__ = ["McpSession", "collect", "events"]
@@ -103,7 +104,7 @@ class McpSession:
         if not isinstance(message, dict):
             return
         if "method" not in message and "id" in message:
-            key = _key(message["id"])
+            key = request_key(message["id"])
             stream = self.by_request.pop(key, None)
             if stream is None:
                 _log.warning("session %s: no open request %s for an answer; dropped", self.sid, key)
@@ -116,7 +117,7 @@ class McpSession:
         if message.get("method") == "notifications/progress":
             params = message.get("params")
             token = params.get("progressToken") if isinstance(params, dict) else None
-            stream = self.by_token.get(_key(token))
+            stream = self.by_token.get(request_key(token))
             if stream is not None:
                 stream.put(line)
                 return
@@ -127,8 +128,8 @@ class McpSession:
             self.backlog.append(line)
 
     def open_post(self, requests: Sequence[Mapping[str, Any]], sse: bool) -> _Stream:
-        keys = {_key(m["id"]) for m in requests}
-        tokens = [_key(t) for m in requests if sse and (t := _token(m)) is not None]
+        keys = {request_key(m["id"]) for m in requests}
+        tokens = [request_key(t) for m in requests if sse and (t := _token(m)) is not None]
         stream = _Stream(keys, tokens, sse)
         for key in keys:
             self.by_request[key] = stream
@@ -164,7 +165,7 @@ class McpSession:
         stops waiting for one (and closes when nothing else is awaited on it)."""
         if not isinstance(params, dict) or "requestId" not in params:
             return
-        key = _key(params["requestId"])
+        key = request_key(params["requestId"])
         stream = self.by_request.pop(key, None)
         if stream is not None:
             stream.waiting.discard(key)

@@ -18,7 +18,8 @@ from typing import Any, Final
 
 import httpx2
 
-from tooltrail.gateway.stdio import MAX_LINE, SERVER_GONE, ServerGone
+from tooltrail.gateway.connection import MAX_LINE, ServerGone
+from tooltrail.gateway.jsonrpc import SERVER_GONE
 
 __all__ = ["UpstreamLink"]
 

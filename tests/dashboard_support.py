@@ -539,6 +539,7 @@ def land_gateway(root: Path, now: dt.datetime) -> str:
     denied). The
     pins are written by the gateway's real PinStore, so the change is still open there.
     Returns the changed definition's hash."""
+    from tooltrail.gateway import connection as gw
     from tooltrail.gateway import stdio
     from tooltrail.gateway.pins import PinStore, definition_hash, definition_of
 
@@ -556,8 +557,8 @@ def land_gateway(root: Path, now: dt.datetime) -> str:
     name, version = GATEWAY_CLIENT
     calls = [
         ("list_directory", "ALLOW", "pass", False),
-        (CHANGED_TOOL, "REQUIRE_APPROVAL", stdio.PIN_RULE, True),
-        (CHANGED_TOOL, "DENY", stdio.PIN_RULE, True),
+        (CHANGED_TOOL, "REQUIRE_APPROVAL", gw.PIN_RULE, True),
+        (CHANGED_TOOL, "DENY", gw.PIN_RULE, True),
     ]
     for seq, (tool, decision, rule, changed) in enumerate(calls, start=1):
         at = now - dt.timedelta(minutes=6 - seq)
@@ -574,16 +575,16 @@ def land_gateway(root: Path, now: dt.datetime) -> str:
             sc.TT_DECISION: decision,
             sc.TT_POLICY_RULE: rule,
             sc.TT_ENFORCED: True,
-            stdio.TT_GATEWAY: True,
-            stdio.TT_CLIENT_NAME: name,
-            stdio.TT_CLIENT_VERSION: version,
+            gw.TT_GATEWAY: True,
+            gw.TT_CLIENT_NAME: name,
+            gw.TT_CLIENT_VERSION: version,
         }
         if decision == "REQUIRE_APPROVAL":  # nobody looked in time
             attrs[sc.TT_APPROVAL_ID] = "apr-gw-0001"
             attrs[sc.TT_APPROVAL_STATUS] = "expired"
         if changed:
-            attrs[stdio.TT_TOOL_CHANGED] = True
-            attrs[stdio.TT_TOOL_HASH] = changed_hash
+            attrs[gw.TT_TOOL_CHANGED] = True
+            attrs[gw.TT_TOOL_HASH] = changed_hash
         span = tracer.start_span(
             f"tools/call {tool}", kind=SpanKind.CLIENT, attributes=attrs, start_time=_ns(at)
         )

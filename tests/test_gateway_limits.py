@@ -22,9 +22,9 @@ from gateway_support import RawClient, proxy_command, raw_client
 
 from tooltrail import analytics
 from tooltrail.errors import BadInputError
+from tooltrail.gateway.connection import MAX_CLIENT_MESSAGE
 from tooltrail.gateway.naming import server_name_of
 from tooltrail.gateway.pins import LEGACY_KEYS, PinStore, definition_hash
-from tooltrail.gateway.stdio import MAX_CLIENT_MESSAGE
 
 SERVERS = Path(__file__).parent / "servers"
 

@@ -798,7 +798,7 @@ def test_a_secret_keys_value_is_erased_where_the_tool_quoted_it(spans: Spans) ->
 
 
 def _gateway_attributes(changed: bool) -> dict[str, Any]:
-    """The attributes the MCP gateway adds to a tool span (gateway/stdio.py)."""
+    """The attributes the MCP gateway adds to a tool span (gateway/connection.py)."""
     out: dict[str, Any] = {
         sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
         sc.GEN_AI_TOOL_NAME: "read_file",
@@ -879,8 +879,8 @@ def test_a_gateway_mark_that_is_not_true_stays_in_attributes(spans: Spans) -> No
 
 
 def test_gateway_attribute_names_are_the_landed_ones() -> None:
-    # The gateway defines its own names (gateway/stdio.py); the normalizer reads semconv's.
-    from tooltrail.gateway import stdio
+    # The gateway defines its own names (gateway/connection.py); the normalizer reads semconv's.
+    from tooltrail.gateway import connection as stdio
 
     assert (
         stdio.TT_GATEWAY,

@@ -98,7 +98,7 @@ TT_TOOL_ANNOTATIONS: Final = "tooltrail.tool.annotations"
 # the landed `redactions` column), so a replay knows the landed text is not the original.
 TT_REDACTIONS: Final = "tooltrail.redactions"
 
-# Set by the MCP gateway (`tooltrail proxy`, gateway/stdio.py, which defines the same names)
+# Set by the MCP gateway (`tooltrail proxy`, gateway/connection.py, which defines the same names)
 # on every span it makes: the call was governed from outside the agent's process. The
 # client's own name and version come from MCP's `initialize` (clientInfo); a tool whose
 # definition differs from its pinned one carries the flag and the hash it has now.
