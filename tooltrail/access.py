@@ -49,6 +49,7 @@ from typing import Any, Final, Literal
 
 from tooltrail import config
 from tooltrail.errors import AccessDeniedError, BadInputError, NotAuthenticatedError, StoreError
+from tooltrail.signing import DECIDER_ROLES, DeciderKey, new_decider_key, sync_trust_file
 
 Kind = Literal["user", "agent"]
 KINDS: Final = ("user", "agent")
@@ -107,6 +108,16 @@ CREATE TABLE IF NOT EXISTS session_owners (
     session_id  TEXT PRIMARY KEY,
     agent       TEXT NOT NULL,
     claimed_at  REAL NOT NULL
+);
+-- Deciders' Ed25519 keys (tooltrail.signing): the private half sealed under the user's
+-- credential, so only whoever presents that credential can sign with it.
+CREATE TABLE IF NOT EXISTS decider_keys (
+    key_id      TEXT PRIMARY KEY,
+    principal   TEXT NOT NULL,
+    public_key  TEXT NOT NULL,
+    sealed_key  TEXT NOT NULL,
+    added_at    REAL NOT NULL,
+    revoked_at  REAL
 );
 CREATE TABLE IF NOT EXISTS access_events (
     event_id    INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -293,7 +304,7 @@ class AccessStore:
         self._con.row_factory = sqlite3.Row
         try:
             names = {r[0] for r in self._con.execute("SELECT name FROM sqlite_master")}
-            if not {"principals", "session_owners", "access_events"} <= names:
+            if not {"principals", "session_owners", "access_events", "decider_keys"} <= names:
                 self._con.executescript(_SCHEMA)
         except sqlite3.Error as e:
             self._con.close()
@@ -391,7 +402,9 @@ class AccessStore:
                 " created_at, created_by) VALUES (?,?,?,0,?,?,?,?)",
                 (name, kind, role, key_id, hashed, now, None if by is None else by.name),
             )
+            _new_decider_key(con, name, role, credential, now)
             _event(con, now, by, f"add {kind} ({role})", name)
+        _sync_trust_root(self.path.parent)
         return self.get(name), credential
 
     def disable(self, name: str, kind: Kind, *, by: Principal | None) -> Principal:
@@ -412,7 +425,9 @@ class AccessStore:
             con.execute(
                 "UPDATE principals SET disabled = 1, disabled_at = ? WHERE name = ?", (now, name)
             )
+            _revoke_keys(con, name, now)
             _event(con, now, by, f"disable {kind}", name)
+        _sync_trust_root(self.path.parent)
         return self.get(name)
 
     def rotate(self, name: str, kind: Kind, *, by: Principal | None) -> tuple[Principal, str]:
@@ -430,7 +445,10 @@ class AccessStore:
                 " WHERE name = ?",
                 (key_id, hashed, now, name),
             )
+            _revoke_keys(con, name, now)
+            _new_decider_key(con, name, target.role, credential, now)
             _event(con, now, by, f"rotate {kind}", name)
+        _sync_trust_root(self.path.parent)
         return self.get(name), credential
 
     def claim_session(self, agent: str, session_id: str) -> bool:
@@ -451,6 +469,24 @@ class AccessStore:
             ).fetchone()
         return row is not None and row[0] == agent
 
+    def decider_keys(self) -> list[DeciderKey]:
+        """Every decider key (revoked ones too, with when), with its holder's role."""
+        rows = self._rows(
+            "SELECT k.key_id, k.principal, p.role, k.public_key, k.added_at,"
+            " coalesce(k.revoked_at, p.disabled_at) AS revoked_at"
+            " FROM decider_keys k JOIN principals p ON p.name = k.principal ORDER BY k.added_at"
+        )
+        return [DeciderKey(**dict(r)) for r in rows]
+
+    def sealed_key(self, name: str) -> tuple[str, str] | None:
+        """The current (unrevoked) key id of ``name`` and its sealed private key."""
+        rows = self._rows(
+            "SELECT key_id, sealed_key FROM decider_keys WHERE principal = ?"
+            " AND revoked_at IS NULL ORDER BY added_at DESC LIMIT 1",
+            (name,),
+        )
+        return None if not rows else (str(rows[0][0]), str(rows[0][1]))
+
     def events(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._rows("SELECT * FROM access_events ORDER BY event_id")]
 
@@ -465,6 +501,38 @@ def check_found(credential: str, found: tuple[Principal, str] | None) -> Princip
     if principal.disabled:
         raise NotAuthenticatedError(f"{principal.kind} {principal.name!r} is disabled")
     return principal
+
+
+def _new_decider_key(
+    con: sqlite3.Connection, name: str, role: str, credential: str, now: float
+) -> None:
+    """A decider (approver, operator, admin) gets a key pair sealed under its credential."""
+    if role not in DECIDER_ROLES:
+        return
+    key = new_decider_key(credential)
+    con.execute(
+        "INSERT INTO decider_keys (key_id, principal, public_key, sealed_key, added_at)"
+        " VALUES (?,?,?,?,?)",
+        (key.key_id, name, key.public_key, key.sealed, now),
+    )
+
+
+def _revoke_keys(con: sqlite3.Connection, name: str, now: float) -> None:
+    con.execute(
+        "UPDATE decider_keys SET revoked_at = ? WHERE principal = ? AND revoked_at IS NULL",
+        (now, name),
+    )
+
+
+def _sync_trust_root(root: Path) -> None:
+    """Keep ``$TOOLTRAIL_TRUST_ROOT`` (when set) in step with the keys just changed."""
+    try:
+        sync_trust_file(root)
+    except OSError as e:
+        raise StoreError(
+            f"the keys changed but the trust root ${config.ENV_TRUST_ROOT} could not be"
+            f" written: {e}; run `tooltrail users export-keys` as its owner"
+        ) from e
 
 
 def _require_admin(by: Principal | None) -> None:
