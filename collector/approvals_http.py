@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from tooltrail import ledger
 from tooltrail.access import Principal, check_acting_as
 from tooltrail.collector import jsontext
 from tooltrail.control import (
@@ -55,7 +56,9 @@ from tooltrail.control import (
     UnknownIdError,
     arguments_hash,
 )
+from tooltrail.control_verify import annotate
 from tooltrail.errors import AccessDeniedError, BadInputError, NotAuthenticatedError, StoreError
+from tooltrail.signing import Signer
 
 MAX_WAIT_S: Final = 60.0
 POLL_S: Final = 0.05
@@ -78,6 +81,7 @@ _OPTIONAL_TEXT: Final = (
     "policy_rule",
     "reason",
     "blast_radius",
+    "policy_version",
 )
 
 
@@ -191,11 +195,32 @@ def request_from_body(doc: Mapping[str, Any]) -> ApprovalRequest:
     )
 
 
-def record_json(record: ApprovalRecord) -> dict[str, Any]:
+def record_json(record: ApprovalRecord, data_dir: Path | None = None) -> dict[str, Any]:
+    """A request as the HTTP API answers it. With ``data_dir``, a decided request carries
+    its ledger entry (``decision``: body, key id, signature), which an agent holding a
+    pinned trust root verifies itself, and ``verified`` (the collector's own check)."""
     doc = record.to_dict()
     doc.pop("agent_host", None)
     doc.pop("agent_pid", None)
     doc["arguments"] = json.loads(record.arguments)
+    if data_dir is not None and record.decided:
+        with ControlStore(data_dir) as store:
+            ends = [
+                e
+                for e in store._busy_retry(
+                    lambda: ledger.entries_for(store._con, record.approval_id)
+                )
+                if e.kind in ("decision", "system")
+            ]
+            problems = annotate(store, [record]).get(record.approval_id, [])
+        if ends:
+            last = ends[-1]
+            doc["decision"] = {
+                "body": last.body,
+                "key_id": last.key_id,
+                "signature": last.signature,
+            }
+        doc["verified"] = not problems
     return doc
 
 
@@ -315,7 +340,11 @@ def own_request(data_dir: Path, approval_id: str, agent: str) -> ApprovalRecord:
 
 
 def decide(
-    data_dir: Path, approval_id: str, doc: Mapping[str, Any], who: Principal | None = None
+    data_dir: Path,
+    approval_id: str,
+    doc: Mapping[str, Any],
+    who: Principal | None = None,
+    signer: Signer | None = None,
 ) -> ApprovalRecord:
     outcome = doc.get("outcome")
     if outcome not in ("approved", "denied"):
@@ -323,7 +352,9 @@ def decide(
     by, role = _decider(doc, who)
     reason = _text(doc, "reason")
     with ControlStore(data_dir) as store, _known(approval_id):
-        return store.decide(approval_id, outcome, by=by, reason=reason, role=role)
+        return store.decide(
+            approval_id, outcome, by=by, reason=reason, role=role, signer=signer
+        )
 
 
 LIST_STATUSES: Final = ("pending", "approved", "denied", "expired", "abandoned", "all")
@@ -382,7 +413,11 @@ def session_wait(
 
 
 def set_session(
-    data_dir: Path, session_id: str, doc: Mapping[str, Any], who: Principal | None = None
+    data_dir: Path,
+    session_id: str,
+    doc: Mapping[str, Any],
+    who: Principal | None = None,
+    signer: Signer | None = None,
 ) -> SessionControl:
     """pause / resume / cancel from a ``POST /v1/sessions/{id}/control`` body (``who``: the
     credential's user, with access control on)."""
@@ -402,7 +437,9 @@ def set_session(
                 f"no session {session_id!r}: no landed action and no approval request names"
                 ' it ("force": true controls an id no agent has reported yet)'
             )
-        return store.set_session_state(session_id, action, by=by, reason=reason)
+        return store.set_session_state(
+            session_id, action, by=by, reason=reason, signer=signer
+        )
 
 
 def _session_reported(store: ControlStore, data_dir: Path, session_id: str) -> bool:

@@ -147,7 +147,10 @@ class ControlStoreBroker(_OnStore):
             return self._failed(f"the approval request could not be filed: {e}", started)
         try:
             record = self.stores.get().wait(
-                filed.approval_id, poll_s=self.poll_s, heartbeat_s=self.heartbeat_s
+                filed.approval_id,
+                poll_s=self.poll_s,
+                heartbeat_s=self.heartbeat_s,
+                deadline=filed.expires_at,
             )
         except StoreError as e:
             return self._failed(self._lost(filed, e), started, filed.approval_id)
@@ -173,7 +176,10 @@ class ControlStoreBroker(_OnStore):
             # Reads in WAL mode never wait for writers: polling on the loop is cheap (the
             # lease renewal is one short write every heartbeat_s).
             record = await self.stores.get().await_decision(
-                filed.approval_id, poll_s=self.poll_s, heartbeat_s=self.heartbeat_s
+                filed.approval_id,
+                poll_s=self.poll_s,
+                heartbeat_s=self.heartbeat_s,
+                deadline=filed.expires_at,
             )
         except StoreError as e:
             return self._failed(self._lost(filed, e), started, filed.approval_id)

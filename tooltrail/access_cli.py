@@ -192,6 +192,35 @@ users_cli = _group("user")
 agents_cli = _group("agent")
 
 
+@users_cli.command(name="export-keys")
+@data_option
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def export_keys(data: Path | None, path: Path) -> None:
+    """Write the deciders' public keys (revoked ones marked) to PATH as a pinned trust
+    root. Keep PATH where the agents' account cannot write, and point whoever releases
+    held calls at it with TOOLTRAIL_TRUST_ROOT (docs/SECURITY.md, "Signed decisions").
+    While TOOLTRAIL_TRUST_ROOT is set, `users add`, `rotate` and `disable` keep it current.
+    Needs an admin's credential.
+
+    Example:
+
+        tooltrail users export-keys /etc/tooltrail/trust-root.json
+    """
+    from tooltrail import access
+    from tooltrail.signing import write_trust_file
+
+    root = config.data_dir(data)
+    with domain_errors():
+        access.require(_need_identity(root), "admin")
+        with access.AccessStore(root) as store:
+            keys = store.decider_keys()
+        try:
+            write_trust_file(path, keys)
+        except OSError as e:
+            raise CliError(f"cannot write the trust root {path}: {e}") from e
+    click.echo(f"wrote {len(keys)} decider key(s) to {path}")
+
+
 @click.command(name="login")
 @data_option
 def login_cli(data: Path | None) -> None:

@@ -81,6 +81,10 @@ DEFAULT_TIMEOUT_S: Final = 600.0
 DEFAULT_HEARTBEAT_S: Final = 2.0
 DEFAULT_LEASE_S: Final = 10.0
 LEASE_LAPSED: Final = "the waiting agent stopped renewing its lease (it is gone)"
+DEADLINE_PUSHED: Final = (
+    "its deadline passed, but control.sqlite still shows it pending: its expiry was pushed"
+    " in the file (tampered), so the held call does not run"
+)
 
 SessionAction = Literal["pause", "resume", "cancel"]
 _T = TypeVar("_T")
@@ -1108,10 +1112,13 @@ class ControlStore:
         *,
         poll_s: float = DEFAULT_POLL_S,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        deadline: float | None = None,
     ) -> ApprovalRecord:
         """Block (sleeping) until the request is decided, expired or abandoned, renewing
-        the request's lease (if it was filed with one) every ``heartbeat_s``."""
-        watch = _Watch(self, approval_id, poll_s, heartbeat_s)
+        the request's lease (if it was filed with one) every ``heartbeat_s``. ``deadline``: the
+        waiter's own copy of the request's deadline; a row still pending past it (its
+        expiry was pushed in the file) is abandoned, saying so."""
+        watch = _Watch(self, approval_id, poll_s, heartbeat_s, deadline)
         while True:
             step = watch.step()
             if isinstance(step, ApprovalRecord):
@@ -1124,9 +1131,10 @@ class ControlStore:
         *,
         poll_s: float = DEFAULT_POLL_S,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        deadline: float | None = None,
     ) -> ApprovalRecord:
         """Like :meth:`wait` without blocking the event loop."""
-        watch = _Watch(self, approval_id, poll_s, heartbeat_s)
+        watch = _Watch(self, approval_id, poll_s, heartbeat_s, deadline)
         while True:
             step = watch.step()
             if isinstance(step, ApprovalRecord):
@@ -1319,12 +1327,27 @@ class _Watch:
     it renews the request's lease every ``heartbeat_s`` (one short write): that is how
     everyone else knows someone still waits on the request."""
 
-    __slots__ = ("approval_id", "heartbeat_s", "next_beat", "poll_s", "record", "seen", "store")
+    __slots__ = (
+        "approval_id",
+        "deadline",
+        "heartbeat_s",
+        "next_beat",
+        "poll_s",
+        "record",
+        "seen",
+        "store",
+    )
 
     def __init__(
-        self, store: ControlStore, approval_id: str, poll_s: float, heartbeat_s: float
+        self,
+        store: ControlStore,
+        approval_id: str,
+        poll_s: float,
+        heartbeat_s: float,
+        deadline: float | None = None,
     ) -> None:
         self.store = store
+        self.deadline = deadline
         self.approval_id = approval_id
         self.poll_s = poll_s
         self.heartbeat_s = heartbeat_s
@@ -1357,7 +1380,10 @@ class _Watch:
             record = self.record = self.store._poll(self.approval_id)
             if record.decided:
                 return record
-        sleep = min(self.poll_s, max(record.expires_at - time.time(), 0.0) + 0.001)
+        due = record.expires_at if self.deadline is None else min(record.expires_at, self.deadline)
+        if self.deadline is not None and record.expires_at > self.deadline <= time.time():
+            return self.store.abandon(self.approval_id, DEADLINE_PUSHED)
+        sleep = min(self.poll_s, max(due - time.time(), 0.0) + 0.001)
         if record.lease_s is not None:
             sleep = min(sleep, max(self.next_beat - time.monotonic(), 0.0) + 0.001)
         return sleep

@@ -20,6 +20,7 @@ The rules (docs/SECURITY.md, "Tamper detection"):
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -74,6 +75,14 @@ def release_refusal(
     if problem is None and record.decided_by != decisions[0].payload().get("decider"):
         problem = "the decider was renamed in control.sqlite"
     return None if problem is None else _tampered(filed, problem)
+
+
+def record_from_json(doc: Mapping[str, Any]) -> ApprovalRecord:
+    """An ``ApprovalRecord`` from the collector's JSON form of it (``record_json``)."""
+    values = {name: doc.get(name) for name in ApprovalRecord.__dataclass_fields__}
+    values["arguments"] = json.dumps(doc.get("arguments"), sort_keys=True)
+    values["approvers"] = tuple(doc.get("approvers") or ())
+    return ApprovalRecord(**values)
 
 
 def _tampered(filed: ApprovalRecord, problem: str) -> str:
@@ -139,7 +148,7 @@ def record_problems(
             problems.append("marked pending but its ledger holds a decision")
         return problems
     if not ends:
-        return [*problems, f"marked {record.status} but its ledger holds no decision"]
+        return [*problems, f"marked {record.status} but its ledger holds no decision (status rewritten)"]
     last = ends[-1].payload()
     for column, key in (
         ("status", "outcome"),

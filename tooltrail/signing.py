@@ -46,6 +46,8 @@ from tooltrail.errors import NotAuthenticatedError, StoreError, TamperedError
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from tooltrail.access import Principal
+
 ARGS_HASH_PREFIX: Final = "jcs-sha256:v1:"
 REQUEST_V1: Final = "tooltrail-request/v1"
 DECISION_V1: Final = "tooltrail-decision/v1"
@@ -331,13 +333,17 @@ def sync_trust_file(data_dir: str | os.PathLike[str] | None) -> Path | None:
     return write_trust_file(Path(pinned), keys)
 
 
-def decider_signer(data_dir: str | os.PathLike[str] | None, credential: str) -> Signer:
+def decider_signer(
+    data_dir: str | os.PathLike[str] | None, credential: str, *, verified: Principal | None = None
+) -> Signer:
     """The signer of the user whose ``credential`` this is (their current key unsealed).
-    NotAuthenticatedError when the credential does not verify or holds no decider key."""
+    NotAuthenticatedError when the credential does not verify or holds no decider key.
+    ``verified``: the principal a caller already authenticated the credential as (the
+    collector's cache), so scrypt is not paid again; the seal still proves the credential."""
     from tooltrail.access import AccessStore
 
     with AccessStore(config.data_dir(data_dir)) as store:
-        principal = store.authenticate(credential)
+        principal = verified if verified is not None else store.authenticate(credential)
         found = store.sealed_key(principal.name)
     if found is None:
         raise NotAuthenticatedError(
