@@ -352,9 +352,7 @@ def decide(
     by, role = _decider(doc, who)
     reason = _text(doc, "reason")
     with ControlStore(data_dir) as store, _known(approval_id):
-        return store.decide(
-            approval_id, outcome, by=by, reason=reason, role=role, signer=signer
-        )
+        return store.decide(approval_id, outcome, by=by, reason=reason, role=role, signer=signer)
 
 
 LIST_STATUSES: Final = ("pending", "approved", "denied", "expired", "abandoned", "all")
@@ -437,9 +435,7 @@ def set_session(
                 f"no session {session_id!r}: no landed action and no approval request names"
                 ' it ("force": true controls an id no agent has reported yet)'
             )
-        return store.set_session_state(
-            session_id, action, by=by, reason=reason, signer=signer
-        )
+        return store.set_session_state(session_id, action, by=by, reason=reason, signer=signer)
 
 
 def _session_reported(store: ControlStore, data_dir: Path, session_id: str) -> bool:

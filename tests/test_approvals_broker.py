@@ -266,7 +266,7 @@ def test_request_edited_in_the_store_is_refused(spans: InMemorySpanExporter, dat
     benign = {"files": ["README.md"], "target": "prod", "token": ""}
     support.forge_request(data, req.approval_id, benign)
     # The store refuses to decide a request edited since it was filed (its ledger entry)...
-    with pytest.raises(TamperedError, match="edited .* since it was filed"):
+    with pytest.raises(TamperedError, match=r"edited .* since it was filed"):
         decide(data, req.approval_id, "approved", by="alice")
     # ... and a forger who marks it approved as well gets nothing run.
     support.set_status(data, req.approval_id, "approved", by="alice")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
 import sqlite3
 import subprocess
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 import rfc8785
 from access_support import add, invoke
-from approval_support import pending, run_cli, set_status, wait_for
+from approval_support import pending, run_cli, set_status
 from git_support import clean_env
 
 from tooltrail.control import ControlStore, verify_control
@@ -133,14 +132,16 @@ def setup(tmp_path: Path, people: dict[str, str]) -> Iterator[tuple[Path, Path, 
     data = tmp_path / "data"
     shutil.copytree(people["root"], data)
     trust = tmp_path / "trust" / "trust-root.json"
-    code, out, err = invoke(data, "users", "export-keys", str(trust), token=people["admin"])
+    code, _, err = invoke(data, "users", "export-keys", str(trust), token=people["admin"])
     assert code == 0, err
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     yield data, policy, {"TOOLTRAIL_TRUST_ROOT": str(trust)}
 
 
-def cli(data: Path, env: dict[str, str], token: str, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    data: Path, env: dict[str, str], token: str, *args: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*_cli_argv(), args[0], "--data", str(data), *args[1:]],
         capture_output=True,
@@ -231,7 +232,7 @@ def test_a_signed_approval_releases_the_call_and_anyone_can_recompute_what_was_a
 def test_an_agent_thread_approving_its_own_call_gets_nothing(
     setup: tuple[Path, Path, dict[str, str]], agent: Agent, people: dict[str, str]
 ) -> None:
-    data, _, env = setup
+    data, _, _ = setup
     approval_id = agent.held(data, "c1", "prod")
     # A thread in the agent process approves through the library: refused (no key).
     agent.send(id="s1", self_approve=True)
@@ -257,8 +258,8 @@ def test_a_signature_by_a_decider_the_rule_does_not_list_or_for_another_request_
     assert agent.result("c1")["ran"] is True
     second = agent.held(data, "c2", "prod")
     con = sqlite3.connect(data / "control.sqlite")
-    seq, body, key_id, signature = con.execute(
-        "SELECT seq, body, key_id, signature FROM control_ledger WHERE kind = 'decision'"
+    body, key_id, signature = con.execute(
+        "SELECT body, key_id, signature FROM control_ledger WHERE kind = 'decision'"
     ).fetchone()
     top = con.execute("SELECT max(seq) FROM control_ledger").fetchone()[0]
     con.execute(
@@ -304,7 +305,7 @@ def test_an_edited_request_is_not_decided_flagged_everywhere_and_never_released(
 ) -> None:
     data, _, env = setup
     approval_id = agent.held(data, "c1", "prod")
-    sql(data, f"UPDATE approvals SET {column} = ? WHERE approval_id = ?", value, approval_id)  # noqa: S608 - test's own column names
+    sql(data, f"UPDATE approvals SET {column} = ? WHERE approval_id = ?", value, approval_id)
     # The decider's command line refuses to sign what was edited (exit 2, nothing changed).
     for who in ("alice", "mallory"):
         refused = cli(data, env, people[who], "approve", approval_id)
@@ -329,7 +330,11 @@ def test_an_expiry_pushed_in_the_file_does_not_extend_the_wait(
 ) -> None:
     data, _, _ = setup
     approval_id = agent.held(data, "c1", "short-1")
-    sql(data, "UPDATE approvals SET expires_at = expires_at + 3600 WHERE approval_id = ?", approval_id)
+    sql(
+        data,
+        "UPDATE approvals SET expires_at = expires_at + 3600 WHERE approval_id = ?",
+        approval_id,
+    )
     result = agent.result("c1", timeout=10)
     assert result["ran"] is False and "expiry was pushed" in result["reason"]
 
@@ -425,4 +430,4 @@ def test_single_user_mode_says_decisions_are_unsigned(tmp_path: Path) -> None:
     view = run_cli(data, "approvals", "--status", "all", "--format", "json", timeout=DEADLINE_S)
     assert "decisions are not signed" in view.stderr
     assert json.loads(view.stdout)[0]["verified"] is True  # unsigned, but consistent
-    assert os.path.exists(data / "control.sqlite")
+    assert (data / "control.sqlite").exists()

@@ -628,7 +628,6 @@ def approvals(data: Path | None, fmt: str, status: str) -> None:
     import polars as pl
 
     from tooltrail.control import ApprovalRecord
-
     from tooltrail.control_verify import annotate
 
     root = _existing_data(data)

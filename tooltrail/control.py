@@ -920,7 +920,9 @@ class ControlStore:
                 ),
             )
             filed = _record(
-                con.execute("SELECT * FROM approvals WHERE approval_id = ?", (approval_id,)).fetchone()
+                con.execute(
+                    "SELECT * FROM approvals WHERE approval_id = ?", (approval_id,)
+                ).fetchone()
             )
             ledger.append(con, "request", approval_id, request_content(filed))
         return filed

@@ -79,7 +79,7 @@ def release_refusal(
 
 def record_from_json(doc: Mapping[str, Any]) -> ApprovalRecord:
     """An ``ApprovalRecord`` from the collector's JSON form of it (``record_json``)."""
-    values = {name: doc.get(name) for name in ApprovalRecord.__dataclass_fields__}
+    values: dict[str, Any] = {name: doc.get(name) for name in ApprovalRecord.__dataclass_fields__}
     values["arguments"] = json.dumps(doc.get("arguments"), sort_keys=True)
     values["approvers"] = tuple(doc.get("approvers") or ())
     return ApprovalRecord(**values)
@@ -125,9 +125,7 @@ def approval_problem(entry: ledger.Entry, filed: ApprovalRecord, trust: TrustRoo
 # -- the views and `tooltrail verify` -----------------------------------------------------
 
 
-def record_problems(
-    con: sqlite3.Connection, record: ApprovalRecord, trust: TrustRoot
-) -> list[str]:
+def record_problems(con: sqlite3.Connection, record: ApprovalRecord, trust: TrustRoot) -> list[str]:
     """Every way ``record`` disagrees with its ledger entries (empty: it verifies)."""
     entries = ledger.entries_for(con, record.approval_id)
     filed = [e for e in entries if e.kind == "request"]
@@ -148,7 +146,10 @@ def record_problems(
             problems.append("marked pending but its ledger holds a decision")
         return problems
     if not ends:
-        return [*problems, f"marked {record.status} but its ledger holds no decision (status rewritten)"]
+        return [
+            *problems,
+            f"marked {record.status} but its ledger holds no decision (status rewritten)",
+        ]
     last = ends[-1].payload()
     for column, key in (
         ("status", "outcome"),
@@ -233,9 +234,13 @@ def _sessions(
             problem = ledger.verify_signed(e, trust)
             if problem is not None:
                 broken.append(ledger.Broken("session", e.ref, f"entry {e.seq}: {problem}"))
-    stored = {str(r[0]): str(r[1]) for r in con.execute("SELECT session_id, state FROM session_controls")}
+    stored = {
+        str(r[0]): str(r[1]) for r in con.execute("SELECT session_id, state FROM session_controls")
+    }
     events: dict[str, list[tuple[Any, ...]]] = {}
-    for r in con.execute("SELECT session_id, action, actor, at, reason FROM control_events ORDER BY event_id"):
+    for r in con.execute(
+        "SELECT session_id, action, actor, at, reason FROM control_events ORDER BY event_id"
+    ):
         events.setdefault(str(r[0]), []).append(tuple(r[1:]))
     adopted = {s for e in entries if e.ref == ADOPTED_REF for s in e.payload().get("adopted", {})}
     for session_id in sorted(set(stored) | set(controls) | set(events)):
@@ -246,8 +251,10 @@ def _sessions(
         if session_id not in adopted and events.get(session_id, []) != signed:
             broken.append(
                 ledger.Broken(
-                    "session", session_id, "its control events differ from its signed record"
-                    " (an event was edited, added or deleted)"
+                    "session",
+                    session_id,
+                    "its control events differ from its signed record"
+                    " (an event was edited, added or deleted)",
                 )
             )
         try:

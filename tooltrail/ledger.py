@@ -103,9 +103,7 @@ def append(
     last = con.execute(f"SELECT seq, hash FROM {TABLE} ORDER BY seq DESC LIMIT 1").fetchone()  # noqa: S608 - fixed name
     counter = con.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (TABLE,)).fetchone()
     seq = max(int(counter[0]) if counter else 0, int(last[0]) if last else 0) + 1
-    body = canonical(
-        {**payload, "seq": seq, "prev": str(last[1]) if last else GENESIS}
-    ).decode()
+    body = canonical({**payload, "seq": seq, "prev": str(last[1]) if last else GENESIS}).decode()
     entry_hash = hashlib.sha256(body.encode()).hexdigest()
     key_id = signature = None
     if signer is not None:
@@ -164,9 +162,7 @@ def check_chain(entries: Sequence[Entry], counter: int) -> list[Broken]:
             broken.append(Broken("ledger", where, "its body is not JSON"))
             doc = {}
         if e.seq != expected:
-            broken.append(
-                Broken("ledger", where, f"entries {expected}..{e.seq - 1} were deleted")
-            )
+            broken.append(Broken("ledger", where, f"entries {expected}..{e.seq - 1} were deleted"))
         if doc.get("seq") != e.seq or doc.get("prev") != prev:
             broken.append(
                 Broken("ledger", where, "it does not follow the entry before it (chain broken)")

@@ -82,9 +82,8 @@ def jsonable(value: Any) -> Any:
         for key, item in list(items):
             if isinstance(item, bool):
                 continue
-            if isinstance(item, int) and abs(item) > _SAFE_INT:
-                node[key] = str(item)
-            elif isinstance(item, float) and not math.isfinite(item):
+            unsafe_int = isinstance(item, int) and abs(item) > _SAFE_INT
+            if unsafe_int or (isinstance(item, float) and not math.isfinite(item)):
                 node[key] = str(item)
             elif isinstance(item, dict | list):
                 stack.append(item)

@@ -6,9 +6,10 @@ given id. Each stdin line is a command:
 
 * ``{"id": ..., "call": "deploy" | "status", "target": ...}``: run the tool in a thread and
   print ``{"id", "ran": bool, "reason": ...}`` when it ends;
-* ``{"id": ..., "self_approve": true}``: start a thread that approves, through the library
-  (``ControlStore.decide``) as "alice", every pending request it finds, as a compromised
-  agent would; it prints ``{"id", "self_approve": [errors...]}`` after one attempt each.
+* ``{"id": ..., "self_approve": true, "data": DIR}``: start a thread that approves, through
+  the library (``ControlStore.decide``) as "alice", every pending request it finds in DIR
+  (default: DATA_DIR), as a compromised agent would; it prints ``{"id", "self_approve":
+  [errors...]}`` after the first attempt.
 
 Prints ``{"ready": true}`` first. Exits at the end of stdin once every call ended.
 
@@ -61,15 +62,18 @@ def self_approve(data_dir: str, command: dict[str, Any]) -> None:
     """What a compromised agent thread can do with the library: approve its own calls."""
     errors: list[str] = []
     deadline = time.monotonic() + 10
-    with ControlStore(data_dir) as store:
-        while time.monotonic() < deadline and not errors:
-            for record in store.list_approvals("pending"):
-                try:
-                    store.decide(record.approval_id, "approved", by="alice", role="admin")
-                    errors.append("approved")
-                except Exception as e:
-                    errors.append(f"{type(e).__name__}: {e}")
-            time.sleep(0.02)
+    try:
+        with ControlStore(command.get("data") or data_dir) as store:
+            while time.monotonic() < deadline and not errors:
+                for record in store.list_approvals("pending"):
+                    try:
+                        store.decide(record.approval_id, "approved", by="alice", role="admin")
+                        errors.append("approved")
+                    except Exception as e:
+                        errors.append(f"{type(e).__name__}: {e}")
+                time.sleep(0.02)
+    except Exception as e:  # the store cannot even be opened (another account's)
+        errors.append(f"{type(e).__name__}: {e}")
     emit({"id": command["id"], "self_approve": errors})
 
 
