@@ -91,8 +91,19 @@ class AgentAs(Agent):
 
         pairs = [f"{k}={v}" for k, v in env.items()]
         self.proc = subprocess.Popen(
-            ["runuser", "-u", user, "--", "env", "-i", *pairs, *_agent_argv()]
-            + [str(data), str(policy), "sess-sep"],
+            [
+                "runuser",
+                "-u",
+                user,
+                "--",
+                "env",
+                "-i",
+                *pairs,
+                *_agent_argv(),
+                str(data),
+                str(policy),
+                "sess-sep",
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
