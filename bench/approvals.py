@@ -6,8 +6,8 @@
    <= 250 ms), in single-user mode (unsigned) and with access control on (issue 16: the
    decision signed with the approver's Ed25519 key, the agent verifying it against a
    pinned trust root before the call runs). An async agent process (``@tool`` under
-   enforcement, the default ``ControlStoreBroker``) makes N held calls one after another. This process plays the
-   approver: it sees each request appear, "thinks" for a random 0-200 ms (seeded; a
+   enforcement, the default ``ControlStoreBroker``) makes N held calls one after another.
+   This process plays the approver: it sees each request appear, "thinks" for a random 0-200 ms (seeded; a
    person's decision lands at a random point of the agent's polling interval, not right
    after its first look), notes the time and calls ``ControlStore.decide`` (what
    ``tooltrail approve`` does after starting up). The agent notes the time its tool body
