@@ -2,18 +2,19 @@
 
     python bench/approvals.py [--approvals N] [--concurrent M] [--calls C]
 
-1. Latency from ``approve`` to the agent's call proceeding (issue 5 target: median
-   <= 250 ms), in single-user mode (unsigned) and with access control on (issue 16: the
+1. Latency from ``approve`` to the agent's call proceeding (issue 5 target: median <=
+   250 ms), in single-user mode (unsigned) and with access control on (issue 16: the
    decision signed with the approver's Ed25519 key, the agent verifying it against a
    pinned trust root before the call runs). An async agent process (``@tool`` under
-   enforcement, the default ``ControlStoreBroker``) makes N held calls one after another.
-   This process plays the approver: it sees each request appear, "thinks" for a random 0-200 ms (seeded; a
-   person's decision lands at a random point of the agent's polling interval, not right
-   after its first look), notes the time and calls ``ControlStore.decide`` (what
-   ``tooltrail approve`` does after starting up). The agent notes the time its tool body
-   starts. Latency = start - decide (same clock, one machine). Also reported: the agent's
-   CPU time per held call, all threads, and the wall time of one ``tooltrail approvals``
-   process for comparison (interpreter start-up dominates it).
+   enforcement, the default ``ControlStoreBroker``) makes N held calls one after
+   another. This process plays the approver: it sees each request appear, "thinks" for
+   a random 0-200 ms (seeded; a person's decision lands at a random point of the
+   agent's polling interval, not right after its first look), notes the time and calls
+   ``ControlStore.decide`` (what ``tooltrail approve`` does after starting up). The
+   agent notes the time its tool body starts. Latency = start - decide (same clock, one
+   machine). Also reported: the agent's CPU time per held call, all threads, and the
+   wall time of one ``tooltrail approvals`` process for comparison (interpreter
+   start-up dominates it).
 2. Waiting cost with M calls held at once in one agent: agent CPU per second of waiting,
    measured over a window in which nothing is decided (M = 0: the configured agent idle).
    For scale, the cost of a bare ``asyncio.sleep`` loop waking as often as a waiter polls
