@@ -45,6 +45,7 @@ from tooltrail import ledger
 from tooltrail.access import Principal, check_acting_as
 from tooltrail.collector import jsontext
 from tooltrail.control import (
+    CANCELED,
     PAUSED,
     AlreadyDecidedError,
     ApprovalRecord,
@@ -55,9 +56,16 @@ from tooltrail.control import (
     SessionControl,
     UnknownIdError,
     arguments_hash,
+    session_key,
 )
 from tooltrail.control_verify import annotate
-from tooltrail.errors import AccessDeniedError, BadInputError, NotAuthenticatedError, StoreError
+from tooltrail.errors import (
+    AccessDeniedError,
+    BadInputError,
+    NotAuthenticatedError,
+    StoreError,
+    TamperedError,
+)
 from tooltrail.signing import Signer
 
 MAX_WAIT_S: Final = 60.0
@@ -72,6 +80,8 @@ HEARTBEAT_S: Final = 2.0
 # Fixed words: an agent's free text is not an operator's record.
 WITHDRAWN: Final = "the agent stopped waiting (it withdrew its request)"
 ON_TIMEOUT_VALUES: Final = ("DENY", "ALLOW")
+# Who "decided" a session state the collector answers as canceled because it does not verify.
+TAMPERED_ACTOR: Final = "tooltrail:tampered"
 _OPTIONAL_TEXT: Final = (
     "session_id",
     "trace_id",
@@ -221,6 +231,11 @@ def record_json(record: ApprovalRecord, data_dir: Path | None = None) -> dict[st
                 "signature": last.signature,
             }
         doc["verified"] = not problems
+    if data_dir is not None:
+        # What a decision is verified against: pinned, data-dir (the collector's own
+        # account can rewrite it) or unsigned (single-user mode): docs/SECURITY.md §6.
+        with ControlStore(data_dir) as store:
+            doc["signatures"] = store.trust().label
     return doc
 
 
@@ -403,11 +418,24 @@ def session_wait(
     deadline = time.monotonic() + max(0.0, min(wait_s, MAX_WAIT_S))
     with ControlStore(data_dir) as store:
         while True:
-            control = store.session_control(session_id)
+            control = _verified_control(store, session_id)
             left = deadline - time.monotonic()
             if control.state != PAUSED or left <= 0 or stop.is_set():
                 return control
             stop.wait(min(POLL_S, left))
+
+
+def _verified_control(store: ControlStore, session_id: str) -> SessionControl:
+    """The session's control state once checked against the ledger (``session_state``);
+    a state that does not verify is answered as canceled, naming why (fail closed: the
+    remote agent's calls are denied)."""
+    try:
+        store.session_state(session_id)
+    except TamperedError as e:
+        return SessionControl(
+            session_key(session_id), CANCELED, TAMPERED_ACTOR, time.time(), str(e)
+        )
+    return store.session_control(session_id)
 
 
 def set_session(

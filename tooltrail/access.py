@@ -296,6 +296,8 @@ class AccessStore:
 
     def __init__(self, data_dir: str | os.PathLike[str] | None = None) -> None:
         self.path = access_path(data_dir)
+        # Why the pinned trust root could not follow the last change (None: it did).
+        self.trust_warning: str | None = None
         try:
             _create_private(self.path)
             self._con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -404,7 +406,7 @@ class AccessStore:
             )
             _new_decider_key(con, name, role, credential, now)
             _event(con, now, by, f"add {kind} ({role})", name)
-        _sync_trust_root(self.path.parent)
+        self.trust_warning = _sync_trust_root(self.path.parent)
         return self.get(name), credential
 
     def disable(self, name: str, kind: Kind, *, by: Principal | None) -> Principal:
@@ -427,7 +429,7 @@ class AccessStore:
             )
             _revoke_keys(con, name, now)
             _event(con, now, by, f"disable {kind}", name)
-        _sync_trust_root(self.path.parent)
+        self.trust_warning = _sync_trust_root(self.path.parent)
         return self.get(name)
 
     def rotate(self, name: str, kind: Kind, *, by: Principal | None) -> tuple[Principal, str]:
@@ -448,7 +450,7 @@ class AccessStore:
             _revoke_keys(con, name, now)
             _new_decider_key(con, name, target.role, credential, now)
             _event(con, now, by, f"rotate {kind}", name)
-        _sync_trust_root(self.path.parent)
+        self.trust_warning = _sync_trust_root(self.path.parent)
         return self.get(name), credential
 
     def claim_session(self, agent: str, session_id: str) -> bool:
@@ -524,15 +526,19 @@ def _revoke_keys(con: sqlite3.Connection, name: str, now: float) -> None:
     )
 
 
-def _sync_trust_root(root: Path) -> None:
-    """Keep ``$TOOLTRAIL_TRUST_ROOT`` (when set) in step with the keys just changed."""
+def _sync_trust_root(root: Path) -> str | None:
+    """Keep ``$TOOLTRAIL_TRUST_ROOT`` (when set) in step with the keys just changed; why it
+    could not be, or None. Not raised: the change is committed, and the credential it made
+    must still be shown (it is shown only once)."""
     try:
         sync_trust_file(root)
-    except OSError as e:
-        raise StoreError(
+    except (OSError, StoreError) as e:
+        return (
             f"the keys changed but the trust root ${config.ENV_TRUST_ROOT} could not be"
-            f" written: {e}; run `tooltrail users export-keys` as its owner"
-        ) from e
+            f" written ({e}): until `tooltrail users export-keys PATH` is run by its owner,"
+            " decisions signed with the new keys do not verify there (fail closed)"
+        )
+    return None
 
 
 def _require_admin(by: Principal | None) -> None:

@@ -50,6 +50,11 @@ def _print_credential(what: str, principal: Any, credential: str) -> None:
     click.echo(credential)
 
 
+def _warn(warning: str | None) -> None:
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+
+
 def _list(root: Path, kind: str, fmt: str) -> None:
     import polars as pl
 
@@ -113,7 +118,9 @@ def _group(kind: str) -> click.Group:
             by = _acting(root)
             with access.AccessStore(root) as store:
                 principal, credential = store.add(name, kind, role, by=by)  # type: ignore[arg-type]
+                warning = store.trust_warning
         _print_credential("added", principal, credential)
+        _warn(warning)
 
     add.__doc__ = (
         f"Add a {kind} and print its credential once, as the last line of standard output."
@@ -151,7 +158,9 @@ def _group(kind: str) -> click.Group:
             by = _need_identity(root)
             with access.AccessStore(root) as store:
                 principal = store.disable(name, kind, by=by)  # type: ignore[arg-type]
+                warning = store.trust_warning
         click.echo(f"disabled {principal.kind} {principal.name}: its credential no longer works")
+        _warn(warning)
 
     disable.__doc__ = (
         f"Disable a {kind}: its credential stops working at once.\n\n    Example:\n\n"
@@ -167,7 +176,9 @@ def _group(kind: str) -> click.Group:
             by = _need_identity(root)
             with access.AccessStore(root) as store:
                 principal, credential = store.rotate(name, kind, by=by)  # type: ignore[arg-type]
+                warning = store.trust_warning
         _print_credential("rotated", principal, credential)
+        _warn(warning)
 
     rotate.__doc__ = (
         f"Issue a new credential for a {kind} (the old one stops working) and print it once,"
