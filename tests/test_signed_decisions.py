@@ -431,3 +431,27 @@ def test_single_user_mode_says_decisions_are_unsigned(tmp_path: Path) -> None:
     assert "decisions are not signed" in view.stderr
     assert json.loads(view.stdout)[0]["verified"] is True  # unsigned, but consistent
     assert (data / "control.sqlite").exists()
+
+
+def test_the_collector_answers_a_session_state_that_does_not_verify_as_canceled(
+    setup: tuple[Path, Path, dict[str, str]], people: dict[str, str]
+) -> None:
+    """A remote agent asks the collector; a paused session flipped back to running in
+    the collector's store is answered canceled (fail closed), naming the tampering."""
+    from collect_support import CollectorProcess, request
+
+    data, _, env = setup
+    bot = add(data, "agent", "bot", None, people["admin"])
+    assert cli(data, env, people["olga"], "pause", "s-http", "--force").returncode == 0
+    collector = CollectorProcess(data, env=env).start()
+    try:
+        auth = {"Authorization": f"Bearer {bot}"}
+        status, _, body = request(collector.url, "GET", "/v1/sessions/s-http/control", None, auth)
+        assert status == 200 and json.loads(body)["state"] == "paused"
+        sql(data, "UPDATE session_controls SET state = 'running'")
+        status, _, body = request(collector.url, "GET", "/v1/sessions/s-http/control", None, auth)
+        doc = json.loads(body)
+        assert status == 200 and doc["state"] == "canceled"
+        assert doc["changed_by"] == "tooltrail:tampered" and "signed record" in doc["reason"]
+    finally:
+        collector.stop()
