@@ -455,3 +455,19 @@ def test_the_collector_answers_a_session_state_that_does_not_verify_as_canceled(
         assert doc["changed_by"] == "tooltrail:tampered" and "signed record" in doc["reason"]
     finally:
         collector.stop()
+
+
+def test_values_json_cannot_carry_exactly_are_stored_and_hashed_as_strings(tmp_path: Path) -> None:
+    """Integers beyond 2^53 and non-finite floats differ between JSON readers: the store
+    keeps them as strings, so the stored text is what RFC 8785 hashes, in any language."""
+    from tooltrail.control import ApprovalRequest
+
+    with ControlStore(tmp_path / "data") as store:
+        record = store.file_request(
+            ApprovalRequest("deploy", {"n": 2**60, "x": float("nan"), "ok": [1, 2.5, True]})
+        )
+    shown = json.loads(record.arguments)
+    assert shown == {"n": str(2**60), "x": "nan", "ok": [1, 2.5, True]}
+    digest = hashlib.sha256(rfc8785.dumps(shown)).hexdigest()
+    assert record.arguments_hash == f"jcs-sha256:v1:{digest}"
+    assert record.arguments_intact()
