@@ -33,8 +33,10 @@ from tooltrail.analytics.queries import (
     APPROVAL_GROUPS,
     APPROVAL_STATUSES,
     BLAST_RADIUS_GROUPS,
+    GOVERNED_BY,
     SESSION_ACTION_EXTRA_COLUMNS,
     SESSION_STATUSES,
+    TOOL_CHANGE_COLUMNS,
     Since,
     Source,
     approval_history,
@@ -48,6 +50,7 @@ from tooltrail.analytics.queries import (
     session_actions,
     session_control_history,
     sessions,
+    tool_changes,
 )
 
 __all__ = [
@@ -58,11 +61,13 @@ __all__ = [
     "CONTROL_APPROVALS_SCHEMA",
     "CONTROL_EVENTS_SCHEMA",
     "CONTROL_SESSIONS_SCHEMA",
+    "GOVERNED_BY",
     "IDLE_WINDOW",
     "SESSIONS_COLUMNS",
     "SESSION_ACTION_EXTRA_COLUMNS",
     "SESSION_INDEX_FILE",
     "SESSION_STATUSES",
+    "TOOL_CHANGE_COLUMNS",
     "ControlLoader",
     "ControlTables",
     "Since",
@@ -86,4 +91,5 @@ __all__ = [
     "session_actions",
     "session_control_history",
     "sessions",
+    "tool_changes",
 ]

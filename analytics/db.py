@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Final
 
 import duckdb
-import pyarrow as pa
 
 from tooltrail import config
 from tooltrail.analytics.control import (
@@ -45,7 +44,10 @@ from tooltrail.analytics.control import (
     default_control_loader,
 )
 from tooltrail.analytics.engine import (
+    SPANS_VIEW_SCHEMA,
     base_connection,
+    copy_arrow,
+    create_empty_spans,
     data_root,
     raise_query_error,
     span_files,
@@ -64,7 +66,6 @@ from tooltrail.analytics.sqlfiles import Fragment, ident, literal, literal_list,
 from tooltrail.collector.duckdb_file import STAMP_FILE, views_stamp
 from tooltrail.collector.writer import fsync_path
 from tooltrail.errors import QueryError
-from tooltrail.schema import SPAN_SCHEMA
 
 IDLE_WINDOW: Final = dt.timedelta(minutes=5)
 # Re-planning after a span file vanished under compaction (see refresh).
@@ -72,9 +73,6 @@ _REPLAN_ATTEMPTS: Final = 8
 _REPLAN_PAUSE_S: Final = 0.01
 # Temp files of a build killed midway are hidden; older ones are swept by the next build.
 _STALE_TEMP_S: Final = 3600.0
-
-# `spans` has the landed columns plus the hive partition column.
-SPANS_VIEW_SCHEMA: Final = SPAN_SCHEMA.append(pa.field("date", pa.date32()))
 
 SESSIONS_COLUMNS: Final = (
     "session_id",
@@ -101,6 +99,10 @@ SESSIONS_COLUMNS: Final = (
     "output_tokens",
     "parent_session_id",
     "trigger",
+    "governed_by",
+    "mcp_client_name",
+    "mcp_client_version",
+    "changed_tool_calls",
     "pending_approvals",
     "span_count",
     "control_state",
@@ -168,7 +170,7 @@ def connect(
     con = base_connection()
     try:
         con.execute(load("idle_window"), {"idle_window": idle_window})
-        _create_empty_spans(con)
+        create_empty_spans(con)
         _STATES[con] = _State(root, control or default_control_loader)
         refresh(con)
         if read_only:
@@ -181,6 +183,12 @@ def connect(
         con.close()
         raise
     return con
+
+
+def data_dir_of(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """The data directory a :func:`connect` connection reads (None for any other)."""
+    state = _STATES.get(con)
+    return state.root if state is not None else None
 
 
 def refresh(con: duckdb.DuckDBPyConnection, *, replan: bool = False) -> None:
@@ -241,10 +249,10 @@ def build_duckdb_file(data_dir: str | os.PathLike[str] | None = None) -> Path:
     try:
         con = base_connection(str(tmp))
         try:
-            _create_empty_spans(con)
-            _copy_arrow(con, "control_approvals", CONTROL_APPROVALS_SCHEMA.empty_table())
-            _copy_arrow(con, "control_sessions", CONTROL_SESSIONS_SCHEMA.empty_table())
-            _copy_arrow(con, "control_events", CONTROL_EVENTS_SCHEMA.empty_table())
+            create_empty_spans(con)
+            copy_arrow(con, "control_approvals", CONTROL_APPROVALS_SCHEMA.empty_table())
+            copy_arrow(con, "control_sessions", CONTROL_SESSIONS_SCHEMA.empty_table())
+            copy_arrow(con, "control_events", CONTROL_EVENTS_SCHEMA.empty_table())
             _define_views(con, root, files, None, [], materialize=False)
             con.execute("CHECKPOINT")
         except duckdb.Error as e:
@@ -364,19 +372,6 @@ def _load_control(con: duckdb.DuckDBPyConnection, state: _State) -> None:
     con.register("control_events", conform(tables.events, CONTROL_EVENTS_SCHEMA))
 
 
-def _create_empty_spans(con: duckdb.DuckDBPyConnection) -> None:
-    _copy_arrow(con, "_empty_spans", SPANS_VIEW_SCHEMA.empty_table())
-
-
-def _copy_arrow(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
-    source = f"{name}_arrow"
-    con.register(source, table)
-    try:
-        con.execute(render("copy_table", name=ident(name), source=ident(source)))
-    finally:
-        con.unregister(source)
-
-
 def _sweep_stale_temps(root: Path, name: str) -> None:
     cutoff = time.time() - _STALE_TEMP_S
     for stale in root.glob(f".{name}.*.tmp*"):
@@ -394,5 +389,6 @@ __all__ = [
     "SPANS_VIEW_SCHEMA",
     "build_duckdb_file",
     "connect",
+    "data_dir_of",
     "refresh",
 ]

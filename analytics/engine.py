@@ -8,12 +8,16 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 import duckdb
+import pyarrow as pa
 
 from tooltrail import config
-from tooltrail.analytics.sqlfiles import load
+from tooltrail.analytics.sqlfiles import ident, load, render
 from tooltrail.errors import QueryError
+from tooltrail.schema import SPAN_SCHEMA
 
 SPANS_GLOB: Final = "date=*/*.parquet"
+# `spans` has the landed columns plus the hive partition column.
+SPANS_VIEW_SCHEMA: Final = SPAN_SCHEMA.append(pa.field("date", pa.date32()))
 # Characters DuckDB would read as a pattern in a file path; there is no escape for them.
 _GLOB_CHARS: Final = frozenset("*?[]{}")
 
@@ -67,6 +71,23 @@ def base_connection(database: str = ":memory:") -> duckdb.DuckDBPyConnection:
     return con
 
 
+def create_empty_spans(con: duckdb.DuckDBPyConnection) -> None:
+    """``_empty_spans``: a zero-row table of the `spans` schema. The views read it while no
+    span file exists, and join it by name to the files, so that a column that files landed
+    before it existed all lack is still there (null)."""
+    copy_arrow(con, "_empty_spans", SPANS_VIEW_SCHEMA.empty_table())
+
+
+def copy_arrow(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """A real table ``name`` with the rows (or just the columns) of an Arrow table."""
+    source = f"{name}_arrow"
+    con.register(source, table)
+    try:
+        con.execute(render("copy_table", name=ident(name), source=ident(source)))
+    finally:
+        con.unregister(source)
+
+
 # How DuckDB reports a Parquet file that was listed (a glob, a view's file list) but is
 # gone when opened: compaction swapped its partition for merged files meanwhile.
 _VANISHED: Final = ("No files found", "No such file", "Cannot open file")
@@ -90,7 +111,10 @@ def raise_query_error(e: duckdb.Error, what: str) -> NoReturn:
 
 
 __all__ = [
+    "SPANS_VIEW_SCHEMA",
     "base_connection",
+    "copy_arrow",
+    "create_empty_spans",
     "data_root",
     "raise_query_error",
     "span_files",

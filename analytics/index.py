@@ -29,7 +29,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tooltrail.analytics.engine import base_connection, data_root, raise_query_error, span_files
+from tooltrail.analytics.engine import (
+    base_connection,
+    create_empty_spans,
+    data_root,
+    raise_query_error,
+    span_files,
+)
 from tooltrail.analytics.sqlfiles import Fragment, ident, literal_list, load, render
 from tooltrail.collector.writer import fsync_path
 
@@ -159,6 +165,7 @@ def build_session_index(data_dir: str | os.PathLike[str] | None = None) -> Path 
 def _session_totals(files: list[tuple[Path, int]]) -> pa.Table:
     con = base_connection()
     try:
+        create_empty_spans(con)
         con.execute(delta_spans_view(str(p) for p, _ in files))
         con.execute(render("copies_table", body=render("span_copies", input=ident("_delta_spans"))))
         partials = session_partials("_delta_spans", render("copies_table_keys"))

@@ -14,12 +14,13 @@ import datetime as dt
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Final, TypeAlias, TypeVar
 
 import duckdb
 import polars as pl
 
-from tooltrail.analytics.db import connect, refresh
+from tooltrail.analytics.db import connect, data_dir_of, refresh
 from tooltrail.analytics.engine import raise_query_error, vanished_file
 from tooltrail.analytics.guard import check_read_only
 from tooltrail.analytics.sqlfiles import load, render
@@ -40,6 +41,9 @@ SESSION_STATUSES: Final = (
 BLAST_RADIUS_GROUPS: Final = ("agent", "tool", "repo", "day")
 APPROVAL_GROUPS: Final = ("rule", "agent", "approver", "tool")
 SESSION_ACTION_EXTRA_COLUMNS: Final = ("outcome", "approval_outcome", "approval_reason")
+# Who governed a session's calls (the `governed_by` filter): the MCP gateway, tooltrail's
+# in-process instrumentation, or neither ('other': third-party spans only).
+GOVERNED_BY: Final = ("gateway", "instrumentation", "other")
 APPROVAL_STATUSES: Final = (
     "all",
     "pending",
@@ -151,8 +155,10 @@ def _session_filters(
     repo: str | None,
     decision: str | None,
     blast_radius: str | None,
+    governed_by: str | None,
 ) -> dict[str, Any]:
     return {
+        "governed_by": _choice("governed_by", governed_by, GOVERNED_BY),
         "agent": agent,
         "status": _choice("status", status, SESSION_STATUSES),
         "since": parse_since(since),
@@ -175,13 +181,15 @@ def sessions(
     repo: str | None = None,
     decision: str | None = None,
     blast_radius: str | None = None,
+    governed_by: str | None = None,
 ) -> pl.DataFrame:
     """Sessions (the ``sessions`` view's columns), most recent activity first.
 
     Filters: exact ``agent`` name; ``status`` (one of SESSION_STATUSES); ``since``
     (last activity at or after); ``search`` (case-insensitive substring of the session
     id); ``repo`` (touched this repo); ``decision`` / ``blast_radius`` (has at least one
-    action with it). ``limit`` / ``offset`` page through the result.
+    action with it); ``governed_by`` (one of GOVERNED_BY: who governed its calls).
+    ``limit`` / ``offset`` page through the result.
     """
     params = _session_filters(
         agent=agent,
@@ -191,6 +199,7 @@ def sessions(
         repo=repo,
         decision=decision,
         blast_radius=blast_radius,
+        governed_by=governed_by,
     )
     params["limit"] = _count("limit", limit)
     params["offset"] = _count("offset", offset) or 0
@@ -209,6 +218,7 @@ def count_sessions(
     repo: str | None = None,
     decision: str | None = None,
     blast_radius: str | None = None,
+    governed_by: str | None = None,
 ) -> int:
     """How many sessions :func:`sessions` would list without ``limit`` (for paging)."""
     params = _session_filters(
@@ -219,6 +229,7 @@ def count_sessions(
         repo=repo,
         decision=decision,
         blast_radius=blast_radius,
+        governed_by=governed_by,
     )
     sql = render("sessions_count", filtered=render("sessions_filtered"))
     with borrow(source) as con:
@@ -273,6 +284,75 @@ def blast_radius_stats(
     with borrow(source) as con:
         frame = _frame(con, load("blast_radius_stats"), params, f"blast radius by {by}")
     return frame.rename({"key": by})
+
+
+TOOL_CHANGE_COLUMNS: Final = (
+    "server",
+    "tool",
+    "definition_hash",
+    "first_call_at",
+    "last_call_at",
+    "calls",
+    "sessions",
+    "clients",
+    "allows",
+    "denies",
+    "rewrites",
+    "approvals",
+    "undecided",
+    "got",
+    "pin_status",
+)
+
+
+def tool_changes(
+    source: Source = None, *, since: Since = None, server: str | None = None
+) -> pl.DataFrame:
+    """Calls to tools whose definition changed since they were pinned (the gateway's flag
+    on landed actions), one row per server, tool and definition hash, latest first:
+    ``TOOL_CHANGE_COLUMNS`` (sql/tool_changes.sql). ``pin_status`` says what the data
+    directory's pins (``tool-pins.sqlite``, read only) hold for that definition now:
+    ``changed`` (not accepted yet), ``accepted`` (pinned since), ``superseded`` (another
+    definition followed) or null (no pins here, or the server's tools are not pinned).
+
+    Example: ``tool_changes("tooltrail-data", since="7d")``.
+    """
+    params = {"since": parse_since(since), "server": server}
+    with borrow(source) as con:
+        frame = _frame(con, load("tool_changes"), params, "reading tool-definition changes")
+        root = data_dir_of(con)
+    return frame.with_columns(pl.Series("pin_status", _pin_status(root, frame), dtype=pl.String))
+
+
+def _pin_status(root: Path | None, frame: pl.DataFrame) -> list[str | None]:
+    """Each change's state in the pins the gateway keeps (tooltrail.gateway.pins)."""
+    from tooltrail.errors import StoreError
+    from tooltrail.gateway.pins import PINS_FILE, PinStore
+
+    if root is None or frame.height == 0 or not (root / PINS_FILE).exists():
+        return [None] * frame.height
+    try:
+        store = PinStore(root, create=False)
+    except StoreError:
+        return [None] * frame.height  # unreadable pins: the landed record still stands
+    try:
+        pins = {(p.server, p.tool): p for p in store.rows()}
+    except StoreError:
+        pins = {}
+    finally:
+        store.close()
+    out: list[str | None] = []
+    for server, tool, digest in frame.select("server", "tool", "definition_hash").iter_rows():
+        pin = pins.get((server, tool))
+        if pin is None or digest is None:
+            out.append(None)
+        elif pin.changed_to == digest:
+            out.append("changed")
+        elif pin.hash == digest:
+            out.append("accepted")
+        else:
+            out.append("superseded")
+    return out
 
 
 def approval_history(
@@ -363,8 +443,10 @@ __all__ = [
     "APPROVAL_GROUPS",
     "APPROVAL_STATUSES",
     "BLAST_RADIUS_GROUPS",
+    "GOVERNED_BY",
     "SESSION_ACTION_EXTRA_COLUMNS",
     "SESSION_STATUSES",
+    "TOOL_CHANGE_COLUMNS",
     "Since",
     "Source",
     "approval_history",
@@ -379,4 +461,5 @@ __all__ = [
     "session_actions",
     "session_control_history",
     "sessions",
+    "tool_changes",
 ]

@@ -61,6 +61,7 @@ from tooltrail.collector.normalize import (
     _to_blast_radius,
     _to_bool,
     _to_decision,
+    _to_gateway,
     _to_int,
     _to_str,
     _tool_from_span_name,
@@ -214,6 +215,8 @@ def _convert(values: list[Any], conv: Converter) -> list[Any]:
             pass
     elif conv is _to_any:
         return values
+    elif conv is _to_gateway and _only(values, bool) and all(values):
+        return [sc.GOVERNED_BY_GATEWAY] * len(values)
     return [conv(v) for v in values]
 
 
@@ -368,6 +371,7 @@ def _group(
         _mark_none(values, slow)
         out[column] = values
         consumed.add(k)
+    _governed_by(out)
 
     span_names = _pick(src.name, idx, whole)
     trace_ids = _pick(src.trace_id, idx, whole)
@@ -484,6 +488,21 @@ def _group(
     )
     out["attributes"] = _attributes_json(rest_keys, attrs)
     return {c: out.get(c) for c in COLUMNS}, slow
+
+
+def _governed_by(out: Columns) -> None:
+    """``governed_by`` as ``Normalizer._build`` derives it: the gateway's mark, else
+    ``instrumentation`` where the span carries a sequence number."""
+    sequences = out.get("sequence")
+    if sequences is None:
+        return
+    marks = out.get("governed_by")
+    if marks is None:
+        marks = [None] * len(sequences)
+    out["governed_by"] = [
+        g if g is not None else (sc.GOVERNED_BY_INSTRUMENTATION if q is not None else None)
+        for g, q in zip(marks, sequences, strict=True)
+    ]
 
 
 def _resources(

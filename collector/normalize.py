@@ -15,6 +15,10 @@ Mapping rules:
   every other attribute is kept there, including a lower-precedence synonym whose value
   differs from the winner's, and a value that does not fit its column's type or vocabulary
   (``tooltrail.decision = "MAYBE"``). Nothing is lost, and no column holds a bad value.
+* ``governed_by`` says who made the span and enforced its decision: ``gateway`` for the
+  MCP gateway's spans (``tooltrail.gateway = true``), ``instrumentation`` for spans of
+  tooltrail's in-process instrumentation (which numbers every call it records:
+  ``tooltrail.sequence``), null for third-party spans.
 * Decision columns come from span attributes only and stay null when absent: the
   normalizer never invents a decision.
 * Secrets never reach disk: every free-form column and the attributes / resource JSON go
@@ -247,6 +251,12 @@ def _to_any(v: Any) -> Any:
     return v
 
 
+def _to_gateway(v: Any) -> str | None:
+    """``tooltrail.gateway = true`` lands as governed_by ``gateway``; any other value does
+    not fit (it stays in ``attributes``)."""
+    return sc.GOVERNED_BY_GATEWAY if _to_bool(v) is True else None
+
+
 Converter = Callable[[Any], Any]
 
 # attribute -> (column, converter): attributes that alone fill a column. _to_str columns
@@ -274,6 +284,11 @@ _SIMPLE: Final[dict[str, tuple[str, Converter]]] = {
     sc.TT_APPROVAL_DECIDED_BY: ("approval_decided_by", _to_str),
     sc.TT_APPROVAL_WAIT_MS: ("approval_wait_ms", _to_float),
     sc.ERROR_TYPE: ("error_type", _to_str),
+    sc.TT_GATEWAY: ("governed_by", _to_gateway),
+    sc.TT_MCP_CLIENT_NAME: ("mcp_client_name", _to_str),
+    sc.TT_MCP_CLIENT_VERSION: ("mcp_client_version", _to_str),
+    sc.TT_TOOL_DEFINITION_CHANGED: ("tool_definition_changed", _to_bool),
+    sc.TT_TOOL_DEFINITION_HASH: ("tool_definition_hash", _to_str),
 }
 
 # Columns several conventions name: the first present (and convertible) wins.
@@ -625,6 +640,8 @@ _SCRUBBED_PLAIN_COLUMNS: Final = (
     "target_path",
     "approval_decided_by",
     "model",
+    "mcp_client_name",
+    "mcp_client_version",
 )
 _PROBED_COLUMNS: Final = ("arguments", "arguments_rewritten", *_SCRUBBED_PLAIN_COLUMNS)
 # Scalars an array attribute may hold and the pre-check can read as they are.
@@ -768,6 +785,9 @@ class Normalizer:
                     continue  # does not fit the column: stays visible in `attributes`
                 row[column] = value
             del rest[key]
+
+        if row["governed_by"] is None and row["sequence"] is not None:
+            row["governed_by"] = sc.GOVERNED_BY_INSTRUMENTATION
 
         span_type = classify(attrs)
         is_tool = span_type == SPAN_TYPE_TOOL

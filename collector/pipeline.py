@@ -300,6 +300,12 @@ _REDUCED_KEYS: Final = frozenset(
         sc.TT_APPROVAL_DECIDED_BY,
         sc.TT_APPROVAL_WAIT_MS,
         sc.TT_TRIGGER,
+        # who governed the call, and whether its tool had changed (the gateway's marks)
+        sc.TT_GATEWAY,
+        sc.TT_MCP_CLIENT_NAME,
+        sc.TT_MCP_CLIENT_VERSION,
+        sc.TT_TOOL_DEFINITION_CHANGED,
+        sc.TT_TOOL_DEFINITION_HASH,
     }
 )
 _REDUCED_MAX_CHARS: Final = 1024

@@ -49,7 +49,16 @@ T = TypeVar("T")
 CACHE_TTL_S: Final = 15.0
 """How long a cached result may be served while the data directory looks unchanged."""
 
-SESSION_FILTERS: Final = ("agent", "status", "since", "search", "repo", "decision", "blast_radius")
+SESSION_FILTERS: Final = (
+    "agent",
+    "status",
+    "since",
+    "search",
+    "repo",
+    "decision",
+    "blast_radius",
+    "governed_by",
+)
 
 Outcome = Literal["approved", "denied"]
 SessionAction = Literal["pause", "resume", "cancel"]
@@ -184,6 +193,11 @@ def _count_sessions(root: str, stamp: str, filters: tuple[tuple[str, Any], ...])
 
 
 @_cache
+def _tool_changes(root: str, stamp: str, since: str | None) -> pl.DataFrame:
+    return reader(root)(lambda con: analytics.tool_changes(con, since=_since(since)))
+
+
+@_cache
 def _filter_options(root: str, stamp: str) -> tuple[list[str], list[str]]:
     return reader(root)(queries.filter_options)
 
@@ -306,6 +320,10 @@ class Data:
 
     def count_sessions(self, filters: dict[str, Any]) -> int:
         return _count_sessions(*self._key, _filters(filters))
+
+    def tool_changes(self, since: str | None) -> pl.DataFrame:
+        """Calls to tools whose definition changed since pinned (``analytics.tool_changes``)."""
+        return _tool_changes(*self._key, since)
 
     def filter_options(self) -> tuple[list[str], list[str]]:
         return _filter_options(*self._key)

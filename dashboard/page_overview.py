@@ -1,4 +1,5 @@
-"""Overview: KPIs for a time range, decisions over time, the blast-radius mix and the
+"""Overview: KPIs for a time range, decisions over time, the blast-radius mix, the tools
+whose definition changed since the gateway pinned them (when any were called) and the
 five oldest pending approvals with Approve / Deny."""
 
 from __future__ import annotations
@@ -12,6 +13,17 @@ from tooltrail.dashboard import components, nav, ui
 from tooltrail.schema import BLAST_RADII
 
 PENDING_SHOWN: Final = 5
+CHANGE_COLUMNS: Final = (
+    "server",
+    "tool",
+    "first_call_at",
+    "calls",
+    "got",
+    "last_call_at",
+    "clients",
+    "pin_status",
+    "definition_hash",
+)
 
 
 def render() -> None:
@@ -53,7 +65,38 @@ def render() -> None:
     with right:
         st.subheader("Blast-radius mix", anchor=False)
         _blast_mix(ctx, since)
+    _tool_changes(ctx, since)
     _pending_panel(ctx, pending)
+
+
+def _tool_changes(ctx: nav.Context, since: str | None) -> None:
+    """Rug pulls and poisoned descriptions: calls the gateway flagged, per changed tool."""
+    changes = ctx.data.tool_changes(since)
+    if changes.is_empty():
+        return  # nothing to say (and nothing at all without the gateway)
+    st.subheader("Tool definitions changed", anchor=False)
+    st.caption(
+        "Tools whose definition differs from the one the gateway pinned, with the calls"
+        " they got since. Accept a change with `tooltrail tools accept SERVER TOOL`."
+    )
+    shown = ui.as_chips(ui.labelled(changes.select(CHANGE_COLUMNS), "tool", "server"), "pin_status")
+    ui.table(
+        shown,
+        key="overview_tool_changes",
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "server": st.column_config.TextColumn("Server"),
+            "tool": st.column_config.TextColumn("Tool"),
+            "first_call_at": ui.time_column("Changed, first call (UTC)"),
+            "last_call_at": ui.time_column("Last call (UTC)"),
+            "calls": ui.count_column("Calls since", width="small"),
+            "got": st.column_config.TextColumn("What they got", width="medium"),
+            "clients": st.column_config.ListColumn("MCP clients"),
+            "pin_status": ui.chip_column("Pin", ui.PIN_STATUS_HEX),
+            "definition_hash": st.column_config.TextColumn("Definition"),
+        },
+    )
 
 
 def _blast_mix(ctx: nav.Context, since: str | None) -> None:

@@ -30,6 +30,7 @@ ACTION_COLUMNS: Final = (
     "policy_rule",
     "approval_status",
     "outcome",
+    "tool_changed",
     "duration_ms",
     "action_summary",
 )
@@ -115,7 +116,18 @@ def _header(ctx: nav.Context, head: Mapping[str, Any]) -> None:
         facts.append(f"triggered by {ui.md(head['trigger'])}")
     if head.get("parent_session_id"):
         facts.append(f"sub-agent of {ui.code(head['parent_session_id'])}")
+    governed = ui.governed_by_text(head)
+    if governed:  # the gateway's sessions say so in bold: governed from outside the agent
+        gateway = head.get("governed_by") == "gateway"
+        facts.append(f"**{ui.md(governed)}**" if gateway else ui.md(governed))
     st.markdown(" · ".join(facts))
+    changed = int(head.get("changed_tool_calls") or 0)
+    if changed:
+        st.warning(
+            f"{changed} call{'s' if changed != 1 else ''} to a tool whose definition changed"
+            " since it was pinned (marked below).",
+            icon=":material/report:",
+        )
     main, control = st.columns([3, 1], gap="large")
     with main:
         cols = st.columns(6)
@@ -175,12 +187,14 @@ def _actions(ctx: nav.Context, session_id: str, actions: pl.DataFrame) -> None:
     table_key = f"actions_table_{session_id}"
     pick_key = f"inspect_action_{session_id}"
     outcomes = actions.select(_outcome()).to_series()
+    marks = ui.changed_tool_marks(actions)
     shown = ui.as_chips(
-        ui.labelled(actions.with_columns(outcomes).select(ACTION_COLUMNS), "tool_name"),
+        ui.labelled(actions.with_columns(outcomes, marks).select(ACTION_COLUMNS), "tool_name"),
         "decision",
         "blast_radius",
         "approval_status",
         "outcome",
+        "tool_changed",
     )
     ui.table(
         shown,
@@ -201,6 +215,11 @@ def _actions(ctx: nav.Context, session_id: str, actions: pl.DataFrame) -> None:
             "duration_ms": st.column_config.NumberColumn("Duration", format="%.0f ms"),
             "outcome": ui.chip_column(
                 "Outcome", OUTCOME_LABELS, help="ok; refused by tooltrail; or the tool failed"
+            ),
+            "tool_changed": ui.chip_column(
+                "Tool definition",
+                ui.CHANGED_TOOL_HEX,
+                help="changed: the tool's definition differed from the one pinned for it",
             ),
         },
     )
@@ -245,7 +264,8 @@ def _sync_pick(table_key: str, pick_key: str, count: int) -> None:
 def _action_label(row: Mapping[str, Any]) -> str:
     seq = row.get("sequence")
     tool = ui.label_of("tool", row.get("tool_name"))
-    return f"#{seq if seq is not None else '?'} · {tool} · {row.get('decision') or ui.UNDECIDED}"
+    label = f"#{seq if seq is not None else '?'} · {tool} · {row.get('decision') or ui.UNDECIDED}"
+    return label + (" · tool definition changed" if row.get("tool_definition_changed") else "")
 
 
 def _policy(ctx: nav.Context) -> Policy | None:
@@ -273,6 +293,13 @@ def _action_detail(
         cols[4].markdown(f"Execution\n\n{ui.fmt_ms(row.get('duration_ms'))} · {outcome}")
         if row.get("status_message"):
             st.caption(f"Status: {ui.md(str(row['status_message']))}")
+        if row.get("tool_definition_changed"):
+            st.warning(
+                f"{ui.md(str(row.get('tool_name') or 'This tool'))}'s definition had changed"
+                " since it was pinned: the server now serves definition"
+                f" {ui.code(row.get('tool_definition_hash') or '–')}.",
+                icon=":material/report:",
+            )
         left, right = st.columns(2)
         with left:
             st.markdown("**Arguments**")

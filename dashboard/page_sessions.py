@@ -1,5 +1,6 @@
 """Sessions: every session, most recent activity first, with filters, paging and bulk
-pause / cancel. Select one row to open it.
+pause / cancel. Select one row to open it. The "Governed by" badge tells sessions through
+the MCP gateway apart from instrumented ones (and a filter lists only those).
 
 Paging asks ``analytics.sessions`` for one page (``limit`` / ``offset``) and
 ``count_sessions`` for the total, both served by the session index: a page costs the
@@ -26,6 +27,7 @@ COLUMNS: Final = (
     "session_id",
     "agent_name",
     "status",
+    "governed_by",
     "max_blast_radius",
     "action_count",
     "allows",
@@ -34,6 +36,7 @@ COLUMNS: Final = (
     "approvals",
     "last_action_at",
     "started_at",
+    "mcp_client_name",
     "repos",
 )
 
@@ -54,7 +57,7 @@ def filters(ctx: nav.Context) -> dict[str, Any]:
     )
     with top[1]:
         since = ui.time_range("sessions_range", default="All time", label="Active within")
-    cols = st.columns(5)
+    cols = st.columns(6)
     return {
         "since": since,
         "agent": _pick(cols[0], "Agent", agents, "sessions_agent"),
@@ -62,6 +65,9 @@ def filters(ctx: nav.Context) -> dict[str, Any]:
         "decision": _pick(cols[2], "Has a decision", list(DECISIONS), "sessions_decision"),
         "repo": _pick(cols[3], "Repository", repos, "sessions_repo"),
         "blast_radius": _pick(cols[4], "Has blast radius", list(BLAST_RADII), "sessions_radius"),
+        "governed_by": _pick(
+            cols[5], "Governed by", list(analytics.GOVERNED_BY), "sessions_governed"
+        ),
         "search": search.strip() or None,
     }
 
@@ -80,6 +86,13 @@ def _column_config() -> dict[str, Any]:
         "rewrites": ui.count_column("Rewritten", width="small"),
         "approvals": ui.count_column("Approvals", width="small"),
         "max_blast_radius": ui.radius_column("Max blast"),
+        "governed_by": ui.chip_column(
+            "Governed by",
+            ui.GOVERNED_HEX,
+            help="gateway: through the MCP gateway (tooltrail proxy); instrumentation:"
+            " tooltrail in the agent's process; empty: third-party spans only",
+        ),
+        "mcp_client_name": st.column_config.TextColumn("MCP client"),
     }
 
 
@@ -111,7 +124,10 @@ def render() -> None:
     # A new key per filter set and page: a selection never points at rows of another page.
     table_key = f"sessions_table_{tag}_{page}"
     shown = ui.as_chips(
-        ui.labelled(frame.select(COLUMNS), "agent_name"), "status", "max_blast_radius"
+        ui.labelled(frame.select(COLUMNS), "agent_name"),
+        "status",
+        "governed_by",
+        "max_blast_radius",
     )
     ui.table(
         shown,

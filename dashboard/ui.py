@@ -45,6 +45,14 @@ OUTCOME_COLORS: Final = {
     "abandoned": "orange",
     "not_requested": "gray",
 }
+# Who governed a session's calls (the `governed_by` column): the MCP gateway's sessions
+# stand out (solid), the common in-process case stays quiet.
+GOVERNED_HEX: Final = {"gateway": "#7048e8", "instrumentation": "#e9ecef"}
+# A call to a tool whose definition changed since it was pinned (tool_definition_changed):
+# crimson, a red of its own (a DENY's red sits in the same table).
+CHANGED_TOOL: Final = "changed"
+CHANGED_TOOL_HEX: Final = {CHANGED_TOOL: "#c2255c"}
+PIN_STATUS_HEX: Final = {"changed": "#c2255c", "accepted": "#2f9e44", "superseded": "#adb5bd"}
 HEX: Final = {
     "green": "#2f9e44",
     "red": "#e03131",
@@ -208,6 +216,31 @@ def chip_column(label: str, palette: Mapping[str, str], **kwargs: Any) -> Any:
         format_func=lambda v: str(v).replace("_", " "),
         **kwargs,
     )
+
+
+def governed_by_text(row: Mapping[str, Any]) -> str | None:
+    """How a session's calls were governed, in words: "through the gateway (client NAME
+    VERSION)", "instrumented in process", or None (neither: third-party spans only)."""
+    governed = row.get("governed_by")
+    if governed == "gateway":
+        client = " ".join(
+            str(v) for v in (row.get("mcp_client_name"), row.get("mcp_client_version")) if v
+        )
+        return f"through the gateway (client {client or 'unknown'})"
+    if governed == "instrumentation":
+        return "instrumented in process"
+    return None
+
+
+def changed_tool_marks(frame: pl.DataFrame) -> pl.Series:
+    """``tool_changed``: :data:`CHANGED_TOOL` for calls to a tool whose definition had
+    changed since it was pinned, null otherwise (a chip column shows it)."""
+    return frame.select(
+        pl.when(pl.col("tool_definition_changed"))
+        .then(pl.lit(CHANGED_TOOL))
+        .otherwise(pl.lit(None, dtype=pl.String))
+        .alias("tool_changed")
+    ).to_series()
 
 
 def time_column(label: str, *, seconds: bool = True, **kwargs: Any) -> Any:
@@ -776,13 +809,17 @@ def wait_chart(frame: pl.DataFrame, key: str) -> alt.Chart:
 
 __all__ = [
     "BAR_PX",
+    "CHANGED_TOOL",
+    "CHANGED_TOOL_HEX",
     "DECISION_COLORS",
     "DECISION_HEX",
+    "GOVERNED_HEX",
     "HEX",
     "MISSING",
     "NEED_OPERATOR",
     "OPERATOR_KEY",
     "OUTCOME_COLORS",
+    "PIN_STATUS_HEX",
     "RADIUS_COLORS",
     "RADIUS_HEX",
     "STATUS_COLORS",
@@ -791,6 +828,7 @@ __all__ = [
     "as_chips",
     "auth_user",
     "bucket_for",
+    "changed_tool_marks",
     "chip",
     "chip_column",
     "code",
@@ -803,6 +841,7 @@ __all__ = [
     "fmt_int",
     "fmt_ms",
     "fmt_ts",
+    "governed_by_text",
     "header",
     "label_of",
     "labelled",

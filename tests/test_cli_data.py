@@ -116,6 +116,74 @@ def test_sessions_filters_and_formats(landed: Path) -> None:
     assert code == 2 and "--since: 'banana'" in out
 
 
+@pytest.fixture
+def gateway_landed(landed: Path) -> Path:
+    """``landed`` plus a session through the MCP gateway (its spans' attributes as
+    gateway/stdio.py sets them) with one call to a tool whose definition changed."""
+    exporter = TooltrailSpanExporter(data_dir=landed, policy=None)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    for seq, (tool, changed) in enumerate((("list_dir", False), ("read_file", True)), start=1):
+        attrs = {
+            sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+            sc.GEN_AI_TOOL_NAME: tool,
+            sc.MCP_SERVER_NAME: "filesystem",
+            sc.TT_SESSION_ID: "s-gateway",
+            sc.GEN_AI_AGENT_NAME: "claude-code",
+            sc.TT_SEQUENCE: seq,
+            sc.TT_DECISION: "REQUIRE_APPROVAL" if changed else "ALLOW",
+            sc.TT_ENFORCED: True,
+            sc.TT_GATEWAY: True,
+            sc.TT_MCP_CLIENT_NAME: "claude-code",
+            sc.TT_MCP_CLIENT_VERSION: "1.0.3",
+        }
+        if changed:
+            attrs[sc.TT_TOOL_DEFINITION_CHANGED] = True
+            attrs[sc.TT_TOOL_DEFINITION_HASH] = "0123456789abcdef"
+        with tracer.start_as_current_span(f"tools/call {tool}", attributes=attrs):
+            pass
+    provider.shutdown()
+    return landed
+
+
+def test_sessions_say_who_governed_them(gateway_landed: Path) -> None:
+    data = str(gateway_landed)
+    code, out = _run("sessions", "--data", data, "--format", "json")
+    assert code == 0, out
+    rows = {r["session_id"]: r for r in json.loads(out)}
+    gw = rows["s-gateway"]
+    assert (gw["governed_by"], gw["mcp_client_name"], gw["mcp_client_version"]) == (
+        "gateway",
+        "claude-code",
+        "1.0.3",
+    )
+    assert gw["changed_tool_calls"] == 1
+    assert rows["s-alpha"]["governed_by"] == "instrumentation"
+    code, out = _run("sessions", "--data", data)
+    assert code == 0
+    header, *lines = out.splitlines()
+    assert "governed_by" in header and "mcp_client_name" in header
+    (gw_line,) = [line for line in lines if "s-gateway" in line]
+    assert "gateway" in gw_line and "claude-code" in gw_line
+    code, out = _run("sessions", "--data", data, "--governed-by", "gateway", "--format", "json")
+    assert code == 0 and [r["session_id"] for r in json.loads(out)] == ["s-gateway"]
+    code, out = _run("sessions", "--data", data, "--governed-by", "proxy")
+    assert code == 2 and "--governed-by" in out
+
+
+def test_show_marks_calls_to_a_changed_tool(gateway_landed: Path) -> None:
+    data = str(gateway_landed)
+    code, out = _run("show", "s-gateway", "--data", data, "--format", "json")
+    assert code == 0, out
+    flags = {a["tool_name"]: a["tool_definition_changed"] for a in json.loads(out)["actions"]}
+    assert flags == {"list_dir": None, "read_file": True}
+    code, out = _run("show", "s-gateway", "--data", data)
+    assert code == 0 and "tool_definition_changed" in out
+    code, out = _run("show", "s-alpha", "--data", data)
+    assert code == 0 and "tool_definition_changed" not in out  # only when a tool changed
+
+
 def test_show_session_in_sequence(landed: Path) -> None:
     code, out = _run("show", "s-alpha", "--data", str(landed), "--format", "json")
     assert code == 0, out

@@ -67,6 +67,15 @@ def _make_spans(provider: TracerProvider, n: int) -> None:
             "custom.float": 0.5,
             "custom.secret": "token ghp_" + "A" * 36,
         }
+        if i % 3 == 0:  # through the MCP gateway; some tools' definitions changed
+            attrs[sc.TT_GATEWAY] = True
+            attrs[sc.TT_MCP_CLIENT_NAME] = "claude-code"
+            attrs[sc.TT_MCP_CLIENT_VERSION] = f"1.{i % 2}"
+            if i % 6 == 0:
+                attrs[sc.TT_TOOL_DEFINITION_CHANGED] = True
+                attrs[sc.TT_TOOL_DEFINITION_HASH] = f"{i:016x}"
+        elif i % 11 == 1:  # a third-party span: no sequence number
+            del attrs[sc.TT_SEQUENCE]
         if i % 4 == 0:  # decided at call time: the collector must not re-decide it
             attrs[sc.TT_DECISION] = "ALLOW"
             attrs[sc.TT_POLICY_RULE] = "pass"
@@ -112,6 +121,9 @@ def _assert_same_rows(local: Path, remote: Path, n: int) -> None:
     assert decided, "the policy hook decided undecided tool spans"
     assert {r["decision"] for r in decided} >= {"DENY", "ALLOW"}
     assert all("ghp_" not in (r["attributes"] or "") for r in b), "redacted as in-process"
+    governed = {r["governed_by"] for r in b if r["span_type"] == "tool"}
+    assert governed == {"gateway", "instrumentation", None}
+    assert any(r["tool_definition_changed"] for r in b)
 
 
 @pytest.mark.parametrize("durability", ["spool", "direct"])

@@ -204,6 +204,9 @@ def test_in_process_exporter_lands_a_tool_span_that_cannot_land_in_full_reduced(
             sc.GEN_AI_TOOL_CALL_ARGUMENTS: json.dumps({"cmd": "rm -rf / \ud800"}),
             sc.TT_DECISION: "DENY",
             sc.TT_POLICY_RULE: "no-rm",
+            sc.TT_GATEWAY: True,
+            sc.TT_MCP_CLIENT_NAME: "cursor",
+            sc.TT_TOOL_DEFINITION_CHANGED: True,
         },
     )
     ids = _land_in_process(
@@ -221,6 +224,9 @@ def test_in_process_exporter_lands_a_tool_span_that_cannot_land_in_full_reduced(
         assert row["span_type"] == "tool" and row["tool_name"] == "git_status"
         assert row["agent_name"] == "dave" and row["session_id"] == "sess-dave"
         assert row["decision"] == "DENY" and row["policy_rule"] == "no-rm"
+        # who governed it and the changed-tool flag survive the reduction
+        assert (row["governed_by"], row["mcp_client_name"]) == ("gateway", "cursor")
+        assert row["tool_definition_changed"] is True
         assert json.loads(row["arguments"]) == "[REDACTED:unparseable]"
         assert attributes["tooltrail.reduced"] == "UnicodeEncodeError while converting to Arrow"
         assert "custom.note" not in attributes and "rm -rf" not in json.dumps(row, default=str)

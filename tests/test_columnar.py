@@ -64,6 +64,11 @@ MAPPED_KEYS = [
     sc.GEN_AI_REQUEST_MODEL,
     sc.GEN_AI_RESPONSE_MODEL,
     sc.ERROR_TYPE,
+    sc.TT_GATEWAY,
+    sc.TT_MCP_CLIENT_NAME,
+    sc.TT_MCP_CLIENT_VERSION,
+    sc.TT_TOOL_DEFINITION_CHANGED,
+    sc.TT_TOOL_DEFINITION_HASH,
     sc.OPENINFERENCE_SPAN_KIND,
     sc.TRACELOOP_SPAN_KIND,
     sc.TRACELOOP_ENTITY_INPUT,
@@ -274,6 +279,8 @@ def test_every_producer_text_column_is_scrubbed() -> None:
             sc.TT_TRIGGER: secret,
             sc.MCP_SERVER_NAME: secret,
             sc.GEN_AI_REQUEST_MODEL: secret,
+            sc.TT_MCP_CLIENT_NAME: secret,
+            sc.TT_MCP_CLIENT_VERSION: secret,
         },
         resource={sc.SERVICE_NAME: secret},
         events=[(sc.EXCEPTION_EVENT, {sc.EXCEPTION_TYPE: secret})],
@@ -285,4 +292,4 @@ def test_every_producer_text_column_is_scrubbed() -> None:
     for row in rows:
         leaked = {c: v for c, v in row.items() if isinstance(v, str) and GH_TOKEN in v}
         assert not leaked
-        assert row["redactions"] >= 7
+        assert row["redactions"] >= 9

@@ -331,8 +331,8 @@ def test_a_client_that_knows_nothing_of_tooltrail_is_governed_by_the_gateway(
     demo_dir: Path,
 ) -> None:
     sql = (
-        "select tool_name, decision, service_name, trigger, attributes from actions"
-        " where agent_name = 'desktop-assistant' order by sequence"
+        "select tool_name, decision, service_name, trigger, governed_by, mcp_client_name,"
+        " attributes from actions where agent_name = 'desktop-assistant' order by sequence"
     )
     rows = _json("query", sql, "--data", str(demo_dir), cwd=demo_dir)
     assert [(r["tool_name"], r["decision"]) for r in rows] == [
@@ -343,4 +343,28 @@ def test_a_client_that_knows_nothing_of_tooltrail_is_governed_by_the_gateway(
     ]
     for r in rows:
         assert (r["service_name"], r["trigger"]) == ("tooltrail-gateway", "manual")
-        assert json.loads(r["attributes"])["tooltrail.gateway"] is True
+        assert (r["governed_by"], r["mcp_client_name"]) == ("gateway", "desktop-assistant")
+        assert "tooltrail.gateway" not in json.loads(r["attributes"])  # landed in its column
+
+
+def test_the_gateway_session_is_told_apart_from_the_instrumented_fleet(demo_dir: Path) -> None:
+    sessions = _json("sessions", "--data", str(demo_dir), cwd=demo_dir)
+    by_governor: dict[str | None, list[dict[str, Any]]] = {}
+    for s in sessions:
+        by_governor.setdefault(s["governed_by"], []).append(s)
+    (gateway,) = by_governor.pop("gateway")
+    assert (gateway["agent_name"], gateway["mcp_client_name"]) == (
+        "desktop-assistant",
+        "desktop-assistant",
+    )
+    assert gateway["mcp_client_version"] == "1.0"
+    # every other session of the demo is its instrumented fleet
+    assert set(by_governor) == {"instrumentation"}
+    assert len(by_governor["instrumentation"]) == len(sessions) - 1
+    assert all(s["mcp_client_name"] is None for s in by_governor["instrumentation"])
+    only = _json("sessions", "--governed-by", "gateway", "--data", str(demo_dir), cwd=demo_dir)
+    assert [s["session_id"] for s in only] == [gateway["session_id"]]
+    table = _tooltrail("sessions", "--data", str(demo_dir), cwd=demo_dir)
+    assert table.returncode == 0, table.stderr
+    (line,) = [ln for ln in table.stdout.splitlines() if gateway["session_id"][:12] in ln]
+    assert "gateway" in line

@@ -146,10 +146,11 @@ def test_filesystem_decisions_change_the_real_files_as_the_policy_says(
         assert info["result"]["name"] == "secure-filesystem-server"
         assert a["service_name"] == "tooltrail-gateway"
         assert a["enforced"] is True
+        # the gateway's marks land in columns (docs/DATA.md), not in `attributes`
+        assert a["governed_by"] == "gateway"
+        assert (a["mcp_client_name"], a["mcp_client_version"]) == (CLIENT_NAME, "1.2.3")
         attributes = json.loads(a["attributes"])
-        assert attributes["tooltrail.gateway"] is True
-        assert attributes["tooltrail.mcp.client.name"] == CLIENT_NAME
-        assert attributes["tooltrail.mcp.client.version"] == "1.2.3"
+        assert "tooltrail.gateway" not in attributes
         assert attributes["jsonrpc.request.id"]
     assert json.loads(actions[2]["arguments_rewritten"])["path"] == str(root / "inbox.txt")
 
@@ -283,7 +284,7 @@ rules:
     actions = _actions(data, "s-git")
     assert [a["decision"] for a in actions] == ["ALLOW", "DENY", "REWRITE"]
     assert {a["mcp_server"] for a in actions} == {"mcp_server_git"}
-    assert json.loads(actions[0]["attributes"])["tooltrail.mcp.client.name"] == CLIENT_NAME
+    assert actions[0]["mcp_client_name"] == CLIENT_NAME
 
 
 def test_tool_definitions_and_results_pass_through_unchanged(
@@ -761,11 +762,27 @@ def test_a_tool_whose_definition_changed_is_flagged_and_handled_per_pin_tools(
     assert calls.read_text().split() == ["first", "third", "fourth", "fifth"]
 
     flagged = {
-        a["session_id"]: json.loads(a["attributes"]).get("tooltrail.tool.definition_changed")
+        a["session_id"]: (a["tool_definition_changed"], a["tool_definition_hash"])
         for s in ("first", "second", "third", "fourth", "fifth")
         for a in _actions(data, s)
     }
-    assert flagged == {"first": None, "second": True, "third": True, "fourth": True, "fifth": None}
+    (changed_hash,) = {h for f, h in flagged.values() if f}
+    assert flagged == {
+        "first": (None, None),
+        "second": (True, changed_hash),
+        "third": (True, changed_hash),
+        "fourth": (True, changed_hash),
+        "fifth": (None, None),
+    }
+    # the landed record of the change, and the pins' word on it: accepted since
+    (change,) = analytics.tool_changes(data).iter_rows(named=True)
+    assert (change["server"], change["tool"], change["definition_hash"]) == (
+        "changing_tool_server",
+        "greet",
+        changed_hash,
+    )
+    assert (change["calls"], change["sessions"], change["pin_status"]) == (3, 3, "accepted")
+    assert (change["denies"], change["allows"], change["approvals"]) == (1, 1, 1)
 
 
 GATE_POLICY = """\

@@ -89,6 +89,11 @@ def sdk_spans() -> Iterator[list[ReadableSpan]]:
                 sc.TT_ENFORCED: True,
                 sc.TT_DECISION: "ALLOW",
                 sc.TT_POLICY_MATCHED: ("read-only", "audit"),
+                sc.TT_GATEWAY: True,
+                sc.TT_MCP_CLIENT_NAME: "claude-code",
+                sc.TT_MCP_CLIENT_VERSION: "1.0.3",
+                sc.TT_TOOL_DEFINITION_CHANGED: True,
+                sc.TT_TOOL_DEFINITION_HASH: "0123456789abcdef",
                 "retry.ratio": 0.5,
                 **session,
             },
@@ -183,7 +188,17 @@ def test_collector_file_of_sdk_spans_lands_every_span(
     assert (status["sequence"], status["enforced"], status["decision"]) == (1, True, "ALLOW")
     assert status["policy_matched"] == ["read-only", "audit"]
     assert json.loads(status["attributes"])["retry.ratio"] == 0.5
+    assert (status["governed_by"], status["mcp_client_name"], status["mcp_client_version"]) == (
+        "gateway",
+        "claude-code",
+        "1.0.3",
+    )
+    assert (status["tool_definition_changed"], status["tool_definition_hash"]) == (
+        True,
+        "0123456789abcdef",
+    )
     push = by_name["tools/call git_push"]
+    assert push["governed_by"] is None  # no sequence number: not tooltrail's
     assert (push["status_code"], push["status_message"]) == ("ERROR", "push rejected")
     assert push["error_type"] == "RuntimeError"
     assert json.loads(push["arguments"]) == {"repo_path": "/srv/app", "password": "[REDACTED:key]"}

@@ -792,3 +792,106 @@ def test_a_secret_keys_value_is_erased_where_the_tool_quoted_it(spans: Spans) ->
     assert row["result_preview"] == "deployed with token [REDACTED] ok"
     assert row["status_message"] == "ValueError: token [REDACTED] expired"
     assert row["redactions"] == 3
+
+
+# --- who governed the call (governed_by, the gateway's columns) --------------------------
+
+
+def _gateway_attributes(changed: bool) -> dict[str, Any]:
+    """The attributes the MCP gateway adds to a tool span (gateway/stdio.py)."""
+    out: dict[str, Any] = {
+        sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
+        sc.GEN_AI_TOOL_NAME: "read_file",
+        sc.MCP_METHOD_NAME: sc.MCP_METHOD_TOOLS_CALL,
+        sc.MCP_SERVER_NAME: "filesystem",
+        sc.TT_SESSION_ID: "sess-gw",
+        sc.TT_SEQUENCE: 1,
+        sc.TT_GATEWAY: True,
+        sc.TT_MCP_CLIENT_NAME: "claude-code",
+        sc.TT_MCP_CLIENT_VERSION: "1.0.3",
+    }
+    if changed:
+        out[sc.TT_TOOL_DEFINITION_CHANGED] = True
+        out[sc.TT_TOOL_DEFINITION_HASH] = "0123456789abcdef"
+    return out
+
+
+def test_gateway_span_lands_governed_by_gateway_with_client_and_change(spans: Spans) -> None:
+    row = both(spans.make("tools/call read_file", _gateway_attributes(changed=True)))
+    assert row["governed_by"] == "gateway"
+    assert (row["mcp_client_name"], row["mcp_client_version"]) == ("claude-code", "1.0.3")
+    assert row["tool_definition_changed"] is True
+    assert row["tool_definition_hash"] == "0123456789abcdef"
+    # landed in columns, so not repeated in the attributes JSON
+    landed_keys = {
+        sc.TT_GATEWAY,
+        sc.TT_MCP_CLIENT_NAME,
+        sc.TT_MCP_CLIENT_VERSION,
+        sc.TT_TOOL_DEFINITION_CHANGED,
+        sc.TT_TOOL_DEFINITION_HASH,
+    }
+    assert not landed_keys & set(attrs_json(row))
+
+
+def test_unchanged_gateway_tool_has_no_change_flag(spans: Spans) -> None:
+    row = both(spans.make("tools/call read_file", _gateway_attributes(changed=False)))
+    assert row["governed_by"] == "gateway"
+    assert row["tool_definition_changed"] is None and row["tool_definition_hash"] is None
+
+
+def test_instrumentation_span_is_governed_by_instrumentation() -> None:
+    from instrumentation_support import instrumented
+
+    import tooltrail.instrumentation as tt
+
+    @tt.tool(name="lookup")
+    def lookup(q: str) -> str:
+        return q.upper()
+
+    with instrumented() as exporter:
+        assert lookup("x") == "X"
+        (span,) = exporter.get_finished_spans()
+    row = both(span)
+    assert row["governed_by"] == "instrumentation"
+    assert row["mcp_client_name"] is None and row["tool_definition_changed"] is None
+
+
+def test_third_party_span_is_governed_by_nobody(spans: Spans) -> None:
+    row = both(
+        spans.make(
+            "execute_tool search",
+            {sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL, sc.GEN_AI_TOOL_NAME: "search"},
+        )
+    )
+    assert row["governed_by"] is None
+
+
+def test_a_gateway_mark_that_is_not_true_stays_in_attributes(spans: Spans) -> None:
+    attributes = _gateway_attributes(changed=False)
+    attributes[sc.TT_GATEWAY] = "maybe"
+    attributes[sc.TT_TOOL_DEFINITION_CHANGED] = "perhaps"
+    row = both(spans.make("tools/call read_file", attributes))
+    # not the gateway's mark: what the span's sequence number says (tooltrail made it)
+    assert row["governed_by"] == "instrumentation"
+    assert row["tool_definition_changed"] is None
+    kept = attrs_json(row)
+    assert kept[sc.TT_GATEWAY] == "maybe" and kept[sc.TT_TOOL_DEFINITION_CHANGED] == "perhaps"
+
+
+def test_gateway_attribute_names_are_the_landed_ones() -> None:
+    # The gateway defines its own names (gateway/stdio.py); the normalizer reads semconv's.
+    from tooltrail.gateway import stdio
+
+    assert (
+        stdio.TT_GATEWAY,
+        stdio.TT_CLIENT_NAME,
+        stdio.TT_CLIENT_VERSION,
+        stdio.TT_TOOL_CHANGED,
+        stdio.TT_TOOL_HASH,
+    ) == (
+        sc.TT_GATEWAY,
+        sc.TT_MCP_CLIENT_NAME,
+        sc.TT_MCP_CLIENT_VERSION,
+        sc.TT_TOOL_DEFINITION_CHANGED,
+        sc.TT_TOOL_DEFINITION_HASH,
+    )

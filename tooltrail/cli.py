@@ -37,6 +37,8 @@ SESSION_COLUMNS = (
     "undecided",  # allows + denies + rewrites + approvals + undecided = action_count
     "max_blast_radius",
     "repos",
+    "governed_by",  # gateway / instrumentation / empty (third-party spans only)
+    "mcp_client_name",  # the MCP client, for sessions through the gateway
     "last_action_at",
 )
 ACTION_COLUMNS = (
@@ -53,6 +55,7 @@ ACTION_COLUMNS = (
     "approval_outcome",
     "approval_decided_by",
     "approval_reason",
+    "tool_definition_changed",  # the tool's definition differed from its pinned one
 )
 
 
@@ -117,6 +120,12 @@ def cli() -> None:
 @click.option(
     "--since", help="Only sessions active within this window, e.g. 2h, 1h30m, 7d, or all."
 )
+@click.option(
+    "--governed-by",
+    type=click.Choice(["gateway", "instrumentation", "other"]),
+    help="Only sessions governed by the MCP gateway, by in-process instrumentation, or"
+    " by neither (other: third-party spans only).",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 def sessions(
     data: Path | None,
@@ -124,13 +133,16 @@ def sessions(
     agent: str | None,
     status: str | None,
     since: str | None,
+    governed_by: str | None,
     limit: int,
 ) -> None:
-    """List sessions, most recent activity first.
+    """List sessions, most recent activity first. governed_by says who governed a
+    session's calls: the MCP gateway (`tooltrail proxy`; mcp_client_name is its client),
+    tooltrail's in-process instrumentation, or neither (empty).
 
     Example:
 
-        tooltrail sessions --agent release-bot --since 2h --format json
+        tooltrail sessions --governed-by gateway --since 2h --format json
     """
     from tooltrail import analytics
     from tooltrail.policy.durations import parse_since_seconds
@@ -139,7 +151,12 @@ def sessions(
         if since is not None:
             parse_since_seconds(since)  # the error names the option (--since)
         df = analytics.sessions(
-            _existing_data(data), agent=agent, status=status, since=since, limit=limit
+            _existing_data(data),
+            agent=agent,
+            status=status,
+            since=since,
+            governed_by=governed_by,
+            limit=limit,
         )
     _echo_df(df, fmt, SESSION_COLUMNS)
 
@@ -199,9 +216,15 @@ def show(data: Path | None, fmt: str, full: bool, which: str | None, session_id:
 
 
 def _shown_action_columns(actions: Any) -> list[str]:
-    """The table's columns: the approval ones only when the session held a call."""
+    """The table's columns: the approval ones only when the session held a call, the
+    changed-definition flag only when a called tool had changed."""
     held = actions.height and actions["approval_outcome"].is_not_null().any()
-    return [c for c in ACTION_COLUMNS if held or not c.startswith("approval_")]
+    changed = actions.height and bool(actions["tool_definition_changed"].any())
+    return [
+        c
+        for c in ACTION_COLUMNS
+        if (held or not c.startswith("approval_")) and (changed or c != "tool_definition_changed")
+    ]
 
 
 def _show_action(actions: Any, session_id: str, which: str, fmt: str) -> None:

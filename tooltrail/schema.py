@@ -62,6 +62,13 @@ SPAN_SCHEMA: Final = pa.schema(
         pa.field("output_tokens", pa.int64()),
         pa.field("model", pa.string()),
         pa.field("redactions", pa.int32()),
+        # Added with the MCP gateway: files landed before it lack these (the views read
+        # them as null).
+        pa.field("governed_by", pa.string()),
+        pa.field("mcp_client_name", pa.string()),
+        pa.field("mcp_client_version", pa.string()),
+        pa.field("tool_definition_changed", pa.bool_()),
+        pa.field("tool_definition_hash", pa.string()),
         pa.field("attributes", pa.string()),
         pa.field("resource", pa.string()),
     ]

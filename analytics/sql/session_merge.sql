@@ -27,6 +27,14 @@ SELECT
         AS parent_session_id,
     min(trigger_at) AS trigger_at,
     arg_min("trigger", (trigger_at, "trigger")) AS "trigger",
+    CASE
+        WHEN bool_or(governed_by = 'gateway') THEN 'gateway'
+        WHEN bool_or(governed_by = 'instrumentation') THEN 'instrumentation'
+    END AS governed_by,
+    min(mcp_client_at) AS mcp_client_at,
+    arg_min(mcp_client_name, (mcp_client_at, mcp_client_name)) AS mcp_client_name,
+    arg_min(mcp_client_version, (mcp_client_at, mcp_client_name)) AS mcp_client_version,
+    CAST(sum(changed_tool_calls) AS BIGINT) AS changed_tool_calls,
     CAST(sum(total_actions) AS BIGINT) AS total_actions,
     CAST(sum(allows) AS BIGINT) AS allows,
     CAST(sum(denies) AS BIGINT) AS denies,

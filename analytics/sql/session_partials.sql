@@ -17,6 +17,20 @@ SELECT
         AS parent_session_id,
     min(start_time) FILTER (WHERE "trigger" IS NOT NULL) AS trigger_at,
     arg_min("trigger", start_time) FILTER (WHERE "trigger" IS NOT NULL) AS "trigger",
+    -- who governed the session's calls: the gateway if any span says so, else tooltrail's
+    -- instrumentation if any span says so, else null (third-party spans only)
+    CASE
+        WHEN bool_or(governed_by = 'gateway') THEN 'gateway'
+        WHEN bool_or(governed_by = 'instrumentation') THEN 'instrumentation'
+    END AS governed_by,
+    -- the MCP client (through the gateway): name and version of the first span naming it
+    min(start_time) FILTER (WHERE mcp_client_name IS NOT NULL) AS mcp_client_at,
+    arg_min(mcp_client_name, start_time) FILTER (WHERE mcp_client_name IS NOT NULL)
+        AS mcp_client_name,
+    arg_min(mcp_client_version, start_time) FILTER (WHERE mcp_client_name IS NOT NULL)
+        AS mcp_client_version,
+    -- actions on a tool whose definition had changed since it was pinned
+    count(*) FILTER (WHERE span_type = 'tool' AND tool_definition_changed) AS changed_tool_calls,
     -- actions (tool spans) by decision; a null decision is counted by neither
     count(*) FILTER (WHERE span_type = 'tool') AS total_actions,
     count(*) FILTER (WHERE span_type = 'tool' AND decision = 'ALLOW') AS allows,

@@ -6,6 +6,11 @@
 -- (undecided: tool spans without a decision). total_actions is the same number, kept
 -- under its old name for readers written against it.
 --
+-- governed_by: 'gateway' when any of the session's spans came through the MCP gateway
+-- (mcp_client_name / mcp_client_version: the client it served), else 'instrumentation'
+-- when tooltrail's in-process instrumentation made them, else null (third-party spans).
+-- changed_tool_calls: actions on a tool whose definition differed from its pinned one.
+--
 -- status, first match wins: canceled / paused (session control), waiting_approval (an
 -- approval is pending), failed (the last action or a root span errored), active (last
 -- activity within the idle window), completed.
@@ -73,6 +78,10 @@ SELECT
     t.output_tokens,
     t.parent_session_id,
     t."trigger",
+    t.governed_by,
+    t.mcp_client_name,
+    t.mcp_client_version,
+    t.changed_tool_calls,
     pending_approvals,
     t.span_count,
     ctl.state AS control_state,
@@ -101,6 +110,7 @@ FROM (
             coalesce(t.high, 0) AS high,
             coalesce(t.critical, 0) AS critical,
             coalesce(t.errors, 0) AS errors,
+            coalesce(t.changed_tool_calls, 0) AS changed_tool_calls,
             coalesce(t.root_errored, false) AS root_errored,
             coalesce(t.input_tokens, 0) AS input_tokens,
             coalesce(t.output_tokens, 0) AS output_tokens,

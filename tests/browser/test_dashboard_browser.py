@@ -21,6 +21,9 @@ from typing import Any
 import pytest
 from dashboard_support import (
     BRANCH,
+    CHANGED_TOOL,
+    GATEWAY_CLIENT,
+    GATEWAY_SESSION,
     HOTFIX,
     PENDING_ANYONE,
     RELEASE,
@@ -29,6 +32,7 @@ from dashboard_support import (
     free_port,
     seed,
     seed_with_foreign,
+    seed_with_gateway,
     stop_server,
 )
 
@@ -105,6 +109,9 @@ def page(tmp_path: Path) -> Iterator[Any]:
             context = browser.new_context(viewport={"width": 1440, "height": 1000})
             tab = context.new_page()
             tab.set_default_timeout(WAIT_MS)
+            # `expect` keeps its own 5 s default: a first Streamlit run on a loaded CI
+            # machine can take longer.
+            playwright_api.expect.set_options(timeout=WAIT_MS)
             yield tab
         finally:
             browser.close()
@@ -249,3 +256,84 @@ def test_every_chart_draws_over_data_with_missing_fields(
         assert page.get_by_test_id("stException").count() == 0, name
         assert _drawn(chart, shots / f"{name}.png") > 20, name
     assert not trouble, trouble
+
+
+# --- sessions through the MCP gateway ------------------------------------------------------
+
+GATEWAY_IMAGE = DOCS_IMAGE.with_name("dashboard-gateway.png")
+
+
+@pytest.fixture
+def gateway_server(tmp_path: Path) -> Iterator[tuple[Seeded, str]]:
+    """The dashboard over seeded data plus a session through the MCP gateway that called a
+    tool whose definition changed after it was pinned."""
+    seeded, _ = seed_with_gateway(tmp_path / "data")
+    port = free_port()
+    log = tmp_path / "streamlit.log"
+    with log.open("wb") as out:
+        proc = launch(seeded.root, port, policy=seeded.policy_path, new_session=True, output=out)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, proc, log)
+        yield seeded, url
+    finally:
+        stop_server(proc)
+
+
+def _grid_row(grid: Any, text: str) -> Any:
+    """The grid's rows (its accessible DOM twin of the canvas) with a cell reading so."""
+    # `has` is matched inside each row: a locator from the page root, not from the grid.
+    # CSS, not roles: the accessible table is hidden from role queries.
+    return grid.locator("tr").filter(has=grid.page.locator(_cell(text)))
+
+
+def _cell(text: str) -> str:
+    return f"td:text-is({text!r})"
+
+
+def test_gateway_sessions_are_badged_and_changed_tool_calls_marked(
+    gateway_server: tuple[Seeded, str], page: Any, tmp_path: Path
+) -> None:
+    expect = playwright_api.expect
+    _seeded, url = gateway_server
+    shots = tmp_path / "screenshots"
+    client, version = GATEWAY_CLIENT
+
+    page.goto(f"{url}/sessions")
+    expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
+    grid = page.get_by_test_id("stDataFrame").first
+    expect(grid).to_be_visible()
+    _settled(page)
+    badge = _grid_row(grid, GATEWAY_SESSION).locator(_cell("gateway"))
+    expect(badge).to_have_count(1)
+    expect(_grid_row(grid, RELEASE).locator(_cell("instrumentation"))).to_have_count(1)
+    listing = _shot(page, shots, "sessions-gateway")
+
+    page.goto(f"{url}/session?session={GATEWAY_SESSION}")
+    expect(page.get_by_role("heading", name=f"Session {GATEWAY_SESSION}")).to_be_visible()
+    expect(page.get_by_text(f"through the gateway (client {client} {version})")).to_be_visible()
+    expect(page.get_by_text("2 calls to a tool whose definition changed")).to_be_visible()
+    actions = page.get_by_test_id("stDataFrame").first
+    expect(actions).to_be_visible()
+    _settled(page)
+    marked = _grid_row(actions, CHANGED_TOOL)
+    expect(marked).to_have_count(2)
+    for i in range(2):
+        expect(marked.nth(i).locator(_cell("changed"))).to_have_count(1)
+    listed = _grid_row(actions, "list_directory")
+    expect(listed.locator(_cell("changed"))).to_have_count(0)
+    assert page.get_by_test_id("stException").count() == 0
+    detail = _shot(page, shots, "session-gateway")
+
+    # The canvas draws the chips: the gateway's solid violet (ui.GOVERNED_HEX) is in the
+    # list's picture, the changed mark's crimson (ui.CHANGED_TOOL_HEX) in the session's.
+    from PIL import Image
+
+    with Image.open(listing) as picture:
+        colours = {c for _, c in picture.convert("RGB").getcolors(maxcolors=1 << 22) or []}
+    assert (0x70, 0x48, 0xE8) in colours, "the gateway badge was not drawn"
+    with Image.open(detail) as picture:
+        colours = {c for _, c in picture.convert("RGB").getcolors(maxcolors=1 << 22) or []}
+    assert (0xC2, 0x25, 0x5C) in colours, "the changed-tool mark was not drawn"
+    if os.environ.get("TOOLTRAIL_UPDATE_SCREENSHOT"):
+        shutil.copyfile(detail, GATEWAY_IMAGE)
