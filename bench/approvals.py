@@ -2,16 +2,19 @@
 
     python bench/approvals.py [--approvals N] [--concurrent M] [--calls C]
 
-1. Latency from ``approve`` to the agent's call proceeding (issue 5 target: median
-   <= 250 ms). An async agent process (``@tool`` under enforcement, the default
-   ``ControlStoreBroker``) makes N held calls one after another. This process plays the
-   approver: it sees each request appear, "thinks" for a random 0-200 ms (seeded; a
-   person's decision lands at a random point of the agent's polling interval, not right
-   after its first look), notes the time and calls ``ControlStore.decide`` (what
-   ``tooltrail approve`` does after starting up). The agent notes the time its tool body
-   starts. Latency = start - decide (same clock, one machine). Also reported: the agent's
-   CPU time per held call, all threads, and the wall time of one ``tooltrail approvals``
-   process for comparison (interpreter start-up dominates it).
+1. Latency from ``approve`` to the agent's call proceeding (issue 5 target: median <=
+   250 ms), in single-user mode (unsigned) and with access control on (issue 16: the
+   decision signed with the approver's Ed25519 key, the agent verifying it against a
+   pinned trust root before the call runs). An async agent process (``@tool`` under
+   enforcement, the default ``ControlStoreBroker``) makes N held calls one after
+   another. This process plays the approver: it sees each request appear, "thinks" for
+   a random 0-200 ms (seeded; a person's decision lands at a random point of the
+   agent's polling interval, not right after its first look), notes the time and calls
+   ``ControlStore.decide`` (what ``tooltrail approve`` does after starting up). The
+   agent notes the time its tool body starts. Latency = start - decide (same clock, one
+   machine). Also reported: the agent's CPU time per held call, all threads, and the
+   wall time of one ``tooltrail approvals`` process for comparison (interpreter
+   start-up dominates it).
 2. Waiting cost with M calls held at once in one agent: agent CPU per second of waiting,
    measured over a window in which nothing is decided (M = 0: the configured agent idle).
    For scale, the cost of a bare ``asyncio.sleep`` loop waking as often as a waiter polls
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 POLICY = """
 version: 1
@@ -81,8 +85,11 @@ def agent_main(data: str, policy: str, mode: str, count: int) -> None:
     print(json.dumps(report), flush=True)
 
 
-def start_agent(data: Path, policy: Path, mode: str, count: int) -> subprocess.Popen[str]:
+def start_agent(
+    data: Path, policy: Path, mode: str, count: int, extra: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TOOLTRAIL_", "OTEL_"))}
+    env.update(extra or {})
     return subprocess.Popen(
         [sys.executable, __file__, "agent", str(data), str(policy), mode, str(count)],
         stdin=subprocess.PIPE,
@@ -107,11 +114,31 @@ def agent_cpu_s(pid: int) -> float:
 # --- 1. approve -> proceed latency --------------------------------------------------------
 
 
-def latency(root: Path, count: int) -> None:
+def signed_setup(data: Path, trust: Path) -> Any:
+    """Access control on ``data`` (an admin, and the approver "bench" with a decider key),
+    the keys pinned in ``trust``; returns bench's signer (what `tooltrail approve` builds
+    from the credential it is given)."""
+    from tooltrail.access import AccessStore
+    from tooltrail.signing import decider_signer, write_trust_file
+
+    with AccessStore(data) as store:
+        admin, _ = store.add("admin", "user", "admin", by=None)
+        _, credential = store.add("bench", "user", "approver", by=admin)
+        write_trust_file(trust, store.decider_keys())
+    return decider_signer(data, credential)
+
+
+def latency(root: Path, count: int, signed: bool = False) -> None:
     from tooltrail.control import ControlStore
 
-    data, policy = root / "latency", root / "policy.yaml"
-    agent = start_agent(data, policy, "sequential", count)
+    data, policy = root / ("latency-signed" if signed else "latency"), root / "policy.yaml"
+    signer, extra = None, {}
+    if signed:
+        trust = root / "trust" / "trust-root.json"
+        signer = signed_setup(data, trust)
+        extra = {"TOOLTRAIL_TRUST_ROOT": str(trust)}
+        os.environ["TOOLTRAIL_TRUST_ROOT"] = str(trust)  # this process verifies with it too
+    agent = start_agent(data, policy, "sequential", count, extra)
     decided_at: dict[int, float] = {}
     think = random.Random(5)
     with ControlStore(data) as store:
@@ -121,14 +148,16 @@ def latency(root: Path, count: int) -> None:
                 if n not in decided_at:
                     time.sleep(think.uniform(0.0, 0.2))
                     decided_at[n] = time.time()
-                    store.decide(rec.approval_id, "approved", by="bench")
+                    store.decide(rec.approval_id, "approved", by="bench", signer=signer)
             time.sleep(0.002)  # the approver's own polling: fine-grained, so it adds little
     out, _ = agent.communicate(timeout=600)
+    os.environ.pop("TOOLTRAIL_TRUST_ROOT", None)
     report = json.loads(out)
     lat = sorted((report["started"][str(n)] - decided_at[n]) * 1000 for n in range(count))
     p95 = lat[min(len(lat) - 1, round(0.95 * len(lat)) - 1)]
     share = report["cpu_s"] / report["wall_s"] * 100
-    print(f"1. approve -> call proceeds, {count} held calls in sequence (async agent)")
+    how = "signed (Ed25519, pinned trust root)" if signed else "single-user mode, unsigned"
+    print(f"1. approve -> call proceeds, {count} held calls in sequence (async agent), {how}")
     print(f"   median {statistics.median(lat):7.1f} ms   p95 {p95:7.1f} ms   max {lat[-1]:7.1f} ms")
     print(
         f"   agent CPU {report['cpu_s'] * 1000 / count:6.2f} ms per held call, all threads"
@@ -136,7 +165,7 @@ def latency(root: Path, count: int) -> None:
         f" {report['wall_s']:.1f} s run"
     )
     cli = [str(BIN / "tooltrail")] if (BIN / "tooltrail").exists() else None
-    if cli is not None:
+    if cli is not None and not signed:
         times = []
         for _ in range(5):
             t0 = time.perf_counter()
@@ -246,6 +275,7 @@ def main(argv: list[str]) -> None:
         (root / "policy.yaml").write_text(POLICY)
         print(f"tooltrail approvals bench ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
         latency(root, args.approvals)
+        latency(root, args.approvals, signed=True)
         for m in args.concurrent:
             waiting(root, m)
         bare_wakeups()

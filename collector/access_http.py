@@ -16,6 +16,7 @@ from tooltrail import access
 from tooltrail.access import Principal
 from tooltrail.control import session_key
 from tooltrail.errors import NotAuthenticatedError
+from tooltrail.signing import Signer, decider_signer
 
 
 class AccessGate:
@@ -44,6 +45,13 @@ class AccessGate:
             raise NotAuthenticatedError("the bearer credential is not ASCII") from None
         with access.AccessStore(self.data_dir) as store:
             return self._cache.authenticate(store, text)
+
+    def signer(self, who: Principal, bearer: bytes | None) -> Signer:
+        """``who``'s decider key, unsealed with the credential it just presented: the
+        collector signs a decision as the user whose request it serves, and only then
+        (it keeps no key it could sign with on its own)."""
+        credential = (bearer or b"").decode("ascii", "replace").strip()
+        return decider_signer(self.data_dir, credential, verified=who)
 
     def owns_session(self, agent: str, session_id: str) -> bool:
         """Whether the session is ``agent``'s: the first agent to use a session id (file a

@@ -41,9 +41,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from tooltrail import ledger
 from tooltrail.access import Principal, check_acting_as
 from tooltrail.collector import jsontext
 from tooltrail.control import (
+    CANCELED,
     PAUSED,
     AlreadyDecidedError,
     ApprovalRecord,
@@ -54,8 +56,17 @@ from tooltrail.control import (
     SessionControl,
     UnknownIdError,
     arguments_hash,
+    session_key,
 )
-from tooltrail.errors import AccessDeniedError, BadInputError, NotAuthenticatedError, StoreError
+from tooltrail.control_verify import annotate
+from tooltrail.errors import (
+    AccessDeniedError,
+    BadInputError,
+    NotAuthenticatedError,
+    StoreError,
+    TamperedError,
+)
+from tooltrail.signing import Signer
 
 MAX_WAIT_S: Final = 60.0
 POLL_S: Final = 0.05
@@ -69,6 +80,8 @@ HEARTBEAT_S: Final = 2.0
 # Fixed words: an agent's free text is not an operator's record.
 WITHDRAWN: Final = "the agent stopped waiting (it withdrew its request)"
 ON_TIMEOUT_VALUES: Final = ("DENY", "ALLOW")
+# Who "decided" a session state the collector answers as canceled because it does not verify.
+TAMPERED_ACTOR: Final = "tooltrail:tampered"
 _OPTIONAL_TEXT: Final = (
     "session_id",
     "trace_id",
@@ -78,6 +91,7 @@ _OPTIONAL_TEXT: Final = (
     "policy_rule",
     "reason",
     "blast_radius",
+    "policy_version",
 )
 
 
@@ -191,11 +205,37 @@ def request_from_body(doc: Mapping[str, Any]) -> ApprovalRequest:
     )
 
 
-def record_json(record: ApprovalRecord) -> dict[str, Any]:
+def record_json(record: ApprovalRecord, data_dir: Path | None = None) -> dict[str, Any]:
+    """A request as the HTTP API answers it. With ``data_dir``, a decided request carries
+    its ledger entry (``decision``: body, key id, signature), which an agent holding a
+    pinned trust root verifies itself, and ``verified`` (the collector's own check)."""
     doc = record.to_dict()
     doc.pop("agent_host", None)
     doc.pop("agent_pid", None)
     doc["arguments"] = json.loads(record.arguments)
+    if data_dir is not None and record.decided:
+        with ControlStore(data_dir) as store:
+            ends = [
+                e
+                for e in store._busy_retry(
+                    lambda: ledger.entries_for(store._con, record.approval_id)
+                )
+                if e.kind in ("decision", "system")
+            ]
+            problems = annotate(store, [record]).get(record.approval_id, [])
+        if ends:
+            last = ends[-1]
+            doc["decision"] = {
+                "body": last.body,
+                "key_id": last.key_id,
+                "signature": last.signature,
+            }
+        doc["verified"] = not problems
+    if data_dir is not None:
+        # What a decision is verified against: pinned, data-dir (the collector's own
+        # account can rewrite it) or unsigned (single-user mode): docs/SECURITY.md §6.
+        with ControlStore(data_dir) as store:
+            doc["signatures"] = store.trust().label
     return doc
 
 
@@ -315,7 +355,11 @@ def own_request(data_dir: Path, approval_id: str, agent: str) -> ApprovalRecord:
 
 
 def decide(
-    data_dir: Path, approval_id: str, doc: Mapping[str, Any], who: Principal | None = None
+    data_dir: Path,
+    approval_id: str,
+    doc: Mapping[str, Any],
+    who: Principal | None = None,
+    signer: Signer | None = None,
 ) -> ApprovalRecord:
     outcome = doc.get("outcome")
     if outcome not in ("approved", "denied"):
@@ -323,7 +367,7 @@ def decide(
     by, role = _decider(doc, who)
     reason = _text(doc, "reason")
     with ControlStore(data_dir) as store, _known(approval_id):
-        return store.decide(approval_id, outcome, by=by, reason=reason, role=role)
+        return store.decide(approval_id, outcome, by=by, reason=reason, role=role, signer=signer)
 
 
 LIST_STATUSES: Final = ("pending", "approved", "denied", "expired", "abandoned", "all")
@@ -374,15 +418,32 @@ def session_wait(
     deadline = time.monotonic() + max(0.0, min(wait_s, MAX_WAIT_S))
     with ControlStore(data_dir) as store:
         while True:
-            control = store.session_control(session_id)
+            control = _verified_control(store, session_id)
             left = deadline - time.monotonic()
             if control.state != PAUSED or left <= 0 or stop.is_set():
                 return control
             stop.wait(min(POLL_S, left))
 
 
+def _verified_control(store: ControlStore, session_id: str) -> SessionControl:
+    """The session's control state once checked against the ledger (``session_state``);
+    a state that does not verify is answered as canceled, naming why (fail closed: the
+    remote agent's calls are denied)."""
+    try:
+        store.session_state(session_id)
+    except TamperedError as e:
+        return SessionControl(
+            session_key(session_id), CANCELED, TAMPERED_ACTOR, time.time(), str(e)
+        )
+    return store.session_control(session_id)
+
+
 def set_session(
-    data_dir: Path, session_id: str, doc: Mapping[str, Any], who: Principal | None = None
+    data_dir: Path,
+    session_id: str,
+    doc: Mapping[str, Any],
+    who: Principal | None = None,
+    signer: Signer | None = None,
 ) -> SessionControl:
     """pause / resume / cancel from a ``POST /v1/sessions/{id}/control`` body (``who``: the
     credential's user, with access control on)."""
@@ -402,7 +463,7 @@ def set_session(
                 f"no session {session_id!r}: no landed action and no approval request names"
                 ' it ("force": true controls an id no agent has reported yet)'
             )
-        return store.set_session_state(session_id, action, by=by, reason=reason)
+        return store.set_session_state(session_id, action, by=by, reason=reason, signer=signer)
 
 
 def _session_reported(store: ControlStore, data_dir: Path, session_id: str) -> bool:

@@ -1247,7 +1247,7 @@ class _Handler(BaseHTTPRequestHandler):
             if who is not None and who.is_agent:
                 apr.own_request(c.data_dir, approval_id, who.name)  # else 404
             record = apr.wait_for(c.data_dir, approval_id, wait_s, c.stop, self._client_gone)
-            return apr.record_json(record)
+            return apr.record_json(record, c.data_dir)
 
         self._long_poll("approvals", query, read, checked=who is not None)
 
@@ -1353,7 +1353,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return
 
         def act(doc: dict[str, Any]) -> dict[str, Any]:
-            return apr.record_json(apr.decide(self.collector.data_dir, approval_id, doc, who))
+            c = self.collector
+            signer = None if who is None else c.access.signer(who, self._bearer())
+            record = apr.decide(c.data_dir, approval_id, doc, who, signer)
+            return apr.record_json(record, c.data_dir)
 
         self._operator_post("decisions", "decision", act, "approval_decisions_total", who)
 
@@ -1422,7 +1425,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         def act(doc: dict[str, Any]) -> dict[str, Any]:
             c = self.collector
-            return apr.session_json(apr.set_session(c.data_dir, session_id, doc, who))
+            signer = None if who is None else c.access.signer(who, self._bearer())
+            return apr.session_json(apr.set_session(c.data_dir, session_id, doc, who, signer))
 
         self._operator_post("sessions", "session control", act, "session_controls_total", who)
 

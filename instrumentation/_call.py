@@ -415,6 +415,7 @@ def _approval_request(inv: Invocation, d: DecisionLike) -> ApprovalRequest:
         reason=d.reason,
         blast_radius=d.blast_radius,
         approval=d.approval,
+        policy_version=d.policy_version or None,
     )
 
 

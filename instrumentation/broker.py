@@ -116,6 +116,8 @@ class ApprovalRequest:
     approval: ApprovalSettings | None
     requested_at: float = field(default_factory=time.time)
     """Seconds since the epoch."""
+    policy_version: str | None = None
+    """The version of the policy that held the call: a decision applies to it only."""
     on_filed: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
     """Called with the approval id as soon as the request has one (the local store's
     broker: just before filing; over HTTP: once filed), before any waiting: a call

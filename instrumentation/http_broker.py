@@ -39,14 +39,17 @@ import contextlib
 import http.client
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, cast
 from urllib.parse import quote, urlsplit
 
+from tooltrail.config import ENV_TRUST_ROOT
 from tooltrail.control import DEFAULT_LEASE_S, arguments_hash
 from tooltrail.instrumentation.broker import (
     APPROVAL_STATUSES,
@@ -56,6 +59,7 @@ from tooltrail.instrumentation.broker import (
     notify_filed,
 )
 from tooltrail.redact import Redactor, scrub_stable
+from tooltrail.signing import jsonable
 
 _log = logging.getLogger(__name__)
 
@@ -170,8 +174,9 @@ class HttpApprovalBroker(_CollectorPeer):
     def _body(self, req: ApprovalRequest) -> dict[str, Any]:
         # To a fixed point: the store scrubs again, and must store exactly what was sent.
         scrubbed, _ = scrub_stable(self._redactor.scrub_obj, dict(req.shown_arguments))
-        # What the server will parse back: hash exactly that, so the check is meaningful.
-        shown = json.loads(json.dumps(scrubbed, default=str))
+        # What the server will parse back (plain JSON every language reads alike, as the
+        # store keeps it): hash exactly that, so the check is meaningful.
+        shown = jsonable(scrubbed)
         approval = req.approval
         return {
             "tool_name": req.tool,
@@ -190,6 +195,7 @@ class HttpApprovalBroker(_CollectorPeer):
             "blast_radius": req.blast_radius,
             "run_hash": req.arguments_hash,
             "lease_s": self.lease_s,
+            "policy_version": req.policy_version,
         }
 
     def _file(self, req: ApprovalRequest) -> _Filed | ApprovalOutcome:
@@ -561,7 +567,45 @@ def _outcome(filed: _Filed, record: Mapping[str, Any], started: float) -> Approv
         decided_by=_str_or_none(record.get("decided_by")),
         reason=_str_or_none(record.get("decision_reason")),
         wait_ms=(time.perf_counter() - started) * 1000.0,
-        refusal=_altered(filed, record),
+        refusal=_altered(filed, record) or _unverified(filed, record),
+    )
+
+
+def _unverified(filed: _Filed, record: Mapping[str, Any]) -> str | None:
+    """With a pinned trust root (``$TOOLTRAIL_TRUST_ROOT``), why an approval the collector
+    reports does not verify on this side (None: it does, or no root is pinned, in which
+    case the collector's answer over its authenticated channel is what is trusted)."""
+    pinned = os.environ.get(ENV_TRUST_ROOT, "").strip()
+    if not pinned or record.get("status") != "approved":
+        return None
+    from tooltrail import ledger
+    from tooltrail.control_verify import approval_problem, record_from_json
+    from tooltrail.errors import StoreError
+    from tooltrail.signing import read_trust_file
+
+    try:
+        trust = read_trust_file(Path(pinned))
+        evidence = record.get("decision")
+        if not isinstance(evidence, dict) or not isinstance(evidence.get("body"), str):
+            problem: str | None = "the collector sent no signed decision"
+        else:
+            entry = ledger.Entry(
+                0,
+                "decision",
+                filed.approval_id,
+                evidence["body"],
+                "",
+                _str_or_none(evidence.get("key_id")),
+                _str_or_none(evidence.get("signature")),
+            )
+            problem = approval_problem(entry, record_from_json(filed.record), trust)
+    except (StoreError, ValueError, TypeError) as e:
+        problem = f"it cannot be checked ({e})"
+    if problem is None:
+        return None
+    return (
+        f"approval {filed.approval_id} does not verify against the trust root {pinned}:"
+        f" {problem}; the held call does not run"
     )
 
 

@@ -59,6 +59,7 @@ from tooltrail.control import (
     new_approval_id,
 )
 from tooltrail.control import ApprovalRequest as StoredRequest
+from tooltrail.control_verify import release_refusal
 from tooltrail.errors import StoreError
 from tooltrail.instrumentation.broker import (
     ApprovalOutcome,
@@ -146,7 +147,10 @@ class ControlStoreBroker(_OnStore):
             return self._failed(f"the approval request could not be filed: {e}", started)
         try:
             record = self.stores.get().wait(
-                filed.approval_id, poll_s=self.poll_s, heartbeat_s=self.heartbeat_s
+                filed.approval_id,
+                poll_s=self.poll_s,
+                heartbeat_s=self.heartbeat_s,
+                deadline=filed.expires_at,
             )
         except StoreError as e:
             return self._failed(self._lost(filed, e), started, filed.approval_id)
@@ -172,7 +176,10 @@ class ControlStoreBroker(_OnStore):
             # Reads in WAL mode never wait for writers: polling on the loop is cheap (the
             # lease renewal is one short write every heartbeat_s).
             record = await self.stores.get().await_decision(
-                filed.approval_id, poll_s=self.poll_s, heartbeat_s=self.heartbeat_s
+                filed.approval_id,
+                poll_s=self.poll_s,
+                heartbeat_s=self.heartbeat_s,
+                deadline=filed.expires_at,
             )
         except StoreError as e:
             return self._failed(self._lost(filed, e), started, filed.approval_id)
@@ -244,6 +251,7 @@ class ControlStoreBroker(_OnStore):
             reason=request.reason,
             blast_radius=request.blast_radius,
             run_hash=request.arguments_hash,
+            policy_version=request.policy_version,
             lease_s=self.lease_s,
             approval_id=approval_id,
         )
@@ -272,8 +280,19 @@ class ControlStoreBroker(_OnStore):
             decided_by=record.decided_by,
             reason=record.decision_reason,
             wait_ms=(time.perf_counter() - started) * 1000.0,
-            refusal=_altered(filed, record),
+            refusal=_altered(filed, record) or self._unverified(filed, record),
         )
+
+    def _unverified(self, filed: ApprovalRecord, record: ApprovalRecord) -> str | None:
+        """Why the decision does not verify against the ledger and the trust root (an
+        approval nobody with a key gave, an edited request, an early expiry), or None."""
+        try:
+            refusal = release_refusal(self.stores.get(), filed, record)
+        except Exception as e:  # a check that cannot run is a refusal, never a pass
+            refusal = f"approval {filed.approval_id} could not be verified: {e}"
+        if refusal is not None:
+            _log.error("tooltrail: %s", refusal)
+        return refusal
 
     def _failed(
         self, reason: str, started: float, approval_id: str | None = None

@@ -46,6 +46,17 @@ def forge_request(data: Path, approval_id: str, shown: Mapping[str, Any]) -> Non
     con.close()
 
 
+def set_status(data: Path, approval_id: str, status: str, by: str | None = None) -> None:
+    """A forger's decision: the row's status (and decider) set with plain SQL."""
+    con = sqlite3.connect(data / "control.sqlite")
+    con.execute(
+        "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ? WHERE approval_id = ?",
+        (status, by, time.time(), approval_id),
+    )
+    con.commit()
+    con.close()
+
+
 def wait_for(condition: Callable[[], Any], what: str, timeout: float) -> Any:
     """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
     deadline = time.monotonic() + timeout

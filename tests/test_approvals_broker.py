@@ -35,6 +35,7 @@ from tooltrail.control import (
     RequesterGoneError,
     arguments_hash,
 )
+from tooltrail.errors import TamperedError
 from tooltrail.instrumentation import _approvals, _settings
 from tooltrail.instrumentation.broker import FailClosedBroker, default_broker
 from tooltrail.instrumentation.store_broker import ControlStoreBroker, StoreSessionGate
@@ -264,7 +265,11 @@ def test_request_edited_in_the_store_is_refused(spans: InMemorySpanExporter, dat
     # A careful forger rewrites what the approver sees and recomputes the public hash.
     benign = {"files": ["README.md"], "target": "prod", "token": ""}
     support.forge_request(data, req.approval_id, benign)
-    decide(data, req.approval_id, "approved", by="alice")
+    # The store refuses to decide a request edited since it was filed (its ledger entry)...
+    with pytest.raises(TamperedError, match=r"edited .* since it was filed"):
+        decide(data, req.approval_id, "approved", by="alice")
+    # ... and a forger who marks it approved as well gets nothing run.
+    support.set_status(data, req.approval_id, "approved", by="alice")
     with pytest.raises(tt.ToolCallDenied) as info:
         call.join()
     assert "changed in the control store after it was filed" in info.value.reason

@@ -316,7 +316,12 @@ def test_arguments_changed_in_the_store_after_the_request_are_refused(
     support.forge_request(data, req.approval_id, shown)
     listed = json.loads(tooltrail(data, "approvals", "--format", "json").stdout)
     assert [r["approval_id"] for r in listed] == [req.approval_id]
-    assert tooltrail(data, "approve", req.approval_id, "--by", "alice").returncode == 0
+    # The view flags the edit, and the approver's command refuses to decide it...
+    assert listed[0]["verified"] is False and "arguments" in listed[0]["tampered"]
+    refused = tooltrail(data, "approve", req.approval_id, "--by", "alice")
+    assert refused.returncode == 2 and "edited" in refused.stderr
+    # ... and a forger who marks it approved as well gets nothing run.
+    support.set_status(data, req.approval_id, "approved", by="alice")
     denial = body(agent.result("c1"))
     assert "changed in the control store after it was filed" in denial["reason"]
     assert denial["approval"]["status"] == "approved"

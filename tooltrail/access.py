@@ -49,6 +49,7 @@ from typing import Any, Final, Literal
 
 from tooltrail import config
 from tooltrail.errors import AccessDeniedError, BadInputError, NotAuthenticatedError, StoreError
+from tooltrail.signing import DECIDER_ROLES, DeciderKey, new_decider_key, sync_trust_file
 
 Kind = Literal["user", "agent"]
 KINDS: Final = ("user", "agent")
@@ -115,6 +116,16 @@ CREATE TABLE IF NOT EXISTS email_roles (
     role        TEXT NOT NULL CHECK (role IN ('viewer', 'approver', 'operator', 'admin')),
     created_at  REAL NOT NULL,
     created_by  TEXT
+);
+-- Deciders' Ed25519 keys (tooltrail.signing): the private half sealed under the user's
+-- credential, so only whoever presents that credential can sign with it.
+CREATE TABLE IF NOT EXISTS decider_keys (
+    key_id      TEXT PRIMARY KEY,
+    principal   TEXT NOT NULL,
+    public_key  TEXT NOT NULL,
+    sealed_key  TEXT NOT NULL,
+    added_at    REAL NOT NULL,
+    revoked_at  REAL
 );
 CREATE TABLE IF NOT EXISTS access_events (
     event_id    INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -320,6 +331,8 @@ class AccessStore:
 
     def __init__(self, data_dir: str | os.PathLike[str] | None = None) -> None:
         self.path = access_path(data_dir)
+        # Why the pinned trust root could not follow the last change (None: it did).
+        self.trust_warning: str | None = None
         try:
             _create_private(self.path)
             self._con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -328,7 +341,16 @@ class AccessStore:
         self._con.row_factory = sqlite3.Row
         try:
             names = {r[0] for r in self._con.execute("SELECT name FROM sqlite_master")}
-            if not {"principals", "session_owners", "access_events", "email_roles"} <= names:
+            if (
+                not {
+                    "principals",
+                    "session_owners",
+                    "access_events",
+                    "email_roles",
+                    "decider_keys",
+                }
+                <= names
+            ):
                 self._con.executescript(_SCHEMA)
         except sqlite3.Error as e:
             self._con.close()
@@ -426,7 +448,9 @@ class AccessStore:
                 " created_at, created_by) VALUES (?,?,?,0,?,?,?,?)",
                 (name, kind, role, key_id, hashed, now, None if by is None else by.name),
             )
+            _new_decider_key(con, name, role, credential, now)
             _event(con, now, by, f"add {kind} ({role})", name)
+        self.trust_warning = _sync_trust_root(self.path.parent)
         return self.get(name), credential
 
     def disable(self, name: str, kind: Kind, *, by: Principal | None) -> Principal:
@@ -447,7 +471,9 @@ class AccessStore:
             con.execute(
                 "UPDATE principals SET disabled = 1, disabled_at = ? WHERE name = ?", (now, name)
             )
+            _revoke_keys(con, name, now)
             _event(con, now, by, f"disable {kind}", name)
+        self.trust_warning = _sync_trust_root(self.path.parent)
         return self.get(name)
 
     def rotate(self, name: str, kind: Kind, *, by: Principal | None) -> tuple[Principal, str]:
@@ -465,7 +491,10 @@ class AccessStore:
                 " WHERE name = ?",
                 (key_id, hashed, now, name),
             )
+            _revoke_keys(con, name, now)
+            _new_decider_key(con, name, target.role, credential, now)
             _event(con, now, by, f"rotate {kind}", name)
+        self.trust_warning = _sync_trust_root(self.path.parent)
         return self.get(name), credential
 
     def claim_session(self, agent: str, session_id: str) -> bool:
@@ -532,6 +561,24 @@ class AccessStore:
             EmailRole(**dict(r)) for r in self._rows("SELECT * FROM email_roles ORDER BY email")
         ]
 
+    def decider_keys(self) -> list[DeciderKey]:
+        """Every decider key (revoked ones too, with when), with its holder's role."""
+        rows = self._rows(
+            "SELECT k.key_id, k.principal, p.role, k.public_key, k.added_at,"
+            " coalesce(k.revoked_at, p.disabled_at) AS revoked_at"
+            " FROM decider_keys k JOIN principals p ON p.name = k.principal ORDER BY k.added_at"
+        )
+        return [DeciderKey(**dict(r)) for r in rows]
+
+    def sealed_key(self, name: str) -> tuple[str, str] | None:
+        """The current (unrevoked) key id of ``name`` and its sealed private key."""
+        rows = self._rows(
+            "SELECT key_id, sealed_key FROM decider_keys WHERE principal = ?"
+            " AND revoked_at IS NULL ORDER BY added_at DESC LIMIT 1",
+            (name,),
+        )
+        return None if not rows else (str(rows[0][0]), str(rows[0][1]))
+
     def events(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._rows("SELECT * FROM access_events ORDER BY event_id")]
 
@@ -546,6 +593,42 @@ def check_found(credential: str, found: tuple[Principal, str] | None) -> Princip
     if principal.disabled:
         raise NotAuthenticatedError(f"{principal.kind} {principal.name!r} is disabled")
     return principal
+
+
+def _new_decider_key(
+    con: sqlite3.Connection, name: str, role: str, credential: str, now: float
+) -> None:
+    """A decider (approver, operator, admin) gets a key pair sealed under its credential."""
+    if role not in DECIDER_ROLES:
+        return
+    key = new_decider_key(credential)
+    con.execute(
+        "INSERT INTO decider_keys (key_id, principal, public_key, sealed_key, added_at)"
+        " VALUES (?,?,?,?,?)",
+        (key.key_id, name, key.public_key, key.sealed, now),
+    )
+
+
+def _revoke_keys(con: sqlite3.Connection, name: str, now: float) -> None:
+    con.execute(
+        "UPDATE decider_keys SET revoked_at = ? WHERE principal = ? AND revoked_at IS NULL",
+        (now, name),
+    )
+
+
+def _sync_trust_root(root: Path) -> str | None:
+    """Keep ``$TOOLTRAIL_TRUST_ROOT`` (when set) in step with the keys just changed; why it
+    could not be, or None. Not raised: the change is committed, and the credential it made
+    must still be shown (it is shown only once)."""
+    try:
+        sync_trust_file(root)
+    except (OSError, StoreError) as e:
+        return (
+            f"the keys changed but the trust root ${config.ENV_TRUST_ROOT} could not be"
+            f" written ({e}): until `tooltrail users export-keys PATH` is run by its owner,"
+            " decisions signed with the new keys do not verify there (fail closed)"
+        )
+    return None
 
 
 def _require_admin(by: Principal | None) -> None:

@@ -50,6 +50,11 @@ def _print_credential(what: str, principal: Any, credential: str) -> None:
     click.echo(credential)
 
 
+def _warn(warning: str | None) -> None:
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+
+
 def _list(root: Path, kind: str, fmt: str) -> None:
     import polars as pl
 
@@ -113,7 +118,9 @@ def _group(kind: str) -> click.Group:
             by = _acting(root)
             with access.AccessStore(root) as store:
                 principal, credential = store.add(name, kind, role, by=by)  # type: ignore[arg-type]
+                warning = store.trust_warning
         _print_credential("added", principal, credential)
+        _warn(warning)
 
     add.__doc__ = (
         f"Add a {kind} and print its credential once, as the last line of standard output."
@@ -151,7 +158,9 @@ def _group(kind: str) -> click.Group:
             by = _need_identity(root)
             with access.AccessStore(root) as store:
                 principal = store.disable(name, kind, by=by)  # type: ignore[arg-type]
+                warning = store.trust_warning
         click.echo(f"disabled {principal.kind} {principal.name}: its credential no longer works")
+        _warn(warning)
 
     disable.__doc__ = (
         f"Disable a {kind}: its credential stops working at once.\n\n    Example:\n\n"
@@ -167,7 +176,9 @@ def _group(kind: str) -> click.Group:
             by = _need_identity(root)
             with access.AccessStore(root) as store:
                 principal, credential = store.rotate(name, kind, by=by)  # type: ignore[arg-type]
+                warning = store.trust_warning
         _print_credential("rotated", principal, credential)
+        _warn(warning)
 
     rotate.__doc__ = (
         f"Issue a new credential for a {kind} (the old one stops working) and print it once,"
@@ -190,6 +201,35 @@ def _need_identity(root: Path) -> Any:
 
 users_cli = _group("user")
 agents_cli = _group("agent")
+
+
+@users_cli.command(name="export-keys")
+@data_option
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def export_keys(data: Path | None, path: Path) -> None:
+    """Write the deciders' public keys (revoked ones marked) to PATH as a pinned trust
+    root. Keep PATH where the agents' account cannot write, and point whoever releases
+    held calls at it with TOOLTRAIL_TRUST_ROOT (docs/SECURITY.md, "Signed decisions").
+    While TOOLTRAIL_TRUST_ROOT is set, `users add`, `rotate` and `disable` keep it current.
+    Needs an admin's credential.
+
+    Example:
+
+        tooltrail users export-keys /etc/tooltrail/trust-root.json
+    """
+    from tooltrail import access
+    from tooltrail.signing import write_trust_file
+
+    root = config.data_dir(data)
+    with domain_errors():
+        access.require(_need_identity(root), "admin")
+        with access.AccessStore(root) as store:
+            keys = store.decider_keys()
+        try:
+            write_trust_file(path, keys)
+        except OSError as e:
+            raise CliError(f"cannot write the trust root {path}: {e}") from e
+    click.echo(f"wrote {len(keys)} decider key(s) to {path}")
 
 
 @users_cli.command(name="map-email")

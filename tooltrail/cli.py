@@ -625,6 +625,7 @@ APPROVAL_COLUMNS = (
     "decided_by",
     "decision_reason",
     "wait_ms",
+    "verified",
 )
 
 
@@ -664,19 +665,68 @@ def approvals(data: Path | None, fmt: str, status: str) -> None:
     import polars as pl
 
     from tooltrail.control import ApprovalRecord
+    from tooltrail.control_verify import annotate
 
     root = _existing_data(data)
     _notice_single_user(root)
+    _notice_trust(root)
     records: list[ApprovalRecord] = []
+    problems: dict[str, list[str]] = {}
     if _has_store(root):
         with domain_errors(), _store(root) as store:
             records = store.list_approvals(status)
+            problems = annotate(store, records)
     rows = [r.to_dict() for r in records]
     for row in rows:
         for key in ("requested_at", "expires_at", "decided_at"):
             row[key] = _epoch(row[key])
+        # Checked against the control ledger: False with the reasons when it was edited.
+        found = problems.get(row["approval_id"], [])
+        row["verified"] = not found
+        row["tampered"] = "; ".join(found) if found else None
     df = pl.DataFrame(rows) if rows else pl.DataFrame(schema=list(APPROVAL_COLUMNS))
     _echo_df(df, fmt, APPROVAL_COLUMNS)
+
+
+@cli.command()
+@data_option
+@format_option
+@click.option(
+    "--control",
+    "control",
+    is_flag=True,
+    default=True,
+    help="Check the control store (approvals, decisions, session control) against its"
+    " signed ledger (the default, and for now the only check).",
+)
+def verify(data: Path | None, fmt: str, control: bool) -> None:
+    """Check the record for tampering: every request, decision and session-control change
+    of the control store against its hash-chained, signed ledger. Prints each broken
+    record (none: "verified"); exits 1 when anything is broken.
+
+    Example:
+
+        tooltrail verify --format json
+    """
+    import polars as pl
+
+    from tooltrail.control import verify_control
+
+    root = _existing_data(data)
+    broken = []
+    if control and _has_store(root):
+        with domain_errors():
+            broken = verify_control(root)
+    _notice_trust(root)
+    rows = [b.to_dict() for b in broken]
+    if fmt == "json":
+        click.echo(json.dumps({"verified": not rows, "broken": rows}, indent=2))
+    elif rows:
+        _echo_df(pl.DataFrame(rows), fmt, ("record", "ref", "problem"))
+    else:
+        click.echo(f"verified: nothing in {root / config.CONTROL_FILE} was edited or deleted")
+    if rows:
+        sys.exit(1)
 
 
 def _epoch(value: float | None) -> Any:
@@ -721,13 +771,28 @@ def _notice_single_user(root: Path) -> None:
         click.echo(access.single_user_notice(root), err=True)
 
 
-def _acting_as(root: Path, by: str | None, action: Any) -> tuple[str, str | None]:
-    """Who a decision or session change is recorded as, and their role: in single-user
-    mode the typed ``--by`` (role None); with access control on the credential's user,
-    whose role must allow ``action`` (``--by`` naming anyone else is refused)."""
+def _notice_trust(root: Path) -> None:
+    """Say on standard error what a decision's signature is verified against, unless it is
+    a pinned trust root (``$TOOLTRAIL_TRUST_ROOT``): unsigned, or keys the agent's account
+    can rewrite."""
+    from tooltrail.signing import load_trust_root
+
+    with domain_errors():
+        notice = load_trust_root(root).notice(root)
+    if notice:
+        click.echo(notice, err=True)
+
+
+def _acting_as(root: Path, by: str | None, action: Any) -> tuple[str, str | None, Any]:
+    """Who a decision or session change is recorded as, their role and their signer: in
+    single-user mode the typed ``--by`` (role and signer None: unsigned); with access
+    control on the credential's user, whose role must allow ``action`` (``--by`` naming
+    anyone else is refused) and whose key, sealed under that credential, signs."""
     from tooltrail import access
     from tooltrail.errors import AccessDeniedError
+    from tooltrail.signing import decider_signer
 
+    _notice_trust(root)
     with domain_errors():
         who = access.identify(root)
         if who is not None:
@@ -738,24 +803,28 @@ def _acting_as(root: Path, by: str | None, action: Any) -> tuple[str, str | None
                 )
             access.check_acting_as(who, by, "--by")
             access.require(who, action)
-            return who.name, who.role
+            credential = access.presented_credential(root)
+            assert credential is not None  # identify() found one
+            return who.name, who.role, decider_signer(root, credential)
     click.echo(access.single_user_notice(root), err=True)
     if not by or not by.strip():
         raise CliError("--by is required in single-user mode: who decides is recorded")
-    return by, None
+    return by, None, None
 
 
 def _decision_command(name: str, outcome: str, summary: str, example: str) -> click.Command:
     def command(data: Path | None, approval_id: str, by: str | None, reason: str | None) -> None:
         root = _existing_data(data)
-        who, role = _acting_as(root, by, "decide")
+        who, role, signer = _acting_as(root, by, "decide")
         if not _has_store(root):
             raise CliError(
                 f"no approval request {approval_id!r} in {root}: it holds no control store"
                 f" ({config.CONTROL_FILE}); is --data the directory your agents use?"
             )
         with domain_errors(), _store(root) as store:
-            record = store.decide(approval_id, outcome, by=who, reason=reason, role=role)
+            record = store.decide(
+                approval_id, outcome, by=who, reason=reason, role=role, signer=signer
+            )
         click.echo(f"{record.approval_id} {record.status} by {record.decided_by}")
 
     return _control_command(name, "approval_id", command, summary, example)
@@ -793,11 +862,13 @@ def _session_command(action: str, summary: str, example: str) -> click.Command:
         from tooltrail.control import SESSION_ACTION_DONE
 
         root = _existing_data(data)
-        who, _ = _acting_as(root, by, "control")
+        who, _, signer = _acting_as(root, by, "control")
         if not force:
             _require_known_session(root, session_id)
         with domain_errors(), _store(root) as store:
-            control = store.set_session_state(session_id, action, by=who, reason=reason)
+            control = store.set_session_state(
+                session_id, action, by=who, reason=reason, signer=signer
+            )
         click.echo(
             f"session {control.session_id} {SESSION_ACTION_DONE[action]} by {control.changed_by}"
         )

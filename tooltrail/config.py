@@ -21,6 +21,9 @@ ENV_COLLECTOR_TOKEN: Final = "TOOLTRAIL_COLLECTOR_TOKEN"
 ENV_TOKEN: Final = "TOOLTRAIL_TOKEN"
 # Where `tooltrail login` keeps credentials (default $XDG_CONFIG_HOME/tooltrail).
 ENV_CONFIG_DIR: Final = "TOOLTRAIL_CONFIG_DIR"
+# Deciders' public keys pinned in a file the agent's account cannot write: whoever releases
+# a held call verifies decisions against it (docs/SECURITY.md, "Signed decisions").
+ENV_TRUST_ROOT: Final = "TOOLTRAIL_TRUST_ROOT"
 # "0" leaves SIGTERM alone (see docs/INSTRUMENTATION.md, "Processes"): a Python handler runs
 # only when the main thread runs Python code, so a process blocked in C code would outlive
 # SIGTERM until that call returns.

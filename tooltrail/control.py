@@ -43,10 +43,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
-from tooltrail import config
+from tooltrail import config, ledger
 from tooltrail.access import approver_allowed
-from tooltrail.errors import BadInputError, StoreError
+from tooltrail.errors import BadInputError, NotAuthenticatedError, StoreError, TamperedError
 from tooltrail.redact import Redactor, scrub_stable
+from tooltrail.signing import (
+    CONTROL_V1,
+    DECISION_V1,
+    REQUEST_V1,
+    SYSTEM_V1,
+    Signer,
+    TrustRoot,
+    digest,
+    jsonable,
+    load_trust_root,
+)
+from tooltrail.signing import arguments_hash as _jcs_arguments_hash
 
 PENDING: Final = "pending"
 APPROVED: Final = "approved"
@@ -69,6 +81,10 @@ DEFAULT_TIMEOUT_S: Final = 600.0
 DEFAULT_HEARTBEAT_S: Final = 2.0
 DEFAULT_LEASE_S: Final = 10.0
 LEASE_LAPSED: Final = "the waiting agent stopped renewing its lease (it is gone)"
+DEADLINE_PUSHED: Final = (
+    "its deadline passed, but control.sqlite still shows it pending: its expiry was pushed"
+    " in the file (tampered), so the held call does not run"
+)
 
 SessionAction = Literal["pause", "resume", "cancel"]
 _T = TypeVar("_T")
@@ -102,7 +118,8 @@ CREATE TABLE IF NOT EXISTS {name} (
     lease_s         REAL,
     lease_until     REAL,
     agent_pidns     INTEGER,
-    agent_started   INTEGER
+    agent_started   INTEGER,
+    policy_version  TEXT
 );
 """
 _APPROVALS_INDEXES: Final = """
@@ -130,6 +147,7 @@ CREATE TABLE IF NOT EXISTS control_events (
 );
 CREATE INDEX IF NOT EXISTS control_events_session ON control_events (session_id, at);
 """
+    + ledger.SCHEMA
 )
 
 
@@ -142,6 +160,7 @@ _ADDED_COLUMNS: Final = (
     ("lease_until", "REAL"),
     ("agent_pidns", "INTEGER"),
     ("agent_started", "INTEGER"),
+    ("policy_version", "TEXT"),
 )
 # The status check of a store made before 'abandoned' existed must be rebuilt to allow it.
 _ABANDONED_CHECK: Final = "'abandoned'"
@@ -153,6 +172,7 @@ _SCHEMA_OBJECTS: Final = frozenset(
         "session_controls",
         "control_events",
         "control_events_session",
+        *ledger.OBJECTS,
     }
 )
 
@@ -212,10 +232,16 @@ def canonical_json(arguments: Mapping[str, Any]) -> str:
 
 
 def arguments_hash(arguments: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``arguments`` (sorted keys, no whitespace).
+    """``jcs-sha256:v1:<hex>``: SHA-256 of the RFC 8785 canonical JSON of ``arguments``
+    (``tooltrail.signing.arguments_hash``), which a client in any language can recompute.
 
     The one implementation: the store, the instrumentation and the HTTP broker use it.
     """
+    return _jcs_arguments_hash(arguments)
+
+
+def _legacy_arguments_hash(arguments: Mapping[str, Any]) -> str:
+    """The unversioned hash of rows filed before RFC 8785 (plain sha256 hex)."""
     return hashlib.sha256(canonical_json(arguments).encode()).hexdigest()
 
 
@@ -238,6 +264,7 @@ class ApprovalRequest:
     blast_radius: str | None = None
     approval_id: str | None = None
     run_hash: str | None = None  # the agent's keyed digest of the arguments that will run
+    policy_version: str | None = None  # the version of the policy that held the call
     # Seconds without a renewal (heartbeat) after which nobody waits on the request any
     # more; None: the requester keeps no lease (it is only ever expired at its deadline).
     lease_s: float | None = None
@@ -270,6 +297,7 @@ class ApprovalRecord:
     run_hash: str | None
     lease_s: float | None
     lease_until: float | None
+    policy_version: str | None
 
     @property
     def decided(self) -> bool:
@@ -291,7 +319,11 @@ class ApprovalRecord:
             shown = json.loads(self.arguments)
         except ValueError:
             return False
-        return isinstance(shown, dict) and arguments_hash(shown) == self.arguments_hash
+        if not isinstance(shown, dict):
+            return False
+        if self.arguments_hash.startswith("jcs-sha256:"):
+            return arguments_hash(shown) == self.arguments_hash
+        return _legacy_arguments_hash(shown) == self.arguments_hash
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -319,6 +351,44 @@ class ControlEvent:
 
 
 _RECORD_FIELDS: Final = tuple(f.name for f in dataclasses.fields(ApprovalRecord))
+
+# What a decider relies on, as filed: covered by the request's ledger entry and, through
+# its digest, by every signed decision on it (docs/SECURITY.md, "Tamper detection").
+REQUEST_FIELDS: Final = (
+    "approval_id",
+    "session_id",
+    "trace_id",
+    "span_id",
+    "agent_name",
+    "tool_name",
+    "mcp_server",
+    "arguments_hash",
+    "run_hash",
+    "policy_version",
+    "policy_rule",
+    "reason",
+    "blast_radius",
+    "approvers",
+    "on_timeout",
+    "requested_at",
+    "expires_at",
+)
+
+
+def request_content(record: ApprovalRecord | Mapping[str, Any]) -> dict[str, Any]:
+    """The canonical content of a filed request (``tooltrail-request/v1``): the fields
+    of ``REQUEST_FIELDS``, from a record or its JSON form (the collector's answer)."""
+    doc = record.to_dict() if isinstance(record, ApprovalRecord) else record
+    content: dict[str, Any] = {"v": REQUEST_V1}
+    for name in REQUEST_FIELDS:
+        content[name] = doc.get(name)
+    content["approvers"] = list(content["approvers"] or [])
+    return content
+
+
+def request_digest(record: ApprovalRecord | Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of ``request_content``: what a signed decision names."""
+    return digest(request_content(record))
 
 
 def _record(row: sqlite3.Row) -> ApprovalRecord:
@@ -359,6 +429,8 @@ _EXPIRE_DUE: Final = (
     "UPDATE approvals SET status = 'expired', decided_at = expires_at, decided_by = NULL"
     " WHERE status = 'pending' AND expires_at <= ?"
 )
+# Appended to a system outcome's UPDATE: what the ledger records of each row it ended.
+_RETURNING: Final = " RETURNING approval_id, status, decided_at, decision_reason"
 _RENEW: Final = (
     "UPDATE approvals SET lease_until = max(coalesce(lease_until, 0), ?)"
     " WHERE approval_id = ? AND status = 'pending'"
@@ -470,15 +542,117 @@ def _settle_due(con: sqlite3.Connection, now: float, session_id: str | None = No
     out, or its process, seen from the same host and PID namespace, exited), expired at
     their deadline. Returns how many."""
     scope, args = ("", ()) if session_id is None else (" AND session_id = ?", (session_id,))
-    changed = con.execute(_ABANDON_LAPSED + scope, (LEASE_LAPSED, now, *args)).rowcount
+    changed = _system_outcomes(con, _ABANDON_LAPSED + scope, (LEASE_LAPSED, now, *args))
     me = _this_process()
     if me.pidns is not None:
         waiters = list(con.execute(_LOCAL_WAITERS + scope, (me.host, me.pidns, *args)))
         for approval_id, pid, started in waiters:
             if _waiter_gone(int(pid), started):
                 reason = f"the waiting agent (pid {pid} on {me.host}) has exited"
-                changed += con.execute(_ABANDON_ONE, (now, reason, approval_id)).rowcount
-    return changed + con.execute(_EXPIRE_DUE + scope, (now, *args)).rowcount
+                changed += _system_outcomes(con, _ABANDON_ONE, (now, reason, approval_id))
+    return changed + _system_outcomes(con, _EXPIRE_DUE + scope, (now, *args))
+
+
+def _system_outcomes(con: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    """Run one system outcome's UPDATE (expired, abandoned) and record each row it ended in
+    the ledger, unsigned: nothing a system outcome decides lets a call run except an expiry
+    under ``on_timeout: ALLOW``, and the waiter checks that one against its own clock and
+    the deadline it filed (docs/SECURITY.md, "Tamper detection")."""
+    ended = list(con.execute(sql + _RETURNING, params))
+    for approval_id, status, at, reason in ended:
+        payload = {
+            "v": SYSTEM_V1,
+            "approval_id": approval_id,
+            "outcome": status,
+            "at": at,
+            "reason": reason,
+        }
+        ledger.append(con, "system", approval_id, payload)
+    return len(ended)
+
+
+# The ledger ref of the entry adopting a pre-ledger store's session states.
+ADOPTED_REF: Final = "tooltrail:adopted"
+# Per control store (path) in this process: a trust root that once required signatures
+# (it stays required), sessions seen canceled (they stay canceled), the highest ledger seq
+# seen (the ledger never shrinks).
+_REQUIRED_SEEN: dict[str, TrustRoot] = {}
+_CANCELED_SEEN: dict[str, set[str]] = {}
+_HIGHEST_SEEN: dict[str, int] = {}
+_STATE_OF: Final = {"pause": PAUSED, "resume": RUNNING, "cancel": CANCELED}
+
+
+def _trust_stamp(root: Path) -> object:
+    """What changes when the trust root may have: the pinned file's or ``access.sqlite``'s
+    identity and modification time."""
+    pinned = os.environ.get(config.ENV_TRUST_ROOT, "").strip()
+    path = Path(pinned) if pinned else root / "access.sqlite"
+    try:
+        st = path.stat()
+    except OSError:
+        return (pinned, None)
+    return (pinned, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _check_not_rewound(path: Path, top: int) -> None:
+    key = str(path)
+    seen = _HIGHEST_SEEN.get(key, 0)
+    if top < seen:
+        raise TamperedError(
+            f"the control ledger of {path} went back from entry {seen} to {top}: entries were"
+            " deleted from control.sqlite"
+        )
+    _HIGHEST_SEEN[key] = top
+
+
+def _derived_state(con: sqlite3.Connection, session_id: str, trust: TrustRoot) -> str:
+    """A session's state from its ledger entries. A cancel is final, signed or not (it only
+    ever stops calls); a resume counts only if it verifies (it lets calls run again)."""
+    state = RUNNING
+    adopted = ledger.entries_for(con, ADOPTED_REF)
+    if adopted:
+        states = adopted[0].payload().get("adopted")
+        if isinstance(states, dict) and isinstance(states.get(session_id), str):
+            state = str(states[session_id])
+    for entry in ledger.entries_for(con, session_id):
+        if entry.kind != "control":
+            continue
+        doc = entry.payload()
+        action = doc.get("action")
+        if action not in _STATE_OF or doc.get("session_id") != session_id:
+            raise TamperedError(f"ledger entry {entry.seq} of session {session_id} was edited")
+        problem = ledger.verify_signed(entry, trust)
+        if action == "resume" and problem is not None:
+            raise TamperedError(
+                f"the resume of session {session_id} (ledger entry {entry.seq}) does not"
+                f" verify: {problem}"
+            )
+        if state != CANCELED:
+            state = _STATE_OF[str(action)]
+    return state
+
+
+def _edited_since_filed(con: sqlite3.Connection, current: ApprovalRecord) -> str | None:
+    """Which filed fields of ``current`` differ from its ledger entry (None: none, or a
+    request filed before the ledger, which has no entry to compare with)."""
+    for entry in ledger.entries_for(con, current.approval_id):
+        if entry.kind == "request":
+            return request_differences(entry.payload(), request_content(current))
+    return None
+
+
+def request_differences(filed: Mapping[str, Any], now: Mapping[str, Any]) -> str | None:
+    """The names of the fields that differ between two request contents, or None."""
+    changed = [name for name in ("v", *REQUEST_FIELDS) if filed.get(name) != now.get(name)]
+    return ", ".join(changed) if changed else None
+
+
+def verify_control(data_dir: str | os.PathLike[str] | None) -> list[ledger.Broken]:
+    """Every broken record of ``<data_dir>/control.sqlite`` (empty: all verify): see
+    ``tooltrail.control_verify``. Example: ``verify_control("tooltrail-data") == []``."""
+    from tooltrail.control_verify import verify_control as verify
+
+    return verify(data_dir)
 
 
 # What each session action did, for messages ("paused by ops").
@@ -496,7 +670,11 @@ class ControlStore:
         self, data_dir: str | os.PathLike[str] | None = None, *, busy_timeout_s: float = 30.0
     ):
         root = config.data_dir(data_dir)
+        self.root: Path = root
         self.path: Path = root / config.CONTROL_FILE
+        self._trust: TrustRoot | None = None
+        self._trust_stamp: object = None
+        self._state_memo: dict[str, tuple[tuple[int, int], str]] = {}
         try:
             root.mkdir(parents=True, exist_ok=True)
             self._con = sqlite3.connect(
@@ -528,6 +706,7 @@ class ControlStore:
         if not self._schema_ready():
             self._con.executescript(_SCHEMA)  # every statement is IF NOT EXISTS
             self._migrate()
+            self._adopt()
 
     def _busy_retry(self, run: Callable[[], _T]) -> _T:
         """``run()``, tried again with jittered backoff, until the busy timeout, while SQLite
@@ -577,6 +756,27 @@ class ControlStore:
         if not self._allows_abandoned():
             self._rebuild_approvals()
 
+    def _adopt(self) -> None:
+        """A store from before the ledger: record its sessions' current states as the
+        ledger's first entry (unsigned, saying so), so they keep their state; its requests
+        stay unsealed (views show them as filed before signed records)."""
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            empty = con.execute("SELECT 1 FROM control_ledger LIMIT 1").fetchone() is None
+            states = list(con.execute("SELECT session_id, state FROM session_controls"))
+            if empty and states:
+                payload = {
+                    "v": SYSTEM_V1,
+                    "adopted": {str(r[0]): str(r[1]) for r in states},
+                    "at": time.time(),
+                }
+                ledger.append(con, "system", ADOPTED_REF, payload)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
     def _rebuild_approvals(self) -> None:
         """SQLite cannot change a CHECK constraint in place: copy the rows into a table
         with the current definition, in one transaction (all or nothing), and swap it in."""
@@ -624,6 +824,37 @@ class ControlStore:
         else:
             self._con.execute("COMMIT")
 
+    def trust(self) -> TrustRoot:
+        """The trust root decisions are verified against (``tooltrail.signing``), read again
+        when its file changes. Once signatures were required in this process they stay
+        required: deleting ``access.sqlite`` does not turn checks off here."""
+        stamp = _trust_stamp(self.root)
+        if self._trust is None or stamp != self._trust_stamp:
+            loaded = load_trust_root(self.root)
+            key = str(self.root.resolve())
+            if loaded.required:
+                _REQUIRED_SEEN[key] = loaded
+            elif key in _REQUIRED_SEEN:
+                loaded = _REQUIRED_SEEN[key]
+            self._trust, self._trust_stamp = loaded, stamp
+        return self._trust
+
+    def _signed_by(self, by: str, signer: Signer | None, what: str) -> str | None:
+        """The decider's role when the trust root requires signatures (then ``signer`` must
+        be ``by``'s); None in single-user mode."""
+        trust = self.trust()
+        if not trust.required:
+            return None
+        if signer is None:
+            raise NotAuthenticatedError(
+                f"access control is on for {self.root}: {what} takes effect only signed by"
+                " a decider's key (give the decider's credential: TOOLTRAIL_TOKEN or"
+                " `tooltrail login`)"
+            )
+        if signer.principal != by:
+            raise BadInputError(f"{by!r} cannot decide with {signer.principal!r}'s key")
+        return signer.role
+
     def _text(self, value: str | None) -> str | None:
         """Free text as stored: credential shapes scrubbed (``$TOOLTRAIL_REDACT``)."""
         if value is None:
@@ -652,13 +883,15 @@ class ControlStore:
         # Brokers file scrubbed arguments already (to a fixed point, so this changes
         # nothing and their filed-request check holds); a raw request is scrubbed here.
         shown, _ = scrub_stable(self._redactor.scrub_obj, dict(req.arguments))
+        # Plain JSON every language reads alike: what is stored is what is hashed (RFC 8785).
+        shown = jsonable(shown)
         with self._tx() as con:
             con.execute(
                 "INSERT INTO approvals (approval_id, session_id, trace_id, span_id, agent_name,"
                 " tool_name, mcp_server, arguments, arguments_hash, policy_rule, reason,"
                 " blast_radius, approvers, on_timeout, requested_at, expires_at, agent_host,"
-                " agent_pid, run_hash, lease_s, lease_until, agent_pidns, agent_started)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " agent_pid, run_hash, lease_s, lease_until, agent_pidns, agent_started,"
+                " policy_version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     approval_id,
                     _optional_key(req.session_id),
@@ -683,9 +916,16 @@ class ControlStore:
                     None if req.lease_s is None else now + req.lease_s,
                     None if me is None else me.pidns,
                     None if me is None else me.started,
+                    req.policy_version,
                 ),
             )
-        return self.get(approval_id)
+            filed = _record(
+                con.execute(
+                    "SELECT * FROM approvals WHERE approval_id = ?", (approval_id,)
+                ).fetchone()
+            )
+            ledger.append(con, "request", approval_id, request_content(filed))
+        return filed
 
     def get(self, approval_id: str) -> ApprovalRecord:
         rows = self._query("SELECT * FROM approvals WHERE approval_id = ?", (approval_id,))
@@ -702,16 +942,23 @@ class ControlStore:
         *,
         now: float | None = None,
         role: str | None = None,
+        signer: Signer | None = None,
     ) -> ApprovalRecord:
         """Approve or deny a pending request, once. Refusals raise and change nothing
         (but a request found expired or abandoned on the way is recorded as such).
 
         ``role``: the decider's authenticated role (access control on), matched against the
-        rule's ``role:NAME`` approvers; None in single-user mode (names and ``*`` only)."""
+        rule's ``role:NAME`` approvers; None in single-user mode (names and ``*`` only).
+        ``signer``: the decider's key; required when the trust root requires signatures
+        (access control on), and then the role is the key's. The decision is recorded in
+        the ledger over the request as filed; a request edited since is refused."""
         if outcome not in (APPROVED, DENIED):
             raise BadInputError(f"outcome must be approved or denied, not {outcome!r}")
         if not by or not by.strip():
             raise BadInputError("a decision needs the name of who decides (--by)")
+        signed_role = self._signed_by(by, signer, "a decision")
+        if signed_role is not None:
+            role = signed_role
         refusal: AlreadyDecidedError | None = None
         with self._tx() as con:
             # The clock is read under the write lock: however long the lock took to get, a
@@ -728,6 +975,11 @@ class ControlStore:
             if current.decided:
                 # Not raised here: what _settle_due recorded on the way must be committed.
                 refusal = _refusal(current)
+            elif (edited := _edited_since_filed(con, current)) is not None:
+                raise TamperedError(
+                    f"approval {approval_id} was edited in {self.path} since it was filed"
+                    f" ({edited}); it is not decided (`tooltrail verify`)"
+                )
             elif not approver_allowed(current.approvers, by, role):
                 raise NotAnApproverError(
                     f"{by!r} may not decide approval {approval_id} "
@@ -739,6 +991,19 @@ class ControlStore:
                     " decision_reason = ? WHERE approval_id = ? AND status = 'pending'",
                     (outcome, self._text(by), at, self._text(reason), approval_id),
                 )
+                payload = {
+                    "v": DECISION_V1,
+                    "approval_id": approval_id,
+                    "outcome": outcome,
+                    "decider": self._text(by),
+                    "role": role,
+                    "at": at,
+                    "reason": self._text(reason),
+                    "arguments_hash": current.arguments_hash,
+                    "policy_version": current.policy_version,
+                    "request": request_digest(current),
+                }
+                ledger.append(con, "decision", approval_id, payload, signer)
         if refusal is not None:
             raise refusal
         return self.get(approval_id)
@@ -754,7 +1019,8 @@ class ControlStore:
         """``heartbeat`` without waiting for the write lock: None when another connection
         holds it (try again shortly). A waiter renews from its polling loop, which may be
         an event loop: it must never sit in SQLite's busy handler there."""
-        renewed = self._try_write(_RENEW, (time.time() + lease_s, approval_id))
+        params = (time.time() + lease_s, approval_id)
+        renewed = self._try_write(lambda con: int(con.execute(_RENEW, params).rowcount))
         return None if renewed is None else renewed > 0
 
     def try_abandon(self, approval_id: str, reason: str) -> bool | None:
@@ -762,10 +1028,11 @@ class ControlStore:
         holds it, else whether the request was pending (and now is abandoned). For a
         waiter leaving from an event loop (its call cancelled): it cannot wait there, and
         if the lock is busy its lease ends the request all the same."""
-        changed = self._try_write(_ABANDON_ONE, (time.time(), self._text(reason), approval_id))
+        params = (time.time(), self._text(reason), approval_id)
+        changed = self._try_write(lambda con: _system_outcomes(con, _ABANDON_ONE, params))
         return None if changed is None else changed > 0
 
-    def _try_write(self, sql: str, params: Sequence[Any]) -> int | None:
+    def _try_write(self, run: Callable[[sqlite3.Connection], int]) -> int | None:
         """One statement in its own transaction if the write lock is free at once (busy
         timeout 0): the rows it changed, or None when another connection holds the lock."""
         con = self._con
@@ -778,7 +1045,7 @@ class ControlStore:
                     return None
                 raise StoreError(f"control store {self.path} is unavailable: {e}") from e
             try:
-                changed = con.execute(sql, params).rowcount
+                changed = run(con)
                 con.execute("COMMIT")
             except sqlite3.Error as e:
                 con.execute("ROLLBACK")
@@ -795,7 +1062,7 @@ class ControlStore:
         outcome (returned as it is)."""
         now = time.time() if now is None else now
         with self._tx() as con:
-            con.execute(_ABANDON_ONE, (now, self._text(reason), approval_id))
+            _system_outcomes(con, _ABANDON_ONE, (now, self._text(reason), approval_id))
         return self.get(approval_id)
 
     def expire_due(self, *, now: float | None = None) -> int:
@@ -847,10 +1114,13 @@ class ControlStore:
         *,
         poll_s: float = DEFAULT_POLL_S,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        deadline: float | None = None,
     ) -> ApprovalRecord:
         """Block (sleeping) until the request is decided, expired or abandoned, renewing
-        the request's lease (if it was filed with one) every ``heartbeat_s``."""
-        watch = _Watch(self, approval_id, poll_s, heartbeat_s)
+        the request's lease (if it was filed with one) every ``heartbeat_s``. ``deadline``: the
+        waiter's own copy of the request's deadline; a row still pending past it (its
+        expiry was pushed in the file) is abandoned, saying so."""
+        watch = _Watch(self, approval_id, poll_s, heartbeat_s, deadline)
         while True:
             step = watch.step()
             if isinstance(step, ApprovalRecord):
@@ -863,9 +1133,10 @@ class ControlStore:
         *,
         poll_s: float = DEFAULT_POLL_S,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        deadline: float | None = None,
     ) -> ApprovalRecord:
         """Like :meth:`wait` without blocking the event loop."""
-        watch = _Watch(self, approval_id, poll_s, heartbeat_s)
+        watch = _Watch(self, approval_id, poll_s, heartbeat_s, deadline)
         while True:
             step = watch.step()
             if isinstance(step, ApprovalRecord):
@@ -892,20 +1163,61 @@ class ControlStore:
         return bool(rows)
 
     def session_state(self, session_id: str) -> str:
-        """``running``, ``paused`` or ``canceled``: one primary-key read (agents call it
-        before every tool call)."""
+        """``running``, ``paused`` or ``canceled``, checked against the ledger (agents call
+        it before every tool call; while the database has not changed, the answer checked
+        last is reused). TamperedError when the store's state and its signed record
+        disagree, or the ledger lost entries: the caller fails closed. A session seen
+        canceled by this process stays canceled, whatever the file says later."""
         session_id = session_key(session_id)
-        rows = self._query("SELECT state FROM session_controls WHERE session_id = ?", (session_id,))
-        return str(rows[0][0]) if rows else RUNNING
+        sticky = _CANCELED_SEEN.get(str(self.path), set())
+        if session_id in sticky:
+            return CANCELED
+        version = self._version()
+        memo = self._state_memo.get(session_id)
+        if memo is not None and memo[0] == version:
+            return memo[1]
+        try:
+            state = self._busy_retry(lambda: self._checked_state(session_id))
+        except sqlite3.Error as e:
+            raise StoreError(f"control store {self.path}: {e}") from e
+        if state == CANCELED:
+            _CANCELED_SEEN.setdefault(str(self.path), set()).add(session_id)
+        if len(self._state_memo) > 4096:
+            self._state_memo.clear()
+        self._state_memo[session_id] = (version, state)
+        return state
+
+    def _checked_state(self, session_id: str) -> str:
+        con = self._con
+        ledger.check_head(con)
+        _check_not_rewound(self.path, ledger.head(con)[1])
+        rows = list(
+            con.execute("SELECT state FROM session_controls WHERE session_id = ?", (session_id,))
+        )
+        stored = str(rows[0][0]) if rows else RUNNING
+        derived = _derived_state(con, session_id, self.trust())
+        if stored != derived:
+            raise TamperedError(
+                f"session {session_id} is {stored} in {self.path}, but its signed record"
+                f" says {derived}: the control store was edited"
+            )
+        return derived
 
     def set_session_state(
-        self, session_id: str, action: SessionAction, by: str, reason: str | None = None
+        self,
+        session_id: str,
+        action: SessionAction,
+        by: str,
+        reason: str | None = None,
+        *,
+        signer: Signer | None = None,
     ) -> SessionControl:
         """pause / resume / cancel a session; each change is recorded with who and when.
 
         Cancel also denies the session's pending approval requests (decided by ``by``,
         reason "session canceled"), so calls held for approval are released at once
-        instead of waiting for a decision that can no longer let them run.
+        instead of waiting for a decision that can no longer let them run. ``signer`` as
+        for ``decide``: each change is a signed ledger entry when access control is on.
         """
         if not by or not by.strip():
             raise BadInputError("a session-control change needs who makes it (--by)")
@@ -914,6 +1226,7 @@ class ControlStore:
             raise BadInputError(f"unknown session action {action!r}")
         session_id = session_key(session_id)
         by_text, reason = self._text(by) or "", self._text(reason)
+        role = self._signed_by(by, signer, f"a session {action}")
         with self._tx() as con:
             # The clock is read under the write lock (as in decide): a request whose deadline
             # passed while this waited for the lock expired, and cancel must not relabel it.
@@ -946,17 +1259,38 @@ class ControlStore:
                 " VALUES (?,?,?,?,?)",
                 (session_id, action, by_text, now, reason),
             )
+            payload = {
+                "v": CONTROL_V1,
+                "session_id": session_id,
+                "action": action,
+                "decider": by_text,
+                "role": role,
+                "at": now,
+                "reason": reason,
+            }
+            ledger.append(con, "control", session_id, payload, signer)
             if action == "cancel":
-                con.execute(
-                    "UPDATE approvals SET status = 'denied', decided_by = ?, decided_at = ?,"
-                    " decision_reason = ? WHERE session_id = ? AND status = 'pending'",
-                    (
-                        by_text,
-                        now,
-                        SESSION_CANCELED + (f": {reason}" if reason else ""),
-                        session_id,
-                    ),
+                why = SESSION_CANCELED + (f": {reason}" if reason else "")
+                denied = list(
+                    con.execute(
+                        "UPDATE approvals SET status = 'denied', decided_by = ?, decided_at = ?,"
+                        " decision_reason = ? WHERE session_id = ? AND status = 'pending'"
+                        " RETURNING approval_id",
+                        (by_text, now, why, session_id),
+                    )
                 )
+                for (approval_id,) in denied:
+                    payload = {
+                        "v": DECISION_V1,
+                        "approval_id": approval_id,
+                        "outcome": DENIED,
+                        "decider": by_text,
+                        "role": role,
+                        "at": now,
+                        "reason": why,
+                        "cause": "session canceled",
+                    }
+                    ledger.append(con, "decision", approval_id, payload, signer)
         return self.session_control(session_id)
 
     def control_history(self, session_id: str | None = None) -> list[ControlEvent]:
@@ -995,12 +1329,27 @@ class _Watch:
     it renews the request's lease every ``heartbeat_s`` (one short write): that is how
     everyone else knows someone still waits on the request."""
 
-    __slots__ = ("approval_id", "heartbeat_s", "next_beat", "poll_s", "record", "seen", "store")
+    __slots__ = (
+        "approval_id",
+        "deadline",
+        "heartbeat_s",
+        "next_beat",
+        "poll_s",
+        "record",
+        "seen",
+        "store",
+    )
 
     def __init__(
-        self, store: ControlStore, approval_id: str, poll_s: float, heartbeat_s: float
+        self,
+        store: ControlStore,
+        approval_id: str,
+        poll_s: float,
+        heartbeat_s: float,
+        deadline: float | None = None,
     ) -> None:
         self.store = store
+        self.deadline = deadline
         self.approval_id = approval_id
         self.poll_s = poll_s
         self.heartbeat_s = heartbeat_s
@@ -1033,7 +1382,10 @@ class _Watch:
             record = self.record = self.store._poll(self.approval_id)
             if record.decided:
                 return record
-        sleep = min(self.poll_s, max(record.expires_at - time.time(), 0.0) + 0.001)
+        due = record.expires_at if self.deadline is None else min(record.expires_at, self.deadline)
+        if self.deadline is not None and record.expires_at > self.deadline <= time.time():
+            return self.store.abandon(self.approval_id, DEADLINE_PUSHED)
+        sleep = min(self.poll_s, max(due - time.time(), 0.0) + 0.001)
         if record.lease_s is not None:
             sleep = min(sleep, max(self.next_beat - time.monotonic(), 0.0) + 0.001)
         return sleep

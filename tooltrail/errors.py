@@ -38,3 +38,8 @@ class AccessDeniedError(BadInputError):
 
 class NotAuthenticatedError(AccessDeniedError):
     """No credential, or one that does not verify (unknown, disabled, rotated: HTTP 401)."""
+
+
+class TamperedError(TooltrailError):
+    """A control record or decision does not verify: edited, deleted, forged or unsigned
+    where a signature is required. Whoever would act on it refuses (fail closed)."""

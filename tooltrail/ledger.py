@@ -1,0 +1,210 @@
+"""The control ledger: an append-only hash chain of everything that decides a held call.
+
+``control.sqlite``'s tables (``approvals``, ``session_controls``, ``control_events``) are
+the store's working state: quick to read, and editable by anyone who can write the file.
+The ledger (table ``control_ledger``, same file, written in the same transaction as the
+state it records) is what the state is checked against:
+
+* one entry per filed request (``request``), decision (``decision``: approve or deny, by
+  a person), system outcome (``system``: expired, abandoned) and session-control change
+  (``control``: pause, resume, cancel);
+* each entry's body is RFC 8785 canonical JSON holding its ``seq`` (1, 2, 3 ... with no
+  gaps) and ``prev``, the SHA-256 of the entry before it: editing or deleting any entry
+  breaks the chain from there on;
+* decisions and control changes are signed by the decider's Ed25519 key *over the body*,
+  so a signature also covers the chain head it extended (a signed head): a deleted cancel
+  followed by any signed entry no longer verifies. A deleted last entry leaves a gap
+  against SQLite's own ``sqlite_sequence`` counter for the table (``check_chain``).
+
+Checking a record = its state row agrees with its ledger entries, and the entries verify
+(docs/SECURITY.md, "Tamper detection").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from tooltrail.errors import TamperedError
+from tooltrail.signing import Signer, TrustRoot, canonical
+
+EntryKind = Literal["request", "decision", "system", "control"]
+GENESIS: Final = "genesis"
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS control_ledger (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind        TEXT NOT NULL,
+    ref         TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    hash        TEXT NOT NULL,
+    key_id      TEXT,
+    signature   TEXT
+);
+CREATE INDEX IF NOT EXISTS control_ledger_ref ON control_ledger (ref, seq);
+"""
+TABLE: Final = "control_ledger"
+OBJECTS: Final = frozenset({"control_ledger", "control_ledger_ref"})
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seq: int
+    kind: str
+    ref: str
+    body: str
+    hash: str
+    key_id: str | None
+    signature: str | None
+
+    def payload(self) -> dict[str, Any]:
+        doc = json.loads(self.body)
+        if not isinstance(doc, dict):
+            raise TamperedError(f"ledger entry {self.seq} is not an object")
+        return doc
+
+    @property
+    def signed(self) -> bool:
+        return bool(self.key_id and self.signature)
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    """One record that does not verify: what (``request``, ``session``, ``ledger``),
+    which (an approval id, a session id, a ledger seq) and why."""
+
+    record: str
+    ref: str
+    problem: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"record": self.record, "ref": self.ref, "problem": self.problem}
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    return Entry(int(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]), row[5], row[6])
+
+
+_COLUMNS: Final = "seq, kind, ref, body, hash, key_id, signature"
+
+
+def append(
+    con: sqlite3.Connection,
+    kind: EntryKind,
+    ref: str,
+    payload: Mapping[str, Any],
+    signer: Signer | None = None,
+) -> Entry:
+    """Append one entry inside the caller's write transaction (which serializes appends)."""
+    last = con.execute(f"SELECT seq, hash FROM {TABLE} ORDER BY seq DESC LIMIT 1").fetchone()  # noqa: S608 - fixed name
+    counter = con.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (TABLE,)).fetchone()
+    seq = max(int(counter[0]) if counter else 0, int(last[0]) if last else 0) + 1
+    body = canonical({**payload, "seq": seq, "prev": str(last[1]) if last else GENESIS}).decode()
+    entry_hash = hashlib.sha256(body.encode()).hexdigest()
+    key_id = signature = None
+    if signer is not None:
+        key_id, signature = signer.key_id, signer.sign(body.encode())
+    con.execute(
+        f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)",  # noqa: S608 - fixed name
+        (seq, kind, ref, body, entry_hash, key_id, signature),
+    )
+    return Entry(seq, kind, ref, body, entry_hash, key_id, signature)
+
+
+def entries_for(con: sqlite3.Connection, ref: str) -> list[Entry]:
+    rows = con.execute(
+        f"SELECT {_COLUMNS} FROM {TABLE} WHERE ref = ? ORDER BY seq",  # noqa: S608 - fixed name
+        (ref,),
+    )
+    return [_entry(r) for r in rows]
+
+
+def all_entries(con: sqlite3.Connection) -> list[Entry]:
+    rows = con.execute(f"SELECT {_COLUMNS} FROM {TABLE} ORDER BY seq")  # noqa: S608 - fixed name
+    return [_entry(r) for r in rows]
+
+
+def head(con: sqlite3.Connection) -> tuple[int, int, int]:
+    """(entries, highest seq, SQLite's counter): equal when nothing was deleted. One cheap
+    look, for callers that check on every tool call."""
+    count, top = con.execute(f"SELECT count(*), coalesce(max(seq), 0) FROM {TABLE}").fetchone()  # noqa: S608 - fixed name
+    counter = con.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (TABLE,)).fetchone()
+    return int(count), int(top), int(counter[0]) if counter else 0
+
+
+def check_head(con: sqlite3.Connection) -> None:
+    """TamperedError when entries were deleted (a gap, or a cut-off tail)."""
+    count, top, counter = head(con)
+    if count != top or top != counter:
+        raise TamperedError(
+            f"the control ledger lost entries ({count} entries, highest seq {top}, SQLite's"
+            f" counter {counter}): a record was deleted from control.sqlite"
+        )
+
+
+def check_chain(entries: Sequence[Entry], counter: int) -> list[Broken]:
+    """Every break in the chain: a body that does not hash to its hash, a missing seq, a
+    ``prev`` that is not the previous entry's hash, or a tail cut below ``counter``."""
+    broken: list[Broken] = []
+    prev = GENESIS
+    expected = 1
+    for e in entries:
+        where = f"seq {e.seq}"
+        if hashlib.sha256(e.body.encode()).hexdigest() != e.hash:
+            broken.append(Broken("ledger", where, "its body was edited (hash mismatch)"))
+        try:
+            doc = e.payload()
+        except (ValueError, TamperedError):
+            broken.append(Broken("ledger", where, "its body is not JSON"))
+            doc = {}
+        if e.seq != expected:
+            broken.append(Broken("ledger", where, f"entries {expected}..{e.seq - 1} were deleted"))
+        if doc.get("seq") != e.seq or doc.get("prev") != prev:
+            broken.append(
+                Broken("ledger", where, "it does not follow the entry before it (chain broken)")
+            )
+        prev, expected = e.hash, e.seq + 1
+    if counter >= expected:
+        broken.append(
+            Broken("ledger", f"seq {expected}", f"entries {expected}..{counter} were deleted")
+        )
+    return broken
+
+
+def verify_signed(entry: Entry, trust: TrustRoot) -> str | None:
+    """Why a decision or control entry does not verify against ``trust`` (None: it does).
+    In single-user mode (``trust.required`` false) nothing is signed and nothing is checked.
+    The signer must be the decider the body names, holding the role it names, and its key
+    must not have been revoked before the entry's time."""
+    if not trust.required:
+        return None
+    try:
+        key = trust.verify(entry.body, entry.key_id, entry.signature)
+        doc = entry.payload()
+    except TamperedError as e:
+        return str(e)
+    if doc.get("decider") != key.principal:
+        return f"it names {doc.get('decider')!r} but was signed by {key.principal!r}"
+    if doc.get("role") != key.role:
+        return f"it claims role {doc.get('role')!r}; {key.principal!r} holds {key.role!r}"
+    at = doc.get("at")
+    if key.revoked_at is not None and (not isinstance(at, int | float) or at >= key.revoked_at):
+        return f"key {key.key_id} of {key.principal!r} was revoked before it"
+    return None
+
+
+__all__ = [
+    "SCHEMA",
+    "Broken",
+    "Entry",
+    "append",
+    "check_chain",
+    "check_head",
+    "entries_for",
+    "head",
+    "verify_signed",
+]
