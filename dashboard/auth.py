@@ -24,6 +24,7 @@ sidebar, as the command line's ``--by``, and the decision pages say so.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,10 @@ _SIGNED_IN: Final = "_tooltrail_signed_in"
 NAME_KEY: Final = "signin_name"
 CREDENTIAL_KEY: Final = "signin_credential"
 _PROBLEM: Final = "_tooltrail_signin_problem"
+# The signed-in decider's signer (tooltrail.signing): their Ed25519 key, unsealed with the
+# credential at sign-in and held only in this server's memory for the browser session (the
+# credential itself is not kept). Never a widget's key either.
+_SIGNER: Final = "_tooltrail_signer"
 
 BAD_SIGN_IN: Final = "Name and credential do not match an enabled user of this data directory."
 
@@ -116,7 +121,24 @@ def sign_in(root: Path, name: str, credential: str) -> Identity:
         raise NotAuthenticatedError(BAD_SIGN_IN)
     st.session_state[_SIGNED_IN] = {"key_id": key_id, "hash": found[1]}
     st.session_state.pop(_PROBLEM, None)
+    st.session_state.pop(_SIGNER, None)
+    if access.role_at_least(principal.role, "approver"):
+        from tooltrail.signing import decider_signer
+
+        # A decider's decisions are signed with their key (SECURITY.md §7); a user with no
+        # key yet (added before signed decisions) is refused when deciding.
+        with contextlib.suppress(NotAuthenticatedError):
+            st.session_state[_SIGNER] = decider_signer(root, credential, verified=principal)
     return Identity(principal.name, principal.role, "local")
+
+
+def signer(identity: Identity) -> Any:
+    """The signer of the local user signed in as ``identity`` (None: OpenID sign-ins and
+    users without a key: the control store then refuses to decide, failing closed)."""
+    held = st.session_state.get(_SIGNER)
+    if identity.via != "local" or held is None or getattr(held, "principal", None) != identity.name:
+        return None
+    return held
 
 
 # --- OpenID Connect through st.login -------------------------------------------------------
@@ -181,6 +203,7 @@ def sign_out(identity: Identity) -> None:
     """End this browser session's sign-in (and Streamlit's OpenID cookie)."""
     st.session_state.pop(_SIGNED_IN, None)
     st.session_state.pop(_PROBLEM, None)
+    st.session_state.pop(_SIGNER, None)
     if identity.via == "oidc":
         st.logout()
 

@@ -438,8 +438,22 @@ def _acting(root: Path, who: Identity, action: Action) -> tuple[str, str | None]
             )
         if not who.may(action):
             raise AccessDeniedError(f"{who.label} may not {access.ACTION_WORDS[action]}")
+        if who.via == "oidc":
+            # A decision takes effect only signed by a decider's key, which an OpenID
+            # sign-in does not unlock (the key is sealed under a tooltrail credential).
+            raise AccessDeniedError(
+                f"{who.name} signed in through OpenID, which cannot sign decisions yet:"
+                " sign in with your tooltrail credential to decide (docs/SECURITY.md §7)"
+            )
         return who.name, who.role
     return who.name, None
+
+
+def _signer(who: Identity) -> Any:
+    """The signed-in decider's signer (None in single-user mode and for OpenID sign-ins)."""
+    from tooltrail.dashboard import auth
+
+    return auth.signer(who) if who.role is not None else None
 
 
 def decide(
@@ -450,7 +464,9 @@ def decide(
     name, role = _acting(root, who, "decide")
     try:
         with ControlStore(root) as store:
-            return store.decide(approval_id, outcome, name, reason or None, role=role)
+            return store.decide(
+                approval_id, outcome, name, reason or None, role=role, signer=_signer(who)
+            )
     finally:
         invalidate()
 
@@ -463,7 +479,9 @@ def control_session(
     name, _ = _acting(root, who, "control")
     try:
         with ControlStore(root) as store:
-            return store.set_session_state(session_id, action, name, reason or None)
+            return store.set_session_state(
+                session_id, action, name, reason or None, signer=_signer(who)
+            )
     finally:
         invalidate()
 

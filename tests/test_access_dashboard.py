@@ -187,7 +187,7 @@ def test_the_write_checks_the_role_again_whatever_the_page_offered(seeded: Seede
     a typed name (no role) while access control is on, decides nothing there either."""
     from tooltrail.dashboard import data
     from tooltrail.dashboard.auth import Identity
-    from tooltrail.errors import AccessDeniedError
+    from tooltrail.errors import AccessDeniedError, NotAuthenticatedError
 
     people(seeded.root)
     for who in (Identity("vic", "viewer", "local"), Identity("alice", None, "single-user")):
@@ -198,10 +198,13 @@ def test_the_write_checks_the_role_again_whatever_the_page_offered(seeded: Seede
             seeded.root, TRIAGE, "pause", Identity("alice", "approver", "local"), None
         )
     assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
-    record = data.decide(
-        seeded.root, PENDING_ANYONE, "denied", Identity("alice", "approver", "local"), "no"
-    )
-    assert (record.status, record.decided_by) == ("denied", "alice")
+    # An approver's identity alone is not enough either: without the key unsealed at her
+    # sign-in, the control store refuses an unsigned decision (SECURITY.md §7).
+    with pytest.raises(NotAuthenticatedError, match="signed by a decider's key"):
+        data.decide(
+            seeded.root, PENDING_ANYONE, "denied", Identity("alice", "approver", "local"), "no"
+        )
+    assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
 
 
 def test_email_roles_are_managed_by_admins_only(seeded: Seeded) -> None:

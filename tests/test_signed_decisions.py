@@ -223,7 +223,9 @@ def test_a_signed_approval_releases_the_call_and_anyone_can_recompute_what_was_a
         public.verify(_unb64(signature), body.replace("alice", "mallo").encode())
     assert verify_control(data) == []
     check = cli(data, env, people["alice"], "verify", "--format", "json")
-    assert check.returncode == 0 and json.loads(check.stdout) == {"verified": True, "broken": []}
+    report = json.loads(check.stdout)
+    assert check.returncode == 0 and report["ok"] is True and report["breaks"] == []
+    assert report["control_checked"] is True
 
 
 # -- self-approval ------------------------------------------------------------------------
@@ -317,7 +319,7 @@ def test_an_edited_request_is_not_decided_flagged_everywhere_and_never_released(
     assert row["verified"] is False and column in row["tampered"]
     check = cli(data, env, people["alice"], "verify", "--format", "json")
     assert check.returncode == 1
-    assert any(column in b["problem"] for b in json.loads(check.stdout)["broken"])
+    assert any(column in b["what"] for b in json.loads(check.stdout)["breaks"])
     # A forger who marks it approved too: the held call is not released.
     set_status(data, approval_id, "approved", by="alice")
     result = agent.result("c1")

@@ -688,47 +688,6 @@ def approvals(data: Path | None, fmt: str, status: str) -> None:
     _echo_df(df, fmt, APPROVAL_COLUMNS)
 
 
-@cli.command()
-@data_option
-@format_option
-@click.option(
-    "--control",
-    "control",
-    is_flag=True,
-    default=True,
-    help="Check the control store (approvals, decisions, session control) against its"
-    " signed ledger (the default, and for now the only check).",
-)
-def verify(data: Path | None, fmt: str, control: bool) -> None:
-    """Check the record for tampering: every request, decision and session-control change
-    of the control store against its hash-chained, signed ledger. Prints each broken
-    record (none: "verified"); exits 1 when anything is broken.
-
-    Example:
-
-        tooltrail verify --format json
-    """
-    import polars as pl
-
-    from tooltrail.control import verify_control
-
-    root = _existing_data(data)
-    broken = []
-    if control and _has_store(root):
-        with domain_errors():
-            broken = verify_control(root)
-    _notice_trust(root)
-    rows = [b.to_dict() for b in broken]
-    if fmt == "json":
-        click.echo(json.dumps({"verified": not rows, "broken": rows}, indent=2))
-    elif rows:
-        _echo_df(pl.DataFrame(rows), fmt, ("record", "ref", "problem"))
-    else:
-        click.echo(f"verified: nothing in {root / config.CONTROL_FILE} was edited or deleted")
-    if rows:
-        sys.exit(1)
-
-
 def _epoch(value: float | None) -> Any:
     import datetime as dt
 

@@ -6,7 +6,8 @@ against a real ``streamlit run`` server with access control on.
 - OpenID Connect: a real OpenID provider (npm ``oidc-provider``, a certified
   implementation, started here on loopback with its development login pages) behind
   Streamlit's own ``st.login``; ``tooltrail users map-email`` gives the e-mail its role;
-  an unmapped e-mail is not let in; sign-out ends the session (at the provider too).
+  an unmapped e-mail is not let in; a mapped approver sees the buttons but cannot decide
+  (no decider key: signed decisions); sign-out ends the session (at the provider too).
 
 Every process and port is the test's own and is stopped at the end.
 """
@@ -205,10 +206,10 @@ def test_oidc_sign_in_maps_the_email_to_its_role_and_sign_out_ends_it(
             page.get_by_role("link", name="Approvals · 2").click()
             card = page.locator(f".st-key-approvals-card-{PENDING_ANYONE}")
             card.get_by_role("button", name="Approve").click()
-            expect(
-                page.get_by_text(f"Approved {PENDING_ANYONE} as carol@example.com").first
-            ).to_be_visible()
-            assert _decided(seeded, PENDING_ANYONE) == ("approved", "carol@example.com")
+            # Decisions are signed with a decider's key, which an OpenID sign-in does not
+            # unlock: refused, saying why, and nothing changes.
+            expect(page.get_by_text("cannot sign decisions yet").first).to_be_visible()
+            assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
             # PENDING_MANAGERS lists dana and lee only: carol's Approve stays disabled.
             other = page.locator(f".st-key-approvals-card-{PENDING_MANAGERS}")
             expect(other.get_by_role("button", name="Approve")).to_be_disabled()
