@@ -368,6 +368,127 @@ _QUOTED_ANY_NAME: Final = re.compile(_QUOTED_NAME_BODY.replace("{ending}", ""), 
 # Group numbers (read by number: faster than by name, once per element); the same in both
 # patterns ({ending} adds no capturing group).
 _QUOTED_GROUPS: Final = tuple(_QUOTED_NAME.groupindex[g] for g in ("name", "sep", "close", "v"))
+
+
+# Quoted names, all in the engine: a match only where the loop below would redact, the
+# value consumed, the key-name rule decided by ``_KEY_RULE_AT_END`` (built-in names).
+# Text quoting a secret every 20 bytes (``['X-Api-Key', 'v'], `` repeated: 52k per MiB)
+# then costs one ``split`` and slice assignments, no Python step per match (the loop
+# below cost 66 ms/MiB there, this 25-30). Exact where it is taken: a match whose value
+# could change what the loop finds after it (a quote, "\\" or "[" inside the value, a
+# value that is itself a name before ":"/"=", or a flag before ",") leaves ``val`` unset,
+# and then the loop runs instead; tests/test_redact_prefilter.py compares the two.
+def _key_rule_at_end(endings: tuple[str, ...], words: tuple[str, ...]) -> str:
+    """Lookbehinds, true at the end of a name of ``_QUOTED_NAME_CHARS`` exactly when
+    ``Redactor.is_sensitive_key`` (without extra keys) says it names a credential: its
+    normalized form ends with an ending (each "_" a separator character, or, as read
+    with camelCase split, a lower-to-upper step, no such step inside a word), or is a
+    word (then the name's opening quote is right before it)."""
+    # Grouped by the name's last character (one test picks the group), then by width (a
+    # lookbehind's alternatives share one); the plain readings before the camelCase ones.
+    groups: dict[str, dict[tuple[bool, int], list[str]]] = {}
+
+    def letter(c: str) -> str:
+        return f"[{c}{c.upper()}]"
+
+    def add(last: str, camel: bool, width: int, body: str) -> None:
+        groups.setdefault(last, {}).setdefault((camel, width), []).append(body)
+
+    for e in endings:
+        last = "[-_. ]" if e[-1] == "_" else letter(e[-1])
+        add(last, False, len(e), "".join("[-_. ]" if c == "_" else letter(c) for c in e))
+        seps = [i for i, c in enumerate(e) if c == "_"]
+        for mask in range(1, 1 << len(seps)):
+            camel = {seps[j] for j in range(len(seps)) if mask >> j & 1}
+            add(last, True, *_camel_reading(e, camel, letter))
+    for w in words:
+        add(letter(w[-1]), False, len(w) + 1, "[\"']" + "".join(letter(c) for c in w))
+    lasts = "".join(sorted({c for last in groups for c in last.strip("[]")}))
+    return (
+        f"(?<=[{lasts}])(?:"
+        + "|".join(
+            f"(?<={last})(?:" + "|".join(f"(?<={'|'.join(b)})" for _, b in sorted(by.items())) + ")"
+            for last, by in groups.items()
+        )
+        + ")"
+    )
+
+
+def _camel_reading(e: str, camel: set[int], letter: Callable[[str], str]) -> tuple[int, str]:
+    """``e`` with the "_" at the indexes ``camel`` read as camelCase steps (no character);
+    no other step inside its words. (width, lookbehind body)."""
+    chars = [(i, c) for i, c in enumerate(e) if not (c == "_" and i in camel)]
+    out = []
+    width = len(chars)
+    if 0 in camel:  # a leading step: the character before the ending is lower case or a digit
+        out.append("(?=[a-z0-9][A-Z])[a-z0-9]")
+        width += 1
+    for j, (i, c) in enumerate(chars):
+        nxt = chars[j + 1] if j + 1 < len(chars) else None
+        if nxt is not None and nxt[0] != i + 1:  # a step between this and the next
+            out.append("(?=[a-z][A-Z])")
+        elif nxt is not None and c != "_" and nxt[1] != "_":
+            out.append("(?![a-z][A-Z])")
+        out.append("[-_. ]" if c == "_" else letter(c))
+    return width, "".join(out)
+
+
+_KEY_RULE_AT_END: Final = _key_rule_at_end(_KEY_ENDINGS, SENSITIVE_KEY_WORDS)
+_QN_SAFE: Final = r"""[^"'\\\n\[]++"""
+_QN_MARKER: Final = r"\[REDACTED(?::[A-Za-z0-9_.-]+)?\]"
+
+
+def _quoted_hits() -> re.Pattern[str]:
+    name = _QUOTED_NAME_CHARS + _KEY_RULE_AT_END  # possessive: the closing quote is next
+    flag = r"-[A-Za-z0-9_.\- ]{0,63}+" + _KEY_RULE_AT_END
+    named = [
+        # the first of a pair: a list opens before it (maybe after white space) and
+        # closes after the value
+        r"(?<=\[)[ \t\r\n]*+(?:" + "|".join(f"{q}(?!-){name}{q}" for q in "\"'") + ")"
+        rf"\s*+,\s*+(?={_QUOTED_NAME_VALUE}\s*+\])"
+    ] + [
+        # a flag before ",", ":" or "="; any other name before ":" or "="
+        rf"(?<={q})(?:{flag}{q}\s*+[,:=]|(?!-){name}{q}\s*+[:=])\s*+"
+        for q in "\"'"
+    ]
+    value = (
+        # a value nothing after it depends on: its opening quote ends the head
+        "(?:"
+        + "|".join(rf"{q}(?={_QN_SAFE}{q}(?!\s*+[:=]))" for q in "\"'")
+        + r""")(?!-[^"'\\\n\[]*+["']\s*+,)"""
+        # any other value (not empty, not a marker): the head ends before it, val unset
+        + rf"""|(?!""|''|"{_QN_MARKER}"|'{_QN_MARKER}')"""
+    )
+    # It starts with a class: sre skips to where one of its characters is.
+    return re.compile(
+        r"""(?P<head>[\["'](?=[ \t\r\n]*+["']?[A-Za-z0-9_.\- ]{1,64}+["']\s*+[,:=]\s*+"""
+        + _QUOTED_NAME_VALUE
+        + ")(?:"
+        + "|".join(named)
+        + ")(?:"
+        + value
+        + "))"
+        r"""(?P<val>(?<=["'])""" + _QN_SAFE + ")?",
+        _FLAGS,
+    )
+
+
+_QUOTED_HITS: Final = _quoted_hits()
+
+
+def _scrub_quoted_hits(s: str) -> tuple[str, int] | None:
+    """``_scrub_quoted_names`` of a Redactor without extra key names in one split, or
+    None when a match's value could change what comes after it (then the loop decides)."""
+    parts = _QUOTED_HITS.split(s)  # [text, head, value, text, head, value, ..., text]
+    n = len(parts) // 3
+    if not n:
+        return s, 0
+    if None in parts[2::3]:
+        return None
+    parts[2::3] = [_KEY_MARK] * n
+    return "".join(parts), n
+
+
 # The first-tier entries that a credential key name, spelled any way (snake, kebab, camel,
 # dotted, upper case) and followed by its closing quote, always contains: text holding none
 # of them holds no quoted credential name (tests/test_redact_in_prose.py checks every name).
@@ -719,8 +840,17 @@ class Redactor:
 
         The rules are ``_walk``'s for a parsed value: a key before ``:`` or ``=``; before
         ``,``, a flag (``"--password", p``) or the first of a pair (``["X-Api-Key", v]``,
-        the list closing after the value). One loop, no call per match but the cached
-        key-name rule: text where every element matches costs one pass of this loop."""
+        the list closing after the value). Without extra key names, one split
+        (``_QUOTED_HITS``) when that is exact, else the loop."""
+        if not self._extra_key_markers:
+            fast = _scrub_quoted_hits(s)
+            if fast is not None:
+                return fast
+        return self._scrub_quoted_names_loop(s)
+
+    def _scrub_quoted_names_loop(self, s: str) -> tuple[str, int]:
+        """``_scrub_quoted_names`` as a loop over the candidates (``_QUOTED_NAME``): any
+        text, any key names. No call per match but the cached key-name rule."""
         pieces: list[str] = []
         add = pieces.append
         done = 0  # s[:done] is in pieces
