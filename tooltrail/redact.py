@@ -457,13 +457,12 @@ def _quoted_hits() -> re.Pattern[str]:
         + "|".join(rf"{q}(?={_QN_SAFE}{q}(?!\s*+[:=]))" for q in "\"'")
         + r""")(?!-[^"'\\\n\[]*+["']\s*+,)"""
         # any other value (not empty, not a marker): the head ends before it, val unset
-        + rf"""|(?!""|''|"{_QN_MARKER}"|'{_QN_MARKER}')"""
+        + rf"""|(?={_QUOTED_NAME_VALUE})(?!""|''|"{_QN_MARKER}"|'{_QN_MARKER}')"""
     )
-    # It starts with a class: sre skips to where one of its characters is.
+    # It starts with a class: sre skips to where one of its characters is; then a quoted
+    # name must follow (most quotes fail here, before any branch).
     return re.compile(
-        r"""(?P<head>[\["'](?=[ \t\r\n]*+["']?[A-Za-z0-9_.\- ]{1,64}+["']\s*+[,:=]\s*+"""
-        + _QUOTED_NAME_VALUE
-        + ")(?:"
+        r"""(?P<head>[\["'](?=[ \t\r\n]*+["']?[A-Za-z0-9_.\- ]{1,64}+["'])(?:"""
         + "|".join(named)
         + ")(?:"
         + value
