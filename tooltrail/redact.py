@@ -53,7 +53,12 @@ import binascii
 import json
 import re
 import tomllib
+from bisect import bisect_right
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from itertools import accumulate, repeat
+from operator import ne
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeVar
 
@@ -1051,24 +1056,64 @@ class Redactor:
 
         root = copy_of(obj)
         is_key, scrub_key = self.is_sensitive_key, self._scrub_key  # once per key: bound once
+        # A key whose last character is ASCII and none an ending has (in either case) is
+        # no credential's name (is_sensitive_key's first test, without the call): a
+        # token-indexed map's keys, thousands per mapping, are settled here.
+        last_ok = self._key_last | {c.upper() for c in self._key_last}
         while todo:
             source, out = todo.pop()
             if isinstance(out, dict):
                 suffixes: dict[str, int] = {}  # last "#N" given per scrubbed key here
-                found, ahead = (
-                    self._keys_ahead(source) if len(source) >= _KEYS_TOGETHER else (None, {})
+                found, keys, texts, counts = (
+                    self._keys_together(source)
+                    if len(source) >= _KEYS_TOGETHER
+                    else (None, [], [], [])
                 )
+                if len(keys) == len(source) and type(source) is dict:
+                    # Every key scrubbed ahead, in the mapping's order (a token-indexed
+                    # map): read alongside, no lookup per key.
+                    for (k, v), text, n in zip(source.items(), texts, counts, strict=True):
+                        if (
+                            (k[-1:] in last_ok or not k[-1:].isascii())
+                            and is_key(k)
+                            and _holds_secret(v)
+                        ):
+                            value: Any = _KEY_MARK
+                            total += 1
+                        elif type(v) in _PLAIN:
+                            value = v
+                        else:
+                            value = copy_of(v)
+                        if n:
+                            total += n
+                            if text in out:
+                                text = _unused_key(text, out, suffixes)
+                        out[text] = value
+                    continue
+                ahead = dict(zip(keys, zip(texts, counts, strict=True), strict=True))
                 for k, v in source.items():
                     text_key = isinstance(k, str)
-                    if text_key and is_key(k) and _holds_secret(v):
-                        value: Any = _KEY_MARK
+                    if (
+                        text_key
+                        and (k[-1:] in last_ok or not k[-1:].isascii())
+                        and is_key(k)
+                        and _holds_secret(v)
+                    ):
+                        value = _KEY_MARK
                         total += 1
                     elif type(v) in _PLAIN:  # nothing to scrub (most values): no call
                         value = v
                     else:
                         value = copy_of(v)
                     if text_key:
-                        k, n = scrub_key(k, out, suffixes, found, ahead)
+                        # The keys scrubbed ahead (a big mapping's) without a call each.
+                        cached = ahead.get(k) if ahead else None
+                        if cached is None:
+                            k, n = scrub_key(k, out, suffixes, found, ahead)
+                        else:
+                            k, n = cached
+                            if n and k in out:
+                                k = _unused_key(k, out, suffixes)
                         total += n
                     out[k] = value
             else:
@@ -1099,13 +1144,21 @@ class Redactor:
         only shapes can match and their regex never reads the NUL that joins the keys
         (``never_reads``: then it finds in each key what it finds in it alone), every
         key scrubbed in one substitution. A token-indexed map has thousands of keys."""
+        found, todo, texts, counts = self._keys_together(keys)
+        return found, dict(zip(todo, zip(texts, counts, strict=True), strict=True))
+
+    def _keys_together(
+        self, keys: Iterable[Any]
+    ) -> tuple[_Found | None, list[str], list[str], list[int]]:
+        """``_keys_ahead`` as lists: what the RE2 pass found, the keys scrubbed (in the
+        order ``keys`` gives them), their texts and counts (no lists: none scrubbed)."""
         todo = [k for k in keys if isinstance(k, str) and k not in self._key_text_cache]
         if len(todo) < _KEYS_TOGETHER:
-            return None, {}
+            return None, [], [], []
         joined = "\x00".join(todo)
         found = _rules_found(joined)
         if found is None:
-            return None, {}
+            return None, [], [], []
         kinds, names, bare = found
         if (
             not kinds
@@ -1115,23 +1168,14 @@ class Redactor:
             or joined.count("\x00") != len(todo) - 1  # a key holding a NUL
             or not _joinable(kinds, self._regex_for(kinds))
         ):
-            return found, {}
-        starts: list[int] = []
-        scrubbed, _ = _substitute(self._regex_for(kinds), joined, starts=starts)
-        counts = [0] * len(todo)
-        at, end = 0, len(todo[0])  # the key holding position ``end - 1``, and its end
-        for start in starts:
-            while start >= end:
-                at += 1
-                end += 1 + len(todo[at])
-            counts[at] += 1
-        ahead = dict(zip(todo, zip(scrubbed.split("\x00"), counts, strict=True), strict=True))
+            return found, [], [], []
+        texts, counts = _substitute_keys(self._regex_for(kinds), kinds, joined, todo)
         if bare and joined.lower() != joined:  # then as _scrub_text goes on: bare tokens
-            for key, (text, count) in ahead.items():
-                if key.lower() != key and _may_hold_bare_token(text):
-                    text, runs = self._scrub_runs(text, 0)
-                    ahead[key] = text, count + runs
-        return found, ahead
+            for i, key in enumerate(todo):
+                if key.lower() != key and _may_hold_bare_token(texts[i]):
+                    texts[i], runs = self._scrub_runs(texts[i], 0)
+                    counts[i] += runs
+        return found, todo, texts, counts
 
     def _scrub_key(
         self,
@@ -1155,11 +1199,7 @@ class Redactor:
             self._key_text_cache[key] = cached
         scrubbed, n = cached
         if n and scrubbed in out:
-            base, i = scrubbed, suffixes.get(scrubbed, 1)
-            while scrubbed in out:
-                i += 1
-                scrubbed = f"{base}#{i}"
-            suffixes[base] = i
+            scrubbed = _unused_key(scrubbed, out, suffixes)
         return scrubbed, n
 
     def scrub_json(self, text: str) -> tuple[str, int]:
@@ -1190,6 +1230,61 @@ class Redactor:
             return json.dumps(scrubbed, ensure_ascii=False, separators=(",", ":")), count
         except RecursionError:
             return dumps_iterative(scrubbed), count
+
+
+def _substitute_keys(
+    regex: re.Pattern[str], kinds: tuple[str, ...], joined: str, keys: list[str]
+) -> tuple[list[str], list[int]]:
+    """``_substitute`` on ``keys`` joined with NUL (``joined``): each key's text, and how
+    many matches it held. A token-indexed map has thousands of keys, each a match: no
+    Python step per key or match where that can be avoided."""
+    if "[REDACTED" not in joined:
+        # With no marker in the keys, a key's text changes exactly when a match is in it
+        # (what a match becomes holds a marker, the key did not), so when as many keys
+        # changed as there were matches, each changed key held one. One kind of shape
+        # and no kept part: a constant replacement, no call per match.
+        mark = _constant_mark(kinds, regex)
+        scrubbed, n = regex.subn(mark, joined) if mark else _substitute(regex, joined)
+        texts = scrubbed.split("\x00")
+        changed = list(map(int, map(ne, texts, keys)))
+        if sum(changed) == n:
+            return texts, changed
+    starts: list[int] = []
+    scrubbed, _ = _substitute(regex, joined, starts=starts)
+    # Which key each match is in, without a Python step per match: key i ends (its NUL
+    # included) at ends[i]; a match never starts at a NUL.
+    ends = list(accumulate(len(k) + 1 for k in keys))
+    per_key = Counter(map(partial(bisect_right, ends), starts))
+    return scrubbed.split("\x00"), list(map(per_key.get, range(len(keys)), repeat(0)))
+
+
+# Rules -> their one replacement, when every match of their regex becomes the same marker
+# ("" when not).
+_CONSTANT_MARK: dict[tuple[str, ...], str] = {}
+
+
+def _constant_mark(kinds: tuple[str, ...], regex: re.Pattern[str]) -> str:
+    mark = _CONSTANT_MARK.get(kinds)
+    if mark is None:
+        actions = {_GROUP_ACTIONS[g] for g in regex.groupindex if g in _GROUP_ACTIONS}
+        only = actions.pop() if len(actions) == 1 else ("", "keep")
+        mark = only[0] if only[1] is None and "\\" not in only[0] else ""
+        if len(_CONSTANT_MARK) >= _REGEX_CACHE_MAX:
+            _CONSTANT_MARK.clear()
+        _CONSTANT_MARK[kinds] = mark
+    return mark
+
+
+def _unused_key(scrubbed: str, out: Mapping[str, Any], suffixes: dict[str, int]) -> str:
+    """``scrubbed`` told apart from the keys already in ``out`` (``#2``, ``#3``...);
+    ``suffixes`` keeps the last number given per scrubbed key of this mapping, so N token
+    keys cost O(N), not O(N^2) (each new key would otherwise count up from #2 again)."""
+    base, i = scrubbed, suffixes.get(scrubbed, 1)
+    while scrubbed in out:
+        i += 1
+        scrubbed = f"{base}#{i}"
+    suffixes[base] = i
+    return scrubbed
 
 
 def _substitute(
