@@ -452,8 +452,11 @@ def _quoted_hits() -> re.Pattern[str]:
         r"(?<=\[)[ \t\r\n]*+(?:" + "|".join(f"{q}(?!-){name}{q}" for q in "\"'") + ")"
         rf"\s*+,\s*+(?={_QUOTED_NAME_VALUE}\s*+\])"
     ] + [
-        # a flag before ",", ":" or "="; any other name before ":" or "="
-        rf"(?<={q})(?:{flag}{q}\s*+[,:=]|(?!-){name}{q}\s*+[:=])\s*+"
+        # a flag before ",", ":" or "="; any other name before ":" or "=" (a value read
+        # before the key-name rule: a JSON key's value that never closes fails first)
+        rf"(?<={q})(?:{flag}{q}\s*+[,:=]"
+        rf"|(?!-)(?=[A-Za-z0-9_.\- ]{{1,64}}+{q}\s*+[:=]\s*+{_QUOTED_NAME_VALUE})"
+        rf"{name}{q}\s*+[:=])\s*+"
         for q in "\"'"
     ]
     value = (
