@@ -145,3 +145,35 @@ def test_values_that_decide_what_follows_go_to_the_loop(text: str) -> None:
     r = Redactor()
     assert r._scrub_quoted_names(text) == r._scrub_quoted_names_loop(text)
     assert r._scrub_quoted_names(text)[1] >= 1
+
+
+# Text dense with one family's secrets: a subn or a split instead of a call per match.
+_RULE_FRAGMENTS = sorted(
+    {m for r in redact.RULES for m in r.markers}
+    | {r.sample for r in redact.RULES}
+    | {r.sample[: len(r.sample) // 2] for r in redact.RULES}
+    | {" ", "\n", "=", ": ", '"', "'", "[REDACTED:key]", "x", "A1b2"}
+)
+_rule_texts = st.lists(st.sampled_from(_RULE_FRAGMENTS), max_size=12).map("".join)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    text=_rule_texts,
+    kinds=st.sampled_from(
+        [(r.id,) for r in redact.RULES] + [("key", "github_token"), ("bearer_token", "jwt")]
+    ),
+)
+def test_one_family_substituted_at_once_as_one_match_at_a_time(
+    text: str, kinds: tuple[str, ...]
+) -> None:
+    regex = Redactor()._regex_for(kinds)
+    assert redact._substitute_rules(kinds, regex, text) == redact._substitute(regex, text)
+
+
+def test_key_values_every_few_bytes_are_split_not_called() -> None:
+    text = "X-Api-Key: 9f8e7d6c5b password=hunter2 " * 20
+    assert redact._split_form("key") is not None
+    scrubbed, count = Redactor().scrub_text(text)
+    assert count == 40 and "9f8e7d6c5b" not in scrubbed and "hunter2" not in scrubbed
+    assert scrubbed.startswith("X-Api-Key: [REDACTED:key] password=[REDACTED:key] ")
