@@ -379,10 +379,10 @@ _QUOTED_GROUPS: Final = tuple(_QUOTED_NAME.groupindex[g] for g in ("name", "sep"
 # value consumed, the key-name rule decided by ``_KEY_RULE_AT_END`` (built-in names).
 # Text quoting a secret every 20 bytes (``['X-Api-Key', 'v'], `` repeated: 52k per MiB)
 # then costs one ``split`` and slice assignments, no Python step per match (the loop
-# below cost 66 ms/MiB there, this 25-30). Exact where it is taken: a match whose value
-# could change what the loop finds after it (a quote, "\\" or "[" inside the value, a
-# value that is itself a name before ":"/"=", or a flag before ",") leaves ``val`` unset,
-# and then the loop runs instead; tests/test_redact_prefilter.py compares the two.
+# cost 66 ms/MiB there, this 41). Exact where it is taken: a match whose value could
+# change what the loop finds after it (a quote, "\\" or "[" inside the value, a value
+# that is itself a name before ":"/"=", or a flag before ",") leaves ``val`` unset, and
+# then the loop runs instead; tests/test_redact_quoted_split.py compares the two.
 def _key_rule_at_end(endings: tuple[str, ...], words: tuple[str, ...]) -> str:
     """Lookbehinds, true at the end of a name of ``_QUOTED_NAME_CHARS`` exactly when
     ``Redactor.is_sensitive_key`` (without extra keys) says it names a credential: its
