@@ -53,7 +53,12 @@ import binascii
 import json
 import re
 import tomllib
+from bisect import bisect_right
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from itertools import accumulate, repeat
+from operator import ne
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeVar
 
@@ -368,6 +373,129 @@ _QUOTED_ANY_NAME: Final = re.compile(_QUOTED_NAME_BODY.replace("{ending}", ""), 
 # Group numbers (read by number: faster than by name, once per element); the same in both
 # patterns ({ending} adds no capturing group).
 _QUOTED_GROUPS: Final = tuple(_QUOTED_NAME.groupindex[g] for g in ("name", "sep", "close", "v"))
+
+
+# Quoted names, all in the engine: a match only where the loop below would redact, the
+# value consumed, the key-name rule decided by ``_KEY_RULE_AT_END`` (built-in names).
+# Text quoting a secret every 20 bytes (``['X-Api-Key', 'v'], `` repeated: 52k per MiB)
+# then costs one ``split`` and slice assignments, no Python step per match (the loop
+# cost 66 ms/MiB there, this 41). Exact where it is taken: a match whose value could
+# change what the loop finds after it (a quote, "\\" or "[" inside the value, a value
+# that is itself a name before ":"/"=", or a flag before ",") leaves ``val`` unset, and
+# then the loop runs instead; tests/test_redact_quoted_split.py compares the two.
+def _key_rule_at_end(endings: tuple[str, ...], words: tuple[str, ...]) -> str:
+    """Lookbehinds, true at the end of a name of ``_QUOTED_NAME_CHARS`` exactly when
+    ``Redactor.is_sensitive_key`` (without extra keys) says it names a credential: its
+    normalized form ends with an ending (each "_" a separator character, or, as read
+    with camelCase split, a lower-to-upper step, no such step inside a word), or is a
+    word (then the name's opening quote is right before it)."""
+    # Grouped by the name's last character (one test picks the group), then by width (a
+    # lookbehind's alternatives share one); the plain readings before the camelCase ones.
+    groups: dict[str, dict[tuple[bool, int], list[str]]] = {}
+
+    def letter(c: str) -> str:
+        return f"[{c}{c.upper()}]"
+
+    def add(last: str, camel: bool, width: int, body: str) -> None:
+        groups.setdefault(last, {}).setdefault((camel, width), []).append(body)
+
+    for e in endings:
+        last = "[-_. ]" if e[-1] == "_" else letter(e[-1])
+        add(last, False, len(e), "".join("[-_. ]" if c == "_" else letter(c) for c in e))
+        seps = [i for i, c in enumerate(e) if c == "_"]
+        for mask in range(1, 1 << len(seps)):
+            camel = {seps[j] for j in range(len(seps)) if mask >> j & 1}
+            add(last, True, *_camel_reading(e, camel, letter))
+    for w in words:
+        add(letter(w[-1]), False, len(w) + 1, "[\"']" + "".join(letter(c) for c in w))
+    lasts = "".join(sorted({c for last in groups for c in last.strip("[]")}))
+    return (
+        f"(?<=[{lasts}])(?:"
+        + "|".join(
+            f"(?<={last})(?:" + "|".join(f"(?<={'|'.join(b)})" for _, b in sorted(by.items())) + ")"
+            for last, by in groups.items()
+        )
+        + ")"
+    )
+
+
+def _camel_reading(e: str, camel: set[int], letter: Callable[[str], str]) -> tuple[int, str]:
+    """``e`` with the "_" at the indexes ``camel`` read as camelCase steps (no character);
+    no other step inside its words. (width, lookbehind body)."""
+    chars = [(i, c) for i, c in enumerate(e) if not (c == "_" and i in camel)]
+    out = []
+    width = len(chars)
+    if 0 in camel:  # a leading step: the character before the ending is lower case or a digit
+        out.append("(?=[a-z0-9][A-Z])[a-z0-9]")
+        width += 1
+    for j, (i, c) in enumerate(chars):
+        nxt = chars[j + 1] if j + 1 < len(chars) else None
+        if nxt is not None and nxt[0] != i + 1:  # a step between this and the next
+            out.append("(?=[a-z][A-Z])")
+        elif nxt is not None and c != "_" and nxt[1] != "_":
+            out.append("(?![a-z][A-Z])")
+        out.append("[-_. ]" if c == "_" else letter(c))
+    return width, "".join(out)
+
+
+_KEY_RULE_AT_END: Final = _key_rule_at_end(_KEY_ENDINGS, SENSITIVE_KEY_WORDS)
+_QN_SAFE: Final = r"""[^"'\\\n\[]++"""
+_QN_MARKER: Final = r"\[REDACTED(?::[A-Za-z0-9_.-]+)?\]"
+
+
+def _quoted_hits() -> re.Pattern[str]:
+    name = _QUOTED_NAME_CHARS + _KEY_RULE_AT_END  # possessive: the closing quote is next
+    flag = r"-[A-Za-z0-9_.\- ]{0,63}+" + _KEY_RULE_AT_END
+    named = [
+        # the first of a pair: a list opens before it (maybe after white space) and
+        # closes after the value
+        r"(?<=\[)[ \t\r\n]*+(?:" + "|".join(f"{q}(?!-){name}{q}" for q in "\"'") + ")"
+        rf"\s*+,\s*+(?={_QUOTED_NAME_VALUE}\s*+\])"
+    ] + [
+        # a flag before ",", ":" or "="; any other name before ":" or "=" (a value read
+        # before the key-name rule: a JSON key's value that never closes fails first)
+        rf"(?<={q})(?:{flag}{q}\s*+[,:=]"
+        rf"|(?!-)(?=[A-Za-z0-9_.\- ]{{1,64}}+{q}\s*+[:=]\s*+{_QUOTED_NAME_VALUE})"
+        rf"{name}{q}\s*+[:=])\s*+"
+        for q in "\"'"
+    ]
+    value = (
+        # a value nothing after it depends on: its opening quote ends the head
+        "(?:"
+        + "|".join(rf"{q}(?={_QN_SAFE}{q}(?!\s*+[:=]))" for q in "\"'")
+        + r""")(?!-[^"'\\\n\[]*+["']\s*+,)"""
+        # any other value (not empty, not a marker): the head ends before it, val unset
+        + rf"""|(?={_QUOTED_NAME_VALUE})(?!""|''|"{_QN_MARKER}"|'{_QN_MARKER}')"""
+    )
+    # It starts with a class: sre skips to where one of its characters is; then a quoted
+    # name must follow (most quotes fail here, before any branch).
+    return re.compile(
+        r"""(?P<head>[\["'](?=[ \t\r\n]*+["']?[A-Za-z0-9_.\- ]{1,64}+["'])(?:"""
+        + "|".join(named)
+        + ")(?:"
+        + value
+        + "))"
+        r"""(?P<val>(?<=["'])""" + _QN_SAFE + ")?",
+        _FLAGS,
+    )
+
+
+_QUOTED_HITS: Final = _quoted_hits()
+
+
+def _scrub_quoted_hits(s: str) -> tuple[str, int] | None:
+    """``_scrub_quoted_names`` of a Redactor without extra key names in one split, or
+    None when a match's value could change what comes after it (then the loop decides)."""
+    parts = _QUOTED_HITS.split(s)  # [text, head, value, text, head, value, ..., text]
+    n = len(parts) // 3
+    if not n:
+        return s, 0
+    if None in parts[2::3]:
+        return None
+    parts[2::3] = [_KEY_MARK] * n
+    return "".join(parts), n
+
+
 # The first-tier entries that a credential key name, spelled any way (snake, kebab, camel,
 # dotted, upper case) and followed by its closing quote, always contains: text holding none
 # of them holds no quoted credential name (tests/test_redact_in_prose.py checks every name).
@@ -698,7 +826,7 @@ class Redactor:
         else:
             kinds, names, bare = _rules_in(s, low)
         if kinds:
-            s, count = _substitute(self._regex_for(kinds), s)
+            s, count = _substitute_rules(kinds, self._regex_for(kinds), s)
         if self._extra_key_markers and not names:
             names = any(m in low for m in self._extra_key_markers)
         # After the shapes: a value the ``key`` rule took is a marker now, not counted again.
@@ -719,8 +847,17 @@ class Redactor:
 
         The rules are ``_walk``'s for a parsed value: a key before ``:`` or ``=``; before
         ``,``, a flag (``"--password", p``) or the first of a pair (``["X-Api-Key", v]``,
-        the list closing after the value). One loop, no call per match but the cached
-        key-name rule: text where every element matches costs one pass of this loop."""
+        the list closing after the value). Without extra key names, one split
+        (``_QUOTED_HITS``) when that is exact, else the loop."""
+        if not self._extra_key_markers:
+            fast = _scrub_quoted_hits(s)
+            if fast is not None:
+                return fast
+        return self._scrub_quoted_names_loop(s)
+
+    def _scrub_quoted_names_loop(self, s: str) -> tuple[str, int]:
+        """``_scrub_quoted_names`` as a loop over the candidates (``_QUOTED_NAME``): any
+        text, any key names. No call per match but the cached key-name rule."""
         pieces: list[str] = []
         add = pieces.append
         done = 0  # s[:done] is in pieces
@@ -922,24 +1059,64 @@ class Redactor:
 
         root = copy_of(obj)
         is_key, scrub_key = self.is_sensitive_key, self._scrub_key  # once per key: bound once
+        # A key whose last character is ASCII and none an ending has (in either case) is
+        # no credential's name (is_sensitive_key's first test, without the call): a
+        # token-indexed map's keys, thousands per mapping, are settled here.
+        last_ok = self._key_last | {c.upper() for c in self._key_last}
         while todo:
             source, out = todo.pop()
             if isinstance(out, dict):
                 suffixes: dict[str, int] = {}  # last "#N" given per scrubbed key here
-                found, ahead = (
-                    self._keys_ahead(source) if len(source) >= _KEYS_TOGETHER else (None, {})
+                found, keys, texts, counts = (
+                    self._keys_together(source)
+                    if len(source) >= _KEYS_TOGETHER
+                    else (None, [], [], [])
                 )
+                if len(keys) == len(source) and type(source) is dict:
+                    # Every key scrubbed ahead, in the mapping's order (a token-indexed
+                    # map): read alongside, no lookup per key.
+                    for (k, v), text, n in zip(source.items(), texts, counts, strict=True):
+                        if (
+                            (k[-1:] in last_ok or not k[-1:].isascii())
+                            and is_key(k)
+                            and _holds_secret(v)
+                        ):
+                            value: Any = _KEY_MARK
+                            total += 1
+                        elif type(v) in _PLAIN:
+                            value = v
+                        else:
+                            value = copy_of(v)
+                        if n:
+                            total += n
+                            if text in out:
+                                text = _unused_key(text, out, suffixes)
+                        out[text] = value
+                    continue
+                ahead = dict(zip(keys, zip(texts, counts, strict=True), strict=True))
                 for k, v in source.items():
                     text_key = isinstance(k, str)
-                    if text_key and is_key(k) and _holds_secret(v):
-                        value: Any = _KEY_MARK
+                    if (
+                        text_key
+                        and (k[-1:] in last_ok or not k[-1:].isascii())
+                        and is_key(k)
+                        and _holds_secret(v)
+                    ):
+                        value = _KEY_MARK
                         total += 1
                     elif type(v) in _PLAIN:  # nothing to scrub (most values): no call
                         value = v
                     else:
                         value = copy_of(v)
                     if text_key:
-                        k, n = scrub_key(k, out, suffixes, found, ahead)
+                        # The keys scrubbed ahead (a big mapping's) without a call each.
+                        cached = ahead.get(k) if ahead else None
+                        if cached is None:
+                            k, n = scrub_key(k, out, suffixes, found, ahead)
+                        else:
+                            k, n = cached
+                            if n and k in out:
+                                k = _unused_key(k, out, suffixes)
                         total += n
                     out[k] = value
             else:
@@ -970,13 +1147,21 @@ class Redactor:
         only shapes can match and their regex never reads the NUL that joins the keys
         (``never_reads``: then it finds in each key what it finds in it alone), every
         key scrubbed in one substitution. A token-indexed map has thousands of keys."""
+        found, todo, texts, counts = self._keys_together(keys)
+        return found, dict(zip(todo, zip(texts, counts, strict=True), strict=True))
+
+    def _keys_together(
+        self, keys: Iterable[Any]
+    ) -> tuple[_Found | None, list[str], list[str], list[int]]:
+        """``_keys_ahead`` as lists: what the RE2 pass found, the keys scrubbed (in the
+        order ``keys`` gives them), their texts and counts (no lists: none scrubbed)."""
         todo = [k for k in keys if isinstance(k, str) and k not in self._key_text_cache]
         if len(todo) < _KEYS_TOGETHER:
-            return None, {}
+            return None, [], [], []
         joined = "\x00".join(todo)
         found = _rules_found(joined)
         if found is None:
-            return None, {}
+            return None, [], [], []
         kinds, names, bare = found
         if (
             not kinds
@@ -986,23 +1171,14 @@ class Redactor:
             or joined.count("\x00") != len(todo) - 1  # a key holding a NUL
             or not _joinable(kinds, self._regex_for(kinds))
         ):
-            return found, {}
-        starts: list[int] = []
-        scrubbed, _ = _substitute(self._regex_for(kinds), joined, starts=starts)
-        counts = [0] * len(todo)
-        at, end = 0, len(todo[0])  # the key holding position ``end - 1``, and its end
-        for start in starts:
-            while start >= end:
-                at += 1
-                end += 1 + len(todo[at])
-            counts[at] += 1
-        ahead = dict(zip(todo, zip(scrubbed.split("\x00"), counts, strict=True), strict=True))
+            return found, [], [], []
+        texts, counts = _substitute_keys(self._regex_for(kinds), kinds, joined, todo)
         if bare and joined.lower() != joined:  # then as _scrub_text goes on: bare tokens
-            for key, (text, count) in ahead.items():
-                if key.lower() != key and _may_hold_bare_token(text):
-                    text, runs = self._scrub_runs(text, 0)
-                    ahead[key] = text, count + runs
-        return found, ahead
+            for i, key in enumerate(todo):
+                if key.lower() != key and _may_hold_bare_token(texts[i]):
+                    texts[i], runs = self._scrub_runs(texts[i], 0)
+                    counts[i] += runs
+        return found, todo, texts, counts
 
     def _scrub_key(
         self,
@@ -1026,11 +1202,7 @@ class Redactor:
             self._key_text_cache[key] = cached
         scrubbed, n = cached
         if n and scrubbed in out:
-            base, i = scrubbed, suffixes.get(scrubbed, 1)
-            while scrubbed in out:
-                i += 1
-                scrubbed = f"{base}#{i}"
-            suffixes[base] = i
+            scrubbed = _unused_key(scrubbed, out, suffixes)
         return scrubbed, n
 
     def scrub_json(self, text: str) -> tuple[str, int]:
@@ -1061,6 +1233,118 @@ class Redactor:
             return json.dumps(scrubbed, ensure_ascii=False, separators=(",", ":")), count
         except RecursionError:
             return dumps_iterative(scrubbed), count
+
+
+def _substitute_keys(
+    regex: re.Pattern[str], kinds: tuple[str, ...], joined: str, keys: list[str]
+) -> tuple[list[str], list[int]]:
+    """``_substitute`` on ``keys`` joined with NUL (``joined``): each key's text, and how
+    many matches it held. A token-indexed map has thousands of keys, each a match: no
+    Python step per key or match where that can be avoided."""
+    if "[REDACTED" not in joined:
+        # With no marker in the keys, a key's text changes exactly when a match is in it
+        # (what a match becomes holds a marker, the key did not), so when as many keys
+        # changed as there were matches, each changed key held one. One kind of shape
+        # and no kept part: a constant replacement, no call per match.
+        mark = _constant_mark(kinds, regex)
+        scrubbed, n = regex.subn(mark, joined) if mark else _substitute(regex, joined)
+        texts = scrubbed.split("\x00")
+        changed = list(map(int, map(ne, texts, keys)))
+        if sum(changed) == n:
+            return texts, changed
+    starts: list[int] = []
+    scrubbed, _ = _substitute(regex, joined, starts=starts)
+    # Which key each match is in, without a Python step per match: key i ends (its NUL
+    # included) at ends[i]; a match never starts at a NUL.
+    ends = list(accumulate(len(k) + 1 for k in keys))
+    per_key = Counter(map(partial(bisect_right, ends), starts))
+    return scrubbed.split("\x00"), list(map(per_key.get, range(len(keys)), repeat(0)))
+
+
+def _substitute_rules(kinds: tuple[str, ...], regex: re.Pattern[str], s: str) -> tuple[str, int]:
+    """``_substitute(regex, s)``, without a Python step per match where the result is
+    the same: text dense with one kind of secret (a ``key: value`` every 22 bytes) paid
+    one per match. When every match becomes one marker: one ``subn``. One rule with a
+    kept part (a key name), in text with no quote and no marker (so no value is kept
+    quoted, none was scrubbed before): one split into kept parts and values."""
+    mark = _constant_mark(kinds, regex)
+    if mark:
+        return regex.subn(mark, s)
+    if len(kinds) == 1 and "[REDACTED" not in s and '"' not in s and "'" not in s:
+        split = _split_form(kinds[0])
+        if split is not None:
+            parts = split.split(s)  # [text, kept, value, text, kept, value, ..., text]
+            n = len(parts) // 3
+            parts[2::3] = [REDACTED_TEMPLATE.format(_RULE_KIND[kinds[0]])] * n
+            return "".join(parts), n
+    return _substitute(regex, s)
+
+
+# Rule id -> its regex as (kept part)(value), its alternatives starting with a literal as
+# in _ALTERNATIVES (None: no kept part at its top level, or other groups).
+_SPLIT_FORMS: dict[str, re.Pattern[str] | None] = {}
+
+
+def _split_form(rule: str) -> re.Pattern[str] | None:
+    if rule in _SPLIT_FORMS:
+        return _SPLIT_FORMS[rule]
+    pattern, _ = _KINDS[rule]
+    keep = f"(?P<{rule}_p>)"
+    form = None
+    at = pattern.find(keep)
+    prefix, value = pattern[:at], pattern[at + len(keep) :]
+    if at > 0 and _top_level(prefix):
+        alternatives = "|".join(_literal_first(prefix))
+        candidate = re.compile(f"((?:{alternatives}))((?:{value}))", _FLAGS)
+        form = candidate if candidate.groups == len("kv") else None  # kept, value
+    _SPLIT_FORMS[rule] = form
+    return form
+
+
+def _top_level(prefix: str) -> bool:
+    """Whether ``prefix`` (a pattern's start) closes every group it opens: what follows
+    it is then in sequence with all of it."""
+    depth, i = 0, 0
+    while i < len(prefix):
+        c = prefix[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[":
+            i = _class_end(prefix, i)
+            continue
+        depth += (c == "(") - (c == ")")
+        i += 1
+    return depth == 0
+
+
+# Rules -> their one replacement, when every match of their regex becomes the same marker
+# ("" when not).
+_CONSTANT_MARK: dict[tuple[str, ...], str] = {}
+
+
+def _constant_mark(kinds: tuple[str, ...], regex: re.Pattern[str]) -> str:
+    mark = _CONSTANT_MARK.get(kinds)
+    if mark is None:
+        actions = {_GROUP_ACTIONS[g] for g in regex.groupindex if g in _GROUP_ACTIONS}
+        only = actions.pop() if len(actions) == 1 else ("", "keep")
+        mark = only[0] if only[1] is None and "\\" not in only[0] else ""
+        if len(_CONSTANT_MARK) >= _REGEX_CACHE_MAX:
+            _CONSTANT_MARK.clear()
+        _CONSTANT_MARK[kinds] = mark
+    return mark
+
+
+def _unused_key(scrubbed: str, out: Mapping[str, Any], suffixes: dict[str, int]) -> str:
+    """``scrubbed`` told apart from the keys already in ``out`` (``#2``, ``#3``...);
+    ``suffixes`` keeps the last number given per scrubbed key of this mapping, so N token
+    keys cost O(N), not O(N^2) (each new key would otherwise count up from #2 again)."""
+    base, i = scrubbed, suffixes.get(scrubbed, 1)
+    while scrubbed in out:
+        i += 1
+        scrubbed = f"{base}#{i}"
+    suffixes[base] = i
+    return scrubbed
 
 
 def _substitute(
