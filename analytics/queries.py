@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TypeAlias, TypeVar
@@ -37,6 +37,7 @@ SESSION_STATUSES: Final = (
     "canceled",
     "failed",
     "completed",
+    "abandoned",
 )
 BLAST_RADIUS_GROUPS: Final = ("agent", "tool", "repo", "day")
 APPROVAL_GROUPS: Final = ("rule", "agent", "approver", "tool")
@@ -146,6 +147,15 @@ def _count(name: str, value: int | None) -> int | None:
     return value
 
 
+def _tags(tags: Sequence[str] | None) -> list[str] | None:
+    if tags is None or isinstance(tags, str):
+        tags = [tags] if isinstance(tags, str) else []
+    for tag in tags:
+        if not isinstance(tag, str) or not tag:
+            raise QueryError(f"tag={tag!r}: a tag is a non-empty string")
+    return list(tags) or None
+
+
 def _session_filters(
     *,
     agent: str | None,
@@ -156,8 +166,10 @@ def _session_filters(
     decision: str | None,
     blast_radius: str | None,
     governed_by: str | None,
+    tags: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     return {
+        "tags": _tags(tags),
         "governed_by": _choice("governed_by", governed_by, GOVERNED_BY),
         "agent": agent,
         "status": _choice("status", status, SESSION_STATUSES),
@@ -182,13 +194,15 @@ def sessions(
     decision: str | None = None,
     blast_radius: str | None = None,
     governed_by: str | None = None,
+    tags: Sequence[str] | None = None,
 ) -> pl.DataFrame:
     """Sessions (the ``sessions`` view's columns), most recent activity first.
 
     Filters: exact ``agent`` name; ``status`` (one of SESSION_STATUSES); ``since``
     (last activity at or after); ``search`` (case-insensitive substring of the session
     id); ``repo`` (touched this repo); ``decision`` / ``blast_radius`` (has at least one
-    action with it); ``governed_by`` (one of GOVERNED_BY: who governed its calls).
+    action with it); ``governed_by`` (one of GOVERNED_BY: who governed its calls);
+    ``tags`` (has every one of these tags).
     ``limit`` / ``offset`` page through the result.
     """
     params = _session_filters(
@@ -200,6 +214,7 @@ def sessions(
         decision=decision,
         blast_radius=blast_radius,
         governed_by=governed_by,
+        tags=tags,
     )
     params["limit"] = _count("limit", limit)
     params["offset"] = _count("offset", offset) or 0
@@ -219,6 +234,7 @@ def count_sessions(
     decision: str | None = None,
     blast_radius: str | None = None,
     governed_by: str | None = None,
+    tags: Sequence[str] | None = None,
 ) -> int:
     """How many sessions :func:`sessions` would list without ``limit`` (for paging)."""
     params = _session_filters(
@@ -230,6 +246,7 @@ def count_sessions(
         decision=decision,
         blast_radius=blast_radius,
         governed_by=governed_by,
+        tags=tags,
     )
     sql = render("sessions_count", filtered=render("sessions_filtered"))
     with borrow(source) as con:

@@ -77,6 +77,21 @@ SELECT
             FILTER (WHERE span_type = 'tool' AND target_repo IS NOT NULL),
         CAST([] AS VARCHAR[])
     ) AS repos,
+    -- how the session ended (docs/DATA.md, "Session end"): the latest end record (a
+    -- failed one wins a tie, as for the last action: the key is the end in µs, doubled,
+    -- plus 1 if failed), and the latest start of any other span (activity after the end
+    -- reopens the session)
+    max(end_at) FILTER (WHERE end_outcome IS NOT NULL) AS ended_at,
+    arg_max(end_outcome, epoch_us(end_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT))
+        FILTER (WHERE end_outcome IS NOT NULL AND end_at IS NOT NULL) AS end_outcome,
+    arg_max(end_source, epoch_us(end_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT))
+        FILTER (WHERE end_outcome IS NOT NULL AND end_at IS NOT NULL) AS end_source,
+    arg_max(end_reason, epoch_us(end_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT))
+        FILTER (WHERE end_outcome IS NOT NULL AND end_at IS NOT NULL) AS end_reason,
+    max(start_time) FILTER (WHERE name IS DISTINCT FROM 'tooltrail.session.end')
+        AS last_started_at,
+    coalesce(bool_or(tooltrail_records_end(attributes)), false) AS records_end,
+    list_sort(list_distinct(flatten(list(tooltrail_tags(attributes))))) AS tags,
     -- approval ids (null when the span has none) of actions whose own span says pending;
     -- the `sessions` view lets the live control store overrule these by id
     coalesce(
@@ -87,7 +102,19 @@ SELECT
         ),
         CAST([] AS VARCHAR[])
     ) AS pending_refs
-FROM ({{unique}}) AS s
+FROM (
+    SELECT
+        *,
+        tooltrail_end_outcome(name, span_type, parent_span_id, status_code, attributes)
+            AS end_outcome,
+        coalesce(end_time, start_time) AS end_at,
+        tooltrail_end_source(name, attributes) AS end_source,
+        CASE WHEN name = 'tooltrail.session.end'
+            THEN attributes ->> '$."tooltrail.session.end_reason"'
+            ELSE status_message
+        END AS end_reason
+    FROM ({{unique}})
+) AS s
 -- A span of no known kind whose session fell back to its trace id (an MCP SDK's own
 -- `initialize` span, an HTTP server span) belongs to no agent session.
 WHERE session_id IS NOT NULL AND NOT (span_type = 'other' AND session_id = trace_id)

@@ -12,8 +12,13 @@
 -- changed_tool_calls: actions on a tool whose definition differed from its pinned one.
 --
 -- status, first match wins: canceled / paused (session control), waiting_approval (an
--- approval is pending), failed (the last action or a root span errored), active (last
--- activity within the idle window), completed.
+-- approval is pending), completed (an operator marked it so: `tooltrail complete`), the
+-- outcome of its latest end record (completed / failed) unless a span started after it;
+-- for a session whose producer records its end (records_end) and has none: active while
+-- within the idle window, else abandoned (its agent died). Sessions with no end record
+-- and no such mark (data landed before end records existed, third-party spans) keep the
+-- guesses: failed (the last action or a root span errored), active (last activity
+-- within the idle window), completed.
 CREATE OR REPLACE VIEW sessions AS
 WITH store_ids AS (
     SELECT coalesce(list(approval_id) FILTER (WHERE approval_id IS NOT NULL), []) AS ids
@@ -39,6 +44,17 @@ control AS (
         max(changed_at) AS changed_at
     FROM control_sessions
     GROUP BY session_id
+),
+completion AS (
+    -- an operator's latest "complete" of each session (who, when, why)
+    SELECT
+        session_id,
+        arg_max(changed_by, changed_at) AS completed_by,
+        max(changed_at) AS completed_at,
+        arg_max(reason, changed_at) AS completion_reason
+    FROM control_events
+    WHERE action = 'complete'
+    GROUP BY session_id
 )
 SELECT
     t.session_id,
@@ -47,11 +63,31 @@ SELECT
         WHEN ctl.state = 'canceled' THEN 'canceled'
         WHEN ctl.state = 'paused' THEN 'paused'
         WHEN pending_approvals > 0 THEN 'waiting_approval'
+        WHEN op.completed_at IS NOT NULL THEN 'completed'
+        WHEN t.end_outcome IS NOT NULL
+            AND NOT coalesce(t.last_started_at > t.ended_at, false) THEN t.end_outcome
+        WHEN coalesce(t.records_end, false) THEN
+            CASE
+                WHEN t.last_activity_at >= now() - coalesce(
+                    getvariable('tooltrail_idle_window'), INTERVAL 5 MINUTE
+                ) THEN 'active'
+                ELSE 'abandoned'
+            END
         WHEN coalesce(t.last_action_errored, false) OR t.root_errored THEN 'failed'
         WHEN t.last_activity_at >= now()
             - coalesce(getvariable('tooltrail_idle_window'), INTERVAL 5 MINUTE) THEN 'active'
         ELSE 'completed'
     END AS status,
+    -- whether the status is recorded (session control, an operator, an end record) rather
+    -- than guessed from idle time
+    CASE
+        WHEN ctl.state IN ('canceled', 'paused') OR pending_approvals > 0
+            OR op.completed_at IS NOT NULL THEN 'control'
+        WHEN t.end_outcome IS NOT NULL
+            AND NOT coalesce(t.last_started_at > t.ended_at, false) THEN 'end_record'
+        WHEN coalesce(t.records_end, false) THEN 'idle_window'
+        ELSE 'guessed'
+    END AS status_basis,
     t.total_actions AS action_count,
     t.started_at,
     t.last_action_at,
@@ -86,7 +122,15 @@ SELECT
     t.span_count,
     ctl.state AS control_state,
     ctl.changed_by AS control_changed_by,
-    ctl.changed_at AS control_changed_at
+    ctl.changed_at AS control_changed_at,
+    coalesce(t.tags, CAST([] AS VARCHAR[])) AS tags,
+    t.ended_at,
+    t.end_outcome,
+    t.end_source,
+    t.end_reason,
+    op.completed_by,
+    op.completed_at,
+    op.completion_reason
 FROM (
     -- Pending approvals: the store's pending requests, plus the spans' own "pending" for
     -- ids the store does not hold (for an id it holds, the store alone says; a span citing
@@ -129,4 +173,5 @@ FROM (
     CROSS JOIN store_ids AS s
     FULL OUTER JOIN store_pending AS sp ON sp.session_id = t.session_id
 ) AS t
-LEFT JOIN control AS ctl ON ctl.session_id = t.session_id;
+LEFT JOIN control AS ctl ON ctl.session_id = t.session_id
+LEFT JOIN completion AS op ON op.session_id = t.session_id;
