@@ -36,6 +36,7 @@ from tooltrail.analytics.queries import (
     GOVERNED_BY,
     SESSION_ACTION_EXTRA_COLUMNS,
     SESSION_STATUSES,
+    TRACE_FILTERS,
     TOOL_CHANGE_COLUMNS,
     Since,
     Source,
@@ -49,6 +50,7 @@ from tooltrail.analytics.queries import (
     session,
     session_actions,
     session_control_history,
+    session_trace,
     sessions,
     tool_changes,
 )
@@ -67,6 +69,7 @@ __all__ = [
     "SESSION_ACTION_EXTRA_COLUMNS",
     "SESSION_INDEX_FILE",
     "SESSION_STATUSES",
+    "TRACE_FILTERS",
     "TOOL_CHANGE_COLUMNS",
     "ControlLoader",
     "ControlTables",
@@ -90,6 +93,7 @@ __all__ = [
     "session",
     "session_actions",
     "session_control_history",
+    "session_trace",
     "sessions",
     "tool_changes",
 ]

@@ -24,6 +24,7 @@ from tooltrail.analytics.db import connect, data_dir_of, refresh
 from tooltrail.analytics.engine import raise_query_error, vanished_file
 from tooltrail.analytics.guard import check_read_only
 from tooltrail.analytics.sqlfiles import load, render
+from tooltrail.analytics.trace import TRACE_FILTERS, build_trace
 from tooltrail.errors import QueryError
 from tooltrail.schema import BLAST_RADII, DECISIONS
 
@@ -286,6 +287,28 @@ def session_control_history(source: Source, session_id: str) -> pl.DataFrame:
             {"session_id": session_id},
             f"reading the control history of session {session_id}",
         )
+
+
+def session_trace(source: Source, session_id: str, only: str = "all") -> pl.DataFrame:
+    """One session's activity in order: LLM steps (model, tokens, prompt and output where
+    recorded), agent invocations, tool calls, pause / resume / cancel / complete, the
+    final output and the session's end (analytics/trace.py). ``only``: one of
+    TRACE_FILTERS (all, reasoning: the model's steps and the final output; tools: the
+    tool calls); control events and the end are kept by every filter.
+
+    Example::
+
+        analytics.session_trace("tooltrail-data", "sess-42", only="reasoning")
+    """
+    _choice("only", only, TRACE_FILTERS)
+    with borrow(source) as con:
+        frame = _frame(
+            con,
+            load("session_trace"),
+            {"session_id": session_id},
+            f"reading the trace of session {session_id}",
+        )
+    return build_trace(frame, only)
 
 
 def blast_radius_stats(
