@@ -31,7 +31,14 @@ _ENTRIES: Final[dict[str, frozenset[str]]] = {
     "tools": frozenset({"tool", "control", "end"}),
 }
 # The columns of a trace, in order (the SQL's, less `attributes` and `rank`, plus these).
-TRACE_EXTRA_COLUMNS: Final = ("prompt", "output")
+TRACE_EXTRA_COLUMNS: Final = ("summary", "prompt", "output")
+_SUMMARY_CHARS: Final = 200
+_CONTROL_WORDS: Final = {
+    "pause": "session paused",
+    "resume": "session resumed",
+    "cancel": "session canceled",
+    "complete": "session marked complete",
+}
 
 _INDEXED: Final = re.compile(r"^(?P<base>.+)\.(?P<n>\d+)\.(?P<field>.+)$")
 _PROMPT_KEYS: Final = ("gen_ai.input.messages", "gen_ai.prompt", "input.value")
@@ -155,6 +162,30 @@ def _final_output(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+def _first_line(text: str | None) -> str | None:
+    if not text:
+        return None
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= _SUMMARY_CHARS else line[: _SUMMARY_CHARS - 1] + "…"
+
+
+def _summary(row: Mapping[str, Any]) -> str | None:
+    """One line saying what the entry is, for tables and timelines."""
+    entry = row["entry"]
+    if entry == "llm":
+        said = _first_line(row.get("output")) or _first_line(row.get("prompt"))
+        return " — ".join(x for x in (row.get("model") or row.get("name"), said) if x)
+    if entry == "tool":
+        return row.get("action_summary") or row.get("tool_name") or row.get("name")
+    if entry == "control":
+        return _CONTROL_WORDS.get(str(row.get("name")), f"session {row.get('name')}")
+    if entry == "end":
+        return f"session ended: {row.get('outcome')}"
+    if entry == "output":
+        return _first_line(row.get("output"))
+    return row.get("name")
+
+
 def build_trace(frame: pl.DataFrame, only: str) -> pl.DataFrame:
     """The entries of ``session_trace.sql`` with prompts, outputs and the final output,
     filtered by ``only`` (one of TRACE_FILTERS)."""
@@ -174,6 +205,8 @@ def build_trace(frame: pl.DataFrame, only: str) -> pl.DataFrame:
             if r["entry"] == "end" and r["span_id"] == final["span_id"]
         )
         rows.insert(at, final)
+    for row in rows:
+        row["summary"] = _summary(row)
     keep = _ENTRIES[only]
     columns = [c for c in frame.columns if c not in ("attributes", "rank")]
     columns += list(TRACE_EXTRA_COLUMNS)

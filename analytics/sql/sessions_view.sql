@@ -81,8 +81,8 @@ SELECT
     -- whether the status is recorded (session control, an operator, an end record) rather
     -- than guessed from idle time
     CASE
-        WHEN ctl.state IN ('canceled', 'paused') OR pending_approvals > 0
-            OR op.completed_at IS NOT NULL THEN 'control'
+        WHEN ctl.state IN ('canceled', 'paused') OR pending_approvals > 0 THEN 'control'
+        WHEN op.completed_at IS NOT NULL THEN 'operator'
         WHEN t.end_outcome IS NOT NULL
             AND NOT coalesce(t.last_started_at > t.ended_at, false) THEN 'end_record'
         WHEN coalesce(t.records_end, false) THEN 'idle_window'
