@@ -61,6 +61,7 @@ from tooltrail.instrumentation._decision import (
 from tooltrail.instrumentation._gate import Veto
 from tooltrail.instrumentation._prepare import aprepare, fail_closed
 from tooltrail.instrumentation._session import Session, use_session
+from tooltrail.instrumentation._session_end import SOURCE_GATEWAY, record_end
 from tooltrail.instrumentation._settings import Settings, install, settings
 from tooltrail.instrumentation._shorten import RESULT_PREVIEW_CHARS, to_json
 from tooltrail.semconv import (
@@ -438,8 +439,25 @@ class Gateway:
                 session_id=self.session_id or self.connection_id,
                 agent_name=self.opts.agent_name or self.client_name,
                 trigger=self.opts.trigger,
+                records_end=True,  # record_end below, when the connection ends
             )
         return s
+
+    def record_end(self, reason: str, *, failed: bool = False) -> None:
+        """The connection is over: record its session's end (a session made at a first
+        call; a connection that made none has nothing to end)."""
+        if self._session is None:
+            return
+        extra: dict[str, Any] = {TT_GATEWAY: True, MCP_SESSION_ID: self.connection_id}
+        if self.client_name is not None:
+            extra[TT_CLIENT_NAME] = self.client_name
+        record_end(
+            self._session,
+            exc_type=ServerGone if failed else None,
+            source=SOURCE_GATEWAY,
+            reason=reason,
+            extra=extra,
+        )
 
     # -- sending ------------------------------------------------------------------------
 
@@ -1072,6 +1090,7 @@ async def _relay_until_done(
         client.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await client
+        gw.record_end(f"the MCP server exited (status {rc})", failed=rc != 0)
         _log.info("the MCP server exited with status %s", rc)
         return _exit_status(rc)
     # The client hung up: let the server finish and answer what it can, then go.
@@ -1090,6 +1109,7 @@ async def _relay_until_done(
     # Its stdout closed or the grace is spent: it has had its time, only SIGTERM's is left.
     rc = await _reap(server, 1.0)
     gw.end_inflight("the client left before the server answered")
+    gw.record_end("the MCP client disconnected")
     return 0 if rc < 0 else rc
 
 
@@ -1111,6 +1131,7 @@ async def _stop(gw: Gateway, server: asyncio.subprocess.Process, client: asyncio
     client.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await client
+    gw.record_end("the gateway was terminated (SIGTERM): its client closed it")
     with contextlib.suppress(ProcessLookupError):
         server.terminate()
     try:

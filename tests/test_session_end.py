@@ -1,0 +1,248 @@
+"""Sessions end explicitly (issue 17, "Complete"): real agent processes land through
+tooltrail's exporter with the real OTel SDK; the views, the CLI and the gateway read it.
+
+* leaving ``tt.session`` lands an end record: ``completed``, or ``failed`` if the body raised;
+* an agent killed with SIGKILL never ends its session: ``abandoned`` once idle;
+* a gateway client disconnecting ends its session;
+* an operator's ``tooltrail complete`` records who and why (operator role under access
+  control);
+* the activity trace orders LLM steps, tool calls and control events, with filters;
+* tags land and filter; data without end records keeps today's guesses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from access_support import invoke, people
+from click.testing import CliRunner
+from gateway_support import git_server, proxy_command, raw_client
+from git_support import clean_env, init_repo
+
+from tooltrail import analytics
+from tooltrail.cli import cli
+from tooltrail.control import ControlStore
+
+AGENT = Path(__file__).parent / "agents" / "ending_agent.py"
+WINDOW = dt.timedelta(seconds=1)
+
+
+def agent(data: Path, mode: str, session_id: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(AGENT), mode, session_id],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(TOOLTRAIL_DATA=str(data), TOOLTRAIL_DUCKDB_FILE="0"),
+    )
+
+
+def run_agent(data: Path, mode: str, session_id: str) -> None:
+    proc = agent(data, mode, session_id)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def one(data: Path, session_id: str, **connect: Any) -> dict[str, Any]:
+    with analytics.connect(data, **connect) as con:
+        header = analytics.session(con, session_id)
+    assert header is not None, session_id
+    row: dict[str, Any] = header.row(0, named=True)
+    return row
+
+
+def cli_json(data: Path, *args: str) -> Any:
+    result = CliRunner().invoke(cli, [args[0], "--data", str(data), *args[1:]])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_a_session_left_normally_is_completed_one_that_raised_failed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    run_agent(data, "ok", "s-ok")
+    run_agent(data, "raise", "s-raise")
+    ok, raised = one(data, "s-ok"), one(data, "s-raise")
+    # Known at once (within the idle window, no guessing from idle time).
+    assert (ok["status"], ok["status_basis"], ok["end_source"]) == (
+        "completed",
+        "end_record",
+        "session",
+    )
+    assert (raised["status"], raised["end_outcome"]) == ("failed", "failed")
+    assert raised["end_reason"] == "the session's code raised RuntimeError"
+    assert raised["errors"] == 0  # no tool call failed: only the end record says failed
+    # Tags land (from tt.session(tags=...)), are listed and filter.
+    assert ok["tags"] == ["nightly", "release"]
+    listed = cli_json(data, "sessions", "--tag", "nightly", "--tag", "release", "--format", "json")
+    assert sorted(r["session_id"] for r in listed) == ["s-ok", "s-raise"]
+    assert cli_json(data, "sessions", "--tag", "nightly", "--tag", "other", "--format", "json") == []
+    failed = cli_json(data, "sessions", "--status", "failed", "--format", "json")
+    assert [r["session_id"] for r in failed] == ["s-raise"]
+
+
+def test_a_killed_agent_is_abandoned_after_the_window(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    data = tmp_path / "data"
+    proc = agent(data, "hang", "s-killed")
+    procs.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    # Within the window it may still be working; after it, it is known to have died.
+    assert one(data, "s-killed")["status"] == "active"
+    time.sleep(WINDOW.total_seconds() + 0.2)
+    row = one(data, "s-killed", idle_window=WINDOW)
+    assert (row["status"], row["status_basis"], row["ended_at"]) == (
+        "abandoned",
+        "idle_window",
+        None,
+    )
+    assert row["tags"] == ["doomed"]
+    # An operator who knows it finished marks it complete: who and why are recorded.
+    result = CliRunner().invoke(
+        cli,
+        ["complete", "--data", str(data), "s-killed", "--by", "ops", "--reason", "done by hand"],
+    )
+    assert result.exit_code == 0, result.output
+    row = one(data, "s-killed", idle_window=WINDOW)
+    assert (row["status"], row["status_basis"]) == ("completed", "operator")
+    assert (row["completed_by"], row["completion_reason"]) == ("ops", "done by hand")
+
+
+def test_operator_completion_needs_a_reason_and_the_operator_role(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    run_agent(data, "raise", "s-1")
+    code, _, err = invoke(data, "complete", "s-1", "--by", "ops")
+    assert code == 2 and "--reason" in err
+    creds = people(data)
+    code, _, err = invoke(data, "complete", "s-1", "--reason", "x", token=creds["alice"])
+    assert code != 0 and "may not" in err
+    assert one(data, "s-1")["status"] == "failed"
+    code, out, err = invoke(data, "complete", "s-1", "--reason", "retried by hand", token=creds["olga"])
+    assert code == 0, err
+    row = one(data, "s-1")
+    assert (row["status"], row["completed_by"], row["completion_reason"]) == (
+        "completed",
+        "olga",
+        "retried by hand",
+    )
+    code, _, err = invoke(data, "complete", "no-such", "--reason", "x", token=creds["olga"])
+    assert code == 2 and "no session 'no-such'" in err
+
+
+def test_a_gateway_client_disconnect_ends_its_session(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    repo = init_repo(tmp_path / "repo")
+    command = proxy_command(None, data, git_server(repo), "--session-id", "s-gw", "--observe")
+    with raw_client(command) as client:
+        client.initialize()
+        call = {"name": "git_status", "arguments": {"repo_path": str(repo)}}
+        client.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call})
+        assert "result" in client.response(1, timeout=60)
+        assert client.close() == 0
+    row = one(data, "s-gw")
+    assert (row["status"], row["end_source"], row["governed_by"]) == (
+        "completed",
+        "gateway",
+        "gateway",
+    )
+    assert row["end_reason"] == "the MCP client disconnected"
+
+
+def test_the_trace_orders_llm_steps_tool_calls_and_control_events(
+    tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    data = tmp_path / "data"
+    proc = agent(data, "trace", "s-trace")
+    procs.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "step"
+    with ControlStore(data) as store:
+        store.set_session_state("s-trace", "pause", by="ops", reason="look")
+        store.set_session_state("s-trace", "resume", by="ops")
+    assert proc.stdin is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+
+    trace = analytics.session_trace(data, "s-trace")
+    assert trace["entry"].to_list() == [
+        "agent",
+        "llm",
+        "tool",
+        "control",
+        "control",
+        "llm",
+        "tool",
+        "end",  # the root agent span ended
+        "output",
+        "end",  # the session was left
+    ]
+    llm = trace.filter(trace["entry"] == "llm").to_dicts()
+    assert [r["model"] for r in llm] == ["gpt-4o", "gpt-4o"]
+    assert [(r["input_tokens"], r["output_tokens"]) for r in llm] == [(101, 11), (102, 12)]
+    assert llm[0]["prompt"] == "user: what is 1 + 2?"
+    assert llm[1]["output"] == "assistant: The answer is 3."
+    control = trace.filter(trace["entry"] == "control")
+    assert control["name"].to_list() == ["pause", "resume"]
+    assert control["actor"].to_list() == ["ops", "ops"]
+    assert trace.filter(trace["entry"] == "tool")["sequence"].to_list() == [1, 2]
+    assert trace.filter(trace["entry"] == "output")["output"].to_list() == ["The answer is 3."]
+    assert trace["occurred_at"].is_sorted()
+
+    reasoning = analytics.session_trace(data, "s-trace", only="reasoning")["entry"].to_list()
+    assert reasoning == ["agent", "llm", "control", "control", "llm", "end", "output", "end"]
+    tools = analytics.session_trace(data, "s-trace", only="tools")["entry"].to_list()
+    assert tools == ["tool", "control", "control", "tool", "end", "end"]
+
+    doc = cli_json(data, "show", "s-trace", "--trace", "--only", "tools", "--format", "json")
+    assert [e["entry"] for e in doc["trace"]] == tools
+    assert doc["session"]["status"] == "completed"
+    table = CliRunner().invoke(cli, ["show", "--data", str(data), "s-trace", "--trace"])
+    assert table.exit_code == 0, table.output
+    assert "session paused" in table.stdout and "The answer is 3." in table.stdout
+
+
+def test_data_without_end_records_keeps_the_idle_guesses(
+    make_row: Any, landed: Any, data_dir: Path
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    old = now - dt.timedelta(hours=1)
+    landed(
+        [
+            make_row(session_id="s-old", start_time=old, end_time=old),
+            make_row(session_id="s-err", start_time=old, end_time=old, status_code="ERROR"),
+            make_row(session_id="s-now", start_time=now, end_time=now),
+        ]
+    )
+    status = {
+        r["session_id"]: (r["status"], r["status_basis"])
+        for r in analytics.sessions(data_dir).to_dicts()
+    }
+    assert status == {
+        "s-old": ("completed", "guessed"),
+        "s-err": ("failed", "guessed"),
+        "s-now": ("active", "guessed"),
+    }
