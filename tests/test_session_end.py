@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,32 +25,14 @@ from typing import Any
 import pytest
 from access_support import invoke, people
 from click.testing import CliRunner
+from ending_support import agent, run_agent, run_trace_agent
 from gateway_support import git_server, proxy_command, raw_client
-from git_support import clean_env, init_repo
+from git_support import init_repo
 
 from tooltrail import analytics
 from tooltrail.cli import cli
-from tooltrail.control import ControlStore
 
-AGENT = Path(__file__).parent / "agents" / "ending_agent.py"
 WINDOW = dt.timedelta(seconds=1)
-
-
-def agent(data: Path, mode: str, session_id: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(AGENT), mode, session_id],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(TOOLTRAIL_DATA=str(data), TOOLTRAIL_DUCKDB_FILE="0"),
-    )
-
-
-def run_agent(data: Path, mode: str, session_id: str) -> None:
-    proc = agent(data, mode, session_id)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
 
 
 @pytest.fixture
@@ -96,9 +77,22 @@ def test_a_session_left_normally_is_completed_one_that_raised_failed(tmp_path: P
     assert ok["tags"] == ["nightly", "release"]
     listed = cli_json(data, "sessions", "--tag", "nightly", "--tag", "release", "--format", "json")
     assert sorted(r["session_id"] for r in listed) == ["s-ok", "s-raise"]
-    assert cli_json(data, "sessions", "--tag", "nightly", "--tag", "other", "--format", "json") == []
+    assert (
+        cli_json(data, "sessions", "--tag", "nightly", "--tag", "other", "--format", "json") == []
+    )
     failed = cli_json(data, "sessions", "--status", "failed", "--format", "json")
     assert [r["session_id"] for r in failed] == ["s-raise"]
+    # The session index (tooltrail compact) keeps the ends and tags, and merges a newer end:
+    # s-ok run again and raising is failed now.
+    result = CliRunner().invoke(cli, ["compact", "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    run_agent(data, "raise", "s-ok")
+    with analytics.connect(data) as con:
+        rows = analytics.sessions(con).to_dicts()
+    assert {r["session_id"]: (r["status"], r["tags"]) for r in rows} == {
+        "s-ok": ("failed", ["nightly", "release"]),
+        "s-raise": ("failed", ["nightly", "release"]),
+    }
 
 
 def test_a_killed_agent_is_abandoned_after_the_window(
@@ -140,7 +134,9 @@ def test_operator_completion_needs_a_reason_and_the_operator_role(tmp_path: Path
     code, _, err = invoke(data, "complete", "s-1", "--reason", "x", token=creds["alice"])
     assert code != 0 and "may not" in err
     assert one(data, "s-1")["status"] == "failed"
-    code, out, err = invoke(data, "complete", "s-1", "--reason", "retried by hand", token=creds["olga"])
+    code, out, err = invoke(
+        data, "complete", "s-1", "--reason", "retried by hand", token=creds["olga"]
+    )
     assert code == 0, err
     row = one(data, "s-1")
     assert (row["status"], row["completed_by"], row["completion_reason"]) == (
@@ -171,21 +167,9 @@ def test_a_gateway_client_disconnect_ends_its_session(tmp_path: Path) -> None:
     assert row["end_reason"] == "the MCP client disconnected"
 
 
-def test_the_trace_orders_llm_steps_tool_calls_and_control_events(
-    tmp_path: Path, procs: list[subprocess.Popen[str]]
-) -> None:
+def test_the_trace_orders_llm_steps_tool_calls_and_control_events(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    proc = agent(data, "trace", "s-trace")
-    procs.append(proc)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "step"
-    with ControlStore(data) as store:
-        store.set_session_state("s-trace", "pause", by="ops", reason="look")
-        store.set_session_state("s-trace", "resume", by="ops")
-    assert proc.stdin is not None
-    proc.stdin.write("go\n")
-    proc.stdin.flush()
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    run_trace_agent(data, "s-trace")
 
     trace = analytics.session_trace(data, "s-trace")
     assert trace["entry"].to_list() == [
