@@ -128,9 +128,7 @@ def default_control_loader(data_dir: Path) -> ControlTables:
         records = store.list_approvals("all")
         states = store.session_states()
         # An operator's completions join the history as action `complete`, in time order.
-        history = sorted(
-            [*store.control_history(), *store.completions()], key=lambda e: e.at
-        )
+        history = sorted([*store.control_history(), *store.completions()], key=lambda e: e.at)
     approvals = pa.Table.from_pylist(
         [
             {

@@ -24,7 +24,8 @@ from tooltrail.analytics.db import connect, data_dir_of, refresh
 from tooltrail.analytics.engine import raise_query_error, vanished_file
 from tooltrail.analytics.guard import check_read_only
 from tooltrail.analytics.sqlfiles import load, render
-from tooltrail.analytics.trace import TRACE_FILTERS, build_trace
+from tooltrail.analytics.trace import TRACE_FILTERS as TRACE_FILTERS
+from tooltrail.analytics.trace import build_trace
 from tooltrail.errors import QueryError
 from tooltrail.schema import BLAST_RADII, DECISIONS
 

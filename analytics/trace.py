@@ -210,7 +210,7 @@ def build_trace(frame: pl.DataFrame, only: str) -> pl.DataFrame:
     keep = _ENTRIES[only]
     columns = [c for c in frame.columns if c not in ("attributes", "rank")]
     columns += list(TRACE_EXTRA_COLUMNS)
-    schema = {c: frame.schema[c] for c in columns if c in frame.schema}
-    schema.update({c: pl.String for c in TRACE_EXTRA_COLUMNS})
+    schema: dict[str, Any] = {c: frame.schema[c] for c in columns if c in frame.schema}
+    schema.update(dict.fromkeys(TRACE_EXTRA_COLUMNS, pl.String))
     kept = [{c: r.get(c) for c in columns} for r in rows if r["entry"] in keep]
     return pl.DataFrame(kept, schema=schema)

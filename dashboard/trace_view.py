@@ -76,9 +76,8 @@ def _entry(row: Mapping[str, Any]) -> None:
     if entry == "llm" and row.get("model"):
         facts.append(ui.code(str(row["model"])))
     if row.get("input_tokens") is not None or row.get("output_tokens") is not None:
-        facts.append(
-            f"{ui.fmt_int(row.get('input_tokens'))} in / {ui.fmt_int(row.get('output_tokens'))} out tokens"
-        )
+        tokens_in, tokens_out = row.get("input_tokens"), row.get("output_tokens")
+        facts.append(f"{ui.fmt_int(tokens_in)} in / {ui.fmt_int(tokens_out)} out tokens")
     if entry == "tool":
         facts.append(f"#{row.get('sequence')}" if row.get("sequence") is not None else "")
         facts.append(

@@ -109,9 +109,7 @@ def _record(
         # As a tool span's attributes are: scrubbed as they enter the span, since an OTLP
         # exporter may send them elsewhere before tooltrail's normalizer sees them.
         attrs = {k: _scrubbed(st.redactor, v) for k, v in attrs.items()}
-    span = st.tool_tracer.start_span(
-        SESSION_END_NAME, kind=SpanKind.INTERNAL, attributes=attrs
-    )
+    span = st.tool_tracer.start_span(SESSION_END_NAME, kind=SpanKind.INTERNAL, attributes=attrs)
     if exc_type is not None:
         span.set_status(Status(StatusCode.ERROR, exc_type.__name__))
     else:

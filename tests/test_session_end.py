@@ -134,9 +134,8 @@ def test_operator_completion_needs_a_reason_and_the_operator_role(tmp_path: Path
     code, _, err = invoke(data, "complete", "s-1", "--reason", "x", token=creds["alice"])
     assert code != 0 and "may not" in err
     assert one(data, "s-1")["status"] == "failed"
-    code, out, err = invoke(
-        data, "complete", "s-1", "--reason", "retried by hand", token=creds["olga"]
-    )
+    olga = creds["olga"]
+    code, _, err = invoke(data, "complete", "s-1", "--reason", "retried by hand", token=olga)
     assert code == 0, err
     row = one(data, "s-1")
     assert (row["status"], row["completed_by"], row["completion_reason"]) == (

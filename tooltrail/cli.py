@@ -918,9 +918,7 @@ cli.add_command(
 @_by_option
 @click.option("--reason", required=True, help="Why it is complete (recorded).")
 @_force_option
-def complete(
-    data: Path | None, session_id: str, by: str | None, reason: str, force: bool
-) -> None:
+def complete(data: Path | None, session_id: str, by: str | None, reason: str, force: bool) -> None:
     """Mark a session complete (who and why are recorded): its status reads completed
     from then on, whatever its spans say (e.g. an abandoned session whose work an
     operator knows was done). Needs the operator role when access control is on.

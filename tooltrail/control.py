@@ -999,8 +999,7 @@ class ControlStore:
         with self._tx() as con:
             now = time.time()
             con.execute(
-                "INSERT INTO session_completions (session_id, actor, at, reason)"
-                " VALUES (?,?,?,?)",
+                "INSERT INTO session_completions (session_id, actor, at, reason) VALUES (?,?,?,?)",
                 (session_id, by_text, now, why),
             )
         return ControlEvent(session_id, COMPLETE, by_text, now, why)
@@ -1013,7 +1012,9 @@ class ControlStore:
             sql += " WHERE session_id = ?"
             params = (session_key(session_id),)
         rows = self._query(sql + " ORDER BY at, completion_id", params)
-        return [ControlEvent(r["session_id"], COMPLETE, r["actor"], r["at"], r["reason"]) for r in rows]
+        return [
+            ControlEvent(r["session_id"], COMPLETE, r["actor"], r["at"], r["reason"]) for r in rows
+        ]
 
     def session_states(self) -> list[SessionControl]:
         rows = self._query("SELECT * FROM session_controls")
