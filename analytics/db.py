@@ -108,6 +108,15 @@ SESSIONS_COLUMNS: Final = (
     "control_state",
     "control_changed_by",
     "control_changed_at",
+    "status_basis",
+    "tags",
+    "ended_at",
+    "end_outcome",
+    "end_source",
+    "end_reason",
+    "completed_by",
+    "completed_at",
+    "completion_reason",
 )
 APPROVALS_COLUMNS: Final = (
     "approval_id",

@@ -78,16 +78,6 @@ SELECT
             - coalesce(getvariable('tooltrail_idle_window'), INTERVAL 5 MINUTE) THEN 'active'
         ELSE 'completed'
     END AS status,
-    -- whether the status is recorded (session control, an operator, an end record) rather
-    -- than guessed from idle time
-    CASE
-        WHEN ctl.state IN ('canceled', 'paused') OR pending_approvals > 0 THEN 'control'
-        WHEN op.completed_at IS NOT NULL THEN 'operator'
-        WHEN t.end_outcome IS NOT NULL
-            AND NOT coalesce(t.last_started_at > t.ended_at, false) THEN 'end_record'
-        WHEN coalesce(t.records_end, false) THEN 'idle_window'
-        ELSE 'guessed'
-    END AS status_basis,
     t.total_actions AS action_count,
     t.started_at,
     t.last_action_at,
@@ -123,6 +113,16 @@ SELECT
     ctl.state AS control_state,
     ctl.changed_by AS control_changed_by,
     ctl.changed_at AS control_changed_at,
+    -- whether the status is recorded (session control, an operator, an end record) rather
+    -- than guessed from idle time
+    CASE
+        WHEN ctl.state IN ('canceled', 'paused') OR pending_approvals > 0 THEN 'control'
+        WHEN op.completed_at IS NOT NULL THEN 'operator'
+        WHEN t.end_outcome IS NOT NULL
+            AND NOT coalesce(t.last_started_at > t.ended_at, false) THEN 'end_record'
+        WHEN coalesce(t.records_end, false) THEN 'idle_window'
+        ELSE 'guessed'
+    END AS status_basis,
     coalesce(t.tags, CAST([] AS VARCHAR[])) AS tags,
     t.ended_at,
     t.end_outcome,
