@@ -12,10 +12,11 @@ from git_support import clean_env
 AGENT = Path(__file__).parent / "agents" / "ending_agent.py"
 
 
-def agent(data: Path, mode: str, session_id: str) -> subprocess.Popen[str]:
-    """Start the agent in ``mode`` (ok, raise, hang, trace: see the agent's docstring)."""
+def agent(data: Path, mode: str, session_id: str, *otlp_url: str) -> subprocess.Popen[str]:
+    """Start the agent in ``mode`` (ok, raise, hang, trace: see the agent's docstring);
+    given a collector's URL, its spans go there too."""
     return subprocess.Popen(
-        [sys.executable, str(AGENT), mode, session_id],
+        [sys.executable, str(AGENT), mode, session_id, *otlp_url],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -24,9 +25,9 @@ def agent(data: Path, mode: str, session_id: str) -> subprocess.Popen[str]:
     )
 
 
-def run_agent(data: Path, mode: str, session_id: str) -> None:
+def run_agent(data: Path, mode: str, session_id: str, *otlp_url: str) -> None:
     """Run the agent to its end; fail with its stderr if it did not exit 0."""
-    proc = agent(data, mode, session_id)
+    proc = agent(data, mode, session_id, *otlp_url)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
 

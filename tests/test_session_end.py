@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from access_support import invoke, people
 from click.testing import CliRunner
+from collect_support import CollectorProcess, metric, wait_until
 from ending_support import agent, run_agent, run_trace_agent
 from gateway_support import git_server, proxy_command, raw_client
 from git_support import init_repo
@@ -93,6 +94,26 @@ def test_a_session_left_normally_is_completed_one_that_raised_failed(tmp_path: P
         "s-ok": ("failed", ["nightly", "release"]),
         "s-raise": ("failed", ["nightly", "release"]),
     }
+
+
+def test_end_records_land_through_the_collector_and_ingest(tmp_path: Path) -> None:
+    agent_data, collected, ingested = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    with CollectorProcess(collected, "--flush-interval", "0.2") as col:
+        run_agent(agent_data, "raise", "s-otlp", col.url)
+        wait_until(lambda: metric(col.url, "spans_landed_total") >= 2, what="landed")
+    row = one(collected, "s-otlp")
+    assert (row["status"], row["end_source"], row["tags"]) == (
+        "failed",
+        "session",
+        ["nightly", "release"],
+    )
+    # Written as OTLP JSON (the OTel Collector's file exporter) and ingested: the same.
+    otlp = tmp_path / "spans.jsonl"
+    run_agent(agent_data, "ok", "s-file", f"file:{otlp}")
+    result = CliRunner().invoke(cli, ["ingest", "--data", str(ingested), str(otlp)])
+    assert result.exit_code == 0, result.output
+    row = one(ingested, "s-file")
+    assert (row["status"], row["status_basis"]) == ("completed", "end_record")
 
 
 def test_a_killed_agent_is_abandoned_after_the_window(

@@ -1,6 +1,7 @@
-"""An agent for the session-end tests: ``python ending_agent.py MODE SESSION_ID``.
+"""An agent for the session-end tests: ``python ending_agent.py MODE SESSION_ID [URL]``.
 
-It lands in ``$TOOLTRAIL_DATA`` through tooltrail's own exporter, with the real OTel SDK:
+It lands in ``$TOOLTRAIL_DATA`` through tooltrail's own exporter, with the real OTel SDK
+(and, given a collector's URL, sends every span there over OTLP/HTTP too):
 
 * ``ok``: a ``tt.session`` (tags nightly, release) with one tool call, left normally;
 * ``raise``: the same, but the body raises (the process still exits 0);
@@ -12,11 +13,17 @@ It lands in ``$TOOLTRAIL_DATA`` through tooltrail's own exporter, with the real 
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import time
+from collections.abc import Sequence
 
+from google.protobuf import json_format
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 import tooltrail.instrumentation as tt
 
@@ -41,8 +48,45 @@ def chat(tracer: trace.Tracer, session_id: str, n: int, question: str, answer: s
         time.sleep(0.002)
 
 
+class _OtlpJsonFile(SpanExporter):
+    """Writes each batch as one line of OTLP JSON, as the OTel Collector's file exporter
+    does (hex ids): what ``tooltrail ingest`` reads."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        doc = json_format.MessageToDict(encode_spans(spans), use_integers_for_enums=True)
+        for rs in doc.get("resourceSpans", []):
+            for ss in rs.get("scopeSpans", []):
+                for span in ss.get("spans", []):
+                    for key in ("traceId", "spanId", "parentSpanId"):
+                        if key in span:
+                            span[key] = base64.b64decode(span[key]).hex()
+        with open(self.path, "a") as out:
+            out.write(json.dumps(doc, separators=(",", ":")) + "\n")
+        return SpanExportResult.SUCCESS
+
+
+def _otlp_to(url: str) -> None:
+    """Also send every span over OTLP/HTTP to ``url`` (a ``tooltrail collect``), or write
+    it as OTLP JSON to the file a ``file:`` URL names."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    provider = TracerProvider()
+    exporter: SpanExporter
+    if url.startswith("file:"):
+        exporter = _OtlpJsonFile(url.removeprefix("file:"))
+    else:
+        exporter = OTLPSpanExporter(f"{url}/v1/traces")
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+
+
 def main() -> None:
     mode, session_id = sys.argv[1], sys.argv[2]
+    if len(sys.argv) > 3:  # a collector's URL: its spans go there too
+        _otlp_to(sys.argv[3])
     conf = tt.configure(agent_name="ending-bot", enforce=False)
     tracer = trace.get_tracer("ending-agent")
 
