@@ -135,6 +135,17 @@ def test_a_killed_agent_is_abandoned_after_the_window(
         None,
     )
     assert row["tags"] == ["doomed"]
+    # The window is configurable for every reader: $TOOLTRAIL_IDLE_WINDOW (the CLI here).
+    env = {"TOOLTRAIL_IDLE_WINDOW": "1s"}
+    result = CliRunner().invoke(
+        cli, ["sessions", "--data", str(data), "--status", "abandoned", "--format", "json"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert [r["session_id"] for r in json.loads(result.stdout)] == ["s-killed"]
+    result = CliRunner().invoke(
+        cli, ["sessions", "--data", str(data)], env={"TOOLTRAIL_IDLE_WINDOW": "soon"}
+    )
+    assert result.exit_code == 2 and "$TOOLTRAIL_IDLE_WINDOW: 'soon'" in result.output
     # An operator who knows it finished marks it complete: who and why are recorded.
     result = CliRunner().invoke(
         cli,
