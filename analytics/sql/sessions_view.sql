@@ -13,7 +13,8 @@
 --
 -- status, first match wins: canceled / paused (session control), waiting_approval (an
 -- approval is pending), completed (an operator marked it so: `tooltrail complete`), the
--- outcome of its latest end record (completed / failed) unless a span started after it;
+-- outcome of its latest end record (completed / failed; failed too when recorded by an
+-- agent span or the gateway and the last action errored) unless a span started after it;
 -- for a session whose producer records its end (records_end) and has none: active while
 -- within the idle window, else abandoned (its agent died). Sessions with no end record
 -- and no such mark (data landed before end records existed, third-party spans) keep the
@@ -65,7 +66,15 @@ SELECT
         WHEN pending_approvals > 0 THEN 'waiting_approval'
         WHEN op.completed_at IS NOT NULL THEN 'completed'
         WHEN t.end_outcome IS NOT NULL
-            AND NOT coalesce(t.last_started_at > t.ended_at, false) THEN t.end_outcome
+            AND NOT coalesce(t.last_started_at > t.ended_at, false) THEN
+            -- the agent's own code says how it went (`session`); an agent span's status
+            -- or a gateway's disconnect only say that it ended: a last action that
+            -- errored still makes the session failed
+            CASE
+                WHEN t.end_outcome = 'completed' AND t.end_source <> 'session'
+                    AND coalesce(t.last_action_errored, false) THEN 'failed'
+                ELSE t.end_outcome
+            END
         WHEN coalesce(t.records_end, false) THEN
             CASE
                 WHEN t.last_activity_at >= now() - coalesce(
