@@ -1131,7 +1131,7 @@ async def _stop(gw: Gateway, server: asyncio.subprocess.Process, client: asyncio
     client.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await client
-    gw.record_end("the gateway was terminated (SIGTERM): its client closed it")
+    gw.record_end("the gateway was terminated (SIGTERM)")
     with contextlib.suppress(ProcessLookupError):
         server.terminate()
     try:
