@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import click
+from click.core import ParameterSource
 
 from tooltrail import config
 from tooltrail.cli_common import data_option, domain_errors
+from tooltrail.errors import BadInputError
 from tooltrail.output import FORMATS
 from tooltrail.semconv import TRIGGERS
 
+if TYPE_CHECKING:
+    from tooltrail.gateway.http import HttpOptions
+    from tooltrail.gateway.stdio import ProxyOptions
+
 WRAP: Final = "wrap"
+# The bearer token of `proxy --listen` (as $TOOLTRAIL_COLLECTOR_TOKEN is `collect`'s).
+ENV_PROXY_TOKEN: Final = "TOOLTRAIL_PROXY_TOKEN"
 
 
 @click.command(name="proxy wrap")
@@ -101,7 +111,44 @@ def wrap_cli(config_file: Path, policy: Path | None, data: Path | None, undo: bo
     help="Calls that may wait for a decision at once on one connection; more are denied "
     "(rule gateway-limit).",
 )
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Serve MCP's streamable HTTP transport at http://HOST:PORT/mcp instead of stdio "
+    "(one server process per MCP session). Loopback unless --token is given.",
+)
+@click.option(
+    "--token",
+    envvar=ENV_PROXY_TOKEN,
+    show_envvar=True,
+    help="With --listen: bearer token every request must carry (required off loopback).",
+)
+@click.option(
+    "--upstream",
+    metavar="URL",
+    help="With --listen: front this remote streamable HTTP MCP server instead of COMMAND.",
+)
+@click.option(
+    "--servers",
+    "servers_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --listen: serve every server of this YAML file at /mcp/NAME (docs/GATEWAY.md).",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1800.0,
+    show_default=True,
+    help="With --listen: seconds without a request (and no open stream) that end a session.",
+)
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="With --listen: MCP sessions at once (each has its own server); more get 503.",
+)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def proxy_cli(
     policy: Path | None,
     data: Path | None,
@@ -113,6 +160,12 @@ def proxy_cli(
     pin_tools: str | None,
     server_name: str | None,
     max_held: int,
+    listen: str | None,
+    token: str | None,
+    upstream: str | None,
+    servers_file: Path | None,
+    idle_timeout: float,
+    max_sessions: int,
     command: tuple[str, ...],
 ) -> None:
     """MCP gateway in front of a stdio server: governs any MCP client.
@@ -128,14 +181,25 @@ def proxy_cli(
     an MCP client's `mcpServers` (Claude Desktop, Claude Code, Cursor) so every stdio
     server runs through the gateway, keeping a backup; --undo restores it.
 
+    With `--listen HOST:PORT` the gateway serves MCP's streamable HTTP transport at
+    /mcp instead: each MCP session (Mcp-Session-Id) gets its own COMMAND and is one
+    tooltrail session. `--upstream URL` fronts a remote streamable HTTP server, and
+    `--servers FILE` serves several, each at /mcp/NAME.
+
     \b
     Example:
       tooltrail proxy --policy policy.yaml --data ./tooltrail-data -- \\
           npx -y @modelcontextprotocol/server-filesystem /srv/project
       tooltrail proxy wrap ~/.cursor/mcp.json --policy policy.yaml
+      tooltrail proxy --listen 127.0.0.1:8765 --policy policy.yaml -- \\
+          npx -y @modelcontextprotocol/server-filesystem /srv/project
     """
-    if command[0] == WRAP:  # a server named "wrap" is started by path: ./wrap
-        ctx = click.get_current_context()
+    ctx = click.get_current_context()
+    if listen is None:
+        _stdio_only(ctx, upstream, servers_file, command)
+    elif ctx.get_parameter_source("session_id") is ParameterSource.COMMANDLINE:
+        raise click.UsageError("--session-id does not go with --listen: each MCP session is one")
+    if command and command[0] == WRAP:  # a server named "wrap" is started by path: ./wrap
         wrap_cli.main(list(command[1:]), prog_name=f"{ctx.command_path} {WRAP}")
         return
     from tooltrail.gateway.stdio import ProxyOptions, run_proxy
@@ -157,8 +221,70 @@ def proxy_cli(
         max_held=max_held,
     )
     with domain_errors():
-        status = run_proxy(opts)
+        if listen is None:
+            status = run_proxy(opts)
+        else:
+            http = _http_options(opts, listen, token, upstream, servers_file)
+            from tooltrail.gateway.http import run_http
+
+            status = run_http(
+                dataclasses.replace(http, idle_timeout_s=idle_timeout, max_sessions=max_sessions)
+            )
     sys.exit(status)
+
+
+def _stdio_only(
+    ctx: click.Context, upstream: str | None, servers_file: Path | None, command: tuple[str, ...]
+) -> None:
+    if ctx.get_parameter_source("token") is ParameterSource.COMMANDLINE:
+        raise click.UsageError("--token goes with --listen")
+    if upstream is not None or servers_file is not None:
+        raise click.UsageError("--upstream and --servers go with --listen")
+    if not command:
+        raise click.UsageError("give the server's command after --, or --listen HOST:PORT")
+
+
+def _http_options(
+    opts: ProxyOptions,
+    listen: str,
+    token: str | None,
+    upstream: str | None,
+    servers_file: Path | None,
+) -> HttpOptions:
+    try:
+        from tooltrail.gateway.http import HttpOptions
+    except ImportError as e:
+        raise BadInputError(
+            f"--listen needs the HTTP server libraries ({e.name}): pip install 'tooltrail[mcp]'"
+        ) from e
+    from tooltrail.gateway.servers import ServerSpec, check_url, load_servers
+
+    given = [v for v in (opts.command, upstream, servers_file) if v]
+    if len(given) != 1:
+        raise click.UsageError("--listen serves one of: -- COMMAND, --upstream URL, --servers FILE")
+    if token is None and os.environ.get(ENV_PROXY_TOKEN) is not None:
+        # click reads an empty variable as unset: `TOOLTRAIL_PROXY_TOKEN= ...` meant a token.
+        token = os.environ[ENV_PROXY_TOKEN]
+    if token is not None and not token.strip():
+        raise click.BadParameter(
+            f"is empty (an unset shell variable? ${ENV_PROXY_TOKEN} counts too)",
+            param_hint="--token",
+        )
+    host, port = _host_port(listen)
+    if servers_file is not None:
+        servers = load_servers(servers_file)
+    elif upstream is not None:
+        servers = (ServerSpec(name=None, url=check_url(upstream, "--upstream")),)
+    else:
+        servers = (ServerSpec(name=None, command=tuple(opts.command)),)
+    return HttpOptions(host=host, port=port, proxy=opts, servers=servers, token=token)
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+    return host.strip("[]"), int(port)
 
 
 PIN_COLUMNS: Final = ("server", "tool", "status", "hash", "changed_to", "pinned_at")

@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from tooltrail import config
 from tooltrail.errors import BadInputError
@@ -222,6 +222,52 @@ def denied_result(request_id: Any, denial: Denial) -> dict[str, Any]:
 
 
 # --- the two ends ---------------------------------------------------------------------
+#
+# The transport seam: the gateway writes the client's messages out through a ``ClientOut``
+# and exchanges lines with the server through a ``ServerLink``. Over stdio those are our
+# stdout and the child's pipes; the streamable HTTP gateway (gateway/http.py) gives each
+# MCP session its own pair, so every transport is governed by this one ``Gateway``.
+
+
+class ClientOut(Protocol):
+    """Where messages for the client go: one whole JSON-RPC line per call; ``drain``
+    waits while the client has too much unread (the server's output then waits)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+
+class ServerLink(Protocol):
+    """The server's end: ``send`` one line to it (ServerGone or ConnectionError when it
+    cannot take it), ``receive`` its next line (b"" once it is gone)."""
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def receive(self) -> bytes: ...
+
+
+class ProcessLink:
+    """A server that is our child process: its stdin and stdout."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    async def send(self, data: bytes) -> None:
+        stdin = self.process.stdin
+        if stdin is None or stdin.is_closing():
+            raise ServerGone("the MCP server's stdin is closed")
+        stdin.write(data)
+        await stdin.drain()
+
+    async def receive(self) -> bytes:
+        stdout = self.process.stdout
+        assert stdout is not None
+        while True:
+            try:
+                return await _read_line(stdout)
+            except LineTooLong:
+                _log.error("a server message over %d bytes was dropped", MAX_LINE)
 
 
 class _Out:
@@ -327,15 +373,20 @@ class Gateway:
         self,
         opts: ProxyOptions,
         st: Settings,
-        server: asyncio.subprocess.Process,
-        client_in: asyncio.StreamReader,
-        client_out: _Out,
+        server: asyncio.subprocess.Process | None,
+        client_in: asyncio.StreamReader | None,
+        client_out: ClientOut,
+        server_link: ServerLink | None = None,
     ) -> None:
         self.opts = opts
         self.st = st
         self.server = server
         self.client_in = client_in
         self.client_out = client_out
+        if server_link is None:
+            assert server is not None, "a server process or a link to one"
+            server_link = ProcessLink(server)
+        self.server_link = server_link
         self.connection_id = uuid.uuid4().hex
         self.session_id = opts.session_id or os.environ.get(config.ENV_SESSION_ID) or None
         self._session: Session | None = None
@@ -465,15 +516,14 @@ class Gateway:
         self.client_out.write(_dumps(message))
 
     async def to_server(self, data: bytes) -> None:
-        stdin = self.server.stdin
-        if stdin is None or self.server_gone or stdin.is_closing():
+        if self.server_gone:
             raise ServerGone("the MCP server's stdin is closed")
-        stdin.write(data)
-        await stdin.drain()
+        await self.server_link.send(data)
 
     # -- client -> server --------------------------------------------------------------
 
     async def pump_client(self) -> None:
+        assert self.client_in is not None
         while True:
             try:
                 line = await _read_line(self.client_in)
@@ -839,16 +889,7 @@ class Gateway:
     # -- server -> client --------------------------------------------------------------
 
     async def pump_server(self) -> None:
-        stdout = self.server.stdout
-        assert stdout is not None
-        while True:
-            try:
-                line = await _read_line(stdout)
-            except LineTooLong:
-                _log.error("a server message over %d bytes was dropped", MAX_LINE)
-                continue
-            if not line:
-                return
+        while line := await self.server_link.receive():
             await self.from_server(line)
             await self.client_out.drain()
 
@@ -1059,6 +1100,7 @@ async def _serve(opts: ProxyOptions, st: Settings) -> int:
 
 async def _relay(gw: Gateway) -> int:
     server = gw.server
+    assert server is not None
     client = asyncio.create_task(gw.pump_client())
     relay = asyncio.create_task(gw.pump_server())
     # SIGTERM (a client closing us, a supervisor): end what is open, so its spans land.

@@ -1536,7 +1536,7 @@ def test_tool_changes_from_landed_actions_and_the_pins(
 
     store = PinStore(data_dir)
     try:
-        store.accept("filesystem", "read_file")
+        store.accept("filesystem", "read_file", new_hash)
     finally:
         store.close()
     assert analytics.tool_changes(data_dir)["pin_status"].to_list() == ["accepted"]

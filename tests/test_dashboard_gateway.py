@@ -121,7 +121,8 @@ def test_an_accepted_change_reads_accepted(tmp_path: Path, monkeypatch: pytest.M
     seeded, _ = seed_with_gateway(tmp_path / "data")
     store = PinStore(seeded.root)
     try:
-        store.accept(GATEWAY_SERVER, CHANGED_TOOL)
+        (pin,) = [r for r in store.rows(GATEWAY_SERVER) if r.tool == CHANGED_TOOL]
+        store.accept(GATEWAY_SERVER, CHANGED_TOOL, pin.changed_to or "")
     finally:
         store.close()
     at = app_test(seeded.root, seeded.policy_path, monkeypatch)

@@ -109,6 +109,9 @@ def page(tmp_path: Path) -> Iterator[Any]:
             context = browser.new_context(viewport={"width": 1440, "height": 1000})
             tab = context.new_page()
             tab.set_default_timeout(WAIT_MS)
+            # `expect` keeps its own 5 s default: a first Streamlit run on a loaded CI
+            # machine can take longer.
+            playwright_api.expect.set_options(timeout=WAIT_MS)
             yield tab
         finally:
             browser.close()

@@ -1,14 +1,17 @@
 // A real MCP client (the official TypeScript SDK's Client + StdioClientTransport) that the
 // gateway tests drive. Usage: node client.mjs PLAN.json
 //
-// PLAN: {"command": "...", "args": [...], "env": {...}, "cwd": "...",
+// PLAN: {"command": "...", "args": [...], "env": {...}, "cwd": "...",  (stdio) or
+//        {"url": "http://127.0.0.1:PORT/mcp", "headers": {...}}          (streamable HTTP)
 //        "steps": [{"op": "list"} | {"op": "call", "name": "...", "arguments": {...},
-//                   "progress": true, "timeoutMs": 60000, "abortAfterMs": 500} | {"op": "info"}]}
+//                   "progress": true, "timeoutMs": 60000, "abortAfterMs": 500} | {"op": "info"}
+//                 | {"op": "sessionId"} (the Mcp-Session-Id over HTTP)]}
 // Prints one JSON line per step ({"step": i, "op": ..., "result": ...} or
 // {"step": i, "op": ..., "error": {"code", "message"}}), then {"done": true}.
 import { readFileSync } from "node:fs";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import {
   CreateMessageRequestSchema,
   ElicitRequestSchema,
@@ -18,13 +21,18 @@ import {
 const plan = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 
-const transport = new StdioClientTransport({
-  command: plan.command,
-  args: plan.args ?? [],
-  env: plan.env,
-  cwd: plan.cwd,
-  stderr: "inherit",
-});
+// "url": the streamable HTTP transport (optional "headers", e.g. a bearer token).
+const transport = plan.url
+  ? new StreamableHTTPClientTransport(new URL(plan.url), {
+      requestInit: { headers: plan.headers ?? {} },
+    })
+  : new StdioClientTransport({
+      command: plan.command,
+      args: plan.args ?? [],
+      env: plan.env,
+      cwd: plan.cwd,
+      stderr: "inherit",
+    });
 // With "handlers": the client answers the server's sampling, roots and elicitation
 // requests (server-to-client requests the gateway must relay), deterministically.
 const capabilities = plan.handlers
@@ -55,6 +63,8 @@ for (const [i, step] of (plan.steps ?? []).entries()) {
       result = await client.listTools();
     } else if (step.op === "info") {
       result = client.getServerVersion();
+    } else if (step.op === "sessionId") {
+      result = { sessionId: transport.sessionId ?? null };
     } else if (step.op === "listResources") {
       result = await client.listResources();
     } else if (step.op === "readResource") {
@@ -92,4 +102,6 @@ for (const [i, step] of (plan.steps ?? []).entries()) {
   }
 }
 out({ done: true });
+// Over HTTP the session ends with a DELETE (the gateway then ends its server).
+if (plan.url) await transport.terminateSession();
 await client.close();
