@@ -390,6 +390,10 @@ class Gateway:
         self.connection_id = uuid.uuid4().hex
         self.session_id = opts.session_id or os.environ.get(config.ENV_SESSION_ID) or None
         self._session: Session | None = None
+        # Whether this connection records its session's end (record_end): the stdio
+        # relay does; a transport that does not call record_end leaves it False, so its
+        # sessions promise no end record (and never read abandoned for lack of one).
+        self.records_end = False
         self.client_name: str | None = None
         self.client_version: str | None = None
         # The operator's name for the server (ProxyOptions.named); what it calls itself.
@@ -490,14 +494,14 @@ class Gateway:
                 session_id=self.session_id or self.connection_id,
                 agent_name=self.opts.agent_name or self.client_name,
                 trigger=self.opts.trigger,
-                records_end=True,  # record_end below, when the connection ends
+                records_end=self.records_end,
             )
         return s
 
     def record_end(self, reason: str, *, failed: bool = False) -> None:
         """The connection is over: record its session's end (a session made at a first
         call; a connection that made none has nothing to end)."""
-        if self._session is None:
+        if self._session is None or not self.records_end:
             return
         extra: dict[str, Any] = {TT_GATEWAY: True, MCP_SESSION_ID: self.connection_id}
         if self.client_name is not None:
@@ -1093,7 +1097,9 @@ async def _serve(opts: ProxyOptions, st: Settings) -> int:
         return 127 if isinstance(e, FileNotFoundError) else 126
     client_in, client_out = await _client_ends(opts.max_message_bytes)
     try:
-        return await _relay(Gateway(opts, st, server, client_in, client_out))
+        gw = Gateway(opts, st, server, client_in, client_out)
+        gw.records_end = True  # _relay_until_done and _stop record the end
+        return await _relay(gw)
     finally:
         await client_out.flush(SERVER_EXIT_GRACE_S)
 
