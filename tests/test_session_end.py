@@ -27,7 +27,15 @@ from access_support import invoke, people
 from click.testing import CliRunner
 from collect_support import CollectorProcess, metric, wait_until
 from ending_support import agent, run_agent, run_trace_agent
-from gateway_support import git_server, proxy_command, raw_client
+from gateway_support import (
+    fs_server,
+    git_server,
+    proxy_command,
+    raw_client,
+    require_node,
+    run_client,
+    text_of,
+)
 from git_support import init_repo
 
 from tooltrail import analytics
@@ -196,6 +204,27 @@ def test_a_gateway_client_disconnect_ends_its_session(tmp_path: Path) -> None:
         "gateway",
     )
     assert row["end_reason"] == "the MCP client disconnected"
+
+
+def test_the_official_typescript_client_closing_ends_its_gateway_session(tmp_path: Path) -> None:
+    """The TypeScript SDK's StdioClientTransport.close() ends the gateway as it does (stdin
+    closed, SIGTERM after a grace); either way the session's end is recorded."""
+    require_node()
+    data, root = tmp_path / "data", tmp_path / "files"
+    root.mkdir()
+    (root / "notes.txt").write_text("hello")
+    command = proxy_command(None, data, fs_server(root), "--session-id", "s-ts", "--observe")
+    steps = [
+        {"op": "call", "name": "read_text_file", "arguments": {"path": str(root / "notes.txt")}}
+    ]
+    (step,) = run_client(tmp_path, command, steps)
+    assert "hello" in text_of(step)
+    row = one(data, "s-ts")
+    assert (row["status"], row["status_basis"], row["end_source"]) == (
+        "completed",
+        "end_record",
+        "gateway",
+    )
 
 
 def test_the_trace_orders_llm_steps_tool_calls_and_control_events(tmp_path: Path) -> None:
