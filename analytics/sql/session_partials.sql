@@ -90,8 +90,16 @@ SELECT
         FILTER (WHERE end_outcome IS NOT NULL AND end_at IS NOT NULL) AS end_reason,
     max(start_time) FILTER (WHERE name IS DISTINCT FROM 'tooltrail.session.end')
         AS last_started_at,
-    coalesce(bool_or(tooltrail_records_end(attributes)), false) AS records_end,
-    list_sort(list_distinct(flatten(list(tooltrail_tags(attributes))))) AS tags,
+    -- (only tool spans carry the promise; only spans naming tags are parsed for them:
+    -- aggregating an empty list per span costs every session query)
+    coalesce(bool_or(tooltrail_records_end(attributes)) FILTER (WHERE span_type = 'tool'), false)
+        AS records_end,
+    coalesce(
+        list_sort(list_distinct(flatten(
+            list(tooltrail_tags(attributes)) FILTER (WHERE contains(attributes, '"tooltrail.tags"'))
+        ))),
+        CAST([] AS VARCHAR[])
+    ) AS tags,
     -- approval ids (null when the span has none) of actions whose own span says pending;
     -- the `sessions` view lets the live control store overrule these by id
     coalesce(
