@@ -96,9 +96,8 @@ def main() -> None:
         print(f"latest 50 sessions, no index, views of {args.old}: {old_ms:8.1f} ms median")
         print(f"latest 50 sessions, no index, this tree's views:  {new_ms:8.1f} ms median")
         print(f"  -> new / old = {new_ms / old_ms:.2f}x")
-        print(
-            f"one session's activity trace:                  {statistics.median(trace):8.1f} ms median"
-        )
+        trace_ms = statistics.median(trace)
+        print(f"one session's activity trace:                  {trace_ms:8.1f} ms median")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
