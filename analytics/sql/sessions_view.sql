@@ -37,24 +37,24 @@ store_pending AS (
     GROUP BY session_id
 ),
 control AS (
-    -- the latest state per session (the store keeps one row each; tolerate history)
+    -- the latest state per session (the store keeps one row each; tolerate history), and
+    -- an operator's latest "complete" (who, when, why): one relation, joined once
     SELECT
         session_id,
-        arg_max(lower(state), changed_at) AS state,
-        arg_max(changed_by, changed_at) AS changed_by,
-        max(changed_at) AS changed_at
-    FROM control_sessions
-    GROUP BY session_id
-),
-completion AS (
-    -- an operator's latest "complete" of each session (who, when, why)
-    SELECT
-        session_id,
-        arg_max(changed_by, changed_at) AS completed_by,
-        max(changed_at) AS completed_at,
-        arg_max(reason, changed_at) AS completion_reason
-    FROM control_events
-    WHERE action = 'complete'
+        arg_max(lower(state), changed_at) FILTER (WHERE kind = 'state') AS state,
+        arg_max(changed_by, changed_at) FILTER (WHERE kind = 'state') AS changed_by,
+        max(changed_at) FILTER (WHERE kind = 'state') AS changed_at,
+        arg_max(changed_by, changed_at) FILTER (WHERE kind = 'complete') AS completed_by,
+        max(changed_at) FILTER (WHERE kind = 'complete') AS completed_at,
+        arg_max(reason, changed_at) FILTER (WHERE kind = 'complete') AS completion_reason
+    FROM (
+        SELECT session_id, state, changed_by, changed_at, NULL AS reason, 'state' AS kind
+        FROM control_sessions
+        UNION ALL
+        SELECT session_id, NULL, changed_by, changed_at, reason, 'complete'
+        FROM control_events
+        WHERE action = 'complete'
+    )
     GROUP BY session_id
 )
 SELECT
@@ -64,7 +64,7 @@ SELECT
         WHEN ctl.state = 'canceled' THEN 'canceled'
         WHEN ctl.state = 'paused' THEN 'paused'
         WHEN pending_approvals > 0 THEN 'waiting_approval'
-        WHEN op.completed_at IS NOT NULL THEN 'completed'
+        WHEN ctl.completed_at IS NOT NULL THEN 'completed'
         WHEN t.end_outcome IS NOT NULL
             AND NOT coalesce(t.last_started_at > t.ended_at, false) THEN
             -- the agent's own code says how it went (`session`); an agent span's status
@@ -126,7 +126,7 @@ SELECT
     -- than guessed from idle time
     CASE
         WHEN ctl.state IN ('canceled', 'paused') OR pending_approvals > 0 THEN 'control'
-        WHEN op.completed_at IS NOT NULL THEN 'operator'
+        WHEN ctl.completed_at IS NOT NULL THEN 'operator'
         WHEN t.end_outcome IS NOT NULL
             AND NOT coalesce(t.last_started_at > t.ended_at, false) THEN 'end_record'
         WHEN coalesce(t.records_end, false) THEN 'idle_window'
@@ -137,9 +137,9 @@ SELECT
     t.end_outcome,
     t.end_source,
     t.end_reason,
-    op.completed_by,
-    op.completed_at,
-    op.completion_reason
+    ctl.completed_by,
+    ctl.completed_at,
+    ctl.completion_reason
 FROM (
     -- Pending approvals: the store's pending requests, plus the spans' own "pending" for
     -- ids the store does not hold (for an id it holds, the store alone says; a span citing
@@ -182,5 +182,4 @@ FROM (
     CROSS JOIN store_ids AS s
     FULL OUTER JOIN store_pending AS sp ON sp.session_id = t.session_id
 ) AS t
-LEFT JOIN control AS ctl ON ctl.session_id = t.session_id
-LEFT JOIN completion AS op ON op.session_id = t.session_id;
+LEFT JOIN control AS ctl ON ctl.session_id = t.session_id;
