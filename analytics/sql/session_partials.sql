@@ -84,12 +84,21 @@ SELECT
     max(end_at) FILTER (WHERE end_outcome IS NOT NULL) AS ended_at,
     arg_max(end_outcome, epoch_us(end_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT))
         FILTER (WHERE end_outcome IS NOT NULL AND end_at IS NOT NULL) AS end_outcome,
-    arg_max(end_source, epoch_us(end_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT))
-        FILTER (WHERE end_outcome IS NOT NULL AND end_at IS NOT NULL) AS end_source,
-    arg_max(end_reason, epoch_us(end_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT))
-        FILTER (WHERE end_outcome IS NOT NULL AND end_at IS NOT NULL) AS end_reason,
-    max(start_time) FILTER (WHERE name IS DISTINCT FROM 'tooltrail.session.end')
-        AS last_started_at,
+    arg_max(
+        CASE WHEN end_outcome IS NOT NULL THEN tooltrail_end_source(name, attributes) END,
+        epoch_us(end_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT)
+    ) FILTER (WHERE end_outcome IS NOT NULL AND end_at IS NOT NULL) AS end_source,
+    arg_max(
+        CASE
+            WHEN end_outcome IS NULL THEN NULL
+            WHEN name = 'tooltrail.session.end'
+                THEN attributes ->> '$."tooltrail.session.end_reason"'
+            ELSE status_message
+        END,
+        epoch_us(end_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT)
+    ) FILTER (WHERE end_outcome IS NOT NULL AND end_at IS NOT NULL) AS end_reason,
+    -- (an end span starts when it ends, so it never reads as activity after itself)
+    max(start_time) AS last_started_at,
     -- (only tool spans carry the promise; only spans naming tags are parsed for them:
     -- aggregating an empty list per span costs every session query)
     coalesce(bool_or(tooltrail_records_end(attributes)) FILTER (WHERE span_type = 'tool'), false)
@@ -115,12 +124,7 @@ FROM (
         *,
         tooltrail_end_outcome(name, span_type, parent_span_id, status_code, attributes)
             AS end_outcome,
-        coalesce(end_time, start_time) AS end_at,
-        tooltrail_end_source(name, attributes) AS end_source,
-        CASE WHEN name = 'tooltrail.session.end'
-            THEN attributes ->> '$."tooltrail.session.end_reason"'
-            ELSE status_message
-        END AS end_reason
+        coalesce(end_time, start_time) AS end_at
     FROM ({{unique}})
 ) AS s
 -- A span of no known kind whose session fell back to its trace id (an MCP SDK's own
