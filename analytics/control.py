@@ -5,7 +5,8 @@ needs two small relations from it, with the columns below:
 
 - ``control_approvals``: one row per approval request (pending or decided);
 - ``control_sessions``: one row per session that has a control state (its *current* state);
-- ``control_events``: every pause / resume / cancel, in order (who, when, why).
+- ``control_events``: every pause / resume / cancel, and an operator's ``complete``, in
+  order (who, when, why).
 
 A :data:`ControlLoader` returns them as pyarrow tables. :func:`default_control_loader`
 returns empty tables while ``control.sqlite`` does not exist (nothing is created just by
@@ -68,7 +69,7 @@ CONTROL_SESSIONS_SCHEMA: Final = pa.schema(
 CONTROL_EVENTS_SCHEMA: Final = pa.schema(
     [
         pa.field("session_id", pa.string()),
-        pa.field("action", pa.string()),  # pause / resume / cancel
+        pa.field("action", pa.string()),  # pause / resume / cancel / complete
         pa.field("changed_by", pa.string()),
         pa.field("changed_at", _TS),
         pa.field("reason", pa.string()),
@@ -126,7 +127,8 @@ def default_control_loader(data_dir: Path) -> ControlTables:
     with ControlStore(data_dir) as store:
         records = store.list_approvals("all")
         states = store.session_states()
-        history = store.control_history()
+        # An operator's completions join the history as action `complete`, in time order.
+        history = sorted([*store.control_history(), *store.completions()], key=lambda e: e.at)
     approvals = pa.Table.from_pylist(
         [
             {

@@ -109,6 +109,15 @@ SESSIONS_COLUMNS: Final = (
     "control_state",
     "control_changed_by",
     "control_changed_at",
+    "status_basis",
+    "tags",
+    "ended_at",
+    "end_outcome",
+    "end_source",
+    "end_reason",
+    "completed_by",
+    "completed_at",
+    "completion_reason",
 )
 APPROVALS_COLUMNS: Final = (
     "approval_id",
@@ -150,11 +159,24 @@ class _State:
 _STATES: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, _State] = weakref.WeakKeyDictionary()
 
 
+def idle_window_from_env() -> dt.timedelta:
+    """``$TOOLTRAIL_IDLE_WINDOW`` as a duration, else the default 5 minutes."""
+    from tooltrail.policy.durations import parse_duration
+
+    text = os.environ.get(config.ENV_IDLE_WINDOW, "").strip()
+    if not text:
+        return IDLE_WINDOW
+    try:
+        return dt.timedelta(seconds=parse_duration(text))
+    except (ValueError, OverflowError) as e:
+        raise QueryError(f"${config.ENV_IDLE_WINDOW}: {e}") from None
+
+
 def connect(
     data_dir: str | os.PathLike[str] | None = None,
     *,
     read_only: bool = True,
-    idle_window: dt.timedelta = IDLE_WINDOW,
+    idle_window: dt.timedelta | None = None,
     control: ControlLoader | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views over ``data_dir``.
@@ -162,9 +184,13 @@ def connect(
     ``read_only`` (the default) locks the connection down after the views exist: no file
     outside the data directory can be read or written, no extension installed or loaded,
     no setting changed back. Refusing write *statements* is :func:`run_query`'s job.
-    ``idle_window``: how long after its last activity a session still counts as active.
+    ``idle_window``: how long after its last activity a session still counts as active
+    (and one that promised an end record and has none is abandoned after it); default
+    ``$TOOLTRAIL_IDLE_WINDOW`` (a duration: 30s, 10m), else 5 minutes.
     ``control``: where approvals / session controls come from (default: control.sqlite).
     """
+    if idle_window is None:
+        idle_window = idle_window_from_env()
     if idle_window <= dt.timedelta(0):
         raise QueryError(f"idle_window must be positive, got {idle_window}")
     root = data_root(data_dir)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TypeAlias, TypeVar
@@ -24,6 +24,8 @@ from tooltrail.analytics.db import connect, data_dir_of, refresh
 from tooltrail.analytics.engine import raise_query_error, vanished_file
 from tooltrail.analytics.guard import check_read_only
 from tooltrail.analytics.sqlfiles import load, render
+from tooltrail.analytics.trace import TRACE_FILTERS as TRACE_FILTERS
+from tooltrail.analytics.trace import build_trace
 from tooltrail.errors import QueryError
 from tooltrail.schema import BLAST_RADII, DECISIONS
 
@@ -37,6 +39,7 @@ SESSION_STATUSES: Final = (
     "canceled",
     "failed",
     "completed",
+    "abandoned",
 )
 BLAST_RADIUS_GROUPS: Final = ("agent", "tool", "repo", "day")
 APPROVAL_GROUPS: Final = ("rule", "agent", "approver", "tool")
@@ -146,6 +149,15 @@ def _count(name: str, value: int | None) -> int | None:
     return value
 
 
+def _tags(tags: Sequence[str] | None) -> list[str] | None:
+    if tags is None or isinstance(tags, str):
+        tags = [tags] if isinstance(tags, str) else []
+    for tag in tags:
+        if not isinstance(tag, str) or not tag:
+            raise QueryError(f"tag={tag!r}: a tag is a non-empty string")
+    return list(tags) or None
+
+
 def _session_filters(
     *,
     agent: str | None,
@@ -156,8 +168,10 @@ def _session_filters(
     decision: str | None,
     blast_radius: str | None,
     governed_by: str | None,
+    tags: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     return {
+        "tags": _tags(tags),
         "governed_by": _choice("governed_by", governed_by, GOVERNED_BY),
         "agent": agent,
         "status": _choice("status", status, SESSION_STATUSES),
@@ -182,13 +196,15 @@ def sessions(
     decision: str | None = None,
     blast_radius: str | None = None,
     governed_by: str | None = None,
+    tags: Sequence[str] | None = None,
 ) -> pl.DataFrame:
     """Sessions (the ``sessions`` view's columns), most recent activity first.
 
     Filters: exact ``agent`` name; ``status`` (one of SESSION_STATUSES); ``since``
     (last activity at or after); ``search`` (case-insensitive substring of the session
     id); ``repo`` (touched this repo); ``decision`` / ``blast_radius`` (has at least one
-    action with it); ``governed_by`` (one of GOVERNED_BY: who governed its calls).
+    action with it); ``governed_by`` (one of GOVERNED_BY: who governed its calls);
+    ``tags`` (has every one of these tags).
     ``limit`` / ``offset`` page through the result.
     """
     params = _session_filters(
@@ -200,6 +216,7 @@ def sessions(
         decision=decision,
         blast_radius=blast_radius,
         governed_by=governed_by,
+        tags=tags,
     )
     params["limit"] = _count("limit", limit)
     params["offset"] = _count("offset", offset) or 0
@@ -219,6 +236,7 @@ def count_sessions(
     decision: str | None = None,
     blast_radius: str | None = None,
     governed_by: str | None = None,
+    tags: Sequence[str] | None = None,
 ) -> int:
     """How many sessions :func:`sessions` would list without ``limit`` (for paging)."""
     params = _session_filters(
@@ -230,6 +248,7 @@ def count_sessions(
         decision=decision,
         blast_radius=blast_radius,
         governed_by=governed_by,
+        tags=tags,
     )
     sql = render("sessions_count", filtered=render("sessions_filtered"))
     with borrow(source) as con:
@@ -287,6 +306,28 @@ def session_control_history(source: Source, session_id: str) -> pl.DataFrame:
             {"session_id": session_id},
             f"reading the control history of session {session_id}",
         )
+
+
+def session_trace(source: Source, session_id: str, only: str = "all") -> pl.DataFrame:
+    """One session's activity in order: LLM steps (model, tokens, prompt and output where
+    recorded), agent invocations, tool calls, pause / resume / cancel / complete, the
+    final output and the session's end (analytics/trace.py). ``only``: one of
+    TRACE_FILTERS (all, reasoning: the model's steps and the final output; tools: the
+    tool calls); control events and the end are kept by every filter.
+
+    Example::
+
+        analytics.session_trace("tooltrail-data", "sess-42", only="reasoning")
+    """
+    _choice("only", only, TRACE_FILTERS)
+    with borrow(source) as con:
+        frame = _frame(
+            con,
+            load("session_trace"),
+            {"session_id": session_id},
+            f"reading the trace of session {session_id}",
+        )
+    return build_trace(frame, only)
 
 
 def blast_radius_stats(

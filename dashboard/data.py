@@ -62,6 +62,7 @@ SESSION_FILTERS: Final = (
     "decision",
     "blast_radius",
     "governed_by",
+    "tags",
 )
 
 Outcome = Literal["approved", "denied"]
@@ -218,6 +219,16 @@ def _session_actions(root: str, stamp: str, session_id: str) -> pl.DataFrame:
 
 
 @_cache
+def _session_trace(root: str, stamp: str, session_id: str, only: str) -> pl.DataFrame:
+    return reader(root)(lambda con: analytics.session_trace(con, session_id, only=only))
+
+
+@_cache
+def _tag_options(root: str, stamp: str) -> list[str]:
+    return reader(root)(queries.tag_options)
+
+
+@_cache
 def _llm_usage(root: str, stamp: str, session_id: str) -> pl.DataFrame:
     return reader(root)(lambda con: queries.session_llm_usage(con, session_id))
 
@@ -337,6 +348,14 @@ class Data:
 
     def session_actions(self, session_id: str) -> pl.DataFrame:
         return _session_actions(*self._key, session_id)
+
+    def session_trace(self, session_id: str, only: str = "all") -> pl.DataFrame:
+        """The activity trace (``analytics.session_trace``)."""
+        return _session_trace(*self._key, session_id, only)
+
+    def tag_options(self) -> list[str]:
+        """Every session tag, for the tag filter."""
+        return _tag_options(*self._key)
 
     def llm_usage(self, session_id: str) -> pl.DataFrame:
         return _llm_usage(*self._key, session_id)

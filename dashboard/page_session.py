@@ -1,7 +1,7 @@
 """Session detail (``/session?session=<id>``): the header aggregates and session control,
 every action in sequence order (select one to inspect its arguments, rewrite diff,
-matched rules and approval record), a timeline, the parent / sub-agent tree and token
-usage."""
+matched rules and approval record), a timeline, the parent / sub-agent tree, token
+usage and the activity trace (trace_view.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Final
 import polars as pl
 import streamlit as st
 
-from tooltrail.dashboard import components, data, nav, ui
+from tooltrail.dashboard import components, data, nav, trace_view, ui
 from tooltrail.errors import PolicyError
 from tooltrail.policy import Policy
 
@@ -53,7 +53,13 @@ def render() -> None:
     _header(ctx, head)
     actions = ctx.data.session_actions(session_id)
     tabs = st.tabs(
-        [f"Actions ({actions.height})", "Timeline", "Related sessions", "Token usage"],
+        [
+            f"Actions ({actions.height})",
+            "Timeline",
+            "Related sessions",
+            "Token usage",
+            "Activity trace",
+        ],
         key=f"session_tabs_{session_id}",
     )
     with tabs[0]:
@@ -71,6 +77,8 @@ def render() -> None:
         _tree(ctx, head)
     with tabs[3]:
         _tokens(ctx, head)
+    with tabs[4]:
+        trace_view.render(ctx, session_id)
 
 
 # --- choosing a session --------------------------------------------------------------------
@@ -120,7 +128,12 @@ def _header(ctx: nav.Context, head: Mapping[str, Any]) -> None:
     if governed:  # the gateway's sessions say so in bold: governed from outside the agent
         gateway = head.get("governed_by") == "gateway"
         facts.append(f"**{ui.md(governed)}**" if gateway else ui.md(governed))
+    if head.get("tags"):
+        facts.append("tags " + ", ".join(ui.code(t) for t in head["tags"]))
     st.markdown(" · ".join(facts))
+    ended = trace_view.end_line(head)
+    if ended:
+        st.caption(ended)
     claimed = int(head.get("claimed_calls") or 0)
     if claimed:  # issue 17: decisions tooltrail did not make are shown as claimed
         st.warning(

@@ -38,6 +38,7 @@ COLUMNS: Final = (
     "last_action_at",
     "started_at",
     "mcp_client_name",
+    "tags",
     "repos",
 )
 
@@ -70,7 +71,17 @@ def filters(ctx: nav.Context) -> dict[str, Any]:
             cols[5], "Governed by", list(analytics.GOVERNED_BY), "sessions_governed"
         ),
         "search": search.strip() or None,
+        "tags": _tags(ctx),
     }
+
+
+def _tags(ctx: nav.Context) -> tuple[str, ...] | None:
+    """The tag filter: sessions carrying every chosen tag (shown only when any exists)."""
+    options = ctx.data.tag_options()
+    if not options:
+        return None
+    chosen = st.multiselect("Tags (all of)", options, key="sessions_tags")
+    return tuple(chosen) or None
 
 
 def _column_config() -> dict[str, Any]:
@@ -99,6 +110,7 @@ def _column_config() -> dict[str, Any]:
             " tooltrail in the agent's process; empty: third-party spans only",
         ),
         "mcp_client_name": st.column_config.TextColumn("MCP client"),
+        "tags": st.column_config.ListColumn("Tags", width="small"),
     }
 
 

@@ -194,6 +194,17 @@ def filter_options(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str]
     return agents.to_series().to_list(), repos.to_series().to_list()
 
 
+def tag_options(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Every tag of a session, for the tag filter."""
+    tags = select(
+        con,
+        "SELECT DISTINCT tag FROM (SELECT unnest(tags) AS tag FROM sessions) "
+        "WHERE tag IS NOT NULL ORDER BY 1",
+    )
+    out: list[str] = tags.to_series().to_list()
+    return out
+
+
 VIEWS: Final = ("sessions", "actions", "approvals", "spans")
 
 

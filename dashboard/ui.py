@@ -36,6 +36,7 @@ STATUS_COLORS: Final = {
     "canceled": "gray",
     "failed": "red",
     "completed": "green",
+    "abandoned": "orange",
 }
 OUTCOME_COLORS: Final = {
     "pending": "violet",

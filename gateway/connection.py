@@ -73,6 +73,7 @@ from tooltrail.instrumentation._decision import (
 from tooltrail.instrumentation._gate import Veto
 from tooltrail.instrumentation._prepare import aprepare, fail_closed
 from tooltrail.instrumentation._session import Session, use_session
+from tooltrail.instrumentation._session_end import SOURCE_GATEWAY, record_end
 from tooltrail.instrumentation._settings import Settings
 from tooltrail.instrumentation._shorten import RESULT_PREVIEW_CHARS, to_json
 from tooltrail.semconv import (
@@ -259,6 +260,10 @@ class Gateway:
         self.connection_id = uuid.uuid4().hex
         self.session_id = opts.session_id or os.environ.get(config.ENV_SESSION_ID) or None
         self._session: Session | None = None
+        # Whether this connection records its session's end (record_end): the stdio
+        # relay does; a transport that does not call record_end leaves it False, so its
+        # sessions promise no end record (and never read abandoned for lack of one).
+        self.records_end = False
         self.client_name: str | None = None
         self.client_version: str | None = None
         # The operator's name for the server (ProxyOptions.named); what it calls itself.
@@ -359,8 +364,25 @@ class Gateway:
                 session_id=self.session_id or self.connection_id,
                 agent_name=self.opts.agent_name or self.client_name,
                 trigger=self.opts.trigger,
+                records_end=self.records_end,
             )
         return s
+
+    def record_end(self, reason: str, *, failed: bool = False) -> None:
+        """The connection is over: record its session's end (a session made at a first
+        call; a connection that made none has nothing to end)."""
+        if self._session is None or not self.records_end:
+            return
+        extra: dict[str, Any] = {TT_GATEWAY: True, MCP_SESSION_ID: self.connection_id}
+        if self.client_name is not None:
+            extra[TT_CLIENT_NAME] = self.client_name
+        record_end(
+            self._session,
+            exc_type=ServerGone if failed else None,
+            source=SOURCE_GATEWAY,
+            reason=reason,
+            extra=extra,
+        )
 
     # -- sending ------------------------------------------------------------------------
 

@@ -282,6 +282,7 @@ class HttpGateway:
             return _rpc_error(502, SERVER_GONE, f"cannot start the MCP server: {e}")
         # Each Mcp-Session-Id is one tooltrail session: spans carry it as both ids.
         gw.connection_id = gw.session_id = session.sid
+        gw.records_end = True  # end() records the session's end
         session.gw = gw
         session.pump = asyncio.create_task(self._pump(session))
         self.sessions[session.sid] = session
@@ -360,6 +361,7 @@ class HttpGateway:
                 await session.upstream.end(why)
         gw.fail_pending(f"{why} before answering")
         gw.end_inflight(why)
+        gw.record_end(why, failed=rc is not None and rc != 0)
         session.close_streams()
         if gw.pins is not None:
             with contextlib.suppress(Exception):

@@ -129,7 +129,9 @@ async def _serve(opts: ProxyOptions, st: Settings) -> int:
         return 127 if isinstance(e, FileNotFoundError) else 126
     client_in, client_out = await _client_ends(opts.max_message_bytes)
     try:
-        return await _relay(Gateway(opts, st, server, client_in, client_out))
+        gw = Gateway(opts, st, server, client_in, client_out)
+        gw.records_end = True  # _relay_until_done and _stop record the end
+        return await _relay(gw)
     finally:
         await client_out.flush(SERVER_EXIT_GRACE_S)
 
@@ -168,6 +170,7 @@ async def _relay_until_done(
         client.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await client
+        gw.record_end(f"the MCP server exited (status {rc})", failed=rc != 0)
         _log.info("the MCP server exited with status %s", rc)
         return _exit_status(rc)
     # The client hung up: let the server finish and answer what it can, then go.
@@ -186,6 +189,7 @@ async def _relay_until_done(
     # Its stdout closed or the grace is spent: it has had its time, only SIGTERM's is left.
     rc = await reap(server, 1.0)
     gw.end_inflight("the client left before the server answered")
+    gw.record_end("the MCP client disconnected")
     return 0 if rc < 0 else rc
 
 
@@ -207,6 +211,7 @@ async def _stop(gw: Gateway, server: asyncio.subprocess.Process, client: asyncio
     client.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await client
+    gw.record_end("the gateway was terminated (SIGTERM)")
     with contextlib.suppress(ProcessLookupError):
         server.terminate()
     try:

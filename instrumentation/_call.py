@@ -80,7 +80,9 @@ from tooltrail.semconv import (
     TT_POLICY_VERSION,
     TT_REDACTIONS,
     TT_SEQUENCE,
+    TT_SESSION_ENDS,
     TT_SESSION_ID,
+    TT_TAGS,
     TT_TARGET_BRANCH,
     TT_TARGET_PATH,
     TT_TARGET_REPO,
@@ -217,6 +219,10 @@ def begin(
         attrs[TT_PARENT_SESSION_ID] = sess.parent_session_id
     if sess.trigger is not None:
         attrs[TT_TRIGGER] = sess.trigger
+    if sess.tags:
+        attrs[TT_TAGS] = list(sess.tags)
+    if sess.records_end:
+        attrs[TT_SESSION_ENDS] = True
     if annotations:
         attrs[TT_TOOL_ANNOTATIONS] = _annotations_json(annotations)
     if extra:

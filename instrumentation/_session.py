@@ -22,6 +22,7 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Final
 
@@ -56,14 +57,22 @@ def _counter_for(session_id: str) -> list[int]:
 
 
 class Session:
-    """One agent run. Immutable identity plus a thread-safe action counter."""
+    """One agent run. Immutable identity plus a thread-safe action counter.
+
+    ``tags``: labels stamped on the session's tool spans and its end record.
+    ``records_end``: its producer records the end (``session(...)``, the gateway).
+    ``output``: the session's final output, recorded with its end (``set_output``).
+    """
 
     __slots__ = (
         "_counter",
         "agent_id",
         "agent_name",
+        "output",
         "parent_session_id",
+        "records_end",
         "session_id",
+        "tags",
         "trigger",
     )
 
@@ -74,13 +83,22 @@ class Session:
         agent_id: str | None = None,
         parent_session_id: str | None = None,
         trigger: str | None = None,
+        tags: Iterable[str] = (),
+        records_end: bool = False,
     ) -> None:
         self.session_id = session_id
         self.agent_name = agent_name
         self.agent_id = agent_id
         self.parent_session_id = parent_session_id
         self.trigger = trigger
+        self.tags: tuple[str, ...] = check_tags(tags)
+        self.records_end = records_end
+        self.output: str | None = None
         self._counter = _counter_for(session_id)
+
+    def set_output(self, output: str) -> None:
+        """The session's final output (an answer, a summary), recorded with its end."""
+        self.output = str(output)
 
     def next_sequence(self) -> int:
         """The next action number (1, 2, ...) of this session id, unique within the process
@@ -104,6 +122,18 @@ _current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
 _implicit: Session | None = None
 _implicit_lock = threading.Lock()
 _default_agent_name: str | None = None
+
+
+def check_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    """``tags`` as a sorted tuple without repeats; each must be a non-empty string."""
+    if isinstance(tags, str):
+        raise BadInputError(f"session(tags={tags!r}): tags must be a list of strings")
+    out = set()
+    for tag in tags:
+        if not isinstance(tag, str) or not tag.strip():
+            raise BadInputError(f"session(tags=...): {tag!r} is not a non-empty string")
+        out.add(tag.strip())
+    return tuple(sorted(out))
 
 
 def new_session_id() -> str:
@@ -202,12 +232,24 @@ class session(_Scope):  # lower-case: used as a context manager, like contextlib
         trigger: what started the run: one of manual, api, schedule, event, agent
             (default ``agent`` inside another session, else none).
         agent_id: the agent's id (``gen_ai.agent.id``), when it has one.
+        tags: labels for the session (``tooltrail.tags``), listed and filtered on; the
+            enclosing session's tags too when it is resumed by its own id.
+
+    Leaving the ``with`` block records the session's end (``completed``, or ``failed``
+    when the block raised); resuming the enclosing session by its own id records none
+    (the enclosing block's exit does). ``Session.set_output`` gives the final output.
 
     Raises:
-        BadInputError: ``trigger`` is not one of the known triggers.
+        BadInputError: ``trigger`` is not one of the known triggers, or a tag is not a
+            non-empty string.
+
+    Example::
+
+        with tt.session(agent_name="release-bot", tags=["nightly"]) as s:
+            s.set_output(run_agent())
     """
 
-    __slots__ = ()
+    __slots__ = ("_resumed",)
 
     def __init__(
         self,
@@ -216,19 +258,24 @@ class session(_Scope):  # lower-case: used as a context manager, like contextlib
         parent_session_id: str | None = None,
         trigger: str | None = None,
         agent_id: str | None = None,
+        tags: Iterable[str] = (),
     ) -> None:
         if trigger is not None and trigger not in TRIGGERS:
             raise BadInputError(
                 f"session(trigger={trigger!r}): trigger must be one of {', '.join(TRIGGERS)}"
             )
+        tags = check_tags(tags)
         enclosing = _current.get()
+        self._resumed = False
         if enclosing is not None:
             agent_name = agent_name or enclosing.agent_name
             if session_id == enclosing.session_id:
                 # The enclosing session resumed by its own id: the same run, not a sub-agent.
+                self._resumed = True
                 parent_session_id = parent_session_id or enclosing.parent_session_id
                 agent_id = agent_id or enclosing.agent_id
                 trigger = trigger or enclosing.trigger
+                tags = check_tags((*tags, *enclosing.tags))
             else:
                 parent_session_id = parent_session_id or enclosing.session_id
                 trigger = trigger or NESTED_TRIGGER
@@ -242,8 +289,24 @@ class session(_Scope):  # lower-case: used as a context manager, like contextlib
                 agent_id=agent_id,
                 parent_session_id=parent_session_id,
                 trigger=trigger,
+                tags=tags,
+                records_end=True,
             )
         )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        super().__exit__(exc_type, exc, tb)
+        if self._tokens or self._resumed:
+            return  # an inner entry of a re-entered scope, or the enclosing run resumed
+        # Imported here: _session_end needs the settings, which import this module.
+        from tooltrail.instrumentation._session_end import record_end
+
+        record_end(self.session, exc_type=exc_type)
 
     async def __aenter__(self) -> Session:
         return self.__enter__()

@@ -32,7 +32,7 @@ from opentelemetry.trace import Link, SpanKind, get_current_span
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
-from tooltrail.semconv import GEN_AI_OPERATION_NAME, OP_EXECUTE_TOOL
+from tooltrail.semconv import GEN_AI_OPERATION_NAME, OP_EXECUTE_TOOL, TT_SESSION_OUTCOME
 
 __all__ = ["ToolSpanSampler", "env_sampler", "keeps_tool_spans"]
 
@@ -62,7 +62,11 @@ class ToolSpanSampler(Sampler):
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
         # Called for every span of the process: one dict lookup before delegating.
-        if attributes is not None and attributes.get(GEN_AI_OPERATION_NAME) == OP_EXECUTE_TOOL:
+        # A session's end record is part of the record too (it says how the session ended).
+        if attributes is not None and (
+            attributes.get(GEN_AI_OPERATION_NAME) == OP_EXECUTE_TOOL
+            or TT_SESSION_OUTCOME in attributes
+        ):
             parent = get_current_span(parent_context).get_span_context()
             state = parent.trace_state if parent.is_valid else None
             return SamplingResult(_SAMPLE, attributes, state)

@@ -162,7 +162,8 @@ class InThread:
 
 
 def tool_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
-    return list(exporter.get_finished_spans())
+    """The tool spans (a session left records its end too: tooltrail.session.end)."""
+    return [s for s in exporter.get_finished_spans() if s.name != "tooltrail.session.end"]
 
 
 # --- approvals ------------------------------------------------------------------------------

@@ -480,7 +480,7 @@ def test_pause_holds_the_next_call_until_resume(
     assert "during-pause" in branches(repo)
     agent.close()
     statuses = analytics.sessions(data).filter(session_id="s-pause")["status"].to_list()
-    assert statuses == ["active"]
+    assert statuses == ["completed"]  # the agent left its session: it recorded the end
     with ControlStore(data) as store:
         assert [(e.action, e.actor) for e in store.control_history("s-pause")] == [
             ("pause", "ops"),

@@ -448,9 +448,13 @@ def test_with_collector_spans_and_approvals_go_through_tooltrail_collect(
         assert _denial(denied)["rule"] == "no-secrets"
         assert (root / "a.txt").exists() and (root / "report.txt").exists()
         assert not (root / "secret.txt").exists()
-        wait_until(lambda: len(landed_rows(collected)) == 3, what="3 spans landed")
+        # three calls, and the session's end (the client closed the connection)
+        wait_until(lambda: len(landed_rows(collected)) == 4, what="4 spans landed")
     assert not (tmp_path / "unused").exists()
-    rows = sorted(landed_rows(collected), key=lambda r: r["sequence"])
+    landed = landed_rows(collected)
+    (end,) = [r for r in landed if r["name"] == "tooltrail.session.end"]
+    assert end["session_id"] == landed[0]["session_id"]
+    rows = sorted((r for r in landed if r["span_type"] == "tool"), key=lambda r: r["sequence"])
     assert [r["decision"] for r in rows] == ["ALLOW", "DENY", "REQUIRE_APPROVAL"]
     assert {r["agent_name"] for r in rows} == {CLIENT_NAME}
     assert rows[2]["approval_decided_by"] == "alice"

@@ -185,8 +185,9 @@ def test_session_fields_are_scrubbed_alike_everywhere(agent: Agent) -> None:
     (span,) = agent.spans()
     assert span.attributes[TT_SESSION_ID] == "nightly-[REDACTED:github_token]"
     assert GITHUB_TOKEN not in agent.everything()
-    (row,) = agent.landed()
-    assert row["session_id"] == "nightly-[REDACTED:github_token]"
+    row, end = sorted(agent.landed(), key=lambda r: r["span_type"] != "tool")
+    assert row["session_id"] == end["session_id"] == "nightly-[REDACTED:github_token]"
+    assert end["name"] == "tooltrail.session.end"  # the session's end, scrubbed alike
     assert row["redactions"] == 3  # session.id, gen_ai.conversation.id, tooltrail.session.id
 
 

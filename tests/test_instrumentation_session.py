@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from instrumentation_support import attrs, instrumented
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import tooltrail.instrumentation as tt
@@ -24,6 +25,7 @@ from tooltrail.semconv import (
     GEN_AI_AGENT_NAME,
     GEN_AI_CONVERSATION_ID,
     GEN_AI_TOOL_CALL_ARGUMENTS,
+    SESSION_END_NAME,
     SESSION_ID,
     TT_PARENT_SESSION_ID,
     TT_SEQUENCE,
@@ -37,6 +39,11 @@ def spans() -> Iterator[InMemorySpanExporter]:
     with instrumented(enforce=False) as exporter:
         yield exporter
     _session.set_default_agent_name(None)
+
+
+def tool_spans(spans: InMemorySpanExporter) -> list[ReadableSpan]:
+    """The tool spans (a session left also records its end: a span of its own)."""
+    return [s for s in spans.get_finished_spans() if s.name != SESSION_END_NAME]
 
 
 @tt.tool
@@ -54,7 +61,7 @@ def test_session_stamps_every_span_with_all_session_keys(spans: InMemorySpanExpo
     with tt.session(agent_name="reviewer", trigger="api", agent_id="agent-7") as s:
         noop(1)
         noop(2)
-    a1, a2 = (attrs(x) for x in spans.get_finished_spans())
+    a1, a2 = (attrs(x) for x in tool_spans(spans))
     for a in (a1, a2):
         assert a[SESSION_ID] == a[GEN_AI_CONVERSATION_ID] == a[TT_SESSION_ID] == s.session_id
         assert a[GEN_AI_AGENT_NAME] == "reviewer"
@@ -84,10 +91,10 @@ def test_nested_session_records_parent_and_inherits_agent(spans: InMemorySpanExp
     assert inner.parent_session_id == outer.session_id
     assert inner.trigger == "agent"
     assert anonymous.agent_name == "planner"
-    by_seq = [(attrs(x)[TT_SESSION_ID], attrs(x)[TT_SEQUENCE]) for x in spans.get_finished_spans()]
+    by_seq = [(attrs(x)[TT_SESSION_ID], attrs(x)[TT_SEQUENCE]) for x in tool_spans(spans)]
     # The sub-agent numbers its own actions; the outer session continues where it was.
     assert by_seq == [(outer.session_id, 1), (inner.session_id, 1), (outer.session_id, 2)]
-    sub = attrs(spans.get_finished_spans()[1])
+    sub = attrs(tool_spans(spans)[1])
     assert sub[TT_PARENT_SESSION_ID] == outer.session_id
     assert sub[GEN_AI_AGENT_NAME] == "coder"
 
@@ -121,7 +128,7 @@ def test_asyncio_tasks_share_one_counter_and_keep_their_session(
 
     sid_a, sid_b = asyncio.run(main())
     seqs: dict[object, list[object]] = {}
-    for span in spans.get_finished_spans():
+    for span in tool_spans(spans):
         a = attrs(span)
         seqs.setdefault(a[TT_SESSION_ID], []).append(a[TT_SEQUENCE])
     assert sorted(seqs[sid_a]) == list(range(1, 101))  # type: ignore[type-var]
@@ -147,7 +154,7 @@ def test_threads_share_one_counter_unique_and_ordered(spans: InMemorySpanExporte
         with ThreadPoolExecutor(2) as pool:
             ctx = contextvars.copy_context()
             list(pool.map(lambda i: ctx.copy().run(noop, i), range(20)))
-    finished = spans.get_finished_spans()
+    finished = tool_spans(spans)
     assert {attrs(x)[TT_SESSION_ID] for x in finished} == {s.session_id}
     seq = [attrs(x)[TT_SEQUENCE] for x in finished]
     assert sorted(seq) == list(range(1, 421))  # type: ignore[type-var]
@@ -167,7 +174,7 @@ def test_per_thread_order_follows_call_order(spans: InMemorySpanExporter) -> Non
             t.start()
         for t in threads:
             t.join()
-    for span in spans.get_finished_spans():
+    for span in tool_spans(spans):
         a = attrs(span)
         value = json.loads(str(a[GEN_AI_TOOL_CALL_ARGUMENTS]))["i"]
         order.setdefault(value // 1000, []).append(int(a[TT_SEQUENCE]))  # type: ignore[call-overload]
@@ -187,7 +194,7 @@ def test_reopening_a_session_id_goes_on_counting(spans: InMemorySpanExporter) ->
         noop(3)
     with tt.session(session_id=f"{sid}-other"):
         noop(4)
-    got = [(a[SESSION_ID], a[TT_SEQUENCE]) for a in map(attrs, spans.get_finished_spans())]
+    got = [(a[SESSION_ID], a[TT_SEQUENCE]) for a in map(attrs, tool_spans(spans))]
     assert got == [(sid, 1), (sid, 2), (sid, 3), (f"{sid}-other", 1)]
 
 
@@ -199,7 +206,7 @@ def test_implicit_session_rebuilt_by_configure_goes_on_counting(
     noop(1)
     _session.set_default_agent_name("second")  # rebuilds the implicit session object
     noop(2)
-    got = [(a[GEN_AI_AGENT_NAME], a[TT_SEQUENCE]) for a in map(attrs, spans.get_finished_spans())]
+    got = [(a[GEN_AI_AGENT_NAME], a[TT_SEQUENCE]) for a in map(attrs, tool_spans(spans))]
     assert got == [("first", 1), ("second", 2)]
 
 

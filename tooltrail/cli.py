@@ -39,7 +39,19 @@ SESSION_COLUMNS = (
     "repos",
     "governed_by",  # gateway / instrumentation / empty (third-party spans only)
     "mcp_client_name",  # the MCP client, for sessions through the gateway
+    "tags",
     "last_action_at",
+)
+TRACE_COLUMNS = (
+    "occurred_at",
+    "entry",  # llm / agent / tool / output / control / end
+    "summary",
+    "input_tokens",
+    "output_tokens",
+    "decision",
+    "outcome",
+    "actor",  # who paused / resumed / canceled / completed it, or who recorded the end
+    "reason",
 )
 ACTION_COLUMNS = (
     "sequence",
@@ -114,8 +126,24 @@ def cli() -> None:
 @click.option("--agent", help="Only sessions of this agent name.")
 @click.option(
     "--status",
-    type=click.Choice(["active", "completed", "failed", "waiting_approval", "paused", "canceled"]),
+    type=click.Choice(
+        [
+            "active",
+            "completed",
+            "failed",
+            "abandoned",
+            "waiting_approval",
+            "paused",
+            "canceled",
+        ]
+    ),
     help="Only sessions in this status.",
+)
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    help="Only sessions with this tag (repeat: with every one of them).",
 )
 @click.option(
     "--since", help="Only sessions active within this window, e.g. 2h, 1h30m, 7d, or all."
@@ -135,14 +163,16 @@ def sessions(
     since: str | None,
     governed_by: str | None,
     limit: int,
+    tags: tuple[str, ...],
 ) -> None:
     """List sessions, most recent activity first. governed_by says who governed a
     session's calls: the MCP gateway (`tooltrail proxy`; mcp_client_name is its client),
-    tooltrail's in-process instrumentation, or neither (empty).
+    tooltrail's in-process instrumentation, or neither (empty). A session that recorded
+    its end is completed or failed; one whose agent died without ending is abandoned.
 
     Example:
 
-        tooltrail sessions --governed-by gateway --since 2h --format json
+        tooltrail sessions --governed-by gateway --tag nightly --since 2h --format json
     """
     from tooltrail import analytics
     from tooltrail.policy.durations import parse_since_seconds
@@ -156,6 +186,7 @@ def sessions(
             status=status,
             since=since,
             governed_by=governed_by,
+            tags=list(tags) or None,
             limit=limit,
         )
     _echo_df(df, fmt, SESSION_COLUMNS)
@@ -174,27 +205,58 @@ def sessions(
     help="Show only the action with sequence number N (or this span id, for actions without"
     " one), every field whole, arguments too.",
 )
+@click.option(
+    "--trace",
+    is_flag=True,
+    help="Show the activity trace instead: LLM steps, tool calls, pause / resume / cancel /"
+    " complete and the session's end and final output, in the order they happened.",
+)
+@click.option(
+    "--only",
+    type=click.Choice(["all", "reasoning", "tools"]),
+    default="all",
+    show_default=True,
+    help="With --trace: every entry, the model's steps (reasoning), or the tool calls"
+    " (control events and the end are always shown).",
+)
 @click.argument("session_id")
-def show(data: Path | None, fmt: str, full: bool, which: str | None, session_id: str) -> None:
+def show(
+    data: Path | None,
+    fmt: str,
+    full: bool,
+    which: str | None,
+    trace: bool,
+    only: str,
+    session_id: str,
+) -> None:
     """Show one session: its header, every action in sequence order (with how each call
     ended and, for held calls, the approval's outcome, decider and reason), then who
-    paused, resumed or canceled it (CSV: the actions only). JSON carries every column,
-    whole.
+    paused, resumed, canceled or completed it (CSV: the actions only). JSON carries every
+    column, whole. --trace shows the activity trace instead (prompts and outputs whole
+    in JSON).
 
     Example:
 
-        tooltrail show 3f2a9c6e0b7d4c419d0e5d2b7f1c8a10 --action 4
+        tooltrail show 3f2a9c6e0b7d4c419d0e5d2b7f1c8a10 --trace --only tools
     """
     from tooltrail import analytics
     from tooltrail.output import records, render, render_mapping
 
+    if which is not None and trace:
+        raise CliError("--action and --trace show different things: give one of them")
     root = _existing_data(data)
     with domain_errors(), analytics.connect(root) as con:
         header = analytics.session(con, session_id)
         if header is None:
             raise CliError(f"no session {session_id!r} in {root}")
-        actions = analytics.session_actions(con, session_id)
-        control = analytics.session_control_history(con, session_id)
+        if trace:
+            steps = analytics.session_trace(con, session_id, only=only)
+        else:
+            actions = analytics.session_actions(con, session_id)
+            control = analytics.session_control_history(con, session_id)
+    if trace:
+        _show_trace(header, steps, fmt, full)
+        return
     if which is not None:
         _show_action(actions, session_id, which, fmt)
     elif fmt == "json":
@@ -213,6 +275,22 @@ def show(data: Path | None, fmt: str, full: bool, which: str | None, session_id:
         if control.height:
             click.echo()
             click.echo(render(control, "table", full=full))
+
+
+def _show_trace(header: Any, steps: Any, fmt: str, full: bool) -> None:
+    """The activity trace: JSON {session, trace}; CSV the entries; a table after the
+    header otherwise."""
+    from tooltrail.output import records, render, render_mapping
+
+    if fmt == "json":
+        doc = {"session": records(header)[0], "trace": records(steps)}
+        click.echo(json.dumps(doc, indent=2, default=str))
+    elif fmt == "csv":
+        click.echo(render(steps, "csv"))
+    else:
+        click.echo(render_mapping(header.row(0, named=True), full=full))
+        click.echo()
+        click.echo(render(steps, "table", list(TRACE_COLUMNS), full=full))
 
 
 def _shown_action_columns(actions: Any) -> list[str]:
@@ -876,6 +954,30 @@ cli.add_command(
         "tooltrail cancel 3f2a9c6e0b7d4c419d0e5d2b7f1c8a10 --by ops --reason runaway",
     )
 )
+
+
+@cli.command()
+@data_option
+@click.argument("session_id")
+@_by_option
+@click.option("--reason", required=True, help="Why it is complete (recorded).")
+@_force_option
+def complete(data: Path | None, session_id: str, by: str | None, reason: str, force: bool) -> None:
+    """Mark a session complete (who and why are recorded): its status reads completed
+    from then on, whatever its spans say (e.g. an abandoned session whose work an
+    operator knows was done). Needs the operator role when access control is on.
+
+    Example:
+
+        tooltrail complete 3f2a9c6e0b7d4c419d0e5d2b7f1c8a10 --by ops --reason "finished by hand"
+    """
+    root = _existing_data(data)
+    who, _, _ = _acting_as(root, by, "control")
+    if not force:
+        _require_known_session(root, session_id)
+    with domain_errors(), _store(root) as store:
+        event = store.complete_session(session_id, by=who, reason=reason)
+    click.echo(f"session {event.session_id} completed by {event.actor}: {event.reason}")
 
 
 def _register_groups() -> None:

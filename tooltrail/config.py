@@ -15,6 +15,9 @@ ENV_SESSION_ID: Final = "TOOLTRAIL_SESSION_ID"
 ENV_REDACT: Final = "TOOLTRAIL_REDACT"
 ENV_CAPTURE_RESULTS: Final = "TOOLTRAIL_CAPTURE_RESULTS"
 ENV_SESSION_CONTROL: Final = "TOOLTRAIL_SESSION_CONTROL"
+# How long after its last activity a session still counts as active (then, when it
+# promised an end record and none came, abandoned): a duration, e.g. 30s, 10m.
+ENV_IDLE_WINDOW: Final = "TOOLTRAIL_IDLE_WINDOW"
 ENV_COLLECTOR_URL: Final = "TOOLTRAIL_COLLECTOR_URL"
 ENV_COLLECTOR_TOKEN: Final = "TOOLTRAIL_COLLECTOR_TOKEN"
 # A user's credential for the CLI when access control is on (wins over `tooltrail login`).

@@ -73,6 +73,8 @@ PAUSED: Final = "paused"
 CANCELED: Final = "canceled"
 
 SESSION_CANCELED: Final = "session canceled"
+# The action of an operator's completion in the control history (`tooltrail complete`).
+COMPLETE: Final = "complete"
 
 DEFAULT_POLL_S: Final = 0.05
 DEFAULT_TIMEOUT_S: Final = 600.0
@@ -146,6 +148,15 @@ CREATE TABLE IF NOT EXISTS control_events (
     reason      TEXT
 );
 CREATE INDEX IF NOT EXISTS control_events_session ON control_events (session_id, at);
+-- An operator marking a session complete (who, when, why): a record, not a control state,
+-- so it has its own table (control_events' action check predates it).
+CREATE TABLE IF NOT EXISTS session_completions (
+    completion_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id    TEXT NOT NULL,
+    actor         TEXT NOT NULL,
+    at            REAL NOT NULL,
+    reason        TEXT NOT NULL
+);
 """
     + ledger.SCHEMA
 )
@@ -173,6 +184,7 @@ _SCHEMA_OBJECTS: Final = frozenset(
         "control_events",
         "control_events_session",
         *ledger.OBJECTS,
+        "session_completions",
     }
 )
 
@@ -1304,6 +1316,38 @@ class ControlStore:
         return [
             ControlEvent(r["session_id"], r["action"], r["actor"], r["at"], r["reason"])
             for r in rows
+        ]
+
+    def complete_session(self, session_id: str, by: str, reason: str) -> ControlEvent:
+        """Record that an operator marked ``session_id`` complete, with who and why.
+
+        It changes no control state (a paused or canceled session stays so); the
+        ``sessions`` view reads the latest completion as the session's end.
+        """
+        if not by or not by.strip():
+            raise BadInputError("completing a session needs who does it (--by)")
+        if not reason or not reason.strip():
+            raise BadInputError("completing a session needs why (--reason)")
+        session_id = session_key(session_id)
+        by_text, why = self._text(by) or "", self._text(reason) or ""
+        with self._tx() as con:
+            now = time.time()
+            con.execute(
+                "INSERT INTO session_completions (session_id, actor, at, reason) VALUES (?,?,?,?)",
+                (session_id, by_text, now, why),
+            )
+        return ControlEvent(session_id, COMPLETE, by_text, now, why)
+
+    def completions(self, session_id: str | None = None) -> list[ControlEvent]:
+        """Operators' completions (action ``complete``), oldest first."""
+        sql = "SELECT * FROM session_completions"
+        params: tuple[str, ...] = ()
+        if session_id is not None:
+            sql += " WHERE session_id = ?"
+            params = (session_key(session_id),)
+        rows = self._query(sql + " ORDER BY at, completion_id", params)
+        return [
+            ControlEvent(r["session_id"], COMPLETE, r["actor"], r["at"], r["reason"]) for r in rows
         ]
 
     def session_states(self) -> list[SessionControl]:

@@ -124,6 +124,22 @@ SOURCE_AGENT_PREFIX: Final = "agent:"
 
 TRIGGERS: Final = ("manual", "api", "schedule", "event", "agent")
 
+# --- how a session ends (docs/DATA.md, "Session end") -------------------------------------
+# Session tags: a list of strings on any span (tooltrail's tool spans carry the tags of
+# ``tt.session(tags=[...])``); the session's `tags` are the union over its spans.
+TT_TAGS: Final = "tooltrail.tags"
+# On every tool span of a session whose producer records its end (``tt.session``, the
+# gateway): a session marked so that never lands an end record was abandoned.
+TT_SESSION_ENDS: Final = "tooltrail.session.ends"
+# The session-end record: a span of this name carrying the outcome (completed / failed),
+# who recorded the end (session / gateway) and why, and the session's final output.
+SESSION_END_NAME: Final = "tooltrail.session.end"
+TT_SESSION_OUTCOME: Final = "tooltrail.session.outcome"
+TT_SESSION_END_SOURCE: Final = "tooltrail.session.end_source"
+TT_SESSION_END_REASON: Final = "tooltrail.session.end_reason"
+TT_SESSION_OUTPUT: Final = "tooltrail.session.output"
+SESSION_OUTCOMES: Final = ("completed", "failed")
+
 # --- the count of spans that could not land whole (docs/DATA.md, "Dropped spans") -------
 # One row of this name per session (the agent's span processor, for a queue drop) or per
 # batch (the exporter, for spans it set aside), so a thinner record is visible in the data.

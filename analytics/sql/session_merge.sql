@@ -52,6 +52,16 @@ SELECT
         epoch_us(last_action_at) * 2 + CAST(coalesce(last_action_errored, false) AS BIGINT)
     ) FILTER (WHERE last_action_at IS NOT NULL) AS last_action_errored,
     bool_or(root_errored) AS root_errored,
+    max(ended_at) AS ended_at,
+    arg_max(end_outcome, epoch_us(ended_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT))
+        FILTER (WHERE ended_at IS NOT NULL) AS end_outcome,
+    arg_max(end_source, epoch_us(ended_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT))
+        FILTER (WHERE ended_at IS NOT NULL) AS end_source,
+    arg_max(end_reason, epoch_us(ended_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT))
+        FILTER (WHERE ended_at IS NOT NULL) AS end_reason,
+    max(last_started_at) AS last_started_at,
+    bool_or(records_end) AS records_end,
+    list_sort(list_distinct(flatten(list(tags)))) AS tags,
     CAST(sum(input_tokens) AS BIGINT) AS input_tokens,
     CAST(sum(output_tokens) AS BIGINT) AS output_tokens,
     list_sort(list_distinct(flatten(list(repos)))) AS repos,

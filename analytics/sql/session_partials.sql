@@ -79,6 +79,38 @@ SELECT
             FILTER (WHERE span_type = 'tool' AND target_repo IS NOT NULL),
         CAST([] AS VARCHAR[])
     ) AS repos,
+    -- how the session ended (docs/DATA.md, "Session end"): the latest end record (a
+    -- failed one wins a tie, as for the last action: the key is the end in µs, doubled,
+    -- plus 1 if failed), and the latest start of any other span (activity after the end
+    -- reopens the session)
+    max(end_at) FILTER (WHERE end_outcome IS NOT NULL) AS ended_at,
+    arg_max(end_outcome, epoch_us(end_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT))
+        FILTER (WHERE end_outcome IS NOT NULL AND end_at IS NOT NULL) AS end_outcome,
+    arg_max(
+        CASE WHEN end_outcome IS NOT NULL THEN tooltrail_end_source(name, attributes) END,
+        epoch_us(end_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT)
+    ) FILTER (WHERE end_outcome IS NOT NULL AND end_at IS NOT NULL) AS end_source,
+    arg_max(
+        CASE
+            WHEN end_outcome IS NULL THEN NULL
+            WHEN name = 'tooltrail.session.end'
+                THEN attributes ->> '$."tooltrail.session.end_reason"'
+            ELSE status_message
+        END,
+        epoch_us(end_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT)
+    ) FILTER (WHERE end_outcome IS NOT NULL AND end_at IS NOT NULL) AS end_reason,
+    -- (an end span starts when it ends, so it never reads as activity after itself)
+    max(start_time) AS last_started_at,
+    -- (only tool spans carry the promise; only spans naming tags are parsed for them:
+    -- aggregating an empty list per span costs every session query)
+    coalesce(bool_or(tooltrail_records_end(attributes)) FILTER (WHERE span_type = 'tool'), false)
+        AS records_end,
+    coalesce(
+        list_sort(list_distinct(flatten(
+            list(tooltrail_tags(attributes)) FILTER (WHERE contains(attributes, '"tooltrail.tags"'))
+        ))),
+        CAST([] AS VARCHAR[])
+    ) AS tags,
     -- approval ids (null when the span has none) of actions whose own span says pending;
     -- the `sessions` view lets the live control store overrule these by id
     coalesce(
@@ -89,7 +121,14 @@ SELECT
         ),
         CAST([] AS VARCHAR[])
     ) AS pending_refs
-FROM ({{unique}}) AS s
+FROM (
+    SELECT
+        *,
+        tooltrail_end_outcome(name, span_type, parent_span_id, status_code, attributes)
+            AS end_outcome,
+        coalesce(end_time, start_time) AS end_at
+    FROM ({{unique}})
+) AS s
 -- A span of no known kind whose session fell back to its trace id (an MCP SDK's own
 -- `initialize` span, an HTTP server span) belongs to no agent session.
 WHERE session_id IS NOT NULL AND NOT (span_type = 'other' AND session_id = trace_id)

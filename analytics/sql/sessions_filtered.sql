@@ -6,6 +6,8 @@ WHERE ($agent IS NULL OR agent_name = $agent)
   AND ($since IS NULL OR last_activity_at >= $since)
   AND ($search IS NULL OR contains(lower(session_id), lower($search)))
   AND ($repo IS NULL OR list_contains(repos, $repo))
+  -- every tag asked for (a list)
+  AND ($tags IS NULL OR list_has_all(tags, $tags))
   -- 'other': sessions of third-party spans only (governed_by null)
   AND ($governed_by IS NULL OR coalesce(governed_by, 'other') = $governed_by)
   AND ($decision IS NULL OR CASE $decision

@@ -14,8 +14,14 @@
 -- verified = false): shown as claimed, never counted as enforced.
 --
 -- status, first match wins: canceled / paused (session control), waiting_approval (an
--- approval is pending), failed (the last action or a root span errored), active (last
--- activity within the idle window), completed.
+-- approval is pending), completed (an operator marked it so: `tooltrail complete`), the
+-- outcome of its latest end record (completed / failed; failed too when recorded by an
+-- agent span or the gateway and the last action errored) unless a span started after it;
+-- for a session whose producer records its end (records_end) and has none: active while
+-- within the idle window, else abandoned (its agent died). Sessions with no end record
+-- and no such mark (data landed before end records existed, third-party spans) keep the
+-- guesses: failed (the last action or a root span errored), active (last activity
+-- within the idle window), completed.
 CREATE OR REPLACE VIEW sessions AS
 WITH store_ids AS (
     SELECT coalesce(list(approval_id) FILTER (WHERE approval_id IS NOT NULL), []) AS ids
@@ -33,13 +39,24 @@ store_pending AS (
     GROUP BY session_id
 ),
 control AS (
-    -- the latest state per session (the store keeps one row each; tolerate history)
+    -- the latest state per session (the store keeps one row each; tolerate history), and
+    -- an operator's latest "complete" (who, when, why): one relation, joined once
     SELECT
         session_id,
-        arg_max(lower(state), changed_at) AS state,
-        arg_max(changed_by, changed_at) AS changed_by,
-        max(changed_at) AS changed_at
-    FROM control_sessions
+        arg_max(lower(state), changed_at) FILTER (WHERE kind = 'state') AS state,
+        arg_max(changed_by, changed_at) FILTER (WHERE kind = 'state') AS changed_by,
+        max(changed_at) FILTER (WHERE kind = 'state') AS changed_at,
+        arg_max(changed_by, changed_at) FILTER (WHERE kind = 'complete') AS completed_by,
+        max(changed_at) FILTER (WHERE kind = 'complete') AS completed_at,
+        arg_max(reason, changed_at) FILTER (WHERE kind = 'complete') AS completion_reason
+    FROM (
+        SELECT session_id, state, changed_by, changed_at, NULL AS reason, 'state' AS kind
+        FROM control_sessions
+        UNION ALL
+        SELECT session_id, NULL, changed_by, changed_at, reason, 'complete'
+        FROM control_events
+        WHERE action = 'complete'
+    )
     GROUP BY session_id
 )
 SELECT
@@ -49,6 +66,24 @@ SELECT
         WHEN ctl.state = 'canceled' THEN 'canceled'
         WHEN ctl.state = 'paused' THEN 'paused'
         WHEN pending_approvals > 0 THEN 'waiting_approval'
+        WHEN ctl.completed_at IS NOT NULL THEN 'completed'
+        WHEN t.end_outcome IS NOT NULL
+            AND NOT coalesce(t.last_started_at > t.ended_at, false) THEN
+            -- the agent's own code says how it went (`session`); an agent span's status
+            -- or a gateway's disconnect only say that it ended: a last action that
+            -- errored still makes the session failed
+            CASE
+                WHEN t.end_outcome = 'completed' AND t.end_source <> 'session'
+                    AND coalesce(t.last_action_errored, false) THEN 'failed'
+                ELSE t.end_outcome
+            END
+        WHEN coalesce(t.records_end, false) THEN
+            CASE
+                WHEN t.last_activity_at >= now() - coalesce(
+                    getvariable('tooltrail_idle_window'), INTERVAL 5 MINUTE
+                ) THEN 'active'
+                ELSE 'abandoned'
+            END
         WHEN coalesce(t.last_action_errored, false) OR t.root_errored THEN 'failed'
         WHEN t.last_activity_at >= now()
             - coalesce(getvariable('tooltrail_idle_window'), INTERVAL 5 MINUTE) THEN 'active'
@@ -89,7 +124,25 @@ SELECT
     t.span_count,
     ctl.state AS control_state,
     ctl.changed_by AS control_changed_by,
-    ctl.changed_at AS control_changed_at
+    ctl.changed_at AS control_changed_at,
+    -- whether the status is recorded (session control, an operator, an end record) rather
+    -- than guessed from idle time
+    CASE
+        WHEN ctl.state IN ('canceled', 'paused') OR pending_approvals > 0 THEN 'control'
+        WHEN ctl.completed_at IS NOT NULL THEN 'operator'
+        WHEN t.end_outcome IS NOT NULL
+            AND NOT coalesce(t.last_started_at > t.ended_at, false) THEN 'end_record'
+        WHEN coalesce(t.records_end, false) THEN 'idle_window'
+        ELSE 'guessed'
+    END AS status_basis,
+    coalesce(t.tags, CAST([] AS VARCHAR[])) AS tags,
+    t.ended_at,
+    t.end_outcome,
+    t.end_source,
+    t.end_reason,
+    ctl.completed_by,
+    ctl.completed_at,
+    ctl.completion_reason
 FROM (
     -- Pending approvals: the store's pending requests, plus the spans' own "pending" for
     -- ids the store does not hold (for an id it holds, the store alone says; a span citing
