@@ -28,9 +28,10 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -41,9 +42,10 @@ import uvicorn
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tooltrail import config
 from tooltrail.collector.server import is_loopback
 from tooltrail.errors import BadInputError
 from tooltrail.gateway.connection import MAX_LINE, Gateway, ProxyOptions
@@ -62,6 +64,10 @@ from tooltrail.gateway.upstream import TIMEOUT, UpstreamLink
 from tooltrail.instrumentation._settings import Settings, policy_decider
 
 __all__ = ["HttpOptions", "run_http"]
+
+EVENTS_PATH: Final = "/v1/events"
+# Event streams open at once (each holds a worker thread while it follows).
+MAX_EVENT_STREAMS: Final = 16
 
 _log = logging.getLogger("tooltrail.gateway")
 
@@ -120,6 +126,12 @@ class HttpGateway:
             Route(spec.path, self._endpoint(spec), methods=["GET", "POST", "DELETE"])
             for spec in opts.servers
         ]
+        # The live event stream of what lands in the gateway's data directory (with
+        # --collector nothing lands here: the collector serves its own /v1/events).
+        self.events_data = None if opts.proxy.collector else config.data_dir(opts.proxy.data_dir)
+        self.event_streams = threading.BoundedSemaphore(MAX_EVENT_STREAMS)
+        self.stopping = threading.Event()
+        routes.append(Route(EVENTS_PATH, self.events, methods=["GET"]))
         self.app = Starlette(routes=routes, lifespan=self._lifespan)
 
     @asynccontextmanager
@@ -130,6 +142,7 @@ class HttpGateway:
         try:
             yield
         finally:
+            self.stopping.set()  # event streams end
             reaper.cancel()
             await asyncio.gather(
                 *(self.end(s, "the gateway is shutting down") for s in list(self.sessions.values()))
@@ -173,6 +186,47 @@ class HttpGateway:
                     headers={"www-authenticate": "Bearer"},
                 )
         return None
+
+    # -- GET /v1/events: the live record (docs/EVENTS.md) ----------------------------------
+
+    async def events(self, request: Request) -> Response:
+        """Server-Sent Events of what lands in the data directory, as ``collect`` serves
+        them: filters ``session``, ``agent``, ``decision``, ``kind``, ``since``,
+        ``follow=0``; resumable with ``Last-Event-ID``. Same access as the MCP endpoint."""
+        from tooltrail.event_stream import EventSource, sse_stream, start_cursor
+        from tooltrail.events import make_filter
+
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        if self.events_data is None:
+            return _plain(404, "with --collector, events are served by the collector")
+        query = request.query_params
+        try:
+            wanted = make_filter(
+                sessions=query.getlist("session"),
+                agents=query.getlist("agent"),
+                decisions=query.getlist("decision"),
+                kinds=query.getlist("kind"),
+            )
+            last = request.headers.get("last-event-id") or query.get("last_event_id")
+            cursor = start_cursor(last, query.get("since"), self.events_data)
+        except BadInputError as e:
+            return _plain(400, str(e))
+        if not self.event_streams.acquire(blocking=False):
+            return _plain(503, "too many event streams open; retry")
+        source = EventSource(self.events_data, cursor)
+        follow = query.get("follow") not in ("0", "false", "no")
+
+        def chunks() -> Iterator[bytes]:
+            try:  # starlette iterates this in a worker thread; a gone client stops it
+                yield from sse_stream(source, wanted, keep_following=follow, stop=self.stopping)
+            finally:
+                source.close()
+                self.event_streams.release()
+
+        headers = {"cache-control": "no-store", "x-accel-buffering": "no"}
+        return StreamingResponse(chunks(), media_type="text/event-stream", headers=headers)
 
     # -- POST --------------------------------------------------------------------------
 
