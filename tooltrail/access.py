@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from tooltrail import config
+from tooltrail._files import write_json_atomically
 from tooltrail.errors import AccessDeniedError, BadInputError, NotAuthenticatedError, StoreError
 from tooltrail.signing import DECIDER_ROLES, DeciderKey, new_decider_key, sync_trust_file
 
@@ -747,17 +748,7 @@ def save_credential(root: Path, credential: str) -> Path:
         if isinstance(loaded, dict):
             doc = {str(k): str(v) for k, v in loaded.items()}
     doc[_data_key(root)] = credential
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2, sort_keys=True)
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return path
+    return write_json_atomically(path, doc, 0o600)
 
 
 def presented_credential(root: Path) -> str | None:

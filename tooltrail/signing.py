@@ -26,7 +26,6 @@ the *trust root* before the call runs (docs/SECURITY.md, "Signed decisions").
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import math
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 import rfc8785
 
 from tooltrail import config
+from tooltrail._files import write_json_atomically
 from tooltrail.errors import NotAuthenticatedError, StoreError, TamperedError
 
 if TYPE_CHECKING:
@@ -306,17 +306,7 @@ def write_trust_file(path: Path, keys: list[DeciderKey]) -> Path:
         "written_at": time.time(),
         "keys": [k.to_dict() for k in keys],
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2, sort_keys=True)
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return path
+    return write_json_atomically(path, doc, 0o644)
 
 
 def sync_trust_file(data_dir: str | os.PathLike[str] | None) -> Path | None:
