@@ -56,6 +56,7 @@ from tooltrail.analytics.engine import (
 )
 from tooltrail.analytics.index import (
     NO_COPIES,
+    SESSION_INDEX_FILE,
     SessionIndex,
     delta_spans_view,
     read_index,
@@ -202,7 +203,17 @@ def connect(
         refresh(con)
         if read_only:
             # A trailing separator: allow the directory's contents, not its name as a prefix.
-            con.execute(render("harden", allowed=literal_list([f"{root}{os.sep}"])))
+            # Only the landed record: the stores beside it hold secrets (webhook secrets,
+            # credential hashes, sealed keys) that a dashboard viewer must not query.
+            spans = f"{root / config.SPANS_DIR}{os.sep}"
+            index = str(root / SESSION_INDEX_FILE)
+            con.execute(
+                render(
+                    "harden",
+                    allowed=literal_list([spans]),
+                    allowed_files=literal_list([index]),
+                )
+            )
     except duckdb.Error as e:
         con.close()
         raise_query_error(e, f"opening the views over {root}")

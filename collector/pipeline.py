@@ -456,9 +456,10 @@ def stamp_provenance(
 
     A decision is tooltrail's (verified) when tooltrail made it: the in-process exporter
     (the instrumentation or the gateway decided), an agent holding an agent credential
-    (the collector stamped ``agent:<name>``), or the policy run here. A decision the span
-    carried in from an unauthenticated sender (``otlp``) or a file (``ingest``) is only
-    claimed (false). Rows without a decision: null.
+    (the collector stamped ``agent:<name>``) for spans of that agent, or the policy run
+    here. A decision the span carried in from an unauthenticated sender (``otlp``), a file
+    (``ingest``) or an agent credential speaking for another agent is only claimed (false).
+    Rows without a decision: null.
     """
     if senders is None:
         sources: list[str] = [provenance] * n
@@ -468,12 +469,34 @@ def stamp_provenance(
             for s in senders
         ]
     decisions = columns["decision"] or [None] * n
+    agents = list(columns["agent_name"] or [None] * n)
+    filled = False
     verified: list[bool | None] = []
-    for source, decision, spanned in zip(sources, decisions, from_span, strict=True):
+    for i, (source, decision, spanned) in enumerate(
+        zip(sources, decisions, from_span, strict=True)
+    ):
+        credential_agent = (
+            source[len(sc.SOURCE_AGENT_PREFIX) :]
+            if source.startswith(sc.SOURCE_AGENT_PREFIX)
+            else None
+        )
+        if credential_agent is not None and agents[i] is None:
+            agents[i] = credential_agent  # a span that names no agent is its sender's
+            filled = True
         if decision is None:
             verified.append(None)
+        elif not spanned:
+            verified.append(True)  # the policy run here decided it
+        elif source in (sc.SOURCE_OTLP, sc.SOURCE_INGEST):
+            verified.append(False)  # an unauthenticated sender or a file: claimed
+        elif credential_agent is None:
+            verified.append(True)  # the in-process exporter: tooltrail decided it
         else:
-            verified.append(not spanned or source not in (sc.SOURCE_OTLP, sc.SOURCE_INGEST))
+            # An agent's credential vouches for that agent's own calls only: a span that
+            # names another agent is a claim (security review: forged records of others).
+            verified.append(agents[i] == credential_agent)
+    if filled:
+        columns["agent_name"] = agents
     columns["source"] = sources
     columns["verified"] = verified
 

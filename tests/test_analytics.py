@@ -919,6 +919,23 @@ def test_the_spill_directory_opens_nothing_to_queries(
         con.close()
 
 
+def test_the_stores_beside_the_spans_cannot_be_queried(fleet: Path) -> None:
+    """A dashboard viewer's SQL reads the landed record only: the stores in the same data
+    directory hold webhook secrets, credential hashes and sealed keys (security review)."""
+    secret = "whsec_" + "A" * 43
+    (fleet / "webhooks.sqlite").write_bytes(secret.encode())
+    con = analytics.connect(fleet)
+    try:
+        for pattern in ("*.sqlite", "webhooks.sqlite"):
+            path = literal(str(fleet / pattern))
+            with pytest.raises(QueryError):
+                analytics.run_query(con, f"SELECT content FROM read_blob({path})")
+        # the record itself still reads
+        assert analytics.run_query(con, "SELECT count(*) AS n FROM actions")["n"][0] > 0
+    finally:
+        con.close()
+
+
 # --- tooltrail.duckdb -----------------------------------------------------------------------
 
 

@@ -56,14 +56,20 @@ def collector(tmp_path: Path) -> Iterator[tuple[CollectorProcess, str]]:
         yield proc, agent
 
 
-def _send(url: str, token: str, session: str, resource: dict[str, str] | None = None) -> None:
+def _send(
+    url: str,
+    token: str,
+    session: str,
+    resource: dict[str, str] | None = None,
+    extra: dict[str, str] | None = None,
+) -> None:
     exporter = OTLPSpanExporter(
         endpoint=f"{url}/v1/traces", headers={"Authorization": f"Bearer {token}"}
     )
     provider = TracerProvider(resource=Resource.create(resource or {}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     span = provider.get_tracer("claims").start_span(
-        "execute_tool git_push", attributes={**CLAIMS, sc.TT_SESSION_ID: session}
+        "execute_tool git_push", attributes={**CLAIMS, sc.TT_SESSION_ID: session, **(extra or {})}
     )
     span.end()
     provider.shutdown()
@@ -81,7 +87,9 @@ def test_claims_without_an_agent_credential_land_claimed_and_never_enforced(
     # Forging the collector's own stamp changes nothing: the collector overwrites it.
     _send(proc.url, SHARED_TOKEN, "forged", {sc.TT_COLLECTOR_SENDER: "agent:remote-bot"})
     _send(proc.url, agent, "credentialed")
-    wait_until(lambda: len(_by_session(proc.data_dir)) == 3, what="three tool rows landed")
+    # An agent's own credential does not vouch for a span naming another agent.
+    _send(proc.url, agent, "impersonated", extra={sc.GEN_AI_AGENT_NAME: "bot-b"})
+    wait_until(lambda: len(_by_session(proc.data_dir)) == 4, what="four tool rows landed")
 
     rows = _by_session(proc.data_dir)
     for sid in ("claimed", "forged"):
@@ -91,16 +99,28 @@ def test_claims_without_an_agent_credential_land_claimed_and_never_enforced(
         assert (r["decision"], r["enforced"], r["approval_decided_by"]) == ("ALLOW", True, "alice")
     good = rows["credentialed"]
     assert (good["source"], good["verified"], good["enforced"]) == ("agent:remote-bot", True, True)
+    assert good["agent_name"] == "remote-bot"  # a span naming no agent is its sender's
+    other = rows["impersonated"]
+    assert (other["source"], other["verified"], other["agent_name"]) == (
+        "agent:remote-bot",
+        False,
+        "bot-b",
+    )
 
     data = proc.data_dir
     with analytics.connect(data) as con:
         enforced = dict(
             con.sql("SELECT session_id, enforced FROM actions ORDER BY session_id").fetchall()
         )
-    assert enforced == {"claimed": False, "credentialed": True, "forged": False}
+    assert enforced == {
+        "claimed": False,
+        "credentialed": True,
+        "forged": False,
+        "impersonated": False,
+    }
     sessions = analytics.sessions(data)
     claimed = dict(zip(sessions["session_id"], sessions["claimed_calls"], strict=True))
-    assert claimed == {"claimed": 1, "credentialed": 0, "forged": 1}
+    assert claimed == {"claimed": 1, "credentialed": 0, "forged": 1, "impersonated": 1}
     assert verify(data).ok  # the collector's landed files are chained too
 
 
