@@ -31,6 +31,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from tooltrail import config
 from tooltrail.collector.chain import (
     GENESIS,
     LedgerLine,
@@ -478,6 +479,18 @@ class _Verifier:
 
         check: Callable[[Path], Iterable[Any]] | None = getattr(control, "verify_control", None)
         if check is None:
+            return
+        if not (self.data_dir / config.CONTROL_FILE).exists():
+            # Opening the store would create an empty one that verifies. With access control
+            # on, decisions and session controls live there: a missing store is a deletion.
+            from tooltrail.access import access_path
+
+            if access_path(self.data_dir).exists():
+                what = (
+                    f"the control store ({config.CONTROL_FILE}) is missing: with access"
+                    " control on, every approval, decision and session control is gone"
+                )
+                self.add(Break("control_store_missing", what, file=config.CONTROL_FILE))
             return
         self.report.control_checked = True
         for item in check(self.data_dir):

@@ -576,7 +576,17 @@ def _unverified(filed: _Filed, record: Mapping[str, Any]) -> str | None:
     reports does not verify on this side (None: it does, or no root is pinned, in which
     case the collector's answer over its authenticated channel is what is trusted)."""
     pinned = os.environ.get(ENV_TRUST_ROOT, "").strip()
-    if not pinned or record.get("status") != "approved":
+    if not pinned:
+        return None
+    if record.get("status") == "expired":
+        # Expiry is not signed: the waiter checks it against the deadline it was given when
+        # it filed (an early "expired" would run an on_timeout ALLOW call). A second of
+        # slack for the two machines' clocks.
+        deadline = filed.record.get("expires_at")
+        if isinstance(deadline, (int, float)) and time.time() + 1.0 < deadline:
+            return f"it is marked expired before its deadline ({deadline:.3f})"
+        return None
+    if record.get("status") != "approved":
         return None
     from tooltrail import ledger
     from tooltrail.control_verify import approval_problem, record_from_json

@@ -356,6 +356,7 @@ def test_verify_reports_what_the_control_store_checker_finds(
     from tooltrail import control
 
     data = two_sessions.parents[2]
+    control.ControlStore(data).close()  # a data directory with a control store
     assert verify(data).control_checked is hasattr(control, "verify_control")
     found = [{"what": "approval decision edited", "session_id": "risky", "id": 7}]
     monkeypatch.setattr(control, "verify_control", lambda _d: found, raising=False)
@@ -425,3 +426,22 @@ def test_a_data_directory_from_before_the_chain_is_recorded_by_its_first_compact
     assert compact(data, small_file_bytes=1 << 30).rows == 4
     report = verify(data)
     assert report.ok and report.records == 1
+
+
+def test_a_deleted_control_store_is_a_break_once_access_control_is_on(
+    two_sessions: Path,
+) -> None:
+    """Security review: verify opened the missing store, which created an empty one that
+    verified, so deleting control.sqlite (every decision and cancel) passed."""
+    from access_support import invoke, people
+
+    data = two_sessions.parents[2]
+    creds = people(data)
+    code, _, err = invoke(data, "cancel", "risky", "--force", token=creds["admin"])
+    assert code == 0, err
+    assert verify(data).ok
+    for leftover in data.glob("control.sqlite*"):
+        leftover.unlink()
+    report = verify(data)
+    assert [b.kind for b in report.breaks] == ["control_store_missing"]
+    assert not (data / "control.sqlite").exists()  # verify created nothing

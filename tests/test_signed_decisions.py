@@ -473,3 +473,23 @@ def test_values_json_cannot_carry_exactly_are_stored_and_hashed_as_strings(tmp_p
     digest = hashlib.sha256(rfc8785.dumps(shown)).hexdigest()
     assert record.arguments_hash == f"jcs-sha256:v1:{digest}"
     assert record.arguments_intact()
+
+
+def test_a_remote_agent_refuses_an_expiry_before_its_own_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Expiry is not signed: with a pinned trust root the HTTP broker checks an "expired"
+    answer against the deadline the collector gave it at filing (security review: an early
+    expiry released an on_timeout ALLOW call on a remote agent)."""
+    import time as _time
+
+    from tooltrail.instrumentation import http_broker
+
+    root = tmp_path / "trust.json"
+    root.write_text("{}")
+    monkeypatch.setenv("TOOLTRAIL_TRUST_ROOT", str(root))
+    filed = http_broker._Filed("apr-1", {"expires_at": _time.time() + 600})
+    early = http_broker._unverified(filed, {"status": "expired"})
+    assert early is not None and "before its deadline" in early
+    due = http_broker._Filed("apr-2", {"expires_at": _time.time() - 5})
+    assert http_broker._unverified(due, {"status": "expired"}) is None

@@ -452,6 +452,8 @@ class AccessStore:
             _new_decider_key(con, name, role, credential, now)
             _event(con, now, by, f"add {kind} ({role})", name)
         self.trust_warning = _sync_trust_root(self.path.parent)
+        if by is None:  # the first user: access control starts with a control store
+            _ensure_control_store(self.path.parent)
         return self.get(name), credential
 
     def disable(self, name: str, kind: Kind, *, by: Principal | None) -> Principal:
@@ -630,6 +632,15 @@ def _sync_trust_root(root: Path) -> str | None:
             " decisions signed with the new keys do not verify there (fail closed)"
         )
     return None
+
+
+def _ensure_control_store(root: Path) -> None:
+    """Create ``control.sqlite`` when access control starts, so that from then on a
+    missing control store reads as a deletion (``tooltrail verify``), not as "no decision
+    made yet"."""
+    from tooltrail.control import ControlStore
+
+    ControlStore(root).close()
 
 
 def _require_admin(by: Principal | None) -> None:

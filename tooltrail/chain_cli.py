@@ -105,7 +105,7 @@ def _echo_report(report: Any) -> None:
             if v is not None
         )
         click.echo(f"BROKEN {b.kind}: {b.what}" + (f"  [{where}]" if where else ""))
-    control = "checked" if report.control_checked else "not checked (no verify_control)"
+    control = "checked" if report.control_checked else "not checked (no control store)"
     status = "OK" if report.ok else f"{len(report.breaks)} break(s)"
     click.echo(
         f"{status}: {report.records} records, {report.files} files, {report.rows} rows,"
