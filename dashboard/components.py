@@ -212,6 +212,14 @@ def _decision_controls(
         st.caption(ui.md(blocked))
 
 
+def _trust_caption(root: Path) -> None:
+    """How decisions are verified here, when the agents' account could forge them
+    (issue 16: every decision surface says so)."""
+    notice = data.trust_notice(root)
+    if notice:
+        st.caption(ui.md(notice[0].upper() + notice[1:] + "."))
+
+
 def operator_hint() -> None:
     """One visible note above the decision cards (instead of a disabled-button tooltip
     per card): single-user mode, and the name it still needs; or a role that may not
@@ -224,8 +232,11 @@ def operator_hint() -> None:
                 f"Signed in as {ui.md(who.label)}: your role may read, not decide.",
                 icon=":material/visibility:",
             )
+        else:
+            _trust_caption(root)
         return
     st.caption(ui.SINGLE_USER)
+    _trust_caption(root)
     if who is None:
         st.info(
             "Enter your name in the sidebar to approve or deny: every decision records who "
@@ -319,6 +330,7 @@ def session_control_bar(
         return
     if who is None or who.via == "single-user":
         st.caption(ui.SINGLE_USER)
+    _trust_caption(root)
     if not actions:
         if len(session_ids) == 1:
             st.caption("No control action applies to this session: canceled is final.")

@@ -468,6 +468,18 @@ def _acting(root: Path, who: Identity, action: Action) -> tuple[str, str | None]
     return who.name, None
 
 
+def trust_notice(root: Path) -> str | None:
+    """What every decision surface says about how decisions are verified here (None: a
+    pinned trust root the agents cannot write, nothing to warn of)."""
+    from tooltrail.errors import TooltrailError
+    from tooltrail.signing import load_trust_root
+
+    try:
+        return load_trust_root(root).notice(root)
+    except TooltrailError as e:
+        return f"the trust root cannot be read ({e}): every decision is refused"
+
+
 def _signer(who: Identity) -> Any:
     """The signed-in decider's signer (None in single-user mode and for OpenID sign-ins)."""
     from tooltrail.dashboard import auth

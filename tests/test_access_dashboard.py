@@ -167,6 +167,24 @@ def test_single_user_mode_works_with_a_typed_name_and_says_so(
     assert any("Single-user mode" in c for c in texts(at.caption))
     goto(at, "session", session=TRIAGE)
     assert any("Single-user mode" in c for c in texts(at.caption))
+    # ... and that its decisions are not signed (issue 16: every decision surface).
+    assert any("Decisions are not signed" in c for c in texts(at.caption))
+
+
+def test_a_decider_is_told_what_decisions_are_verified_against(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys in the data directory (no pinned trust root): the agents' account could
+    rewrite them, and the page says so; with TOOLTRAIL_TRUST_ROOT pinned it does not."""
+    creds = people(seeded.root)
+    at = _sign_in(app_test(seeded.root, seeded.policy_path, monkeypatch), "alice", creds["alice"])
+    assert any("Decisions are signed, but verified against" in c for c in texts(at.caption))
+    pinned = seeded.root.parent / "trust.json"
+    code, _, err = invoke(seeded.root, "users", "export-keys", str(pinned), token=creds["admin"])
+    assert code == 0, err
+    monkeypatch.setenv("TOOLTRAIL_TRUST_ROOT", str(pinned))
+    at = _sign_in(app_test(seeded.root, seeded.policy_path, monkeypatch), "alice", creds["alice"])
+    assert not any("verified against" in c for c in texts(at.caption))
 
 
 def test_the_dashboard_serves_off_loopback_only_with_access_control(tmp_path: Path) -> None:
