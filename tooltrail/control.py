@@ -1200,7 +1200,17 @@ class ControlStore:
         return state
 
     def _checked_state(self, session_id: str) -> str:
+        # One snapshot for every read: in autocommit each statement sees the latest commit,
+        # and a writer committing between them made the state and its record disagree (a
+        # false "edited" under load).
         con = self._con
+        con.execute("BEGIN")
+        try:
+            return self._checked_state_in(con, session_id)
+        finally:
+            con.execute("COMMIT")
+
+    def _checked_state_in(self, con: sqlite3.Connection, session_id: str) -> str:
         ledger.check_head(con)
         _check_not_rewound(self.path, ledger.head(con)[1])
         rows = list(

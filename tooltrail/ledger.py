@@ -131,9 +131,15 @@ def all_entries(con: sqlite3.Connection) -> list[Entry]:
 def head(con: sqlite3.Connection) -> tuple[int, int, int]:
     """(entries, highest seq, SQLite's counter): equal when nothing was deleted. One cheap
     look, for callers that check on every tool call."""
-    count, top = con.execute(f"SELECT count(*), coalesce(max(seq), 0) FROM {TABLE}").fetchone()  # noqa: S608 - fixed name
-    counter = con.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (TABLE,)).fetchone()
-    return int(count), int(top), int(counter[0]) if counter else 0
+    # One statement, one snapshot: two reads in autocommit saw a writer's commit between
+    # them (counter ahead of the entries), a false "entries were deleted" under load.
+    count, top, counter = con.execute(
+        f"SELECT count(*), coalesce(max(seq), 0),"  # noqa: S608 - fixed name
+        " (SELECT seq FROM sqlite_sequence WHERE name = ?)"
+        f" FROM {TABLE}",
+        (TABLE,),
+    ).fetchone()
+    return int(count), int(top), int(counter) if counter is not None else 0
 
 
 def check_head(con: sqlite3.Connection) -> None:
