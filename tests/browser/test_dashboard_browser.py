@@ -323,6 +323,9 @@ def test_gateway_sessions_are_badged_and_changed_tool_calls_marked(
     listed = _grid_row(actions, "list_directory")
     expect(listed.locator(_cell("changed"))).to_have_count(0)
     assert page.get_by_test_id("stException").count() == 0
+    # The header (status, end, trust notes) can push the grid below the window: the
+    # screenshot must show the marked rows.
+    actions.scroll_into_view_if_needed()
     detail = _shot(page, shots, "session-gateway")
 
     # The canvas draws the chips: the gateway's solid violet (ui.GOVERNED_HEX) is in the
