@@ -164,6 +164,24 @@ def _sign_in_at_provider(page: Any, email: str) -> None:
     consent.click()
 
 
+def _sign_out(page: Any, button: str) -> None:
+    """Click the dashboard's sign-out button and confirm at the provider's end-session page.
+
+    A click that lands while Streamlit is still redrawing the sidebar (the run after an
+    action) can hit the element being replaced and be dropped: CI saw that once. So wait
+    for the run to finish first, and click again if the provider's page has not come up."""
+    confirm = page.get_by_role("button", name="Yes, sign me out")
+    for _ in range(3):
+        settled(page)
+        page.get_by_role("button", name=button).click()
+        try:
+            confirm.wait_for(state="visible", timeout=10_000)
+            break
+        except playwright_api.Error:
+            continue
+    confirm.click()
+
+
 def test_oidc_sign_in_maps_the_email_to_its_role_and_sign_out_ends_it(
     seeded: Seeded, tmp_path: Path, page: Any
 ) -> None:
@@ -192,8 +210,7 @@ def test_oidc_sign_in_maps_the_email_to_its_role_and_sign_out_ends_it(
             _sign_in_at_provider(page, "mallory@example.com")
             expect(page.get_by_text("mallory@example.com has no role").first).to_be_visible()
             expect(page.get_by_test_id("stMetric")).to_have_count(0)
-            page.get_by_role("button", name="Sign out of mallory@example.com").click()
-            page.get_by_role("button", name="Yes, sign me out").click()
+            _sign_out(page, "Sign out of mallory@example.com")
             expect(
                 page.get_by_role("button", name="Sign in with your organisation")
             ).to_be_visible()
@@ -215,8 +232,7 @@ def test_oidc_sign_in_maps_the_email_to_its_role_and_sign_out_ends_it(
             expect(other.get_by_role("button", name="Approve")).to_be_disabled()
 
             # Sign out: Streamlit drops its cookie and ends the session at the provider.
-            page.get_by_role("button", name="Sign out").click()
-            page.get_by_role("button", name="Yes, sign me out").click()
+            _sign_out(page, "Sign out")
             expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
             page.goto(f"{url}/approvals")
             expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
