@@ -58,22 +58,17 @@ from tooltrail.instrumentation.broker import ApprovalOutcome, ApprovalRequest
 from tooltrail.semconv import (
     ERROR_TYPE,
     ERROR_TYPE_TOOL_ERROR,
-    GEN_AI_AGENT_ID,
-    GEN_AI_AGENT_NAME,
-    GEN_AI_CONVERSATION_ID,
     GEN_AI_OPERATION_NAME,
     GEN_AI_TOOL_CALL_ARGUMENTS,
     GEN_AI_TOOL_CALL_RESULT,
     GEN_AI_TOOL_NAME,
     OP_EXECUTE_TOOL,
-    SESSION_ID,
     TT_APPROVAL_ID,
     TT_APPROVAL_STATUS,
     TT_ARGUMENTS_REWRITTEN,
     TT_BLAST_RADIUS,
     TT_DECISION,
     TT_ENFORCED,
-    TT_PARENT_SESSION_ID,
     TT_POLICY_MATCHED,
     TT_POLICY_REASON,
     TT_POLICY_RULE,
@@ -81,13 +76,10 @@ from tooltrail.semconv import (
     TT_REDACTIONS,
     TT_SEQUENCE,
     TT_SESSION_ENDS,
-    TT_SESSION_ID,
-    TT_TAGS,
     TT_TARGET_BRANCH,
     TT_TARGET_PATH,
     TT_TARGET_REPO,
     TT_TOOL_ANNOTATIONS,
-    TT_TRIGGER,
 )
 
 __all__ = [
@@ -201,26 +193,13 @@ def begin(
         call, decision = _rewritten_call(rewrite, decision)
     # Every attribute known before the call goes in this one dict, handed to start_span:
     # each later set_attribute would take the span's lock and clean the value again.
-    session_id = sess.session_id
     attrs: dict[str, Any] = {
         GEN_AI_OPERATION_NAME: OP_EXECUTE_TOOL,
         GEN_AI_TOOL_NAME: tool,
         GEN_AI_TOOL_CALL_ARGUMENTS: to_json(recorded, MAX_ARGUMENTS_CHARS),
-        SESSION_ID: session_id,
-        GEN_AI_CONVERSATION_ID: session_id,
-        TT_SESSION_ID: session_id,
         TT_SEQUENCE: sess.next_sequence(),
     }
-    if sess.agent_name is not None:
-        attrs[GEN_AI_AGENT_NAME] = sess.agent_name
-    if sess.agent_id is not None:
-        attrs[GEN_AI_AGENT_ID] = sess.agent_id
-    if sess.parent_session_id is not None:
-        attrs[TT_PARENT_SESSION_ID] = sess.parent_session_id
-    if sess.trigger is not None:
-        attrs[TT_TRIGGER] = sess.trigger
-    if sess.tags:
-        attrs[TT_TAGS] = list(sess.tags)
+    sess.add_identity(attrs)
     if sess.records_end:
         attrs[TT_SESSION_ENDS] = True
     if annotations:

@@ -24,11 +24,21 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from tooltrail.config import ENV_AGENT_NAME, ENV_SESSION_ID
 from tooltrail.errors import BadInputError
-from tooltrail.semconv import TRIGGERS
+from tooltrail.semconv import (
+    GEN_AI_AGENT_ID,
+    GEN_AI_AGENT_NAME,
+    GEN_AI_CONVERSATION_ID,
+    SESSION_ID,
+    TRIGGERS,
+    TT_PARENT_SESSION_ID,
+    TT_SESSION_ID,
+    TT_TAGS,
+    TT_TRIGGER,
+)
 
 # A sub-agent's session is started by another agent unless the caller says otherwise.
 NESTED_TRIGGER: Final = "agent"
@@ -108,6 +118,24 @@ class Session:
             n = counter[0] + 1
             counter[0] = n
         return n
+
+    def add_identity(self, attrs: dict[str, Any]) -> None:
+        """Add the session's identity (ids, agent, parent, trigger, tags) to span attributes:
+        one definition for the tool spans and the session's end record."""
+        session_id = self.session_id
+        attrs[SESSION_ID] = session_id
+        attrs[GEN_AI_CONVERSATION_ID] = session_id
+        attrs[TT_SESSION_ID] = session_id
+        if self.agent_name is not None:
+            attrs[GEN_AI_AGENT_NAME] = self.agent_name
+        if self.agent_id is not None:
+            attrs[GEN_AI_AGENT_ID] = self.agent_id
+        if self.parent_session_id is not None:
+            attrs[TT_PARENT_SESSION_ID] = self.parent_session_id
+        if self.trigger is not None:
+            attrs[TT_TRIGGER] = self.trigger
+        if self.tags:
+            attrs[TT_TAGS] = list(self.tags)
 
     def __repr__(self) -> str:
         return (

@@ -20,20 +20,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from tooltrail.instrumentation._session import Session
 from tooltrail.instrumentation._shorten import RESULT_PREVIEW_CHARS
 from tooltrail.semconv import (
-    GEN_AI_AGENT_ID,
-    GEN_AI_AGENT_NAME,
-    GEN_AI_CONVERSATION_ID,
     SESSION_END_NAME,
-    SESSION_ID,
     TRUNCATION_MARK,
-    TT_PARENT_SESSION_ID,
     TT_SESSION_END_REASON,
     TT_SESSION_END_SOURCE,
-    TT_SESSION_ID,
     TT_SESSION_OUTCOME,
     TT_SESSION_OUTPUT,
-    TT_TAGS,
-    TT_TRIGGER,
 )
 
 _log = logging.getLogger("tooltrail.instrumentation")
@@ -76,27 +68,12 @@ def _record(
     outcome = FAILED if exc_type is not None else COMPLETED
     if reason is None and exc_type is not None:
         reason = f"the session's code raised {exc_type.__name__}"
-    attrs: dict[str, Any] = {
-        SESSION_ID: sess.session_id,
-        GEN_AI_CONVERSATION_ID: sess.session_id,
-        TT_SESSION_ID: sess.session_id,
-        TT_SESSION_OUTCOME: outcome,
-        TT_SESSION_END_SOURCE: source,
-    }
+    attrs: dict[str, Any] = {TT_SESSION_OUTCOME: outcome, TT_SESSION_END_SOURCE: source}
+    sess.add_identity(attrs)
     if reason:
         attrs[TT_SESSION_END_REASON] = reason
     if exc_type is not None:
         attrs["error.type"] = exc_type.__name__
-    if sess.agent_name is not None:
-        attrs[GEN_AI_AGENT_NAME] = sess.agent_name
-    if sess.agent_id is not None:
-        attrs[GEN_AI_AGENT_ID] = sess.agent_id
-    if sess.parent_session_id is not None:
-        attrs[TT_PARENT_SESSION_ID] = sess.parent_session_id
-    if sess.trigger is not None:
-        attrs[TT_TRIGGER] = sess.trigger
-    if sess.tags:
-        attrs[TT_TAGS] = list(sess.tags)
     if sess.output is not None:
         output = sess.output
         if len(output) > OUTPUT_CHARS:

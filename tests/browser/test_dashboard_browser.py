@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, needs_chromium, wait_healthy
 from dashboard_support import (
     BRANCH,
     CHANGED_TOOL,
@@ -39,46 +37,17 @@ from dashboard_support import (
 from tooltrail.control import ControlStore
 from tooltrail.dashboard import launch
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DOCS_IMAGE = Path(__file__).resolve().parents[2] / "docs" / "img" / "dashboard.png"
 MAX_DOCS_IMAGE_BYTES = 300_000
-STARTUP_S = 60.0
-WAIT_MS = 30_000
 # Rows of st.dataframe (glide data grid, a canvas): header and rows are 35 px high.
 ROW_PX = 35
 
 pytestmark = [
     # CI sets TOOLTRAIL_REQUIRE_BROWSER=1: there a missing browser fails instead of skipping.
-    pytest.mark.skipif(
-        not CHROMIUM.exists() and not os.environ.get("TOOLTRAIL_REQUIRE_BROWSER"),
-        reason="Debian's chromium is not installed (apt-get install -y chromium); "
-        "this test drives /usr/bin/chromium and never downloads a browser",
-    ),
+    needs_chromium,
     pytest.mark.slow,
 ]
 playwright_api = pytest.importorskip("playwright.sync_api")
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read() == b"ok":
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"the dashboard did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.3)
 
 
 @pytest.fixture
@@ -95,7 +64,7 @@ def server(seeded: Seeded, tmp_path: Path) -> Iterator[str]:
         proc = launch(seeded.root, port, policy=seeded.policy_path, new_session=True, output=out)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, proc, log)
+        wait_healthy(url, proc, log)
         yield url
     finally:
         stop_server(proc)
@@ -212,7 +181,7 @@ def foreign_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
         proc = launch(seeded.root, port, policy=seeded.policy_path, new_session=True, output=out)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, proc, log)
+        wait_healthy(url, proc, log)
         yield url, session_id
     finally:
         stop_server(proc)
@@ -274,7 +243,7 @@ def gateway_server(tmp_path: Path) -> Iterator[tuple[Seeded, str]]:
         proc = launch(seeded.root, port, policy=seeded.policy_path, new_session=True, output=out)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, proc, log)
+        wait_healthy(url, proc, log)
         yield seeded, url
     finally:
         stop_server(proc)
