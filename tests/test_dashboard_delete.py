@@ -124,3 +124,23 @@ def test_single_user_mode_says_deletion_needs_access_control(
     )
     assert DELETE_NEEDS_ACCESS.startswith("Deleting from the dashboard")
     assert FAILED in _landed_sessions(seeded.root)
+
+
+def test_the_write_checks_the_role_again_whatever_the_page_offered(seeded: Seeded) -> None:
+    """``dashboard.data.delete_session`` refuses whoever the page would not have offered
+    the button: an operator, a typed name, any name in single-user mode; and a session
+    that is not terminal even for an admin. Nothing is deleted, no tombstone."""
+    from tooltrail.dashboard import data
+    from tooltrail.dashboard.auth import Identity
+    from tooltrail.errors import AccessDeniedError, BadInputError
+
+    with pytest.raises(AccessDeniedError, match="needs access control on"):
+        data.delete_session(seeded.root, FAILED, Identity("alice", None, "single-user"), "x")
+    people(seeded.root)
+    for who in (Identity("olga", "operator", "local"), Identity("alice", None, "single-user")):
+        with pytest.raises(AccessDeniedError):
+            data.delete_session(seeded.root, FAILED, who, "x")
+    with pytest.raises(BadInputError, match="not a terminal session"):
+        data.delete_session(seeded.root, TRIAGE, Identity("admin", "admin", "local"), "x")
+    assert {FAILED, TRIAGE} <= _landed_sessions(seeded.root)
+    assert _tombstones(seeded.root) == []
