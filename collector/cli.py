@@ -135,9 +135,8 @@ ENV_RETENTION = "TOOLTRAIL_RETENTION"  # the age `tooltrail retention` defaults 
 )
 @click.option(
     "--retention-every",
-    default="1h",
-    show_default=True,
-    help="How often retention runs (30m, 1h, 1d); only with --retention.",
+    default=None,
+    help="How often retention runs (30m, 1h, 1d; default 1h); only with --retention.",
 )
 def collect_cli(
     data: Path | None,
@@ -158,7 +157,7 @@ def collect_cli(
     events_heartbeat: float,
     webhooks: bool,
     retention: str | None,
-    retention_every: str,
+    retention_every: str | None,
 ) -> None:
     """Receive OTLP/HTTP spans from remote agents and land them (and serve approvals).
 
@@ -236,16 +235,16 @@ def collect_cli(
     click.echo("tooltrail collect stopped", err=True)
 
 
-def _retention_every(retention: str | None, every: str) -> float:
+def _retention_every(retention: str | None, every: str | None) -> float:
     """--retention's age is checked by CollectorConfig; its interval here (named)."""
     from tooltrail.errors import BadInputError
     from tooltrail.policy.durations import parse_since_seconds
 
-    seconds = parse_since_seconds(every, option="--retention-every")
+    if every is not None and retention is None:
+        raise BadInputError("--retention-every needs --retention (or $TOOLTRAIL_RETENTION)")
+    seconds = parse_since_seconds(every or "1h", option="--retention-every")
     if seconds is None:
         raise BadInputError("--retention-every: give an interval (1h), not 'all'")
-    if retention is None and every != "1h":
-        raise BadInputError("--retention-every needs --retention (or $TOOLTRAIL_RETENTION)")
     return seconds
 
 

@@ -161,6 +161,7 @@ def test_the_collector_applies_retention_on_start_and_periodically(
         (("--retention", "soon"), "--retention: 'soon' is not a duration"),
         (("--retention", "all"), "--retention all would delete every session"),
         (("--retention", "90d", "--retention-every", "0s"), "--retention-every: '0s' is not a"),
+        (("--retention-every", "1h"), "--retention-every needs --retention"),
     ],
 )
 def test_a_bad_retention_value_stops_start_up_naming_the_flag(
