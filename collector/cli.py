@@ -13,6 +13,7 @@ from tooltrail.cli_common import data_option, domain_errors
 
 ENV_TOKEN = "TOOLTRAIL_COLLECTOR_TOKEN"
 ENV_DECISION_TOKEN = "TOOLTRAIL_COLLECTOR_DECISION_TOKEN"
+ENV_RETENTION = "TOOLTRAIL_RETENTION"  # the age `tooltrail retention` defaults to, too
 
 
 @click.command(name="collect")
@@ -125,6 +126,18 @@ ENV_DECISION_TOKEN = "TOOLTRAIL_COLLECTOR_DECISION_TOKEN"
     show_default=True,
     help="Deliver the data directory's webhooks (tooltrail webhooks add) from this process.",
 )
+@click.option(
+    "--retention",
+    envvar=ENV_RETENTION,
+    show_envvar=True,
+    help="Delete terminal sessions idle longer than this (90d, 12w), on start and every "
+    "--retention-every, with a signed tombstone by 'retention (collector)'. Default: never.",
+)
+@click.option(
+    "--retention-every",
+    default=None,
+    help="How often retention runs (30m, 1h, 1d; default 1h); only with --retention.",
+)
 def collect_cli(
     data: Path | None,
     host: str,
@@ -143,6 +156,8 @@ def collect_cli(
     max_streams: int,
     events_heartbeat: float,
     webhooks: bool,
+    retention: str | None,
+    retention_every: str | None,
 ) -> None:
     """Receive OTLP/HTTP spans from remote agents and land them (and serve approvals).
 
@@ -152,7 +167,7 @@ def collect_cli(
 
     Example:
 
-        tooltrail collect --data ./tooltrail-data --policy policy.yaml --port 4318
+        tooltrail collect --data ./tooltrail-data --policy policy.yaml --retention 90d
     """
     from tooltrail.collector.receiver import DEFAULT_MAX_DECODED_BYTES, Limits
     from tooltrail.collector.server import CollectorConfig, Running, default_workers, serve
@@ -174,6 +189,7 @@ def collect_cli(
                 param_hint=name,
             )
     with domain_errors():
+        every_s = _retention_every(retention, retention_every)
         # Load here so a bad policy stops start-up with its file and line (exit 2)
         # instead of landing every row as policy-error. Workers load it from the path.
         if policy is not None:
@@ -198,6 +214,8 @@ def collect_cli(
             max_streams=max_streams,
             events_heartbeat_s=events_heartbeat,
             webhooks=webhooks,
+            retention=retention,
+            retention_every_s=every_s,
         )
 
         def ready(running: Running) -> None:
@@ -215,6 +233,19 @@ def collect_cli(
 
         serve(cfg, on_ready=ready)
     click.echo("tooltrail collect stopped", err=True)
+
+
+def _retention_every(retention: str | None, every: str | None) -> float:
+    """--retention's age is checked by CollectorConfig; its interval here (named)."""
+    from tooltrail.errors import BadInputError
+    from tooltrail.policy.durations import parse_since_seconds
+
+    if every is not None and retention is None:
+        raise BadInputError("--retention-every needs --retention (or $TOOLTRAIL_RETENTION)")
+    seconds = parse_since_seconds(every or "1h", option="--retention-every")
+    if seconds is None:
+        raise BadInputError("--retention-every: give an interval (1h), not 'all'")
+    return seconds
 
 
 if __name__ == "__main__":  # `python -m tooltrail.collector.cli` until the group registers it

@@ -12,15 +12,19 @@ the record it replaced and the tombstone. ``tooltrail verify`` checks that a rew
 file kept every other session's rows bit for bit (same ordered digests), so a sanctioned
 deletion verifies clean while the same rows removed without a tombstone are tampering.
 
-Who may delete is checked by the caller (the CLI: an admin when access control is on).
+Who may delete is checked by the caller (the CLI and the dashboard: an admin when access
+control is on). :class:`RetentionLoop` applies retention from ``tooltrail collect
+--retention`` in a background thread of its own, off the landing path.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import shutil
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +44,13 @@ from tooltrail.collector.writer import (
 from tooltrail.config import SPANS_DIR
 from tooltrail.errors import BadInputError, StoreError
 
-# Retention configured for a data directory when `tooltrail retention` has no --older-than.
+_log = logging.getLogger(__name__)
+
+# Retention configured for a data directory when `tooltrail retention` has no --older-than
+# (and the age `tooltrail collect` applies by itself when it has no --retention).
 ENV_RETENTION = "TOOLTRAIL_RETENTION"
+# Who the collector's own retention passes are recorded as in their tombstones.
+COLLECTOR_IDENTITY = "retention (collector)"
 
 
 @dataclass
@@ -206,19 +215,28 @@ def _record(
         chain.append(data_dir, body)
 
 
-def retention_cutoff(older_than: str | None, *, now: dt.datetime | None = None) -> dt.datetime:
-    """The instant ``--older-than`` (or $TOOLTRAIL_RETENTION) means: ``90d``, ``12w``..."""
+def retention_seconds(older_than: str | None, *, option: str = "--older-than") -> float:
+    """How old (seconds) ``older_than`` (or $TOOLTRAIL_RETENTION) says a session must be:
+    ``90d``, ``12w``... BadInputError naming ``option`` for anything else."""
     from tooltrail.policy.durations import parse_since_seconds
 
     text = older_than or os.environ.get(ENV_RETENTION)
     if not text:
         raise BadInputError(
-            f"--older-than is required (or set {ENV_RETENTION}, e.g. 90d): how old a"
+            f"{option} is required (or set {ENV_RETENTION}, e.g. 90d): how old a"
             " session must be to be deleted"
         )
-    seconds = parse_since_seconds(text, option="--older-than")
+    seconds = parse_since_seconds(text, option=option)
     if seconds is None:
-        raise BadInputError("--older-than all would delete every session: give an age (90d)")
+        raise BadInputError(f"{option} all would delete every session: give an age (90d)")
+    return seconds
+
+
+def retention_cutoff(
+    older_than: str | None, *, now: dt.datetime | None = None, option: str = "--older-than"
+) -> dt.datetime:
+    """The instant ``--older-than`` (or $TOOLTRAIL_RETENTION) means: ``90d``, ``12w``..."""
+    seconds = retention_seconds(older_than, option=option)
     return (now or dt.datetime.now(dt.UTC)) - dt.timedelta(seconds=seconds)
 
 
@@ -238,4 +256,109 @@ def apply_retention(
     )
 
 
-__all__ = ["DeleteReport", "apply_retention", "deletable_sessions", "delete_sessions"]
+def refresh_views(data_dir: Path) -> None:
+    """Rebuild the session index and ``tooltrail.duckdb`` after a deletion, so that the
+    session lists stop showing what was deleted without aggregating every span again
+    (a stale index is ignored, never wrong: this is speed, not correctness).
+
+    Example:
+
+        refresh_views(Path("tooltrail-data"))
+    """
+    from tooltrail import analytics
+
+    analytics.build_session_index(data_dir)
+    analytics.build_duckdb_file(data_dir)
+
+
+class RetentionLoop:
+    """``tooltrail collect --retention AGE``: apply retention on start and then every
+    ``every_s`` seconds, in a thread of its own (the landing thread never waits on it:
+    a deletion takes the spans lock exclusively only for each partition's swap, as
+    compaction does). A failed pass (another compaction running, a file that does not
+    match its chain record) is logged and counted, and the next pass tries again; it
+    never stops the collector.
+
+    ``count(name, value)`` receives ``sessions``, ``rows``, ``runs`` and ``failures``.
+
+    Example:
+
+        loop = RetentionLoop(Path("tooltrail-data"), "90d", 3600.0, count=print)
+        loop.start(); ...; loop.stop()
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        older_than: str,
+        every_s: float,
+        count: Callable[[str, float], None],
+    ) -> None:
+        retention_seconds(older_than, option="--retention")  # bad input before starting
+        if not every_s > 0:
+            raise BadInputError("--retention-every must be a positive duration")
+        self.data_dir = data_dir
+        self.older_than = older_than
+        self.every_s = every_s
+        self._count = count
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tooltrail-retention", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the pass under way (a deletion is never cut between its swap and
+        its chain records, which would read as tampering)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.run_once()
+            self._stop.wait(self.every_s)
+
+    def run_once(self) -> DeleteReport | None:
+        """One pass; None when it failed (logged and counted)."""
+        cutoff = retention_cutoff(self.older_than, option="--retention")
+        try:
+            sessions = deletable_sessions(self.data_dir, before=cutoff)
+            report = delete_sessions(
+                self.data_dir,
+                sessions,
+                by=COLLECTOR_IDENTITY,
+                reason=f"retention: older than {self.older_than} (idle before"
+                f" {cutoff:%Y-%m-%dT%H:%M:%SZ})",
+            )
+            if report.sessions:
+                refresh_views(self.data_dir)
+        except Exception as e:  # a failed pass must never stop the collector
+            self._count("failures", 1)
+            _log.warning("tooltrail collect: retention pass failed (retried later): %s", e)
+            return None
+        self._count("runs", 1)
+        if report.sessions:
+            self._count("sessions", len(report.sessions))
+            self._count("rows", report.rows)
+            _log.info(
+                "tooltrail collect: retention deleted %d session(s), %d rows (tombstone %s)",
+                len(report.sessions),
+                report.rows,
+                report.tombstone,
+            )
+        return report
+
+
+__all__ = [
+    "COLLECTOR_IDENTITY",
+    "DeleteReport",
+    "RetentionLoop",
+    "apply_retention",
+    "deletable_sessions",
+    "delete_sessions",
+    "refresh_views",
+    "retention_cutoff",
+    "retention_seconds",
+]

@@ -94,6 +94,7 @@ if TYPE_CHECKING:
 
     from _typeshed import WriteableBuffer
 
+    from tooltrail.collector.retention import RetentionLoop
     from tooltrail.policy import Policy
 
 _log = logging.getLogger(__name__)
@@ -197,6 +198,10 @@ class CollectorConfig:
     events_heartbeat_s: float = 15.0
     # Deliver webhooks (tooltrail webhooks add) from this process.
     webhooks: bool = True
+    # Apply retention (an age: 90d) on start and every retention_every_s seconds, in a
+    # thread of its own (collector/retention.py, RetentionLoop); None: never.
+    retention: str | None = None
+    retention_every_s: float = 3600.0
 
     def check(self) -> None:
         """Refuse unsafe or impossible settings with a message naming the option."""
@@ -220,6 +225,14 @@ class CollectorConfig:
             raise BadInputError("header_timeout_s must be more than 0 seconds")
         if not self.quarantine_retention_s > 0:
             raise BadInputError("quarantine_retention_s must be more than 0 seconds")
+        if self.retention is not None:
+            from tooltrail.collector.retention import retention_seconds
+
+            if not self.retention.strip():
+                raise BadInputError("--retention is empty: give an age (90d) or leave it out")
+            retention_seconds(self.retention, option="--retention")
+        if not self.retention_every_s > 0:
+            raise BadInputError("--retention-every must be a positive duration")
         for name in ("token", "decision_token"):
             value = getattr(self, name)
             if value is not None and len(value) < 16:
@@ -276,6 +289,10 @@ _COUNTERS: Final = {
     "connections_refused_total": "Connections answered 503 and closed: too many were open.",
     "event_streams_total": "Event streams (GET /v1/events) opened.",
     "events_sent_total": "Events written to event streams.",
+    "retention_runs_total": "Retention passes completed (--retention).",
+    "retention_sessions_deleted_total": "Terminal sessions deleted by retention.",
+    "retention_rows_deleted_total": "Rows deleted by retention.",
+    "retention_failures_total": "Retention passes that failed (logged; retried next pass).",
 }
 _LABELS: Final = {"requests_total": ("kind", "code")}
 METRIC_PREFIX: Final = "tooltrail_collector_"
@@ -384,6 +401,7 @@ class Collector:
         self._open_streams = 0
         self._streams_lock = threading.Lock()
         self.deliverer: Deliverer | None = None
+        self.retention: RetentionLoop | None = None
         self._lander: threading.Thread | None = None
         self._wake = threading.Event()
         self.last_landing_error: str | None = None
@@ -413,6 +431,7 @@ class Collector:
                 )
                 self._lander.start()
             self._start_deliverer()
+            self._start_retention()
         except BaseException:
             self.lander.close()
             self._lock.release()
@@ -431,10 +450,32 @@ class Collector:
             return
         self.deliverer = deliverer
 
+    def _start_retention(self) -> None:
+        """Retention by age from this process (--retention), off the landing path."""
+        if self.cfg.retention is None:
+            return
+        from tooltrail.collector.retention import RetentionLoop
+
+        names = {
+            "runs": "retention_runs_total",
+            "sessions": "retention_sessions_deleted_total",
+            "rows": "retention_rows_deleted_total",
+            "failures": "retention_failures_total",
+        }
+        self.retention = RetentionLoop(
+            self.data_dir,
+            self.cfg.retention,
+            self.cfg.retention_every_s,
+            count=lambda what, n: self.metrics.add(names[what], n),
+        )
+        self.retention.start()
+
     def close(self) -> None:
         """Stop landing in the background, land what is spooled, release the lock."""
         self.stop.set()
         self._wake.set()
+        if self.retention is not None:
+            self.retention.stop()
         if self.deliverer is not None:
             self.deliverer.close()
         if self._lander is not None:

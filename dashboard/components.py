@@ -1,5 +1,6 @@
-"""Widgets shared by several pages: pending-approval cards, bulk action bars, and the
-callbacks that write through the control store.
+"""Widgets shared by several pages: pending-approval cards, bulk action bars, an admin's
+session deletion, and the callbacks that write through the control store (and, for a
+deletion, through the library call ``tooltrail delete`` makes).
 
 Writes run in button callbacks: Streamlit runs a callback before the script, so the run
 that follows the click already reads the new state (``data.decide`` clears the cache).
@@ -19,6 +20,7 @@ from typing import Any, Final
 import streamlit as st
 
 from tooltrail import access
+from tooltrail.analytics.queries import TERMINAL_STATUSES
 from tooltrail.collector.normalize import derive_summary
 from tooltrail.dashboard import auth, data, nav, ui
 from tooltrail.errors import TooltrailError
@@ -355,13 +357,115 @@ def session_control_bar(
         )
 
 
+# --- deleting a session (admins only) -------------------------------------------------------
+
+# What the last deletion in this browser session removed (the page says so once the
+# session is gone). Never a widget's key.
+DELETED_KEY: Final = "_tooltrail_deleted"
+
+
+def delete_session_panel(head: Mapping[str, Any], root: Path, key: str) -> None:
+    """ "Delete session" for a signed-in admin: a terminal session only, with a reason and
+    a confirmation. Nothing for any other role; in single-user mode only why not
+    (``data.DELETE_NEEDS_ACCESS``)."""
+    session_id = str(head["session_id"])
+    status = str(head.get("status") or "unknown")
+    who = _identity(root)
+    if who is None:
+        return
+    if who.via == "single-user":
+        if status in TERMINAL_STATUSES:
+            st.caption(ui.md(data.DELETE_NEEDS_ACCESS))
+        return
+    if not who.may("admin"):
+        return
+    if status not in TERMINAL_STATUSES:
+        why = (
+            f"Only completed, failed, canceled or abandoned sessions can be deleted; this one"
+            f" is {status}."
+        )
+        st.button(
+            "Delete session",
+            key=f"{key}-delete",
+            icon=":material/delete:",
+            disabled=True,
+            help=why,
+        )
+        st.caption(why)
+        return
+    with st.expander("Delete session", icon=":material/delete:"):
+        st.markdown(
+            f"Removes every landed row of {ui.code(session_id)}"
+            f" ({ui.fmt_int(head.get('span_count') or head.get('total_actions'))} spans) for"
+            f" good, rewriting the files that hold them. A signed tombstone records you"
+            f" ({ui.md(who.name)}), the time, the reason and the row count, so"
+            " `tooltrail verify` tells this deletion from tampering."
+        )
+        reason_key, confirm_key = f"{key}-delete-reason", f"{key}-delete-confirm"
+        reason = st.text_input("Reason (recorded in the tombstone)", key=reason_key)
+        confirmed = st.checkbox(f"Yes, delete {session_id} for good", key=confirm_key)
+        ready = confirmed and bool(reason.strip())
+        st.button(
+            "Delete session",
+            key=f"{key}-delete",
+            type="primary",
+            icon=":material/delete_forever:",
+            disabled=not ready,
+            help=None if ready else "Give a reason and confirm first.",
+            on_click=delete_callback,
+            args=(str(root), session_id, reason_key, confirm_key),
+        )
+
+
+def delete_callback(root: str, session_id: str, reason_key: str, confirm_key: str) -> None:
+    """Delete one session as whoever is signed in now (found again here, as every write
+    is: a sign-out or a role change since the page was drawn must count)."""
+    try:
+        who = auth.current(Path(root))
+    except TooltrailError as e:
+        ui.flash(str(e), "error")
+        return
+    reason = str(st.session_state.get(reason_key) or "").strip()
+    if who is None or not st.session_state.get(confirm_key) or not reason:
+        ui.flash("Sign in as an admin, give a reason and confirm to delete.", "error")
+        return
+    try:
+        report = data.delete_session(Path(root), session_id, who, reason)
+    except TooltrailError as e:
+        ui.flash(f"{session_id}: {e}", "error")
+        return
+    st.session_state[DELETED_KEY] = {"by": who.name, "reason": reason, **report.to_dict()}
+    ui.flash(f"Deleted {session_id} as {who.name}")
+
+
+def deleted_notice(session_id: str) -> bool:
+    """Say what the deletion of ``session_id`` in this browser session removed; False when
+    it was not deleted here."""
+    done = st.session_state.get(DELETED_KEY)
+    if not isinstance(done, dict) or session_id not in done.get("sessions", []):
+        return False
+    st.success(
+        f"Deleted session {ui.code(session_id)} as {ui.md(str(done['by']))}:"
+        f" {ui.fmt_int(done['rows'])} rows; files rewritten {done['files_rewritten']},"
+        f" removed {done['files_removed']}; tombstone {ui.code(done['tombstone'] or '-')}"
+        f" (reason: {ui.md(str(done['reason']))}). `tooltrail verify` reports it as a"
+        " sanctioned deletion.",
+        icon=":material/delete:",
+    )
+    return True
+
+
 __all__ = [
+    "DELETED_KEY",
     "SESSION_ACTIONS",
     "approval_card",
     "approvals_bulk_bar",
     "common_session_actions",
     "control_callback",
     "decide_callback",
+    "delete_callback",
+    "delete_session_panel",
+    "deleted_notice",
     "operator_hint",
     "session_control_bar",
     "summary_of",

@@ -13,7 +13,9 @@ completed, "since 24h") are bounded by the TTL.
 
 Writes go only through :class:`tooltrail.control.ControlStore` (approve / deny,
 pause / resume / cancel), as the signed-in identity (``auth.Identity``: with access
-control on, its role is checked here and by the store); each one clears the result cache
+control on, its role is checked here and by the store), and, for an admin deleting a
+terminal session, through the library call ``tooltrail delete`` makes
+(:func:`tooltrail.collector.retention.delete_sessions`); each one clears the result cache
 so the next run shows it.
 The store is also read for the two things the views do not carry: who may decide a
 request (its approvers) and a session's control history. It is not created just by
@@ -32,7 +34,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import duckdb
 import polars as pl
@@ -47,6 +49,9 @@ from tooltrail.dashboard import queries
 from tooltrail.dashboard.auth import Identity
 from tooltrail.errors import TooltrailError
 from tooltrail.policy import Policy, load_policy, loads_policy
+
+if TYPE_CHECKING:
+    from tooltrail.collector.retention import DeleteReport
 
 T = TypeVar("T")
 
@@ -517,6 +522,45 @@ def control_session(
         invalidate()
 
 
+DELETE_NEEDS_ACCESS: Final = (
+    "Deleting from the dashboard needs access control on (`tooltrail users add NAME --role"
+    " admin`), so that the tombstone names an admin who signed in, not a typed name; in"
+    " single-user mode delete on the command line: `tooltrail delete SESSION --by NAME`"
+    " (docs/SECURITY.md §8)."
+)
+
+
+def _deleting_as(root: Path, who: Identity) -> str:
+    """The name a deletion is recorded as: only a signed-in admin's, with access control
+    on (docs/SECURITY.md §8 says why single-user mode cannot delete here). The tombstone
+    is signed with this process's chain key, as the CLI's is, so an admin signed in
+    through OpenID may delete too (no decider's key is needed)."""
+    from tooltrail import access
+    from tooltrail.errors import AccessDeniedError
+
+    if not access.enabled(root) or who.role is None:
+        raise AccessDeniedError(DELETE_NEEDS_ACCESS)
+    if not who.may("admin"):
+        raise AccessDeniedError(f"{who.label} may not delete sessions: that needs an admin")
+    return who.name
+
+
+def delete_session(root: Path, session_id: str, who: Identity, reason: str | None) -> DeleteReport:
+    """Delete one terminal session as ``who`` (an admin): the library call of ``tooltrail
+    delete``, so it leaves the same signed tombstone naming them. Returns its
+    ``DeleteReport``; a session that is not terminal raises BadInputError, nothing
+    deleted."""
+    from tooltrail.collector.retention import delete_sessions, refresh_views
+
+    name = _deleting_as(root, who)
+    try:
+        report = delete_sessions(root, [session_id], by=name, reason=reason or None)
+        refresh_views(root)
+        return report
+    finally:
+        invalidate()
+
+
 def settle_approvals(root: Path) -> None:
     """Record what became true without anyone writing it (an agent died, a deadline
     passed) before the run reads anything: a cached card must not keep offering Approve
@@ -535,6 +579,7 @@ def invalidate() -> None:
 
 __all__ = [
     "CACHE_TTL_S",
+    "DELETE_NEEDS_ACCESS",
     "SESSION_FILTERS",
     "AppConfig",
     "Data",
@@ -545,6 +590,7 @@ __all__ = [
     "app_config",
     "control_session",
     "decide",
+    "delete_session",
     "fingerprint",
     "invalidate",
     "opened_policy",

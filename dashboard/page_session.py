@@ -47,7 +47,8 @@ def render() -> None:
     head = ctx.data.session(session_id)
     if head is None:
         ui.header("Session detail")
-        st.warning(f"No session {ui.code(session_id)} has landed in {ui.code(ctx.root)}.")
+        if not components.deleted_notice(session_id):
+            st.warning(f"No session {ui.code(session_id)} has landed in {ui.code(ctx.root)}.")
         _picker(ctx)
         return
     _header(ctx, head)
@@ -167,6 +168,7 @@ def _header(ctx: nav.Context, head: Mapping[str, Any]) -> None:
         )
     with control:
         _control(ctx, head)
+        components.delete_session_panel(head, ctx.root, key=f"session-{session_id}")
 
 
 def _control(ctx: nav.Context, head: Mapping[str, Any]) -> None:

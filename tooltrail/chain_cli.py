@@ -148,13 +148,6 @@ def _echo_deleted(report: Any, fmt: str) -> None:
     )
 
 
-def _refresh(root: Path) -> None:
-    from tooltrail import analytics
-
-    analytics.build_session_index(root)
-    analytics.build_duckdb_file(root)
-
-
 _by = click.option("--by", help="Who deletes (single-user mode; recorded in the tombstone).")
 _reason = click.option("--reason", help="Why (recorded in the tombstone).")
 
@@ -183,7 +176,7 @@ def delete_cli(
 
         tooltrail delete 3f2a9c6e0b7d --by alice --reason "customer request"
     """
-    from tooltrail.collector.retention import delete_sessions
+    from tooltrail.collector.retention import delete_sessions, refresh_views
 
     wanted = [*session_ids, *sessions]
     if not wanted:
@@ -192,7 +185,7 @@ def delete_cli(
     who = _admin(root, by)
     with domain_errors():
         report = delete_sessions(root, wanted, by=who, reason=reason)
-        _refresh(root)
+        refresh_views(root)
     _echo_deleted(report, fmt)
 
 
@@ -214,7 +207,7 @@ def retention_cli(
 
         tooltrail retention --older-than 90d --by alice
     """
-    from tooltrail.collector.retention import apply_retention, retention_cutoff
+    from tooltrail.collector.retention import apply_retention, refresh_views, retention_cutoff
 
     root = _existing(data)
     with domain_errors():
@@ -223,7 +216,7 @@ def retention_cli(
     with domain_errors():
         report = apply_retention(root, older_than, by=who, reason=reason)
         if report.sessions:
-            _refresh(root)
+            refresh_views(root)
     _echo_deleted(report, fmt)
 
 

@@ -2,7 +2,8 @@
 against a real ``streamlit run`` server with access control on.
 
 - Local accounts: a viewer signs in and is offered no Approve button; an approver the
-  rule lists signs in, approves, and the store records that user as the decider.
+  rule lists signs in, approves, and the store records that user as the decider; an
+  admin deletes a failed session (reason, confirmation) and the tombstone names them.
 - OpenID Connect: a real OpenID provider (npm ``oidc-provider``, a certified
   implementation, started here on loopback with its development login pages) behind
   Streamlit's own ``st.login``; ``tooltrail users map-email`` gives the e-mail its role;
@@ -30,6 +31,7 @@ from browser_support import (
     wait_healthy,
 )
 from dashboard_support import (
+    FAILED,
     PENDING_ANYONE,
     PENDING_MANAGERS,
     Seeded,
@@ -38,6 +40,7 @@ from dashboard_support import (
     stop_server,
 )
 
+from tooltrail.collector import chain
 from tooltrail.control import ControlStore
 from tooltrail.dashboard import launch
 
@@ -46,7 +49,9 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture
-def seeded(tmp_path: Path) -> Seeded:
+def seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Seeded:
+    # The test's own chain key (landing, and the dashboard's tombstone), never the user's.
+    monkeypatch.setenv("TOOLTRAIL_CONFIG_DIR", str(tmp_path / "config"))
     return seed(tmp_path / "data")
 
 
@@ -81,9 +86,11 @@ def _decided(seeded: Seeded, approval_id: str) -> tuple[str, str | None]:
     return record.status, record.decided_by
 
 
-def _sign_in_locally(page: Any, url: str, name: str, credential: str) -> None:
+def _sign_in_locally(
+    page: Any, url: str, name: str, credential: str, path: str = "/approvals"
+) -> None:
     expect = playwright_api.expect
-    page.goto(f"{url}/approvals")
+    page.goto(f"{url}{path}")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     page.get_by_role("textbox", name="User name").fill(name)
     page.get_by_role("textbox", name="Credential").fill(credential)
@@ -131,6 +138,30 @@ def test_a_viewer_gets_no_approve_button_and_a_listed_approver_decides_as_themse
         expect(card).to_have_count(0)
         assert _decided(seeded, PENDING_MANAGERS) == ("approved", "dana")
         assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
+
+        # The admin deletes a failed session (issue 17): reason, confirmation, tombstone.
+        settled(page)
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        # (a reload starts a new browser session: sign in on the session's own URL)
+        _sign_in_locally(page, url, "admin", creds["admin"], f"/session?session={FAILED}")
+        page.get_by_text("Delete session").first.click()
+        delete = page.locator(f".st-key-session-{FAILED}-delete").get_by_role("button")
+        expect(delete).to_be_disabled()
+        reason = page.get_by_role("textbox", name="Reason (recorded in the tombstone)")
+        reason.fill("customer request")
+        reason.press("Enter")
+        settled(page)
+        page.get_by_text(f"Yes, delete {FAILED} for good").click()
+        expect(delete).to_be_enabled()
+        delete.click()
+        expect(page.get_by_text(f"Deleted session {FAILED} as admin").first).to_be_visible()
+        (tomb,) = [
+            ln.record
+            for ln in chain.read_ledger(seeded.root)
+            if ln.record and ln.record.get("kind") == "tombstone"
+        ]
+        assert (tomb["by"], tomb["sessions"]) == ("admin", [FAILED])
     finally:
         stop_server(proc)
 
