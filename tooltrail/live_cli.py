@@ -127,9 +127,13 @@ def tail_cli(
     filters = {"sessions": sessions, "agents": agents, "decisions": decisions, "kinds": kinds}
     from tooltrail.policy.durations import parse_since_seconds
 
-    with domain_errors():  # bad --kind or --since: refused before anything is printed
+    with domain_errors():  # bad --kind, --since or --url: refused before anything is printed
         make_filter(kinds=kinds)
         parse_since_seconds(since)
+        if url is not None:
+            from tooltrail.event_client import events_url
+
+            events_url(url, {})
     if fmt == "table":
         click.echo(_table_line({c: c for c in _TAIL_COLUMNS}))
     with domain_errors(), _stop_on_sigterm():
@@ -193,7 +197,7 @@ def webhooks_cli() -> None:
 def _admin(root: Path) -> None:
     """With access control on, managing webhooks is an admin's (they send events out)."""
     from tooltrail import access
-    from tooltrail.errors import NotAuthenticatedError
+    from tooltrail.errors import AccessDeniedError, NotAuthenticatedError
 
     if access.enabled(root):
         who = access.identify(root)
@@ -202,7 +206,11 @@ def _admin(root: Path) -> None:
                 "access control is on: present an admin's credential ($TOOLTRAIL_TOKEN or"
                 " tooltrail login)"
             )
-        access.require(who, "admin")
+        if who.is_agent or not who.may("admin"):  # named for webhooks, not "users and agents"
+            raise AccessDeniedError(
+                f"{who.kind} {who.name!r} ({who.role}) may not manage webhooks: that needs an"
+                " admin's credential"
+            )
 
 
 _format = click.option(
