@@ -137,3 +137,13 @@ def test_a_non_admin_adding_a_webhook_is_told_it_is_about_webhooks(tmp_path: Pat
     assert "'alice' (approver) may not manage webhooks" in err and "admin" in err
     code, out, _ = _run("webhooks", "list", "--data", str(root), env={"TOOLTRAIL_TOKEN": admin})
     assert code == 0 and "127.0.0.1:9" not in out  # nothing was added
+
+
+def test_proxy_wrap_has_an_example_and_a_section_in_the_reference() -> None:
+    """`proxy wrap` is read by `proxy` itself, so the group walk of the help tests and of
+    docs/CLI.md missed it: its help had no example and its options were in no reference."""
+    result = CliRunner().invoke(cli, ["proxy", "wrap", "--help"])
+    assert result.exit_code == 0 and "proxy wrap [OPTIONS] CONFIG_FILE" in result.stdout
+    assert "Example:" in result.stdout and "--undo" in result.stdout
+    reference = (Path(__file__).parent.parent / "docs" / "CLI.md").read_text(encoding="utf-8")
+    assert "## tooltrail proxy wrap\n" in reference
