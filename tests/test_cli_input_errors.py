@@ -147,3 +147,26 @@ def test_proxy_wrap_has_an_example_and_a_section_in_the_reference() -> None:
     assert "Example:" in result.stdout and "--undo" in result.stdout
     reference = (Path(__file__).parent.parent / "docs" / "CLI.md").read_text(encoding="utf-8")
     assert "## tooltrail proxy wrap\n" in reference
+
+
+@pytest.mark.parametrize("command", [5, ["npx", "-y", "server"], "", None])
+def test_wrap_refuses_a_server_whose_command_is_not_a_string(
+    tmp_path: Path, command: object
+) -> None:
+    """Such an entry was reported as 'not stdio, left as is' (exit 0): a client that starts
+    it anyway would run it outside the gateway. Refused whole, the file left as it was."""
+    import json
+
+    config = tmp_path / "claude_desktop_config.json"
+    servers = {
+        "files": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem"]},
+        "odd": {"command": command},
+        "remote": {"url": "https://mcp.example.com/mcp"},
+    }
+    text = json.dumps({"mcpServers": servers}, indent=1)
+    config.write_text(text)
+    code, out, err = _run("proxy", "wrap", str(config), "--data", str(tmp_path / "data"))
+    assert code == 2, out
+    assert "mcpServers.odd.command" in err and str(config) in err
+    assert config.read_text() == text
+    assert not (tmp_path / "claude_desktop_config.json.tooltrail-backup").exists()
