@@ -170,3 +170,16 @@ def test_wrap_refuses_a_server_whose_command_is_not_a_string(
     assert "mcpServers.odd.command" in err and str(config) in err
     assert config.read_text() == text
     assert not (tmp_path / "claude_desktop_config.json.tooltrail-backup").exists()
+
+
+@pytest.mark.parametrize("follow", [[], ["--follow"]])
+def test_tail_of_a_directory_that_does_not_exist_is_a_typo_reported(
+    tmp_path: Path, follow: list[str]
+) -> None:
+    """It printed a header and exited 0 (or followed nothing forever with --follow), where
+    every other reading command names the missing directory."""
+    missing = tmp_path / "tooltrail-dta"
+    code, out, err = _run("tail", "--data", str(missing), "--since", "all", *follow)
+    assert code == 2 and out == ""
+    assert f"data directory {missing} does not exist" in err
+    assert not missing.exists()

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from tooltrail import config
-from tooltrail.cli_common import data_option, domain_errors
+from tooltrail.cli_common import CliError, data_option, domain_errors
 
 _TAIL_COLUMNS = ("time", "kind", "session", "agent", "decision", "summary")
 _WIDTHS = {"time": 21, "kind": 18, "session": 20, "agent": 14, "decision": 16}
@@ -134,6 +134,12 @@ def tail_cli(
             from tooltrail.event_client import events_url
 
             events_url(url, {})
+    root = config.data_dir(data)
+    if url is None and not root.is_dir():  # a typo to report, not an empty history to show
+        raise CliError(
+            f"data directory {root} does not exist: point --data or ${config.ENV_DATA} at the"
+            " directory agents land in (or --url at a collector)"
+        )
     if fmt == "table":
         click.echo(_table_line({c: c for c in _TAIL_COLUMNS}))
     with domain_errors(), _stop_on_sigterm():
@@ -148,7 +154,7 @@ def tail_cli(
                 keep_following=keep_following,
             )
         else:
-            events = _local_events(config.data_dir(data), since, keep_following, filters)
+            events = _local_events(root, since, keep_following, filters)
         for doc in events:
             line = json.dumps(doc, default=str) if fmt == "json" else _table_line(doc)
             click.echo(line)
