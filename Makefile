@@ -43,8 +43,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/dashboard.py
 	$(BIN)/python bench/ingest.py
 
-# The real-browser dashboard test drives Debian's chromium (never a downloaded browser);
-# without it that one test is skipped. Needs root (or run the apt-get line with sudo).
+# The real-browser dashboard tests drive Debian's chromium (never a downloaded browser);
+# without it they (tests/browser/) are skipped. Needs root (or run the apt-get line with sudo).
 browser:
 	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
 

@@ -37,7 +37,18 @@ ENV_PROXY_TOKEN: Final = "TOOLTRAIL_PROXY_TOKEN"
 @data_option
 @click.option("--undo", is_flag=True, help="Put the backup made by the first wrap back.")
 def wrap_cli(config_file: Path, policy: Path | None, data: Path | None, undo: bool) -> None:
-    """Route every stdio server of an MCP client's configuration through the gateway."""
+    """Route every stdio server of an MCP client's configuration through the gateway.
+
+    Each stdio entry of `mcpServers` (Claude Desktop, Claude Code, Cursor) becomes
+    `tooltrail proxy --policy FILE --data DIR --server-name NAME -- COMMAND...` (absolute
+    paths, other keys kept); remote (`url`) servers and ones already wrapped are left
+    alone. The first wrap keeps the file as it was in CONFIG_FILE.tooltrail-backup, which
+    --undo puts back.
+
+    Example:
+
+        tooltrail proxy wrap claude_desktop_config.json --policy policy.yaml
+    """
     from tooltrail.gateway.wrap import undo as undo_wrap
     from tooltrail.gateway.wrap import wrap
 

@@ -120,9 +120,16 @@ def wrap(config: Path, policy: Path | None = None, data: Path | None = None) -> 
         if _is_wrapped(entry):
             report.already.append(name)
             continue
-        if not isinstance(entry.get("command"), str) or not entry["command"]:
+        if "command" not in entry:
             report.not_stdio.append(name)  # a remote (url) server: the HTTP gateway's job
             continue
+        if not isinstance(entry["command"], str) or not entry["command"].strip():
+            # Refused, not skipped as "not stdio": a client that starts it anyway would run
+            # it ungoverned while the wrap said all was well.
+            raise BadInputError(
+                f"{config}: mcpServers.{name}.command is not a command (a non-empty string):"
+                f" {entry['command']!r}"
+            )
         args = entry.get("args", [])
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             raise BadInputError(f"{config}: mcpServers.{name}.args is not a list of strings")

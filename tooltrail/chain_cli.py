@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +19,30 @@ from tooltrail.cli_common import CliError, data_option, domain_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# A ledger head, as `tooltrail verify` prints it: a record id, the SHA-256 of its line.
+_HEAD_RE = re.compile(r"[0-9a-f]{64}")
+
 
 def _existing(data: Path | None) -> Path:
     root = config.data_dir(data)
     if not root.is_dir():
         raise CliError(f"data directory {root} does not exist: point --data at it")
     return root
+
+
+def _anchors(given: tuple[str, ...]) -> tuple[str, ...]:
+    """The heads to check, each whole: a mistyped or shortened one is bad input (exit 2),
+    never reported as a ledger that was rewritten (exit 1)."""
+    heads = []
+    for anchor in given:
+        head = anchor.strip().lower()
+        if not _HEAD_RE.fullmatch(head):
+            raise CliError(
+                f"--anchor {anchor!r}: give a head whole, as `tooltrail verify` printed it"
+                " (64 hex digits)"
+            )
+        heads.append(head)
+    return tuple(heads)
 
 
 def _fmt(choices: tuple[str, ...]) -> Callable[[F], F]:
@@ -87,6 +106,7 @@ def verify_cli(
             day = dt.date.fromisoformat(since)
         except ValueError as e:
             raise CliError(f"--since {since!r}: expected a day, YYYY-MM-DD") from e
+    anchors = _anchors(anchors)
     with domain_errors():
         report = verify(root, since=day, session=session, trust=trust, deep=deep, anchors=anchors)
     if fmt == "json":

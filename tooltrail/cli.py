@@ -244,6 +244,8 @@ def show(
 
     if which is not None and trace:
         raise CliError("--action and --trace show different things: give one of them")
+    if only != "all" and not trace:  # else it would be ignored without a word
+        raise CliError(f"--only {only} chooses among the trace's entries: give it with --trace")
     root = _existing_data(data)
     with domain_errors(), analytics.connect(root) as con:
         header = analytics.session(con, session_id)

@@ -36,11 +36,21 @@ def _help(command: click.Command, path: tuple[str, ...]) -> str:
     return command.get_help(ctx)
 
 
+def _commands() -> Iterator[tuple[tuple[str, ...], click.Command]]:
+    from tooltrail.cli import cli
+    from tooltrail.gateway.cli import wrap_cli
+
+    for path, command in _walk(cli, ("tooltrail",)):
+        yield path, command
+        if path == ("tooltrail", "proxy"):  # proxy reads `wrap` itself (COMMAND follows --)
+            yield (*path, "wrap"), wrap_cli
+
+
 def render() -> str:
     from tooltrail.cli import cli
 
     parts = [HEADER, "## tooltrail\n", "```text", _help(cli, ("tooltrail",)), "```\n"]
-    for path, command in _walk(cli, ("tooltrail",)):
+    for path, command in _commands():
         parts += [f"## {' '.join(path)}\n", "```text", _help(command, path), "```\n"]
     return "\n".join(parts)
 

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from tooltrail import config
-from tooltrail.cli_common import data_option, domain_errors
+from tooltrail.cli_common import CliError, data_option, domain_errors
 
 _TAIL_COLUMNS = ("time", "kind", "session", "agent", "decision", "summary")
 _WIDTHS = {"time": 21, "kind": 18, "session": 20, "agent": 14, "decision": 16}
@@ -127,9 +127,19 @@ def tail_cli(
     filters = {"sessions": sessions, "agents": agents, "decisions": decisions, "kinds": kinds}
     from tooltrail.policy.durations import parse_since_seconds
 
-    with domain_errors():  # bad --kind or --since: refused before anything is printed
+    with domain_errors():  # bad --kind, --since or --url: refused before anything is printed
         make_filter(kinds=kinds)
         parse_since_seconds(since)
+        if url is not None:
+            from tooltrail.event_client import events_url
+
+            events_url(url, {})
+    root = config.data_dir(data)
+    if url is None and not root.is_dir():  # a typo to report, not an empty history to show
+        raise CliError(
+            f"data directory {root} does not exist: point --data or ${config.ENV_DATA} at the"
+            " directory agents land in (or --url at a collector)"
+        )
     if fmt == "table":
         click.echo(_table_line({c: c for c in _TAIL_COLUMNS}))
     with domain_errors(), _stop_on_sigterm():
@@ -144,7 +154,7 @@ def tail_cli(
                 keep_following=keep_following,
             )
         else:
-            events = _local_events(config.data_dir(data), since, keep_following, filters)
+            events = _local_events(root, since, keep_following, filters)
         for doc in events:
             line = json.dumps(doc, default=str) if fmt == "json" else _table_line(doc)
             click.echo(line)
@@ -193,7 +203,7 @@ def webhooks_cli() -> None:
 def _admin(root: Path) -> None:
     """With access control on, managing webhooks is an admin's (they send events out)."""
     from tooltrail import access
-    from tooltrail.errors import NotAuthenticatedError
+    from tooltrail.errors import AccessDeniedError, NotAuthenticatedError
 
     if access.enabled(root):
         who = access.identify(root)
@@ -202,7 +212,11 @@ def _admin(root: Path) -> None:
                 "access control is on: present an admin's credential ($TOOLTRAIL_TOKEN or"
                 " tooltrail login)"
             )
-        access.require(who, "admin")
+        if who.is_agent or not who.may("admin"):  # named for webhooks, not "users and agents"
+            raise AccessDeniedError(
+                f"{who.kind} {who.name!r} ({who.role}) may not manage webhooks: that needs an"
+                " admin's credential"
+            )
 
 
 _format = click.option(
