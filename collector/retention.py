@@ -92,6 +92,20 @@ def deletable_sessions(
     return [str(s) for s in frame["session_id"].to_list()]
 
 
+def _not_deletable(data_dir: Path, session_id: str) -> str:
+    """Why ``session_id`` cannot be deleted: unknown here, or its status is not terminal."""
+    from tooltrail import analytics
+
+    header = analytics.session(data_dir, session_id)
+    if header is None:
+        return f"there is no session {session_id!r} in {data_dir}"
+    status = header["status"][0] if "status" in header.columns else "not terminal"
+    return (
+        f"session {session_id!r} in {data_dir} is {status}: only completed, failed, canceled"
+        " or abandoned sessions can be deleted"
+    )
+
+
 def delete_sessions(
     data_dir: Path, session_ids: Sequence[str], *, by: str, reason: str | None = None
 ) -> DeleteReport:
@@ -108,10 +122,7 @@ def delete_sessions(
     terminal = set(deletable_sessions(data_dir))
     for sid in report.sessions:
         if sid not in terminal:
-            raise BadInputError(
-                f"session {sid!r} is not a terminal session in {data_dir} (only completed,"
-                " failed, canceled or abandoned sessions can be deleted)"
-            )
+            raise BadInputError(_not_deletable(data_dir, sid))
     root = data_dir / SPANS_DIR
     with _single_compactor(root):
         rewrites = _plan(data_dir, set(report.sessions))

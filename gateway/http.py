@@ -513,8 +513,8 @@ def run_http(opts: HttpOptions) -> int:
     opts.check()
     sock = _bind(opts.host, opts.port)
     st, land = tracing(opts.proxy)
-    if st.policy_error:
-        _log.error("every tools/call will be denied: %s", st.policy_error)
+    # A policy that did not load was logged by install() ("every tool call will be
+    # denied"): every tools/call is denied, fail closed.
     gateway = HttpGateway(opts, st)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -293,8 +293,8 @@ def run_proxy(opts: ProxyOptions) -> int:
     """Run the gateway until the client or the server goes; the exit status."""
     opts = opts.named()  # before anything starts: a bad name is the operator's error
     st, land = tracing(opts)
-    if st.policy_error:
-        _log.error("every tools/call will be denied: %s", st.policy_error)
+    # A policy that did not load was logged by install() ("every tool call will be
+    # denied"): every tools/call is denied, fail closed.
     try:
         status = asyncio.run(_serve(opts, st))
     except KeyboardInterrupt:  # Ctrl-C in a terminal: the server (same group) got it too

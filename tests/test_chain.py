@@ -306,7 +306,13 @@ def test_only_terminal_sessions_are_deleted(data: Path) -> None:
     result = CliRunner().invoke(
         cli, ["delete", "--data", str(data), "--session", "live", "--by", "a"]
     )
-    assert result.exit_code == 2 and "not a terminal session" in result.output
+    assert result.exit_code == 2 and "'live'" in result.output
+    assert "is active: only completed, failed, canceled or abandoned" in result.output
+    # An id nobody landed is named as unknown, not as "not terminal".
+    result = CliRunner().invoke(
+        cli, ["delete", "--data", str(data), "--session", "nope", "--by", "a"]
+    )
+    assert result.exit_code == 2 and "there is no session 'nope'" in result.output
     assert verify(data).ok and verify(data).tombstones == 0
 
 
