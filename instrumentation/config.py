@@ -150,6 +150,8 @@ def configure(
         # (e.g. made by other instrumentations); give it the policy already loaded.
         exporter_policy = st.policy if st.policy is not None else policy
         exporter = _add_exporter(provider, root, exporter_policy)
+        if exporter is not None and data_dir is None:
+            _warn_if_collector_without_spans(root)
     instrumented = _instrument_mcp() if instrument_mcp else False
     # Not enforcing, the policy is loaded by the exporter only: report its error too.
     policy_error = st.policy_error or (exporter.policy_error if exporter is not None else None)
@@ -241,6 +243,23 @@ def _landing_dir(provider: TracerProvider, requested: Path) -> Path:
 
 def _same_dir(a: Path, b: Path) -> bool:
     return a == b or a.absolute() == b.absolute()
+
+
+def _warn_if_collector_without_spans(root: Path) -> None:
+    """``$TOOLTRAIL_COLLECTOR_URL`` carries approvals and session control, not spans: an
+    agent that set only it lands its spans here, in its own working directory, and the
+    collector never sees them. Say so once, with the setting that sends them."""
+    url = os.environ.get(config.ENV_COLLECTOR_URL, "").strip()
+    if url and not os.environ.get(config.ENV_DATA):
+        _log.warning(
+            "tooltrail: %s=%s carries approvals and session control only; spans land in %s."
+            " To send them to the collector, configure an OTLP exporter to %s/v1/traces"
+            " (docs/COLLECTOR.md)",
+            config.ENV_COLLECTOR_URL,
+            url,
+            root.absolute(),
+            url.rstrip("/"),
+        )
 
 
 def _add_exporter(

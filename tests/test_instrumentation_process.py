@@ -296,3 +296,40 @@ def test_zero_code_with_otlp_beside_tooltrail_uses_the_installed_http_exporter(
     assert "Failed to auto initialize" not in out.stderr
     assert [r["tool_name"] for r in tool_rows(data)] == ["lookup", "lookup"]
     assert "/v1/traces" in posts  # the OTLP/HTTP exporter sent them too
+
+
+def test_an_agent_given_only_the_collector_url_is_told_its_spans_land_locally(
+    tmp_path: Path,
+) -> None:
+    # TOOLTRAIL_COLLECTOR_URL carries approvals and session control, not spans: a new user
+    # who sets only it would look for the spans on the collector and never find them.
+    script = (
+        "import logging; logging.basicConfig()\n"
+        "import sys, tooltrail.instrumentation as tt\n"
+        "tt.configure(enforce=False, data_dir=sys.argv[1] if len(sys.argv) > 1 else None)\n"
+    )
+    env = clean_env() | {"TOOLTRAIL_COLLECTOR_URL": "http://127.0.0.1:9"}
+    env.pop("TOOLTRAIL_DATA", None)
+    said = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert said.returncode == 0, said.stderr
+    assert "carries approvals and session control only" in said.stderr
+    assert f"spans land in {tmp_path / 'tooltrail-data'}" in said.stderr
+    assert "http://127.0.0.1:9/v1/traces" in said.stderr
+    # Landing locally on purpose (a data directory named): nothing to say.
+    chosen = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "d")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert chosen.returncode == 0, chosen.stderr
+    assert "carries approvals and session control only" not in chosen.stderr
