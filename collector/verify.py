@@ -67,6 +67,7 @@ class VerifyReport:
     files: int = 0
     rows: int = 0
     tombstones: int = 0
+    skipped: int = 0  # recorded files not hashed: recorded before ``--since``
     control_checked: bool = False
     seconds: float = 0.0
     head: str | None = None  # the last record's id: keep it elsewhere to anchor the ledger
@@ -83,6 +84,7 @@ class VerifyReport:
             "files": self.files,
             "rows": self.rows,
             "tombstones": self.tombstones,
+            "skipped": self.skipped,
             "control_checked": self.control_checked,
             "head": self.head,
             "seconds": round(self.seconds, 3),
@@ -191,18 +193,20 @@ class _Verifier:
 
     # -- scope -----------------------------------------------------------------------------
 
-    def _in_scope_file(self, rel: str | None) -> bool:
-        if self.since is None or rel is None:
+    def _in_scope_record(self, rec: dict[str, Any]) -> bool:
+        """Whether ``--since`` asks for this record's file to be hashed: its ledger record
+        was appended on or after that UTC day. The record's time is signed with it, so a
+        writer without the key cannot move a file out of scope, as it could by choosing
+        the file's ``date=`` directory (which is why that directory decides nothing)."""
+        if self.since is None:
             return True
-        part = rel.split("/")[1] if rel.count("/") >= 2 else ""
         try:
-            return dt.date.fromisoformat(part.removeprefix("date=")) >= self.since
+            at = dt.datetime.fromisoformat(str(rec.get("at")))
         except ValueError:
-            return True
+            return True  # an unreadable time: check it (its signature fails anyway)
+        return at.astimezone(dt.UTC).date() >= self.since
 
     def add(self, b: Break, sessions: Iterable[str | None] = ()) -> None:
-        if not self._in_scope_file(b.file):
-            return
         if self.session is not None:
             names = {b.session, *sessions}
             if self.session not in names and b.kind not in {"ledger", "control"}:
@@ -264,14 +268,17 @@ class _Verifier:
         on_disk = {
             p.relative_to(self.data_dir).as_posix(): p for p in iter_span_files(self.data_dir)
         }
+        # Every file is listed whatever ``--since`` says (listing is cheap): an unrecorded
+        # file is reported under any directory; only the hashing of recorded files is
+        # limited to records appended since that day.
         for rel, path in sorted(on_disk.items()):
-            if not self._in_scope_file(rel):
-                continue
             found = live.get(rel)
             if found is None:
                 self._unrecorded(rel, path)
-                continue
-            self._check_file(rel, path, found[0], found[1])
+            elif self._in_scope_record(found[1]):
+                self._check_file(rel, path, found[0], found[1])
+            else:
+                self.report.skipped += 1
         for rel, (rid, rec) in sorted(live.items()):
             if rel not in on_disk:
                 entries = _entries(rec)
