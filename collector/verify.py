@@ -15,7 +15,9 @@ Checks, in order:
 4. Compaction and retention: a compacted file's sessions (rows and decisions) add up to
    the files it replaced; a file rewritten by retention keeps every other session's rows
    bit for bit (same digests) and drops only the sessions its signed tombstone names.
-5. Control events, when the control store offers ``tooltrail.control.verify_control``.
+5. The session index (``session_index.parquet``, derived from the span files, read by
+   the views): its bytes against the ledger's last ``index`` record.
+6. Control events, when the control store offers ``tooltrail.control.verify_control``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ from tooltrail.collector.chain import (
 )
 from tooltrail.collector.writer import iter_span_files
 from tooltrail.errors import BadInputError
+
+# The session index's name and record kind (tooltrail.analytics.index, which imports
+# duckdb: not imported here).
+SESSION_INDEX_FILE = "session_index.parquet"
+INDEX_KIND = "index"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +216,7 @@ class _Verifier:
     def add(self, b: Break, sessions: Iterable[str | None] = ()) -> None:
         if self.session is not None:
             names = {b.session, *sessions}
-            if self.session not in names and b.kind not in {"ledger", "control"}:
+            if self.session not in names and b.kind not in {"ledger", "control", "index"}:
                 return
         self.report.breaks.append(b)
 
@@ -477,7 +484,35 @@ class _Verifier:
                 )
             )
 
-    # -- 5. control events ------------------------------------------------------------------
+    # -- 5. the session index ----------------------------------------------------------------
+
+    def index(self, lines: list[LedgerLine]) -> None:
+        """The index the views read must be the one the last ``index`` record signed. It is
+        derived (every value comes from the span files, which are checked above), so the
+        fix is to rebuild it; the views ignore a mismatching index meanwhile."""
+        path = self.data_dir / SESSION_INDEX_FILE
+        if not path.exists():
+            return
+        found = next(
+            (
+                line
+                for line in reversed(lines)
+                if line.record is not None and line.record.get("kind") == INDEX_KIND
+            ),
+            None,
+        )
+        derived = (
+            "; it is the derived session index (computed from the span files, which the"
+            " views then read instead): `tooltrail compact` rebuilds it"
+        )
+        if found is None or found.record is None:
+            what = "no ledger record covers the session index (written by hand, or before"
+            self.add(Break("index", what + " the index was chained)" + derived, path.name))
+        elif file_sha256(path) != found.record.get("sha256"):
+            what = "the session index differs from its signed record (edited or replaced)"
+            self.add(Break("index", what + derived, path.name, sequence=self.seq_of[found.id]))
+
+    # -- 6. control events ------------------------------------------------------------------
 
     def control(self) -> None:
         """Control events are chained and signed by the control store (another part of
@@ -564,6 +599,7 @@ def verify(
     v.anchors(lines, anchors)
     v.files(lines)
     v.rewrites()
+    v.index(lines)
     v.control()
     v.report.seconds = time.perf_counter() - started
     return v.report
