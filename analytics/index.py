@@ -143,6 +143,7 @@ def read_index(root: Path) -> SessionIndex | None:
 
 
 _matched: dict[Path, tuple[int, int, int, int]] = {}
+_warned: dict[Path, tuple[int, int, int, int]] = {}
 _matched_lock = threading.Lock()
 
 
@@ -159,11 +160,15 @@ def _recorded(root: Path, path: Path, stamp: tuple[int, int, int, int]) -> bool:
     except OSError:
         return False
     if record is None or record.get("sha256") != actual:
-        _log.warning(
-            "ignoring %s: %s (tooltrail verify says more; tooltrail compact rebuilds it)",
-            path,
-            "no ledger record covers it" if record is None else "it differs from its record",
-        )
+        with _matched_lock:
+            warn = _warned.get(path) != stamp
+            _warned[path] = stamp
+        if warn:  # once per build of the file, not on every refresh
+            _log.warning(
+                "ignoring %s: %s (tooltrail verify says more; tooltrail compact rebuilds it)",
+                path,
+                "no ledger record covers it" if record is None else "it differs from its record",
+            )
         return False
     with _matched_lock:
         _matched[path] = stamp
