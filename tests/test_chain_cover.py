@@ -7,6 +7,7 @@ verify`` and the views say. (``verify --since`` and planted files: tests/test_ch
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sqlite3
@@ -25,6 +26,8 @@ from tooltrail.collector import chain
 from tooltrail.collector.verify import verify
 from tooltrail.control import ControlStore, completion_payload, verify_control
 from tooltrail.errors import NotAuthenticatedError
+from tooltrail.event_stream import EventSource, head
+from tooltrail.events import Cursor
 from tooltrail.schema import Row
 
 Land = Callable[[Iterable[Row]], Path]
@@ -68,9 +71,7 @@ def _problems(data: Path) -> list[str]:
 # -- 1. an operator's completion ----------------------------------------------------------
 
 
-def test_a_completion_is_a_signed_ledger_entry(
-    landed: Land, make_row: Any, tmp_path: Path
-) -> None:
+def test_a_completion_is_a_signed_ledger_entry(landed: Land, make_row: Any, tmp_path: Path) -> None:
     data = _failed_session(landed, make_row)
     creds = people(data)
     with ControlStore(data) as store, pytest.raises(NotAuthenticatedError):
@@ -152,9 +153,7 @@ def test_an_unsigned_completion_entry_is_not_believed_under_access_control(
 
 
 def _two_sessions(landed: Land, make_row: Any) -> Path:
-    data = landed(
-        [make_row(session_id="s-1", decision="DENY"), make_row(session_id="s-2")]
-    )
+    data = landed([make_row(session_id="s-1", decision="DENY"), make_row(session_id="s-2")])
     assert build_session_index(data) is not None
     return data
 
@@ -202,3 +201,44 @@ def test_an_index_without_a_record_is_a_break(landed: Land, make_row: Any) -> No
     (b,) = verify(data).breaks
     assert b.kind == "index" and "no ledger record covers the session index" in b.what
     assert read_index(data) is None
+
+
+# -- the live stream ----------------------------------------------------------------------
+
+
+def test_the_stream_sends_believed_completions_only(landed: Land, make_row: Any) -> None:
+    data = _failed_session(landed, make_row)
+    with ControlStore(data):
+        pass
+    source = EventSource(data, head(data))
+    _sql(
+        data,
+        "INSERT INTO session_completions (session_id, actor, at, reason) VALUES (?,?,?,?)",
+        ("s-1", "mallory", 1.0e9, "looks done"),
+    )
+    with ControlStore(data) as store:
+        store.complete_session("s-1", by="ops", reason="done by hand")
+    events = [e for e in source.poll() if e.kind.startswith("session.")]
+    assert [(e.kind, e.detail["actor"]) for e in events] == [("session.completed", "ops")]
+    assert events[0].summary == "session completed by ops: done by hand"
+    assert [e.kind for e in EventSource(data, Cursor.decode(events[0].id)).poll()] == []
+    everything = EventSource(data, Cursor()).poll()
+    assert [e.detail.get("actor") for e in everything if e.kind == "session.completed"] == ["ops"]
+
+
+def test_an_event_id_from_before_completions_were_streamed_still_resumes(
+    landed: Land, make_row: Any
+) -> None:
+    data = _failed_session(landed, make_row)
+    with ControlStore(data) as store:
+        store.complete_session("s-1", by="ops", reason="earlier")
+        store.set_session_state("s-1", "pause", "olga")
+    (paused,) = EventSource(data, Cursor()).poll()[-1:]
+    # The same position as an id written by the previous version (six positions).
+    raw = json.loads(base64.urlsafe_b64decode(paused.id.split(".", 1)[1] + "=="))
+    old_id = "1." + base64.urlsafe_b64encode(json.dumps(raw[:6]).encode()).decode().rstrip("=")
+    resumed = EventSource(data, Cursor.decode(old_id))
+    with ControlStore(data) as store:
+        store.complete_session("s-1", by="ops", reason="later")
+    kinds = [(e.kind, e.detail.get("reason")) for e in resumed.poll()]
+    assert kinds == [("session.completed", "later")]  # not the earlier one again
