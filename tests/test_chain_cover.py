@@ -29,6 +29,7 @@ from tooltrail.errors import NotAuthenticatedError
 from tooltrail.event_stream import EventSource, head
 from tooltrail.events import Cursor
 from tooltrail.schema import Row
+from tooltrail.signing import decider_signer
 
 Land = Callable[[Iterable[Row]], Path]
 
@@ -146,6 +147,21 @@ def test_an_unsigned_completion_entry_is_not_believed_under_access_control(
         con.execute("COMMIT")
     problems = _problems(data)
     assert any("completion entry" in p and "signature does not verify" in p for p in problems)
+    assert _status(data) == ("failed", None, None)
+
+
+def test_a_completion_signed_by_an_approver_is_not_believed(landed: Land, make_row: Any) -> None:
+    """The CLI refuses an approver (operator role needed); a completion an approver signs
+    through the library anyway is flagged by verify and not believed by the views."""
+    data = _failed_session(landed, make_row)
+    creds = people(data)
+    code, _, err = invoke(data, "complete", "s-1", "--reason", "x", token=creds["alice"])
+    assert code != 0 and "may not" in err
+    with ControlStore(data) as store:
+        signer = decider_signer(data, creds["alice"])
+        store.complete_session("s-1", by="alice", reason="mine now", signer=signer)
+    (problem,) = _problems(data)
+    assert "role 'approver' may not complete sessions" in problem
     assert _status(data) == ("failed", None, None)
 
 

@@ -22,6 +22,7 @@ The rules (docs/SECURITY.md, "Tamper detection"):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -287,19 +288,23 @@ def _completions(
     equal its entries (who, when, why), none added, edited or deleted by hand."""
     broken: list[ledger.Broken] = []
     signed: dict[str, list[tuple[Any, ...]]] = {}
+    flagged: set[tuple[Any, ...]] = set()  # rows of entries already reported as broken
     for e in entries:
         if e.kind != "completion":
             continue
         problem = completion_problem(e, trust)
         if problem is not None:
             broken.append(ledger.Broken("session", e.ref, f"completion entry {e.seq}: {problem}"))
+            with contextlib.suppress(ValueError, TamperedError):
+                flagged.add((e.ref, *completion_key(e.payload())))
             continue
         signed.setdefault(e.ref, []).append(completion_key(e.payload()))
     rows: dict[str, list[tuple[Any, ...]]] = {}
     for r in con.execute(
         "SELECT session_id, actor, at, reason FROM session_completions ORDER BY completion_id"
     ):
-        rows.setdefault(str(r[0]), []).append((r[1], r[2], r[3]))
+        if (str(r[0]), r[1], r[2], r[3]) not in flagged:
+            rows.setdefault(str(r[0]), []).append((r[1], r[2], r[3]))
     for session_id in sorted(set(signed) | set(rows)):
         have, want = rows.get(session_id, []), signed.get(session_id, [])
         unsigned = [r for r in have if r not in want]
