@@ -10,17 +10,27 @@ gone (a compaction replaced it and the index was not rebuilt yet) the index is i
 sessions are computed from all spans: slower, never wrong.
 
 ``tooltrail compact`` calls :func:`build_session_index` after it has swapped partitions.
+
+The index is covered by the chain (collector/chain.py): each build appends a signed
+``index`` record (the file's SHA-256) before it publishes the file, and a reader uses the
+index only while its bytes match the ledger's last ``index`` record. An index edited,
+planted or written by an older version is ignored (sessions are computed from the spans,
+which the chain covers) until ``tooltrail compact`` rebuilds it; ``tooltrail verify``
+reports it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
 import logging
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -37,11 +47,14 @@ from tooltrail.analytics.engine import (
     span_files,
 )
 from tooltrail.analytics.sqlfiles import Fragment, ident, literal_list, load, render
+from tooltrail.collector import chain
 from tooltrail.collector.writer import fsync_path
 
 _log = logging.getLogger(__name__)
 
 SESSION_INDEX_FILE: Final = "session_index.parquet"
+INDEX_KIND: Final = "index"  # its ledger records' kind
+_INDEX_LOCK: Final = "index.lock"  # <data>/chain/index.lock: one publisher at a time
 _META_KEY: Final = b"tooltrail.session_index"
 _FORMAT: Final = 1
 
@@ -97,7 +110,9 @@ class SessionIndex:
     """A readable session index and the span files it covers (relative path -> size)."""
 
     path: Path
-    stamp: tuple[int, int, int]  # inode, mtime_ns, size: identifies this build of the file
+    # inode, mtime_ns, ctime_ns, size: identifies this build of the file (ctime: an edit in
+    # place that restores the size and mtime still changes it)
+    stamp: tuple[int, int, int, int]
     files: Mapping[str, int]
 
     def delta(self, root: Path, current: list[tuple[Path, int]]) -> list[Path] | None:
@@ -114,17 +129,54 @@ def _relative(root: Path, path: Path) -> str:
 
 
 def read_index(root: Path) -> SessionIndex | None:
-    """The index of ``root`` if present and written by this version; None otherwise."""
+    """The index of ``root`` if present, written by this version and matching its signed
+    record in the ledger; None otherwise (sessions are then computed from the spans)."""
     path = root / SESSION_INDEX_FILE
     try:
         st = path.stat()
     except FileNotFoundError:
         return None
-    return _read_index(path, (st.st_ino, st.st_mtime_ns, st.st_size))
+    stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+    if not _recorded(root, path, stamp):
+        return None
+    return _read_index(path, stamp)
+
+
+_matched: dict[Path, tuple[int, int, int, int]] = {}
+_warned: dict[Path, tuple[int, int, int, int]] = {}
+_matched_lock = threading.Lock()
+
+
+def _recorded(root: Path, path: Path, stamp: tuple[int, int, int, int]) -> bool:
+    """Whether the index's bytes are those of the ledger's last ``index`` record. Checked
+    once per build of the file (a match is remembered by stamp; a mismatch is checked again
+    on the next read, since the record may be appended just after a reader looked)."""
+    with _matched_lock:
+        if _matched.get(path) == stamp:
+            return True
+    record = chain.last_record(root, INDEX_KIND)
+    try:
+        actual = chain.file_sha256(path)
+    except OSError:
+        return False
+    if record is None or record.get("sha256") != actual:
+        with _matched_lock:
+            warn = _warned.get(path) != stamp
+            _warned[path] = stamp
+        if warn:  # once per build of the file, not on every refresh
+            _log.warning(
+                "ignoring %s: %s (tooltrail verify says more; tooltrail compact rebuilds it)",
+                path,
+                "no ledger record covers it" if record is None else "it differs from its record",
+            )
+        return False
+    with _matched_lock:
+        _matched[path] = stamp
+    return True
 
 
 @functools.lru_cache(maxsize=32)
-def _read_index(path: Path, stamp: tuple[int, int, int]) -> SessionIndex | None:
+def _read_index(path: Path, stamp: tuple[int, int, int, int]) -> SessionIndex | None:
     # Cached per build of the file (stamp), so a refresh only stats it.
     try:
         meta = pq.read_metadata(path).metadata or {}
@@ -158,7 +210,7 @@ def build_session_index(data_dir: str | os.PathLike[str] | None = None) -> Path 
     }
     metadata = dict(table.schema.metadata or {})
     metadata[_META_KEY] = json.dumps(doc).encode()
-    _write_atomic(table.replace_schema_metadata(metadata), target)
+    _write_atomic(table.replace_schema_metadata(metadata), target, root, len(files))
     return target
 
 
@@ -177,20 +229,47 @@ def _session_totals(files: list[tuple[Path, int]]) -> pa.Table:
     return table
 
 
-def _write_atomic(table: pa.Table, target: Path) -> None:
+def _write_atomic(table: pa.Table, target: Path, root: Path, covers: int) -> None:
+    """Write ``table`` to a temporary file, append its signed ``index`` record, then rename
+    it over ``target``; record and rename under one lock, so the last record is always
+    the last index published (a reader between the two sees the old index mismatch the
+    new record and computes from the spans once)."""
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as fh:
             pq.write_table(table, fh, compression="zstd")
             fh.flush()
             os.fsync(fh.fileno())
-        tmp.replace(target)
+        record = {
+            "kind": INDEX_KIND,
+            "file": SESSION_INDEX_FILE,
+            "sha256": chain.file_sha256(tmp),
+            "bytes": tmp.stat().st_size,
+            "sessions": table.num_rows,
+            "covers": covers,
+        }
+        with _publishing(root):
+            chain.append(root, record)
+            tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_path(target.parent)
 
 
+@contextlib.contextmanager
+def _publishing(root: Path) -> Iterator[None]:
+    lock = root / chain.CHAIN_DIR / _INDEX_LOCK
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 __all__ = [
+    "INDEX_KIND",
     "NO_COPIES",
     "SESSION_INDEX_FILE",
     "SessionIndex",

@@ -4,8 +4,10 @@
 
 Lands ``--actions`` tool rows (realistic columns: arguments JSON, decisions, repos) through
 the real ParquetSpanWriter in ``--files`` files, each with its signed record in the ledger,
-then times `verify` (every file's rows recomputed, every record's signature checked). The
-landing time, which includes the chain, is printed too.
+then times `verify` (every file's SHA-256 recomputed, every record's signature checked),
+`verify --since` a day after landing (every file listed, none hashed) and `verify --deep`
+(every file's rows recomputed). The landing time, which includes the chain, is printed
+too.
 """
 
 from __future__ import annotations
@@ -93,6 +95,13 @@ def main() -> None:
         report = verify(data)
         verify_s = time.perf_counter() - t0
         assert report.ok, report.breaks[:3]
+        # --since the day after landing: every file listed, none hashed (all recorded
+        # before that day), so this is the floor a --since run pays.
+        tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+        t0 = time.perf_counter()
+        since = verify(data, since=tomorrow)
+        since_s = time.perf_counter() - t0
+        assert since.ok and since.skipped == args.files, since.breaks[:3]
         t0 = time.perf_counter()
         deep = verify(data, deep=True)
         deep_s = time.perf_counter() - t0
@@ -100,6 +109,7 @@ def main() -> None:
         print(f"actions={report.rows} files={report.files} records={report.records}")
         print(f"landing (Parquet + chain): {land_s:6.2f} s")
         print(f"verify:                    {verify_s:6.2f} s  (target <= 10 s)")
+        print(f"verify --since tomorrow:   {since_s:6.2f} s  (every file listed, none hashed)")
         print(f"verify --deep:             {deep_s:6.2f} s  (every file's rows recomputed)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

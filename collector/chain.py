@@ -446,6 +446,36 @@ def append(data_dir: Path, body: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def last_record(data_dir: Path, kind: str) -> dict[str, Any] | None:
+    """The ledger's last record of ``kind`` (None: none), read from the end backwards, so
+    the cost is the records appended after it, not the whole ledger. Not checked here:
+    ``verify`` checks every link and signature."""
+    path = ledger_path(data_dir)
+    needle = b'"kind":' + json.dumps(kind).encode()  # as canonical() writes it
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        end = os.fstat(fd).st_size
+        carry = b""
+        while end > 0:
+            start = max(0, end - (1 << 20))
+            chunk = os.pread(fd, end - start, start) + carry
+            lines = chunk.split(b"\n")
+            carry = lines[0] if start > 0 else b""
+            for line in reversed(lines if start == 0 else lines[1:]):
+                if needle in line:
+                    with contextlib.suppress(ValueError):
+                        rec = json.loads(line)
+                        if isinstance(rec, dict) and rec.get("kind") == kind:
+                            return rec
+            end = start
+        return None
+    finally:
+        os.close(fd)
+
+
 def record_file(path: Path, table: pa.Table, **extra: Any) -> dict[str, Any] | None:
     """Append the manifest of a file just landed under ``<data>/spans`` (``table``: its
     rows in file order); a file elsewhere (a staging directory) is not recorded here."""

@@ -15,7 +15,9 @@ Checks, in order:
 4. Compaction and retention: a compacted file's sessions (rows and decisions) add up to
    the files it replaced; a file rewritten by retention keeps every other session's rows
    bit for bit (same digests) and drops only the sessions its signed tombstone names.
-5. Control events, when the control store offers ``tooltrail.control.verify_control``.
+5. The session index (``session_index.parquet``, derived from the span files, read by
+   the views): its bytes against the ledger's last ``index`` record.
+6. Control events, when the control store offers ``tooltrail.control.verify_control``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ from tooltrail.collector.chain import (
 from tooltrail.collector.writer import iter_span_files
 from tooltrail.errors import BadInputError
 
+# The session index's name and record kind (tooltrail.analytics.index, which imports
+# duckdb: not imported here).
+SESSION_INDEX_FILE = "session_index.parquet"
+INDEX_KIND = "index"
+
 
 @dataclass(frozen=True, slots=True)
 class Break:
@@ -67,6 +74,7 @@ class VerifyReport:
     files: int = 0
     rows: int = 0
     tombstones: int = 0
+    skipped: int = 0  # recorded files not hashed: recorded before ``--since``
     control_checked: bool = False
     seconds: float = 0.0
     head: str | None = None  # the last record's id: keep it elsewhere to anchor the ledger
@@ -83,6 +91,7 @@ class VerifyReport:
             "files": self.files,
             "rows": self.rows,
             "tombstones": self.tombstones,
+            "skipped": self.skipped,
             "control_checked": self.control_checked,
             "head": self.head,
             "seconds": round(self.seconds, 3),
@@ -191,21 +200,23 @@ class _Verifier:
 
     # -- scope -----------------------------------------------------------------------------
 
-    def _in_scope_file(self, rel: str | None) -> bool:
-        if self.since is None or rel is None:
+    def _in_scope_record(self, rec: dict[str, Any]) -> bool:
+        """Whether ``--since`` asks for this record's file to be hashed: its ledger record
+        was appended on or after that UTC day. The record's time is signed with it, so a
+        writer without the key cannot move a file out of scope, as it could by choosing
+        the file's ``date=`` directory (which is why that directory decides nothing)."""
+        if self.since is None:
             return True
-        part = rel.split("/")[1] if rel.count("/") >= 2 else ""
         try:
-            return dt.date.fromisoformat(part.removeprefix("date=")) >= self.since
+            at = dt.datetime.fromisoformat(str(rec.get("at")))
         except ValueError:
-            return True
+            return True  # an unreadable time: check it (its signature fails anyway)
+        return at.astimezone(dt.UTC).date() >= self.since
 
     def add(self, b: Break, sessions: Iterable[str | None] = ()) -> None:
-        if not self._in_scope_file(b.file):
-            return
         if self.session is not None:
             names = {b.session, *sessions}
-            if self.session not in names and b.kind not in {"ledger", "control"}:
+            if self.session not in names and b.kind not in {"ledger", "control", "index"}:
                 return
         self.report.breaks.append(b)
 
@@ -264,14 +275,17 @@ class _Verifier:
         on_disk = {
             p.relative_to(self.data_dir).as_posix(): p for p in iter_span_files(self.data_dir)
         }
+        # Every file is listed whatever ``--since`` says (listing is cheap): an unrecorded
+        # file is reported under any directory; only the hashing of recorded files is
+        # limited to records appended since that day.
         for rel, path in sorted(on_disk.items()):
-            if not self._in_scope_file(rel):
-                continue
             found = live.get(rel)
             if found is None:
                 self._unrecorded(rel, path)
-                continue
-            self._check_file(rel, path, found[0], found[1])
+            elif self._in_scope_record(found[1]):
+                self._check_file(rel, path, found[0], found[1])
+            else:
+                self.report.skipped += 1
         for rel, (rid, rec) in sorted(live.items()):
             if rel not in on_disk:
                 entries = _entries(rec)
@@ -470,7 +484,35 @@ class _Verifier:
                 )
             )
 
-    # -- 5. control events ------------------------------------------------------------------
+    # -- 5. the session index ----------------------------------------------------------------
+
+    def index(self, lines: list[LedgerLine]) -> None:
+        """The index the views read must be the one the last ``index`` record signed. It is
+        derived (every value comes from the span files, which are checked above), so the
+        fix is to rebuild it; the views ignore a mismatching index meanwhile."""
+        path = self.data_dir / SESSION_INDEX_FILE
+        if not path.exists():
+            return
+        found = next(
+            (
+                line
+                for line in reversed(lines)
+                if line.record is not None and line.record.get("kind") == INDEX_KIND
+            ),
+            None,
+        )
+        derived = (
+            "; it is the derived session index (computed from the span files, which the"
+            " views then read instead): `tooltrail compact` rebuilds it"
+        )
+        if found is None or found.record is None:
+            what = "no ledger record covers the session index (written by hand, or before"
+            self.add(Break("index", what + " the index was chained)" + derived, path.name))
+        elif file_sha256(path) != found.record.get("sha256"):
+            what = "the session index differs from its signed record (edited or replaced)"
+            self.add(Break("index", what + derived, path.name, sequence=self.seq_of[found.id]))
+
+    # -- 6. control events ------------------------------------------------------------------
 
     def control(self) -> None:
         """Control events are chained and signed by the control store (another part of
@@ -557,6 +599,7 @@ def verify(
     v.anchors(lines, anchors)
     v.files(lines)
     v.rewrites()
+    v.index(lines)
     v.control()
     v.report.seconds = time.perf_counter() - started
     return v.report

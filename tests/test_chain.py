@@ -227,7 +227,33 @@ def test_session_and_since_filters(two_sessions: Path) -> None:
     two_sessions.unlink()
     assert verify(data, session="risky").breaks
     assert not verify(data, session="other").breaks
-    assert not verify(data, since=DAY.date() + dt.timedelta(days=1)).breaks
+    # A deleted file is found by listing (cheap), whatever --since says.
+    tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+    assert _kinds(verify(data, since=tomorrow).breaks) == {"file_deleted"}
+
+
+def test_since_goes_by_the_signed_record_not_the_date_directory(two_sessions: Path) -> None:
+    """`--since D` hashes the files whose ledger record is from D on (the record's time is
+    signed) and lists every file: a file planted under an old `date=` directory, which the
+    writer chooses, is reported all the same."""
+    data = two_sessions.parents[2]
+    today = dt.datetime.now(dt.UTC).date()
+    tomorrow = today + dt.timedelta(days=1)
+    # The spans are from March (date=2026-03-01), landed and recorded today: in scope.
+    table = pq.read_table(two_sessions, partitioning=None)
+    _keep_mtime(two_sessions, lambda: pq.write_table(table.slice(1), two_sessions))
+    assert "rows_deleted" in _kinds(verify(data, since=today).breaks)
+    skipped = verify(data, since=tomorrow)
+    assert skipped.ok and skipped.skipped == 2 and skipped.files == 0
+
+    planted = data / "spans" / "date=2020-01-01" / "part-planted.parquet"
+    planted.parent.mkdir(parents=True)
+    pq.write_table(table, planted)
+    (b,) = verify(data, since=tomorrow).breaks
+    assert b.kind == "unrecorded" and b.file == "spans/date=2020-01-01/part-planted.parquet"
+    runner = CliRunner()
+    out = runner.invoke(cli, ["verify", "--data", str(data), "--since", tomorrow.isoformat()])
+    assert out.exit_code == 1 and "date=2020-01-01/part-planted.parquet" in out.output
 
 
 def test_compaction_carries_the_chain_and_refuses_a_tampered_source(data: Path) -> None:

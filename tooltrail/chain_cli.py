@@ -58,7 +58,11 @@ def _fmt(choices: tuple[str, ...]) -> Callable[[F], F]:
 
 @click.command("verify")
 @data_option
-@click.option("--since", help="Only files of this UTC day or later (YYYY-MM-DD).")
+@click.option(
+    "--since",
+    help="Hash only files recorded on this UTC day or later (YYYY-MM-DD); every file is"
+    " still listed, so an unrecorded one is reported under any directory.",
+)
 @click.option("--session", "session", help="Only breaks that concern this session.")
 @click.option(
     "--trust",
@@ -131,6 +135,8 @@ def _echo_report(report: Any) -> None:
         f"{status}: {report.records} records, {report.files} files, {report.rows} rows,"
         f" {report.tombstones} tombstone(s); control events {control}; {report.seconds:.2f}s"
     )
+    if report.skipped:
+        click.echo(f"{report.skipped} file(s) recorded before --since not hashed")
     if report.head:
         click.echo(f"head {report.head} (keep it elsewhere; verify --anchor checks it)")
 

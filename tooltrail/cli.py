@@ -967,18 +967,20 @@ cli.add_command(
 def complete(data: Path | None, session_id: str, by: str | None, reason: str, force: bool) -> None:
     """Mark a session complete (who and why are recorded): its status reads completed
     from then on, whatever its spans say (e.g. an abandoned session whose work an
-    operator knows was done). Needs the operator role when access control is on.
+    operator knows was done). Needs the operator role when access control is on; the
+    completion is chained in the control ledger and signed with the operator's key, and
+    `tooltrail verify` flags a completion written or edited by hand.
 
     Example:
 
         tooltrail complete 3f2a9c6e0b7d4c419d0e5d2b7f1c8a10 --by ops --reason "finished by hand"
     """
     root = _existing_data(data)
-    who, _, _ = _acting_as(root, by, "control")
+    who, _, signer = _acting_as(root, by, "control")
     if not force:
         _require_known_session(root, session_id)
     with domain_errors(), _store(root) as store:
-        event = store.complete_session(session_id, by=who, reason=reason)
+        event = store.complete_session(session_id, by=who, reason=reason, signer=signer)
     click.echo(f"session {event.session_id} completed by {event.actor}: {event.reason}")
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 from tooltrail import config, ledger
-from tooltrail.access import approver_allowed
+from tooltrail.access import approver_allowed, role_may
 from tooltrail.errors import BadInputError, NotAuthenticatedError, StoreError, TamperedError
 from tooltrail.redact import Redactor, scrub_stable
 from tooltrail.signing import (
@@ -665,6 +665,52 @@ def verify_control(data_dir: str | os.PathLike[str] | None) -> list[ledger.Broke
     from tooltrail.control_verify import verify_control as verify
 
     return verify(data_dir)
+
+
+def completion_payload(
+    session_id: str, by: str, role: str | None, at: float, reason: str
+) -> dict[str, Any]:
+    """The ledger body of an operator's completion (``tooltrail-control/v1``, action
+    ``complete``): who, with which role, when, why, and what it makes the session."""
+    return {
+        "v": CONTROL_V1,
+        "session_id": session_id,
+        "action": COMPLETE,
+        "outcome": "completed",
+        "decider": by,
+        "role": role,
+        "at": at,
+        "reason": reason,
+    }
+
+
+def completion_key(doc: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a ``session_completions`` row must equal: (actor, at, reason)."""
+    return (doc.get("decider"), doc.get("at"), doc.get("reason"))
+
+
+def completion_problem(entry: ledger.Entry, trust: TrustRoot) -> str | None:
+    """Why a ``completion`` ledger entry is not to be believed (None: it is): not a
+    completion of the session it is filed under, or (access control on) not signed by an
+    operator's or admin's key."""
+    try:
+        doc = entry.payload()
+    except (ValueError, TamperedError):
+        return "its body is not JSON"
+    if (
+        doc.get("v") != CONTROL_V1
+        or doc.get("action") != COMPLETE
+        or doc.get("outcome") != "completed"
+        or doc.get("session_id") != entry.ref
+    ):
+        return "it is not a completion of this session (edited)"
+    problem = ledger.verify_signed(entry, trust)
+    if problem is not None:
+        return f"its signature does not verify: {problem}"
+    role = doc.get("role")
+    if trust.required and not (isinstance(role, str) and role_may(role, "control")):
+        return f"role {role!r} may not complete sessions"
+    return None
 
 
 # What each session action did, for messages ("paused by ops").
@@ -1328,11 +1374,16 @@ class ControlStore:
             for r in rows
         ]
 
-    def complete_session(self, session_id: str, by: str, reason: str) -> ControlEvent:
+    def complete_session(
+        self, session_id: str, by: str, reason: str, *, signer: Signer | None = None
+    ) -> ControlEvent:
         """Record that an operator marked ``session_id`` complete, with who and why.
 
         It changes no control state (a paused or canceled session stays so); the
-        ``sessions`` view reads the latest completion as the session's end.
+        ``sessions`` view reads the latest believed completion as the session's end. Like
+        pause / resume / cancel it is a ledger entry (kind ``completion``) written in the
+        same transaction as its row, signed by ``signer`` (the decider's key) when access
+        control is on; a row without its entry is not believed (``completions``).
         """
         if not by or not by.strip():
             raise BadInputError("completing a session needs who does it (--by)")
@@ -1340,24 +1391,47 @@ class ControlStore:
             raise BadInputError("completing a session needs why (--reason)")
         session_id = session_key(session_id)
         by_text, why = self._text(by) or "", self._text(reason) or ""
+        role = self._signed_by(by, signer, "a session completion")
         with self._tx() as con:
             now = time.time()
             con.execute(
                 "INSERT INTO session_completions (session_id, actor, at, reason) VALUES (?,?,?,?)",
                 (session_id, by_text, now, why),
             )
+            payload = completion_payload(session_id, by_text, role, now, why)
+            ledger.append(con, "completion", session_id, payload, signer)
         return ControlEvent(session_id, COMPLETE, by_text, now, why)
 
     def completions(self, session_id: str | None = None) -> list[ControlEvent]:
-        """Operators' completions (action ``complete``), oldest first."""
+        """Operators' completions (action ``complete``), oldest first: only the rows that
+        equal a completion entry of the ledger which verifies (signed by an operator's key
+        when access control is on). A row written or edited by hand is left out (the
+        session reads what its spans say); ``verify_control`` names it. A trust root that
+        cannot be read leaves every completion out (fail closed)."""
         sql = "SELECT * FROM session_completions"
         params: tuple[str, ...] = ()
         if session_id is not None:
             sql += " WHERE session_id = ?"
             params = (session_key(session_id),)
         rows = self._query(sql + " ORDER BY at, completion_id", params)
+        if not rows:
+            return []
+        try:
+            trust = self.trust()
+        except StoreError:
+            return []
+        signed: dict[str, list[tuple[Any, ...]]] = {}
+        for sid in {str(r["session_id"]) for r in rows}:
+            entries = self._busy_retry(lambda sid=sid: ledger.entries_for(self._con, sid))  # type: ignore[misc]
+            signed[sid] = [
+                completion_key(e.payload())
+                for e in entries
+                if e.kind == "completion" and completion_problem(e, trust) is None
+            ]
         return [
-            ControlEvent(r["session_id"], COMPLETE, r["actor"], r["at"], r["reason"]) for r in rows
+            ControlEvent(r["session_id"], COMPLETE, r["actor"], r["at"], r["reason"])
+            for r in rows
+            if (r["actor"], r["at"], r["reason"]) in signed[str(r["session_id"])]
         ]
 
     def session_states(self) -> list[SessionControl]:

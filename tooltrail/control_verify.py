@@ -15,11 +15,14 @@ The rules (docs/SECURITY.md, "Tamper detection"):
 * an expiry releases a call (``on_timeout: ALLOW``) only at or after the filed deadline, by
   the waiter's own clock;
 * a session's state must equal what its ``control`` entries say; the ledger's chain must
-  be whole (no edited body, no missing entry, no cut-off tail).
+  be whole (no edited body, no missing entry, no cut-off tail);
+* an operator's completion row must equal its ``completion`` entry (who, when, why), which
+  must verify: one without it is not believed by the views (``ControlStore.completions``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -38,6 +41,8 @@ from tooltrail.control import (
     ControlStore,
     _derived_state,
     _record,
+    completion_key,
+    completion_problem,
     request_content,
     request_differences,
     request_digest,
@@ -215,6 +220,7 @@ def _verify(store: ControlStore) -> list[ledger.Broken]:
             for problem in record_problems(con, record, trust):
                 broken.append(ledger.Broken("request", record.approval_id, problem))
         broken += _sessions(con, entries, trust)
+        broken += _completions(con, entries, trust)
     finally:
         con.execute("ROLLBACK")
     return broken
@@ -269,6 +275,66 @@ def _sessions(
                     session_id,
                     f"it is {stored.get(session_id, 'running')} in control.sqlite but its"
                     f" signed record says {derived}",
+                )
+            )
+    return broken
+
+
+def _completions(
+    con: sqlite3.Connection, entries: Sequence[ledger.Entry], trust: TrustRoot
+) -> list[ledger.Broken]:
+    """Operators' completions: each ``completion`` entry verifies (signed by an operator's
+    key when access control is on), and the ``session_completions`` rows of each session
+    equal its entries (who, when, why), none added, edited or deleted by hand."""
+    broken: list[ledger.Broken] = []
+    signed: dict[str, list[tuple[Any, ...]]] = {}
+    flagged: set[tuple[Any, ...]] = set()  # rows of entries already reported as broken
+    for e in entries:
+        if e.kind != "completion":
+            continue
+        problem = completion_problem(e, trust)
+        if problem is not None:
+            broken.append(ledger.Broken("session", e.ref, f"completion entry {e.seq}: {problem}"))
+            with contextlib.suppress(ValueError, TamperedError):
+                flagged.add((e.ref, *completion_key(e.payload())))
+            continue
+        signed.setdefault(e.ref, []).append(completion_key(e.payload()))
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    for r in con.execute(
+        "SELECT session_id, actor, at, reason FROM session_completions ORDER BY completion_id"
+    ):
+        if (str(r[0]), r[1], r[2], r[3]) not in flagged:
+            rows.setdefault(str(r[0]), []).append((r[1], r[2], r[3]))
+    for session_id in sorted(set(signed) | set(rows)):
+        have, want = rows.get(session_id, []), signed.get(session_id, [])
+        unsigned = [r for r in have if r not in want]
+        lost = [w for w in want if w not in have]
+        if unsigned and lost:
+            broken.append(
+                ledger.Broken(
+                    "session",
+                    session_id,
+                    "a completion differs from its signed record (who, when or why was"
+                    " edited in session_completions): not believed",
+                )
+            )
+        elif unsigned:
+            who = ", ".join(f"{r[0]!r}" for r in unsigned)
+            broken.append(
+                ledger.Broken(
+                    "session",
+                    session_id,
+                    f"a completion by {who} has no signed record (written by hand, or"
+                    " recorded before completions were chained): not believed, the session"
+                    " reads what its spans say",
+                )
+            )
+        elif lost:
+            broken.append(
+                ledger.Broken(
+                    "session",
+                    session_id,
+                    "its signed completion has no row in session_completions (deleted)",
                 )
             )
     return broken

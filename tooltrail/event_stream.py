@@ -6,7 +6,10 @@
   visible, so a file is read once; the position is the file's (mtime, name) and the row
   index in it. Partitions are listed again only when their directory changed. Files a
   compaction wrote (``compact-*``) are skipped: their rows landed, and were sent, before.
-* session control: ``control_events`` rows in ``<data>/control.sqlite`` (an increasing id).
+* session control: ``control_events`` rows in ``<data>/control.sqlite`` (an increasing id),
+  and operators' completions, ``session_completions`` rows (an increasing id) that the
+  store believes (``ControlStore.completions``: a row equal to its signed ledger entry; a
+  row written by hand is not sent).
 * approvals: the ``approvals`` table, by ``requested_at`` (requested) and ``decided_at``
   (decided, expired, abandoned). Rows are read again over a short window below the
   position, so a row whose commit came a little after its own timestamp is not missed.
@@ -342,6 +345,8 @@ class EventSource:
         self._changed = _Watermark(c.changed)
         self._control = _StoreReader(data_dir / CONTROL_FILE)
         self._pins = _StoreReader(data_dir / PINS_FILE)
+        if c.completed < 0:  # an id from before completions were streamed: from now on
+            self.cursor = replace(c, completed=_last_completion(data_dir))
 
     def close(self) -> None:
         """Close the stores' connections (a source is also closed when collected)."""
@@ -354,7 +359,7 @@ class EventSource:
         self._settle_due()
         sources = [self._actions()]
         if self._control.changed():
-            sources += [self._controls(), *self._approvals()]
+            sources += [self._controls(), self._completions(), *self._approvals()]
         if self._pins.changed():
             sources += self._tools()
         out = []
@@ -429,6 +434,29 @@ class EventSource:
             out.append(_Pending(event, _control_to(int(r["event_id"]))))
         return out
 
+    def _completions(self) -> list[_Pending]:
+        rows = self._control.rows(
+            "SELECT completion_id, session_id, actor, at, reason FROM session_completions"
+            " WHERE completion_id > ? ORDER BY completion_id LIMIT 10000",
+            (self.cursor.completed,),
+        )
+        believed = _believed_completions(self.data_dir, {str(r["session_id"]) for r in rows})
+        out = []
+        for r in rows:
+            if (r["session_id"], r["actor"], r["at"], r["reason"]) not in believed:
+                continue  # written or edited by hand: `tooltrail verify` names it
+            event = Event(
+                kind="session.completed",
+                time=float(r["at"]),
+                session=r["session_id"],
+                agent=None,
+                decision=None,
+                summary=f"session completed by {r['actor']}: {r['reason']}",
+                detail={"actor": r["actor"], "reason": r["reason"]},
+            )
+            out.append(_Pending(event, _completed_to(int(r["completion_id"]))))
+        return out
+
     def _approvals(self) -> list[list[_Pending]]:
         requested = self._control.rows(
             "SELECT * FROM approvals WHERE requested_at >= ? ORDER BY requested_at",
@@ -498,6 +526,38 @@ def _control_to(event_id: int) -> Callable[[Cursor], Cursor]:
     return lambda c: replace(c, control=event_id)
 
 
+def _completed_to(completion_id: int) -> Callable[[Cursor], Cursor]:
+    return lambda c: replace(c, completed=completion_id)
+
+
+def _believed_completions(data_dir: Path, sessions: set[str]) -> set[tuple[Any, ...]]:
+    """(session, actor, at, reason) of the completions of ``sessions`` the control store
+    believes; none when it cannot be read (fail closed: nothing unverified is sent)."""
+    if not sessions:
+        return set()
+    from tooltrail.control import ControlStore
+    from tooltrail.errors import TooltrailError
+
+    believed: set[tuple[Any, ...]] = set()
+    with (
+        contextlib.suppress(TooltrailError, sqlite3.Error, OSError),
+        ControlStore(data_dir) as store,
+    ):
+        for sid in sessions:
+            believed |= {(e.session_id, e.actor, e.at, e.reason) for e in store.completions(sid)}
+    return believed
+
+
+def _last_completion(data_dir: Path, before: float | None = None) -> int:
+    sql = "SELECT max(completion_id) FROM session_completions"
+    rows = _read_rows(
+        data_dir / CONTROL_FILE,
+        sql if before is None else sql + " WHERE at < ?",
+        () if before is None else (before,),
+    )
+    return int(rows[0][0] or 0) if rows else 0
+
+
 def _field_to(name: str, mark: tuple[float, str]) -> Callable[[Cursor], Cursor]:
     return lambda c: replace(c, **{name: max(getattr(c, name), mark)})
 
@@ -528,6 +588,7 @@ def head(data_dir: Path) -> Cursor:
         settled=newest(control, "SELECT max(decided_at) FROM approvals"),
         pinned=newest(pins, "SELECT max(pinned_at) FROM tool_pins"),
         changed=newest(pins, "SELECT max(seen_at) FROM tool_changes"),
+        completed=_last_completion(data_dir),
     )
 
 
@@ -629,7 +690,7 @@ def start_cursor(last_event_id: str | None, since: str | None, data_dir: Path) -
             (start,),
         )
         last = int(before[0][0] or 0) if before else 0
-        return replace(Cursor.at(start), control=last)
+        return replace(Cursor.at(start), control=last, completed=_last_completion(data_dir, start))
     return head(data_dir)
 
 

@@ -1,11 +1,12 @@
 """Live events: one model for what happens in a data directory (docs/EVENTS.md).
 
 An :class:`Event` is an action landed (a tool-call span in Parquet), an approval requested,
-decided or expired, a session paused, resumed or canceled, or a tool definition pinned or
-changed (the gateway's pins). It carries what the landed, scrubbed record holds (the
-action's summary, never its arguments) and an ``id``: the encoded position
-(:class:`Cursor`) just past it, so a reader that lost its connection resumes from the last
-id it saw (SSE's ``Last-Event-ID``). :mod:`tooltrail.event_stream` reads and follows them.
+decided or expired, a session paused, resumed, canceled or marked complete by an operator,
+or a tool definition pinned or changed (the gateway's pins). It carries what the landed,
+scrubbed record holds (the action's summary, never its arguments) and an ``id``: the
+encoded position (:class:`Cursor`) just past it, so a reader that lost its connection
+resumes from the last id it saw (SSE's ``Last-Event-ID``). :mod:`tooltrail.event_stream`
+reads and follows them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ KINDS: Final = (
     "session.paused",
     "session.resumed",
     "session.canceled",
+    "session.completed",
     "tool.pinned",
     "tool.changed",
 )
@@ -73,7 +75,9 @@ class Cursor:
     """Where a reader is: per source, the position of the last event read.
 
     ``spans``: (file mtime ns, file path under spans/, last row index read);
-    ``control``: the last control event id; the others (timestamp, row key).
+    ``control``: the last control event id; ``completed``: the last operator completion's
+    id (-1: from where the stream is when the reader starts; what an id written before
+    completions were streamed means); the others (timestamp, row key).
     """
 
     spans: tuple[int, str, int] = (0, "", -1)
@@ -82,6 +86,7 @@ class Cursor:
     settled: tuple[float, str] = (0.0, "")
     pinned: tuple[float, str] = (0.0, "")
     changed: tuple[float, str] = (0.0, "")
+    completed: int = 0
 
     def encode(self) -> str:
         doc = [
@@ -91,6 +96,7 @@ class Cursor:
             list(self.settled),
             list(self.pinned),
             list(self.changed),
+            self.completed,
         ]
         text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
         return _CURSOR_VERSION + "." + base64.urlsafe_b64encode(text).decode().rstrip("=")
@@ -103,7 +109,9 @@ class Cursor:
             if version != _CURSOR_VERSION:
                 raise ValueError("unknown version")
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-            spans, control, requested, settled, pinned, changed = json.loads(raw)
+            spans, control, requested, settled, pinned, changed, *rest = json.loads(raw)
+            if len(rest) > 1:
+                raise ValueError("too many positions")
             return cls(
                 spans=(int(spans[0]), str(spans[1]), int(spans[2])),
                 control=int(control),
@@ -111,6 +119,7 @@ class Cursor:
                 settled=_mark(settled),
                 pinned=_mark(pinned),
                 changed=_mark(changed),
+                completed=int(rest[0]) if rest else -1,
             )
         except (ValueError, TypeError, IndexError, binascii.Error) as e:
             raise BadInputError(
@@ -124,7 +133,7 @@ class Cursor:
         id that goes with the time)."""
         ns = int(seconds * 1e9)
         mark = (seconds, "")
-        return cls((ns, "", -1), 0, mark, mark, mark, mark)
+        return cls((ns, "", -1), 0, mark, mark, mark, mark, 0)
 
 
 def _mark(value: Any) -> tuple[float, str]:

@@ -7,14 +7,16 @@ state it records) is what the state is checked against:
 
 * one entry per filed request (``request``), decision (``decision``: approve or deny, by
   a person), system outcome (``system``: expired, abandoned) and session-control change
-  (``control``: pause, resume, cancel);
+  (``control``: pause, resume, cancel), and an operator's completion of a session
+  (``completion``: ``tooltrail complete``; a record, not a state change);
 * each entry's body is RFC 8785 canonical JSON holding its ``seq`` (1, 2, 3 ... with no
   gaps) and ``prev``, the SHA-256 of the entry before it: editing or deleting any entry
   breaks the chain from there on;
-* decisions and control changes are signed by the decider's Ed25519 key *over the body*,
-  so a signature also covers the chain head it extended (a signed head): a deleted cancel
-  followed by any signed entry no longer verifies. A deleted last entry leaves a gap
-  against SQLite's own ``sqlite_sequence`` counter for the table (``check_chain``).
+* decisions, control changes and completions are signed by the decider's Ed25519 key
+  *over the body*, so a signature also covers the chain head it extended (a signed
+  head): a deleted cancel followed by any signed entry no longer verifies. A deleted
+  last entry leaves a gap against SQLite's own ``sqlite_sequence`` counter for the
+  table (``check_chain``).
 
 Checking a record = its state row agrees with its ledger entries, and the entries verify
 (docs/SECURITY.md, "Tamper detection").
@@ -32,7 +34,7 @@ from typing import Any, Final, Literal
 from tooltrail.errors import TamperedError
 from tooltrail.signing import Signer, TrustRoot, canonical
 
-EntryKind = Literal["request", "decision", "system", "control"]
+EntryKind = Literal["request", "decision", "system", "control", "completion"]
 GENESIS: Final = "genesis"
 
 SCHEMA: Final = """
