@@ -188,7 +188,7 @@ def test_roles_bound_what_each_user_may_do(root: Path) -> None:
     # Session control: operators (and admins), not approvers or viewers.
     for name in ("alice", "vic", "bot-a"):
         code, _, err = invoke(root, "pause", "s1", token=creds[name])
-        assert code == 2 and "may not pause, resume or cancel sessions" in err
+        assert code == 2 and "may not pause, resume, cancel or complete sessions" in err
     with ControlStore(root) as store:
         assert store.session_state("s1") == "running"
     code, out, _ = invoke(root, "pause", "s1", token=creds["olga"])

@@ -70,7 +70,7 @@ _ACTION_ROLE: Final[dict[str, str]] = {
 ACTION_WORDS: Final = {
     "read": "read the record",
     "decide": "decide approval requests",
-    "control": "pause, resume or cancel sessions",
+    "control": "pause, resume, cancel or complete sessions",
     "admin": "manage users and agents",
 }
 
