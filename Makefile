@@ -33,6 +33,7 @@ typecheck: lint
 pytest: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Every benchmark the docs quote; bench/proxy.py needs the npm servers (cd tests/js && npm ci).
 bench: $(STAMP)
 	$(BIN)/python bench/exporter.py
 	$(BIN)/python bench/queries.py
@@ -42,6 +43,15 @@ bench: $(STAMP)
 	$(BIN)/python bench/approvals.py
 	$(BIN)/python bench/dashboard.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/redact.py --clock cpu
+	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/events.py
+	$(BIN)/python bench/session_end.py
+	$(BIN)/python bench/signin.py
+	$(BIN)/python bench/access.py
+	$(BIN)/python bench/retention.py
+	$(BIN)/python bench/proxy.py
+	$(BIN)/python bench/proxy.py --http
 
 # The real-browser dashboard tests drive Debian's chromium (never a downloaded browser);
 # without it they (tests/browser/) are skipped. Needs root (or run the apt-get line with sudo).
