@@ -74,8 +74,8 @@ class RequestPipeline:
     ) -> None:
         # Each row's `source` is the sender the collector stamped on its request; with the
         # data directory, rows an agent sent into another agent's session land claimed.
-        owners = None if data_dir is None else SessionOwners(data_dir)
-        self._pipeline = BatchPipeline.build(policy, redact, PROVENANCE_COLLECTOR, owners)
+        self.owners = None if data_dir is None else SessionOwners(data_dir)
+        self._pipeline = BatchPipeline.build(policy, redact, PROVENANCE_COLLECTOR, self.owners)
 
     def result(self, request: ExportTraceServiceRequest) -> BatchResult:
         """The request's landed table and the spans set aside from it."""

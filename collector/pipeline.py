@@ -527,9 +527,7 @@ def stamp_provenance(
     columns["verified"] = verified
 
 
-def _held(
-    columns: Columns, n: int, sources: list[str], owners: SessionOwners
-) -> dict[Any, str]:
+def _held(columns: Columns, n: int, sources: list[str], owners: SessionOwners) -> dict[Any, str]:
     """The holder of each held session an agent's credential sent rows of (one store
     round trip at most per batch, none once its sessions are cached)."""
     session_ids = columns["session_id"] or [None] * n
