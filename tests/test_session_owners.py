@@ -262,6 +262,25 @@ def test_a_trace_crossing_agents_binds_no_session(
     assert session not in _owners(col.data_dir)
 
 
+def test_a_trace_id_shaped_like_a_held_session_does_not_reach_it(
+    setup: tuple[CollectorProcess, dict[str, str]],
+) -> None:
+    """`tt.session` ids are 32 hex digits, like trace ids: a span that names no session
+    lands in its trace's, so a trace id chosen to equal a held session is checked too."""
+    col, creds = setup
+    trace_id = 0x0DDBA11C0FFEE0DDBA11C0FFEE123456
+    session = f"{trace_id:032x}"
+    _send(col.url, creds["bot-b"], _in(session))
+    _landed(col.data_dir, 1, session)
+    parent = SpanContext(trace_id, 0x4321, is_remote=True, trace_flags=TraceFlags(1))
+    _send(col.url, creds["bot-a"], {}, parent=parent)
+    rows = _landed(col.data_dir, 2, session)
+    assert sorted((r["source"], r["verified"]) for r in rows) == [
+        ("agent:bot-a/session-of:bot-b", False),
+        ("agent:bot-b", True),
+    ]
+
+
 # --- landing, in process: the owner lookup's cost and its failure ---------------------------
 
 
