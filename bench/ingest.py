@@ -1,6 +1,7 @@
 """``tooltrail collect`` end to end: OTel SDK -> OTLP/HTTP -> collector -> queryable sessions.
 
     python bench/ingest.py [--spans 100000] [--sessions 1000] [--modes spool,direct]
+                           [--access] [--baseline OTHER/.venv/bin/tooltrail]
 
 For each durability mode, one run of each sender:
 
@@ -22,6 +23,13 @@ of them queryable), collector CPU seconds per span (from
 /proc/<pid>/stat), bytes per span on disk (the Parquet files), drops (spans sent but not
 landed, and failed exports), 503s. Reference (issue 8): Phoenix 20.26 on this machine,
 same load: ~145 spans/s, 6.5 ms CPU/span, 820 B/span, 3.6 % dropped.
+
+``--access``: the data directory has access control (an admin, one agent) and the senders
+present the agent's ``tta_`` credential, so every span goes through the credential check
+and the session-owner check at landing. ``--baseline BIN``: each run is made twice in this
+one invocation, alternately, with another checkout's ``tooltrail`` (say, main's) and with
+this one's, and the ratio of their figures is printed (timings on a shared machine are
+noisy; runs side by side are comparable).
 """
 
 from __future__ import annotations
@@ -103,18 +111,40 @@ def make_spans(provider: TracerProvider, n: int, sessions: int, start: int = 0) 
 # --- the collector process ------------------------------------------------------------------
 
 
+def this_tooltrail() -> Path:
+    return Path(sys.executable).with_name("tooltrail")
+
+
+def agent_credential(tooltrail: Path, data: Path) -> str:
+    """Turn access control on in ``data`` (an admin) and add an agent: its credential."""
+
+    def add(args: list[str], token: str | None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "TOOLTRAIL_TOKEN"}
+        if token:
+            env["TOOLTRAIL_TOKEN"] = token
+        done = subprocess.run(
+            [str(tooltrail), *args[:2], "--data", str(data), *args[2:]],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        return done.stdout.rstrip("\n").splitlines()[-1]
+
+    admin = add(["users", "add", "admin", "--role", "admin"], None)
+    return add(["agents", "add", "bench-agent"], admin)
+
+
 class Collector:
     def __init__(
-        self, data: Path, mode: str, workers: int | None, extra: Sequence[str] = ()
+        self,
+        data: Path,
+        mode: str,
+        workers: int | None,
+        extra: Sequence[str] = (),
+        tooltrail: Path | None = None,
     ) -> None:
-        tooltrail = Path(sys.executable).with_name("tooltrail")
-        from tooltrail.cli import cli
-
-        argv = (
-            [str(tooltrail), "collect"]
-            if "collect" in cli.commands
-            else [sys.executable, "-m", "tooltrail.collector.cli"]
-        )
+        argv = [str(tooltrail or this_tooltrail()), "collect"]
         self.proc = subprocess.Popen(
             [
                 *argv,
@@ -228,7 +258,7 @@ def run_sink(n: int, sessions: int, agents: int) -> tuple[float, float]:
     """(spans/s, sender CPU ms/span) of ``agents`` SDK senders into the sink."""
     sink = Sink()
     try:
-        failed, sender_cpu, t0 = send_sdk(sink.url, n, sessions, agents)
+        failed, sender_cpu, t0 = send_sdk(sink.url, n, sessions, agents, {})
         seconds = time.perf_counter() - t0
     finally:
         sink.close()
@@ -255,9 +285,11 @@ class _CountingExporter(SpanExporter):
         self.inner.shutdown()  # type: ignore[no-untyped-call]  # untyped upstream
 
 
-def _agent(url: str, start: int, n: int, sessions: int, failed: Any, ready: Any) -> None:
+def _agent(
+    url: str, start: int, n: int, sessions: int, failed: Any, ready: Any, headers: dict[str, str]
+) -> None:
     """One agent process: its own SDK, BatchSpanProcessor and OTLP/HTTP exporter."""
-    exporter = _CountingExporter(OTLPSpanExporter(endpoint=f"{url}/v1/traces"))
+    exporter = _CountingExporter(OTLPSpanExporter(endpoint=f"{url}/v1/traces", headers=headers))
     provider = TracerProvider(resource=Resource.create({"service.name": "bench-agent"}))
     # The queue holds the whole run, so the SDK itself never drops (that would not be
     # the collector's doing); batches are the issue's 512.
@@ -277,7 +309,9 @@ def _agent(url: str, start: int, n: int, sessions: int, failed: Any, ready: Any)
         failed.value += exporter.failed_spans
 
 
-def send_sdk(url: str, n: int, sessions: int, agents: int) -> tuple[int, float, float]:
+def send_sdk(
+    url: str, n: int, sessions: int, agents: int, headers: dict[str, str]
+) -> tuple[int, float, float]:
     """``agents`` processes send n spans between them.
 
     Returns (failed spans, the agents' CPU seconds, the clock's start: the moment every
@@ -298,6 +332,7 @@ def send_sdk(url: str, n: int, sessions: int, agents: int) -> tuple[int, float, 
                 sessions,
                 failed,
                 ready,
+                headers,
             ),
         )
         for k in range(agents)
@@ -333,7 +368,9 @@ def encoded_bodies(n: int, sessions: int) -> list[bytes]:
     ]
 
 
-def send_replay(url: str, bodies: list[bytes], connections: int = 2) -> int:
+def send_replay(
+    url: str, bodies: list[bytes], headers: dict[str, str], connections: int = 2
+) -> int:
     """Post pre-encoded bodies on keep-alive connections, honouring 503 Retry-After."""
     failed = 0
     lock = threading.Lock()
@@ -350,7 +387,10 @@ def send_replay(url: str, bodies: list[bytes], connections: int = 2) -> int:
                     return
                 for _ in range(20):
                     conn.request(
-                        "POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"}
+                        "POST",
+                        "/v1/traces",
+                        body,
+                        {"Content-Type": "application/x-protobuf", **headers},
                     )
                     resp = conn.getresponse()
                     resp.read()
@@ -410,18 +450,25 @@ def run(
     workers: int | None,
     agents: int,
     extra: Sequence[str] = (),
+    access: bool = False,
+    tooltrail: Path | None = None,
 ) -> Result:
     tmp = Path(tempfile.mkdtemp(prefix="tt-ingest-"))
     data = tmp / "data"
-    col = Collector(data, mode, workers, extra)
+    headers: dict[str, str] = {}
+    if access:
+        data.mkdir(parents=True)
+        credential = agent_credential(tooltrail or this_tooltrail(), data)
+        headers["Authorization"] = f"Bearer {credential}"
+    col = Collector(data, mode, workers, extra, tooltrail)
     try:
         time.sleep(2.0)  # the collector's landing workers finish starting (they warm up)
         cpu0 = col.cpu_s() + col.children_cpu_s()
         t0 = time.perf_counter()
         if sender.startswith("sdk"):
-            failed, sender_cpu, t0 = send_sdk(col.url, n, sessions, agents)
+            failed, sender_cpu, t0 = send_sdk(col.url, n, sessions, agents, headers)
         else:
-            failed, sender_cpu = send_replay(col.url, bodies), 0.0
+            failed, sender_cpu = send_replay(col.url, bodies, headers), 0.0
         sent = time.perf_counter()
         deadline = time.monotonic() + 600
         while col.metric("spans_landed_total") < n - failed and time.monotonic() < deadline:
@@ -470,6 +517,18 @@ def main() -> None:
     ap.add_argument(
         "--collector-args", default="", help="more `tooltrail collect` options, space-separated"
     )
+    ap.add_argument(
+        "--access",
+        action="store_true",
+        help="access control on; the senders present an agent's credential",
+    )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout's `tooltrail` executable: each run is made with it too, and"
+        " the ratio printed",
+    )
     args = ap.parse_args()
     n = args.spans
     senders = args.senders.split(",")
@@ -494,25 +553,39 @@ def main() -> None:
     runs = [(s, 1) for s in senders if s == "replay"]
     if "sdk" in senders:
         runs = [("sdk", int(k)) for k in args.agents.split(",")] + runs
+    binaries: list[Path | None] = [None] if args.baseline is None else [args.baseline, None]
     for mode in args.modes.split(","):
         for sender, agents in runs:
-            r = run(
-                mode,
-                sender,
-                n,
-                args.sessions,
-                bodies,
-                args.workers,
-                agents,
-                args.collector_args.split(),
-            )
-            print(
-                f"{r.mode:7} {r.sender:8} {r.seconds:8.2f} {r.spans_s:9.0f} "
-                f"{r.spans_s / PHOENIX['spans_s']:9.1f} {r.cpu_ms:21.4f} "
-                f"{r.sender_cpu_ms:18.4f} {r.bytes_per_span:7.1f} {r.files:6d} "
-                f"{r.landed:7d} {r.drops:6d} {r.shed:5.0f} {r.tail:6.2f}",
-                flush=True,
-            )
+            results: list[Result] = []
+            for tooltrail in binaries:
+                r = run(
+                    mode,
+                    sender,
+                    n,
+                    args.sessions,
+                    bodies,
+                    args.workers,
+                    agents,
+                    args.collector_args.split(),
+                    args.access,
+                    tooltrail,
+                )
+                results.append(r)
+                label = "" if args.baseline is None else (" base" if tooltrail else " this")
+                print(
+                    f"{r.mode:7} {r.sender:8} {r.seconds:8.2f} {r.spans_s:9.0f} "
+                    f"{r.spans_s / PHOENIX['spans_s']:9.1f} {r.cpu_ms:21.4f} "
+                    f"{r.sender_cpu_ms:18.4f} {r.bytes_per_span:7.1f} {r.files:6d} "
+                    f"{r.landed:7d} {r.drops:6d} {r.shed:5.0f} {r.tail:6.2f}{label}",
+                    flush=True,
+                )
+            if len(results) == 2:
+                base, this = results
+                print(
+                    f"{'':7} {'ratio':8} this/base: spans/s x{this.spans_s / base.spans_s:.3f}, "
+                    f"collector CPU/span x{this.cpu_ms / base.cpu_ms:.3f}",
+                    flush=True,
+                )
     if args.sink and "sdk" in senders:
         for agents in (int(k) for k in args.agents.split(",")):
             spans_s, sender_ms = run_sink(n, args.sessions, agents)

@@ -40,8 +40,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from tooltrail.collector.columnar import columns_of_records
 from tooltrail.collector.otlp import records_from_request
+from tooltrail.collector.owners import SessionOwners
 from tooltrail.collector.pipeline import PROVENANCE_COLLECTOR, BatchPipeline, BatchResult
-from tooltrail.collector.spool import Landed, land_named, land_segment, note_set_aside
+from tooltrail.collector.spool import (
+    Landed,
+    foreign_rows,
+    land_named,
+    land_segment,
+    note_set_aside,
+)
 from tooltrail.collector.writer import spans_lock, split_by_date, write_sorted_parquet
 from tooltrail.config import SPANS_DIR
 
@@ -59,9 +66,16 @@ _PARENT_POLL_S = 0.5
 class RequestPipeline:
     """OTLP request -> records -> batch normalizer -> policy hook: the exporter's steps."""
 
-    def __init__(self, policy: str | os.PathLike[str] | Policy | None, redact: bool | None):
-        # Each row's `source` is the sender the collector stamped on its request.
-        self._pipeline = BatchPipeline.build(policy, redact, PROVENANCE_COLLECTOR)
+    def __init__(
+        self,
+        policy: str | os.PathLike[str] | Policy | None,
+        redact: bool | None,
+        data_dir: Path | None = None,
+    ) -> None:
+        # Each row's `source` is the sender the collector stamped on its request; with the
+        # data directory, rows an agent sent into another agent's session land claimed.
+        self.owners = None if data_dir is None else SessionOwners(data_dir)
+        self._pipeline = BatchPipeline.build(policy, redact, PROVENANCE_COLLECTOR, self.owners)
 
     def result(self, request: ExportTraceServiceRequest) -> BatchResult:
         """The request's landed table and the spans set aside from it."""
@@ -98,7 +112,7 @@ def _init_worker(policy: PolicySource, redact: bool | None, data_dir: str, paren
     _workers_lock = os.open(workers_lock_path(Path(data_dir)), os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(_workers_lock, fcntl.LOCK_SH)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    _pipeline = RequestPipeline(policy, redact)
+    _pipeline = RequestPipeline(policy, redact, Path(data_dir))
     _data_dir = Path(data_dir)
 
 
@@ -134,7 +148,7 @@ def _land_payload(pipeline: RequestPipeline, data_dir: Path, payload: bytes) -> 
     note_set_aside(data_dir, stem, result.set_aside)
     with spans_lock(data_dir / SPANS_DIR, exclusive=False):
         landed, skipped = land_named(result.table, data_dir, f"{stem}.parquet")
-    return Landed(landed, skipped, len(result.set_aside))
+    return Landed(landed, skipped, len(result.set_aside), foreign_rows(result.table))
 
 
 def _land_payload_job(payload: bytes) -> Landed:
@@ -187,7 +201,7 @@ class Lander:
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         # In-process landing (workers=0), also used to check the policy loads here.
-        self.pipeline = RequestPipeline(policy, redact)
+        self.pipeline = RequestPipeline(policy, redact, data_dir)
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:

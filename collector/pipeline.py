@@ -46,6 +46,7 @@ from tooltrail.semconv import (
 )
 
 if TYPE_CHECKING:
+    from tooltrail.collector.owners import SessionOwners
     from tooltrail.policy import Policy
 
 _log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def load_row_hook(
 class BatchPipeline:
     """A normalizer and an optional row hook (the policy), applied to whole batches."""
 
-    __slots__ = ("_hook", "normalizer", "policy_error", "provenance")
+    __slots__ = ("_hook", "normalizer", "owners", "policy_error", "provenance")
 
     def __init__(
         self,
@@ -138,12 +139,16 @@ class BatchPipeline:
         policy_error: str | None = None,
         *,
         provenance: str = sc.SOURCE_EXPORTER,
+        owners: SessionOwners | None = None,
     ) -> None:
         self.normalizer = normalizer
         self._hook = hook
         self.policy_error = policy_error  # why the policy did not load, if it did not
         # Who lands through this pipeline (the `source` column): PROVENANCES.
         self.provenance = provenance
+        # Which agent holds each session (the collector with access control): a span an
+        # agent's credential sends into another agent's session lands claimed.
+        self.owners = owners
 
     @classmethod
     def build(
@@ -151,16 +156,25 @@ class BatchPipeline:
         policy: str | os.PathLike[str] | Policy | None,
         redact: bool | None,
         provenance: str = sc.SOURCE_EXPORTER,
+        owners: SessionOwners | None = None,
     ) -> BatchPipeline:
         """The landing pipeline of the exporter and the collector: ``redact`` None means
         ``$TOOLTRAIL_REDACT`` decides (on unless turned off); ``policy`` as in
-        :func:`policy_row_hook`; ``provenance`` one of PROVENANCES."""
+        :func:`policy_row_hook`; ``provenance`` one of PROVENANCES; ``owners`` the
+        collector's session owners."""
         redactor = Redactor.from_env() if redact is None else Redactor(enabled=redact)
-        return cls(Normalizer(redactor), *load_row_hook(policy), provenance=provenance)
+        return cls(
+            Normalizer(redactor), *load_row_hook(policy), provenance=provenance, owners=owners
+        )
 
     def with_policy(self, policy: str | os.PathLike[str] | Policy | None) -> BatchPipeline:
         """The same normalizer with another policy (as :func:`policy_row_hook` reads it)."""
-        return BatchPipeline(self.normalizer, *load_row_hook(policy), provenance=self.provenance)
+        return BatchPipeline(
+            self.normalizer,
+            *load_row_hook(policy),
+            provenance=self.provenance,
+            owners=self.owners,
+        )
 
     def columns(self, src: SpanColumns) -> Columns:
         """The landed columns of a batch, decided."""
@@ -170,7 +184,7 @@ class BatchPipeline:
         claimed = _decided(columns, n)
         if self._hook is not None:
             _decide(self._hook, columns, n)
-        stamp_provenance(columns, n, self.provenance, senders, claimed)
+        stamp_provenance(columns, n, self.provenance, senders, claimed, self.owners)
         return columns
 
     def table(self, src: SpanColumns) -> pa.Table:
@@ -228,7 +242,7 @@ class BatchPipeline:
         if self._hook is not None:
             at.name = "deciding (policy)"
             _decide(self._hook, columns, n)
-        stamp_provenance(columns, n, self.provenance, senders, claimed)
+        stamp_provenance(columns, n, self.provenance, senders, claimed, self.owners)
         at.name = "converting to Arrow"
         return columns_to_table(columns, n)
 
@@ -274,7 +288,9 @@ class BatchPipeline:
             one.exception_types = [None]
             senders = _senders(one, self.provenance)
             columns = normalize_batch(self.normalizer, one)
-            stamp_provenance(columns, 1, self.provenance, senders, _decided(columns, 1))
+            stamp_provenance(
+                columns, 1, self.provenance, senders, _decided(columns, 1), self.owners
+            )
             return columns_to_table(columns, 1)
         except _NOT_A_SPAN_FAULT:
             raise
@@ -451,15 +467,18 @@ def stamp_provenance(
     provenance: str,
     senders: list[Any] | None,
     from_span: list[bool],
+    owners: SessionOwners | None = None,
 ) -> None:
     """Fill ``source`` and ``verified``.
 
     A decision is tooltrail's (verified) when tooltrail made it: the in-process exporter
     (the instrumentation or the gateway decided), an agent holding an agent credential
-    (the collector stamped ``agent:<name>``) for spans of that agent, or the policy run
-    here. A decision the span carried in from an unauthenticated sender (``otlp``), a file
-    (``ingest``) or an agent credential speaking for another agent is only claimed (false).
-    Rows without a decision: null.
+    (the collector stamped ``agent:<name>``) for spans of that agent in a session it holds,
+    or the policy run here. A decision the span carried in from an unauthenticated sender
+    (``otlp``), a file (``ingest``), an agent credential speaking for another agent, or
+    one sending into a session another agent holds (``owners``: its ``source`` becomes
+    ``agent:<sender>/session-of:<holder>``) is only claimed (false). Rows without a
+    decision: null.
     """
     if senders is None:
         sources: list[str] = [provenance] * n
@@ -470,6 +489,8 @@ def stamp_provenance(
         ]
     decisions = columns["decision"] or [None] * n
     agents = list(columns["agent_name"] or [None] * n)
+    held = _held(columns, n, sources, owners) if owners is not None and senders else {}
+    session_ids = columns["session_id"] or [None] * n
     filled = False
     verified: list[bool | None] = []
     for i, (source, decision, spanned) in enumerate(
@@ -483,6 +504,11 @@ def stamp_provenance(
         if credential_agent is not None and agents[i] is None:
             agents[i] = credential_agent  # a span that names no agent is its sender's
             filled = True
+        holder = held.get(session_ids[i]) if credential_agent is not None else None
+        foreign = holder is not None and holder != credential_agent
+        if foreign:
+            # Sent into a session another agent holds: the row says whose it is.
+            sources[i] = f"{source}{sc.SOURCE_SESSION_OF}{holder}"
         if decision is None:
             verified.append(None)
         elif not spanned:
@@ -494,11 +520,25 @@ def stamp_provenance(
         else:
             # An agent's credential vouches for that agent's own calls only: a span that
             # names another agent is a claim (security review: forged records of others).
-            verified.append(agents[i] == credential_agent)
+            verified.append(agents[i] == credential_agent and not foreign)
     if filled:
         columns["agent_name"] = agents
     columns["source"] = sources
     columns["verified"] = verified
+
+
+def _held(columns: Columns, n: int, sources: list[str], owners: SessionOwners) -> dict[Any, str]:
+    """The holder of each held session an agent's credential sent rows of (one store
+    round trip at most per batch, none once its sessions are cached)."""
+    session_ids = columns["session_id"] or [None] * n
+    trace_ids = columns["trace_id"] or [None] * n
+    prefix = sc.SOURCE_AGENT_PREFIX
+    wanted = [
+        (sid, source[len(prefix) :], sid != trace_id)
+        for source, sid, trace_id in zip(sources, session_ids, trace_ids, strict=True)
+        if sid is not None and source.startswith(prefix)
+    ]
+    return owners.held(wanted) if wanted else {}
 
 
 def _decide(hook: RowHook, columns: Columns, n: int) -> None:

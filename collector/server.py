@@ -276,6 +276,10 @@ _COUNTERS: Final = {
         "Spans that could not be normalized or decided, set aside alone (ids and reason "
         "noted in spool/quarantine); the rest of their batch landed."
     ),
+    "spans_foreign_session_total": (
+        "Spans an agent's credential sent into a session another agent holds: landed "
+        "claimed (verified false, source agent:<sender>/session-of:<holder>)."
+    ),
     "requests_shed_total": "Trace requests answered 503 to shed load.",
     "landing_errors_total": "Failed attempts to land a spool segment (retried).",
     "segments_quarantined_total": (
@@ -555,6 +559,7 @@ class Collector:
     def _count(self, landed: Landed) -> None:
         self.metrics.add("spans_landed_total", landed.landed)
         self.metrics.add("spans_duplicate_skipped_total", landed.skipped)
+        self.metrics.add("spans_foreign_session_total", landed.foreign)
         if landed.set_aside:
             self.metrics.add("spans_set_aside_total", landed.set_aside)
             _log.error(

@@ -49,10 +49,12 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
+from tooltrail import semconv as sc
 from tooltrail.collector.pipeline import BatchResult, SetAside
 from tooltrail.collector.writer import fsync_path, spans_lock, split_by_date, write_table_atomic
 from tooltrail.config import SPANS_DIR
@@ -77,11 +79,22 @@ TableOf = Callable[[ExportTraceServiceRequest], BatchResult]
 
 class Landed(NamedTuple):
     """What landing a batch did: rows landed now, rows found already landed, spans set
-    aside (noted in the quarantine)."""
+    aside (noted in the quarantine), rows an agent's credential sent into a session
+    another agent holds (landed claimed)."""
 
     landed: int
     skipped: int
     set_aside: int = 0
+    foreign: int = 0
+
+
+def foreign_rows(table: pa.Table | None) -> int:
+    """Rows of ``table`` sent into a session another agent holds (their ``source`` says
+    so: ``agent:<sender>/session-of:<holder>``)."""
+    if table is None or table.num_rows == 0:
+        return 0
+    marked = pc.match_substring(table.column("source"), sc.SOURCE_SESSION_OF)
+    return int(pc.sum(marked).as_py() or 0)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -309,13 +322,14 @@ def land_segment(segment: Path, data_dir: Path, table_of: TableOf) -> Landed:
         aside.extend(result.set_aside)
     # The note first: once the segment is gone, the note is all that says what was dropped.
     note_set_aside(data_dir, segment.name, aside)
+    table = pa.concat_tables(tables) if tables else None
     name = landed_name(segment)
     # Held until the segment is gone: see the module docstring (compaction).
     with spans_lock(data_dir / SPANS_DIR, exclusive=False):
-        landed, skipped = land_named(pa.concat_tables(tables) if tables else None, data_dir, name)
+        landed, skipped = land_named(table, data_dir, name)
         segment.unlink(missing_ok=True)
         fsync_path(segment.parent)
-    return Landed(landed, skipped, len(aside))
+    return Landed(landed, skipped, len(aside), foreign_rows(table))
 
 
 def land_named(table: pa.Table | None, data_dir: Path, name: str) -> tuple[int, int]:

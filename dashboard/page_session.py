@@ -14,6 +14,7 @@ from typing import Any, Final
 import polars as pl
 import streamlit as st
 
+from tooltrail import semconv as sc
 from tooltrail.dashboard import components, data, nav, trace_view, ui
 from tooltrail.errors import PolicyError
 from tooltrail.policy import Policy
@@ -138,8 +139,9 @@ def _header(ctx: nav.Context, head: Mapping[str, Any]) -> None:
     claimed = int(head.get("claimed_calls") or 0)
     if claimed:  # issue 17: decisions tooltrail did not make are shown as claimed
         st.warning(
-            f"{claimed} decision{'s' if claimed != 1 else ''} only claimed by an"
-            " unauthenticated sender (not tooltrail's; never counted as enforced).",
+            f"{claimed} decision{'s' if claimed != 1 else ''} only claimed: sent without an"
+            " agent's credential, or by an agent's credential for another agent or into a"
+            " session another agent holds (not tooltrail's; never counted as enforced).",
             icon=":material/gpp_maybe:",
         )
     changed = int(head.get("changed_tool_calls") or 0)
@@ -297,6 +299,15 @@ def _policy(ctx: nav.Context) -> Policy | None:
         return None  # the Policy page reports why; rule details are optional here
 
 
+def _claimed(row: Mapping[str, Any]) -> str:
+    """Why a decision is only claimed, from the row's ``source`` (docs/DATA.md)."""
+    sender, _, holder = str(row.get("source") or "").partition(sc.SOURCE_SESSION_OF)
+    if holder:
+        who = sender.removeprefix(sc.SOURCE_AGENT_PREFIX)
+        return f"claimed (sent by agent {ui.code(who)} into {ui.code(holder)}'s session)"
+    return "claimed (unverified sender)"
+
+
 def _action_detail(
     row: Mapping[str, Any], outcome: str, approvals: pl.DataFrame, policy: Policy | None
 ) -> None:
@@ -311,7 +322,7 @@ def _action_detail(
         cols[3].markdown(
             "Enforced\n\n"
             + (
-                "claimed (unverified sender)"
+                _claimed(row)
                 if row.get("verified") is False
                 else "at call time"
                 if enforced

@@ -92,6 +92,8 @@ _HASH_BYTES: Final = 32
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 # An e-mail an OpenID provider vouches for (dashboard sign-in): local@domain, no spaces.
 _EMAIL_RE: Final = re.compile(r"[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253})")
+# Session keys per `IN (...)` query: well under SQLite's bound-parameter limit.
+_IN_CHUNK: Final = 500
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS principals (
@@ -517,6 +519,33 @@ class AccessStore:
                 "SELECT agent FROM session_owners WHERE session_id = ?", (session_id,)
             ).fetchone()
         return row is not None and row[0] == agent
+
+    def session_owners(self, keys: Sequence[str]) -> dict[str, str]:
+        """The agent holding each of ``keys`` (session keys) that one holds: one read for a
+        whole batch of spans (the collector's landing, :mod:`tooltrail.collector.owners`)."""
+        found: dict[str, str] = {}
+        unique = list(dict.fromkeys(keys))
+        for at in range(0, len(unique), _IN_CHUNK):
+            part = unique[at : at + _IN_CHUNK]
+            marks = ",".join("?" * len(part))
+            rows = self._rows(
+                f"SELECT session_id, agent FROM session_owners WHERE session_id IN ({marks})",  # noqa: S608 - placeholders only
+                part,
+            )
+            found.update((str(r[0]), str(r[1])) for r in rows)
+        return found
+
+    def claim_sessions(self, claims: Sequence[tuple[str, str]]) -> dict[str, str]:
+        """Bind each ``(session key, agent)`` unless the session is held already (the
+        first claim of a key wins, in order); the holder of every key claimed, after."""
+        now = time.time()
+        with self._tx() as con:
+            con.executemany(
+                "INSERT INTO session_owners (session_id, agent, claimed_at) VALUES (?,?,?)"
+                " ON CONFLICT (session_id) DO NOTHING",
+                [(key, agent, now) for key, agent in claims],
+            )
+        return self.session_owners([key for key, _ in claims])
 
     # -- e-mails of people who sign in to the dashboard through an OpenID provider --------
 

@@ -121,6 +121,9 @@ SOURCE_EXPORTER: Final = "exporter"
 SOURCE_INGEST: Final = "ingest"
 SOURCE_OTLP: Final = "otlp"
 SOURCE_AGENT_PREFIX: Final = "agent:"
+# ``agent:<sender>/session-of:<holder>``: sent with <sender>'s credential into a session
+# <holder> holds (its decisions land claimed). Names never hold a '/'.
+SOURCE_SESSION_OF: Final = "/session-of:"
 
 TRIGGERS: Final = ("manual", "api", "schedule", "event", "agent")
 
