@@ -323,9 +323,10 @@ def emails_cli(data: Path | None, fmt: str) -> None:
 @data_option
 def login_cli(data: Path | None) -> None:
     """Check a credential against a data directory and keep it for the commands that act
-    (approve, deny, pause, resume, cancel, users): read from standard input, or prompted
-    for without echo. Kept owner-only (0600) in $TOOLTRAIL_CONFIG_DIR (default
-    ~/.config/tooltrail/credentials.json); $TOOLTRAIL_TOKEN, when set, wins over it.
+    (approve, deny, pause, resume, cancel, complete, delete, retention, users, agents,
+    webhooks): read from standard input, or prompted for without echo. Kept owner-only
+    (0600) in credentials.json in $TOOLTRAIL_CONFIG_DIR (else $XDG_CONFIG_HOME/tooltrail,
+    else ~/.config/tooltrail); $TOOLTRAIL_TOKEN, when set, wins over it.
 
     Example:
 
