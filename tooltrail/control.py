@@ -44,12 +44,19 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 from tooltrail import config, ledger
-from tooltrail.access import approver_allowed
-from tooltrail.errors import BadInputError, NotAuthenticatedError, StoreError, TamperedError
+from tooltrail.access import Action, approver_allowed
+from tooltrail.errors import (
+    AccessDeniedError,
+    BadInputError,
+    NotAuthenticatedError,
+    StoreError,
+    TamperedError,
+)
 from tooltrail.redact import Redactor, scrub_stable
 from tooltrail.signing import (
     CONTROL_V1,
     DECISION_V1,
+    RELAY_ROLE,
     REQUEST_V1,
     SYSTEM_V1,
     Signer,
@@ -851,21 +858,38 @@ class ControlStore:
             self._trust, self._trust_stamp = loaded, stamp
         return self._trust
 
-    def _signed_by(self, by: str, signer: Signer | None, what: str) -> str | None:
-        """The decider's role when the trust root requires signatures (then ``signer`` must
-        be ``by``'s); None in single-user mode."""
+    def _signed_by(
+        self, by: str, signer: Signer | None, what: str, role: str | None, action: Action
+    ) -> tuple[str | None, str | None]:
+        """The decider's role and the relay vouching for them (None: signed by the decider's
+        own key) when the trust root requires signatures (then ``signer`` must be ``by``'s,
+        or a relay vouching for ``by`` as ``role``, as ``ledger.relay_problem`` allows);
+        ``(None, None)`` in single-user mode."""
         trust = self.trust()
         if not trust.required:
-            return None
+            return None, None
         if signer is None:
             raise NotAuthenticatedError(
                 f"access control is on for {self.root}: {what} takes effect only signed by"
                 " a decider's key (give the decider's credential: TOOLTRAIL_TOKEN or"
                 " `tooltrail login`)"
             )
-        if signer.principal != by:
-            raise BadInputError(f"{by!r} cannot decide with {signer.principal!r}'s key")
-        return signer.role
+        if signer.role != RELAY_ROLE:
+            if signer.principal != by:
+                raise BadInputError(f"{by!r} cannot decide with {signer.principal!r}'s key")
+            return signer.role, None
+        # Checked now as the verifier will (fail early, write nothing that cannot verify).
+        key = trust.keys.get(signer.key_id)
+        if key is None or key.revoked_at is not None:
+            raise NotAuthenticatedError(
+                f"relay {signer.principal!r}'s key {signer.key_id} is not current in the"
+                f" trust root ({trust.source}): {what} cannot be signed with it"
+            )
+        doc = {"decider": by, "role": role, "at": time.time(), "relay": signer.principal}
+        problem = ledger.relay_problem(trust, signer.principal, doc, action)
+        if problem is not None:
+            raise AccessDeniedError(f"{what} refused: {problem}")
+        return role, signer.principal
 
     def _text(self, value: str | None) -> str | None:
         """Free text as stored: credential shapes scrubbed (``$TOOLTRAIL_REDACT``)."""
@@ -968,7 +992,7 @@ class ControlStore:
             raise BadInputError(f"outcome must be approved or denied, not {outcome!r}")
         if not by or not by.strip():
             raise BadInputError("a decision needs the name of who decides (--by)")
-        signed_role = self._signed_by(by, signer, "a decision")
+        signed_role, relay = self._signed_by(by, signer, "a decision", role, "decide")
         if signed_role is not None:
             role = signed_role
         refusal: AlreadyDecidedError | None = None
@@ -1015,6 +1039,8 @@ class ControlStore:
                     "policy_version": current.policy_version,
                     "request": request_digest(current),
                 }
+                if relay is not None:  # who vouched for an OpenID decider
+                    payload["relay"] = relay
                 ledger.append(con, "decision", approval_id, payload, signer)
         if refusal is not None:
             raise refusal
@@ -1233,6 +1259,7 @@ class ControlStore:
         reason: str | None = None,
         *,
         signer: Signer | None = None,
+        role: str | None = None,
     ) -> SessionControl:
         """pause / resume / cancel a session; each change is recorded with who and when.
 
@@ -1240,6 +1267,7 @@ class ControlStore:
         reason "session canceled"), so calls held for approval are released at once
         instead of waiting for a decision that can no longer let them run. ``signer`` as
         for ``decide``: each change is a signed ledger entry when access control is on.
+        ``role``: the role a relay signer vouches ``by`` holds (else the key's role).
         """
         if not by or not by.strip():
             raise BadInputError("a session-control change needs who makes it (--by)")
@@ -1248,7 +1276,8 @@ class ControlStore:
             raise BadInputError(f"unknown session action {action!r}")
         session_id = session_key(session_id)
         by_text, reason = self._text(by) or "", self._text(reason)
-        role = self._signed_by(by, signer, f"a session {action}")
+        role, relay = self._signed_by(by, signer, f"a session {action}", role, "control")
+        vouched = {} if relay is None else {"relay": relay}
         with self._tx() as con:
             # The clock is read under the write lock (as in decide): a request whose deadline
             # passed while this waited for the lock expired, and cancel must not relabel it.
@@ -1289,6 +1318,7 @@ class ControlStore:
                 "role": role,
                 "at": now,
                 "reason": reason,
+                **vouched,
             }
             ledger.append(con, "control", session_id, payload, signer)
             if action == "cancel":
@@ -1311,6 +1341,7 @@ class ControlStore:
                         "at": now,
                         "reason": why,
                         "cause": "session canceled",
+                        **vouched,
                     }
                     ledger.append(con, "decision", approval_id, payload, signer)
         return self.session_control(session_id)
