@@ -332,3 +332,78 @@ def test_an_access_store_from_before_relays_is_upgraded_in_place(tmp_path: Path)
     code, out, _ = invoke(root, "users", "list", "--format", "json", token=admin)
     assert {p["name"] for p in json.loads(out)} == {"admin", "dashboard"}
     assert [(g.email, g.role) for g in load_trust_root(root).grants] == [(CAROL, "approver")]
+
+
+# -- whoever releases the held call (the broker in the agent's process) ------------------------
+
+RELAY_POLICY = """
+version: 1
+default: ALLOW
+rules:
+  - id: deploys-need-carol
+    when: {tool: deploy}
+    decision: REQUIRE_APPROVAL
+    approval: {timeout: 30s, on_timeout: DENY, approvers: ["carol@example.com"]}
+"""
+
+
+def _forge(root: Path, approval_id: str, signer: Signer, role: str) -> None:
+    """What a holder of the relay's key (not the dashboard) writes: a decision for carol
+    claiming ``role``, signed, chained, and the row marked approved."""
+    from tooltrail.control import request_digest
+
+    with ControlStore(root) as store:
+        record = store.get(approval_id)
+    con = sqlite3.connect(root / "control.sqlite", isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")
+    at = time.time()
+    payload = {
+        "v": "tooltrail-decision/v1",
+        "approval_id": approval_id,
+        "outcome": "approved",
+        "decider": CAROL,
+        "role": role,
+        "at": at,
+        "reason": None,
+        "arguments_hash": record.arguments_hash,
+        "policy_version": record.policy_version,
+        "request": request_digest(record),
+        "relay": signer.principal,
+    }
+    ledger.append(con, "decision", approval_id, payload, signer)
+    con.execute(
+        "UPDATE approvals SET status = 'approved', decided_by = ?, decided_at = ?"
+        " WHERE approval_id = ?",
+        (CAROL, at, approval_id),
+    )
+    con.execute("COMMIT")
+    con.close()
+
+
+def test_the_broker_releases_a_relay_signed_approval_and_nothing_the_relay_may_not_vouch_for(
+    data: Path, template: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from git_support import clean_env
+    from test_signed_decisions import Agent
+
+    trust = tmp_path / "trust" / "trust-root.json"
+    code, _, err = invoke(data, "users", "export-keys", str(trust), token=template["admin"])
+    assert code == 0, err
+    monkeypatch.setenv("TOOLTRAIL_TRUST_ROOT", str(trust))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(RELAY_POLICY)
+    agent = Agent(data, policy, "sess-1", clean_env(TOOLTRAIL_TRUST_ROOT=str(trust)))
+    try:
+        signer = relay_signer(data, template["relay"])
+        first = agent.held(data, "c1", "prod")
+        with ControlStore(data) as store:
+            store.decide(first, "approved", CAROL, None, role="approver", signer=signer)
+        assert agent.result("c1") == {"id": "c1", "ran": True, "reason": None}
+        # The relay's key, used outside the dashboard to claim a role carol was not
+        # given: the approval does not verify and the call is not released.
+        second = agent.held(data, "c2", "prod")
+        _forge(data, second, signer, "admin")
+        result = agent.result("c2")
+        assert result["ran"] is False and "was not mapped to role 'admin'" in result["reason"]
+    finally:
+        agent.close()
