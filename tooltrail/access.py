@@ -118,8 +118,20 @@ CREATE TABLE IF NOT EXISTS principals (
     disabled_at     REAL
 );
 """
+# Every role an e-mail held and when (email_roles is the current one): what a relay's
+# signature for that e-mail is verified against, also for decisions made before a change.
+_GRANTS: Final = """
+CREATE TABLE IF NOT EXISTS email_grants (
+    grant_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    email       TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    granted_at  REAL NOT NULL,
+    revoked_at  REAL
+);
+"""
 _SCHEMA: Final = (
     _PRINCIPALS
+    + _GRANTS
     + """
 CREATE TABLE IF NOT EXISTS session_owners (
     session_id  TEXT PRIMARY KEY,
@@ -131,15 +143,6 @@ CREATE TABLE IF NOT EXISTS email_roles (
     role        TEXT NOT NULL CHECK (role IN ('viewer', 'approver', 'operator', 'admin')),
     created_at  REAL NOT NULL,
     created_by  TEXT
-);
--- Every role an e-mail held and when (email_roles is the current one): what a relay's
--- signature for that e-mail is verified against, also for decisions made before a change.
-CREATE TABLE IF NOT EXISTS email_grants (
-    grant_id    INTEGER PRIMARY KEY AUTOINCREMENT,
-    email       TEXT NOT NULL,
-    role        TEXT NOT NULL,
-    granted_at  REAL NOT NULL,
-    revoked_at  REAL
 );
 -- Deciders' Ed25519 keys (tooltrail.signing): the private half sealed under the user's
 -- credential, so only whoever presents that credential can sign with it.
@@ -385,11 +388,10 @@ class AccessStore:
         self._con.row_factory = sqlite3.Row
         try:
             names = {r[0] for r in self._con.execute("SELECT name FROM sqlite_master")}
+            if "principals" in names:  # made by an earlier version: bring it up to date
+                _upgrade(self._con, names)
             if not names >= _TABLES:
                 self._con.executescript(_SCHEMA)
-                if "email_grants" not in names:
-                    _backfill_grants(self._con)
-            _allow_relays(self._con)
         except sqlite3.Error as e:
             self._con.close()
             raise StoreError(f"cannot open the access store {self.path}: {e}") from e
@@ -635,6 +637,8 @@ class AccessStore:
 
     def email_grants(self) -> list[EmailGrant]:
         """Every role every e-mail held, and when (the trust root carries them)."""
+        if not self._rows("SELECT 1 FROM sqlite_master WHERE name = 'email_grants'"):
+            return []  # an old store this process could not upgrade (read-only): none
         rows = self._rows(
             "SELECT email, role, granted_at, revoked_at FROM email_grants ORDER BY grant_id"
         )
@@ -724,29 +728,35 @@ def _end_grant(con: sqlite3.Connection, email: str, now: float) -> None:
     )
 
 
-def _backfill_grants(con: sqlite3.Connection) -> None:
-    """A store from before grants: each mapped e-mail's role held since it was mapped."""
-    with con:
-        con.execute(
-            "INSERT INTO email_grants (email, role, granted_at)"
-            " SELECT email, role, created_at FROM email_roles"
-        )
-
-
-def _allow_relays(con: sqlite3.Connection) -> None:
-    """A store from before relays: ``principals``' CHECKs refuse kind and role ``relay``.
-    SQLite cannot alter a CHECK, so the table is rebuilt (one transaction; rows kept)."""
-    row = con.execute("SELECT sql FROM sqlite_master WHERE name = 'principals'").fetchone()
-    if row is None or "'relay'" in str(row[0]):
+def _upgrade(con: sqlite3.Connection, names: set[str]) -> None:
+    """A store from before relays: ``principals``' CHECKs refuse kind and role ``relay``
+    (SQLite cannot alter a CHECK: the table is rebuilt, rows kept), and there are no
+    ``email_grants`` (each mapped e-mail's role is held since it was mapped). One write
+    transaction, checked again under its lock (another process may have done it). A
+    reader that cannot write leaves it as it is: relays cannot exist there yet."""
+    ddl = con.execute("SELECT sql FROM sqlite_master WHERE name = 'principals'").fetchone()
+    if "email_grants" in names and "'relay'" in str(ddl[0]):
         return
-    con.execute("BEGIN IMMEDIATE")
     try:
-        row = con.execute("SELECT sql FROM sqlite_master WHERE name = 'principals'").fetchone()
-        if "'relay'" not in str(row[0]):  # another process may have done it meanwhile
+        con.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        if "readonly" in str(e) or "read-only" in str(e):
+            return
+        raise
+    try:
+        ddl = con.execute("SELECT sql FROM sqlite_master WHERE name = 'principals'").fetchone()
+        if "'relay'" not in str(ddl[0]):
             con.execute("ALTER TABLE principals RENAME TO principals_before_relays")
             con.execute(_PRINCIPALS)
             con.execute("INSERT INTO principals SELECT * FROM principals_before_relays")
             con.execute("DROP TABLE principals_before_relays")
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'email_grants'").fetchone():
+            con.execute(_GRANTS)
+            if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'email_roles'").fetchone():
+                con.execute(
+                    "INSERT INTO email_grants (email, role, granted_at)"
+                    " SELECT email, role, created_at FROM email_roles"
+                )
     except BaseException:
         con.execute("ROLLBACK")
         raise
