@@ -55,6 +55,7 @@ def test_without_a_relay_an_openid_approver_is_told_what_to_configure(
     monkeypatch.delenv("TOOLTRAIL_OIDC_SIGNER", raising=False)
     at = _as_carol(app_test(seeded.root, seeded.policy_path, monkeypatch))
     assert any("Signed in as **carol@example\\.com**" in m.value for m in at.sidebar.markdown)
+    assert "Cannot decide: no relay signer" in " ".join(c.value for c in at.sidebar.caption)
     at.button(key=f"overview-approve-{PENDING_ANYONE}").click().run()
     (said,) = [t for t in texts(at.toast) if PENDING_ANYONE in t]
     assert "cannot sign decisions" in said
@@ -74,6 +75,7 @@ def test_with_the_relay_a_mapped_approver_decides_as_their_email_and_it_verifies
     else:
         monkeypatch.setenv("TOOLTRAIL_OIDC_SIGNER", creds["relay"])
     _as_carol(at)
+    assert "vouched for by relay dashboard" in " ".join(c.value for c in at.sidebar.caption)
     # The seeded history holds unsigned decisions from before access control: compare.
     broken_before = verify_control(seeded.root)
     # PENDING_MANAGERS' rule lists dana and lee only: carol's buttons stay disabled.
