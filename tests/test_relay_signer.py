@@ -347,7 +347,9 @@ rules:
 """
 
 
-def _forge(root: Path, approval_id: str, signer: Signer, role: str) -> None:
+def _forge(
+    root: Path, approval_id: str, signer: Signer, role: str, at: float | None = None
+) -> None:
     """What a holder of the relay's key (not the dashboard) writes: a decision for carol
     claiming ``role``, signed, chained, and the row marked approved."""
     from tooltrail.control import request_digest
@@ -356,7 +358,7 @@ def _forge(root: Path, approval_id: str, signer: Signer, role: str) -> None:
         record = store.get(approval_id)
     con = sqlite3.connect(root / "control.sqlite", isolation_level=None)
     con.execute("BEGIN IMMEDIATE")
-    at = time.time()
+    at = time.time() if at is None else at
     payload = {
         "v": "tooltrail-decision/v1",
         "approval_id": approval_id,
@@ -405,5 +407,12 @@ def test_the_broker_releases_a_relay_signed_approval_and_nothing_the_relay_may_n
         _forge(data, second, signer, "admin")
         result = agent.result("c2")
         assert result["ran"] is False and "was not mapped to role 'admin'" in result["reason"]
+        # Nor dated back, into carol's grant or before a revocation, for a newer request.
+        third = agent.held(data, "c3", "prod")
+        with ControlStore(data) as store:
+            filed_at = store.get(third).requested_at
+        _forge(data, third, signer, "approver", at=filed_at - 1)
+        result = agent.result("c3")
+        assert result["ran"] is False and "dated before the request" in result["reason"]
     finally:
         agent.close()
