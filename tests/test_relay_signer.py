@@ -416,3 +416,58 @@ def test_the_broker_releases_a_relay_signed_approval_and_nothing_the_relay_may_n
         assert result["ran"] is False and "dated before the request" in result["reason"]
     finally:
         agent.close()
+
+
+def test_a_resume_dated_back_before_a_revocation_does_not_release_the_session(
+    data: Path, template: dict[str, str]
+) -> None:
+    """The relay's key, still held after it was disabled, signs a resume dated back to
+    before the revocation (when otto, an operator e-mail, held his role) after an admin
+    paused the session: consistent rows and all, the session stays paused."""
+    from tooltrail.errors import TamperedError
+
+    code, _, err = invoke(
+        data, "users", "map-email", "otto@example.com", "--role", "operator",
+        token=template["admin"],
+    )  # fmt: skip
+    assert code == 0, err
+    held = relay_signer(data, template["relay"])
+    time.sleep(0.05)
+    code, _, err = invoke(data, "users", "disable", "dashboard", token=template["admin"])
+    assert code == 0, err
+    revoked_at = time.time()
+    time.sleep(0.05)
+    admin = decider_signer(data, template["admin"])
+    with ControlStore(data) as store:
+        store.set_session_state("s-9", "pause", "admin", "incident", signer=admin)
+    con = sqlite3.connect(data / "control.sqlite", isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")
+    at = revoked_at - 0.04  # after otto's grant, before the relay's revocation
+    payload = {
+        "v": "tooltrail-control/v1",
+        "session_id": "s-9",
+        "action": "resume",
+        "decider": "otto@example.com",
+        "role": "operator",
+        "at": at,
+        "reason": None,
+        "relay": "dashboard",
+    }
+    entry = ledger.append(con, "control", "s-9", payload, held)
+    con.execute(
+        "UPDATE session_controls SET state = 'running', changed_by = ?, changed_at = ?,"
+        " reason = NULL WHERE session_id = 's-9'",
+        ("otto@example.com", at),
+    )
+    con.execute(
+        "INSERT INTO control_events (session_id, action, actor, at, reason)"
+        " VALUES ('s-9', 'resume', 'otto@example.com', ?, NULL)",
+        (at,),
+    )
+    con.execute("COMMIT")
+    con.close()
+    # The signature alone verifies (dated before the revocation): the order does not.
+    assert ledger.verify_signed(entry, load_trust_root(data)) is None
+    with ControlStore(data) as store, pytest.raises(TamperedError, match="dated before"):
+        store.session_state("s-9")
+    assert "s-9" in {b.ref for b in verify_control(data)}

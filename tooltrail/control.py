@@ -633,6 +633,7 @@ def _derived_state(con: sqlite3.Connection, session_id: str, trust: TrustRoot) -
         states = adopted[0].payload().get("adopted")
         if isinstance(states, dict) and isinstance(states.get(session_id), str):
             state = str(states[session_id])
+    last_at: float | None = None
     for entry in ledger.entries_for(con, session_id):
         if entry.kind != "control":
             continue
@@ -641,6 +642,14 @@ def _derived_state(con: sqlite3.Connection, session_id: str, trust: TrustRoot) -
         if action not in _STATE_OF or doc.get("session_id") != session_id:
             raise TamperedError(f"ledger entry {entry.seq} of session {session_id} was edited")
         problem = ledger.verify_signed(entry, trust)
+        at = doc.get("at")
+        if problem is None and last_at is not None and trust.required:
+            # Entries are written in time order: a resume dated before the entry it follows
+            # was dated back, into a time its key was unrevoked (or an e-mail's grant held).
+            if not isinstance(at, int | float) or at < last_at:
+                problem = "it is dated before the control entry it follows"
+        if isinstance(at, int | float) and not isinstance(at, bool):
+            last_at = float(at) if last_at is None else max(last_at, float(at))
         if action == "resume" and problem is not None:
             raise TamperedError(
                 f"the resume of session {session_id} (ledger entry {entry.seq}) does not"
