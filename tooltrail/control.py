@@ -643,11 +643,11 @@ def _derived_state(con: sqlite3.Connection, session_id: str, trust: TrustRoot) -
             raise TamperedError(f"ledger entry {entry.seq} of session {session_id} was edited")
         problem = ledger.verify_signed(entry, trust)
         at = doc.get("at")
-        if problem is None and last_at is not None and trust.required:
-            # Entries are written in time order: a resume dated before the entry it follows
-            # was dated back, into a time its key was unrevoked (or an e-mail's grant held).
-            if not isinstance(at, int | float) or at < last_at:
-                problem = "it is dated before the control entry it follows"
+        # Entries are written in time order: a resume dated before the entry it follows was
+        # dated back, into a time its key was unrevoked (or an e-mail's grant held).
+        dated_back = last_at is not None and (not isinstance(at, int | float) or at < last_at)
+        if problem is None and trust.required and dated_back:
+            problem = "it is dated before the control entry it follows"
         if isinstance(at, int | float) and not isinstance(at, bool):
             last_at = float(at) if last_at is None else max(last_at, float(at))
         if action == "resume" and problem is not None:
