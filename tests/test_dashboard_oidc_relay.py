@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 from access_support import credential_of, invoke, people
-from dashboard_support import PENDING_ANYONE, PENDING_MANAGERS, Seeded, app_test, seed, texts
+from dashboard_support import (
+    PENDING_ANYONE,
+    PENDING_MANAGERS,
+    TRIAGE,
+    Seeded,
+    app_test,
+    goto,
+    seed,
+    texts,
+)
 
 from tooltrail.control import ControlStore, verify_control
 
@@ -110,3 +119,27 @@ def test_a_disabled_relay_signs_nothing_more(
     (said,) = [t for t in texts(at.toast) if PENDING_ANYONE in t]
     assert "relay 'dashboard' is disabled" in said
     assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
+
+
+def test_an_openid_operator_pauses_a_session_and_history_says_who_vouched(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = _setup(seeded)
+    code, _, err = invoke(
+        seeded.root, "users", "map-email", "otto@example.com", "--role", "operator",
+        token=creds["admin"],
+    )  # fmt: skip
+    assert code == 0, err
+    monkeypatch.setenv("TOOLTRAIL_OIDC_SIGNER", creds["relay"])
+    at = app_test(seeded.root, seeded.policy_path, monkeypatch)
+    at.user = {"is_logged_in": True, "email": "otto@example.com", "email_verified": True}
+    at.run()
+    goto(at, "session", session=TRIAGE)
+    at.button(key=f"session-{TRIAGE}-pause").click().run()
+    with ControlStore(seeded.root) as store:
+        assert store.session_state(TRIAGE) == "paused"
+        (event,) = store.control_history(TRIAGE)
+    assert (event.actor, event.role, event.relay) == ("otto@example.com", "operator", "dashboard")
+    goto(at, "session", session=TRIAGE)
+    shown = " ".join(m.value for m in at.markdown)
+    assert "operator, via OpenID, vouched by dashboard" in shown

@@ -367,6 +367,9 @@ class ControlEvent:
     actor: str
     at: float
     reason: str | None
+    # The relay that vouched for ``actor`` (an OpenID sign-in), as its ledger entry says.
+    relay: str | None = None
+    role: str | None = None
 
 
 _RECORD_FIELDS: Final = tuple(f.name for f in dataclasses.fields(ApprovalRecord))
@@ -1363,10 +1366,31 @@ class ControlStore:
                 "SELECT * FROM control_events WHERE session_id = ? ORDER BY at, event_id",
                 (session_key(session_id),),
             )
+        vouched = self._vouched({str(r["session_id"]) for r in rows})
         return [
-            ControlEvent(r["session_id"], r["action"], r["actor"], r["at"], r["reason"])
+            ControlEvent(
+                r["session_id"],
+                r["action"],
+                r["actor"],
+                r["at"],
+                r["reason"],
+                *vouched.get((r["session_id"], r["action"], r["actor"], r["at"]), (None, None)),
+            )
             for r in rows
         ]
+
+    def _vouched(self, sessions: set[str]) -> dict[tuple[Any, ...], tuple[str, str | None]]:
+        """(session, action, decider, at) -> (relay, role) of the relay-signed control
+        entries of ``sessions``: what history shows as "vouched by". Written in the same
+        transaction as the event, with the same values, so they match exactly."""
+        found: dict[tuple[Any, ...], tuple[str, str | None]] = {}
+        for session_id in sessions:
+            for entry in ledger.entries_for(self._con, session_id):
+                doc = entry.payload() if entry.kind == "control" else {}
+                if isinstance(doc.get("relay"), str):
+                    key = (session_id, doc.get("action"), doc.get("decider"), doc.get("at"))
+                    found[key] = (str(doc["relay"]), doc.get("role"))
+        return found
 
     def complete_session(self, session_id: str, by: str, reason: str) -> ControlEvent:
         """Record that an operator marked ``session_id`` complete, with who and why.
