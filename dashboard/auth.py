@@ -16,7 +16,10 @@ the browser out at its next click:
   ``[auth]`` section (Streamlit keeps the identity in its signed cookie). The provider's
   e-mail (refused when the provider says it is not verified) holds the role an admin
   gave it with ``tooltrail users map-email EMAIL --role ROLE``; an unmapped e-mail is not
-  signed in. Decisions are recorded as that e-mail.
+  signed in. Decisions are recorded as that e-mail, signed by the dashboard's *relay*
+  key (``tooltrail users add-relay``; its credential in secrets.toml as ``[tooltrail]
+  oidc_signer``, or ``$TOOLTRAIL_OIDC_SIGNER``), which vouches for the e-mail and its
+  role (docs/SECURITY.md §7). Without a relay, OpenID sign-ins read but cannot decide.
 
 In single-user mode (no users) nothing is checked: the decider is the name typed in the
 sidebar, as the command line's ``--by``, and the decision pages say so.
@@ -26,13 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import streamlit as st
 
-from tooltrail import access
+from tooltrail import access, config
 from tooltrail.dashboard.ui import OPERATOR_KEY  # the typed name, in single-user mode only
 
 Via = Literal["single-user", "local", "oidc"]
@@ -143,6 +147,59 @@ def signer(identity: Identity) -> Any:
 
 # --- OpenID Connect through st.login -------------------------------------------------------
 
+RELAY_SECTION: Final = "tooltrail"
+RELAY_KEY: Final = "oidc_signer"
+NO_RELAY: Final = (
+    "{who} signed in through OpenID, which cannot sign decisions: this dashboard has no"
+    " relay signer. An admin runs `tooltrail users add-relay dashboard` and gives the"
+    " dashboard the credential it prints, in secrets.toml as [tooltrail] oidc_signer ="
+    ' "ttr_..." (or $TOOLTRAIL_OIDC_SIGNER); docs/SECURITY.md §7.'
+)
+
+
+def relay_credential() -> str | None:
+    """The relay credential this dashboard signs OpenID sign-ins' decisions with:
+    ``[tooltrail] oidc_signer`` of secrets.toml (where ``[auth]`` is too), else
+    ``$TOOLTRAIL_OIDC_SIGNER``; None when neither is set."""
+    value: Any = None
+    try:
+        section = st.secrets.get(RELAY_SECTION)
+    except (FileNotFoundError, KeyError):
+        section = None
+    if section is not None and hasattr(section, "get"):
+        value = section.get(RELAY_KEY)
+    if not value:
+        value = os.environ.get(config.ENV_OIDC_SIGNER)
+    return str(value).strip() if value else None
+
+
+def relay_signer(root: Path) -> Any:
+    """The relay's signer (its key unsealed), checked afresh for each decision: a disabled
+    or rotated relay stops signing at once. NotAuthenticatedError without a valid relay."""
+    from tooltrail.errors import NotAuthenticatedError
+    from tooltrail.signing import relay_signer as unseal_relay
+
+    credential = relay_credential()
+    if credential is None:
+        raise NotAuthenticatedError(NO_RELAY.format(who="this browser"))
+    return unseal_relay(root, credential)
+
+
+def relay_name(root: Path) -> str | None:
+    """The configured relay's name (one indexed read, no hashing), for what the pages say."""
+    credential = relay_credential()
+    if credential is None:
+        return None
+    from tooltrail.errors import TooltrailError
+
+    try:
+        kind, key_id = access.parse_credential(credential)
+        with access.AccessStore(root) as store:
+            found = store.row_by_key(key_id)
+    except TooltrailError:
+        return None
+    return found[0].name if kind == "relay" and found is not None else None
+
 
 def oidc_providers() -> list[str | None]:
     """The providers of ``[auth]`` in secrets.toml: ``[None]`` for one unnamed provider
@@ -218,11 +275,15 @@ __all__ = [
     "BAD_SIGN_IN",
     "CREDENTIAL_KEY",
     "NAME_KEY",
+    "NO_RELAY",
     "Identity",
     "current",
     "oidc_email",
     "oidc_providers",
     "problem",
+    "relay_credential",
+    "relay_name",
+    "relay_signer",
     "required",
     "sign_in",
     "sign_out",

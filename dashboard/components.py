@@ -103,7 +103,7 @@ def _apply_each(
         else:
             done.append(item)
     if done:
-        ui.flash(f"{past} {', '.join(done)} as {who.name}")
+        ui.flash(f"{past} {', '.join(done)} as {data.acting_label(Path(root), who)}")
 
 
 def decide_callback(root: str, ids: Sequence[str], outcome: data.Outcome, reason_key: str) -> None:

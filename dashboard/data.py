@@ -453,6 +453,7 @@ def _acting(root: Path, who: Identity, action: Action) -> tuple[str, str | None]
     name typed in single-user mode acts with no role (names and ``*`` only), as the
     command line's ``--by`` does. Refusals raise AccessDeniedError and change nothing."""
     from tooltrail import access
+    from tooltrail.dashboard import auth
     from tooltrail.errors import AccessDeniedError
 
     if access.enabled(root):
@@ -462,13 +463,10 @@ def _acting(root: Path, who: Identity, action: Action) -> tuple[str, str | None]
             )
         if not who.may(action):
             raise AccessDeniedError(f"{who.label} may not {access.ACTION_WORDS[action]}")
-        if who.via == "oidc":
-            # A decision takes effect only signed by a decider's key, which an OpenID
-            # sign-in does not unlock (the key is sealed under a tooltrail credential).
-            raise AccessDeniedError(
-                f"{who.name} signed in through OpenID, which cannot sign decisions yet:"
-                " sign in with your tooltrail credential to decide (docs/SECURITY.md §7)"
-            )
+        if who.via == "oidc" and auth.relay_credential() is None:
+            # A decision takes effect only signed, and an OpenID sign-in unlocks no key of
+            # its own: only the dashboard's relay key can vouch for it (SECURITY.md §7).
+            raise AccessDeniedError(auth.NO_RELAY.format(who=who.name))
         return who.name, who.role
     return who.name, None
 
@@ -485,11 +483,25 @@ def trust_notice(root: Path) -> str | None:
         return f"the trust root cannot be read ({e}): every decision is refused"
 
 
-def _signer(who: Identity) -> Any:
-    """The signed-in decider's signer (None in single-user mode and for OpenID sign-ins)."""
+def _signer(root: Path, who: Identity) -> Any:
+    """The signed-in decider's signer: their own key (local accounts), the relay's key
+    vouching for them (OpenID sign-ins); None in single-user mode."""
     from tooltrail.dashboard import auth
 
-    return auth.signer(who) if who.role is not None else None
+    if who.role is None:
+        return None
+    return auth.relay_signer(root) if who.via == "oidc" else auth.signer(who)
+
+
+def acting_label(root: Path, who: Identity) -> str:
+    """Who a write is recorded as, as the pages say it: an OpenID sign-in with its role
+    and the relay that vouches for it ("carol@example.com (approver, via OpenID, vouched
+    by dashboard)")."""
+    from tooltrail.dashboard import auth
+
+    if who.via != "oidc":
+        return who.name
+    return f"{who.name} ({who.role}, via OpenID, vouched by {auth.relay_name(root)})"
 
 
 def decide(
@@ -501,7 +513,7 @@ def decide(
     try:
         with ControlStore(root) as store:
             return store.decide(
-                approval_id, outcome, name, reason or None, role=role, signer=_signer(who)
+                approval_id, outcome, name, reason or None, role=role, signer=_signer(root, who)
             )
     finally:
         invalidate()
@@ -512,11 +524,11 @@ def control_session(
 ) -> SessionControl:
     """Pause, resume or cancel a session as ``who`` (invalid transitions raise the
     store's errors)."""
-    name, _ = _acting(root, who, "control")
+    name, role = _acting(root, who, "control")
     try:
         with ControlStore(root) as store:
             return store.set_session_state(
-                session_id, action, name, reason or None, signer=_signer(who)
+                session_id, action, name, reason or None, signer=_signer(root, who), role=role
             )
     finally:
         invalidate()
@@ -586,6 +598,7 @@ __all__ = [
     "Outcome",
     "Reader",
     "SessionAction",
+    "acting_label",
     "active_policy",
     "app_config",
     "control_session",

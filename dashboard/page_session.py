@@ -189,8 +189,13 @@ def _control(ctx: nav.Context, head: Mapping[str, Any]) -> None:
             st.caption("Never paused, resumed or canceled.")
         for event in reversed(history):
             reason = f" — {ui.md(event.reason)}" if event.reason else ""
+            # An OpenID sign-in's change names the relay that signed it (SECURITY.md §7.6).
+            vouched = (
+                f" ({event.role}, via OpenID, vouched by {event.relay})" if event.relay else ""
+            )
             st.markdown(
-                f"**{event.action}** by {ui.md(event.actor)} · {ui.fmt_ts(_utc(event.at))}{reason}"
+                f"**{event.action}** by {ui.md(event.actor + vouched)}"
+                f" · {ui.fmt_ts(_utc(event.at))}{reason}"
             )
 
 

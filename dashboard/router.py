@@ -100,7 +100,7 @@ def _sidebar(ctx: nav.Context, pending: int, who: auth.Identity | None) -> None:
         else:
             st.badge("No pending approvals", icon=":material/check:", color="green")
         if who is not None and who.via != "single-user":
-            signin.signed_in_box(who)
+            signin.signed_in_box(who, ctx.root)
         else:
             st.text_input(
                 "Your name",

@@ -74,11 +74,21 @@ def _submit(root: str) -> None:
     ui.flash(f"Signed in as {who.label}")
 
 
-def signed_in_box(who: auth.Identity) -> None:
-    """Who is signed in, how, and Sign out."""
+def signed_in_box(who: auth.Identity, root: Path) -> None:
+    """Who is signed in, how, and Sign out; for an OpenID sign-in that may decide, which
+    relay vouches for its decisions, or that none is configured."""
     via = "OpenID" if who.via == "oidc" else "local account"
     st.markdown(f"Signed in as **{ui.md(who.name)}**")
     st.caption(f"Role: {who.role} · {via}")
+    if who.via == "oidc" and who.may("decide"):
+        relay = auth.relay_name(root)
+        if relay is not None:
+            st.caption(f"Decisions vouched for by relay {ui.md(relay)}")
+        else:
+            st.caption(
+                "Cannot decide: no relay signer (`tooltrail users add-relay`, then"
+                " `[tooltrail] oidc_signer` in secrets.toml)"
+            )
     if st.button("Sign out", key="signout", icon=":material/logout:"):
         auth.sign_out(who)
         st.rerun()

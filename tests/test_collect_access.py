@@ -281,3 +281,25 @@ def test_off_loopback_needs_a_token_or_access_control(tmp_path: Path) -> None:
         CollectorConfig(data, host="0.0.0.0").check()  # checked, never bound
     add(data, "user", "root", "admin", None)
     CollectorConfig(data, host="0.0.0.0").check()  # checked, never bound
+
+
+def test_a_relay_credential_opens_no_http_route(
+    col: CollectorProcess, creds: dict[str, str]
+) -> None:
+    """The dashboard's relay (``users add-relay``) signs OpenID sign-ins' decisions in the
+    dashboard only: over HTTP its credential is nobody's (401 everywhere), nothing changes."""
+    code, out, err = invoke(col.data_dir, "users", "add-relay", "http-relay", token=creds["admin"])
+    assert code == 0, err
+    relay = credential_of(out)
+    _, filed = _file(col, creds["bot-a"], "sess-relay")
+    apr = filed["approval_id"]
+    assert _decide(col, apr, relay) == 401
+    assert (
+        _call(col, "POST", "/v1/sessions/sess-relay/control", relay, {"action": "pause"})[0] == 401
+    )
+    assert _call(col, "GET", "/v1/approvals", relay)[0] == 401
+    assert _call(col, "GET", "/v1/sessions/sess-relay/control", relay)[0] == 401
+    assert _file(col, relay, "sess-relay")[0] == 401
+    extra = {"Authorization": f"Bearer {relay}"}
+    assert post_traces(col.url, _span_body(), "application/json", extra)[0] == 401
+    assert _status(col, apr) == ("pending", None)

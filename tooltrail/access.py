@@ -2,11 +2,14 @@
 
 Access control is on for a data directory as soon as one user exists; before that the
 directory is in *single-user mode* (every decision surface says so). A principal is a
-user (a person: ``viewer``, ``approver``, ``operator`` or ``admin``) or an agent (its
-own fixed role, ``agent``). Each holds one credential:
+user (a person: ``viewer``, ``approver``, ``operator`` or ``admin``), an agent (its
+own fixed role, ``agent``) or a relay (role ``relay``: the dashboard's signer for OpenID
+sign-ins, whose credential authenticates to nothing and only unseals its key). Each holds
+one credential:
 
     ttu_<key id: 16 hex>_<secret: 43 url-safe base64>     users
     tta_<key id: 16 hex>_<secret: 43 url-safe base64>     agents
+    ttr_<key id: 16 hex>_<secret: 43 url-safe base64>     relays
 
 The prefix makes a credential recognisable in logs and scrubbable (tooltrail's secret
 rules carry it: ``tooltrail_credential``); the key id finds the row, and the whole
@@ -50,10 +53,17 @@ from typing import Any, Final, Literal
 from tooltrail import config
 from tooltrail._files import write_json_atomically
 from tooltrail.errors import AccessDeniedError, BadInputError, NotAuthenticatedError, StoreError
-from tooltrail.signing import DECIDER_ROLES, DeciderKey, new_decider_key, sync_trust_file
+from tooltrail.signing import (
+    DECIDER_ROLES,
+    RELAY_ROLE,
+    DeciderKey,
+    EmailGrant,
+    new_decider_key,
+    sync_trust_file,
+)
 
-Kind = Literal["user", "agent"]
-KINDS: Final = ("user", "agent")
+Kind = Literal["user", "agent", "relay"]
+KINDS: Final = ("user", "agent", "relay")
 # Ordered: each role may do what the roles before it may.
 ROLES: Final = ("viewer", "approver", "operator", "admin")
 AGENT_ROLE: Final = "agent"
@@ -74,12 +84,12 @@ ACTION_WORDS: Final = {
     "admin": "manage users and agents",
 }
 
-PREFIXES: Final[dict[str, str]] = {"user": "ttu_", "agent": "tta_"}
+PREFIXES: Final[dict[str, str]] = {"user": "ttu_", "agent": "tta_", "relay": "ttr_"}
 _KEY_ID_HEX: Final = 16
 _SECRET_BYTES: Final = 32
 _SECRET_CHARS: Final = 43  # url-safe base64 of 32 bytes, unpadded
 _CREDENTIAL_RE: Final = re.compile(
-    rf"tt[ua]_(?P<key>[0-9a-f]{{{_KEY_ID_HEX}}})_(?P<secret>[A-Za-z0-9_\-]{{{_SECRET_CHARS}}})"
+    rf"tt[uar]_(?P<key>[0-9a-f]{{{_KEY_ID_HEX}}})_(?P<secret>[A-Za-z0-9_\-]{{{_SECRET_CHARS}}})"
 )
 # scrypt (RFC 7914) at the cost OWASP and `cryptography` recommend for interactive use:
 # N=2^14, r=8, p=1 (16 MiB, tens of milliseconds). Kept with each hash, so the cost can be
@@ -95,12 +105,12 @@ _EMAIL_RE: Final = re.compile(r"[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253})
 # Session keys per `IN (...)` query: well under SQLite's bound-parameter limit.
 _IN_CHUNK: Final = 500
 
-_SCHEMA: Final = """
+_PRINCIPALS: Final = """
 CREATE TABLE IF NOT EXISTS principals (
     name            TEXT PRIMARY KEY,
-    kind            TEXT NOT NULL CHECK (kind IN ('user', 'agent')),
+    kind            TEXT NOT NULL CHECK (kind IN ('user', 'agent', 'relay')),
     role            TEXT NOT NULL
-                    CHECK (role IN ('viewer', 'approver', 'operator', 'admin', 'agent')),
+                    CHECK (role IN ('viewer', 'approver', 'operator', 'admin', 'agent', 'relay')),
     disabled        INTEGER NOT NULL DEFAULT 0,
     key_id          TEXT NOT NULL UNIQUE,
     credential_hash TEXT NOT NULL,
@@ -109,6 +119,22 @@ CREATE TABLE IF NOT EXISTS principals (
     rotated_at      REAL,
     disabled_at     REAL
 );
+"""
+# Every role an e-mail held and when (email_roles is the current one): what a relay's
+# signature for that e-mail is verified against, also for decisions made before a change.
+_GRANTS: Final = """
+CREATE TABLE IF NOT EXISTS email_grants (
+    grant_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    email       TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    granted_at  REAL NOT NULL,
+    revoked_at  REAL
+);
+"""
+_SCHEMA: Final = (
+    _PRINCIPALS
+    + _GRANTS
+    + """
 CREATE TABLE IF NOT EXISTS session_owners (
     session_id  TEXT PRIMARY KEY,
     agent       TEXT NOT NULL,
@@ -138,6 +164,10 @@ CREATE TABLE IF NOT EXISTS access_events (
     target      TEXT NOT NULL
 );
 """
+)
+_TABLES: Final = frozenset(
+    {"principals", "session_owners", "access_events", "email_roles", "email_grants", "decider_keys"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +187,13 @@ class Principal:
     def is_agent(self) -> bool:
         return self.kind == "agent"
 
+    @property
+    def is_relay(self) -> bool:
+        return self.kind == "relay"
+
     def may(self, action: Action) -> bool:
-        """Whether this principal's role allows ``action`` (agents: none of them)."""
-        return not self.is_agent and role_at_least(self.role, _ACTION_ROLE[action])
+        """Whether this principal's role allows ``action`` (agents, relays: none of them)."""
+        return self.kind == "user" and role_at_least(self.role, _ACTION_ROLE[action])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,6 +248,17 @@ def check_email(email: str) -> str:
     return value
 
 
+def is_openid_identity(name: str) -> bool:
+    """Whether ``name`` can be an identity a relay vouches for: an e-mail exactly as
+    ``check_email`` stores it (lower-case, trimmed). Local names may hold '@' too; that
+    they are not also mapped e-mails is kept by ``add`` and ``map_email``, and the verifier
+    refuses any name that holds a key."""
+    try:
+        return check_email(name) == name
+    except BadInputError:
+        return False
+
+
 def check_name(name: str, what: str = "name") -> str:
     """A principal's name: letters, digits, ``.``, ``_``, ``@``, ``-`` (at most 64), and
     nothing the secret scrubber would change (it is stored and compared as it is)."""
@@ -243,9 +288,10 @@ def parse_credential(credential: str) -> tuple[str, str]:
     if match is None:
         raise NotAuthenticatedError(
             "the credential is not a tooltrail credential (ttu_... for a user, tta_... for"
-            " an agent)"
+            " an agent, ttr_... for a relay)"
         )
-    kind = "user" if credential.strip().startswith(PREFIXES["user"]) else "agent"
+    prefix = credential.strip()[:4]
+    kind = next(k for k, p in PREFIXES.items() if p == prefix)
     return kind, match["key"]
 
 
@@ -344,16 +390,9 @@ class AccessStore:
         self._con.row_factory = sqlite3.Row
         try:
             names = {r[0] for r in self._con.execute("SELECT name FROM sqlite_master")}
-            if (
-                not {
-                    "principals",
-                    "session_owners",
-                    "access_events",
-                    "email_roles",
-                    "decider_keys",
-                }
-                <= names
-            ):
+            if "principals" in names:  # made by an earlier version: bring it up to date
+                _upgrade(self._con, names)
+            if not names >= _TABLES:
                 self._con.executescript(_SCHEMA)
         except sqlite3.Error as e:
             self._con.close()
@@ -393,15 +432,24 @@ class AccessStore:
         return bool(self._rows("SELECT 1 FROM principals WHERE kind = 'user' LIMIT 1"))
 
     def principals(self, kind: Kind | None = None) -> list[Principal]:
+        """The principals of ``kind`` (``user`` lists the relays too: ``tooltrail users``
+        manages both); all of them when None."""
         if kind is None:
             rows = self._rows("SELECT * FROM principals ORDER BY kind DESC, name")
         else:
-            rows = self._rows("SELECT * FROM principals WHERE kind = ? ORDER BY name", (kind,))
+            kinds = _KIND_MATCHES[kind]
+            marks = ",".join("?" * len(kinds))
+            rows = self._rows(
+                f"SELECT * FROM principals WHERE kind IN ({marks}) ORDER BY name",  # noqa: S608 - marks only
+                kinds,
+            )
         return [_principal(r) for r in rows]
 
     def get(self, name: str, kind: Kind | None = None) -> Principal:
+        """The principal named ``name``; with ``kind``, only of that kind (``user`` takes
+        a relay too, so ``users disable`` and ``users rotate`` manage relays)."""
         rows = self._rows("SELECT * FROM principals WHERE name = ?", (name,))
-        if not rows or (kind is not None and rows[0]["kind"] != kind):
+        if not rows or (kind is not None and rows[0]["kind"] not in _KIND_MATCHES[kind]):
             raise BadInputError(f"no {kind or 'user or agent'} named {name!r} in {self.path}")
         return _principal(rows[0])
 
@@ -428,6 +476,8 @@ class AccessStore:
         check_name(name)
         if kind == "agent":
             role = AGENT_ROLE
+        elif kind == "relay":
+            role = RELAY_ROLE
         elif role not in ROLES:
             raise BadInputError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
         credential, key_id = new_credential(kind)
@@ -446,6 +496,13 @@ class AccessStore:
                 _require_admin(by)
             if con.execute("SELECT 1 FROM principals WHERE name = ?", (name,)).fetchone():
                 raise BadInputError(f"a user or agent named {name!r} exists already")
+            if con.execute("SELECT 1 FROM email_roles WHERE email = ?", (name.lower(),)).fetchone():
+                # Local names and OpenID e-mails stay apart: a relay vouches for e-mails
+                # only, and must never be able to sign as a local user.
+                raise BadInputError(
+                    f"{name!r} is an e-mail mapped for OpenID sign-in; choose another name"
+                    " (or `tooltrail users unmap-email` it first)"
+                )
             con.execute(
                 "INSERT INTO principals (name, kind, role, disabled, key_id, credential_hash,"
                 " created_at, created_by) VALUES (?,?,?,0,?,?,?,?)",
@@ -558,13 +615,25 @@ class AccessStore:
         now = time.time()
         with self._tx() as con:
             _require_admin(by)
+            if con.execute("SELECT 1 FROM principals WHERE lower(name) = ?", (email,)).fetchone():
+                raise BadInputError(
+                    f"{email!r} is the name of a local user, agent or relay: an e-mail"
+                    " signed in through OpenID must not share it (a relay signs for e-mails"
+                    " only, never as a local user)"
+                )
             con.execute(
                 "INSERT INTO email_roles (email, role, created_at, created_by) VALUES (?,?,?,?)"
                 " ON CONFLICT (email) DO UPDATE SET role = excluded.role,"
                 " created_at = excluded.created_at, created_by = excluded.created_by",
                 (email, role, now, None if by is None else by.name),
             )
+            _end_grant(con, email, now)
+            con.execute(
+                "INSERT INTO email_grants (email, role, granted_at) VALUES (?,?,?)",
+                (email, role, now),
+            )
             _event(con, now, by, f"map e-mail ({role})", email)
+        self.trust_warning = _sync_trust_root(self.path.parent)
         found = self.email_role(email)
         assert found is not None
         return found
@@ -577,7 +646,9 @@ class AccessStore:
             _require_admin(by)
             if not con.execute("DELETE FROM email_roles WHERE email = ?", (email,)).rowcount:
                 raise BadInputError(f"no e-mail {email!r} is mapped in {self.path}")
+            _end_grant(con, email, now)
             _event(con, now, by, "unmap e-mail", email)
+        self.trust_warning = _sync_trust_root(self.path.parent)
 
     def email_role(self, email: str) -> EmailRole | None:
         """The role mapped to ``email`` (compared lower-cased), if any."""
@@ -592,6 +663,15 @@ class AccessStore:
         return [
             EmailRole(**dict(r)) for r in self._rows("SELECT * FROM email_roles ORDER BY email")
         ]
+
+    def email_grants(self) -> list[EmailGrant]:
+        """Every role every e-mail held, and when (the trust root carries them)."""
+        if not self._rows("SELECT 1 FROM sqlite_master WHERE name = 'email_grants'"):
+            return []  # an old store this process could not upgrade (read-only): none
+        rows = self._rows(
+            "SELECT email, role, granted_at, revoked_at FROM email_grants ORDER BY grant_id"
+        )
+        return [EmailGrant(**dict(r)) for r in rows]
 
     def decider_keys(self) -> list[DeciderKey]:
         """Every decider key (revoked ones too, with when), with its holder's role."""
@@ -624,14 +704,43 @@ def check_found(credential: str, found: tuple[Principal, str] | None) -> Princip
     principal = found[0]
     if principal.disabled:
         raise NotAuthenticatedError(f"{principal.kind} {principal.name!r} is disabled")
+    if principal.is_relay:
+        # Checked after the hash: only the relay's real holder learns what it is.
+        raise NotAuthenticatedError(
+            f"that is relay {principal.name!r}'s credential: it authenticates to nothing"
+            " (no commands, no HTTP routes, no sign-in); it only lets the dashboard sign"
+            " the decisions of people signed in through OpenID"
+        )
     return principal
+
+
+def check_relay(store: AccessStore, credential: str) -> Principal:
+    """The enabled relay whose credential this is; NotAuthenticatedError otherwise."""
+    try:
+        kind, key_id = parse_credential(credential)
+    except NotAuthenticatedError:
+        kind, key_id = "", ""
+    found = store.row_by_key(key_id) if kind == "relay" else None
+    if (
+        found is None
+        or not found[0].is_relay
+        or not verify_credential(credential.strip(), found[1])
+    ):
+        raise NotAuthenticatedError(
+            "the relay credential is not valid (unknown, rotated since, or mistyped): an"
+            " admin issues one with `tooltrail users add-relay NAME`"
+        )
+    if found[0].disabled:
+        raise NotAuthenticatedError(f"relay {found[0].name!r} is disabled")
+    return found[0]
 
 
 def _new_decider_key(
     con: sqlite3.Connection, name: str, role: str, credential: str, now: float
 ) -> None:
-    """A decider (approver, operator, admin) gets a key pair sealed under its credential."""
-    if role not in DECIDER_ROLES:
+    """A decider (approver, operator, admin) or a relay gets a key pair sealed under its
+    credential."""
+    if role not in DECIDER_ROLES and role != RELAY_ROLE:
         return
     key = new_decider_key(credential)
     con.execute(
@@ -639,6 +748,48 @@ def _new_decider_key(
         " VALUES (?,?,?,?,?)",
         (key.key_id, name, key.public_key, key.sealed, now),
     )
+
+
+def _end_grant(con: sqlite3.Connection, email: str, now: float) -> None:
+    con.execute(
+        "UPDATE email_grants SET revoked_at = ? WHERE email = ? AND revoked_at IS NULL",
+        (now, email),
+    )
+
+
+def _upgrade(con: sqlite3.Connection, names: set[str]) -> None:
+    """A store from before relays: ``principals``' CHECKs refuse kind and role ``relay``
+    (SQLite cannot alter a CHECK: the table is rebuilt, rows kept), and there are no
+    ``email_grants`` (each mapped e-mail's role is held since it was mapped). One write
+    transaction, checked again under its lock (another process may have done it). A
+    reader that cannot write leaves it as it is: relays cannot exist there yet."""
+    ddl = con.execute("SELECT sql FROM sqlite_master WHERE name = 'principals'").fetchone()
+    if "email_grants" in names and "'relay'" in str(ddl[0]):
+        return
+    try:
+        con.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        if "readonly" in str(e) or "read-only" in str(e):
+            return
+        raise
+    try:
+        ddl = con.execute("SELECT sql FROM sqlite_master WHERE name = 'principals'").fetchone()
+        if "'relay'" not in str(ddl[0]):
+            con.execute("ALTER TABLE principals RENAME TO principals_before_relays")
+            con.execute(_PRINCIPALS)
+            con.execute("INSERT INTO principals SELECT * FROM principals_before_relays")
+            con.execute("DROP TABLE principals_before_relays")
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'email_grants'").fetchone():
+            con.execute(_GRANTS)
+            if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'email_roles'").fetchone():
+                con.execute(
+                    "INSERT INTO email_grants (email, role, granted_at)"
+                    " SELECT email, role, created_at FROM email_roles"
+                )
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 def _revoke_keys(con: sqlite3.Connection, name: str, now: float) -> None:
@@ -670,6 +821,14 @@ def _ensure_control_store(root: Path) -> None:
     from tooltrail.control import ControlStore
 
     ControlStore(root).close()
+
+
+# Which stored kinds a kind names: `tooltrail users` manages the relays too.
+_KIND_MATCHES: Final[dict[str, tuple[str, ...]]] = {
+    "user": ("user", "relay"),
+    "agent": ("agent",),
+    "relay": ("relay",),
+}
 
 
 def _require_admin(by: Principal | None) -> None:
@@ -815,6 +974,7 @@ __all__ = [
     "AGENT_ROLE",
     "KINDS",
     "PREFIXES",
+    "RELAY_ROLE",
     "ROLES",
     "AccessStore",
     "CredentialCache",
@@ -823,8 +983,10 @@ __all__ = [
     "approver_allowed",
     "check_acting_as",
     "check_email",
+    "check_relay",
     "enabled",
     "identify",
+    "is_openid_identity",
     "require",
     "role_at_least",
     "role_may",

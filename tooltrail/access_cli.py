@@ -203,14 +203,43 @@ users_cli = _group("user")
 agents_cli = _group("agent")
 
 
+@users_cli.command(name="add-relay")
+@data_option
+@click.argument("name")
+def add_relay_cli(data: Path | None, name: str) -> None:
+    """Add a relay: the signing key the dashboard uses for people who sign in through
+    OpenID (st.login), and print its credential once, as the last line of standard output.
+    Give that credential to the dashboard only (secrets.toml: [tooltrail] oidc_signer, or
+    $TOOLTRAIL_OIDC_SIGNER); it authenticates to nothing else. The relay signs only for
+    e-mails mapped with `users map-email`, as their role; `users disable` and `users
+    rotate` revoke or replace it. Needs an admin's credential (docs/SECURITY.md §7).
+
+    Example:
+
+        tooltrail users add-relay dashboard
+    """
+    from tooltrail import access
+
+    root = config.data_dir(data)
+    with domain_errors():
+        by = _need_identity(root)
+        with access.AccessStore(root) as store:
+            principal, credential = store.add(name, "relay", access.RELAY_ROLE, by=by)
+            warning = store.trust_warning
+    _print_credential("added", principal, credential)
+    _warn(warning)
+
+
 @users_cli.command(name="export-keys")
 @data_option
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 def export_keys(data: Path | None, path: Path) -> None:
-    """Write the deciders' public keys (revoked ones marked) to PATH as a pinned trust
-    root. Keep PATH where the agents' account cannot write, and point whoever releases
-    held calls at it with TOOLTRAIL_TRUST_ROOT (docs/SECURITY.md, "Signed decisions").
-    While TOOLTRAIL_TRUST_ROOT is set, `users add`, `rotate` and `disable` keep it current.
+    """Write the deciders' and relays' public keys (revoked ones marked) and the e-mails'
+    role grants (what a relay may vouch for, and when) to PATH as a pinned trust root.
+    Keep PATH where the agents' account cannot write, and point whoever releases held
+    calls at it with TOOLTRAIL_TRUST_ROOT (docs/SECURITY.md, "Signed decisions").
+    While TOOLTRAIL_TRUST_ROOT is set, `users add`, `add-relay`, `rotate`, `disable`,
+    `map-email` and `unmap-email` keep it current.
     Needs an admin's credential.
 
     Example:
@@ -225,11 +254,12 @@ def export_keys(data: Path | None, path: Path) -> None:
         access.require(_need_identity(root), "admin")
         with access.AccessStore(root) as store:
             keys = store.decider_keys()
+            grants = store.email_grants()
         try:
-            write_trust_file(path, keys)
+            write_trust_file(path, keys, grants)
         except OSError as e:
             raise CliError(f"cannot write the trust root {path}: {e}") from e
-    click.echo(f"wrote {len(keys)} decider key(s) to {path}")
+    click.echo(f"wrote {len(keys)} decider key(s) and {len(grants)} e-mail role grant(s) to {path}")
 
 
 @users_cli.command(name="map-email")

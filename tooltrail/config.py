@@ -27,6 +27,9 @@ ENV_CONFIG_DIR: Final = "TOOLTRAIL_CONFIG_DIR"
 # Deciders' public keys pinned in a file the agent's account cannot write: whoever releases
 # a held call verifies decisions against it (docs/SECURITY.md, "Signed decisions").
 ENV_TRUST_ROOT: Final = "TOOLTRAIL_TRUST_ROOT"
+# The dashboard's relay credential (`tooltrail users add-relay`), when not given in its
+# secrets.toml as [tooltrail] oidc_signer: signs OpenID sign-ins' decisions.
+ENV_OIDC_SIGNER: Final = "TOOLTRAIL_OIDC_SIGNER"
 # "0" leaves SIGTERM alone (see docs/INSTRUMENTATION.md, "Processes"): a Python handler runs
 # only when the main thread runs Python code, so a process blocked in C code would outlive
 # SIGTERM until that call returns.

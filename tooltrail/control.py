@@ -44,12 +44,19 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 from tooltrail import config, ledger
-from tooltrail.access import approver_allowed, role_may
-from tooltrail.errors import BadInputError, NotAuthenticatedError, StoreError, TamperedError
+from tooltrail.access import Action, approver_allowed, role_may
+from tooltrail.errors import (
+    AccessDeniedError,
+    BadInputError,
+    NotAuthenticatedError,
+    StoreError,
+    TamperedError,
+)
 from tooltrail.redact import Redactor, scrub_stable
 from tooltrail.signing import (
     CONTROL_V1,
     DECISION_V1,
+    RELAY_ROLE,
     REQUEST_V1,
     SYSTEM_V1,
     Signer,
@@ -360,6 +367,9 @@ class ControlEvent:
     actor: str
     at: float
     reason: str | None
+    # The relay that vouched for ``actor`` (an OpenID sign-in), as its ledger entry says.
+    relay: str | None = None
+    role: str | None = None
 
 
 _RECORD_FIELDS: Final = tuple(f.name for f in dataclasses.fields(ApprovalRecord))
@@ -626,6 +636,7 @@ def _derived_state(con: sqlite3.Connection, session_id: str, trust: TrustRoot) -
         states = adopted[0].payload().get("adopted")
         if isinstance(states, dict) and isinstance(states.get(session_id), str):
             state = str(states[session_id])
+    last_at: float | None = None
     for entry in ledger.entries_for(con, session_id):
         if entry.kind != "control":
             continue
@@ -634,6 +645,14 @@ def _derived_state(con: sqlite3.Connection, session_id: str, trust: TrustRoot) -
         if action not in _STATE_OF or doc.get("session_id") != session_id:
             raise TamperedError(f"ledger entry {entry.seq} of session {session_id} was edited")
         problem = ledger.verify_signed(entry, trust)
+        at = doc.get("at")
+        # Entries are written in time order: a resume dated before the entry it follows was
+        # dated back, into a time its key was unrevoked (or an e-mail's grant held).
+        dated_back = last_at is not None and (not isinstance(at, int | float) or at < last_at)
+        if problem is None and trust.required and dated_back:
+            problem = "it is dated before the control entry it follows"
+        if isinstance(at, int | float) and not isinstance(at, bool):
+            last_at = float(at) if last_at is None else max(last_at, float(at))
         if action == "resume" and problem is not None:
             raise TamperedError(
                 f"the resume of session {session_id} (ledger entry {entry.seq}) does not"
@@ -897,21 +916,38 @@ class ControlStore:
             self._trust, self._trust_stamp = loaded, stamp
         return self._trust
 
-    def _signed_by(self, by: str, signer: Signer | None, what: str) -> str | None:
-        """The decider's role when the trust root requires signatures (then ``signer`` must
-        be ``by``'s); None in single-user mode."""
+    def _signed_by(
+        self, by: str, signer: Signer | None, what: str, role: str | None, action: Action
+    ) -> tuple[str | None, str | None]:
+        """The decider's role and the relay vouching for them (None: signed by the decider's
+        own key) when the trust root requires signatures (then ``signer`` must be ``by``'s,
+        or a relay vouching for ``by`` as ``role``, as ``ledger.relay_problem`` allows);
+        ``(None, None)`` in single-user mode."""
         trust = self.trust()
         if not trust.required:
-            return None
+            return None, None
         if signer is None:
             raise NotAuthenticatedError(
                 f"access control is on for {self.root}: {what} takes effect only signed by"
                 " a decider's key (give the decider's credential: TOOLTRAIL_TOKEN or"
                 " `tooltrail login`)"
             )
-        if signer.principal != by:
-            raise BadInputError(f"{by!r} cannot decide with {signer.principal!r}'s key")
-        return signer.role
+        if signer.role != RELAY_ROLE:
+            if signer.principal != by:
+                raise BadInputError(f"{by!r} cannot decide with {signer.principal!r}'s key")
+            return signer.role, None
+        # Checked now as the verifier will (fail early, write nothing that cannot verify).
+        key = trust.keys.get(signer.key_id)
+        if key is None or key.revoked_at is not None:
+            raise NotAuthenticatedError(
+                f"relay {signer.principal!r}'s key {signer.key_id} is not current in the"
+                f" trust root ({trust.source}): {what} cannot be signed with it"
+            )
+        doc = {"decider": by, "role": role, "at": time.time(), "relay": signer.principal}
+        problem = ledger.relay_problem(trust, signer.principal, doc, action)
+        if problem is not None:
+            raise AccessDeniedError(f"{what} refused: {problem}")
+        return role, signer.principal
 
     def _text(self, value: str | None) -> str | None:
         """Free text as stored: credential shapes scrubbed (``$TOOLTRAIL_REDACT``)."""
@@ -1014,7 +1050,7 @@ class ControlStore:
             raise BadInputError(f"outcome must be approved or denied, not {outcome!r}")
         if not by or not by.strip():
             raise BadInputError("a decision needs the name of who decides (--by)")
-        signed_role = self._signed_by(by, signer, "a decision")
+        signed_role, relay = self._signed_by(by, signer, "a decision", role, "decide")
         if signed_role is not None:
             role = signed_role
         refusal: AlreadyDecidedError | None = None
@@ -1061,6 +1097,8 @@ class ControlStore:
                     "policy_version": current.policy_version,
                     "request": request_digest(current),
                 }
+                if relay is not None:  # who vouched for an OpenID decider
+                    payload["relay"] = relay
                 ledger.append(con, "decision", approval_id, payload, signer)
         if refusal is not None:
             raise refusal
@@ -1279,6 +1317,7 @@ class ControlStore:
         reason: str | None = None,
         *,
         signer: Signer | None = None,
+        role: str | None = None,
     ) -> SessionControl:
         """pause / resume / cancel a session; each change is recorded with who and when.
 
@@ -1286,6 +1325,7 @@ class ControlStore:
         reason "session canceled"), so calls held for approval are released at once
         instead of waiting for a decision that can no longer let them run. ``signer`` as
         for ``decide``: each change is a signed ledger entry when access control is on.
+        ``role``: the role a relay signer vouches ``by`` holds (else the key's role).
         """
         if not by or not by.strip():
             raise BadInputError("a session-control change needs who makes it (--by)")
@@ -1294,7 +1334,8 @@ class ControlStore:
             raise BadInputError(f"unknown session action {action!r}")
         session_id = session_key(session_id)
         by_text, reason = self._text(by) or "", self._text(reason)
-        role = self._signed_by(by, signer, f"a session {action}")
+        role, relay = self._signed_by(by, signer, f"a session {action}", role, "control")
+        vouched = {} if relay is None else {"relay": relay}
         with self._tx() as con:
             # The clock is read under the write lock (as in decide): a request whose deadline
             # passed while this waited for the lock expired, and cancel must not relabel it.
@@ -1335,6 +1376,7 @@ class ControlStore:
                 "role": role,
                 "at": now,
                 "reason": reason,
+                **vouched,
             }
             ledger.append(con, "control", session_id, payload, signer)
             if action == "cancel":
@@ -1357,6 +1399,7 @@ class ControlStore:
                         "at": now,
                         "reason": why,
                         "cause": "session canceled",
+                        **vouched,
                     }
                     ledger.append(con, "decision", approval_id, payload, signer)
         return self.session_control(session_id)
@@ -1369,10 +1412,31 @@ class ControlStore:
                 "SELECT * FROM control_events WHERE session_id = ? ORDER BY at, event_id",
                 (session_key(session_id),),
             )
+        vouched = self._vouched({str(r["session_id"]) for r in rows})
         return [
-            ControlEvent(r["session_id"], r["action"], r["actor"], r["at"], r["reason"])
+            ControlEvent(
+                r["session_id"],
+                r["action"],
+                r["actor"],
+                r["at"],
+                r["reason"],
+                *vouched.get((r["session_id"], r["action"], r["actor"], r["at"]), (None, None)),
+            )
             for r in rows
         ]
+
+    def _vouched(self, sessions: set[str]) -> dict[tuple[Any, ...], tuple[str, str | None]]:
+        """(session, action, decider, at) -> (relay, role) of the relay-signed control
+        entries of ``sessions``: what history shows as "vouched by". Written in the same
+        transaction as the event, with the same values, so they match exactly."""
+        found: dict[tuple[Any, ...], tuple[str, str | None]] = {}
+        for session_id in sessions:
+            for entry in ledger.entries_for(self._con, session_id):
+                doc = entry.payload() if entry.kind == "control" else {}
+                if isinstance(doc.get("relay"), str):
+                    key = (session_id, doc.get("action"), doc.get("decider"), doc.get("at"))
+                    found[key] = (str(doc["relay"]), doc.get("role"))
+        return found
 
     def complete_session(
         self, session_id: str, by: str, reason: str, *, signer: Signer | None = None
@@ -1391,7 +1455,9 @@ class ControlStore:
             raise BadInputError("completing a session needs why (--reason)")
         session_id = session_key(session_id)
         by_text, why = self._text(by) or "", self._text(reason) or ""
-        role = self._signed_by(by, signer, "a session completion")
+        # No role to vouch for: a relay (which vouches for an OpenID sign-in's role) is
+        # refused here, so a completion is always signed by the operator's own key.
+        role, _ = self._signed_by(by, signer, "a session completion", None, "control")
         with self._tx() as con:
             now = time.time()
             con.execute(

@@ -115,6 +115,10 @@ def approval_problem(entry: ledger.Entry, filed: ApprovalRecord, trust: TrustRoo
     at = doc.get("at")
     if not isinstance(at, int | float) or at >= filed.expires_at:
         return "the approval is dated after the request's deadline"
+    if at < filed.requested_at:
+        # A key may not be used to date a decision into a time it was valid (before its
+        # revocation, within an e-mail's role grant) for a request that did not exist yet.
+        return "the approval is dated before the request was filed"
     problem = ledger.verify_signed(entry, trust)
     if problem is not None:
         return f"its signature does not verify: {problem}"

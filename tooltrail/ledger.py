@@ -29,10 +29,13 @@ import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from tooltrail.errors import TamperedError
-from tooltrail.signing import Signer, TrustRoot, canonical
+from tooltrail.signing import RELAY_ROLE, Signer, TrustRoot, canonical
+
+if TYPE_CHECKING:
+    from tooltrail.access import Action
 
 EntryKind = Literal["request", "decision", "system", "control", "completion"]
 GENESIS: Final = "genesis"
@@ -187,7 +190,8 @@ def verify_signed(entry: Entry, trust: TrustRoot) -> str | None:
     """Why a decision or control entry does not verify against ``trust`` (None: it does).
     In single-user mode (``trust.required`` false) nothing is signed and nothing is checked.
     The signer must be the decider the body names, holding the role it names, and its key
-    must not have been revoked before the entry's time."""
+    must not have been revoked before the entry's time; or a relay key vouching for an
+    OpenID identity (``relay_problem``)."""
     if not trust.required:
         return None
     try:
@@ -195,13 +199,47 @@ def verify_signed(entry: Entry, trust: TrustRoot) -> str | None:
         doc = entry.payload()
     except TamperedError as e:
         return str(e)
+    at = doc.get("at")
+    if key.revoked_at is not None and (not isinstance(at, int | float) or at >= key.revoked_at):
+        return f"key {key.key_id} of {key.principal!r} was revoked before it"
+    if key.role == RELAY_ROLE:
+        action: Action = "decide" if entry.kind == "decision" else "control"
+        return relay_problem(trust, key.principal, doc, action)
+    if doc.get("relay") is not None:
+        return f"it claims relay {doc.get('relay')!r} but was signed by {key.principal!r}"
     if doc.get("decider") != key.principal:
         return f"it names {doc.get('decider')!r} but was signed by {key.principal!r}"
     if doc.get("role") != key.role:
         return f"it claims role {doc.get('role')!r}; {key.principal!r} holds {key.role!r}"
-    at = doc.get("at")
-    if key.revoked_at is not None and (not isinstance(at, int | float) or at >= key.revoked_at):
-        return f"key {key.key_id} of {key.principal!r} was revoked before it"
+    return None
+
+
+def relay_problem(
+    trust: TrustRoot, relay: str, doc: Mapping[str, Any], action: Action
+) -> str | None:
+    """Why relay ``relay`` may not vouch for the decider of ``doc`` (None: it may).
+
+    A relay signs only for an OpenID identity: an e-mail (as ``map-email`` stores it) that
+    no key of the trust root belongs to (so never as a local decider, nor as a relay),
+    holding at the entry's time (``at``) a role grant in the trust root for exactly the
+    role the entry claims, and that role must allow ``action``. The rule's approvers are
+    then checked against that e-mail and role as for anyone."""
+    from tooltrail.access import ACTION_WORDS, is_openid_identity, role_may
+
+    decider, role, at = doc.get("decider"), doc.get("role"), doc.get("at")
+    if doc.get("relay") != relay:
+        return f"it names relay {doc.get('relay')!r} but was signed by relay {relay!r}"
+    if not isinstance(decider, str) or not is_openid_identity(decider):
+        return f"relay {relay!r} vouches only for OpenID e-mails, not {decider!r}"
+    if any(k.principal == decider for k in trust.keys.values()):
+        return f"relay {relay!r} cannot sign as {decider!r}, who holds keys of their own"
+    if not isinstance(role, str) or not role_may(role, action):
+        return f"{decider!r} as {role!r} may not {ACTION_WORDS[action]}"
+    if not any(g.email == decider and g.role == role and g.held_at(at) for g in trust.grants):
+        return (
+            f"{decider!r} was not mapped to role {role!r} at that time (`tooltrail users"
+            f" map-email`), so relay {relay!r} cannot vouch for it"
+        )
     return None
 
 
@@ -214,5 +252,6 @@ __all__ = [
     "check_head",
     "entries_for",
     "head",
+    "relay_problem",
     "verify_signed",
 ]

@@ -16,6 +16,12 @@ the *trust root* before the call runs (docs/SECURITY.md, "Signed decisions").
   presents that credential (the user's CLI, the collector serving the user's request) can
   sign with it, and a copy of the file signs nothing. The public key is a row of
   ``decider_keys``; rotating or disabling revokes it.
+* **Relay keys.** The dashboard's OpenID sign-ins unlock no key of their own: a *relay*
+  (``tooltrail users add-relay``, role ``relay``) holds a key sealed under its own
+  credential, which the dashboard is given, and vouches with it for the e-mail its
+  provider signed in. Such an entry names the e-mail as decider, its role and the relay;
+  it verifies only for an e-mail that is no key holder's name, granted that role by
+  ``tooltrail users map-email`` at the entry's time (the grants are in the trust root).
 * **Trust root.** ``$TOOLTRAIL_TRUST_ROOT`` names a file of pinned public keys (written by
   ``tooltrail users`` when the variable is set, or ``tooltrail users export-keys``), which
   the separated deployment keeps where the agent's account cannot write. Without it the
@@ -32,7 +38,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -55,6 +61,8 @@ CONTROL_V1: Final = "tooltrail-control/v1"
 SYSTEM_V1: Final = "tooltrail-system/v1"
 TRUST_ROOT_V1: Final = "tooltrail-trust-root/v1"
 DECIDER_ROLES: Final = ("approver", "operator", "admin")
+# A service principal that signs for OpenID identities (the dashboard's), never as itself.
+RELAY_ROLE: Final = "relay"
 _SAFE_INT: Final = 2**53 - 1
 _SEAL_INFO: Final = b"tooltrail decider key seal v1"
 
@@ -138,6 +146,32 @@ class DeciderKey:
             "role": self.role,
             "public_key": self.public_key,
             "added_at": self.added_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EmailGrant:
+    """An e-mail's role (``tooltrail users map-email``) and the time it held it: what a
+    relay's signature over that e-mail is checked against."""
+
+    email: str
+    role: str
+    granted_at: float
+    revoked_at: float | None = None
+
+    def held_at(self, at: object) -> bool:
+        """Whether the grant was in force at ``at`` (a payload's time, not trusted to be
+        a number)."""
+        if not isinstance(at, int | float) or isinstance(at, bool):
+            return False
+        return self.granted_at <= at and (self.revoked_at is None or at < self.revoked_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "email": self.email,
+            "role": self.role,
+            "granted_at": self.granted_at,
             "revoked_at": self.revoked_at,
         }
 
@@ -232,6 +266,8 @@ class TrustRoot:
     required: bool
     pinned: bool
     keys: Mapping[str, DeciderKey]
+    # The e-mails' role grants a relay key may vouch for (none: relays vouch for nobody).
+    grants: tuple[EmailGrant, ...] = ()
 
     def notice(self, root: Path) -> str | None:
         """What decision surfaces say about this root; None when it is a pinned file."""
@@ -280,8 +316,13 @@ def load_trust_root(data_dir: str | os.PathLike[str] | None) -> TrustRoot:
         return TrustRoot(str(access_path(root)), required=False, pinned=False, keys={})
     with AccessStore(root) as store:
         keys = store.decider_keys()
+        grants = tuple(store.email_grants())
     return TrustRoot(
-        str(access_path(root)), required=True, pinned=False, keys={k.key_id: k for k in keys}
+        str(access_path(root)),
+        required=True,
+        pinned=False,
+        keys={k.key_id: k for k in keys},
+        grants=grants,
     )
 
 
@@ -292,26 +333,34 @@ def read_trust_file(path: Path) -> TrustRoot:
         if not isinstance(doc, dict) or doc.get("format") != TRUST_ROOT_V1:
             raise ValueError(f"not a {TRUST_ROOT_V1} file")
         keys = [DeciderKey(**k) for k in doc["keys"]]
+        # A file written before relays has no grants: relay signatures then verify for
+        # nobody (fail closed) until `users export-keys` rewrites it.
+        grants = tuple(EmailGrant(**g) for g in doc.get("email_grants", []))
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise StoreError(f"cannot read the trust root {path}: {e}") from e
-    return TrustRoot(str(path), required=True, pinned=True, keys={k.key_id: k for k in keys})
+    return TrustRoot(
+        str(path), required=True, pinned=True, keys={k.key_id: k for k in keys}, grants=grants
+    )
 
 
-def write_trust_file(path: Path, keys: list[DeciderKey]) -> Path:
+def write_trust_file(path: Path, keys: list[DeciderKey], grants: Sequence[EmailGrant] = ()) -> Path:
     """Write the pinned trust root whole (a temporary file renamed over the old one),
-    readable by all (public keys), writable by its owner only."""
+    readable by all (public keys, and which e-mail held which role when), writable by its
+    owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "format": TRUST_ROOT_V1,
         "written_at": time.time(),
         "keys": [k.to_dict() for k in keys],
+        "email_grants": [g.to_dict() for g in grants],
     }
     return write_json_atomically(path, doc, 0o644)
 
 
 def sync_trust_file(data_dir: str | os.PathLike[str] | None) -> Path | None:
-    """Rewrite ``$TOOLTRAIL_TRUST_ROOT`` from the data directory's keys (after a user is
-    added, rotated or disabled); None when the variable is not set."""
+    """Rewrite ``$TOOLTRAIL_TRUST_ROOT`` from the data directory's keys and e-mail grants
+    (after a user or relay is added, rotated or disabled, an e-mail mapped or unmapped);
+    None when the variable is not set."""
     pinned = os.environ.get(config.ENV_TRUST_ROOT, "").strip()
     if not pinned:
         return None
@@ -319,7 +368,8 @@ def sync_trust_file(data_dir: str | os.PathLike[str] | None) -> Path | None:
 
     with AccessStore(config.data_dir(data_dir)) as store:
         keys = store.decider_keys()
-    return write_trust_file(Path(pinned), keys)
+        grants = store.email_grants()
+    return write_trust_file(Path(pinned), keys, grants)
 
 
 def decider_signer(
@@ -343,9 +393,26 @@ def decider_signer(
     return Signer(principal.name, principal.role, key_id, unseal(credential, key_id, sealed))
 
 
+def relay_signer(data_dir: str | os.PathLike[str] | None, credential: str) -> Signer:
+    """The signer of the relay whose ``credential`` this is (``tooltrail users
+    add-relay``): its current key unsealed, role ``relay``. NotAuthenticatedError when the
+    credential is not an enabled relay's, or its key was revoked (rotated, disabled)."""
+    from tooltrail.access import AccessStore, check_relay
+
+    with AccessStore(config.data_dir(data_dir)) as store:
+        relay = check_relay(store, credential)
+        found = store.sealed_key(relay.name)
+    if found is None:
+        raise NotAuthenticatedError(f"relay {relay.name!r} holds no current key")
+    key_id, sealed = found
+    return Signer(relay.name, RELAY_ROLE, key_id, unseal(credential.strip(), key_id, sealed))
+
+
 __all__ = [
     "ARGS_HASH_PREFIX",
+    "RELAY_ROLE",
     "DeciderKey",
+    "EmailGrant",
     "Signer",
     "TrustRoot",
     "arguments_hash",
@@ -356,6 +423,7 @@ __all__ = [
     "load_trust_root",
     "new_decider_key",
     "read_trust_file",
+    "relay_signer",
     "sync_trust_file",
     "unseal",
     "write_trust_file",

@@ -7,8 +7,10 @@ against a real ``streamlit run`` server with access control on.
 - OpenID Connect: a real OpenID provider (npm ``oidc-provider``, a certified
   implementation, started here on loopback with its development login pages) behind
   Streamlit's own ``st.login``; ``tooltrail users map-email`` gives the e-mail its role;
-  an unmapped e-mail is not let in; a mapped approver sees the buttons but cannot decide
-  (no decider key: signed decisions); sign-out ends the session (at the provider too).
+  an unmapped e-mail is not let in; a mapped approver decides as the e-mail, signed by the
+  dashboard's relay key (``tooltrail users add-relay``, given in secrets.toml), and the
+  decision verifies; only where the rule lists them; sign-out ends the session (at the
+  provider too).
 
 Every process and port is the test's own and is stopped at the end.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from access_support import add, invoke, people
+from access_support import add, credential_of, invoke, people
 from browser_support import (
     browser_page,
     needs_chromium,
@@ -166,9 +168,13 @@ def test_a_viewer_gets_no_approve_button_and_a_listed_approver_decides_as_themse
         stop_server(proc)
 
 
-def _secrets(tmp_path: Path, port: int, issuer: str, client_id: str, secret: str) -> Path:
+def _secrets(
+    tmp_path: Path, port: int, issuer: str, client_id: str, secret: str, relay: str
+) -> Path:
     path = tmp_path / "secrets.toml"
     path.write_text(
+        # The relay that signs the decisions of people signed in through OpenID.
+        f'[tooltrail]\noidc_signer = "{relay}"\n\n'
         "[auth]\n"
         f'redirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
         f'cookie_secret = "{secrets.token_hex(32)}"\n'
@@ -213,6 +219,33 @@ def _sign_out(page: Any, button: str) -> None:
     confirm.click()
 
 
+def _verifies(seeded: Seeded, approval_id: str, pinned: Path, admin: str) -> None:
+    """The decision is signed by the relay for carol, and verifies against the data
+    directory's keys, a pinned trust root exported now, and `tooltrail verify` (which
+    also reports the seeded history decided before access control, unsigned)."""
+    import json
+    import sqlite3
+
+    from tooltrail import ledger
+    from tooltrail.signing import load_trust_root, read_trust_file
+
+    con = sqlite3.connect(seeded.root / "control.sqlite")
+    (entry,) = [e for e in ledger.entries_for(con, approval_id) if e.kind == "decision"]
+    con.close()
+    doc = entry.payload()
+    assert (doc["decider"], doc["role"], doc["relay"]) == (
+        "carol@example.com",
+        "approver",
+        "dashboard",
+    )
+    code, _, err = invoke(seeded.root, "users", "export-keys", str(pinned), token=admin)
+    assert code == 0, err
+    for trust in (load_trust_root(seeded.root), read_trust_file(pinned)):
+        assert ledger.verify_signed(entry, trust) is None
+    _, out, _ = invoke(seeded.root, "verify", "--format", "json", token=admin)
+    assert approval_id not in out and json.loads(out)["control_checked"] is True
+
+
 def test_oidc_sign_in_maps_the_email_to_its_role_and_sign_out_ends_it(
     seeded: Seeded, tmp_path: Path, page: Any
 ) -> None:
@@ -229,11 +262,16 @@ def test_oidc_sign_in_maps_the_email_to_its_role_and_sign_out_ends_it(
         token=creds["admin"],
     )
     assert code == 0, err
+    code, out, err = invoke(seeded.root, "users", "add-relay", "dashboard", token=creds["admin"])
+    assert code == 0, err
+    relay = credential_of(out)
     port = free_port()
     client_id, secret = "tooltrail-dashboard", secrets.token_urlsafe(24)
     redirect = f"http://127.0.0.1:{port}/oauth2callback"
     with oidc_provider(tmp_path / "op", client_id, secret, [redirect]) as issuer:
-        proc = _serve(seeded, tmp_path, port, _secrets(tmp_path, port, issuer, client_id, secret))
+        proc = _serve(
+            seeded, tmp_path, port, _secrets(tmp_path, port, issuer, client_id, secret, relay)
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             # An e-mail nobody mapped: signed in at the provider, let in to nothing here.
@@ -253,13 +291,21 @@ def test_oidc_sign_in_maps_the_email_to_its_role_and_sign_out_ends_it(
             settled(page)
             page.get_by_role("link", name="Approvals · 2").click()
             card = page.locator(f".st-key-approvals-card-{PENDING_ANYONE}")
-            card.get_by_role("button", name="Approve").click()
-            # Decisions are signed with a decider's key, which an OpenID sign-in does not
-            # unlock: refused, saying why, and nothing changes.
-            expect(page.get_by_text("cannot sign decisions yet").first).to_be_visible()
-            assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
             # PENDING_MANAGERS lists dana and lee only: carol's Approve stays disabled.
             other = page.locator(f".st-key-approvals-card-{PENDING_MANAGERS}")
+            expect(other.get_by_role("button", name="Approve")).to_be_disabled()
+            card.get_by_role("button", name="Approve").click()
+            # Signed by the dashboard's relay key, vouching for carol's e-mail and role.
+            expect(
+                page.get_by_text(
+                    f"Approved {PENDING_ANYONE} as carol@example.com (approver, via OpenID,"
+                    " vouched by dashboard)"
+                ).first
+            ).to_be_visible()
+            expect(card).to_have_count(0)
+            assert _decided(seeded, PENDING_ANYONE) == ("approved", "carol@example.com")
+            assert _decided(seeded, PENDING_MANAGERS) == ("pending", None)
+            _verifies(seeded, PENDING_ANYONE, tmp_path / "trust-root.json", creds["admin"])
             expect(other.get_by_role("button", name="Approve")).to_be_disabled()
 
             # Sign out: Streamlit drops its cookie and ends the session at the provider.
