@@ -403,7 +403,7 @@ def delete_session_panel(head: Mapping[str, Any], root: Path, key: str) -> None:
         )
         reason_key, confirm_key = f"{key}-delete-reason", f"{key}-delete-confirm"
         reason = st.text_input("Reason (recorded in the tombstone)", key=reason_key)
-        confirmed = st.checkbox(f"Yes, delete {session_id} for good", key=confirm_key)
+        confirmed = st.checkbox(f"Yes, delete {ui.code(session_id)} for good", key=confirm_key)
         ready = confirmed and bool(reason.strip())
         st.button(
             "Delete session",

@@ -44,7 +44,8 @@ def page(root: Path) -> None:
         stranger = auth.oidc_email()
         if stranger is not None:
             # Signed in at the provider as someone with no role here: let them switch.
-            if st.button(f"Sign out of {stranger}", key="oidc-signout", icon=":material/logout:"):
+            label = f"Sign out of {ui.md(stranger)}"
+            if st.button(label, key="oidc-signout", icon=":material/logout:"):
                 st.logout()
             return
         for provider in auth.oidc_providers():

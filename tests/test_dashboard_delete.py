@@ -64,7 +64,11 @@ def test_an_admin_deletes_a_terminal_session_with_a_reason_and_a_confirmation(
     assert delete.disabled  # no reason, not confirmed yet
     at.text_input(key=f"session-{FAILED}-delete-reason").input("customer request #42").run()
     assert at.button(key=f"session-{FAILED}-delete").disabled  # still not confirmed
-    at.checkbox(key=f"session-{FAILED}-delete-confirm").check().run()
+    confirm = at.checkbox(key=f"session-{FAILED}-delete-confirm")
+    # A session id is the agent's to choose: in a widget label (rendered as Markdown) it
+    # goes as inline code, never as Markdown that could hold a link or a beacon image.
+    assert confirm.label == f"Yes, delete `{FAILED}` for good"
+    confirm.check().run()
     at.button(key=f"session-{FAILED}-delete").click().run()
 
     assert not at.error, texts(at.error)
