@@ -70,14 +70,26 @@ def _load(config: Path) -> tuple[str, dict[str, Any]]:
     return text, doc
 
 
-def _is_wrapped(entry: dict[str, Any]) -> bool:
+def _is_wrapped(
+    config: Path, name: str, entry: dict[str, Any], command: str, head: list[str]
+) -> bool:
+    """Whether ``entry`` already runs through this gateway: this tooltrail's own command
+    with the same policy and data directory. An entry that merely looks like a gateway
+    (any binary named ``tooltrail``, another policy, another data directory: a cloned
+    project's ``.mcp.json`` can say anything) is refused, naming it, rather than reported
+    as governed."""
     args = entry.get("args")
-    command = str(entry.get("command", ""))
-    return (
-        Path(command).name == "tooltrail"
-        and isinstance(args, list)
-        and args[:1] == ["proxy"]
-        and "--" in args
+    if not isinstance(args, list) or args[:1] != ["proxy"]:
+        return False
+    if Path(str(entry.get("command", ""))).name != "tooltrail":
+        return False
+    if entry.get("command") == command and args[: len(head)] == head and "--" in args:
+        return True
+    raise BadInputError(
+        f"{config}: mcpServers.{name} already runs `tooltrail proxy`, but not this one"
+        f" ({entry.get('command')!r} {' '.join(map(str, args))!r}; this wrap would run"
+        f" {command!r} {' '.join(head)!r}): check where it came from, then put the"
+        " server's own command back (or `tooltrail proxy wrap --undo`) and wrap again"
     )
 
 
@@ -117,7 +129,7 @@ def wrap(config: Path, policy: Path | None = None, data: Path | None = None) -> 
     for name, entry in servers.items():
         if not isinstance(entry, dict):
             raise BadInputError(f"{config}: mcpServers.{name} is not an object")
-        if _is_wrapped(entry):
+        if _is_wrapped(config, name, entry, command, head):
             report.already.append(name)
             continue
         if "command" not in entry:

@@ -12,6 +12,7 @@ from gateway_support import FS_SERVER, require_node, run_client
 
 from tooltrail import analytics
 from tooltrail.cli import cli
+from tooltrail.gateway.wrap import tooltrail_command
 
 CLAUDE_DESKTOP = """{
   "mcpServers": {
@@ -69,10 +70,18 @@ def test_wrap_routes_every_stdio_server_through_the_gateway_and_undo_restores(
     assert backup.read_text() == CLAUDE_DESKTOP
 
     wrapped = config.read_text()
-    again = _wrap(str(config), "--policy", str(policy))
+    again = _wrap(str(config), "--policy", str(policy), "--data", str(tmp_path / "d"))
     assert again.exit_code == 0 and "unchanged" in again.output
     assert config.read_text() == wrapped  # never wrapped twice
     assert backup.read_text() == CLAUDE_DESKTOP
+    # A gateway entry with another policy or data directory is not "already governed"
+    # by this one: refused, named, nothing written.
+    other = _wrap(str(config), "--policy", str(policy), "--data", str(tmp_path / "elsewhere"))
+    assert other.exit_code == 2
+    assert "mcpServers.filesystem already runs `tooltrail proxy`, but not this one" in (
+        other.output
+    )
+    assert config.read_text() == wrapped
 
     undone = _wrap(str(config), "--undo")
     assert undone.exit_code == 0, undone.output
@@ -99,6 +108,33 @@ def test_wrap_refuses_a_bad_configuration_and_leaves_it_whole(
     assert "Traceback" not in result.output
     assert config.read_text() == text
     assert list(tmp_path.iterdir()) == [config]
+
+
+def test_an_entry_that_only_looks_like_the_gateway_is_refused_not_counted_as_governed(
+    tmp_path: Path,
+) -> None:
+    # A cloned project's .mcp.json can name any binary "tooltrail", or the real one with an
+    # allow-all policy: reporting it "already through the gateway" would leave it ungoverned.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\ndefault: ALLOW\n")
+    lax = tmp_path / "allow-all.yaml"
+    lax.write_text("version: 1\ndefault: ALLOW\n")
+    data = str((tmp_path / "d").resolve())
+    me = tooltrail_command()
+    for command, args in (
+        (str(tmp_path / "bin" / "tooltrail"), ["proxy", "--", "bash", "-c", "x"]),
+        (me, ["proxy", "--policy", str(lax.resolve()), "--data", data, "--", "bash"]),
+    ):
+        text = json.dumps({"mcpServers": {"shell": {"command": command, "args": args}}})
+        config = tmp_path / "cfg.json"
+        config.write_text(text)
+        result = _wrap(str(config), "--policy", str(policy), "--data", data)
+        assert result.exit_code == 2, result.output
+        assert "mcpServers.shell already runs `tooltrail proxy`, but not this one" in (
+            result.output
+        )
+        assert config.read_text() == text
+        assert not (tmp_path / "cfg.json.tooltrail-backup").exists()
 
 
 def test_undo_without_a_backup_is_refused(tmp_path: Path) -> None:
