@@ -29,7 +29,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from polars import col as analytics_col
 
 from tooltrail import analytics
 from tooltrail import semconv as sc
@@ -340,3 +342,56 @@ def test_an_unreadable_access_store_lands_nothing_yet(tmp_path: Path) -> None:
     # Spans from the shared token (no agent credential) need no owner: they land claimed.
     rows = pipeline.result(_request("otlp", ["s-1"])).table.to_pylist()
     assert [(r["source"], r["verified"]) for r in rows] == [("otlp", False)]
+
+
+class _FixedIds(IdGenerator):
+    """One trace id and one span id for every span: a copy of a span, ids and all."""
+
+    def __init__(self, trace_id: int, span_id: int) -> None:
+        self.trace_id, self.span_id = trace_id, span_id
+
+    def generate_trace_id(self) -> int:
+        return self.trace_id
+
+    def generate_span_id(self) -> int:
+        return self.span_id
+
+
+def _send_copy(url: str, token: str, ids: _FixedIds, attributes: dict[str, Any]) -> None:
+    exporter = OTLPSpanExporter(
+        endpoint=f"{url}/v1/traces", headers={"Authorization": f"Bearer {token}"}
+    )
+    provider = TracerProvider(resource=Resource.create({}), id_generator=ids)
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=60_000))
+    provider.get_tracer("owners").start_span(
+        "execute_tool git_push", attributes={**CALL, **attributes}
+    ).end()
+    provider.shutdown()
+
+
+def test_a_claimed_copy_of_a_span_never_replaces_the_verified_one_in_the_views(
+    setup: tuple[CollectorProcess, dict[str, str]],
+) -> None:
+    # bot-a learned the trace and span id of bot-b's call (traceparent carries both) and
+    # resends that span, ALLOW and approved, ending later. It lands claimed; in the views,
+    # where one copy of a span counts, bot-b's own record must stay the one that counts.
+    col, creds = setup
+    data = col.data_dir
+    ids = _FixedIds(0x5EED_0000_0000_0000_0000_0000_0000_0001, 0x5EED_0000_0000_0001)
+    deny = {sc.TT_DECISION: "DENY", sc.TT_ENFORCED: False, sc.TT_POLICY_RULE: "no-push"}
+    _send_copy(col.url, creds["bot-b"], ids, _in("sess-copy", **deny))
+    _landed(data, 1, "sess-copy")
+    forged = {sc.TT_DECISION: "ALLOW", sc.TT_ENFORCED: False, sc.TT_APPROVAL_STATUS: "approved"}
+    _send_copy(col.url, creds["bot-a"], ids, _in("sess-copy", **forged))
+    rows = _landed(data, 2, "sess-copy")
+    assert sorted((r["decision"], r["verified"]) for r in rows) == [
+        ("ALLOW", False),
+        ("DENY", True),
+    ]
+    with analytics.connect(data) as con:
+        counted = con.sql(
+            "SELECT decision, verified, policy_rule FROM actions WHERE session_id = 'sess-copy'"
+        ).fetchall()
+    assert counted == [("DENY", True, "no-push")]
+    head = analytics.sessions(data).filter(analytics_col("session_id") == "sess-copy")
+    assert (head["denies"][0], head["allows"][0]) == (1, 0)
