@@ -12,6 +12,15 @@ the record it replaced and the tombstone. ``tooltrail verify`` checks that a rew
 file kept every other session's rows bit for bit (same ordered digests), so a sanctioned
 deletion verifies clean while the same rows removed without a tombstone are tampering.
 
+A deletion re-checks what it deletes: :func:`check_deletable` records what each
+session's files held when it was found terminal, and the plan (and, under the exclusive
+spans lock, every file landed since the plan) must hold no more rows and no later time,
+else that session is not deleted (:class:`SessionChanged`). A file no chain record covers
+is never rewritten once a ledger exists: that would sign whatever was planted in it.
+
+One file past 600 lines: the check, the plan, the staging and the swap share private
+types whose half-steps must not become API (a caller could swap an unchecked plan).
+
 Who may delete is checked by the caller (the CLI and the dashboard: an admin when access
 control is on). :class:`RetentionLoop` applies retention from ``tooltrail collect
 --retention`` in a background thread of its own, off the landing path.
@@ -328,9 +337,10 @@ def _changes(checked: dict[str, SessionMark], now: dict[str, SessionMark]) -> di
         seen = now.get(sid, SessionMark())
         later = seen.last is not None and (mark.last is None or seen.last > mark.last)
         if seen.rows > mark.rows or later:
+            when = "" if seen.last is None else f" (latest activity {seen.last.isoformat()})"
             out[sid] = (
-                f"session {sid!r} changed since it was checked: {max(seen.rows - mark.rows, 0)}"
-                f" new rows (last activity {seen.last}, was {mark.last})"
+                f"session {sid!r} changed since it was checked:"
+                f" {max(seen.rows - mark.rows, 0)} new rows{when}"
             )
     return out
 
@@ -535,10 +545,11 @@ def refresh_views(data_dir: Path) -> None:
 class RetentionLoop:
     """``tooltrail collect --retention AGE``: apply retention on start and then every
     ``every_s`` seconds, in a thread of its own (the landing thread never waits on it:
-    a deletion takes the spans lock exclusively only for each partition's swap, as
-    compaction does). A failed pass (another compaction running, a file that does not
-    match its chain record) is logged and counted, and the next pass tries again; it
-    never stops the collector.
+    a deletion takes the spans lock exclusively only for its swaps, as compaction
+    does). A failed pass (another compaction running, a file that does not match its chain
+    record or that no record covers) is logged and counted, and the next pass tries again;
+    it never stops the collector. A session that changed since the check is left for the
+    next pass (logged), the others deleted.
 
     ``count(name, value)`` receives ``sessions``, ``rows``, ``runs`` and ``failures``.
 

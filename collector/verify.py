@@ -293,9 +293,9 @@ class _Verifier:
                     self._check_file(rel, path, found[0], found[1])
                 else:
                     self.report.skipped += 1
-            except (pa.ArrowException, KeyError, OSError) as e:
+            except (pa.ArrowException, KeyError, OSError) as err:
                 # One planted or truncated file is one break: it must not hide the others.
-                what = str(e) if not isinstance(e, KeyError) else f"no column {e}"
+                what = f"no column {err}" if isinstance(err, KeyError) else str(err)
                 self.add(Break("unreadable", f"unreadable, or not a span file: {what}", rel))
         for rel, (rid, rec) in sorted(live.items()):
             if rel not in on_disk:
