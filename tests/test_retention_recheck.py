@@ -122,6 +122,24 @@ def test_a_row_landed_after_the_check_stops_the_deletion_naming_the_session(
         delete_sessions(data, ["old"], by="alice")
 
 
+def test_a_row_landed_after_the_plan_stops_the_swap(data: Path) -> None:
+    """The last window, driven by calling the deletion's steps in order: a file landed
+    between the plan and the swap is read under the exclusive spans lock, and holding a
+    row of the session it stops the swap (nothing swapped, nothing signed)."""
+    _land(data, "old", 2, DAY)
+    _land(data, "other", 1, DAY)
+    marks = retention.check_deletable(data, ["old"]).marks
+    plan = retention._plan(data, marks)
+    _land(data, "old", 1, DAY + dt.timedelta(days=1))  # a partition the plan leaves alone
+    files = sorted(iter_span_files(data))
+    kinds = _kinds(data)
+    with pytest.raises(BadInputError, match="session 'old' changed since it was checked: 1 new"):
+        retention._swap_all(data / "spans", plan, set(marks))
+    assert sorted(iter_span_files(data)) == files
+    assert _rows(data) == {"old": 3, "other": 1}
+    assert _kinds(data) == kinds and verify(data).ok
+
+
 def test_retention_leaves_a_changed_session_for_the_next_pass_and_deletes_the_others(
     data: Path,
 ) -> None:
