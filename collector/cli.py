@@ -242,7 +242,7 @@ def _retention_every(retention: str | None, every: str | None) -> float:
 
     if every is not None and retention is None:
         raise BadInputError("--retention-every needs --retention (or $TOOLTRAIL_RETENTION)")
-    seconds = parse_since_seconds(every or "1h", option="--retention-every")
+    seconds = parse_since_seconds(every or "1h", option="--retention-every", accepts_all=False)
     if seconds is None:
         raise BadInputError("--retention-every: give an interval (1h), not 'all'")
     return seconds

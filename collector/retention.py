@@ -12,6 +12,15 @@ the record it replaced and the tombstone. ``tooltrail verify`` checks that a rew
 file kept every other session's rows bit for bit (same ordered digests), so a sanctioned
 deletion verifies clean while the same rows removed without a tombstone are tampering.
 
+A deletion re-checks what it deletes: :func:`check_deletable` records what each
+session's files held when it was found terminal, and the plan (and, under the exclusive
+spans lock, every file landed since the plan) must hold no more rows and no later time,
+else that session is not deleted (:class:`SessionChanged`). A file no chain record covers
+is never rewritten once a ledger exists: that would sign whatever was planted in it.
+
+One file past 600 lines: the check, the plan, the staging and the swap share private
+types whose half-steps must not become API (a caller could swap an unchecked plan).
+
 Who may delete is checked by the caller (the CLI and the dashboard: an admin when access
 control is on). :class:`RetentionLoop` applies retention from ``tooltrail collect
 --retention`` in a background thread of its own, off the landing path.
@@ -60,6 +69,8 @@ class DeleteReport:
     files_rewritten: int = 0
     files_removed: int = 0
     tombstone: str | None = None
+    # Sessions retention left for a later pass (they changed since the check), and why.
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,7 +79,45 @@ class DeleteReport:
             "files_rewritten": self.files_rewritten,
             "files_removed": self.files_removed,
             "tombstone": self.tombstone,
+            "skipped": self.skipped,
         }
+
+
+@dataclass(frozen=True)
+class SessionMark:
+    """What the files held of one session when it was checked: its rows and its latest
+    time (end, else start), read from the files themselves as the plan reads them."""
+
+    rows: int = 0
+    last: dt.datetime | None = None
+
+    def merge(self, rows: int, last: dt.datetime | None) -> SessionMark:
+        latest = (
+            self.last if last is None or (self.last is not None and self.last >= last) else last
+        )
+        return SessionMark(self.rows + rows, latest)
+
+
+@dataclass(frozen=True)
+class DeletionCheck:
+    """Sessions found terminal (and old enough, for retention), each with what its files
+    held when it was found so: :func:`delete_sessions` deletes nothing of a session whose
+    files hold more rows or a later time by the time it rewrites them (activity after the
+    check: the session may no longer be terminal)."""
+
+    marks: dict[str, SessionMark] = field(default_factory=dict)
+
+    @property
+    def sessions(self) -> list[str]:
+        return sorted(self.marks)
+
+
+class SessionChanged(BadInputError):
+    """Sessions whose files changed between the terminal check and the deletion."""
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        self.reasons = reasons
+        super().__init__("; ".join(f"{why}; nothing deleted" for why in reasons.values()))
 
 
 @dataclass
@@ -79,6 +128,12 @@ class _Rewrite:
     removed: int
     record_id: str | None
     new_name: str | None = None
+
+
+@dataclass
+class _Plan:
+    rewrites: list[_Rewrite]
+    listed: set[Path]  # every span file the plan saw: any other one landed after it
 
 
 def deletable_sessions(
@@ -106,60 +161,216 @@ def _not_deletable(data_dir: Path, session_id: str) -> str:
     )
 
 
+def check_deletable(
+    data_dir: Path,
+    session_ids: Sequence[str] | None = None,
+    *,
+    before: dt.datetime | None = None,
+) -> DeletionCheck:
+    """The terminal check, with what each session's files held at it: ``session_ids``
+    (BadInputError for one that is not terminal), or with None every terminal session idle
+    since before ``before`` (retention).
+
+    The files are read before the views decide: a row landing after the read is seen by
+    the deletion (which then refuses that session), one landing before it by the views.
+
+    Example:
+
+        check = check_deletable(Path("tooltrail-data"), ["s-123"])
+        delete_sessions(Path("tooltrail-data"), ["s-123"], by="alice", checked=check)
+    """
+    wanted = (
+        sorted(set(session_ids))
+        if session_ids is not None
+        else deletable_sessions(data_dir, before=before)
+    )
+    if not wanted:
+        return DeletionCheck()
+    marks = _scan(data_dir, set(wanted))
+    terminal = set(deletable_sessions(data_dir, before=before))
+    if session_ids is not None:
+        for sid in wanted:
+            if sid not in terminal:
+                raise BadInputError(_not_deletable(data_dir, sid))
+    return DeletionCheck({sid: marks.get(sid, SessionMark()) for sid in wanted if sid in terminal})
+
+
 def delete_sessions(
-    data_dir: Path, session_ids: Sequence[str], *, by: str, reason: str | None = None
+    data_dir: Path,
+    session_ids: Sequence[str],
+    *,
+    by: str,
+    reason: str | None = None,
+    checked: DeletionCheck | None = None,
 ) -> DeleteReport:
     """Delete every landed row of ``session_ids`` (terminal sessions only) and leave a
-    signed tombstone in the chain.
+    signed tombstone in the chain. ``checked``: the :func:`check_deletable` these ids
+    passed (made here when None). A session that changed since that check fails the
+    whole deletion (:class:`SessionChanged`, nothing deleted).
 
     Example:
 
         delete_sessions(Path("tooltrail-data"), ["s-123"], by="alice", reason="GDPR")
     """
-    report = DeleteReport(sessions=sorted(set(session_ids)))
-    if not report.sessions:
-        return report
-    terminal = set(deletable_sessions(data_dir))
-    for sid in report.sessions:
-        if sid not in terminal:
-            raise BadInputError(_not_deletable(data_dir, sid))
+    wanted = sorted(set(session_ids))
+    if not wanted:
+        return DeleteReport()
+    check = checked if checked is not None else check_deletable(data_dir, wanted)
+    unchecked = [sid for sid in wanted if sid not in check.marks]
+    if unchecked:
+        raise BadInputError(
+            f"session(s) {', '.join(unchecked)} were not found terminal by the check given"
+        )
+    marks = {sid: check.marks[sid] for sid in wanted}
+    return _delete(data_dir, marks, by=by, reason=reason, skip_changed=False)
+
+
+def _delete(
+    data_dir: Path,
+    marks: dict[str, SessionMark],
+    *,
+    by: str,
+    reason: str | None,
+    skip_changed: bool,
+) -> DeleteReport:
+    """Delete the sessions of ``marks``. A session that changed since its mark fails the
+    deletion, or with ``skip_changed`` is left out (retention: the next pass decides)."""
+    report = DeleteReport()
     root = data_dir / SPANS_DIR
-    with _single_compactor(root):
-        rewrites = _plan(data_dir, set(report.sessions))
-        by_part: dict[Path, list[_Rewrite]] = {}
-        for rw in rewrites:
-            by_part.setdefault(rw.part, []).append(rw)
-        for part, items in sorted(by_part.items()):
-            _swap_partition(part, items)
-    _record(data_dir, report, rewrites, by, reason)
+    targets = dict(marks)
+    plan = _Plan([], set())
+    while targets:
+        try:
+            with _single_compactor(root):
+                plan = _plan(data_dir, targets)
+                _swap_all(root, plan, set(targets))
+            break
+        except SessionChanged as e:
+            if not skip_changed:
+                raise
+            # Each retry drops at least one session: at most one retry per session.
+            for sid, why in e.reasons.items():
+                report.skipped[sid] = why
+                targets.pop(sid, None)
+    report.sessions = sorted(targets)
+    if report.sessions:
+        _record(data_dir, report, plan.rewrites, by, reason)
     return report
 
 
-def _plan(data_dir: Path, targets: set[str]) -> list[_Rewrite]:
+def _read(path: Path, rel: str, columns: list[str] | None = None) -> pa.Table:
+    """A span file's rows, or StoreError naming the file (planted, truncated, not one)."""
+    try:
+        table = pq.read_table(path, columns=columns, partitioning=None)
+    except (pa.ArrowException, OSError) as e:
+        raise StoreError(f"{rel}: unreadable, or not a span file: {e}; nothing deleted") from e
+    if "session_id" not in table.column_names:
+        raise StoreError(
+            f"{rel}: unreadable, or not a span file: it has no session_id column; nothing deleted"
+        )
+    return table
+
+
+_Candidate = tuple[Path, str, tuple[str, dict[str, Any]] | None]
+# The columns a mark is made of.
+_MARK_COLUMNS = ["session_id", "start_time", "end_time"]
+
+
+def _candidates(data_dir: Path, targets: set[str]) -> tuple[list[_Candidate], set[Path]]:
+    """The span files that may hold rows of ``targets`` (every file no record covers, and
+    the recorded ones whose record names one of them), and every span file listed."""
     live = (
         chain.live_records(chain.read_ledger(data_dir))
         if chain.ledger_path(data_dir).exists()
         else {}
     )
-    wanted = pa.array(sorted(targets), pa.string())
-    out: list[_Rewrite] = []
-    for path in iter_span_files(data_dir):
+    out: list[_Candidate] = []
+    listed = set(iter_span_files(data_dir))
+    for path in sorted(listed):
         rel = chain.relative(path, data_dir)
         found = live.get(rel)
-        if found is not None:
-            named = {e[0] for e in found[1].get("sessions", [])}
-            if not named & targets:
-                continue
-            if chain.file_sha256(path) != found[1].get("sha256"):
-                raise StoreError(
-                    f"{rel} does not match its record in the chain (run tooltrail verify);"
-                    " nothing deleted"
-                )
-        table = pq.read_table(path, partitioning=None)
+        if found is not None and not {e[0] for e in found[1].get("sessions", [])} & targets:
+            continue
+        out.append((path, rel, found))
+    return out, listed
+
+
+def _marks_of(table: pa.Table, hit: pa.ChunkedArray) -> dict[str, tuple[int, dt.datetime | None]]:
+    """Per target session in ``table`` (``hit``: its rows): rows and latest end/start."""
+    rows = table.filter(pc.fill_null(hit, False))
+    at = (
+        pc.coalesce(rows["end_time"], rows["start_time"])
+        if "end_time" in rows.column_names and "start_time" in rows.column_names
+        else pa.nulls(rows.num_rows, pa.timestamp("us", "UTC"))
+    )
+    grouped = (
+        pa.table({"s": rows["session_id"], "t": at})
+        .group_by("s")
+        .aggregate([("s", "count"), ("t", "max")])
+    )
+    return {
+        str(s): (int(n), t)
+        for s, n, t in zip(
+            grouped["s"].to_pylist(),
+            grouped["s_count"].to_pylist(),
+            grouped["t_max"].to_pylist(),
+            strict=True,
+        )
+    }
+
+
+def _scan(data_dir: Path, targets: set[str]) -> dict[str, SessionMark]:
+    wanted = pa.array(sorted(targets), pa.string())
+    marks: dict[str, SessionMark] = {}
+    for path, rel, _found in _candidates(data_dir, targets)[0]:
+        table = _read(path, rel, _MARK_COLUMNS)
+        hit = pc.is_in(table["session_id"], value_set=wanted)
+        for sid, (n, last) in _marks_of(table, hit).items():
+            marks[sid] = marks.get(sid, SessionMark()).merge(n, last)
+    return marks
+
+
+def _changes(checked: dict[str, SessionMark], now: dict[str, SessionMark]) -> dict[str, str]:
+    """The sessions whose files hold more rows, or a later time, than at their check."""
+    out: dict[str, str] = {}
+    for sid, mark in checked.items():
+        seen = now.get(sid, SessionMark())
+        later = seen.last is not None and (mark.last is None or seen.last > mark.last)
+        if seen.rows > mark.rows or later:
+            when = "" if seen.last is None else f" (latest activity {seen.last.isoformat()})"
+            out[sid] = (
+                f"session {sid!r} changed since it was checked:"
+                f" {max(seen.rows - mark.rows, 0)} new rows{when}"
+            )
+    return out
+
+
+def _plan(data_dir: Path, targets: dict[str, SessionMark]) -> _Plan:
+    ledger = chain.ledger_path(data_dir).exists()
+    wanted = pa.array(sorted(targets), pa.string())
+    out: list[_Rewrite] = []
+    marks: dict[str, SessionMark] = {}
+    candidates, listed = _candidates(data_dir, set(targets))
+    for path, rel, found in candidates:
+        if found is not None and chain.file_sha256(path) != found[1].get("sha256"):
+            raise StoreError(
+                f"{rel} does not match its record in the chain (run tooltrail verify);"
+                " nothing deleted"
+            )
+        table = _read(path, rel)
         hit = pc.is_in(table["session_id"], value_set=wanted)
         removed = int(pc.sum(hit).as_py() or 0)
         if not removed:
             continue
+        if found is None and ledger:
+            # Rewriting it would sign whatever it holds (a forged row planted beside one
+            # of an old session) in a retain record: refuse, as compaction does.
+            raise StoreError(
+                f"{rel}: unrecorded: no chain record covers this file, which holds rows of"
+                " a session to delete: run tooltrail verify; nothing deleted"
+            )
+        for sid, (n, last) in _marks_of(table, hit).items():
+            marks[sid] = marks.get(sid, SessionMark()).merge(n, last)
         kept = table.filter(pc.invert(pc.fill_null(hit, False)))
         out.append(
             _Rewrite(
@@ -170,10 +381,52 @@ def _plan(data_dir: Path, targets: set[str]) -> list[_Rewrite]:
                 None if found is None else found[0],
             )
         )
-    return out
+    changed = _changes(targets, marks)
+    if changed:
+        raise SessionChanged(changed)
+    return _Plan(out, listed)
 
 
-def _swap_partition(part: Path, items: list[_Rewrite]) -> None:
+def _landed_since(data_dir: Path, plan: _Plan, targets: set[str]) -> None:
+    """Under the exclusive spans lock (no writer lands meanwhile): SessionChanged if a
+    file landed since the plan holds rows of ``targets`` (the rewrite would leave them,
+    and the session may be active again)."""
+    wanted = pa.array(sorted(targets), pa.string())
+    marks: dict[str, SessionMark] = {}
+    for path in iter_span_files(data_dir):
+        if path in plan.listed:
+            continue
+        table = _read(path, chain.relative(path, data_dir), _MARK_COLUMNS)
+        hit = pc.is_in(table["session_id"], value_set=wanted)
+        for sid, (n, last) in _marks_of(table, hit).items():
+            marks[sid] = marks.get(sid, SessionMark()).merge(n, last)
+    if marks:
+        raise SessionChanged(_changes(dict.fromkeys(marks, SessionMark()), marks))
+
+
+def _swap_all(root: Path, plan: _Plan, targets: set[str]) -> None:
+    """Stage every affected partition, then under one exclusive spans lock check what
+    landed since the plan and swap them all: writers wait only for the links and swaps."""
+    by_part: dict[Path, list[_Rewrite]] = {}
+    for rw in plan.rewrites:
+        by_part.setdefault(rw.part, []).append(rw)
+    staged: list[tuple[Path, Path, set[str]]] = []
+    try:
+        for part, items in sorted(by_part.items()):
+            staged.append((part, _stage(part, items), {rw.old.name for rw in items}))
+        with spans_lock(root, exclusive=True):
+            _landed_since(root.parent, plan, targets)
+            for part, staging, gone in staged:
+                for f in part.glob("*.parquet"):
+                    if f.name not in gone:
+                        os.link(f, staging / f.name)
+                _exchange(part, staging)
+    finally:
+        for _part, staging, _gone in staged:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _stage(part: Path, items: list[_Rewrite]) -> Path:
     staging = _staging_root(part) / f"{part.name}.retain-{os.urandom(4).hex()}"
     staging.mkdir(parents=True)
     try:
@@ -184,14 +437,10 @@ def _swap_partition(part: Path, items: list[_Rewrite]) -> None:
                 # The kept rows in their landed order: every other session's ordered
                 # digest stays the same (verify checks it).
                 write_table_atomic(rw.kept, staging / rw.new_name, record=False)
-        gone = {rw.old.name for rw in items}
-        with spans_lock(part.parent, exclusive=True):
-            for f in part.glob("*.parquet"):
-                if f.name not in gone:
-                    os.link(f, staging / f.name)
-            _exchange(part, staging)
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
 
 
 def _record(
@@ -237,7 +486,7 @@ def retention_seconds(older_than: str | None, *, option: str = "--older-than") -
             f"{option} is required (or set {ENV_RETENTION}, e.g. 90d): how old a"
             " session must be to be deleted"
         )
-    seconds = parse_since_seconds(text, option=option)
+    seconds = parse_since_seconds(text, option=option, accepts_all=False)
     if seconds is None:
         raise BadInputError(f"{option} all would delete every session: give an age (90d)")
     return seconds
@@ -252,18 +501,29 @@ def retention_cutoff(
 
 
 def apply_retention(
-    data_dir: Path, older_than: str | None, *, by: str, reason: str | None = None
+    data_dir: Path,
+    older_than: str | None,
+    *,
+    by: str,
+    reason: str | None = None,
+    checked: DeletionCheck | None = None,
 ) -> DeleteReport:
-    """Delete every terminal session idle for longer than ``older_than``.
+    """Delete every terminal session idle for longer than ``older_than``. A session that
+    changed since the check (``checked``, made here when None) is left for the next pass
+    and named in ``report.skipped``; the others are deleted.
 
     Example:
 
         apply_retention(Path("tooltrail-data"), "90d", by="alice")
     """
     cutoff = retention_cutoff(older_than)
-    sessions = deletable_sessions(data_dir, before=cutoff)
-    return delete_sessions(
-        data_dir, sessions, by=by, reason=reason or f"retention: idle before {cutoff:%Y-%m-%d}"
+    check = checked if checked is not None else check_deletable(data_dir, before=cutoff)
+    return _delete(
+        data_dir,
+        check.marks,
+        by=by,
+        reason=reason or f"retention: idle before {cutoff:%Y-%m-%d}",
+        skip_changed=True,
     )
 
 
@@ -285,10 +545,11 @@ def refresh_views(data_dir: Path) -> None:
 class RetentionLoop:
     """``tooltrail collect --retention AGE``: apply retention on start and then every
     ``every_s`` seconds, in a thread of its own (the landing thread never waits on it:
-    a deletion takes the spans lock exclusively only for each partition's swap, as
-    compaction does). A failed pass (another compaction running, a file that does not
-    match its chain record) is logged and counted, and the next pass tries again; it
-    never stops the collector.
+    a deletion takes the spans lock exclusively only for its swaps, as compaction
+    does). A failed pass (another compaction running, a file that does not match its chain
+    record or that no record covers) is logged and counted, and the next pass tries again;
+    it never stops the collector. A session that changed since the check is left for the
+    next pass (logged), the others deleted.
 
     ``count(name, value)`` receives ``sessions``, ``rows``, ``runs`` and ``failures``.
 
@@ -335,13 +596,13 @@ class RetentionLoop:
         """One pass; None when it failed (logged and counted)."""
         cutoff = retention_cutoff(self.older_than, option="--retention")
         try:
-            sessions = deletable_sessions(self.data_dir, before=cutoff)
-            report = delete_sessions(
+            report = _delete(
                 self.data_dir,
-                sessions,
+                check_deletable(self.data_dir, before=cutoff).marks,
                 by=COLLECTOR_IDENTITY,
                 reason=f"retention: older than {self.older_than} (idle before"
                 f" {cutoff:%Y-%m-%dT%H:%M:%SZ})",
+                skip_changed=True,
             )
             if report.sessions:
                 refresh_views(self.data_dir)
@@ -350,6 +611,8 @@ class RetentionLoop:
             _log.warning("tooltrail collect: retention pass failed (retried later): %s", e)
             return None
         self._count("runs", 1)
+        for why in report.skipped.values():
+            _log.info("tooltrail collect: retention left for the next pass: %s", why)
         if report.sessions:
             self._count("sessions", len(report.sessions))
             self._count("rows", report.rows)
@@ -365,8 +628,12 @@ class RetentionLoop:
 __all__ = [
     "COLLECTOR_IDENTITY",
     "DeleteReport",
+    "DeletionCheck",
     "RetentionLoop",
+    "SessionChanged",
+    "SessionMark",
     "apply_retention",
+    "check_deletable",
     "deletable_sessions",
     "delete_sessions",
     "refresh_views",

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tooltrail import config
@@ -52,6 +53,10 @@ from tooltrail.errors import BadInputError
 # duckdb: not imported here).
 SESSION_INDEX_FILE = "session_index.parquet"
 INDEX_KIND = "index"
+
+
+# Breaks reported whatever session ``--session`` asks about.
+_ANY_SESSION = frozenset({"ledger", "control", "index", "unreadable"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +221,8 @@ class _Verifier:
     def add(self, b: Break, sessions: Iterable[str | None] = ()) -> None:
         if self.session is not None:
             names = {b.session, *sessions}
-            if self.session not in names and b.kind not in {"ledger", "control", "index"}:
+            # (an unreadable file may hold the session's rows: always reported)
+            if self.session not in names and b.kind not in _ANY_SESSION:
                 return
         self.report.breaks.append(b)
 
@@ -280,12 +286,17 @@ class _Verifier:
         # limited to records appended since that day.
         for rel, path in sorted(on_disk.items()):
             found = live.get(rel)
-            if found is None:
-                self._unrecorded(rel, path)
-            elif self._in_scope_record(found[1]):
-                self._check_file(rel, path, found[0], found[1])
-            else:
-                self.report.skipped += 1
+            try:
+                if found is None:
+                    self._unrecorded(rel, path)
+                elif self._in_scope_record(found[1]):
+                    self._check_file(rel, path, found[0], found[1])
+                else:
+                    self.report.skipped += 1
+            except (pa.ArrowException, KeyError, OSError) as err:
+                # One planted or truncated file is one break: it must not hide the others.
+                what = f"no column {err}" if isinstance(err, KeyError) else str(err)
+                self.add(Break("unreadable", f"unreadable, or not a span file: {what}", rel))
         for rel, (rid, rec) in sorted(live.items()):
             if rel not in on_disk:
                 entries = _entries(rec)

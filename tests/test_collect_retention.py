@@ -146,7 +146,9 @@ def test_the_collector_applies_retention_on_start_and_periodically(
             "tool_name",
             pc.replace_substring(table["tool_name"], "git_status", "git_statux"),
         )
-        write_sorted_parquet(edited, path)
+        # Edited beside it and renamed over it: a pass never reads a half-written file.
+        write_sorted_parquet(edited, path.with_name(".edit"))
+        path.with_name(".edit").replace(path)
         wait_until(lambda: metric(proc.url, "retention_failures_total") >= 1, what="a failed pass")
         assert "old-d" in _sessions(data)
         assert request(proc.url, "GET", "/healthz")[0] == 200
@@ -162,6 +164,15 @@ def test_the_collector_applies_retention_on_start_and_periodically(
         (("--retention", "all"), "--retention all would delete every session"),
         (("--retention", "90d", "--retention-every", "0s"), "--retention-every: '0s' is not a"),
         (("--retention-every", "1h"), "--retention-every needs --retention"),
+        # Neither flag takes 'all', so the message does not suggest it.
+        (
+            ("--retention", "90d", "--retention-every", "99999999999999d"),
+            "--retention-every: '99999999999999d' is longer than the maximum 36500d\n",
+        ),
+        (
+            ("--retention", "99999999999999d"),
+            "--retention: '99999999999999d' is longer than the maximum 36500d\n",
+        ),
     ],
 )
 def test_a_bad_retention_value_stops_start_up_naming_the_flag(
@@ -176,4 +187,5 @@ def test_a_bad_retention_value_stops_start_up_naming_the_flag(
     )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "listening" not in result.stdout
+    assert "for no limit" not in result.stderr
     assert not (tmp_path / "data" / "spans").exists()  # nothing started, nothing written

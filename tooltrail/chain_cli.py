@@ -172,6 +172,8 @@ def _echo_deleted(report: Any, fmt: str) -> None:
         f" {report.files_rewritten}, removed {report.files_removed}; tombstone"
         f" {report.tombstone or '-'}"
     )
+    for why in report.skipped.values():
+        click.echo(f"left for the next run: {why}")
 
 
 _by = click.option("--by", help="Who deletes (single-user mode; recorded in the tombstone).")

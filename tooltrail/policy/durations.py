@@ -60,7 +60,9 @@ def format_duration(seconds: float) -> str:
     return "".join(out)
 
 
-def parse_since_seconds(value: str, *, option: str = "--since") -> float | None:
+def parse_since_seconds(
+    value: str, *, option: str = "--since", accepts_all: bool = True
+) -> float | None:
     """The look-back window a ``--since`` value means, in seconds; None for ``all``.
 
     Accepts the durations ``parse_duration`` does with a unit (``30s``, ``90m``, ``2h``,
@@ -68,7 +70,12 @@ def parse_since_seconds(value: str, *, option: str = "--since") -> float | None:
     Raises BadInputError, its message starting with ``option``, for anything else: a bare
     number (``--since 2`` meant 2 seconds, an empty window that made every rule look dead,
     where 2 days or 2 hours was meant), not a duration, not positive, or longer than
-    MAX_SINCE_S (``36500d``).
+    MAX_SINCE_S (``36500d``). ``accepts_all=False``: the caller refuses ``all`` (it still
+    gets None for it and says why), so no message suggests it.
+
+    Example:
+
+        parse_since_seconds("2h")  # 7200.0
     """
     text = value.strip().lower()
     if text == SINCE_ALL:
@@ -84,9 +91,9 @@ def parse_since_seconds(value: str, *, option: str = "--since") -> float | None:
         raise BadInputError(f"{option}: {e}") from e
     # Checked before positivity: a number too long for a float is inf, i.e. too long.
     if seconds > MAX_SINCE_S:
+        hint = f" (use {SINCE_ALL!r} for no limit)" if accepts_all else ""
         raise BadInputError(
-            f"{option}: {value!r} is longer than the maximum {format_duration(MAX_SINCE_S)} "
-            f"(use {SINCE_ALL!r} for no limit)"
+            f"{option}: {value!r} is longer than the maximum {format_duration(MAX_SINCE_S)}{hint}"
         )
     if seconds <= 0:
         raise BadInputError(f"{option}: {value!r} is not a positive duration")
