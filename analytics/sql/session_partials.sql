@@ -3,31 +3,43 @@
 -- `unique`: that relation reduced to one row per span (unique_spans.sql). Since copies
 -- are reduced first, a session's totals are computed from all of its spans at once
 -- (session_merge.sql recomputes the sessions that files landed since the index touch).
+--
+-- `own`: the row was not sent into the session by an agent other than its holder
+-- (tooltrail_foreign, macros.sql). Rows that are not `own` are the session's record:
+-- counted in span_count and foreign_spans, and as actions (the `actions` list shows
+-- them, marked claimed; a decision they carry is claimed_calls) so the tallies match
+-- that list. Everything that says how the session went or whose it is reads `own` rows
+-- only: its end and status inputs (end record, last action and its error, a root span's
+-- error, activity after the end, the end promise, pending approvals), its times, its
+-- descriptive first values and tags, and its token totals.
 SELECT
     session_id,
-    min(start_time) AS started_at,
-    max(coalesce(end_time, start_time)) AS last_activity_at,
+    min(start_time) FILTER (WHERE own) AS started_at,
+    max(coalesce(end_time, start_time)) FILTER (WHERE own) AS last_activity_at,
     count(*) AS span_count,
+    count(*) FILTER (WHERE NOT own) AS foreign_spans,
     -- descriptive columns: the first non-null value by start time (two values starting
     -- at the very same microsecond: either)
-    min(start_time) FILTER (WHERE agent_name IS NOT NULL) AS agent_name_at,
-    arg_min(agent_name, start_time) FILTER (WHERE agent_name IS NOT NULL) AS agent_name,
-    min(start_time) FILTER (WHERE parent_session_id IS NOT NULL) AS parent_session_id_at,
-    arg_min(parent_session_id, start_time) FILTER (WHERE parent_session_id IS NOT NULL)
+    min(start_time) FILTER (WHERE own AND agent_name IS NOT NULL) AS agent_name_at,
+    arg_min(agent_name, start_time) FILTER (WHERE own AND agent_name IS NOT NULL)
+        AS agent_name,
+    min(start_time) FILTER (WHERE own AND parent_session_id IS NOT NULL)
+        AS parent_session_id_at,
+    arg_min(parent_session_id, start_time) FILTER (WHERE own AND parent_session_id IS NOT NULL)
         AS parent_session_id,
-    min(start_time) FILTER (WHERE "trigger" IS NOT NULL) AS trigger_at,
-    arg_min("trigger", start_time) FILTER (WHERE "trigger" IS NOT NULL) AS "trigger",
+    min(start_time) FILTER (WHERE own AND "trigger" IS NOT NULL) AS trigger_at,
+    arg_min("trigger", start_time) FILTER (WHERE own AND "trigger" IS NOT NULL) AS "trigger",
     -- who governed the session's calls: the gateway if any span says so, else tooltrail's
     -- instrumentation if any span says so, else null (third-party spans only)
     CASE
-        WHEN bool_or(governed_by = 'gateway') THEN 'gateway'
-        WHEN bool_or(governed_by = 'instrumentation') THEN 'instrumentation'
+        WHEN bool_or(own AND governed_by = 'gateway') THEN 'gateway'
+        WHEN bool_or(own AND governed_by = 'instrumentation') THEN 'instrumentation'
     END AS governed_by,
     -- the MCP client (through the gateway): name and version of the first span naming it
-    min(start_time) FILTER (WHERE mcp_client_name IS NOT NULL) AS mcp_client_at,
-    arg_min(mcp_client_name, start_time) FILTER (WHERE mcp_client_name IS NOT NULL)
+    min(start_time) FILTER (WHERE own AND mcp_client_name IS NOT NULL) AS mcp_client_at,
+    arg_min(mcp_client_name, start_time) FILTER (WHERE own AND mcp_client_name IS NOT NULL)
         AS mcp_client_name,
-    arg_min(mcp_client_version, start_time) FILTER (WHERE mcp_client_name IS NOT NULL)
+    arg_min(mcp_client_version, start_time) FILTER (WHERE own AND mcp_client_name IS NOT NULL)
         AS mcp_client_version,
     -- actions on a tool whose definition had changed since it was pinned
     count(*) FILTER (WHERE span_type = 'tool' AND tool_definition_changed) AS changed_tool_calls,
@@ -51,7 +63,7 @@ SELECT
           AND coalesce(error_type, '') <> 'tool_call_denied'
     ) AS errors,
     -- did the last action error? (kept with its start time so it can be merged)
-    max(start_time) FILTER (WHERE span_type = 'tool') AS last_action_at,
+    max(start_time) FILTER (WHERE own AND span_type = 'tool') AS last_action_at,
     -- (of actions starting at the same microsecond an errored one counts as the last, so
     -- every path gives the same answer: the key is the start in µs, doubled, plus 1 if
     -- errored; an integer, cheap to compare)
@@ -62,17 +74,17 @@ SELECT
                 status_code = 'ERROR' AND coalesce(error_type, '') <> 'tool_call_denied', false
             ) AS BIGINT
         )
-    ) FILTER (WHERE span_type = 'tool' AND start_time IS NOT NULL) AS last_action_errored,
+    ) FILTER (WHERE own AND span_type = 'tool' AND start_time IS NOT NULL) AS last_action_errored,
     -- a root span (no parent) that errored; tool spans are excluded: an agent without an
     -- invocation span makes every tool call a root, and only its last one decides
     coalesce(
-        bool_or(parent_span_id IS NULL AND span_type <> 'tool' AND status_code = 'ERROR'),
+        bool_or(own AND parent_span_id IS NULL AND span_type <> 'tool' AND status_code = 'ERROR'),
         false
     ) AS root_errored,
     -- token usage of the session's LLM spans
-    CAST(coalesce(sum(input_tokens) FILTER (WHERE span_type = 'llm'), 0) AS BIGINT)
+    CAST(coalesce(sum(input_tokens) FILTER (WHERE own AND span_type = 'llm'), 0) AS BIGINT)
         AS input_tokens,
-    CAST(coalesce(sum(output_tokens) FILTER (WHERE span_type = 'llm'), 0) AS BIGINT)
+    CAST(coalesce(sum(output_tokens) FILTER (WHERE own AND span_type = 'llm'), 0) AS BIGINT)
         AS output_tokens,
     coalesce(
         list(DISTINCT target_repo ORDER BY target_repo)
@@ -100,14 +112,17 @@ SELECT
         epoch_us(end_at) * 2 + CAST(end_outcome = 'failed' AS BIGINT)
     ) FILTER (WHERE end_outcome IS NOT NULL AND end_at IS NOT NULL) AS end_reason,
     -- (an end span starts when it ends, so it never reads as activity after itself)
-    max(start_time) AS last_started_at,
+    max(start_time) FILTER (WHERE own) AS last_started_at,
     -- (only tool spans carry the promise; only spans naming tags are parsed for them:
     -- aggregating an empty list per span costs every session query)
-    coalesce(bool_or(tooltrail_records_end(attributes)) FILTER (WHERE span_type = 'tool'), false)
-        AS records_end,
+    coalesce(
+        bool_or(tooltrail_records_end(attributes)) FILTER (WHERE own AND span_type = 'tool'),
+        false
+    ) AS records_end,
     coalesce(
         list_sort(list_distinct(flatten(
-            list(tooltrail_tags(attributes)) FILTER (WHERE contains(attributes, '"tooltrail.tags"'))
+            list(tooltrail_tags(attributes))
+                FILTER (WHERE own AND contains(attributes, '"tooltrail.tags"'))
         ))),
         CAST([] AS VARCHAR[])
     ) AS tags,
@@ -115,7 +130,8 @@ SELECT
     -- the `sessions` view lets the live control store overrule these by id
     coalesce(
         list(approval_id) FILTER (
-            WHERE span_type = 'tool'
+            WHERE own
+              AND span_type = 'tool'
               AND decision = 'REQUIRE_APPROVAL'
               AND tooltrail_approval_outcome(approval_status, enforced) = 'pending'
         ),
@@ -124,10 +140,12 @@ SELECT
 FROM (
     SELECT
         *,
-        tooltrail_end_outcome(name, span_type, parent_span_id, status_code, attributes)
-            AS end_outcome,
+        -- (an end record someone else sent is no end of this session)
+        CASE WHEN own THEN
+            tooltrail_end_outcome(name, span_type, parent_span_id, status_code, attributes)
+        END AS end_outcome,
         coalesce(end_time, start_time) AS end_at
-    FROM ({{unique}})
+    FROM (SELECT *, NOT tooltrail_foreign(source) AS own FROM ({{unique}}))
 ) AS s
 -- A span of no known kind whose session fell back to its trace id (an MCP SDK's own
 -- `initialize` span, an HTTP server span) belongs to no agent session.
