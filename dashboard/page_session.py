@@ -14,7 +14,6 @@ from typing import Any, Final
 import polars as pl
 import streamlit as st
 
-from tooltrail import semconv as sc
 from tooltrail.dashboard import components, data, nav, trace_view, ui
 from tooltrail.errors import PolicyError
 from tooltrail.policy import Policy
@@ -299,15 +298,6 @@ def _policy(ctx: nav.Context) -> Policy | None:
         return None  # the Policy page reports why; rule details are optional here
 
 
-def _claimed(row: Mapping[str, Any]) -> str:
-    """Why a decision is only claimed, from the row's ``source`` (docs/DATA.md)."""
-    sender, _, holder = str(row.get("source") or "").partition(sc.SOURCE_SESSION_OF)
-    if holder:
-        who = sender.removeprefix(sc.SOURCE_AGENT_PREFIX)
-        return f"claimed (sent by agent {ui.code(who)} into {ui.code(holder)}'s session)"
-    return "claimed (unverified sender)"
-
-
 def _action_detail(
     row: Mapping[str, Any], outcome: str, approvals: pl.DataFrame, policy: Policy | None
 ) -> None:
@@ -322,7 +312,7 @@ def _action_detail(
         cols[3].markdown(
             "Enforced\n\n"
             + (
-                _claimed(row)
+                trace_view.claimed_note(row)
                 if row.get("verified") is False
                 else "at call time"
                 if enforced

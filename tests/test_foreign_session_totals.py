@@ -168,6 +168,7 @@ def views(
         "merged": merged,
         "indexed": indexed,
         "trace": trace,
+        "copy": copy,
     }
 
 
@@ -184,9 +185,7 @@ def test_the_intruders_spans_land_marked_as_sent_into_the_session(views: dict[st
 
 
 @pytest.mark.parametrize("path", ["full", "merged", "indexed"])
-def test_the_holders_status_end_and_tokens_are_unchanged(
-    views: dict[str, Any], path: str
-) -> None:
+def test_the_holders_status_end_and_tokens_are_unchanged(views: dict[str, Any], path: str) -> None:
     before, after = views["before"], views[path]
     kept = (
         "status",
@@ -237,3 +236,14 @@ def test_the_trace_keeps_the_intruders_spans_marked_claimed(views: dict[str, Any
     assert all("(claimed)" in str(e["summary"]) for e in claimed)
     # a final output planted by the intruder's end record is not the session's
     assert not any(e["entry"] == "output" for e in trace)
+
+
+def test_the_dashboards_trace_says_who_sent_them(
+    views: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dashboard_support import app_test, goto
+
+    at = goto(app_test(views["copy"], None, monkeypatch), "session", session=SESSION)
+    assert not at.exception
+    said = [w.value for w in at.warning if "into `bot-b`'s session" in w.value]
+    assert said == ["claimed (sent by agent `bot-a` into `bot-b`'s session)"] * 4
