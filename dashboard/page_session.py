@@ -143,6 +143,14 @@ def _header(ctx: nav.Context, head: Mapping[str, Any]) -> None:
             " session another agent holds (not tooltrail's; never counted as enforced).",
             icon=":material/gpp_maybe:",
         )
+    foreign = int(head.get("foreign_spans") or 0)
+    if foreign:  # SECURITY §8: listed, marked claimed, but not the session's status or totals
+        st.warning(
+            f"{foreign} span{'s' if foreign != 1 else ''} sent into this session by another"
+            " agent: listed (marked claimed), but not counted in its status, end, times or"
+            " tokens.",
+            icon=":material/gpp_maybe:",
+        )
     changed = int(head.get("changed_tool_calls") or 0)
     if changed:
         st.warning(

@@ -247,3 +247,4 @@ def test_the_dashboards_trace_says_who_sent_them(
     assert not at.exception
     said = [w.value for w in at.warning if "into `bot-b`'s session" in w.value]
     assert said == ["claimed (sent by agent `bot-a` into `bot-b`'s session)"] * 4
+    assert any(w.value.startswith("3 spans sent into this session") for w in at.warning)
