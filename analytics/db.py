@@ -107,6 +107,7 @@ SESSIONS_COLUMNS: Final = (
     "claimed_calls",
     "pending_approvals",
     "span_count",
+    "foreign_spans",
     "control_state",
     "control_changed_by",
     "control_changed_at",

@@ -149,9 +149,10 @@ def prompt_and_output(attributes: Any) -> tuple[str | None, str | None]:
 
 def _final_output(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The session's final output entry: its last end record's output, else the output
-    of its last root agent span; None when neither recorded one."""
+    of its last root agent span; None when neither recorded one. An end record another
+    agent sent into the session (``claimed``) is not the session's: its output is not."""
     for row in reversed(rows):
-        if row["entry"] != "end":
+        if row["entry"] != "end" or row.get("claimed"):
             continue
         attrs = _attributes(row["attributes"])
         text = attrs.get(TT_SESSION_OUTPUT)
@@ -170,7 +171,13 @@ def _first_line(text: str | None) -> str | None:
 
 
 def _summary(row: Mapping[str, Any]) -> str | None:
-    """One line saying what the entry is, for tables and timelines."""
+    """One line saying what the entry is, for tables and timelines; ``(claimed)`` after
+    an entry tooltrail does not believe (session_trace.sql)."""
+    said = _said(row)
+    return f"{said or row.get('name')} (claimed)" if row.get("claimed") else said
+
+
+def _said(row: Mapping[str, Any]) -> str | None:
     entry = row["entry"]
     if entry == "llm":
         said = _first_line(row.get("output")) or _first_line(row.get("prompt"))

@@ -14,7 +14,6 @@ from typing import Any, Final
 import polars as pl
 import streamlit as st
 
-from tooltrail import semconv as sc
 from tooltrail.dashboard import components, data, nav, trace_view, ui
 from tooltrail.errors import PolicyError
 from tooltrail.policy import Policy
@@ -142,6 +141,14 @@ def _header(ctx: nav.Context, head: Mapping[str, Any]) -> None:
             f"{claimed} decision{'s' if claimed != 1 else ''} only claimed: sent without an"
             " agent's credential, or by an agent's credential for another agent or into a"
             " session another agent holds (not tooltrail's; never counted as enforced).",
+            icon=":material/gpp_maybe:",
+        )
+    foreign = int(head.get("foreign_spans") or 0)
+    if foreign:  # SECURITY §8: listed, marked claimed, but not the session's status or totals
+        st.warning(
+            f"{foreign} span{'s' if foreign != 1 else ''} sent into this session by another"
+            " agent: listed (marked claimed), but not counted in its status, end, times or"
+            " tokens.",
             icon=":material/gpp_maybe:",
         )
     changed = int(head.get("changed_tool_calls") or 0)
@@ -304,15 +311,6 @@ def _policy(ctx: nav.Context) -> Policy | None:
         return None  # the Policy page reports why; rule details are optional here
 
 
-def _claimed(row: Mapping[str, Any]) -> str:
-    """Why a decision is only claimed, from the row's ``source`` (docs/DATA.md)."""
-    sender, _, holder = str(row.get("source") or "").partition(sc.SOURCE_SESSION_OF)
-    if holder:
-        who = sender.removeprefix(sc.SOURCE_AGENT_PREFIX)
-        return f"claimed (sent by agent {ui.code(who)} into {ui.code(holder)}'s session)"
-    return "claimed (unverified sender)"
-
-
 def _action_detail(
     row: Mapping[str, Any], outcome: str, approvals: pl.DataFrame, policy: Policy | None
 ) -> None:
@@ -327,7 +325,7 @@ def _action_detail(
         cols[3].markdown(
             "Enforced\n\n"
             + (
-                _claimed(row)
+                trace_view.claimed_note(row)
                 if row.get("verified") is False
                 else "at call time"
                 if enforced

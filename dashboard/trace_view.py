@@ -10,6 +10,7 @@ from typing import Any, Final
 
 import streamlit as st
 
+from tooltrail import semconv as sc
 from tooltrail.dashboard import nav, ui
 
 FILTERS: Final = {"All": "all", "Reasoning": "reasoning", "Tool calls": "tools"}
@@ -29,6 +30,16 @@ ENTRY_WORDS: Final = {
     "control": "session control",
     "end": "session end",
 }
+
+
+def claimed_note(row: Mapping[str, Any]) -> str:
+    """Why a row is only claimed, from its ``source`` (docs/DATA.md): sent by another
+    agent into this session, or by a sender tooltrail could not verify."""
+    sender, _, holder = str(row.get("source") or "").partition(sc.SOURCE_SESSION_OF)
+    if holder:
+        who = sender.removeprefix(sc.SOURCE_AGENT_PREFIX)
+        return f"claimed (sent by agent {ui.code(who)} into {ui.code(holder)}'s session)"
+    return "claimed (unverified sender)"
 
 
 def end_line(head: Mapping[str, Any]) -> str | None:
@@ -93,6 +104,10 @@ def _entry(row: Mapping[str, Any]) -> None:
             st.markdown(ui.md(str(row["summary"])))
         if row.get("reason"):
             st.caption(ui.md(str(row["reason"])))
+        if row.get("claimed"):
+            # (sent by another agent: the session's status, end, output and totals
+            # leave it out; docs/SECURITY.md §8)
+            st.warning(claimed_note(row))
         if row.get("prompt"):
             with st.expander("Prompt"):
                 st.code(str(row["prompt"]), language=None, wrap_lines=True)

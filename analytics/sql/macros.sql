@@ -69,3 +69,11 @@ CREATE OR REPLACE MACRO tooltrail_tags(attributes) AS
 -- saying so that lands no end record was abandoned (its agent died).
 CREATE OR REPLACE MACRO tooltrail_records_end(attributes) AS
     contains(attributes, '"tooltrail.session.ends":true');
+
+-- Whether a row was sent into its session by an agent other than the session's holder:
+-- its `source` is `agent:<sender>/session-of:<holder>` (collector/pipeline.py writes it;
+-- agent names hold no '/'). Such a row is in the session's record (its trace, its actions
+-- marked claimed, span_count) but says nothing about the session: not its status, end,
+-- times, identity, tags or token totals (session_partials.sql; docs/SECURITY.md §8).
+CREATE OR REPLACE MACRO tooltrail_foreign(source) AS
+    coalesce(source LIKE 'agent:%/session-of:%', false);

@@ -20,6 +20,7 @@ SELECT
     min(started_at) AS started_at,
     max(last_activity_at) AS last_activity_at,
     CAST(sum(span_count) AS BIGINT) AS span_count,
+    CAST(sum(foreign_spans) AS BIGINT) AS foreign_spans,
     min(agent_name_at) AS agent_name_at,
     arg_min(agent_name, (agent_name_at, agent_name)) AS agent_name,
     min(parent_session_id_at) AS parent_session_id_at,

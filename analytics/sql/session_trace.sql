@@ -3,6 +3,9 @@
 -- (pause / resume / cancel / an operator's complete), in the order they happened.
 --   entry: llm | agent | tool | end | control
 --   occurred_at: when it happened: a span's start; an end record's end; a control change's time.
+--   claimed: tooltrail does not believe what the row says: its decision was only claimed
+--     (verified = false) or another agent's credential sent it into this session
+--     (tooltrail_foreign): listed here, but not the session's end, output or totals.
 -- The caller (queries.py) reads prompts and outputs out of `attributes` and adds the
 -- session's final output. Ties (same microsecond) keep tool calls in sequence order,
 -- then a span before a control event before an end.
@@ -46,7 +49,9 @@ entries AS (
         attributes,
         trace_id,
         span_id,
-        parent_span_id
+        parent_span_id,
+        source,
+        verified IS FALSE OR tooltrail_foreign(source) AS claimed
     FROM actions
     WHERE session_id = $session_id
     UNION ALL BY NAME
@@ -79,7 +84,9 @@ entries AS (
         attributes,
         trace_id,
         span_id,
-        parent_span_id
+        parent_span_id,
+        source,
+        verified IS FALSE OR tooltrail_foreign(source) AS claimed
     FROM other_spans
     WHERE span_type IN ('llm', 'agent') OR name = 'tooltrail.session.end'
     UNION ALL BY NAME
@@ -97,7 +104,9 @@ entries AS (
         attributes,
         trace_id,
         span_id,
-        parent_span_id
+        parent_span_id,
+        source,
+        verified IS FALSE OR tooltrail_foreign(source) AS claimed
     FROM other_spans
     WHERE span_type = 'agent' AND parent_span_id IS NULL
     UNION ALL BY NAME
@@ -111,5 +120,5 @@ entries AS (
     FROM control_events
     WHERE session_id = $session_id
 )
-SELECT * FROM entries
+SELECT * REPLACE (coalesce(claimed, false) AS claimed) FROM entries
 ORDER BY occurred_at NULLS LAST, rank, sequence NULLS LAST, span_id

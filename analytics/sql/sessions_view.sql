@@ -12,6 +12,10 @@
 -- changed_tool_calls: actions on a tool whose definition differed from its pinned one.
 -- claimed_calls: actions whose decision an unauthenticated sender only claimed (landed
 -- verified = false): shown as claimed, never counted as enforced.
+-- foreign_spans: rows another agent's credential sent into the session (source
+-- agent:<sender>/session-of:<holder>): in span_count and, tool spans, in the action
+-- tallies, but never in its status, end, times, identity, tags or tokens
+-- (session_partials.sql).
 --
 -- status, first match wins: canceled / paused (session control), waiting_approval (an
 -- approval is pending), completed (an operator marked it so: `tooltrail complete`), the
@@ -122,6 +126,7 @@ SELECT
     t.claimed_calls,
     pending_approvals,
     t.span_count,
+    t.foreign_spans,
     ctl.state AS control_state,
     ctl.changed_by AS control_changed_by,
     ctl.changed_at AS control_changed_at,
@@ -156,6 +161,7 @@ FROM (
             coalesce(t.started_at, sp.first_requested_at) AS started_at,
             coalesce(t.last_activity_at, sp.last_requested_at) AS last_activity_at,
             coalesce(t.span_count, 0) AS span_count,
+            coalesce(t.foreign_spans, 0) AS foreign_spans,
             coalesce(t.total_actions, 0) AS total_actions,
             coalesce(t.allows, 0) AS allows,
             coalesce(t.denies, 0) AS denies,
