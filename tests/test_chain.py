@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from chain_support import land, tool_spans
 from click.testing import CliRunner
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 
-from tooltrail import semconv as sc
 from tooltrail.cli import cli
 from tooltrail.collector import chain
 from tooltrail.collector.compact import compact
@@ -37,48 +37,13 @@ def _own_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOOLTRAIL_CONFIG_DIR", str(tmp_path / "config"))
 
 
-class _Keep(SpanProcessor):
-    def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
-
-    def on_end(self, span: ReadableSpan) -> None:
-        self.spans.append(span)
-
-
 def _tool_spans(session: str, decisions: list[str], start: dt.datetime) -> list[ReadableSpan]:
-    keep = _Keep()
-    provider = TracerProvider()
-    provider.add_span_processor(keep)
-    tracer = provider.get_tracer("test")
-    for i, decision in enumerate(decisions):
-        t = int((start + dt.timedelta(seconds=i)).timestamp() * 1e9)
-        span = tracer.start_span(
-            f"execute_tool git_push {i}",
-            start_time=t,
-            attributes={
-                sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
-                sc.GEN_AI_TOOL_NAME: "git_push",
-                sc.TT_SESSION_ID: session,
-                sc.GEN_AI_AGENT_NAME: "release-bot",
-                sc.TT_SEQUENCE: i + 1,
-                sc.TT_DECISION: decision,
-                sc.TT_POLICY_RULE: "no-push" if decision == "DENY" else "pass",
-                sc.TT_ENFORCED: True,
-                sc.TT_BLAST_RADIUS: "High",
-            },
-        )
-        span.end(end_time=t + 5_000_000)
-    provider.shutdown()
-    return keep.spans
+    return tool_spans(session, decisions, start)
 
 
 def _land(data: Path, session: str, decisions: list[str], start: dt.datetime = DAY) -> Path:
     """Land one batch through the real exporter; the file it landed."""
-    before = set(iter_span_files(data))
-    exporter = TooltrailSpanExporter(data, buffer_rows=0)
-    exporter.export(_tool_spans(session, decisions, start))
-    exporter.shutdown()
-    (new,) = set(iter_span_files(data)) - before
+    (new,) = land(data, session, decisions, start)
     return new
 
 

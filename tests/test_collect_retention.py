@@ -16,12 +16,10 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from chain_support import land
 from collect_support import CollectorProcess, collect_argv, metric, request, wait_until
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
-from tooltrail import semconv as sc
 from tooltrail.collector import chain
-from tooltrail.collector.exporter import TooltrailSpanExporter
 from tooltrail.collector.writer import iter_span_files, write_sorted_parquet
 from tooltrail.control import ControlStore
 
@@ -29,42 +27,9 @@ NOW = dt.datetime.now(dt.UTC)
 DAY = dt.timedelta(days=1)
 
 
-class _Keep(SpanProcessor):
-    def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
-
-    def on_end(self, span: ReadableSpan) -> None:
-        self.spans.append(span)
-
-
 def _land(data: Path, session: str, calls: int, start: dt.datetime) -> None:
-    """Land ``calls`` tool spans of ``session`` starting at ``start`` (backdated the way
-    the retention tests of test_chain.py do) through the real exporter."""
-    keep = _Keep()
-    provider = TracerProvider()
-    provider.add_span_processor(keep)
-    tracer = provider.get_tracer("test")
-    for i in range(calls):
-        t = int((start + dt.timedelta(seconds=i)).timestamp() * 1e9)
-        span = tracer.start_span(
-            f"execute_tool git_status {i}",
-            start_time=t,
-            attributes={
-                sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
-                sc.GEN_AI_TOOL_NAME: "git_status",
-                sc.TT_SESSION_ID: session,
-                sc.GEN_AI_AGENT_NAME: "release-bot",
-                sc.TT_SEQUENCE: i + 1,
-                sc.TT_DECISION: "ALLOW",
-                sc.TT_POLICY_RULE: "pass",
-                sc.TT_ENFORCED: True,
-            },
-        )
-        span.end(end_time=t + 5_000_000)
-    provider.shutdown()
-    exporter = TooltrailSpanExporter(data, buffer_rows=0)
-    exporter.export(keep.spans)
-    exporter.shutdown()
+    """Land ``calls`` tool spans of ``session`` starting at ``start`` (backdated)."""
+    land(data, session, ["ALLOW"] * calls, start)
 
 
 def _sessions(data: Path) -> set[str]:

@@ -17,13 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from chain_support import land
 from click.testing import CliRunner
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
-from tooltrail import semconv as sc
 from tooltrail.cli import cli
 from tooltrail.collector import chain, retention
-from tooltrail.collector.exporter import TooltrailSpanExporter
 from tooltrail.collector.retention import RetentionLoop, delete_sessions, retention_cutoff
 from tooltrail.collector.verify import verify
 from tooltrail.collector.writer import iter_span_files, write_sorted_parquet
@@ -46,43 +44,9 @@ def data(tmp_path: Path) -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-class _Keep(SpanProcessor):
-    def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
-
-    def on_end(self, span: ReadableSpan) -> None:
-        self.spans.append(span)
-
-
 def _land(data: Path, session: str, calls: int, start: dt.datetime) -> Path:
     """Land ``calls`` tool spans of ``session`` through the real exporter; the file."""
-    keep = _Keep()
-    provider = TracerProvider()
-    provider.add_span_processor(keep)
-    tracer = provider.get_tracer("test")
-    for i in range(calls):
-        t = int((start + dt.timedelta(seconds=i)).timestamp() * 1e9)
-        span = tracer.start_span(
-            f"execute_tool git_push {i}",
-            start_time=t,
-            attributes={
-                sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL,
-                sc.GEN_AI_TOOL_NAME: "git_push",
-                sc.TT_SESSION_ID: session,
-                sc.GEN_AI_AGENT_NAME: "release-bot",
-                sc.TT_SEQUENCE: i + 1,
-                sc.TT_DECISION: "ALLOW",
-                sc.TT_POLICY_RULE: "pass",
-                sc.TT_ENFORCED: True,
-            },
-        )
-        span.end(end_time=t + 5_000_000)
-    provider.shutdown()
-    before = set(iter_span_files(data))
-    exporter = TooltrailSpanExporter(data, buffer_rows=0)
-    exporter.export(keep.spans)
-    exporter.shutdown()
-    (new,) = set(iter_span_files(data)) - before
+    (new,) = land(data, session, ["ALLOW"] * calls, start)
     return new
 
 
