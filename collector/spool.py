@@ -1,5 +1,9 @@
 """The collector's write-ahead spool: acknowledged spans survive ``kill -9``.
 
+(One file past 600 lines: the segment format, its writer, its reader and its lander share
+one set of invariants (durable before the 200, torn tails, exactly-once landing, the
+record MAC), and each half is only correct read against the other.)
+
 Durable before acknowledge: the HTTP handler appends each accepted request (its protobuf
 encoding, framed with length and CRC-32) to the active segment and ``fdatasync``s before
 it answers 200. A lander thread turns whole segments into Parquet in the background and
