@@ -434,6 +434,9 @@ def _one(src: SpanColumns, i: int) -> SpanColumns:
 # collector (then each row's sender is the stamp on its resource, sc.TT_COLLECTOR_SENDER).
 PROVENANCE_COLLECTOR: Final = "collector"
 PROVENANCES: Final = (sc.SOURCE_EXPORTER, sc.SOURCE_INGEST, PROVENANCE_COLLECTOR)
+# ``spool-unauthenticated:<stamp>``: landed from a spool record without a MAC (a TTSPOOL1
+# segment, collector/spool.py): what the stamp said, not believed (its decisions claimed).
+SOURCE_UNAUTHENTICATED_SPOOL: Final = "spool-unauthenticated:"
 
 
 def _senders(src: SpanColumns, provenance: str) -> list[Any] | None:
@@ -475,18 +478,16 @@ def stamp_provenance(
     (the instrumentation or the gateway decided), an agent holding an agent credential
     (the collector stamped ``agent:<name>``) for spans of that agent in a session it holds,
     or the policy run here. A decision the span carried in from an unauthenticated sender
-    (``otlp``), a file (``ingest``), an agent credential speaking for another agent, or
-    one sending into a session another agent holds (``owners``: its ``source`` becomes
+    (``otlp``), a file (``ingest``), a spool record without a MAC
+    (``spool-unauthenticated:<stamp>``), an agent credential speaking for another agent,
+    or one sending into a session another agent holds (``owners``: its ``source`` becomes
     ``agent:<sender>/session-of:<holder>``) is only claimed (false). Rows without a
     decision: null.
     """
     if senders is None:
         sources: list[str] = [provenance] * n
     else:
-        sources = [
-            s if isinstance(s, str) and s.startswith(sc.SOURCE_AGENT_PREFIX) else sc.SOURCE_OTLP
-            for s in senders
-        ]
+        sources = [_source(s) for s in senders]
     decisions = columns["decision"] or [None] * n
     agents = list(columns["agent_name"] or [None] * n)
     held = _held(columns, n, sources, owners) if owners is not None and senders else {}
@@ -513,8 +514,10 @@ def stamp_provenance(
             verified.append(None)
         elif not spanned:
             verified.append(True)  # the policy run here decided it
-        elif source in (sc.SOURCE_OTLP, sc.SOURCE_INGEST):
-            verified.append(False)  # an unauthenticated sender or a file: claimed
+        elif source in (sc.SOURCE_OTLP, sc.SOURCE_INGEST) or source.startswith(
+            SOURCE_UNAUTHENTICATED_SPOOL
+        ):
+            verified.append(False)  # an unauthenticated sender, a file, a MAC-less record
         elif credential_agent is None:
             verified.append(True)  # the in-process exporter: tooltrail decided it
         else:
@@ -525,6 +528,16 @@ def stamp_provenance(
         columns["agent_name"] = agents
     columns["source"] = sources
     columns["verified"] = verified
+
+
+def _source(stamp: Any) -> str:
+    """A collector-stamped sender as a row's ``source``: ``agent:<name>`` and
+    ``spool-unauthenticated:<stamp>`` as stamped, anything else ``otlp``."""
+    if isinstance(stamp, str) and stamp.startswith(
+        (sc.SOURCE_AGENT_PREFIX, SOURCE_UNAUTHENTICATED_SPOOL)
+    ):
+        return stamp
+    return sc.SOURCE_OTLP
 
 
 def _held(columns: Columns, n: int, sources: list[str], owners: SessionOwners) -> dict[Any, str]:
@@ -558,6 +571,7 @@ __all__ = [
     "REDUCED_ARGUMENTS",
     "REDUCED_ATTRIBUTE",
     "SET_ASIDE_SPAN_IDS",
+    "SOURCE_UNAUTHENTICATED_SPOOL",
     "BatchPipeline",
     "BatchResult",
     "RowHook",

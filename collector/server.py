@@ -286,6 +286,16 @@ _COUNTERS: Final = {
         "Spool segments that could not be landed at all (their span ids noted in "
         "spool/quarantine, the raw segment deleted)."
     ),
+    "spool_records_forged_total": (
+        "Spool records whose MAC did not verify (planted or edited in the data directory, "
+        "or written under another chain key): not landed, their span ids noted in "
+        "spool/quarantine (their spans count in spans_set_aside_total too)."
+    ),
+    "spool_records_unauthenticated_total": (
+        "Records of TTSPOOL1 spool segments (no MAC: written before records were "
+        "authenticated, or planted): landed claimed (verified false, source "
+        "spool-unauthenticated:<stamp>)."
+    ),
     "approvals_filed_total": "Approval requests filed over HTTP.",
     "session_controls_total": "Session pause / resume / cancel changes made over HTTP.",
     "approval_decisions_total": "Approval decisions made over HTTP.",
@@ -560,10 +570,25 @@ class Collector:
         self.metrics.add("spans_landed_total", landed.landed)
         self.metrics.add("spans_duplicate_skipped_total", landed.skipped)
         self.metrics.add("spans_foreign_session_total", landed.foreign)
+        if landed.forged:
+            self.metrics.add("spool_records_forged_total", landed.forged)
+            _log.error(
+                "tooltrail collect: %d spool record(s) failed authentication (planted or "
+                "edited in the data directory?): not landed, span ids noted in %s",
+                landed.forged,
+                quarantine_dir(self.data_dir),
+            )
+        if landed.unauthenticated:
+            self.metrics.add("spool_records_unauthenticated_total", landed.unauthenticated)
+            _log.warning(
+                "tooltrail collect: landed %d record(s) of a TTSPOOL1 spool segment (no MAC) "
+                "with their decisions claimed (source spool-unauthenticated:...)",
+                landed.unauthenticated,
+            )
         if landed.set_aside:
             self.metrics.add("spans_set_aside_total", landed.set_aside)
             _log.error(
-                "tooltrail collect: set aside %d span(s) that could not be normalized "
+                "tooltrail collect: set aside %d span(s) that could not be landed "
                 "(ids and reasons in %s)",
                 landed.set_aside,
                 quarantine_dir(self.data_dir),

@@ -1,5 +1,9 @@
 """The collector's write-ahead spool: acknowledged spans survive ``kill -9``.
 
+(One file past 600 lines: the segment format, its writer, its reader and its lander share
+one set of invariants (durable before the 200, torn tails, exactly-once landing, the
+record MAC), and each half is only correct read against the other.)
+
 Durable before acknowledge: the HTTP handler appends each accepted request (its protobuf
 encoding, framed with length and CRC-32) to the active segment and ``fdatasync``s before
 it answers 200. A lander thread turns whole segments into Parquet in the background and
@@ -22,6 +26,18 @@ Exactly once, also across crashes:
   write was cut by the crash) was never acknowledged, since the fsync precedes the
   answer; it is cut off.
 
+Authenticated records (red-team finding F1): each record carries an HMAC-SHA256 over the
+segment's name, the record's place in it and the payload (which holds the sender stamp
+the receiver put on every resource), under a key derived from the collector's chain
+signing key (:func:`spool_key`), which lives in its config directory, never in the data
+directory. Whoever can write the data directory but not read that key can neither plant a
+segment nor edit, move or reorder a record so that it lands as an agent's verified
+decisions: a record whose MAC does not verify is set aside (noted in the quarantine,
+counted), and the segment's other records land. A ``TTSPOOL1`` segment (written before
+records carried a MAC, or planted in that format) still lands, but its stamps are not
+believed: its rows land claimed, ``source`` ``spool-unauthenticated:<stamp>``. See
+docs/SECURITY.md section 8.
+
 One bad span never costs another: a record that cannot be decoded, or a span the
 pipeline cannot normalize (:class:`~tooltrail.collector.pipeline.SetAside`), is set aside
 alone and every other span of the segment lands. What is set aside is kept in
@@ -34,10 +50,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
 import secrets
+import string
 import struct
 import threading
 import time
@@ -55,7 +73,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from tooltrail import semconv as sc
-from tooltrail.collector.pipeline import BatchResult, SetAside
+from tooltrail.collector import chain
+from tooltrail.collector.pipeline import SOURCE_UNAUTHENTICATED_SPOOL, BatchResult, SetAside
 from tooltrail.collector.writer import fsync_path, spans_lock, split_by_date, write_table_atomic
 from tooltrail.config import SPANS_DIR
 from tooltrail.errors import StoreError
@@ -67,8 +86,16 @@ QUARANTINE_DIR: Final = "quarantine"
 SEGMENT_PREFIX: Final = "seg-"
 SEGMENT_SUFFIX: Final = ".wal"
 LANDED_PREFIX: Final = "spool-"
-MAGIC: Final = b"TTSPOOL1"
-_HEADER: Final = struct.Struct("<II")  # payload length, CRC-32 of the payload
+MAGIC: Final = b"TTSPOOL2"
+# Before records were authenticated: still landed, their sender stamps not believed.
+MAGIC_V1: Final = b"TTSPOOL1"
+MAC_BYTES: Final = 32
+# payload length, CRC-32 (of the payload, then the MAC), HMAC-SHA256 (record_mac)
+_HEADER: Final = struct.Struct(f"<II{MAC_BYTES}s")
+_HEADER_V1: Final = struct.Struct("<II")  # payload length, CRC-32 of the payload
+_INDEX: Final = struct.Struct("<Q")
+# HKDF info: the spool key is the chain key's, for this one purpose (never a signature key).
+_KEY_INFO: Final = b"tooltrail spool record MAC v1"
 DEFAULT_SEGMENT_BYTES: Final = 16 * 1024 * 1024
 NOTE_SUFFIX: Final = ".jsonl"
 DEFAULT_QUARANTINE_RETENTION_S: Final = 7 * 24 * 3600.0
@@ -80,12 +107,16 @@ TableOf = Callable[[ExportTraceServiceRequest], BatchResult]
 class Landed(NamedTuple):
     """What landing a batch did: rows landed now, rows found already landed, spans set
     aside (noted in the quarantine), rows an agent's credential sent into a session
-    another agent holds (landed claimed)."""
+    another agent holds (landed claimed), spool records whose MAC did not verify (set
+    aside: their spans are among ``set_aside``), records of a ``TTSPOOL1`` segment (landed
+    claimed)."""
 
     landed: int
     skipped: int
     set_aside: int = 0
     foreign: int = 0
+    forged: int = 0
+    unauthenticated: int = 0
 
 
 def foreign_rows(table: pa.Table | None) -> int:
@@ -104,34 +135,133 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+# --- the key and the MAC -----------------------------------------------------------------
+
+_key_lock = threading.Lock()
+_keys: dict[Path, bytes] = {}
+
+
+def spool_key() -> bytes:
+    """The key that authenticates spool records: HKDF-SHA256 of this account's chain
+    signing key (``$TOOLTRAIL_CHAIN_KEY``, else ``<config dir>/chain-signing.key``, created
+    on first use), with an info string of its own.
+
+    Derived rather than kept as a file of its own: it must be out of the data directory's
+    reach exactly as the chain key is, and whoever reads the chain key can re-sign the
+    whole ledger anyway, so a second file would add a thing to keep, back up and rotate,
+    not a protection. The landing workers (separate processes, the same account and
+    environment) derive the same key. Raises StoreError when the chain key is unusable.
+    """
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    path = chain.key_path()
+    with _key_lock:
+        cached = _keys.get(path)
+    if cached is not None:
+        return cached
+    try:
+        private = chain.signing_key().private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+    except (OSError, ValueError) as e:
+        raise StoreError(f"cannot read the chain signing key {path}: {e}") from e
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KEY_INFO).derive(private)
+    with _key_lock:
+        _keys[path] = key
+    return key
+
+
+def _segment_mac(key: bytes, segment: str) -> hmac.HMAC:
+    """The MAC state every record of ``segment`` starts from: the format and the
+    segment's name, so a record moved to another segment (or file name) fails."""
+    name = segment.encode()
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    mac.update(MAGIC + struct.pack("<H", len(name)) + name)
+    return mac
+
+
+def _mac(base: hmac.HMAC, index: int, payload: bytes) -> bytes:
+    mac = base.copy()
+    mac.update(_INDEX.pack(index))  # its place: records cannot be reordered or repeated
+    mac.update(payload)
+    return mac.digest()
+
+
+def record_mac(key: bytes, segment: str, index: int, payload: bytes) -> bytes:
+    """HMAC-SHA256 of record ``index`` (0-based) of the segment named ``segment``."""
+    return _mac(_segment_mac(key, segment), index, payload)
+
+
+def _frame(mac: bytes, payload: bytes, payload_crc: int) -> bytes:
+    return _HEADER.pack(len(payload), zlib.crc32(mac, payload_crc), mac) + payload
+
+
+def encode_record(key: bytes, segment: str, index: int, payload: bytes) -> bytes:
+    """Record ``index`` of the segment named ``segment`` as it is written after
+    :data:`MAGIC` (length, CRC-32, MAC, payload)."""
+    return _frame(record_mac(key, segment, index, payload), payload, zlib.crc32(payload))
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class SegmentRead:
+    """A segment's intact records. ``macs[k]`` is record k's MAC as written (none in a
+    ``version`` 1 segment); :func:`authentic` checks them."""
+
     payloads: list[bytes]
     valid_end: int
     torn: bool
+    version: int = 2
+    macs: tuple[bytes, ...] = ()
 
 
 def read_segment(path: Path) -> SegmentRead:
-    """Every intact record of a segment; stops at the first torn or corrupt one."""
+    """Every intact record of a segment; stops at the first torn or corrupt one (a CRC
+    that does not match). Checks framing only: see :func:`authentic`."""
     data = path.read_bytes()
-    if not data.startswith(MAGIC):
+    if data.startswith(MAGIC):
+        header, version = _HEADER, 2
+    elif data.startswith(MAGIC_V1):
+        header, version = _HEADER_V1, 1
+    else:
         # A crash right after creating the file can leave it shorter than the magic.
         return SegmentRead([], 0, bool(data))
     payloads: list[bytes] = []
+    macs: list[bytes] = []
     pos = len(MAGIC)
     size = len(data)
-    while pos + _HEADER.size <= size:
-        length, crc = _HEADER.unpack_from(data, pos)
-        start = pos + _HEADER.size
+    while pos + header.size <= size:
+        fields = header.unpack_from(data, pos)
+        length, crc = fields[0], fields[1]
+        start = pos + header.size
         end = start + length
         if end > size:
             break
         payload = data[start:end]
-        if zlib.crc32(payload) != crc:
+        mac = fields[2] if version == 2 else b""
+        if zlib.crc32(mac, zlib.crc32(payload)) != crc:
             break
         payloads.append(payload)
+        macs.append(mac)
         pos = end
-    return SegmentRead(payloads, pos, pos != size)
+    return SegmentRead(payloads, pos, pos != size, version, tuple(macs) if version == 2 else ())
+
+
+def authentic(read: SegmentRead, segment: str, key: bytes) -> list[bool]:
+    """Whether each record of a version 2 segment named ``segment`` carries the MAC
+    ``key`` gives it (constant-time comparisons). A version 1 segment has none: all false."""
+    if read.version != 2:
+        return [False] * len(read.payloads)
+    base = _segment_mac(key, segment)
+    return [
+        hmac.compare_digest(_mac(base, k, payload), mac)
+        for k, (payload, mac) in enumerate(zip(read.payloads, read.macs, strict=True))
+    ]
 
 
 class Spool:
@@ -139,7 +269,8 @@ class Spool:
 
     ``append`` is durable on return. Segments are sealed when they pass
     ``segment_bytes`` or when the lander asks (``seal``), and handed to the lander in
-    order through ``sealed()``.
+    order through ``sealed()``. Records are authenticated with ``key`` (default
+    :func:`spool_key`, read here so an unusable chain key stops start-up).
     """
 
     def __init__(
@@ -148,13 +279,17 @@ class Spool:
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         sync: bool = True,
+        key: bytes | None = None,
     ) -> None:
         self.dir = data_dir / SPOOL_DIR
         self.segment_bytes = segment_bytes
         self._sync = sync
+        self._key = key if key is not None else spool_key()
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._active: Path | None = None
+        self._active_mac: hmac.HMAC | None = None  # the active segment's MAC state
+        self._active_records = 0
         self._active_size = 0
         self._active_opened = 0.0
         self._last_append = 0.0
@@ -208,17 +343,21 @@ class Spool:
             fsync_path(self.dir)  # the new name must survive a crash too
         self._fd = fd
         self._active = path
+        self._active_mac = _segment_mac(self._key, name)
+        self._active_records = 0
         self._active_size = len(MAGIC)
         self._backlog += len(MAGIC)  # done() subtracts whole file sizes
         self._active_opened = time.monotonic()
 
     def append(self, payload: bytes) -> None:
         """Append one record; it is on stable storage when this returns."""
-        record = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        payload_crc = zlib.crc32(payload)  # outside the lock; the MAC needs the place
         with self._lock:
             if self._fd is None:
                 self._open_segment()
-            assert self._fd is not None
+            assert self._fd is not None and self._active_mac is not None
+            mac = _mac(self._active_mac, self._active_records, payload)
+            record = _frame(mac, payload, payload_crc)
             try:
                 _write_all(self._fd, record)
                 if self._sync:
@@ -229,6 +368,7 @@ class Spool:
                 # records after it would be lost. Cut it off and start a new segment.
                 self._abandon_tail_locked()
                 raise
+            self._active_records += 1
             self._active_size += len(record)
             self._backlog += len(record)
             self._last_append = time.monotonic()
@@ -250,6 +390,7 @@ class Spool:
         self._sizes[self._active] = self._active_size
         self._fd = None
         self._active = None
+        self._active_mac = None
         self._active_size = 0
 
     def seal(self, older_than_s: float = 0.0, idle_s: float | None = None) -> None:
@@ -290,25 +431,39 @@ def landed_name(segment: Path) -> str:
     return f"{LANDED_PREFIX}{segment.name.removesuffix(SEGMENT_SUFFIX)}.parquet"
 
 
-def land_segment(segment: Path, data_dir: Path, table_of: TableOf) -> Landed:
+def land_segment(
+    segment: Path, data_dir: Path, table_of: TableOf, key: bytes | None = None
+) -> Landed:
     """Land one sealed segment exactly once, then delete it.
 
-    A record that cannot be decoded, or a span that cannot be normalized, is set aside
-    alone (noted in the quarantine, see :func:`note_set_aside`); the rest lands. Raises
-    OSError when the data directory cannot be written (the segment stays, to be retried).
+    A record whose MAC does not verify under ``key`` (default :func:`spool_key`), a record
+    that cannot be decoded, or a span that cannot be normalized, is set aside alone (noted
+    in the quarantine, see :func:`note_set_aside`); the rest lands. A ``TTSPOOL1``
+    segment's records land with their sender stamps not believed (:func:`_unbelieved`).
+    Raises OSError when the data directory cannot be written (the segment stays, to be
+    retried).
     """
     try:
         read = read_segment(segment)
     except FileNotFoundError:
         return Landed(0, 0)  # landed and deleted by another lander (a dying collector's worker)
+    genuine = authentic(read, segment.name, key if key is not None else spool_key())
+    legacy = read.version == 1
     tables: list[pa.Table] = []
     aside: list[SetAside] = []
+    forged = 0
     for k, payload in enumerate(read.payloads):
+        if not (legacy or genuine[k]):
+            forged += 1
+            aside.extend(_forged(k, payload))
+            continue
         try:
             request = ExportTraceServiceRequest.FromString(payload)
         except Exception as e:  # DecodeError; the receiver decoded it once, so: corruption
             aside.append(_undecodable(k, payload, e))
             continue
+        if legacy:
+            _unbelieved(request)
         try:
             result = table_of(request)
         except (MemoryError, OSError):
@@ -329,7 +484,58 @@ def land_segment(segment: Path, data_dir: Path, table_of: TableOf) -> Landed:
         landed, skipped = land_named(table, data_dir, name)
         segment.unlink(missing_ok=True)
         fsync_path(segment.parent)
-    return Landed(landed, skipped, len(aside), foreign_rows(table))
+    unauthenticated = len(read.payloads) if legacy else 0
+    return Landed(landed, skipped, len(aside), foreign_rows(table), forged, unauthenticated)
+
+
+# The reason noted for each span of a record whose MAC does not verify.
+FORGED_REASON: Final = (
+    "its spool record's MAC does not verify (planted or edited in the data directory, "
+    "or written under another chain key): not landed"
+)
+
+
+def _forged(index: int, payload: bytes) -> list[SetAside]:
+    """Notes for a record whose MAC does not verify: its spans' ids when it decodes (the
+    ids help find what was planted; its values are never noted), else its digest."""
+    try:
+        request = ExportTraceServiceRequest.FromString(payload)
+    except Exception as e:
+        return [_undecodable(index, payload, e)]
+    notes = _aside_all(request, f"record {index}: {FORGED_REASON}")
+    return notes or [SetAside("", "", f"record {index} (no spans): {FORGED_REASON}")]
+
+
+def _unbelieved(request: ExportTraceServiceRequest) -> None:
+    """Replace each resource's sender stamp ``S`` by ``spool-unauthenticated:S``: a
+    ``TTSPOOL1`` record has no MAC, so whoever wrote the data directory may have written
+    the stamp. Its rows land claimed (``verified`` false), their ``source`` saying why and
+    what the stamp said (kept only when it is one the collector writes)."""
+    for rs in request.resource_spans:
+        attrs = rs.resource.attributes
+        said = ""
+        for i in reversed(range(len(attrs))):
+            if attrs[i].key == sc.TT_COLLECTOR_SENDER:
+                said = said or attrs[i].value.string_value
+                del attrs[i]
+        kv = attrs.add()
+        kv.key = sc.TT_COLLECTOR_SENDER
+        kv.value.string_value = f"{SOURCE_UNAUTHENTICATED_SPOOL}{_stamp_shown(said)}"
+
+
+def _stamp_shown(stamp: str) -> str:
+    """``stamp`` if the collector could have written it (``otlp``, ``agent:<name>``),
+    else ``unknown``: a planted stamp must not pose as another kind of source."""
+    name = stamp.removeprefix(sc.SOURCE_AGENT_PREFIX)
+    agent = stamp.startswith(sc.SOURCE_AGENT_PREFIX) and 0 < len(name) <= _NAME_MAX
+    if stamp == sc.SOURCE_OTLP or (agent and name[0].isalnum() and set(name) <= _NAME_CHARS):
+        return stamp
+    return "unknown"
+
+
+# Agent names as tooltrail/access.py allows them (letters, digits, ._@-; at most 64).
+_NAME_CHARS: Final = frozenset(string.ascii_letters + string.digits + "._@-")
+_NAME_MAX: Final = 64
 
 
 def land_named(table: pa.Table | None, data_dir: Path, name: str) -> tuple[int, int]:
@@ -443,9 +649,15 @@ def sweep_quarantine(data_dir: Path, older_than_s: float) -> int:
 __all__ = [
     "DEFAULT_QUARANTINE_RETENTION_S",
     "DEFAULT_SEGMENT_BYTES",
+    "FORGED_REASON",
+    "MAGIC",
+    "MAGIC_V1",
     "SPOOL_DIR",
     "Landed",
+    "SegmentRead",
     "Spool",
+    "authentic",
+    "encode_record",
     "land_named",
     "land_segment",
     "landed_name",
@@ -453,5 +665,7 @@ __all__ = [
     "quarantine",
     "quarantine_dir",
     "read_segment",
+    "record_mac",
+    "spool_key",
     "sweep_quarantine",
 ]

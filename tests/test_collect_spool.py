@@ -18,7 +18,7 @@ from test_collect_http import _flip, _valid, make_request
 
 from tooltrail.collector.landing import RequestPipeline
 from tooltrail.collector.receiver import Limits, RequestRejected, decompress, read_request
-from tooltrail.collector.spool import Spool, land_segment, landed_name, read_segment
+from tooltrail.collector.spool import Landed, Spool, land_segment, landed_name, read_segment
 
 DAY = 86_400 * 1_000_000_000
 
@@ -83,9 +83,9 @@ def test_crash_between_landing_and_deleting_lands_once(tmp_path: Path) -> None:
     saved = tmp_path / "saved.wal"
     shutil.copy(segment, saved)
     rows_of = RequestPipeline(None, redact=True).result
-    assert land_segment(segment, tmp_path, rows_of) == (7, 0, 0, 0)
+    assert land_segment(segment, tmp_path, rows_of) == Landed(7, 0)
     shutil.copy(saved, segment)  # as if killed before the unlink
-    assert land_segment(segment, tmp_path, rows_of) == (0, 7, 0, 0)
+    assert land_segment(segment, tmp_path, rows_of) == Landed(0, 7)
     assert len(landed_rows(tmp_path)) == 7
     names = {p.name for p in (tmp_path / "spans").glob("date=*/*.parquet")}
     assert names == {landed_name(segment)}
