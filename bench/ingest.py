@@ -30,6 +30,8 @@ and the session-owner check at landing. ``--baseline BIN``: each run is made twi
 one invocation, alternately, with another checkout's ``tooltrail`` (say, main's) and with
 this one's, and the ratio of their figures is printed (timings on a shared machine are
 noisy; runs side by side are comparable).
+
+Just past 600 lines: one benchmark script with its senders, modes and report.
 """
 
 from __future__ import annotations

@@ -25,6 +25,11 @@ Durability (``durability``):
   the 200. Back-pressure: at most ``max_inflight`` requests land at once; more get 503.
 
 bench/ingest.py measures both; docs/COLLECTOR.md has the figures and the choice.
+
+One file past 600 lines: ``BaseHTTPRequestHandler`` dispatches every route of a connection
+to one handler class, and the routes share its framing, deadline and credential helpers.
+What the routes do lives elsewhere (pipeline.py, landing.py, approvals_http.py,
+``tooltrail.events``); moving the approval and event routes into mixins is the next split.
 """
 
 from __future__ import annotations

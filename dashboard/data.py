@@ -20,6 +20,9 @@ so the next run shows it.
 The store is also read for the two things the views do not carry: who may decide a
 request (its approvers) and a session's control history. It is not created just by
 looking: without ``control.sqlite`` those reads are empty.
+
+Just past 600 lines, kept whole on purpose: it is the one place the pages read and write
+through (the shared connection, its lock and the cache every write clears).
 """
 
 from __future__ import annotations

@@ -22,6 +22,12 @@ through the same scrubber. Free text (reasons, names, the shown arguments) follo
 ``$TOOLTRAIL_REDACT``. A session id is a key, so it is always scrubbed, to a fixed point
 (``session_key``), on write and on every lookup alike: the agent's raw id, the landed
 (scrubbed) id and the stored key all find the same row.
+
+One file past 600 lines: every write to the store (filing, deciding, session control,
+completions) and the ledger entry it appends happen in one transaction of one
+``ControlStore``, and the checks that decide what to believe share its private readers;
+verification of a whole store is apart (control_verify.py), as are the ledger and the
+signatures (ledger.py, signing.py).
 """
 
 from __future__ import annotations
