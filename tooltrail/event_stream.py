@@ -24,8 +24,8 @@ happens rather than when someone next looks.
 :func:`sse_stream` into Server-Sent Events bytes, for any HTTP server (the collector's
 ``GET /v1/events``; an ASGI app can iterate it in a thread) to write.
 
-One file past 600 lines: the source follows four stores (span files, control store,
-approval deadlines, tool pins) behind one cursor, whose fields must advance together.
+One file past 600 lines: the source follows four kinds of record (span files, control
+events and completions, approvals, tool pins) behind one cursor whose fields advance together.
 """
 
 from __future__ import annotations
