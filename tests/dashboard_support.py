@@ -608,6 +608,13 @@ def seed_with_gateway(root: Path) -> tuple[Seeded, str]:
 # --- a real server ------------------------------------------------------------------------
 
 
+def decided(seeded: Seeded, approval_id: str) -> tuple[str, str | None]:
+    """A request's status and who decided it, as the control store has them."""
+    with ControlStore(seeded.root) as store:
+        record = store.get(approval_id)
+    return record.status, record.decided_by
+
+
 def free_port() -> int:
     """A local TCP port nobody listens on right now."""
     with socket.socket() as s:

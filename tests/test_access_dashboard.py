@@ -16,6 +16,7 @@ from dashboard_support import (
     TRIAGE,
     Seeded,
     app_test,
+    decided,
     goto,
     seed,
     texts,
@@ -44,12 +45,6 @@ def _signin_page(at: Any) -> bool:
 
 def _keys(at: Any) -> set[str]:
     return {b.key for b in at.button if b.key}
-
-
-def _decided(seeded: Seeded, approval_id: str) -> tuple[str, str | None]:
-    with ControlStore(seeded.root) as store:
-        record = store.get(approval_id)
-    return record.status, record.decided_by
 
 
 def test_nothing_is_shown_before_sign_in_and_sign_out_ends_it(
@@ -93,7 +88,7 @@ def test_a_viewer_sees_no_decision_or_control_button(
     assert not [k for k in _keys(at) if "approve" in k or "deny" in k]
     goto(at, "session", session=TRIAGE)
     assert not [k for k in _keys(at) if k.endswith(("-pause", "-cancel", "-resume"))]
-    assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
+    assert decided(seeded, PENDING_ANYONE) == ("pending", None)
 
 
 def test_an_approver_decides_as_themselves_only_where_the_rule_lists_them(
@@ -106,7 +101,7 @@ def test_an_approver_decides_as_themselves_only_where_the_rule_lists_them(
     deny = at.button(key=f"overview-deny-{PENDING_MANAGERS}")
     assert deny.disabled and "Only dana, lee may decide" in str(deny.help)
     at.button(key=f"overview-approve-{PENDING_ANYONE}").click().run()
-    assert _decided(seeded, PENDING_ANYONE) == ("approved", "alice")
+    assert decided(seeded, PENDING_ANYONE) == ("approved", "alice")
     assert f"Approved {PENDING_ANYONE} as alice" in texts(at.toast)
     # An approver may not pause, resume or cancel: no such button.
     goto(at, "session", session=TRIAGE)
@@ -116,7 +111,7 @@ def test_an_approver_decides_as_themselves_only_where_the_rule_lists_them(
     _sign_in(at, "dana", creds["dana"])
     goto(at, "approvals")
     at.button(key=f"approvals-deny-{PENDING_MANAGERS}").click().run()
-    assert _decided(seeded, PENDING_MANAGERS) == ("denied", "dana")
+    assert decided(seeded, PENDING_MANAGERS) == ("denied", "dana")
 
 
 def test_an_operator_controls_sessions_as_themselves(
@@ -141,7 +136,7 @@ def test_a_rotated_or_disabled_user_is_signed_out_at_the_next_click(
     assert code == 0, err
     # The page was drawn before the rotation; its Approve click must decide nothing.
     at.button(key=f"overview-approve-{PENDING_ANYONE}").click().run()
-    assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
+    assert decided(seeded, PENDING_ANYONE) == ("pending", None)
     assert _signin_page(at) and not at.metric
     assert any("signed out" in w for w in texts(at.warning))
 
@@ -150,7 +145,7 @@ def test_a_rotated_or_disabled_user_is_signed_out_at_the_next_click(
     code, _, err = invoke(seeded.root, "users", "disable", "bob", token=creds["admin"])
     assert code == 0, err
     at.button(key=f"overview-deny-{PENDING_ANYONE}").click().run()
-    assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
+    assert decided(seeded, PENDING_ANYONE) == ("pending", None)
     assert _signin_page(at)
 
 
@@ -162,7 +157,7 @@ def test_single_user_mode_works_with_a_typed_name_and_says_so(
     assert any("Single-user mode" in c for c in texts(at.caption))
     at.sidebar.text_input(key="operator").input("alice").run()
     at.button(key=f"overview-approve-{PENDING_ANYONE}").click().run()
-    assert _decided(seeded, PENDING_ANYONE) == ("approved", "alice")
+    assert decided(seeded, PENDING_ANYONE) == ("approved", "alice")
     goto(at, "approvals")
     assert any("Single-user mode" in c for c in texts(at.caption))
     goto(at, "session", session=TRIAGE)
@@ -215,14 +210,14 @@ def test_the_write_checks_the_role_again_whatever_the_page_offered(seeded: Seede
         data.control_session(
             seeded.root, TRIAGE, "pause", Identity("alice", "approver", "local"), None
         )
-    assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
+    assert decided(seeded, PENDING_ANYONE) == ("pending", None)
     # An approver's identity alone is not enough either: without the key unsealed at her
     # sign-in, the control store refuses an unsigned decision (SECURITY.md §7).
     with pytest.raises(NotAuthenticatedError, match="signed by a decider's key"):
         data.decide(
             seeded.root, PENDING_ANYONE, "denied", Identity("alice", "approver", "local"), "no"
         )
-    assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
+    assert decided(seeded, PENDING_ANYONE) == ("pending", None)
 
 
 def test_email_roles_are_managed_by_admins_only(seeded: Seeded) -> None:

@@ -19,6 +19,7 @@ from dashboard_support import (
     TRIAGE,
     Seeded,
     app_test,
+    decided,
     goto,
     seed,
     texts,
@@ -51,12 +52,6 @@ def _as_carol(at: Any) -> Any:
     return at.run()
 
 
-def _decided(seeded: Seeded, approval_id: str) -> tuple[str, str | None]:
-    with ControlStore(seeded.root) as store:
-        record = store.get(approval_id)
-    return record.status, record.decided_by
-
-
 def test_without_a_relay_an_openid_approver_is_told_what_to_configure(
     seeded: Seeded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -69,7 +64,7 @@ def test_without_a_relay_an_openid_approver_is_told_what_to_configure(
     (said,) = [t for t in texts(at.toast) if PENDING_ANYONE in t]
     assert "cannot sign decisions" in said
     assert "tooltrail users add-relay" in said and "oidc_signer" in said
-    assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
+    assert decided(seeded, PENDING_ANYONE) == ("pending", None)
 
 
 @pytest.mark.parametrize("where", ["secrets", "env"])
@@ -94,8 +89,8 @@ def test_with_the_relay_a_mapped_approver_decides_as_their_email_and_it_verifies
         f"Approved {PENDING_ANYONE} as {CAROL} (approver, via OpenID, vouched by dashboard)"
         in texts(at.toast)
     )
-    assert _decided(seeded, PENDING_ANYONE) == ("approved", CAROL)
-    assert _decided(seeded, PENDING_MANAGERS) == ("pending", None)
+    assert decided(seeded, PENDING_ANYONE) == ("approved", CAROL)
+    assert decided(seeded, PENDING_MANAGERS) == ("pending", None)
     con = sqlite3.connect(seeded.root / "control.sqlite")
     (body,) = con.execute(
         "SELECT body FROM control_ledger WHERE kind = 'decision' AND ref = ?", (PENDING_ANYONE,)
@@ -118,7 +113,7 @@ def test_a_disabled_relay_signs_nothing_more(
     at.button(key=f"overview-approve-{PENDING_ANYONE}").click().run()
     (said,) = [t for t in texts(at.toast) if PENDING_ANYONE in t]
     assert "relay 'dashboard' is disabled" in said
-    assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
+    assert decided(seeded, PENDING_ANYONE) == ("pending", None)
 
 
 def test_an_openid_operator_pauses_a_session_and_history_says_who_vouched(

@@ -37,13 +37,13 @@ from dashboard_support import (
     PENDING_ANYONE,
     PENDING_MANAGERS,
     Seeded,
+    decided,
     free_port,
     seed,
     stop_server,
 )
 
 from tooltrail.collector import chain
-from tooltrail.control import ControlStore
 from tooltrail.dashboard import launch
 
 pytestmark = [needs_chromium, pytest.mark.slow]
@@ -80,12 +80,6 @@ def _serve(seeded: Seeded, tmp_path: Path, port: int, secrets_file: Path | None)
 def page() -> Iterator[Any]:
     with browser_page() as tab:
         yield tab
-
-
-def _decided(seeded: Seeded, approval_id: str) -> tuple[str, str | None]:
-    with ControlStore(seeded.root) as store:
-        record = store.get(approval_id)
-    return record.status, record.decided_by
 
 
 def _sign_in_locally(
@@ -138,8 +132,8 @@ def test_a_viewer_gets_no_approve_button_and_a_listed_approver_decides_as_themse
         approve.click()
         expect(page.get_by_text(f"Approved {PENDING_MANAGERS} as dana").first).to_be_visible()
         expect(card).to_have_count(0)
-        assert _decided(seeded, PENDING_MANAGERS) == ("approved", "dana")
-        assert _decided(seeded, PENDING_ANYONE) == ("pending", None)
+        assert decided(seeded, PENDING_MANAGERS) == ("approved", "dana")
+        assert decided(seeded, PENDING_ANYONE) == ("pending", None)
 
         # The admin deletes a failed session (issue 17): reason, confirmation, tombstone.
         settled(page)
@@ -303,8 +297,8 @@ def test_oidc_sign_in_maps_the_email_to_its_role_and_sign_out_ends_it(
                 ).first
             ).to_be_visible()
             expect(card).to_have_count(0)
-            assert _decided(seeded, PENDING_ANYONE) == ("approved", "carol@example.com")
-            assert _decided(seeded, PENDING_MANAGERS) == ("pending", None)
+            assert decided(seeded, PENDING_ANYONE) == ("approved", "carol@example.com")
+            assert decided(seeded, PENDING_MANAGERS) == ("pending", None)
             _verifies(seeded, PENDING_ANYONE, tmp_path / "trust-root.json", creds["admin"])
             expect(other.get_by_role("button", name="Approve")).to_be_disabled()
 
