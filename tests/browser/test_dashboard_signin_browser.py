@@ -202,14 +202,18 @@ def _sign_out(page: Any, button: str) -> None:
     action) can hit the element being replaced and be dropped: CI saw that once. So wait
     for the run to finish first, and click again if the provider's page has not come up."""
     confirm = page.get_by_role("button", name="Yes, sign me out")
-    for _ in range(3):
+    for attempt in range(3):
         settled(page)
-        page.get_by_role("button", name=button).click()
         try:
+            page.get_by_role("button", name=button).click(timeout=15_000)
             confirm.wait_for(state="visible", timeout=10_000)
             break
         except playwright_api.Error:
-            continue
+            # Once, on a loaded machine, the button was not there for 30 s after the
+            # approval's run; the page (what it showed instead) goes to the test's output,
+            # and a reload, as a person would do, gets a fresh run of the page.
+            print(f"sign-out attempt {attempt + 1}: the page showed:\n{page.inner_text('body')}")
+            page.reload()
     confirm.click()
 
 
