@@ -26,10 +26,15 @@ Durability (``durability``):
 
 bench/ingest.py measures both; docs/COLLECTOR.md has the figures and the choice.
 
-One file past 600 lines: ``BaseHTTPRequestHandler`` dispatches every route of a connection
-to one handler class, and the routes share its framing, deadline and credential helpers.
-What the routes do lives elsewhere (pipeline.py, landing.py, approvals_http.py,
-``tooltrail.events``); moving the approval and event routes into mixins is the next split.
+One file past 600 lines: it holds the collector's config, metrics, instance lock, the
+``Collector`` (ingest, spool landing, views) and the connection core every route shares:
+``BaseHTTPRequestHandler`` serves a connection with one handler class, whose framing,
+deadline, credential and answer helpers and dispatch (``_Handler``) are here. The routes
+are mixins of it, each in its own module: ``http_traces`` (OTLP), ``http_approvals``
+(approvals, decisions, withdrawals, the long-poll), ``http_sessions`` (session control),
+``http_events`` (SSE); what they may use of the core is the ``HandlerCore`` Protocol in
+``http_core``. What the routes do to the store lives below them (pipeline.py, landing.py,
+approvals_http.py, ``tooltrail.events``).
 """
 
 from __future__ import annotations
@@ -68,10 +73,13 @@ from tooltrail import semconv as sc
 from tooltrail.access import Principal
 from tooltrail.collector import approvals_http as apr
 from tooltrail.collector.access_http import AccessGate
+from tooltrail.collector.http_approvals import ApprovalRoutes
+from tooltrail.collector.http_events import EventRoutes
+from tooltrail.collector.http_sessions import SessionRoutes
+from tooltrail.collector.http_traces import TraceRoutes
 from tooltrail.collector.landing import Lander, RequestPipeline, wait_for_old_workers
 from tooltrail.collector.receiver import (
     CT_JSON,
-    CT_PROTOBUF,
     Limits,
     RequestRejected,
     media_type,
@@ -90,8 +98,6 @@ from tooltrail.collector.spool import (
     sweep_quarantine,
 )
 from tooltrail.errors import BadInputError, NotAuthenticatedError, StoreError, TooltrailError
-from tooltrail.event_stream import EventSource, sse_stream, start_cursor
-from tooltrail.events import EventFilter, make_filter
 from tooltrail.webhooks import Deliverer
 
 if TYPE_CHECKING:
@@ -114,7 +120,6 @@ DECISION_SUFFIX: Final = "/decision"
 WITHDRAW_SUFFIX: Final = "/withdraw"
 SESSIONS_PATH: Final = "/v1/sessions"
 EVENTS_PATH: Final = "/v1/events"
-CT_EVENT_STREAM: Final = "text/event-stream; charset=utf-8"
 CONTROL_SUFFIX: Final = "/control"
 METRICS_PATH: Final = "/metrics"
 HEALTH_PATH: Final = "/healthz"
@@ -820,7 +825,10 @@ class _LineRecorder:
         return line
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(TraceRoutes, ApprovalRoutes, SessionRoutes, EventRoutes, BaseHTTPRequestHandler):
+    """One connection: framing, deadlines, credentials, answers and dispatch; the routes
+    are the mixins (what they use of this class is ``http_core.HandlerCore``)."""
+
     protocol_version = "HTTP/1.1"
     server_version = "tooltrail-collect"
 
@@ -1184,39 +1192,6 @@ class _Handler(BaseHTTPRequestHandler):
             headers={"Allow": allow},
         )
 
-    # -- traces ----------------------------------------------------------------------------
-
-    def _post_traces(self) -> None:
-        kind = "traces"
-        # Errors are encoded like the request; JSON when the request's type is unusable.
-        media = (
-            CT_PROTOBUF if media_type(self.headers.get("Content-Type")) == CT_PROTOBUF else CT_JSON
-        )
-        sender = self._sender(kind, media)
-        if sender is None:
-            return
-        collector = self.collector
-        body = self._read_body(collector.cfg.limits.max_body_bytes, kind, media)
-        if body is None:
-            return
-        if collector.shed():
-            collector.metrics.add("requests_shed_total")
-            self._error(503, "backlog full: retry later", kind=kind, media=media)
-            return
-        try:
-            answer = collector.ingest(
-                self.headers.get("Content-Type"),
-                self.headers.get("Content-Encoding"),
-                body,
-                sender=sender,
-            )
-        except RequestRejected as e:
-            self._error(e.status, e.message, kind=kind, media=media)
-            return
-        self._send(200, answer, media, kind=kind)
-
-    # -- approvals -------------------------------------------------------------------------
-
     # -- access control --------------------------------------------------------------------
 
     def _access_on(self) -> bool:
@@ -1259,91 +1234,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._forbid(kind, str(e))
             return None
 
-    def _sender(self, kind: str, media: str) -> str | None:
-        """Who sends spans (the provenance stamped on them), or None once refused.
-
-        Without access control the token check; with it an agent's credential (or the
-        shared --token, so a fleet keeps landing while it moves to its own). Only an
-        agent's own credential makes its decisions tooltrail's: ``agent:<name>``; any
-        other accepted sender is ``otlp`` (its decision attributes land as claimed)."""
-        if not self._access_on():
-            return sc.SOURCE_OTLP if self._authorized(kind, media) else None
-        token = self.collector.cfg.token
-        if token and self._token_ok(token):
-            return sc.SOURCE_OTLP
-        who = self._who(kind, media)
-        if who is not None and not who.is_agent:
-            self._forbid(kind, f"{who.name!r} is a user: spans are sent by agents", media)
-            return None
-        return None if who is None else f"{sc.SOURCE_AGENT_PREFIX}{who.name}"
-
-    # -- approvals -------------------------------------------------------------------------
-
-    def _post_approval(self) -> None:
-        # Filing a request is an agent's act: the agents' token is enough; with access
-        # control on, an agent's credential, and the request is filed under its name.
-        agent: Principal | None = None
-        if self._access_on():
-            agent = self._agent("approvals")
-            if agent is None:
-                return
-
-        def act(doc: dict[str, Any]) -> dict[str, Any]:
-            gate = self.collector.access
-            record = apr.file_approval(
-                self.collector.data_dir,
-                doc,
-                agent=None if agent is None else agent.name,
-                owns_session=None
-                if agent is None
-                else functools.partial(gate.owns_session, agent.name),
-            )
-            answer = apr.record_json(record)
-            # Only the filer learns it: it is what proves a withdrawal comes from the filer.
-            key = self.collector.withdraw_key
-            answer["withdraw_secret"] = apr.withdraw_secret(key, record.approval_id)
-            return answer
-
-        allowed = self._authorized if agent is None else self._checked
-        self._post_json("approvals", "approval request", act, "approvals_filed_total", allowed, 201)
+    # -- shared by the approval and session routes -----------------------------------------
 
     def _checked(self, kind: str) -> bool:
         """Who asks was checked already (access control)."""
         return True
-
-    def _get_approval(self, approval_id: str, query: str) -> None:
-        who: Principal | None = None
-        if self._access_on():
-            who = self._who("approvals")
-            if who is None:
-                return
-
-        def read(wait_s: float) -> dict[str, Any]:
-            c = self.collector
-            if who is not None and who.is_agent:
-                apr.own_request(c.data_dir, approval_id, who.name)  # else 404
-            record = apr.wait_for(c.data_dir, approval_id, wait_s, c.stop, self._client_gone)
-            return apr.record_json(record, c.data_dir)
-
-        self._long_poll("approvals", query, read, checked=who is not None)
-
-    def _post_withdrawal(self, approval_id: str) -> None:
-        # The agent that filed the request stops waiting: the agents' token (when one is
-        # set) and the request's withdraw secret, which only its filer got (else 403).
-        agent: Principal | None = None
-        if self._access_on():
-            agent = self._agent("approvals")
-            if agent is None:
-                return
-
-        def act(doc: dict[str, Any]) -> dict[str, Any]:
-            c = self.collector
-            if agent is not None:
-                apr.own_request(c.data_dir, approval_id, agent.name)  # else 404
-            return apr.record_json(apr.withdraw(c.data_dir, approval_id, doc, c.withdraw_key))
-
-        allowed = self._authorized if agent is None else self._checked
-        self._post_json("approvals", "withdrawal", act, "approvals_withdrawn_total", allowed, 200)
 
     def _client_gone(self) -> bool:
         """Whether the client closed its connection while its long-poll is parked (a
@@ -1388,24 +1283,6 @@ class _Handler(BaseHTTPRequestHandler):
                 collector.release_wait_slot()
         self._json(200, doc, kind=kind)
 
-    def _list_approvals(self, query: str) -> None:
-        kind = "approvals"
-        agent: str | None = None
-        if self._access_on():
-            who = self._who(kind)
-            if who is None:
-                return
-            agent = who.name if who.is_agent else None  # an agent sees its own only
-        elif not self._authorized(kind):
-            return
-        status = parse_qs(query).get("status", ["pending"])[0]
-        try:
-            records = apr.list_approvals(self.collector.data_dir, status, agent)
-        except TooltrailError as e:
-            self._error(apr.status_of(e), str(e), kind=kind)
-            return
-        self._json(200, {"approvals": [apr.record_json(r) for r in records]}, kind=kind)
-
     def _operator_ok(self, kind: str) -> bool:
         """Decisions and session control need the decision token (or the token)."""
         cfg = self.collector.cfg
@@ -1420,21 +1297,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(401, f"missing or wrong bearer token for {kind}", kind=kind)
             return False
         return True
-
-    def _post_decision(self, approval_id: str) -> None:
-        who: Principal | None = None
-        if self._access_on():
-            who = self._user("decisions", "decide")
-            if who is None:
-                return
-
-        def act(doc: dict[str, Any]) -> dict[str, Any]:
-            c = self.collector
-            signer = None if who is None else c.access.signer(who, self._bearer())
-            record = apr.decide(c.data_dir, approval_id, doc, who, signer)
-            return apr.record_json(record, c.data_dir)
-
-        self._operator_post("decisions", "decision", act, "approval_decisions_total", who)
 
     def _operator_post(
         self,
@@ -1471,130 +1333,6 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.collector.metrics.add(counter)
         self._json(status, doc, kind=kind)
-
-    # -- session control -------------------------------------------------------------------
-
-    def _get_session_control(self, session_id: str, query: str) -> None:
-        who: Principal | None = None
-        if self._access_on():
-            who = self._who("sessions")
-            if who is None:
-                return
-            if who.is_agent and not self.collector.access.owns_session(who.name, session_id):
-                self._forbid("sessions", f"session {session_id!r} belongs to another agent")
-                return
-
-        def read(wait_s: float) -> dict[str, Any]:
-            c = self.collector
-            return apr.session_json(apr.session_wait(c.data_dir, session_id, wait_s, c.stop))
-
-        self._long_poll("sessions", query, read, checked=who is not None)
-
-    def _post_session_control(self, session_id: str) -> None:
-        # Pausing or canceling someone's agent is an operator's act, like a decision: it
-        # needs the decision token (or the token when only one is set).
-        who: Principal | None = None
-        if self._access_on():
-            who = self._user("sessions", "control")
-            if who is None:
-                return
-
-        def act(doc: dict[str, Any]) -> dict[str, Any]:
-            c = self.collector
-            signer = None if who is None else c.access.signer(who, self._bearer())
-            return apr.session_json(apr.set_session(c.data_dir, session_id, doc, who, signer))
-
-        self._operator_post("sessions", "session control", act, "session_controls_total", who)
-
-    # -- events ----------------------------------------------------------------------------
-
-    def _events_reader(self, kind: str) -> tuple[bool, str | None]:
-        """Who may read the stream: without access control the token (when one is set);
-        with it a viewer or above, or an agent (its own sessions only: the name returned).
-        The shared --token is not enough once access control is on (it is an agents' token,
-        and would read every agent's sessions)."""
-        if not self._access_on():
-            return self._authorized(kind), None
-        who = self._who(kind)
-        if who is None:
-            return False, None
-        if who.is_agent:
-            return True, who.name
-        try:
-            access.require(who, "read")
-        except TooltrailError as e:
-            self._forbid(kind, str(e))
-            return False, None
-        return True, None
-
-    def _get_events(self, query: str) -> None:
-        kind = "events"
-        allowed, owned_by = self._events_reader(kind)
-        if not allowed:
-            return
-        collector = self.collector
-        params = parse_qs(query)
-        last = self.headers.get("Last-Event-ID") or _one(params, "last_event_id")
-        try:
-            event_filter = make_filter(
-                sessions=params.get("session", []),
-                agents=params.get("agent", []),
-                decisions=params.get("decision", []),
-                kinds=params.get("kind", []),
-                owned_by=owned_by,
-            )
-            cursor = start_cursor(last, _one(params, "since"), collector.data_dir)
-        except BadInputError as e:
-            self._error(400, str(e), kind=kind)
-            return
-        keep_following = _one(params, "follow") not in ("0", "false", "no")
-        if not collector.try_stream_slot():
-            self._error(503, "too many event streams open; retry", kind=kind)
-            return
-        source = EventSource(collector.data_dir, cursor, settle=True)
-        try:
-            self._stream(kind, source, event_filter, keep_following)
-        finally:
-            source.close()
-            collector.release_stream_slot()
-
-    def _stream(
-        self, kind: str, source: EventSource, event_filter: EventFilter, keep_following: bool
-    ) -> None:
-        """Write the stream until the client goes (a failed write, or the socket reads as
-        ended), the collector stops, or (``follow=0``) what is there has been sent. The
-        body is delimited by closing the connection (no Content-Length)."""
-        collector = self.collector
-        self._answered = True
-        self.close_connection = True
-        self.send_response(200)
-        self.send_header("Content-Type", CT_EVENT_STREAM)
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Accel-Buffering", "no")  # a proxy in front must not buffer it
-        self.send_header("Connection", "close")
-        self.end_headers()
-        collector.metrics.add("requests_total", kind=kind, code="200")
-        collector.metrics.add("event_streams_total")
-        if self.command == "HEAD":
-            return
-        chunks = sse_stream(
-            source,
-            event_filter,
-            keep_following=keep_following,
-            heartbeat_s=collector.cfg.events_heartbeat_s,
-            client_gone=self._client_gone,
-            stop=collector.stop,
-        )
-        for chunk in chunks:
-            self.wfile.write(chunk)
-            self.wfile.flush()
-            if chunk.startswith(b"id:"):
-                collector.metrics.add("events_sent_total")
-
-
-def _one(params: dict[str, list[str]], name: str) -> str | None:
-    values = params.get(name)
-    return values[-1] if values else None
 
 
 def _session_of(path: str) -> str | None:
