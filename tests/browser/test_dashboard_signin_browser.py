@@ -209,9 +209,10 @@ def _sign_out(page: Any, button: str) -> None:
             confirm.wait_for(state="visible", timeout=10_000)
             break
         except playwright_api.Error:
-            # Once, on a loaded machine, the button was not there for 30 s after the
-            # approval's run; the page (what it showed instead) goes to the test's output,
-            # and a reload, as a person would do, gets a fresh run of the page.
+            # On a loaded machine (two CPU burners beside it: 3 runs in 6) the page, after
+            # the approval's run, showed the sign-in form: Streamlit's session came back
+            # without st.user, though the OpenID cookie still held (a reload signs carol
+            # in again, as it would for a person). What it showed goes to the output.
             print(f"sign-out attempt {attempt + 1}: the page showed:\n{page.inner_text('body')}")
             page.reload()
     confirm.click()
