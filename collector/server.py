@@ -45,7 +45,6 @@ import fcntl
 import functools
 import hmac
 import io
-import ipaddress
 import json
 import logging
 import os
@@ -70,6 +69,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollecto
 
 from tooltrail import access
 from tooltrail import semconv as sc
+from tooltrail._net import is_loopback
 from tooltrail.access import Principal
 from tooltrail.collector import approvals_http as apr
 from tooltrail.collector.access_http import AccessGate
@@ -160,15 +160,6 @@ def default_workers() -> int:
 
 class InstanceLockedError(StoreError):
     """Another collector already serves this data directory."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ This module imports neither Streamlit nor DuckDB: the CLI loads it cheaply.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Final
 
+from tooltrail._net import is_loopback
 from tooltrail.errors import BadInputError
 
 ENTRY: Final = Path(__file__).resolve().with_name("entry.py")
@@ -85,22 +85,11 @@ def command(
     return cmd
 
 
-def _is_loopback(host: str) -> bool:
-    """As ``collector.server.is_loopback`` (not imported: that module pulls in pyarrow,
-    1.5 s before the dashboard command prints anything)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_bind(data_dir: str | os.PathLike[str] | None, host: str) -> None:
     """Refuse to serve off loopback without access control, as ``collect`` does."""
     from tooltrail import access
 
-    if not _is_loopback(host.strip()) and not access.enabled(data_dir):
+    if not is_loopback(host.strip()) and not access.enabled(data_dir):
         raise BadInputError(
             f"refusing to serve the dashboard on non-loopback address {host!r}: the data"
             " directory has no users, so anyone who can reach the port could approve, deny,"

@@ -82,6 +82,12 @@ from tooltrail.semconv import (
     MCP_METHOD_TOOLS_CALL,
     MCP_SERVER_NAME,
     MCP_SESSION_ID,
+    TT_GATEWAY,
+    TT_MCP_CLIENT_NAME,
+    TT_MCP_CLIENT_VERSION,
+    TT_SERVER_REPORTED,
+    TT_TOOL_DEFINITION_CHANGED,
+    TT_TOOL_DEFINITION_HASH,
 )
 
 __all__ = [
@@ -96,15 +102,12 @@ __all__ = [
 
 _log = logging.getLogger("tooltrail.gateway")
 
-# Spans made by the gateway say so: the dashboard tells gateway-governed sessions apart by
-# this attribute (and by the resource's service.name).
-TT_GATEWAY: Final = "tooltrail.gateway"
-TT_CLIENT_NAME: Final = "tooltrail.mcp.client.name"
-TT_CLIENT_VERSION: Final = "tooltrail.mcp.client.version"
-# What the server calls itself (serverInfo.name): recorded, never trusted as its name.
-TT_SERVER_REPORTED: Final = "tooltrail.mcp.server.reported_name"
-TT_TOOL_CHANGED: Final = "tooltrail.tool.definition_changed"
-TT_TOOL_HASH: Final = "tooltrail.tool.definition_hash"
+# The gateway's span attributes are semconv's (the normalizer reads the same constants);
+# the short names are this module's for readability.
+TT_CLIENT_NAME: Final = TT_MCP_CLIENT_NAME
+TT_CLIENT_VERSION: Final = TT_MCP_CLIENT_VERSION
+TT_TOOL_CHANGED: Final = TT_TOOL_DEFINITION_CHANGED
+TT_TOOL_HASH: Final = TT_TOOL_DEFINITION_HASH
 PIN_RULE: Final = "tool-definition-changed"
 PIN_MODES: Final = ("deny", "approve", "warn")
 DEFAULT_PIN_MODE: Final = "approve"

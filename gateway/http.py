@@ -46,7 +46,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tooltrail import config
-from tooltrail.collector.server import is_loopback
+from tooltrail._net import is_loopback
 from tooltrail.errors import BadInputError
 from tooltrail.gateway.connection import MAX_LINE, Gateway, ProxyOptions
 from tooltrail.gateway.http_session import McpSession, collect, events

@@ -21,7 +21,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -248,3 +249,24 @@ def _build_venv(venv: Path, requirements: Path, timeout: float) -> None:
                 f"building {venv.name} from {requirements} failed "
                 f"(exit {out.returncode}): {' '.join(argv)}\n{output}"
             )
+
+
+@contextmanager
+def two_agent_collector(
+    root: Path, *args: str
+) -> Iterator[tuple[CollectorProcess, dict[str, str]]]:
+    """``tooltrail collect ARGS`` on ``root/data`` with access control on: an admin and two
+    agents (bot-a, bot-b) added through the real CLI; yields it and the agents'
+    credentials. Keys and trust live in ``root/config``, never the user's."""
+    import pytest
+    from access_support import add
+
+    data = root / "data"
+    data.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOOLTRAIL_CONFIG_DIR", str(root / "config"))
+        admin = add(data, "user", "admin", "admin", None)
+        creds = {name: add(data, "agent", name, None, admin) for name in ("bot-a", "bot-b")}
+    env = {"TOOLTRAIL_CONFIG_DIR": str(root / "config")}
+    with CollectorProcess(data, *args, env=env) as proc:
+        yield proc, creds

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from access_support import add
-from collect_support import CollectorProcess, landed_rows, wait_until
+from collect_support import CollectorProcess, landed_rows, two_agent_collector, wait_until
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -65,16 +64,10 @@ def collector(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[CollectorProcess, dict[str, str]]]:
     """A collector with access control and two agents (bot-a, bot-b) with credentials."""
-    root = tmp_path_factory.mktemp("foreign")
-    data = root / "data"
-    data.mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TOOLTRAIL_CONFIG_DIR", str(root / "config"))
-        admin = add(data, "user", "admin", "admin", None)
-        creds = {name: add(data, "agent", name, None, admin) for name in ("bot-a", "bot-b")}
-    env = {"TOOLTRAIL_CONFIG_DIR": str(root / "config")}
-    with CollectorProcess(data, "--flush-interval", "0.2", env=env) as proc:
-        yield proc, creds
+    with two_agent_collector(
+        tmp_path_factory.mktemp("foreign"), "--flush-interval", "0.2"
+    ) as running:
+        yield running
 
 
 def _send(url: str, token: str, *spans: tuple[str, dict[str, Any], bool]) -> None:

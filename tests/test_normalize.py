@@ -879,7 +879,7 @@ def test_a_gateway_mark_that_is_not_true_stays_in_attributes(spans: Spans) -> No
 
 
 def test_gateway_attribute_names_are_the_landed_ones() -> None:
-    # The gateway defines its own names (gateway/connection.py); the normalizer reads semconv's.
+    # The gateway's names (gateway/connection.py) are the ones the normalizer reads.
     from tooltrail.gateway import connection as stdio
 
     assert (

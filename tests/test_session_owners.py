@@ -21,8 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from access_support import add
-from collect_support import CollectorProcess, landed_rows, metric, request, wait_until
+from collect_support import (
+    CollectorProcess,
+    landed_rows,
+    metric,
+    request,
+    two_agent_collector,
+    wait_until,
+)
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -55,16 +61,9 @@ def setup(
 ) -> Iterator[tuple[CollectorProcess, dict[str, str]]]:
     """One collector per durability mode (each test uses sessions of its own)."""
     root = tmp_path_factory.mktemp(f"owners-{request.param}")
-    data = root / "data"
-    data.mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TOOLTRAIL_CONFIG_DIR", str(root / "config"))
-        admin = add(data, "user", "admin", "admin", None)
-        creds = {name: add(data, "agent", name, None, admin) for name in ("bot-a", "bot-b")}
-    env = {"TOOLTRAIL_CONFIG_DIR": str(root / "config")}
     args = ("--durability", request.param, "--flush-interval", "0.2")
-    with CollectorProcess(data, *args, env=env) as proc:
-        yield proc, creds
+    with two_agent_collector(root, *args) as running:
+        yield running
 
 
 def _send(url: str, token: str, *spans: dict[str, Any], parent: SpanContext | None = None) -> None:

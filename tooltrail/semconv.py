@@ -98,13 +98,15 @@ TT_TOOL_ANNOTATIONS: Final = "tooltrail.tool.annotations"
 # the landed `redactions` column), so a replay knows the landed text is not the original.
 TT_REDACTIONS: Final = "tooltrail.redactions"
 
-# Set by the MCP gateway (`tooltrail proxy`, gateway/connection.py, which defines the same names)
-# on every span it makes: the call was governed from outside the agent's process. The
-# client's own name and version come from MCP's `initialize` (clientInfo); a tool whose
-# definition differs from its pinned one carries the flag and the hash it has now.
+# Set by the MCP gateway (`tooltrail proxy`, gateway/connection.py) on every span it
+# makes: the call was governed from outside the agent's process. The client's own name
+# and version come from MCP's `initialize` (clientInfo); what the server calls itself
+# (serverInfo.name) is recorded, never trusted as its name; a tool whose definition
+# differs from its pinned one carries the flag and the hash it has now.
 TT_GATEWAY: Final = "tooltrail.gateway"
 TT_MCP_CLIENT_NAME: Final = "tooltrail.mcp.client.name"
 TT_MCP_CLIENT_VERSION: Final = "tooltrail.mcp.client.version"
+TT_SERVER_REPORTED: Final = "tooltrail.mcp.server.reported_name"
 TT_TOOL_DEFINITION_CHANGED: Final = "tooltrail.tool.definition_changed"
 TT_TOOL_DEFINITION_HASH: Final = "tooltrail.tool.definition_hash"
 # Values of the landed `governed_by` column: who made the span and enforced its decision.
